@@ -1,0 +1,188 @@
+"""The ``quantc`` command line: maps options to pipeline calls and exit codes, nothing more.
+
+Exit codes (SPEC §6): 0 done, 1 the input is invalid or the plan infeasible, 2 usage (bad flag,
+missing file). Heavy imports stay inside the commands so ``quantc validate`` starts fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    name="quantc",
+    help="A quantization-plan compiler for LLM inference.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+class Format(str, Enum):
+    text = "text"
+    json = "json"
+    yaml = "yaml"
+
+
+def _emit_data(data, fmt: Format) -> None:
+    import json
+
+    if fmt == Format.json:
+        typer.echo(json.dumps(data, indent=2, sort_keys=False))
+    else:
+        from ruamel.yaml import YAML
+
+        yaml = YAML(typ="safe", pure=True)
+        yaml.default_flow_style = False
+        yaml.dump(data, sys.stdout)
+
+
+def _print_diagnostics(diagnostics, sources, fmt: Format) -> None:
+    from .diagnostics import render_text
+
+    if not diagnostics or fmt != Format.text:
+        return
+    typer.echo(render_text(list(diagnostics), sources), err=True)
+
+
+def _usage_error(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def _check_paths(config: Path, model: str) -> None:
+    if not config.exists():
+        _usage_error(f"config file not found: {config}")
+    if not Path(model).exists():
+        _usage_error(f"model not found: {model} (give a config.json, a folder holding one, a .safetensors file or an index.json)")
+
+
+def _run(config: Path, model: str, gpu, tp, set_, tables, strict):
+    from .pipeline import run_pipeline
+
+    _check_paths(config, model)
+    return run_pipeline(str(config), model, gpu=gpu, tp=tp, overrides=set_ or [], tables=tuple(tables or ()), strict=strict)
+
+
+_MODEL = typer.Option(..., "--model", "-m", help="config.json (or its folder), .safetensors file or model.safetensors.index.json")
+_GPU = typer.Option(None, "--gpu", help="shorthand for --set target.gpu=G")
+_TP = typer.Option(None, "--tp", help="shorthand for --set target.tensor_parallel=N", min=1)
+_SET = typer.Option(None, "--set", help="edit the merged config, e.g. --set moe.activation=mxfp8 (repeatable)")
+_TABLES = typer.Option(None, "--tables", help="extra kernel-table folder(s) consulted before the shipped tables")
+_STRICT = typer.Option(False, "--strict", help="treat warnings as errors")
+_FORMAT = typer.Option(Format.text, "--format", "-f", help="output format")
+
+
+@app.command()
+def plan(
+    config: Path = typer.Argument(..., help="quantc config (YAML, TOML or JSON)"),
+    model: str = _MODEL,
+    gpu: Optional[str] = _GPU,
+    tp: Optional[int] = _TP,
+    set_: Optional[List[str]] = _SET,
+    tables: Optional[List[str]] = _TABLES,
+    strict: bool = _STRICT,
+    fmt: Format = _FORMAT,
+    html: Optional[Path] = typer.Option(None, "--html", help="also write a picture of the plan as an HTML page"),
+):
+    """Dry run: the resolved per-layer plan as a grouped table, a summary and the warnings."""
+    from .report import plan_data, render_plan_text
+
+    result = _run(config, model, gpu, tp, set_, tables, strict)
+    _print_diagnostics(result.diagnostics, result.sources, fmt)
+    if result.plan is None:
+        if fmt != Format.text:
+            _emit_data({"diagnostics": [d.to_dict() for d in result.diagnostics]}, fmt)
+        raise typer.Exit(EXIT_INVALID)
+    data = plan_data(result.plan, result.diagnostics)
+    if fmt == Format.text:
+        typer.echo(render_plan_text(data))
+    else:
+        _emit_data(data, fmt)
+    if html is not None:
+        from .html import render_plan_html
+        from .plan import write_atomic
+
+        write_atomic(html, render_plan_html(result.plan))
+    raise typer.Exit(EXIT_OK)
+
+
+@app.command(name="compile")
+def compile_(
+    config: Path = typer.Argument(..., help="quantc config (YAML, TOML or JSON)"),
+    model: str = _MODEL,
+    output: Path = typer.Option(..., "--output", "-o", help="where to write the compiled plan (JSON)"),
+    gpu: Optional[str] = _GPU,
+    tp: Optional[int] = _TP,
+    set_: Optional[List[str]] = _SET,
+    tables: Optional[List[str]] = _TABLES,
+    strict: bool = _STRICT,
+):
+    """Lower the config against the model and write the compiled plan (atomically)."""
+    result = _run(config, model, gpu, tp, set_, tables, strict)
+    _print_diagnostics(result.diagnostics, result.sources, Format.text)
+    if result.plan is None:
+        raise typer.Exit(EXIT_INVALID)
+    if not output.parent.exists():
+        _usage_error(f"output folder does not exist: {output.parent}")
+    result.plan.save(output)
+    s = result.plan.summary
+    typer.echo(f"wrote {output}: {s['modules']} modules, {len(result.plan.kernels)} kernel shapes, "
+               f"weights {s['bytes_before'] / 1e9:.2f} GB -> {s['bytes_after'] / 1e9:.2f} GB")
+    raise typer.Exit(EXIT_OK)
+
+
+@app.command()
+def explain(
+    config: Path = typer.Argument(..., help="quantc config (YAML, TOML or JSON)"),
+    module: str = typer.Argument(..., help="full module name, e.g. model.layers.3.mlp.experts.7.down_proj"),
+    model: str = _MODEL,
+    gpu: Optional[str] = _GPU,
+    tp: Optional[int] = _TP,
+    set_: Optional[List[str]] = _SET,
+    tables: Optional[List[str]] = _TABLES,
+    strict: bool = _STRICT,
+    fmt: Format = _FORMAT,
+):
+    """Why a module got what it got: each field's deciding rule, what it overrode, the kernel and the
+    candidates rejected."""
+    from .report import closest_module_names, explain_data, render_explain_text
+
+    result = _run(config, model, gpu, tp, set_, tables, strict)
+    if result.lowering is None:
+        _print_diagnostics(result.diagnostics, result.sources, Format.text)
+        raise typer.Exit(EXIT_INVALID)
+    data = explain_data(result, module)
+    if data is None:
+        names = [m.name for m in result.inventory.modules]
+        close = closest_module_names(names, module)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        typer.echo(f"error: QC401 no module named {module!r} in {result.inventory.source}{hint}", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    if fmt == Format.text:
+        typer.echo(render_explain_text(data))
+    else:
+        _emit_data(data, fmt)
+    raise typer.Exit(EXIT_INVALID if data["errors"] else EXIT_OK)
+
+
+def main() -> None:
+    from click.exceptions import Abort, ClickException, UsageError
+
+    try:
+        rv = app(standalone_mode=False)
+    except UsageError as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except (Abort, KeyboardInterrupt):
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else EXIT_OK)

@@ -1,0 +1,138 @@
+"""Emission: kernel configurations per (kernel, N, K) and M-bucket, from the tables under kernels/.
+
+Lookup for a (kernel, N, K) on a GPU, first hit wins:
+
+1. the GPU's own table (``kernels/<gpu>.json``, plus any ``--tables DIR`` on top), exact (N, K);
+2. the same table, nearest shape: the tuned (N', K') of that kernel minimising
+   ``|log2(N/N')| + |log2(K/K')|`` (ties: the smaller N', then K'), when that distance is at most 2
+   (within a factor of 4 overall);
+3. the table's hand-picked defaults for the kernel;
+4. for a GPU without a table of its own for this kernel (H200 without an H200 entry), the H100
+   table by the same rules; the entry's ``source`` says so and ``plan`` prints it.
+
+Every config is clamped so that its blocks never exceed the padded problem (BLOCK_N <= next_pow2(N)).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .plan import M_MAX_LAST, KernelConfig, KernelTableEntry
+
+TABLE_FORMAT = "quantc-kernels"
+CONFIG_FIELDS = ("block_m", "block_n", "block_k", "group_m", "num_warps", "num_stages", "split_k")
+NEAREST_MAX_DISTANCE = 2.0
+
+
+def data_dir(name: str) -> Path:
+    """``schemas`` / ``kernels``: inside the installed package (quantc/_data/), else the repo root."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "_data" / name
+    if packaged.is_dir():
+        return packaged
+    return here.parent / name
+
+
+@dataclass(frozen=True)
+class KernelTable:
+    gpu: str
+    path: str
+    meta: dict
+    defaults: dict  # kernel -> tuple[(m_max, KernelConfig)]
+    entries: dict  # (kernel, n, k) -> tuple[(m_max, KernelConfig)]
+
+
+def _rows_to_buckets(rows: list[dict]) -> tuple[tuple[int, KernelConfig], ...]:
+    rows = sorted(rows, key=lambda r: r["m_max"])
+    buckets = [(int(r["m_max"]), KernelConfig(**{f: int(r[f]) for f in CONFIG_FIELDS if f in r})) for r in rows]
+    if buckets and buckets[-1][0] < M_MAX_LAST:
+        buckets[-1] = (M_MAX_LAST, buckets[-1][1])
+    return tuple(buckets)
+
+
+def read_table(path: Path) -> KernelTable:
+    data = json.loads(Path(path).read_text())
+    if data.get("format") != TABLE_FORMAT:
+        raise ValueError(f"{path}: not a quantc kernel table (format must be {TABLE_FORMAT!r})")
+    defaults = {kernel: _rows_to_buckets(rows) for kernel, rows in data.get("defaults", {}).items()}
+    grouped: dict[tuple, list[dict]] = {}
+    for row in data.get("entries", []):
+        grouped.setdefault((row["kernel"], int(row["n"]), int(row["k"])), []).append(row)
+    entries = {key: _rows_to_buckets(rows) for key, rows in grouped.items()}
+    meta = {k: data.get(k) for k in ("gpu", "device_name", "torch", "triton") if k in data}
+    return KernelTable(data.get("gpu", Path(path).stem), str(path), meta, defaults, entries)
+
+
+def load_tables(gpu_table: str, extra_dirs: tuple[str, ...] = ()) -> list[KernelTable]:
+    """The tables consulted for a GPU, most specific first: user --tables dirs, then shipped."""
+    tables = []
+    for d in extra_dirs:
+        p = Path(d) / f"{gpu_table}.json"
+        if p.is_file():
+            tables.append(read_table(p))
+    shipped = data_dir("kernels") / f"{gpu_table}.json"
+    if shipped.is_file():
+        tables.append(read_table(shipped))
+    return tables
+
+
+def _clamp(cfg: KernelConfig, n: int, k: int) -> KernelConfig:
+    n_pow2 = max(16, 1 << max(0, (n - 1)).bit_length())
+    k_pow2 = max(16, 1 << max(0, (k - 1)).bit_length())
+    if cfg.block_n <= n_pow2 and cfg.block_k <= k_pow2:
+        return cfg
+    return KernelConfig(cfg.block_m, min(cfg.block_n, n_pow2), min(cfg.block_k, k_pow2), cfg.group_m,
+                        cfg.num_warps, cfg.num_stages, cfg.split_k)
+
+
+def _nearest(table: KernelTable, kernel: str, n: int, k: int):
+    best = None
+    for (kern, tn, tk), buckets in table.entries.items():
+        if kern != kernel:
+            continue
+        dist = abs(math.log2(n / tn)) + abs(math.log2(max(k, 1) / max(tk, 1)))
+        key = (dist, tn, tk)
+        if dist <= NEAREST_MAX_DISTANCE and (best is None or key < best[0]):
+            best = (key, tn, tk, buckets)
+    return best
+
+
+FALLBACK_BUCKETS = _rows_to_buckets([
+    {"m_max": 16, "block_m": 16, "block_n": 64, "block_k": 128, "num_warps": 4, "num_stages": 4},
+    {"m_max": 64, "block_m": 64, "block_n": 64, "block_k": 128, "num_warps": 4, "num_stages": 4},
+    {"m_max": 256, "block_m": 64, "block_n": 128, "block_k": 128, "num_warps": 4, "num_stages": 4},
+    {"m_max": M_MAX_LAST, "block_m": 128, "block_n": 128, "block_k": 128, "num_warps": 8, "num_stages": 3},
+])
+
+
+def lookup(tables: list[KernelTable], fallback_tables: list[KernelTable], kernel: str, n: int, k: int, entry_id: str) -> KernelTableEntry:
+    def search(ts: list[KernelTable], suffix: str):
+        for t in ts:
+            if (kernel, n, k) in t.entries:
+                return t.entries[(kernel, n, k)], f"tuned ({t.gpu}{suffix})"
+        for t in ts:
+            near = _nearest(t, kernel, n, k)
+            if near:
+                _, tn, tk, buckets = near
+                return buckets, f"nearest tuned shape n={tn} k={tk} ({t.gpu}{suffix})"
+        for t in ts:
+            if kernel in t.defaults:
+                return t.defaults[kernel], f"default ({t.gpu}{suffix})"
+        return None
+
+    found = search(tables, "")
+    if found is None and fallback_tables:
+        found = search(fallback_tables, " table: no entry for this GPU")
+    if found is None:
+        buckets, source = FALLBACK_BUCKETS, "built-in fallback (no table)"
+    else:
+        buckets, source = found
+    buckets = tuple((m_max, _clamp(cfg, n, k)) for m_max, cfg in buckets)
+    return KernelTableEntry(entry_id, kernel, n, k, buckets, source)
+
+
+def entry_id(kernel: str, n: int, k: int, num_experts: int = 1) -> str:
+    return f"{kernel}/n{n}_k{k}" + (f"_e{num_experts}" if num_experts > 1 else "")

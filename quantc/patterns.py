@@ -1,0 +1,103 @@
+"""Module patterns (SPEC §3): one language, matched fast on 100k-module models.
+
+A glob is matched with ``fnmatchcase`` against the full dotted name (``*`` crosses dots); ``re:`` +
+regex is a ``re.fullmatch``. A pattern matches a module when it matches the module's name or the name
+of one of its ancestors (whole dotted components): ``model.visual`` covers everything under it and
+``*.mlp.gate`` never touches ``mlp.gate_proj``.
+
+Speed: most patterns cannot tell one layer index from another (``*.self_attn.q_proj``). For those, the
+answer is the same for every name of one *shape* (digit runs replaced by ``0``), so it is computed once
+per shape. A pattern that might test digits (``re:model\\.layers\\.(0|1)\\..*``, ``layers.1?.*``) is
+matched per name; ancestors shared by many modules are cached either way.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+_DIGITS = re.compile(r"\d+")
+
+
+def name_shape(name: str) -> str:
+    return _DIGITS.sub("0", name)
+
+
+def ancestors_and_self(name: str) -> list[str]:
+    """``a.b.c`` -> ``[a.b.c, a.b, a]``."""
+    out = [name]
+    i = name.rfind(".")
+    while i > 0:
+        name = name[:i]
+        out.append(name)
+        i = name.rfind(".")
+    return out
+
+
+# Regex pieces that treat every digit run alike: literals other than digits and word classes, `.*`,
+# groups and alternation. Anything else (a digit, `\d`, `[`, `{`, `?`, a bare `.`) might look at digits.
+_SHAPE_SAFE_RE_TOKEN = re.compile(r"\\[^\w]|\.\*|[^\\\d\[\]{}?.+\w]|[A-Za-z_]|\((?!\?)|\)")
+
+
+def _regex_is_shape_safe(regex: str) -> bool:
+    pos = 0
+    while pos < len(regex):
+        m = _SHAPE_SAFE_RE_TOKEN.match(regex, pos)
+        if not m:
+            return False
+        pos = m.end()
+    return True
+
+
+def _glob_is_shape_safe(glob: str) -> bool:
+    return not any(c.isdigit() or c in "?[" for c in glob)
+
+
+@dataclass(frozen=True)
+class CompiledPattern:
+    text: str
+    fullmatch: Callable[[str], object]
+    shape_safe: bool
+
+
+def compile_pattern(text: str) -> CompiledPattern:
+    """Compile a pattern; raises re.error for a regex that does not compile (validation reports it)."""
+    if text.startswith("re:"):
+        regex = text[3:]
+        compiled = re.compile(regex)
+        return CompiledPattern(text, compiled.fullmatch, _regex_is_shape_safe(regex))
+    compiled = re.compile(fnmatch.translate(text))
+    return CompiledPattern(text, compiled.match, _glob_is_shape_safe(text))
+
+
+class PatternSet:
+    """Answers "which of these patterns match module X" for many modules, with caches."""
+
+    def __init__(self, patterns: Iterable[str]):
+        self.patterns = [compile_pattern(p) for p in patterns]
+        self._by_string: list[dict[str, bool]] = [{} for _ in self.patterns]
+
+    def _matches_string(self, i: int, s: str) -> bool:
+        cache = self._by_string[i]
+        hit = cache.get(s)
+        if hit is None:
+            hit = cache[s] = self.patterns[i].fullmatch(s) is not None
+        return hit
+
+    def matches(self, i: int, name: str, shape: str | None = None) -> bool:
+        pattern = self.patterns[i]
+        if pattern.shape_safe:
+            key = shape if shape is not None else name_shape(name)
+            cache = self._by_string[i]
+            hit = cache.get("\0" + key)
+            if hit is None:
+                hit = any(pattern.fullmatch(a) is not None for a in ancestors_and_self(key))
+                cache["\0" + key] = hit
+            return hit
+        return any(self._matches_string(i, a) for a in ancestors_and_self(name))
+
+    def matching(self, name: str) -> list[int]:
+        shape = name_shape(name)
+        return [i for i in range(len(self.patterns)) if self.matches(i, name, shape)]

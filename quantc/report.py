@@ -1,0 +1,202 @@
+"""What ``plan`` and ``explain`` show a person: grouped rows, a summary, one module's story.
+
+Data first (plain dicts, which ``--format json|yaml`` print as they are), then text rendering.
+"""
+
+from __future__ import annotations
+
+from .diagnostics import Diagnostic
+from .patterns import ancestors_and_self, name_shape
+from .plan import Plan, compress_names
+
+
+def plan_rows(plan: Plan) -> list[dict]:
+    """Modules grouped by (name shape, scheme, kernel, deciding rule), names as templates, in model order."""
+    groups: dict[tuple, list] = {}
+    for m in plan.modules:
+        key = (name_shape(m.name), m.weight, m.activation, m.kernel, m.provenance.get("weight", ""),
+               m.provenance.get("activation", ""))
+        groups.setdefault(key, []).append(m)
+    rows = []
+    for (_, w, a, kernel, pw, pa), members in groups.items():
+        first = members[0]
+        shapes = sorted({(m.n, m.k) for m in members})
+        rows.append({
+            "modules": compress_names([m.name for m in members]),
+            "count": len(members),
+            "kind": first.kind,
+            "n": shapes[0][0] if len(shapes) == 1 else None,
+            "k": shapes[0][1] if len(shapes) == 1 else None,
+            "num_experts": first.num_experts,
+            "weight": w,
+            "activation": a,
+            "method": first.method,
+            "kernel": kernel,
+            "weight_from": pw,
+            "activation_from": pa,
+        })
+    return rows
+
+
+def plan_data(plan: Plan, diagnostics: list[Diagnostic]) -> dict:
+    return {
+        "model": plan.model,
+        "target": plan.target,
+        "summary": plan.summary,
+        "rows": plan_rows(plan),
+        "kernels": {kid: {"kernel": e.kernel, "n": e.n, "k": e.k, "source": e.source} for kid, e in sorted(plan.kernels.items())},
+        "diagnostics": [d.to_dict() for d in diagnostics],
+    }
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
+
+
+def _short(prov: str) -> str:
+    return prov if len(prov) <= 60 else prov[:57] + "..."
+
+
+def render_plan_text(data: dict, width: int = 160) -> str:
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+
+    buf = StringIO()
+    console = Console(file=buf, width=width, color_system=None, highlight=False, soft_wrap=False)
+    model, target, summary = data["model"], data["target"], data["summary"]
+    console.print(f"model: {model['architecture']} ({model['num_modules']} modules, {model['source']})")
+    console.print(f"target: {target['gpu']} (sm_{target['sm']}), tensor_parallel={target['tensor_parallel']}"
+                  + (", expert_parallel" if target["expert_parallel"] else ""))
+    table = Table(show_lines=False, box=None, pad_edge=False, header_style="bold")
+    for col in ("modules", "#", "N x K", "weight", "activation", "kernel", "decided by"):
+        table.add_column(col, overflow="fold")
+    for row in data["rows"]:
+        shape = f"{row['n']} x {row['k']}" if row["n"] is not None else "various"
+        if row["num_experts"] > 1:
+            shape += f" x{row['num_experts']}e"
+        table.add_row("\n".join(row["modules"][:3]) + (f"\n(+{len(row['modules']) - 3} more)" if len(row["modules"]) > 3 else ""),
+                      str(row["count"]), shape, row["weight"], row["activation"], row["kernel"] or "-",
+                      _short(row["weight_from"]))
+    console.print(table)
+    console.print("summary:")
+    for scheme, s in summary["schemes"].items():
+        console.print(f"  {scheme:<44} {s['modules']:>7} modules  {_gb(s['bytes_before']):>10} -> {_gb(s['bytes_after']):>10}")
+    console.print(f"  weights: {_gb(summary['bytes_before'])} -> {_gb(summary['bytes_after'])} "
+                  f"({summary['compression']}x smaller; {summary['quantized_fraction_of_bytes'] * 100:.1f}% of bf16 bytes quantized)")
+    notes = sorted({k["source"] for k in data["kernels"].values() if not k["source"].startswith("tuned")})
+    for note in notes:
+        n = sum(1 for k in data["kernels"].values() if k["source"] == note)
+        console.print(f"  kernel configs: {n} shape(s) use {note}")
+    return buf.getvalue().rstrip("\n")
+
+
+# --- explain -------------------------------------------------------------------------------------
+
+
+def explain_data(result, module_name: str) -> dict | None:
+    """One module's story from a pipeline result (works even when other modules have errors)."""
+    lw = result.lowering
+    inv = result.inventory
+    module = next((m for m in inv.modules if m.name == module_name), None)
+    if module is None:
+        return None
+    hits = lw.matched_patterns(module)
+    rules, ignore_hit = lw.split_hits(hits)
+    res = lw.resolve(module, rules, ignore_hit)
+    d = lw.decide(module, res)
+    fields = {}
+    for f in ("weight", "activation"):
+        history = res.history[f]
+        fields[f] = {
+            "value": getattr(d, f),
+            "set_by": d.provenance[f],
+            "overridden": [f"{s.value} from {s.span}: {s.origin}" if s.span.line > 0 else f"{s.value} from {s.origin}"
+                           for s in history[:-1]],
+        }
+    ckpt = res.checkpoint
+    entry = None
+    if d.kernel_entry and result.plan is not None:
+        e = result.plan.kernels[d.kernel_entry]
+        entry = {"id": e.id, "source": e.source, "buckets": [{"m_max": m, **cfg.__dict__} for m, cfg in e.buckets]}
+    elif d.kernel_entry:
+        from .emit import lookup
+
+        e = lookup(lw.tables, lw.fallback_tables, d.kernel, d.n_rank, d.k_rank, d.kernel_entry)
+        entry = {"id": e.id, "source": e.source, "buckets": [{"m_max": m, **cfg.__dict__} for m, cfg in e.buckets]}
+    return {
+        "module": module.name,
+        "kind": module.kind,
+        "layer_kind": module.config_kind,
+        "shape": {"n": module.n, "k": module.k, "num_experts": module.num_experts},
+        "rank_shape": {"n": d.n_rank, "k": d.k_rank},
+        "tp_split": module.tp_split,
+        "fused_group": module.fused_group,
+        "moe_block": module.moe_block,
+        "matched_rules": [lw.rules_by_index[r].label for r in rules],
+        "ignored_by": lw.config.ignore[ignore_hit].text if ignore_hit is not None else None,
+        "weight": fields["weight"],
+        "activation": fields["activation"],
+        "checkpoint": None if ckpt is None else {"weight": ckpt.weight, "activation": ckpt.activation,
+                                                 "activation_fixed": ckpt.activation_fixed, "origin": ckpt.origin},
+        "method": d.method,
+        "kernel": d.kernel,
+        "kernel_config": entry,
+        "rejected_candidates": [{"kernel": r.kernel, "reason": r.reason} for r in d.rejected],
+        "errors": [{"code": c, "message": m, "hint": h} for c, m, h, _ in d.errors],
+    }
+
+
+def render_explain_text(data: dict) -> str:
+    lines = [f"{data['module']}  ({data['kind']}, layer kind {data['layer_kind']})"]
+    s, r = data["shape"], data["rank_shape"]
+    shape = f"N={s['n']} K={s['k']}" + (f" x {s['num_experts']} experts" if s["num_experts"] > 1 else "")
+    if (r["n"], r["k"]) != (s["n"], s["k"]):
+        shape += f"; per rank N={r['n']} K={r['k']} ({data['tp_split']} split)"
+    lines.append(f"  shape:      {shape}")
+    if data["fused_group"]:
+        lines.append(f"  fused in:   {data['fused_group']}")
+    if data["moe_block"]:
+        lines.append(f"  MoE block:  {data['moe_block']}")
+    lines.append(f"  rules:      {', '.join(data['matched_rules']) or '(none match)'}"
+                 + (f"; ignored by {data['ignored_by']!r}" if data["ignored_by"] else ""))
+    for f in ("weight", "activation"):
+        v = data[f]
+        lines.append(f"  {f + ':':<11} {v['value']}  <- {v['set_by']}")
+        for o in reversed(v["overridden"]):
+            lines.append(f"{'':14}overrides {o}")
+    if data["checkpoint"]:
+        c = data["checkpoint"]
+        lines.append(f"  checkpoint: weight {c['weight']}, activation {c['activation'] or '-'}"
+                     f"{' (fixed: static scales)' if c['activation_fixed'] else ' (dynamic default)' if c['activation'] else ''}  <- {c['origin']}")
+    lines.append(f"  method:     {data['method']}")
+    lines.append(f"  kernel:     {data['kernel'] or '- (module left as is)'}")
+    for rej in data["rejected_candidates"]:
+        lines.append(f"    rejected  {rej['kernel']}: {rej['reason']}")
+    if data["kernel_config"]:
+        kc = data["kernel_config"]
+        lines.append(f"  configs:    {kc['id']} from {kc['source']}")
+        prev = 0
+        for b in kc["buckets"]:
+            hi = "inf" if b["m_max"] >= 2**31 - 1 else str(b["m_max"])
+            lines.append(f"    M {prev + 1:>5}..{hi:<5} block {b['block_m']}x{b['block_n']}x{b['block_k']} "
+                         f"warps {b['num_warps']} stages {b['num_stages']} group_m {b['group_m']} split_k {b['split_k']}")
+            prev = b["m_max"]
+    for e in data["errors"]:
+        lines.append(f"  error {e['code']}: {e['message']}")
+        lines.append(f"    help: {e['hint']}")
+    return "\n".join(lines)
+
+
+def closest_module_names(names, wanted: str, limit: int = 3) -> list[str]:
+    """Suggestions for a module name that is not in the model: same shape first, then by prefix."""
+    import difflib
+
+    shape = name_shape(wanted)
+    same = [n for n in names if name_shape(n) == shape][:limit]
+    if same:
+        return same
+    parents = set(ancestors_and_self(wanted))
+    under = [n for n in names if any(n.startswith(p + ".") for p in parents)]
+    return difflib.get_close_matches(wanted, under or list(names)[:5000], n=limit, cutoff=0.5)
