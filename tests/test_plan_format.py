@@ -44,7 +44,7 @@ def _plan(n_layers=3):
                                                              ((16, KernelConfig(16, 64, 128)), (2**31 - 1, KernelConfig(128, 128, 128, num_warps=8))))}
     return Plan(modules=tuple(mods), kernels=kernels, target={"gpu": "h100", "sm": 90, "tensor_parallel": 1, "expert_parallel": False},
                 model={"architecture": "x", "fingerprint": "f", "num_modules": len(mods), "source": "m"},
-                sources=[{"path": "a.yaml", "sha256": "0" * 64}], summary={"modules": len(mods)}, warnings=[], tuned_on={})
+                sources=[{"path": "a.yaml", "sha256": "0" * 64}], summary={"modules": len(mods), "bytes_before": 0, "bytes_after": 0}, warnings=[], tuned_on={})
 
 
 def test_save_load_round_trip(tmp_path):
