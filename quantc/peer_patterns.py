@@ -1,0 +1,237 @@
+"""The module-name pattern languages of other tools, matched exactly as their loaders do, and
+translated into quantc's own language (SPEC §3 Patterns).
+
+Semantics replicated (``name`` is a full dotted module name):
+
+==================  ==========================================================================
+``ct``              compressed-tensors ``targets``/``ignore``: ``re:X`` is ``re.match(X, name)``
+                    (anchored at the start only); a plain string is a class name (``Linear``) or
+                    an exact module name.
+``transformers``    transformers ``modules_to_not_convert`` (fp8, mxfp4): the walk skips a whole
+                    subtree, so a key applies to the module or any ancestor ``a``. Older releases
+                    test ``key in a`` (substring: ``mlp.gate`` also hits ``mlp.gate_proj``), newer
+                    ones ``re.match(key, a)`` or ``a.endswith(key)`` (``model.layers.*.self_attn``
+                    works as a regex). A checkpoint of either era was written by one of them, so a
+                    module is excluded when any of the tests holds.
+``substring``       AWQ ``modules_to_not_convert`` (vLLM ``is_layer_skipped_awq``): ``key in name``.
+``exact``           vLLM fp8 ``ignored_layers``: the module's full name, or one of its ancestors'.
+``fnmatch``         ModelOpt ``exclude_modules``: ``fnmatchcase`` (``*`` crosses dots) on the name or
+                    an ancestor's name: a listed parent covers its children.
+==================  ==========================================================================
+
+Matching is cached per *name shape* (digit runs replaced by ``#``) for every pattern that cannot
+tell two layer indices apart; patterns that can (digits, ``\\d``, ``[``, a bare ``.``...) are tested
+per name. Each group of patterns is compiled into one regular expression, so a 45k-module map costs
+one C-level match per shape or name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from typing import Iterable
+
+SEMANTICS = ("ct", "transformers", "substring", "exact", "fnmatch")
+
+# The class name every quantizable kind has in HF modeling code (nn.Linear); fused gpt-oss expert
+# tensors are not Linear modules.
+_CLASS_OF_KIND = {
+    "linear": "Linear",
+    "lm_head": "Linear",
+    "router": "Linear",
+    "moe_experts": "Linear",
+    "embedding": "Embedding",
+}
+
+_DIGITS = re.compile(r"\d+")
+
+
+def name_shape(name: str) -> str:
+    return _DIGITS.sub("#", name)
+
+
+def ancestors_and_self(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def class_name(kind: str, num_experts: int = 1) -> str | None:
+    if kind == "moe_experts" and num_experts > 1:
+        return None  # a fused 3D expert tensor (gpt-oss) is no nn.Linear
+    return _CLASS_OF_KIND.get(kind)
+
+
+# --- shape safety ------------------------------------------------------------------------------
+
+# Regex pieces that can tell "12" from "#": digits, classes, counted repeats, a lone any-char.
+_REGEX_INDEX_SENSITIVE = re.compile(r"\d|\\[dDwWsSbB]|\[|\{|\.(?![*+])")
+
+
+def _regex_shape_safe(regex: str) -> bool:
+    stripped = re.sub(r"\\[.\-_/]", "x", regex)  # escaped literals are plain characters
+    return not _REGEX_INDEX_SENSITIVE.search(stripped)
+
+
+def _literal_shape_safe(text: str) -> bool:
+    return not any(c.isdigit() or c == "#" for c in text)
+
+
+def _glob_shape_safe(text: str) -> bool:
+    return _literal_shape_safe(text) and not any(c in text for c in "?[")
+
+
+# --- one peer pattern, as regular expressions ----------------------------------------------------
+
+
+def _regex_of(semantics: str, pattern: str) -> tuple[str | None, str | None, bool]:
+    """(regex matched with re.match on the full name incl. ancestors, class name, shape-safe).
+
+    Every regex returned is to be used with ``re.match`` against the module's own name: ancestor
+    semantics are folded into it.
+    """
+    if semantics == "ct":
+        if pattern.startswith("re:"):
+            body = pattern[3:]
+            return f"(?:{body})", None, _regex_shape_safe(body)
+        # a plain string: a class name, or the exact module name
+        return re.escape(pattern) + r"\Z", pattern, _literal_shape_safe(pattern)
+    if semantics == "substring":
+        return ".*" + re.escape(pattern), None, _literal_shape_safe(pattern)
+    if semantics == "exact":
+        return re.escape(pattern) + r"(?:\.|\Z)", None, _literal_shape_safe(pattern)
+    if semantics == "fnmatch":
+        return _glob_ancestor_regex(pattern), None, _glob_shape_safe(pattern)
+    if semantics == "transformers":
+        parts = [".*" + re.escape(pattern)]  # substring (covers endswith; ancestors are prefixes)
+        safe = _literal_shape_safe(pattern)
+        if _compiles(pattern):
+            parts.append(f"(?:{pattern})")  # re.match on the name or a prefix of it
+            safe = safe and _regex_shape_safe(pattern)
+        return "|".join(f"(?:{p})" for p in parts), None, safe
+    raise ValueError(f"unknown pattern semantics {semantics!r}")
+
+
+def _glob_ancestor_regex(glob: str) -> str:
+    # fnmatch.translate gives (?s:...)\Z; matching the name or an ancestor = the glob followed by
+    # the end or a dot (the rest of the name is then below a matched ancestor).
+    core = fnmatch.translate(glob)
+    assert core.startswith("(?s:") and core.endswith(")\\Z")
+    return core[:-2] + r"(?:\.|\Z)"
+
+
+def _compiles(regex: str) -> bool:
+    try:
+        re.compile(regex)
+    except re.error:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class PeerPatterns:
+    """A list of one tool's patterns, matched with that tool's semantics."""
+
+    semantics: str
+    patterns: tuple[str, ...]
+    _safe_re: re.Pattern | None = field(default=None, repr=False, compare=False)
+    _name_re: re.Pattern | None = field(default=None, repr=False, compare=False)
+    _safe_classes: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def build(cls, semantics: str, patterns: Iterable[str]) -> "PeerPatterns":
+        patterns = tuple(patterns)
+        safe, unsafe, classes = [], [], set()
+        for p in patterns:
+            regex, cls_name, is_safe = _regex_of(semantics, p)
+            if cls_name is not None:
+                classes.add(cls_name)
+            (safe if is_safe else unsafe).append(regex)
+        comp = lambda parts: re.compile("|".join(f"(?:{p})" for p in parts), re.S) if parts else None
+        return cls(semantics, patterns, comp(safe), comp(unsafe), frozenset(classes))
+
+    def invalid_regexes(self) -> list[tuple[int, str, str]]:
+        """(index, pattern, reason) of ``re:`` entries that do not compile."""
+        out = []
+        for i, p in enumerate(self.patterns):
+            if self.semantics == "ct" and p.startswith("re:"):
+                try:
+                    re.compile(p[3:])
+                except re.error as e:
+                    out.append((i, p, str(e)))
+        return out
+
+    def matches(self, name: str, kind: str = "linear", num_experts: int = 1) -> bool:
+        if self._name_re is not None and self._name_re.match(name):
+            return True
+        if self._safe_re is None and not self._safe_classes:
+            return False
+        cname = class_name(kind, num_experts)
+        if cname is not None and cname in self._safe_classes:
+            return True
+        if self._safe_re is None:
+            return False
+        shape = name_shape(name)
+        hit = self._cache.get(shape)
+        if hit is None:
+            hit = self._cache[shape] = bool(self._safe_re.match(shape))
+        return hit
+
+    def which(self, name: str, kind: str = "linear", num_experts: int = 1) -> list[str]:
+        """The patterns that match (slow path, for messages and tests)."""
+        return [p for p in self.patterns if PeerPatterns.build(self.semantics, [p]).matches(name, kind, num_experts)]
+
+    def has_class_targets(self) -> bool:
+        return bool(self._safe_classes)
+
+
+def ct_target_priority(pattern: str) -> int:
+    """vLLM's compressed-tensors target resolution: exact name (2) beats ``re:`` (1) beats a class
+    name (0)."""
+    if pattern.startswith("re:"):
+        return 1
+    return 0 if pattern in set(_CLASS_OF_KIND.values()) or pattern[:1].isupper() else 2
+
+
+# --- quantc's own pattern language, and translation into it -----------------------------------
+
+
+def quantc_matches(pattern: str, name: str) -> bool:
+    """SPEC §3: a glob (fnmatchcase, ``*`` crosses dots) or ``re:`` + fullmatch, against the name
+    or any ancestor's name."""
+    if pattern.startswith("re:"):
+        rx = re.compile(pattern[3:], re.S)
+        return any(rx.fullmatch(a) for a in ancestors_and_self(name))
+    return any(fnmatch.fnmatchcase(a, pattern) for a in ancestors_and_self(name))
+
+
+_GLOB_META = set("*?[]")
+_REGEX_META = set(".^$*+?{}[]\\|()")
+
+
+def to_quantc(semantics: str, pattern: str) -> str | None:
+    """The quantc pattern that matches exactly the module names ``pattern`` matches under
+    ``semantics``; None for a compressed-tensors class name (no name pattern expresses it)."""
+    plain = not (set(pattern) & _GLOB_META)
+    if semantics == "ct":
+        if pattern.startswith("re:"):
+            # re.match(X, name) == fullmatch of X followed by anything; an ancestor match implies
+            # a match on the name itself (same prefix), so ancestor semantics add nothing.
+            return f"re:(?:{pattern[3:]}).*"
+        if ct_target_priority(pattern) == 0:
+            return None
+        # exact leaf name; a Linear has no module children, so ancestor semantics add nothing
+        return pattern if plain else "re:" + re.escape(pattern)
+    if semantics == "substring":
+        return f"*{pattern}*" if plain else f"re:.*{re.escape(pattern)}.*"
+    if semantics == "exact":
+        return pattern if plain else "re:" + re.escape(pattern)
+    if semantics == "fnmatch":
+        return pattern  # the same glob, the same ancestor rule
+    if semantics == "transformers":
+        if not (set(pattern) & _REGEX_META) or not _compiles(pattern):
+            # re.match of a literal is a prefix test, implied by the substring test
+            return f"*{pattern}*" if plain else f"re:.*{re.escape(pattern)}.*"
+        return f"re:.*{re.escape(pattern)}.*|(?:{pattern}).*"
+    raise ValueError(f"unknown pattern semantics {semantics!r}")
