@@ -387,7 +387,7 @@ def _track_shadowing(res: Resolved, rules, lw: Lowering, rule_won, rule_shadowed
 
 def _group_consistency(entries: list[ModulePlan], lw: Lowering) -> list[Diagnostic]:
     diags = []
-    for attr, what, code in (("fused_group", "fused", "QC330"), ("moe_block", "MoE experts of one layer", "QC331")):
+    for attr, what, code in (("fused_group", "modules fused into one GEMM", "QC330"), ("moe_block", "experts of one MoE layer", "QC331")):
         groups: dict[str, dict[tuple, list[ModulePlan]]] = {}
         for e in entries:
             key = getattr(e, attr)
@@ -408,7 +408,7 @@ def _group_consistency(entries: list[ModulePlan], lw: Lowering) -> list[Diagnost
                 parts.append(f"{m.name} has {w}/{a} (weight from {m.provenance['weight']}; activation from {m.provenance['activation']})")
             hint = ("modules that run as one fused GEMM need one scheme: give them the same weight and activation keys, e.g. match the whole group in one rule"
                     if attr == "fused_group" else "all experts of a MoE layer run in one grouped GEMM: match the experts of a layer together")
-            diags.append(Diagnostic(code, "error", f"{group}: {what} modules have different schemes: " + "; ".join(parts), None, hint))
+            diags.append(Diagnostic(code, "error", f"{group}: {what} have different schemes: " + "; ".join(parts), None, hint))
     return diags
 
 

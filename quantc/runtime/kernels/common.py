@@ -1,0 +1,55 @@
+"""Rounding helpers shared by the Triton kernels (fp32 in, fp32 out, exact).
+
+Casts are never trusted to round: the interpreter's float32 -> float8e4nv cast loses the carry when
+rounding crosses a power of two (127.8 -> 64), and GPU casts from wider types may round twice. So values
+are rounded to the target grid in fp32 first, after which every cast is exact.
+"""
+
+import triton
+import triton.language as tl
+
+@triton.jit
+def rint(x):
+    """Round fp32 to the nearest integer, ties to even (|x| < 2**22): adding and subtracting
+    1.5 * 2**23 leaves no fraction bits, so the fp32 adder rounds for us."""
+    return (x + 12582912.0) - 12582912.0
+
+
+@triton.jit
+def pow2(e):
+    """2**e as fp32 for int32 e in [-126, 127], built from the bits."""
+    return ((e + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def floor_log2(x):
+    """floor(log2(x)) of a positive normal fp32, read off its exponent bits."""
+    return ((x.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+
+
+@triton.jit
+def round_e4m3(x):
+    """Clamp fp32 to +-448 and round to the nearest e4m3 value (ties to even); returns fp32."""
+    sign = x.to(tl.int32, bitcast=True) & -2147483648  # kept, so -0 and tiny negatives stay -0
+    x = tl.minimum(tl.abs(x), 448.0)
+    e = tl.maximum(floor_log2(x), -6)  # e4m3: 3 mantissa bits, smallest normal exponent -6
+    r = rint(x * pow2(3 - e)) * pow2(e - 3)
+    return (r.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def quant_e4m3(x, scale):
+    """x / scale (correctly rounded), saturated and rounded to e4m3."""
+    return round_e4m3(tl.math.div_rn(x, scale)).to(tl.float8e4nv)
+
+
+@triton.jit
+def quant_int8(x, scale):
+    return rint(tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -127.0), 127.0)).to(tl.int8)
+
+
+@triton.jit
+def e8m0_to_f32(e):
+    """Biased e8m0 code (uint8) -> 2**(e - 127) in fp32 (codes 1..254; 0 gives 0, only below any real
+    scale of an e4m3 group)."""
+    return (e.to(tl.int32) << 23).to(tl.float32, bitcast=True)

@@ -1,0 +1,264 @@
+"""Dense scaled GEMMs (Triton): ``out = (A * sa) @ (B * sb).T`` in fp32, bf16 out.
+
+A is the activation (M, K) row-major; B the weight (N, K) row-major, read as K-major tiles. One kernel,
+specialised by constexpr modes, covers every dense 8-bit kernel id:
+
+=========================  ==================  ==========================  =====================
+kernel id                  A (elements/scale)  B (elements/scale)          scales applied
+=========================  ==================  ==========================  =====================
+fp8_scaled_gemm            e4m3 tensor|row     e4m3 tensor|channel         in the epilogue
+fp8_block_gemm             e4m3 (M, K/128)     e4m3 (ceil(N/128), K/128)   per 128-wide K step
+int8_gemm                  int8 row            int8 channel                epilogue (int32 acc)
+mxfp8_gemm_emulated        e4m3 e8m0 (M, K/32) e4m3 e8m0 (N, K/32)         per 32-wide K step
+fp8_weight_only_gemm       bf16                e4m3 tensor|channel|block   epilogue / per K step
+int8_weight_only_gemm      bf16                int8 channel                epilogue
+=========================  ==================  ==========================  =====================
+
+Per-group scales are applied to each K step's partial product in fp32 (``acc += dot * sa * sb``), so
+BLOCK_K must divide the group (block_k is capped at the group by the launcher). mxfp8 on sm_90 runs as
+fp8 MMAs over 32-wide K steps with the e8m0 scales applied in fp32: Hopper has no block-scaled MMA.
+
+For small M the activation quantizer is fused into the GEMM (QUANT_A): per-token / per-tensor scales
+come from a prologue pass over the program's rows, group scales from each K tile; the quantized
+values are bit-identical to ``act_quant``'s. The launcher takes its block sizes from the plan's
+KernelConfig for the live M: no autotuning, no host sync, no allocation beyond the output.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import quantize as ref
+from .act_quant import quantize_activation
+from .common import e8m0_to_f32, floor_log2, pow2, quant_e4m3, quant_int8, round_e4m3
+
+# A modes / B modes
+A_NONE, A_TENSOR, A_ROW, A_GROUP = 0, 1, 2, 3
+B_TENSOR, B_CHANNEL, B_BLOCK, B_GROUP = 1, 2, 3, 4
+# activation quantization inside the kernel: none, dynamic, static scale given
+Q_NONE, Q_DYNAMIC, Q_STATIC = 0, 1, 2
+# largest M at which the quantizer is fused (per-tensor needs a pass over all of A per program)
+FUSE_MAX_M = {A_TENSOR: 16, A_ROW: 64, A_GROUP: 64}
+
+
+@triton.jit
+def _quant_tile(a, scale, INT8: tl.constexpr):
+    if INT8:
+        return quant_int8(a, scale)
+    return quant_e4m3(a, scale)
+
+
+@triton.jit
+def _scaled_mm_kernel(
+    # tensors
+    a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr,
+    M, N, K,
+    stride_am, stride_ak, stride_bn, stride_bk, stride_cm, stride_cn,
+    stride_sam, stride_sak, stride_sbn, stride_sbk,
+    # what the operands are
+    A_MODE: tl.constexpr, B_MODE: tl.constexpr, QUANT_A: tl.constexpr,
+    INT8: tl.constexpr, MX: tl.constexpr, GROUP_K: tl.constexpr, GROUP_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
+    # tiling (from the plan's KernelConfig)
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * num_pid_n
+    first_m = (pid // width) * GROUP_M
+    group_rows = min(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % group_rows
+    pid_n = (pid % width) // group_rows
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak
+    b_ptrs = b_ptr + offs_n[None, :].to(tl.int64) * stride_bn + offs_k[:, None] * stride_bk
+    fmt_max = 127.0 if INT8 else 448.0
+
+    # --- prologue: the activation scale of a fused dynamic per-tensor / per-row quantizer
+    if QUANT_A == 2:
+        sa = tl.load(sa_ptr)
+    elif QUANT_A == 1 and A_MODE != 3:
+        if A_MODE == 1:
+            amax = tl.zeros((BLOCK_M, BLOCK_K), tl.float32)
+            for m0 in range(0, M, BLOCK_M):
+                rows = m0 + tl.arange(0, BLOCK_M)
+                for k0 in range(0, K, BLOCK_K):
+                    p = a_ptr + rows[:, None] * stride_am + (k0 + offs_k)[None, :] * stride_ak
+                    msk = (rows[:, None] < M) & ((k0 + offs_k)[None, :] < K)
+                    amax = tl.maximum(amax, tl.abs(tl.load(p, mask=msk, other=0.0).to(tl.float32)))
+            sa = tl.math.div_rn(tl.maximum(tl.max(tl.max(amax, axis=1), axis=0), 1e-12), fmt_max)
+        else:
+            amax = tl.zeros((BLOCK_M, BLOCK_K), tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                msk = mask_m[:, None] & ((k0 + offs_k)[None, :] < K)
+                amax = tl.maximum(amax, tl.abs(tl.load(a_ptrs + k0 * stride_ak, mask=msk, other=0.0).to(tl.float32)))
+            sa = tl.math.div_rn(tl.maximum(tl.max(amax, axis=1), 1e-12), fmt_max)
+
+    acc_dtype = tl.int32 if INT8 else tl.float32
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
+    for k0 in range(0, K, BLOCK_K):
+        mask_k = (k0 + offs_k) < K
+        a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        if A_MODE == 0:
+            if DOT_F32:
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            else:
+                b = b.to(tl.bfloat16)  # weight-only: e4m3 and int8 are exact in bf16
+        if QUANT_A != 0:
+            a = a.to(tl.float32)
+            if A_MODE == 3:  # group scale from this K tile (BLOCK_K == GROUP_K)
+                g_amax = tl.maximum(tl.max(tl.abs(a), axis=1), 1e-12)
+                if MX:
+                    e = floor_log2(g_amax) - 8
+                    sa_k = pow2(e)
+                    a = round_e4m3(a * pow2(-e)[:, None]).to(tl.float8e4nv)
+                else:
+                    sa_k = tl.math.div_rn(g_amax, fmt_max)
+                    a = quant_e4m3(a, sa_k[:, None])
+            elif A_MODE == 1:
+                a = _quant_tile(a, sa, INT8)
+            else:
+                a = _quant_tile(a, sa[:, None], INT8)
+        elif A_MODE == 3:
+            sa_raw = tl.load(sa_ptr + offs_m * stride_sam + (k0 // GROUP_K) * stride_sak, mask=mask_m, other=0)
+            sa_k = e8m0_to_f32(sa_raw) if MX else sa_raw
+        if B_MODE >= 3:
+            sb_raw = tl.load(sb_ptr + (offs_n // GROUP_N) * stride_sbn + (k0 // GROUP_K) * stride_sbk,
+                             mask=mask_n, other=0)
+            sb_k = e8m0_to_f32(sb_raw) if MX else sb_raw
+            part = tl.dot(a, b)
+            if A_MODE == 3:
+                acc += part * sa_k[:, None] * sb_k[None, :]
+            else:
+                acc += part * sb_k[None, :]
+        else:
+            acc = tl.dot(a, b, acc, out_dtype=acc_dtype)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+
+    # --- epilogue: per-tensor / row / channel scales, bias, bf16 store
+    out = acc.to(tl.float32)
+    if A_MODE == 1:
+        if QUANT_A == 0:
+            sa = tl.load(sa_ptr)
+        out = out * sa
+    elif A_MODE == 2:
+        if QUANT_A == 0:
+            sa = tl.load(sa_ptr + offs_m * stride_sam, mask=mask_m, other=0.0)
+        out = out * sa[:, None]
+    if B_MODE == 1:
+        out = out * tl.load(sb_ptr)
+    elif B_MODE == 2:
+        out = out * tl.load(sb_ptr + offs_n * stride_sbn, mask=mask_n, other=0.0)[None, :]
+    if HAS_BIAS:
+        out = out + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :] * stride_cn
+    tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+# ---------------------------------------------------------------------------- modes per key
+
+
+def _interpreted() -> bool:
+    # Triton's CPU interpreter multiplies bf16 dot operands as their raw int16 bits (triton 3.9):
+    # there, bf16 x bf16 dots run in fp32, which gives the same products (bf16 products are exact
+    # in fp32) and the same fp32 accumulation.
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+ACT_MODE = {
+    "none": A_NONE,
+    "fp8_dynamic_per_token": A_ROW,
+    "fp8_dynamic_per_tensor": A_TENSOR,
+    "fp8_static_per_tensor": A_TENSOR,
+    "fp8_dynamic_group_128": A_GROUP,
+    "int8_dynamic_per_token": A_ROW,
+    "mxfp8": A_GROUP,
+}
+# weight key -> (B mode, name of its scale tensor, group along K, rows per scale along N)
+WEIGHT_MODE = {
+    "fp8_per_tensor": (B_TENSOR, "weight_scale", 1, 1),
+    "fp8_per_channel": (B_CHANNEL, "weight_scale", 1, 1),
+    "fp8_block_128x128": (B_BLOCK, "weight_scale_inv", 128, 128),
+    "mxfp8": (B_GROUP, "weight_scale", 32, 1),
+    "int8_per_channel": (B_CHANNEL, "weight_scale", 1, 1),
+}
+
+
+def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, weight_key: str,
+              act_key: str, config, input_scale: torch.Tensor | None = None,
+              bias: torch.Tensor | None = None, fuse: bool | None = None) -> torch.Tensor:
+    """bf16 x (M, K) times a quantized weight (N, K) -> bf16 (M, N).
+
+    ``config`` is the KernelConfig for this M (block_m, block_n, block_k, group_m, num_warps,
+    num_stages). ``fuse`` forces the fused quantizer on or off (default: by M, see FUSE_MAX_M)."""
+    m, k = x.shape
+    n = weight.shape[0]
+    a_mode = ACT_MODE[act_key]
+    b_mode, _, group_k, group_n = WEIGHT_MODE[weight_key]
+    mx = act_key == "mxfp8"
+    int8 = weight.dtype == torch.int8 and a_mode != A_NONE
+    if a_mode == A_GROUP:
+        group_k = 32 if mx else 128
+    block_k = config.block_k if group_k == 1 else min(config.block_k, group_k)
+    if fuse is None:
+        fuse = a_mode != A_NONE and m <= FUSE_MAX_M[a_mode]
+    if fuse and a_mode == A_GROUP:
+        block_k = group_k  # the tile must hold whole groups to find their scale
+    quant = Q_NONE
+    a, sa = x, weight_scale  # sa is a placeholder pointer when unused
+    if a_mode != A_NONE:
+        if fuse:
+            quant = Q_STATIC if act_key == "fp8_static_per_tensor" else Q_DYNAMIC
+            if quant == Q_STATIC:
+                sa = input_scale.float().reshape(())
+        else:
+            a, sa = quantize_activation(x, act_key, input_scale)
+    sa2 = sa if sa.dim() == 2 else sa.reshape(-1, 1)
+    sb2 = weight_scale if weight_scale.dim() == 2 else weight_scale.reshape(-1, 1)
+    out = torch.empty((m, n), dtype=torch.bfloat16, device=x.device)
+    grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n),)
+    _scaled_mm_kernel[grid](
+        a, weight, out, sa, weight_scale, bias if bias is not None else out,
+        m, n, k,
+        a.stride(0), a.stride(1), weight.stride(0), weight.stride(1), out.stride(0), out.stride(1),
+        sa2.stride(0), sa2.stride(1), sb2.stride(0), sb2.stride(1),
+        A_MODE=a_mode, B_MODE=b_mode, QUANT_A=quant, INT8=int8, MX=mx,
+        GROUP_K=group_k, GROUP_N=group_n, HAS_BIAS=bias is not None, DOT_F32=_interpreted(),
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=block_k, GROUP_M=config.group_m,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return out
+
+
+def reference(x: torch.Tensor, tensors: dict, weight_key: str, act_key: str,
+              input_scale: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 reference: the activation quantized by the reference quantizer, both operands dequantized,
+    one fp32 matmul."""
+    w = ref.dequantize_weight(tensors, weight_key)
+    xf = x.float()
+    if act_key != "none":
+        if act_key == "fp8_static_per_tensor":
+            q, s = ref.quant_fp8_per_tensor(x, input_scale)
+        else:
+            q, s = ref.ACTIVATION_QUANTIZERS[act_key](x)
+        if act_key == "mxfp8":
+            xf = q.float() * ref.e8m0_to_float(s).repeat_interleave(32, 1)
+        elif act_key == "fp8_dynamic_group_128":
+            xf = q.float() * s.repeat_interleave(128, 1)
+        else:
+            xf = q.float() * s
+    out = xf @ w.T
+    return out + bias.float() if bias is not None else out
