@@ -172,8 +172,75 @@ def explain(
     raise typer.Exit(EXIT_INVALID if data["errors"] else EXIT_OK)
 
 
+
+@app.command()
+def validate(
+    files: List[Path] = typer.Argument(..., help="config file(s) to check (YAML, TOML or JSON)", exists=True,
+                                       dir_okay=False, readable=True),
+    fmt: Format = _FORMAT,
+    strict: bool = _STRICT,
+):
+    """Check config files: every problem of every file, each at its file:line:col with a hint."""
+    from .diagnostics import REPORTERS, has_errors, promote_warnings
+    from .validate import check_files
+
+    diagnostics: list = []
+    sources: dict = {}
+    for _, config, diags in check_files(files):
+        diagnostics.extend(promote_warnings(diags) if strict else diags)
+        if config is not None:
+            sources.update(config.sources)
+        else:
+            for d in diags:
+                if d.span and d.span.file not in sources and d.span.line > 0:
+                    sources[d.span.file] = _read_text(d.span.file)
+    if fmt == Format.text:
+        if diagnostics:
+            typer.echo(REPORTERS["text"](diagnostics, sources))
+        else:
+            typer.echo(f"ok: {len(files)} file{'s' * (len(files) != 1)} valid")
+    elif fmt == Format.json:
+        typer.echo(REPORTERS["json"](diagnostics, sources))
+    else:
+        _emit_data([d.to_dict() for d in diagnostics], fmt)
+    raise typer.Exit(EXIT_INVALID if has_errors(diagnostics) else EXIT_OK)
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read(10 * 1024 * 1024)
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+class SchemaName(str, Enum):
+    config = "config"
+    plan = "plan"
+    kernels = "kernels"
+
+
+@app.command()
+def schema(name: SchemaName = typer.Argument(SchemaName.config, help="which schema to print")):
+    """Print a JSON Schema: the config language, the compiled plan or the kernel tables."""
+    from .schema import schema_path
+
+    path = schema_path("quantc" if name == SchemaName.config else name.value)
+    if path is None:
+        typer.echo(f"error: the {name.value} schema is not installed ({name.value}.schema.json is missing "
+                   "from quantc/_data/schemas and schemas/)", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    with open(path, encoding="utf-8") as fh:
+        typer.echo(fh.read(), nl=False)
+    raise typer.Exit(EXIT_OK)
+
+
 def main() -> None:
-    from click.exceptions import Abort, ClickException, UsageError
+    try:  # newer typer vendors click as typer._click: its exceptions are not click's
+        from typer import Abort
+        from typer._click.exceptions import ClickException, UsageError
+    except ImportError:
+        from click.exceptions import Abort, ClickException, UsageError
 
     try:
         rv = app(standalone_mode=False)
