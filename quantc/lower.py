@@ -85,7 +85,14 @@ def _builtin(kind: str) -> Setting:
 
 
 def _prov(s: Setting) -> str:
-    return f"{s.span}: {s.origin}" if s.span and s.span.line > 0 else s.origin
+    """``file:line:col: label``; the label's own ``(file)`` suffix is dropped when the span names it."""
+    if not (s.span and s.span.line > 0):
+        return s.origin
+    label = s.origin
+    suffix = f" ({s.span.file})"
+    if label.endswith(suffix):
+        label = label[: -len(suffix)]
+    return f"{s.span}: {label}"
 
 
 class Lowering:

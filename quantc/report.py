@@ -57,7 +57,7 @@ def _short(prov: str) -> str:
     return prov if len(prov) <= 60 else prov[:57] + "..."
 
 
-def render_plan_text(data: dict, width: int = 160) -> str:
+def render_plan_text(data: dict, width: int = 200) -> str:
     from io import StringIO
 
     from rich.console import Console
@@ -71,7 +71,7 @@ def render_plan_text(data: dict, width: int = 160) -> str:
                   + (", expert_parallel" if target["expert_parallel"] else ""))
     table = Table(show_lines=False, box=None, pad_edge=False, header_style="bold")
     for col in ("modules", "#", "N x K", "weight", "activation", "kernel", "decided by"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="ellipsis", no_wrap=True, max_width=56 if col == "decided by" else None)
     for row in data["rows"]:
         shape = f"{row['n']} x {row['k']}" if row["n"] is not None else "various"
         if row["num_experts"] > 1:

@@ -40,7 +40,7 @@ def test_kind_default_rules_and_ignore_precedence():
     assert q0.provenance["weight"].startswith("cfg.yaml:11:3: rules[0]")
     q1 = entry(r, "model.layers.1.self_attn.q_proj")
     assert (q1.weight, q1.activation, q1.kernel) == ("fp8_per_channel", "fp8_dynamic_per_token", "fp8_scaled_gemm")
-    assert q1.provenance["weight"] == "cfg.yaml:2:3: linear (cfg.yaml)"
+    assert q1.provenance["weight"] == "cfg.yaml:2:3: linear"
     # activation override alone keeps the weight: the later rule changes one field only
     d1 = entry(r, "model.layers.1.mlp.down_proj")
     assert (d1.weight, d1.activation, d1.kernel) == ("fp8_per_channel", "none", "fp8_weight_only_gemm")
