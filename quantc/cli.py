@@ -181,6 +181,10 @@ def validate(
     strict: bool = _STRICT,
 ):
     """Check config files: every problem of every file, each at its file:line:col with a hint."""
+    raise typer.Exit(_validate_files([str(f) for f in files], fmt.value, strict))
+
+
+def _validate_files(files: list, fmt: str, strict: bool) -> int:
     from .diagnostics import REPORTERS, has_errors, promote_warnings
     from .validate import check_files
 
@@ -194,16 +198,42 @@ def validate(
             for d in diags:
                 if d.span and d.span.file not in sources and d.span.line > 0:
                     sources[d.span.file] = _read_text(d.span.file)
-    if fmt == Format.text:
+    if fmt == "text":
         if diagnostics:
             typer.echo(REPORTERS["text"](diagnostics, sources))
         else:
             typer.echo(f"ok: {len(files)} file{'s' * (len(files) != 1)} valid")
-    elif fmt == Format.json:
+    elif fmt == "json":
         typer.echo(REPORTERS["json"](diagnostics, sources))
     else:
-        _emit_data([d.to_dict() for d in diagnostics], fmt)
-    raise typer.Exit(EXIT_INVALID if has_errors(diagnostics) else EXIT_OK)
+        _emit_data([d.to_dict() for d in diagnostics], Format(fmt))
+    return EXIT_INVALID if has_errors(diagnostics) else EXIT_OK
+
+
+def _fast_validate(args: list) -> int | None:
+    """``quantc validate`` without building the typer app (whose argument coercion imports pydantic,
+    ~0.1 s). Only plain argument lists take this path; anything else (--help, an unknown flag, a
+    missing file) returns None and goes through typer, which reports usage errors itself."""
+    import os
+
+    files, fmt, strict = [], "text", False
+    it = iter(args)
+    for arg in it:
+        if arg == "--strict":
+            strict = True
+        elif arg in ("--format", "-f"):
+            fmt = next(it, None)
+            if fmt not in ("text", "json", "yaml"):
+                return None
+        elif arg.startswith("--format="):
+            fmt = arg.split("=", 1)[1]
+            if fmt not in ("text", "json", "yaml"):
+                return None
+        elif arg.startswith("-") or not os.path.isfile(arg):
+            return None
+        else:
+            files.append(arg)
+    return _validate_files(files, fmt, strict) if files else None
 
 
 def _read_text(path: str) -> str | None:
@@ -242,6 +272,10 @@ def main() -> None:
     except ImportError:
         from click.exceptions import Abort, ClickException, UsageError
 
+    if sys.argv[1:2] == ["validate"]:
+        code = _fast_validate(sys.argv[2:])
+        if code is not None:
+            sys.exit(code)
     try:
         rv = app(standalone_mode=False)
     except UsageError as exc:
