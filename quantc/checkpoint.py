@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .diagnostics import Diagnostic, Span
-from .peer_patterns import PeerPatterns, ct_target_priority
+from .peer_patterns import PeerPatterns, ct_target_priority, name_shape
 
 if TYPE_CHECKING:
     from .model import ModuleInfo
@@ -100,28 +100,33 @@ class CheckpointScheme:
             if self.kv_cache is None:
                 return None
             return CheckpointEntry("none", self.kv_cache, self.kv_cache_fixed, self.kv_cache_origin)
+        name = module.name
         for ex in self.exclusions:
-            if ex.patterns.matches(module.name, module.kind, module.num_experts):
+            if ex.patterns.matches_name(name):
                 return None
-        if len(self.groups) == 1 and self.groups[0].targets is None:
-            g = self.groups[0]
-            return g.entry if module.kind in g.kinds else None
-        return self._resolve_groups(module)
-
-    def _resolve_groups(self, module: "ModuleInfo") -> CheckpointEntry | None:
-        key = (module.name, module.kind, module.num_experts)
+        shape_only = self._memo.get("shape_only")
+        if shape_only is None:
+            shape_only = self._memo["shape_only"] = all(g.targets is None or g.targets.shape_only for g in self.groups)
+        # without name-dependent targets, every name of one shape gets the same answer
+        key = (name_shape(name) if shape_only else name, module.kind, module.num_experts)
         if key in self._memo:
             return self._memo[key]
+        result = None
+        if not any(ex.patterns.matches_shape(name_shape(name), module.kind, module.num_experts)
+                   for ex in self.exclusions):
+            result = self._resolve_groups(module)
+        self._memo[key] = result
+        return result
+
+    def _resolve_groups(self, module: "ModuleInfo") -> CheckpointEntry | None:
         hits = [
             g for g in self.groups
             if module.kind in g.kinds
             and (g.targets is None or g.targets.matches(module.name, module.kind, module.num_experts))
         ]
-        if len(hits) > 1:  # rare: overlapping groups, resolved by vLLM's target priority
+        if len(hits) > 1:  # overlapping groups, resolved by vLLM's target priority
             hits.sort(key=lambda g: -(g.priority(module) or 0))  # stable: ties keep group order
-        best = hits[0].entry if hits else None
-        self._memo[key] = best
-        return best
+        return hits[0].entry if hits else None
 
     def excluded_by(self, module: "ModuleInfo") -> list[str]:
         """The exclusion entries that match a module (for explain and tests)."""

@@ -52,6 +52,7 @@ KV_CACHE: dict[tuple, tuple[str, bool]] = {
     ("float", 8, "tensor", None, True): ("fp8_dynamic_per_tensor", False),
 }
 
+_RE_HINT = "a 're:' entry is a Python regular expression, matched with re.match"
 _ARG_FIELDS = ("num_bits", "type", "symmetric", "group_size", "strategy", "block_structure", "dynamic",
                "actorder", "observer", "observer_kwargs", "scale_dtype", "zp_dtype")
 
@@ -69,14 +70,16 @@ def _args_signature(b: _Block, role: str) -> tuple | None:
     strategy = b.choice("strategy", STRATEGIES, "group" if isinstance(group, int) else "tensor")
     dynamic = b.data.get("dynamic", False)
     if dynamic not in (True, False, "local"):
-        b.error("QC402", f"'dynamic' must be true, false or \"local\", got {dynamic!r}", "dynamic")
+        b.error("QC402", f"'dynamic' must be true, false or \"local\", got {dynamic!r}", "dynamic",
+                'one of true, false, "local"')
         dynamic = _MISSING
     block = b.get("block_structure", (list, str))
     if isinstance(block, str):  # older releases wrote "128x128"
         try:
             block = [int(x) for x in block.lower().split("x")]
         except ValueError:
-            b.error("QC402", f"'block_structure' must be [rows, cols], got {block!r}", "block_structure")
+            b.error("QC402", f"'block_structure' must be [rows, cols], got {block!r}", "block_structure",
+                    "for example [128, 128]")
             block = _MISSING
     actorder = b.data.get("actorder")
     if _MISSING in (bits, typ, sym, group, strategy, dynamic, block):
@@ -157,7 +160,8 @@ def read_compressed_tensors(b: _Block) -> CheckpointScheme | None:
     for name, raw in groups_b.data.items():
         g = _Block(raw, b.source, groups_b.path(name), b.diags) if isinstance(raw, dict) else None
         if g is None:
-            groups_b.error("QC402", f"config group '{name}' must be an object", name)
+            groups_b.error("QC402", f"config group '{name}' must be an object", name,
+                           "a group is {targets, weights, input_activations}")
             continue
         group = _read_group(g, name, top_format)
         if group is not None:
@@ -167,7 +171,7 @@ def read_compressed_tensors(b: _Block) -> CheckpointScheme | None:
     if ignore:
         ex = PeerPatterns.build("ct", ignore)
         for i, pattern, reason in ex.invalid_regexes():
-            b.error("QC402", f"ignore[{i}] '{pattern}' is not a valid regex: {reason}", f"ignore[{i}]")
+            b.error("QC402", f"ignore[{i}] '{pattern}' is not a valid regex: {reason}", f"ignore[{i}]", _RE_HINT)
         exclusions = (Exclusion(ex, b.path("ignore")),)
     kv_key, kv_fixed = None, False
     kv_b = b.sub("kv_cache_scheme")
@@ -188,14 +192,15 @@ def _read_group(g: _Block, name: str, top_format) -> SchemeGroup | None:
         return None
     patterns = PeerPatterns.build("ct", targets)
     for i, pattern, reason in patterns.invalid_regexes():
-        g.error("QC402", f"targets[{i}] '{pattern}' is not a valid regex: {reason}", f"targets[{i}]")
+        g.error("QC402", f"targets[{i}] '{pattern}' is not a valid regex: {reason}", f"targets[{i}]", _RE_HINT)
     if g.data.get("output_activations") is not None:
         g.error("QC403", "output activation quantization is not supported", "output_activations",
                 "quantc quantizes weights and GEMM inputs only")
     w_b = g.sub("weights")
     if w_b is None:
         if g.data.get("weights") is None:
-            g.error("QC403", "a group without weights (activation-only quantization) is not supported", "weights")
+            g.error("QC403", "a group without weights (activation-only quantization) is not supported", "weights",
+                    "quantc plans weight quantization with optional activation quantization")
         return None
     weight = _weight_key(w_b)
     act = None

@@ -46,7 +46,8 @@ class _Block:
         # bool is an int in Python; a JSON true is never a number of bits
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             want = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
-            self.error("QC402", f"'{key}' must be {want}, got {type(value).__name__} {value!r}", key)
+            self.error("QC402", f"'{key}' must be {want}, got {type(value).__name__} {value!r}", key,
+                       f"write '{key}' as {want}")
             return _MISSING
         return value
 
@@ -73,7 +74,8 @@ class _Block:
         out = []
         for i, item in enumerate(value):
             if not isinstance(item, str):
-                self.error("QC402", f"'{key}[{i}]' must be a module name string, got {item!r}", f"{key}[{i}]")
+                self.error("QC402", f"'{key}[{i}]' must be a module name string, got {item!r}", f"{key}[{i}]",
+                           "each entry is a module name or pattern string")
             else:
                 out.append(item)
         return tuple(out)
@@ -276,7 +278,8 @@ def read_block(qconfig: Any, source: str) -> tuple[CheckpointScheme | None, tupl
     diags: list[Diagnostic] = []
     if not isinstance(qconfig, dict):
         diags.append(Diagnostic("QC402", "error", f"the quantization block must be an object, got "
-                                f"{type(qconfig).__name__}", Span(source), None, "quantization_config"))
+                                f"{type(qconfig).__name__}", Span(source), "quantization_config is a JSON object with a "
+                                "quant_method", "quantization_config"))
         return None, tuple(diags)
     if isinstance(qconfig.get("quantization"), dict):  # ModelOpt hf_quant_config.json
         block = _Block(qconfig["quantization"], source, "quantization", diags)

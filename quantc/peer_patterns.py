@@ -93,6 +93,8 @@ def _regex_of(semantics: str, pattern: str) -> tuple[str | None, str | None, boo
     if semantics == "ct":
         if pattern.startswith("re:"):
             body = pattern[3:]
+            if not _compiles(body):
+                return None, None, True  # reported by invalid_regexes(); matches nothing
             return f"(?:{body})", None, _regex_shape_safe(body)
         # a plain string: a class name, or the exact module name
         return re.escape(pattern) + r"\Z", pattern, _literal_shape_safe(pattern)
@@ -130,26 +132,36 @@ def _compiles(regex: str) -> bool:
 
 @dataclass(frozen=True)
 class PeerPatterns:
-    """A list of one tool's patterns, matched with that tool's semantics."""
+    """A list of one tool's patterns, matched with that tool's semantics.
+
+    Split for speed: ``matches_name`` tests what depends on the exact name (index-testing regexes,
+    literal names: a set lookup), ``matches_shape`` what only depends on the name shape and kind.
+    """
 
     semantics: str
     patterns: tuple[str, ...]
     _safe_re: re.Pattern | None = field(default=None, repr=False, compare=False)
     _name_re: re.Pattern | None = field(default=None, repr=False, compare=False)
+    _exact: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
     _safe_classes: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(cls, semantics: str, patterns: Iterable[str]) -> "PeerPatterns":
         patterns = tuple(patterns)
-        safe, unsafe, classes = [], [], set()
+        safe, unsafe, classes, exact = [], [], set(), set()
         for p in patterns:
-            regex, cls_name, is_safe = _regex_of(semantics, p)
-            if cls_name is not None:
-                classes.add(cls_name)
-            (safe if is_safe else unsafe).append(regex)
+            if semantics in ("ct", "exact") and not p.startswith("re:"):
+                if semantics == "ct" and ct_target_priority(p) == 0:
+                    classes.add(p)
+                else:
+                    exact.add(p)
+                continue
+            regex, _, is_safe = _regex_of(semantics, p)
+            if regex is not None:
+                (safe if is_safe else unsafe).append(regex)
         comp = lambda parts: re.compile("|".join(f"(?:{p})" for p in parts), re.S) if parts else None
-        return cls(semantics, patterns, comp(safe), comp(unsafe), frozenset(classes))
+        return cls(semantics, patterns, comp(safe), comp(unsafe), frozenset(exact), frozenset(classes))
 
     def invalid_regexes(self) -> list[tuple[int, str, str]]:
         """(index, pattern, reason) of ``re:`` entries that do not compile."""
@@ -162,21 +174,40 @@ class PeerPatterns:
                     out.append((i, p, str(e)))
         return out
 
+    @property
+    def shape_only(self) -> bool:
+        return self._name_re is None and not self._exact
+
+    def matches_name(self, name: str) -> bool:
+        if self._exact:
+            if name in self._exact:
+                return True
+            if self.semantics == "exact":  # an ancestor listed
+                i = name.rfind(".")
+                while i > 0:
+                    if name[:i] in self._exact:
+                        return True
+                    i = name.rfind(".", 0, i)
+        return self._name_re is not None and self._name_re.match(name) is not None
+
+    def matches_shape(self, shape: str, kind: str = "linear", num_experts: int = 1) -> bool:
+        if self._safe_classes:
+            cname = class_name(kind, num_experts)
+            if cname is not None and cname in self._safe_classes:
+                return True
+        if self._safe_re is None:
+            return False
+        hit = self._cache.get(shape)
+        if hit is None:
+            hit = self._cache[shape] = self._safe_re.match(shape) is not None
+        return hit
+
     def matches(self, name: str, kind: str = "linear", num_experts: int = 1) -> bool:
-        if self._name_re is not None and self._name_re.match(name):
+        if self.matches_name(name):
             return True
         if self._safe_re is None and not self._safe_classes:
             return False
-        cname = class_name(kind, num_experts)
-        if cname is not None and cname in self._safe_classes:
-            return True
-        if self._safe_re is None:
-            return False
-        shape = name_shape(name)
-        hit = self._cache.get(shape)
-        if hit is None:
-            hit = self._cache[shape] = bool(self._safe_re.match(shape))
-        return hit
+        return self.matches_shape(name_shape(name), kind, num_experts)
 
     def which(self, name: str, kind: str = "linear", num_experts: int = 1) -> list[str]:
         """The patterns that match (slow path, for messages and tests)."""
