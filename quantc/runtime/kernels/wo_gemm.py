@@ -17,29 +17,15 @@ inner loop is only shift, mask, convert and multiply-add.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
+from ...plan import KernelConfig as WoConfig  # stdlib-only; any object with these fields works
 from .wo_format import FP8, INT8, WoWeight, decode_elements, decode_scale, dequantize
 
 # The CPU interpreter mis-computes tl.dot on bf16 operands (it sees raw bits); upcast there only.
 UPCAST_DOT = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-@dataclass(frozen=True)
-class WoConfig:
-    """Same fields as ``quantc.plan.KernelConfig``; any object with them is accepted."""
-
-    block_m: int
-    block_n: int
-    block_k: int
-    group_m: int = 8
-    num_warps: int = 4
-    num_stages: int = 3
-    split_k: int = 1
 
 
 @triton.jit
