@@ -84,33 +84,25 @@ def _glob_shape_safe(text: str) -> bool:
 # --- one peer pattern, as regular expressions ----------------------------------------------------
 
 
-def _regex_of(semantics: str, pattern: str) -> tuple[str | None, str | None, bool]:
-    """(regex matched with re.match on the full name incl. ancestors, class name, shape-safe).
-
-    Every regex returned is to be used with ``re.match`` against the module's own name: ancestor
-    semantics are folded into it.
-    """
+def _parts(semantics: str, pattern: str) -> list[tuple[str, str, bool]]:
+    """(mode, regex, shape-safe) triples whose union is the pattern; mode "match" is ``re.match``
+    on the module's own name (ancestor semantics folded in), "search" is ``re.search`` of a literal.
+    compressed-tensors plain strings and ``exact`` entries are handled as literals by the caller."""
     if semantics == "ct":
-        if pattern.startswith("re:"):
-            body = pattern[3:]
-            if not _compiles(body):
-                return None, None, True  # reported by invalid_regexes(); matches nothing
-            return f"(?:{body})", None, _regex_shape_safe(body)
-        # a plain string: a class name, or the exact module name
-        return re.escape(pattern) + r"\Z", pattern, _literal_shape_safe(pattern)
+        body = pattern[3:]
+        if not _compiles(body):
+            return []  # reported by invalid_regexes(); matches nothing
+        return [("match", f"(?:{body})", _regex_shape_safe(body))]
     if semantics == "substring":
-        return ".*" + re.escape(pattern), None, _literal_shape_safe(pattern)
-    if semantics == "exact":
-        return re.escape(pattern) + r"(?:\.|\Z)", None, _literal_shape_safe(pattern)
+        return [("search", re.escape(pattern), _literal_shape_safe(pattern))]
     if semantics == "fnmatch":
-        return _glob_ancestor_regex(pattern), None, _glob_shape_safe(pattern)
+        return [("match", _glob_ancestor_regex(pattern), _glob_shape_safe(pattern))]
     if semantics == "transformers":
-        parts = [".*" + re.escape(pattern)]  # substring (covers endswith; ancestors are prefixes)
-        safe = _literal_shape_safe(pattern)
+        # substring (covers endswith; ancestors are prefixes), then re.match on the name or a prefix
+        out = [("search", re.escape(pattern), _literal_shape_safe(pattern))]
         if _compiles(pattern):
-            parts.append(f"(?:{pattern})")  # re.match on the name or a prefix of it
-            safe = safe and _regex_shape_safe(pattern)
-        return "|".join(f"(?:{p})" for p in parts), None, safe
+            out.append(("match", f"(?:{pattern})", _literal_shape_safe(pattern) and _regex_shape_safe(pattern)))
+        return out
     raise ValueError(f"unknown pattern semantics {semantics!r}")
 
 
@@ -142,6 +134,7 @@ class PeerPatterns:
     patterns: tuple[str, ...]
     _safe_re: re.Pattern | None = field(default=None, repr=False, compare=False)
     _name_re: re.Pattern | None = field(default=None, repr=False, compare=False)
+    _name_search: re.Pattern | None = field(default=None, repr=False, compare=False)
     _exact: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
     _safe_classes: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
@@ -149,19 +142,22 @@ class PeerPatterns:
     @classmethod
     def build(cls, semantics: str, patterns: Iterable[str]) -> "PeerPatterns":
         patterns = tuple(patterns)
-        safe, unsafe, classes, exact = [], [], set(), set()
+        safe, unsafe, unsafe_lit, classes, exact = [], [], [], set(), set()
         for p in patterns:
-            if semantics in ("ct", "exact") and not p.startswith("re:"):
+            if semantics == "exact" or (semantics == "ct" and not p.startswith("re:")):
                 if semantics == "ct" and ct_target_priority(p) == 0:
                     classes.add(p)
                 else:
                     exact.add(p)
                 continue
-            regex, _, is_safe = _regex_of(semantics, p)
-            if regex is not None:
-                (safe if is_safe else unsafe).append(regex)
+            for mode, regex, is_safe in _parts(semantics, p):
+                if is_safe:  # on a shape, a search is a match after any prefix
+                    safe.append(regex if mode == "match" else ".*" + regex)
+                else:
+                    (unsafe if mode == "match" else unsafe_lit).append(regex)
         comp = lambda parts: re.compile("|".join(f"(?:{p})" for p in parts), re.S) if parts else None
-        return cls(semantics, patterns, comp(safe), comp(unsafe), frozenset(exact), frozenset(classes))
+        return cls(semantics, patterns, comp(safe), comp(unsafe), comp(unsafe_lit), frozenset(exact),
+                   frozenset(classes))
 
     def invalid_regexes(self) -> list[tuple[int, str, str]]:
         """(index, pattern, reason) of ``re:`` entries that do not compile."""
@@ -176,7 +172,7 @@ class PeerPatterns:
 
     @property
     def shape_only(self) -> bool:
-        return self._name_re is None and not self._exact
+        return self._name_re is None and self._name_search is None and not self._exact
 
     def matches_name(self, name: str) -> bool:
         if self._exact:
@@ -188,6 +184,8 @@ class PeerPatterns:
                     if name[:i] in self._exact:
                         return True
                     i = name.rfind(".", 0, i)
+        if self._name_search is not None and self._name_search.search(name):
+            return True
         return self._name_re is not None and self._name_re.match(name) is not None
 
     def matches_shape(self, shape: str, kind: str = "linear", num_experts: int = 1) -> bool:

@@ -365,10 +365,13 @@ def test_deepseek_scale_map_is_fast():
                                                                           "strategy": "block",
                                                                           "block_structure": [128, 128]}}},
              "ignore": ["lm_head", "re:.*mlp.gate$", "re:.*kv_a_proj.*"] + [f"model.layers.{i}.mlp.gate" for i in range(61)]}
-    scheme, _ = read_checkpoint_scheme(block, "config.json")
-    start = time.perf_counter()
-    entries = [scheme.entry_for(m) for m in names]
-    elapsed = time.perf_counter() - start
-    assert sum(e is None for e in entries) == 61
-    assert elapsed < 0.25, elapsed  # 0.1 s on an idle core; headroom for a loaded CI machine
+    hf_block = {"quant_method": "fp8", "weight_block_size": [128, 128],
+                "modules_to_not_convert": ["lm_head"] + [f"model.layers.{i}.mlp.gate" for i in range(61)]}
+    for blk in (block, hf_block):
+        scheme, _ = read_checkpoint_scheme(blk, "config.json")
+        start = time.perf_counter()
+        entries = [scheme.entry_for(m) for m in names]
+        elapsed = time.perf_counter() - start
+        assert sum(e is None for e in entries) == (61 if blk is block else 0)
+        assert elapsed < 0.25, elapsed  # ~0.1 s on an idle core; headroom for a loaded CI machine
     assert len({name_shape(m.name) for m in names}) < 10
