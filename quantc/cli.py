@@ -100,7 +100,7 @@ def plan(
         if fmt != Format.text:
             _emit_data({"diagnostics": [d.to_dict() for d in result.diagnostics]}, fmt)
         raise typer.Exit(EXIT_INVALID)
-    data = plan_data(result.plan, result.diagnostics)
+    data = plan_data(result.plan, result.diagnostics, result.lowering.shapes)
     if fmt == Format.text:
         typer.echo(render_plan_text(data))
     else:

@@ -127,11 +127,12 @@ class Lowering:
         self._resolve_memo: dict = {}
         self._decide_memo: dict = {}
         self.rules_by_index = {r.index: r for r in config.rules}
-        self.pattern_used = [False] * len(texts)
+        self.shapes: list[str] = []  # name shape of every module, in inventory order (for report rows)
 
     # --- matching ---
-    def matched_patterns(self, module: ModuleInfo) -> tuple[int, ...]:
-        shape = name_shape(module.name)
+    def matched_patterns(self, module: ModuleInfo, shape: str | None = None) -> tuple[int, ...]:
+        if shape is None:
+            shape = name_shape(module.name)
         hits = self._shape_hits.get(shape)
         if hits is None:
             hits = tuple(i for i in self.safe_idx if self.patterns.matches(i, module.name, shape))
@@ -338,39 +339,51 @@ def lower(config: Config, inventory: Inventory, *, overrides: Overrides | None =
     lw = Lowering(config, inventory, overrides, checkpoint, tables_dirs)
     diags: list[Diagnostic] = []
     entries: list[ModulePlan] = []
-    error_groups: dict[tuple, list[str]] = {}
+    shapes: list[str] = []
     rule_matched = {r.index: False for r in config.rules}
     rule_won: dict[int, bool] = {r.index: False for r in config.rules}
     rule_shadowed_by: dict[int, int] = {}
     ignore_matched = [False] * len(config.ignore)
-    decisions: dict[str, Decision] = {}
+    # everything a module's outcome depends on, except its name -> (decision, modules, first name)
+    memo: dict[tuple, list] = {}
+    entry_for = checkpoint.entry_for if checkpoint is not None else None
     for module in inventory.modules:
-        hits = lw.matched_patterns(module)
-        rules, ignore_hit = lw.split_hits(hits)
-        for r in rules:
-            rule_matched[r] = True
-        if ignore_hit is not None:
-            ignore_matched[ignore_hit] = True
-        res = lw.resolve(module, rules, ignore_hit)
-        _track_shadowing(res, rules, lw, rule_won, rule_shadowed_by, module)
-        d = lw.decide(module, res)
-        decisions[module.name] = d
-        for code, msg, hint, span in d.errors:
-            error_groups.setdefault((code, hint, span, msg), []).append(module.name)
+        shape = name_shape(module.name)
+        hits = lw.matched_patterns(module, shape)
+        ckpt = entry_for(module) if entry_for is not None else None
+        key = (hits, module.kind, module.n, module.k, module.num_experts, module.tp_split, ckpt)
+        slot = memo.get(key)
+        if slot is None:
+            rules, ignore_hit = lw.split_hits(hits)
+            for r in rules:
+                rule_matched[r] = True
+            if ignore_hit is not None:
+                ignore_matched[ignore_hit] = True
+            res = lw.resolve(module, rules, ignore_hit)
+            _track_shadowing(res, rules, lw, rule_won, rule_shadowed_by, module)
+            slot = memo[key] = [lw.decide(module, res), 0, module.name]
+        slot[1] += 1
+        d = slot[0]
+        shapes.append(shape)
         entries.append(ModulePlan(
-            name=module.name, kind=module.kind, n=d.n_rank, k=d.k_rank, num_experts=module.num_experts,
-            layer=module.layer, weight=d.weight, activation=d.activation, method=d.method, kernel=d.kernel,
-            kernel_entry=d.kernel_entry, fused_group=module.fused_group, moe_block=module.moe_block,
-            tp_split=module.tp_split, provenance=d.provenance,
+            module.name, module.kind, d.n_rank, d.k_rank, module.num_experts, module.layer, d.weight, d.activation,
+            d.method, d.kernel, d.kernel_entry, module.fused_group, module.moe_block, module.tp_split, d.provenance,
         ))
-    for (code, hint, span, msg), names in error_groups.items():
-        more = f" (and {len(names) - 1} more modules like it)" if len(names) > 1 else ""
+    lw.shapes = shapes
+    error_groups: dict[tuple, list] = {}
+    for d, count, first in memo.values():
+        for code, msg, hint, span in d.errors:
+            g = error_groups.setdefault((code, hint, span, msg), [0, first])
+            g[0] += count
+    for (code, hint, span, msg), (count, _first) in error_groups.items():
+        more = f" (and {count - 1} more modules like it)" if count > 1 else ""
         diags.append(Diagnostic(code, "error", msg + more, span if span and span != BUILTIN_SPAN else None, hint))
-    diags.extend(_group_consistency(entries, lw))
+    diags.extend(_group_consistency(entries, shapes))
     diags.extend(_usage_warnings(config, rule_matched, rule_won, rule_shadowed_by, ignore_matched, lw))
     if has_errors(diags):
         return LoweringResult(None, tuple(diags), lw)
-    plan = _build_plan(config, inventory, lw, entries, diags)
+    totals = [(d.weight, d.activation, key[1], key[2] * key[3] * key[4], count) for key, (d, count, _) in memo.items()]
+    plan = _build_plan(config, inventory, lw, entries, diags, totals)
     return LoweringResult(plan, tuple(diags), lw)
 
 
@@ -392,27 +405,30 @@ def _track_shadowing(res: Resolved, rules, lw: Lowering, rule_won, rule_shadowed
                 rule_shadowed_by.setdefault(r, setters[-1])
 
 
-def _group_consistency(entries: list[ModulePlan], lw: Lowering) -> list[Diagnostic]:
+def _group_consistency(entries: list[ModulePlan], shapes: list[str]) -> list[Diagnostic]:
+    """Fused groups and MoE blocks need one scheme; one diagnostic per pattern of conflict."""
     diags = []
     for attr, what, code in (("fused_group", "modules fused into one GEMM", "QC330"), ("moe_block", "experts of one MoE layer", "QC331")):
-        groups: dict[str, dict[tuple, list[ModulePlan]]] = {}
+        first_of: dict[str, ModulePlan] = {}
+        conflicts: dict[str, dict[tuple, ModulePlan]] = {}
         for e in entries:
-            key = getattr(e, attr)
-            if key is None or e.kind == "kv_cache":
+            group = getattr(e, attr)
+            if group is None or e.kind == "kv_cache":
                 continue
-            groups.setdefault(key, {}).setdefault((e.weight, e.activation), []).append(e)
-        seen_shapes: set = set()
-        for group, schemes in groups.items():
-            if len(schemes) < 2:
+            first = first_of.get(group)
+            if first is None:
+                first_of[group] = e
+            elif (first.weight, first.activation) != (e.weight, e.activation):
+                c = conflicts.setdefault(group, {(first.weight, first.activation): first})
+                c.setdefault((e.weight, e.activation), e)
+        seen: set = set()
+        for group, schemes in conflicts.items():
+            pattern = (name_shape(group), tuple(sorted(schemes)))
+            if pattern in seen:
                 continue
-            shape = (name_shape(group), tuple(sorted(schemes)))
-            if shape in seen_shapes:
-                continue  # one diagnostic per pattern of conflict, not per layer
-            seen_shapes.add(shape)
-            parts = []
-            for (w, a), members in sorted(schemes.items()):
-                m = members[0]
-                parts.append(f"{m.name} has {w}/{a} (weight from {m.provenance['weight']}; activation from {m.provenance['activation']})")
+            seen.add(pattern)
+            parts = [f"{m.name} has {w}/{a} (weight from {m.provenance['weight']}; activation from {m.provenance['activation']})"
+                     for (w, a), m in sorted(schemes.items())]
             hint = ("modules that run as one fused GEMM need one scheme: give them the same weight and activation keys, e.g. match the whole group in one rule"
                     if attr == "fused_group" else "all experts of a MoE layer run in one grouped GEMM: match the experts of a layer together")
             diags.append(Diagnostic(code, "error", f"{group}: {what} have different schemes: " + "; ".join(parts), None, hint))
@@ -437,12 +453,12 @@ def _usage_warnings(config, rule_matched, rule_won, rule_shadowed_by, ignore_mat
     return diags
 
 
-def _build_plan(config: Config, inventory: Inventory, lw: Lowering, entries: list[ModulePlan], diags) -> Plan:
+def _build_plan(config: Config, inventory: Inventory, lw: Lowering, entries: list[ModulePlan], diags, totals) -> Plan:
     kernels = {}
     for e in entries:
         if e.kernel_entry and e.kernel_entry not in kernels:
             kernels[e.kernel_entry] = lookup(lw.tables, lw.fallback_tables, e.kernel, e.n, e.k, e.kernel_entry)
-    summary = summarize(entries, inventory)
+    summary = summarize(totals, len(entries))
     tuned_on = {}
     for t in lw.tables or lw.fallback_tables:
         tuned_on = dict(t.meta)
@@ -467,27 +483,25 @@ def _build_plan(config: Config, inventory: Inventory, lw: Lowering, entries: lis
     )
 
 
-def summarize(entries, inventory: Inventory) -> dict:
-    """Module counts per scheme and weight bytes before/after (bf16 before), whole model (not per rank)."""
-    by_name = {m.name: m for m in inventory.modules}
+def summarize(totals, num_modules: int) -> dict:
+    """Module counts per scheme and weight bytes before/after (bf16 before), whole model (not per rank).
+
+    ``totals``: (weight key, activation key, module kind, weight elements, module count) tuples."""
     schemes: dict[str, dict] = {}
     before = after = 0.0
-    for e in entries:
-        if e.kind == "kv_cache":
+    for weight, activation, kind, elements, count in totals:
+        if kind == "kv_cache":
             continue
-        m = by_name[e.name]
-        elems = m.weight_elements
-        b = elems * 2
-        a = elems * WEIGHT_KEYS[e.weight].bytes_per_element() if e.weight != "none" else b
+        b = elements * 2 * count
+        a = elements * WEIGHT_KEYS[weight].bytes_per_element() * count if weight != "none" else b
         before += b
         after += a
-        label = f"{e.weight}/{e.activation}"
-        s = schemes.setdefault(label, {"modules": 0, "bytes_before": 0, "bytes_after": 0})
-        s["modules"] += 1
+        s = schemes.setdefault(f"{weight}/{activation}", {"modules": 0, "bytes_before": 0, "bytes_after": 0})
+        s["modules"] += count
         s["bytes_before"] += int(b)
         s["bytes_after"] += int(a)
     return {
-        "modules": len(entries),
+        "modules": num_modules,
         "schemes": dict(sorted(schemes.items())),
         "bytes_before": int(before),
         "bytes_after": int(after),

@@ -134,6 +134,12 @@ def compress_names(names: list[str]) -> list[str]:
     return out
 
 
+def compress_same_shape(shape0: str, names: list[str]) -> list[str]:
+    """``compress_names`` for names already known to share ``shape0`` (digit runs replaced by one
+    ``0``, as ``patterns.name_shape`` makes): every ``0`` in it stands for exactly one digit run."""
+    return _compress_shape(shape0.replace("0", "{}"), [tuple(_DIGIT_RUN.findall(n)) for n in names])
+
+
 def _compress_shape(shape: str, tuples: list[tuple[str, ...]]) -> list[str]:
     if not tuples[0]:
         return [shape]

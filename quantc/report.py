@@ -7,26 +7,33 @@ from __future__ import annotations
 
 from .diagnostics import Diagnostic
 from .patterns import ancestors_and_self, name_shape
-from .plan import Plan, compress_names
+from .plan import Plan, compress_same_shape
 
 
-def plan_rows(plan: Plan) -> list[dict]:
-    """Modules grouped by (name shape, scheme, kernel, deciding rule), names as templates, in model order."""
+def plan_rows(plan: Plan, shapes: list[str] | None = None) -> list[dict]:
+    """Modules grouped by (name shape, scheme, kernel, deciding rule), names as templates, in model order.
+
+    ``shapes``: the modules' name shapes in plan order, when lowering has them already."""
+    modules = plan.modules
+    if shapes is None or len(shapes) != len(modules):
+        shapes = [name_shape(m.name) for m in modules]
     groups: dict[tuple, list] = {}
-    for m in plan.modules:
-        key = (name_shape(m.name), m.weight, m.activation, m.kernel, m.provenance.get("weight", ""),
-               m.provenance.get("activation", ""))
-        groups.setdefault(key, []).append(m)
+    for m, shape in zip(modules, shapes):
+        key = (shape, m.weight, m.activation, m.kernel, m.provenance.get("weight", ""), m.provenance.get("activation", ""))
+        members = groups.get(key)
+        if members is None:
+            members = groups[key] = []
+        members.append(m)
     rows = []
-    for (_, w, a, kernel, pw, pa), members in groups.items():
+    for (shape, w, a, kernel, pw, pa), members in groups.items():
         first = members[0]
-        shapes = sorted({(m.n, m.k) for m in members})
+        shapes_nk = sorted({(m.n, m.k) for m in members})
         rows.append({
-            "modules": compress_names([m.name for m in members]),
+            "modules": compress_same_shape(shape, [m.name for m in members]),
             "count": len(members),
             "kind": first.kind,
-            "n": shapes[0][0] if len(shapes) == 1 else None,
-            "k": shapes[0][1] if len(shapes) == 1 else None,
+            "n": shapes_nk[0][0] if len(shapes_nk) == 1 else None,
+            "k": shapes_nk[0][1] if len(shapes_nk) == 1 else None,
             "num_experts": first.num_experts,
             "weight": w,
             "activation": a,
@@ -38,12 +45,12 @@ def plan_rows(plan: Plan) -> list[dict]:
     return rows
 
 
-def plan_data(plan: Plan, diagnostics: list[Diagnostic]) -> dict:
+def plan_data(plan: Plan, diagnostics: list[Diagnostic], shapes: list[str] | None = None) -> dict:
     return {
         "model": plan.model,
         "target": plan.target,
         "summary": plan.summary,
-        "rows": plan_rows(plan),
+        "rows": plan_rows(plan, shapes),
         "kernels": {kid: {"kernel": e.kernel, "n": e.n, "k": e.k, "source": e.source} for kid, e in sorted(plan.kernels.items())},
         "diagnostics": [d.to_dict() for d in diagnostics],
     }
