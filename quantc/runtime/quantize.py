@@ -288,3 +288,30 @@ def quantize_weight(w: torch.Tensor, key: str) -> Tensors:
 def dequantize_weight(tensors: Tensors, key: str) -> torch.Tensor:
     """fp32 (N, K) values a quantized weight stands for (the reference operand of the GEMMs)."""
     return WEIGHT_DEQUANTIZERS[key](tensors)
+
+
+def tensor_specs(key: str, n: int, k: int) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """Names, dtypes and shapes of a quantized (N, K) weight in ``key`` (the table above)."""
+    u8, f32 = torch.uint8, torch.float32
+    if key in ("fp8_per_tensor", "fp8_per_channel", "fp8_block_128x128", "mxfp8", "int8_per_channel"):
+        elem = torch.int8 if key == "int8_per_channel" else FP8
+        scale = {
+            "fp8_per_tensor": ("weight_scale", f32, ()),
+            "fp8_per_channel": ("weight_scale", f32, (n, 1)),
+            "int8_per_channel": ("weight_scale", f32, (n, 1)),
+            "fp8_block_128x128": ("weight_scale_inv", f32, (-(-n // 128), -(-k // 128))),
+            "mxfp8": ("weight_scale", u8, (n, k // 32)),
+        }[key]
+        return {"weight": (elem, (n, k)), scale[0]: (scale[1], scale[2])}
+    packed = {"weight_packed": (u8, (n, k // 2))}
+    if key.startswith("int4_group_"):
+        g = int(key.split("_")[2])
+        out = {**packed, "weight_scale": (torch.bfloat16, (n, k // g))}
+        if key.endswith("_asym"):
+            out["weight_zero_point"] = (u8, (n, k // g))
+        return out
+    if key == "mxfp4":
+        return {**packed, "weight_scale": (u8, (n, k // 32))}
+    if key == "nvfp4":
+        return {**packed, "weight_scale": (FP8, (n, k // 16)), "weight_scale_2": (f32, ())}
+    raise KeyError(f"no quantized layout for {key!r}")

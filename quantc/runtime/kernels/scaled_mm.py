@@ -199,9 +199,11 @@ WEIGHT_MODE = {
 
 def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, weight_key: str,
               act_key: str, config, input_scale: torch.Tensor | None = None,
-              bias: torch.Tensor | None = None, fuse: bool | None = None) -> torch.Tensor:
+              bias: torch.Tensor | None = None, fuse: bool | None = None,
+              x_scale: torch.Tensor | None = None) -> torch.Tensor:
     """bf16 x (M, K) times a quantized weight (N, K) -> bf16 (M, N).
 
+    With ``x_scale``, x is taken as already quantized for ``act_key`` (elements and their scales).
     ``config`` is the KernelConfig for this M (block_m, block_n, block_k, group_m, num_warps,
     num_stages). ``fuse`` forces the fused quantizer on or off (default: by M, see FUSE_MAX_M)."""
     m, k = x.shape
@@ -215,11 +217,13 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
     block_k = config.block_k if group_k == 1 else min(config.block_k, group_k)
     if fuse is None:
         fuse = a_mode != A_NONE and m <= FUSE_MAX_M[a_mode]
-    if fuse and a_mode == A_GROUP:
+    if fuse and x_scale is None and a_mode == A_GROUP:
         block_k = group_k  # the tile must hold whole groups to find their scale
     quant = Q_NONE
     a, sa = x, weight_scale  # sa is a placeholder pointer when unused
-    if a_mode != A_NONE:
+    if a_mode != A_NONE and x_scale is not None:  # already quantized (benchmarks, tests)
+        fuse, sa = False, x_scale
+    elif a_mode != A_NONE:
         if fuse:
             quant = Q_STATIC if act_key == "fp8_static_per_tensor" else Q_DYNAMIC
             if quant == Q_STATIC:

@@ -1,0 +1,285 @@
+"""``apply(model, plan, weights=None)``: execute a compiled plan on a live torch model (SPEC §7).
+
+Steps, all-or-nothing:
+1. check the plan against the model (every planned module present with the planned shape, no linear
+   layer of the model missing from the plan) and the live GPU against ``plan.target``;
+2. prepare every module: quantize its weight (or take pre-quantized tensors from ``weights``) and
+   build its replacement, without touching the model;
+3. only when every module is prepared, swap them in. Any error before that leaves the model exactly as
+   it was and raises ``QuantcError`` with every problem found, each naming its module.
+
+Peak memory: the model plus the quantized copies of all swapped modules (8-bit weights add about half
+of the bf16 bytes); the bf16 weights are released when the swapped-out modules are.
+
+Diagnostic codes: QC701 model/plan mismatch, QC702 GPU mismatch, QC703 weights, QC704 no runtime for a
+planned kernel, QC705 a module failed to prepare, QC706 kv_cache not applied (warning),
+QC707 tensor-parallel rank/world.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from quantc.diagnostics import Diagnostic, QuantcError, Span
+
+from . import quantize as Q
+from .modules import QuantLinear
+from .registry import LAUNCHERS
+from .tables import default_buckets
+
+_LINEAR_KINDS = ("linear", "lm_head", "router")
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    swapped: tuple[str, ...]
+    kept: tuple[str, ...]
+    bytes_before: int
+    bytes_after: int
+    notes: tuple[str, ...] = ()
+    warnings: tuple[Diagnostic, ...] = field(default=())
+
+    def summary(self) -> str:
+        ratio = self.bytes_after / self.bytes_before if self.bytes_before else 1.0
+        return (f"{len(self.swapped)} modules swapped, {len(self.kept)} kept; weights "
+                f"{self.bytes_before / 2**20:.1f} MiB -> {self.bytes_after / 2**20:.1f} MiB ({ratio:.2f}x)")
+
+
+def _err(code: str, message: str, module: str | None, hint: str) -> Diagnostic:
+    return Diagnostic(code, "error", message, Span(module or "<model>"), hint=hint, path=module)
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def check_gpu(plan, device: torch.device) -> tuple[list[Diagnostic], list[str]]:
+    """Live GPU against ``plan.target``; on the CPU interpreter the check is skipped with a note."""
+    from quantc.gpus import GPUS, gpu_from_device_name
+
+    target = plan.target.get("gpu", "h100")
+    want_sm = int(plan.target.get("sm") or GPUS.get(target, GPUS["h100"]).sm)
+    if device.type != "cuda":
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            return [], [f"GPU check skipped: running on {device.type} under TRITON_INTERPRET=1 (plan target {target})"]
+        return [_err("QC702", f"the model is on {device.type}, but the plan targets the GPU {target!r}", None,
+                     "move the model to the GPU first (model.cuda()), or set TRITON_INTERPRET=1 for a CPU check")], []
+    live = gpu_from_device_name(torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device))
+    if live.sm < want_sm or live.sm // 10 != want_sm // 10:
+        return [_err("QC702", f"the live GPU is {live.name} (sm_{live.sm}), the plan targets {target} (sm_{want_sm})",
+                     None, f"recompile the plan with --gpu {live.name}")], []
+    notes = [] if live.name == target else [f"live GPU {live.name} differs from the plan's {target}; same sm_{live.sm}"]
+    return [], notes
+
+
+def _linear_names(model: nn.Module) -> set[str]:
+    return {name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)}
+
+
+def check_model(model: nn.Module, plan) -> list[Diagnostic]:
+    diags: list[Diagnostic] = []
+    mods = dict(model.named_modules())
+    planned = set()
+    for mp in plan.modules:
+        if mp.kind in ("kv_cache", "norm", "embedding"):
+            continue
+        planned.add(mp.name)
+        if mp.kernel is None:
+            continue
+        mod = mods.get(mp.name)
+        if mod is None:
+            diags.append(_err("QC701", f"planned module {mp.name!r} is not in the model", mp.name,
+                              "compile the plan against this model (quantc compile --model ...)"))
+            continue
+        w = getattr(mod, "weight", None)
+        if mp.kind in _LINEAR_KINDS:
+            if not isinstance(w, torch.Tensor) or w.dim() != 2:
+                diags.append(_err("QC701", f"{mp.name!r} is a {type(mod).__name__} without a 2-D weight; the plan "
+                                  f"has it as {mp.kind}", mp.name, "compile the plan against this model"))
+            elif tuple(w.shape) != (mp.n, mp.k):
+                diags.append(_err("QC701", f"{mp.name!r} has weight shape {tuple(w.shape)}, the plan says "
+                                  f"(N={mp.n}, K={mp.k})", mp.name,
+                                  "compile the plan against this model (for tensor parallelism: this rank's shard)"))
+    unplanned = sorted(_linear_names(model) - planned)
+    if unplanned:
+        shown = ", ".join(unplanned[:5]) + (f" and {len(unplanned) - 5} more" if len(unplanned) > 5 else "")
+        diags.append(_err("QC701", f"{len(unplanned)} linear module(s) of the model are not in the plan: {shown}",
+                          unplanned[0], "compile the plan against this model; nothing is skipped silently"))
+    return diags
+
+
+# ---------------------------------------------------------------------------- weights
+
+
+def _load_weights(weights) -> dict[str, torch.Tensor] | None:
+    if weights is None or isinstance(weights, dict):
+        return weights
+    from safetensors.torch import load_file
+
+    path = Path(weights)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    if not files or not all(f.is_file() for f in files):
+        raise QuantcError([_err("QC703", f"no safetensors weights at {path}", None,
+                                "pass a state dict, a .safetensors file or a checkpoint directory")])
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        out.update(load_file(str(f)))
+    return out
+
+
+def _check_prequantized(key: str, given: dict, want: dict) -> dict[str, torch.Tensor]:
+    missing = [n for n in want if n not in given]
+    if missing:
+        raise ValueError(f"pre-quantized {key} weights lack {', '.join(missing)} (found {', '.join(sorted(given))})")
+    out = {}
+    for n, (dtype, shape) in want.items():
+        t = given[n]
+        shape_ok = t.numel() == (torch.Size(shape).numel()) and (len(shape) < 2 or t.shape[0] == shape[0])
+        # scales stored as bf16/fp16 where fp32 is planned are widened exactly; elements must match
+        dtype_ok = t.dtype == dtype or (dtype == torch.float32 and t.is_floating_point() and t.element_size() >= 2)
+        if not (shape_ok and dtype_ok):
+            have = f"{str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}"
+            need = f"{str(dtype).removeprefix('torch.')} {shape}"
+            raise ValueError(f"{n} is {have}, {key} needs {need}")
+        out[n] = t.to(dtype).reshape(shape)
+    return out
+
+
+def module_tensors(mp, mod: nn.Module, state: dict | None) -> dict[str, torch.Tensor]:
+    """Checkpoint-named quantized tensors of one module: from ``state`` when it holds them
+    pre-quantized, else the module's (or state's) bf16 weight quantized now."""
+    prefix = mp.name + "."
+    given = {n[len(prefix):]: t for n, t in (state or {}).items() if n.startswith(prefix) and "." not in n[len(prefix):]}
+    device = mod.weight.device
+    given = {n: t.to(device) for n, t in given.items()}
+    w = given.get("weight")
+    if mp.weight == "none":
+        return {"weight": (w if w is not None else mod.weight.detach()).to(torch.bfloat16)}
+    want = Q.tensor_specs(mp.weight, mp.n, mp.k)
+    if w is not None and w.is_floating_point() and w.element_size() >= 2:
+        out = Q.quantize_weight(w, mp.weight)  # a bf16 checkpoint: quantize online
+    elif given.keys() - {"input_scale", "bias"}:
+        out = _check_prequantized(mp.weight, given, want)
+    else:
+        out = Q.quantize_weight(mod.weight.detach(), mp.weight)
+    if "input_scale" in given:
+        out["input_scale"] = given["input_scale"]
+    if mp.activation == "fp8_static_per_tensor" and "input_scale" not in out:
+        raise ValueError("fp8_static_per_tensor needs the checkpoint's input_scale, and none was given")
+    return out
+
+
+# ---------------------------------------------------------------------------- apply
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    return Progress(TextColumn("quantc apply"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                    transient=True)
+
+
+def _prepare(mp, mod, state, plan) -> nn.Module:
+    tensors = module_tensors(mp, mod, state)
+    launcher = LAUNCHERS[mp.kernel]
+    entry = plan.kernels.get(mp.kernel_entry) if mp.kernel_entry else None
+    if launcher.make_module is not None:
+        return launcher.make_module(mp, tensors, entry)
+    buffers = launcher.prepare(tensors, mp.weight, mp.n, mp.k)
+    buckets = entry.buckets if entry is not None else default_buckets(mp.kernel)
+    bias = getattr(mod, "bias", None)
+    return QuantLinear(mp.name, mp.kernel, mp.weight, mp.activation, mp.n, mp.k, buffers,
+                       None if bias is None else bias.detach(), buckets if mp.kernel in _TABLED else ())
+
+
+_TABLED = {"fp8_scaled_gemm", "fp8_block_gemm", "int8_gemm", "mxfp8_gemm_emulated", "fp8_weight_only_gemm",
+           "int8_weight_only_gemm", "fp8_block_scaled_mm_cublas"}
+
+
+def apply(model: nn.Module, plan, weights=None, *, rank: int | None = None, world: int | None = None,
+          progress: bool = True) -> ApplyReport:
+    """Quantize ``model`` in place as ``plan`` says; returns an ``ApplyReport``. See the module doc."""
+    diags: list[Diagnostic] = []
+    warnings: list[Diagnostic] = []
+    tp = int(plan.target.get("tensor_parallel", 1) or 1)
+    if (world or 1) != tp or (rank is not None and not 0 <= rank < (world or 1)):
+        diags.append(_err("QC707", f"apply got rank={rank}, world={world}; the plan is for tensor_parallel={tp}",
+                          None, f"pass world={tp} and this process's rank (0..{tp - 1})"))
+    diags += check_model(model, plan)
+    first = next((p for p in model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    gpu_diags, notes = check_gpu(plan, device)
+    diags += gpu_diags
+    todo = []
+    for mp in plan.modules:
+        if mp.kind == "kv_cache" and mp.kernel is not None and mp.kernel != "kv_cache_bf16":
+            warnings.append(Diagnostic("QC706", "warning", f"kv_cache of {mp.name!r} is planned as {mp.activation}; "
+                                       "the runtime does not apply kv_cache settings yet", Span(mp.name),
+                                       hint="the KV cache stays bf16 for now", path=mp.name))
+        elif mp.kind not in ("kv_cache", "norm", "embedding") and mp.kernel is not None:
+            if mp.kernel not in LAUNCHERS:
+                diags.append(_err("QC704", f"no runtime launcher for kernel {mp.kernel!r} (module {mp.name!r})",
+                                  mp.name, "compile with a backend this runtime provides"))
+            elif mp.kind == "moe_experts" and LAUNCHERS[mp.kernel].make_module is None:
+                diags.append(_err("QC704", f"kernel {mp.kernel!r} has no module for MoE experts ({mp.name!r})",
+                                  mp.name, "this runtime applies MoE experts only through their launcher's module"))
+            else:
+                todo.append(mp)
+    if diags:
+        raise QuantcError(diags + warnings)
+    try:
+        state = _load_weights(weights)
+    except QuantcError:
+        raise
+    except Exception as exc:  # unreadable file: report, never a traceback
+        raise QuantcError([_err("QC703", f"cannot read weights: {exc}", None, "pass a state dict or a safetensors path")]) from None
+
+    mods = dict(model.named_modules())
+    prepared: dict[str, nn.Module] = {}
+    before = after = 0
+    with (_progress() if progress else _NoProgress()) as bar:
+        task = bar.add_task("", total=len(todo))
+        for mp in todo:
+            bar.update(task, description=mp.name)
+            try:
+                new = _prepare(mp, mods[mp.name], state, plan)
+            except Exception as exc:
+                diags.append(_err("QC705", f"cannot prepare {mp.name!r} ({mp.weight} via {mp.kernel}): {exc}",
+                                  mp.name, "check the weights given for this module"))
+            else:
+                prepared[mp.name] = new
+                before += _nbytes([p for p in mods[mp.name].parameters()] + list(mods[mp.name].buffers()))
+                after += _nbytes(list(new.buffers()) + list(new.parameters()))
+            bar.advance(task)
+    if diags:
+        raise QuantcError(diags + warnings)  # nothing was swapped
+    for name, new in prepared.items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(mods[parent_name] if parent_name else model, child, new)
+    kept = tuple(mp.name for mp in plan.modules if mp.name not in prepared and mp.kind not in ("kv_cache",))
+    return ApplyReport(tuple(prepared), kept, before, after, tuple(notes), tuple(warnings))
+
+
+class _NoProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, *a, **k):
+        pass
+
+    def advance(self, *a, **k):
+        pass

@@ -1,0 +1,70 @@
+"""``QuantLinear`` and the torch custom op it calls, so applied models run under torch.compile and
+CUDA graphs: the op is opaque to the compiler (``register_fake`` gives its output shape) and its body
+only launches kernels on preallocated buffers (no host sync, one output allocation)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Optional
+
+import torch
+from torch import nn
+
+from quantc.plan import KernelConfig
+
+from .registry import LAUNCHERS
+from .tables import bucket_lookup, pick
+
+_CFG_FIELDS = 8  # m_max, block_m, block_n, block_k, group_m, num_warps, num_stages, split_k
+
+
+def flatten_buckets(buckets) -> list[int]:
+    out: list[int] = []
+    for m_max, c in buckets:
+        out += [m_max, c.block_m, c.block_n, c.block_k, c.group_m, c.num_warps, c.num_stages, c.split_k]
+    return out
+
+
+@lru_cache(maxsize=1024)
+def _lookup(table: tuple[int, ...]):
+    rows = [table[i : i + _CFG_FIELDS] for i in range(0, len(table), _CFG_FIELDS)]
+    return bucket_lookup([(r[0], KernelConfig(*r[1:])) for r in rows])
+
+
+@torch.library.custom_op("quantc::dense", mutates_args=())
+def dense(x: torch.Tensor, buffers: list[torch.Tensor], bias: Optional[torch.Tensor], kernel: str,
+          weight_key: str, act_key: str, table: list[int], n: int) -> torch.Tensor:
+    """bf16 (M, K) -> bf16 (M, N) through the plan's kernel, with the KernelConfig for this M."""
+    config = pick(*_lookup(tuple(table)), x.shape[0]) if table else None
+    return LAUNCHERS[kernel].run(x, buffers, config, weight_key, act_key, bias)
+
+
+@dense.register_fake
+def _(x, buffers, bias, kernel, weight_key, act_key, table, n):
+    return x.new_empty((x.shape[0], n), dtype=torch.bfloat16)
+
+
+class QuantLinear(nn.Module):
+    """A linear layer whose weight is stored quantized; the plan's kernel computes it."""
+
+    def __init__(self, name: str, kernel: str, weight_key: str, act_key: str, n: int, k: int,
+                 buffers: dict[str, torch.Tensor], bias: torch.Tensor | None, buckets) -> None:
+        super().__init__()
+        self.name, self.kernel, self.weight_key, self.act_key = name, kernel, weight_key, act_key
+        self.in_features, self.out_features = k, n
+        self._names = tuple(buffers)
+        for key, t in buffers.items():
+            self.register_buffer(key, t)
+        self.register_buffer("bias", None if bias is None else bias.to(torch.bfloat16))
+        self._table = flatten_buckets(buckets) if buckets else []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
+        bufs = [getattr(self, key) for key in self._names]
+        out = dense(x2, bufs, self.bias, self.kernel, self.weight_key, self.act_key, self._table, self.out_features)
+        return out.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_features}, {self.out_features}, kernel={self.kernel}, weight={self.weight_key}, "
+                f"activation={self.act_key}")
