@@ -53,6 +53,7 @@ class WoWeight:
     row_block: int = 1          # rows along N per scale
     zeros: torch.Tensor | None = None
     global_scale: torch.Tensor | None = None  # fp32 (E,) or (1,)
+    k_perm: torch.Tensor | None = None  # GPTQ act-order: K was permuted at load; x[..., k_perm] is the input
 
     @property
     def pack(self) -> int:

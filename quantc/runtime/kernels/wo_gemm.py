@@ -157,6 +157,8 @@ def check(x: torch.Tensor, w: WoWeight) -> None:
 def launch(x: torch.Tensor, w: WoWeight, cfg) -> torch.Tensor:
     """bf16 (.., K) x WoWeight (N, K) -> bf16 (.., N). ``cfg`` is the plan's KernelConfig for M."""
     check(x, w)
+    if w.k_perm is not None:
+        x = x.index_select(-1, w.k_perm)
     x2 = x.reshape(-1, w.k).to(torch.bfloat16).contiguous()
     out = torch.ops.quantc.wo_gemm(
         x2, w.data, w.scale, w.zeros, w.global_scale, w.fmt, w.sfmt, w.pack, w.group, w.row_block, w.n,
@@ -167,6 +169,8 @@ def launch(x: torch.Tensor, w: WoWeight, cfg) -> torch.Tensor:
 
 def reference(x: torch.Tensor, w: WoWeight) -> torch.Tensor:
     """fp32 x @ dequantized(w).T, the same math in plain torch."""
+    if w.k_perm is not None:
+        x = x.index_select(-1, w.k_perm)
     return x.float() @ dequantize(w).T
 
 
