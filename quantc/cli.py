@@ -265,6 +265,84 @@ def schema(name: SchemaName = typer.Argument(SchemaName.config, help="which sche
     raise typer.Exit(EXIT_OK)
 
 
+@app.command(name="import")
+def import_(
+    config: Path = typer.Argument(..., help="a checkpoint's config.json, hf_quant_config.json or its folder"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the quantc config here (default: stdout)"),
+):
+    """Turn a checkpoint's quantization_config into an equivalent quantc config (YAML)."""
+    from .diagnostics import has_errors, render_text
+    from .interop import import_quantization_config
+
+    if not config.exists():
+        _usage_error(f"checkpoint config not found: {config}")
+    text, diags = import_quantization_config(config)
+    if diags:
+        typer.echo(render_text(list(diags)), err=True)
+    if has_errors(diags):
+        raise typer.Exit(EXIT_INVALID)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+    raise typer.Exit(EXIT_OK)
+
+
+class ExportFormat(str, Enum):
+    compressed_tensors = "compressed-tensors"
+    vllm = "vllm"
+
+
+@app.command()
+def export(
+    plan_file: Path = typer.Argument(..., help="a compiled plan (quantc compile -o), or JSON with a 'modules' list"),
+    fmt: ExportFormat = typer.Option(ExportFormat.compressed_tensors, "--format", help="checkpoint format to write"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the block here (default: stdout)"),
+):
+    """Write a plan's schemes as a checkpoint quantization_config block."""
+    import json
+
+    from .diagnostics import Diagnostic, QuantcError, Span, has_errors, render_text
+    from .interop import export_config
+
+    if not plan_file.exists():
+        _usage_error(f"plan not found: {plan_file}")
+    try:
+        data = json.loads(plan_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        typer.echo(f"{plan_file}: error: cannot read JSON: {exc}", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    try:
+        if isinstance(data, dict) and data.get("format") == "quantc-plan":
+            from .plan import load_plan
+
+            source = load_plan(plan_file)
+        elif isinstance(data, dict) and isinstance(data.get("modules"), list):
+            source = [(m["name"], m["weight"], m.get("activation"), m.get("kind"), m.get("num_experts", 1))
+                      for m in data["modules"]]
+        else:
+            raise QuantcError([Diagnostic("QC412", "error", "not a compiled plan nor a JSON object with a "
+                                          "'modules' list", Span(str(plan_file)),
+                                          "give the output of `quantc compile -o plan.json`")])
+    except QuantcError as exc:
+        typer.echo(render_text(list(exc.diagnostics)), err=True)
+        raise typer.Exit(EXIT_INVALID)
+    except (KeyError, TypeError) as exc:
+        typer.echo(f"{plan_file}: error: QC412 malformed module entry: missing or bad field {exc}", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    block, diags = export_config(source, fmt.value)
+    if diags:
+        typer.echo(render_text(list(diags)), err=True)
+    if has_errors(diags):
+        raise typer.Exit(EXIT_INVALID)
+    text = json.dumps({"quantization_config": block}, indent=2) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+    raise typer.Exit(EXIT_OK)
+
+
 def main() -> None:
     try:  # newer typer vendors click as typer._click: its exceptions are not click's
         from typer import Abort
