@@ -120,10 +120,26 @@ def _head_dim(config: dict | None) -> int:
     return hidden // heads if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 else 0
 
 
+def _like_config(modules: tuple[ModuleInfo, ...], config: dict | None) -> tuple[ModuleInfo, ...]:
+    """What the config.json builders list, from a checkpoint: no multi-token-prediction layers past
+    num_hidden_layers (DeepSeek-V3's model.layers.61), and an lm_head even when it is tied to the
+    embedding and so has no tensor of its own."""
+    if not config:
+        return modules
+    layers = config.get("num_hidden_layers")
+    if isinstance(layers, int):
+        modules = tuple(m for m in modules if m.layer is None or m.layer < layers)
+    embed = next((m for m in modules if m.kind == "embedding"), None)
+    if config.get("tie_word_embeddings") and embed and not any(m.kind == "lm_head" for m in modules):
+        modules += (ModuleInfo("lm_head", "lm_head", embed.n, embed.k, None, 1, None, None, "column", embed.dtype,
+                               embed.tensors),)
+    return modules
+
+
 def _from_headers(source: str, headers: dict[str, TensorHeader], diags=()) -> Result:
     folder = os.path.dirname(os.path.abspath(source))
     config, config_path = _config_beside(folder)
-    modules = modules_from_entries(entries_from_headers(headers), _head_dim(config))
+    modules = _like_config(modules_from_entries(entries_from_headers(headers), _head_dim(config)), config)
     if not modules:
         return None, (*diags, Diagnostic(
             "QC411", "error", f"no weight tensors (2D or larger) found in {source}", Span(source),
@@ -131,7 +147,10 @@ def _from_headers(source: str, headers: dict[str, TensorHeader], diags=()) -> Re
     qcfg, qsrc, qdiags = _quantization_config(folder, config, config_path)
     arch = (config and archs.resolve_architecture(config)) or "safetensors"
     layers = max((m.layer for m in modules if m.layer is not None), default=-1) + 1
-    return Inventory(source, arch, modules, layers, qcfg, qsrc, {"config": config_path}), (*diags, *qdiags)
+    extra = {"config": config_path}
+    if config and config.get("num_nextn_predict_layers"):
+        extra["mtp_layers_not_listed"] = config["num_nextn_predict_layers"]
+    return Inventory(source, arch, modules, layers, qcfg, qsrc, extra), (*diags, *qdiags)
 
 
 def from_safetensors(path: str) -> Result:

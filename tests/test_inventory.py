@@ -432,6 +432,21 @@ def test_checkpoint_headers_match_config(tmp_path, name):
     assert only_index.source.endswith("model.safetensors.index.json")
 
 
+def test_checkpoint_mtp_layer_and_tied_lm_head(tmp_path):
+    inv, tensors = small_model(tmp_path, "deepseek-v3.json")
+    mtp = "model.layers.4"  # num_hidden_layers = 4: DeepSeek's MTP layer is the next index
+    tensors.update({f"{mtp}.eh_proj.weight": ("BF16", (64, 128)), f"{mtp}.shared_head.head.weight": ("BF16", (100, 64)),
+                    f"{mtp}.self_attn.kv_a_proj_with_mqa.weight": ("BF16", (40, 64))})
+    got = inventory_or_raise(write_safetensors(tmp_path / "model.safetensors", tensors))
+    assert signature(got) == signature(inv) and got.extra["mtp_layers_not_listed"] == 1
+    inv, tensors = small_model(tmp_path, "llama-3.1-8b.json")
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": True}))
+    del tensors["lm_head.weight"]
+    got = inventory_or_raise(write_safetensors(tmp_path / "model.safetensors", tensors))
+    assert signature(got) == signature(inv) and got.modules[-1].tensors == ("model.embed_tokens.weight",)
+
+
 def test_index_names_disagreeing_with_config_warn(tmp_path):
     inv, tensors = small_model(tmp_path, "llama-3.1-8b.json")
     tensors = {n: v for n, v in tensors.items() if not n.startswith("model.layers.2.")}
