@@ -201,7 +201,8 @@ def export_config(plan_or_entries: Any, format: str = "compressed-tensors") -> t
     block, diags = (_export_ct if format == "compressed-tensors" else _export_vllm)(entries)
     if has_errors(diags):
         return {}, tuple(diags)
-    return block, tuple(diags) + _round_trip(block, entries, format)
+    diags = tuple(diags) + _round_trip(block, entries, format)
+    return ({} if has_errors(diags) else block), diags
 
 
 def _cannot(name: str, weight: str, act: str, fmt: str, why: str) -> Diagnostic:
