@@ -139,7 +139,8 @@ def _like_config(modules: tuple[ModuleInfo, ...], config: dict | None) -> tuple[
 def _from_headers(source: str, headers: dict[str, TensorHeader], diags=()) -> Result:
     folder = os.path.dirname(os.path.abspath(source))
     config, config_path = _config_beside(folder)
-    modules = _like_config(modules_from_entries(entries_from_headers(headers), _head_dim(config)), config)
+    with archs.gc_paused():
+        modules = _like_config(modules_from_entries(entries_from_headers(headers), _head_dim(config)), config)
     if not modules:
         return None, (*diags, Diagnostic(
             "QC411", "error", f"no weight tensors (2D or larger) found in {source}", Span(source),
@@ -293,6 +294,11 @@ def synthetic_inventory(num_modules: int, *, experts: int = 0, hidden: int = 409
     """A Llama-like (``experts=0``) or Qwen3-MoE-like model with exactly ``num_modules`` modules, all
     linear / router / expert modules (no embeddings, lm_head or kv_cache), layer after layer; the
     last layer may be cut short."""
+    with archs.gc_paused():
+        return _synthetic(num_modules, experts, hidden, intermediate, heads, kv_heads)
+
+
+def _synthetic(num_modules: int, experts: int, hidden: int, intermediate: int, heads: int, kv_heads: int) -> Inventory:
     rows: list = []
     hd = hidden // heads
     layer = 0
@@ -307,7 +313,6 @@ def synthetic_inventory(num_modules: int, *, experts: int = 0, hidden: int = 409
         else:
             archs.gated_mlp(rows, mlp, layer, hidden, intermediate)
         layer += 1
-    with archs.gc_paused():
-        modules: tuple[ModuleInfo, ...] = archs.build_modules(rows[:num_modules], "bf16")
+    modules: tuple[ModuleInfo, ...] = archs.build_modules(rows[:num_modules], "bf16")
     arch = f"synthetic-{'moe' if experts else 'dense'}"
     return Inventory(f"<{arch} {num_modules}>", arch, modules, modules[-1].layer + 1 if modules else 0)

@@ -96,6 +96,19 @@ def test_qwen3_8b_dense():
     assert shape(by["lm_head"]) == (151936, 4096)
 
 
+def test_qwen2_dense_by_model_type(tmp_path):
+    # Qwen2.5-7B's published dimensions; head_dim = hidden / heads (no head_dim field)
+    cfg = {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_attention_heads": 28,
+           "num_hidden_layers": 28, "num_key_value_heads": 4, "vocab_size": 152064, "torch_dtype": "float16"}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    inv = inventory_or_raise(tmp_path / "config.json")
+    by = {m.name: m for m in inv.modules}
+    assert inv.architecture == "Qwen2ForCausalLM" and len(inv.modules) == 28 * 8 + 2
+    assert shape(by["model.layers.27.self_attn.k_proj"]) == (512, 3584)
+    assert shape(by["model.layers.27.self_attn.kv_cache"]) == (512, 128)
+    assert {m.dtype for m in inv.modules} == {"fp16"}
+
+
 def test_qwen3_30b_a3b_moe():
     inv, by = load("qwen3-30b-a3b.json")
     assert inv.architecture == "Qwen3MoeForCausalLM" and inv.num_layers == 48
