@@ -19,10 +19,10 @@ Semantics replicated (``name`` is a full dotted module name):
                     an ancestor's name: a listed parent covers its children.
 ==================  ==========================================================================
 
-Matching is cached per *name shape* (digit runs replaced by ``#``) for every pattern that cannot
+Matching is cached per *name shape* (``quantc.patterns.name_shape``) for every pattern that cannot
 tell two layer indices apart; patterns that can (digits, ``\\d``, ``[``, a bare ``.``...) are tested
-per name. Each group of patterns is compiled into one regular expression, so a 45k-module map costs
-one C-level match per shape or name.
+per name. Each group of patterns is compiled into one regular expression, so a 45k-module map
+costs one C-level match per shape or name.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 from typing import Iterable
+
+from .patterns import name_shape  # one shape function for the whole compiler
 
 SEMANTICS = ("ct", "transformers", "substring", "exact", "fnmatch")
 
@@ -43,18 +45,6 @@ _CLASS_OF_KIND = {
     "moe_experts": "Linear",
     "embedding": "Embedding",
 }
-
-_DIGITS = re.compile(r"\d+")
-
-
-def name_shape(name: str) -> str:
-    return _DIGITS.sub("#", name)
-
-
-def ancestors_and_self(name: str) -> list[str]:
-    parts = name.split(".")
-    return [".".join(parts[: i + 1]) for i in range(len(parts))]
-
 
 def class_name(kind: str, num_experts: int = 1) -> str | None:
     if kind == "moe_experts" and num_experts > 1:
@@ -74,7 +64,7 @@ def _regex_shape_safe(regex: str) -> bool:
 
 
 def _literal_shape_safe(text: str) -> bool:
-    return not any(c.isdigit() or c == "#" for c in text)
+    return not any(c.isdigit() for c in text)
 
 
 def _glob_shape_safe(text: str) -> bool:
@@ -224,15 +214,6 @@ def ct_target_priority(pattern: str) -> int:
 
 
 # --- quantc's own pattern language, and translation into it -----------------------------------
-
-
-def quantc_matches(pattern: str, name: str) -> bool:
-    """SPEC §3: a glob (fnmatchcase, ``*`` crosses dots) or ``re:`` + fullmatch, against the name
-    or any ancestor's name."""
-    if pattern.startswith("re:"):
-        rx = re.compile(pattern[3:], re.S)
-        return any(rx.fullmatch(a) for a in ancestors_and_self(name))
-    return any(fnmatch.fnmatchcase(a, pattern) for a in ancestors_and_self(name))
 
 
 _GLOB_META = set("*?[]")
