@@ -52,7 +52,7 @@ class ConfigFields:
     def _bad(self, key: str, message: str, hint: str) -> None:
         if any(d.path == key for d in self.diagnostics):
             return  # read twice (two builders' pieces): report once
-        self.diagnostics.append(Diagnostic("QC402", "error", message, self.span(key), hint, key))
+        self.diagnostics.append(Diagnostic("QC802", "error", message, self.span(key), hint, key))
 
     def int(self, key: str, default=_REQUIRED, *, minimum: int = 1) -> int:
         if key not in self.data or self.data[key] is None:

@@ -12,6 +12,13 @@ Sources, all through ``load_inventory(source)``:
 
 Every source yields the same names, kinds and canonical module order for the same model, so a
 plan compiled from config.json matches the live model it is applied to.
+
+Diagnostic codes (QC8xx): 801 unknown architecture, 802 missing/invalid config field, 803 unreadable
+or invalid JSON file, 804 truncated safetensors header, 805 header length past the end of the file,
+806 header not JSON / malformed entry, 807 missing shard, 808 index without shards or config.json,
+809 source not found / unsupported, 810 index without weight_map, 811 no weights found / module not
+walkable, 812 (warning) index and config.json disagree, 813 (note) config architecture unknown,
+modules read from the checkpoint headers instead.
 """
 
 from __future__ import annotations
@@ -40,15 +47,15 @@ def _read_json(path: str) -> tuple[dict | None, str, tuple[Diagnostic, ...]]:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
-        return None, "", _fail("QC403", path, f"cannot read {path}: {e.strerror or e}",
+        return None, "", _fail("QC803", path, f"cannot read {path}: {e.strerror or e}",
                                "check the path and the file's permissions")[1]
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        return None, text, _fail("QC403", path, f"{os.path.basename(path)} is not valid JSON: {e.msg}",
+        return None, text, _fail("QC803", path, f"{os.path.basename(path)} is not valid JSON: {e.msg}",
                                  "fix the JSON syntax at the position shown", e.lineno, e.colno)[1]
     if not isinstance(data, dict):
-        return None, text, _fail("QC403", path, f"{os.path.basename(path)} must hold a JSON object",
+        return None, text, _fail("QC803", path, f"{os.path.basename(path)} must hold a JSON object",
                                  "a config.json/index.json is one object of fields")[1]
     return data, text, ()
 
@@ -86,7 +93,7 @@ def from_config(path: str) -> Result:
         f = archs.ConfigFields(data, path, text)
         span = f.span("architectures" if named else "model_type")
         return None, (Diagnostic(
-            "QC401", "error", f"unknown architecture {what} in {path}", span,
+            "QC801", "error", f"unknown architecture {what} in {path}", span,
             f"supported: {', '.join(sorted(archs.ARCHITECTURES))}; {SOURCES_HINT}",
             "architectures" if named else "model_type"),)
     f = archs.ConfigFields(data, path, text, arch)
@@ -143,7 +150,7 @@ def _from_headers(source: str, headers: dict[str, TensorHeader], diags=()) -> Re
         modules = _like_config(modules_from_entries(entries_from_headers(headers), _head_dim(config)), config)
     if not modules:
         return None, (*diags, Diagnostic(
-            "QC411", "error", f"no weight tensors (2D or larger) found in {source}", Span(source),
+            "QC811", "error", f"no weight tensors (2D or larger) found in {source}", Span(source),
             "point --model at a model checkpoint, its config.json or a live module"))
     qcfg, qsrc, qdiags = _quantization_config(folder, config, config_path)
     arch = (config and archs.resolve_architecture(config)) or "safetensors"
@@ -167,7 +174,7 @@ def from_index(path: str) -> Result:
         return None, diags
     weight_map = data.get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        return _fail("QC410", path, f"{os.path.basename(path)} has no 'weight_map' of tensor -> shard file",
+        return _fail("QC810", path, f"{os.path.basename(path)} has no 'weight_map' of tensor -> shard file",
                      "use the model.safetensors.index.json that came with the checkpoint")
     folder = os.path.dirname(os.path.abspath(path))
     shards = list(dict.fromkeys(weight_map.values()))
@@ -175,7 +182,7 @@ def from_index(path: str) -> Result:
     if present and len(present) < len(shards):
         missing = [s for s in shards if s not in present]
         return None, tuple(Diagnostic(
-            "QC407", "error", f"shard '{s}' listed in {os.path.basename(path)} is missing from {folder}",
+            "QC807", "error", f"shard '{s}' listed in {os.path.basename(path)} is missing from {folder}",
             Span(path), "download every shard (only their headers are read), or remove them all and put "
             "config.json beside the index to take shapes from the config") for s in missing)
     if present:
@@ -193,7 +200,7 @@ def _index_with_config(path: str, folder: str, weight_map: dict) -> Result:
     """No shard beside the index: shapes from config.json, checked against the index's names."""
     config_path = os.path.join(folder, "config.json")
     if not os.path.isfile(config_path):
-        return _fail("QC408", path, f"{os.path.basename(path)} gives tensor names but no shapes, and "
+        return _fail("QC808", path, f"{os.path.basename(path)} gives tensor names but no shapes, and "
                      f"neither its shards nor a config.json are in {folder}",
                      "put the model's config.json (or the shard files) beside the index")
     inv, diags = from_config(config_path)
@@ -205,7 +212,7 @@ def _index_with_config(path: str, folder: str, weight_map: dict) -> Result:
               and not any(t in weight_map for t in (m.tensors or (m.name + ".weight",)))]
     if absent:
         diags = (*diags, Diagnostic(
-            "QC412", "warning", f"{len(absent)} module(s) of the {inv.architecture} config are not in "
+            "QC812", "warning", f"{len(absent)} module(s) of the {inv.architecture} config are not in "
             f"{os.path.basename(path)}, e.g. {', '.join(absent[:3])}", Span(path),
             "the config.json beside the index may belong to another model"))
     return Inventory(path, inv.architecture, inv.modules, inv.num_layers, inv.quantization_config,
@@ -220,11 +227,11 @@ def from_module(model) -> Result:
     try:
         entries, head_dim = entries_from_module(model)
     except (AttributeError, TypeError, ValueError) as e:
-        return _fail("QC411", label, f"cannot walk the modules of {label}: {e}",
+        return _fail("QC811", label, f"cannot walk the modules of {label}: {e}",
                      "pass a torch.nn.Module (or an object with named_modules())")
     modules = modules_from_entries(entries, head_dim)
     if not modules:
-        return _fail("QC411", label, f"{label} has no Linear, Embedding or fused expert modules",
+        return _fail("QC811", label, f"{label} has no Linear, Embedding or fused expert modules",
                      "pass the model itself, not a submodule without weights")
     config = getattr(model, "config", None)
     archs_named = getattr(config, "architectures", None) or [type(model).__name__]
@@ -247,14 +254,14 @@ def _from_directory(folder: str) -> Result:
         data, _, _ = _read_json(config)
         if weights and data is not None and archs.resolve_architecture(data) is None:
             inv, diags = load_inventory(weights)  # an architecture without a builder: read headers
-            note = Diagnostic("QC414", "note", f"{config} names an architecture quantc has no "
+            note = Diagnostic("QC813", "note", f"{config} names an architecture quantc has no "
                               f"config builder for; modules read from {os.path.basename(weights)}",
                               Span(config))
             return inv, (note, *diags)
         return from_config(config)
     if weights:
         return load_inventory(weights)
-    return _fail("QC409", folder, f"no config.json, model.safetensors.index.json or model.safetensors in {folder}",
+    return _fail("QC809", folder, f"no config.json, model.safetensors.index.json or model.safetensors in {folder}",
                  "point --model at the model's config.json, a .safetensors file, an index file or a directory "
                  "holding one")
 
@@ -267,7 +274,7 @@ def load_inventory(source) -> Result:
     if os.path.isdir(path):
         return _from_directory(path)
     if not os.path.exists(path):
-        return _fail("QC409", path, f"model description not found: {path}",
+        return _fail("QC809", path, f"model description not found: {path}",
                      "pass a config.json, a .safetensors file, a model.safetensors.index.json or a directory")
     if path.endswith(".safetensors"):
         return from_safetensors(path)
@@ -275,7 +282,7 @@ def load_inventory(source) -> Result:
         return from_index(path)
     if path.endswith(".json"):
         return from_config(path)
-    return _fail("QC409", path, f"unsupported model description {path}",
+    return _fail("QC809", path, f"unsupported model description {path}",
                  "pass a config.json, a .safetensors file, a model.safetensors.index.json or a directory")
 
 

@@ -37,38 +37,38 @@ def read_header(path: str) -> tuple[dict[str, TensorHeader] | None, tuple[Diagno
             head = f.read(8)
             if len(head) < 8:
                 return _error(
-                    "QC404", path, f"truncated safetensors header: the file has {len(head)} bytes, "
+                    "QC804", path, f"truncated safetensors header: the file has {len(head)} bytes, "
                     "fewer than the 8-byte header length",
                     "the file is cut short or is not a safetensors file; download it again")
             (length,) = struct.unpack("<Q", head)
             if length > size - 8 or length > MAX_HEADER_BYTES:
                 return _error(
-                    "QC405", path, f"safetensors header length {length} is larger than the file "
+                    "QC805", path, f"safetensors header length {length} is larger than the file "
                     f"({size} bytes)",
                     "the file is truncated or is not a safetensors file; download it again")
             raw = f.read(length)
     except OSError as e:
-        return _error("QC403", path, f"cannot read {path}: {e.strerror or e}",
+        return _error("QC803", path, f"cannot read {path}: {e.strerror or e}",
                       "check the path and the file's permissions")
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        return _error("QC406", path, f"safetensors header is not valid JSON: {e}",
+        return _error("QC806", path, f"safetensors header is not valid JSON: {e}",
                       "the file is damaged or is not a safetensors file")
     if not isinstance(doc, dict):
-        return _error("QC406", path, "safetensors header is not a JSON object",
+        return _error("QC806", path, "safetensors header is not a JSON object",
                       "the file is damaged or is not a safetensors file")
     out: dict[str, TensorHeader] = {}
     for name, entry in doc.items():
         if name == "__metadata__":
             continue
         if not isinstance(entry, dict):
-            return _error("QC406", path, f"safetensors header entry '{name}' is not an object",
+            return _error("QC806", path, f"safetensors header entry '{name}' is not an object",
                           "the file is damaged or is not a safetensors file")
         dtype, shape = entry.get("dtype"), entry.get("shape")
         if not isinstance(dtype, str) or not isinstance(shape, list) or \
                 not all(isinstance(d, int) and d >= 0 for d in shape):
-            return _error("QC406", path, f"safetensors header entry '{name}' has no valid dtype/shape",
+            return _error("QC806", path, f"safetensors header entry '{name}' has no valid dtype/shape",
                           "the file is damaged or is not a safetensors file")
         out[name] = TensorHeader(name, dtype, tuple(shape))
     return out, ()

@@ -466,7 +466,7 @@ def test_index_names_disagreeing_with_config_warn(tmp_path):
     index = {"weight_map": {n: "model-00001-of-00001.safetensors" for n in tensors}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     got, diags = load_inventory(tmp_path / "model.safetensors.index.json")
-    assert got is not None and [d.code for d in diags] == ["QC412"] and diags[0].severity == "warning"
+    assert got is not None and [d.code for d in diags] == ["QC812"] and diags[0].severity == "warning"
     assert "7 module(s)" in diags[0].message and "model.layers.2.self_attn.q_proj" in diags[0].message
 
 
@@ -633,7 +633,7 @@ def test_unknown_architecture(tmp_path):
     p = tmp_path / "config.json"
     p.write_text('{\n  "architectures": ["FalconForCausalLM"],\n  "model_type": "falcon"\n}\n')
     d = only_error(p)
-    assert d.code == "QC401" and "unknown architecture 'FalconForCausalLM'" in d.message and str(p) in d.message
+    assert d.code == "QC801" and "unknown architecture 'FalconForCausalLM'" in d.message and str(p) in d.message
     assert (d.span.line, d.span.col) == (2, 3)
     assert "LlamaForCausalLM" in d.hint and "DeepseekV3ForCausalLM" in d.hint and "GptOssForCausalLM" in d.hint
     assert ".safetensors" in d.hint and "torch.nn.Module" in d.hint
@@ -645,7 +645,7 @@ def test_unknown_architecture_in_directory_falls_back_to_headers(tmp_path):
     (tmp_path / "config.json").write_text('{"architectures": ["FalconForCausalLM"]}')
     write_safetensors(tmp_path / "model.safetensors", tiny_llama_tensors())
     inv, diags = load_inventory(tmp_path)
-    assert inv is not None and [d.code for d in diags] == ["QC414"] and diags[0].severity == "note"
+    assert inv is not None and [d.code for d in diags] == ["QC813"] and diags[0].severity == "note"
     assert len(inv.modules) == 2 * 8 + 2
 
 
@@ -658,7 +658,7 @@ def test_missing_and_invalid_fields(tmp_path):
     inv, diags = load_inventory(p)
     assert inv is None
     by = {d.path: d for d in diags}
-    assert set(by) == {"kv_lora_rank", "hidden_size", "n_routed_experts"} and {d.code for d in diags} == {"QC402"}
+    assert set(by) == {"kv_lora_rank", "hidden_size", "n_routed_experts"} and {d.code for d in diags} == {"QC802"}
     assert "missing the field 'kv_lora_rank'" in by["kv_lora_rank"].message and str(p) in by["kv_lora_rank"].message
     assert "DeepseekV3ForCausalLM" in by["hidden_size"].message and by["hidden_size"].hint
     bad = by["n_routed_experts"]
@@ -670,7 +670,7 @@ def test_invalid_config_json(tmp_path):
     p = tmp_path / "config.json"
     p.write_text('{\n  "architectures": ["LlamaForCausalLM"],\n  "hidden_size": 4096,,\n}')
     d = only_error(p)
-    assert d.code == "QC403" and "not valid JSON" in d.message and d.span.line == 3
+    assert d.code == "QC803" and "not valid JSON" in d.message and d.span.line == 3
     p.write_text("[1, 2]")
     assert "must hold a JSON object" in only_error(p).message
 
@@ -679,7 +679,7 @@ def test_truncated_safetensors_header(tmp_path):
     p = tmp_path / "short.safetensors"
     p.write_bytes(b"\x10\x00\x00")
     d = only_error(p)
-    assert d.code == "QC404" and "truncated safetensors header" in d.message and "3 bytes" in d.message
+    assert d.code == "QC804" and "truncated safetensors header" in d.message and "3 bytes" in d.message
     assert d.span.file == str(p) and d.hint
 
 
@@ -687,16 +687,16 @@ def test_header_length_larger_than_file(tmp_path):
     p = tmp_path / "big.safetensors"
     p.write_bytes(struct.pack("<Q", 10_000) + b'{"a": 1}')
     d = only_error(p)
-    assert d.code == "QC405" and "header length 10000 is larger than the file (16 bytes)" in d.message
+    assert d.code == "QC805" and "header length 10000 is larger than the file (16 bytes)" in d.message
 
 
 def test_non_json_header(tmp_path):
     d = only_error(write_safetensors(tmp_path / "x.safetensors", {}, header=b"not json at all"))
-    assert d.code == "QC406" and "not valid JSON" in d.message
+    assert d.code == "QC806" and "not valid JSON" in d.message
     d = only_error(write_safetensors(tmp_path / "y.safetensors", {}, header=b'{"w": {"dtype": "BF16"}}'))
-    assert d.code == "QC406" and "'w' has no valid dtype/shape" in d.message
+    assert d.code == "QC806" and "'w' has no valid dtype/shape" in d.message
     d = only_error(write_safetensors(tmp_path / "z.safetensors", {}, header=b'{"__metadata__": {}}'))
-    assert d.code == "QC411" and "no weight tensors" in d.message
+    assert d.code == "QC811" and "no weight tensors" in d.message
 
 
 def test_missing_shard(tmp_path):
@@ -706,21 +706,21 @@ def test_missing_shard(tmp_path):
     index = {"weight_map": {n: f"model-0000{1 + (i >= 5)}-of-00002.safetensors" for i, n in enumerate(names)}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     d = only_error(tmp_path)
-    assert d.code == "QC407" and "shard 'model-00002-of-00002.safetensors'" in d.message and "missing" in d.message
+    assert d.code == "QC807" and "shard 'model-00002-of-00002.safetensors'" in d.message and "missing" in d.message
 
 
 def test_index_without_shards_or_config(tmp_path):
     p = tmp_path / "model.safetensors.index.json"
     p.write_text(json.dumps({"weight_map": {"lm_head.weight": "model-00001-of-00001.safetensors"}}))
     d = only_error(p)
-    assert d.code == "QC408" and "no shapes" in d.message and "config.json" in d.hint
+    assert d.code == "QC808" and "no shapes" in d.message and "config.json" in d.hint
     p.write_text(json.dumps({"metadata": {}}))
-    assert only_error(p).code == "QC410"
+    assert only_error(p).code == "QC810"
 
 
 def test_bad_sources(tmp_path):
     d = only_error(tmp_path / "nope.json")
-    assert d.code == "QC409" and "not found" in d.message
+    assert d.code == "QC809" and "not found" in d.message
     (tmp_path / "weights.bin").write_bytes(b"x")
     assert "unsupported model description" in only_error(tmp_path / "weights.bin").message
     (tmp_path / "empty").mkdir()
@@ -737,6 +737,6 @@ def test_module_without_weights():
             raise TypeError("not walkable")
 
     d = only_error(Empty())
-    assert d.code == "QC411" and "has no Linear" in d.message
+    assert d.code == "QC811" and "has no Linear" in d.message
     d = only_error(Broken())
-    assert d.code == "QC411" and "not walkable" in d.message
+    assert d.code == "QC811" and "not walkable" in d.message
