@@ -82,7 +82,8 @@ def _config_beside(folder: str) -> tuple[dict | None, str | None]:
 # --- config.json ----------------------------------------------------------------------------------
 
 
-def from_config(path: str) -> Result:
+def from_config(path) -> Result:
+    path = os.fspath(path)
     data, text, diags = _read_json(path)
     if data is None:
         return None, diags
@@ -161,14 +162,16 @@ def _from_headers(source: str, headers: dict[str, TensorHeader], diags=()) -> Re
     return Inventory(source, arch, modules, layers, qcfg, qsrc, extra), (*diags, *qdiags)
 
 
-def from_safetensors(path: str) -> Result:
+def from_safetensors(path) -> Result:
+    path = os.fspath(path)
     headers, diags = read_header(path)
     if headers is None:
         return None, diags
     return _from_headers(path, headers)
 
 
-def from_index(path: str) -> Result:
+def from_index(path) -> Result:
+    path = os.fspath(path)
     data, _, diags = _read_json(path)
     if data is None:
         return None, diags

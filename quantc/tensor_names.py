@@ -228,6 +228,8 @@ def _shape_of(module: str, roles: dict[str, TensorHeader]) -> tuple[int, int, in
     if w is None or len(w.shape) < 2:
         return None
     if len(w.shape) == 3:
+        if ".experts" not in module:  # a conv1d or other 3D weight, not a GEMM quantc plans
+            return None
         return w.shape[0], w.shape[2], w.shape[1], SAFETENSORS_DTYPES.get(w.dtype, w.dtype.lower())
     if len(w.shape) != 2:
         return None

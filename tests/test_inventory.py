@@ -334,6 +334,7 @@ def test_safetensors_pre_quantized_layouts(tmp_path):
         "model.layers.0.mlp.router.weight": ("BF16", (e, k)),
         "model.layers.0.mlp.router.bias": ("BF16", (e,)),
         "model.layers.0.self_attn.sinks": ("BF16", (8,)),
+        "model.layers.0.mixer.conv1d.weight": ("BF16", (128, 1, 4)),  # 3D but not experts: not listed
     }
     by = {m.name: m for m in inventory_or_raise(write_safetensors(tmp_path / "q.safetensors", t)).modules}
     p = "model.layers.0"
@@ -348,7 +349,7 @@ def test_safetensors_pre_quantized_layouts(tmp_path):
         ("moe_experts", "mxfp4", 2 * n, k, e, f"{p}.mlp.experts")
     assert f"{p}.mlp.experts.gate_up_proj_blocks" in gu.tensors
     assert by[f"{p}.mlp.router"].kind == "router" and shape(by[f"{p}.mlp.router"]) == (e, k)
-    assert not any("sinks" in name for name in by)
+    assert not any("sinks" in name or "conv1d" in name for name in by)
 
 
 def test_safetensors_fused_expert_layouts(tmp_path):
