@@ -55,11 +55,76 @@ def _glob_is_shape_safe(glob: str) -> bool:
     return not any(c.isdigit() or c in "?[" for c in glob)
 
 
+_REGEX_META = set(".^$*+?{}[]\\|()")
+
+
+def literal_prefix(text: str) -> str:
+    """A prefix every string the pattern matches must start with ("" when none is certain).
+
+    Lets the per-name path skip a pattern for every module outside, say, ``model.layers.7.``: a
+    string that an ancestor-or-self match needs starts with the prefix only if the name does."""
+    if not text.startswith("re:"):
+        out = []
+        for c in text:
+            if c in "*?[":
+                break
+            out.append(c)
+        return "".join(out)
+    regex = text[3:]
+    if _has_top_level_alternation(regex):
+        return ""
+    out = []
+    i = 0
+    while i < len(regex):
+        c = regex[i]
+        if c == "\\":
+            if i + 1 < len(regex) and not regex[i + 1].isalnum():
+                out.append(regex[i + 1])
+                i += 2
+                continue
+            break
+        if c in _REGEX_META:
+            if c in "*?{" and out:
+                out.pop()  # the quantifier makes the previous literal optional
+            break
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _has_top_level_alternation(regex: str) -> bool:
+    depth, i = 0, 0
+    while i < len(regex):
+        c = regex[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":  # skip a character class: `[]...]`, `[^]...]` and escapes inside
+            i += 1
+            if i < len(regex) and regex[i] == "^":
+                i += 1
+            if i < len(regex) and regex[i] == "]":
+                i += 1
+            while i < len(regex) and regex[i] != "]":
+                i += 2 if regex[i] == "\\" else 1
+            i += 1
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            return True
+        i += 1
+    return False
+
+
 @dataclass(frozen=True)
 class CompiledPattern:
     text: str
     fullmatch: Callable[[str], object]
     shape_safe: bool
+    prefix: str = ""
 
 
 def compile_pattern(text: str) -> CompiledPattern:
@@ -67,9 +132,9 @@ def compile_pattern(text: str) -> CompiledPattern:
     if text.startswith("re:"):
         regex = text[3:]
         compiled = re.compile(regex)
-        return CompiledPattern(text, compiled.fullmatch, _regex_is_shape_safe(regex))
+        return CompiledPattern(text, compiled.fullmatch, _regex_is_shape_safe(regex), literal_prefix(text))
     compiled = re.compile(fnmatch.translate(text))
-    return CompiledPattern(text, compiled.match, _glob_is_shape_safe(text))
+    return CompiledPattern(text, compiled.match, _glob_is_shape_safe(text), literal_prefix(text))
 
 
 class PatternSet:
@@ -96,6 +161,8 @@ class PatternSet:
                 hit = any(pattern.fullmatch(a) is not None for a in ancestors_and_self(key))
                 cache["\0" + key] = hit
             return hit
+        if not name.startswith(pattern.prefix):
+            return False
         return any(self._matches_string(i, a) for a in ancestors_and_self(name))
 
     def matching(self, name: str) -> list[int]:

@@ -64,7 +64,20 @@ _PATTERNS = [
     "*", "*.mlp.*", "*.experts", "model.layers.1.*", "model.layers.1?.*", "*.[0-1].*", "lm_head", "*q_proj",
     "re:.*\\.experts\\..*", "re:model\\.layers\\.(0|1)\\..*", "re:.*\\.\\d\\..*", "re:(model|x)\\.layers.*",
     "re:.*_proj", "re:.*w1", "*.w*", "re:[a-z.]*", "re:.*1.*",
+    # literal-prefix pruning must never change an answer
+    "re:model\\.layers\\.1\\..*", "re:mo\\(|lm_head", "re:model[(]|lm_head", "re:model[|]x|lm_head",
+    "re:mlp.*|model\\.layers\\.0.*", "re:model\\.layers\\.7?.*", "re:(model|lm)_?.*", "model.layers.1?",
 ]
+
+
+@pytest.mark.parametrize("pattern, prefix", [
+    ("re:model\\.layers\\.5\\..*", "model.layers.5."), ("re:a|b", ""), ("re:a\\(|b", ""), ("re:ab[(]|c", ""),
+    ("re:abc*", "ab"), ("model.layers.1?.*", "model.layers.1"), ("*.q", ""), ("re:ab{2}", "a"),
+])
+def test_literal_prefix(pattern, prefix):
+    from quantc.patterns import literal_prefix
+
+    assert literal_prefix(pattern) == prefix
 
 
 @settings(max_examples=300, deadline=None)
