@@ -1,0 +1,236 @@
+"""Grouped GEMM over experts, with the gate/up activation fused. Kernel ids ``moe_bf16``, ``moe_fp8``,
+``moe_fp8_block``, ``moe_int8``, ``moe_weight_only``, ``moe_mxfp4_mxfp8_emulated``, ``moe_mxfp8_emulated``.
+
+Rows come from ``moe_routing.align_by_expert``: a program owns one block of BLOCK_M sorted
+(token, slot) pairs, all routed to one expert, and BLOCK_N output columns:
+
+    out[p, n] = act( sum_k a[row(p), k] * deq(W[e])[n, k] (+ bias[e, n]) ) (* topk_weight[p])
+
+with row(p) = p // top_k for gate_up (the token) and p for down (the pair). Fused activations read the
+gate from weight rows [0, I) and up from rows [I, 2I) (gpt-oss's interleaved rows are split at load):
+
+- ``silu``:    silu(g) * u
+- ``gpt_oss``: g = min(g, limit); u = clamp(u, -limit, limit); (u + 1) * g * sigmoid(alpha * g)
+
+Weights: any ``wo_format`` layout with a leading expert dim. Activations: bf16 (weights dequantized in
+registers; MX pairs first round the activations to mxfp8 and run this path, see ``wo_mx``), or
+quantized per row / per 1x128 group (fp8, int8) with raw fp8 x fp8 or int8 x int8 dots and both scales
+applied per K tile.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .wo_format import FP8, INT8, WoWeight, decode_elements, decode_scale, dequantize
+from .wo_gemm import UPCAST_DOT
+
+ACTIVATIONS = {"none": 0, "silu": 1, "gpt_oss": 2}
+GPT_OSS_ALPHA, GPT_OSS_LIMIT = 1.702, 7.0
+
+
+@triton.jit
+def _expert_tile(
+    a_rows, a_mask, w_e, s_e, z_e, as_rows, rows, n_mask, t, K,
+    stride_wn, stride_sn,
+    FMT: tl.constexpr, SFMT: tl.constexpr, PACK: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr,
+    HAS_ZERO: tl.constexpr, A_QUANT: tl.constexpr, A_GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """Partial product of one K tile for weight rows ``rows``: (BLOCK_M, BLOCK_N) fp32, all scales applied."""
+    BKW: tl.constexpr = BLOCK_K // PACK
+    PER_TILE: tl.constexpr = GROUP % BLOCK_K == 0
+    kw = t * BKW + tl.arange(0, BKW)
+    k_mask = kw < K // PACK
+    words = tl.load(w_e + rows.to(tl.int64)[:, None] * stride_wn + kw[None, :],
+                    mask=n_mask[:, None] & k_mask[None, :], other=0.0)
+    s_rows = (rows // ROW_BLOCK).to(tl.int64) * stride_sn
+    if PER_TILE:
+        gi = (t * BLOCK_K) // GROUP
+        s = decode_scale(tl.load(s_e + s_rows + gi, mask=n_mask, other=0.0), SFMT)
+        z = 0.0
+        if HAS_ZERO:
+            z = tl.load(z_e + s_rows + gi, mask=n_mask, other=0).to(tl.float32)[:, None]
+    else:
+        gi = (kw * PACK) // GROUP
+        sm = n_mask[:, None] & k_mask[None, :]
+        s = decode_scale(tl.load(s_e + s_rows[:, None] + gi[None, :], mask=sm, other=0.0), SFMT)
+        z = 0.0
+        if HAS_ZERO:
+            z = tl.load(z_e + s_rows[:, None] + gi[None, :], mask=sm, other=0).to(tl.float32)
+    part = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for j in tl.static_range(PACK):
+        xm = a_mask[:, None] & k_mask[None, :]
+        a = tl.load(a_rows + (kw * PACK + j)[None, :], mask=xm, other=0.0)
+        if A_QUANT == 0:
+            v = decode_elements(words, z, j, FMT, HAS_ZERO)
+            if not PER_TILE:
+                v = v * s
+            if UPCAST:
+                part += tl.dot(a.to(tl.float32), tl.trans(v))
+            else:
+                part += tl.dot(a, tl.trans(v.to(tl.bfloat16)))
+        else:  # raw fp8 x fp8 or int8 x int8
+            part += tl.dot(a, tl.trans(words)).to(tl.float32)
+    if PER_TILE:
+        part = part * s[None, :]
+    if A_QUANT != 0:
+        sa = tl.load(as_rows + (t * BLOCK_K) // A_GROUP, mask=a_mask, other=0.0)
+        part = part * sa[:, None]
+    return part
+
+
+@triton.jit
+def _moe_gemm_kernel(
+    a_ptr, as_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, bias_ptr, topw_ptr, out_ptr,
+    sorted_ids_ptr, block_expert_ptr, total_ptr,
+    N, K, num_pairs,
+    stride_am, stride_asm, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_om,
+    A_DIV: tl.constexpr,                      # top_k for gate_up (row = token), 1 for down (row = pair)
+    FMT: tl.constexpr, SFMT: tl.constexpr, PACK: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr,
+    HAS_ZERO: tl.constexpr, HAS_GLOBAL: tl.constexpr,
+    A_QUANT: tl.constexpr, A_GROUP: tl.constexpr,
+    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, MUL_TOPW: tl.constexpr,
+    ALPHA: tl.constexpr, LIMIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(N, BLOCK_N)
+    blk = pid // n_tiles
+    nt = pid % n_tiles
+    if blk * BLOCK_M >= tl.load(total_ptr):
+        return
+    e = tl.load(block_expert_ptr + blk).to(tl.int64)
+    pairs = tl.load(sorted_ids_ptr + blk * BLOCK_M + tl.arange(0, BLOCK_M))
+    p_mask = pairs < num_pairs
+    a_rows = a_ptr + (pairs // A_DIV).to(tl.int64)[:, None] * stride_am
+    as_rows = as_ptr + (pairs // A_DIV).to(tl.int64) * stride_asm
+    offs_n = nt * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    w_e = w_ptr + e * stride_we
+    s_e = s_ptr + e * stride_se
+    z_e = z_ptr + e * stride_se
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for t in range(0, tl.cdiv(K, BLOCK_K)):
+        acc += _expert_tile(a_rows, p_mask, w_e, s_e, z_e, as_rows, offs_n, n_mask, t, K, stride_wn, stride_sn,
+                            FMT, SFMT, PACK, GROUP, ROW_BLOCK, HAS_ZERO, A_QUANT, A_GROUP,
+                            BLOCK_M, BLOCK_N, BLOCK_K, UPCAST)
+        if ACT != 0:
+            acc_up += _expert_tile(a_rows, p_mask, w_e, s_e, z_e, as_rows, offs_n + N, n_mask, t, K, stride_wn,
+                                   stride_sn, FMT, SFMT, PACK, GROUP, ROW_BLOCK, HAS_ZERO, A_QUANT, A_GROUP,
+                                   BLOCK_M, BLOCK_N, BLOCK_K, UPCAST)
+    if HAS_GLOBAL:
+        g = tl.load(gs_ptr + e)
+        acc = acc * g
+        acc_up = acc_up * g
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + e * stride_be + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        if ACT != 0:
+            acc_up += tl.load(bias_ptr + e * stride_be + N + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if ACT == 1:
+        acc = acc * tl.sigmoid(acc) * acc_up
+    elif ACT == 2:
+        gate = tl.minimum(acc, LIMIT)
+        up = tl.minimum(tl.maximum(acc_up, -LIMIT), LIMIT)
+        acc = (up + 1.0) * gate * tl.sigmoid(ALPHA * gate)
+    if MUL_TOPW:
+        acc = acc * tl.load(topw_ptr + pairs, mask=p_mask, other=0.0)[:, None]
+    out_ptrs = out_ptr + pairs.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+    tl.store(out_ptrs, acc.to(tl.bfloat16), mask=p_mask[:, None] & n_mask[None, :])
+
+
+@torch.library.custom_op("quantc::moe_gemm", mutates_args=())
+def _moe_gemm_op(
+    a: torch.Tensor, a_scale: torch.Tensor | None, data: torch.Tensor, scale: torch.Tensor | None,
+    zeros: torch.Tensor | None, gscale: torch.Tensor | None, bias: torch.Tensor | None,
+    topk_weights: torch.Tensor | None, sorted_ids: torch.Tensor, block_expert: torch.Tensor, total: torch.Tensor,
+    num_pairs: int, a_div: int, n_out: int, fmt: int, sfmt: int, pack: int, group: int, row_block: int,
+    a_quant: int, a_group: int, act: int, block_m: int, block_n: int, block_k: int, num_warps: int, num_stages: int,
+) -> torch.Tensor:
+    k = a.shape[1]
+    out = torch.empty((num_pairs, n_out), dtype=torch.bfloat16, device=a.device)
+    n_blocks = sorted_ids.numel() // block_m
+    scale_t = scale if scale is not None else data
+    grid = (n_blocks * triton.cdiv(n_out, block_n),)
+    _moe_gemm_kernel[grid](
+        a, a_scale if a_scale is not None else a, data, scale_t, zeros if zeros is not None else scale_t,
+        gscale if gscale is not None else data, bias if bias is not None else data,
+        topk_weights if topk_weights is not None else data, out, sorted_ids, block_expert, total,
+        n_out, k, num_pairs,
+        a.stride(0), a_scale.stride(0) if a_scale is not None else 0, data.stride(0), data.stride(1),
+        scale.stride(0) if scale is not None else 0, scale.stride(1) if scale is not None else 0,
+        bias.stride(0) if bias is not None else 0, out.stride(0),
+        A_DIV=a_div, FMT=fmt, SFMT=sfmt, PACK=pack, GROUP=group, ROW_BLOCK=row_block,
+        HAS_ZERO=zeros is not None, HAS_GLOBAL=gscale is not None, A_QUANT=a_quant, A_GROUP=a_group,
+        ACT=act, HAS_BIAS=bias is not None, MUL_TOPW=topk_weights is not None,
+        ALPHA=GPT_OSS_ALPHA, LIMIT=GPT_OSS_LIMIT,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=UPCAST_DOT and a_quant == 0,
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return out
+
+
+@_moe_gemm_op.register_fake
+def _(a, a_scale, data, scale, zeros, gscale, bias, topk_weights, sorted_ids, block_expert, total, num_pairs,
+      a_div, n_out, *rest):
+    return a.new_empty((num_pairs, n_out), dtype=torch.bfloat16)
+
+
+# activation keys of the W8A8 paths: key -> (A_QUANT code, group along K or 0 = whole row)
+A_QUANT = {"none": (0, 0), "fp8_dynamic_per_token": (1, 0), "fp8_dynamic_per_tensor": (1, 0),
+           "fp8_static_per_tensor": (1, 0), "fp8_dynamic_group_128": (1, 128), "int8_dynamic_per_token": (2, 0)}
+
+
+def grouped_gemm(a: torch.Tensor, a_scale: torch.Tensor | None, w: WoWeight, routing, *, a_div: int, act: str,
+                 a_quant: int, a_group: int, cfg, bias: torch.Tensor | None = None,
+                 topk_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """One grouped GEMM: ``a`` (rows, K) bf16, or fp8/int8 with ``a_scale`` (rows, K/a_group or 1);
+    ``routing`` = (sorted_ids, block_expert, total, num_pairs) from align_by_expert with cfg.block_m.
+    Returns bf16 (num_pairs, N) (N = I for a fused activation)."""
+    sorted_ids, block_expert, total, num_pairs = routing
+    fused = ACTIVATIONS[act]
+    n_out = w.n // 2 if fused else w.n
+    bk = cfg.block_k
+    if a_quant:
+        if w.fmt not in (FP8, INT8) or w.group % bk or (a_group or w.k) % bk:
+            raise ValueError(f"W8A8 grouped GEMM needs raw fp8/int8 weights and scale groups that are multiples "
+                             f"of BLOCK_K = {bk}")
+    else:
+        bk = max(bk, 16 * w.pack)
+    return torch.ops.quantc.moe_gemm(
+        a, a_scale, w.data, w.scale, w.zeros, w.global_scale, bias, topk_weights, sorted_ids, block_expert, total,
+        num_pairs, a_div, n_out, w.fmt, w.sfmt, w.pack, w.group, w.row_block, a_quant, a_group or w.k, fused,
+        cfg.block_m, cfg.block_n, bk, cfg.num_warps, cfg.num_stages,
+    )
+
+
+def reference_expert_loop(x: torch.Tensor, w13: WoWeight, w2: WoWeight, topk_weights, topk_ids, act: str,
+                          b13=None, b2=None, act_dq=None) -> torch.Tensor:
+    """Plain torch MoE: for every expert, its (token, slot) pairs through gate_up, the activation and
+    down; then the weighted sum per token. ``act_dq`` (optional) rounds a GEMM input the way the
+    kernel's activation quantization does (applied to the whole input, as the kernel does)."""
+    q = act_dq or (lambda t: t)
+    d13, d2 = dequantize(w13), dequantize(w2)
+    t, k = topk_ids.shape
+    experts = topk_ids.reshape(-1).long()
+    xq = q(x.float())
+    inter = torch.zeros(t * k, w13.n // 2)
+    for e in range(d13.shape[0]):
+        pairs = torch.nonzero(experts == e).flatten()
+        h = xq[pairs // k] @ d13[e].T + (b13[e].float() if b13 is not None else 0.0)
+        g, u = h.chunk(2, dim=-1)
+        if act == "silu":
+            inter[pairs] = torch.nn.functional.silu(g) * u
+        else:
+            g = g.clamp(max=GPT_OSS_LIMIT)
+            u = u.clamp(-GPT_OSS_LIMIT, GPT_OSS_LIMIT)
+            inter[pairs] = (u + 1) * g * torch.sigmoid(GPT_OSS_ALPHA * g)
+    inter = q(inter.bfloat16().float())
+    y = torch.zeros(t * k, w2.n)
+    for e in range(d2.shape[0]):
+        pairs = torch.nonzero(experts == e).flatten()
+        y[pairs] = inter[pairs] @ d2[e].T + (b2[e].float() if b2 is not None else 0.0)
+    return (y * topk_weights.reshape(-1, 1).float()).view(t, k, -1).sum(1)

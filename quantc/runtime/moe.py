@@ -1,0 +1,125 @@
+"""QuantMoE: a whole MoE block (router, routed experts, optional shared experts) on quantc's kernels.
+
+``apply`` swaps it in for a model's MoE block; it can also be built directly from expert weights.
+forward(hidden (.., H)) -> (.., H) bf16:
+
+1. router logits = hidden @ router_weight.T (bf16 linear, never quantized), routed by one of
+   ``kernels.moe_routing.ROUTERS`` (softmax_topk / deepseek_v3 / gpt_oss);
+2. (token, slot) pairs sorted by expert and padded per expert to BLOCK_M;
+3. grouped gate_up GEMM with the activation fused (SiLU-and-mul or gpt-oss's clamped SwiGLU);
+4. grouped down GEMM, each row scaled by its routing weight; rows summed back per token;
+5. shared experts (plain modules, e.g. QuantLinear MLPs) added.
+
+Activation quantization by kernel id: W8A8 ids quantize each GEMM's input per row / per 1x128 group
+(``kernels.act_quant``); the MX ids round it to mxfp8 (emulated on sm_90); the others take bf16.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .kernels import moe_gemm as mg
+from .kernels import wo_format as wf
+from .kernels.moe_routing import ROUTERS, align_by_expert
+from .kernels.wo_gemm import WoConfig
+
+MOE_KERNELS = {"moe_bf16", "moe_fp8", "moe_fp8_block", "moe_int8", "moe_weight_only",
+               "moe_mxfp4_mxfp8_emulated", "moe_mxfp8_emulated"}
+_MX_KERNELS = {"moe_mxfp4_mxfp8_emulated", "moe_mxfp8_emulated"}
+_FIELDS = ("data", "scale", "zeros", "global_scale")
+
+
+def default_config(tokens: int, top_k: int) -> WoConfig:
+    pairs = tokens * top_k
+    if pairs <= 64:
+        return WoConfig(16, 64, 128, num_warps=4, num_stages=3)
+    if pairs <= 1024:
+        return WoConfig(32, 64, 128, num_warps=4, num_stages=3)
+    return WoConfig(64, 128, 64, num_warps=8, num_stages=3)
+
+
+class QuantMoE(nn.Module):
+    def __init__(self, kernel: str, gate_up: wf.WoWeight, down: wf.WoWeight, router_weight: torch.Tensor, *,
+                 top_k: int, router: str = "softmax_topk", router_args: dict | None = None,
+                 activation: str = "silu", act_key: str = "none", gate_up_bias: torch.Tensor | None = None,
+                 down_bias: torch.Tensor | None = None, router_bias: torch.Tensor | None = None,
+                 correction_bias: torch.Tensor | None = None, shared_experts: nn.Module | None = None,
+                 configs=None):
+        super().__init__()
+        if kernel not in MOE_KERNELS:
+            raise ValueError(f"unknown MoE kernel {kernel!r}; known: {', '.join(sorted(MOE_KERNELS))}")
+        if router not in ROUTERS:
+            raise ValueError(f"unknown router {router!r}; known: {', '.join(sorted(ROUTERS))}")
+        if activation not in ("silu", "gpt_oss"):
+            raise ValueError(f"unknown MoE activation {activation!r}; known: gpt_oss, silu")
+        if gate_up.n != 2 * down.k or gate_up.k != down.n:
+            raise ValueError(f"expert shapes do not chain: gate_up (N={gate_up.n}, K={gate_up.k}) needs "
+                             f"N = 2 x down's K ({down.k}) and K = down's N ({down.n})")
+        if mg.A_QUANT.get(act_key, (None,))[0] is None and act_key != "mxfp8":
+            raise ValueError(f"activation key {act_key!r} has no MoE path")
+        self.kernel, self.top_k, self.router, self.router_args = kernel, top_k, router, dict(router_args or {})
+        self.activation, self.act_key = activation, act_key
+        self.num_experts, self.hidden, self.inter = gate_up.num_experts, gate_up.k, down.k
+        self._meta = {}
+        for name, w in (("w13", gate_up), ("w2", down)):
+            self._meta[name] = (w.fmt, w.n, w.k, w.sfmt, w.group, w.row_block)
+            for f in _FIELDS:
+                self.register_buffer(f"{name}_{f}", getattr(w, f))
+        self.register_buffer("router_weight", router_weight.to(torch.bfloat16))
+        for name, t in (("router_bias", router_bias), ("b13", gate_up_bias), ("b2", down_bias),
+                        ("correction_bias", correction_bias)):
+            self.register_buffer(name, t)
+        self.shared_experts = shared_experts
+        self.configs = configs  # callable tokens -> (cfg gate_up, cfg down), or None for defaults
+
+    def _weight(self, name: str) -> wf.WoWeight:
+        fmt, n, k, sfmt, group, rb = self._meta[name]
+        t = [getattr(self, f"{name}_{f}") for f in _FIELDS]
+        return wf.WoWeight(fmt, n, k, t[0], t[1], sfmt, group, rb, t[2], t[3])
+
+    def route(self, x: torch.Tensor):
+        logits = F.linear(x, self.router_weight, self.router_bias)
+        args = dict(self.router_args)
+        if self.router == "deepseek_v3":
+            args["correction_bias"] = self.correction_bias
+        return ROUTERS[self.router](logits, self.top_k, **args)
+
+    def _act_in(self, a: torch.Tensor):
+        """(operand, scale, A_QUANT code, group) for a GEMM input."""
+        if self.kernel in _MX_KERNELS:
+            from .kernels.wo_mx import qdq_mxfp8
+
+            return qdq_mxfp8(a), None, 0, 0
+        code, group = mg.A_QUANT[self.act_key]
+        if code == 0:
+            return a, None, 0, 0
+        from .kernels.act_quant import quantize_activation
+
+        q, s = quantize_activation(a, self.act_key)
+        s = s.reshape(-1, 1).expand(a.shape[0], 1) if s.numel() == 1 else s.reshape(a.shape[0], -1)
+        return q, s, code, group
+
+    def experts(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        t = x.shape[0]
+        c13, c2 = self.configs(t) if self.configs else (default_config(t, self.top_k),) * 2
+        sorted_ids, block_expert, total = align_by_expert(topk_ids, self.num_experts, c13.block_m)
+        routing = (sorted_ids, block_expert, total, t * self.top_k)
+        a, sa, code, group = self._act_in(x)
+        h = mg.grouped_gemm(a, sa, self._weight("w13"), routing, a_div=self.top_k, act=self.activation,
+                            a_quant=code, a_group=group, cfg=c13, bias=self.b13)
+        a, sa, code, group = self._act_in(h)
+        c2 = WoConfig(c13.block_m, c2.block_n, c2.block_k, num_warps=c2.num_warps, num_stages=c2.num_stages)
+        y = mg.grouped_gemm(a, sa, self._weight("w2"), routing, a_div=1, act="none", a_quant=code, a_group=group,
+                            cfg=c2, bias=self.b2, topk_weights=topk_weights.reshape(-1).float().contiguous())
+        return y.view(t, self.top_k, -1).float().sum(1).to(torch.bfloat16)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        shape = hidden.shape
+        x = hidden.reshape(-1, shape[-1]).to(torch.bfloat16).contiguous()
+        w, ids = self.route(x)
+        out = self.experts(x, w, ids)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x)
+        return out.reshape(shape)
