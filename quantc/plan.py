@@ -21,8 +21,9 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .diagnostics import Diagnostic, QuantcError, Span
 
@@ -58,8 +59,10 @@ class KernelTableEntry:
         return self.buckets[-1][1]
 
 
-@dataclass(frozen=True)
-class ModulePlan:
+class ModulePlan(NamedTuple):
+    """One module's resolved entry. A NamedTuple rather than a frozen dataclass: plans of 100k
+    modules build and load one of these per module, and tuple construction is several times cheaper."""
+
     name: str
     kind: str
     n: int
@@ -74,10 +77,10 @@ class ModulePlan:
     fused_group: str | None
     moe_block: str | None
     tp_split: str
-    provenance: dict = field(hash=False, compare=True)
+    provenance: dict
 
 
-_GROUPED_FIELDS = [f.name for f in fields(ModulePlan) if f.name not in ("name", "layer", "fused_group", "moe_block")]
+_GROUPED_FIELDS = [f for f in ModulePlan._fields if f not in ("name", "layer", "fused_group", "moe_block")]
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
@@ -298,25 +301,37 @@ def _content_hash(body: dict) -> str:
 
 
 def _group_modules(modules: tuple[ModulePlan, ...]) -> list:
-    groups: dict[str, tuple[dict, list[str], dict]] = {}
-    order: list[str] = []
+    from .patterns import name_shape
+
+    groups: dict[tuple, tuple[dict, list[str]]] = {}
     for m in modules:
-        entry = {f: getattr(m, f) for f in _GROUPED_FIELDS}
-        # fused_group / moe_block are derived from the name by substitution of the same indices
-        derived = {}
-        for f in ("fused_group", "moe_block"):
-            value = getattr(m, f)
-            derived[f] = _relative(m.name, value)
-        entry["derived"] = derived
-        entry["layer_from_name"] = m.layer == _layer_of(m.name)
-        if not entry["layer_from_name"]:
-            entry["layer"] = m.layer
-        key = json.dumps(entry, sort_keys=True)
-        if key not in groups:
-            groups[key] = (entry, [], {})
-            order.append(key)
-        groups[key][1].append(m.name)
-    return [{"entry": groups[k][0], "names": compress_names(groups[k][1])} for k in order]
+        # fused_group / moe_block are stored relative to the name, so whole layers share one group
+        fused, moe = _relative(m.name, m.fused_group), _relative(m.name, m.moe_block)
+        layer_from_name = m.layer == _layer_of(m.name)
+        key = (m.kind, m.n, m.k, m.num_experts, m.weight, m.activation, m.method, m.kernel, m.kernel_entry, m.tp_split,
+               tuple(sorted(m.provenance.items())), _freeze(fused), _freeze(moe), layer_from_name,
+               None if layer_from_name else m.layer)
+        slot = groups.get(key)
+        if slot is None:
+            entry = {f: getattr(m, f) for f in _GROUPED_FIELDS}
+            entry["derived"] = {"fused_group": fused, "moe_block": moe}
+            entry["layer_from_name"] = layer_from_name
+            if not layer_from_name:
+                entry["layer"] = m.layer
+            slot = groups[key] = (entry, [])
+        slot[1].append(m.name)
+    out = []
+    for entry, names in groups.values():
+        by_shape: dict[str, list[str]] = {}
+        for n in names:
+            by_shape.setdefault(name_shape(n), []).append(n)
+        templates = [t for shape, members in by_shape.items() for t in compress_same_shape(shape, members)]
+        out.append({"entry": entry, "names": templates})
+    return out
+
+
+def _freeze(value):
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _relative(name: str, value: str | None):
