@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .wo_format import FP8, INT8, WoWeight, decode_elements, decode_scale, dequantize
+from .wo_format import FP8, INT8, WoWeight, decode_elements, dequantize, load_tile_scales
 from .wo_gemm import UPCAST_DOT
 
 ACTIVATIONS = {"none": 0, "silu": 1, "gpt_oss": 2}
@@ -47,19 +47,7 @@ def _expert_tile(
     words = tl.load(w_e + rows.to(tl.int64)[:, None] * stride_wn + kw[None, :],
                     mask=n_mask[:, None] & k_mask[None, :], other=0.0)
     s_rows = (rows // ROW_BLOCK).to(tl.int64) * stride_sn
-    if PER_TILE:
-        gi = (t * BLOCK_K) // GROUP
-        s = decode_scale(tl.load(s_e + s_rows + gi, mask=n_mask, other=0.0), SFMT)
-        z = 0.0
-        if HAS_ZERO:
-            z = tl.load(z_e + s_rows + gi, mask=n_mask, other=0).to(tl.float32)[:, None]
-    else:
-        gi = (kw * PACK) // GROUP
-        sm = n_mask[:, None] & k_mask[None, :]
-        s = decode_scale(tl.load(s_e + s_rows[:, None] + gi[None, :], mask=sm, other=0.0), SFMT)
-        z = 0.0
-        if HAS_ZERO:
-            z = tl.load(z_e + s_rows[:, None] + gi[None, :], mask=sm, other=0).to(tl.float32)
+    s, z = load_tile_scales(s_e, z_e, s_rows, n_mask, kw, k_mask, t, SFMT, PACK, GROUP, HAS_ZERO, BLOCK_K)
     part = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for j in tl.static_range(PACK):
         xm = a_mask[:, None] & k_mask[None, :]

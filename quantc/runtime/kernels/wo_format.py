@@ -178,3 +178,25 @@ def decode_elements(words, z, J: tl.constexpr, FMT: tl.constexpr, HAS_ZERO: tl.c
         return e2m1_bits_to_f32((words >> (4 * J)) & 0xF)
     else:
         return words.to(tl.float32)
+
+
+@triton.jit
+def load_tile_scales(s_base, z_base, s_rows, n_mask, kw, k_mask, t,
+                     SFMT: tl.constexpr, PACK: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
+    """Scales (and zero points) of K tile ``t`` for rows at offsets ``s_rows``: (BLOCK_N,) when the tile
+    lies inside one scale group (applied once to the partial sums), else (BLOCK_N, BLOCK_K/PACK) per word."""
+    if GROUP % BLOCK_K == 0:
+        gi = (t * BLOCK_K) // GROUP
+        s = decode_scale(tl.load(s_base + s_rows + gi, mask=n_mask, other=0.0), SFMT)
+        z = 0.0
+        if HAS_ZERO:
+            z = tl.load(z_base + s_rows + gi, mask=n_mask, other=0).to(tl.float32)[:, None]
+    else:
+        gi = (kw * PACK) // GROUP
+        sm = n_mask[:, None] & k_mask[None, :]
+        s = decode_scale(tl.load(s_base + s_rows[:, None] + gi[None, :], mask=sm, other=0.0), SFMT)
+        z = 0.0
+        if HAS_ZERO:
+            z = tl.load(z_base + s_rows[:, None] + gi[None, :], mask=sm, other=0).to(tl.float32)
+    return s, z

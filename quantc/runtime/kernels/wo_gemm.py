@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ...plan import KernelConfig as WoConfig  # stdlib-only; any object with these fields works
-from .wo_format import FP8, INT8, WoWeight, decode_elements, decode_scale, dequantize
+from .wo_format import FP8, INT8, WoWeight, decode_elements, dequantize, load_tile_scales
 
 # The CPU interpreter mis-computes tl.dot on bf16 operands (it sees raw bits); upcast there only.
 UPCAST_DOT = os.environ.get("TRITON_INTERPRET") == "1"
@@ -60,19 +60,7 @@ def _wo_gemm_kernel(
         kw = t * BKW + offs_w
         k_mask = kw < KW
         words = tl.load(w_rows + kw[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
-        if PER_TILE:
-            gi = (t * BLOCK_K) // GROUP
-            s = decode_scale(tl.load(s_ptr + s_rows + gi, mask=n_mask, other=0.0), SFMT)
-            z = 0.0
-            if HAS_ZERO:
-                z = tl.load(z_ptr + s_rows + gi, mask=n_mask, other=0).to(tl.float32)[:, None]
-        else:
-            gi = (kw * PACK) // GROUP
-            sm = n_mask[:, None] & k_mask[None, :]
-            s = decode_scale(tl.load(s_ptr + s_rows[:, None] + gi[None, :], mask=sm, other=0.0), SFMT)
-            z = 0.0
-            if HAS_ZERO:
-                z = tl.load(z_ptr + s_rows[:, None] + gi[None, :], mask=sm, other=0).to(tl.float32)
+        s, z = load_tile_scales(s_ptr, z_ptr, s_rows, n_mask, kw, k_mask, t, SFMT, PACK, GROUP, HAS_ZERO, BLOCK_K)
         part = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for j in tl.static_range(PACK):
             v = decode_elements(words, z, j, FMT, HAS_ZERO)
