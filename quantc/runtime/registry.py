@@ -100,3 +100,9 @@ def _run_block_scaled_mm_cublas(x, buffers, config, weight_key, act_key, bias):
     sa = sa.t().contiguous().t()  # (M, K/128) stored column-major, as cuBLAS wants
     out = torch._scaled_mm(xq, w.t(), scale_a=sa, scale_b=s.t(), out_dtype=torch.bfloat16)
     return out + bias if bias is not None else out
+
+
+# Runtime II: the weight-only 4-bit GEMMs and the MoE ids (quantc/runtime/kernels/wo_launch.py)
+from .kernels.wo_launch import register_all as _register_runtime2  # noqa: E402
+
+_register_runtime2(register)

@@ -166,3 +166,24 @@ def test_custom_op_registration():
             16, 32, 64, 4, 3, 1)
     torch.library.opcheck(torch.ops.quantc.wo_gemm.default, args,
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_registry_launchers_run_the_weight_only_ids():
+    from quantc.runtime.registry import LAUNCHERS
+
+    torch.manual_seed(6)
+    for kid, key, act in (("int4_weight_only_gemm", "int4_group_64_asym", "none"),
+                          ("fp4_weight_only_gemm", "nvfp4", "none"),
+                          ("mxfp4_mxfp8_gemm_emulated", "mxfp4", "mxfp8")):
+        t = qz.quantize_weight(torch.randn(24, 128), key)
+        bufs = LAUNCHERS[kid].prepare(t, key, 24, 128)
+        x = torch.randn(3, 128).bfloat16()
+        bias = torch.randn(24).bfloat16()
+        out = LAUNCHERS[kid].run(x, list(bufs.values()), None, key, act, bias)
+        w = wf.from_tensors(key, t, 24, 128)
+        ref = (wo_mx.reference(x, w) if act == "mxfp8" else wg.reference(x, w)) + bias.float()
+        assert _rel_err(out, ref) < TOL
+    with pytest.raises(ValueError, match="MoE kernels run a whole MoE block"):
+        LAUNCHERS["moe_weight_only"].prepare({}, "mxfp4", 8, 8)
+    with pytest.raises(ValueError, match="weight key 'fp8_per_tensor' is not a 4-bit weight-only format"):
+        LAUNCHERS["fp4_weight_only_gemm"].prepare({}, "fp8_per_tensor", 8, 8)

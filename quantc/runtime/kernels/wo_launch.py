@@ -1,0 +1,69 @@
+"""Registry launchers (``quantc.runtime.registry``) for the weight-only 4-bit GEMMs and the MoE kernel ids.
+
+Dense ids take quantc's quantized tensors (``quantc.runtime.quantize`` names) and keep the buffers
+``data``, ``scale`` and, where the key has them, ``zeros`` / ``global_scale``. MoE ids build a whole
+``QuantMoE`` block (router and experts together), so the per-module launcher path refuses them with
+the reason.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import wo_format as wf
+
+DENSE_IDS = ("int4_weight_only_gemm", "fp4_weight_only_gemm", "mxfp4_mxfp8_gemm_emulated")
+MOE_IDS = ("moe_bf16", "moe_fp8", "moe_fp8_block", "moe_int8", "moe_weight_only", "moe_mxfp4_mxfp8_emulated",
+           "moe_mxfp8_emulated")
+
+
+def key_meta(key: str) -> tuple[int, int, int]:
+    """(format, scale encoding, group) of a 4-bit weight key."""
+    if key.startswith("int4_group_"):
+        return wf.INT4, wf.S_FLOAT, int(key.split("_")[2])
+    if key == "mxfp4":
+        return wf.MXFP4, wf.S_E8M0, 32
+    if key == "nvfp4":
+        return wf.NVFP4, wf.S_FLOAT, 16
+    raise ValueError(f"weight key {key!r} is not a 4-bit weight-only format")
+
+
+def prepare(tensors: dict, weight_key: str, n: int, k: int) -> dict[str, torch.Tensor]:
+    key_meta(weight_key)
+    w = wf.from_tensors(weight_key, tensors, n, k)
+    out = {"data": w.data, "scale": w.scale}
+    if w.zeros is not None:
+        out["zeros"] = w.zeros
+    if w.global_scale is not None:
+        out["global_scale"] = w.global_scale
+    return out
+
+
+def rebuild(buffers, weight_key: str) -> wf.WoWeight:
+    fmt, sfmt, group = key_meta(weight_key)
+    data, scale, *rest = buffers
+    zeros = rest.pop(0) if weight_key.endswith("_asym") else None
+    gscale = rest.pop(0) if fmt == wf.NVFP4 else None
+    return wf.WoWeight(fmt, data.shape[0], data.shape[1] * 8, data, scale, sfmt, group, 1, zeros, gscale)
+
+
+def run(x, buffers, config, weight_key, act_key, bias):
+    from . import wo_gemm, wo_mx
+
+    w = rebuild(buffers, weight_key)
+    cfg = config or wo_gemm.default_config(x.shape[0], w.n, w.k)
+    out = (wo_mx.launch if act_key == "mxfp8" else wo_gemm.launch)(x, w, cfg)
+    return out + bias if bias is not None else out
+
+
+def _moe_per_module(*args, **kwargs):
+    raise ValueError("MoE kernels run a whole MoE block: build quantc.runtime.moe.QuantMoE for it (router and "
+                     "experts together); a single expert linear cannot run on a grouped kernel")
+
+
+def register_all(register) -> None:
+    """Called by ``quantc.runtime.registry`` with its ``register`` decorator factory."""
+    for kid in DENSE_IDS:
+        register(kid, prepare)(run)
+    for kid in MOE_IDS:
+        register(kid, _moe_per_module)(_moe_per_module)
