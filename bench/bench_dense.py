@@ -46,8 +46,9 @@ C = KernelConfig
 def candidates(kernel: str, m: int) -> list[KernelConfig]:
     bk = 32 if kernel == "mxfp8_gemm_emulated" else 128
     if m <= 16:
-        return [C(16, 32, bk, 8, 4, 4), C(16, 64, bk, 8, 4, 4), C(16, 64, bk * 2 if bk == 128 and kernel not in ("fp8_block_gemm",) else bk, 8, 4, 3),
-                C(16, 128, bk, 8, 4, 4)]
+        wide = bk * 2 if bk == 128 and kernel != "fp8_block_gemm" else bk
+        return [C(16, 16, wide, 8, 4, 4), C(16, 32, bk, 8, 4, 4), C(16, 32, wide, 8, 4, 5), C(16, 64, wide, 8, 4, 3),
+                C(16, 64, bk, 8, 4, 4)]
     if m <= 64:
         return [C(64, 64, bk, 8, 4, 4), C(64, 128, bk, 8, 4, 4), C(32, 64, bk, 8, 4, 4)]
     if m <= 256:

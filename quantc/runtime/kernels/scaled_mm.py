@@ -41,15 +41,18 @@ A_NONE, A_TENSOR, A_ROW, A_GROUP = 0, 1, 2, 3
 B_TENSOR, B_CHANNEL, B_BLOCK, B_GROUP = 1, 2, 3, 4
 # activation quantization inside the kernel: none, dynamic, static scale given
 Q_NONE, Q_DYNAMIC, Q_STATIC = 0, 1, 2
-# largest M at which the quantizer is fused (per-tensor needs a pass over all of A per program)
-FUSE_MAX_M = {A_TENSOR: 16, A_ROW: 64, A_GROUP: 64}
+# largest M at which the quantizer is fused: per-row / per-tensor scales need a prologue pass over
+# the program's rows (all of A for per-tensor), which H100 runs showed costs more than a separate
+# quantizer launch beyond these sizes; group scales come free from each K tile
+FUSE_MAX_M = {A_TENSOR: 4, A_ROW: 16, A_GROUP: 64}
 
 
 @triton.jit
 def _quant_tile(a, scale, INT8: tl.constexpr):
     if INT8:
         return quant_int8(a, scale)
-    return quant_e4m3(a, scale)
+    else:
+        return quant_e4m3(a, scale)
 
 
 @triton.jit
@@ -65,6 +68,7 @@ def _scaled_mm_kernel(
     HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
     # tiling (from the plan's KernelConfig)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    PRO_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -83,25 +87,27 @@ def _scaled_mm_kernel(
     a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak
     b_ptrs = b_ptr + offs_n[None, :].to(tl.int64) * stride_bn + offs_k[:, None] * stride_bk
     fmt_max = 127.0 if INT8 else 448.0
+    offs_pk = tl.arange(0, PRO_K)  # the prologue reads wide tiles: few dependent loads per row
 
     # --- prologue: the activation scale of a fused dynamic per-tensor / per-row quantizer
     if QUANT_A == 2:
         sa = tl.load(sa_ptr)
     elif QUANT_A == 1 and A_MODE != 3:
         if A_MODE == 1:
-            amax = tl.zeros((BLOCK_M, BLOCK_K), tl.float32)
+            amax = tl.zeros((BLOCK_M, PRO_K), tl.float32)
             for m0 in range(0, M, BLOCK_M):
                 rows = m0 + tl.arange(0, BLOCK_M)
-                for k0 in range(0, K, BLOCK_K):
-                    p = a_ptr + rows[:, None] * stride_am + (k0 + offs_k)[None, :] * stride_ak
-                    msk = (rows[:, None] < M) & ((k0 + offs_k)[None, :] < K)
+                for k0 in range(0, K, PRO_K):
+                    p = a_ptr + rows[:, None] * stride_am + (k0 + offs_pk)[None, :] * stride_ak
+                    msk = (rows[:, None] < M) & ((k0 + offs_pk)[None, :] < K)
                     amax = tl.maximum(amax, tl.abs(tl.load(p, mask=msk, other=0.0).to(tl.float32)))
             sa = tl.math.div_rn(tl.maximum(tl.max(tl.max(amax, axis=1), axis=0), 1e-12), fmt_max)
         else:
-            amax = tl.zeros((BLOCK_M, BLOCK_K), tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                msk = mask_m[:, None] & ((k0 + offs_k)[None, :] < K)
-                amax = tl.maximum(amax, tl.abs(tl.load(a_ptrs + k0 * stride_ak, mask=msk, other=0.0).to(tl.float32)))
+            amax = tl.zeros((BLOCK_M, PRO_K), tl.float32)
+            p_row = a_ptr + offs_m[:, None].to(tl.int64) * stride_am + offs_pk[None, :] * stride_ak
+            for k0 in range(0, K, PRO_K):
+                msk = mask_m[:, None] & ((k0 + offs_pk)[None, :] < K)
+                amax = tl.maximum(amax, tl.abs(tl.load(p_row + k0 * stride_ak, mask=msk, other=0.0).to(tl.float32)))
             sa = tl.math.div_rn(tl.maximum(tl.max(amax, axis=1), 1e-12), fmt_max)
 
     acc_dtype = tl.int32 if INT8 else tl.float32
@@ -242,6 +248,7 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
         A_MODE=a_mode, B_MODE=b_mode, QUANT_A=quant, INT8=int8, MX=mx,
         GROUP_K=group_k, GROUP_N=group_n, HAS_BIAS=bias is not None, DOT_F32=_interpreted(),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=block_k, GROUP_M=config.group_m,
+        PRO_K=min(512, triton.next_power_of_2(k)),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out

@@ -1,0 +1,142 @@
+"""Dense GEMMs (Triton interpreter) against the reference on dequantized operands, the launcher
+registry against KERNEL_SPECS, and the custom op under torch.compile's fake tensors."""
+
+import pytest
+import torch
+
+from quantc.kernel_specs import KERNEL_SPECS
+from quantc.plan import KernelConfig
+from quantc.runtime import quantize as Q
+from quantc.runtime.kernels.act_quant import quantize_activation
+from quantc.runtime.kernels.scaled_mm import reference, scaled_mm
+from quantc.runtime.registry import LAUNCHERS
+
+# bf16 output rounding (2**-9 relative per element) dominates: the fp32 accumulation is exact enough
+TOL = 6e-3
+CFG = KernelConfig(16, 32, 64, 8, 4, 2)
+
+CASES = [
+    ("fp8_per_channel", "fp8_dynamic_per_token"),
+    ("fp8_per_tensor", "fp8_dynamic_per_tensor"),
+    ("fp8_per_tensor", "fp8_static_per_tensor"),
+    ("fp8_per_channel", "fp8_dynamic_per_tensor"),
+    ("fp8_per_tensor", "fp8_dynamic_per_token"),
+    ("fp8_block_128x128", "fp8_dynamic_group_128"),
+    ("int8_per_channel", "int8_dynamic_per_token"),
+    ("mxfp8", "mxfp8"),
+    ("fp8_per_channel", "none"),
+    ("fp8_per_tensor", "none"),
+    ("fp8_block_128x128", "none"),
+    ("int8_per_channel", "none"),
+]
+
+
+def _rel(out, ref):
+    assert not torch.isnan(out).any()
+    return float((out.float() - ref).norm() / ref.norm())
+
+
+def _scale(t):
+    return t.get("weight_scale", t.get("weight_scale_inv"))
+
+
+@pytest.mark.parametrize("wk,ak", CASES)
+@pytest.mark.parametrize("fuse", [False, True])
+def test_gemm_matches_reference(wk, ak, fuse):
+    if ak == "none" and fuse:
+        pytest.skip("weight-only has no activation quantizer to fuse")
+    torch.manual_seed(hash((wk, ak)) % 1000)
+    m, n, k = (3, 160, 256) if fuse else (20, 96, 384)  # ragged M and N tiles
+    x = torch.randn(m, k).to(torch.bfloat16)
+    t = Q.quantize_weight(torch.randn(n, k) * 0.05, wk)
+    bias = torch.randn(n).to(torch.bfloat16)
+    iscale = torch.tensor(0.02)
+    out = scaled_mm(x, t["weight"], _scale(t), wk, ak, CFG, input_scale=iscale, bias=bias, fuse=fuse)
+    assert out.dtype == torch.bfloat16 and out.shape == (m, n)
+    assert _rel(out, reference(x, t, wk, ak, input_scale=iscale, bias=bias)) < TOL
+
+
+def test_fused_quantizer_matches_separate_one():
+    torch.manual_seed(7)
+    x = (torch.randn(5, 256) * 4).to(torch.bfloat16)
+    t = Q.quantize_weight(torch.randn(64, 256), "fp8_per_channel")
+    a = scaled_mm(x, t["weight"], t["weight_scale"], "fp8_per_channel", "fp8_dynamic_per_token", CFG, fuse=True)
+    b = scaled_mm(x, t["weight"], t["weight_scale"], "fp8_per_channel", "fp8_dynamic_per_token", CFG, fuse=False)
+    assert torch.equal(a, b)  # same quantized values, same accumulation order
+
+
+def test_block_gemm_ragged_last_block_n576():
+    torch.manual_seed(8)
+    x = torch.randn(4, 256).to(torch.bfloat16)
+    w = torch.randn(576, 256) * 0.05
+    w[512:] *= 30  # the 64-row last block has its own, much larger, scale
+    t = Q.quantize_weight(w, "fp8_block_128x128")
+    cfg = KernelConfig(16, 64, 128, 8, 4, 2)
+    out = scaled_mm(x, t["weight"], t["weight_scale_inv"], "fp8_block_128x128", "fp8_dynamic_group_128", cfg)
+    ref = reference(x, t, "fp8_block_128x128", "fp8_dynamic_group_128")
+    assert _rel(out[:, 512:], ref[:, 512:]) < TOL and _rel(out[:, :512], ref[:, :512]) < TOL
+
+
+def test_prequantized_activation_path():
+    torch.manual_seed(9)
+    x = torch.randn(6, 128).to(torch.bfloat16)
+    t = Q.quantize_weight(torch.randn(32, 128), "int8_per_channel")
+    xq, sx = quantize_activation(x, "int8_dynamic_per_token")
+    a = scaled_mm(xq, t["weight"], t["weight_scale"], "int8_per_channel", "int8_dynamic_per_token", CFG, x_scale=sx)
+    b = scaled_mm(x, t["weight"], t["weight_scale"], "int8_per_channel", "int8_dynamic_per_token", CFG, fuse=False)
+    assert torch.equal(a, b)
+
+
+def test_quantized_gemm_is_close_to_bf16():
+    """SQNR floors of the whole quantized path against the unquantized product."""
+    torch.manual_seed(10)
+    x = torch.randn(8, 256)
+    w = torch.randn(64, 256) * 0.05
+    exact = x @ w.T
+    floors = {("fp8_per_channel", "fp8_dynamic_per_token"): 25, ("int8_per_channel", "int8_dynamic_per_token"): 30,
+              ("fp8_block_128x128", "fp8_dynamic_group_128"): 25, ("mxfp8", "mxfp8"): 22}
+    for (wk, ak), floor in floors.items():
+        t = Q.quantize_weight(w, wk)
+        out = scaled_mm(x.to(torch.bfloat16), t["weight"], _scale(t), wk, ak, CFG).float()
+        sqnr = 10 * torch.log10(exact.pow(2).sum() / (exact - out).pow(2).sum())
+        assert sqnr > floor, (wk, ak, float(sqnr))
+
+
+def test_every_kernel_spec_has_a_launcher():
+    """Expected to fail until the MoE / 4-bit launchers (Runtime II) are registered."""
+    want = {s.id for s in KERNEL_SPECS if "kv_cache" not in s.layer_kinds}
+    missing = sorted(want - set(LAUNCHERS))
+    assert not missing, f"kernel ids without a runtime launcher: {missing}"
+    assert not set(LAUNCHERS) - {s.id for s in KERNEL_SPECS}
+
+
+def test_dense_launchers_through_the_registry():
+    torch.manual_seed(11)
+    x = torch.randn(3, 128).to(torch.bfloat16)
+    w = torch.randn(48, 128) * 0.05
+    for kernel, wk, ak in [("fp8_scaled_gemm", "fp8_per_channel", "fp8_dynamic_per_token"),
+                           ("int8_weight_only_gemm", "int8_per_channel", "none"),
+                           ("bf16_matmul", "none", "none")]:
+        launcher = LAUNCHERS[kernel]
+        tensors = {"weight": w.to(torch.bfloat16)} if wk == "none" else Q.quantize_weight(w, wk)
+        buffers = launcher.prepare(tensors, wk, 48, 128)
+        out = launcher.run(x, list(buffers.values()), CFG, wk, ak, None)
+        ref = x.float() @ w.to(torch.bfloat16).float().T if wk == "none" else reference(x, tensors, wk, ak)
+        assert _rel(out, ref) < TOL, kernel
+
+
+def test_custom_op_has_a_fake_for_torch_compile():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from quantc.runtime.modules import dense, flatten_buckets
+
+    t = Q.quantize_weight(torch.randn(48, 128), "fp8_per_channel")
+    table = flatten_buckets(((16, CFG), (2**31 - 1, CFG)))
+    with FakeTensorMode() as mode:
+        x = mode.from_tensor(torch.randn(5, 128).to(torch.bfloat16))
+        bufs = [mode.from_tensor(t["weight"]), mode.from_tensor(t["weight_scale"])]
+        out = dense(x, bufs, None, "fp8_scaled_gemm", "fp8_per_channel", "fp8_dynamic_per_token", table, 48)
+    assert out.shape == (5, 48) and out.dtype == torch.bfloat16
+    torch.library.opcheck(dense, (torch.randn(5, 128).to(torch.bfloat16), [t["weight"], t["weight_scale"]], None,
+                                  "fp8_scaled_gemm", "fp8_per_channel", "fp8_dynamic_per_token", table, 48),
+                          test_utils=("test_faketensor",))
