@@ -60,11 +60,13 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
 
 
-def _short(prov: str) -> str:
-    return prov if len(prov) <= 60 else prov[:57] + "..."
+def _decided_by(row: dict) -> str:
+    if row["weight_from"] == row["activation_from"]:
+        return row["weight_from"]
+    return f"weight: {row['weight_from']} | activation: {row['activation_from']}"
 
 
-def render_plan_text(data: dict, width: int = 200) -> str:
+def render_plan_text(data: dict, width: int = 260) -> str:
     from io import StringIO
 
     from rich.console import Console
@@ -78,14 +80,14 @@ def render_plan_text(data: dict, width: int = 200) -> str:
                   + (", expert_parallel" if target["expert_parallel"] else ""))
     table = Table(show_lines=False, box=None, pad_edge=False, header_style="bold")
     for col in ("modules", "#", "N x K", "weight", "activation", "kernel", "decided by"):
-        table.add_column(col, overflow="ellipsis", no_wrap=True, max_width=56 if col == "decided by" else None)
+        table.add_column(col, overflow="ellipsis", no_wrap=True, max_width=150 if col == "decided by" else None)
     for row in data["rows"]:
         shape = f"{row['n']} x {row['k']}" if row["n"] is not None else "various"
         if row["num_experts"] > 1:
             shape += f" x{row['num_experts']}e"
         table.add_row("\n".join(row["modules"][:3]) + (f"\n(+{len(row['modules']) - 3} more)" if len(row["modules"]) > 3 else ""),
                       str(row["count"]), shape, row["weight"], row["activation"], row["kernel"] or "-",
-                      _short(row["weight_from"]))
+                      _decided_by(row))
     console.print(table)
     console.print("summary:")
     for scheme, s in summary["schemes"].items():

@@ -200,7 +200,7 @@ def file_layer(doc: Document) -> tuple[Layer, list[tuple[str, Span]], list[Diagn
         from .kernel_specs import FAMILIES
 
         for kind, family in data["backend"].items():
-            if kind in LAYER_KINDS and family in FAMILIES:
+            if kind in LAYER_KINDS and isinstance(family, str) and family in FAMILIES:
                 backend[kind] = Setting(family, doc.span_of(("backend", kind)), f"backend.{kind} ({doc.file})")
     target = checker.target(data.get("target"))
     extends = []
