@@ -365,7 +365,7 @@ class _Checker:
         tp_ok = type(tp) is int and tp >= 1
         ep_ok = type(ep) is bool
         return Target(
-            gpu=Setting(gpu, self.doc.span_of(("target", "gpu")), f"target.gpu ({file})") if gpu in GPUS else None,
+            gpu=Setting(gpu, self.doc.span_of(("target", "gpu")), f"target.gpu ({file})") if isinstance(gpu, str) and gpu in GPUS else None,
             tensor_parallel=tp if tp_ok else 1,
             tensor_parallel_span=self.doc.span_of(("target", "tensor_parallel")) if tp_ok else None,
             expert_parallel=ep if ep_ok else False,
