@@ -108,7 +108,8 @@ FALLBACK_BUCKETS = _rows_to_buckets([
 ])
 
 
-def lookup(tables: list[KernelTable], fallback_tables: list[KernelTable], kernel: str, n: int, k: int, entry_id: str) -> KernelTableEntry:
+def lookup(tables: list[KernelTable], fallback_tables: list[KernelTable], kernel: str, n: int, k: int, entry_id: str,
+           gpu: str = "") -> KernelTableEntry:
     def search(ts: list[KernelTable], suffix: str):
         for t in ts:
             if (kernel, n, k) in t.entries:
@@ -125,7 +126,7 @@ def lookup(tables: list[KernelTable], fallback_tables: list[KernelTable], kernel
 
     found = search(tables, "")
     if found is None and fallback_tables:
-        found = search(fallback_tables, " table: no entry for this GPU")
+        found = search(fallback_tables, f" table; no {gpu or 'table for this GPU'} entry")
     if found is None:
         buckets, source = FALLBACK_BUCKETS, "built-in fallback (no table)"
     else:

@@ -336,7 +336,11 @@ class LoweringResult:
 
 def lower(config: Config, inventory: Inventory, *, overrides: Overrides | None = None, checkpoint=None,
           tables_dirs: tuple[str, ...] = ()) -> LoweringResult:
-    lw = Lowering(config, inventory, overrides, checkpoint, tables_dirs)
+    try:
+        lw = Lowering(config, inventory, overrides, checkpoint, tables_dirs)
+    except (ValueError, KeyError, TypeError, OSError) as exc:  # a malformed kernel table
+        return LoweringResult(None, (Diagnostic("QC510", "error", f"cannot read kernel table: {exc}", None,
+                                                "check the folder given to --tables, or regenerate it with `quantc tune`"),), None)
     diags: list[Diagnostic] = []
     entries: list[ModulePlan] = []
     shapes: list[str] = []
@@ -457,7 +461,7 @@ def _build_plan(config: Config, inventory: Inventory, lw: Lowering, entries: lis
     kernels = {}
     for e in entries:
         if e.kernel_entry and e.kernel_entry not in kernels:
-            kernels[e.kernel_entry] = lookup(lw.tables, lw.fallback_tables, e.kernel, e.n, e.k, e.kernel_entry)
+            kernels[e.kernel_entry] = lookup(lw.tables, lw.fallback_tables, e.kernel, e.n, e.k, e.kernel_entry, lw.gpu.name)
     summary = summarize(totals, len(entries))
     tuned_on = {}
     for t in lw.tables or lw.fallback_tables:

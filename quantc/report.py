@@ -132,7 +132,7 @@ def explain_data(result, module_name: str) -> dict | None:
     elif d.kernel_entry:
         from .emit import lookup
 
-        e = lookup(lw.tables, lw.fallback_tables, d.kernel, d.n_rank, d.k_rank, d.kernel_entry)
+        e = lookup(lw.tables, lw.fallback_tables, d.kernel, d.n_rank, d.k_rank, d.kernel_entry, lw.gpu.name)
         entry = {"id": e.id, "source": e.source, "buckets": [{"m_max": m, **cfg.__dict__} for m, cfg in e.buckets]}
     return {
         "module": module.name,
