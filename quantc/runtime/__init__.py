@@ -4,8 +4,8 @@
 
 
 def apply(model, plan, weights=None, *, rank=None, world=None, progress=True):
-    """Quantize ``model`` in place as ``plan`` says (see ``quantc.runtime.apply``)."""
-    from .apply import apply as _apply
+    """Quantize ``model`` in place as ``plan`` says (see ``quantc.runtime.apply_plan``)."""
+    from .apply_plan import apply as _apply
 
     return _apply(model, plan, weights, rank=rank, world=world, progress=progress)
 
