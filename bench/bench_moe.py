@@ -1,0 +1,195 @@
+"""MoE layers of quantc against torch's grouped GEMMs, one run, one GPU (shared/BENCH.md rules).
+
+Sizes (E experts, top-k, hidden H, expert width I): Qwen3-30B-A3B, DeepSeek-V3, gpt-oss-120b,
+Mixtral-8x7B; tokens T = 1, 16, 256, 4096, uniformly random distinct experts per token.
+
+- A correctness check first: QuantMoE for every MoE kernel id on a small layer against the per-expert
+  plain-torch loop, on the GPU.
+- gate_up grouped GEMM alone: ours (bf16, activation fused) vs ``torch._grouped_mm`` (no activation);
+  ours fp8 per-channel W8A8 vs ``torch._scaled_grouped_mm`` rowwise, on the same pre-quantized operands.
+- The whole expert path (sorting, gate_up + activation, down, weighted sum): ours bf16, mxfp4
+  weight-only and fp8 W8A8 (activation quantization included), vs a torch path of
+  ``_grouped_mm`` gate_up, SiLU-and-mul, ``_grouped_mm`` down, weighted sum (its sorting not timed).
+All inside CUDA graphs. Weight bytes count the experts that received at least one token.
+
+Env: BENCH_CAP_S (default 240), OUT. Writes $OUT/moe_<device>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+
+import torch
+import triton
+from triton.testing import do_bench_cudagraph
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from quantc.plan import KernelConfig as C  # noqa: E402
+from quantc.runtime.kernels import moe_gemm as mg  # noqa: E402
+from quantc.runtime.kernels import wo_format as wf  # noqa: E402
+from quantc.runtime.kernels.moe_routing import align_by_expert  # noqa: E402
+from quantc.runtime.moe import QuantMoE  # noqa: E402
+
+T0 = time.time()
+CAP = float(os.environ.get("BENCH_CAP_S", "240"))
+OUT = os.environ.get("OUT", "/tmp")
+BF, F8 = torch.bfloat16, torch.float8_e4m3fn
+DEV = "cuda"
+MODELS = {"qwen3_30b_a3b": (128, 8, 2048, 768), "deepseek_v3": (256, 8, 7168, 2048),
+          "gpt_oss_120b": (128, 4, 2880, 2880), "mixtral_8x7b": (8, 2, 4096, 14336)}
+TOKENS = (1, 16, 256, 4096)
+res: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+             "timing": "CUDA graphs (do_bench_cudagraph); no L2 rotation", "check": [], "rows": [], "notes": []}
+
+
+def save():
+    slug = re.sub(r"[^a-z0-9]+", "_", res["device"].lower()).strip("_")
+    with open(os.path.join(OUT, f"moe_{slug}.json"), "w") as f:
+        json.dump(res, f, indent=1)
+
+
+def us(fn) -> float | None:
+    try:
+        fn()
+        torch.cuda.synchronize()
+        return do_bench_cudagraph(fn, rep=30) * 1e3
+    except Exception as e:
+        print("ERR", type(e).__name__, str(e)[:300], flush=True)
+        return None
+
+
+def config(pairs: int) -> C:
+    if pairs <= 64:
+        return C(16, 64, 128, 8, 4, 3)
+    if pairs <= 2048:
+        return C(32, 128, 64, 8, 4, 3)
+    return C(64, 128, 64, 8, 8, 3)
+
+
+def check():
+    torch.manual_seed(0)
+    e, k, h, i, t = 8, 2, 256, 256, 37
+    cases = [("moe_bf16", "none", "none", "silu"), ("moe_weight_only", "int4_group_128", "none", "silu"),
+             ("moe_weight_only", "mxfp4", "none", "gpt_oss"), ("moe_weight_only", "nvfp4", "none", "silu"),
+             ("moe_fp8", "fp8_per_channel", "fp8_dynamic_per_token", "silu"),
+             ("moe_fp8_block", "fp8_block_128x128", "fp8_dynamic_group_128", "silu"),
+             ("moe_int8", "int8_per_channel", "int8_dynamic_per_token", "silu"),
+             ("moe_mxfp4_mxfp8_emulated", "mxfp4", "mxfp8", "gpt_oss"), ("moe_mxfp8_emulated", "mxfp8", "mxfp8", "silu")]
+    from quantc.runtime import quantize as qz
+
+    for kernel, wkey, akey, act in cases:
+        w13 = wf.quantize(torch.randn(e, 2 * i, h, device=DEV) * 0.1, wkey)
+        w2 = wf.quantize(torch.randn(e, h, i, device=DEV) * 0.1, wkey)
+        moe = QuantMoE(kernel, w13, w2, torch.randn(e, h, device=DEV, dtype=BF), top_k=k, activation=act,
+                       act_key=akey, router="gpt_oss" if act == "gpt_oss" else "softmax_topk")
+        x = torch.randn(t, h, device=DEV, dtype=BF)
+        out = moe(x).float()
+        tw, ids = moe.route(x)
+        if akey == "none":
+            dq = None
+        elif akey == "mxfp8":
+            def dq(v):
+                q, s = qz.quant_mx(v.float(), 32)
+                return q.float() * qz.e8m0_to_float(s).repeat_interleave(32, 1)
+        else:
+            def dq(v, quant=qz.ACTIVATION_QUANTIZERS[akey], g=akey == "fp8_dynamic_group_128"):
+                q, s = quant(v.float())
+                return q.float() * (s.repeat_interleave(128, 1) if g else s)
+        ref = mg.reference_expert_loop(x, w13, w2, tw, ids, act, act_dq=dq)
+        err = ((out - ref).abs().max() / ref.abs().max()).item()
+        res["check"].append({"kernel": kernel, "weight": wkey, "act": akey, "rel_err": err, "ok": err < 4e-2})
+    print("moe check", [(c["kernel"], c["weight"], round(c["rel_err"], 4)) for c in res["check"]], flush=True)
+    save()
+
+
+def bench():
+    for name, (e, k, h, inter) in MODELS.items():
+        w13 = torch.randn(e, 2 * inter, h, device=DEV, dtype=BF) * 0.02
+        w2 = torch.randn(e, h, inter, device=DEV, dtype=BF) * 0.02
+        W13 = wf.WoWeight(wf.BF16, 2 * inter, h, w13)
+        W2 = wf.WoWeight(wf.BF16, h, inter, w2)
+        w13q, w2q = w13.to(F8), w2.to(F8)  # unit scales: speed only
+        s13, s2 = torch.ones(e, 2 * inter, 1, device=DEV), torch.ones(e, h, 1, device=DEV)
+        F13 = wf.WoWeight(wf.FP8, 2 * inter, h, w13q, s13, wf.S_FLOAT, h, 1)
+        F2 = wf.WoWeight(wf.FP8, h, inter, w2q, s2, wf.S_FLOAT, inter, 1)
+        M13 = wf.WoWeight(wf.MXFP4, 2 * inter, h, torch.randint(-2**31, 2**31 - 1, (e, 2 * inter, h // 8), device=DEV,
+                                                                   dtype=torch.int32),
+                          torch.randint(118, 124, (e, 2 * inter, h // 32), device=DEV, dtype=torch.uint8), wf.S_E8M0, 32)
+        M2 = wf.WoWeight(wf.MXFP4, h, inter, torch.randint(-2**31, 2**31 - 1, (e, h, inter // 8), device=DEV,
+                                                           dtype=torch.int32),
+                         torch.randint(118, 124, (e, h, inter // 32), device=DEV, dtype=torch.uint8), wf.S_E8M0, 32)
+        router = torch.randn(e, h, device=DEV, dtype=BF)
+        moes = {"bf16": QuantMoE("moe_bf16", W13, W2, router, top_k=k),
+                "mxfp4_wo": QuantMoE("moe_weight_only", M13, M2, router, top_k=k),
+                "fp8_w8a8": QuantMoE("moe_fp8", F13, F2, router, top_k=k, act_key="fp8_dynamic_per_token")}
+        for t in TOKENS:
+            if time.time() - T0 > CAP:
+                res["notes"].append(f"time cap reached before {name} T={t}")
+                save()
+                return
+            pairs = t * k
+            ids = torch.rand(t, e, device=DEV).topk(k, dim=-1).indices.to(torch.int32)
+            tw = torch.softmax(torch.randn(t, k, device=DEV), -1)
+            x = torch.randn(t, h, device=DEV, dtype=BF)
+            cfg = config(pairs)
+            for m in moes.values():
+                m.configs = lambda _t, c=cfg: (c, c)
+            sorted_ids, block_expert, total = align_by_expert(ids, e, cfg.block_m)
+            routing = (sorted_ids, block_expert, total, pairs)
+            # torch peer operands: rows sorted by expert
+            flat = ids.reshape(-1).long()
+            order = torch.argsort(flat, stable=True)
+            counts = torch.bincount(flat, minlength=e)
+            offs = torch.cumsum(counts, 0).to(torch.int32)
+            xs = x[order // k].contiguous()
+            xq = xs.to(F8)
+            sx, sw = torch.ones(pairs, device=DEV), torch.ones(e, 2 * inter, device=DEV)
+            row = {"model": name, "E": e, "top_k": k, "H": h, "I": inter, "tokens": t,
+                   "active_experts": int((counts > 0).sum()), "cfg": [cfg.block_m, cfg.block_n, cfg.block_k]}
+            row["gate_up_torch_grouped_mm_us"] = us(lambda: torch._grouped_mm(xs, w13.transpose(-2, -1), offs=offs,
+                                                                               out_dtype=BF))
+            row["gate_up_ours_bf16_us"] = us(lambda: mg.grouped_gemm(x, None, W13, routing, a_div=k, act="silu",
+                                                                     a_quant=0, a_group=0, cfg=cfg))
+            row["gate_up_torch_scaled_grouped_mm_us"] = us(lambda: torch._scaled_grouped_mm(
+                xq, w13q.transpose(-2, -1), sx, sw, offs=offs, out_dtype=BF))
+            xq_tok, sx_tok = x.to(F8), torch.ones(t, 1, device=DEV)
+            row["gate_up_ours_fp8_us"] = us(lambda: mg.grouped_gemm(xq_tok, sx_tok, F13, routing, a_div=k, act="silu",
+                                                                    a_quant=1, a_group=0, cfg=cfg))
+
+            def torch_layer():
+                g = torch._grouped_mm(xs, w13.transpose(-2, -1), offs=offs, out_dtype=BF)
+                a = torch.nn.functional.silu(g[:, :inter]) * g[:, inter:]
+                y = torch._grouped_mm(a, w2.transpose(-2, -1), offs=offs, out_dtype=BF)
+                out = torch.zeros(pairs, h, device=DEV, dtype=torch.float32)
+                out.index_copy_(0, order, y.float() * tw.reshape(-1)[order, None])
+                return out.view(t, k, h).sum(1)
+
+            row["layer_torch_bf16_us"] = us(torch_layer)
+            for key, m in moes.items():
+                row[f"layer_ours_{key}_us"] = us(lambda m=m: m.experts(x, tw, ids))
+            act = row["active_experts"]
+            fl = 2 * pairs * h * 2 * inter
+            for peer, ours, wbytes in (("gate_up_torch_grouped_mm_us", "gate_up_ours_bf16_us", act * 2 * inter * h * 2),
+                                       ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_us", act * 2 * inter * h)):
+                if row[peer] and row[ours]:
+                    row[ours.replace("_us", "_over_torch")] = row[peer] / row[ours]
+                    row[ours.replace("_us", "_tflops")] = fl / row[ours] / 1e6
+                    row[ours.replace("_us", "_weight_GBps")] = wbytes / row[ours] / 1e3
+            for key in moes:
+                if row["layer_torch_bf16_us"] and row[f"layer_ours_{key}_us"]:
+                    row[f"layer_ours_{key}_over_torch_bf16"] = row["layer_torch_bf16_us"] / row[f"layer_ours_{key}_us"]
+            res["rows"].append(row)
+            print(json.dumps(row), flush=True)
+            save()
+        del w13, w2, w13q, w2q, moes, W13, W2, F13, F2, M13, M2
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    check()
+    bench()
+    print("done in", time.time() - T0, flush=True)

@@ -1,0 +1,224 @@
+"""Weight-only 4-bit decode GEMMs (int4 g128, mxfp4, nvfp4) against bf16 ``x @ w.T`` and tinygemm
+(``torch._weight_int4pack_mm``), one run, one GPU (shared/BENCH.md rules).
+
+- A correctness check first: every format at M = 1, 16, 64 on a small shape against the plain-torch
+  reference of quantized weights (quantc.runtime.quantize), on the GPU.
+- Timing: inside CUDA graphs (``do_bench_cudagraph``), each kernel run over enough copies of its
+  weights to exceed 256 MB, so every call reads from HBM (L2 is 50 MB); time per call = graph / copies.
+  Operands are random valid codes and scales (speed does not depend on the values).
+- Our kernel is tuned per (shape, M, format) over ``candidates()`` with that same rotated timing.
+- Reference bandwidth, same run: 1 GiB device-to-device copy (read + write, ``do_bench``) and bf16
+  matmul weight bytes/s at M = 1 on (24576, 7168) with rotation; floors divide by the larger.
+
+Env: BENCH_CAP_S (time cap, default 300), BENCH_SHAPES ("6144x4096,..."), OUT (output folder).
+Writes $OUT/wo_<device>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import time
+
+import torch
+import triton
+from triton.testing import do_bench, do_bench_cudagraph
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from quantc.plan import KernelConfig as C  # noqa: E402
+from quantc.runtime.kernels import wo_format as wf  # noqa: E402
+from quantc.runtime.kernels import wo_gemm as wg  # noqa: E402
+
+T0 = time.time()
+CAP = float(os.environ.get("BENCH_CAP_S", "300"))
+OUT = os.environ.get("OUT", "/tmp")
+BF = torch.bfloat16
+DEV = "cuda"
+SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (7168, 2048), (2048, 7168), (24576, 7168)]
+LARGE = [(28672, 4096), (4096, 14336), (24576, 7168)]
+if os.environ.get("BENCH_SHAPES"):
+    SHAPES = [tuple(int(v) for v in s.split("x")) for s in os.environ["BENCH_SHAPES"].split(",")]
+MS = (1, 16, 64)
+FORMATS = ("int4_group_128", "mxfp4", "nvfp4")
+ROTATE_BYTES = 256 << 20
+SMS = torch.cuda.get_device_properties(0).multi_processor_count
+
+res: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+             "sms": SMS, "timing": "CUDA graphs, weights rotated past L2 (>= 256 MB per graph)", "check": [],
+             "rows": [], "notes": []}
+
+
+def save():
+    slug = re.sub(r"[^a-z0-9]+", "_", res["device"].lower()).strip("_")
+    with open(os.path.join(OUT, f"wo_{slug}.json"), "w") as f:
+        json.dump(res, f, indent=1)
+
+
+def rotated_us(make_call, copies: int) -> float | None:
+    """us per call of make_call(i) over ``copies`` weight copies inside one CUDA graph."""
+    def fn():
+        for i in range(copies):
+            make_call(i)
+    try:
+        fn()
+        torch.cuda.synchronize()
+        return do_bench_cudagraph(fn, rep=30) * 1e3 / copies
+    except Exception as e:  # a config that does not compile / launch: report, keep going
+        print("ERR", type(e).__name__, str(e)[:200], flush=True)
+        return None
+
+
+def n_copies(nbytes: int) -> int:
+    return max(2, math.ceil(ROTATE_BYTES / nbytes))
+
+
+def random_weight(key: str, n: int, k: int) -> wf.WoWeight:
+    data = torch.randint(-2**31, 2**31 - 1, (n, k // 8), dtype=torch.int32, device=DEV)
+    if key == "mxfp4":
+        s = torch.randint(120, 130, (n, k // 32), dtype=torch.uint8, device=DEV)
+        return wf.WoWeight(wf.MXFP4, n, k, data, s, wf.S_E8M0, 32)
+    if key == "nvfp4":
+        s = (torch.rand(n, k // 16, device=DEV) + 0.5).to(torch.float8_e4m3fn)
+        return wf.WoWeight(wf.NVFP4, n, k, data, s, wf.S_FLOAT, 16, global_scale=torch.ones(1, device=DEV))
+    s = (torch.rand(n, k // 128, device=DEV) * 0.01).to(BF)
+    return wf.WoWeight(wf.INT4, n, k, data, s, wf.S_FLOAT, 128)
+
+
+def candidates(m: int, n: int, k: int) -> list[C]:
+    def split(bn, bk):
+        return max(1, min(triton.cdiv(2 * SMS, triton.cdiv(n, bn)), k // bk, 16))
+    out = []
+    if m == 1:
+        for bn, bk, w in ((32, 256, 4), (64, 256, 4), (16, 512, 4), (32, 512, 4), (64, 512, 8), (128, 256, 8)):
+            out.append(C(1, bn, bk, 8, w, 3, split(bn, bk)))
+        out.append(C(1, 64, 256, 8, 4, 3, 1))
+    else:
+        bm = 16 if m <= 16 else 64
+        for bn, bk, w in ((64, 128, 4), (32, 256, 4), (64, 256, 4), (128, 128, 8)):
+            out.append(C(bm, bn, bk, 8, w, 3, split(bn, bk)))
+        out.append(C(bm, 128, 128, 8, 4, 3, 1))
+    return out
+
+
+def check_correctness():
+    from quantc.runtime.kernels import wo_mx
+
+    torch.manual_seed(0)
+    for key in (*FORMATS, "int4_group_32_asym", "int4_group_64"):
+        w = wf.quantize(torch.randn(512, 1024, device=DEV), key)
+        for m in MS:
+            x = torch.randn(m, 1024, device=DEV, dtype=BF)
+            for cfg in candidates(m, 512, 1024)[:3]:
+                out = wg.launch(x, w, cfg).float()
+                ref = wg.reference(x, w)
+                err = ((out - ref).abs().max() / ref.abs().max()).item()
+                res["check"].append({"key": key, "M": m, "cfg": list(cfg.__dict__.values()), "rel_err": err,
+                                     "ok": err < 1e-2})
+    w = wf.quantize(torch.randn(512, 1024, device=DEV), "mxfp4")
+    for m in MS:
+        x = torch.randn(m, 1024, device=DEV, dtype=BF)
+        err = ((wo_mx.launch(x, w, candidates(m, 512, 1024)[0]).float() - wo_mx.reference(x, w)).abs().max()
+               / wo_mx.reference(x, w).abs().max()).item()
+        res["check"].append({"key": "mxfp4_mxfp8", "M": m, "rel_err": err, "ok": err < 1e-2})
+    bad = [c for c in res["check"] if not c["ok"]]
+    print(f"correctness: {len(res['check']) - len(bad)}/{len(res['check'])} ok", bad[:5], flush=True)
+    save()
+
+
+def reference_bandwidth():
+    n = 1 << 30
+    a = torch.empty(n, dtype=torch.uint8, device=DEV)
+    b = torch.empty_like(a)
+    res["copy_GBps"] = 2 * n / do_bench(lambda: b.copy_(a)) / 1e6
+    del a, b
+    n_, k_ = 24576, 7168
+    x = torch.randn(1, k_, device=DEV, dtype=BF)
+    ws = [torch.randn(n_, k_, device=DEV, dtype=BF) for _ in range(2)]
+    t = rotated_us(lambda i: x @ ws[i].T, 2)
+    res["bf16_m1_GBps"] = n_ * k_ * 2 / t / 1e3
+    res["ref_GBps"] = max(res["copy_GBps"], res["bf16_m1_GBps"])
+    print("bandwidth", res["copy_GBps"], res["bf16_m1_GBps"], flush=True)
+    del ws
+    torch.cuda.empty_cache()
+    save()
+
+
+def bench_shapes():
+    for n, k in SHAPES:
+        wbf = [torch.randn(n, k, device=DEV, dtype=BF) for _ in range(n_copies(n * k * 2))]
+        q_u8 = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device=DEV)
+        tiny = None
+        try:
+            wp = torch._convert_weight_to_int4pack(q_u8, 8)
+            tiny = [(wp.clone(), torch.rand(k // 128, n, 2, device=DEV, dtype=BF))
+                    for _ in range(n_copies(n * k // 2))]
+        except Exception as e:
+            res["notes"].append(f"tinygemm setup failed at {n}x{k}: {str(e)[:200]}")
+        ours = {key: [random_weight(key, n, k) for _ in range(n_copies(n * k // 2))] for key in FORMATS}
+        for m in MS:
+            if time.time() - T0 > CAP:
+                res["notes"].append(f"time cap reached before {n}x{k} M={m}")
+                save()
+                return
+            x = torch.randn(m, k, device=DEV, dtype=BF)
+            row = {"N": n, "K": k, "M": m}
+            row["bf16_us"] = rotated_us(lambda i: x @ wbf[i].T, len(wbf))
+            if tiny:
+                row["tinygemm_us"] = rotated_us(lambda i: torch._weight_int4pack_mm(x, tiny[i][0], 128, tiny[i][1]),
+                                                len(tiny))
+            for key, ws in ours.items():
+                best = None
+                for cfg in candidates(m, n, k):
+                    t = rotated_us(lambda i: wg.launch(x, ws[i], cfg), len(ws))
+                    if t is not None and (best is None or t < best[0]):
+                        best = (t, cfg)
+                if best is None:
+                    continue
+                t, cfg = best
+                nbytes = ws[0].nbytes()
+                row[key] = {"us": t, "cfg": [cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages,
+                                             cfg.split_k],
+                            "over_bf16": row["bf16_us"] / t if row["bf16_us"] else None,
+                            "over_tinygemm": row.get("tinygemm_us") / t if row.get("tinygemm_us") else None,
+                            "GBps": nbytes / t / 1e3, "frac_ref_bw": nbytes / t / 1e3 / res["ref_GBps"]}
+            res["rows"].append(row)
+            print(json.dumps(row), flush=True)
+            save()
+        del wbf, tiny, ours
+        torch.cuda.empty_cache()
+
+
+def summarize():
+    s = {}
+    for key in FORMATS:
+        for m in MS:
+            rows = [r for r in res["rows"] if r["M"] == m and key in r]
+            if not rows:
+                continue
+            sp = [r[key]["over_bf16"] for r in rows if r[key]["over_bf16"]]
+            large = [r[key]["over_bf16"] for r in rows if (r["N"], r["K"]) in LARGE and r[key]["over_bf16"]]
+            bw = [r[key]["frac_ref_bw"] for r in rows if (r["N"], r["K"]) in LARGE]
+            s[f"{key}/M{m}"] = {
+                "geomean_over_bf16": math.exp(sum(map(math.log, sp)) / len(sp)) if sp else None,
+                "min_over_bf16": min(sp) if sp else None, "large_min_over_bf16": min(large) if large else None,
+                "large_min_frac_ref_bw": min(bw) if bw else None,
+                "geomean_over_tinygemm": (lambda v: math.exp(sum(map(math.log, v)) / len(v)) if v else None)(
+                    [r[key]["over_tinygemm"] for r in rows if r[key]["over_tinygemm"]]),
+            }
+    tiny = [r["bf16_us"] / r["tinygemm_us"] for r in res["rows"] if r["M"] == 1 and r.get("tinygemm_us")]
+    s["tinygemm/M1_geomean_over_bf16"] = math.exp(sum(map(math.log, tiny)) / len(tiny)) if tiny else None
+    res["summary"] = s
+    save()
+    for k_, v in s.items():
+        print(k_, v, flush=True)
+
+
+if __name__ == "__main__":
+    check_correctness()
+    reference_bandwidth()
+    bench_shapes()
+    summarize()
+    print("done in", time.time() - T0, flush=True)
