@@ -249,7 +249,7 @@ class Lowering:
         ck_span = Span(getattr(self.checkpoint, "source", "<checkpoint>"))
         user_w = weight if weight.span != BUILTIN_SPAN else None
         if user_w is not None and user_w.value != ckpt.weight:
-            errors.append(("QC310", f"{module.name}: the config sets weight {user_w.value} ({user_w.origin}) but the checkpoint stores it as {ckpt.weight} ({ckpt.origin})",
+            errors.append(("QC310", f"{module.name}: the config sets weight {user_w.value} ({_prov(user_w)}) but the checkpoint stores it as {ckpt.weight} ({ckpt.origin})",
                            f"the weights exist already: set weight {ckpt.weight} (or leave it unset) for this module, or use an unquantized checkpoint",
                            user_w.span))
         weight = Setting(ckpt.weight, ck_span, f"checkpoint: {ckpt.origin}")
@@ -258,7 +258,7 @@ class Lowering:
             if user_a is None:
                 activation = Setting(ckpt.activation, ck_span, f"checkpoint: {ckpt.origin}" + ("" if ckpt.activation_fixed else " (dynamic default)"))
             elif user_a.value != ckpt.activation and ckpt.activation_fixed:
-                errors.append(("QC311", f"{module.name}: the config sets activation {user_a.value} ({user_a.origin}) but the checkpoint fixes {ckpt.activation} with stored static scales ({ckpt.origin})",
+                errors.append(("QC311", f"{module.name}: the config sets activation {user_a.value} ({_prov(user_a)}) but the checkpoint fixes {ckpt.activation} with stored static scales ({ckpt.origin})",
                                f"remove the activation setting for this module or set it to {ckpt.activation}", user_a.span))
         provenance = {"weight": _prov(weight), "activation": _prov(activation)}
         return weight, activation, provenance
@@ -374,14 +374,16 @@ def lower(config: Config, inventory: Inventory, *, overrides: Overrides | None =
             d.method, d.kernel, d.kernel_entry, module.fused_group, module.moe_block, module.tp_split, d.provenance,
         ))
     lw.shapes = shapes
+    # one diagnostic per cause: messages that differ only in the module they name are merged
     error_groups: dict[tuple, list] = {}
     for d, count, first in memo.values():
         for code, msg, hint, span in d.errors:
-            g = error_groups.setdefault((code, hint, span, msg), [0, first])
+            template = msg[len(first) + 2:] if msg.startswith(first + ": ") else msg
+            g = error_groups.setdefault((code, hint, span, template), [0, first])
             g[0] += count
-    for (code, hint, span, msg), (count, _first) in error_groups.items():
+    for (code, hint, span, template), (count, first) in error_groups.items():
         more = f" (and {count - 1} more modules like it)" if count > 1 else ""
-        diags.append(Diagnostic(code, "error", msg + more, span if span and span != BUILTIN_SPAN else None, hint))
+        diags.append(Diagnostic(code, "error", f"{first}{more}: {template}", span if span and span != BUILTIN_SPAN else None, hint))
     diags.extend(_group_consistency(entries, shapes))
     diags.extend(_usage_warnings(config, rule_matched, rule_won, rule_shadowed_by, ignore_matched, lw))
     if has_errors(diags):
