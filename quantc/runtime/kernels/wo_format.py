@@ -189,14 +189,14 @@ def load_tile_scales(s_base, z_base, s_rows, n_mask, kw, k_mask, t,
     if GROUP % BLOCK_K == 0:
         gi = (t * BLOCK_K) // GROUP
         s = decode_scale(tl.load(s_base + s_rows + gi, mask=n_mask, other=0.0), SFMT)
-        z = 0.0
+        z = tl.zeros((1, 1), tl.float32)  # unused without zero points
         if HAS_ZERO:
             z = tl.load(z_base + s_rows + gi, mask=n_mask, other=0).to(tl.float32)[:, None]
     else:
         gi = (kw * PACK) // GROUP
         sm = n_mask[:, None] & k_mask[None, :]
         s = decode_scale(tl.load(s_base + s_rows[:, None] + gi[None, :], mask=sm, other=0.0), SFMT)
-        z = 0.0
+        z = tl.zeros((1, 1), tl.float32)  # unused without zero points
         if HAS_ZERO:
             z = tl.load(z_base + s_rows[:, None] + gi[None, :], mask=sm, other=0).to(tl.float32)
     return s, z
