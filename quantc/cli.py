@@ -343,6 +343,70 @@ def export(
     raise typer.Exit(EXIT_OK)
 
 
+def _default_tables_dir() -> Path:
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "quantc" / "kernels"
+
+
+@app.command()
+def tune(
+    config: Optional[Path] = typer.Argument(None, help="quantc config (or give --plan)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model description, with CONFIG"),
+    plan_file: Optional[Path] = typer.Option(None, "--plan", help="a compiled plan instead of CONFIG + --model"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="table folder (default: ~/.cache/quantc/kernels)"),
+    gpu: Optional[str] = _GPU,
+    tp: Optional[int] = _TP,
+    set_: Optional[List[str]] = _SET,
+    kernels: Optional[str] = typer.Option(None, "--kernels", help="comma-separated kernel ids to tune (default: all dense kernels of the plan)"),
+    buckets: Optional[str] = typer.Option(None, "--m-buckets", help="comma-separated M-bucket bounds to tune, e.g. 1,16,64 (default: all)"),
+    small: bool = typer.Option(False, "--small", help="a tiny search space (for tests and the interpreter)"),
+):
+    """Benchmark Triton configs for the plan's kernels and (N, K) shapes per M-bucket on this GPU and
+    write the winners as a kernel table (resumable; each entry written atomically)."""
+    from .gpus import GPUS
+    from .tune import M_BUCKETS, jobs_from_plan
+
+    if plan_file is not None:
+        from .plan import load_plan
+
+        if not plan_file.exists():
+            _usage_error(f"plan not found: {plan_file}")
+        from .diagnostics import QuantcError
+
+        try:
+            plan_obj = load_plan(plan_file)
+        except QuantcError as exc:
+            _print_diagnostics(exc.diagnostics, {}, Format.text)
+            raise typer.Exit(EXIT_INVALID)
+    else:
+        if config is None or model is None:
+            _usage_error("give CONFIG and --model, or --plan")
+        result = _run(config, model, gpu, tp, set_, None, False)
+        _print_diagnostics(result.diagnostics, result.sources, Format.text)
+        if result.plan is None:
+            raise typer.Exit(EXIT_INVALID)
+        plan_obj = result.plan
+    wanted = None
+    if buckets:
+        try:
+            wanted = {int(b) for b in buckets.split(",")}
+        except ValueError:
+            _usage_error(f"--m-buckets takes integers, got {buckets!r}")
+    chosen = tuple(b for b in M_BUCKETS if wanted is None or b[0] in wanted or (b[0] == M_BUCKETS[-1][0] and b[1] in wanted))
+    jobs = jobs_from_plan(plan_obj, chosen, set(kernels.split(",")) if kernels else None)
+    try:
+        from .runtime.tune import tune as run_tune
+    except ImportError as exc:
+        typer.echo(f"error: quantc tune needs the runtime (torch, triton): {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    stats = run_tune(jobs, GPUS[plan_obj.target["gpu"]], output or _default_tables_dir(), small=small, progress=sys.stderr.isatty())
+    typer.echo(f"tuned {stats['tuned']} of {stats['jobs']} (kernel, N, K, M-bucket) entries "
+               f"({stats['skipped_done']} already done, {stats['no_valid_config']} without a valid config) -> {stats['path']}")
+    raise typer.Exit(EXIT_INVALID if stats["no_valid_config"] else EXIT_OK)
+
+
 def main() -> None:
     try:  # newer typer vendors click as typer._click: its exceptions are not click's
         from typer import Abort
