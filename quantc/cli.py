@@ -395,7 +395,12 @@ def tune(
         except ValueError:
             _usage_error(f"--m-buckets takes integers, got {buckets!r}")
     chosen = tuple(b for b in M_BUCKETS if wanted is None or b[0] in wanted or (b[0] == M_BUCKETS[-1][0] and b[1] in wanted))
-    jobs = jobs_from_plan(plan_obj, chosen, set(kernels.split(",")) if kernels else None)
+    from .tune import TUNABLE
+
+    wanted_kernels = set(kernels.split(",")) if kernels else None
+    if wanted_kernels and wanted_kernels - TUNABLE:
+        _usage_error(f"--kernels: not tunable kernel(s) {', '.join(sorted(wanted_kernels - TUNABLE))}; tunable: {', '.join(sorted(TUNABLE))}")
+    jobs = jobs_from_plan(plan_obj, chosen, wanted_kernels)
     try:
         from .runtime.tune import tune as run_tune
     except ImportError as exc:
