@@ -53,6 +53,12 @@ def to_fp8(x: torch.Tensor) -> torch.Tensor:
     return x.float().clamp(-FP8_MAX, FP8_MAX).to(FP8)
 
 
+def _over(amax: torch.Tensor, fmt_max: float) -> torch.Tensor:
+    """amax / fmt_max, correctly rounded: torch on CUDA divides by a Python scalar as a multiply by
+    its reciprocal (1 ulp off at times), so the divisor is a tensor of the same shape."""
+    return amax / torch.full_like(amax, fmt_max)
+
+
 def _amax(x: torch.Tensor, dim=None, keepdim: bool = False) -> torch.Tensor:
     a = x.float().abs()
     a = a.amax() if dim is None else a.amax(dim=dim, keepdim=keepdim)
@@ -110,13 +116,13 @@ def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
 
 def quant_fp8_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, K) -> e4m3 (M, K), fp32 scales (M, 1)."""
-    s = _amax(x, dim=-1, keepdim=True) / FP8_MAX
+    s = _over(_amax(x, dim=-1, keepdim=True), FP8_MAX)
     return to_fp8(x.float() / s), s
 
 
 def quant_fp8_per_tensor(x: torch.Tensor, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic (scale None) or static per-tensor: e4m3 (M, K), fp32 scale ()."""
-    s = (_amax(x) / FP8_MAX) if scale is None else scale.float().reshape(())
+    s = _over(_amax(x), FP8_MAX) if scale is None else scale.float().reshape(())
     return to_fp8(x.float() / s), s
 
 
@@ -124,13 +130,13 @@ def quant_fp8_group(x: torch.Tensor, group: int = 128) -> tuple[torch.Tensor, to
     """(M, K) -> e4m3 (M, K), fp32 scales (M, K/group)."""
     m, k = x.shape
     g = x.float().reshape(m, k // group, group)
-    s = _amax(g, dim=-1, keepdim=True) / FP8_MAX
+    s = _over(_amax(g, dim=-1, keepdim=True), FP8_MAX)
     return to_fp8(g / s).reshape(m, k), s.reshape(m, k // group)
 
 
 def quant_int8_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, K) -> int8 (M, K), fp32 scales (M, 1); round half to even."""
-    s = _amax(x, dim=-1, keepdim=True) / INT8_MAX
+    s = _over(_amax(x, dim=-1, keepdim=True), INT8_MAX)
     return torch.round(x.float() / s).clamp(-INT8_MAX, INT8_MAX).to(torch.int8), s
 
 
@@ -191,7 +197,7 @@ def _quant_fp8_block(w: torch.Tensor, block: int = 128) -> Tensors:
     wp = torch.zeros(nb * block, kb * block, dtype=torch.float32, device=w.device)
     wp[:n, :k] = w.float()
     blocks = wp.reshape(nb, block, kb, block)
-    s = blocks.abs().amax(dim=(1, 3)).clamp_min(AMAX_FLOOR) / FP8_MAX
+    s = _over(blocks.abs().amax(dim=(1, 3)).clamp_min(AMAX_FLOOR), FP8_MAX)
     q = to_fp8(blocks / s[:, None, :, None]).reshape(nb * block, kb * block)[:n, :k]
     return {"weight": q.contiguous(), "weight_scale_inv": s}
 

@@ -41,10 +41,10 @@ A_NONE, A_TENSOR, A_ROW, A_GROUP = 0, 1, 2, 3
 B_TENSOR, B_CHANNEL, B_BLOCK, B_GROUP = 1, 2, 3, 4
 # activation quantization inside the kernel: none, dynamic, static scale given
 Q_NONE, Q_DYNAMIC, Q_STATIC = 0, 1, 2
-# largest M at which the quantizer is fused: per-row / per-tensor scales need a prologue pass over
-# the program's rows (all of A for per-tensor), which H100 runs showed costs more than a separate
-# quantizer launch beyond these sizes; group scales come free from each K tile
-FUSE_MAX_M = {A_TENSOR: 4, A_ROW: 16, A_GROUP: 64}
+# largest M at which the quantizer is fused by default. The fused path is exact (tested) but on H100
+# (bench/results/dense_h100.json, module_fp8_row) it ran slower than a separate quantizer launch plus
+# the GEMM at decode sizes, so it is off by default until it is tuned; ``fuse=True`` forces it.
+FUSE_MAX_M = {A_TENSOR: 0, A_ROW: 0, A_GROUP: 0}
 
 
 @triton.jit
