@@ -106,8 +106,7 @@ def prepare_experts(name: str, mod: nn.Module, gate_up, down) -> QuantExperts:
         raise ValueError("the experts of one MoE layer share one scheme; the plan gives gate_up_proj "
                          f"{gate_up.weight}/{gate_up.activation} and down_proj {down.weight}/{down.activation}")
     w13, w2, b13, b2 = expert_weights(mod, gate_up, down)
-    kernel = gate_up.kernel or "moe_bf16"
-    moe = QuantMoE(kernel, wf.quantize(w13, gate_up.weight), wf.quantize(w2, down.weight),
+    moe = QuantMoE(gate_up.kernel, wf.quantize(w13, gate_up.weight), wf.quantize(w2, down.weight),
                    # routing stays in the model's own router module; QuantMoE's router weight is unused
                    torch.zeros(w13.shape[0], 1, device=w13.device), top_k=_top_k(mod), activation=_activation(mod),
                    act_key=gate_up.activation, gate_up_bias=None if b13 is None else b13.to(torch.bfloat16),
@@ -116,7 +115,8 @@ def prepare_experts(name: str, mod: nn.Module, gate_up, down) -> QuantExperts:
 
 
 def _fused_experts(model: nn.Module, plan) -> dict[str, dict]:
-    """experts module name -> {"gate_up_proj": entry, "down_proj": entry} for fused experts."""
+    """experts module name -> {"gate_up_proj": entry, "down_proj": entry} for fused experts with a
+    kernel (experts planned ``none`` keep transformers' own module, as unquantized linears do)."""
     mods = dict(model.named_modules())
     out: dict[str, dict] = {}
     for mp in plan.modules:
@@ -125,7 +125,7 @@ def _fused_experts(model: nn.Module, plan) -> dict[str, dict]:
         parent, _, param = mp.name.rpartition(".")
         mod = mods.get(parent)
         if mod is not None and param in ("gate_up_proj", "down_proj") and getattr(mod, param, None) is not None \
-                and getattr(mod, param).dim() == 3:
+                and getattr(mod, param).dim() == 3 and mp.kernel is not None:
             out.setdefault(parent, {})[param] = mp
     return out
 
