@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .wo_format import FP8, INT8, WoWeight, decode_elements, dequantize, load_tile_scales
+from .wo_format import FP8, INT8, WoWeight, dequant_tile, dequantize, load_tile_scales
 from .wo_gemm import UPCAST_DOT
 
 ACTIVATIONS = {"none": 0, "silu": 1, "gpt_oss": 2}
@@ -48,20 +48,16 @@ def _expert_tile(
                     mask=n_mask[:, None] & k_mask[None, :], other=0.0)
     s_rows = (rows // ROW_BLOCK).to(tl.int64) * stride_sn
     s, z = load_tile_scales(s_e, z_e, s_rows, n_mask, kw, k_mask, t, SFMT, PACK, GROUP, HAS_ZERO, BLOCK_K)
-    part = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for j in tl.static_range(PACK):
-        xm = a_mask[:, None] & k_mask[None, :]
-        a = tl.load(a_rows + (kw * PACK + j)[None, :], mask=xm, other=0.0)
-        if A_QUANT == 0:
-            v = decode_elements(words, z, j, FMT, HAS_ZERO)
-            if not PER_TILE:
-                v = v * s
-            if UPCAST:
-                part += tl.dot(a.to(tl.float32), tl.trans(v))
-            else:
-                part += tl.dot(a, tl.trans(v.to(tl.bfloat16)))
-        else:  # raw fp8 x fp8 or int8 x int8
-            part += tl.dot(a, tl.trans(words)).to(tl.float32)
+    ak = t * BLOCK_K + tl.arange(0, BLOCK_K)
+    a = tl.load(a_rows + ak[None, :], mask=a_mask[:, None] & (ak < K)[None, :], other=0.0)
+    if A_QUANT == 0:
+        w = dequant_tile(words, s, z, FMT, HAS_ZERO, not PER_TILE, PACK)
+        if UPCAST:
+            part = tl.dot(a.to(tl.float32), tl.trans(w))
+        else:
+            part = tl.dot(a, tl.trans(w.to(tl.bfloat16)))
+    else:  # raw fp8 x fp8 or int8 x int8
+        part = tl.dot(a, tl.trans(words)).to(tl.float32)
     if PER_TILE:
         part = part * s[None, :]
     if A_QUANT != 0:
@@ -205,7 +201,7 @@ def reference_expert_loop(x: torch.Tensor, w13: WoWeight, w2: WoWeight, topk_wei
     t, k = topk_ids.shape
     experts = topk_ids.reshape(-1).long()
     xq = q(x.float())
-    inter = torch.zeros(t * k, w13.n // 2)
+    inter = torch.zeros(t * k, w13.n // 2, device=x.device)
     for e in range(d13.shape[0]):
         pairs = torch.nonzero(experts == e).flatten()
         h = xq[pairs // k] @ d13[e].T + (b13[e].float() if b13 is not None else 0.0)
@@ -217,7 +213,7 @@ def reference_expert_loop(x: torch.Tensor, w13: WoWeight, w2: WoWeight, topk_wei
             u = u.clamp(-GPT_OSS_LIMIT, GPT_OSS_LIMIT)
             inter[pairs] = (u + 1) * g * torch.sigmoid(GPT_OSS_ALPHA * g)
     inter = q(inter.bfloat16().float())
-    y = torch.zeros(t * k, w2.n)
+    y = torch.zeros(t * k, w2.n, device=x.device)
     for e in range(d2.shape[0]):
         pairs = torch.nonzero(experts == e).flatten()
         y[pairs] = inter[pairs] @ d2[e].T + (b2[e].float() if b2 is not None else 0.0)

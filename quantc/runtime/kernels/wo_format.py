@@ -200,3 +200,34 @@ def load_tile_scales(s_base, z_base, s_rows, n_mask, kw, k_mask, t,
         if HAS_ZERO:
             z = tl.load(z_base + s_rows[:, None] + gi[None, :], mask=sm, other=0).to(tl.float32)
     return s, z
+
+
+@triton.jit
+def dequant_tile(words, s, z, FMT: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE_EACH: tl.constexpr,
+                 PACK: tl.constexpr):
+    """(BLOCK_N, BLOCK_K/PACK) words -> (BLOCK_N, BLOCK_K) fp32 values in K order (column 8p + j holds
+    nibble j of word p), scaled per word when SCALE_EACH. The eight nibble planes are interleaved by
+    three levels of tl.join: the last join's index is the fastest-varying one after the reshape."""
+    if PACK == 1:
+        v = decode_elements(words, z, 0, FMT, HAS_ZERO)
+        if SCALE_EACH:
+            v = v * s
+        return v
+    else:
+        v0 = decode_elements(words, z, 0, FMT, HAS_ZERO)
+        v1 = decode_elements(words, z, 1, FMT, HAS_ZERO)
+        v2 = decode_elements(words, z, 2, FMT, HAS_ZERO)
+        v3 = decode_elements(words, z, 3, FMT, HAS_ZERO)
+        v4 = decode_elements(words, z, 4, FMT, HAS_ZERO)
+        v5 = decode_elements(words, z, 5, FMT, HAS_ZERO)
+        v6 = decode_elements(words, z, 6, FMT, HAS_ZERO)
+        v7 = decode_elements(words, z, 7, FMT, HAS_ZERO)
+        even = tl.join(tl.join(v0, v4), tl.join(v2, v6))
+        odd = tl.join(tl.join(v1, v5), tl.join(v3, v7))
+        v = tl.reshape(tl.join(even, odd), (words.shape[0], words.shape[1] * 8))
+        if SCALE_EACH:
+            # one scale per word: repeat it over the word's eight elements the same way
+            s8 = tl.reshape(tl.broadcast_to(s[:, :, None], (words.shape[0], words.shape[1], 8)),
+                            (words.shape[0], words.shape[1] * 8))
+            v = v * s8
+        return v

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ...plan import KernelConfig as WoConfig  # stdlib-only; any object with these fields works
-from .wo_format import FP8, INT8, WoWeight, decode_elements, dequantize, load_tile_scales
+from .wo_format import FP8, INT8, WoWeight, decode_elements, dequant_tile, dequantize, load_tile_scales
 
 # The CPU interpreter mis-computes tl.dot on bf16 operands (it sees raw bits); upcast there only.
 UPCAST_DOT = os.environ.get("TRITON_INTERPRET") == "1"
@@ -56,31 +56,38 @@ def _wo_gemm_kernel(
     s_rows = (offs_n // ROW_BLOCK).to(tl.int64) * stride_sn
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc2 = tl.zeros((BLOCK_N, BKW), tl.float32)  # M = 1: elementwise partial sums, reduced once at the end
     for t in range(pid_k * per_split, t_end):
         kw = t * BKW + offs_w
         k_mask = kw < KW
         words = tl.load(w_rows + kw[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
         s, z = load_tile_scales(s_ptr, z_ptr, s_rows, n_mask, kw, k_mask, t, SFMT, PACK, GROUP, HAS_ZERO, BLOCK_K)
-        part = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        for j in tl.static_range(PACK):
-            v = decode_elements(words, z, j, FMT, HAS_ZERO)
-            if not PER_TILE:
-                v = v * s
-            xk = kw * PACK + j
-            xm = m_mask[:, None] & k_mask[None, :]
-            if BLOCK_M == 1:
-                xv = tl.load(x_rows + xk[None, :], mask=xm, other=0.0).to(tl.float32)
-                part += tl.sum(v * xv, axis=1)[None, :]
+        if BLOCK_M == 1:
+            part2 = tl.zeros((BLOCK_N, BKW), tl.float32)
+            for j in tl.static_range(PACK):
+                v = decode_elements(words, z, j, FMT, HAS_ZERO)
+                if not PER_TILE:
+                    v = v * s
+                xv = tl.load(x_rows + (kw * PACK + j)[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+                part2 += v * xv.to(tl.float32)
+            if PER_TILE:
+                acc2 += part2 * s[:, None]
             else:
-                xv = tl.load(x_rows + xk[None, :], mask=xm, other=0.0)
-                if UPCAST:
-                    part += tl.dot(xv.to(tl.float32), tl.trans(v))
-                else:
-                    part += tl.dot(xv, tl.trans(v.to(tl.bfloat16)))
-        if PER_TILE:
-            acc += part * s[None, :]
+                acc2 += part2
         else:
-            acc += part
+            w = dequant_tile(words, s, z, FMT, HAS_ZERO, not PER_TILE, PACK)
+            xk = t * BLOCK_K + tl.arange(0, BLOCK_K)
+            xv = tl.load(x_rows + xk[None, :], mask=m_mask[:, None] & (xk < K)[None, :], other=0.0)
+            if UPCAST:
+                part = tl.dot(xv.to(tl.float32), tl.trans(w))
+            else:
+                part = tl.dot(xv, tl.trans(w.to(tl.bfloat16)))
+            if PER_TILE:
+                acc += part * s[None, :]
+            else:
+                acc += part
+    if BLOCK_M == 1:
+        acc = tl.sum(acc2, axis=1)[None, :]
     if HAS_GLOBAL:
         acc = acc * tl.load(gs_ptr)
     out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
