@@ -84,7 +84,11 @@ def _linear_names(model: nn.Module) -> set[str]:
     return {name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)}
 
 
-def check_model(model: nn.Module, plan) -> list[Diagnostic]:
+def check_model(model: nn.Module, plan, world: int = 1) -> list[Diagnostic]:
+    """Every planned module present with the planned shape (the unsharded shape under tensor
+    parallelism: every rank holds the full model and keeps only its shards)."""
+    from .parallel import global_shape
+
     diags: list[Diagnostic] = []
     mods = dict(model.named_modules())
     planned = set()
@@ -104,9 +108,10 @@ def check_model(model: nn.Module, plan) -> list[Diagnostic]:
             if not isinstance(w, torch.Tensor) or w.dim() != 2:
                 diags.append(_err("QC701", f"{mp.name!r} is a {type(mod).__name__} without a 2-D weight; the plan "
                                   f"has it as {mp.kind}", mp.name, "compile the plan against this model"))
-            elif tuple(w.shape) != (mp.n, mp.k):
+            elif tuple(w.shape) != global_shape(mp, world):
+                n, k = global_shape(mp, world)
                 diags.append(_err("QC701", f"{mp.name!r} has weight shape {tuple(w.shape)}, the plan says "
-                                  f"(N={mp.n}, K={mp.k})", mp.name,
+                                  f"(N={n}, K={k})", mp.name,
                                   "compile the plan against this model (for tensor parallelism: this rank's shard)"))
     unplanned = sorted(_linear_names(model) - planned)
     if unplanned:
@@ -153,9 +158,26 @@ def _check_prequantized(key: str, given: dict, want: dict) -> dict[str, torch.Te
     return out
 
 
-def module_tensors(mp, mod: nn.Module, state: dict | None) -> dict[str, torch.Tensor]:
-    """Checkpoint-named quantized tensors of one module: from ``state`` when it holds them
-    pre-quantized, else the module's (or state's) bf16 weight quantized now."""
+def module_tensors(mp, mod: nn.Module, state: dict | None, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
+    """Checkpoint-named quantized tensors of one module (this rank's shard under tensor parallelism):
+    from ``state`` when it holds them pre-quantized, else the bf16 weight quantized now — only the
+    shard, except for keys with a whole-tensor scale, quantized whole and then sliced."""
+    from .parallel import global_shape, is_split, needs_whole_quantization, shard_tensor
+
+    if not is_split(mp, world):
+        return _module_tensors(mp, mod, state, mp.n, mp.k)
+    full_n, full_k = global_shape(mp, world)
+    whole = _module_tensors(mp, mod, state, full_n, full_k, quantize=needs_whole_quantization(mp.weight)
+                            if mp.weight != "none" else True)
+    if "__bf16_shard__" in whole:  # online quantization of the shard alone
+        w = shard_tensor(whole.pop("__bf16_shard__"), mp, full_n, full_k, rank, world)
+        out = Q.quantize_weight(w, mp.weight)
+        out.update({n: t for n, t in whole.items() if n == "input_scale"})
+        return out
+    return {n: shard_tensor(t, mp, full_n, full_k, rank, world) for n, t in whole.items()}
+
+
+def _module_tensors(mp, mod: nn.Module, state: dict | None, n: int, k: int, quantize: bool = True) -> dict[str, torch.Tensor]:
     prefix = mp.name + "."
     given = {n[len(prefix):]: t for n, t in (state or {}).items() if n.startswith(prefix) and "." not in n[len(prefix):]}
     device = mod.weight.device
@@ -163,13 +185,16 @@ def module_tensors(mp, mod: nn.Module, state: dict | None) -> dict[str, torch.Te
     w = given.get("weight")
     if mp.weight == "none":
         return {"weight": (w if w is not None else mod.weight.detach()).to(torch.bfloat16)}
-    want = Q.tensor_specs(mp.weight, mp.n, mp.k)
-    if w is not None and w.is_floating_point() and w.element_size() >= 2:
-        out = Q.quantize_weight(w, mp.weight)  # a bf16 checkpoint: quantize online
-    elif given.keys() - {"input_scale", "bias"}:
-        out = _check_prequantized(mp.weight, given, want)
+    want = Q.tensor_specs(mp.weight, n, k)
+    bf16 = w if (w is not None and w.is_floating_point() and w.element_size() >= 2) else None
+    if bf16 is None and not (given.keys() - {"input_scale", "bias"}):
+        bf16 = mod.weight.detach()
+    if bf16 is not None and not quantize:
+        out = {"__bf16_shard__": bf16}
+    elif bf16 is not None:
+        out = Q.quantize_weight(bf16, mp.weight)  # a bf16 checkpoint or the model's own weight: online
     else:
-        out = Q.quantize_weight(mod.weight.detach(), mp.weight)
+        out = _check_prequantized(mp.weight, given, want)
     if "input_scale" in given:
         out["input_scale"] = given["input_scale"]
     if mp.activation == "fp8_static_per_tensor" and "input_scale" not in out:
@@ -187,8 +212,10 @@ def _progress():
                     transient=True)
 
 
-def _prepare(mp, mod, state, plan) -> nn.Module:
-    tensors = module_tensors(mp, mod, state)
+def _prepare(mp, mod, state, plan, rank: int = 0, world: int = 1) -> nn.Module:
+    from .parallel import ShardedLinear, is_split
+
+    tensors = module_tensors(mp, mod, state, rank, world)
     launcher = LAUNCHERS[mp.kernel]
     entry = plan.kernels.get(mp.kernel_entry) if mp.kernel_entry else None
     if launcher.make_module is not None:
@@ -196,8 +223,12 @@ def _prepare(mp, mod, state, plan) -> nn.Module:
     buffers = launcher.prepare(tensors, mp.weight, mp.n, mp.k)
     buckets = entry.buckets if entry is not None else default_buckets(mp.kernel)
     bias = getattr(mod, "bias", None)
-    return QuantLinear(mp.name, mp.kernel, mp.weight, mp.activation, mp.n, mp.k, buffers,
-                       None if bias is None else bias.detach(), buckets if mp.kernel in _TABLED else ())
+    split = is_split(mp, world)
+    inner = QuantLinear(mp.name, mp.kernel, mp.weight, mp.activation, mp.n, mp.k, buffers,
+                        None if (bias is None or split) else bias.detach(), buckets if mp.kernel in _TABLED else ())
+    if not split:
+        return inner
+    return ShardedLinear(inner, mp.tp_split, rank, world, mp.k, bias)
 
 
 _TABLED = {"fp8_scaled_gemm", "fp8_block_gemm", "int8_gemm", "mxfp8_gemm_emulated", "fp8_weight_only_gemm",
@@ -210,10 +241,23 @@ def apply(model: nn.Module, plan, weights=None, *, rank: int | None = None, worl
     diags: list[Diagnostic] = []
     warnings: list[Diagnostic] = []
     tp = int(plan.target.get("tensor_parallel", 1) or 1)
-    if (world or 1) != tp or (rank is not None and not 0 <= rank < (world or 1)):
+    world_n = world or 1
+    if world_n != tp or (world_n > 1 and rank is None) or (rank is not None and not 0 <= rank < world_n):
         diags.append(_err("QC707", f"apply got rank={rank}, world={world}; the plan is for tensor_parallel={tp}",
                           None, f"pass world={tp} and this process's rank (0..{tp - 1})"))
-    diags += check_model(model, plan)
+    elif world_n > 1:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() == world_n):
+            diags.append(_err("QC707", f"tensor_parallel={tp} needs torch.distributed initialised with {tp} processes",
+                              None, "call torch.distributed.init_process_group (nccl on GPUs, gloo on the CPU) first"))
+        moe = [mp.name for mp in plan.modules if mp.kind == "moe_experts" and mp.kernel is not None]
+        if moe:
+            diags.append(_err("QC707", f"{len(moe)} MoE expert module(s) are planned under tensor_parallel={tp}; this "
+                              "runtime shards dense layers only", moe[0],
+                              "run MoE models with tensor_parallel=1 for now (the plan's per-rank checks still apply)"))
+    rank_n = rank or 0
+    diags += check_model(model, plan, world_n)
     first = next((p for p in model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     gpu_diags, notes = check_gpu(plan, device)
@@ -250,7 +294,7 @@ def apply(model: nn.Module, plan, weights=None, *, rank: int | None = None, worl
         for mp in todo:
             bar.update(task, description=mp.name)
             try:
-                new = _prepare(mp, mods[mp.name], state, plan)
+                new = _prepare(mp, mods[mp.name], state, plan, rank_n, world_n)
             except Exception as exc:
                 diags.append(_err("QC705", f"cannot prepare {mp.name!r} ({mp.weight} via {mp.kernel}): {exc}",
                                   mp.name, "check the weights given for this module"))
