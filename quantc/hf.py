@@ -135,3 +135,120 @@ def fidelity(ref, got) -> dict:
     cos = torch.nn.functional.cosine_similarity(r, g, dim=-1)
     top1 = (r.argmax(-1) == g.argmax(-1)).float().mean()
     return {"cosine": cos.mean().item(), "cosine_min": cos.min().item(), "top1": top1.item()}
+
+
+# --- measurement (the example script and bench/bench_e2e.py) ---------------------------------------
+
+
+def _sync(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_seconds(fn, device, repeat: int) -> float:
+    import time
+
+    fn()  # warm-up: Triton compiles here
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def prefill_tokens_per_s(model, tokens: int, device, repeat: int = 3) -> float:
+    """One sequence of ``tokens`` through the model (no cache, logits of the last position only)."""
+    import torch
+
+    ids = torch.randint(0, model.config.vocab_size, (1, tokens), device=device,
+                        generator=torch.Generator(device).manual_seed(11))
+    with torch.no_grad():
+        return tokens / _median_seconds(lambda: model(ids, use_cache=False, logits_to_keep=1), device, repeat)
+
+
+def decode_tokens_per_s(model, batch: int, device, context: int = 128, steps: int = 8) -> float:
+    """Eager decode (no CUDA graphs): ``steps`` one-token steps of ``batch`` sequences after a
+    ``context``-token prefill; tokens generated per second over all sequences."""
+    import copy
+
+    import torch
+
+    g = torch.Generator(device).manual_seed(12)
+    ids = torch.randint(0, model.config.vocab_size, (batch, context), device=device, generator=g)
+    tok = torch.randint(0, model.config.vocab_size, (batch, 1), device=device, generator=g)
+    with torch.no_grad():
+        cache = model(ids, use_cache=True, logits_to_keep=1).past_key_values
+
+        def run():
+            c = copy.deepcopy(cache)
+            for _ in range(steps):
+                c = model(tok, past_key_values=c, use_cache=True, logits_to_keep=1).past_key_values
+
+        return batch * steps / _median_seconds(run, device, 2)
+
+
+def reference_logits(model, device, tokens: int = 256):
+    """Logits (tokens, V) of a fixed random prompt, kept on the CPU in bf16."""
+    import torch
+
+    ids = torch.randint(0, model.config.vocab_size, (1, tokens), device=device,
+                        generator=torch.Generator(device).manual_seed(13))
+    with torch.no_grad():
+        return model(ids, use_cache=False).logits[0].to("cpu", torch.bfloat16)
+
+
+def weight_bytes(device) -> int:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.device(device).type != "cuda":
+        return 0
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated()
+
+
+def measure(model, device, *, prompt: int = 2048, batches=(1, 32)) -> dict:
+    """Throughput of ``model`` as it is now: prefill of ``prompt`` tokens and decode per batch size."""
+    out = {"prefill_tokens_per_s": prefill_tokens_per_s(model, prompt, device)}
+    for b in batches:
+        out[f"decode_b{b}_tokens_per_s"] = decode_tokens_per_s(model, b, device)
+    return out
+
+
+def run_e2e(model_name, layers: int, plan, device, *, baseline: dict | None = None, prompt: int = 2048,
+            batches=(1, 32), seed: int = 0, tiny: bool = False) -> dict:
+    """Issue 8 for one (model, plan): build the model, measure it in bf16 (unless ``baseline`` from an
+    earlier call on the same model is given), apply the plan, measure again and compare logits.
+    Returns the result row; ``row["baseline"]`` can be passed to the next call."""
+    import time
+
+    model = build_model(model_name, layers, seed=seed, device=device, tiny=tiny)
+    mem_before = weight_bytes(device)
+    if baseline is None:
+        baseline = {"perf": measure(model, device, prompt=prompt, batches=batches),
+                    "logits": reference_logits(model, device)}
+    t = time.perf_counter()
+    report = apply(model, plan)
+    _sync(device)
+    startup = time.perf_counter() - t
+    mem_after = weight_bytes(device)
+    t = time.perf_counter()
+    logits = reference_logits(model, device)
+    first_forward = time.perf_counter() - t
+    perf = measure(model, device, prompt=prompt, batches=batches)
+    row = {"apply_s": startup, "first_forward_s": first_forward, "swapped": len(report.swapped),
+           "weight_bytes_before": mem_before, "weight_bytes_after": mem_after,
+           "planned_bytes_before": report.bytes_before, "planned_bytes_after": report.bytes_after,
+           "bf16": baseline["perf"], "quantized": perf,
+           "speedup": {k: perf[k] / baseline["perf"][k] for k in perf},
+           "fidelity": fidelity(baseline["logits"], logits), "baseline": baseline}
+    del model
+    weight_bytes(device)
+    return row
