@@ -163,7 +163,7 @@ def explain(
         names = [m.name for m in result.inventory.modules]
         close = closest_module_names(names, module)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        typer.echo(f"error: QC401 no module named {module!r} in {result.inventory.source}{hint}", err=True)
+        typer.echo(f"error: QC814 no module named {module!r} in {result.inventory.source}{hint}", err=True)
         raise typer.Exit(EXIT_INVALID)
     if fmt == Format.text:
         typer.echo(render_explain_text(data))

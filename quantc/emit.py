@@ -72,7 +72,10 @@ def load_tables(gpu_table: str, extra_dirs: tuple[str, ...] = ()) -> list[Kernel
     for d in extra_dirs:
         p = Path(d) / f"{gpu_table}.json"
         if p.is_file():
-            tables.append(read_table(p))
+            try:
+                tables.append(read_table(p))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{p}: {exc}") from None
     shipped = data_dir("kernels") / f"{gpu_table}.json"
     if shipped.is_file():
         tables.append(read_table(shipped))

@@ -77,7 +77,21 @@ class Decision:
     k_rank: int
     provenance: dict
     rejected: tuple[Rejection, ...]
-    errors: tuple[tuple[str, str, str, Span | None], ...]  # (code, message, hint, span)
+    errors: tuple[tuple[str, str, str, Span | None], ...]  # (code, message without the module name, hint, span)
+
+
+def _experts_per_block(inventory: Inventory) -> dict[str, int]:
+    """Experts in each MoE block: the fused tensor's count, or the distinct expert indices."""
+    counts: dict[str, set] = {}
+    fused: dict[str, int] = {}
+    for m in inventory.modules:
+        if m.kind != "moe_experts" or m.moe_block is None:
+            continue
+        if m.num_experts > 1:
+            fused[m.moe_block] = m.num_experts
+        elif m.name.startswith(m.moe_block + "."):
+            counts.setdefault(m.moe_block, set()).add(m.name[len(m.moe_block) + 1:].split(".", 1)[0])
+    return {**{b: len(s) for b, s in counts.items()}, **fused}
 
 
 def _builtin(kind: str) -> Setting:
@@ -128,6 +142,8 @@ class Lowering:
         self._decide_memo: dict = {}
         self.rules_by_index = {r.index: r for r in config.rules}
         self.shapes: list[str] = []  # name shape of every module, in inventory order (for report rows)
+        self.experts_per_block = _experts_per_block(inventory)
+        self.prov_spans: dict[str, Span] = {}  # provenance text -> span, to place group conflicts
 
     # --- matching ---
     def matched_patterns(self, module: ModuleInfo, shape: str | None = None) -> tuple[int, ...]:
@@ -201,6 +217,10 @@ class Lowering:
         if hit is not None:
             return hit
         decision = self._decide(module, res)
+        # a decision is shared by every module with the same inputs: its messages must not name one
+        prefix = module.name + ": "
+        templates = tuple((c, m[len(prefix):] if m.startswith(prefix) else m, h, sp) for c, m, h, sp in decision.errors)
+        decision = Decision(*(getattr(decision, f) for f in Decision.__dataclass_fields__ if f != "errors"), templates)
         self._decide_memo[key] = decision
         return decision
 
@@ -211,13 +231,15 @@ class Lowering:
         ckpt = res.checkpoint
         if ckpt is not None:
             weight, activation, provenance = self._apply_checkpoint(module, res, ckpt, errors)
+        self.prov_spans[provenance["weight"]] = weight.span
+        self.prov_spans[provenance["activation"]] = activation.span
         w, a = weight.value, activation.value
         ck = module.config_kind
         n_rank, k_rank = self._rank_shape(module, w, a, weight, errors)
         if ck is None or (w == "none" and a == "none"):
             return Decision(w, a, "none", None, None, n_rank, k_rank, provenance, (), tuple(errors))
         if a == "fp8_static_per_tensor" and not (ckpt is not None and ckpt.activation == a and ckpt.activation_fixed):
-            errors.append(("QC307", f"activation fp8_static_per_tensor needs calibrated scales from a checkpoint, and none provides them for {module.name}",
+            errors.append(("QC307", f"{module.name}: activation fp8_static_per_tensor needs calibrated scales from a checkpoint, and none provides them",
                            "use fp8_dynamic_per_tensor, or plan against a checkpoint with static input scales (no calibration in this version)",
                            activation.span))
         wkey, akey = WEIGHT_KEYS[w], ACTIVATION_KEYS[a]
@@ -228,15 +250,19 @@ class Lowering:
                     fix = [name for name, kk in (WEIGHT_KEYS if role == "weight" else ACTIVATION_KEYS).items()
                            if not kk.group_k or module.k % kk.group_k == 0]
                     errors.append(("QC301", f"{module.name}: K = {module.k} is not a multiple of {g}, the {role} key {qkey.name} groups along K",
-                                   f"choose a {role} key whose groups divide {module.k} (e.g. {', '.join(f for f in fix if f != 'none')[:120]}), or skip this module with a rule",
+                                   f"choose {'an' if role == 'activation' else 'a'} {role} key whose groups divide {module.k} (e.g. {', '.join(f for f in fix if f != 'none')[:120]}), or skip this module with a rule",
                                    setting.span))
         pinned = self.config.backend.get(ck)
         chosen, rejected = self._choose_kernel(ck, w, a, n_rank, k_rank, pinned)
         if chosen is None and not errors:
             reasons = "; ".join(f"{r.kernel}: {r.reason}" for r in rejected) or "no kernel implements this pair"
             pairs = sorted(x for x in activation_pairs(ck, w) if self._runnable(ck, w, x, n_rank, k_rank, pinned))
-            hint = (f"activation keys that run with weight {w} here: {', '.join(pairs)}" if pairs
-                    else f"no kernel runs weight {w} for {ck} layers on {self.gpu.name}; choose another scheme")
+            if pairs == ["none"]:
+                hint = f"only bf16 activations (activation: none, the weight-only path) run with weight {w} on {self.gpu.name}"
+            elif pairs:
+                hint = f"activation keys that run with weight {w} on {self.gpu.name}: {', '.join(pairs)}"
+            else:
+                hint = f"no kernel runs weight {w} for {ck} layers on {self.gpu.name}; choose another scheme"
             errors.append(("QC305", f"{module.name}: no kernel can run weight {w} x activation {a} ({ck}) on {self.gpu.name} (sm_{self.gpu.sm}): {reasons}",
                            hint, activation.span if activation.span != BUILTIN_SPAN else weight.span))
         if chosen is None:
@@ -265,12 +291,13 @@ class Lowering:
 
     def _rank_shape(self, module: ModuleInfo, w: str, a: str, weight: Setting, errors) -> tuple[int, int]:
         n, k = module.n, module.k
-        if self.tp == 1 or module.config_kind in (None, "kv_cache"):
-            return n, k
+        if self.tp == 1 or module.config_kind in (None, "kv_cache") or (w == "none" and a == "none"):
+            return n, k  # unquantized modules stay whole on every rank
         experts_split = module.kind == "moe_experts" and self.ep
         if experts_split:
-            if module.num_experts > 1 and module.num_experts % self.tp:
-                errors.append(("QC320", f"{module.name}: {module.num_experts} experts do not split evenly over {self.tp} ranks (expert parallel)",
+            experts = self.experts_per_block.get(module.moe_block, module.num_experts)
+            if experts > 1 and experts % self.tp:
+                errors.append(("QC320", f"{module.name}: {experts} experts do not split evenly over {self.tp} ranks (expert parallel)",
                                "choose a tensor_parallel size that divides the expert count", self.config.target.tensor_parallel_span))
             return n, k
         wkey, akey = WEIGHT_KEYS[w], ACTIVATION_KEYS[a]
@@ -377,14 +404,13 @@ def lower(config: Config, inventory: Inventory, *, overrides: Overrides | None =
     # one diagnostic per cause: messages that differ only in the module they name are merged
     error_groups: dict[tuple, list] = {}
     for d, count, first in memo.values():
-        for code, msg, hint, span in d.errors:
-            template = msg[len(first) + 2:] if msg.startswith(first + ": ") else msg
+        for code, template, hint, span in d.errors:
             g = error_groups.setdefault((code, hint, span, template), [0, first])
             g[0] += count
     for (code, hint, span, template), (count, first) in error_groups.items():
         more = f" (and {count - 1} more modules like it)" if count > 1 else ""
         diags.append(Diagnostic(code, "error", f"{first}{more}: {template}", span if span and span != BUILTIN_SPAN else None, hint))
-    diags.extend(_group_consistency(entries, shapes))
+    diags.extend(_group_consistency(entries, lw.prov_spans))
     diags.extend(_usage_warnings(config, rule_matched, rule_won, rule_shadowed_by, ignore_matched, lw))
     if has_errors(diags):
         return LoweringResult(None, tuple(diags), lw)
@@ -411,7 +437,7 @@ def _track_shadowing(res: Resolved, rules, lw: Lowering, rule_won, rule_shadowed
                 rule_shadowed_by.setdefault(r, setters[-1])
 
 
-def _group_consistency(entries: list[ModulePlan], shapes: list[str]) -> list[Diagnostic]:
+def _group_consistency(entries: list[ModulePlan], prov_spans: dict[str, Span]) -> list[Diagnostic]:
     """Fused groups and MoE blocks need one scheme; one diagnostic per pattern of conflict."""
     diags = []
     for attr, what, code in (("fused_group", "modules fused into one GEMM", "QC330"), ("moe_block", "experts of one MoE layer", "QC331")):
@@ -437,7 +463,21 @@ def _group_consistency(entries: list[ModulePlan], shapes: list[str]) -> list[Dia
                      for (w, a), m in sorted(schemes.items())]
             hint = ("modules that run as one fused GEMM need one scheme: give them the same weight and activation keys, e.g. match the whole group in one rule"
                     if attr == "fused_group" else "all experts of a MoE layer run in one grouped GEMM: match the experts of a layer together")
-            diags.append(Diagnostic(code, "error", f"{group}: {what} have different schemes: " + "; ".join(parts), None, hint))
+            # place it at the setting that made a member differ from the group's first module
+            ordered = list(schemes.values())
+            first, other = ordered[0], ordered[1]
+            field_name = "weight" if first.weight != other.weight else "activation"
+            span = None
+            related = []
+            for m in (other, first):
+                sp = prov_spans.get(m.provenance[field_name])
+                if sp is not None and sp.line > 0:
+                    if span is None:
+                        span = sp
+                    else:
+                        related.append((f"{m.name} gets {field_name} {getattr(m, field_name)} here", sp))
+            diags.append(Diagnostic(code, "error", f"{group}: {what} have different schemes: " + "; ".join(parts), span, hint,
+                                    related=tuple(related)))
     return diags
 
 

@@ -5,8 +5,10 @@ Data first (plain dicts, which ``--format json|yaml`` print as they are), then t
 
 from __future__ import annotations
 
+import re
+
 from .diagnostics import Diagnostic
-from .patterns import ancestors_and_self, name_shape
+from .patterns import name_shape
 from .plan import Plan, compress_same_shape
 
 
@@ -60,8 +62,21 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
 
 
+def _row_cells(row: dict) -> tuple[str, ...]:
+    shape = f"{row['n']} x {row['k']}" if row["n"] is not None else "various"
+    if row["num_experts"] > 1:
+        shape += f" x{row['num_experts']}e"
+    names = "\n".join(row["modules"][:3]) + (f"\n(+{len(row['modules']) - 3} more)" if len(row["modules"]) > 3 else "")
+    return (names, str(row["count"]), shape, row["weight"], row["activation"], row["kernel"] or "-", _decided_by(row))
+
+
+_COLUMN = re.compile(r"^(.*?:\d+):\d+: ")
+
+
 def _decided_by(row: dict) -> str:
-    if row["weight_from"] == row["activation_from"]:
+    """One place when both fields come from the same line (a mapping sets them at two columns)."""
+    same_line = _COLUMN.sub(r"\1: ", row["weight_from"]) == _COLUMN.sub(r"\1: ", row["activation_from"])
+    if same_line:
         return row["weight_from"]
     return f"weight: {row['weight_from']} | activation: {row['activation_from']}"
 
@@ -79,15 +94,17 @@ def render_plan_text(data: dict, width: int = 260) -> str:
     console.print(f"target: {target['gpu']} (sm_{target['sm']}), tensor_parallel={target['tensor_parallel']}"
                   + (", expert_parallel" if target["expert_parallel"] else ""))
     table = Table(show_lines=False, box=None, pad_edge=False, header_style="bold")
-    for col in ("modules", "#", "N x K", "weight", "activation", "kernel", "decided by"):
-        table.add_column(col, overflow="ellipsis", no_wrap=True, max_width=150 if col == "decided by" else None)
-    for row in data["rows"]:
-        shape = f"{row['n']} x {row['k']}" if row["n"] is not None else "various"
-        if row["num_experts"] > 1:
-            shape += f" x{row['num_experts']}e"
-        table.add_row("\n".join(row["modules"][:3]) + (f"\n(+{len(row['modules']) - 3} more)" if len(row["modules"]) > 3 else ""),
-                      str(row["count"]), shape, row["weight"], row["activation"], row["kernel"] or "-",
-                      _decided_by(row))
+    shape_header = "N x K per rank" if target["tensor_parallel"] > 1 else "N x K"
+    cells = [_row_cells(row) for row in data["rows"]]
+    headers = ("modules", "#", shape_header, "weight", "activation", "kernel", "decided by")
+    for i, col in enumerate(headers):
+        if col == "decided by":
+            table.add_column(col, overflow="fold")
+        else:  # the essential columns never shrink: the provenance column folds instead
+            width = max([len(col)] + [max(len(part) for part in c[i].split("\n")) for c in cells])
+            table.add_column(col, no_wrap=True, min_width=width)
+    for c in cells:
+        table.add_row(*c)
     console.print(table)
     console.print("summary:")
     for scheme, s in summary["schemes"].items():
@@ -116,13 +133,17 @@ def explain_data(result, module_name: str) -> dict | None:
     res = lw.resolve(module, rules, ignore_hit)
     d = lw.decide(module, res)
     fields = {}
+    from .lower import _prov
+
     for f in ("weight", "activation"):
         history = res.history[f]
+        # when the checkpoint decided the field, every config level (the last one included) was overridden
+        replaced = d.provenance[f] != _prov(history[-1])
         fields[f] = {
             "value": getattr(d, f),
             "set_by": d.provenance[f],
             "overridden": [f"{s.value} from {s.span}: {s.origin}" if s.span.line > 0 else f"{s.value} from {s.origin}"
-                           for s in history[:-1]],
+                           for s in (history if replaced else history[:-1])],
         }
     ckpt = res.checkpoint
     entry = None
@@ -153,7 +174,7 @@ def explain_data(result, module_name: str) -> dict | None:
         "kernel": d.kernel,
         "kernel_config": entry,
         "rejected_candidates": [{"kernel": r.kernel, "reason": r.reason} for r in d.rejected],
-        "errors": [{"code": c, "message": m, "hint": h} for c, m, h, _ in d.errors],
+        "errors": [{"code": c, "message": f"{module.name}: {m}", "hint": h} for c, m, h, _ in d.errors],
     }
 
 
@@ -199,13 +220,23 @@ def render_explain_text(data: dict) -> str:
 
 
 def closest_module_names(names, wanted: str, limit: int = 3) -> list[str]:
-    """Suggestions for a module name that is not in the model: same shape first, then by prefix."""
+    """Suggestions for a module name that is not in the model, cheap on 100k-module models: the
+    closest name *shapes* (a few dozen), each shown as a real module, with the wanted indices
+    where such a module exists."""
     import difflib
 
-    shape = name_shape(wanted)
-    same = [n for n in names if name_shape(n) == shape][:limit]
-    if same:
-        return same
-    parents = set(ancestors_and_self(wanted))
-    under = [n for n in names if any(n.startswith(p + ".") for p in parents)]
-    return difflib.get_close_matches(wanted, under or list(names)[:5000], n=limit, cutoff=0.5)
+    by_shape: dict[str, list[str]] = {}
+    for n in names:
+        by_shape.setdefault(name_shape(n), []).append(n)
+    wanted_shape = name_shape(wanted)
+    digits = re.findall(r"\d+", wanted)
+    close = difflib.get_close_matches(wanted_shape, list(by_shape), n=limit, cutoff=0.5)
+    out = []
+    for shape in close:
+        members = by_shape[shape]
+        candidate = None
+        if shape.count("0") == len(digits):
+            it = iter(digits)
+            candidate = re.sub("0", lambda _: next(it), shape)
+        out.append(candidate if candidate in set(members) else members[0])
+    return out

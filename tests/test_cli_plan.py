@@ -47,16 +47,16 @@ CASES = [
      r"activation key whose groups divide 2880 \(e\.g\. fp8_dynamic_per_token, .*\), or skip this module"),
     ("QC305", "quantc: 1\nlinear: fp8_per_channel\n", "llama-3.1-8b", {"gpu": "a100"},
      r"no kernel can run weight fp8_per_channel x activation fp8_dynamic_per_token \(linear\) on a100 \(sm_80\): "
-     r"fp8_scaled_gemm: needs sm_89\+", "cfg.yaml:2:9", r"activation keys that run with weight fp8_per_channel here: none"),
+     r"fp8_scaled_gemm: needs sm_89\+", "cfg.yaml:2:9", r"only bf16 activations \(activation: none, the weight-only path\) run with weight fp8_per_channel on a100"),
     ("QC305", "quantc: 1\nlinear: int8\nbackend: {linear: torch}\n", "llama-3.1-8b", {},
      r"int8_gemm: family triton is not the pinned backend torch \(cfg\.yaml:3:19\)", "cfg.yaml:2:9",
      r"no kernel runs weight int8_per_channel for linear layers on h100; choose another scheme"),
     ("QC305", "quantc: 1\nlinear: nvfp4\n", "llama-3.1-8b", {"gpu": "h100"},
      r"no kernel can run weight nvfp4 x activation nvfp4 \(linear\) on h100 \(sm_90\): nvfp4_gemm: needs sm_100\+",
-     "cfg.yaml:2:9", r"activation keys that run with weight nvfp4 here: none"),
+     "cfg.yaml:2:9", r"only bf16 activations \(activation: none, the weight-only path\) run with weight nvfp4 on h100"),
     ("QC307", "quantc: 1\nlinear: {weight: fp8_per_tensor, activation: fp8_static_per_tensor}\n", "llama-3.1-8b", {},
-     r"activation fp8_static_per_tensor needs calibrated scales from a checkpoint, and none provides them for "
-     r"model\.layers\.0\.self_attn\.q_proj", "cfg.yaml:2:46", r"use fp8_dynamic_per_tensor"),
+     r"model\.layers\.0\.self_attn\.q_proj \(and \d+ more modules like it\): activation fp8_static_per_tensor needs "
+     r"calibrated scales from a checkpoint, and none provides them", "cfg.yaml:2:46", r"use fp8_dynamic_per_tensor"),
     ("QC310", "quantc: 1\nmoe: w4a16\n", "gpt-oss-20b", {},
      r"the config sets weight int4_group_128 \(cfg\.yaml:2:6: moe\) but the checkpoint stores it as mxfp4 "
      r"\(gpt-oss-20b\.json: quantization_config\)", "cfg.yaml:2:6", r"set weight mxfp4 \(or leave it unset\)"),
@@ -362,7 +362,7 @@ def test_explain_unknown_module_suggests_names():
     code, out, err = run_quantc(["explain", "examples/configs/qwen3_30b_a3b_mxfp4.yaml", "model.layers.3.mlp.expert.7.down_proj",
                                  "--model", "examples/models/qwen3-30b-a3b.json"])
     assert code == 1 and out == ""
-    assert err.startswith("error: QC401 no module named 'model.layers.3.mlp.expert.7.down_proj' in "
+    assert err.startswith("error: QC814 no module named 'model.layers.3.mlp.expert.7.down_proj' in "
                           "examples/models/qwen3-30b-a3b.json; did you mean model.layers.3.mlp.experts.7.down_proj")
 
 

@@ -140,7 +140,7 @@ def test_scheme_the_gpu_cannot_run():
     e = [d for d in errors(r) if d.code == "QC305"][0]
     assert "nvfp4_gemm: needs sm_100+, target h100 is sm_90" in e.message
     assert "more modules like it" in e.message
-    assert "activation keys that run with weight nvfp4 here: none" in e.hint
+    assert "only bf16 activations (activation: none, the weight-only path) run with weight nvfp4 on h100" in e.hint
     r2 = run(make_config(linear="nvfp4", gpu="b200"), llama_like())
     assert not errors(r2)
     r3 = run(make_config(linear="fp8_per_channel", gpu="a100"), llama_like())

@@ -1,7 +1,6 @@
-"""Smallest failing tests for bugs found in the compiler while writing the plan/explain goldens.
+"""Regression tests for compiler bugs found while writing the plan/explain goldens (all fixed).
 
-Each test states the expected behaviour; they fail until the compiler is fixed (the lead owns
-quantc/lower.py, report.py, cli.py, emit.py). Nothing here is skipped or marked xfail on purpose.
+Each test states the expected behaviour and feeds the input that used to break it.
 """
 
 from __future__ import annotations
