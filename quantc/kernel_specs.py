@@ -82,7 +82,7 @@ KERNEL_SPECS: tuple[KernelSpec, ...] = (
           description="mxfp4 weights upcast to e4m3 x mxfp8 activations, scales per 32-wide K slice"),
     _spec("nvfp4_gemm", "triton", ["linear"], ["nvfp4"], ["nvfp4"], "w4a4_fp4",
           min_sm=100, k_multiple=32,
-          description="nvfp4 x nvfp4 block-scaled MMA (Blackwell only)"),
+          description="nvfp4 x nvfp4 for Blackwell; the runtime emulates the block-scaled MMA exactly (fp4 weight-only kernel on e2m1 x e4m3 activations) until a native tcgen05 path lands"),
     # --- MoE experts (grouped GEMM over experts, routing fused around it) -----------------------
     _spec("moe_bf16", "triton", ["moe"], ["none"], ["none"], "bf16",
           description="grouped bf16 GEMM over experts"),

@@ -106,3 +106,29 @@ def _run_block_scaled_mm_cublas(x, buffers, config, weight_key, act_key, bias):
 from .kernels.wo_launch import register_all as _register_runtime2  # noqa: E402
 
 _register_runtime2(register)
+
+
+# nvfp4 x nvfp4 (W4A4). The native path is Blackwell's block-scaled MMA, which this runtime does not
+# have yet; this launcher emulates it exactly: the activation is quantized to nvfp4 (e2m1 codes, an e4m3
+# scale per 1x16, a dynamic fp32 global scale), each code times its block scale (at most 6 significant
+# bits, exact in bf16) feeds the fp4 weight-only kernel, and the activation's global scale multiplies
+# the fp32-accumulated result. Same math as the native MMA up to summation order.
+def _run_nvfp4_w4a4(x, buffers, config, weight_key, act_key, bias):
+    from . import quantize as Q
+    from .kernels import wo_launch
+
+    q = Q.WEIGHT_QUANTIZERS["nvfp4"](x.float())
+    codes = Q.e2m1_to_float(Q.unpack_nibbles(q["weight_packed"]))
+    x_part = (codes * q["weight_scale"].float().repeat_interleave(16, 1)).to(torch.bfloat16)
+    out = wo_launch.run(x_part, buffers, config, weight_key, "none", None)
+    out = (out.float() * q["weight_scale_2"]).to(torch.bfloat16)
+    return out + bias if bias is not None else out
+
+
+def _register_nvfp4_w4a4() -> None:
+    from .kernels import wo_launch
+
+    register("nvfp4_gemm", wo_launch.prepare)(_run_nvfp4_w4a4)
+
+
+_register_nvfp4_w4a4()

@@ -140,3 +140,22 @@ def test_custom_op_has_a_fake_for_torch_compile():
     torch.library.opcheck(dense, (torch.randn(5, 128).to(torch.bfloat16), [t["weight"], t["weight_scale"]], None,
                                   "fp8_scaled_gemm", "fp8_per_channel", "fp8_dynamic_per_token", table, 48),
                           test_utils=("test_faketensor",))
+
+
+def test_nvfp4_w4a4_emulation_matches_the_block_scaled_reference():
+    """nvfp4 x nvfp4: the emulated launcher equals (e2m1 x e4m3 x global) products on both sides."""
+    from quantc.runtime import quantize as Q
+    from quantc.runtime.registry import LAUNCHERS
+
+    torch.manual_seed(3)
+    w = torch.randn(48, 64) * 0.1
+    x = (torch.randn(5, 64) * 2).to(torch.bfloat16)
+    wq = Q.quantize_weight(w.to(torch.bfloat16), "nvfp4")
+    launcher = LAUNCHERS["nvfp4_gemm"]
+    buffers = list(launcher.prepare(wq, "nvfp4", 48, 64).values())
+    got = launcher.run(x, buffers, None, "nvfp4", "nvfp4", None).float()
+    xq = Q.quantize_weight(x, "nvfp4")  # activations use the same 1x16 layout along K
+    want = Q.dequantize_weight(xq, "nvfp4") @ Q.dequantize_weight(wq, "nvfp4").T
+    assert float((got - want).norm() / want.norm()) < 1e-2
+    exact = x.float() @ w.T
+    assert float((got - exact).norm() / exact.norm()) < 0.25  # 4-bit on both sides: coarse, but the right answer
