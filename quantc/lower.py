@@ -142,7 +142,7 @@ class Lowering:
         self._decide_memo: dict = {}
         self.rules_by_index = {r.index: r for r in config.rules}
         self.shapes: list[str] = []  # name shape of every module, in inventory order (for report rows)
-        self.experts_per_block = _experts_per_block(inventory)
+        self._experts_per_block: dict[str, int] | None = None
         self.prov_spans: dict[str, Span] = {}  # provenance text -> span, to place group conflicts
 
     # --- matching ---
@@ -295,7 +295,9 @@ class Lowering:
             return n, k  # unquantized modules stay whole on every rank
         experts_split = module.kind == "moe_experts" and self.ep
         if experts_split:
-            experts = self.experts_per_block.get(module.moe_block, module.num_experts)
+            if self._experts_per_block is None:  # only expert-parallel plans need the counts
+                self._experts_per_block = _experts_per_block(self.inventory)
+            experts = self._experts_per_block.get(module.moe_block, module.num_experts)
             if experts > 1 and experts % self.tp:
                 errors.append(("QC320", f"{module.name}: {experts} experts do not split evenly over {self.tp} ranks (expert parallel)",
                                "choose a tensor_parallel size that divides the expert count", self.config.target.tensor_parallel_span))

@@ -21,8 +21,18 @@ from typing import Callable, Iterable
 _DIGITS = re.compile(r"\d+")
 
 
+_SHAPES: dict[str, str] = {}
+
+
 def name_shape(name: str) -> str:
-    return _DIGITS.sub("0", name)
+    """``model.layers.17.mlp`` -> ``model.layers.0.mlp``. Memoised: lowering, checkpoint matching and
+    reports all ask for the shape of the same 45,000 names."""
+    shape = _SHAPES.get(name)
+    if shape is None:
+        if len(_SHAPES) > 2_000_000:
+            _SHAPES.clear()
+        shape = _SHAPES[name] = _DIGITS.sub("0", name)
+    return shape
 
 
 def ancestors_and_self(name: str) -> list[str]:
