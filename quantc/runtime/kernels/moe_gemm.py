@@ -179,9 +179,13 @@ def grouped_gemm(a: torch.Tensor, a_scale: torch.Tensor | None, w: WoWeight, rou
     n_out = w.n // 2 if fused else w.n
     bk = cfg.block_k
     if a_quant:
+        # both scales must be constant over a K tile: halve BLOCK_K until it divides the groups
+        # (gpt-oss's K = 2880 is a multiple of 64, not of 128)
+        while bk > 32 and (w.group % bk or (a_group or w.k) % bk):
+            bk //= 2
         if w.fmt not in (FP8, INT8) or w.group % bk or (a_group or w.k) % bk:
-            raise ValueError(f"W8A8 grouped GEMM needs raw fp8/int8 weights and scale groups that are multiples "
-                             f"of BLOCK_K = {bk}")
+            raise ValueError(f"W8A8 grouped GEMM needs raw fp8/int8 weights and scale groups (weight {w.group}, "
+                             f"activation {a_group or w.k}) that are multiples of 32")
     else:
         bk = max(bk, 16 * w.pack)
     return torch.ops.quantc.moe_gemm(
