@@ -85,7 +85,7 @@ def run(plans: Path, out: Path, device: str, budget: float, prompt: int, batches
             try:
                 got = hf.run_e2e(row["model"], row["layers"], load_plan(plans / row["plan"]), device,
                                  baseline=baselines.get(row["model"]), prompt=prompt, batches=batches,
-                                 tiny=row["tiny"])
+                                 tiny=row.get("tiny", False))
                 baselines[row["model"]] = got.pop("baseline")
                 row = {**row, **got}
             except Exception as exc:  # one failing scheme must not lose the rest of the run
