@@ -67,7 +67,7 @@ class QuantMoE(nn.Module):
             self._meta[name] = (w.fmt, w.n, w.k, w.sfmt, w.group, w.row_block)
             for f in _FIELDS:
                 self.register_buffer(f"{name}_{f}", getattr(w, f))
-        self.register_buffer("router_weight", router_weight.to(torch.bfloat16))
+        self.register_buffer("router_weight", router_weight)  # kept in its dtype (DeepSeek-V3's is fp32)
         for name, t in (("router_bias", router_bias), ("b13", gate_up_bias), ("b2", down_bias),
                         ("correction_bias", correction_bias)):
             self.register_buffer(name, t)
@@ -80,7 +80,8 @@ class QuantMoE(nn.Module):
         return wf.WoWeight(fmt, n, k, t[0], t[1], sfmt, group, rb, t[2], t[3])
 
     def route(self, x: torch.Tensor):
-        logits = F.linear(x, self.router_weight, self.router_bias)
+        w = self.router_weight
+        logits = F.linear(x.to(w.dtype), w, None if self.router_bias is None else self.router_bias.to(w.dtype))
         args = dict(self.router_args)
         if self.router == "deepseek_v3":
             args["correction_bias"] = self.correction_bias
@@ -123,3 +124,42 @@ class QuantMoE(nn.Module):
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
         return out.reshape(shape)
+
+
+def from_hf_block(block: nn.Module, kernel: str, weight_key: str = "none", act_key: str = "none",
+                  configs=None) -> QuantMoE:
+    """A QuantMoE from a Hugging Face (transformers >= 5) MoE block, duck-typed (no transformers import):
+
+    - gpt-oss ``GptOssMLP``: ``router`` (weight, bias, top_k), ``experts.gate_up_proj`` (E, H, 2I) with
+      gate/up interleaved along 2I and biases; ``down_proj`` (E, I, H); clamped SwiGLU;
+    - Mixtral / Qwen3-MoE / DeepSeek-V3: ``gate`` (weight, top_k; ``norm_topk_prob``; DeepSeek's
+      ``e_score_correction_bias``, ``num_group``, ``topk_group``, ``routed_scaling_factor``),
+      ``experts.gate_up_proj`` (E, 2I, H) as [gate; up], ``down_proj`` (E, H, I); SiLU; DeepSeek's
+      ``shared_experts`` module is kept as it is.
+    The experts' bf16 weights are quantized to ``weight_key`` with quantc's reference quantizers.
+    """
+    ex = block.experts
+    with torch.no_grad():
+        if hasattr(block, "router"):  # gpt-oss
+            r = block.router
+            i2 = ex.gate_up_proj.shape[-1]
+            rows = torch.cat([torch.arange(0, i2, 2), torch.arange(1, i2, 2)]).to(ex.gate_up_proj.device)
+            w13 = ex.gate_up_proj.transpose(1, 2)[:, rows]
+            b13 = ex.gate_up_proj_bias[:, rows]
+            w2, b2 = ex.down_proj.transpose(1, 2), ex.down_proj_bias
+            kw = dict(router="gpt_oss", activation="gpt_oss", router_bias=r.bias.detach(),
+                      gate_up_bias=b13.to(torch.bfloat16), down_bias=b2.to(torch.bfloat16))
+        else:
+            r = block.gate
+            w13, w2 = ex.gate_up_proj, ex.down_proj
+            if hasattr(r, "e_score_correction_bias"):
+                kw = dict(router="deepseek_v3", correction_bias=r.e_score_correction_bias.detach().float(),
+                          router_args=dict(n_group=r.num_group, topk_group=r.topk_group,
+                                           routed_scaling_factor=r.routed_scaling_factor,
+                                           renormalize=bool(r.norm_topk_prob)),
+                          shared_experts=getattr(block, "shared_experts", None))
+            else:
+                kw = dict(router="softmax_topk", router_args=dict(renormalize=bool(getattr(r, "norm_topk_prob", True))))
+        gate_up = wf.quantize(w13.detach().to(torch.bfloat16).contiguous(), weight_key)
+        down = wf.quantize(w2.detach().to(torch.bfloat16).contiguous(), weight_key)
+    return QuantMoE(kernel, gate_up, down, r.weight.detach(), top_k=r.top_k, act_key=act_key, configs=configs, **kw)

@@ -176,3 +176,50 @@ def wf_cfg():
     from quantc.runtime.kernels.wo_gemm import WoConfig
 
     return WoConfig(16, 64, 128)
+
+
+def _hf_blocks():
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssMLP
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
+
+    common = dict(hidden_size=64, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=2, head_dim=32)
+    return {
+        "mixtral": (MixtralSparseMoeBlock, transformers.MixtralConfig(num_local_experts=4, num_experts_per_tok=2,
+                                                                       **common)),
+        "qwen3_moe": (Qwen3MoeSparseMoeBlock, transformers.Qwen3MoeConfig(num_experts=4, num_experts_per_tok=2,
+                                                                          moe_intermediate_size=32,
+                                                                          norm_topk_prob=False, **common)),
+        "deepseek_v3": (DeepseekV3MoE, transformers.DeepseekV3Config(
+            n_routed_experts=8, num_experts_per_tok=2, n_group=4, topk_group=2, moe_intermediate_size=32,
+            n_shared_experts=1, routed_scaling_factor=2.5, norm_topk_prob=True, **common)),
+        "gpt_oss": (GptOssMLP, transformers.GptOssConfig(num_local_experts=4, num_experts_per_tok=2, **common)),
+    }
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe", "deepseek_v3", "gpt_oss"])
+def test_from_hf_block_matches_transformers(arch):
+    """The Hugging Face block itself is the reference: routing, gate/up layout, activation, shared experts."""
+    from quantc.runtime.moe import from_hf_block
+
+    cls, cfg = _hf_blocks()[arch]
+    torch.manual_seed(7)
+    block = cls(cfg)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+        if arch == "deepseek_v3":
+            block.gate.e_score_correction_bias.copy_(torch.randn(8) * 0.1)
+    block = block.to(torch.bfloat16)
+    if arch == "deepseek_v3":
+        block.gate.float()  # the router stays fp32, as in the checkpoint
+    x = torch.randn(1, 6, 64).bfloat16()
+    with torch.no_grad():
+        want = block(x)
+    want = (want[0] if isinstance(want, tuple) else want).float()
+    got = from_hf_block(block, "moe_bf16")(x).float()
+    assert got.shape == want.shape
+    assert ((got - want).abs().max() / want.abs().max()).item() < 2e-2
