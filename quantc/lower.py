@@ -29,7 +29,7 @@ from .config import Config, KindSetting, Setting
 from .diagnostics import Diagnostic, Span, has_errors
 from .emit import entry_id, load_tables, lookup
 from .gpus import DEFAULT_GPU, GPUS, Gpu
-from .kernel_specs import KERNELS_BY_ID, KernelSpec, activation_pairs, candidates
+from .kernel_specs import KernelSpec, activation_pairs, candidates
 from .keys import ACTIVATION_KEYS, WEIGHT_KEYS
 from .model import Inventory, ModuleInfo
 from .overrides import Overrides

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .config import FIELDS, LAYER_KINDS, Config, KindSetting, Setting, Target
+from .config import FIELDS, LAYER_KINDS, Config, KindSetting, Setting
 from .diagnostics import Diagnostic, Span, unknown_name_hint
 from .gpus import GPUS
 from .kernel_specs import FAMILIES

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -352,7 +351,8 @@ def _reference(semantics, pattern, name):
     return pattern in name
 
 
-def test_deepseek_scale_map_is_fast():
+def test_deepseek_scale_map_matches_every_module():
+    """45k modules through both matchers (speed is measured in bench/plan_speed.py, not here)."""
     names = []
     for layer in range(61):
         names += [mod(f"model.layers.{layer}.self_attn.{p}") for p in ("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa",
@@ -369,9 +369,6 @@ def test_deepseek_scale_map_is_fast():
                 "modules_to_not_convert": ["lm_head"] + [f"model.layers.{i}.mlp.gate" for i in range(61)]}
     for blk in (block, hf_block):
         scheme, _ = read_checkpoint_scheme(blk, "config.json")
-        start = time.perf_counter()
         entries = [scheme.entry_for(m) for m in names]
-        elapsed = time.perf_counter() - start
         assert sum(e is None for e in entries) == (61 if blk is block else 0)
-        assert elapsed < 0.25, elapsed  # ~0.1 s on an idle core; headroom for a loaded CI machine
     assert len({name_shape(m.name) for m in names}) < 10

@@ -7,7 +7,6 @@ import subprocess
 import zlib
 from html.parser import HTMLParser
 
-import pytest
 
 from quantc.html import CELL_H, CELL_W, HEADER_H, LABEL_W, grid, render_plan_html, scheme_colors
 from quantc.lower import lower

@@ -1,6 +1,5 @@
 """Lowering: precedence, provenance, feasibility checks and kernel choice (SPEC §3–5)."""
 
-import pytest
 
 from quantc.lower import lower
 from quantc.overrides import apply_overrides

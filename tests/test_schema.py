@@ -1,7 +1,6 @@
 """The config schema: generated from the registries, equal to the pydantic models and the fast
 yes/no check, and mapped to positioned, readable messages."""
 
-import json
 import os
 
 import pytest

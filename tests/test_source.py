@@ -1,6 +1,5 @@
 """Source loading: positions, and every bad input gives a diagnostic (never a traceback)."""
 
-import os
 import time
 
 import pytest
