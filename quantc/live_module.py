@@ -6,7 +6,10 @@
   ``gate_up_proj``/``down_proj`` parameters (or MXFP4 ``gate_up_proj_blocks``); each becomes one
   module ``<experts>.gate_up_proj`` / ``<experts>.down_proj`` with num_experts = E;
 - per-expert ``ModuleList`` experts are ordinary Linears named ``...experts.{e}.w1`` and are
-  classified by name like checkpoint tensors.
+  classified by name like checkpoint tensors;
+- a router that is not a Linear (transformers v5 ``Qwen3MoeTopKRouter``, ``GptOssTopKRouter``: a 2D
+  ``weight`` of shape (experts, hidden) and no ``in_features``) is listed under its own name when that
+  name ends in ``gate`` or ``router``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ def entries_from_module(model) -> tuple[list[Entry], int]:
         elif any(len(_shape(getattr(module, p, None))) == 3 or hasattr(module, p + "_blocks")
                  for p in FUSED_EXPERT_PARAMS):
             entries.extend(_fused_experts(name, module))
+        elif name.rsplit(".", 1)[-1] in ("gate", "router") and len(_shape(getattr(module, "weight", None))) == 2:
+            n, k = _shape(module.weight)
+            entries.append(Entry(name, n, k, 1, _dtype(module.weight), (f"{name}.weight",)))
         if not head_dim and hasattr(module, "k_proj"):
             head_dim = int(getattr(module, "head_dim", 0) or 0)
     return fix_fused_expert_layout(entries), head_dim

@@ -728,3 +728,38 @@ def test_module_without_weights():
     assert d.code == "QC811" and "has no Linear" in d.message
     d = only_error(Broken())
     assert d.code == "QC811" and "not walkable" in d.message
+
+
+def test_live_router_without_in_features_is_listed():
+    """transformers v5 routers (Qwen3MoeTopKRouter, GptOssTopKRouter) are a bare 2D weight, no Linear."""
+    import torch
+    from torch import nn
+
+    class TopKRouter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(8, 64))
+
+    class Experts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate_up_proj = nn.Parameter(torch.zeros(8, 256, 64))
+            self.down_proj = nn.Parameter(torch.zeros(8, 64, 128))
+
+    class Mlp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate, self.experts = TopKRouter(), Experts()
+            self.norm_gate = nn.LayerNorm(64)  # a 1D weight named like a gate is not a router
+
+    model = nn.Module()
+    model.model = nn.Module()
+    layer = nn.Module()
+    layer.mlp = Mlp()
+    model.model.layers = nn.ModuleList([layer])
+    inv, diags = load_inventory(model)
+    assert not diags
+    by = {m.name: m for m in inv.modules}
+    r = by["model.layers.0.mlp.gate"]
+    assert (r.kind, r.n, r.k) == ("router", 8, 64)
+    assert "model.layers.0.mlp.norm_gate" not in by
