@@ -174,8 +174,29 @@ def explain_data(result, module_name: str) -> dict | None:
         "kernel": d.kernel,
         "kernel_config": entry,
         "rejected_candidates": [{"kernel": r.kernel, "reason": r.reason} for r in d.rejected],
+        "variants": backend_variants(lw, module, d),
         "errors": [{"code": c, "message": f"{module.name}: {m}", "hint": h} for c, m, h, _ in d.errors],
     }
+
+
+def backend_variants(lw, module, d) -> list[dict]:
+    """The backend oracle: every (activation key, kernel) that some kernel pairs with this module's
+    weight key, each with whether it runs here (GPU, per-rank shape, backend pin) or why not."""
+    from .kernel_specs import KERNEL_SPECS
+
+    ck = module.config_kind
+    if ck is None or d.weight == "none" and d.activation == "none":
+        return []
+    pinned = lw.config.backend.get(ck)
+    out = []
+    for spec in KERNEL_SPECS:
+        if ck not in spec.layer_kinds or d.weight not in spec.weight_keys:
+            continue
+        reason = lw._reject_reason(spec, d.n_rank, d.k_rank, pinned)
+        for act in sorted(spec.activation_keys):
+            out.append({"activation": act, "kernel": spec.id, "family": spec.family, "runs": reason is None,
+                        "reason": reason or "", "chosen": spec.id == d.kernel and act == d.activation})
+    return out
 
 
 def render_explain_text(data: dict) -> str:
@@ -204,6 +225,12 @@ def render_explain_text(data: dict) -> str:
     lines.append(f"  kernel:     {data['kernel'] or '- (module left as is)'}")
     for rej in data["rejected_candidates"]:
         lines.append(f"    rejected  {rej['kernel']}: {rej['reason']}")
+    if data["variants"]:
+        lines.append(f"  variants for weight {data['weight']['value']} here (activation -> kernel):")
+        for v in data["variants"]:
+            mark = "*" if v["chosen"] else ("+" if v["runs"] else "-")
+            why = "" if v["runs"] else f"  ({v['reason']})"
+            lines.append(f"    {mark} {v['activation']:<24} {v['kernel']}{why}")
     if data["kernel_config"]:
         kc = data["kernel_config"]
         lines.append(f"  configs:    {kc['id']} from {kc['source']}")

@@ -1,0 +1,39 @@
+"""`explain`'s backend oracle: every activation key some kernel pairs with the module's weight key,
+with whether it runs on the target (GPU, per-rank shape, backend pin) and why not."""
+
+from quantc.pipeline import run_pipeline
+from quantc.report import explain_data, render_explain_text
+
+
+def _explain(tmp_path, text, model, module, **kw):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(text)
+    result = run_pipeline(str(cfg), model, **kw)
+    return explain_data(result, module)
+
+
+def test_fp8_block_variants_on_deepseek_kv_a(tmp_path):
+    data = _explain(tmp_path, "quantc: 1\nlinear: fp8_per_block\n", "examples/models/deepseek-v3-bf16.json",
+                    "model.layers.0.self_attn.kv_a_proj_with_mqa")
+    by = {(v["activation"], v["kernel"]): v for v in data["variants"]}
+    assert by[("fp8_dynamic_group_128", "fp8_block_gemm")]["chosen"]
+    cublas = by[("fp8_dynamic_group_128", "fp8_block_scaled_mm_cublas")]
+    assert not cublas["runs"] and cublas["reason"] == "needs N a multiple of 128, N = 576"
+    assert by[("none", "fp8_weight_only_gemm")]["runs"]  # the weight-only alternative
+    text = render_explain_text(data)
+    assert "* fp8_dynamic_group_128" in text and "- fp8_dynamic_group_128    fp8_block_scaled_mm_cublas  (needs N a multiple of 128" in text
+
+
+def test_variants_follow_the_gpu(tmp_path):
+    data = _explain(tmp_path, "quantc: 1\nlinear: nvfp4a16\n", "examples/models/llama-3.1-8b.json",
+                    "model.layers.0.mlp.down_proj", gpu="h100")
+    by = {v["activation"]: v for v in data["variants"]}
+    assert by["none"]["chosen"] and by["nvfp4"]["runs"] is False and "needs sm_100+" in by["nvfp4"]["reason"]
+    data = _explain(tmp_path, "quantc: 1\nlinear: nvfp4a16\n", "examples/models/llama-3.1-8b.json",
+                    "model.layers.0.mlp.down_proj", gpu="b200")
+    assert {v["activation"]: v["runs"] for v in data["variants"]} == {"none": True, "nvfp4": True}
+
+
+def test_unquantized_module_has_no_variants(tmp_path):
+    data = _explain(tmp_path, "quantc: 1\nlinear: int8\n", "examples/models/llama-3.1-8b.json", "lm_head")
+    assert data["variants"] == [] and data["kernel"] is None
