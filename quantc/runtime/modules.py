@@ -4,6 +4,7 @@ only launches kernels on preallocated buffers (no host sync, one output allocati
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 from typing import Optional
 
@@ -36,7 +37,22 @@ def dense(x: torch.Tensor, buffers: list[torch.Tensor], bias: Optional[torch.Ten
           weight_key: str, act_key: str, table: list[int], n: int) -> torch.Tensor:
     """bf16 (M, K) -> bf16 (M, N) through the plan's kernel, with the KernelConfig for this M."""
     config = pick(*_lookup(tuple(table)), x.shape[0]) if table else None
-    return LAUNCHERS[kernel].run(x, buffers, config, weight_key, act_key, bias)
+    if config is not None and (kernel, config) in _FAILED:
+        config = None
+    try:
+        return LAUNCHERS[kernel].run(x, buffers, config, weight_key, act_key, bias)
+    except Exception as exc:
+        if config is None:
+            raise
+        # a tuned config that does not run here (out of shared memory on another GPU, a Triton
+        # version that refuses it): the launcher's default takes over, with one warning per config
+        _FAILED.add((kernel, config))
+        warnings.warn(f"quantc: kernel {kernel} failed with the plan's config {config} ({type(exc).__name__}: "
+                      f"{str(exc)[:200]}); using its default config from now on", RuntimeWarning, stacklevel=2)
+        return LAUNCHERS[kernel].run(x, buffers, None, weight_key, act_key, bias)
+
+
+_FAILED: set = set()  # (kernel, KernelConfig) pairs that failed once in this process
 
 
 @dense.register_fake

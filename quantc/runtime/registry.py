@@ -55,14 +55,20 @@ def _prepare_scaled(tensors, weight_key, n, k):
     return out
 
 
-def _run_scaled(x, buffers, config, weight_key, act_key, bias):
-    w, s, *rest = buffers
-    return scaled_mm(x, w, s, weight_key, act_key, config, input_scale=rest[0] if rest else None, bias=bias)
+def _scaled_runner(kernel_id: str):
+    def run(x, buffers, config, weight_key, act_key, bias):
+        from .tables import default_config
+
+        w, s, *rest = buffers
+        config = config or default_config(kernel_id, x.shape[0])  # no table entry: the kernel's defaults
+        return scaled_mm(x, w, s, weight_key, act_key, config, input_scale=rest[0] if rest else None, bias=bias)
+
+    return run
 
 
 for _id in ("fp8_scaled_gemm", "fp8_block_gemm", "int8_gemm", "mxfp8_gemm_emulated",
             "fp8_weight_only_gemm", "int8_weight_only_gemm"):
-    register(_id, _prepare_scaled)(_run_scaled)
+    register(_id, _prepare_scaled)(_scaled_runner(_id))
 
 
 @register("bf16_matmul", lambda t, wk, n, k: {"weight": t["weight"].to(torch.bfloat16).contiguous()})
