@@ -106,3 +106,19 @@ def test_compiler_emits_from_the_tuned_table(tmp_path):
     tuned = lower(make_config(linear="fp8_per_channel"), inv, tables_dirs=(str(tmp_path),)).plan
     entry = tuned.kernels["fp8_scaled_gemm/n64_k64"]
     assert entry.source == "tuned (h100)"
+
+
+def test_tuned_vs_default_summary(tmp_path):
+    import importlib.util
+    import pathlib
+
+    from quantc.runtime import tune as rt
+
+    rt.tune(jobs_from_plan(_plan(), ((1, 1), (16, 16))), GPUS["h100"], tmp_path, small=True, progress=False, device="cpu")
+    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / "tuned_vs_default.py"
+    spec = importlib.util.spec_from_file_location("tuned_vs_default", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.summarize(json.loads((tmp_path / "h100.json").read_text()))
+    k = out["kernels"]["fp8_scaled_gemm"]
+    assert k["entries"] == 4 and k["worst"] <= k["geomean_speedup"] <= k["best"]
