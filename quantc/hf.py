@@ -7,7 +7,7 @@ Documented API (issue 8)::
     from quantc import hf
     model = hf.build_model("examples/models/llama-3.1-8b.json", layers=2, device="cuda")
     plan = quantc.compile("examples/configs/llama31_8b_fp8.yaml", model, gpu="h100", tp=1)
-    report = hf.apply(model, plan)          # dense linears and transformers' fused experts
+    report = hf.apply(model, plan)          # = quantc.runtime.apply (dense linears and MoE experts)
 
 Like everything in ``quantc/`` outside ``quantc/runtime/``, this module imports torch and transformers
 only inside its functions: ``import quantc.hf`` stays torch-free.
@@ -118,11 +118,11 @@ def scheme_config(scheme: str, directory: str | Path, gpu: str = "h100") -> tupl
     return path, overrides
 
 
-def apply(model, plan, weights=None, *, progress: bool = False):
-    """``quantc.runtime.apply`` plus transformers' fused experts (see ``quantc.runtime.hf_moe``)."""
-    from .runtime.hf_moe import apply_hf
+def apply(model, plan, weights=None, *, rank=None, world=None, progress: bool = False):
+    """``quantc.runtime.apply`` (which handles MoE models itself); the name is kept for compatibility."""
+    from .runtime import apply as runtime_apply
 
-    return apply_hf(model, plan, weights, progress=progress)
+    return runtime_apply(model, plan, weights, rank=rank, world=world, progress=progress)
 
 
 def fidelity(ref, got) -> dict:

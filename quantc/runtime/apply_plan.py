@@ -4,7 +4,9 @@ Steps, all-or-nothing:
 1. check the plan against the model (every planned module present with the planned shape, no linear
    layer of the model missing from the plan) and the live GPU against ``plan.target``;
 2. prepare every module: quantize its weight (or take pre-quantized tensors from ``weights``) and
-   build its replacement, without touching the model;
+   build its replacement, without touching the model. MoE experts (kind ``moe_experts``) are
+   prepared per ``moe_block``: one grouped module replaces the block's fused experts module or its
+   ModuleList of per-expert Linears (``moe_apply``);
 3. only when every module is prepared, swap them in. Any error before that leaves the model exactly as
    it was and raises ``QuantcError`` with every problem found, each naming its module.
 
@@ -12,7 +14,7 @@ Peak memory: the model plus the quantized copies of all swapped modules (8-bit w
 of the bf16 bytes); the bf16 weights are released when the swapped-out modules are.
 
 Diagnostic codes: QC701 model/plan mismatch, QC702 GPU mismatch, QC703 weights, QC704 no runtime for a
-planned kernel, QC705 a module failed to prepare, QC706 kv_cache not applied (warning),
+planned kernel or MoE experts layout, QC705 a module failed to prepare, QC706 kv_cache not applied (warning),
 QC707 tensor-parallel rank/world.
 """
 
@@ -29,8 +31,9 @@ from quantc.diagnostics import Diagnostic, QuantcError, Span
 
 from . import quantize as Q
 from .modules import QuantLinear
+from .moe_apply import expert_blocks, layout, prepare_block
 from .registry import LAUNCHERS
-from .tables import default_buckets
+from .tables import WEIGHT_ONLY_4BIT, default_buckets
 
 _LINEAR_KINDS = ("linear", "lm_head", "router")
 
@@ -99,6 +102,9 @@ def check_model(model: nn.Module, plan, world: int = 1) -> list[Diagnostic]:
         if mp.kernel is None:
             continue
         mod = mods.get(mp.name)
+        if mod is None and mp.kind == "moe_experts" and isinstance(getattr(mods.get(mp.name.rpartition(".")[0]),
+                                                                            mp.name.rpartition(".")[2], None), torch.Tensor):
+            continue  # a fused experts parameter (<experts>.gate_up_proj): checked when its block is prepared
         if mod is None:
             diags.append(_err("QC701", f"planned module {mp.name!r} is not in the model", mp.name,
                               "compile the plan against this model (quantc compile --model ...)"))
@@ -221,7 +227,7 @@ def _prepare(mp, mod, state, plan, rank: int = 0, world: int = 1) -> nn.Module:
     if launcher.make_module is not None:
         return launcher.make_module(mp, tensors, entry)
     buffers = launcher.prepare(tensors, mp.weight, mp.n, mp.k)
-    buckets = entry.buckets if entry is not None else default_buckets(mp.kernel)
+    buckets = entry.buckets if entry is not None else default_buckets(mp.kernel, mp.n, mp.k)
     bias = getattr(mod, "bias", None)
     split = is_split(mp, world)
     inner = QuantLinear(mp.name, mp.kernel, mp.weight, mp.activation, mp.n, mp.k, buffers,
@@ -231,8 +237,10 @@ def _prepare(mp, mod, state, plan, rank: int = 0, world: int = 1) -> nn.Module:
     return ShardedLinear(inner, mp.tp_split, rank, world, mp.k, bias)
 
 
+# kernels whose launcher takes a KernelConfig (the torch-family ids choose their own): each QuantLinear
+# keeps its plan table entry's buckets and picks the config for the live M
 _TABLED = {"fp8_scaled_gemm", "fp8_block_gemm", "int8_gemm", "mxfp8_gemm_emulated", "fp8_weight_only_gemm",
-           "int8_weight_only_gemm", "fp8_block_scaled_mm_cublas"}
+           "int8_weight_only_gemm", "fp8_block_scaled_mm_cublas", *WEIGHT_ONLY_4BIT}
 
 
 def apply(model: nn.Module, plan, weights=None, *, rank: int | None = None, world: int | None = None,
@@ -272,11 +280,16 @@ def apply(model: nn.Module, plan, weights=None, *, rank: int | None = None, worl
             if mp.kernel not in LAUNCHERS:
                 diags.append(_err("QC704", f"no runtime launcher for kernel {mp.kernel!r} (module {mp.name!r})",
                                   mp.name, "compile with a backend this runtime provides"))
-            elif mp.kind == "moe_experts" and LAUNCHERS[mp.kernel].make_module is None:
-                diags.append(_err("QC704", f"kernel {mp.kernel!r} has no module for MoE experts ({mp.name!r})",
-                                  mp.name, "this runtime applies MoE experts only through their launcher's module"))
-            else:
+            elif mp.kind != "moe_experts":
                 todo.append(mp)
+    mods = dict(model.named_modules())
+    blocks = expert_blocks(plan)
+    for block, entries in blocks.items():
+        try:
+            layout(block, mods.get(block), entries)
+        except ValueError as exc:
+            diags.append(_err("QC704", str(exc), block, "compile the plan against this model, or keep these experts "
+                              "unquantized (moe: none) until the runtime supports their layout"))
     if diags:
         raise QuantcError(diags + warnings)
     try:
@@ -286,21 +299,29 @@ def apply(model: nn.Module, plan, weights=None, *, rank: int | None = None, worl
     except Exception as exc:  # unreadable file: report, never a traceback
         raise QuantcError([_err("QC703", f"cannot read weights: {exc}", None, "pass a state dict or a safetensors path")]) from None
 
-    mods = dict(model.named_modules())
     prepared: dict[str, nn.Module] = {}
+    covered: set[str] = set()  # plan entries a prepared module stands for
     before = after = 0
+    jobs = [(mp.name, mp, None) for mp in todo] + [(block, None, entries) for block, entries in blocks.items()]
     with (_progress() if progress else _NoProgress()) as bar:
-        task = bar.add_task("", total=len(todo))
-        for mp in todo:
-            bar.update(task, description=mp.name)
+        task = bar.add_task("", total=len(jobs))
+        for name, mp, entries in jobs:
+            bar.update(task, description=name)
             try:
-                new = _prepare(mp, mods[mp.name], state, plan, rank_n, world_n)
+                if entries is None:
+                    new = _prepare(mp, mods[name], state, plan, rank_n, world_n)
+                else:
+                    new = prepare_block(name, mods[name], entries, plan, state)
             except Exception as exc:
-                diags.append(_err("QC705", f"cannot prepare {mp.name!r} ({mp.weight} via {mp.kernel}): {exc}",
-                                  mp.name, "check the weights given for this module"))
+                what = f"({mp.weight} via {mp.kernel})" if entries is None else \
+                    f"(MoE experts, {entries[0].weight} via {entries[0].kernel})"
+                diags.append(_err("QC705", f"cannot prepare {name!r} {what}: {exc}", name,
+                                  "check the weights given for this module" if entries is None
+                                  else "compile the plan against this model"))
             else:
-                prepared[mp.name] = new
-                before += _nbytes([p for p in mods[mp.name].parameters()] + list(mods[mp.name].buffers()))
+                prepared[name] = new
+                covered.update([name] if entries is None else [e.name for e in entries])
+                before += _nbytes([p for p in mods[name].parameters()] + list(mods[name].buffers()))
                 after += _nbytes(list(new.buffers()) + list(new.parameters()))
             bar.advance(task)
     if diags:
@@ -308,7 +329,7 @@ def apply(model: nn.Module, plan, weights=None, *, rank: int | None = None, worl
     for name, new in prepared.items():
         parent_name, _, child = name.rpartition(".")
         setattr(mods[parent_name] if parent_name else model, child, new)
-    kept = tuple(mp.name for mp in plan.modules if mp.name not in prepared and mp.kind not in ("kv_cache",))
+    kept = tuple(mp.name for mp in plan.modules if mp.name not in covered and mp.kind not in ("kv_cache",))
     return ApplyReport(tuple(prepared), kept, before, after, tuple(notes), tuple(warnings))
 
 

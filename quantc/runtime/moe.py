@@ -24,6 +24,7 @@ from .kernels import moe_gemm as mg
 from .kernels import wo_format as wf
 from .kernels.moe_routing import ROUTERS, align_by_expert
 from .kernels.wo_gemm import WoConfig
+from .tables import bucket_lookup, default_buckets, pick
 
 MOE_KERNELS = {"moe_bf16", "moe_fp8", "moe_fp8_block", "moe_int8", "moe_weight_only",
                "moe_mxfp4_mxfp8_emulated", "moe_mxfp8_emulated"}
@@ -31,13 +32,9 @@ _MX_KERNELS = {"moe_mxfp4_mxfp8_emulated", "moe_mxfp8_emulated"}
 _FIELDS = ("data", "scale", "zeros", "global_scale")
 
 
-def default_config(tokens: int, top_k: int) -> WoConfig:
-    pairs = tokens * top_k
-    if pairs <= 64:
-        return WoConfig(16, 64, 128, num_warps=4, num_stages=3)
-    if pairs <= 1024:
-        return WoConfig(32, 64, 128, num_warps=4, num_stages=3)
-    return WoConfig(64, 128, 64, num_warps=8, num_stages=3)
+def default_config(tokens: int, top_k: int, kernel: str = "moe_bf16") -> WoConfig:
+    """The grouped GEMM's config without a plan table entry (``tables.default_buckets``)."""
+    return pick(*bucket_lookup(default_buckets(kernel, top_k=top_k)), tokens)
 
 
 class QuantMoE(nn.Module):
@@ -46,7 +43,7 @@ class QuantMoE(nn.Module):
                  activation: str = "silu", act_key: str = "none", gate_up_bias: torch.Tensor | None = None,
                  down_bias: torch.Tensor | None = None, router_bias: torch.Tensor | None = None,
                  correction_bias: torch.Tensor | None = None, shared_experts: nn.Module | None = None,
-                 configs=None):
+                 configs=None, tables=None):
         super().__init__()
         if kernel not in MOE_KERNELS:
             raise ValueError(f"unknown MoE kernel {kernel!r}; known: {', '.join(sorted(MOE_KERNELS))}")
@@ -72,7 +69,18 @@ class QuantMoE(nn.Module):
                         ("correction_bias", correction_bias)):
             self.register_buffer(name, t)
         self.shared_experts = shared_experts
-        self.configs = configs  # callable tokens -> (cfg gate_up, cfg down), or None for defaults
+        self.configs = configs  # callable tokens -> (cfg gate_up, cfg down), or None for the tables
+        # (gate_up buckets, down buckets): the plan's KernelTableEntry buckets, picked per live token count;
+        # None: tables.default_buckets of the kernel
+        self.tables = None if tables is None else tuple(bucket_lookup(b) for b in tables)
+
+    def kernel_configs(self, tokens: int, top_k: int) -> tuple[WoConfig, WoConfig]:
+        """(gate_up config, down config) for ``tokens`` live tokens routed to ``top_k`` experts each."""
+        if self.configs is not None:
+            return self.configs(tokens)
+        if self.tables is not None:
+            return pick(*self.tables[0], tokens), pick(*self.tables[1], tokens)
+        return (default_config(tokens, top_k, self.kernel),) * 2
 
     def _weight(self, name: str) -> wf.WoWeight:
         fmt, n, k, sfmt, group, rb = self._meta[name]
@@ -103,18 +111,21 @@ class QuantMoE(nn.Module):
         return q, s, code, group
 
     def experts(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
-        t = x.shape[0]
-        c13, c2 = self.configs(t) if self.configs else (default_config(t, self.top_k),) * 2
+        """(T, H) bf16 through the experts ``topk_ids`` (T, k) names, weighted by ``topk_weights``; k may
+        differ from ``top_k`` (a per-expert call routes every token to one expert, k = 1)."""
+        t, top_k = topk_ids.shape
+        c13, c2 = self.kernel_configs(t, top_k)
         sorted_ids, block_expert, total = align_by_expert(topk_ids, self.num_experts, c13.block_m)
-        routing = (sorted_ids, block_expert, total, t * self.top_k)
+        routing = (sorted_ids, block_expert, total, t * top_k)
         a, sa, code, group = self._act_in(x)
-        h = mg.grouped_gemm(a, sa, self._weight("w13"), routing, a_div=self.top_k, act=self.activation,
+        h = mg.grouped_gemm(a, sa, self._weight("w13"), routing, a_div=top_k, act=self.activation,
                             a_quant=code, a_group=group, cfg=c13, bias=self.b13)
         a, sa, code, group = self._act_in(h)
+        # both GEMMs share the routing, padded to gate_up's BLOCK_M
         c2 = WoConfig(c13.block_m, c2.block_n, c2.block_k, num_warps=c2.num_warps, num_stages=c2.num_stages)
         y = mg.grouped_gemm(a, sa, self._weight("w2"), routing, a_div=1, act="none", a_quant=code, a_group=group,
                             cfg=c2, bias=self.b2, topk_weights=topk_weights.reshape(-1).float().contiguous())
-        return y.view(t, self.top_k, -1).float().sum(1).to(torch.bfloat16)
+        return y.view(t, top_k, -1).float().sum(1).to(torch.bfloat16)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         shape = hidden.shape

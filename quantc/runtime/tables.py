@@ -28,7 +28,24 @@ DEFAULTS: dict[str, tuple[tuple[int, KernelConfig], ...]] = {
 }
 
 
-def default_buckets(kernel: str) -> tuple[tuple[int, KernelConfig], ...]:
+# weight-only 4-bit ids: the config depends on the shape (split-K covers the SMs at decode sizes), so
+# their defaults come from ``wo_gemm.default_config`` at the bucket bounds when N and K are known
+WEIGHT_ONLY_4BIT = ("int4_weight_only_gemm", "fp4_weight_only_gemm", "mxfp4_mxfp8_gemm_emulated", "nvfp4_gemm")
+
+# MoE ids: grouped-GEMM configs by (token, slot) pairs = tokens x top_k; converted to token bounds
+MOE_PAIR_BUCKETS = ((64, KernelConfig(16, 64, 128, 8, 4, 3)), (1024, KernelConfig(32, 64, 128, 8, 4, 3)),
+                    (_L, KernelConfig(64, 128, 64, 8, 8, 3)))
+
+
+def default_buckets(kernel: str, n: int = 0, k: int = 0, top_k: int = 1) -> tuple[tuple[int, KernelConfig], ...]:
+    """The buckets a module uses when the plan has no table entry for it. ``n``/``k`` refine the 4-bit
+    weight-only defaults; ``top_k`` turns the MoE pair bounds into live token counts."""
+    if kernel.startswith("moe_"):  # the grouped-GEMM ids (kernel_specs: layer kind moe)
+        return tuple((m if m == _L else max(1, m // top_k), c) for m, c in MOE_PAIR_BUCKETS)
+    if kernel in WEIGHT_ONLY_4BIT and n and k:
+        from .kernels.wo_gemm import default_config as wo_default
+
+        return tuple((m, wo_default(m_at, n, k)) for m, m_at in ((1, 1), (16, 16), (_L, 17)))
     return DEFAULTS.get(kernel, _8BIT)
 
 
