@@ -1,12 +1,15 @@
 """Issue 8 on the CPU: real transformers model classes (tiny dimensions, 2 layers, random seeded
-weights), a plan compiled against the live model, applied, then prefill and decode with the KV cache
-against the unquantized model. Kernels run under TRITON_INTERPRET=1 (conftest)."""
+weights), a plan compiled against the live model, applied with ``quantc.runtime.apply`` (MoE experts
+included), then prefill and decode with the KV cache against the unquantized model. Kernels run under
+TRITON_INTERPRET=1 (conftest)."""
 
 import pytest
 import torch
 
 import quantc
+import quantc.runtime
 from quantc import hf
+from quantc.runtime import moe_apply
 from quantc.runtime.hf_moe import QuantExperts, expert_weights, prepare_experts
 from quantc.runtime.kernels import wo_format as wf
 from quantc.runtime.modules import QuantLinear
@@ -24,6 +27,7 @@ CASES = [
     ("llama-3.1-8b", "scheme:int8", 0.99),
     ("llama-3.1-8b", "scheme:w4a16", 0.95),
     ("qwen3-30b-a3b", "examples/configs/qwen3_30b_a3b_fp8_child.yaml", 0.99),
+    ("qwen3-30b-a3b", "scheme:w4a16", 0.95),  # every expert block on moe_weight_only, dense on int4
     ("gpt-oss-20b-bf16", "scheme:mxfp4", 0.6),
 ]
 FAKE_QUANT_FLOOR = 0.999
@@ -103,7 +107,7 @@ def test_apply_prefill_decode(model_name, config, floor, tmp_path):
     steps = torch.randint(0, ref.config.vocab_size, (DECODE,), generator=torch.Generator().manual_seed(2))
     want = _run(ref, ids, steps)
 
-    report = hf.apply(model, plan)
+    report = quantc.runtime.apply(model, plan, progress=False)
     assert _swapped_as_planned(model, plan) == len(report.swapped) > 0
     assert report.bytes_after < report.bytes_before
     got = _run(model, ids, steps)
@@ -146,6 +150,40 @@ def test_experts_planned_none_keep_the_transformers_module(tmp_path):
     report = hf.apply(model, _compile("scheme:bf16", model, tmp_path))
     assert report.swapped == ()
     assert type(model.model.layers[0].mlp.experts).__name__ == "Qwen3MoeExperts"
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}, [type(m) for m in model.modules()]
+
+
+@pytest.mark.parametrize("model_name", ["qwen3-30b-a3b", "gpt-oss-20b-bf16"])
+def test_planted_failure_in_an_expert_block_leaves_the_model_untouched(model_name, tmp_path, monkeypatch):
+    """Dense modules and layer 0's experts prepare fine; layer 1's experts fail: nothing is swapped."""
+    model = hf.build_model(model_name, 2, tiny=True)
+    plan = _compile("scheme:int8", model, tmp_path)
+    before, types = _state(model)
+    real = moe_apply.prepare_experts
+    prepared = []
+
+    def planted(name, *args, **kwargs):
+        if ".layers.1." in name:
+            raise RuntimeError("planted failure")
+        prepared.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(moe_apply, "prepare_experts", planted)
+    with pytest.raises(quantc.QuantcError) as err:
+        quantc.runtime.apply(model, plan, progress=False)
+    (d,) = err.value.diagnostics
+    assert d.code == "QC705" and d.path == "model.layers.1.mlp.experts" and d.hint
+    assert "cannot prepare 'model.layers.1.mlp.experts' (MoE experts, int8_per_channel via moe_int8): " \
+           "planted failure" in d.message
+    assert prepared == ["model.layers.0.mlp.experts"]  # it was prepared, and then not swapped
+    assert [type(m) for m in model.modules()] == types
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    monkeypatch.setattr(moe_apply, "prepare_experts", real)
+    report = quantc.runtime.apply(model, plan, progress=False)  # the same model and plan, unplanted
+    assert "model.layers.1.mlp.experts" in report.swapped and report.bytes_after < report.bytes_before
 
 
 def test_plan_for_another_model_is_refused_and_nothing_swapped(tmp_path):
