@@ -71,16 +71,14 @@ class QuantMoE(nn.Module):
         self.shared_experts = shared_experts
         self.configs = configs  # callable tokens -> (cfg gate_up, cfg down), or None for the tables
         # (gate_up buckets, down buckets): the plan's KernelTableEntry buckets, picked per live token count;
-        # None: tables.default_buckets of the kernel
-        self.tables = None if tables is None else tuple(bucket_lookup(b) for b in tables)
+        # None (for both or one of them): tables.default_buckets of the kernel
+        self.tables = tuple(None if b is None else bucket_lookup(b) for b in (tables or (None, None)))
 
     def kernel_configs(self, tokens: int, top_k: int) -> tuple[WoConfig, WoConfig]:
         """(gate_up config, down config) for ``tokens`` live tokens routed to ``top_k`` experts each."""
         if self.configs is not None:
             return self.configs(tokens)
-        if self.tables is not None:
-            return pick(*self.tables[0], tokens), pick(*self.tables[1], tokens)
-        return (default_config(tokens, top_k, self.kernel),) * 2
+        return tuple(default_config(tokens, top_k, self.kernel) if t is None else pick(*t, tokens) for t in self.tables)
 
     def _weight(self, name: str) -> wf.WoWeight:
         fmt, n, k, sfmt, group, rb = self._meta[name]

@@ -188,3 +188,59 @@ def test_kv_cache_plan_warns_and_gpu_check_without_interpreter(monkeypatch):
 def test_unreadable_weights_path():
     with pytest.raises(QuantcError, match="no safetensors weights"):
         rt.apply(_model(), _plan(), weights="/nonexistent/dir/x.safetensors", progress=False)
+
+
+WO_CASES = [  # 4-bit weight-only ids, now read from the plan's table like the 8-bit ones
+    ("int4_group_128", "none", "int4_weight_only_gemm"),
+    ("mxfp4", "none", "fp4_weight_only_gemm"),
+    ("mxfp4", "mxfp8", "mxfp4_mxfp8_gemm_emulated"),
+    ("nvfp4", "nvfp4", "nvfp4_gemm"),
+]
+
+
+def _wo_plan(weight, act, kernel, with_entry: bool):
+    specs = {name: (n, k, "none", "none", None) for name, (n, k, *_) in SPECS.items()}
+    specs["down"] = (64, 128, weight, act, kernel)
+    plan = _plan(specs)
+    entry = f"{kernel}/n64_k128"
+    small, large = KernelConfig(16, 16, 128, 8, 2, 1, 2), KernelConfig(32, 64, 256, 8, 8, 2, 1)
+    kernels = {entry: KernelTableEntry(entry, kernel, 64, 128, ((2, small), (2**31 - 1, large)))} if with_entry else {}
+    return Plan(modules=plan.modules, kernels=kernels, target=plan.target, model={}, sources=[], summary={},
+                warnings=[], tuned_on={}), small, large
+
+
+def _record_run(monkeypatch, kernel):
+    seen = []
+    real = registry.LAUNCHERS[kernel]
+
+    def run(x, buffers, config, *rest):
+        seen.append((x.shape[0], config))
+        return real.run(x, buffers, config, *rest)
+
+    monkeypatch.setitem(registry.LAUNCHERS, kernel, registry.Launcher(real.prepare, run, real.make_module))
+    return seen
+
+
+@pytest.mark.parametrize("weight,act,kernel", WO_CASES)
+def test_weight_only_4bit_kernels_read_the_plan_table(weight, act, kernel, monkeypatch):
+    model = _model()
+    plan, small, large = _wo_plan(weight, act, kernel, with_entry=True)
+    rt.apply(model, plan, progress=False)
+    seen = _record_run(monkeypatch, kernel)
+    for m in (1, 5):
+        out = model.down(torch.randn(m, 128).bfloat16())
+        assert out.shape == (m, 64) and torch.isfinite(out.float()).all()
+    assert seen == [(1, small), (5, large)]
+
+
+@pytest.mark.parametrize("weight,act,kernel", WO_CASES[:1])
+def test_weight_only_4bit_kernels_without_a_plan_entry_use_the_shape_defaults(weight, act, kernel, monkeypatch):
+    from quantc.runtime.kernels.wo_gemm import default_config
+
+    model = _model()
+    rt.apply(model, _wo_plan(weight, act, kernel, with_entry=False)[0], progress=False)
+    seen = _record_run(monkeypatch, kernel)
+    for m in (1, 5, 40):
+        model.down(torch.randn(m, 128).bfloat16())
+    assert seen == [(m, default_config(m, 64, 128)) for m in (1, 5, 40)]
+    assert seen[0][1] != seen[1][1] != seen[2][1]  # three buckets: decode, small batch, prefill

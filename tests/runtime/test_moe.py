@@ -223,3 +223,197 @@ def test_from_hf_block_matches_transformers(arch):
     got = from_hf_block(block, "moe_bf16")(x).float()
     assert got.shape == want.shape
     assert ((got - want).abs().max() / want.abs().max()).item() < 2e-2
+
+
+# --- apply() on MoE models with per-expert ModuleList experts (older transformers, custom models) -----
+
+class _ExpertMLP(torch.nn.Module):
+    def __init__(self, names, h=H, inter=I):
+        super().__init__()
+        self.names = names
+        g, u, d = names
+        setattr(self, g, torch.nn.Linear(h, inter, bias=False))
+        setattr(self, u, torch.nn.Linear(h, inter, bias=False))
+        setattr(self, d, torch.nn.Linear(inter, h, bias=False))
+        self.act_fn = torch.nn.SiLU()
+
+    def forward(self, x):
+        g, u, d = (getattr(self, n) for n in self.names)
+        return d(self.act_fn(g(x)) * u(x))
+
+
+class _SparseBlock(torch.nn.Module):
+    """The pre-v5 transformers routing loop (Mixtral, Qwen3-MoE): experts called one by one."""
+
+    def __init__(self, names):
+        super().__init__()
+        self.gate = torch.nn.Linear(H, E, bias=False)
+        self.experts = torch.nn.ModuleList(_ExpertMLP(names) for _ in range(E))
+
+    def forward(self, x):
+        t = x.reshape(-1, H)
+        w, ids = torch.softmax(self.gate(t).float(), -1).topk(TOPK)
+        w = w / w.sum(-1, keepdim=True)
+        out = torch.zeros(t.shape)
+        for e in range(len(self.experts)):
+            tok, slot = torch.where(ids == e)
+            if tok.numel():
+                out[tok] += self.experts[e](t[tok]).float() * w[tok, slot, None]
+        return out.to(x.dtype).reshape(x.shape)
+
+
+class _TinyMoE(torch.nn.Module):
+    def __init__(self, names=("gate_proj", "up_proj", "down_proj")):
+        super().__init__()
+        layer = torch.nn.Module()
+        layer.proj, layer.mlp = torch.nn.Linear(H, H, bias=False), _SparseBlock(names)
+        self.layers = torch.nn.ModuleList([layer])
+
+    def forward(self, x):
+        return self.layers[0].mlp(self.layers[0].proj(x))
+
+
+def _tiny_moe(names=("gate_proj", "up_proj", "down_proj"), seed=8):
+    torch.manual_seed(seed)
+    return _TinyMoE(names).bfloat16()
+
+
+def _moe_plan(model, tmp_path, scheme="w4a16"):
+    import quantc
+
+    cfg = tmp_path / "moe.yaml"
+    cfg.write_text(f"quantc: 1\nlinear: {scheme}\nmoe: {scheme}\n")
+    return quantc.compile(str(cfg), model, gpu="h100", tp=1)
+
+
+def _cos_min(a, b):
+    return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).min().item()
+
+
+@pytest.mark.parametrize("names", [("gate_proj", "up_proj", "down_proj"), ("w1", "w3", "w2")])
+def test_apply_groups_per_expert_linears(names, tmp_path):
+    """One grouped module per moe_block from the per-expert Linears; the block's own loop still runs."""
+    import copy
+
+    import quantc.runtime as rt
+    from quantc.runtime.moe_apply import QuantExpertList
+
+    model = _tiny_moe(names)
+    ref = copy.deepcopy(model)
+    plan = _moe_plan(model, tmp_path)
+    report = rt.apply(model, plan, progress=False)
+    experts = model.layers[0].mlp.experts
+    assert report.swapped == ("layers.0.proj", "layers.0.mlp.experts")
+    assert report.kept == ("layers.0.mlp.gate",)  # the router, planned none
+    assert isinstance(experts, QuantExpertList) and len(experts) == E and experts.moe.kernel == "moe_weight_only"
+    assert report.bytes_after < report.bytes_before / 3
+    x = torch.randn(T, H).bfloat16()
+    with torch.no_grad():
+        got, want = model(x), ref(x)
+        for lin in [m for m in ref.modules() if isinstance(m, torch.nn.Linear) and m is not ref.layers[0].mlp.gate]:
+            lin.weight.data = wf.dequantize(wf.quantize(lin.weight.data, "int4_group_128")).bfloat16()
+        fake = ref(x)
+    assert _cos_min(got, want) > 0.95  # int4 weights against bf16
+    assert _cos_min(got, fake) > 0.999  # the kernels against the same weights dequantized
+    assert not torch.equal(got, want)
+
+
+def test_per_expert_bf16_weights_are_taken_from_the_state_and_prequantized_ones_refused(tmp_path):
+    import quantc.runtime as rt
+    from quantc.diagnostics import QuantcError
+
+    model = _tiny_moe()
+    plan = _moe_plan(model, tmp_path)
+    zeros = {f"layers.0.mlp.experts.{e}.down_proj.weight": torch.zeros(H, I, dtype=torch.bfloat16) for e in range(E)}
+    bad = {"layers.0.mlp.experts.1.gate_proj.weight_scale": torch.ones(I, 1)}
+    snap = [type(m) for m in model.modules()]
+    with pytest.raises(QuantcError) as err:
+        rt.apply(model, plan, weights={**zeros, **bad}, progress=False)
+    (d,) = err.value.diagnostics
+    assert d.code == "QC705" and d.path == "layers.0.mlp.experts"
+    assert "the weights hold layers.0.mlp.experts.1.gate_proj.weight_scale (float32): pre-quantized expert tensors " \
+           "are not loaded by this runtime" in d.message
+    assert [type(m) for m in model.modules()] == snap
+    rt.apply(model, plan, weights=zeros, progress=False)  # bf16 expert weights from the state are used
+    assert torch.equal(model.layers[0].mlp(torch.randn(T, H).bfloat16()), torch.zeros(T, H, dtype=torch.bfloat16))
+
+
+def test_unsupported_expert_layout_is_qc704_naming_the_block(tmp_path):
+    import quantc.runtime as rt
+    from quantc.diagnostics import QuantcError
+
+    model = _tiny_moe(("fc1", "fc3", "fc2"))  # experts whose Linears have no known gate/up/down names
+    plan = _moe_plan(model, tmp_path)
+    snap = [type(m) for m in model.modules()]
+    with pytest.raises(QuantcError) as err:
+        rt.apply(model, plan, progress=False)
+    (d,) = err.value.diagnostics
+    assert d.code == "QC704" and d.path == "layers.0.mlp.experts" and "moe: none" in d.hint
+    assert d.message.startswith("MoE block 'layers.0.mlp.experts' is a ModuleList; its planned experts "
+                                "(layers.0.mlp.experts.0.fc1, layers.0.mlp.experts.0.fc2, layers.0.mlp.experts.0.fc3 "
+                                "and 9 more) match no layout this runtime runs. Supported: fused experts")
+    assert "gate_proj/up_proj/down_proj (or w1/w3/w2)" in d.message
+    assert [type(m) for m in model.modules()] == snap
+
+
+def _with_kernels(plan, kernels):
+    from quantc.plan import Plan
+
+    return Plan(modules=plan.modules, kernels=kernels, target=plan.target, model=plan.model, sources=plan.sources,
+                summary=plan.summary, warnings=plan.warnings, tuned_on=plan.tuned_on)
+
+
+def _record_configs(monkeypatch):
+    seen = []
+    real = mg.grouped_gemm
+
+    def rec(*args, cfg, **kwargs):
+        seen.append(cfg)
+        return real(*args, cfg=cfg, **kwargs)
+
+    monkeypatch.setattr(mg, "grouped_gemm", rec)
+    return seen
+
+
+def test_grouped_gemm_configs_come_from_the_plan_table(tmp_path, monkeypatch):
+    """The plan's entries for gate_proj (gate_up GEMM) and down_proj reach the kernel, per live token count."""
+    import quantc.runtime as rt
+    from quantc.plan import M_MAX_LAST, KernelConfig, KernelTableEntry
+
+    model = _tiny_moe()
+    plan = _moe_plan(model, tmp_path, "int8")
+    gu, dn = plan.module("layers.0.mlp.experts.0.gate_proj"), plan.module("layers.0.mlp.experts.0.down_proj")
+    small, large, down = KernelConfig(16, 32, 64, 8, 2, 1), KernelConfig(32, 64, 32, 8, 8, 2), KernelConfig(64, 16, 64)
+    kernels = dict(plan.kernels)
+    kernels[gu.kernel_entry] = KernelTableEntry(gu.kernel_entry, gu.kernel, gu.n, gu.k, ((4, small), (M_MAX_LAST, large)))
+    if dn.kernel_entry != gu.kernel_entry:
+        kernels[dn.kernel_entry] = KernelTableEntry(dn.kernel_entry, dn.kernel, dn.n, dn.k, ((M_MAX_LAST, down),))
+    rt.apply(model, _with_kernels(plan, kernels), progress=False)
+    experts = model.layers[0].mlp.experts
+    seen = _record_configs(monkeypatch)
+    g = torch.Generator().manual_seed(9)
+    for t, want in ((3, small), (9, large)):
+        ids = torch.stack([torch.randperm(E, generator=g)[:TOPK] for _ in range(t)]).int()
+        experts(torch.randn(t, H, generator=g).bfloat16(), ids, torch.rand(t, TOPK, generator=g))
+        c13, c2 = seen[-2:]
+        assert c13 == want
+        if dn.kernel_entry != gu.kernel_entry:  # down: its own entry, with gate_up's BLOCK_M (shared routing)
+            assert (c2.block_m, c2.block_n, c2.block_k, c2.num_warps) == (want.block_m, 16, 64, down.num_warps)
+
+
+def test_grouped_gemm_configs_fall_back_to_the_defaults(tmp_path, monkeypatch):
+    import quantc.runtime as rt
+    from quantc.runtime.moe import default_config
+    from quantc.runtime.tables import default_buckets
+
+    model = _tiny_moe()
+    plan = _moe_plan(model, tmp_path, "int8")
+    kernels = {k: v for k, v in plan.kernels.items() if not k.startswith("moe_")}  # no MoE entries
+    rt.apply(model, _with_kernels(plan, kernels), progress=False)
+    seen = _record_configs(monkeypatch)
+    for t in (3, 40):
+        ids = torch.stack([torch.randperm(E)[:TOPK] for _ in range(t)]).int()
+        model.layers[0].mlp.experts(torch.randn(t, H).bfloat16(), ids, torch.rand(t, TOPK))
+        assert seen[-2] == default_config(t, TOPK, "moe_int8")
+    # the defaults are pair buckets: 40 tokens x 2 = 80 pairs is past the first bucket (64 pairs)
+    assert seen[-2] == default_buckets("moe_int8", top_k=TOPK)[1][1] != default_buckets("moe_int8")[0][1]
