@@ -9,22 +9,39 @@ from bisect import bisect_left
 
 from quantc.plan import KernelConfig
 
-# kernel -> ((m_max, KernelConfig), ...) ascending; the last bucket covers every larger M. The most
-# frequent winner per bucket over the seven benchmark shapes (bench/results/dense_configs_h100.json
-# has the per-shape rows).
+# kernel -> ((m_max, KernelConfig), ...) ascending; the last bucket covers every larger M. Block sizes:
+# the most frequent winner per bucket over the seven benchmark shapes (bench/results/dense_configs_h100.json
+# has the per-shape rows, all measured with split_k = 1).
+#
+# split_k = DECODE_SPLIT_K in the M <= 16 buckets is NOT measured (no GPU run since split-K landed); it
+# rests on a program count. At decode the GEMM is a weight stream and one program owns BLOCK_N rows,
+# so N / BLOCK_N programs share the H100's 132 SMs. In bench/results/dense_h100.json (fp8 weight-only,
+# M = 1, tuned block sizes) the shapes at 0.84-0.90 of copy bandwidth ran 384-896 programs
+# (N = 24576 at BLOCK_N = 64, N = 28672 at 32); those at 0.27-0.57 ran 128-224 (N = 2048..7168), one
+# or two programs an SM: too few loads in flight. Four K slices make four times the programs: with
+# these defaults at M = 1 (BLOCK_N = 32) N = 4096 -> 512, 6144 -> 768, 7168 -> 896, 2048 -> 256; at
+# M <= 16 (BLOCK_N = 64) 256 / 384 / 448 / 128. The cost: an fp32 workspace written and read back,
+# 2 x 4 slices x 4 bytes x M per output column against K bytes of 8-bit weight (under 1% at M = 1,
+# 12-25% at M = 16 for K = 4096-2048, mostly L2 hits as it is read right after it is written), and one
+# small reduction launch. Large-N shapes gain nothing but lose little; tuned table rows override this
+# per shape. From M = 64 the round trip passes 25% of the weight bytes, so those buckets stay unsplit
+# until a GPU run says otherwise (``quantc tune`` searches split_k in {1, 2, 4, 8} for M <= 64).
+DECODE_SPLIT_K = 4
 _L = 2**31 - 1
-_8BIT = ((1, KernelConfig(16, 32, 256, 8, 4, 5)), (16, KernelConfig(16, 64, 256, 8, 4, 3)),
+_S = DECODE_SPLIT_K
+_8BIT = ((1, KernelConfig(16, 32, 256, 8, 4, 5, _S)), (16, KernelConfig(16, 64, 256, 8, 4, 3, _S)),
          (64, KernelConfig(64, 64, 128, 8, 4, 4)), (256, KernelConfig(64, 128, 128, 8, 4, 4)),
          (_L, KernelConfig(128, 256, 128, 8, 8, 3)))
+_WEIGHT_ONLY = ((16, KernelConfig(16, 32, 256, 8, 4, 5, _S)), (_L, KernelConfig(128, 128, 64, 8, 8, 3)))
 DEFAULTS: dict[str, tuple[tuple[int, KernelConfig], ...]] = {
     "fp8_scaled_gemm": _8BIT,
     "int8_gemm": _8BIT,
-    "fp8_block_gemm": ((1, KernelConfig(16, 32, 128, 8, 4, 5)), (16, KernelConfig(16, 32, 128, 8, 4, 4)),
+    "fp8_block_gemm": ((1, KernelConfig(16, 32, 128, 8, 4, 5, _S)), (16, KernelConfig(16, 32, 128, 8, 4, 4, _S)),
                        (64, KernelConfig(64, 64, 128, 8, 4, 4)), (256, KernelConfig(64, 128, 128, 8, 4, 4)),
                        (_L, KernelConfig(128, 128, 128, 8, 8, 4))),
-    "mxfp8_gemm_emulated": ((16, KernelConfig(16, 64, 32, 8, 4, 4)), (_L, KernelConfig(128, 256, 32, 8, 8, 3))),
-    "fp8_weight_only_gemm": ((16, KernelConfig(16, 32, 256, 8, 4, 5)), (_L, KernelConfig(128, 128, 64, 8, 8, 3))),
-    "int8_weight_only_gemm": ((16, KernelConfig(16, 32, 256, 8, 4, 5)), (_L, KernelConfig(128, 128, 64, 8, 8, 3))),
+    "mxfp8_gemm_emulated": ((16, KernelConfig(16, 64, 32, 8, 4, 4, _S)), (_L, KernelConfig(128, 256, 32, 8, 8, 3))),
+    "fp8_weight_only_gemm": _WEIGHT_ONLY,
+    "int8_weight_only_gemm": _WEIGHT_ONLY,
 }
 
 

@@ -158,3 +158,101 @@ def test_nvfp4_w4a4_emulation_matches_the_block_scaled_reference():
     assert float((got - want).norm() / want.norm()) < 1e-2
     exact = x.float() @ w.T
     assert float((got - exact).norm() / exact.norm()) < 0.25  # 4-bit on both sides: coarse, but the right answer
+
+
+# --- split-K: K slices of whole tiles, partials summed in slice order by a second kernel -------------
+
+SPLIT_CASES = [(wk, ak, fuse) for fuse in (False, True) for wk, ak in CASES if not (fuse and ak == "none")]
+
+
+@pytest.mark.parametrize("split", [2, 4])
+@pytest.mark.parametrize("wk,ak,fuse", SPLIT_CASES)
+def test_split_k_matches_reference_and_unsplit(wk, ak, fuse, split):
+    """K = 640 in 64-wide tiles is 10 tiles: split 2 gives 5 + 5, split 4 gives 3 + 3 + 3 + 1 (a short
+    last slice, and slices starting mid scale group: 192 is not a multiple of 128)."""
+    torch.manual_seed(100 * split + SPLIT_CASES.index((wk, ak, fuse)))  # hash() of str varies per run
+    m, n, k = (3, 160, 640) if split == 4 else (5, 96, 640)
+    x = torch.randn(m, k).to(torch.bfloat16)
+    t = Q.quantize_weight(torch.randn(n, k) * 0.05, wk)
+    bias = torch.randn(n).to(torch.bfloat16)
+    iscale = torch.tensor(0.02)
+    cfg = KernelConfig(16, 32, 64, 8, 4, 2, split)
+    out = scaled_mm(x, t["weight"], _scale(t), wk, ak, cfg, input_scale=iscale, bias=bias, fuse=fuse)
+    assert out.dtype == torch.bfloat16 and out.shape == (m, n)
+    assert _rel(out, reference(x, t, wk, ak, input_scale=iscale, bias=bias)) < TOL
+    # against the unsplit kernel: only the fp32 summation order differs (int8: nothing does)
+    one = scaled_mm(x, t["weight"], _scale(t), wk, ak, KernelConfig(16, 32, 64, 8, 4, 2, 1), input_scale=iscale,
+                    bias=bias, fuse=fuse)
+    if wk.startswith("int8") and ak != "none":
+        assert torch.equal(out, one)
+    else:
+        assert _rel(out, one.float()) < 2e-3
+
+
+def test_split_slices_clamps_and_never_leaves_a_slice_empty():
+    from quantc.runtime.kernels.scaled_mm import split_slices
+
+    assert split_slices(640, 64, 4) == 4  # 3 + 3 + 3 + 1
+    assert split_slices(384, 64, 4) == 3  # 6 tiles: 2 + 2 + 2, a fourth slice would be empty
+    assert split_slices(128, 64, 8) == 2  # more slices than tiles: one tile each
+    assert split_slices(100, 64, 3) == 2  # ragged K: the last tile is partial
+    assert split_slices(4096, 256, 1) == 1 and split_slices(64, 64, 4) == 1
+
+
+@pytest.mark.parametrize("wk,ak", [("fp8_block_128x128", "fp8_dynamic_group_128"), ("mxfp8", "mxfp8"),
+                                   ("int8_per_channel", "int8_dynamic_per_token"), ("fp8_per_tensor", "none")])
+def test_split_k_larger_than_the_k_tiles(wk, ak):
+    torch.manual_seed(12)
+    x = torch.randn(3, 128).to(torch.bfloat16)
+    t = Q.quantize_weight(torch.randn(40, 128) * 0.05, wk)
+    cfg = KernelConfig(16, 32, 128, 8, 4, 2, 8)  # one or four K tiles, eight slices asked for
+    out = scaled_mm(x, t["weight"], _scale(t), wk, ak, cfg)
+    assert _rel(out, reference(x, t, wk, ak)) < TOL
+
+
+def test_split_k_is_deterministic_with_a_fused_per_token_quantizer():
+    """The fused quantizer's per-row scales reach the reduction through the workspace: the result is
+    bit-identical to the separate quantizer's and the same on every call."""
+    torch.manual_seed(13)
+    x = (torch.randn(7, 512) * 3).to(torch.bfloat16)
+    t = Q.quantize_weight(torch.randn(80, 512) * 0.05, "fp8_per_channel")
+    cfg = KernelConfig(16, 32, 64, 8, 4, 2, 4)
+    args = (x, t["weight"], t["weight_scale"], "fp8_per_channel", "fp8_dynamic_per_token", cfg)
+    fused = scaled_mm(*args, fuse=True)
+    assert torch.equal(fused, scaled_mm(*args, fuse=True))
+    assert torch.equal(fused, scaled_mm(*args, fuse=False))
+
+
+def test_quant_linear_with_a_split_k_decode_bucket():
+    """The custom-op path: a plan table whose decode bucket says split_k = 4 gives the split_k = 1 output."""
+    from quantc.runtime.modules import QuantLinear
+
+    torch.manual_seed(14)
+    n, k = 96, 512
+    w = torch.randn(n, k) * 0.05
+    bias = torch.randn(n)
+    x = torch.randn(2, 3, k).to(torch.bfloat16)  # M = 6 rows: the decode bucket
+    for kernel, wk, ak in [("fp8_scaled_gemm", "fp8_per_channel", "fp8_dynamic_per_token"),
+                           ("int8_gemm", "int8_per_channel", "int8_dynamic_per_token"),
+                           ("fp8_weight_only_gemm", "fp8_per_channel", "none")]:
+        buffers = LAUNCHERS[kernel].prepare(Q.quantize_weight(w, wk), wk, n, k)
+        outs = []
+        for split in (4, 1):
+            buckets = ((16, KernelConfig(16, 32, 64, 8, 4, 2, split)), (2**31 - 1, KernelConfig(32, 32, 64, 8, 4, 2)))
+            mod = QuantLinear("l", kernel, wk, ak, n, k, dict(buffers), bias, buckets)
+            outs.append(mod(x))
+        assert outs[0].shape == (2, 3, n)
+        assert _rel(outs[0], outs[1].float()) < 2e-3, kernel
+
+
+def test_tune_measures_split_k_candidates():
+    from quantc.runtime import tune as rt
+    from quantc.tune import TuneJob
+
+    job = TuneJob("fp8_scaled_gemm", 64, 512, "fp8_per_channel", "fp8_dynamic_per_token", 16, 16)
+    ops = rt.make_operands(job, "cpu")
+    for split in (2, 4, 8):
+        us = rt.measure(job, KernelConfig(16, 32, 64, 8, 4, 2, split), ops, "cpu")
+        assert us is not None and us > 0, split
+    ops.reference = ops.reference * 1.5  # a split-K candidate that disagrees is still dropped
+    assert rt.measure(job, KernelConfig(16, 32, 64, 8, 4, 2, 4), ops, "cpu") is None

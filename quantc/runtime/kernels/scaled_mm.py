@@ -21,7 +21,21 @@ fp8 MMAs over 32-wide K steps with the e8m0 scales applied in fp32: Hopper has n
 For small M the activation quantizer is fused into the GEMM (QUANT_A): per-token / per-tensor scales
 come from a prologue pass over the program's rows, group scales from each K tile; the quantized
 values are bit-identical to ``act_quant``'s. The launcher takes its block sizes from the plan's
-KernelConfig for the live M: no autotuning, no host sync, no allocation beyond the output.
+KernelConfig for the live M: no autotuning, no host sync, no allocation beyond the output (and the
+split-K workspace below).
+
+Split-K (``config.split_k > 1``, for decode, where N / BLOCK_N programs are too few to keep the GPU's
+memory system busy): the grid gains a second axis of S slices; slice s owns the K tiles
+``[s * ceil(T / S), min((s + 1) * ceil(T / S), T))`` of the T = ceil(K / BLOCK_K) tiles. Slices are
+whole tiles, so they start on scale-group boundaries wherever a tile does (BLOCK_K divides the group,
+see above) and the per-K-step scales (block, mx) are already in each partial. Each slice writes its
+raw partial (fp32; int32 for int8, the exact integer sum) to a workspace ``ws[s, m, n]``; a second,
+elementwise kernel sums the S partials in slice order (deterministic, no atomics), then applies the
+epilogue once: per-tensor / per-row / per-channel scales, bias, bf16 cast. A fused dynamic quantizer's
+per-row (or per-tensor) activation scale lives only in registers, so the slice-0 programs of the first
+N column also write it to the workspace's last M floats for the reduction. The launcher clamps S to
+the number of K tiles and drops slices that would be empty (S = ceil(T / ceil(T / S))). Workspace:
+``S * M * N + M`` fp32 from the caching allocator: fixed per (S, M, N), no host sync, capturable.
 """
 
 from __future__ import annotations
@@ -56,11 +70,36 @@ def _quant_tile(a, scale, INT8: tl.constexpr):
 
 
 @triton.jit
+def _epilogue(acc, sa, sa_ptr, sb_ptr, bias_ptr, offs_m, offs_n, mask_m, mask_n, stride_sam, stride_sbn,
+              A_MODE: tl.constexpr, B_MODE: tl.constexpr, SA_LOADED: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Scales applied after the whole K sum (per tensor / row / channel), then bias; fp32 out. Works on
+    2-D tiles (offs_m[:, None], offs_n[None, :]) and on flat element vectors alike (broadcast offsets)."""
+    out = acc.to(tl.float32)
+    if A_MODE == 1:
+        if not SA_LOADED:
+            sa = tl.load(sa_ptr)
+        out = out * sa
+    elif A_MODE == 2:
+        if not SA_LOADED:
+            sa = tl.load(sa_ptr + offs_m * stride_sam, mask=mask_m, other=0.0)
+        out = out * sa
+    if B_MODE == 1:
+        out = out * tl.load(sb_ptr)
+    elif B_MODE == 2:
+        out = out * tl.load(sb_ptr + offs_n * stride_sbn, mask=mask_n, other=0.0)
+    if HAS_BIAS:
+        out = out + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    return out
+
+
+@triton.jit
 def _scaled_mm_kernel(
     # tensors
     a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr,
+    sa_out_ptr,  # split-K with a fused dynamic quantizer: where the activation scales go (M floats)
     M, N, K,
     stride_am, stride_ak, stride_bn, stride_bk, stride_cm, stride_cn,
+    stride_cs,  # split-K: c_ptr is the workspace, one (M, N) partial per slice this far apart
     stride_sam, stride_sak, stride_sbn, stride_sbk,
     # what the operands are
     A_MODE: tl.constexpr, B_MODE: tl.constexpr, QUANT_A: tl.constexpr,
@@ -68,9 +107,10 @@ def _scaled_mm_kernel(
     HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
     # tiling (from the plan's KernelConfig)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    PRO_K: tl.constexpr,
+    PRO_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     width = GROUP_M * num_pid_n
@@ -81,11 +121,21 @@ def _scaled_mm_kernel(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # this program's K tiles: all of them without split-K, else its slice (possibly shorter at the end)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    if SPLIT_K == 1:
+        t_start = 0
+        t_end = k_tiles
+    else:
+        per_slice = tl.cdiv(k_tiles, SPLIT_K)
+        t_start = pid_k * per_slice
+        t_end = tl.minimum(t_start + per_slice, k_tiles)
     offs_k = tl.arange(0, BLOCK_K)
+    k_first = t_start * BLOCK_K + offs_k
     mask_m = offs_m < M
     mask_n = offs_n < N
-    a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak
-    b_ptrs = b_ptr + offs_n[None, :].to(tl.int64) * stride_bn + offs_k[:, None] * stride_bk
+    a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_am + k_first[None, :] * stride_ak
+    b_ptrs = b_ptr + offs_n[None, :].to(tl.int64) * stride_bn + k_first[:, None] * stride_bk
     fmt_max = 127.0 if INT8 else 448.0
     offs_pk = tl.arange(0, PRO_K)  # the prologue reads wide tiles: few dependent loads per row
 
@@ -109,10 +159,17 @@ def _scaled_mm_kernel(
                 msk = mask_m[:, None] & ((k0 + offs_pk)[None, :] < K)
                 amax = tl.maximum(amax, tl.abs(tl.load(p_row + k0 * stride_ak, mask=msk, other=0.0).to(tl.float32)))
             sa = tl.math.div_rn(tl.maximum(tl.max(amax, axis=1), 1e-12), fmt_max)
+    if SPLIT_K > 1 and QUANT_A == 1 and A_MODE != 3:  # hand the scale to the reduction, once per row
+        if (pid_n == 0) & (pid_k == 0):
+            if A_MODE == 1:
+                tl.store(sa_out_ptr, sa)
+            else:
+                tl.store(sa_out_ptr + offs_m, sa, mask=mask_m)
 
     acc_dtype = tl.int32 if INT8 else tl.float32
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
-    for k0 in range(0, K, BLOCK_K):
+    for t in range(t_start, t_end):
+        k0 = t * BLOCK_K
         mask_k = (k0 + offs_k) < K
         a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
@@ -154,24 +211,43 @@ def _scaled_mm_kernel(
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
 
-    # --- epilogue: per-tensor / row / channel scales, bias, bf16 store
-    out = acc.to(tl.float32)
-    if A_MODE == 1:
-        if QUANT_A == 0:
-            sa = tl.load(sa_ptr)
-        out = out * sa
-    elif A_MODE == 2:
-        if QUANT_A == 0:
-            sa = tl.load(sa_ptr + offs_m * stride_sam, mask=mask_m, other=0.0)
-        out = out * sa[:, None]
-    if B_MODE == 1:
-        out = out * tl.load(sb_ptr)
-    elif B_MODE == 2:
-        out = out * tl.load(sb_ptr + offs_n * stride_sbn, mask=mask_n, other=0.0)[None, :]
-    if HAS_BIAS:
-        out = out + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :] * stride_cn
+    # --- epilogue: per-tensor / row / channel scales, bias, bf16 store; split-K stores the raw partial
+    if SPLIT_K == 1:
+        sa_col = 0.0  # placeholder: the epilogue loads the scale itself when the kernel did not compute it
+        if QUANT_A != 0 and A_MODE != 3:
+            if A_MODE == 2:
+                sa_col = sa[:, None]
+            else:
+                sa_col = sa
+        out = _epilogue(acc, sa_col, sa_ptr, sb_ptr, bias_ptr, offs_m[:, None], offs_n[None, :],
+                        mask_m[:, None], mask_n[None, :], stride_sam, stride_sbn,
+                        A_MODE, B_MODE, QUANT_A != 0, HAS_BIAS)
+    else:
+        out = acc
+    c_ptrs = (c_ptr + pid_k.to(tl.int64) * stride_cs + offs_m[:, None].to(tl.int64) * stride_cm
+              + offs_n[None, :] * stride_cn)
     tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _split_k_reduce_kernel(
+    ws_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr,
+    M, N, stride_cm, stride_cn, stride_sam, stride_sbn,
+    A_MODE: tl.constexpr, B_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """out[m, n] = epilogue(sum over s of ws[s, m, n]), summed in slice order; ws is (S, M, N) contiguous."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mn = M * N
+    mask = offs < mn
+    acc = tl.load(ws_ptr + offs, mask=mask, other=0)
+    for s in tl.static_range(1, SPLIT_K):
+        acc += tl.load(ws_ptr + s * mn + offs, mask=mask, other=0)
+    offs_m = offs // N
+    offs_n = offs % N
+    out = _epilogue(acc, 0.0, sa_ptr, sb_ptr, bias_ptr, offs_m, offs_n, mask, mask, stride_sam, stride_sbn,
+                    A_MODE, B_MODE, False, HAS_BIAS)
+    tl.store(c_ptr + offs_m * stride_cm + offs_n * stride_cn, out.to(c_ptr.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------- modes per key
@@ -211,7 +287,7 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
 
     With ``x_scale``, x is taken as already quantized for ``act_key`` (elements and their scales).
     ``config`` is the KernelConfig for this M (block_m, block_n, block_k, group_m, num_warps,
-    num_stages). ``fuse`` forces the fused quantizer on or off (default: by M, see FUSE_MAX_M)."""
+    num_stages, split_k). ``fuse`` forces the fused quantizer on or off (default: by M, see FUSE_MAX_M)."""
     m, k = x.shape
     n = weight.shape[0]
     a_mode = ACT_MODE[act_key]
@@ -239,19 +315,47 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
     sa2 = sa if sa.dim() == 2 else sa.reshape(-1, 1)
     sb2 = weight_scale if weight_scale.dim() == 2 else weight_scale.reshape(-1, 1)
     out = torch.empty((m, n), dtype=torch.bfloat16, device=x.device)
-    grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n),)
+    split = split_slices(k, block_k, config.split_k)
+    dst, dst_strides, sa_out = out, (out.stride(0), out.stride(1), 0), out
+    if split > 1:
+        ws = torch.empty(split * m * n + m, dtype=torch.float32, device=x.device)
+        sa_out = ws[split * m * n:]
+        # int8 partials stay int32 (same bytes): their sum is then exactly the unsplit accumulator
+        dst = (ws.view(torch.int32) if int8 else ws)[: split * m * n]
+        dst_strides = (n, 1, m * n)
+    grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n), split)
     _scaled_mm_kernel[grid](
-        a, weight, out, sa, weight_scale, bias if bias is not None else out,
+        a, weight, dst, sa, weight_scale, bias if bias is not None else out, sa_out,
         m, n, k,
-        a.stride(0), a.stride(1), weight.stride(0), weight.stride(1), out.stride(0), out.stride(1),
+        a.stride(0), a.stride(1), weight.stride(0), weight.stride(1), *dst_strides,
         sa2.stride(0), sa2.stride(1), sb2.stride(0), sb2.stride(1),
         A_MODE=a_mode, B_MODE=b_mode, QUANT_A=quant, INT8=int8, MX=mx,
         GROUP_K=group_k, GROUP_N=group_n, HAS_BIAS=bias is not None, DOT_F32=_interpreted(),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=block_k, GROUP_M=config.group_m,
-        PRO_K=min(512, triton.next_power_of_2(k)),
+        PRO_K=min(512, triton.next_power_of_2(k)), SPLIT_K=split,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
+    if split > 1:
+        fused_scale = quant == Q_DYNAMIC and a_mode in (A_TENSOR, A_ROW)
+        sa_r, stride_sar = (sa_out, 1) if fused_scale else (sa, sa2.stride(0))
+        _split_k_reduce_kernel[(triton.cdiv(m * n, REDUCE_BLOCK),)](
+            dst, out, sa_r, weight_scale, bias if bias is not None else out,
+            m, n, out.stride(0), out.stride(1), stride_sar, sb2.stride(0),
+            A_MODE=a_mode, B_MODE=b_mode, HAS_BIAS=bias is not None, SPLIT_K=split, BLOCK=REDUCE_BLOCK,
+            num_warps=4,
+        )
     return out
+
+
+REDUCE_BLOCK = 1024
+
+
+def split_slices(k: int, block_k: int, split_k: int) -> int:
+    """The number of K slices actually launched: at most one per K tile, and never an empty slice
+    (with T tiles, ceil(T / S) tiles a slice need only ceil(T / ceil(T / S)) slices)."""
+    tiles = triton.cdiv(k, block_k)
+    split = max(1, min(split_k, tiles))
+    return triton.cdiv(tiles, triton.cdiv(tiles, split))
 
 
 def reference(x: torch.Tensor, tensors: dict, weight_key: str, act_key: str,
