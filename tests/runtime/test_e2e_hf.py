@@ -186,6 +186,29 @@ def test_planted_failure_in_an_expert_block_leaves_the_model_untouched(model_nam
     assert "model.layers.1.mlp.experts" in report.swapped and report.bytes_after < report.bytes_before
 
 
+def test_fused_expert_weights_from_the_state(tmp_path):
+    """bf16 expert tensors in ``weights`` replace the model's; pre-quantized ones are refused, naming them."""
+    model = hf.build_model("qwen3-30b-a3b", 1, tiny=True)
+    plan = _compile("scheme:int8", model, tmp_path)
+    experts = model.model.layers[0].mlp.experts
+    name = "model.layers.0.mlp.experts"
+    bad = {f"{name}.gate_up_proj_blocks": torch.zeros(4, 256, 4, 16, dtype=torch.uint8)}
+    with pytest.raises(quantc.QuantcError) as err:
+        quantc.runtime.apply(model, plan, weights=bad, progress=False)
+    (d,) = err.value.diagnostics
+    assert d.code == "QC705" and d.path == name
+    assert f"the weights hold {name}.gate_up_proj_blocks (uint8): pre-quantized expert tensors" in d.message
+    wrong = {f"{name}.down_proj": torch.zeros(4, 128, 64, dtype=torch.bfloat16)}
+    with pytest.raises(quantc.QuantcError, match=r"down_proj in the weights has shape \(4, 128, 64\), the model's "
+                       r"is \(4, 128, 128\)"):
+        quantc.runtime.apply(model, plan, weights=wrong, progress=False)
+    zeros = {f"{name}.down_proj": torch.zeros_like(experts.down_proj)}
+    quantc.runtime.apply(model, plan, weights=zeros, progress=False)
+    ids = torch.tensor([[0, 1], [2, 3]])
+    out = model.model.layers[0].mlp.experts(torch.randn(2, 128).bfloat16(), ids, torch.ones(2, 2))
+    assert torch.equal(out, torch.zeros(2, 128, dtype=torch.bfloat16))
+
+
 def test_plan_for_another_model_is_refused_and_nothing_swapped(tmp_path):
     small = hf.build_model("qwen3-30b-a3b", 2, tiny=True)
     cfg = hf.hf_config("qwen3-30b-a3b", 2, tiny=True)

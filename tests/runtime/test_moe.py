@@ -417,3 +417,21 @@ def test_grouped_gemm_configs_fall_back_to_the_defaults(tmp_path, monkeypatch):
         assert seen[-2] == default_config(t, TOPK, "moe_int8")
     # the defaults are pair buckets: 40 tokens x 2 = 80 pairs is past the first bucket (64 pairs)
     assert seen[-2] == default_buckets("moe_int8", top_k=TOPK)[1][1] != default_buckets("moe_int8")[0][1]
+
+
+def test_moe_under_tensor_parallelism_stays_refused(tmp_path):
+    import quantc.runtime as rt
+    from quantc.diagnostics import QuantcError
+    from quantc.plan import Plan
+
+    model = _tiny_moe()
+    plan = _moe_plan(model, tmp_path)
+    tp2 = Plan(modules=plan.modules, kernels=plan.kernels, target={**plan.target, "tensor_parallel": 2},
+               model=plan.model, sources=plan.sources, summary={}, warnings=[], tuned_on={})
+    with pytest.raises(QuantcError) as err:
+        rt.apply(model, tp2, rank=0, world=2, progress=False)
+    moe = [d for d in err.value.diagnostics if "MoE" in d.message]
+    assert len(moe) == 1 and moe[0].code == "QC707" and moe[0].path == "layers.0.mlp.experts.0.gate_proj"
+    assert "12 MoE expert module(s) are planned under tensor_parallel=2" in moe[0].message
+    assert "tensor_parallel=1" in moe[0].hint
+    assert not any(type(m).__module__.startswith("quantc") for m in model.modules())

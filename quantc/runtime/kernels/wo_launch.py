@@ -1,9 +1,10 @@
 """Registry launchers (``quantc.runtime.registry``) for the weight-only 4-bit GEMMs and the MoE kernel ids.
 
 Dense ids take quantc's quantized tensors (``quantc.runtime.quantize`` names) and keep the buffers
-``data``, ``scale`` and, where the key has them, ``zeros`` / ``global_scale``. MoE ids build a whole
-``QuantMoE`` block (router and experts together), so the per-module launcher path refuses them with
-the reason.
+``data``, ``scale`` and, where the key has them, ``zeros`` / ``global_scale``; ``run`` gets the plan's
+``quantc.plan.KernelConfig`` for the live M (``wo_gemm.WoConfig`` is that class), or None, then the
+shape's defaults. MoE ids run a whole block of experts (``apply`` groups them per ``moe_block``), so
+the per-module launcher path refuses them with the reason.
 """
 
 from __future__ import annotations
@@ -51,14 +52,15 @@ def run(x, buffers, config, weight_key, act_key, bias):
     from . import wo_gemm, wo_mx
 
     w = rebuild(buffers, weight_key)
-    cfg = config or wo_gemm.default_config(x.shape[0], w.n, w.k)
+    cfg = config or wo_gemm.default_config(x.shape[0], w.n, w.k)  # a KernelConfig either way
     out = (wo_mx.launch if act_key == "mxfp8" else wo_gemm.launch)(x, w, cfg)
     return out + bias if bias is not None else out
 
 
 def _moe_per_module(*args, **kwargs):
-    raise ValueError("MoE kernels run a whole MoE block: build quantc.runtime.moe.QuantMoE for it (router and "
-                     "experts together); a single expert linear cannot run on a grouped kernel")
+    raise ValueError("MoE kernels run all experts of a block at once: quantc.runtime.apply prepares one grouped "
+                     "module per moe_block (quantc.runtime.moe_apply), or build quantc.runtime.moe.QuantMoE directly; "
+                     "a single expert linear cannot run on a grouped kernel")
 
 
 def register_all(register) -> None:
