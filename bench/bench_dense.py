@@ -47,8 +47,11 @@ def candidates(kernel: str, m: int) -> list[KernelConfig]:
     bk = 32 if kernel == "mxfp8_gemm_emulated" else 128
     if m <= 16:
         wide = bk * 2 if bk == 128 and kernel != "fp8_block_gemm" else bk
-        return [C(16, 16, wide, 8, 4, 4), C(16, 32, bk, 8, 4, 4), C(16, 32, wide, 8, 4, 5), C(16, 64, wide, 8, 4, 3),
+        base = [C(16, 16, wide, 8, 4, 4), C(16, 32, bk, 8, 4, 4), C(16, 32, wide, 8, 4, 5), C(16, 64, wide, 8, 4, 3),
                 C(16, 64, bk, 8, 4, 4)]
+        # split-K: more programs for the small decode shapes (2-8 K slices, each an fp32 partial)
+        split = [C(16, 32, bk, 8, 4, 4, sk) for sk in (2, 4, 8)] + [C(16, 64, bk, 8, 4, 4, sk) for sk in (2, 4)]
+        return base + split
     if m <= 64:
         return [C(64, 64, bk, 8, 4, 4), C(64, 128, bk, 8, 4, 4), C(32, 64, bk, 8, 4, 4)]
     if m <= 256:
