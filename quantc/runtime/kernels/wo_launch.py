@@ -58,7 +58,7 @@ def run(x, buffers, config, weight_key, act_key, bias):
 
 
 def _moe_per_module(*args, **kwargs):
-    raise ValueError("MoE kernels run all experts of a block at once: quantc.runtime.apply prepares one grouped "
+    raise ValueError("MoE kernels run a whole MoE block: quantc.runtime.apply prepares one grouped "
                      "module per moe_block (quantc.runtime.moe_apply), or build quantc.runtime.moe.QuantMoE directly; "
                      "a single expert linear cannot run on a grouped kernel")
 
