@@ -285,8 +285,10 @@ def apply(model: nn.Module, plan, weights=None, *, rank: int | None = None, worl
     mods = dict(model.named_modules())
     blocks = expert_blocks(plan)
     for block, entries in blocks.items():
+        if block not in mods:
+            continue  # its experts are already reported missing (QC701)
         try:
-            layout(block, mods.get(block), entries)
+            layout(block, mods[block], entries)
         except ValueError as exc:
             diags.append(_err("QC704", str(exc), block, "compile the plan against this model, or keep these experts "
                               "unquantized (moe: none) until the runtime supports their layout"))
