@@ -11,7 +11,10 @@ Steps, all-or-nothing:
    it was and raises ``QuantcError`` with every problem found, each naming its module.
 
 Peak memory: the model plus the quantized copies of all swapped modules (8-bit weights add about half
-of the bf16 bytes); the bf16 weights are released when the swapped-out modules are.
+of the bf16 bytes); the bf16 weights are released when the swapped-out modules are. A model on the
+meta device holds no bf16 weights: ``weights`` is read lazily (safetensors ``safe_open``), one module's
+tensors at a time, so the peak is the quantized modules plus the largest single module in bf16, and
+the unquantized rest (embeddings, norms, lm_head) is filled tensor by tensor after the swap.
 
 Diagnostic codes: QC701 model/plan mismatch, QC702 GPU mismatch, QC703 weights, QC704 no runtime for a
 planned kernel or MoE experts layout, QC705 a module failed to prepare, QC706 kv_cache not applied (warning),
@@ -129,21 +132,49 @@ def check_model(model: nn.Module, plan, world: int = 1) -> list[Diagnostic]:
 
 # ---------------------------------------------------------------------------- weights
 
+_META_TARGET = {"device": None}  # where a meta-device model is filled (set by apply for its duration)
 
-def _load_weights(weights) -> dict[str, torch.Tensor] | None:
-    if weights is None or isinstance(weights, dict):
+
+def _target_device(mod: nn.Module) -> torch.device:
+    w = getattr(mod, "weight", None)
+    if isinstance(w, torch.Tensor) and not w.is_meta:
+        return w.device
+    return _META_TARGET["device"] or torch.device("cpu")
+
+
+def _meta_fills(model: nn.Module, covered: set[str], state) -> tuple[list[tuple[nn.Module, str, str, bool]], list[str]]:
+    """Parameters and buffers still on the meta device outside the swapped modules: (owner, attribute,
+    checkpoint name, is_parameter) for each, and the names the weights lack."""
+    fills, missing = [], []
+    for name, module in model.named_modules():
+        if any(name == c or name.startswith(c + ".") for c in covered):
+            continue
+        for attr, t in list(module._parameters.items()) + list(module._buffers.items()):
+            if t is None or not t.is_meta:
+                continue
+            full = f"{name}.{attr}" if name else attr
+            if state is None or full not in state:
+                missing.append(full)
+            else:
+                fills.append((module, attr, full, attr in module._parameters))
+    return fills, missing
+
+
+def _load_weights(weights):
+    """A lazy ``WeightSource`` over a state dict, a .safetensors file or a checkpoint directory."""
+    from .weights import WeightSource
+
+    if weights is None:
+        return None
+    if isinstance(weights, WeightSource):
         return weights
-    from safetensors.torch import load_file
-
-    path = Path(weights)
-    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
-    if not files or not all(f.is_file() for f in files):
-        raise QuantcError([_err("QC703", f"no safetensors weights at {path}", None,
-                                "pass a state dict, a .safetensors file or a checkpoint directory")])
-    out: dict[str, torch.Tensor] = {}
-    for f in files:
-        out.update(load_file(str(f)))
-    return out
+    if isinstance(weights, dict):
+        return WeightSource(tensors=weights)
+    try:
+        return WeightSource.from_path(weights)
+    except FileNotFoundError:
+        raise QuantcError([_err("QC703", f"no safetensors weights at {weights}", None,
+                                "pass a state dict, a .safetensors file or a checkpoint directory")]) from None
 
 
 def _check_prequantized(key: str, given: dict, want: dict) -> dict[str, torch.Tensor]:
@@ -183,12 +214,12 @@ def module_tensors(mp, mod: nn.Module, state: dict | None, rank: int = 0, world:
     return {n: shard_tensor(t, mp, full_n, full_k, rank, world) for n, t in whole.items()}
 
 
-def _module_tensors(mp, mod: nn.Module, state: dict | None, n: int, k: int, quantize: bool = True) -> dict[str, torch.Tensor]:
-    prefix = mp.name + "."
-    given = {n[len(prefix):]: t for n, t in (state or {}).items() if n.startswith(prefix) and "." not in n[len(prefix):]}
-    device = mod.weight.device
-    given = {n: t.to(device) for n, t in given.items()}
+def _module_tensors(mp, mod: nn.Module, state, n: int, k: int, quantize: bool = True) -> dict[str, torch.Tensor]:
+    device = _target_device(mod)
+    given = {name: t.to(device) for name, t in (state.under(mp.name) if state is not None else {}).items()}
     w = given.get("weight")
+    if w is None and mod.weight.is_meta and not (given.keys() - {"input_scale", "bias"}):
+        raise ValueError(f"the model is on the meta device and the weights hold no {mp.name}.weight")
     if mp.weight == "none":
         return {"weight": (w if w is not None else mod.weight.detach()).to(torch.bfloat16)}
     want = Q.tensor_specs(mp.weight, n, k)
@@ -203,6 +234,8 @@ def _module_tensors(mp, mod: nn.Module, state: dict | None, n: int, k: int, quan
         out = _check_prequantized(mp.weight, given, want)
     if "input_scale" in given:
         out["input_scale"] = given["input_scale"]
+    if "bias" in given:
+        out["bias"] = given["bias"]
     if mp.activation == "fp8_static_per_tensor" and "input_scale" not in out:
         raise ValueError("fp8_static_per_tensor needs the checkpoint's input_scale, and none was given")
     return out
@@ -244,9 +277,22 @@ _TABLED = {"fp8_scaled_gemm", "fp8_block_gemm", "int8_gemm", "mxfp8_gemm_emulate
 
 
 def apply(model: nn.Module, plan, weights=None, *, rank: int | None = None, world: int | None = None,
-          progress: bool = True) -> ApplyReport:
-    """Quantize ``model`` in place as ``plan`` says; returns an ``ApplyReport``. See the module doc."""
+          progress: bool = True, device=None) -> ApplyReport:
+    """Quantize ``model`` in place as ``plan`` says; returns an ``ApplyReport``. See the module doc.
+
+    A model whose parameters are on the meta device is filled from ``weights`` module by module, on
+    ``device`` (default: the current CUDA device, else the CPU)."""
     diags: list[Diagnostic] = []
+    on_meta = any(p.is_meta for p in model.parameters())
+    _META_TARGET["device"] = torch.device(device) if device is not None else (
+        torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
+    try:
+        return _apply(model, plan, weights, rank, world, progress, diags, on_meta)
+    finally:
+        _META_TARGET["device"] = None
+
+
+def _apply(model, plan, weights, rank, world, progress, diags, on_meta) -> ApplyReport:
     warnings: list[Diagnostic] = []
     tp = int(plan.target.get("tensor_parallel", 1) or 1)
     world_n = world or 1
@@ -268,6 +314,11 @@ def apply(model: nn.Module, plan, weights=None, *, rank: int | None = None, worl
     diags += check_model(model, plan, world_n)
     first = next((p for p in model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
+    if on_meta:
+        device = _META_TARGET["device"]
+        if weights is None:
+            diags.append(_err("QC703", "the model is on the meta device and no weights were given", None,
+                              "pass weights= (a state dict, a .safetensors file or a checkpoint directory)"))
     gpu_diags, notes = check_gpu(plan, device)
     diags += gpu_diags
     todo = []
@@ -326,11 +377,26 @@ def apply(model: nn.Module, plan, weights=None, *, rank: int | None = None, worl
                 before += _nbytes([p for p in mods[name].parameters()] + list(mods[name].buffers()))
                 after += _nbytes(list(new.buffers()) + list(new.parameters()))
             bar.advance(task)
+    fills = []
+    if on_meta:  # every other meta tensor must come from the weights too, or nothing is swapped
+        fills, missing = _meta_fills(model, set(prepared), state)
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            diags.append(_err("QC703", f"the model is on the meta device and the weights lack {len(missing)} tensor(s): "
+                              f"{shown}", missing[0], "pass the full checkpoint; non-persistent buffers (rotary "
+                              "inv_freq) must be real: build with parameters on meta only"))
     if diags:
         raise QuantcError(diags + warnings)  # nothing was swapped
     for name, new in prepared.items():
         parent_name, _, child = name.rpartition(".")
         setattr(mods[parent_name] if parent_name else model, child, new)
+    for module, attr, full, is_param in fills:  # module by module: one tensor read at a time
+        t = state[full].to(_META_TARGET["device"])
+        if is_param:
+            old = module._parameters[attr]
+            module._parameters[attr] = nn.Parameter(t.to(old.dtype), requires_grad=old.requires_grad)
+        else:
+            module._buffers[attr] = t
     kept = tuple(mp.name for mp in plan.modules if mp.name not in covered and mp.kind not in ("kv_cache",))
     return ApplyReport(tuple(prepared), kept, before, after, tuple(notes), tuple(warnings))
 

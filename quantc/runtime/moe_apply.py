@@ -137,7 +137,7 @@ def _state_tensors(state: dict | None, block: str, sources: dict[str, torch.Tens
     model's parameters (``sources``: full name -> live tensor). Pre-quantized expert tensors are refused
     (this runtime quantizes experts from high-precision weights)."""
     prefix = block + "."
-    given = {n: t for n, t in (state or {}).items() if n.startswith(prefix)}
+    given = {n: state[n] for n in (state if state is not None else ()) if n.startswith(prefix)}
     out = {}
     for n, t in sorted(given.items()):
         live = sources.get(n)
@@ -147,7 +147,12 @@ def _state_tensors(state: dict | None, block: str, sources: dict[str, torch.Tens
                              "bf16 checkpoint into the model and pass no expert tensors")
         if tuple(t.shape) != tuple(live.shape):
             raise ValueError(f"{n} in the weights has shape {tuple(t.shape)}, the model's is {tuple(live.shape)}")
-        out[n] = t.to(live.device)
+        if live.is_meta:  # a meta-device model is filled where apply() puts it
+            from .apply_plan import _META_TARGET
+
+            out[n] = t.to(_META_TARGET["device"] or "cpu")
+        else:
+            out[n] = t.to(live.device)
     return out
 
 
