@@ -129,12 +129,26 @@ def _has_top_level_alternation(regex: str) -> bool:
     return False
 
 
+def _covers_descendants(text: str) -> bool:
+    """True when matching an ancestor implies matching every name under it: the pattern ends in an
+    unrestricted ``.*`` (a glob's trailing ``*``), which absorbs the rest of any longer name. Then the
+    module's own name alone decides, and its ancestors need not be tried."""
+    if not text.startswith("re:"):
+        return text.endswith("*") and not text.endswith("[*]")
+    regex = text[3:]
+    if not regex.endswith(".*") or _has_top_level_alternation(regex):
+        return False
+    backslashes = len(regex[:-2]) - len(regex[:-2].rstrip("\\"))
+    return backslashes % 2 == 0  # `\.*` is a literal dot repeated, not "anything"
+
+
 @dataclass(frozen=True)
 class CompiledPattern:
     text: str
     fullmatch: Callable[[str], object]
     shape_safe: bool
     prefix: str = ""
+    covers_descendants: bool = False
 
 
 def compile_pattern(text: str) -> CompiledPattern:
@@ -142,9 +156,11 @@ def compile_pattern(text: str) -> CompiledPattern:
     if text.startswith("re:"):
         regex = text[3:]
         compiled = re.compile(regex)
-        return CompiledPattern(text, compiled.fullmatch, _regex_is_shape_safe(regex), literal_prefix(text))
+        return CompiledPattern(text, compiled.fullmatch, _regex_is_shape_safe(regex), literal_prefix(text),
+                               _covers_descendants(text))
     compiled = re.compile(fnmatch.translate(text))
-    return CompiledPattern(text, compiled.match, _glob_is_shape_safe(text), literal_prefix(text))
+    return CompiledPattern(text, compiled.match, _glob_is_shape_safe(text), literal_prefix(text),
+                           _covers_descendants(text))
 
 
 class PatternSet:
@@ -168,11 +184,16 @@ class PatternSet:
             cache = self._by_string[i]
             hit = cache.get("\0" + key)
             if hit is None:
-                hit = any(pattern.fullmatch(a) is not None for a in ancestors_and_self(key))
+                if pattern.covers_descendants:
+                    hit = pattern.fullmatch(key) is not None
+                else:
+                    hit = any(pattern.fullmatch(a) is not None for a in ancestors_and_self(key))
                 cache["\0" + key] = hit
             return hit
         if not name.startswith(pattern.prefix):
             return False
+        if pattern.covers_descendants:
+            return pattern.fullmatch(name) is not None
         return any(self._matches_string(i, a) for a in ancestors_and_self(name))
 
     def matching(self, name: str) -> list[int]:

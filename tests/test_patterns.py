@@ -67,6 +67,8 @@ _PATTERNS = [
     # literal-prefix pruning must never change an answer
     "re:model\\.layers\\.1\\..*", "re:mo\\(|lm_head", "re:model[(]|lm_head", "re:model[|]x|lm_head",
     "re:mlp.*|model\\.layers\\.0.*", "re:model\\.layers\\.7?.*", "re:(model|lm)_?.*", "model.layers.1?",
+    # a trailing `.*` / `*` lets the name alone decide (its ancestors are not tried)
+    "re:lm_head|model\\.layers\\.1.*", "re:(lm|model)\\.l.*", "re:model\\.*", "model.*.mlp*", "re:.*\\.1\\..*",
 ]
 
 
