@@ -35,6 +35,7 @@ from quantc.diagnostics import Diagnostic, QuantcError, Span
 from . import quantize as Q
 from .modules import QuantLinear
 from .moe_apply import expert_blocks, layout, prepare_block
+from .prequantized import PermutedQuantLinear, checkpoint_tensors, is_prequantized
 from .registry import LAUNCHERS
 from .tables import WEIGHT_ONLY_4BIT, default_buckets
 
@@ -178,21 +179,9 @@ def _load_weights(weights):
 
 
 def _check_prequantized(key: str, given: dict, want: dict) -> dict[str, torch.Tensor]:
-    missing = [n for n in want if n not in given]
-    if missing:
-        raise ValueError(f"pre-quantized {key} weights lack {', '.join(missing)} (found {', '.join(sorted(given))})")
-    out = {}
-    for n, (dtype, shape) in want.items():
-        t = given[n]
-        shape_ok = t.numel() == (torch.Size(shape).numel()) and (len(shape) < 2 or t.shape[0] == shape[0])
-        # scales stored as bf16/fp16 where fp32 is planned are widened exactly; elements must match
-        dtype_ok = t.dtype == dtype or (dtype == torch.float32 and t.is_floating_point() and t.element_size() >= 2)
-        if not (shape_ok and dtype_ok):
-            have = f"{str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}"
-            need = f"{str(dtype).removeprefix('torch.')} {shape}"
-            raise ValueError(f"{n} is {have}, {key} needs {need}")
-        out[n] = t.to(dtype).reshape(shape)
-    return out
+    from .prequantized import check_native
+
+    return check_native(key, given, want)
 
 
 def module_tensors(mp, mod: nn.Module, state: dict | None, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
@@ -206,12 +195,19 @@ def module_tensors(mp, mod: nn.Module, state: dict | None, rank: int = 0, world:
     full_n, full_k = global_shape(mp, world)
     whole = _module_tensors(mp, mod, state, full_n, full_k, quantize=needs_whole_quantization(mp.weight)
                             if mp.weight != "none" else True)
+    if "k_perm" in whole and mp.tp_split == "row":
+        raise ValueError("act-order weights (g_idx) permute K across the row-parallel shards; apply this plan "
+                         "with tensor_parallel=1, or use a checkpoint without act-order")
+    k_perm = whole.pop("k_perm", None)
     if "__bf16_shard__" in whole:  # online quantization of the shard alone
         w = shard_tensor(whole.pop("__bf16_shard__"), mp, full_n, full_k, rank, world)
         out = Q.quantize_weight(w, mp.weight)
         out.update({n: t for n, t in whole.items() if n == "input_scale"})
         return out
-    return {n: shard_tensor(t, mp, full_n, full_k, rank, world) for n, t in whole.items()}
+    out = {n: shard_tensor(t, mp, full_n, full_k, rank, world) for n, t in whole.items()}
+    if k_perm is not None:  # column-parallel: every rank reads the whole input, permuted the same way
+        out["k_perm"] = k_perm
+    return out
 
 
 def _module_tensors(mp, mod: nn.Module, state, n: int, k: int, quantize: bool = True) -> dict[str, torch.Tensor]:
@@ -222,16 +218,11 @@ def _module_tensors(mp, mod: nn.Module, state, n: int, k: int, quantize: bool = 
         raise ValueError(f"the model is on the meta device and the weights hold no {mp.name}.weight")
     if mp.weight == "none":
         return {"weight": (w if w is not None else mod.weight.detach()).to(torch.bfloat16)}
-    want = Q.tensor_specs(mp.weight, n, k)
-    bf16 = w if (w is not None and w.is_floating_point() and w.element_size() >= 2) else None
-    if bf16 is None and not (given.keys() - {"input_scale", "bias"}):
-        bf16 = mod.weight.detach()
-    if bf16 is not None and not quantize:
-        out = {"__bf16_shard__": bf16}
-    elif bf16 is not None:
-        out = Q.quantize_weight(bf16, mp.weight)  # a bf16 checkpoint or the model's own weight: online
+    if is_prequantized(given):  # in a checkpoint format's own names: detected, converted, checked
+        out = checkpoint_tensors(given, mp.weight, n, k)
     else:
-        out = _check_prequantized(mp.weight, given, want)
+        bf16 = w if w is not None else mod.weight.detach()  # a bf16 checkpoint or the model's own weight
+        out = {"__bf16_shard__": bf16} if not quantize else Q.quantize_weight(bf16, mp.weight)
     if "input_scale" in given:
         out["input_scale"] = given["input_scale"]
     if "bias" in given:
@@ -255,6 +246,7 @@ def _prepare(mp, mod, state, plan, rank: int = 0, world: int = 1) -> nn.Module:
     from .parallel import ShardedLinear, is_split
 
     tensors = module_tensors(mp, mod, state, rank, world)
+    k_perm = tensors.pop("k_perm", None)
     launcher = LAUNCHERS[mp.kernel]
     entry = plan.kernels.get(mp.kernel_entry) if mp.kernel_entry else None
     if launcher.make_module is not None:
@@ -263,8 +255,14 @@ def _prepare(mp, mod, state, plan, rank: int = 0, world: int = 1) -> nn.Module:
     buckets = entry.buckets if entry is not None else default_buckets(mp.kernel, mp.n, mp.k)
     bias = getattr(mod, "bias", None)
     split = is_split(mp, world)
-    inner = QuantLinear(mp.name, mp.kernel, mp.weight, mp.activation, mp.n, mp.k, buffers,
-                        None if (bias is None or split) else bias.detach(), buckets if mp.kernel in _TABLED else ())
+    args = (mp.name, mp.kernel, mp.weight, mp.activation, mp.n, mp.k, buffers,
+            None if (bias is None or split) else bias.detach(), buckets if mp.kernel in _TABLED else ())
+    if k_perm is not None and launcher.make_module is None and mp.kernel in WEIGHT_ONLY_4BIT:
+        inner = PermutedQuantLinear(args, k_perm)
+    elif k_perm is not None:
+        raise ValueError(f"act-order weights (g_idx) need a 4-bit weight-only kernel, the plan has {mp.kernel}")
+    else:
+        inner = QuantLinear(*args)
     if not split:
         return inner
     return ShardedLinear(inner, mp.tp_split, rank, world, mp.k, bias)

@@ -91,20 +91,26 @@ def gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, grou
     zeros = unpack_int32(qzeros, 1).to(torch.int32)      # (groups, N)
     if zeros_minus_one:
         zeros = (zeros + 1) & 0xF
-    perm = None
-    if g_idx is not None:
-        _expect("g_idx", g_idx, (k,))
-        g_idx = g_idx.to(torch.int64)
-        if not torch.equal(g_idx, torch.arange(k, device=g_idx.device) // group):
-            counts = torch.bincount(g_idx, minlength=ng)
-            if counts.numel() != ng or (counts != group).any():
-                raise LayoutError(f"g_idx: every group must hold exactly {group} input rows (group_size), "
-                                  f"found counts {sorted(set(counts.tolist()))}")
-            perm = torch.argsort(g_idx, stable=True)
-            codes = codes[perm]
+    perm = None if g_idx is None else act_order_perm(g_idx, group, k, ng)
+    if perm is not None:
+        codes = codes[perm]
     if ng * group != k:
         raise LayoutError(f"scales: {ng} groups of {group} do not cover K = {k}")
     return _int4(codes.T, scales.T, zeros.T, group, perm)
+
+
+def act_order_perm(g_idx: torch.Tensor, group: int, k: int, groups: int, name: str = "g_idx") -> torch.Tensor | None:
+    """The permutation of K that makes act-order groups contiguous (None when ``g_idx`` is already
+    ``arange(K) // group``): the weight's K is reordered by it at load, and the layer's input too."""
+    _expect(name, g_idx, (k,))
+    g_idx = g_idx.to(torch.int64)
+    if torch.equal(g_idx, torch.arange(k, device=g_idx.device) // group):
+        return None
+    counts = torch.bincount(g_idx.clamp_min(0), minlength=groups)
+    if g_idx.min() < 0 or counts.numel() != groups or (counts != group).any():
+        raise LayoutError(f"{name}: every group must hold exactly {group} input rows (group_size), "
+                          f"found counts {sorted(set(counts.tolist()))}")
+    return torch.argsort(g_idx, stable=True)
 
 
 def gpt_oss_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, deinterleave: bool = False) -> WoWeight:

@@ -47,6 +47,12 @@ def is_gpt_oss(mod: nn.Module) -> bool:
     return hasattr(mod, "alpha") and hasattr(mod, "limit") and hasattr(mod, "gate_up_proj_bias")
 
 
+def is_interleaved(mod: nn.Module) -> bool:
+    """gate/up rows interleaved (gpt-oss) rather than [gate; up]. transformers' use_experts_implementation
+    records the layout on the module; older classes without the flags are gpt-oss or the default."""
+    return not getattr(mod, "is_concatenated", not is_gpt_oss(mod))
+
+
 def expert_weights(mod: nn.Module, gate_up, down, tensors: dict | None = None) -> tuple[
         torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(w13 (E, 2I, H), w2 (E, H, I), b13, b2) in quantc's layout from a transformers experts module;
@@ -56,11 +62,9 @@ def expert_weights(mod: nn.Module, gate_up, down, tensors: dict | None = None) -
     def get(name):
         return (tensors or {}).get(name, getattr(mod, name, None))
 
-    # transformers' use_experts_implementation records the layout on the module; older classes
-    # without the flags are gpt-oss (transposed, interleaved, biased) or the (E, out, in) default
     gpt = is_gpt_oss(mod)
     transposed = getattr(mod, "is_transposed", gpt)
-    interleaved = not getattr(mod, "is_concatenated", not gpt)
+    interleaved = is_interleaved(mod)
     w13, w2 = get("gate_up_proj").detach(), get("down_proj").detach()
     b13 = get("gate_up_proj_bias") if getattr(mod, "has_bias", gpt) else None
     b2 = get("down_proj_bias") if b13 is not None else None
@@ -100,16 +104,25 @@ def _top_k(mod: nn.Module) -> int:
     return int(k)
 
 
-def prepare_experts(name: str, mod: nn.Module, gate_up, down, tables=None, tensors: dict | None = None) -> QuantExperts:
+def prepare_experts(name: str, mod: nn.Module, gate_up, down, tables=None, tensors: dict | None = None,
+                    prequantized: tuple | None = None) -> QuantExperts:
     """A ``QuantExperts`` for one fused experts module. ``tables``: (gate_up buckets, down buckets), the
-    plan's kernel-table entries (None, or None for one of them: the kernel's defaults)."""
+    plan's kernel-table entries (None, or None for one of them: the kernel's defaults). ``prequantized``:
+    (w13, w2 ``WoWeight``s in quantc's layout, b13, b2) loaded from a checkpoint, used as they are."""
     if gate_up.weight != down.weight or gate_up.activation != down.activation or gate_up.kernel != down.kernel:
         raise ValueError("the experts of one MoE layer share one scheme; the plan gives gate_up_proj "
                          f"{gate_up.weight}/{gate_up.activation} and down_proj {down.weight}/{down.activation}")
-    w13, w2, b13, b2 = expert_weights(mod, gate_up, down, tensors)
-    moe = QuantMoE(gate_up.kernel, wf.quantize(w13, gate_up.weight), wf.quantize(w2, down.weight),
+    if prequantized is not None:
+        q13, q2, b13, b2 = prequantized
+        if is_gpt_oss(mod) and (mod.alpha, mod.limit) != (mg.GPT_OSS_ALPHA, mg.GPT_OSS_LIMIT):
+            raise ValueError(f"gpt-oss SwiGLU alpha={mod.alpha}, limit={mod.limit}; the kernel has "
+                             f"alpha={mg.GPT_OSS_ALPHA}, limit={mg.GPT_OSS_LIMIT}")
+    else:
+        w13, w2, b13, b2 = expert_weights(mod, gate_up, down, tensors)
+        q13, q2 = wf.quantize(w13, gate_up.weight), wf.quantize(w2, down.weight)
+    moe = QuantMoE(gate_up.kernel, q13, q2,
                    # routing stays in the model's own router module; QuantMoE's router weight is unused
-                   torch.zeros(w13.shape[0], 1, device=w13.device), top_k=_top_k(mod), activation=_activation(mod),
+                   torch.zeros(q13.num_experts, 1, device=q13.data.device), top_k=_top_k(mod), activation=_activation(mod),
                    act_key=gate_up.activation, gate_up_bias=None if b13 is None else b13.to(torch.bfloat16),
                    down_bias=None if b2 is None else b2.to(torch.bfloat16), tables=tables)
     return QuantExperts(name, moe)

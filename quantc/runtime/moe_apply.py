@@ -11,6 +11,13 @@ Two layouts of a block ``<b>`` are supported:
   ``w2``); replaced by ``QuantExpertList``: the E experts' weights stacked once, and ``experts[e](x)``
   runs expert e on the grouped kernel, so the block's own routing loop keeps working unchanged.
 
+Pre-quantized experts in ``weights`` are loaded without dequantizing: gpt-oss MXFP4
+``<b>.gate_up_proj_blocks`` / ``_scales`` / ``down_proj_blocks`` / ``_scales`` (+ biases) for a fused
+module, and per-expert tensors ``<b>.{e}.gate_proj.weight`` + scales in any dense checkpoint layout
+(``prequantized.LAYOUTS``: fp8 ``weight_scale_inv`` blocks for DeepSeek-V3 / Qwen3-FP8, AWQ, GPTQ,
+compressed-tensors, ModelOpt) for either layout of the block: each expert's gate and up are converted
+and stacked as [gate; up] rows. A block's pre-quantized tensors must cover every expert.
+
 Anything else is a QC704 that names the block and these layouts. Each GEMM takes its KernelConfig
 from the plan's table entry of its module (gate_up: ``gate_up_proj`` / ``gate_proj``; down:
 ``down_proj``) for the live token count, or ``tables.default_buckets`` where the plan has none.
@@ -21,9 +28,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .hf_moe import _activation, prepare_experts
+import re
+
+from . import checkpoint_layouts as cl
+from . import quantize as Q
+from .hf_moe import _activation, is_interleaved, prepare_experts
 from .kernels import wo_format as wf
 from .moe import MOE_KERNELS, QuantMoE
+from .prequantized import checkpoint_tensors, is_prequantized
 
 FUSED_PARAMS = ("gate_up_proj", "down_proj")
 PER_EXPERT_LEAVES = (("gate_proj", "up_proj", "down_proj"), ("w1", "w3", "w2"))  # (gate, up, down)
@@ -156,15 +168,185 @@ def _state_tensors(state: dict | None, block: str, sources: dict[str, torch.Tens
     return out
 
 
+# ---------------------------------------------------------------------------- pre-quantized experts
+
+GPT_OSS_TENSORS = ("gate_up_proj_blocks", "gate_up_proj_scales", "down_proj_blocks", "down_proj_scales")
+_PER_EXPERT = re.compile(r"(\d+)\.(" + "|".join(sorted({x for ls in PER_EXPERT_LEAVES for x in ls})) + r")\.(\w+)")
+
+
+def _block_state(state, block: str) -> dict[str, torch.Tensor]:
+    """The weights' tensors under ``block``, by name relative to it."""
+    if state is None:
+        return {}
+    prefix = block + "."
+    return {n[len(prefix):]: state[n] for n in state if n.startswith(prefix)}
+
+
+def _target(t: torch.Tensor, like: torch.Tensor | None) -> torch.Tensor:
+    if like is None or like.is_meta:  # a meta-device model is filled where apply() puts it
+        from .apply_plan import _META_TARGET
+
+        return t.to(_META_TARGET["device"] or "cpu")
+    return t.to(like.device)
+
+
+def _deinterleave(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else torch.cat([t[:, 0::2], t[:, 1::2]], 1)
+
+
+def _gpt_oss_experts(block: str, mod: nn.Module, rel: dict, gu, dn):
+    """gpt-oss MXFP4 expert tensors -> (w13, w2, b13, b2) in quantc's layout, never dequantized."""
+    found = sorted(n for n in rel if n in GPT_OSS_TENSORS)
+    if gu.weight != "mxfp4":
+        t = rel[found[0]]
+        raise ValueError(f"the weights hold {block}.{found[0]} ({str(t.dtype).removeprefix('torch.')}): pre-quantized "
+                         f"expert tensors in gpt-oss's MXFP4 layout, but the plan stores these experts as {gu.weight}; "
+                         "compile against the checkpoint's quantization_config (quant_method mxfp4)")
+    missing = [f"{block}.{n}" for n in GPT_OSS_TENSORS if n not in rel]
+    if missing:
+        raise ValueError(f"gpt-oss MXFP4 experts: the weights lack {', '.join(missing)}")
+    like = getattr(mod, "gate_up_proj", None)
+    inter = is_interleaved(mod)
+    try:
+        w13 = cl.gpt_oss_mxfp4(*(_target(rel[n], like) for n in GPT_OSS_TENSORS[:2]), deinterleave=inter)
+        w2 = cl.gpt_oss_mxfp4(*(_target(rel[n], like) for n in GPT_OSS_TENSORS[2:]))
+    except cl.LayoutError as exc:
+        raise ValueError(f"gpt-oss MXFP4 experts: {exc}") from None
+    for what, w, mp in (("gate_up_proj", w13, gu), ("down_proj", w2, dn)):
+        if (w.n, w.k) != (mp.n, mp.k) or w.num_experts != w13.num_experts:
+            raise ValueError(f"gpt-oss MXFP4 experts: {what}_blocks hold {w.num_experts} experts of (N, K) = "
+                             f"({w.n}, {w.k}), the plan says ({mp.n}, {mp.k})")
+
+    def bias(name):
+        t = rel.get(name, getattr(mod, name, None))
+        return None if t is None else _target(t.detach(), like).to(torch.bfloat16)
+
+    b13, b2 = bias("gate_up_proj_bias"), bias("down_proj_bias")
+    return w13, w2, (_deinterleave(b13) if inter else b13), b2
+
+
+def _expert_part(block: str, e: int, leaf: str, given: dict, key: str, n: int, k: int, fallback) -> dict:
+    """One expert linear's quantc tensors: converted from the weights, or quantized from ``fallback``
+    (the model's own bf16 weight of a ModuleList expert) where the weights hold none."""
+    name = f"{block}.{e}.{leaf}"
+    if not given:
+        if fallback is None or fallback.is_meta:
+            raise ValueError(f"the weights hold pre-quantized experts of this block but lack {name}; every "
+                             "expert of one MoE layer comes from the checkpoint")
+        out = Q.quantize_weight(fallback.detach(), key)
+    elif is_prequantized(given):
+        try:
+            out = checkpoint_tensors(given, key, n, k)
+        except ValueError as exc:
+            first = sorted(given)[0]
+            raise ValueError(f"the weights hold {name}.{first} ({str(given[first].dtype).removeprefix('torch.')}): "
+                             f"pre-quantized expert tensors are not loaded by this runtime unless they form a layout "
+                             f"of the planned {key}: {exc}") from None
+        if "k_perm" in out:
+            raise ValueError(f"{name}: act-order expert weights (g_idx) are not supported by the grouped kernels")
+    else:
+        out = Q.quantize_weight(given["weight"], key)
+        if "bias" in given:
+            out["bias"] = given["bias"]
+    if key in ("fp8_per_tensor",):  # per-row scales, so that gate and up can share one tensor
+        out["weight_scale"] = out["weight_scale"].float().reshape(1, 1).expand(n, 1)
+    return out
+
+
+def _gate_up(gate: dict, up: dict, key: str, inter: int, name: str) -> dict:
+    if key == "fp8_block_128x128" and inter % 128:
+        raise ValueError(f"{name}: gate and up of {inter} rows cannot share 128x128 weight blocks (a ragged block "
+                         "would sit between them); this layout needs the expert width to be a multiple of 128")
+    out = {}
+    for n in gate:
+        if n == "weight_scale_2":
+            if not torch.equal(gate[n].float(), up[n].float()):
+                raise ValueError(f"{name}: gate_proj and up_proj have different nvfp4 global scales "
+                                 f"({gate[n].item()} and {up[n].item()}); the grouped kernel takes one per expert")
+            out[n] = gate[n].float().reshape(())
+        elif n != "input_scale":
+            out[n] = torch.cat([gate[n], up[n]], 0)
+    return out
+
+
+def _per_expert_prequantized(block: str, count: int, leaves: tuple, gu, dn, state, fallbacks=None):
+    """Per-expert checkpoint tensors ``<block>.{e}.<leaf>.*`` -> (w13, w2, b13, b2) WoWeights, stacked."""
+    key, inter, hidden = gu.weight, dn.k, dn.n
+    gate, up, down = leaves
+    w13s, w2s = [], []
+    under = state.under if hasattr(state, "under") else (
+        lambda m: {n[len(m) + 1:]: t for n, t in state.items() if n.rpartition(".")[0] == m})
+    for e in range(count):
+        parts = {}
+        for leaf, (n, k) in ((gate, (inter, hidden)), (up, (inter, hidden)), (down, (hidden, inter))):
+            given = under(f"{block}.{e}.{leaf}")
+            fb = None if fallbacks is None else fallbacks(e, leaf)
+            parts[leaf] = _expert_part(block, e, leaf, given, key, n, k, fb)
+            if fb is not None:
+                parts[leaf] = {n_: t.to(fb.device) for n_, t in parts[leaf].items()}
+        w13s.append(_gate_up(parts[gate], parts[up], key, inter, f"{block}.{e}"))
+        w2s.append({n: t for n, t in parts[down].items() if n != "input_scale"})
+
+    def stack(ts: list[dict], name: str):
+        present = [t.get(name) for t in ts]
+        if all(t is None for t in present):
+            return None
+        if any(t is None for t in present):
+            raise ValueError(f"{block}: some experts have a {name} and others not")
+        return torch.stack(present)
+
+    out = []
+    for ts, (n, k) in ((w13s, (2 * inter, hidden)), (w2s, (hidden, inter))):
+        tensors = {name: stack(ts, name) for name in ts[0] if name != "bias"}
+        out.append(wf.from_tensors(key, tensors, n, k))
+    b13 = stack(w13s, "bias")
+    b2 = stack(w2s, "bias")
+    return out[0], out[1], None if b13 is None else b13.to(torch.bfloat16), None if b2 is None else b2.to(torch.bfloat16)
+
+
+def _fused_prequantized(block: str, mod: nn.Module, rel: dict, gu, dn):
+    """None where the weights hold no pre-quantized experts for this fused module."""
+    if any(n in GPT_OSS_TENSORS for n in rel):
+        return _gpt_oss_experts(block, mod, rel, gu, dn)
+    per = [n for n in rel if _PER_EXPERT.fullmatch(n)]
+    if not per:
+        return None
+    found_leaves = {_PER_EXPERT.fullmatch(n).group(2) for n in per}
+    leaves = next((ls for ls in PER_EXPERT_LEAVES if found_leaves <= set(ls)), None)
+    if leaves is None:
+        raise ValueError(f"the weights name the experts of {block} with {', '.join(sorted(found_leaves))}; "
+                         f"expected one of {' / '.join('/'.join(ls) for ls in PER_EXPERT_LEAVES)}")
+    count = mod.gate_up_proj.shape[0]
+    like = mod.gate_up_proj
+    w13, w2, b13, b2 = _per_expert_prequantized(block, count, leaves, gu, dn, _Moved(rel, block, like))
+    return w13, w2, b13, b2
+
+
+class _Moved:
+    """``state.under`` over a block's relative tensors, moved to the model's device."""
+
+    def __init__(self, rel: dict, block: str, like: torch.Tensor):
+        self.rel, self.block, self.like = rel, block, like
+
+    def under(self, module: str) -> dict:
+        prefix = module[len(self.block) + 1:] + "."
+        return {n[len(prefix):]: _target(t, self.like) for n, t in self.rel.items()
+                if n.startswith(prefix) and "." not in n[len(prefix):]}
+
+
 def _prepare_fused(block: str, mod: nn.Module, entries: list, plan, state) -> nn.Module:
     by_param = {mp.name.rpartition(".")[2]: mp for mp in entries}
     if set(by_param) != set(FUSED_PARAMS):
         raise ValueError(f"the plan has only {', '.join(sorted(by_param))} of this experts module")
     _scheme(entries)
+    gu, dn = by_param["gate_up_proj"], by_param["down_proj"]
+    rel = _block_state(state, block)
+    pre = _fused_prequantized(block, mod, rel, gu, dn)
+    if pre is not None:
+        return prepare_experts(block, mod, gu, dn, tables=_tables(plan, gu, dn), prequantized=pre)
     params = ("gate_up_proj", "down_proj", "gate_up_proj_bias", "down_proj_bias")
     sources = {f"{block}.{p}": getattr(mod, p) for p in params if isinstance(getattr(mod, p, None), torch.Tensor)}
     given = {n[len(block) + 1:]: t for n, t in _state_tensors(state, block, sources).items()}
-    gu, dn = by_param["gate_up_proj"], by_param["down_proj"]
     return prepare_experts(block, mod, gu, dn, tables=_tables(plan, gu, dn), tensors=given)
 
 
@@ -178,6 +360,9 @@ def _prepare_per_expert(block: str, mod: nn.ModuleList, entries: list, plan, sta
     first = _scheme(entries)
     sources = {f"{block}.{e}.{leaf}.{p}": getattr(getattr(x, leaf), p) for e, x in enumerate(mod) for leaf in leaves
                for p in ("weight", "bias") if getattr(getattr(x, leaf), p, None) is not None}
+    rel = _block_state(state, block)
+    if any(is_prequantized({n.rpartition(".")[2]: t}) for n, t in rel.items()):
+        return _per_expert_module_list(block, mod, entries, plan, state, leaves, first)
     given = _state_tensors(state, block, sources)
 
     def stack(leaf: str, p: str = "weight") -> torch.Tensor | None:
@@ -208,6 +393,43 @@ def _prepare_per_expert(block: str, mod: nn.ModuleList, entries: list, plan, sta
                        torch.zeros(len(mod), 1, device=w13.device), top_k=1, activation=_activation(mod[0]),
                        act_key=first.activation, gate_up_bias=b13, down_bias=b2, tables=_tables(plan, gu, dn))
     return QuantExpertList(block, moe)
+
+
+def _per_expert_module_list(block: str, mod: nn.ModuleList, entries: list, plan, state, leaves, first) -> nn.Module:
+    """A ModuleList block whose weights hold pre-quantized expert tensors (the rest from the model)."""
+    gate, _, down = leaves
+    by_name = {mp.name: mp for mp in entries}
+    gu, dn = by_name[f"{block}.0.{gate}"], by_name[f"{block}.0.{down}"]
+    for mp in entries:
+        leaf = mp.name.rpartition(".")[2]
+        want = (dn.k, gu.k) if leaf != down else (gu.k, dn.k)
+        if (mp.n, mp.k) != want:
+            raise ValueError(f"{mp.name} is planned ({mp.n}, {mp.k}); the experts of one block share one shape")
+
+    def fallback(e, leaf):
+        return getattr(mod[e], leaf).weight
+
+    w13, w2, b13, b2 = _per_expert_prequantized(block, len(mod), leaves, gu, dn, state, fallback)
+    if b13 is None:
+        b13 = _module_bias(mod, leaves[:2])
+    if b2 is None:
+        b2 = _module_bias(mod, leaves[2:])
+    with torch.no_grad():
+        moe = QuantMoE(first.kernel, w13, w2, torch.zeros(len(mod), 1, device=w13.data.device), top_k=1,
+                       activation=_activation(mod[0]), act_key=first.activation, gate_up_bias=b13, down_bias=b2,
+                       tables=_tables(plan, gu, dn))
+    return QuantExpertList(block, moe)
+
+
+def _module_bias(mod: nn.ModuleList, leaves: tuple) -> torch.Tensor | None:
+    if all(getattr(getattr(x, leaf), "bias", None) is None for x in mod for leaf in leaves):
+        return None
+    rows = []
+    for x in mod:
+        parts = [getattr(x, leaf).bias if getattr(x, leaf).bias is not None else
+                 torch.zeros(getattr(x, leaf).out_features, device=getattr(x, leaf).weight.device) for leaf in leaves]
+        rows.append(torch.cat([p.detach().float() for p in parts]))
+    return torch.stack(rows).to(torch.bfloat16)
 
 
 def prepare_block(block: str, mod: nn.Module, entries: list, plan, state=None) -> nn.Module:
