@@ -359,7 +359,7 @@ def tune(
     gpu: Optional[str] = _GPU,
     tp: Optional[int] = _TP,
     set_: Optional[List[str]] = _SET,
-    kernels: Optional[str] = typer.Option(None, "--kernels", help="comma-separated kernel ids to tune (default: all dense kernels of the plan)"),
+    kernels: Optional[str] = typer.Option(None, "--kernels", help="comma-separated kernel ids to tune (default: every tunable kernel of the plan, MoE grouped GEMMs included)"),
     buckets: Optional[str] = typer.Option(None, "--m-buckets", help="comma-separated M-bucket bounds to tune, e.g. 1,16,64 (default: all)"),
     small: bool = typer.Option(False, "--small", help="a tiny search space (for tests and the interpreter)"),
 ):
@@ -400,7 +400,10 @@ def tune(
     wanted_kernels = set(kernels.split(",")) if kernels else None
     if wanted_kernels and wanted_kernels - TUNABLE:
         _usage_error(f"--kernels: not tunable kernel(s) {', '.join(sorted(wanted_kernels - TUNABLE))}; tunable: {', '.join(sorted(TUNABLE))}")
-    jobs = jobs_from_plan(plan_obj, chosen, wanted_kernels)
+    from .tune import top_k_from_model
+
+    # MoE jobs route each token to top_k experts: the model's config says how many, else the architecture
+    jobs = jobs_from_plan(plan_obj, chosen, wanted_kernels, top_k=top_k_from_model(model) if model else None)
     try:
         from .runtime.tune import tune as run_tune
     except ImportError as exc:

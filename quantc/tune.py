@@ -2,6 +2,15 @@
 pruning, and the kernel table it writes (``schemas/kernels.schema.json``). No torch here: measuring is
 ``quantc.runtime.tune``.
 
+MoE entries (the grouped GEMMs of ``runtime.moe.QuantMoE``) are tuned too. Their M-buckets are live
+token counts, the bound ``QuantMoE`` picks a config by; a job measures ``m`` tokens routed to ``top_k``
+of ``num_experts`` experts (per rank). ``top_k`` comes from the model description when ``tune`` is given
+one (``top_k_from_model``: ``num_experts_per_tok`` / ``experts_per_token`` of its config.json), else from
+the plan's architecture (``DEFAULT_TOP_K``, the published configs' values), else ``FALLBACK_TOP_K``;
+plans do not record it. The gate_up GEMM (activation fused) and the down GEMM are separate jobs; the
+down GEMM runs with gate_up's BLOCK_M (both share one routing, padded to it), so a down job searches
+the other fields only, at the BLOCK_M gate_up's row uses for that bucket.
+
 The table is rewritten atomically after every finished (kernel, N, K, bucket), so an interrupted run
 keeps what it finished and a rerun skips it (resume).
 """
@@ -10,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .emit import CONFIG_FIELDS, TABLE_FORMAT
@@ -22,9 +31,20 @@ from .plan import M_MAX_LAST, KernelConfig, Plan, write_atomic
 # the M-buckets tuned, and the M measured for each (the last bucket is measured at 8192)
 M_BUCKETS: tuple[tuple[int, int], ...] = ((1, 1), (16, 16), (64, 64), (256, 256), (1024, 1024), (4096, 4096), (M_MAX_LAST, 8192))
 
-# dense kernels whose launch takes a KernelConfig (torch-family kernels choose their own; MoE kernels
-# are tuned inside their module and keep their defaults for now)
-TUNABLE = {k for k, spec in KERNELS_BY_ID.items() if spec.family != "torch" and spec.layer_kinds == {"linear"} and spec.min_sm < 100}
+# dense kernels whose launch takes a KernelConfig (torch-family kernels choose their own), and the
+# grouped MoE GEMMs
+DENSE_TUNABLE = {k for k, spec in KERNELS_BY_ID.items() if spec.family != "torch" and spec.layer_kinds == {"linear"} and spec.min_sm < 100}
+MOE_TUNABLE = {k for k, spec in KERNELS_BY_ID.items() if spec.layer_kinds == {"moe"}}
+TUNABLE = DENSE_TUNABLE | MOE_TUNABLE
+
+# experts per token by architecture (num_experts_per_tok / experts_per_token of the published configs:
+# DeepSeek-V2 6, DeepSeek-V3 8, Qwen3-30B-A3B and -235B-A22B 8, gpt-oss 4, Mixtral 2)
+DEFAULT_TOP_K = {"DeepseekV2ForCausalLM": 6, "DeepseekV3ForCausalLM": 8, "Qwen3MoeForCausalLM": 8,
+                 "GptOssForCausalLM": 4, "MixtralForCausalLM": 2}
+FALLBACK_TOP_K = 8
+TOP_K_FIELDS = ("num_experts_per_tok", "experts_per_token", "num_experts_per_token")
+# leaf names of the modules whose table entry configures the gate_up GEMM (the rest: down)
+GATE_UP_LEAVES = {"gate_up_proj", "gate_proj", "up_proj", "w1", "w3"}
 
 
 @dataclass(frozen=True)
@@ -35,27 +55,119 @@ class TuneJob:
     weight_key: str
     activation_key: str
     m_max: int
-    m: int
+    m: int  # rows measured (dense), live tokens (MoE)
+    # --- MoE jobs only (num_experts = 0: a dense job) ---
+    num_experts: int = 0  # experts on one rank
+    top_k: int = 1
+    role: str = ""  # "gate_up" (activation fused, reads 2 x n_out weight rows) or "down"
+    rows: int = 0  # rows of one expert's weight (gate_up: 2I, whatever the entry's n; down: n)
+    act: str = "silu"  # gate_up's fused activation: silu or gpt_oss
+    partner: tuple | None = None  # down: (kernel, n, k) of the gate_up entry whose BLOCK_M it runs with
+    block_m: int = 0  # down: that BLOCK_M (0: searched)
 
     @property
     def key(self) -> tuple:
         return (self.kernel, self.n, self.k, self.m_max)
 
+    @property
+    def n_out(self) -> int:
+        """Output columns of the GEMM (the kernel's N): I for gate_up, whose fused activation halves it."""
+        return self.rows // 2 if self.role == "gate_up" else self.n
 
-def jobs_from_plan(plan: Plan, buckets=M_BUCKETS, kernels: set[str] | None = None) -> list[TuneJob]:
-    """One job per (kernel, per-rank N, K) of the plan and M-bucket, with the keys of a module using it."""
-    seen: dict[str, tuple[str, str]] = {}
+
+def jobs_from_plan(plan: Plan, buckets=M_BUCKETS, kernels: set[str] | None = None, top_k: int | None = None) -> list[TuneJob]:
+    """One job per (kernel, per-rank N, K) of the plan and M-bucket, with the keys of a module using it.
+    Dense jobs first, then MoE gate_up jobs, then MoE down jobs (which take gate_up's tuned BLOCK_M).
+    ``top_k``: experts per token of a MoE model (default: by the plan's architecture, see the module doc)."""
+    first: dict[str, object] = {}
+    gate_up_entry: dict[str, str] = {}  # moe_block -> its gate_up entry id
     for m in plan.modules:
-        if m.kernel_entry and m.kernel_entry not in seen:
-            seen[m.kernel_entry] = (m.weight, m.activation)
+        if not m.kernel_entry:
+            continue
+        first.setdefault(m.kernel_entry, m)
+        if m.kind == "moe_experts" and _leaf(m) in GATE_UP_LEAVES:
+            gate_up_entry.setdefault(_block(m), m.kernel_entry)
+            if _leaf(first[m.kernel_entry]) not in GATE_UP_LEAVES:  # one entry for both GEMMs: tune as gate_up
+                first[m.kernel_entry] = m
+    moe = _MoeFacts(plan, top_k) if gate_up_entry else None
     jobs = []
-    for eid, (w, a) in sorted(seen.items()):
+    for eid, m in sorted(first.items()):
         e = plan.kernels[eid]
         if e.kernel not in TUNABLE or (kernels and e.kernel not in kernels):
             continue
-        for m_max, m in buckets:
-            jobs.append(TuneJob(e.kernel, e.n, e.k, w, a, m_max, m))
-    return jobs
+        for m_max, rows in buckets:
+            job = TuneJob(e.kernel, e.n, e.k, m.weight, m.activation, m_max, rows)
+            if e.kernel in MOE_TUNABLE:
+                job = moe.job(job, m, gate_up_entry.get(_block(m)))
+            jobs.append(job)
+    order = {"": 0, "gate_up": 1, "down": 2}
+    return sorted(jobs, key=lambda j: order[j.role])  # stable: entry id and bucket order kept within a role
+
+
+def _leaf(m) -> str:
+    return m.name.rpartition(".")[2]
+
+
+def _block(m) -> str:
+    return m.moe_block or m.name.rpartition(".")[0]
+
+
+class _MoeFacts:
+    """What MoE jobs need from a plan: experts per rank, top_k, activation, gate_up entries' configs."""
+
+    def __init__(self, plan: Plan, top_k: int | None):
+        from .lower import _experts_per_block  # the same count the plan's expert-parallel check uses
+
+        self.plan = plan
+        self.experts = _experts_per_block(plan)
+        arch = plan.model.get("architecture", "")
+        self.top_k = top_k or DEFAULT_TOP_K.get(arch, FALLBACK_TOP_K)
+        self.act = "gpt_oss" if arch == "GptOssForCausalLM" else "silu"
+        t = plan.target
+        self.ep_ranks = t.get("tensor_parallel", 1) if t.get("expert_parallel") else 1
+
+    def job(self, job: TuneJob, m, partner: str | None) -> TuneJob:
+        experts = max(1, self.experts.get(_block(m), m.num_experts) // self.ep_ranks)
+        gate_up = _leaf(m) in GATE_UP_LEAVES
+        # a fused gate_up tensor's entry has N = 2I; a per-expert gate_proj's has N = I
+        rows = (job.n if m.num_experts > 1 else 2 * job.n) if gate_up else job.n
+        extra = {}
+        if not gate_up and partner is not None:
+            pe = self.plan.kernels[partner]
+            extra = {"partner": (pe.kernel, pe.n, pe.k), "block_m": pe.config_for(job.m).block_m}
+        return replace(job, num_experts=experts, top_k=min(self.top_k, experts), role="gate_up" if gate_up else "down",
+                       rows=rows, act=self.act, **extra)
+
+
+def top_k_from_model(model) -> int | None:
+    """Experts per token from a model description's config.json (a config, a directory holding one, or
+    a safetensors file / index beside one); None when it does not say or cannot be read."""
+    p = Path(str(model))
+    path = p / "config.json" if p.is_dir() else p if p.name.endswith(".json") and not p.name.endswith(".index.json") \
+        else p.parent / "config.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    data = {**data, **(data.get("text_config") if isinstance(data.get("text_config"), dict) else {})}
+    for f in TOP_K_FIELDS:
+        v = data.get(f)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def partner_block_m(job: TuneJob, table: dict) -> TuneJob:
+    """A down job with the BLOCK_M of its gate_up entry's row for the same bucket in ``table`` (tuned in
+    this run or an earlier one), else as planned."""
+    if job.partner is None:
+        return job
+    for r in table.get("entries", []):
+        if (r["kernel"], r["n"], r["k"]) == job.partner and r["m_max"] == job.m_max:
+            return replace(job, block_m=int(r["block_m"]))
+    return job
 
 
 def _elem_bytes(key: str, role: str) -> float:
@@ -70,12 +182,16 @@ def smem_bytes(cfg: KernelConfig, weight_key: str, activation_key: str) -> int:
     return int(cfg.num_stages * (a + b))
 
 
+def _pow2_at_least(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
 def search_space(job: TuneJob, gpu: Gpu, *, small: bool = False) -> list[KernelConfig]:
     """Candidate configs for one job, pruned before compiling: blocks no larger than the padded
     problem, split-K only for decode-sized M, and tiles that fit the GPU's shared memory."""
-    def pow2_at_least(x: int) -> int:
-        return 1 << max(0, (x - 1).bit_length())
-
+    if job.num_experts:
+        return moe_search_space(job, gpu, small=small)
+    pow2_at_least = _pow2_at_least
     m_cap = max(16, pow2_at_least(job.m))
     n_cap = max(16, pow2_at_least(job.n))
     k_cap = max(16, pow2_at_least(job.k))
@@ -98,6 +214,60 @@ def search_space(job: TuneJob, gpu: Gpu, *, small: bool = False) -> list[KernelC
         if smem_bytes(cfg, job.weight_key, job.activation_key) > gpu.smem_bytes:
             continue
         out.append(cfg)
+    return out
+
+
+def _w8a8(job: TuneJob) -> bool:
+    """The grouped GEMM's raw fp8 x fp8 / int8 x int8 path (MX kernels round activations to bf16 values)."""
+    return job.activation_key != "none" and KERNELS_BY_ID[job.kernel].family != "triton_emulated"
+
+
+def moe_block_k_ok(job: TuneJob, bk: int) -> bool:
+    """BLOCK_K values ``moe_gemm.grouped_gemm`` runs as given (it halves or raises others): on the W8A8
+    path both scales must be constant over a K tile (BLOCK_K >= 32 dividing the weight's and the
+    activation's group along K, per-channel/per-token = all of K); 4-bit weights need whole 16-word
+    rows (BLOCK_K >= 128); others BLOCK_K >= 16."""
+    w = WEIGHT_KEYS[job.weight_key]
+    if _w8a8(job):
+        a = ACTIVATION_KEYS[job.activation_key]
+        return bk >= 32 and (w.group_k or job.k) % bk == 0 and (a.group_k or job.k) % bk == 0
+    return bk >= (128 if not w.is_none and w.bits == 4 else 16)
+
+
+def moe_smem_bytes(cfg: KernelConfig, job: TuneJob) -> int:
+    """Shared memory of a grouped-GEMM tile: ``stages`` copies of the A tile and of the weight tiles
+    (two for gate_up, whose fused activation reads gate and up rows). A is bf16 except on the W8A8 path."""
+    a_bytes = _elem_bytes(job.activation_key, "activation") if _w8a8(job) else 2.0
+    b_tiles = 2 if job.role == "gate_up" else 1
+    a = cfg.block_m * cfg.block_k * a_bytes
+    b = b_tiles * cfg.block_n * cfg.block_k * _elem_bytes(job.weight_key, "weight")
+    return int(cfg.num_stages * (a + b))
+
+
+def moe_search_space(job: TuneJob, gpu: Gpu, *, small: bool = False) -> list[KernelConfig]:
+    """Candidates for a grouped MoE GEMM: BLOCK_M {16..128} (no larger than the tokens, the most one
+    expert can get; a down job keeps gate_up's BLOCK_M), BLOCK_N {64, 128, 256} (no larger than the
+    padded output width), BLOCK_K {64, 128} as the kernel runs it (``moe_block_k_ok``; a K smaller
+    than every valid BLOCK_K keeps the smallest valid one), warps {4, 8}, stages {2, 3, 4}; tiles that
+    overflow shared memory are pruned. ``small``: a handful, for the CPU interpreter."""
+    if small:
+        bms, bns, bks, warps, stages = (16, 32), (32, 64), (32, 64, 128), (4,), (2,)
+    else:
+        bms, bns, bks, warps, stages = (16, 32, 64, 128), (64, 128, 256), (64, 128), (4, 8), (2, 3, 4)
+    m_cap = max(16, _pow2_at_least(job.m))
+    n_cap = max(16, _pow2_at_least(job.n_out))
+    k_cap = max(16, _pow2_at_least(job.k))
+    bms = (job.block_m,) if job.block_m else tuple(b for b in bms if b <= m_cap)
+    n_ok = tuple(b for b in bns if b <= n_cap) or (min(bns),)
+    k_valid = [b for b in bks if moe_block_k_ok(job, b)]
+    k_ok = tuple(b for b in k_valid if b <= k_cap) or tuple(k_valid[:1])
+    out = []
+    for bm, bn, bk, w, st in itertools.product(bms, n_ok, k_ok, warps, stages):
+        if bm >= 128 and w == 4 and bn >= 256:
+            continue
+        cfg = KernelConfig(bm, bn, bk, 8, w, st)
+        if moe_smem_bytes(cfg, job) <= gpu.smem_bytes:
+            out.append(cfg)
     return out
 
 

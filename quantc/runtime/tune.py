@@ -1,4 +1,5 @@
-"""`quantc tune`, runtime side: measure candidate KernelConfigs of the dense kernels on the live device.
+"""`quantc tune`, runtime side: measure candidate KernelConfigs of the dense kernels and of the grouped
+MoE GEMMs on the live device.
 
 For one job (kernel, N, K, M): random operands with a fixed seed, the weight quantized with the
 runtime's own quantizer and prepared by the kernel's launcher; every candidate's output is checked
@@ -6,13 +7,21 @@ against the output of the kernel's default config (itself tested against the pla
 in tests/runtime) before it is timed; a candidate that fails to compile or run, or disagrees, is
 dropped. On a GPU the time is the median of ``triton.testing.do_bench`` (CUDA-graph replay where it
 captures); on the CPU interpreter the flow runs the same, with wall-clock times that mean nothing.
+
+A MoE job (``quantc.tune`` says what it holds) gets ``num_experts`` random expert weights quantized
+with the runtime's quantizers (``wo_format.quantize``, as ``apply`` does), ``m`` tokens with seeded
+random top-k routing, and the input rounded the way ``QuantMoE`` rounds it; each candidate runs
+``moe_gemm.grouped_gemm`` (the function ``QuantMoE.experts`` calls) on a routing padded to its own
+BLOCK_M, and is checked against the config ``QuantMoE`` uses without a table entry. Only the grouped
+GEMM is timed (the routing sort and activation quantization are outside the config's reach).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -30,7 +39,22 @@ class Operands:
     reference: torch.Tensor
 
 
-def make_operands(job, device: str) -> Operands:
+@dataclass
+class MoeOperands:
+    a: torch.Tensor  # the GEMM input as the kernel reads it (bf16, or fp8/int8 with a_scale)
+    a_scale: torch.Tensor | None
+    a_quant: int
+    a_group: int
+    weight: object  # wo_format.WoWeight, (E, rows, K)
+    topk_ids: torch.Tensor  # (tokens, top_k) int32
+    topk_weights: torch.Tensor | None  # (tokens * top_k,) fp32, down only
+    reference: torch.Tensor | None = None
+    routings: dict = field(default_factory=dict)  # BLOCK_M -> align_by_expert output
+
+
+def make_operands(job, device: str):
+    if job.num_experts:
+        return _moe_operands(job, device)
     gen = torch.Generator(device="cpu").manual_seed(1234 + job.n * 7 + job.k)
     w = (torch.randn(job.n, job.k, generator=gen) * 0.05).to(torch.bfloat16)
     x = torch.randn(job.m, job.k, generator=gen).to(torch.bfloat16)
@@ -40,6 +64,52 @@ def make_operands(job, device: str) -> Operands:
     x = x.to(device)
     ref = launcher.run(x, buffers, default_config(job.kernel, job.m), job.weight_key, job.activation_key, None)
     return Operands(x, buffers, ref)
+
+
+def _moe_default(job) -> KernelConfig:
+    """What QuantMoE runs without a table entry (a down job at its gate_up's BLOCK_M)."""
+    from .moe import default_config as moe_default
+
+    cfg = moe_default(job.m, job.top_k, job.kernel)
+    return replace(cfg, block_m=job.block_m) if job.block_m else cfg
+
+
+def job_default(job) -> KernelConfig:
+    return _moe_default(job) if job.num_experts else default_config(job.kernel, job.m)
+
+
+def _moe_operands(job, device: str) -> MoeOperands:
+    from .kernels import wo_format as wf
+    from .moe import QuantMoE
+
+    gen = torch.Generator(device=device).manual_seed(4321 + job.rows * 7 + job.k * 3 + job.num_experts + job.m)
+    e, t, top_k = job.num_experts, job.m, job.top_k
+    w = torch.randn(e, job.rows, job.k, generator=gen, device=device, dtype=torch.bfloat16) * 0.05
+    weight = wf.quantize(w, job.weight_key)
+    del w
+    ids = torch.rand(t, e, generator=gen, device=device).topk(top_k, dim=-1).indices.to(torch.int32)
+    rows = t if job.role == "gate_up" else t * top_k  # gate_up reads a token per pair, down a row per pair
+    x = torch.randn(rows, job.k, generator=gen, device=device, dtype=torch.bfloat16)
+    # QuantMoE's own input rounding (it reads only the kernel id and the activation key)
+    a, sa, code, group = QuantMoE._act_in(SimpleNamespace(kernel=job.kernel, act_key=job.activation_key), x)
+    topw = None if job.role == "gate_up" else torch.rand(t * top_k, generator=gen, device=device)
+    ops = MoeOperands(a, sa, code, group, weight, ids, topw)
+    ops.reference = _moe_run(job, _moe_default(job), ops)
+    return ops
+
+
+def _moe_run(job, cfg: KernelConfig, ops: MoeOperands) -> torch.Tensor:
+    from .kernels import moe_gemm as mg
+    from .kernels.moe_routing import align_by_expert
+
+    routing = ops.routings.get(cfg.block_m)
+    if routing is None:
+        sorted_ids, block_expert, total = align_by_expert(ops.topk_ids, job.num_experts, cfg.block_m)
+        routing = ops.routings[cfg.block_m] = (sorted_ids, block_expert, total, ops.topk_ids.numel())
+    gate_up = job.role == "gate_up"
+    return mg.grouped_gemm(ops.a, ops.a_scale, ops.weight, routing, a_div=job.top_k if gate_up else 1,
+                           act=job.act if gate_up else "none", a_quant=ops.a_quant, a_group=ops.a_group, cfg=cfg,
+                           topk_weights=ops.topk_weights)
 
 
 def _time_us(fn, device: str) -> float:
@@ -57,10 +127,14 @@ def _time_us(fn, device: str) -> float:
 
 def measure(job, cfg: KernelConfig, ops: Operands, device: str, rtol: float = 2e-2) -> float | None:
     """Time of one candidate in microseconds, or None when it does not run or does not agree."""
-    launcher = LAUNCHERS[job.kernel]
+    if job.num_experts:
+        def fn():
+            return _moe_run(job, cfg, ops)
+    else:
+        launcher = LAUNCHERS[job.kernel]
 
-    def fn():
-        return launcher.run(ops.x, ops.buffers, cfg, job.weight_key, job.activation_key, None)
+        def fn():
+            return launcher.run(ops.x, ops.buffers, cfg, job.weight_key, job.activation_key, None)
 
     try:
         out = fn()
@@ -76,7 +150,7 @@ def tune(jobs, gpu, out_dir: str | Path, *, small: bool = False, progress: bool 
     """Tune every job not already in ``out_dir/<gpu>.json``; returns counts for the report."""
     import triton
 
-    from quantc.tune import add_entry, finished, read_or_new_table, search_space
+    from quantc.tune import add_entry, finished, partner_block_m, read_or_new_table, search_space
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out_dir)
@@ -93,8 +167,9 @@ def tune(jobs, gpu, out_dir: str | Path, *, small: bool = False, progress: bool 
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("tuning", total=len(todo))
         for job in todo:
+            job = partner_block_m(job, table)  # a down GEMM runs at the BLOCK_M its gate_up row picked
             ops = make_operands(job, device)
-            default = default_config(job.kernel, job.m)
+            default = job_default(job)
             default_us = measure(job, default, ops, device)
             best, best_us = None, None
             for cfg in search_space(job, gpu, small=small):

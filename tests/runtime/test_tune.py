@@ -122,3 +122,229 @@ def test_tuned_vs_default_summary(tmp_path):
     out = mod.summarize(json.loads((tmp_path / "h100.json").read_text()))
     k = out["kernels"]["fp8_scaled_gemm"]
     assert k["entries"] == 4 and k["worst"] <= k["geomean_speedup"] <= k["best"]
+
+
+# --- MoE grouped GEMMs ------------------------------------------------------------------------------
+
+E, H, I = 4, 64, 32  # experts, hidden, intermediate: gate_up (E, 2I = 64, H = 64), down (E, H = 64, I = 32)
+
+
+def _moe_inventory(arch="MixtralForCausalLM", fused=True):
+    blk = "model.layers.0.mlp.experts"
+    if fused:
+        mods = (ModuleInfo(f"{blk}.gate_up_proj", "moe_experts", 2 * I, H, 0, E, moe_block=blk),
+                ModuleInfo(f"{blk}.down_proj", "moe_experts", H, I, 0, E, moe_block=blk))
+    else:
+        mods = tuple(ModuleInfo(f"{blk}.{e}.{leaf}", "moe_experts", n, k, 0, moe_block=blk)
+                     for e in range(E) for leaf, n, k in (("w1", I, H), ("w3", I, H), ("w2", H, I)))
+    return Inventory("t", arch, mods, 1)
+
+
+def _moe_plan(arch="MixtralForCausalLM", fused=True, scheme=None, tp=1, ep=False):
+    scheme = scheme or {"weight": "int4_group_32", "activation": "none"}
+    r = lower(make_config(moe=scheme, tp=tp, ep=ep), _moe_inventory(arch, fused))
+    assert r.plan is not None, r.diagnostics
+    return r.plan
+
+
+def test_moe_jobs_carry_experts_top_k_role_and_gate_ups_block_m():
+    plan = _moe_plan()
+    jobs = jobs_from_plan(plan, ((1, 1), (16, 16)))
+    assert [(j.role, j.kernel, j.n, j.k, j.m_max) for j in jobs] == [
+        ("gate_up", "moe_weight_only", 2 * I, H, 1), ("gate_up", "moe_weight_only", 2 * I, H, 16),
+        ("down", "moe_weight_only", H, I, 1), ("down", "moe_weight_only", H, I, 16)]
+    gate_up, down = jobs[0], jobs[2]
+    assert (gate_up.num_experts, gate_up.top_k, gate_up.rows, gate_up.n_out, gate_up.act) == (E, 2, 2 * I, I, "silu")
+    assert gate_up.block_m == 0 and gate_up.partner is None  # BLOCK_M searched
+    gu_entry = plan.kernels[plan.module("model.layers.0.mlp.experts.gate_up_proj").kernel_entry]
+    assert down.partner == ("moe_weight_only", 2 * I, H) and down.rows == down.n_out == H
+    assert [j.block_m for j in jobs[2:]] == [gu_entry.config_for(1).block_m, gu_entry.config_for(16).block_m]
+    # per-expert Linears: gate's entry has N = I, the grouped weight 2I rows
+    per = jobs_from_plan(_moe_plan(fused=False), ((16, 16),))
+    assert [(j.role, j.n, j.rows, j.n_out) for j in per] == [("gate_up", I, 2 * I, I), ("down", H, H, H)]
+    assert per[0].num_experts == E
+    # top_k: the caller's, else the architecture's (capped at the experts), gpt-oss's activation
+    assert jobs_from_plan(plan, ((16, 16),), top_k=3)[0].top_k == 3
+    oss = jobs_from_plan(_moe_plan("GptOssForCausalLM"), ((16, 16),))[0]
+    assert (oss.top_k, oss.act) == (4, "gpt_oss")
+    assert jobs_from_plan(_moe_plan("Qwen3MoeForCausalLM"), ((16, 16),))[0].top_k == E  # 8, capped at 4 experts
+    assert jobs_from_plan(_moe_plan("SomethingMoe"), ((16, 16),))[0].top_k == E  # the fallback 8, capped
+    # expert parallel: each rank holds E / tp experts
+    assert {j.num_experts for j in jobs_from_plan(_moe_plan(tp=2, ep=True), ((16, 16),))} == {E // 2}
+    # --kernels narrows to one kernel id
+    assert jobs_from_plan(plan, ((16, 16),), kernels={"fp8_scaled_gemm"}) == []
+
+
+def test_top_k_is_read_from_the_model_description(tmp_path):
+    from quantc.tune import top_k_from_model
+
+    models = data_dir("schemas").parent / "examples" / "models"
+    assert top_k_from_model(models / "mixtral-8x7b.json") == 2
+    assert top_k_from_model(models / "gpt-oss-20b.json") == 4
+    assert top_k_from_model(models / "llama-3.1-8b.json") is None  # dense
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"num_experts_per_tok": 6}}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert top_k_from_model(tmp_path) == top_k_from_model(tmp_path / "model.safetensors") == 6
+    (tmp_path / "bad.json").write_text("{not json")
+    assert top_k_from_model(tmp_path / "bad.json") is None
+    assert top_k_from_model(tmp_path / "absent.json") is None
+
+
+def test_moe_search_space_respects_the_kernels_block_k_rules_and_shared_memory():
+    import dataclasses
+
+    from quantc.tune import moe_block_k_ok, moe_search_space, moe_smem_bytes
+
+    h100 = GPUS["h100"]
+    big = TuneJob("moe_fp8", 1536, 2048, "fp8_per_channel", "fp8_dynamic_per_token", 4096, 4096,
+                  num_experts=128, top_k=8, role="gate_up", rows=1536)
+    space = moe_search_space(big, h100)
+    assert {c.block_m for c in space} == {16, 32, 64, 128} and {c.block_n for c in space} == {64, 128, 256}
+    assert {c.block_k for c in space} == {64, 128} and {c.num_warps for c in space} == {4, 8}
+    assert {c.num_stages for c in space} == {2, 3, 4} and all(c.split_k == 1 for c in space)
+    assert all(moe_smem_bytes(c, big) <= h100.smem_bytes for c in space)
+    # gate_up reads two weight tiles per K step (gate and up rows): a tile that fits for down may not for gate_up
+    cfg = KernelConfig(128, 256, 128, 8, 8, 4)
+    down = dataclasses.replace(big, role="down", n=2048, k=768, rows=2048)
+    assert moe_smem_bytes(cfg, big) == 4 * (128 * 128 + 2 * 256 * 128) > h100.smem_bytes
+    assert cfg not in space
+    tight = dataclasses.replace(h100, smem_bytes=64 * 1024)
+    assert 0 < len(moe_search_space(big, tight)) < len(space)
+    # decode: one token reaches an expert at most once -> BLOCK_M 16; N capped at the padded output width
+    decode = moe_search_space(dataclasses.replace(big, m_max=1, m=1, rows=128), h100)
+    assert {c.block_m for c in decode} == {16} and {c.block_n for c in decode} == {64}
+    # a down job searches the rest at gate_up's BLOCK_M
+    assert {c.block_m for c in moe_search_space(dataclasses.replace(down, block_m=32), h100)} == {32}
+    # BLOCK_K as the grouped GEMM runs it: W8A8 tiles inside both scale groups, 4-bit words whole
+    blk = TuneJob("moe_fp8_block", 256, 2880, "fp8_block_128x128", "fp8_dynamic_group_128", 16, 16, 4, 8, "down", 256)
+    assert moe_block_k_ok(blk, 64) and moe_block_k_ok(blk, 128) and not moe_block_k_ok(blk, 16)
+    per_ch = TuneJob("moe_fp8", 256, 2880, "fp8_per_channel", "fp8_dynamic_per_token", 16, 16, 4, 8, "down", 256)
+    assert moe_block_k_ok(per_ch, 64) and not moe_block_k_ok(per_ch, 128)  # 2880 = 45 x 64
+    assert {c.block_k for c in moe_search_space(per_ch, h100)} == {64}
+    int4 = TuneJob("moe_weight_only", 64, 64, "int4_group_32", "none", 16, 16, 4, 2, "down", 64)
+    assert not moe_block_k_ok(int4, 64) and moe_block_k_ok(int4, 128)
+    assert {c.block_k for c in moe_search_space(int4, h100, small=True)} == {128}  # K = 64 < 128: the one valid
+    mx = TuneJob("moe_mxfp8_emulated", 64, 64, "mxfp8", "mxfp8", 16, 16, 4, 2, "down", 64)
+    assert moe_block_k_ok(mx, 16)  # MX pairs run the bf16 path after rounding the activations
+
+
+def _gemm_reference(job, ops):
+    """Plain torch: every (token, slot) pair through its expert's dequantized weight."""
+    import torch
+
+    from quantc.runtime.kernels import wo_format as wf
+
+    w = wf.dequantize(ops.weight)
+    experts = ops.topk_ids.reshape(-1).long()
+    pairs = torch.arange(experts.numel())
+    a = ops.a.float()[pairs // job.top_k] if job.role == "gate_up" else ops.a.float()
+    out = torch.einsum("pk,pnk->pn", a, w[experts])
+    if job.role == "gate_up":
+        g, u = out.chunk(2, dim=-1)
+        return torch.nn.functional.silu(g) * u
+    return out * ops.topk_weights[:, None]
+
+
+@pytest.mark.parametrize("role", ["gate_up", "down"])
+def test_moe_candidates_are_checked_against_the_default_config(role):
+    from quantc.runtime import tune as rt
+
+    n = 2 * I if role == "gate_up" else H
+    job = TuneJob("moe_weight_only", n, H if role == "gate_up" else I, "fp8_per_channel", "none", 16, 16,
+                  num_experts=E, top_k=2, role=role, rows=n)
+    ops = rt.make_operands(job, "cpu")
+    want = _gemm_reference(job, ops)
+    rel = (ops.reference.float() - want).norm() / want.norm()
+    assert ops.reference.shape == (16 * 2, job.n_out) and rel < 1e-2  # the default config is right
+    cfg = KernelConfig(32, 32, 32, num_warps=4, num_stages=2)
+    assert cfg.block_m != rt.job_default(job).block_m  # the candidate pads the routing to its own BLOCK_M
+    good = rt.measure(job, cfg, ops, "cpu")
+    assert good is not None and good > 0
+    ops.reference = ops.reference * 1.5
+    assert rt.measure(job, cfg, ops, "cpu") is None
+    # a config the kernel cannot run is dropped, not raised
+    assert rt.measure(job, KernelConfig(16, 48, 32, num_warps=4, num_stages=2), ops, "cpu") is None
+
+
+def test_moe_down_tuned_at_gate_ups_tuned_block_m(tmp_path, monkeypatch):
+    import quantc.tune as ct
+    from quantc.runtime import tune as rt
+
+    jobs = jobs_from_plan(_moe_plan(), ((64, 64),))
+    spaces = {}
+    real = ct.search_space
+
+    def gate_up_prefers_32(job, gpu, small=False):
+        space = real(job, gpu, small=small)
+        spaces[job.role] = space
+        return [c for c in space if c.block_m == 32] if job.role == "gate_up" else space
+
+    monkeypatch.setattr(ct, "search_space", gate_up_prefers_32)
+    stats = rt.tune(jobs, GPUS["h100"], tmp_path, small=True, progress=False, device="cpu")
+    assert stats["tuned"] == 2 and stats["no_valid_config"] == 0
+    rows = {r["n"]: r for r in json.loads((tmp_path / "h100.json").read_text())["entries"]}
+    assert rows[2 * I]["block_m"] == 32 and rows[H]["block_m"] == 32
+    assert {c.block_m for c in spaces["down"]} == {32}
+
+
+def test_tuned_moe_rows_reach_quant_moe_per_live_token_count(tmp_path, monkeypatch):
+    """tune a tiny Qwen3-MoE plan, compile with the table, apply: the grouped GEMMs run the tuned rows."""
+    import torch
+
+    import quantc
+    import quantc.runtime as rt
+    from quantc import hf
+    from quantc.plan import M_MAX_LAST
+    from quantc.runtime import tune as rtune
+    from tests.runtime.test_moe import _record_configs
+
+    model = hf.build_model("qwen3-30b-a3b", layers=1, tiny=True)
+    cfg = tmp_path / "moe.yaml"
+    cfg.write_text("quantc: 1\nmoe: w4a16\n")
+    plan = quantc.compile(str(cfg), model, gpu="h100", tp=1)
+    jobs = jobs_from_plan(plan, ((4, 4), (M_MAX_LAST, 16)), top_k=model.config.num_experts_per_tok)
+    assert {(j.role, j.num_experts, j.top_k) for j in jobs} == {("gate_up", 4, 2), ("down", 4, 2)}
+    stats = rtune.tune(jobs, GPUS["h100"], tmp_path / "tables", small=True, progress=False, device="cpu")
+    assert stats["tuned"] == 4 and stats["no_valid_config"] == 0
+    table = json.loads((tmp_path / "tables" / "h100.json").read_text())
+    jsonschema.Draft202012Validator(json.loads((data_dir("schemas") / "kernels.schema.json").read_text())).validate(table)
+    rows = {(r["n"], r["m_max"]): KernelConfig(**{f: r[f] for f in ("block_m", "block_n", "block_k", "group_m",
+                                                                    "num_warps", "num_stages", "split_k")})
+            for r in table["entries"]}
+    tuned = quantc.compile(str(cfg), model, gpu="h100", tp=1, tables=(str(tmp_path / "tables"),))
+    gu = tuned.module("model.layers.0.mlp.experts.gate_up_proj")
+    dn = tuned.module("model.layers.0.mlp.experts.down_proj")
+    assert tuned.kernels[gu.kernel_entry].source == tuned.kernels[dn.kernel_entry].source == "tuned (h100)"
+    rt.apply(model, tuned, progress=False)
+    seen = _record_configs(monkeypatch)  # every grouped GEMM's config, as it runs
+    for tokens, bucket in ((3, 4), (9, M_MAX_LAST)):
+        with torch.no_grad():
+            model(torch.randint(0, model.config.vocab_size, (1, tokens)))
+        c13, c2 = seen[-2:]
+        want13, want2 = rows[(gu.n, bucket)], rows[(dn.n, bucket)]
+        assert c13 == want13 != plan.kernels[gu.kernel_entry].config_for(tokens)  # not the untuned plan's
+        assert c2 == want2 and c2.block_m == c13.block_m  # down was tuned at gate_up's BLOCK_M
+
+
+def test_cli_tune_reads_top_k_from_the_model(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from quantc import cli
+    from quantc.runtime import tune as rtune
+
+    models = data_dir("schemas").parent / "examples" / "models"
+    desc = json.loads((models / "qwen3-30b-a3b.json").read_text())
+    desc["num_experts_per_tok"] = 6
+    (tmp_path / "config.json").write_text(json.dumps(desc))
+    (tmp_path / "moe.yaml").write_text("quantc: 1\nmoe: fp8_per_channel\n")
+    got = []
+    monkeypatch.setattr(rtune, "tune", lambda jobs, *a, **k: got.extend(jobs) or
+                        {"jobs": len(jobs), "tuned": len(jobs), "skipped_done": 0, "no_valid_config": 0, "path": "x"})
+    result = CliRunner().invoke(cli.app, ["tune", str(tmp_path / "moe.yaml"), "--model", str(tmp_path / "config.json"),
+                                          "--m-buckets", "16", "--kernels", "moe_fp8"])
+    assert result.exit_code == 0, result.output
+    assert got and {(j.kernel, j.top_k, j.num_experts) for j in got} == {("moe_fp8", 6, 128)}
+    assert {j.role for j in got} == {"gate_up", "down"}
+    bad = CliRunner().invoke(cli.app, ["tune", str(tmp_path / "moe.yaml"), "--model", str(tmp_path / "config.json"),
+                                       "--kernels", "moe_fp9"])
+    assert bad.exit_code == 2 and "not tunable kernel(s) moe_fp9" in bad.output and "moe_weight_only" in bad.output
