@@ -148,6 +148,8 @@ def ct_nvfp4(weight_packed: torch.Tensor, weight_scale: torch.Tensor, weight_glo
     k = k2 * 2
     _expect("weight_packed", weight_packed, (n, k2), torch.uint8)
     _expect("weight_scale", weight_scale, (n, k // 16), torch.float8_e4m3fn)
+    if weight_global_scale.numel() != 1:
+        raise LayoutError(f"weight_global_scale: shape {tuple(weight_global_scale.shape)}, expected (1,)")
     g = (1.0 / weight_global_scale.float()).reshape(1).contiguous()
     return WoWeight(NVFP4, n, k, weight_packed.contiguous().view(torch.int32), weight_scale.contiguous(),
                     S_FLOAT, 16, global_scale=g)

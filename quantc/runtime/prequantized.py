@@ -278,7 +278,11 @@ def checkpoint_tensors(given: dict[str, torch.Tensor], key: str, n: int, k: int)
                          f"{tuple(shape)} for a {key} weight of (N, K) = ({n}, {k})")
     if not hits:
         raise ValueError(_incomplete(core, key, n, k) or _unknown(core, key, n, k, named))
-    out = hits[0].convert(core, key, n, k)
+    try:
+        out = hits[0].convert(core, key, n, k)
+    except (ValueError, RuntimeError) as exc:  # LayoutError is a ValueError; RuntimeError: a reshape that cannot fit
+        msg = str(exc)
+        raise ValueError(msg if msg.startswith(hits[0].name) else f"{hits[0].name}: {msg}") from None
     try:
         final = check_native(key, {nm: t for nm, t in out.items() if nm != "k_perm"}, Q.tensor_specs(key, n, k))
     except ValueError as exc:
