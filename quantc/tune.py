@@ -89,7 +89,7 @@ def jobs_from_plan(plan: Plan, buckets=M_BUCKETS, kernels: set[str] | None = Non
             gate_up_entry.setdefault(_block(m), m.kernel_entry)
             if _leaf(first[m.kernel_entry]) not in GATE_UP_LEAVES:  # one entry for both GEMMs: tune as gate_up
                 first[m.kernel_entry] = m
-    moe = _MoeFacts(plan, top_k) if gate_up_entry else None
+    moe = None
     jobs = []
     for eid, m in sorted(first.items()):
         e = plan.kernels[eid]
@@ -98,6 +98,7 @@ def jobs_from_plan(plan: Plan, buckets=M_BUCKETS, kernels: set[str] | None = Non
         for m_max, rows in buckets:
             job = TuneJob(e.kernel, e.n, e.k, m.weight, m.activation, m_max, rows)
             if e.kernel in MOE_TUNABLE:
+                moe = moe or _MoeFacts(plan, top_k)
                 job = moe.job(job, m, gate_up_entry.get(_block(m)))
             jobs.append(job)
     order = {"": 0, "gate_up": 1, "down": 2}

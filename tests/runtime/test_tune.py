@@ -171,6 +171,12 @@ def test_moe_jobs_carry_experts_top_k_role_and_gate_ups_block_m():
     assert jobs_from_plan(_moe_plan("SomethingMoe"), ((16, 16),))[0].top_k == E  # the fallback 8, capped
     # expert parallel: each rank holds E / tp experts
     assert {j.num_experts for j in jobs_from_plan(_moe_plan(tp=2, ep=True), ((16, 16),))} == {E // 2}
+    # expert leaves of no known layout (apply refuses them, QC704): tuned as plain (down-like) GEMMs
+    odd = Inventory("t", "MixtralForCausalLM", tuple(
+        ModuleInfo(f"b.{e}.{leaf}", "moe_experts", n, k, 0, moe_block="b")
+        for e in range(E) for leaf, n, k in (("fc1", I, H), ("fc2", H, I))), 1)
+    odd_jobs = jobs_from_plan(lower(make_config(moe="fp8_per_channel"), odd).plan, ((16, 16),))
+    assert [(j.role, j.partner, j.block_m) for j in odd_jobs] == [("down", None, 0)] * 2
     # --kernels narrows to one kernel id
     assert jobs_from_plan(plan, ((16, 16),), kernels={"fp8_scaled_gemm"}) == []
 
