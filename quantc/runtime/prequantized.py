@@ -302,11 +302,13 @@ def _incomplete(core: dict, key: str, n: int, k: int) -> str | None:
             prim = lay.primary(key, n, k)[0]
             if prim not in core or _primary_ok(lay, core, key, n, k):
                 partial.append(lay)
-    if len(partial) != 1:
-        return None
-    req = partial[0].names(key)[0]
-    return (f"{partial[0].name}: pre-quantized {key} weights lack {', '.join(x for x in req if x not in names)} "
-            f"(found {_listing(core)})")
+    lacks = [", ".join(x for x in lay.names(key)[0] if x not in names) for lay in partial]
+    if len(partial) == 1:
+        return f"{partial[0].name}: pre-quantized {key} weights lack {lacks[0]} (found {_listing(core)})"
+    if partial:
+        return (f"pre-quantized {key} weights lack " + " or ".join(f"{m} ({lay.name})" for m, lay in zip(lacks, partial))
+                + f" (found {_listing(core)})")
+    return None
 
 
 def _unknown(core: dict, key: str, n: int, k: int, named: list) -> str:

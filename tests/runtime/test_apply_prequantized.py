@@ -367,3 +367,118 @@ def test_a_bad_tensor_in_the_last_module_leaves_the_model_untouched(tmp_path):
     diags = _apply_error(model, plan, state)
     assert list(diags) == [last]
     assert "compressed-tensors nvfp4-pack-quantized: weight_global_scale: shape (2,), expected (1,)" in diags[last].message
+
+
+# --- MoE experts: the issue-4 worked example (gpt-oss MXFP4 checkpoint, MXFP8 activations) and
+# per-expert fp8 block tensors (DeepSeek-V3 / Qwen3-FP8 checkpoints) into a fused experts module ----
+
+def _mx_blocks(w):
+    """(E, N, K) fp32 -> gpt-oss ``*_blocks`` (E, N, K/32, 16) uint8 and ``*_scales`` (E, N, K/32) e8m0."""
+    e, n, k = w.shape
+    codes, scales = Q.quant_mx(w.reshape(e * n, k), 32, fp4=True)
+    blocks = Q.pack_nibbles(codes).reshape(e, n, k // 32, 16)
+    return blocks, scales.reshape(e, n, k // 32)
+
+
+def _mx_dequant(blocks, scales):
+    e, n, kb, _ = blocks.shape
+    vals = Q.e2m1_to_float(Q.unpack_nibbles(blocks.reshape(e, n, kb * 16)))
+    return vals * Q.e8m0_to_float(scales).repeat_interleave(32, -1)
+
+
+def _gpt_oss(tmp_path):
+    from quantc import hf
+
+    model = hf.build_model("gpt-oss-20b-bf16", 1, tiny=True)
+    model.config.quantization_config = {"quant_method": "mxfp4"}
+    return model, _plan(model, tmp_path, "quantc: 1\nmoe: {activation: mxfp8}\n")
+
+
+def test_gpt_oss_mxfp4_checkpoint_with_mxfp8_activations(tmp_path):
+    from quantc.runtime.hf_moe import QuantExperts
+
+    model, plan = _gpt_oss(tmp_path)
+    name = "model.layers.0.mlp.experts"
+    gu = plan.module(f"{name}.gate_up_proj")
+    assert (gu.weight, gu.activation, gu.kernel) == ("mxfp4", "mxfp8", "moe_mxfp4_mxfp8_emulated")
+    ex = model.model.layers[0].mlp.experts
+    # the checkpoint stores (E, out, in) rows: gate_up rows interleave gate and up, as in the model
+    gb, gs = _mx_blocks(ex.gate_up_proj.detach().float().transpose(1, 2))
+    db, ds = _mx_blocks(ex.down_proj.detach().float().transpose(1, 2))
+    bias_gu, bias_dn = torch.randn_like(ex.gate_up_proj_bias), torch.randn_like(ex.down_proj_bias)
+    state = {f"{name}.gate_up_proj_blocks": gb, f"{name}.gate_up_proj_scales": gs, f"{name}.down_proj_blocks": db,
+             f"{name}.down_proj_scales": ds, f"{name}.gate_up_proj_bias": bias_gu, f"{name}.down_proj_bias": bias_dn}
+    save_file(state, str(tmp_path / "experts.safetensors"))
+    ref = _gpt_oss(tmp_path)[0].model.layers[0].mlp.experts  # same seed: the same model
+    ref.gate_up_proj.data = _mx_dequant(gb, gs).transpose(1, 2).bfloat16()
+    ref.down_proj.data = _mx_dequant(db, ds).transpose(1, 2).bfloat16()
+    ref.gate_up_proj_bias.data, ref.down_proj_bias.data = bias_gu, bias_dn
+    report = rt.apply(model, plan, weights=tmp_path / "experts.safetensors", progress=False)
+    assert report.swapped == (name,)
+    q = model.model.layers[0].mlp.experts
+    assert isinstance(q, QuantExperts) and q.moe.kernel == "moe_mxfp4_mxfp8_emulated"
+    # loaded as stored (never dequantized): the bytes are the checkpoint's, gate rows first
+    rows = torch.cat([torch.arange(0, gb.shape[1], 2), torch.arange(1, gb.shape[1], 2)])
+    assert torch.equal(q.moe.w13_data.view(torch.uint8), gb[:, rows].reshape(gb.shape[0], gb.shape[1], -1))
+    assert torch.equal(q.moe.w2_scale, ds)
+    hidden = torch.randn(6, ex.gate_up_proj.shape[1]).bfloat16()
+    ids = torch.tensor([[0, 1], [2, 3], [1, 2], [3, 0], [0, 2], [1, 3]])
+    w = torch.softmax(torch.randn(6, 2), -1)
+    with torch.no_grad():
+        got, want = q(hidden, ids, w).float(), ref(hidden, ids, w).float()
+    assert torch.nn.functional.cosine_similarity(got, want, dim=-1).min() > 0.99  # mxfp8 activations
+
+
+def test_gpt_oss_blocks_errors(tmp_path):
+    model, plan = _gpt_oss(tmp_path)
+    name = "model.layers.0.mlp.experts"
+    ex = model.model.layers[0].mlp.experts
+    gb, gs = _mx_blocks(ex.gate_up_proj.detach().float().transpose(1, 2))
+    diags = _apply_error(model, plan, {f"{name}.gate_up_proj_blocks": gb, f"{name}.gate_up_proj_scales": gs})
+    assert "gpt-oss MXFP4 experts: the weights lack model.layers.0.mlp.experts.down_proj_blocks, " \
+           "model.layers.0.mlp.experts.down_proj_scales" in diags[name].message
+    db, ds = _mx_blocks(ex.down_proj.detach().float().transpose(1, 2))
+    state = {f"{name}.gate_up_proj_blocks": gb, f"{name}.gate_up_proj_scales": gs[:, :, :2],
+             f"{name}.down_proj_blocks": db, f"{name}.down_proj_scales": ds}
+    diags = _apply_error(model, plan, state)
+    assert f"gpt-oss MXFP4 experts: *_scales: shape {tuple(gs[:, :, :2].shape)}, expected {tuple(gs.shape)}" \
+        in diags[name].message
+
+
+def test_per_expert_fp8_block_tensors_load_into_fused_experts(tmp_path):
+    """DeepSeek-V3 / Qwen3-FP8 checkpoints name experts one by one; transformers 5 fuses them."""
+    from quantc import hf
+    from quantc.runtime.hf_moe import QuantExperts
+
+    qconfig = FORMATS["fp8_block"][1]
+    model = hf.build_model("qwen3-30b-a3b", 1, tiny=True)
+    model.config.quantization_config = qconfig
+    plan = _plan(model, tmp_path)
+    name = "model.layers.0.mlp.experts"
+    assert plan.module(f"{name}.gate_up_proj").kernel == "moe_fp8_block"
+    ex = model.model.layers[0].mlp.experts
+    inter = ex.down_proj.shape[2]
+    state, w13, w2 = {}, [], []
+    for e in range(ex.gate_up_proj.shape[0]):
+        parts = {"gate_proj": ex.gate_up_proj[e, :inter], "up_proj": ex.gate_up_proj[e, inter:],
+                 "down_proj": ex.down_proj[e]}
+        deq = {}
+        for leaf, wt in parts.items():
+            t = Q.quantize_weight(wt.detach().float(), "fp8_block_128x128")
+            state.update({f"{name}.{e}.{leaf}.{n}": v for n, v in t.items()})
+            deq[leaf] = Q.dequantize_weight(t, "fp8_block_128x128")
+        w13.append(torch.cat([deq["gate_proj"], deq["up_proj"]]))
+        w2.append(deq["down_proj"])
+    rt.apply(model, plan, weights=state, progress=False)
+    q = model.model.layers[0].mlp.experts
+    assert isinstance(q, QuantExperts)
+    assert torch.equal(wf.dequantize(q.moe._weight("w13")), torch.stack(w13))
+    assert torch.equal(wf.dequantize(q.moe._weight("w2")), torch.stack(w2))
+    e1 = f"{name}.1.up_proj.weight_scale_inv"
+    model = hf.build_model("qwen3-30b-a3b", 1, tiny=True)
+    diags = _apply_error(model, plan, {k: v for k, v in state.items() if k != e1})
+    assert f"the weights hold {name}.1.up_proj.weight (float8_e4m3fn): pre-quantized expert tensors are not loaded " \
+           "by this runtime unless they form a layout of the planned fp8_block_128x128" in diags[name].message
+    assert "lack weight_scale_inv" in diags[name].message
+    diags = _apply_error(model, plan, {k: v for k, v in state.items() if ".3.down_proj." not in k})
+    assert f"the weights hold pre-quantized experts of this block but lack {name}.3.down_proj" in diags[name].message
