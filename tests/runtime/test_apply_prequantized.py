@@ -482,3 +482,27 @@ def test_per_expert_fp8_block_tensors_load_into_fused_experts(tmp_path):
     assert "lack weight_scale_inv" in diags[name].message
     diags = _apply_error(model, plan, {k: v for k, v in state.items() if ".3.down_proj." not in k})
     assert f"the weights hold pre-quantized experts of this block but lack {name}.3.down_proj" in diags[name].message
+
+
+def test_per_expert_module_list_takes_checkpoint_experts_and_the_model_for_the_rest(tmp_path):
+    """A ModuleList of expert MLPs (older transformers): GPTQ-style int8 tensors for expert 0, the model's own
+    bf16 weights quantized for the others; the block's routing loop still runs."""
+    from tests.runtime.test_moe import H, I, T, _moe_plan, _tiny_moe
+
+    model = _tiny_moe()
+    plan = _moe_plan(model, tmp_path, "int8")
+    block = "layers.0.mlp.experts"
+    state, refs = {}, {}
+    for leaf in ("gate_proj", "up_proj", "down_proj"):
+        tensors, refs[leaf] = w_gptq_int8(getattr(model.layers[0].mlp.experts[0], leaf).weight.detach().float())
+        state.update({f"{block}.0.{leaf}.{n}": t for n, t in tensors.items()})
+    rt.apply(model, plan, weights=state, progress=False)
+    moe = model.layers[0].mlp.experts.moe
+    w13, w2 = wf.dequantize(moe._weight("w13")), wf.dequantize(moe._weight("w2"))
+    assert torch.allclose(w13[0], torch.cat([refs["gate_proj"], refs["up_proj"]]), rtol=2**-10)
+    assert torch.allclose(w2[0], refs["down_proj"], rtol=2**-10)
+    fresh = _tiny_moe()  # same seed: expert 1 quantized from the model's own weight
+    assert torch.equal(w2[1], Q.dequantize_weight(Q.quantize_weight(fresh.layers[0].mlp.experts[1].down_proj.weight,
+                                                                    "int8_per_channel"), "int8_per_channel"))
+    out = model.layers[0].mlp(torch.randn(T, H).bfloat16())
+    assert out.shape == (T, H) and torch.isfinite(out.float()).all() and I == w2.shape[2]
