@@ -102,7 +102,11 @@ def plan(
         raise typer.Exit(EXIT_INVALID)
     data = plan_data(result.plan, result.diagnostics, result.lowering.shapes)
     if fmt == Format.text:
-        typer.echo(render_plan_text(data))
+        import shutil
+
+        # a terminal gets its own width (the provenance column folds); files and pipes get 260 columns
+        width = max(shutil.get_terminal_size((260, 24)).columns, 120) if sys.stdout.isatty() else 260
+        typer.echo(render_plan_text(data, width=width))
     else:
         _emit_data(data, fmt)
     if html is not None:

@@ -102,10 +102,7 @@ def _prov(s: Setting) -> str:
     """``file:line:col: label``; the label's own ``(file)`` suffix is dropped when the span names it."""
     if not (s.span and s.span.line > 0):
         return s.origin
-    label = s.origin
-    suffix = f" ({s.span.file})"
-    if label.endswith(suffix):
-        label = label[: -len(suffix)]
+    label = s.origin.replace(f" ({s.span.file})", "")
     return f"{s.span}: {label}"
 
 

@@ -75,6 +75,8 @@ _COLUMN = re.compile(r"^(.*?:\d+):\d+: ")
 
 def _decided_by(row: dict) -> str:
     """One place when both fields come from the same line (a mapping sets them at two columns)."""
+    if row["kind"] == "kv_cache":  # the cache has no weights: its activation key is the whole story
+        return row["activation_from"]
     same_line = _COLUMN.sub(r"\1: ", row["weight_from"]) == _COLUMN.sub(r"\1: ", row["activation_from"])
     if same_line:
         return row["weight_from"]
@@ -96,6 +98,8 @@ def render_plan_text(data: dict, width: int = 260) -> str:
     table = Table(show_lines=False, box=None, pad_edge=False, header_style="bold")
     shape_header = "N x K per rank" if target["tensor_parallel"] > 1 else "N x K"
     cells = [_row_cells(row) for row in data["rows"]]
+    if width < 200:  # a narrow terminal: provenance with file names, not paths
+        cells = [c[:-1] + (re.sub(r"[^\s:|]*/([^/\s:]+):(\d+)", r"\1:\2", c[-1]),) for c in cells]
     headers = ("modules", "#", shape_header, "weight", "activation", "kernel", "decided by")
     for i, col in enumerate(headers):
         if col == "decided by":
