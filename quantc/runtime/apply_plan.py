@@ -303,11 +303,6 @@ def _apply(model, plan, weights, rank, world, progress, diags, on_meta) -> Apply
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() == world_n):
             diags.append(_err("QC707", f"tensor_parallel={tp} needs torch.distributed initialised with {tp} processes",
                               None, "call torch.distributed.init_process_group (nccl on GPUs, gloo on the CPU) first"))
-        moe = [mp.name for mp in plan.modules if mp.kind == "moe_experts" and mp.kernel is not None]
-        if moe:
-            diags.append(_err("QC707", f"{len(moe)} MoE expert module(s) are planned under tensor_parallel={tp}; this "
-                              "runtime shards dense layers only", moe[0],
-                              "run MoE models with tensor_parallel=1 for now (the plan's per-rank checks still apply)"))
     rank_n = rank or 0
     diags += check_model(model, plan, world_n)
     first = next((p for p in model.parameters()), None)
@@ -362,7 +357,7 @@ def _apply(model, plan, weights, rank, world, progress, diags, on_meta) -> Apply
                 if entries is None:
                     new = _prepare(mp, mods[name], state, plan, rank_n, world_n)
                 else:
-                    new = prepare_block(name, mods[name], entries, plan, state)
+                    new = prepare_block(name, mods[name], entries, plan, state, rank_n, world_n)
             except Exception as exc:
                 what = f"({mp.weight} via {mp.kernel})" if entries is None else \
                     f"(MoE experts, {entries[0].weight} via {entries[0].kernel})"

@@ -105,27 +105,54 @@ def _top_k(mod: nn.Module) -> int:
 
 
 def prepare_experts(name: str, mod: nn.Module, gate_up, down, tables=None, tensors: dict | None = None,
-                    prequantized: tuple | None = None) -> QuantExperts:
+                    prequantized: tuple | None = None, shard=None) -> QuantExperts:
     """A ``QuantExperts`` for one fused experts module. ``tables``: (gate_up buckets, down buckets), the
     plan's kernel-table entries (None, or None for one of them: the kernel's defaults). ``prequantized``:
-    (w13, w2 ``WoWeight``s in quantc's layout, b13, b2) loaded from a checkpoint, used as they are."""
+    (w13, w2 ``WoWeight``s in quantc's layout, b13, b2) loaded from a checkpoint, used as they are.
+    ``shard`` (``parallel.ExpertShard``): keep only this rank's part; ``gate_up`` / ``down`` then carry
+    the unsharded (N, K) (``parallel.global_expert_entry``)."""
     if gate_up.weight != down.weight or gate_up.activation != down.activation or gate_up.kernel != down.kernel:
         raise ValueError("the experts of one MoE layer share one scheme; the plan gives gate_up_proj "
                          f"{gate_up.weight}/{gate_up.activation} and down_proj {down.weight}/{down.activation}")
     if prequantized is not None:
         q13, q2, b13, b2 = prequantized
+        total = q13.num_experts
         if is_gpt_oss(mod) and (mod.alpha, mod.limit) != (mg.GPT_OSS_ALPHA, mg.GPT_OSS_LIMIT):
             raise ValueError(f"gpt-oss SwiGLU alpha={mod.alpha}, limit={mod.limit}; the kernel has "
                              f"alpha={mg.GPT_OSS_ALPHA}, limit={mg.GPT_OSS_LIMIT}")
+        if shard is not None:
+            q13, q2, b13, b2 = shard.weights(q13, q2, b13, b2)
     else:
         w13, w2, b13, b2 = expert_weights(mod, gate_up, down, tensors)
-        q13, q2 = wf.quantize(w13, gate_up.weight), wf.quantize(w2, down.weight)
+        total = w13.shape[0]
+        q13, q2, b13, b2 = quantize_shard(w13, w2, b13, b2, gate_up.weight, shard)
     moe = QuantMoE(gate_up.kernel, q13, q2,
                    # routing stays in the model's own router module; QuantMoE's router weight is unused
                    torch.zeros(q13.num_experts, 1, device=q13.data.device), top_k=_top_k(mod), activation=_activation(mod),
                    act_key=gate_up.activation, gate_up_bias=None if b13 is None else b13.to(torch.bfloat16),
                    down_bias=None if b2 is None else b2.to(torch.bfloat16), tables=tables)
-    return QuantExperts(name, moe)
+    return QuantExperts(name, distribute(moe, shard, total))
+
+
+def quantize_shard(w13, w2, b13, b2, key: str, shard=None):
+    """Quantize bf16 experts to ``key``, keeping this rank's part only: sliced before quantization,
+    except keys with a whole-tensor scale, quantized whole and then sliced (the tp=1 scale)."""
+    if shard is None:
+        return wf.quantize(w13, key), wf.quantize(w2, key), b13, b2
+    from .parallel import needs_whole_quantization
+
+    if key != "none" and needs_whole_quantization(key):
+        return shard.weights(wf.quantize(w13, key), wf.quantize(w2, key), b13, b2)
+    w13, w2, b13, b2 = shard.bf16(w13, w2, b13, b2)
+    return wf.quantize(w13, key), wf.quantize(w2, key), b13, b2
+
+
+def distribute(moe: QuantMoE, shard, total_experts: int) -> QuantMoE:
+    """Tell ``moe`` (built from this rank's part) which experts it holds and whom to reduce with."""
+    if shard is None:
+        return moe
+    first, _ = shard.expert_range(total_experts)
+    return moe.distribute(first, total_experts, shard.world)
 
 
 def apply_hf(model: nn.Module, plan, weights=None, *, rank=None, world=None, progress: bool = False):

@@ -73,6 +73,15 @@ class QuantMoE(nn.Module):
         # (gate_up buckets, down buckets): the plan's KernelTableEntry buckets, picked per live token count;
         # None (for both or one of them): tables.default_buckets of the kernel
         self.tables = tuple(None if b is None else bucket_lookup(b) for b in (tables or (None, None)))
+        # tensor/expert parallelism (``distribute``): this rank's first expert and the block's expert
+        # count, and the world whose partial outputs are summed
+        self.first_expert, self.total_experts, self.world, self.group = 0, self.num_experts, 1, None
+
+    def distribute(self, first_expert: int, total_experts: int, world: int, group=None) -> "QuantMoE":
+        """Mark the weights as this rank's part (``parallel.ExpertShard``): expert ids are global, local
+        experts are [first_expert, first_expert + num_experts), and ``experts`` all-reduces its output."""
+        self.first_expert, self.total_experts, self.world, self.group = first_expert, total_experts, world, group
+        return self
 
     def kernel_configs(self, tokens: int, top_k: int) -> tuple[WoConfig, WoConfig]:
         """(gate_up config, down config) for ``tokens`` live tokens routed to ``top_k`` experts each."""
@@ -113,17 +122,36 @@ class QuantMoE(nn.Module):
         differ from ``top_k`` (a per-expert call routes every token to one expert, k = 1)."""
         t, top_k = topk_ids.shape
         c13, c2 = self.kernel_configs(t, top_k)
-        sorted_ids, block_expert, total = align_by_expert(topk_ids, self.num_experts, c13.block_m)
+        local = None
+        if self.num_experts != self.total_experts:  # expert parallel: other ranks' experts count zero here
+            ids = topk_ids.to(torch.int64) - self.first_expert
+            local = (ids >= 0) & (ids < self.num_experts)
+            topk_ids = torch.where(local, ids, self.num_experts)  # a sentinel expert, sorted last
+            sorted_ids, block_expert, _ = align_by_expert(topk_ids, self.num_experts + 1, c13.block_m)
+            counts = torch.bincount(topk_ids.reshape(-1), minlength=self.num_experts + 1)[:-1]
+            total = ((counts + c13.block_m - 1) // c13.block_m * c13.block_m).sum().reshape(1).to(torch.int32)
+        else:
+            sorted_ids, block_expert, total = align_by_expert(topk_ids, self.num_experts, c13.block_m)
         routing = (sorted_ids, block_expert, total, t * top_k)
         a, sa, code, group = self._act_in(x)
         h = mg.grouped_gemm(a, sa, self._weight("w13"), routing, a_div=top_k, act=self.activation,
                             a_quant=code, a_group=group, cfg=c13, bias=self.b13)
+        if local is not None:  # rows of foreign pairs were never written; keep them out of activation scales
+            h = torch.where(local.reshape(-1, 1), h, torch.zeros((), dtype=h.dtype, device=h.device))
         a, sa, code, group = self._act_in(h)
         # both GEMMs share the routing, padded to gate_up's BLOCK_M
         c2 = WoConfig(c13.block_m, c2.block_n, c2.block_k, num_warps=c2.num_warps, num_stages=c2.num_stages)
         y = mg.grouped_gemm(a, sa, self._weight("w2"), routing, a_div=1, act="none", a_quant=code, a_group=group,
                             cfg=c2, bias=self.b2, topk_weights=topk_weights.reshape(-1).float().contiguous())
-        return y.view(t, top_k, -1).float().sum(1).to(torch.bfloat16)
+        y = y.view(t, top_k, -1)
+        if local is not None:
+            y = torch.where(local.unsqueeze(-1), y, torch.zeros((), dtype=y.dtype, device=y.device))
+        out = y.float().sum(1)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(out, group=self.group)
+        return out.to(torch.bfloat16)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         shape = hidden.shape

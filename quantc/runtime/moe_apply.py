@@ -32,7 +32,7 @@ import re
 
 from . import checkpoint_layouts as cl
 from . import quantize as Q
-from .hf_moe import _activation, is_interleaved, prepare_experts
+from .hf_moe import _activation, distribute, is_interleaved, prepare_experts, quantize_shard
 from .kernels import wo_format as wf
 from .moe import MOE_KERNELS, QuantMoE
 from .prequantized import checkpoint_tensors, is_prequantized
@@ -65,7 +65,7 @@ class QuantExpertList(nn.Module):
         self.name, self.moe = name, moe
 
     def __len__(self) -> int:
-        return self.moe.num_experts
+        return self.moe.total_experts  # all of the block's experts, also where this rank holds a part
 
     def __getitem__(self, e) -> _ExpertView:
         e = int(e)
@@ -334,7 +334,7 @@ class _Moved:
                 if n.startswith(prefix) and "." not in n[len(prefix):]}
 
 
-def _prepare_fused(block: str, mod: nn.Module, entries: list, plan, state) -> nn.Module:
+def _prepare_fused(block: str, mod: nn.Module, entries: list, plan, state, shard=None) -> nn.Module:
     by_param = {mp.name.rpartition(".")[2]: mp for mp in entries}
     if set(by_param) != set(FUSED_PARAMS):
         raise ValueError(f"the plan has only {', '.join(sorted(by_param))} of this experts module")
@@ -343,14 +343,14 @@ def _prepare_fused(block: str, mod: nn.Module, entries: list, plan, state) -> nn
     rel = _block_state(state, block)
     pre = _fused_prequantized(block, mod, rel, gu, dn)
     if pre is not None:
-        return prepare_experts(block, mod, gu, dn, tables=_tables(plan, gu, dn), prequantized=pre)
+        return prepare_experts(block, mod, gu, dn, tables=_tables(plan, gu, dn), prequantized=pre, shard=shard)
     params = ("gate_up_proj", "down_proj", "gate_up_proj_bias", "down_proj_bias")
     sources = {f"{block}.{p}": getattr(mod, p) for p in params if isinstance(getattr(mod, p, None), torch.Tensor)}
     given = {n[len(block) + 1:]: t for n, t in _state_tensors(state, block, sources).items()}
-    return prepare_experts(block, mod, gu, dn, tables=_tables(plan, gu, dn), tensors=given)
+    return prepare_experts(block, mod, gu, dn, tables=_tables(plan, gu, dn), tensors=given, shard=shard)
 
 
-def _prepare_per_expert(block: str, mod: nn.ModuleList, entries: list, plan, state) -> nn.Module:
+def _prepare_per_expert(block: str, mod: nn.ModuleList, entries: list, plan, state, shard=None) -> nn.Module:
     leaves = _per_expert_leaves(mod)
     by_name = {mp.name: mp for mp in entries}
     missing = [f"{block}.{e}.{leaf}" for e in range(len(mod)) for leaf in leaves if f"{block}.{e}.{leaf}" not in by_name]
@@ -362,7 +362,7 @@ def _prepare_per_expert(block: str, mod: nn.ModuleList, entries: list, plan, sta
                for p in ("weight", "bias") if getattr(getattr(x, leaf), p, None) is not None}
     rel = _block_state(state, block)
     if any(is_prequantized({n.rpartition(".")[2]: t}) for n, t in rel.items()):
-        return _per_expert_module_list(block, mod, entries, plan, state, leaves, first)
+        return _per_expert_module_list(block, mod, entries, plan, state, leaves, first, shard)
     given = _state_tensors(state, block, sources)
 
     def stack(leaf: str, p: str = "weight") -> torch.Tensor | None:
@@ -388,14 +388,16 @@ def _prepare_per_expert(block: str, mod: nn.ModuleList, entries: list, plan, sta
         b13 = torch.cat([b_g, b_u], 1)
     gu, dn = by_name[f"{block}.0.{gate}"], by_name[f"{block}.0.{down}"]
     with torch.no_grad():
-        moe = QuantMoE(first.kernel, wf.quantize(w13, first.weight), wf.quantize(w2, first.weight),
+        q13, q2, b13, b2 = quantize_shard(w13, w2, b13, b2, first.weight, shard)
+        moe = QuantMoE(first.kernel, q13, q2,
                        # routing stays in the model's own block; QuantMoE's router weight is unused
-                       torch.zeros(len(mod), 1, device=w13.device), top_k=1, activation=_activation(mod[0]),
+                       torch.zeros(q13.num_experts, 1, device=w13.device), top_k=1, activation=_activation(mod[0]),
                        act_key=first.activation, gate_up_bias=b13, down_bias=b2, tables=_tables(plan, gu, dn))
-    return QuantExpertList(block, moe)
+    return QuantExpertList(block, distribute(moe, shard, len(mod)))
 
 
-def _per_expert_module_list(block: str, mod: nn.ModuleList, entries: list, plan, state, leaves, first) -> nn.Module:
+def _per_expert_module_list(block: str, mod: nn.ModuleList, entries: list, plan, state, leaves, first,
+                            shard=None) -> nn.Module:
     """A ModuleList block whose weights hold pre-quantized expert tensors (the rest from the model)."""
     gate, _, down = leaves
     by_name = {mp.name: mp for mp in entries}
@@ -414,11 +416,13 @@ def _per_expert_module_list(block: str, mod: nn.ModuleList, entries: list, plan,
         b13 = _module_bias(mod, leaves[:2])
     if b2 is None:
         b2 = _module_bias(mod, leaves[2:])
+    if shard is not None:
+        w13, w2, b13, b2 = shard.weights(w13, w2, b13, b2)
     with torch.no_grad():
-        moe = QuantMoE(first.kernel, w13, w2, torch.zeros(len(mod), 1, device=w13.data.device), top_k=1,
+        moe = QuantMoE(first.kernel, w13, w2, torch.zeros(w13.num_experts, 1, device=w13.data.device), top_k=1,
                        activation=_activation(mod[0]), act_key=first.activation, gate_up_bias=b13, down_bias=b2,
                        tables=_tables(plan, gu, dn))
-    return QuantExpertList(block, moe)
+    return QuantExpertList(block, distribute(moe, shard, len(mod)))
 
 
 def _module_bias(mod: nn.ModuleList, leaves: tuple) -> torch.Tensor | None:
@@ -432,9 +436,16 @@ def _module_bias(mod: nn.ModuleList, leaves: tuple) -> torch.Tensor | None:
     return torch.stack(rows).to(torch.bfloat16)
 
 
-def prepare_block(block: str, mod: nn.Module, entries: list, plan, state=None) -> nn.Module:
-    """The grouped module that replaces ``block`` (raises ValueError with the reason)."""
+def prepare_block(block: str, mod: nn.Module, entries: list, plan, state=None, rank: int = 0,
+                  world: int = 1) -> nn.Module:
+    """The grouped module that replaces ``block`` (raises ValueError with the reason). Under tensor
+    parallelism (``world`` > 1) it holds only this rank's part (``parallel.ExpertShard``) and sums the
+    ranks' outputs through torch.distributed."""
+    from .parallel import expert_shard, global_expert_entry
+
+    shard = expert_shard(plan, rank, world)
+    entries = [global_expert_entry(mp, shard) for mp in entries]
     if layout(block, mod, entries) == "fused":
-        return _prepare_fused(block, mod, entries, plan, state)
-    return _prepare_per_expert(block, mod, entries, plan, state)
+        return _prepare_fused(block, mod, entries, plan, state, shard)
+    return _prepare_per_expert(block, mod, entries, plan, state, shard)
 

@@ -18,6 +18,8 @@ quantized whole and then sliced, so every rank uses the same scale as the single
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
 from torch import nn
 
@@ -94,3 +96,113 @@ class ShardedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.split}-parallel, rank {self.rank} of {self.world}"
+
+
+# ---------------------------------------------------------------------------- MoE experts
+#
+# Experts follow one of two modes (SPEC §5, plan.target["expert_parallel"]):
+# - "expert": rank r keeps experts [r*E/W, (r+1)*E/W) whole; routing is replicated, so every rank sees
+#   every token, computes its local experts' contributions (others count zero) and the block output is
+#   all-reduced;
+# - "tensor": every expert is kept, split along its intermediate dimension I: rows [r*I/W, (r+1)*I/W)
+#   of gate and the same rows of up (quantc's w13 is [gate; up], so two matching slices, never a
+#   contiguous half of 2I), the same columns of down; the partial outputs are all-reduced. The down
+#   bias stays on rank 0 only, so the sum adds it once.
+
+
+@dataclass(frozen=True)
+class ExpertShard:
+    mode: str  # "expert" | "tensor"
+    rank: int
+    world: int
+
+    def expert_range(self, num_experts: int) -> tuple[int, int]:
+        if self.mode != "expert":
+            return 0, num_experts
+        if num_experts % self.world:
+            raise ValueError(f"{num_experts} experts do not split evenly over {self.world} ranks (expert parallel)")
+        per = num_experts // self.world
+        return self.rank * per, (self.rank + 1) * per
+
+    def _inter(self, inter: int, row_block: int = 1, group: int = 1) -> tuple[int, int]:
+        if inter % self.world:
+            raise ValueError(f"the expert width I = {inter} does not split evenly over {self.world} ranks")
+        per = inter // self.world
+        if per % row_block or per % group:
+            raise ValueError(f"each rank's expert width I/{self.world} = {per} cuts a quantization block "
+                             f"({max(row_block, group)}) at a shard edge; use expert_parallel or a per-channel key")
+        return self.rank * per, (self.rank + 1) * per
+
+    def bf16(self, w13, w2, b13, b2):
+        """(w13 (E, 2I, H), w2 (E, H, I), b13 (E, 2I), b2 (E, H)) in quantc's layout -> this rank's part."""
+        if self.mode == "expert":
+            lo, hi = self.expert_range(w13.shape[0])
+            return tuple(None if t is None else t[lo:hi].contiguous() for t in (w13, w2, b13, b2))
+        inter = w2.shape[-1]
+        lo, hi = self._inter(inter)
+        rows = _gate_up_rows(lo, hi, inter, w13.device)
+        return (w13[:, rows].contiguous(), w2[..., lo:hi].contiguous(),
+                None if b13 is None else b13[:, rows].contiguous(), b2 if self.rank == 0 else None)
+
+    def weights(self, q13, q2, b13, b2):
+        """The same for quantized ``WoWeight``s (sliced with their scales) and biases."""
+        if self.mode == "expert":
+            lo, hi = self.expert_range(q13.num_experts)
+            return (_expert_slice(q13, lo, hi), _expert_slice(q2, lo, hi),
+                    None if b13 is None else b13[lo:hi].contiguous(), None if b2 is None else b2[lo:hi].contiguous())
+        inter = q2.k
+        lo, hi = self._inter(inter, q13.row_block, q2.group if q2.scale is not None and q2.scale.shape[-1] > 1 else 1)
+        rows = _gate_up_rows(lo, hi, inter, q13.data.device)
+        return (_row_slice(q13, rows), _k_slice(q2, lo, hi),
+                None if b13 is None else b13[:, rows].contiguous(), b2 if self.rank == 0 else None)
+
+
+def _gate_up_rows(lo: int, hi: int, inter: int, device) -> torch.Tensor:
+    r = torch.arange(lo, hi, device=device)
+    return torch.cat([r, r + inter])
+
+
+def _expert_slice(w, lo: int, hi: int):
+    e = w.num_experts
+
+    def cut(t):
+        return t if t is None or t.dim() == 0 or t.shape[0] != e else t[lo:hi].contiguous()
+
+    return replace(w, data=cut(w.data), scale=cut(w.scale), zeros=cut(w.zeros), global_scale=cut(w.global_scale))
+
+
+def _row_slice(w, rows: torch.Tensor):
+    """Rows ``rows`` of every expert of a (E, N, K) weight; scales of row blocks follow their first row."""
+    def cut(t):
+        if t is None:
+            return None
+        if t.shape[1] == w.n:
+            return t[:, rows].contiguous()
+        return t[:, rows[::w.row_block] // w.row_block].contiguous()
+
+    return replace(w, n=rows.numel(), data=w.data[:, rows].contiguous(), scale=cut(w.scale), zeros=cut(w.zeros))
+
+
+def _k_slice(w, lo: int, hi: int):
+    """Columns [lo, hi) of every expert's (N, K) weight; a scale of whole rows (per channel) is kept."""
+    def cut(t):
+        if t is None or t.shape[-1] == 1:
+            return t
+        return t[..., lo // w.group:hi // w.group].contiguous()
+
+    data = w.data[..., lo // w.pack:hi // w.pack].contiguous()
+    return replace(w, k=hi - lo, data=data, scale=cut(w.scale), zeros=cut(w.zeros))
+
+
+def expert_shard(plan, rank: int, world: int) -> ExpertShard | None:
+    if world == 1:
+        return None
+    return ExpertShard("expert" if plan.target.get("expert_parallel") else "tensor", rank, world)
+
+
+def global_expert_entry(mp, shard: ExpertShard | None):
+    """A plan entry of experts with its unsharded (N, K) (tensor mode keeps per-rank shapes in the plan)."""
+    if shard is None or shard.mode == "expert":
+        return mp
+    n, k = (mp.n * shard.world, mp.k) if mp.tp_split == "column" else (mp.n, mp.k * shard.world)
+    return mp._replace(n=n, k=k)
