@@ -4,6 +4,7 @@ transformers model, keeps only its part of every experts module and sums the par
 torch.distributed; the logits must match the tp=1 plan, and each rank keeps about half the expert bytes."""
 
 import os
+import sys
 
 import pytest
 import torch
@@ -18,7 +19,9 @@ CASES = [
     ("qwen3-30b-a3b", "int8", "int8", True),
     ("gpt-oss-20b", "mxfp4", "none", False),  # weight-only, gate/up interleaved in the checkpoint, biases
     ("gpt-oss-20b", "fp8_per_channel", "none", True),
+    ("per-expert", "int8", "int8", False),  # a ModuleList of expert MLPs, run by the block's own loop
 ]
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = """quantc: 1
 linear: {linear}
 moe: {scheme}
@@ -27,6 +30,11 @@ target: {{tensor_parallel: {tp}, expert_parallel: {ep}}}
 
 
 def _model(name):
+    if name == "per-expert":
+        sys.path.insert(0, ROOT)
+        from tests.runtime.test_moe import _tiny_moe
+
+        return _tiny_moe()
     from quantc.hf import build_model
 
     return build_model(name, layers=1, tiny=True)
@@ -46,14 +54,22 @@ def _plan(tmp, case, tp):
 
 def _expert_bytes(model):
     from quantc.runtime.hf_moe import QuantExperts
+    from quantc.runtime.moe_apply import QuantExpertList
 
-    return sum(t.numel() * t.element_size() for m in model.modules() if isinstance(m, QuantExperts)
+    return sum(t.numel() * t.element_size() for m in model.modules() if isinstance(m, (QuantExperts, QuantExpertList))
                for t in m.buffers() if t is not None)
 
 
-def _run(model, ids):
+def _inputs():
+    torch.manual_seed(1)
+    return {"ids": torch.randint(0, 64, (1, 7)), "x": torch.randn(5, 128).bfloat16()}
+
+
+def _run(model, inputs):
     with torch.no_grad():
-        return model(ids).logits.float()
+        if isinstance(model, torch.nn.Module) and hasattr(model, "config"):
+            return model(inputs["ids"]).logits.float()
+        return model(inputs["x"]).float()
 
 
 def _rank(rank, world, tmp, ids):
@@ -83,7 +99,7 @@ def runs(tmp_path_factory):
 
     os.environ["TRITON_INTERPRET"] = "1"
     tmp = str(tmp_path_factory.mktemp("tp_moe"))
-    ids = torch.randint(0, 64, (1, 7))
+    ids = _inputs()
     ref = {}
     for case in CASES:
         exact = _run(_model(case[0]), ids)
