@@ -3,7 +3,9 @@
 1. Every example config planned against every example model it is meant for
    (tests/golden/plan/examples/<config>__<model>/): ``plan --format json`` output (model, target,
    summary, rows, kernels, diagnostics) and the exit code; for a handful also the text a person reads
-   and the diagnostics printed on stderr. An infeasible combination is a golden like any other.
+   and the diagnostics printed on stderr. An infeasible combination is a golden like any other. The
+   whole config x model matrix is pinned compactly in tests/golden/plan/matrix.json (exit code,
+   summary, diagnostic codes).
 2. CLI behaviours, one folder per case (tests/golden/{plan/cases,explain,compile}/<case>/: ``args``,
    the config, expected ``stdout``, ``stderr``, ``exit_code``); see tests/cli_golden.py.
 
@@ -137,3 +139,25 @@ def test_golden_exit_codes_cover_all_three():
             with open(os.path.join(GOLDEN, *sub, case, "exit_code")) as fh:
                 codes.add(int(fh.read()))
     assert codes == {0, 1, 2}
+
+
+def test_every_example_config_against_every_example_model():
+    """The whole matrix, compactly: for each (config, model), the exit code, the summary (modules,
+    per-scheme counts and bytes) and the diagnostic codes. A config meant for another architecture
+    typically warns that its rules match nothing, or fails a feasibility check: that is the point."""
+    matrix = {}
+    for config in sorted(MEANT_FOR):
+        for model in ALL_MODELS:
+            code, out, err = run_quantc(["plan", f"{CONFIGS}/{config}", "--model", f"{MODELS}/{model}.json",
+                                         "--format", "json"])
+            assert "Traceback" not in err
+            data = json.loads(out)
+            entry = {"exit_code": code, "diagnostics": sorted({d["code"] for d in data["diagnostics"]})}
+            if code == 0:
+                s = data["summary"]
+                entry["summary"] = {"modules": s["modules"], "bytes_before": s["bytes_before"],
+                                    "bytes_after": s["bytes_after"],
+                                    "schemes": {k: v["modules"] for k, v in s["schemes"].items()}}
+            matrix[f"{config} @ {model}"] = entry
+    assert len(matrix) == len(MEANT_FOR) * len(ALL_MODELS)
+    check_file(os.path.join(GOLDEN, "plan", "matrix.json"), json.dumps(matrix, indent=1, sort_keys=True) + "\n")
