@@ -193,6 +193,9 @@ def module_tensors(mp, mod: nn.Module, state: dict | None, rank: int = 0, world:
     if not is_split(mp, world):
         return _module_tensors(mp, mod, state, mp.n, mp.k)
     full_n, full_k = global_shape(mp, world)
+    shard_state = _shard_only_source(mp, state, full_n, full_k, rank, world)
+    if shard_state is not None:  # read this rank's slices from the checkpoint, never the whole tensors
+        return _module_tensors(mp, mod, shard_state, mp.n, mp.k)
     whole = _module_tensors(mp, mod, state, full_n, full_k, quantize=needs_whole_quantization(mp.weight)
                             if mp.weight != "none" else True)
     if "k_perm" in whole and mp.tp_split == "row":
@@ -208,6 +211,30 @@ def module_tensors(mp, mod: nn.Module, state: dict | None, rank: int = 0, world:
     if k_perm is not None:  # column-parallel: every rank reads the whole input, permuted the same way
         out["k_perm"] = k_perm
     return out
+
+
+def _shard_only_source(mp, state, full_n: int, full_k: int, rank: int, world: int):
+    """For a split module whose checkpoint tensors can be sliced as they are stored — a high-precision
+    ``weight`` quantized online, or tensors already in quantc's own layout for the planned key — a
+    small source holding only this rank's slices (read with ``get_slice``). None when the module must
+    be read whole: keys with a whole-tensor scale, or a checkpoint format converted after reading."""
+    from .parallel import needs_whole_quantization, shard_bounds
+
+    if state is None or mp.weight == "none" or needs_whole_quantization(mp.weight):
+        return None
+    names = state.names_under(mp.name) - {"bias", "input_scale"}
+    online = names == {"weight"} and state.is_float(f"{mp.name}.weight")
+    own_layout = names == set(Q.tensor_specs(mp.weight, full_n, full_k)) and names != {"weight"}
+    if not (online or own_layout):
+        return None
+    from .weights import WeightSource
+
+    part = {}
+    for key in state.under_keys(mp.name):
+        name = key[len(mp.name) + 1:]
+        bounds = None if name in ("bias", "input_scale") else shard_bounds(state.shape(key), mp, full_n, full_k, rank, world)
+        part[key] = state.read_part(key, bounds)
+    return WeightSource(tensors=part)
 
 
 def _module_tensors(mp, mod: nn.Module, state, n: int, k: int, quantize: bool = True) -> dict[str, torch.Tensor]:

@@ -41,23 +41,34 @@ def is_split(mp, world: int) -> bool:
     return world > 1 and mp.kind != "moe_experts" and mp.tp_split in ("column", "row")
 
 
+def shard_bounds(shape: tuple[int, ...], mp, full_n: int, full_k: int, rank: int, world: int):
+    """(dim, start, stop) of this rank's part of a tensor of ``shape`` belonging to a module whose
+    weight is (full_n, full_k), or None when the tensor stays whole (scalars, per-row scales of a
+    row-parallel module, anything not proportional to the split dimension)."""
+    if len(shape) == 0 or not is_split(mp, world):
+        return None
+    if mp.tp_split == "column":
+        rows = shape[0]
+        if rows == 1 or full_n % rows:
+            return None
+        per = rows // world
+        return 0, rank * per, (rank + 1) * per
+    if len(shape) < 2:
+        return None
+    cols = shape[1]
+    if cols == 1 or full_k % cols or cols % world:
+        return None
+    per = cols // world
+    return 1, rank * per, (rank + 1) * per
+
+
 def shard_tensor(t: torch.Tensor, mp, full_n: int, full_k: int, rank: int, world: int) -> torch.Tensor:
     """This rank's part of one checkpoint-named tensor of a module whose weight is (full_n, full_k)."""
-    if t.dim() == 0 or not is_split(mp, world):
+    bounds = shard_bounds(tuple(t.shape), mp, full_n, full_k, rank, world)
+    if bounds is None:
         return t
-    if mp.tp_split == "column":
-        rows = t.shape[0]
-        if rows == 1 or full_n % rows:
-            return t
-        per = rows // world
-        return t[rank * per:(rank + 1) * per].contiguous()
-    if t.dim() < 2:
-        return t
-    cols = t.shape[1]
-    if cols == 1 or full_k % cols or cols % world:
-        return t
-    per = cols // world
-    return t[:, rank * per:(rank + 1) * per].contiguous()
+    dim, start, stop = bounds
+    return t.narrow(dim, start, stop - start).contiguous()
 
 
 def needs_whole_quantization(weight_key: str) -> bool:

@@ -54,6 +54,38 @@ class WeightSource(Mapping):
     def __contains__(self, key) -> bool:
         return key in self._tensors or key in self._file_of
 
+    def names_under(self, module: str) -> set[str]:
+        self.under_keys(module)
+        return {key[len(module) + 1:] for key in self._children.get(module, ())}
+
+    def under_keys(self, module: str) -> list[str]:
+        if self._children is None:
+            self.under("")  # builds the index
+        return list(self._children.get(module, ()))
+
+    def is_float(self, key: str) -> bool:
+        """Whether a tensor is stored in a floating dtype of 16 bits or more (bf16/fp16/fp32), without reading it."""
+        if key in self._tensors:
+            t = self._tensors[key]
+            return t.is_floating_point() and t.element_size() >= 2
+        return self._handles[self._file_of[key]].get_slice(key).get_dtype() in ("BF16", "F16", "F32", "F64")
+
+    def read_part(self, key: str, bounds) -> torch.Tensor:
+        """A tensor, or only its slice ``(dim, start, stop)`` along dim 0 or 1: a safetensors file is
+        read for that slice alone (``get_slice``)."""
+        if bounds is None:
+            return self[key]
+        dim, start, stop = bounds
+        if key in self._tensors:
+            return self._tensors[key].narrow(dim, start, stop - start).contiguous()
+        part = self._handles[self._file_of[key]].get_slice(key)
+        return (part[start:stop] if dim == 0 else part[:, start:stop]).contiguous()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if key in self._tensors:
+            return tuple(self._tensors[key].shape)
+        return tuple(self._handles[self._file_of[key]].get_slice(key).get_shape())
+
     def under(self, module: str) -> dict[str, torch.Tensor]:
         """The tensors directly owned by ``module`` (``<module>.<name>``, no deeper), read now."""
         if self._children is None:

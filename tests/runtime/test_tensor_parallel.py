@@ -101,3 +101,47 @@ def test_shard_tensor_slices_scales_with_their_blocks():
     assert torch.equal(shard_tensor(groups, MP, 512, 256, 1, 2), groups[:, 4:])
     assert torch.equal(shard_tensor(per_channel, MP, 512, 256, 1, 2), per_channel)  # per-row scales stay whole
     assert torch.equal(shard_tensor(w, MP, 512, 256, 0, 2), w[:, :128])
+
+
+@pytest.mark.parametrize("split,key", [("column", "fp8_per_channel"), ("row", "int4_group_64"),
+                                       ("column", "fp8_block_128x128"), ("row", "fp8_block_128x128")])
+def test_a_rank_reads_only_its_shard_from_the_checkpoint(tmp_path, monkeypatch, split, key):
+    """With a safetensors checkpoint, each rank reads its slices (get_slice), never a whole tensor:
+    a bf16 weight quantized online, or tensors already in quantc's layout; the result equals slicing
+    the whole module."""
+    from safetensors.torch import save_file
+
+    from quantc.plan import ModulePlan
+    from quantc.runtime import quantize as Q
+    from quantc.runtime.apply_plan import module_tensors
+    from quantc.runtime.weights import WeightSource
+
+    torch.manual_seed(1)
+    n, k = 256, 512
+    w = (torch.randn(n, k) * 0.05).to(torch.bfloat16)
+    rank_n, rank_k = (n // 2, k) if split == "column" else (n, k // 2)
+    mp = ModulePlan("layer.proj", "linear", rank_n, rank_k, 1, 0, key, "none", "weight_only", "x", None, None, None,
+                    split, {})
+    mod = torch.nn.Linear(k, n, bias=False, device="meta")
+    bf16_file = tmp_path / "bf16.safetensors"
+    save_file({"layer.proj.weight": w}, str(bf16_file))
+    pre_file = tmp_path / "pre.safetensors"
+    save_file({f"layer.proj.{name}": t.contiguous() for name, t in Q.quantize_weight(w, key).items()}, str(pre_file))
+    whole_reads = []
+    real_getitem = WeightSource.__getitem__
+
+    def spy(self, name):
+        if self._file_of:  # a read of a whole tensor from a file
+            whole_reads.append(name)
+        return real_getitem(self, name)
+
+    monkeypatch.setattr(WeightSource, "__getitem__", spy)
+    sl = (slice(128, 256), slice(None)) if split == "column" else (slice(None), slice(256, 512))
+    want = Q.quantize_weight(w[sl].contiguous(), key)
+    for path in (bf16_file, pre_file):
+        got = module_tensors(mp, mod, WeightSource.from_path(path), rank=1, world=2)
+        assert set(got) == set(want)
+        for name in want:
+            assert torch.equal(got[name].view(torch.uint8) if got[name].dtype.itemsize == 1 else got[name],
+                               want[name].view(torch.uint8) if want[name].dtype.itemsize == 1 else want[name]), name
+    assert whole_reads == []
