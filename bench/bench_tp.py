@@ -112,6 +112,9 @@ def _worker(rank: int, world: int, args, meta: dict, results: dict) -> None:
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # skip teardown: gloo/NCCL threads can abort it after the work is saved
 
 
 def run(args) -> None:
