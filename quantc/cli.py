@@ -90,6 +90,7 @@ def plan(
     strict: bool = _STRICT,
     fmt: Format = _FORMAT,
     html: Optional[Path] = typer.Option(None, "--html", help="also write a picture of the plan as an HTML page"),
+    modules: bool = typer.Option(False, "--modules", help="with --format json|yaml: also list every module's entry"),
 ):
     """Dry run: the resolved per-layer plan as a grouped table, a summary and the warnings."""
     from .report import plan_data, render_plan_text
@@ -101,6 +102,12 @@ def plan(
             _emit_data({"diagnostics": [d.to_dict() for d in result.diagnostics]}, fmt)
         raise typer.Exit(EXIT_INVALID)
     data = plan_data(result.plan, result.diagnostics, result.lowering.shapes)
+    if modules:
+        if fmt == Format.text:
+            _usage_error("--modules lists every module in --format json or yaml")
+        data["modules"] = [{"name": m.name, "kind": m.kind, "n": m.n, "k": m.k, "num_experts": m.num_experts,
+                            "weight": m.weight, "activation": m.activation, "method": m.method, "kernel": m.kernel,
+                            "provenance": m.provenance} for m in result.plan.modules]
     if fmt == Format.text:
         import shutil
 

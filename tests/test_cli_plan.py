@@ -375,3 +375,15 @@ def test_plan_json_of_infeasible_plan_has_only_diagnostics():
     cfg = "examples/configs/llama31_8b_fp8.yaml"
     # fp8 linears (kind default and the o_proj rule) and the fp8 KV cache, each at the line that asked for it
     assert where == {("QC305", cfg, 4, 9), ("QC305", cfg, 12, 13), ("QC305", cfg, 5, 24)}
+
+
+def test_plan_json_lists_every_module_on_request():
+    code, out, _ = run_quantc(["plan", "examples/configs/llama31_8b_int8.json", "--model",
+                               "examples/models/llama-3.1-8b.json", "--format", "json", "--modules"])
+    data = json.loads(out)
+    assert code == 0 and len(data["modules"]) == data["summary"]["modules"] == 258
+    q = next(m for m in data["modules"] if m["name"] == "model.layers.5.self_attn.q_proj")
+    assert q["weight"] and q["kernel"] and q["provenance"]["weight"].startswith("examples/configs/llama31_8b_int8.json:")
+    code, _, err = run_quantc(["plan", "examples/configs/llama31_8b_int8.json", "--model",
+                               "examples/models/llama-3.1-8b.json", "--modules"])
+    assert code == 2 and "--modules lists every module in --format json or yaml" in err
