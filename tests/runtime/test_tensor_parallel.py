@@ -38,11 +38,9 @@ def _plan(tmp, scheme, tp):
 
 
 def _rank(rank, world, tmp, scheme, x):
-    os.environ["TRITON_INTERPRET"] = "1"
-    import torch.distributed as dist
+    from tests.runtime.gloo import gloo_rank
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
-    try:
+    with gloo_rank(rank, world, tmp):
         plan = quantc.load_plan(os.path.join(tmp, f"plan_{scheme}.json"))
         model = _model()
         report = quantc.runtime.apply(model, plan, rank=rank, world=world, progress=False)
@@ -51,14 +49,6 @@ def _rank(rank, world, tmp, scheme, x):
         if rank == 0:
             torch.save({"out": out, "bytes_after": report.bytes_after, "swapped": len(report.swapped)},
                        os.path.join(tmp, "out.pt"))
-        dist.barrier()  # neither rank tears gloo down while the other still talks to it
-    finally:
-        dist.destroy_process_group()
-    # skip the interpreter's teardown: gloo's threads can abort it ("terminate called without an active
-    # exception") after the work is done and saved; an exception above still fails the process
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 @pytest.mark.parametrize("scheme", ["fp8_per_channel", "w4a16", "fp8_per_block", "fp8_per_tensor"])
@@ -150,3 +140,16 @@ def test_a_rank_reads_only_its_shard_from_the_checkpoint(tmp_path, monkeypatch, 
             assert torch.equal(got[name].view(torch.uint8) if got[name].dtype.itemsize == 1 else got[name],
                                want[name].view(torch.uint8) if want[name].dtype.itemsize == 1 else want[name]), name
     assert whole_reads == []
+
+
+def _failing_rank(rank, world, tmp):
+    from tests.runtime.gloo import gloo_rank
+
+    with gloo_rank(rank, world, tmp):
+        raise RuntimeError(f"planted failure on rank {rank}")
+
+
+def test_a_failing_rank_fails_the_run(tmp_path):
+    """The harness's early exit happens only after success: an exception still fails the spawn."""
+    with pytest.raises(Exception, match="planted failure"):
+        mp.start_processes(_failing_rank, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="spawn")

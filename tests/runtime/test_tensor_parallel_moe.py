@@ -73,13 +73,10 @@ def _run(model, inputs):
 
 
 def _rank(rank, world, tmp, ids):
-    os.environ["TRITON_INTERPRET"] = "1"
-    import torch.distributed as dist
-
     import quantc.runtime
+    from tests.runtime.gloo import gloo_rank
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
-    try:
+    with gloo_rank(rank, world, tmp):
         results = {}
         for case in CASES:
             plan = quantc.load_plan(os.path.join(tmp, f"plan_{_case_id(case)}.json"))
@@ -87,14 +84,6 @@ def _rank(rank, world, tmp, ids):
             quantc.runtime.apply(model, plan, rank=rank, world=world, progress=False)
             results[_case_id(case)] = {"out": _run(model, ids), "bytes": _expert_bytes(model)}
         torch.save(results, os.path.join(tmp, f"out_{rank}.pt"))
-        dist.barrier()  # neither rank tears gloo down while the other still talks to it
-    finally:
-        dist.destroy_process_group()
-    # skip the interpreter's teardown: gloo's threads can abort it ("terminate called without an active
-    # exception") after the work is done and saved; an exception above still fails the process
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 @pytest.fixture(scope="module")
