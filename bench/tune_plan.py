@@ -1,0 +1,38 @@
+"""`quantc tune --plan` without the CLI (typer's argument parsing imports pydantic, which GPU images may
+lack): tune every kernel of compiled plans on this GPU into one table folder.
+
+    python3 bench/tune_plan.py OUT_DIR plan.json [plan2.json ...] [--m-buckets 1,16,64] [--small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> None:
+    from quantc.gpus import GPUS
+    from quantc.plan import load_plan
+    from quantc.runtime.tune import tune
+    from quantc.tune import M_BUCKETS, jobs_from_plan
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out")
+    ap.add_argument("plans", nargs="+")
+    ap.add_argument("--m-buckets", default="")
+    ap.add_argument("--small", action="store_true")
+    args = ap.parse_args()
+    wanted = {int(b) for b in args.m_buckets.split(",") if b}
+    buckets = tuple(b for b in M_BUCKETS if not wanted or b[0] in wanted or b[1] in wanted)
+    for path in args.plans:
+        plan = load_plan(path)
+        stats = tune(jobs_from_plan(plan, buckets), GPUS[plan.target["gpu"]], args.out, small=args.small,
+                     progress=sys.stderr.isatty())
+        print(path, stats, flush=True)
+
+
+if __name__ == "__main__":
+    main()
