@@ -18,7 +18,7 @@ Nothing here imports torch: the runtime maps these names to tensors.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal, Mapping
 
 Role = Literal["weight", "activation"]
@@ -89,11 +89,6 @@ class QuantKey:
             if not self.symmetric:
                 bits += (8 if self.dtype in ("int4", "uint4") else scale_bits) / (rows * cols)
         return bits / 8.0
-
-    def describe(self) -> dict:
-        out = asdict(self)
-        out.pop("description")
-        return out
 
 
 def _w(name, dtype, scale=None, global_scale=None, symmetric=True, description=""):
@@ -210,8 +205,3 @@ def key_from_mapping(role: Role, mapping: Mapping) -> tuple[QuantKey | None, str
         return None, f"no {role} key in the catalog has these fields"
     names = ", ".join(k.name for k in candidates)
     return None, f"ambiguous: the mapping fits {len(candidates)} {role} keys ({names}); add fields to pick one"
-
-
-def block_constraint(key: QuantKey) -> tuple[int | None, int | None]:
-    """(multiple of K required, rows per scale block along N) that a key imposes on a weight shape."""
-    return key.group_k, key.block_n

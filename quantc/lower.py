@@ -80,8 +80,9 @@ class Decision:
     errors: tuple[tuple[str, str, str, Span | None], ...]  # (code, message without the module name, hint, span)
 
 
-def _experts_per_block(inventory: Inventory) -> dict[str, int]:
-    """Experts in each MoE block: the fused tensor's count, or the distinct expert indices."""
+def experts_per_block(inventory) -> dict[str, int]:
+    """Experts in each MoE block: the fused tensor's count, or the distinct expert indices. Takes
+    anything with ``.modules`` carrying name/kind/moe_block/num_experts (an Inventory or a Plan)."""
     counts: dict[str, set] = {}
     fused: dict[str, int] = {}
     for m in inventory.modules:
@@ -293,7 +294,7 @@ class Lowering:
         experts_split = module.kind == "moe_experts" and self.ep
         if experts_split:
             if self._experts_per_block is None:  # only expert-parallel plans need the counts
-                self._experts_per_block = _experts_per_block(self.inventory)
+                self._experts_per_block = experts_per_block(self.inventory)
             experts = self._experts_per_block.get(module.moe_block, module.num_experts)
             if experts > 1 and experts % self.tp:
                 errors.append(("QC320", f"{module.name}: {experts} experts do not split evenly over {self.tp} ranks (expert parallel)",

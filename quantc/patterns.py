@@ -195,7 +195,3 @@ class PatternSet:
         if pattern.covers_descendants:
             return pattern.fullmatch(name) is not None
         return any(self._matches_string(i, a) for a in ancestors_and_self(name))
-
-    def matching(self, name: str) -> list[int]:
-        shape = name_shape(name)
-        return [i for i in range(len(self.patterns)) if self.matches(i, name, shape)]

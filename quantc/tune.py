@@ -117,10 +117,10 @@ class _MoeFacts:
     """What MoE jobs need from a plan: experts per rank, top_k, activation, gate_up entries' configs."""
 
     def __init__(self, plan: Plan, top_k: int | None):
-        from .lower import _experts_per_block  # the same count the plan's expert-parallel check uses
+        from .lower import experts_per_block  # the same count the plan's expert-parallel check uses
 
         self.plan = plan
-        self.experts = _experts_per_block(plan)
+        self.experts = experts_per_block(plan)
         arch = plan.model.get("architecture", "")
         self.top_k = top_k or DEFAULT_TOP_K.get(arch, FALLBACK_TOP_K)
         self.act = "gpt_oss" if arch == "GptOssForCausalLM" else "silu"

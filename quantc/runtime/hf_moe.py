@@ -153,10 +153,3 @@ def distribute(moe: QuantMoE, shard, total_experts: int) -> QuantMoE:
         return moe
     first, _ = shard.expert_range(total_experts)
     return moe.distribute(first, total_experts, shard.world)
-
-
-def apply_hf(model: nn.Module, plan, weights=None, *, rank=None, world=None, progress: bool = False):
-    """Kept for compatibility: ``quantc.runtime.apply`` handles MoE models itself."""
-    from . import apply
-
-    return apply(model, plan, weights, rank=rank, world=world, progress=progress)

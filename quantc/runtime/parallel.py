@@ -76,12 +76,6 @@ def needs_whole_quantization(weight_key: str) -> bool:
     return bool((key.scale and key.scale.granularity == "tensor") or key.global_scale)
 
 
-def shard_weight(w: torch.Tensor, mp, rank: int, world: int) -> torch.Tensor:
-    """The bf16 weight's shard (for online quantization of keys without a whole-tensor scale)."""
-    full_n, full_k = w.shape
-    return shard_tensor(w, mp, full_n, full_k, rank, world)
-
-
 class ShardedLinear(nn.Module):
     """Wraps a rank's module shard; gathers (column) or reduces (row) through torch.distributed."""
 
