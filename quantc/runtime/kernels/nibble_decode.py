@@ -1,0 +1,135 @@
+"""4-bit codes -> bf16 values, two nibbles of a byte at a time, for the tensor-core weight-only GEMMs.
+
+``decode_pairs(b)`` takes a uint8 tile of packed weights (element 2i in the low nibble of byte i,
+2i+1 in the high one, the checkpoint's own layout) and returns ``(lo, hi)``, two bf16 tiles of the
+same shape holding the values of the low and the high nibbles:
+
+=====  ==========================================================
+FMT    value of code c
+=====  ==========================================================
+INT4   symmetric: c as two's complement (-8..7); with zero points: c (0..15), the zero is subtracted
+       by the caller
+E2M1   mxfp4 / nvfp4 element: sign, 2 exponent bits (bias 1), 1 mantissa bit
+=====  ==========================================================
+
+Every value is exact in bf16, so the GEMM multiplies exact operands. On the GPU the decode is PTX on
+bf16x2 registers (Marlin's trick): ``prmt`` moves two bytes into the two 16-bit lanes of a register,
+``lop3`` ORs a nibble into the mantissa of the bf16 128.0 (0x4300; its mantissa ulp is 1), one bf16x2
+FMA removes the 128 (and the +8 bias of two's complement). e2m1's three exponent-mantissa bits are
+shifted under the bf16 exponent field and rescaled by 2**126 with one bf16x2 multiply (this also turns
+the e2m1 subnormal 0.5 into a bf16 subnormal times 2**126, exactly). About 1.5 (int4) / 2.5 (e2m1)
+instructions per element against ~5 for scalar shift, mask, convert.
+
+The interpreter cannot run PTX: with ``USE_ASM = False`` the same values come from plain Triton
+integer and float ops; CI tests that path bit for bit, the GPU tests compare the two.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+USE_ASM = os.environ.get("TRITON_INTERPRET") != "1"
+INT4, E2M1 = 1, 2
+
+# Register-local temporaries inside one asm block; outputs $0,$1 (lo pairs), $2,$3 (hi pairs), input $4.
+_INT4_ASM = """
+{{
+.reg .b32 w, a, b, c, one, off;
+mov.b32 one, 0x3F803F80;
+mov.b32 off, {off};
+{xor}
+mov.b32 c, 0;
+prmt.b32 a, w, c, 0x4140;
+prmt.b32 b, w, c, 0x4342;
+lop3.b32 $0, a, 0x000F000F, 0x43004300, 0xEA;
+lop3.b32 $1, b, 0x000F000F, 0x43004300, 0xEA;
+shr.b32 a, a, 4;
+shr.b32 b, b, 4;
+lop3.b32 $2, a, 0x000F000F, 0x43004300, 0xEA;
+lop3.b32 $3, b, 0x000F000F, 0x43004300, 0xEA;
+fma.rn.bf16x2 $0, $0, one, off;
+fma.rn.bf16x2 $1, $1, one, off;
+fma.rn.bf16x2 $2, $2, one, off;
+fma.rn.bf16x2 $3, $3, one, off;
+}}
+"""
+# symmetric: c ^ 8 = q + 8, so 128 + (q + 8) - 136 = q; with zero points the code itself: 128 + c - 128
+INT4_SYM_ASM = _INT4_ASM.format(off="0xC308C308", xor="xor.b32 w, $4, 0x88888888;")
+INT4_CODE_ASM = _INT4_ASM.format(off="0xC300C300", xor="mov.b32 w, $4;")
+
+# e2m1 in a 16-bit lane: low nibble bits 0-2 -> bf16 bits 6-8 (shift 6), sign bit 3 -> 15 (shift 12);
+# high nibble bits 4-6 -> 6-8 (shift 2), sign bit 7 -> 15 (shift 8). Then x 2**126 (bf16 0x7E80).
+E2M1_ASM = """
+{
+.reg .b32 w, a, b, c, t, s, big, nz;
+mov.b32 big, 0x7E807E80;
+mov.b32 nz, 0x80008000;
+mov.b32 w, $4;
+mov.b32 c, 0;
+prmt.b32 a, w, c, 0x4140;
+prmt.b32 b, w, c, 0x4342;
+shl.b32 t, a, 6;
+shl.b32 s, a, 12;
+and.b32 s, s, 0x80008000;
+lop3.b32 $0, t, 0x01C001C0, s, 0xEA;
+shl.b32 t, b, 6;
+shl.b32 s, b, 12;
+and.b32 s, s, 0x80008000;
+lop3.b32 $1, t, 0x01C001C0, s, 0xEA;
+shl.b32 t, a, 2;
+shl.b32 s, a, 8;
+and.b32 s, s, 0x80008000;
+lop3.b32 $2, t, 0x01C001C0, s, 0xEA;
+shl.b32 t, b, 2;
+shl.b32 s, b, 8;
+and.b32 s, s, 0x80008000;
+lop3.b32 $3, t, 0x01C001C0, s, 0xEA;
+fma.rn.bf16x2 $0, $0, big, nz;
+fma.rn.bf16x2 $1, $1, big, nz;
+fma.rn.bf16x2 $2, $2, big, nz;
+fma.rn.bf16x2 $3, $3, big, nz;
+}
+"""
+
+
+@triton.jit
+def _e2m1_f32(c):
+    """e2m1 codes (int32, 0..15) -> fp32, from the bits (exponent bias 1 -> 127; 0.5 and 0 by select)."""
+    mag = c & 7
+    bits = tl.where(mag >= 2, (mag << 22) + (126 << 23), (mag & 1) * (126 << 23))
+    return (bits | ((c & 8) << 28)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _int4_f32(c, SIGNED: tl.constexpr):
+    if SIGNED:
+        return ((c ^ 8) - 8).to(tl.float32)
+    return c.to(tl.float32)
+
+
+@triton.jit
+def decode_pairs(b, FMT: tl.constexpr, SIGNED: tl.constexpr, ASM: tl.constexpr):
+    """uint8 tile -> (low-nibble values, high-nibble values), bf16, exact. See the module docstring."""
+    if ASM:
+        if FMT == 1:
+            if SIGNED:
+                lo, hi = tl.inline_asm_elementwise(
+                    INT4_SYM_ASM, "=r,=r,=r,=r,r", [b], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+            else:
+                lo, hi = tl.inline_asm_elementwise(
+                    INT4_CODE_ASM, "=r,=r,=r,=r,r", [b], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+        else:
+            lo, hi = tl.inline_asm_elementwise(
+                E2M1_ASM, "=r,=r,=r,=r,r", [b], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+    else:
+        c = b.to(tl.int32)
+        if FMT == 1:
+            lo = _int4_f32(c & 15, SIGNED).to(tl.bfloat16)
+            hi = _int4_f32(c >> 4, SIGNED).to(tl.bfloat16)
+        else:
+            lo = _e2m1_f32(c & 15).to(tl.bfloat16)
+            hi = _e2m1_f32(c >> 4).to(tl.bfloat16)
+    return lo, hi

@@ -1,0 +1,180 @@
+"""Tensor-core weight-only GEMM for 4-bit weights (int4 sym/asym, mxfp4, nvfp4) with bf16 activations,
+at every M, decode included. Same math and layouts as ``wo_gemm`` (its module docstring):
+
+    out[m, n] = sum_k x[m, k] * (v(code[n, k]) - z[n, g]) * s[n, g]      (* global scale for nvfp4)
+
+The packed bytes are read as they are stored (checkpoint layout, no repack): a (BLOCK_N, BLOCK_K/2)
+uint8 tile per step, 16-byte loads. ``nibble_decode.decode_pairs`` turns it into exact bf16 values of
+the low and high nibbles with a few bf16x2 instructions per pair, ``tl.join`` interleaves them back
+into K order, and the product runs on the tensor cores (M padded to 16): at decode the MMA is nearly
+free and the kernel is bound by the weight bytes, which is the point.
+
+Scales: when a K tile lies inside one scale group (int4 with G >= BLOCK_K) the scale multiplies the
+fp32 partial sums once per tile and zero points enter as ``z * sum(x)`` of the tile; otherwise (mxfp4
+G=32, nvfp4 G=16, int4 g32/g64 under a wider tile) the bf16 tile is scaled per element before the
+MMA (exact for the fp4 formats: e2m1 x power-of-two or e4m3 fits bf16's mantissa; int4 rounds once,
+as the reference's bf16 operand does).
+
+SWAP computes out^T = W x^T instead (the weight as the MMA's M operand): at M <= 16 it fills the
+64-row Hopper MMA with weight rows instead of padding rows. Split-K adds fp32 partials atomically.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .nibble_decode import USE_ASM, decode_pairs
+
+# The CPU interpreter mis-computes tl.dot on bf16 operands (it sees raw bits); upcast there only.
+UPCAST_DOT = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _scale_tile(s_ptr, s_rows, n_mask, k0, SFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    """Scales of the K tile starting at k0: (BLOCK_N,) if it lies in one group, else (BLOCK_N, BLOCK_K)."""
+    if GROUP % BLOCK_K == 0:
+        s = tl.load(s_ptr + s_rows + k0 // GROUP, mask=n_mask, other=0.0)
+    else:
+        NG: tl.constexpr = BLOCK_K // GROUP
+        g = k0 // GROUP + tl.arange(0, NG)
+        s = tl.load(s_ptr + s_rows[:, None] + g[None, :], mask=n_mask[:, None], other=0.0)
+    if SFMT == 2:  # e8m0
+        e = s.to(tl.int32)
+        s = tl.where(e == 0, 0x400000, e << 23).to(tl.float32, bitcast=True)
+    else:
+        s = s.to(tl.float32)
+    if GROUP % BLOCK_K != 0:
+        s = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, BLOCK_K // GROUP, GROUP)), (BLOCK_N, BLOCK_K))
+    return s
+
+
+@triton.jit
+def _zero_tile(z_ptr, s_rows, n_mask, k0, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    if GROUP % BLOCK_K == 0:
+        return tl.load(z_ptr + s_rows + k0 // GROUP, mask=n_mask, other=0).to(tl.float32)
+    NG: tl.constexpr = BLOCK_K // GROUP
+    g = k0 // GROUP + tl.arange(0, NG)
+    z = tl.load(z_ptr + s_rows[:, None] + g[None, :], mask=n_mask[:, None], other=0).to(tl.float32)
+    return tl.reshape(tl.broadcast_to(z[:, :, None], (BLOCK_N, NG, GROUP)), (BLOCK_N, BLOCK_K))
+
+
+@triton.jit
+def _wo_mma4_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr,
+    M, N, K,
+    stride_xm, stride_wn, stride_sn, stride_om,
+    FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
+    HAS_GLOBAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    SWAP: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    PER_TILE: tl.constexpr = GROUP % BLOCK_K == 0
+    HB: tl.constexpr = BLOCK_K // 2
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n_mask = offs_n < N
+    m_mask = offs_m < M
+    k_tiles = K // BLOCK_K  # the launcher picks BLOCK_K dividing K
+    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    t_end = tl.minimum((pid_k + 1) * per_split, k_tiles)
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + tl.arange(0, HB)[None, :]
+    s_rows = offs_n.to(tl.int64) * stride_sn
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + tl.arange(0, BLOCK_K)[None, :]
+    if SWAP:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for t in range(pid_k * per_split, t_end):
+        k0 = t * BLOCK_K
+        b = tl.load(w_rows + k0 // 2, mask=n_mask[:, None], other=0)
+        xv = tl.load(x_rows + k0, mask=m_mask[:, None], other=0.0)
+        lo, hi = decode_pairs(b, FMT, not HAS_ZERO and FMT == 1, ASM)
+        w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
+        s = _scale_tile(s_ptr, s_rows, n_mask, k0, SFMT, GROUP, BLOCK_N, BLOCK_K)
+        if not PER_TILE:
+            if HAS_ZERO:
+                w = (w.to(tl.float32) - _zero_tile(z_ptr, s_rows, n_mask, k0, GROUP, BLOCK_N, BLOCK_K)) * s
+            else:
+                w = w.to(tl.float32) * s
+            w = w.to(tl.bfloat16)
+        if UPCAST:
+            wd = w.to(tl.float32)
+            xd = xv.to(tl.float32)
+        else:
+            wd = w
+            xd = xv
+        if SWAP:
+            part = tl.dot(wd, tl.trans(xd))  # (BLOCK_N, BLOCK_M)
+        else:
+            part = tl.dot(xd, tl.trans(wd))  # (BLOCK_M, BLOCK_N)
+        if PER_TILE:
+            if HAS_ZERO:
+                z = _zero_tile(z_ptr, s_rows, n_mask, k0, GROUP, BLOCK_N, BLOCK_K)
+                xs = tl.sum(xv.to(tl.float32), axis=1)
+                if SWAP:
+                    part = part - z[:, None] * xs[None, :]
+                else:
+                    part = part - xs[:, None] * z[None, :]
+            if SWAP:
+                part = part * s[:, None]
+            else:
+                part = part * s[None, :]
+        acc += part
+    if HAS_GLOBAL:
+        acc = acc * tl.load(gs_ptr)
+    if SWAP:
+        out_ptrs = out_ptr + offs_m.to(tl.int64)[None, :] * stride_om + offs_n[:, None]
+        o_mask = n_mask[:, None] & m_mask[None, :]
+    else:
+        out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+        o_mask = m_mask[:, None] & n_mask[None, :]
+    if SPLIT_K > 1:
+        tl.atomic_add(out_ptrs, acc, mask=o_mask, sem="relaxed")
+    else:
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
+
+
+def tile_k(k: int, block_k: int) -> int:
+    """The K tile launched: the config's (at least 32: one 16-deep MMA step, 4-byte decode packs),
+    halved until it divides K. K is a multiple of 32 and groups are powers of two, so a tile either
+    holds whole groups or lies inside one."""
+    bk = max(32, block_k)
+    while k % bk:
+        bk //= 2
+    return bk
+
+
+def launch_mma4(x2: torch.Tensor, w, cfg, swap: bool | None = None) -> torch.Tensor:
+    """bf16 (M, K) x 4-bit WoWeight (N, K) -> bf16 (M, N) on the tensor cores."""
+    m, k = x2.shape
+    n = w.n
+    bk = tile_k(k, cfg.block_k)
+    if swap is None:
+        swap = m <= 16 and not UPCAST_DOT
+    bm = 16 if m <= 16 else max(16, cfg.block_m)
+    bn = max(16, cfg.block_n)
+    if swap:
+        bn = max(64, bn)
+    split = max(1, min(cfg.split_k, k // bk))
+    out = (torch.zeros if split > 1 else torch.empty)((m, n), dtype=torch.float32 if split > 1 else torch.bfloat16,
+                                                      device=x2.device)
+    data = w.data.view(torch.uint8)
+    grid = (triton.cdiv(n, bn), triton.cdiv(m, bm), split)
+    _wo_mma4_kernel[grid](
+        x2, data, w.scale, w.zeros if w.zeros is not None else w.scale,
+        w.global_scale if w.global_scale is not None else w.scale, out,
+        m, n, k, x2.stride(0), data.stride(0), w.scale.stride(0), out.stride(0),
+        FMT=1 if w.fmt == 1 else 2, SFMT=w.sfmt, GROUP=w.group, HAS_ZERO=w.zeros is not None,
+        HAS_GLOBAL=w.global_scale is not None,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, SWAP=swap, ASM=USE_ASM, UPCAST=UPCAST_DOT,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out.to(torch.bfloat16) if split > 1 else out
