@@ -7,6 +7,13 @@ pre-quantized operands for ours and the peer, inside CUDA graphs. Each of our ke
 bucket over a small candidate list on the first shapes; the winners are written as kernel-table rows.
 Decode bandwidth: one graph runs the kernel over enough weight copies to exceed 200 MB (past L2).
 
+GemLite (bench/peers_gemlite.py), where its source is carried: fp8 per-channel and int8 per-channel
+layers built from the same quantized weights, timed as a module (bf16 in, its activation quantizer
+included: ``gemlite_fp8_us``, ``gemlite_int8_us``, against our ``module_fp8_row_us`` /
+``module_int8_us``) and as a kernel on our pre-quantized activations (``gemlite_fp8_kernel_us``,
+``gemlite_int8_kernel_us``); ``*_over_gemlite`` = GemLite time / ours. Without GemLite the columns
+are left out and ``gemlite.error`` says why.
+
 Env: BENCH_CAP_S (time cap, default 500), BENCH_SHAPES (e.g. "6144x4096,4096x4096"), BENCH_MS.
 Writes $OUT/dense_h100.json and $OUT/dense_configs_h100.json; prints a summary table last.
 """
@@ -28,6 +35,7 @@ from quantc.plan import KernelConfig  # noqa: E402
 from quantc.runtime import quantize as Q  # noqa: E402
 from quantc.runtime.kernels.act_quant import quantize_activation  # noqa: E402
 from quantc.runtime.kernels.scaled_mm import scaled_mm  # noqa: E402
+from bench import peers_gemlite as PG  # noqa: E402
 
 T0 = time.time()
 CAP = float(os.environ.get("BENCH_CAP_S", "500"))
@@ -101,11 +109,35 @@ def gpu_check(out: dict) -> None:
     print("gpu check:", "all ok" if not bad else bad, flush=True)
 
 
+def gemlite_columns(r: dict, x, peers: dict, ops: dict, check: dict) -> None:
+    """GemLite's module and kernel floor for each 8-bit format it shares, ours at module level, ratios.
+    ``ops[tag]`` = (xq, sx, our kernel on (xq, sx), our module on bf16 x, our kernel's row key)."""
+    for tag, peer in peers.items():
+        if peer.error:
+            continue
+        xq, sx, ours_kernel, ours_module, kernel_key = ops[tag]
+        if tag not in check:  # once per shape: same operands, GemLite vs ours
+            try:
+                check[tag] = PG.rel_err(peer.kernel(xq, sx), ours_kernel())
+            except Exception as e:  # the peer failing never stops the bench
+                check[tag] = f"{type(e).__name__}: {str(e)[:200]}"
+        r[f"gemlite_{tag}_us"] = bench(lambda: peer.module(x))
+        r[f"gemlite_{tag}_kernel_us"] = bench(lambda: peer.kernel(xq, sx))
+        mod_key = "module_fp8_row_us" if tag == "fp8" else f"module_{tag}_us"
+        if mod_key not in r:
+            r[mod_key] = bench(ours_module)
+        for ours, theirs in ((kernel_key, f"gemlite_{tag}_kernel_us"), (mod_key, f"gemlite_{tag}_us")):
+            if r.get(ours) and r.get(theirs):
+                r[ours.replace("_us", "_over_gemlite")] = r[theirs] / r[ours]
+
+
 def main() -> None:
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "cuda": torch.version.cuda, "rows": [], "decode": []}
     print({k: out[k] for k in ("device", "torch", "triton", "cuda")}, flush=True)
     gpu_check(out)
+    out["gemlite"] = {"version": PG.version(), "error": PG.load()[1], "check_rel_err": {}}
+    print("gemlite:", out["gemlite"]["version"] or out["gemlite"]["error"], flush=True)
     n = 1 << 30
     a = torch.empty(n, dtype=torch.uint8, device="cuda")
     b = torch.empty_like(a)
@@ -126,6 +158,15 @@ def main() -> None:
     for N, K in SHAPES:
         w = torch.randn(N, K, device="cuda", dtype=BF) * 0.02
         wt = {key: Q.quantize_weight(w, key) for key in ("fp8_per_channel", "fp8_block_128x128", "int8_per_channel", "mxfp8")}
+        gl = {}
+        if not out["gemlite"]["error"]:
+            gl = {tag: PG.build(key, wt[key]["weight"], wt[key]["weight_scale"])
+                  for tag, key in (("fp8", "fp8_per_channel"), ("int8", "int8_per_channel"))}
+            for tag, peer in gl.items():
+                if peer.error:
+                    print(peer.error, flush=True)
+                    out["gemlite"].setdefault("setup_errors", []).append(peer.error)
+        gl_check = out["gemlite"]["check_rel_err"].setdefault(f"{N}x{K}", {})
         for M in MS:
             if time.time() - T0 > CAP:
                 break
@@ -179,6 +220,18 @@ def main() -> None:
                     return torch._scaled_mm(q, w8.T, scale_a=s, scale_b=s8.reshape(1, -1), out_dtype=BF)
 
                 r["peer_module_fp8_row_us"] = bench(peer_module)
+            if gl:
+                cf, ci = best.get(("fp8_scaled_gemm", bucket_of(M), N, K)), best.get(("int8_gemm", bucket_of(M), N, K))
+                ops = {}
+                if cf:
+                    ops["fp8"] = (xq_row, sx_row, lambda: ours["fp8_scaled_gemm"](cf[1]),
+                                  lambda: scaled_mm(x, w8, s8, "fp8_per_channel", "fp8_dynamic_per_token", cf[1]),
+                                  "fp8_scaled_gemm_us")
+                if ci:
+                    ops["int8"] = (xi, sxi, lambda: ours["int8_gemm"](ci[1]),
+                                   lambda: scaled_mm(x, wi, si, "int8_per_channel", "int8_dynamic_per_token", ci[1]),
+                                   "int8_gemm_us")
+                gemlite_columns(r, x, {t: p for t, p in gl.items() if t in ops}, ops, gl_check)
             fl = 2 * M * N * K
             for k_ in [k_ for k_ in list(r) if k_.endswith("_us") and r[k_]]:
                 r[k_.replace("_us", "_tflops")] = fl / r[k_] / 1e6
@@ -200,7 +253,7 @@ def main() -> None:
                     out["decode"].append({"kernel": kernel, "N": N, "K": K, "GBps": gbps, "frac_ref": gbps / out["ref_GBps"]})
                     print("decode", kernel, N, K, round(gbps), "GB/s", round(gbps / out["ref_GBps"], 3), flush=True)
             del wcs
-        del w, wt
+        del w, wt, gl
         torch.cuda.empty_cache()
 
     rows = [{"kernel": k, "n": n_, "k": k_, "m_max": next(m for m, nm in BUCKETS if nm == b), "block_m": c.block_m,
@@ -232,7 +285,11 @@ def summary(out: dict) -> None:
              ("int8 / _int_mm, M>=1024", "int8_gemm_us", "peer_int_mm_us", lambda m: m >= 1024),
              ("mxfp8 emulated / bf16, M>=1024", "mxfp8_gemm_emulated_us", "bf16_us", lambda m: m >= 1024),
              ("fp8 w-only / bf16, M<=16", "fp8_weight_only_gemm_us", "bf16_us", lambda m: m <= 16),
-             ("module fp8 (quant fused) / torch quant+_scaled_mm, M<=64", "module_fp8_row_us", "peer_module_fp8_row_us", lambda m: m <= 64)]
+             ("module fp8 (quant fused) / torch quant+_scaled_mm, M<=64", "module_fp8_row_us", "peer_module_fp8_row_us", lambda m: m <= 64),
+             ("fp8 rowwise / GemLite A8W8 fp8 kernel, every M", "fp8_scaled_gemm_us", "gemlite_fp8_kernel_us", lambda m: True),
+             ("module fp8 / GemLite A8W8 fp8 module, every M", "module_fp8_row_us", "gemlite_fp8_us", lambda m: True),
+             ("int8 / GemLite A8W8 int8 kernel, every M", "int8_gemm_us", "gemlite_int8_kernel_us", lambda m: True),
+             ("module int8 / GemLite A8W8 int8 module, every M", "module_int8_us", "gemlite_int8_us", lambda m: True)]
     out["summary"] = {}
     print(f"\n{out['device']}  torch {out['torch']}  triton {out['triton']}  copy {out['copy_GBps']:.0f} GB/s")
     print(f"{'speedup (peer time / ours)':58s} {'geomean':>8s} {'worst':>7s} {'best':>7s}")
@@ -242,6 +299,11 @@ def summary(out: dict) -> None:
         if rs:
             out["summary"][label] = {"geomean": _geo(rs), "worst": min(rs), "best": max(rs), "n": len(rs)}
             print(f"{label:58s} {_geo(rs):8.2f} {min(rs):7.2f} {max(rs):7.2f}")
+    gl = out.get("gemlite", {})
+    if gl.get("error"):
+        print(f"GemLite columns skipped: {gl['error']}")
+    else:
+        print(f"GemLite {gl.get('version')}: kernel-floor rel. error vs ours, same operands: {gl.get('check_rel_err')}")
     for d in out["decode"]:
         print(f"decode {d['kernel']:22s} {d['N']}x{d['K']}: {d['GBps']:.0f} GB/s = {d['frac_ref']:.2f} of reference")
     json.dump(out, open(os.path.join(OUT, "dense_h100.json"), "w"), indent=1)
