@@ -16,6 +16,12 @@ Weights: any ``wo_format`` layout with a leading expert dim. Activations: bf16 (
 registers; MX pairs first round the activations to mxfp8 and run this path, see ``wo_mx``), or
 quantized per row / per 1x128 group (fp8, int8) with raw fp8 x fp8 or int8 x int8 dots and both scales
 applied per K tile.
+
+4-bit weights (int4 sym/asym, mxfp4, nvfp4) with bf16 activations take the byte path of ``wo_mma4``:
+the packed words are read as (N, K/2) bytes, ``nibble_decode.decode_pairs`` gives exact bf16 values,
+and scales go on the fp32 partials when a K tile lies in one group (zero points as ``z * sum(a)``),
+else on the bf16 tile per element. K need not be a multiple of BLOCK_K: the full tiles run unmasked
+along K, one masked tail tile takes the rest (gpt-oss's K = 2880 under BLOCK_K = 128).
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .wo_format import FP8, INT8, WoWeight, dequant_tile, dequantize, load_tile_scales
+from . import nibble_decode
+from .nibble_decode import decode_pairs
+from .wo_format import FP8, INT8, WoWeight, decode_scale, dequant_tile, dequantize, load_tile_scales
 from .wo_gemm import UPCAST_DOT
 
 ACTIVATIONS = {"none": 0, "silu": 1, "gpt_oss": 2}
@@ -67,6 +75,86 @@ def _expert_tile(
 
 
 @triton.jit
+def _group_values(base, s_rows, n_mask, k0, K, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, MASK_K: tl.constexpr):
+    """Per-group values (scales or zero points) of the K tile at k0: (BLOCK_N,) when the tile lies in one
+    group, else (BLOCK_N, BLOCK_K // GROUP). MASK_K: the tail tile, whose last groups may lie past K."""
+    if GROUP % BLOCK_K == 0:
+        return tl.load(base + s_rows + k0 // GROUP, mask=n_mask, other=0.0)
+    g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
+    m = n_mask[:, None]
+    if MASK_K:
+        m = m & (g < tl.cdiv(K, GROUP))[None, :]
+    return tl.load(base + s_rows[:, None] + g[None, :], mask=m, other=0.0)
+
+
+@triton.jit
+def _spread(v, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(BLOCK_N, BLOCK_K // GROUP) -> (BLOCK_N, BLOCK_K): each group's value over its GROUP columns."""
+    return tl.reshape(tl.broadcast_to(v[:, :, None], (v.shape[0], BLOCK_K // GROUP, GROUP)),
+                      (v.shape[0], BLOCK_K))
+
+
+@triton.jit
+def _nibble_tile(
+    a, w_e, s_e, z_e, rows, n_mask, k0, K,
+    stride_wn, stride_sn,
+    FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, HAS_ZERO: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MASK_K: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """4-bit weights x bf16 ``a`` (BLOCK_M, BLOCK_K) for the K tile at k0 and weight rows ``rows``, read
+    as bytes from ``w_e`` (N, K/2): (BLOCK_M, BLOCK_N) fp32, scales and zero points applied."""
+    PER_TILE: tl.constexpr = GROUP % BLOCK_K == 0
+    kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    w_ptrs = w_e + rows.to(tl.int64)[:, None] * stride_wn + kb[None, :]
+    if MASK_K:
+        b = tl.load(w_ptrs, mask=n_mask[:, None] & (kb < K // 2)[None, :], other=0)
+    else:
+        b = tl.load(w_ptrs, mask=n_mask[:, None], other=0)
+    lo, hi = decode_pairs(b, FMT, not HAS_ZERO and FMT == 1, ASM)
+    w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
+    s_rows = (rows // ROW_BLOCK).to(tl.int64) * stride_sn
+    s = decode_scale(_group_values(s_e, s_rows, n_mask, k0, K, GROUP, BLOCK_K, MASK_K), SFMT)
+    if not PER_TILE:
+        v = w.to(tl.float32)
+        if HAS_ZERO:
+            v = v - _spread(_group_values(z_e, s_rows, n_mask, k0, K, GROUP, BLOCK_K, MASK_K).to(tl.float32),
+                            GROUP, BLOCK_K)
+        w = (v * _spread(s, GROUP, BLOCK_K)).to(tl.bfloat16)
+    if UPCAST:
+        part = tl.dot(a.to(tl.float32), tl.trans(w.to(tl.float32)))
+    else:
+        part = tl.dot(a, tl.trans(w))
+    if PER_TILE:
+        if HAS_ZERO:
+            z = _group_values(z_e, s_rows, n_mask, k0, K, GROUP, BLOCK_K, MASK_K).to(tl.float32)
+            part = part - tl.sum(a.to(tl.float32), axis=1)[:, None] * z[None, :]
+        part = part * s[None, :]
+    return part
+
+
+@triton.jit
+def _nibble_step(
+    acc, acc_up, a_rows, p_mask, w_e, s_e, z_e, offs_n, n_mask, k0, N, K,
+    stride_wn, stride_sn,
+    FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, HAS_ZERO: tl.constexpr,
+    ACT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MASK_K: tl.constexpr, ASM: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """One K tile of the byte path: the activation tile is loaded once for the gate and the up rows."""
+    ak = k0 + tl.arange(0, BLOCK_K)
+    if MASK_K:
+        a = tl.load(a_rows + ak[None, :], mask=p_mask[:, None] & (ak < K)[None, :], other=0.0)
+    else:
+        a = tl.load(a_rows + ak[None, :], mask=p_mask[:, None], other=0.0)
+    acc += _nibble_tile(a, w_e, s_e, z_e, offs_n, n_mask, k0, K, stride_wn, stride_sn, FMT, SFMT, GROUP,
+                        ROW_BLOCK, HAS_ZERO, BLOCK_N, BLOCK_K, MASK_K, ASM, UPCAST)
+    if ACT != 0:
+        acc_up += _nibble_tile(a, w_e, s_e, z_e, offs_n + N, n_mask, k0, K, stride_wn, stride_sn, FMT, SFMT, GROUP,
+                               ROW_BLOCK, HAS_ZERO, BLOCK_N, BLOCK_K, MASK_K, ASM, UPCAST)
+    return acc, acc_up
+
+
+@triton.jit
 def _moe_gemm_kernel(
     a_ptr, as_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, bias_ptr, topw_ptr, out_ptr,
     sorted_ids_ptr, block_expert_ptr, total_ptr,
@@ -79,6 +167,7 @@ def _moe_gemm_kernel(
     ACT: tl.constexpr, HAS_BIAS: tl.constexpr, MUL_TOPW: tl.constexpr,
     ALPHA: tl.constexpr, LIMIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
+    NIBBLES: tl.constexpr, ASM: tl.constexpr,  # 4-bit weights x bf16: the byte path (``_nibble_tile``)
 ):
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N, BLOCK_N)
@@ -98,14 +187,25 @@ def _moe_gemm_kernel(
     z_e = z_ptr + e * stride_se
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for t in range(0, tl.cdiv(K, BLOCK_K)):
-        acc += _expert_tile(a_rows, p_mask, w_e, s_e, z_e, as_rows, offs_n, n_mask, t, K, stride_wn, stride_sn,
-                            FMT, SFMT, PACK, GROUP, ROW_BLOCK, HAS_ZERO, A_QUANT, A_GROUP,
-                            BLOCK_M, BLOCK_N, BLOCK_K, UPCAST)
-        if ACT != 0:
-            acc_up += _expert_tile(a_rows, p_mask, w_e, s_e, z_e, as_rows, offs_n + N, n_mask, t, K, stride_wn,
-                                   stride_sn, FMT, SFMT, PACK, GROUP, ROW_BLOCK, HAS_ZERO, A_QUANT, A_GROUP,
-                                   BLOCK_M, BLOCK_N, BLOCK_K, UPCAST)
+    if NIBBLES:
+        full = K // BLOCK_K
+        for t in range(0, full):
+            acc, acc_up = _nibble_step(acc, acc_up, a_rows, p_mask, w_e, s_e, z_e, offs_n, n_mask, t * BLOCK_K, N, K,
+                                       stride_wn, stride_sn, FMT, SFMT, GROUP, ROW_BLOCK, HAS_ZERO, ACT,
+                                       BLOCK_N, BLOCK_K, False, ASM, UPCAST)
+        if full * BLOCK_K < K:
+            acc, acc_up = _nibble_step(acc, acc_up, a_rows, p_mask, w_e, s_e, z_e, offs_n, n_mask, full * BLOCK_K,
+                                       N, K, stride_wn, stride_sn, FMT, SFMT, GROUP, ROW_BLOCK, HAS_ZERO, ACT,
+                                       BLOCK_N, BLOCK_K, True, ASM, UPCAST)
+    else:
+        for t in range(0, tl.cdiv(K, BLOCK_K)):
+            acc += _expert_tile(a_rows, p_mask, w_e, s_e, z_e, as_rows, offs_n, n_mask, t, K, stride_wn, stride_sn,
+                                FMT, SFMT, PACK, GROUP, ROW_BLOCK, HAS_ZERO, A_QUANT, A_GROUP,
+                                BLOCK_M, BLOCK_N, BLOCK_K, UPCAST)
+            if ACT != 0:
+                acc_up += _expert_tile(a_rows, p_mask, w_e, s_e, z_e, as_rows, offs_n + N, n_mask, t, K, stride_wn,
+                                       stride_sn, FMT, SFMT, PACK, GROUP, ROW_BLOCK, HAS_ZERO, A_QUANT, A_GROUP,
+                                       BLOCK_M, BLOCK_N, BLOCK_K, UPCAST)
     if HAS_GLOBAL:
         g = tl.load(gs_ptr + e)
         acc = acc * g
@@ -135,6 +235,9 @@ def _moe_gemm_op(
     a_quant: int, a_group: int, act: int, block_m: int, block_n: int, block_k: int, num_warps: int, num_stages: int,
 ) -> torch.Tensor:
     k = a.shape[1]
+    nibbles = pack == 8 and a_quant == 0
+    if nibbles:  # the same bytes as (E, N, K/2) uint8; strides below are in bytes
+        data = data.view(torch.uint8)
     out = torch.empty((num_pairs, n_out), dtype=torch.bfloat16, device=a.device)
     n_blocks = sorted_ids.numel() // block_m
     scale_t = scale if scale is not None else data
@@ -152,6 +255,7 @@ def _moe_gemm_op(
         ACT=act, HAS_BIAS=bias is not None, MUL_TOPW=topk_weights is not None,
         ALPHA=GPT_OSS_ALPHA, LIMIT=GPT_OSS_LIMIT,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=UPCAST_DOT and a_quant == 0,
+        NIBBLES=nibbles, ASM=nibble_decode.USE_ASM,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
@@ -186,8 +290,10 @@ def grouped_gemm(a: torch.Tensor, a_scale: torch.Tensor | None, w: WoWeight, rou
         if w.fmt not in (FP8, INT8) or w.group % bk or (a_group or w.k) % bk:
             raise ValueError(f"W8A8 grouped GEMM needs raw fp8/int8 weights and scale groups (weight {w.group}, "
                              f"activation {a_group or w.k}) that are multiples of 32")
+    elif w.pack == 8:
+        bk = max(bk, 32)  # byte path: 16 bytes a row (one 16-deep MMA step, 4-byte decode packs)
     else:
-        bk = max(bk, 16 * w.pack)
+        bk = max(bk, 16)
     return torch.ops.quantc.moe_gemm(
         a, a_scale, w.data, w.scale, w.zeros, w.global_scale, bias, topk_weights, sorted_ids, block_expert, total,
         num_pairs, a_div, n_out, w.fmt, w.sfmt, w.pack, w.group, w.row_block, a_quant, a_group or w.k, fused,
