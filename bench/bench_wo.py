@@ -10,6 +10,11 @@
 - Reference bandwidth, same run: 1 GiB device-to-device copy (read + write, ``do_bench``) and bf16
   matmul weight bytes/s at M = 1 on (24576, 7168) with rotation; floors divide by the larger.
 
+- GemLite's A16W4 int4 g128 layer (bench/peers_gemlite.py), where its source is carried: checked
+  against plain torch first, then timed the same rotated way (``gemlite_us`` per row, and
+  ``over_gemlite`` = GemLite time / ours in the int4_group_128 entry). Without GemLite the column is
+  left out and ``notes`` says why.
+
 Env: BENCH_CAP_S (time cap, default 300), BENCH_SHAPES ("6144x4096,..."), OUT (output folder).
 Writes $OUT/wo_<device>.json.
 """
@@ -31,6 +36,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime.kernels import wo_format as wf  # noqa: E402
 from quantc.runtime.kernels import wo_gemm as wg  # noqa: E402
+from quantc.runtime.kernels.wo_mma4 import launch_mma4  # noqa: E402
+from bench import peers_gemlite as PG  # noqa: E402
 
 T0 = time.time()
 CAP = float(os.environ.get("BENCH_CAP_S", "300"))
@@ -88,19 +95,7 @@ def random_weight(key: str, n: int, k: int) -> wf.WoWeight:
 
 
 def candidates(m: int, n: int, k: int) -> list[C]:
-    def split(bn, bk):
-        return max(1, min(triton.cdiv(2 * SMS, triton.cdiv(n, bn)), k // bk, 16))
-    out = []
-    if m == 1:
-        for bn, bk, w in ((32, 256, 4), (64, 256, 4), (16, 512, 4), (32, 512, 4), (64, 512, 8), (128, 256, 8)):
-            out.append(C(1, bn, bk, 8, w, 3, split(bn, bk)))
-        out.append(C(1, 64, 256, 8, 4, 3, 1))
-    else:
-        bm = 16 if m <= 16 else 64
-        for bn, bk, w in ((64, 128, 4), (32, 256, 4), (64, 256, 4), (128, 128, 8)):
-            out.append(C(bm, bn, bk, 8, w, 3, split(bn, bk)))
-        out.append(C(bm, 128, 128, 8, 4, 3, 1))
-    return out
+    return wg.candidates(m, n, k, SMS)
 
 
 def check_correctness():
@@ -158,6 +153,7 @@ def bench_shapes():
         except Exception as e:
             res["notes"].append(f"tinygemm setup failed at {n}x{k}: {str(e)[:200]}")
         ours = {key: [random_weight(key, n, k) for _ in range(n_copies(n * k // 2))] for key in FORMATS}
+        gemlite = gemlite_copies(n, k)
         for m in MS:
             if time.time() - T0 > CAP:
                 res["notes"].append(f"time cap reached before {n}x{k} M={m}")
@@ -169,6 +165,8 @@ def bench_shapes():
             if tiny:
                 row["tinygemm_us"] = rotated_us(lambda i: torch._weight_int4pack_mm(x, tiny[i][0], 128, tiny[i][1]),
                                                 len(tiny))
+            if gemlite:
+                row["gemlite_us"] = rotated_us(lambda i: gemlite[i].module(x), len(gemlite))
             for key, ws in ours.items():
                 best = None
                 for cfg in candidates(m, n, k):
@@ -178,17 +176,41 @@ def bench_shapes():
                 if best is None:
                     continue
                 t, cfg = best
+                if m <= 16:  # the same best tile without swap-AB (x as the MMA's M operand)
+                    x2 = x.reshape(-1, k)
+                    row[f"{key}_noswap_us"] = rotated_us(lambda i: launch_mma4(x2, ws[i], cfg, swap=False), len(ws))
                 nbytes = ws[0].nbytes()
                 row[key] = {"us": t, "cfg": [cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages,
                                              cfg.split_k],
                             "over_bf16": row["bf16_us"] / t if row["bf16_us"] else None,
                             "over_tinygemm": row.get("tinygemm_us") / t if row.get("tinygemm_us") else None,
+                            **({"over_gemlite": row["gemlite_us"] / t} if key == "int4_group_128" and row.get("gemlite_us") else {}),
                             "GBps": nbytes / t / 1e3, "frac_ref_bw": nbytes / t / 1e3 / res["ref_GBps"]}
             res["rows"].append(row)
             print(json.dumps(row), flush=True)
             save()
-        del wbf, tiny, ours
+        del wbf, tiny, ours, gemlite
         torch.cuda.empty_cache()
+
+
+def gemlite_copies(n: int, k: int) -> list:
+    """GemLite A16W4 g128 layers over enough weight copies to pass L2; [] (with a note) without GemLite."""
+    peers = []
+    for _ in range(n_copies(n * k // 2)):
+        peer = PG.build("int4_group_128", n=n, k=k)
+        if peer.error:
+            res["notes"].append(peer.error)
+            return []
+        peers.append(peer)
+    return peers
+
+
+def check_gemlite():
+    res["gemlite"] = {"version": PG.version(), "error": PG.load()[1]}
+    if not res["gemlite"]["error"]:
+        res["gemlite"]["check_rel_err"] = PG.selfcheck_int4()
+    print("gemlite:", res["gemlite"], flush=True)
+    save()
 
 
 def summarize():
@@ -209,6 +231,14 @@ def summarize():
                     [r[key]["over_tinygemm"] for r in rows if r[key]["over_tinygemm"]]),
             }
     tiny = [r["bf16_us"] / r["tinygemm_us"] for r in res["rows"] if r["M"] == 1 and r.get("tinygemm_us")]
+    for m in MS:
+        gl = [r["int4_group_128"]["over_gemlite"] for r in res["rows"]
+              if r["M"] == m and r.get("int4_group_128", {}).get("over_gemlite")]
+        if gl:
+            s[f"int4_group_128/M{m}_over_gemlite"] = {"geomean": math.exp(sum(map(math.log, gl)) / len(gl)),
+                                                      "worst": min(gl), "best": max(gl), "n": len(gl)}
+    if not any(k_.endswith("_over_gemlite") for k_ in s):
+        s["gemlite"] = f"no GemLite column: {res.get('gemlite', {}).get('error') or 'no rows timed'}"
     s["tinygemm/M1_geomean_over_bf16"] = math.exp(sum(map(math.log, tiny)) / len(tiny)) if tiny else None
     res["summary"] = s
     save()
@@ -218,6 +248,7 @@ def summarize():
 
 if __name__ == "__main__":
     check_correctness()
+    check_gemlite()
     reference_bandwidth()
     bench_shapes()
     summarize()

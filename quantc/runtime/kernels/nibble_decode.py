@@ -57,12 +57,12 @@ fma.rn.bf16x2 $3, $3, one, off;
 }}
 """
 # symmetric: c ^ 8 = q + 8, so 128 + (q + 8) - 136 = q; with zero points the code itself: 128 + c - 128
-INT4_SYM_ASM = _INT4_ASM.format(off="0xC308C308", xor="xor.b32 w, $4, 0x88888888;")
-INT4_CODE_ASM = _INT4_ASM.format(off="0xC300C300", xor="mov.b32 w, $4;")
+INT4_SYM_ASM = tl.constexpr(_INT4_ASM.format(off="0xC308C308", xor="xor.b32 w, $4, 0x88888888;"))
+INT4_CODE_ASM = tl.constexpr(_INT4_ASM.format(off="0xC300C300", xor="mov.b32 w, $4;"))
 
 # e2m1 in a 16-bit lane: low nibble bits 0-2 -> bf16 bits 6-8 (shift 6), sign bit 3 -> 15 (shift 12);
 # high nibble bits 4-6 -> 6-8 (shift 2), sign bit 7 -> 15 (shift 8). Then x 2**126 (bf16 0x7E80).
-E2M1_ASM = """
+E2M1_ASM = tl.constexpr("""
 {
 .reg .b32 w, a, b, c, t, s, big, nz;
 mov.b32 big, 0x7E807E80;
@@ -92,7 +92,7 @@ fma.rn.bf16x2 $1, $1, big, nz;
 fma.rn.bf16x2 $2, $2, big, nz;
 fma.rn.bf16x2 $3, $3, big, nz;
 }
-"""
+""")
 
 
 @triton.jit
@@ -133,3 +133,100 @@ def decode_pairs(b, FMT: tl.constexpr, SIGNED: tl.constexpr, ASM: tl.constexpr):
             lo = _e2m1_f32(c & 15).to(tl.bfloat16)
             hi = _e2m1_f32(c >> 4).to(tl.bfloat16)
     return lo, hi
+
+
+# One int32 word = eight codes k..k+7 (nibble j = element k+j). b = w >> 4 puts each byte's high nibble
+# in the low nibble of the same byte; prmt pairs byte i of w (element 2i) with byte i of b (element
+# 2i+1) in the two 16-bit lanes, so each bf16x2 register holds two consecutive elements: the order the
+# MMA operand wants (8 consecutive k per thread), no shuffles after the decode.
+_WORD_INT4 = """
+{{
+.reg .b32 a, b, r0, r1, r2, r3, one, off;
+mov.b32 one, 0x3F803F80;
+mov.b32 off, {off};
+{xor}
+shr.b32 b, a, 4;
+prmt.b32 r0, a, b, 0x4040;
+prmt.b32 r1, a, b, 0x5151;
+prmt.b32 r2, a, b, 0x6262;
+prmt.b32 r3, a, b, 0x7373;
+lop3.b32 r0, r0, 0x000F000F, 0x43004300, 0xEA;
+lop3.b32 r1, r1, 0x000F000F, 0x43004300, 0xEA;
+lop3.b32 r2, r2, 0x000F000F, 0x43004300, 0xEA;
+lop3.b32 r3, r3, 0x000F000F, 0x43004300, 0xEA;
+fma.rn.bf16x2 r0, r0, one, off;
+fma.rn.bf16x2 r1, r1, one, off;
+fma.rn.bf16x2 r2, r2, one, off;
+fma.rn.bf16x2 r3, r3, one, off;
+mov.b32 {{$0, $1}}, r0;
+mov.b32 {{$2, $3}}, r1;
+mov.b32 {{$4, $5}}, r2;
+mov.b32 {{$6, $7}}, r3;
+}}
+"""
+WORD_INT4_SYM_ASM = tl.constexpr(_WORD_INT4.format(off="0xC308C308", xor="xor.b32 a, $8, 0x88888888;"))
+WORD_INT4_CODE_ASM = tl.constexpr(_WORD_INT4.format(off="0xC300C300", xor="mov.b32 a, $8;"))
+
+_E2M1_LANE = """
+shl.b32 t, {r}, 6;
+shl.b32 s, {r}, 12;
+and.b32 s, s, 0x80008000;
+lop3.b32 {r}, t, 0x01C001C0, s, 0xEA;
+fma.rn.bf16x2 {r}, {r}, big, nz;"""
+WORD_E2M1_ASM = tl.constexpr("""
+{
+.reg .b32 a, b, r0, r1, r2, r3, t, s, big, nz;
+mov.b32 big, 0x7E807E80;
+mov.b32 nz, 0x80008000;
+mov.b32 a, $8;
+shr.b32 b, a, 4;
+prmt.b32 r0, a, b, 0x4040;
+prmt.b32 r1, a, b, 0x5151;
+prmt.b32 r2, a, b, 0x6262;
+prmt.b32 r3, a, b, 0x7373;""" + "".join(_E2M1_LANE.format(r=f"r{i}") for i in range(4)) + """
+mov.b32 {$0, $1}, r0;
+mov.b32 {$2, $3}, r1;
+mov.b32 {$4, $5}, r2;
+mov.b32 {$6, $7}, r3;
+}
+""")
+
+
+@triton.jit
+def _interleave8(v0, v1, v2, v3, v4, v5, v6, v7):
+    """Eight (R, C) tiles -> (R, 8C) with column 8c + j from v_j (joins put the new axis last)."""
+    even = tl.join(tl.join(v0, v4), tl.join(v2, v6))
+    odd = tl.join(tl.join(v1, v5), tl.join(v3, v7))
+    return tl.reshape(tl.join(even, odd), (v0.shape[0], v0.shape[1] * 8))
+
+
+@triton.jit
+def decode_words(w, FMT: tl.constexpr, SIGNED: tl.constexpr, ASM: tl.constexpr):
+    """int32 tile (R, C) of packed codes -> bf16 (R, 8C) values in K order (column 8c + j = nibble j of
+    word c), exact."""
+    if ASM:
+        if FMT == 1:
+            if SIGNED:
+                v = tl.inline_asm_elementwise(WORD_INT4_SYM_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r", [w],
+                                              dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)
+            else:
+                v = tl.inline_asm_elementwise(WORD_INT4_CODE_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r", [w],
+                                              dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)
+        else:
+            v = tl.inline_asm_elementwise(WORD_E2M1_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r", [w],
+                                              dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)
+        return _interleave8(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7])
+    else:
+        if FMT == 1:
+            return _interleave8(_int4_f32((w >> 0) & 15, SIGNED).to(tl.bfloat16),
+                                _int4_f32((w >> 4) & 15, SIGNED).to(tl.bfloat16),
+                                _int4_f32((w >> 8) & 15, SIGNED).to(tl.bfloat16),
+                                _int4_f32((w >> 12) & 15, SIGNED).to(tl.bfloat16),
+                                _int4_f32((w >> 16) & 15, SIGNED).to(tl.bfloat16),
+                                _int4_f32((w >> 20) & 15, SIGNED).to(tl.bfloat16),
+                                _int4_f32((w >> 24) & 15, SIGNED).to(tl.bfloat16),
+                                _int4_f32((w >> 28) & 15, SIGNED).to(tl.bfloat16))
+        return _interleave8(_e2m1_f32((w >> 0) & 15).to(tl.bfloat16), _e2m1_f32((w >> 4) & 15).to(tl.bfloat16),
+                            _e2m1_f32((w >> 8) & 15).to(tl.bfloat16), _e2m1_f32((w >> 12) & 15).to(tl.bfloat16),
+                            _e2m1_f32((w >> 16) & 15).to(tl.bfloat16), _e2m1_f32((w >> 20) & 15).to(tl.bfloat16),
+                            _e2m1_f32((w >> 24) & 15).to(tl.bfloat16), _e2m1_f32((w >> 28) & 15).to(tl.bfloat16))

@@ -23,6 +23,7 @@ import triton.language as tl
 
 from ...plan import KernelConfig as WoConfig  # stdlib-only; any object with these fields works
 from .wo_format import FP8, INT8, WoWeight, decode_elements, dequant_tile, dequantize, load_tile_scales
+from .wo_mma4 import launch_mma4
 
 # The CPU interpreter mis-computes tl.dot on bf16 operands (it sees raw bits); upcast there only.
 UPCAST_DOT = os.environ.get("TRITON_INTERPRET") == "1"
@@ -108,6 +109,9 @@ def effective_blocks(m: int, pack: int, cfg) -> tuple[int, int]:
 
 def _launch(x2, data, scale, zeros, gscale, fmt, sfmt, pack, group, row_block, n, cfg) -> torch.Tensor:
     m, k = x2.shape
+    if pack == 8:  # 4-bit: the tensor-core kernel with the bf16x2 nibble decode
+        w = WoWeight(fmt, n, k, data, scale, sfmt, group, row_block, zeros, gscale)
+        return launch_mma4(x2, w, cfg)
     bm, bk = effective_blocks(m, pack, cfg)
     split = max(1, min(cfg.split_k, triton.cdiv(k, bk)))
     out = (torch.zeros if split > 1 else torch.empty)((m, n), dtype=torch.float32 if split > 1 else torch.bfloat16,
@@ -169,24 +173,36 @@ def reference(x: torch.Tensor, w: WoWeight) -> torch.Tensor:
     return x.float() @ dequantize(w).T
 
 
+def _split(n: int, k: int, bn: int, bk: int, sms: int) -> int:
+    """K slices so that the grid covers the SMs about twice (decode shapes have few N tiles)."""
+    return max(1, min(triton.cdiv(2 * sms, triton.cdiv(n, bn)), k // bk, 16))
+
+
 def default_config(m: int, n: int, k: int, sms: int = 132) -> WoConfig:
-    """A reasonable config without a tuned table: enough programs (split-K) to cover the SMs twice."""
+    """A reasonable config without a tuned table. 4-bit weights at M <= 16 run swap-AB on 64 weight rows
+    per program; split-K covers the SMs where N alone does not."""
     if m <= 16:
-        bn, bk = (32, 256) if m == 1 else (64, 256)
-        progs = triton.cdiv(n, bn)
-        split = max(1, min(triton.cdiv(2 * sms, progs), k // bk, 16))
-        return WoConfig(16, bn, bk, num_warps=4, num_stages=3, split_k=split)
+        return WoConfig(16, 64, 256, num_warps=4, num_stages=3, split_k=_split(n, k, 64, 256, sms))
+    if m <= 64:
+        return WoConfig(64, 128, 128, num_warps=4, num_stages=3, split_k=_split(n, k, 128, 128, sms))
     return WoConfig(64, 128, 128, num_warps=4, num_stages=3)
 
 
 def candidates(m: int, n: int, k: int, sms: int = 132) -> list[WoConfig]:
     """Configs ``quantc tune`` (and the bench) try for one (M, N, K)."""
+    if m <= 16:
+        tiles = [(64, 128, 4), (64, 256, 4), (64, 512, 4), (128, 128, 4), (128, 256, 4), (128, 256, 8),
+                 (256, 128, 8)]
+        bm = 16
+    else:
+        tiles = [(64, 64, 4), (64, 128, 4), (128, 64, 4), (128, 128, 4), (128, 128, 8), (256, 64, 8)]
+        bm = 64 if m <= 64 else 128
     out = []
-    for bn in (16, 32, 64, 128):
-        for bk in (128, 256, 512):
-            if bk > k:
-                continue
-            progs = triton.cdiv(n, bn)
-            for split in sorted({1, max(1, min(triton.cdiv(2 * sms, progs), k // bk, 16))}):
-                out.append(WoConfig(16 if m <= 16 else 64, bn, bk, num_warps=4, num_stages=3, split_k=split))
+    for bn, bk, warps in tiles:
+        if bk > k:
+            continue
+        split = _split(n, k, bn, bk, sms) if m <= 256 else 1
+        out.append(WoConfig(bm, bn, bk, num_warps=warps, num_stages=3, split_k=split))
+        if split > 1 and bn == 128 and bk == 128:
+            out.append(WoConfig(bm, bn, bk, num_warps=warps, num_stages=4, split_k=1))
     return out

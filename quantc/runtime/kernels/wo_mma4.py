@@ -27,39 +27,47 @@ import torch
 import triton
 import triton.language as tl
 
-from .nibble_decode import USE_ASM, decode_pairs
+from .nibble_decode import USE_ASM, decode_pairs, decode_words
 
 # The CPU interpreter mis-computes tl.dot on bf16 operands (it sees raw bits); upcast there only.
 UPCAST_DOT = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
-def _scale_tile(s_ptr, s_rows, n_mask, k0, SFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_K: tl.constexpr):
-    """Scales of the K tile starting at k0: (BLOCK_N,) if it lies in one group, else (BLOCK_N, BLOCK_K)."""
-    if GROUP % BLOCK_K == 0:
-        s = tl.load(s_ptr + s_rows + k0 // GROUP, mask=n_mask, other=0.0)
-    else:
-        NG: tl.constexpr = BLOCK_K // GROUP
-        g = k0 // GROUP + tl.arange(0, NG)
-        s = tl.load(s_ptr + s_rows[:, None] + g[None, :], mask=n_mask[:, None], other=0.0)
+def _tile_scale(s_ptr, s_rows, n_mask, k0, SFMT: tl.constexpr, GROUP: tl.constexpr):
+    """fp32 (BLOCK_N,) scales of a K tile that lies inside one group."""
+    s = tl.load(s_ptr + s_rows + k0 // GROUP, mask=n_mask, other=0.0)
     if SFMT == 2:  # e8m0
         e = s.to(tl.int32)
         s = tl.where(e == 0, 0x400000, e << 23).to(tl.float32, bitcast=True)
-    else:
-        s = s.to(tl.float32)
-    if GROUP % BLOCK_K != 0:
-        s = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, BLOCK_K // GROUP, GROUP)), (BLOCK_N, BLOCK_K))
-    return s
+    return s.to(tl.float32)
 
 
 @triton.jit
-def _zero_tile(z_ptr, s_rows, n_mask, k0, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    if GROUP % BLOCK_K == 0:
-        return tl.load(z_ptr + s_rows + k0 // GROUP, mask=n_mask, other=0).to(tl.float32)
+def _element_scale(s_ptr, s_rows, n_mask, k0, SFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr, UPCAST: tl.constexpr):
+    """bf16 (BLOCK_N, BLOCK_K) scales of a tile holding several groups, each group's scale decoded once
+    then repeated over its elements."""
     NG: tl.constexpr = BLOCK_K // GROUP
     g = k0 // GROUP + tl.arange(0, NG)
-    z = tl.load(z_ptr + s_rows[:, None] + g[None, :], mask=n_mask[:, None], other=0).to(tl.float32)
+    s = tl.load(s_ptr + s_rows[:, None] + g[None, :], mask=n_mask[:, None], other=0.0)
+    if SFMT == 2:  # e8m0 -> bf16 bits: the code is the exponent field (code 0 = 2**-127, a subnormal)
+        e = s.to(tl.int16)
+        s = tl.where(e == 0, 0x40, e << 7).to(tl.bfloat16, bitcast=True)
+    else:
+        s = s.to(tl.bfloat16)  # e4m3 and bf16 scales are exact in bf16
+    if UPCAST:  # the interpreter has no bf16 arithmetic
+        s = s.to(tl.float32)
+    return tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, NG, GROUP)), (BLOCK_N, BLOCK_K))
+
+
+@triton.jit
+def _element_zero(z_ptr, s_rows, n_mask, k0, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  UPCAST: tl.constexpr):
+    NG: tl.constexpr = BLOCK_K // GROUP
+    g = k0 // GROUP + tl.arange(0, NG)
+    z = tl.load(z_ptr + s_rows[:, None] + g[None, :], mask=n_mask[:, None], other=0)
+    z = z.to(tl.float32) if UPCAST else z.to(tl.bfloat16)
     return tl.reshape(tl.broadcast_to(z[:, :, None], (BLOCK_N, NG, GROUP)), (BLOCK_N, BLOCK_K))
 
 
@@ -71,13 +79,14 @@ def _wo_mma4_kernel(
     FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
     HAS_GLOBAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    SWAP: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr,
+    SWAP: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr, WORDS: tl.constexpr = True,
 ):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
     PER_TILE: tl.constexpr = GROUP % BLOCK_K == 0
     HB: tl.constexpr = BLOCK_K // 2
+    BKW: tl.constexpr = BLOCK_K // 8
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     n_mask = offs_n < N
@@ -86,6 +95,7 @@ def _wo_mma4_kernel(
     per_split = tl.cdiv(k_tiles, SPLIT_K)
     t_end = tl.minimum((pid_k + 1) * per_split, k_tiles)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + tl.arange(0, HB)[None, :]
+    ww_rows = w_ptr.to(tl.pointer_type(tl.int32)) + offs_n.to(tl.int64)[:, None] * (stride_wn // 4) + tl.arange(0, BKW)[None, :]
     s_rows = offs_n.to(tl.int64) * stride_sn
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + tl.arange(0, BLOCK_K)[None, :]
     if SWAP:
@@ -94,17 +104,22 @@ def _wo_mma4_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for t in range(pid_k * per_split, t_end):
         k0 = t * BLOCK_K
-        b = tl.load(w_rows + k0 // 2, mask=n_mask[:, None], other=0)
         xv = tl.load(x_rows + k0, mask=m_mask[:, None], other=0.0)
-        lo, hi = decode_pairs(b, FMT, not HAS_ZERO and FMT == 1, ASM)
-        w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
-        s = _scale_tile(s_ptr, s_rows, n_mask, k0, SFMT, GROUP, BLOCK_N, BLOCK_K)
-        if not PER_TILE:
+        if WORDS:
+            wd32 = tl.load(ww_rows + k0 // 8, mask=n_mask[:, None], other=0)
+            w = decode_words(wd32, FMT, not HAS_ZERO and FMT == 1, ASM)
+        else:
+            b = tl.load(w_rows + k0 // 2, mask=n_mask[:, None], other=0)
+            lo, hi = decode_pairs(b, FMT, not HAS_ZERO and FMT == 1, ASM)
+            w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
+        if not PER_TILE:  # bf16 products: exact for fp4 x (e8m0 | e4m3); int4 rounds once, like the reference
+            s2 = _element_scale(s_ptr, s_rows, n_mask, k0, SFMT, GROUP, BLOCK_N, BLOCK_K, UPCAST)
+            if UPCAST:
+                w = w.to(tl.float32)
             if HAS_ZERO:
-                w = (w.to(tl.float32) - _zero_tile(z_ptr, s_rows, n_mask, k0, GROUP, BLOCK_N, BLOCK_K)) * s
+                w = (w - _element_zero(z_ptr, s_rows, n_mask, k0, GROUP, BLOCK_N, BLOCK_K, UPCAST)) * s2
             else:
-                w = w.to(tl.float32) * s
-            w = w.to(tl.bfloat16)
+                w = w * s2
         if UPCAST:
             wd = w.to(tl.float32)
             xd = xv.to(tl.float32)
@@ -116,8 +131,9 @@ def _wo_mma4_kernel(
         else:
             part = tl.dot(xd, tl.trans(wd))  # (BLOCK_M, BLOCK_N)
         if PER_TILE:
+            s = _tile_scale(s_ptr, s_rows, n_mask, k0, SFMT, GROUP)
             if HAS_ZERO:
-                z = _zero_tile(z_ptr, s_rows, n_mask, k0, GROUP, BLOCK_N, BLOCK_K)
+                z = tl.load(z_ptr + s_rows + k0 // GROUP, mask=n_mask, other=0).to(tl.float32)
                 xs = tl.sum(xv.to(tl.float32), axis=1)
                 if SWAP:
                     part = part - z[:, None] * xs[None, :]
@@ -157,6 +173,8 @@ def launch_mma4(x2: torch.Tensor, w, cfg, swap: bool | None = None) -> torch.Ten
     m, k = x2.shape
     n = w.n
     bk = tile_k(k, cfg.block_k)
+    if w.group >= 128 and bk > w.group:  # keep int4 g128 tiles inside a group: scales on the fp32 partials
+        bk = w.group
     if swap is None:
         swap = m <= 16 and not UPCAST_DOT
     bm = 16 if m <= 16 else max(16, cfg.block_m)
