@@ -1,0 +1,63 @@
+"""The GPU build of the 4-bit weight-only kernel, checked without a GPU: Triton compiles it for sm_90
+(Hopper) with its bundled ptxas, so the inline PTX of the nibble decode is assembled for real. The
+interpreter (every other runtime test) never sees that PTX. A subprocess, since the interpreter
+switch is read when triton.jit runs."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent("""
+    import json, os, re, sys
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from quantc.runtime.kernels import wo_mma4
+
+    SIG = {"x_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32",
+           "out_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_wn": "i32",
+           "stride_sn": "i32", "stride_om": "i32"}
+    out = []
+    for fmt, sfmt, group, zero, sdt, bm, bn, bk, split, swap in json.loads(sys.argv[1]):
+        sig = dict(SIG, s_ptr=sdt, out_ptr="*fp32" if split > 1 else "*bf16")
+        ce = dict(FMT=fmt, SFMT=sfmt, GROUP=group, HAS_ZERO=zero, HAS_GLOBAL=fmt == 2 and sfmt == 1,
+                  BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, SWAP=swap, ASM=True, UPCAST=False, WORDS=True)
+        sig.update({k: "constexpr" for k in ce})
+        attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG) if a != "M"}
+        c = triton.compile(ASTSource(wo_mma4._wo_mma4_kernel, sig, constexprs=ce, attrs=attrs),
+                           target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 3})
+        ptx = c.asm["ptx"]
+        out.append({"lop3": len(re.findall(r"lop3\\.b32", ptx)), "bf16x2": len(re.findall(r"bf16x2", ptx)),
+                    "local": len(re.findall(r"\\.local", ptx)), "mma": bool(re.search(r"mma|wgmma", ptx))})
+    print(json.dumps(out))
+""")
+
+CASES = [  # fmt, sfmt, group, zero, scale dtype, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, SWAP
+    (1, 1, 128, False, "*bf16", 16, 64, 128, 4, False),    # int4 g128 decode
+    (1, 1, 128, False, "*bf16", 16, 64, 128, 1, True),     # swap-AB (weights as the wgmma A operand)
+    (1, 1, 32, True, "*bf16", 64, 128, 128, 1, False),     # int4 g32 with zero points, prefill tile
+    (2, 2, 32, False, "*u8", 16, 64, 256, 4, False),       # mxfp4
+    (2, 1, 16, False, "*fp8e4nv", 16, 64, 128, 1, False),  # nvfp4
+]
+
+
+@pytest.mark.timeout(300)
+def test_wo_mma4_compiles_for_hopper_with_the_ptx_decode():
+    try:
+        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
+    except ImportError:
+        pytest.fail("triton's nvidia backend (ptxas) is part of the triton wheel quantc pins; it is missing")
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(CASES)], capture_output=True, text=True,
+                          timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(results) == len(CASES)
+    for case, r in zip(CASES, results):
+        assert r["lop3"] >= 4, (case, r)      # the decode's lop3 made it into the kernel
+        assert r["bf16x2"] >= 4, (case, r)    # and its bf16x2 FMAs
+        assert r["mma"], (case, r)            # the product runs on the tensor cores
+        assert r["local"] == 0, (case, r)     # no register spills to local memory
