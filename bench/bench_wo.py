@@ -176,9 +176,9 @@ def bench_shapes():
                 if best is None:
                     continue
                 t, cfg = best
-                if m <= 16:  # the same best tile without swap-AB (x as the MMA's M operand)
+                if m <= 16 and cfg.block_n >= 64:  # the same best tile with swap-AB (weights as the wgmma A operand)
                     x2 = x.reshape(-1, k)
-                    row[f"{key}_noswap_us"] = rotated_us(lambda i: launch_mma4(x2, ws[i], cfg, swap=False), len(ws))
+                    row[f"{key}_swap_us"] = rotated_us(lambda i: launch_mma4(x2, ws[i], cfg, swap=True), len(ws))
                 nbytes = ws[0].nbytes()
                 row[key] = {"us": t, "cfg": [cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages,
                                              cfg.split_k],

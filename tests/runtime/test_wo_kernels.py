@@ -49,6 +49,26 @@ def test_wo_gemm_configs_and_split_k(cfg):
             assert _rel_err(out, wg.reference(x.reshape(-1, k), w).reshape(2, m, n)) < TOL
 
 
+def test_split_k_reduces_in_one_launch_and_leaves_the_workspace_zeroed():
+    """The last K slice to arrive writes the output and zeroes the shared workspace and counters, so
+    back-to-back calls (different shapes too) see a clean workspace and repeat bit for bit."""
+    from quantc.runtime.kernels import wo_mma4
+
+    torch.manual_seed(3)
+    cfg = wg.WoConfig(16, 16, 128, split_k=4)
+    w = wf.quantize(torch.randn(48, 512), "int4_group_128")
+    x = torch.randn(3, 512).bfloat16()
+    first = wo_mma4.launch_mma4(x, w, cfg)
+    ws, cnt = wo_mma4.split_workspace(x.device, 0, 0)
+    assert ws.abs().max().item() == 0 and cnt.abs().max().item() == 0
+    other = wf.quantize(torch.randn(32, 256), "mxfp4")
+    wo_mma4.launch_mma4(torch.randn(5, 256).bfloat16(), other, cfg)
+    assert torch.equal(wo_mma4.launch_mma4(x, w, cfg), first)
+    assert _rel_err(first, wg.reference(x, w)) < TOL
+    ws, cnt = wo_mma4.split_workspace(x.device, 0, 0)
+    assert ws.abs().max().item() == 0 and cnt.abs().max().item() == 0
+
+
 def test_wo_layout_is_the_checkpoint_bytes():
     torch.manual_seed(2)
     t = qz.quantize_weight(torch.randn(8, 64), "int4_group_32")

@@ -191,8 +191,8 @@ def default_config(m: int, n: int, k: int, sms: int = 132) -> WoConfig:
 def candidates(m: int, n: int, k: int, sms: int = 132) -> list[WoConfig]:
     """Configs ``quantc tune`` (and the bench) try for one (M, N, K)."""
     if m <= 16:
-        tiles = [(64, 128, 4), (64, 256, 4), (64, 512, 4), (128, 128, 4), (128, 256, 4), (128, 256, 8),
-                 (256, 128, 8)]
+        tiles = [(16, 128, 4), (16, 256, 4), (32, 128, 4), (32, 256, 4), (64, 128, 4), (64, 256, 4),
+                 (128, 128, 4), (128, 256, 8)]
         bm = 16
     else:
         tiles = [(64, 64, 4), (64, 128, 4), (128, 64, 4), (128, 128, 4), (128, 128, 8), (256, 64, 8)]
@@ -203,6 +203,6 @@ def candidates(m: int, n: int, k: int, sms: int = 132) -> list[WoConfig]:
             continue
         split = _split(n, k, bn, bk, sms) if m <= 256 else 1
         out.append(WoConfig(bm, bn, bk, num_warps=warps, num_stages=3, split_k=split))
-        if split > 1 and bn == 128 and bk == 128:
+        if split > 1 and bk == 128 and bn in (16, 32, 128):
             out.append(WoConfig(bm, bn, bk, num_warps=warps, num_stages=4, split_k=1))
     return out

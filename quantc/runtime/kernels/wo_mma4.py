@@ -15,8 +15,8 @@ G=32, nvfp4 G=16, int4 g32/g64 under a wider tile) the bf16 tile is scaled per e
 MMA (exact for the fp4 formats: e2m1 x power-of-two or e4m3 fits bf16's mantissa; int4 rounds once,
 as the reference's bf16 operand does).
 
-SWAP computes out^T = W x^T instead (the weight as the MMA's M operand): at M <= 16 it fills the
-64-row Hopper MMA with weight rows instead of padding rows. Split-K adds fp32 partials atomically.
+SWAP computes out^T = W x^T instead (the weight as the MMA's M operand, wgmma with A in registers).
+Split-K (decode shapes with few N tiles) reduces in the same launch: see ``split_workspace``.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def _element_zero(z_ptr, s_rows, n_mask, k0, GROUP: tl.constexpr, BLOCK_N: tl.co
 
 @triton.jit
 def _wo_mma4_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr,
+    x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, K,
     stride_xm, stride_wn, stride_sn, stride_om,
     FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
@@ -153,7 +153,22 @@ def _wo_mma4_kernel(
         out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
         o_mask = m_mask[:, None] & n_mask[None, :]
     if SPLIT_K > 1:
-        tl.atomic_add(out_ptrs, acc, mask=o_mask, sem="relaxed")
+        # Partial sums meet in a zero-at-rest fp32 workspace; the program that arrives last for this
+        # output tile writes the bf16 result and zeroes the workspace and its counter again, so one
+        # launch does it all (no memset or cast kernels around it: they cost more than the GEMM at decode).
+        if SWAP:
+            ws_ptrs = ws_ptr + offs_m.to(tl.int64)[None, :] * N + offs_n[:, None]
+        else:
+            ws_ptrs = ws_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+        tl.atomic_add(ws_ptrs, acc, mask=o_mask, sem="relaxed")
+        tl.debug_barrier()
+        tile = pid_m * tl.num_programs(0) + pid_n
+        arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            total = tl.load(ws_ptrs, mask=o_mask, other=0.0, cache_modifier=".cg")
+            tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=o_mask)
+            tl.store(ws_ptrs, tl.zeros_like(total), mask=o_mask)
+            tl.atomic_xchg(cnt_ptr + tile, 0)
     else:
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
 
@@ -176,23 +191,40 @@ def launch_mma4(x2: torch.Tensor, w, cfg, swap: bool | None = None) -> torch.Ten
     if w.group >= 128 and bk > w.group:  # keep int4 g128 tiles inside a group: scales on the fp32 partials
         bk = w.group
     if swap is None:
-        swap = m <= 16 and not UPCAST_DOT
+        swap = False  # measured: mma.sync with x as the A operand is a little faster at M = 1 and 16
     bm = 16 if m <= 16 else max(16, cfg.block_m)
     bn = max(16, cfg.block_n)
     if swap:
         bn = max(64, bn)
     split = max(1, min(cfg.split_k, k // bk))
-    out = (torch.zeros if split > 1 else torch.empty)((m, n), dtype=torch.float32 if split > 1 else torch.bfloat16,
-                                                      device=x2.device)
-    data = w.data.view(torch.uint8)
+    out = torch.empty((m, n), dtype=torch.bfloat16, device=x2.device)
     grid = (triton.cdiv(n, bn), triton.cdiv(m, bm), split)
+    ws, cnt = split_workspace(x2.device, m * n, grid[0] * grid[1]) if split > 1 else (out, out)
+    data = w.data.view(torch.uint8)
     _wo_mma4_kernel[grid](
         x2, data, w.scale, w.zeros if w.zeros is not None else w.scale,
-        w.global_scale if w.global_scale is not None else w.scale, out,
+        w.global_scale if w.global_scale is not None else w.scale, out, ws, cnt,
         m, n, k, x2.stride(0), data.stride(0), w.scale.stride(0), out.stride(0),
         FMT=1 if w.fmt == 1 else 2, SFMT=w.sfmt, GROUP=w.group, HAS_ZERO=w.zeros is not None,
         HAS_GLOBAL=w.global_scale is not None,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, SWAP=swap, ASM=USE_ASM, UPCAST=UPCAST_DOT,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return out.to(torch.bfloat16) if split > 1 else out
+    return out
+
+
+_WORKSPACES: dict = {}
+
+
+def split_workspace(device, numel: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The device's split-K workspace (fp32 partial sums, int32 arrival counters), zero at rest: every
+    split-K launch leaves it zeroed. Grown, never shrunk; allocated outside CUDA-graph capture by the
+    first eager call. One per device: split-K launches on one device must not run concurrently on two
+    streams."""
+    key = (device.type, device.index)
+    ws, cnt = _WORKSPACES.get(key, (None, None))
+    if ws is None or ws.numel() < numel or cnt.numel() < tiles:
+        ws = torch.zeros(max(numel, 0 if ws is None else ws.numel()), dtype=torch.float32, device=device)
+        cnt = torch.zeros(max(tiles, 0 if cnt is None else cnt.numel()), dtype=torch.int32, device=device)
+        _WORKSPACES[key] = (ws, cnt)
+    return ws, cnt
