@@ -79,12 +79,14 @@ def _group_values(base, s_rows, n_mask, k0, K, GROUP: tl.constexpr, BLOCK_K: tl.
     """Per-group values (scales or zero points) of the K tile at k0: (BLOCK_N,) when the tile lies in one
     group, else (BLOCK_N, BLOCK_K // GROUP). MASK_K: the tail tile, whose last groups may lie past K."""
     if GROUP % BLOCK_K == 0:
-        return tl.load(base + s_rows + k0 // GROUP, mask=n_mask, other=0.0)
-    g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
-    m = n_mask[:, None]
-    if MASK_K:
-        m = m & (g < tl.cdiv(K, GROUP))[None, :]
-    return tl.load(base + s_rows[:, None] + g[None, :], mask=m, other=0.0)
+        v = tl.load(base + s_rows + k0 // GROUP, mask=n_mask, other=0.0)
+    else:  # (a plain early return would still compile the code after it for every GROUP)
+        g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
+        m = n_mask[:, None]
+        if MASK_K:
+            m = m & (g < tl.cdiv(K, GROUP))[None, :]
+        v = tl.load(base + s_rows[:, None] + g[None, :], mask=m, other=0.0)
+    return v
 
 
 @triton.jit
