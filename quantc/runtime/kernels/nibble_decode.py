@@ -146,10 +146,10 @@ mov.b32 one, 0x3F803F80;
 mov.b32 off, {off};
 {xor}
 shr.b32 b, a, 4;
-prmt.b32 r0, a, b, 0x4040;
-prmt.b32 r1, a, b, 0x5151;
-prmt.b32 r2, a, b, 0x6262;
-prmt.b32 r3, a, b, 0x7373;
+prmt.b32 r0, a, b, 0x4400;
+prmt.b32 r1, a, b, 0x5511;
+prmt.b32 r2, a, b, 0x6622;
+prmt.b32 r3, a, b, 0x7733;
 lop3.b32 r0, r0, 0x000F000F, 0x43004300, 0xEA;
 lop3.b32 r1, r1, 0x000F000F, 0x43004300, 0xEA;
 lop3.b32 r2, r2, 0x000F000F, 0x43004300, 0xEA;
@@ -180,10 +180,10 @@ mov.b32 big, 0x7E807E80;
 mov.b32 nz, 0x80008000;
 mov.b32 a, $8;
 shr.b32 b, a, 4;
-prmt.b32 r0, a, b, 0x4040;
-prmt.b32 r1, a, b, 0x5151;
-prmt.b32 r2, a, b, 0x6262;
-prmt.b32 r3, a, b, 0x7373;""" + "".join(_E2M1_LANE.format(r=f"r{i}") for i in range(4)) + """
+prmt.b32 r0, a, b, 0x4400;
+prmt.b32 r1, a, b, 0x5511;
+prmt.b32 r2, a, b, 0x6622;
+prmt.b32 r3, a, b, 0x7733;""" + "".join(_E2M1_LANE.format(r=f"r{i}") for i in range(4)) + """
 mov.b32 {$0, $1}, r0;
 mov.b32 {$2, $3}, r1;
 mov.b32 {$4, $5}, r2;

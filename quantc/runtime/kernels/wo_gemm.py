@@ -181,7 +181,7 @@ def _split(n: int, k: int, bn: int, bk: int, sms: int) -> int:
 def default_config(m: int, n: int, k: int, sms: int = 132) -> WoConfig:
     """A reasonable config without a tuned table. 4-bit weights at M <= 16 run swap-AB on 64 weight rows
     per program; split-K covers the SMs where N alone does not."""
-    if m <= 16:
+    if m <= 16:  # measured on an H100 (bench/results/wo_h100.json): 64 x 256 tiles, split-K on small N
         return WoConfig(16, 64, 256, num_warps=4, num_stages=3, split_k=_split(n, k, 64, 256, sms))
     if m <= 64:
         return WoConfig(64, 128, 128, num_warps=4, num_stages=3, split_k=_split(n, k, 128, 128, sms))
@@ -191,11 +191,10 @@ def default_config(m: int, n: int, k: int, sms: int = 132) -> WoConfig:
 def candidates(m: int, n: int, k: int, sms: int = 132) -> list[WoConfig]:
     """Configs ``quantc tune`` (and the bench) try for one (M, N, K)."""
     if m <= 16:
-        tiles = [(16, 128, 4), (16, 256, 4), (32, 128, 4), (32, 256, 4), (64, 128, 4), (64, 256, 4),
-                 (128, 128, 4), (128, 256, 8)]
+        tiles = [(32, 256, 4), (64, 256, 4), (128, 128, 4), (128, 256, 8)]
         bm = 16
     else:
-        tiles = [(64, 64, 4), (64, 128, 4), (128, 64, 4), (128, 128, 4), (128, 128, 8), (256, 64, 8)]
+        tiles = [(64, 64, 4), (64, 128, 4), (128, 64, 4), (128, 128, 4), (128, 128, 8)]
         bm = 64 if m <= 64 else 128
     out = []
     for bn, bk, warps in tiles:
@@ -203,6 +202,6 @@ def candidates(m: int, n: int, k: int, sms: int = 132) -> list[WoConfig]:
             continue
         split = _split(n, k, bn, bk, sms) if m <= 256 else 1
         out.append(WoConfig(bm, bn, bk, num_warps=warps, num_stages=3, split_k=split))
-        if split > 1 and bk == 128 and bn in (16, 32, 128):
+        if split > 1 and m <= 16 and bn in (32, 64):
             out.append(WoConfig(bm, bn, bk, num_warps=warps, num_stages=4, split_k=1))
     return out

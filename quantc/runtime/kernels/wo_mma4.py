@@ -188,8 +188,6 @@ def launch_mma4(x2: torch.Tensor, w, cfg, swap: bool | None = None) -> torch.Ten
     m, k = x2.shape
     n = w.n
     bk = tile_k(k, cfg.block_k)
-    if w.group >= 128 and bk > w.group:  # keep int4 g128 tiles inside a group: scales on the fp32 partials
-        bk = w.group
     if swap is None:
         swap = False  # measured: mma.sync with x as the A operand is a little faster at M = 1 and 16
     bm = 16 if m <= 16 else max(16, cfg.block_m)
