@@ -10,6 +10,9 @@ Lookup for a (kernel, N, K) on a GPU, first hit wins:
 4. for a GPU without a table of its own for this kernel (H200 without an H200 entry), the H100
    table by the same rules; the entry's ``source`` says so and ``plan`` prints it.
 
+A tuned entry's largest bucket extends to every larger M when it was measured at prefill sizes
+(M >= 1024); an entry measured only at decode sizes hands the larger M to the kernel's defaults (the
+4-bit weight-only rows stop at M = 64, so prefill keeps the prefill default, not a split-K decode tile).
 Every config is clamped so that its blocks never exceed the padded problem (BLOCK_N <= next_pow2(N)).
 """
 
@@ -45,11 +48,21 @@ class KernelTable:
     entries: dict  # (kernel, n, k) -> tuple[(m_max, KernelConfig)]
 
 
-def _rows_to_buckets(rows: list[dict]) -> tuple[tuple[int, KernelConfig], ...]:
+# A tuned entry measured only below this M (decode and small batches) says nothing about prefill tiles.
+PREFILL_M = 1024
+
+
+def _rows_to_buckets(rows: list[dict], above: tuple = ()) -> tuple[tuple[int, KernelConfig], ...]:
+    """Rows -> M-buckets. The largest bucket extends to every M, except when it lies below PREFILL_M:
+    then the buckets of ``above`` (the kernel's defaults) with a larger bound take over past it."""
     rows = sorted(rows, key=lambda r: r["m_max"])
     buckets = [(int(r["m_max"]), KernelConfig(**{f: int(r[f]) for f in CONFIG_FIELDS if f in r})) for r in rows]
     if buckets and buckets[-1][0] < M_MAX_LAST:
-        buckets[-1] = (M_MAX_LAST, buckets[-1][1])
+        higher = [b for b in above if b[0] > buckets[-1][0]] if buckets[-1][0] < PREFILL_M else []
+        if higher:
+            buckets += higher
+        else:
+            buckets[-1] = (M_MAX_LAST, buckets[-1][1])
     return tuple(buckets)
 
 
@@ -61,7 +74,7 @@ def read_table(path: Path) -> KernelTable:
     grouped: dict[tuple, list[dict]] = {}
     for row in data.get("entries", []):
         grouped.setdefault((row["kernel"], int(row["n"]), int(row["k"])), []).append(row)
-    entries = {key: _rows_to_buckets(rows) for key, rows in grouped.items()}
+    entries = {key: _rows_to_buckets(rows, defaults.get(key[0], ())) for key, rows in grouped.items()}
     meta = {k: data.get(k) for k in ("gpu", "device_name", "torch", "triton") if k in data}
     return KernelTable(data.get("gpu", Path(path).stem), str(path), meta, defaults, entries)
 

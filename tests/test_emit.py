@@ -77,3 +77,15 @@ def test_malformed_user_table_is_a_diagnostic(tmp_path):
     r = lower(make_config(linear="fp8_per_channel"), llama_like(), tables_dirs=(str(tmp_path),))
     (d,) = r.diagnostics
     assert d.code == "QC510" and "cannot read kernel table" in d.message and r.plan is None
+
+
+def test_an_entry_measured_only_at_decode_sizes_hands_prefill_to_the_defaults(tmp_path):
+    t = read_table(_table(tmp_path / "h100.json", "h100", [
+        _row("int4_weight_only_gemm", 4096, 4096, 1, 16), _row("int4_weight_only_gemm", 4096, 4096, 64, 64),
+    ], {"int4_weight_only_gemm": [{"m_max": 16, "block_m": 16, "block_n": 32, "block_k": 128},
+                                  {"m_max": 256, "block_m": 64, "block_n": 128, "block_k": 64},
+                                  {"m_max": 2**31 - 1, "block_m": 128, "block_n": 128, "block_k": 64}]}))
+    e = lookup([t], [], "int4_weight_only_gemm", 4096, 4096, "e")
+    assert [m for m, _ in e.buckets] == [1, 64, 256, 2**31 - 1]
+    assert e.config_for(64).block_m == 64 and e.config_for(200).block_k == 64
+    assert e.config_for(4096).block_m == 128  # prefill: the default, not the M = 64 tile

@@ -18,14 +18,14 @@ SCRIPT = textwrap.dedent("""
     from triton.compiler import ASTSource
     from quantc.runtime.kernels import wo_mma4
 
-    SIG = {"x_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32",
+    SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32",
            "out_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_wn": "i32",
            "stride_sn": "i32", "stride_om": "i32"}
     out = []
     for fmt, sfmt, group, zero, sdt, bm, bn, bk, split, swap in json.loads(sys.argv[1]):
         sig = dict(SIG, s_ptr=sdt)
         ce = dict(FMT=fmt, SFMT=sfmt, GROUP=group, HAS_ZERO=zero, HAS_GLOBAL=fmt == 2 and sfmt == 1,
-                  BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, SWAP=swap, ASM=True, UPCAST=False, WORDS=True)
+                  BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, SWAP=swap, ASM=True, UPCAST=False)
         sig.update({k: "constexpr" for k in ce})
         attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG) if a != "M"}
         c = triton.compile(ASTSource(wo_mma4._wo_mma4_kernel, sig, constexprs=ce, attrs=attrs),

@@ -1,8 +1,10 @@
-"""4-bit codes -> bf16 values, two nibbles of a byte at a time, for the tensor-core weight-only GEMMs.
+"""4-bit codes -> bf16 values for the tensor-core weight-only GEMMs.
 
-``decode_pairs(b)`` takes a uint8 tile of packed weights (element 2i in the low nibble of byte i,
-2i+1 in the high one, the checkpoint's own layout) and returns ``(lo, hi)``, two bf16 tiles of the
-same shape holding the values of the low and the high nibbles:
+``decode_words(w)`` (the dense kernel, ``wo_mma4``) takes an int32 tile of packed codes (nibble j of a
+word = element 8p + j) and returns the bf16 values in K order, eight per word, two consecutive ones per
+bf16x2 register. ``decode_pairs(b)`` (the MoE kernel) takes a uint8 tile of packed weights (element
+2i in the low nibble of byte i, 2i+1 in the high one, the checkpoint's own layout) and returns
+``(lo, hi)``, two bf16 tiles of the same shape holding the values of the low and the high nibbles:
 
 =====  ==========================================================
 FMT    value of code c
@@ -21,7 +23,9 @@ the e2m1 subnormal 0.5 into a bf16 subnormal times 2**126, exactly). About 1.5 (
 instructions per element against ~5 for scalar shift, mask, convert.
 
 The interpreter cannot run PTX: with ``USE_ASM = False`` the same values come from plain Triton
-integer and float ops; CI tests that path bit for bit, the GPU tests compare the two.
+integer and float ops (the kernels' CPU tests); tests/runtime/test_nibble_ptx.py runs the PTX itself
+through an emulator of its instructions over every byte value, and bench/bench_wo.py checks the GPU
+outputs against the reference before timing.
 """
 
 from __future__ import annotations

@@ -3,11 +3,12 @@ at every M, decode included. Same math and layouts as ``wo_gemm`` (its module do
 
     out[m, n] = sum_k x[m, k] * (v(code[n, k]) - z[n, g]) * s[n, g]      (* global scale for nvfp4)
 
-The packed bytes are read as they are stored (checkpoint layout, no repack): a (BLOCK_N, BLOCK_K/2)
-uint8 tile per step, 16-byte loads. ``nibble_decode.decode_pairs`` turns it into exact bf16 values of
-the low and high nibbles with a few bf16x2 instructions per pair, ``tl.join`` interleaves them back
-into K order, and the product runs on the tensor cores (M padded to 16): at decode the MMA is nearly
-free and the kernel is bound by the weight bytes, which is the point.
+The packed weights are read as they are stored (checkpoint bytes seen as int32 words, no repack): a
+(BLOCK_N, BLOCK_K/8) word tile per step, 16-byte loads. ``nibble_decode.decode_words`` turns each word
+into its eight exact bf16 values, two consecutive elements per bf16x2 register, which is the order the
+mma.sync operand holds them in (8 consecutive k per thread), so nothing is shuffled between the decode
+and the tensor cores (M padded to 16): at decode the MMA is nearly free and the kernel is bound by
+the weight bytes and the decode's integer instructions (~1.7 per int4 element, ~3 per e2m1 element).
 
 Scales: when a K tile lies inside one scale group (int4 with G >= BLOCK_K) the scale multiplies the
 fp32 partial sums once per tile and zero points enter as ``z * sum(x)`` of the tile; otherwise (mxfp4
@@ -27,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .nibble_decode import USE_ASM, decode_pairs, decode_words
+from .nibble_decode import USE_ASM, decode_words
 
 # The CPU interpreter mis-computes tl.dot on bf16 operands (it sees raw bits); upcast there only.
 UPCAST_DOT = os.environ.get("TRITON_INTERPRET") == "1"
@@ -79,13 +80,12 @@ def _wo_mma4_kernel(
     FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
     HAS_GLOBAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    SWAP: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr, WORDS: tl.constexpr = True,
+    SWAP: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
     PER_TILE: tl.constexpr = GROUP % BLOCK_K == 0
-    HB: tl.constexpr = BLOCK_K // 2
     BKW: tl.constexpr = BLOCK_K // 8
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -94,8 +94,7 @@ def _wo_mma4_kernel(
     k_tiles = K // BLOCK_K  # the launcher picks BLOCK_K dividing K
     per_split = tl.cdiv(k_tiles, SPLIT_K)
     t_end = tl.minimum((pid_k + 1) * per_split, k_tiles)
-    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + tl.arange(0, HB)[None, :]
-    ww_rows = w_ptr.to(tl.pointer_type(tl.int32)) + offs_n.to(tl.int64)[:, None] * (stride_wn // 4) + tl.arange(0, BKW)[None, :]
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + tl.arange(0, BKW)[None, :]
     s_rows = offs_n.to(tl.int64) * stride_sn
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + tl.arange(0, BLOCK_K)[None, :]
     if SWAP:
@@ -105,13 +104,8 @@ def _wo_mma4_kernel(
     for t in range(pid_k * per_split, t_end):
         k0 = t * BLOCK_K
         xv = tl.load(x_rows + k0, mask=m_mask[:, None], other=0.0)
-        if WORDS:
-            wd32 = tl.load(ww_rows + k0 // 8, mask=n_mask[:, None], other=0)
-            w = decode_words(wd32, FMT, not HAS_ZERO and FMT == 1, ASM)
-        else:
-            b = tl.load(w_rows + k0 // 2, mask=n_mask[:, None], other=0)
-            lo, hi = decode_pairs(b, FMT, not HAS_ZERO and FMT == 1, ASM)
-            w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
+        words = tl.load(w_rows + k0 // 8, mask=n_mask[:, None], other=0)
+        w = decode_words(words, FMT, not HAS_ZERO and FMT == 1, ASM)
         if not PER_TILE:  # bf16 products: exact for fp4 x (e8m0 | e4m3); int4 rounds once, like the reference
             s2 = _element_scale(s_ptr, s_rows, n_mask, k0, SFMT, GROUP, BLOCK_N, BLOCK_K, UPCAST)
             if UPCAST:
@@ -198,7 +192,7 @@ def launch_mma4(x2: torch.Tensor, w, cfg, swap: bool | None = None) -> torch.Ten
     out = torch.empty((m, n), dtype=torch.bfloat16, device=x2.device)
     grid = (triton.cdiv(n, bn), triton.cdiv(m, bm), split)
     ws, cnt = split_workspace(x2.device, m * n, grid[0] * grid[1]) if split > 1 else (out, out)
-    data = w.data.view(torch.uint8)
+    data = w.data  # int32 words, eight codes each
     _wo_mma4_kernel[grid](
         x2, data, w.scale, w.zeros if w.zeros is not None else w.scale,
         w.global_scale if w.global_scale is not None else w.scale, out, ws, cnt,
