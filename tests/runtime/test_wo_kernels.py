@@ -1,4 +1,4 @@
-"""Weight-only GEMMs (int4 / mxfp4 / nvfp4, plus the fp8 / int8 layouts the MoE path shares) against
+"""Weight-only GEMMs (int4 / mxfp4 / nvfp4) against
 plain-torch references on the dequantized operands, under TRITON_INTERPRET=1."""
 
 import os
@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from quantc.runtime import quantize as qz
+from quantc.runtime.kernels import nibble_decode as nd
 from quantc.runtime.kernels import wo_format as wf
 from quantc.runtime.kernels import wo_gemm as wg
 from quantc.runtime.kernels import wo_mx
@@ -88,7 +89,7 @@ def _decode_table_kernel(c_ptr, e_ptr, out_ptr):
     r = tl.arange(0, 16)[:, None] * 256 + tl.arange(0, 256)[None, :]
     c = tl.load(c_ptr + r)
     e = tl.load(e_ptr + r)
-    tl.store(out_ptr + r, wf.e2m1_bits_to_f32(c) * wf.e8m0_bits_to_f32(e))
+    tl.store(out_ptr + r, nd.e2m1_to_f32(c) * wf.e8m0_bits_to_f32(e))
 
 
 def test_every_e2m1_code_times_every_e8m0_scale():
@@ -116,7 +117,7 @@ def test_mxfp4_gemm_over_all_codes_and_scales():
     want = (qz.e2m1_to_float(codes) * qz.e8m0_to_float(scale)).bfloat16().float()
     assert torch.equal(_identity_product(w, k), want)
     x = torch.zeros(1, k, dtype=torch.bfloat16)
-    x[0, 3] = 1.0  # the M = 1 reduce path picks column 3 (code 3 = 1.5)
+    x[0, 3] = 1.0  # M = 1 picks column 3 (code 3 = 1.5)
     assert torch.equal(wg.launch(x, w, CFG).float()[0], want[:, 3])
 
 
@@ -147,7 +148,7 @@ def test_every_int4_code(zero):
     # code x bf16 scale needs more bits than bf16; one bf16 ulp (the interpreter truncates, GPUs round)
     exact = qz.dequantize_weight(t, key)
     assert ((_identity_product(w, k) - exact).abs() <= exact.abs() * 2.0 ** -7).all()
-    x = torch.randn(1, k).bfloat16()  # the reduce path (M = 1) too
+    x = torch.randn(1, k).bfloat16()  # M = 1 too
     assert _rel_err(wg.launch(x, w, CFG), wg.reference(x, w)) < TOL
 
 
@@ -175,6 +176,8 @@ def test_wo_gemm_errors_name_the_shapes():
     w = wf.quantize(torch.randn(8, 64), "int4_group_32")
     with pytest.raises(ValueError, match="activation has K = 32, the weight K = 64"):
         wg.launch(torch.randn(1, 32).bfloat16(), w, CFG)
+    with pytest.raises(ValueError, match="wo_gemm runs 4-bit weights .* fp8 / int8 weight-only layers run"):
+        wg.launch(torch.randn(1, 64).bfloat16(), wf.quantize(torch.randn(8, 64), "fp8_per_channel"), CFG)
     with pytest.raises(ValueError, match="no weight-only layout for weight key 'fp4'"):
         wf.from_tensors("fp4", {}, 8, 64)
 

@@ -32,8 +32,7 @@ import triton.language as tl
 
 from . import nibble_decode
 from .nibble_decode import decode_pairs
-from .wo_format import FP8, INT8, WoWeight, decode_scale, dequant_tile, dequantize, load_tile_scales
-from .wo_gemm import UPCAST_DOT
+from .wo_format import FP8, INT8, UPCAST_DOT, WoWeight, decode_scale, dequant_tile, dequantize, load_tile_scales
 
 ACTIVATIONS = {"none": 0, "silu": 1, "gpt_oss": 2}
 GPT_OSS_ALPHA, GPT_OSS_LIMIT = 1.702, 7.0
@@ -59,7 +58,7 @@ def _expert_tile(
     ak = t * BLOCK_K + tl.arange(0, BLOCK_K)
     a = tl.load(a_rows + ak[None, :], mask=a_mask[:, None] & (ak < K)[None, :], other=0.0)
     if A_QUANT == 0:
-        w = dequant_tile(words, s, z, FMT, HAS_ZERO, not PER_TILE, PACK)
+        w = dequant_tile(words, s, not PER_TILE)
         if UPCAST:
             part = tl.dot(a.to(tl.float32), tl.trans(w))
         else:

@@ -100,7 +100,7 @@ fma.rn.bf16x2 $3, $3, big, nz;
 
 
 @triton.jit
-def _e2m1_f32(c):
+def e2m1_to_f32(c):
     """e2m1 codes (int32, 0..15) -> fp32, from the bits (exponent bias 1 -> 127; 0.5 and 0 by select)."""
     mag = c & 7
     bits = tl.where(mag >= 2, (mag << 22) + (126 << 23), (mag & 1) * (126 << 23))
@@ -134,8 +134,8 @@ def decode_pairs(b, FMT: tl.constexpr, SIGNED: tl.constexpr, ASM: tl.constexpr):
             lo = _int4_f32(c & 15, SIGNED).to(tl.bfloat16)
             hi = _int4_f32(c >> 4, SIGNED).to(tl.bfloat16)
         else:
-            lo = _e2m1_f32(c & 15).to(tl.bfloat16)
-            hi = _e2m1_f32(c >> 4).to(tl.bfloat16)
+            lo = e2m1_to_f32(c & 15).to(tl.bfloat16)
+            hi = e2m1_to_f32(c >> 4).to(tl.bfloat16)
     return lo, hi
 
 
@@ -230,7 +230,7 @@ def decode_words(w, FMT: tl.constexpr, SIGNED: tl.constexpr, ASM: tl.constexpr):
                                 _int4_f32((w >> 20) & 15, SIGNED).to(tl.bfloat16),
                                 _int4_f32((w >> 24) & 15, SIGNED).to(tl.bfloat16),
                                 _int4_f32((w >> 28) & 15, SIGNED).to(tl.bfloat16))
-        return _interleave8(_e2m1_f32((w >> 0) & 15).to(tl.bfloat16), _e2m1_f32((w >> 4) & 15).to(tl.bfloat16),
-                            _e2m1_f32((w >> 8) & 15).to(tl.bfloat16), _e2m1_f32((w >> 12) & 15).to(tl.bfloat16),
-                            _e2m1_f32((w >> 16) & 15).to(tl.bfloat16), _e2m1_f32((w >> 20) & 15).to(tl.bfloat16),
-                            _e2m1_f32((w >> 24) & 15).to(tl.bfloat16), _e2m1_f32((w >> 28) & 15).to(tl.bfloat16))
+        return _interleave8(e2m1_to_f32((w >> 0) & 15).to(tl.bfloat16), e2m1_to_f32((w >> 4) & 15).to(tl.bfloat16),
+                            e2m1_to_f32((w >> 8) & 15).to(tl.bfloat16), e2m1_to_f32((w >> 12) & 15).to(tl.bfloat16),
+                            e2m1_to_f32((w >> 16) & 15).to(tl.bfloat16), e2m1_to_f32((w >> 20) & 15).to(tl.bfloat16),
+                            e2m1_to_f32((w >> 24) & 15).to(tl.bfloat16), e2m1_to_f32((w >> 28) & 15).to(tl.bfloat16))

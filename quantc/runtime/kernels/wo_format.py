@@ -16,14 +16,14 @@ int8        int8 (.., N, K)                    fp32 (.., N, 1)
 ==========  =================================  ===================================================
 
 The int32 words of the 4-bit formats are the checkpoint's (N, K/2) uint8 bytes (low nibble = even k)
-reinterpreted, so repacking costs nothing and one 32-bit load brings eight elements. Inside the GEMM a
-K tile of BLOCK_K elements is BLOCK_K/8 words; the j-th nibble of every word gives the elements
-k = 8p + j, which are multiplied with the activations at the same (strided) k. Scales are looked up
-per word (G is a multiple of 8), so the eight nibbles of a word share one scale.
+reinterpreted, so repacking costs nothing and one 32-bit load brings eight elements (nibble j of word
+p = element 8p + j). ``nibble_decode`` turns them into bf16 values inside the 4-bit kernels; the
+helpers below serve the 8-bit and bf16 tiles of the MoE kernel and the scale encodings.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +31,9 @@ import triton
 import triton.language as tl
 
 from .. import quantize as qz
+
+# The CPU interpreter mis-computes tl.dot on bf16 operands (it sees raw bits); kernels upcast there only.
+UPCAST_DOT = os.environ.get("TRITON_INTERPRET") == "1"
 
 # weight formats (constexpr FMT of the kernels)
 BF16, INT4, MXFP4, NVFP4, FP8, INT8 = 0, 1, 2, 3, 4, 5
@@ -140,15 +143,6 @@ def dequantize(w: WoWeight) -> torch.Tensor:
 
 
 @triton.jit
-def e2m1_bits_to_f32(c):
-    """e2m1 codes (int32, 0..15) -> fp32 values, built from the bits: magnitude index i = e<<1 | m is
-    shifted into the fp32 exponent/mantissa (exponent bias moved from 1 to 127), 0.5 and 0 by select."""
-    mag = c & 7
-    bits = tl.where(mag >= 2, (mag << 22) + (126 << 23), (mag & 1) * (126 << 23))
-    return (bits | ((c & 8) << 28)).to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def e8m0_bits_to_f32(e):
     """Every e8m0 code: 2**(e-127) for 0..254 (code 0 = 2**-127 is an fp32 subnormal), 255 = NaN."""
     e = e.to(tl.int32)
@@ -164,22 +158,6 @@ def decode_scale(s, SFMT: tl.constexpr):
     elif SFMT == 0:  # unscaled (bf16 weights): the load was of a dummy pointer
         return tl.full(s.shape, 1.0, tl.float32)
     return s.to(tl.float32)
-
-
-@triton.jit
-def decode_elements(words, z, J: tl.constexpr, FMT: tl.constexpr, HAS_ZERO: tl.constexpr):
-    """Unscaled fp32 values of the J-th element of each word (4-bit formats) or of each element."""
-    if FMT == 1:
-        # float(n) for a small n as (n | bits of 2**23) - 2**23: an OR and an FSUB instead of the
-        # quarter-rate int-to-float convert. Two's complement nibble c: c ^ 8 = q + 8.
-        c = (words >> (4 * J)) & 0xF
-        if HAS_ZERO:
-            return (c | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + z)
-        return ((c ^ 8) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
-    elif FMT == 2 or FMT == 3:
-        return e2m1_bits_to_f32((words >> (4 * J)) & 0xF)
-    else:
-        return words.to(tl.float32)
 
 
 @triton.jit
@@ -205,31 +183,11 @@ def load_tile_scales(s_base, z_base, s_rows, n_mask, kw, k_mask, t,
 
 
 @triton.jit
-def dequant_tile(words, s, z, FMT: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE_EACH: tl.constexpr,
-                 PACK: tl.constexpr):
-    """(BLOCK_N, BLOCK_K/PACK) words -> (BLOCK_N, BLOCK_K) fp32 values in K order (column 8p + j holds
-    nibble j of word p), scaled per word when SCALE_EACH. The eight nibble planes are interleaved by
-    three levels of tl.join: the last join's index is the fastest-varying one after the reshape."""
-    if PACK == 1:
-        v = decode_elements(words, z, 0, FMT, HAS_ZERO)
-        if SCALE_EACH:
-            v = v * s
-        return v
-    else:
-        v0 = decode_elements(words, z, 0, FMT, HAS_ZERO)
-        v1 = decode_elements(words, z, 1, FMT, HAS_ZERO)
-        v2 = decode_elements(words, z, 2, FMT, HAS_ZERO)
-        v3 = decode_elements(words, z, 3, FMT, HAS_ZERO)
-        v4 = decode_elements(words, z, 4, FMT, HAS_ZERO)
-        v5 = decode_elements(words, z, 5, FMT, HAS_ZERO)
-        v6 = decode_elements(words, z, 6, FMT, HAS_ZERO)
-        v7 = decode_elements(words, z, 7, FMT, HAS_ZERO)
-        even = tl.join(tl.join(v0, v4), tl.join(v2, v6))
-        odd = tl.join(tl.join(v1, v5), tl.join(v3, v7))
-        v = tl.reshape(tl.join(even, odd), (words.shape[0], words.shape[1] * 8))
-        if SCALE_EACH:
-            # one scale per word: repeat it over the word's eight elements the same way
-            s8 = tl.reshape(tl.broadcast_to(s[:, :, None], (words.shape[0], words.shape[1], 8)),
-                            (words.shape[0], words.shape[1] * 8))
-            v = v * s8
-        return v
+def dequant_tile(words, s, SCALE_EACH: tl.constexpr):
+    """An 8-bit or bf16 weight tile (BLOCK_N, BLOCK_K) -> fp32 values, scaled per element when
+    SCALE_EACH (scales vary inside the tile), else left for the caller to scale per tile. The 4-bit
+    formats decode in ``nibble_decode``."""
+    v = words.to(tl.float32)
+    if SCALE_EACH:
+        v = v * s
+    return v

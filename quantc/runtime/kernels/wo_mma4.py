@@ -22,25 +22,20 @@ Split-K (decode shapes with few N tiles) reduces in the same launch: see ``split
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from .nibble_decode import USE_ASM, decode_words
-
-# The CPU interpreter mis-computes tl.dot on bf16 operands (it sees raw bits); upcast there only.
-UPCAST_DOT = os.environ.get("TRITON_INTERPRET") == "1"
+from .wo_format import UPCAST_DOT, e8m0_bits_to_f32
 
 
 @triton.jit
 def _tile_scale(s_ptr, s_rows, n_mask, k0, SFMT: tl.constexpr, GROUP: tl.constexpr):
     """fp32 (BLOCK_N,) scales of a K tile that lies inside one group."""
     s = tl.load(s_ptr + s_rows + k0 // GROUP, mask=n_mask, other=0.0)
-    if SFMT == 2:  # e8m0
-        e = s.to(tl.int32)
-        s = tl.where(e == 0, 0x400000, e << 23).to(tl.float32, bitcast=True)
+    if SFMT == 2:
+        return e8m0_bits_to_f32(s)
     return s.to(tl.float32)
 
 
