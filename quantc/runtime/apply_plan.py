@@ -195,6 +195,12 @@ def module_tensors(mp, mod: nn.Module, state: dict | None, rank: int = 0, world:
     shard_state = _shard_only_source(mp, state, full_n, full_k, rank, world)
     if shard_state is not None:  # read this rank's slices from the checkpoint, never the whole tensors
         return _module_tensors(mp, mod, shard_state, mp.n, mp.k)
+    packed = _packed_shard_source(mp, state, full_n, full_k, rank)
+    if packed is not None:  # AWQ / GPTQ: this rank's slices of the packed tensors, converted
+        try:
+            return _module_tensors(mp, mod, packed, mp.n, mp.k)
+        except ValueError:
+            pass  # a bad tensor: the whole read below reports it with the module's full shapes, as tp=1 does
     whole = _module_tensors(mp, mod, state, full_n, full_k, quantize=needs_whole_quantization(mp.weight)
                             if mp.weight != "none" else True)
     if "k_perm" in whole and mp.tp_split == "row":
@@ -216,7 +222,8 @@ def _shard_only_source(mp, state, full_n: int, full_k: int, rank: int, world: in
     """For a split module whose checkpoint tensors can be sliced as they are stored — a high-precision
     ``weight`` quantized online, or tensors already in quantc's own layout for the planned key — a
     small source holding only this rank's slices (read with ``get_slice``). None when the module must
-    be read whole: keys with a whole-tensor scale, or a checkpoint format converted after reading."""
+    be read whole: keys with a whole-tensor scale, or a checkpoint format converted after reading
+    (AWQ and GPTQ are sliced before their conversion by ``_packed_shard_source``)."""
     from .parallel import needs_whole_quantization, shard_bounds
 
     if state is None or mp.weight == "none" or needs_whole_quantization(mp.weight):
@@ -234,6 +241,32 @@ def _shard_only_source(mp, state, full_n: int, full_k: int, rank: int, world: in
         bounds = None if name in ("bias", "input_scale") else shard_bounds(state.shape(key), mp, full_n, full_k, rank, world)
         part[key] = state.read_part(key, bounds)
     return WeightSource(tensors=part)
+
+
+def _packed_shard_source(mp, state, full_n: int, full_k: int, rank: int):
+    """For a split module stored as AWQ or GPTQ: a small source holding this rank's slices of the packed
+    tensors (``prequantized.packed_slices``), whose conversion equals the rank's shard of the whole
+    conversion. None when the module must be read whole (another format, act-order under a row split,
+    a shard edge that cuts a packed word or a group)."""
+    from .prequantized import RIDE_ALONG, packed_slices
+
+    if state is None or mp.weight == "none":
+        return None
+    names = state.names_under(mp.name) - set(RIDE_ALONG)
+    if "qweight" not in names:
+        return None
+    key_of = {name: f"{mp.name}.{name}" for name in state.names_under(mp.name)}
+    lo = rank * (mp.n if mp.tp_split == "column" else mp.k)
+    hi = lo + (mp.n if mp.tp_split == "column" else mp.k)
+    g_idx = state[key_of["g_idx"]] if "g_idx" in names and mp.tp_split == "row" else None  # K int32: small
+    bounds = packed_slices({name: state.shape(key_of[name]) for name in names}, g_idx, mp.weight, full_n, full_k,
+                           mp.tp_split, lo, hi)
+    if bounds is None:
+        return None
+    from .weights import WeightSource
+
+    bounds.update({name: None for name in RIDE_ALONG if name in key_of})
+    return WeightSource(tensors={key_of[name]: state.read_part(key_of[name], b) for name, b in bounds.items()})
 
 
 def _module_tensors(mp, mod: nn.Module, state, n: int, k: int, quantize: bool = True) -> dict[str, torch.Tensor]:

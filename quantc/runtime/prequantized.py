@@ -233,6 +233,61 @@ LAYOUTS: tuple[Layout, ...] = (
 )
 
 
+
+# ---------------------------------------------------------------------------- tensor-parallel slices
+# How each AWQ / GPTQ tensor follows the weight's N (column split) or K (row split): (dim, how many
+# weight rows or columns one index along that dim covers; "G" = the key's group). Tensors not listed
+# are read whole (GPTQ's g_idx under a column split; GPTQ 8-bit's single row of scales/zeros).
+_FOLLOWS = {
+    ("AWQ", "column"): {"qweight": (1, 8), "qzeros": (1, 8), "scales": (1, 1)},
+    ("AWQ", "row"): {"qweight": (0, 1), "qzeros": (0, "G"), "scales": (0, "G")},
+    ("GPTQ", "column"): {"qweight": (1, 1), "qzeros": (1, 8), "scales": (1, 1)},
+    ("GPTQ", "row"): {"qweight": (0, 8), "qzeros": (0, "G"), "scales": (0, "G")},
+    ("GPTQ 8-bit", "column"): {"qweight": (1, 1), "qzeros": (1, 4), "scales": (1, 1)},
+    ("GPTQ 8-bit", "row"): {"qweight": (0, 4)},
+}
+
+
+def _full_shapes(layout: str, group: int, n: int, k: int) -> dict[str, tuple]:
+    """The stored shapes of an AWQ / GPTQ module with an (n, k) weight (see the module's table)."""
+    return {"AWQ": {"qweight": (k, n // 8), "qzeros": (k // group, n // 8), "scales": (k // group, n)},
+            "GPTQ": {"qweight": (k // 8, n), "qzeros": (k // group, n // 8), "scales": (k // group, n), "g_idx": (k,)},
+            "GPTQ 8-bit": {"qweight": (k // 4, n), "qzeros": (1, n // 4), "scales": (1, n), "g_idx": (k,)}}[layout]
+
+
+def packed_slices(shapes: dict[str, tuple], g_idx: torch.Tensor | None, key: str, n: int, k: int, split: str,
+                  lo: int, hi: int) -> dict[str, tuple | None] | None:
+    """The part of each AWQ / GPTQ tensor (``shapes``: name -> stored shape, for a weight (n, k)) that
+    holds exactly the weight's ``[lo, hi)`` along N (``split`` "column") or K ("row"): name ->
+    ``(dim, start, stop)``, or None to read it whole; a name left out is not read. Converting those
+    parts gives the same tensors as converting the whole module and slicing.
+
+    None (read the module whole) when the tensors are no AWQ / GPTQ layout of ``key``, when a bound
+    cuts a packed int32 word or a group, or, under a row split, when ``g_idx`` (the whole one, which
+    the caller reads: it is small) is act-order: a K slice then refers to groups anywhere, and the
+    whole read reports that act-order cannot be row-split. A plain ``g_idx`` (``arange(K) // G``) is
+    dropped from a row shard, which converts as if it had none."""
+    names = set(shapes)
+    group = _group(key) if _int4(key) else k  # GPTQ 8-bit: one scale per output row
+    # every tensor must have its full shape: a rank's slice of a wrong one could convert without error
+    layouts = [lay for lay in LAYOUTS if (lay.name, split) in _FOLLOWS and lay.holds(key) and _by_names(lay, key, names)
+               and all(tuple(shapes[name]) == shape for name, shape in _full_shapes(lay.name, group, n, k).items()
+                       if name in names)]
+    if len(layouts) != 1:
+        return None
+    if split == "row" and g_idx is not None:
+        if not torch.equal(g_idx.to(torch.int64), torch.arange(k, device=g_idx.device) // group):
+            return None
+        names = names - {"g_idx"}
+    out: dict[str, tuple | None] = {name: None for name in names}
+    for name, (dim, unit) in _FOLLOWS[(layouts[0].name, split)].items():
+        unit = group if unit == "G" else unit
+        if lo % unit or hi % unit:
+            return None
+        out[name] = (dim, lo // unit, hi // unit)
+    return out
+
+
 def _by_names(layout: Layout, key: str, names: set[str]) -> bool:
     required, optional = layout.names(key)
     return set(required) <= names <= set(required) | set(optional)
@@ -242,6 +297,7 @@ def _primary_ok(layout: Layout, given: dict, key: str, n: int, k: int) -> bool:
     name, dtype, shape = layout.primary(key, n, k)
     t = given[name]
     return t.dtype == dtype and tuple(t.shape) == tuple(shape)
+
 
 
 def _listing(given: dict) -> str:

@@ -1,0 +1,172 @@
+"""Tensor parallelism from AWQ / GPTQ checkpoints (issue 14): each rank reads only its slices of the
+packed tensors (safetensors ``get_slice``) and converts them; the result must be bit-identical to
+converting the whole module and slicing it, for both ranks of world=2 and both split kinds."""
+
+import pytest
+import torch
+
+import quantc
+from quantc.runtime import apply_plan
+from quantc.runtime.apply_plan import module_tensors
+from quantc.runtime.parallel import global_shape, shard_tensor
+from quantc.runtime.prequantized import checkpoint_tensors, packed_slices
+from quantc.runtime.registry import LAUNCHERS
+from quantc.runtime.weights import WeightSource
+from tests.runtime.test_apply_prequantized import FORMATS, _checkpoint, _model
+
+WORLD = 2
+
+
+def _plan(model, tmp_path):
+    cfg = tmp_path / "q.yaml"
+    cfg.write_text("quantc: 1\n")
+    return quantc.compile(str(cfg), model, gpu="h100", tp=WORLD)
+
+
+class _Reads:
+    """Bytes each tensor of a file-backed WeightSource is read with (whole or sliced)."""
+
+    def __init__(self, monkeypatch):
+        self.bytes: dict[str, int] = {}
+        real_get, real_part = WeightSource.__getitem__, WeightSource.read_part
+        reads = self
+
+        def get(src, key):
+            t = real_get(src, key)
+            if src._file_of:
+                reads.bytes[key] = reads.bytes.get(key, 0) + t.numel() * t.element_size()
+            return t
+
+        def part(src, key, bounds):
+            if bounds is None or not src._file_of:
+                return real_part(src, key, bounds)  # a whole read goes through __getitem__
+            t = real_part(src, key, bounds)
+            reads.bytes[key] = reads.bytes.get(key, 0) + t.numel() * t.element_size()
+            return t
+
+        monkeypatch.setattr(WeightSource, "__getitem__", get)
+        monkeypatch.setattr(WeightSource, "read_part", part)
+
+
+def _whole_then_sliced(mp, whole: dict, rank: int) -> dict[str, torch.Tensor]:
+    """The reference: convert the module's whole tensors, then take this rank's shard of each."""
+    full_n, full_k = global_shape(mp, WORLD)
+    out = checkpoint_tensors(whole, mp.weight, full_n, full_k)
+    k_perm = out.pop("k_perm", None)
+    out = {name: shard_tensor(t, mp, full_n, full_k, rank, WORLD) for name, t in out.items()}
+    if k_perm is not None:
+        out["k_perm"] = k_perm
+    return out
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    as_bytes = (lambda t: t.contiguous().view(torch.uint8)) if a.dtype.itemsize == 1 else (lambda t: t)
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(as_bytes(a), as_bytes(b))
+
+
+@pytest.mark.parametrize("fmt", ["awq", "gptq_asym", "gptq_int8"])
+def test_each_rank_reads_and_converts_only_its_slices(fmt, tmp_path, monkeypatch):
+    writer, qconfig, key, _ = FORMATS[fmt]
+    model = _model(qconfig)
+    plan = _plan(model, tmp_path)
+    path, _ = _checkpoint(model, plan, writer, tmp_path)
+    whole_file = WeightSource.from_path(path)
+    planned = [mp for mp in plan.modules if mp.kind == "linear" and mp.kernel is not None]
+    assert {mp.tp_split for mp in planned} == {"column", "row"} and {mp.weight for mp in planned} == {key}
+    wholes = {mp.name: whole_file.under(mp.name) for mp in planned}
+    reads = _Reads(monkeypatch)
+    for mp in planned:
+        stored = sum(t.numel() * t.element_size() for t in wholes[mp.name].values())
+        mod = torch.nn.Linear(*reversed(global_shape(mp, WORLD)), bias=False, device="meta")
+        for rank in range(WORLD):
+            reads.bytes.clear()
+            src = WeightSource.from_path(path)
+            got = module_tensors(mp, mod, src, rank, WORLD)
+            want = _whole_then_sliced(mp, wholes[mp.name], rank)
+            assert set(got) == set(want), (mp.name, rank)
+            for name in want:
+                assert _same(got[name], want[name]), (mp.name, rank, name)
+            # what the launcher builds from them (the per-rank module's buffers) is the same too
+            prep = LAUNCHERS[mp.kernel].prepare
+            got_bufs, want_bufs = prep(dict(got), key, mp.n, mp.k), prep(dict(want), key, mp.n, mp.k)
+            assert list(got_bufs) == list(want_bufs)
+            assert all(_same(got_bufs[n], want_bufs[n]) for n in want_bufs), (mp.name, rank)
+            # every packed tensor was read by its slice: about half the module's bytes per rank
+            assert set(reads.bytes) == {f"{mp.name}.{n}" for n in wholes[mp.name]}, mp.name  # g_idx: whole
+            qweight = wholes[mp.name]["qweight"]
+            assert reads.bytes[f"{mp.name}.qweight"] == qweight.numel() * 4 // WORLD
+            assert sum(reads.bytes.values()) < 0.56 * stored, (mp.name, rank, reads.bytes, stored)
+
+
+def test_act_order_gptq_column_shards_keep_the_permutation_and_row_shards_are_refused(tmp_path, monkeypatch):
+    """Act-order: a column shard reads its columns and the whole g_idx (every rank permutes its input the
+    same way); a K slice would refer to groups anywhere, so a row-parallel module is read whole and
+    refused exactly as before (apply with tensor_parallel=1)."""
+    writer, qconfig, key, _ = FORMATS["gptq_sym_act_order"]
+    model = _model(qconfig)
+    plan = _plan(model, tmp_path)
+    path, _ = _checkpoint(model, plan, writer, tmp_path)
+    by_split = {}
+    for mp in plan.modules:
+        if mp.kind == "linear" and mp.kernel is not None:
+            by_split.setdefault(mp.tp_split, mp)
+    col, row = by_split["column"], by_split["row"]
+    whole = WeightSource.from_path(path).under(col.name)
+    reads = _Reads(monkeypatch)
+    mod = torch.nn.Linear(*reversed(global_shape(col, WORLD)), bias=False, device="meta")
+    got = module_tensors(col, mod, WeightSource.from_path(path), 1, WORLD)
+    want = _whole_then_sliced(col, whole, 1)
+    assert set(got) == set(want) and "k_perm" in got
+    assert all(_same(got[n], want[n]) for n in want)
+    assert reads.bytes[f"{col.name}.qweight"] == whole["qweight"].numel() * 4 // WORLD
+    assert reads.bytes[f"{col.name}.g_idx"] == whole["g_idx"].numel() * 4  # whole: the permutation of all K
+    mod = torch.nn.Linear(*reversed(global_shape(row, WORLD)), bias=False, device="meta")
+    with pytest.raises(ValueError, match="act-order weights \\(g_idx\\) permute K across the row-parallel shards"):
+        module_tensors(row, mod, WeightSource.from_path(path), 0, WORLD)
+
+
+def test_a_shard_edge_inside_a_packed_word_or_a_group_reads_whole():
+    """Bounds that cut an int32 word (8 codes) or a group fall back to the whole read (None)."""
+    awq = {"qweight": (256, 16), "qzeros": (8, 16), "scales": (8, 128)}  # (N, K) = (128, 256), G = 32
+    key = "int4_group_32_asym"
+    assert packed_slices(awq, None, key, 128, 256, "column", 64, 128) == {
+        "qweight": (1, 8, 16), "qzeros": (1, 8, 16), "scales": (1, 64, 128)}
+    assert packed_slices(awq, None, key, 128, 256, "column", 60, 124) is None  # cuts a word along N
+    assert packed_slices(awq, None, key, 128, 256, "row", 128, 256) == {
+        "qweight": (0, 128, 256), "qzeros": (0, 4, 8), "scales": (0, 4, 8)}
+    assert packed_slices(awq, None, key, 128, 256, "row", 136, 256) is None  # cuts a group along K
+    gptq = {"qweight": (32, 128), "qzeros": (8, 16), "scales": (8, 128), "g_idx": (256,)}
+    plain = torch.arange(256, dtype=torch.int32) // 32
+    assert packed_slices(gptq, plain, key, 128, 256, "row", 0, 128) == {
+        "qweight": (0, 0, 16), "qzeros": (0, 0, 4), "scales": (0, 0, 4)}  # a plain g_idx is dropped
+    assert packed_slices(gptq, plain.flip(0), key, 128, 256, "row", 0, 128) is None  # act-order
+    assert packed_slices(gptq, None, key, 128, 256, "column", 64, 128)["g_idx"] is None  # whole
+    # neither AWQ's nor GPTQ's shape for this (N, K): no slices, the whole read reports it
+    assert packed_slices({**awq, "qweight": (64, 64)}, None, key, 128, 256, "column", 0, 64) is None
+
+
+def test_a_bad_packed_tensor_is_reported_with_the_whole_shapes(tmp_path):
+    """Tensors that are not what the layout says are reported with the module's full shapes, exactly
+    as with tensor_parallel=1: a wrong shape is never sliced (a rank's slice of it could convert
+    cleanly), and a shard that fails to convert falls back to the whole read."""
+    from safetensors.torch import save_file
+
+    writer, qconfig, key, _ = FORMATS["awq"]
+    model = _model(qconfig)
+    plan = _plan(model, tmp_path)
+    mp = next(m for m in plan.modules if m.kind == "linear" and m.tp_split == "column")
+    full_n, full_k = global_shape(mp, WORLD)
+    mod = torch.nn.Linear(full_k, full_n, bias=False, device="meta")
+    good, _ = writer(torch.randn(full_n, full_k))
+    cases = [({"scales": good["scales"][:, : full_n - 8]}, True,
+              rf"AWQ: scales: shape \({full_k // 32}, {full_n - 8}\), expected \({full_k // 32}, {full_n}\)"),
+             ({"qweight": good["qweight"].float()}, False,
+              rf"the weights hold qweight \(float32 \({full_k}, {full_n // 8}\)\), .* which is no pre-quantized "
+              rf"layout of {key} \(N, K\) = \({full_n}, {full_k}\); by name: AWQ, GPTQ \(dtype or shape differ\)")]
+    for i, (bad, whole, message) in enumerate(cases):
+        path = tmp_path / f"bad{i}.safetensors"
+        save_file({f"{mp.name}.{n}": t.contiguous() for n, t in {**good, **bad}.items()}, str(path))
+        assert (apply_plan._packed_shard_source(mp, WeightSource.from_path(path), full_n, full_k, 0) is None) == whole
+        for rank in range(WORLD):
+            with pytest.raises(ValueError, match=message):
+                module_tensors(mp, mod, WeightSource.from_path(path), rank, WORLD)
