@@ -1,0 +1,117 @@
+"""Compile the 4-bit weight-only kernel for Hopper (sm_90) on a machine without a GPU and show what
+its main loop executes: the SASS instruction mix per K step and whether the decoded weight tile is
+staged through shared memory (``local_alloc`` of the tile + ``LDSM``, a barrier per step) or handed
+to the tensor cores from registers. Triton's bundled ptxas/nvdisasm do the work, so this runs here,
+in CI containers, anywhere; use it to choose tiles before spending GPU time.
+
+    python bench/kernel_sass.py                       # a default set of decode tiles, every format
+    python bench/kernel_sass.py --fmt int4 --bn 64 128 --bk 128 256 --warps 4 8
+
+Per line: format, BLOCK_M x BLOCK_N x BLOCK_K, warps, split, loop instructions per weight element
+per thread, integer-pipe share, tensor-core instructions, and "smem" when the tile takes the detour.
+
+What it showed (triton 3.9 here, 3.6 on the GPU image): mxfp4 and nvfp4 keep the decoded tile in
+registers on every decode tile; int4 (bf16 scales, per-tile or per-element) stages it through shared
+memory, and so does an e2m1 decode given bf16 scales, while int4 given e8m0 scales does not: the
+layout pass reaches the MMA operand layout only through the fp4 scale path. That is why int4 g128 runs
+slower than mxfp4 on the H100 (bench/results/wo_h100.json) despite ~40% fewer instructions per element.
+Reading int4's bf16 scales as two bytes each (a uint8 view, recombined in the kernel) and scaling the
+bf16 tile per element kept the tile in registers in a trial compile (3.7-4.3 instructions per element
+at BLOCK_K = 256); not adopted until a GPU run times it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import itertools
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: compile for real
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from quantc.runtime.kernels import wo_mma4  # noqa: E402
+
+SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*bf16",
+       "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
+       "stride_wn": "i32", "stride_sn": "i32", "stride_om": "i32"}
+# format -> (FMT, SFMT, GROUP, HAS_ZERO, scale pointer type, HAS_GLOBAL)
+FORMATS = {"int4": (1, 1, 128, False, "*bf16", False), "int4_asym": (1, 1, 128, True, "*bf16", False),
+           "int4_g32": (1, 1, 32, False, "*bf16", False), "mxfp4": (2, 2, 32, False, "*u8", False),
+           "nvfp4": (2, 1, 16, False, "*fp8e4nv", True)}
+INT_PIPE = ("LOP3", "PRMT", "SHF", "ISETP", "SEL", "IADD3", "LEA", "SHL")
+NVDISASM = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+
+
+def compile_kernel(fmt: str, bm: int, bn: int, bk: int, split: int, warps: int, stages: int):
+    f, sfmt, group, zero, sdt, glob = FORMATS[fmt]
+    constexprs = dict(FMT=f, SFMT=sfmt, GROUP=group, HAS_ZERO=zero, HAS_GLOBAL=glob, BLOCK_M=bm, BLOCK_N=bn,
+                      BLOCK_K=bk, SPLIT_K=split, SWAP=False, ASM=True, UPCAST=False)
+    sig = dict(SIG, s_ptr=sdt, **{k: "constexpr" for k in constexprs})
+    # the launcher's arguments are 16-aligned (Triton specializes them so at run time); M is not
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(SIG) if name != "M"}
+    src = ASTSource(wo_mma4._wo_mma4_kernel, sig, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+
+
+def main_loop(sass: str) -> list[str]:
+    """The instructions of the longest backward-branch loop (the K loop)."""
+    lines = sass.splitlines()
+    best: list[str] = []
+    for i, line in enumerate(lines):
+        target = re.search(r"BRA\s+`?\(?\.L_x_(\d+)", line)
+        if not target:
+            continue
+        start = next((j for j, x in enumerate(lines) if x.startswith(f".L_x_{target.group(1)}:")), None)
+        if start is not None and start < i:
+            body = [x for x in lines[start:i + 1] if re.match(r"\s+/\*[0-9a-f]+\*/", x)]
+            best = max(best, body, key=len)
+    return best
+
+
+def report(fmt: str, bm: int, bn: int, bk: int, split: int, warps: int, stages: int) -> str:
+    try:
+        c = compile_kernel(fmt, bm, bn, bk, split, warps, stages)
+    except Exception as exc:  # a tile the compiler refuses: say so, keep going
+        return f"{fmt:9s} {bm}x{bn}x{bk} w{warps} s{stages} split{split}: does not compile ({type(exc).__name__})"
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"quantc_{fmt}_{bm}_{bn}_{bk}_{warps}.cubin"
+    path.write_bytes(c.asm["cubin"])
+    sass = subprocess.run([str(NVDISASM), "-c", str(path)], capture_output=True, text=True).stdout
+    body = main_loop(sass)
+    ops = collections.Counter(re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)",
+                                         "\n".join(body), re.M))
+    elems = bn * bk / (warps * 32)  # weight elements a thread decodes per K step
+    total = sum(ops.values())
+    ints = sum(v for k, v in ops.items() if k.startswith(INT_PIPE))
+    mma = sum(v for k, v in ops.items() if "MMA" in k)
+    smem = bool(re.search(r"local_alloc %w", c.asm["ttgir"]))
+    spills = len(re.findall(r"\bSTL\b|\bLDL\b", sass))
+    return (f"{fmt:9s} {bm}x{bn}x{bk} w{warps} s{stages} split{split}: {total / elems:5.2f} instr/elem "
+            f"({ints / max(total, 1):4.0%} integer pipe), {mma} MMA, tile via {'smem' if smem else 'registers'}"
+            + (f", {spills} spill instructions" if spills else ""))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fmt", nargs="+", default=list(FORMATS), choices=list(FORMATS))
+    p.add_argument("--bm", nargs="+", type=int, default=[16])
+    p.add_argument("--bn", nargs="+", type=int, default=[32, 64, 128])
+    p.add_argument("--bk", nargs="+", type=int, default=[128, 256])
+    p.add_argument("--warps", nargs="+", type=int, default=[4])
+    p.add_argument("--stages", nargs="+", type=int, default=[3])
+    p.add_argument("--split", type=int, default=1)
+    a = p.parse_args()
+    for fmt, bm, bn, bk, warps, stages in itertools.product(a.fmt, a.bm, a.bn, a.bk, a.warps, a.stages):
+        print(report(fmt, bm, bn, bk, a.split, warps, stages), flush=True)
+
+
+if __name__ == "__main__":
+    main()
