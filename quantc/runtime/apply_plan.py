@@ -196,7 +196,7 @@ def module_tensors(mp, mod: nn.Module, state: dict | None, rank: int = 0, world:
     if shard_state is not None:  # read this rank's slices from the checkpoint, never the whole tensors
         return _module_tensors(mp, mod, shard_state, mp.n, mp.k)
     packed = _packed_shard_source(mp, state, full_n, full_k, rank)
-    if packed is not None:  # AWQ / GPTQ: this rank's slices of the packed tensors, converted
+    if packed is not None:  # AWQ / GPTQ / CT / ModelOpt: this rank's slices of the packed tensors, converted
         try:
             return _module_tensors(mp, mod, packed, mp.n, mp.k)
         except ValueError:
@@ -223,7 +223,7 @@ def _shard_only_source(mp, state, full_n: int, full_k: int, rank: int, world: in
     ``weight`` quantized online, or tensors already in quantc's own layout for the planned key — a
     small source holding only this rank's slices (read with ``get_slice``). None when the module must
     be read whole: keys with a whole-tensor scale, or a checkpoint format converted after reading
-    (AWQ and GPTQ are sliced before their conversion by ``_packed_shard_source``)."""
+    (packed formats are sliced before their conversion by ``_packed_shard_source``)."""
     from .parallel import needs_whole_quantization, shard_bounds
 
     if state is None or mp.weight == "none" or needs_whole_quantization(mp.weight):
@@ -244,23 +244,26 @@ def _shard_only_source(mp, state, full_n: int, full_k: int, rank: int, world: in
 
 
 def _packed_shard_source(mp, state, full_n: int, full_k: int, rank: int):
-    """For a split module stored as AWQ or GPTQ: a small source holding this rank's slices of the packed
-    tensors (``prequantized.packed_slices``), whose conversion equals the rank's shard of the whole
-    conversion. None when the module must be read whole (another format, act-order under a row split,
-    a shard edge that cuts a packed word or a group)."""
-    from .prequantized import RIDE_ALONG, packed_slices
+    """For a split module stored packed (AWQ, GPTQ, compressed-tensors pack-quantized / nvfp4 / fp8
+    block, ModelOpt NVFP4): a small source holding this rank's slices of the packed tensors
+    (``prequantized.packed_slices``) and the whole scalars, whose conversion equals the rank's shard of
+    the whole conversion. None when the module must be read whole (another format, act-order under a
+    row split, a shard edge that cuts a packed word, a group or a scale block, a wrong weight_shape)."""
+    from .prequantized import G_IDX_NAMES, RIDE_ALONG, packed_slices
 
     if state is None or mp.weight == "none":
         return None
-    names = state.names_under(mp.name) - set(RIDE_ALONG)
-    if "qweight" not in names:
-        return None
     key_of = {name: f"{mp.name}.{name}" for name in state.names_under(mp.name)}
+    names = set(key_of) - set(RIDE_ALONG)
+    if not names or names == {"weight"}:  # nothing stored packed (a weight quantized online)
+        return None
     lo = rank * (mp.n if mp.tp_split == "column" else mp.k)
     hi = lo + (mp.n if mp.tp_split == "column" else mp.k)
-    g_idx = state[key_of["g_idx"]] if "g_idx" in names and mp.tp_split == "row" else None  # K int32: small
+    g_name = next((name for name in G_IDX_NAMES if name in names), None)
+    g_idx = state[key_of[g_name]] if g_name and mp.tp_split == "row" else None  # K int32: small
+    weight_shape = state[key_of["weight_shape"]] if "weight_shape" in names else None  # two integers
     bounds = packed_slices({name: state.shape(key_of[name]) for name in names}, g_idx, mp.weight, full_n, full_k,
-                           mp.tp_split, lo, hi)
+                           mp.tp_split, lo, hi, weight_shape)
     if bounds is None:
         return None
     from .weights import WeightSource

@@ -235,9 +235,10 @@ LAYOUTS: tuple[Layout, ...] = (
 
 
 # ---------------------------------------------------------------------------- tensor-parallel slices
-# How each AWQ / GPTQ tensor follows the weight's N (column split) or K (row split): (dim, how many
-# weight rows or columns one index along that dim covers; "G" = the key's group). Tensors not listed
-# are read whole (GPTQ's g_idx under a column split; GPTQ 8-bit's single row of scales/zeros).
+# How each packed checkpoint tensor follows the weight's N (column split) or K (row split): (dim, how
+# many weight rows or columns one index along that dim covers; "G" = the key's group). Tensors not
+# listed are read whole: scalars (global and input scales), GPTQ's g_idx under a column split, GPTQ
+# 8-bit's single row of scales/zeros, per-row scales under a row split.
 _FOLLOWS = {
     ("AWQ", "column"): {"qweight": (1, 8), "qzeros": (1, 8), "scales": (1, 1)},
     ("AWQ", "row"): {"qweight": (0, 1), "qzeros": (0, "G"), "scales": (0, "G")},
@@ -245,28 +246,51 @@ _FOLLOWS = {
     ("GPTQ", "row"): {"qweight": (0, 8), "qzeros": (0, "G"), "scales": (0, "G")},
     ("GPTQ 8-bit", "column"): {"qweight": (1, 1), "qzeros": (1, 4), "scales": (1, 1)},
     ("GPTQ 8-bit", "row"): {"qweight": (0, 4)},
+    ("compressed-tensors pack-quantized int4", "column"):
+        {"weight_packed": (0, 1), "weight_scale": (0, 1), "weight_zero_point": (0, 8)},
+    ("compressed-tensors pack-quantized int4", "row"):
+        {"weight_packed": (1, 8), "weight_scale": (1, "G"), "weight_zero_point": (1, "G")},
+    ("compressed-tensors pack-quantized int8", "column"): {"weight_packed": (0, 1), "weight_scale": (0, 1)},
+    ("compressed-tensors pack-quantized int8", "row"): {"weight_packed": (1, 4)},
+    ("compressed-tensors nvfp4-pack-quantized", "column"): {"weight_packed": (0, 1), "weight_scale": (0, 1)},
+    ("compressed-tensors nvfp4-pack-quantized", "row"): {"weight_packed": (1, 2), "weight_scale": (1, 16)},
+    ("ModelOpt NVFP4", "column"): {"weight": (0, 1), "weight_scale": (0, 1)},
+    ("ModelOpt NVFP4", "row"): {"weight": (1, 2), "weight_scale": (1, 16)},
+    ("compressed-tensors fp8 block", "column"): {"weight": (0, 1), "weight_scale": (0, 128)},
+    ("compressed-tensors fp8 block", "row"): {"weight": (1, 1), "weight_scale": (1, 128)},
 }
+G_IDX_NAMES = ("g_idx", "weight_g_idx")
 
 
 def _full_shapes(layout: str, group: int, n: int, k: int) -> dict[str, tuple]:
-    """The stored shapes of an AWQ / GPTQ module with an (n, k) weight (see the module's table)."""
+    """The stored shapes of a packed module with an (n, k) weight (see the module's table); scalars and
+    ``weight_shape`` are left out (read whole, checked by the conversion or by ``packed_slices``)."""
     return {"AWQ": {"qweight": (k, n // 8), "qzeros": (k // group, n // 8), "scales": (k // group, n)},
             "GPTQ": {"qweight": (k // 8, n), "qzeros": (k // group, n // 8), "scales": (k // group, n), "g_idx": (k,)},
-            "GPTQ 8-bit": {"qweight": (k // 4, n), "qzeros": (1, n // 4), "scales": (1, n), "g_idx": (k,)}}[layout]
+            "GPTQ 8-bit": {"qweight": (k // 4, n), "qzeros": (1, n // 4), "scales": (1, n), "g_idx": (k,)},
+            "compressed-tensors pack-quantized int4": {"weight_packed": (n, k // 8), "weight_scale": (n, k // group),
+                                                       "weight_zero_point": (n // 8, k // group), "weight_g_idx": (k,)},
+            "compressed-tensors pack-quantized int8": {"weight_packed": (n, k // 4), "weight_scale": (n, 1)},
+            "compressed-tensors nvfp4-pack-quantized": {"weight_packed": (n, k // 2), "weight_scale": (n, k // 16)},
+            "ModelOpt NVFP4": {"weight": (n, k // 2), "weight_scale": (n, k // 16)},
+            "compressed-tensors fp8 block": {"weight": (n, k), "weight_scale": (n // 128, k // 128)}}[layout]
 
 
 def packed_slices(shapes: dict[str, tuple], g_idx: torch.Tensor | None, key: str, n: int, k: int, split: str,
-                  lo: int, hi: int) -> dict[str, tuple | None] | None:
-    """The part of each AWQ / GPTQ tensor (``shapes``: name -> stored shape, for a weight (n, k)) that
-    holds exactly the weight's ``[lo, hi)`` along N (``split`` "column") or K ("row"): name ->
+                  lo: int, hi: int, weight_shape: torch.Tensor | None = None) -> dict[str, tuple | None] | None:
+    """The part of each packed checkpoint tensor (``shapes``: name -> stored shape, for a weight (n, k))
+    that holds exactly the weight's ``[lo, hi)`` along N (``split`` "column") or K ("row"): name ->
     ``(dim, start, stop)``, or None to read it whole; a name left out is not read. Converting those
-    parts gives the same tensors as converting the whole module and slicing.
+    parts gives the same tensors as converting the whole module and slicing. Formats: AWQ, GPTQ (4- and
+    8-bit), compressed-tensors pack-quantized int4 / int8, nvfp4 and fp8 block, ModelOpt NVFP4.
 
-    None (read the module whole) when the tensors are no AWQ / GPTQ layout of ``key``, when a bound
-    cuts a packed int32 word or a group, or, under a row split, when ``g_idx`` (the whole one, which
-    the caller reads: it is small) is act-order: a K slice then refers to groups anywhere, and the
-    whole read reports that act-order cannot be row-split. A plain ``g_idx`` (``arange(K) // G``) is
-    dropped from a row shard, which converts as if it had none."""
+    None (read the module whole) when the tensors are no such layout of ``key``, when a bound cuts a
+    packed word, a group or a scale block, or, under a row split, when ``g_idx`` (GPTQ ``g_idx`` or
+    compressed-tensors ``weight_g_idx``: the whole one, which the caller reads, it is small) is
+    act-order: a K slice then refers to groups anywhere, and the whole read reports that act-order
+    cannot be row-split. A plain ``g_idx`` (``arange(K) // G``) is dropped from a row shard, which
+    converts as if it had none. A stored ``weight_shape`` (the caller passes its value) must say
+    ``[n, k]`` and is then left out of the shard; otherwise None, and the whole read reports it."""
     names = set(shapes)
     group = _group(key) if _int4(key) else k  # GPTQ 8-bit: one scale per output row
     # every tensor must have its full shape: a rank's slice of a wrong one could convert without error
@@ -275,12 +299,19 @@ def packed_slices(shapes: dict[str, tuple], g_idx: torch.Tensor | None, key: str
                        if name in names)]
     if len(layouts) != 1:
         return None
-    if split == "row" and g_idx is not None:
-        if not torch.equal(g_idx.to(torch.int64), torch.arange(k, device=g_idx.device) // group):
+    if "weight_shape" in names:
+        if weight_shape is None or [int(v) for v in weight_shape.reshape(-1).tolist()] != [n, k]:
             return None
-        names = names - {"g_idx"}
+        names = names - {"weight_shape"}
+    g_name = next((name for name in G_IDX_NAMES if name in names), None)
+    if split == "row" and g_name is not None:
+        if g_idx is None or not torch.equal(g_idx.to(torch.int64), torch.arange(k, device=g_idx.device) // group):
+            return None
+        names = names - {g_name}
     out: dict[str, tuple | None] = {name: None for name in names}
     for name, (dim, unit) in _FOLLOWS[(layouts[0].name, split)].items():
+        if name not in names:  # an optional tensor (zero points) this module does not have
+            continue
         unit = group if unit == "G" else unit
         if lo % unit or hi % unit:
             return None

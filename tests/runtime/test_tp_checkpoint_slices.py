@@ -1,6 +1,9 @@
-"""Tensor parallelism from AWQ / GPTQ checkpoints (issue 14): each rank reads only its slices of the
-packed tensors (safetensors ``get_slice``) and converts them; the result must be bit-identical to
-converting the whole module and slicing it, for both ranks of world=2 and both split kinds."""
+"""Tensor parallelism from packed checkpoints (issue 14): AWQ, GPTQ, compressed-tensors pack-quantized
+int4, nvfp4 and fp8 block, ModelOpt NVFP4. Each rank reads only its slices of the packed tensors
+(safetensors ``get_slice``) and the whole scalars, and converts them; the result must be bit-identical
+to converting the whole module and slicing it, for both ranks of world=2 and both split kinds."""
+
+import types
 
 import pytest
 import torch
@@ -13,14 +16,31 @@ from quantc.runtime.prequantized import checkpoint_tensors, packed_slices
 from quantc.runtime.registry import LAUNCHERS
 from quantc.runtime.weights import WeightSource
 from tests.runtime.test_apply_prequantized import FORMATS, _checkpoint, _model
+from tests.runtime.tiny_model import Tiny
 
 WORLD = 2
+# the tensor each format's test counts as "read by its slice": exactly half its bytes per rank
+PRIMARY = {"awq": "qweight", "gptq_asym": "qweight", "gptq_int8": "qweight", "ct_int4_asym": "weight_packed",
+           "ct_nvfp4": "weight_packed", "modelopt_nvfp4": "weight", "ct_fp8_block": "weight"}
 
 
 def _plan(model, tmp_path):
     cfg = tmp_path / "q.yaml"
     cfg.write_text("quantc: 1\n")
-    return quantc.compile(str(cfg), model, gpu="h100", tp=WORLD)
+    # W4A4 nvfp4 needs sm_100 (the plan is only compiled here)
+    gpu = "b200" if model.config.quantization_config.get("quant_algo") == "NVFP4" or \
+        model.config.quantization_config.get("format") == "nvfp4-pack-quantized" else "h100"
+    return quantc.compile(str(cfg), model, gpu=gpu, tp=WORLD)
+
+
+def _model_for(fmt):
+    """The tiny model of the prequantized tests; fp8 block needs shards that are whole 128-blocks."""
+    if fmt != "ct_fp8_block":
+        return _model(FORMATS[fmt][1])
+    torch.manual_seed(0)
+    m = Tiny(h=256, i=512, n=1).bfloat16()
+    m.config = types.SimpleNamespace(quantization_config=FORMATS[fmt][1])
+    return m
 
 
 class _Reads:
@@ -64,10 +84,10 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(as_bytes(a), as_bytes(b))
 
 
-@pytest.mark.parametrize("fmt", ["awq", "gptq_asym", "gptq_int8"])
+@pytest.mark.parametrize("fmt", sorted(PRIMARY))
 def test_each_rank_reads_and_converts_only_its_slices(fmt, tmp_path, monkeypatch):
     writer, qconfig, key, _ = FORMATS[fmt]
-    model = _model(qconfig)
+    model = _model_for(fmt)
     plan = _plan(model, tmp_path)
     path, _ = _checkpoint(model, plan, writer, tmp_path)
     whole_file = WeightSource.from_path(path)
@@ -93,8 +113,8 @@ def test_each_rank_reads_and_converts_only_its_slices(fmt, tmp_path, monkeypatch
             assert all(_same(got_bufs[n], want_bufs[n]) for n in want_bufs), (mp.name, rank)
             # every packed tensor was read by its slice: about half the module's bytes per rank
             assert set(reads.bytes) == {f"{mp.name}.{n}" for n in wholes[mp.name]}, mp.name  # g_idx: whole
-            qweight = wholes[mp.name]["qweight"]
-            assert reads.bytes[f"{mp.name}.qweight"] == qweight.numel() * 4 // WORLD
+            primary = wholes[mp.name][PRIMARY[fmt]]
+            assert reads.bytes[f"{mp.name}.{PRIMARY[fmt]}"] == primary.numel() * primary.element_size() // WORLD
             assert sum(reads.bytes.values()) < 0.56 * stored, (mp.name, rank, reads.bytes, stored)
 
 
