@@ -118,11 +118,14 @@ def test_each_rank_reads_and_converts_only_its_slices(fmt, tmp_path, monkeypatch
             assert sum(reads.bytes.values()) < 0.56 * stored, (mp.name, rank, reads.bytes, stored)
 
 
-def test_act_order_gptq_column_shards_keep_the_permutation_and_row_shards_are_refused(tmp_path, monkeypatch):
-    """Act-order: a column shard reads its columns and the whole g_idx (every rank permutes its input the
-    same way); a K slice would refer to groups anywhere, so a row-parallel module is read whole and
-    refused exactly as before (apply with tensor_parallel=1)."""
-    writer, qconfig, key, _ = FORMATS["gptq_sym_act_order"]
+@pytest.mark.parametrize("fmt,g_name,packed", [("gptq_sym_act_order", "g_idx", "qweight"),
+                                                ("ct_int4_act_order", "weight_g_idx", "weight_packed")])
+def test_act_order_column_shards_keep_the_permutation_and_row_shards_are_refused(fmt, g_name, packed, tmp_path,
+                                                                                  monkeypatch):
+    """Act-order (GPTQ g_idx, compressed-tensors weight_g_idx): a column shard reads its rows of N and the
+    whole g_idx (every rank permutes its input the same way); a K slice would refer to groups anywhere,
+    so a row-parallel module is read whole and refused exactly as before (apply with tensor_parallel=1)."""
+    writer, qconfig, key, _ = FORMATS[fmt]
     model = _model(qconfig)
     plan = _plan(model, tmp_path)
     path, _ = _checkpoint(model, plan, writer, tmp_path)
@@ -138,8 +141,8 @@ def test_act_order_gptq_column_shards_keep_the_permutation_and_row_shards_are_re
     want = _whole_then_sliced(col, whole, 1)
     assert set(got) == set(want) and "k_perm" in got
     assert all(_same(got[n], want[n]) for n in want)
-    assert reads.bytes[f"{col.name}.qweight"] == whole["qweight"].numel() * 4 // WORLD
-    assert reads.bytes[f"{col.name}.g_idx"] == whole["g_idx"].numel() * 4  # whole: the permutation of all K
+    assert reads.bytes[f"{col.name}.{packed}"] == whole[packed].numel() * 4 // WORLD
+    assert reads.bytes[f"{col.name}.{g_name}"] == whole[g_name].numel() * 4  # whole: the permutation of all K
     mod = torch.nn.Linear(*reversed(global_shape(row, WORLD)), bias=False, device="meta")
     with pytest.raises(ValueError, match="act-order weights \\(g_idx\\) permute K across the row-parallel shards"):
         module_tensors(row, mod, WeightSource.from_path(path), 0, WORLD)
@@ -163,6 +166,43 @@ def test_a_shard_edge_inside_a_packed_word_or_a_group_reads_whole():
     assert packed_slices(gptq, None, key, 128, 256, "column", 64, 128)["g_idx"] is None  # whole
     # neither AWQ's nor GPTQ's shape for this (N, K): no slices, the whole read reports it
     assert packed_slices({**awq, "qweight": (64, 64)}, None, key, 128, 256, "column", 0, 64) is None
+
+
+def test_compressed_tensors_and_modelopt_edges_that_cut_a_word_a_group_or_a_block_read_whole():
+    """(N, K) = (256, 512). Packed words (8 int4 codes, 2 fp4 codes), scale groups (G, 16) and fp8 scale
+    blocks (128) must not be cut by a shard edge; scalars are read whole; weight_shape must be right."""
+    n, k, key = 256, 512, "int4_group_32_asym"
+    ct = {"weight_packed": (n, k // 8), "weight_scale": (n, k // 32), "weight_zero_point": (n // 8, k // 32),
+          "weight_shape": (2,)}
+    shape = torch.tensor([n, k])
+    assert packed_slices(ct, None, key, n, k, "column", 128, 256, shape) == {
+        "weight_packed": (0, 128, 256), "weight_scale": (0, 128, 256), "weight_zero_point": (0, 16, 32)}
+    assert packed_slices(ct, None, key, n, k, "column", 124, 256, shape) is None  # cuts a zero-point word
+    assert packed_slices(ct, None, key, n, k, "row", 256, 512, shape) == {
+        "weight_packed": (1, 32, 64), "weight_scale": (1, 8, 16), "weight_zero_point": (1, 8, 16)}
+    assert packed_slices(ct, None, key, n, k, "row", 240, 512, shape) is None  # cuts a group of 32
+    assert packed_slices(ct, None, key, n, k, "column", 0, 128, torch.tensor([n, k // 2])) is None  # wrong
+    assert packed_slices(ct, None, key, n, k, "column", 0, 128) is None  # weight_shape stored, value not given
+    act = {"weight_packed": (n, k // 8), "weight_scale": (n, k // 32), "weight_g_idx": (k,)}
+    plain = torch.arange(k, dtype=torch.int32) // 32
+    assert packed_slices(act, plain, "int4_group_32", n, k, "row", 0, 256) == {
+        "weight_packed": (1, 0, 32), "weight_scale": (1, 0, 8)}  # a plain weight_g_idx is dropped
+    assert packed_slices(act, plain.roll(1), "int4_group_32", n, k, "row", 0, 256) is None  # act-order
+    assert packed_slices(act, None, "int4_group_32", n, k, "row", 0, 256) is None  # g_idx not given
+    modelopt = {"weight": (n, k // 2), "weight_scale": (n, k // 16), "weight_scale_2": ()}
+    assert packed_slices(modelopt, None, "nvfp4", n, k, "row", 256, 512) == {
+        "weight": (1, 128, 256), "weight_scale": (1, 16, 32), "weight_scale_2": None}
+    assert packed_slices(modelopt, None, "nvfp4", n, k, "row", 8, 264) is None  # cuts a group of 16
+    ct_fp4 = {"weight_packed": (n, k // 2), "weight_scale": (n, k // 16), "weight_global_scale": (1,),
+              "input_global_scale": (1,)}
+    assert packed_slices(ct_fp4, None, "nvfp4", n, k, "column", 0, 128) == {
+        "weight_packed": (0, 0, 128), "weight_scale": (0, 0, 128), "weight_global_scale": None,
+        "input_global_scale": None}
+    assert packed_slices({**ct_fp4, "weight_scale": (n, k // 32)}, None, "nvfp4", n, k, "column", 0, 128) is None
+    block = {"weight": (n, k), "weight_scale": (n // 128, k // 128)}
+    assert packed_slices(block, None, "fp8_block_128x128", n, k, "row", 256, 512) == {
+        "weight": (1, 256, 512), "weight_scale": (1, 2, 4)}
+    assert packed_slices(block, None, "fp8_block_128x128", n, k, "column", 64, 128) is None  # cuts a block
 
 
 def test_a_bad_packed_tensor_is_reported_with_the_whole_shapes(tmp_path):
@@ -189,4 +229,39 @@ def test_a_bad_packed_tensor_is_reported_with_the_whole_shapes(tmp_path):
         assert (apply_plan._packed_shard_source(mp, WeightSource.from_path(path), full_n, full_k, 0) is None) == whole
         for rank in range(WORLD):
             with pytest.raises(ValueError, match=message):
+                module_tensors(mp, mod, WeightSource.from_path(path), rank, WORLD)
+
+
+@pytest.mark.parametrize("fmt,bad,whole,message", [
+    ("ct_int4_asym", lambda g, n, k: {"weight_shape": torch.tensor([n, k - 32])}, True,
+     lambda n, k: rf"compressed-tensors pack-quantized int4: weight_shape says \[{n}, {k - 32}\], the plan says "
+                  rf"\[{n}, {k}\]"),
+    ("modelopt_nvfp4", lambda g, n, k: {"weight_scale": g["weight_scale"][:, : k // 16 - 2]}, True,
+     lambda n, k: rf"weight_scale is float8_e4m3fn \({n}, {k // 16 - 2}\), nvfp4 needs float8_e4m3fn \({n}, {k // 16}\)"),
+    ("ct_nvfp4", lambda g, n, k: {"weight_global_scale": torch.ones(2)}, False,
+     lambda n, k: r"weight_global_scale: shape \(2,\), expected \(1,\)"),
+])
+def test_a_bad_compressed_tensors_or_modelopt_tensor_is_reported_with_the_whole_shapes(fmt, bad, whole, message,
+                                                                                       tmp_path):
+    """A wrong weight_shape or scale shape is never sliced (the whole read reports it with the module's
+    full shapes, as with tensor_parallel=1); a bad scalar read whole fails the shard's conversion, which
+    falls back to the whole read and the same message."""
+    from safetensors.torch import save_file
+
+    writer, qconfig, key, _ = FORMATS[fmt]
+    model = _model_for(fmt)
+    plan = _plan(model, tmp_path)
+    for split in ("column", "row"):
+        mp = next(m for m in plan.modules if m.kind == "linear" and m.tp_split == split and m.kernel is not None)
+        full_n, full_k = global_shape(mp, WORLD)
+        mod = torch.nn.Linear(full_k, full_n, bias=False, device="meta")
+        good, _ = writer(torch.randn(full_n, full_k))
+        path = tmp_path / f"bad_{split}.safetensors"
+        save_file({f"{mp.name}.{n}": t.contiguous() for n, t in {**good, **bad(good, full_n, full_k)}.items()},
+                  str(path))
+        assert (apply_plan._packed_shard_source(mp, WeightSource.from_path(path), full_n, full_k, 0) is None) == whole
+        with pytest.raises(ValueError, match=message(full_n, full_k)):
+            checkpoint_tensors(WeightSource.from_path(path).under(mp.name), key, full_n, full_k)  # as tp=1 says
+        for rank in range(WORLD):
+            with pytest.raises(ValueError, match=message(full_n, full_k)):
                 module_tensors(mp, mod, WeightSource.from_path(path), rank, WORLD)
