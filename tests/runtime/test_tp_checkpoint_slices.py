@@ -265,3 +265,25 @@ def test_a_bad_compressed_tensors_or_modelopt_tensor_is_reported_with_the_whole_
         for rank in range(WORLD):
             with pytest.raises(ValueError, match=message(full_n, full_k)):
                 module_tensors(mp, mod, WeightSource.from_path(path), rank, WORLD)
+
+
+def test_compressed_tensors_pack_quantized_int8_slices_convert_like_the_whole():
+    """pack-quantized int8 (int32 words of 4 codes + 128 along K, per-row scales): a column shard reads
+    its rows of both, a row shard its words of K and the whole scale column; both convert bit-identically."""
+    from quantc.runtime import quantize as Q
+
+    n, k, key = 64, 256, "int8_per_channel"
+    t = Q.quantize_weight(torch.randn(n, k), key)
+    whole = {"weight_packed": (t["weight"].view(torch.uint8) ^ 0x80).contiguous().view(torch.int32),
+             "weight_scale": t["weight_scale"], "weight_shape": torch.tensor([n, k])}
+    shapes = {name: tuple(v.shape) for name, v in whole.items()}
+    ref = checkpoint_tensors(whole, key, n, k)
+    for split, lo, hi in (("column", 32, 64), ("row", 128, 256)):
+        bounds = packed_slices(shapes, None, key, n, k, split, lo, hi, whole["weight_shape"])
+        part = {name: whole[name] if b is None else whole[name].narrow(b[0], b[1], b[2] - b[1]) for name, b in bounds.items()}
+        sn, sk = (hi - lo, k) if split == "column" else (n, hi - lo)
+        got = checkpoint_tensors(part, key, sn, sk)
+        want = {"weight": ref["weight"][lo:hi] if split == "column" else ref["weight"][:, lo:hi],
+                "weight_scale": ref["weight_scale"][lo:hi] if split == "column" else ref["weight_scale"]}
+        assert set(got) == set(want) and all(_same(got[x], want[x]) for x in want), split
+    assert packed_slices(shapes, None, key, n, k, "row", 130, 256, whole["weight_shape"]) is None  # cuts a word
