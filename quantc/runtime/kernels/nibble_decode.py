@@ -66,6 +66,11 @@ INT4_CODE_ASM = tl.constexpr(_INT4_ASM.format(off="0xC300C300", xor="mov.b32 w, 
 
 # e2m1 in a 16-bit lane: low nibble bits 0-2 -> bf16 bits 6-8 (shift 6), sign bit 3 -> 15 (shift 12);
 # high nibble bits 4-6 -> 6-8 (shift 2), sign bit 7 -> 15 (shift 8). Then x 2**126 (bf16 0x7E80).
+_E2M1_SHIFTED = """
+shl.b32 t, {src}, {em};
+shl.b32 s, {src}, {sign};
+and.b32 s, s, 0x80008000;
+lop3.b32 {dst}, t, 0x01C001C0, s, 0xEA;"""
 E2M1_ASM = tl.constexpr("""
 {
 .reg .b32 w, a, b, c, t, s, big, nz;
@@ -74,29 +79,16 @@ mov.b32 nz, 0x80008000;
 mov.b32 w, $4;
 mov.b32 c, 0;
 prmt.b32 a, w, c, 0x4140;
-prmt.b32 b, w, c, 0x4342;
-shl.b32 t, a, 6;
-shl.b32 s, a, 12;
-and.b32 s, s, 0x80008000;
-lop3.b32 $0, t, 0x01C001C0, s, 0xEA;
-shl.b32 t, b, 6;
-shl.b32 s, b, 12;
-and.b32 s, s, 0x80008000;
-lop3.b32 $1, t, 0x01C001C0, s, 0xEA;
-shl.b32 t, a, 2;
-shl.b32 s, a, 8;
-and.b32 s, s, 0x80008000;
-lop3.b32 $2, t, 0x01C001C0, s, 0xEA;
-shl.b32 t, b, 2;
-shl.b32 s, b, 8;
-and.b32 s, s, 0x80008000;
-lop3.b32 $3, t, 0x01C001C0, s, 0xEA;
+prmt.b32 b, w, c, 0x4342;""" + "".join(
+    _E2M1_SHIFTED.format(dst=dst, src=src, em=em, sign=sign)
+    for dst, src, em, sign in (("$0", "a", 6, 12), ("$1", "b", 6, 12), ("$2", "a", 2, 8), ("$3", "b", 2, 8))) + """
 fma.rn.bf16x2 $0, $0, big, nz;
 fma.rn.bf16x2 $1, $1, big, nz;
 fma.rn.bf16x2 $2, $2, big, nz;
 fma.rn.bf16x2 $3, $3, big, nz;
 }
 """)
+
 
 
 @triton.jit
@@ -115,6 +107,16 @@ def _int4_f32(c, SIGNED: tl.constexpr):
 
 
 @triton.jit
+def _nibble_value(c, FMT: tl.constexpr, SIGNED: tl.constexpr):
+    """The plain-Triton value of 4-bit codes c (int32, 0..15) as bf16: what the PTX computes."""
+    if FMT == 1:
+        v = _int4_f32(c, SIGNED)
+    else:
+        v = e2m1_to_f32(c)
+    return v.to(tl.bfloat16)
+
+
+@triton.jit
 def decode_pairs(b, FMT: tl.constexpr, SIGNED: tl.constexpr, ASM: tl.constexpr):
     """uint8 tile -> (low-nibble values, high-nibble values), bf16, exact. See the module docstring."""
     if ASM:
@@ -130,12 +132,8 @@ def decode_pairs(b, FMT: tl.constexpr, SIGNED: tl.constexpr, ASM: tl.constexpr):
                 E2M1_ASM, "=r,=r,=r,=r,r", [b], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
     else:
         c = b.to(tl.int32)
-        if FMT == 1:
-            lo = _int4_f32(c & 15, SIGNED).to(tl.bfloat16)
-            hi = _int4_f32(c >> 4, SIGNED).to(tl.bfloat16)
-        else:
-            lo = e2m1_to_f32(c & 15).to(tl.bfloat16)
-            hi = e2m1_to_f32(c >> 4).to(tl.bfloat16)
+        lo = _nibble_value(c & 15, FMT, SIGNED)
+        hi = _nibble_value(c >> 4, FMT, SIGNED)
     return lo, hi
 
 
@@ -171,12 +169,6 @@ mov.b32 {{$6, $7}}, r3;
 WORD_INT4_SYM_ASM = tl.constexpr(_WORD_INT4.format(off="0xC308C308", xor="xor.b32 a, $8, 0x88888888;"))
 WORD_INT4_CODE_ASM = tl.constexpr(_WORD_INT4.format(off="0xC300C300", xor="mov.b32 a, $8;"))
 
-_E2M1_LANE = """
-shl.b32 t, {r}, 6;
-shl.b32 s, {r}, 12;
-and.b32 s, s, 0x80008000;
-lop3.b32 {r}, t, 0x01C001C0, s, 0xEA;
-fma.rn.bf16x2 {r}, {r}, big, nz;"""
 WORD_E2M1_ASM = tl.constexpr("""
 {
 .reg .b32 a, b, r0, r1, r2, r3, t, s, big, nz;
@@ -187,7 +179,9 @@ shr.b32 b, a, 4;
 prmt.b32 r0, a, b, 0x4400;
 prmt.b32 r1, a, b, 0x5511;
 prmt.b32 r2, a, b, 0x6622;
-prmt.b32 r3, a, b, 0x7733;""" + "".join(_E2M1_LANE.format(r=f"r{i}") for i in range(4)) + """
+prmt.b32 r3, a, b, 0x7733;""" + "".join(
+    _E2M1_SHIFTED.format(dst=f"r{i}", src=f"r{i}", em=6, sign=12) + f"\nfma.rn.bf16x2 r{i}, r{i}, big, nz;"
+    for i in range(4)) + """
 mov.b32 {$0, $1}, r0;
 mov.b32 {$2, $3}, r1;
 mov.b32 {$4, $5}, r2;
@@ -221,16 +215,7 @@ def decode_words(w, FMT: tl.constexpr, SIGNED: tl.constexpr, ASM: tl.constexpr):
                                               dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)
         return _interleave8(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7])
     else:
-        if FMT == 1:
-            return _interleave8(_int4_f32((w >> 0) & 15, SIGNED).to(tl.bfloat16),
-                                _int4_f32((w >> 4) & 15, SIGNED).to(tl.bfloat16),
-                                _int4_f32((w >> 8) & 15, SIGNED).to(tl.bfloat16),
-                                _int4_f32((w >> 12) & 15, SIGNED).to(tl.bfloat16),
-                                _int4_f32((w >> 16) & 15, SIGNED).to(tl.bfloat16),
-                                _int4_f32((w >> 20) & 15, SIGNED).to(tl.bfloat16),
-                                _int4_f32((w >> 24) & 15, SIGNED).to(tl.bfloat16),
-                                _int4_f32((w >> 28) & 15, SIGNED).to(tl.bfloat16))
-        return _interleave8(e2m1_to_f32((w >> 0) & 15).to(tl.bfloat16), e2m1_to_f32((w >> 4) & 15).to(tl.bfloat16),
-                            e2m1_to_f32((w >> 8) & 15).to(tl.bfloat16), e2m1_to_f32((w >> 12) & 15).to(tl.bfloat16),
-                            e2m1_to_f32((w >> 16) & 15).to(tl.bfloat16), e2m1_to_f32((w >> 20) & 15).to(tl.bfloat16),
-                            e2m1_to_f32((w >> 24) & 15).to(tl.bfloat16), e2m1_to_f32((w >> 28) & 15).to(tl.bfloat16))
+        return _interleave8(_nibble_value(w & 15, FMT, SIGNED), _nibble_value((w >> 4) & 15, FMT, SIGNED),
+                            _nibble_value((w >> 8) & 15, FMT, SIGNED), _nibble_value((w >> 12) & 15, FMT, SIGNED),
+                            _nibble_value((w >> 16) & 15, FMT, SIGNED), _nibble_value((w >> 20) & 15, FMT, SIGNED),
+                            _nibble_value((w >> 24) & 15, FMT, SIGNED), _nibble_value((w >> 28) & 15, FMT, SIGNED))
