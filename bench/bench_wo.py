@@ -36,7 +36,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime.kernels import wo_format as wf  # noqa: E402
 from quantc.runtime.kernels import wo_gemm as wg  # noqa: E402
-from quantc.runtime.kernels.wo_mma4 import launch_mma4  # noqa: E402
 from bench import peers_gemlite as PG  # noqa: E402
 
 T0 = time.time()
@@ -94,8 +93,8 @@ def random_weight(key: str, n: int, k: int) -> wf.WoWeight:
     return wf.WoWeight(wf.INT4, n, k, data, s, wf.S_FLOAT, 128)
 
 
-def candidates(m: int, n: int, k: int) -> list[C]:
-    return wg.candidates(m, n, k, SMS)
+def candidates(m: int, n: int, k: int, key: str | None = None) -> list[C]:
+    return wg.candidates(m, n, k, SMS, int4=None if key is None else key.startswith("int4"))
 
 
 def check_correctness():
@@ -106,7 +105,7 @@ def check_correctness():
         w = wf.quantize(torch.randn(512, 1024, device=DEV), key)
         for m in MS:
             x = torch.randn(m, 1024, device=DEV, dtype=BF)
-            for cfg in candidates(m, 512, 1024)[:3]:
+            for cfg in candidates(m, 512, 1024, key)[:3]:
                 out = wg.launch(x, w, cfg).float()
                 ref = wg.reference(x, w)
                 err = ((out - ref).abs().max() / ref.abs().max()).item()
@@ -169,19 +168,17 @@ def bench_shapes():
                 row["gemlite_us"] = rotated_us(lambda i: gemlite[i].module(x), len(gemlite))
             for key, ws in ours.items():
                 best = None
-                for cfg in candidates(m, n, k):
+                for cfg in candidates(m, n, k, key):
                     t = rotated_us(lambda i: wg.launch(x, ws[i], cfg), len(ws))
                     if t is not None and (best is None or t < best[0]):
                         best = (t, cfg)
                 if best is None:
                     continue
                 t, cfg = best
-                if m <= 16 and cfg.block_n >= 64:  # the same best tile with swap-AB (weights as the wgmma A operand)
-                    x2 = x.reshape(-1, k)
-                    row[f"{key}_swap_us"] = rotated_us(lambda i: launch_mma4(x2, ws[i], cfg, swap=True), len(ws))
                 nbytes = ws[0].nbytes()
-                row[key] = {"us": t, "cfg": [cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages,
-                                             cfg.split_k],
+                row[key] = {"us": t, "kernel": "planes" if wg.uses_planes(m, ws[0].fmt) else "mma4",
+                            "cfg": [cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages,
+                                    cfg.split_k],
                             "over_bf16": row["bf16_us"] / t if row["bf16_us"] else None,
                             "over_tinygemm": row.get("tinygemm_us") / t if row.get("tinygemm_us") else None,
                             **({"over_gemlite": row["gemlite_us"] / t} if key == "int4_group_128" and row.get("gemlite_us") else {}),

@@ -38,7 +38,10 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from quantc.runtime.kernels import wo_mma4  # noqa: E402
+from quantc.runtime.kernels import wo_mma4, wo_planes  # noqa: E402
+
+KERNEL = "mma4"  # --kernel
+ONE_ROW = os.environ.get("ONE_ROW") == "1"  # planes kernel at M = 1
 
 SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*bf16",
        "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
@@ -54,11 +57,16 @@ NVDISASM = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdis
 def compile_kernel(fmt: str, bm: int, bn: int, bk: int, split: int, warps: int, stages: int):
     f, sfmt, group, zero, sdt, glob = FORMATS[fmt]
     constexprs = dict(FMT=f, SFMT=sfmt, GROUP=group, HAS_ZERO=zero, HAS_GLOBAL=glob, BLOCK_M=bm, BLOCK_N=bn,
-                      BLOCK_K=bk, SPLIT_K=split, SWAP=False, ASM=True, UPCAST=False)
+                      BLOCK_K=bk, SPLIT_K=split, ASM=True, UPCAST=False)
+    if KERNEL == "mma4":
+        constexprs["SWAP"] = False
+    else:
+        constexprs.update(FOLD=f == 2 and sfmt != 2, ONE_ROW=ONE_ROW)
     sig = dict(SIG, s_ptr=sdt, **{k: "constexpr" for k in constexprs})
     # the launcher's arguments are 16-aligned (Triton specializes them so at run time); M is not
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(SIG) if name != "M"}
-    src = ASTSource(wo_mma4._wo_mma4_kernel, sig, constexprs=constexprs, attrs=attrs)
+    fn = wo_mma4._wo_mma4_kernel if KERNEL == "mma4" else wo_planes._wo_planes_kernel
+    src = ASTSource(fn, sig, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
 
 
@@ -108,7 +116,10 @@ def main() -> None:
     p.add_argument("--warps", nargs="+", type=int, default=[4])
     p.add_argument("--stages", nargs="+", type=int, default=[3])
     p.add_argument("--split", type=int, default=1)
+    p.add_argument("--kernel", choices=("mma4", "planes"), default="mma4")
     a = p.parse_args()
+    global KERNEL
+    KERNEL = a.kernel
     for fmt, bm, bn, bk, warps, stages in itertools.product(a.fmt, a.bm, a.bn, a.bk, a.warps, a.stages):
         print(report(fmt, bm, bn, bk, a.split, warps, stages), flush=True)
 

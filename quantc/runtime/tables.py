@@ -62,7 +62,8 @@ def default_buckets(kernel: str, n: int = 0, k: int = 0, top_k: int = 1) -> tupl
     if kernel in WEIGHT_ONLY_4BIT and n and k:
         from .kernels.wo_gemm import default_config as wo_default
 
-        return tuple((m, wo_default(m_at, n, k)) for m, m_at in ((1, 1), (16, 16), (_L, 17)))
+        int4 = kernel == "int4_weight_only_gemm"
+        return tuple((m, wo_default(m_at, n, k, int4=int4)) for m, m_at in ((1, 1), (16, 16), (_L, 17)))
     return DEFAULTS.get(kernel, _8BIT)
 
 

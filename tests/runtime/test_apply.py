@@ -242,6 +242,7 @@ def test_weight_only_4bit_kernels_without_a_plan_entry_use_the_shape_defaults(we
     seen = _record_run(monkeypatch, kernel)
     for m in (1, 5, 40):
         model.down(torch.randn(m, 128).bfloat16())
-    assert seen == [(m, default_config(m, 64, 128)) for m in (1, 5, 40)]
-    # decode up to M = 16 shares one config (the MMA pads M to 16); prefill takes another
-    assert seen[0][1] == seen[1][1] != seen[2][1]
+    # buckets M = 1 (one-row planes kernel), 2..16 (the MMA pads M to 16) and prefill, each at its bound
+    assert seen == [(m, default_config(m_at, 64, 128, int4=True)) for m, m_at in ((1, 1), (5, 16), (40, 17))]
+    assert seen[1][1] == default_config(5, 64, 128, int4=True)
+    assert len({seen[0][1], seen[1][1], seen[2][1]}) == 3

@@ -11,6 +11,7 @@ import torch
 
 from quantc.runtime import quantize as qz
 from quantc.runtime.kernels import nibble_decode as nd
+from quantc.runtime.kernels import wo_planes as wp
 
 M32 = 0xFFFFFFFF
 
@@ -139,3 +140,29 @@ def test_the_emulator_catches_a_wrong_selector():
     bad = nd.WORD_INT4_CODE_ASM.value.replace("0x4400", "0x4040")
     out = run_ptx(bad, {8: 0x76543210})
     assert [_bf16(out[j]) for j in range(8)] != [float(j) for j in range(8)]
+
+
+PLANES_ASM = {"int4_sym": wp.PLANES_INT4_SYM.value, "int4_code": wp.PLANES_INT4_CODE.value,
+              "e2m1": wp.PLANES_E2M1.value}
+PLANES_SHIFTED = wp.PLANES_E2M1_SHIFTED.value
+
+
+@pytest.mark.parametrize("fmt", sorted(PLANES_ASM))
+def test_planes_decode_ptx_pairs_nibble_j_of_two_words(fmt):
+    words = _words()
+    for a, b in zip(words, words[1:] + words[:1]):
+        out = run_ptx(PLANES_ASM[fmt], {8: a, 9: b})
+        for j in range(8):
+            got = [_bf16(out[j] >> (16 * h) & 0xFFFF) for h in (0, 1)]
+            want = [_value((w >> (4 * j)) & 0xF, fmt) for w in (a, b)]
+            assert got == want, (fmt, hex(a), hex(b), j, got, want)
+
+
+def test_shifted_e2m1_planes_are_the_value_times_2_to_the_minus_126():
+    words = _words()
+    for a, b in zip(words, words[1:] + words[:1]):
+        out = run_ptx(PLANES_SHIFTED, {8: a, 9: b})
+        for j in range(8):
+            got = [_bf16(out[j] >> (16 * h) & 0xFFFF) for h in (0, 1)]
+            want = [_value((w >> (4 * j)) & 0xF, "e2m1") * 2.0 ** -126 for w in (a, b)]
+            assert got == want, (hex(a), hex(b), j, got, want)

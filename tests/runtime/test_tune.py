@@ -45,6 +45,18 @@ def test_search_space_prunes_by_shared_memory_and_shape():
     assert all(c.split_k == 1 for c in big)
 
 
+def test_decode_4bit_search_space_has_two_warp_programs_and_deep_split_k():
+    """Measured on an H100 (bench/wo_probe.py): the planes kernel wins decode with two-warp programs on
+    32-64 weight rows and split-K up to ~20 on short-N shapes, outside the generic grid."""
+    job = TuneJob("int4_weight_only_gemm", 4096, 14336, "int4_group_128", "none", 1, 1)
+    space = search_space(job, GPUS["h100"])
+    assert {c.num_warps for c in space} == {2, 4} and {c.block_n for c in space} == {32, 64, 128}
+    assert max(c.split_k for c in space) == 24 and all(c.block_k in (128, 256) for c in space)
+    prefill = search_space(TuneJob("int4_weight_only_gemm", 4096, 14336, "int4_group_128", "none", 256, 256),
+                           GPUS["h100"])
+    assert 2 not in {c.num_warps for c in prefill} and max(c.block_m for c in prefill) > 16
+
+
 def test_tune_writes_a_valid_table_and_resumes(tmp_path, monkeypatch):
     from quantc.runtime import tune as rt
 

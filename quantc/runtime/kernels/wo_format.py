@@ -152,6 +152,21 @@ def e8m0_bits_to_f32(e):
 
 
 @triton.jit
+def group_scales_bf16(s_ptr, s_rows, n_mask, k0, SFMT: tl.constexpr, GROUP: tl.constexpr, NG: tl.constexpr,
+                      FOLD: tl.constexpr):
+    """bf16 (BLOCK_N, NG) scales of the NG groups from element k0 on, exact: e8m0 codes become the
+    exponent field (code 0 = 2**-127, a subnormal), e4m3 and bf16 fit bf16. FOLD (float scales only):
+    times 2**62, computed in fp32 (exact; the interpreter has no bf16 arithmetic)."""
+    s = tl.load(s_ptr + s_rows[:, None] + k0 // GROUP + tl.arange(0, NG)[None, :], mask=n_mask[:, None], other=0.0)
+    if SFMT == 2:
+        e = s.to(tl.int16)
+        return tl.where(e == 0, 0x40, e << 7).to(tl.bfloat16, bitcast=True)
+    if FOLD:
+        return (s.to(tl.float32) * 4.611686018427388e18).to(tl.bfloat16)
+    return s.to(tl.bfloat16)
+
+
+@triton.jit
 def decode_scale(s, SFMT: tl.constexpr):
     if SFMT == 2:
         return e8m0_bits_to_f32(s)

@@ -5,8 +5,12 @@ pairs, which round the activations first: ``wo_mx``).
     out[m, n] = sum_k x[m, k] * deq(w)[n, k]          deq(w)[n, k] = v(code[n, k]) * s[n // RB, k // G]
                                                           (* global scale for nvfp4)
 
-with v the signed int4 code (or code - zero point) or the e2m1 value. Layouts: ``wo_format``; the
-kernel: ``wo_mma4`` (tensor cores, PTX nibble decode, split-K in one launch). This module is the
+with v the signed int4 code (or code - zero point) or the e2m1 value. Layouts: ``wo_format``. Two
+tensor-core kernels read the same words: ``wo_planes`` (eight nibble planes per tile, the decoded
+weights never leave registers) runs int4 at M <= 16 and every format at M = 1; ``wo_mma4`` (decoded
+tile in K order) runs the rest, prefill included. Measured on an H100 (bench/results/wo_h100.json):
+planes is 1.3-1.6x faster than mma4 for int4 at decode and ~1.1x for fp4 at M = 1, slower for fp4 at
+M = 16 (its per-element scales cost more there). This module is the
 torch custom op (``quantc::wo_gemm``, so applied models run under torch.compile), the shape checks,
 the plain-torch reference, and the configs: defaults without a table and the candidates
 ``quantc tune`` and bench/bench_wo.py time. fp8 / int8 weight-only layers run ``scaled_mm``.
@@ -19,11 +23,20 @@ import triton
 
 from ...plan import KernelConfig as WoConfig  # stdlib-only; any object with these fields works
 from .wo_format import WoWeight, dequantize
+from .wo_format import INT4
 from .wo_mma4 import launch_mma4
+from .wo_planes import launch_planes
+
+
+def uses_planes(m: int, fmt: int) -> bool:
+    """Which kernel runs M rows of a weight of format ``fmt``: see the module docstring."""
+    return m == 1 or (m <= 16 and fmt == INT4)
 
 
 def _launch(x2, data, scale, zeros, gscale, fmt, sfmt, pack, group, row_block, n, cfg) -> torch.Tensor:
     w = WoWeight(fmt, n, x2.shape[1], data, scale, sfmt, group, row_block, zeros, gscale)
+    if uses_planes(x2.shape[0], fmt):
+        return launch_planes(x2, w, cfg)
     return launch_mma4(x2, w, cfg)
 
 
@@ -74,35 +87,46 @@ def reference(x: torch.Tensor, w: WoWeight) -> torch.Tensor:
     return x.float() @ dequantize(w).T
 
 
-def _split(n: int, k: int, bn: int, bk: int, sms: int) -> int:
-    """K slices so that the grid covers the SMs about twice (decode shapes have few N tiles)."""
-    return max(1, min(triton.cdiv(2 * sms, triton.cdiv(n, bn)), k // bk, 16))
+def _split(n: int, k: int, bn: int, bk: int, sms: int, waves: int = 2) -> int:
+    """K slices so that the grid covers the SMs about ``waves`` times (decode shapes have few N tiles);
+    the planes kernel's two-warp programs want about four."""
+    return max(1, min(triton.cdiv(waves * sms, triton.cdiv(n, bn)), k // bk, 32))
 
 
-def default_config(m: int, n: int, k: int, sms: int = 132) -> WoConfig:
-    """A reasonable config without a tuned table. 4-bit weights at M <= 16 run swap-AB on 64 weight rows
-    per program; split-K covers the SMs where N alone does not."""
-    if m <= 16:  # measured on an H100 (bench/results/wo_h100.json): 64 x 256 tiles, split-K on small N
+def default_config(m: int, n: int, k: int, sms: int = 132, int4: bool = False) -> WoConfig:
+    """A reasonable config without a tuned table (measured on an H100: bench/results/wo_h100.json).
+    M = 1 (and int4 up to 16) runs the planes kernel: two-warp programs on 32-64 weight rows, four
+    stages, split-K to about four programs per SM; fp4 at 2..16 rows runs mma4 on 64 x 256 tiles."""
+    if m == 1 or (m <= 16 and int4):
+        bn = 32 if m == 1 else 64
+        return WoConfig(16, bn, 128, num_warps=2, num_stages=4, split_k=_split(n, k, bn, 128, sms, 4))
+    if m <= 16:
         return WoConfig(16, 64, 256, num_warps=4, num_stages=3, split_k=_split(n, k, 64, 256, sms))
     if m <= 64:
         return WoConfig(64, 128, 128, num_warps=4, num_stages=3, split_k=_split(n, k, 128, 128, sms))
     return WoConfig(64, 128, 128, num_warps=4, num_stages=3)
 
 
-def candidates(m: int, n: int, k: int, sms: int = 132) -> list[WoConfig]:
-    """Configs ``quantc tune`` (and the bench) try for one (M, N, K)."""
+def candidates(m: int, n: int, k: int, sms: int = 132, int4: bool | None = None) -> list[WoConfig]:
+    """Configs ``quantc tune`` (and the bench) try for one (M, N, K); ``int4`` None: both formats'."""
+    out = []
+    planes = m == 1 or (m <= 16 and int4 is not False)
+    if planes:
+        for bn, warps, stages, waves in ((32, 2, 4, 4), (64, 2, 4, 4), (32, 2, 3, 8), (64, 2, 3, 8), (128, 4, 3, 4)):
+            if 128 <= k:
+                out.append(WoConfig(16, bn, 128, num_warps=warps, num_stages=stages,
+                                    split_k=_split(n, k, bn, 128, sms, waves)))
+    if m <= 16 and (m == 1 or int4 is True):
+        return out
     if m <= 16:
-        tiles = [(32, 256, 4), (64, 256, 4), (128, 128, 4), (128, 256, 8)]
+        tiles = [(32, 256, 4), (64, 256, 4), (64, 512, 4), (128, 256, 8)]
         bm = 16
     else:
         tiles = [(64, 64, 4), (64, 128, 4), (128, 64, 4), (128, 128, 4), (128, 128, 8)]
         bm = 64 if m <= 64 else 128
-    out = []
     for bn, bk, warps in tiles:
         if bk > k:
             continue
         split = _split(n, k, bn, bk, sms) if m <= 256 else 1
         out.append(WoConfig(bm, bn, bk, num_warps=warps, num_stages=3, split_k=split))
-        if split > 1 and m <= 16 and bn in (32, 64):
-            out.append(WoConfig(bm, bn, bk, num_warps=warps, num_stages=4, split_k=1))
     return out

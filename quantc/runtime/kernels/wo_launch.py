@@ -52,7 +52,7 @@ def run(x, buffers, config, weight_key, act_key, bias):
     from . import wo_gemm, wo_mx
 
     w = rebuild(buffers, weight_key)
-    cfg = config or wo_gemm.default_config(x.shape[0], w.n, w.k)  # a KernelConfig either way
+    cfg = config or wo_gemm.default_config(x.shape[0], w.n, w.k, int4=w.fmt == wf.INT4)  # a KernelConfig either way
     out = (wo_mx.launch if act_key == "mxfp8" else wo_gemm.launch)(x, w, cfg)
     return out + bias if bias is not None else out
 

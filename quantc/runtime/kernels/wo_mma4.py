@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .nibble_decode import USE_ASM, decode_words
-from .wo_format import UPCAST_DOT, e8m0_bits_to_f32
+from .wo_format import UPCAST_DOT, e8m0_bits_to_f32, group_scales_bf16
 
 
 @triton.jit
@@ -45,13 +45,7 @@ def _element_scale(s_ptr, s_rows, n_mask, k0, SFMT: tl.constexpr, GROUP: tl.cons
     """bf16 (BLOCK_N, BLOCK_K) scales of a tile holding several groups, each group's scale decoded once
     then repeated over its elements."""
     NG: tl.constexpr = BLOCK_K // GROUP
-    g = k0 // GROUP + tl.arange(0, NG)
-    s = tl.load(s_ptr + s_rows[:, None] + g[None, :], mask=n_mask[:, None], other=0.0)
-    if SFMT == 2:  # e8m0 -> bf16 bits: the code is the exponent field (code 0 = 2**-127, a subnormal)
-        e = s.to(tl.int16)
-        s = tl.where(e == 0, 0x40, e << 7).to(tl.bfloat16, bitcast=True)
-    else:
-        s = s.to(tl.bfloat16)  # e4m3 and bf16 scales are exact in bf16
+    s = group_scales_bf16(s_ptr, s_rows, n_mask, k0, SFMT, GROUP, NG, False)
     if UPCAST:  # the interpreter has no bf16 arithmetic
         s = s.to(tl.float32)
     return tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, NG, GROUP)), (BLOCK_N, BLOCK_K))
@@ -68,6 +62,18 @@ def _element_zero(z_ptr, s_rows, n_mask, k0, GROUP: tl.constexpr, BLOCK_N: tl.co
 
 
 @triton.jit
+def tile_coords(M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+    """A program's output rows/columns (grid: N tiles, M tiles, K slices) and its range of K tiles
+    (the launcher picks BLOCK_K dividing K)."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    k_tiles = K // BLOCK_K
+    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    t_start = tl.program_id(2) * per_split
+    return offs_n, offs_m, offs_n < N, offs_m < M, t_start, tl.minimum(t_start + per_split, k_tiles)
+
+
+@triton.jit
 def _wo_mma4_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, K,
@@ -77,18 +83,9 @@ def _wo_mma4_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     SWAP: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_k = tl.program_id(2)
     PER_TILE: tl.constexpr = GROUP % BLOCK_K == 0
     BKW: tl.constexpr = BLOCK_K // 8
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n_mask = offs_n < N
-    m_mask = offs_m < M
-    k_tiles = K // BLOCK_K  # the launcher picks BLOCK_K dividing K
-    per_split = tl.cdiv(k_tiles, SPLIT_K)
-    t_end = tl.minimum((pid_k + 1) * per_split, k_tiles)
+    offs_n, offs_m, n_mask, m_mask, t_start, t_end = tile_coords(M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + tl.arange(0, BKW)[None, :]
     s_rows = offs_n.to(tl.int64) * stride_sn
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + tl.arange(0, BLOCK_K)[None, :]
@@ -96,7 +93,7 @@ def _wo_mma4_kernel(
         acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    for t in range(pid_k * per_split, t_end):
+    for t in range(t_start, t_end):
         k0 = t * BLOCK_K
         xv = tl.load(x_rows + k0, mask=m_mask[:, None], other=0.0)
         words = tl.load(w_rows + k0 // 8, mask=n_mask[:, None], other=0)
@@ -141,25 +138,31 @@ def _wo_mma4_kernel(
     else:
         out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
         o_mask = m_mask[:, None] & n_mask[None, :]
+    if SWAP:
+        ws_ptrs = ws_ptr + offs_m.to(tl.int64)[None, :] * N + offs_n[:, None]
+    else:
+        ws_ptrs = ws_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    store_or_reduce(acc, out_ptrs, ws_ptrs, o_mask, cnt_ptr + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0),
+                    SPLIT_K)
+
+
+@triton.jit
+def store_or_reduce(acc, out_ptrs, ws_ptrs, o_mask, cnt_ptr, SPLIT_K: tl.constexpr):
+    """Store the output tile, or with split-K add it into the zero-at-rest fp32 workspace: the program
+    that arrives last for this tile (``cnt_ptr`` is its counter) writes the bf16 result and zeroes the
+    workspace and the counter again, so one launch does it all (no memset or cast kernels around it:
+    they cost more than the GEMM at decode)."""
     if SPLIT_K > 1:
-        # Partial sums meet in a zero-at-rest fp32 workspace; the program that arrives last for this
-        # output tile writes the bf16 result and zeroes the workspace and its counter again, so one
-        # launch does it all (no memset or cast kernels around it: they cost more than the GEMM at decode).
-        if SWAP:
-            ws_ptrs = ws_ptr + offs_m.to(tl.int64)[None, :] * N + offs_n[:, None]
-        else:
-            ws_ptrs = ws_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
         tl.atomic_add(ws_ptrs, acc, mask=o_mask, sem="relaxed")
         tl.debug_barrier()
-        tile = pid_m * tl.num_programs(0) + pid_n
-        arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
+        arrived = tl.atomic_add(cnt_ptr, 1, sem="acq_rel")
         if arrived == SPLIT_K - 1:
             total = tl.load(ws_ptrs, mask=o_mask, other=0.0, cache_modifier=".cg")
-            tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=o_mask)
+            tl.store(out_ptrs, total.to(out_ptrs.dtype.element_ty), mask=o_mask)
             tl.store(ws_ptrs, tl.zeros_like(total), mask=o_mask)
-            tl.atomic_xchg(cnt_ptr + tile, 0)
+            tl.atomic_xchg(cnt_ptr, 0)
     else:
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
+        tl.store(out_ptrs, acc.to(out_ptrs.dtype.element_ty), mask=o_mask)
 
 
 def tile_k(k: int, block_k: int) -> int:

@@ -1,0 +1,226 @@
+"""Nibble-plane tensor-core GEMM for 4-bit weights (int4 sym/asym, mxfp4, nvfp4) x bf16 activations.
+
+Same math, layouts and launcher contract as ``wo_mma4``; the difference is how a K tile of packed words
+reaches the tensor cores. A (BLOCK_N, BLOCK_K/8) tile of int32 words is decoded into eight *planes*:
+plane j holds nibble j of every word, i.e. the elements k = 8c + j. Each plane is multiplied by the
+matching strided slice of x (x[:, 8c + j]) on the tensor cores, eight MMAs per tile, and the sums add
+up to the tile's dot product (a permutation of K inside the tile changes nothing). Nothing is joined
+or reshaped, so the decoded planes keep the layout of the loaded words: the MMA operand layout, two
+consecutive words per thread. One PTX block decodes a pair of words into eight bf16x2 registers, one
+per plane, exactly the registers the MMA takes: a ``prmt`` puts byte i of each word into a 16-bit
+lane, a ``lop3`` (int4) or shift+mask (e2m1) makes the bf16 value.
+
+int4 with a group as long as the tile skips the bias removal: the planes hold 128 + c (c the unsigned
+code, c ^ 8 for symmetric weights) and the fp32 sum is corrected once per tile, minus (128 + z) *
+sum(x), then scaled. That leaves a prmt and a lop3 per two elements.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .nibble_decode import USE_ASM, _nibble_value
+from .wo_format import UPCAST_DOT, e8m0_bits_to_f32, group_scales_bf16
+from .wo_mma4 import split_workspace, store_or_reduce, tile_coords, tile_k
+
+# Two words $16 (column c) and $17 (column c + 1) -> eight bf16x2 registers $0..$7, register j holding
+# nibble j of word c (low lane) and of word c + 1 (high lane). prmt selector 0x4400 + 0x1111 * i fills
+# lane 0 with byte i of a (twice) and lane 1 with byte i of b (twice); masks keep the nibble wanted.
+_PLANES_INT4 = """
+{{
+.reg .b32 a, b, a4, b4, r;
+{prep}
+shr.b32 a4, a, 4;
+shr.b32 b4, b, 4;
+""" + "".join(f"""prmt.b32 r, a, b, {0x4400 + 0x1111 * i:#06x};
+lop3.b32 $@{2 * i}, r, 0x000F000F, {{base}}, 0x6A;
+prmt.b32 r, a4, b4, {0x4400 + 0x1111 * i:#06x};
+lop3.b32 $@{2 * i + 1}, r, 0x000F000F, {{base}}, 0x6A;
+""" for i in range(4)).replace("$@", "$") + "{fix}}}\n"
+
+_FIX_INT4 = "".join(f"fma.rn.bf16x2 ${j}, ${j}, one, off;\n" for j in range(8))
+_ONE_OFF = (".reg .b32 one, off;\nmov.b32 one, 0x3F803F80;\nmov.b32 off, {off};\n"
+            "mov.b32 a, $8;\nmov.b32 b, $9;")
+# lop3 0x6A = (r & mask) ^ base: base 0x4308 ORs in the bf16 128.0 and flips bit 3 (c ^ 8 = q + 8 for a
+# symmetric code q) in one instruction; the fma then removes 136 (q) or 128 (the code, for zero points).
+PLANES_INT4_SYM = tl.constexpr(_PLANES_INT4.format(prep=_ONE_OFF.format(off="0xC308C308"), fix=_FIX_INT4,
+                                                   base="0x43084308"))
+PLANES_INT4_CODE = tl.constexpr(_PLANES_INT4.format(prep=_ONE_OFF.format(off="0xC300C300"), fix=_FIX_INT4,
+                                                    base="0x43004300"))
+
+# e2m1: put the nibble in bits 12-15 of each lane (byte i in the high byte; the low nibble of that byte
+# first moved up by a << 4), keep the sign at bit 15 and move the three exponent-mantissa bits from
+# 12-14 to 6-8 (>> 6): that is the bf16 v * 2**-126 (0.5 becomes a bf16 subnormal, exactly), times
+# 2**126 with one bf16x2 multiply as in ``nibble_decode``, or left for the scales to absorb (FOLD).
+def _planes_e2m1(prescaled: bool) -> str:
+    lines = ["{", ".reg .b32 a, b, a4, b4, r, t, big, nz;", "mov.b32 big, 0x7E807E80;", "mov.b32 nz, 0x80008000;",
+             "mov.b32 a, $8;", "mov.b32 b, $9;", "shl.b32 a4, a, 4;", "shl.b32 b4, b, 4;"]
+    for i in range(4):
+        for j, src in ((2 * i, "a4, b4"), (2 * i + 1, "a, b")):
+            lines += [f"prmt.b32 r, {src}, {0x4400 + 0x1111 * i:#06x};", "shr.b32 t, r, 6;", "and.b32 t, t, 0x01C001C0;"]
+            if prescaled:
+                lines.append(f"lop3.b32 ${j}, r, 0x80008000, t, 0xEA;")
+            else:
+                lines += ["lop3.b32 t, r, 0x80008000, t, 0xEA;", f"fma.rn.bf16x2 ${j}, t, big, nz;"]
+    return "\n".join(lines + ["}", ""])
+
+
+PLANES_E2M1 = tl.constexpr(_planes_e2m1(False))
+# prescaled: the shifted value v * 2**-126 as it is (the 2**126 goes into the scales: FOLD)
+PLANES_E2M1_SHIFTED = tl.constexpr(_planes_e2m1(True))
+
+
+@triton.jit
+def decode_planes(words, FMT: tl.constexpr, SIGNED: tl.constexpr, FOLD: tl.constexpr, ASM: tl.constexpr):
+    """int32 (R, C) words -> eight (R, C) planes, plane j = the value of nibble j of each word: int4 the
+    signed value (SIGNED) or the code; e2m1 its value, or with FOLD its value * 2**-126."""
+    if ASM:
+        if FMT == 1:
+            if SIGNED:
+                asm: tl.constexpr = PLANES_INT4_SYM
+            else:
+                asm: tl.constexpr = PLANES_INT4_CODE
+        elif FOLD:
+            asm: tl.constexpr = PLANES_E2M1_SHIFTED
+        else:
+            asm: tl.constexpr = PLANES_E2M1
+        return tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,=r,=r,=r,=r,r,r", [words], dtype=(tl.bfloat16,) * 8,
+                                         is_pure=True, pack=2)
+    else:
+        v = tuple(_nibble_value((words >> (4 * j)) & 15, FMT, SIGNED) for j in range(8))
+        if FOLD:  # fp32 (the interpreter computes in fp32): 0.5 * 2**-126 is an fp32 subnormal, exact
+            v = tuple(p.to(tl.float32) * 1.1754943508222875e-38 for p in v)  # 2**-126
+        return v
+
+
+@triton.jit
+def _plane_dot(acc, xpair, va, vb, s, SCALE_EACH: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + the products of planes va, vb with the x pair (.., 2): xpair[..., 0] goes with va."""
+    xa, xb = tl.split(xpair)
+    if UPCAST:  # the interpreter has no bf16 arithmetic
+        va = va.to(tl.float32)
+        vb = vb.to(tl.float32)
+        xa = xa.to(tl.float32)
+        xb = xb.to(tl.float32)
+    if SCALE_EACH:
+        va = (va * s).to(xa.dtype)
+        vb = (vb * s).to(xa.dtype)
+    return tl.dot(xb, tl.trans(vb), tl.dot(xa, tl.trans(va), acc))
+
+
+@triton.jit
+def _word_scales(s_ptr, s_rows, n_mask, k0, SFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BKW: tl.constexpr, FOLD: tl.constexpr):
+    """bf16 (BLOCK_N, BKW) scale of each word of a tile (a group spans whole words): the tile's groups
+    loaded once, contiguous (so the pipeliner prefetches them), then repeated over their words. FOLD
+    (float scales only, see ``fold_ok``): the scale times 2**62, exact."""
+    NG: tl.constexpr = BKW * 8 // GROUP
+    s = group_scales_bf16(s_ptr, s_rows, n_mask, k0, SFMT, GROUP, NG, FOLD)
+    return tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, NG, GROUP // 8)), (BLOCK_N, BKW))
+
+
+@triton.jit
+def _word_zeros(z_ptr, s_rows, n_mask, k0, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BKW: tl.constexpr):
+    NG: tl.constexpr = BKW * 8 // GROUP
+    z = tl.load(z_ptr + s_rows[:, None] + k0 // GROUP + tl.arange(0, NG)[None, :], mask=n_mask[:, None], other=0)
+    return tl.reshape(tl.broadcast_to(z[:, :, None], (BLOCK_N, NG, GROUP // 8)), (BLOCK_N, BKW))
+
+
+@triton.jit
+def _wo_planes_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr,
+    M, N, K,
+    stride_xm, stride_wn, stride_sn, stride_om,
+    FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
+    HAS_GLOBAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    FOLD: tl.constexpr, ONE_ROW: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr,
+):
+    PER_TILE: tl.constexpr = GROUP % BLOCK_K == 0
+    BKW: tl.constexpr = BLOCK_K // 8
+    offs_n, offs_m, n_mask, m_mask, t_start, t_end = tile_coords(M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K)
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + tl.arange(0, BKW)[None, :]
+    s_rows = offs_n.to(tl.int64) * stride_sn
+    x_tile = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + tl.arange(0, BLOCK_K)[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for t in range(t_start, t_end):
+        k0 = t * BLOCK_K
+        words = tl.load(w_rows + k0 // 8, mask=n_mask[:, None], other=0)
+        v = decode_planes(words, FMT, not HAS_ZERO and FMT == 1, FOLD, ASM)
+        if PER_TILE:
+            s2 = 0.0
+        else:  # one scale per word, the same for all eight planes
+            s2 = _word_scales(s_ptr, s_rows, n_mask, k0, SFMT, GROUP, BLOCK_N, BKW, FOLD)
+            if HAS_ZERO:  # exact codes minus the zero point, then scaled (as the reference's bf16 operand)
+                z2 = _word_zeros(z_ptr, s_rows, n_mask, k0, GROUP, BLOCK_N, BKW).to(tl.float32 if UPCAST else tl.bfloat16)
+                v = tuple(p.to(z2.dtype) - z2 for p in v)
+            if UPCAST:
+                s2 = s2.to(tl.float32)
+        if ONE_ROW:  # M = 1: load the row once; the MMA's other 15 rows repeat it and are never stored
+            xt = tl.broadcast_to(tl.load(x_ptr + k0 + tl.arange(0, BLOCK_K))[None, :], (BLOCK_M, BLOCK_K))
+        else:
+            xt = tl.load(x_tile + k0, mask=m_mask[:, None], other=0.0)
+        # x columns k = 8c + j, j = 4 j2 + 2 j1 + j0: split off j0, then j1; the pairs left run over j2
+        xe, xo = tl.split(tl.reshape(xt, (BLOCK_M, BLOCK_K // 8, 2, 2, 2)))
+        xe0, xe1 = tl.split(xe)
+        xo0, xo1 = tl.split(xo)
+        part = _plane_dot(tl.zeros((BLOCK_M, BLOCK_N), tl.float32), xe0, v[0], v[4], s2, not PER_TILE, UPCAST)
+        part = _plane_dot(part, xo0, v[1], v[5], s2, not PER_TILE, UPCAST)
+        part = _plane_dot(part, xe1, v[2], v[6], s2, not PER_TILE, UPCAST)
+        part = _plane_dot(part, xo1, v[3], v[7], s2, not PER_TILE, UPCAST)
+        if PER_TILE:  # int4 with G >= BLOCK_K: one scale (and zero) per row for the tile
+            s = tl.load(s_ptr + s_rows + k0 // GROUP, mask=n_mask, other=0.0)
+            if SFMT == 2:
+                s = e8m0_bits_to_f32(s)
+            else:
+                s = s.to(tl.float32)
+            if HAS_ZERO:  # the codes went through the MMA: remove zero * sum(x)
+                z = tl.load(z_ptr + s_rows + k0 // GROUP, mask=n_mask, other=0).to(tl.float32)
+                part = part - tl.sum(xt.to(tl.float32), axis=1)[:, None] * z[None, :]
+            acc += part * s[None, :]
+        else:
+            acc += part
+    if FOLD:
+        acc = acc * 18446744073709551616.0  # 2**64
+    if HAS_GLOBAL:
+        acc = acc * tl.load(gs_ptr)
+    out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+    o_mask = m_mask[:, None] & n_mask[None, :]
+    ws_ptrs = ws_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    store_or_reduce(acc, out_ptrs, ws_ptrs, o_mask, cnt_ptr + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0),
+                    SPLIT_K)
+
+
+def fold_ok(w) -> bool:
+    """FOLD (the decode's 2**126 moved into the scales, the sums times 2**64 at the end) is exact for
+    nvfp4: e4m3 scales (2**-9 .. 448) times 2**62 stay normal in bf16, and so do the products. e8m0
+    scales span 2**-127 .. 2**127, beyond what bf16 can carry shifted, so mxfp4 keeps the multiply."""
+    return w.fmt != 1 and w.sfmt != 2
+
+
+def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None) -> torch.Tensor:
+    """bf16 (M, K) x 4-bit WoWeight (N, K) -> bf16 (M, N). BLOCK_K >= 128 (16-deep planes)."""
+    m, k = x2.shape
+    n = w.n
+    bk = tile_k(k, max(128, cfg.block_k))
+    bm = 16 if m <= 16 else max(16, cfg.block_m)
+    bn = max(16, cfg.block_n)
+    split = max(1, min(cfg.split_k, k // bk))
+    if fold is None:
+        fold = fold_ok(w)
+    out = torch.empty((m, n), dtype=torch.bfloat16, device=x2.device)
+    grid = (triton.cdiv(n, bn), triton.cdiv(m, bm), split)
+    ws, cnt = split_workspace(x2.device, m * n, grid[0] * grid[1]) if split > 1 else (out, out)
+    data = w.data
+    _wo_planes_kernel[grid](
+        x2, data, w.scale, w.zeros if w.zeros is not None else w.scale,
+        w.global_scale if w.global_scale is not None else w.scale, out, ws, cnt,
+        m, n, k, x2.stride(0), data.stride(0), w.scale.stride(0), out.stride(0),
+        FMT=1 if w.fmt == 1 else 2, SFMT=w.sfmt, GROUP=w.group, HAS_ZERO=w.zeros is not None,
+        HAS_GLOBAL=w.global_scale is not None,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, FOLD=fold, ONE_ROW=m == 1,
+        ASM=USE_ASM, UPCAST=UPCAST_DOT, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out

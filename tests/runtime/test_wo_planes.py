@@ -1,0 +1,118 @@
+"""The nibble-plane 4-bit GEMM (wo_planes) under the interpreter against the plain-torch reference:
+every format, group sizes below and above the tile, zero points, M = 1 / 16 / 17, split-K."""
+
+import pytest
+import torch
+
+from quantc.runtime import quantize as qz
+from quantc.runtime.kernels import wo_format as wf
+from quantc.runtime.kernels import wo_gemm as wg
+from quantc.runtime.kernels import wo_mma4
+from quantc.runtime.kernels import wo_planes as wp
+
+TOL = 1e-2
+
+
+def _rel_err(out, ref):
+    return ((out.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
+
+
+@pytest.mark.parametrize("key", ["int4_group_32", "int4_group_64_asym", "int4_group_128", "int4_group_128_asym",
+                                 "mxfp4", "nvfp4"])
+def test_planes_match_reference(key):
+    torch.manual_seed(7)
+    n, k = 40, 256
+    w = wf.quantize(torch.randn(n, k), key)
+    for m in (1, 17):
+        x = torch.randn(m, k).bfloat16()
+        out = wp.launch_planes(x, w, wg.WoConfig(16, 32, 128))
+        assert out.shape == (m, n) and out.dtype == torch.bfloat16
+        assert _rel_err(out, wg.reference(x, w)) < TOL, (key, m)
+
+
+@pytest.mark.parametrize("cfg", [wg.WoConfig(16, 16, 256, split_k=2), wg.WoConfig(16, 64, 128, split_k=3)])
+def test_planes_split_k_and_wide_tiles(cfg):
+    torch.manual_seed(8)
+    n, k = 72, 768
+    for key in ("int4_group_128", "mxfp4"):
+        w = wf.quantize(torch.randn(n, k), key)
+        x = torch.randn(16, k).bfloat16()
+        assert _rel_err(wp.launch_planes(x, w, cfg), wg.reference(x, w)) < TOL
+    ws, cnt = wo_mma4.split_workspace(x.device, 0, 0)
+    assert ws.abs().max().item() == 0 and cnt.abs().max().item() == 0
+
+
+@pytest.mark.parametrize("zero", [False, True])
+def test_planes_every_int4_code_through_the_identity(zero):
+    """x = I picks single elements: each plane must land on its own k (8c + j), every code, exactly
+    up to one bf16 rounding of code x scale."""
+    n, k = 16, 128
+    codes = ((torch.arange(k) * 7 + torch.arange(n)[:, None]) % 16).to(torch.uint8)
+    t = {"weight_packed": qz.pack_nibbles(codes),
+         "weight_scale": torch.linspace(0.5, 2, n).bfloat16().reshape(n, 1).contiguous()}
+    key = "int4_group_128_asym" if zero else "int4_group_128"
+    if zero:
+        t["weight_zero_point"] = torch.arange(n, dtype=torch.uint8).reshape(n, 1)
+    w = wf.from_tensors(key, t, n, k)
+    exact = qz.dequantize_weight(t, key)
+    got = wp.launch_planes(torch.eye(k, dtype=torch.bfloat16), w, wg.WoConfig(16, 16, 128)).float().T
+    assert ((got - exact).abs() <= exact.abs() * 2.0 ** -7).all()
+
+
+def test_planes_mxfp4_identity_is_exact():
+    n, k = 64, 128
+    codes = ((torch.arange(k) + 3 * torch.arange(n)[:, None]) % 16).to(torch.uint8)
+    scale = (torch.arange(n * 4, dtype=torch.int32).reshape(n, 4) % 200 + 20).to(torch.uint8)
+    w = wf.from_tensors("mxfp4", {"weight_packed": qz.pack_nibbles(codes), "weight_scale": scale}, n, k)
+    want = (qz.e2m1_to_float(codes) * qz.e8m0_to_float(scale).repeat_interleave(32, 1)).bfloat16().float()
+    got = wp.launch_planes(torch.eye(k, dtype=torch.bfloat16), w, wg.WoConfig(16, 64, 128)).float().T
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_nvfp4_every_e4m3_scale_with_and_without_folding(fold):
+    """FOLD moves the decode's 2**126 into the scales (x 2**62) and the sums (x 2**64): the identity
+    product stays exact for every finite e4m3 scale, subnormals included."""
+    byte = torch.tensor([b for b in range(256) if b & 0x7F != 0x7F], dtype=torch.int32).to(torch.uint8)
+    n, k = byte.numel(), 128
+    codes = ((torch.arange(k) + torch.arange(n)[:, None]) % 16).to(torch.uint8)
+    scale = byte.view(torch.float8_e4m3fn).reshape(n, 1).expand(n, k // 16).contiguous()
+    t = {"weight_packed": qz.pack_nibbles(codes), "weight_scale": scale, "weight_scale_2": torch.tensor(0.5)}
+    w = wf.from_tensors("nvfp4", t, n, k)
+    assert wp.fold_ok(w) and not wp.fold_ok(wf.quantize(torch.randn(8, 64), "mxfp4"))
+    want = (qz.e2m1_to_float(codes) * scale.float().repeat_interleave(16, 1) * 0.5).bfloat16().float()
+    got = wp.launch_planes(torch.eye(k, dtype=torch.bfloat16), w, wg.WoConfig(16, 32, 128), fold=fold).float().T
+    assert torch.equal(got, want)
+
+
+def test_launcher_routes_decode_to_planes_and_the_rest_to_mma4(monkeypatch):
+    """int4 at M <= 16 and every format at M = 1 run the planes kernel, fp4 at 2..16 rows and all
+    prefill run mma4; both give the reference's result."""
+    seen = []
+    real_planes, real_mma4 = wg.launch_planes, wg.launch_mma4
+    monkeypatch.setattr(wg, "launch_planes", lambda x, w, c: seen.append(("planes", x.shape[0])) or real_planes(x, w, c))
+    monkeypatch.setattr(wg, "launch_mma4", lambda x, w, c: seen.append(("mma4", x.shape[0])) or real_mma4(x, w, c))
+    torch.manual_seed(9)
+    for key in ("int4_group_128", "mxfp4"):
+        w = wf.quantize(torch.randn(32, 256), key)
+        for m in (1, 5, 17):
+            seen.clear()
+            x = torch.randn(m, 256).bfloat16()
+            cfg = wg.default_config(m, 32, 256, int4=key.startswith("int4"))
+            assert _rel_err(wg.launch(x, w, cfg), wg.reference(x, w)) < TOL
+            want = "planes" if m == 1 or (m <= 16 and key.startswith("int4")) else "mma4"
+            assert seen == [(want, m)], (key, m, seen)
+
+
+def test_decode_defaults_and_candidates_follow_the_kernel():
+    one = wg.default_config(1, 28672, 4096)
+    assert (one.block_n, one.block_k, one.num_warps, one.num_stages, one.split_k) == (32, 128, 2, 4, 1)
+    short_n = wg.default_config(1, 4096, 14336)
+    assert short_n.split_k == 5  # 128 tiles of 32 rows, about four programs per SM on 132 SMs
+    assert wg.default_config(8, 4096, 4096, int4=True).num_warps == 2
+    assert wg.default_config(8, 4096, 4096).num_warps == 4  # fp4 at 2..16 rows: mma4 tiles
+    assert all(c.num_warps == 2 or c.block_n == 128 for c in wg.candidates(1, 4096, 4096))
+    both = wg.candidates(8, 4096, 4096)
+    assert {c.block_k for c in both} >= {128, 256, 512}
+    assert {c.block_k for c in wg.candidates(8, 4096, 4096, int4=True)} == {128}
+    assert 128 not in {c.block_k for c in wg.candidates(8, 4096, 4096, int4=False)}
