@@ -15,7 +15,8 @@ included: ``gemlite_fp8_us``, ``gemlite_int8_us``, against our ``module_fp8_row_
 are left out and ``gemlite.error`` says why.
 
 Env: BENCH_CAP_S (time cap, default 500), BENCH_SHAPES (e.g. "6144x4096,4096x4096"), BENCH_MS.
-Writes $OUT/dense_h100.json and $OUT/dense_configs_h100.json; prints a summary table last.
+Writes $OUT/dense_<gpu>.json and $OUT/dense_configs_<gpu>.json (gpu: h100, h200, ...); prints a summary
+table last.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from quantc.runtime.kernels.scaled_mm import scaled_mm  # noqa: E402
 from bench import peers_gemlite as PG  # noqa: E402
 
 T0 = time.time()
+GPU_SLUG = "h200" if "H200" in torch.cuda.get_device_name() else "h100"
 CAP = float(os.environ.get("BENCH_CAP_S", "500"))
 OUT = os.environ.get("OUT", "/tmp")
 BF = torch.bfloat16
@@ -261,8 +263,8 @@ def main() -> None:
              "num_stages": c.num_stages, "split_k": c.split_k, "us": round(t_, 2)}
             for (k, b, n_, k_), (t_, c) in sorted(best.items(), key=lambda it: (it[0][0], it[0][2], it[0][3], it[0][1]))]
     cfgs = {"device": out["device"], "torch": out["torch"], "triton": out["triton"], "rows": rows}
-    json.dump(out, open(os.path.join(OUT, "dense_h100.json"), "w"), indent=1)
-    json.dump(cfgs, open(os.path.join(OUT, "dense_configs_h100.json"), "w"), indent=1)
+    json.dump(out, open(os.path.join(OUT, f"dense_{GPU_SLUG}.json"), "w"), indent=1)
+    json.dump(cfgs, open(os.path.join(OUT, f"dense_configs_{GPU_SLUG}.json"), "w"), indent=1)
     summary(out)
 
 
@@ -306,7 +308,7 @@ def summary(out: dict) -> None:
         print(f"GemLite {gl.get('version')}: kernel-floor rel. error vs ours, same operands: {gl.get('check_rel_err')}")
     for d in out["decode"]:
         print(f"decode {d['kernel']:22s} {d['N']}x{d['K']}: {d['GBps']:.0f} GB/s = {d['frac_ref']:.2f} of reference")
-    json.dump(out, open(os.path.join(OUT, "dense_h100.json"), "w"), indent=1)
+    json.dump(out, open(os.path.join(OUT, f"dense_{GPU_SLUG}.json"), "w"), indent=1)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
 - Timing: inside CUDA graphs (``do_bench_cudagraph``), each kernel run over enough copies of its
   weights to exceed 256 MB, so every call reads from HBM (L2 is 50 MB); time per call = graph / copies.
   Operands are random valid codes and scales (speed does not depend on the values).
-- Our kernel is tuned per (shape, M, format) over ``candidates()`` with that same rotated timing.
+- Our kernel is tuned per (shape, M, format) over ``candidates()`` with that same rotated timing; the
+  shape's default config (``wo_gemm.default_config``, what a plan without a table row runs) is timed
+  too (``default_us``): tuned vs default.
 - Reference bandwidth, same run: 1 GiB device-to-device copy (read + write, ``do_bench``) and bf16
   matmul weight bytes/s at M = 1 on (24576, 7168) with rotation; floors divide by the larger.
 
@@ -37,6 +39,7 @@ from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime.kernels import wo_format as wf  # noqa: E402
 from quantc.runtime.kernels import wo_gemm as wg  # noqa: E402
 from bench import peers_gemlite as PG  # noqa: E402
+from bench import wo_summary  # noqa: E402
 
 T0 = time.time()
 CAP = float(os.environ.get("BENCH_CAP_S", "300"))
@@ -175,10 +178,14 @@ def bench_shapes():
                 if best is None:
                     continue
                 t, cfg = best
+                dflt = wg.default_config(m, n, k, SMS, int4=key.startswith("int4"))
+                dflt_us = t if dflt == cfg else rotated_us(lambda i: wg.launch(x, ws[i], dflt), len(ws))
                 nbytes = ws[0].nbytes()
                 row[key] = {"us": t, "kernel": "planes" if wg.uses_planes(m, ws[0].fmt) else "mma4",
                             "cfg": [cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages,
                                     cfg.split_k],
+                            "default_us": dflt_us, "default_cfg": [dflt.block_m, dflt.block_n, dflt.block_k,
+                                                                   dflt.num_warps, dflt.num_stages, dflt.split_k],
                             "over_bf16": row["bf16_us"] / t if row["bf16_us"] else None,
                             "over_tinygemm": row.get("tinygemm_us") / t if row.get("tinygemm_us") else None,
                             **({"over_gemlite": row["gemlite_us"] / t} if key == "int4_group_128" and row.get("gemlite_us") else {}),
@@ -211,35 +218,9 @@ def check_gemlite():
 
 
 def summarize():
-    s = {}
-    for key in FORMATS:
-        for m in MS:
-            rows = [r for r in res["rows"] if r["M"] == m and key in r]
-            if not rows:
-                continue
-            sp = [r[key]["over_bf16"] for r in rows if r[key]["over_bf16"]]
-            large = [r[key]["over_bf16"] for r in rows if (r["N"], r["K"]) in LARGE and r[key]["over_bf16"]]
-            bw = [r[key]["frac_ref_bw"] for r in rows if (r["N"], r["K"]) in LARGE]
-            s[f"{key}/M{m}"] = {
-                "geomean_over_bf16": math.exp(sum(map(math.log, sp)) / len(sp)) if sp else None,
-                "min_over_bf16": min(sp) if sp else None, "large_min_over_bf16": min(large) if large else None,
-                "large_min_frac_ref_bw": min(bw) if bw else None,
-                "geomean_over_tinygemm": (lambda v: math.exp(sum(map(math.log, v)) / len(v)) if v else None)(
-                    [r[key]["over_tinygemm"] for r in rows if r[key]["over_tinygemm"]]),
-            }
-    tiny = [r["bf16_us"] / r["tinygemm_us"] for r in res["rows"] if r["M"] == 1 and r.get("tinygemm_us")]
-    for m in MS:
-        gl = [r["int4_group_128"]["over_gemlite"] for r in res["rows"]
-              if r["M"] == m and r.get("int4_group_128", {}).get("over_gemlite")]
-        if gl:
-            s[f"int4_group_128/M{m}_over_gemlite"] = {"geomean": math.exp(sum(map(math.log, gl)) / len(gl)),
-                                                      "worst": min(gl), "best": max(gl), "n": len(gl)}
-    if not any(k_.endswith("_over_gemlite") for k_ in s):
-        s["gemlite"] = f"no GemLite column: {res.get('gemlite', {}).get('error') or 'no rows timed'}"
-    s["tinygemm/M1_geomean_over_bf16"] = math.exp(sum(map(math.log, tiny)) / len(tiny)) if tiny else None
-    res["summary"] = s
+    res["summary"] = wo_summary.summarize(res["rows"], FORMATS, MS, LARGE, res.get("gemlite", {}).get("error"))
     save()
-    for k_, v in s.items():
+    for k_, v in res["summary"].items():
         print(k_, v, flush=True)
 
 

@@ -10,14 +10,14 @@ in CI containers, anywhere; use it to choose tiles before spending GPU time.
 Per line: format, BLOCK_M x BLOCK_N x BLOCK_K, warps, split, loop instructions per weight element
 per thread, integer-pipe share, tensor-core instructions, and "smem" when the tile takes the detour.
 
-What it showed (triton 3.9 here, 3.6 on the GPU image): mxfp4 and nvfp4 keep the decoded tile in
-registers on every decode tile; int4 (bf16 scales, per-tile or per-element) stages it through shared
-memory, and so does an e2m1 decode given bf16 scales, while int4 given e8m0 scales does not: the
-layout pass reaches the MMA operand layout only through the fp4 scale path. That is why int4 g128 runs
-slower than mxfp4 on the H100 (bench/results/wo_h100.json) despite ~40% fewer instructions per element.
-Reading int4's bf16 scales as two bytes each (a uint8 view, recombined in the kernel) and scaling the
-bf16 tile per element kept the tile in registers in a trial compile (3.7-4.3 instructions per element
-at BLOCK_K = 256); not adopted until a GPU run times it.
+    python bench/kernel_sass.py --kernel planes --fmt int4 --bn 32 64 --bk 128 --warps 2   # wo_planes
+    ONE_ROW=1 python bench/kernel_sass.py --kernel planes ...   # the M = 1 variant (x loaded once)
+
+What it showed (triton 3.9 here, 3.6 on the GPU image): in ``wo_mma4`` mxfp4 and nvfp4 keep the decoded
+tile in registers, int4 (bf16 scales) stages it through shared memory (a barrier per K step): Triton
+cannot carry the MMA operand layout back through the join/reshape of the eight nibbles. ``wo_planes``
+has no reshape and keeps every format in registers at 2.5-3.0 (int4) and 4.2-4.6 (e2m1) instructions
+per element; on the H100 it runs int4 decode 1.35-1.6x faster (bench/results/wo_h100.json).
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """`quantc tune --plan` without the CLI (typer's argument parsing imports pydantic, which GPU images may
 lack): tune every kernel of compiled plans on this GPU into one table folder.
 
-    python3 bench/tune_plan.py OUT_DIR plan.json [plan2.json ...] [--m-buckets 1,16,64] [--small]
+    python3 bench/tune_plan.py OUT_DIR plan.json [plan2.json ...] [--m-buckets 1,16,64] [--kernels moe_,fp8_]
+        [--small]
+
+``--kernels``: comma-separated kernel-id prefixes to tune (default: every kernel of the plans).
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("plans", nargs="+")
     ap.add_argument("--m-buckets", default="")
+    ap.add_argument("--kernels", default="")
     ap.add_argument("--small", action="store_true")
     args = ap.parse_args()
     wanted = {int(b) for b in args.m_buckets.split(",") if b}
     buckets = tuple(b for b in M_BUCKETS if not wanted or b[0] in wanted or b[1] in wanted)
     for path in args.plans:
         plan = load_plan(path)
-        stats = tune(jobs_from_plan(plan, buckets), GPUS[plan.target["gpu"]], args.out, small=args.small,
+        prefixes = tuple(k for k in args.kernels.split(",") if k)
+        jobs = [j for j in jobs_from_plan(plan, buckets) if not prefixes or j.kernel.startswith(prefixes)]
+        stats = tune(jobs, GPUS[plan.target["gpu"]], args.out, small=args.small,
                      progress=sys.stderr.isatty())
         print(path, stats, flush=True)
 

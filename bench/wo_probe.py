@@ -1,9 +1,13 @@
-"""Probe the 4-bit weight-only kernel at decode on a GPU: a wide config sweep per (shape, format, M), and
-a single-config mode to run under Nsight Compute. Timing as bench_wo.py (CUDA graphs, weights rotated
-past L2). Used to choose what to change in the kernel; bench_wo.py is the reference benchmark.
+"""Probe the 4-bit weight-only kernels at decode on a GPU: a config sweep per (shape, format, M) over
+both kernels (``mma4``, ``planes``: each run directly, whatever wo_gemm's policy would pick), and a
+single-config mode to run under Nsight Compute. Timing as bench_wo.py (CUDA graphs, weights rotated
+past L2), every kernel checked against the reference first. Used to choose what to change in the
+kernels; bench_wo.py is the reference benchmark.
 
-    python bench/wo_probe.py sweep                       # PROBE_SHAPES, PROBE_FMTS, PROBE_MS env
-    python bench/wo_probe.py one planes int4_group_128 28672 4096 1 16,128,128,4,3,2   # for ncu
+    python bench/wo_probe.py sweep     # env: PROBE_SHAPES, PROBE_FMTS, PROBE_MS, PROBE_KERNELS,
+                                       #      PROBE_STAGES, PROBE_SPLIT_MULT, PROBE_CAP_S
+    ncu --clock-control none -k regex:_wo_planes python bench/wo_probe.py one planes int4_group_128 \
+        28672 4096 1 16,32,128,2,4,1
 
 Writes $OUT/wo_probe_<device>.json (sweep).
 """

@@ -1,4 +1,4 @@
-"""The GPU build of the 4-bit weight-only kernel, checked without a GPU: Triton compiles it for sm_90
+"""The GPU build of the 4-bit weight-only kernels (wo_mma4, wo_planes), checked without a GPU: Triton compiles it for sm_90
 (Hopper) with its bundled ptxas, so the inline PTX of the nibble decode is assembled for real. The
 interpreter (every other runtime test) never sees that PTX. A subprocess, since the interpreter
 switch is read when triton.jit runs."""
@@ -16,37 +16,46 @@ SCRIPT = textwrap.dedent("""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from quantc.runtime.kernels import wo_mma4
+    from quantc.runtime.kernels import wo_mma4, wo_planes
 
     SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32",
            "out_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_wn": "i32",
            "stride_sn": "i32", "stride_om": "i32"}
     out = []
-    for fmt, sfmt, group, zero, sdt, bm, bn, bk, split, swap in json.loads(sys.argv[1]):
+    for fmt, sfmt, group, zero, sdt, bm, bn, bk, split, extra in json.loads(sys.argv[1]):
         sig = dict(SIG, s_ptr=sdt)
+        kernel = extra.pop("kernel", "mma4")
+        warps = extra.pop("warps", 4)
         ce = dict(FMT=fmt, SFMT=sfmt, GROUP=group, HAS_ZERO=zero, HAS_GLOBAL=fmt == 2 and sfmt == 1,
-                  BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, SWAP=swap, ASM=True, UPCAST=False)
+                  BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, ASM=True, UPCAST=False, **extra)
         sig.update({k: "constexpr" for k in ce})
         attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG) if a != "M"}
-        c = triton.compile(ASTSource(wo_mma4._wo_mma4_kernel, sig, constexprs=ce, attrs=attrs),
-                           target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 3})
+        fn = wo_mma4._wo_mma4_kernel if kernel == "mma4" else wo_planes._wo_planes_kernel
+        c = triton.compile(ASTSource(fn, sig, constexprs=ce, attrs=attrs),
+                           target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": 3})
         ptx = c.asm["ptx"]
         out.append({"lop3": len(re.findall(r"lop3\\.b32", ptx)), "bf16x2": len(re.findall(r"bf16x2", ptx)),
                     "local": len(re.findall(r"\\.local", ptx)), "mma": bool(re.search(r"mma|wgmma", ptx))})
     print(json.dumps(out))
 """)
 
-CASES = [  # fmt, sfmt, group, zero, scale dtype, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, SWAP
-    (1, 1, 128, False, "*bf16", 16, 64, 128, 4, False),    # int4 g128 decode
-    (1, 1, 128, False, "*bf16", 16, 64, 128, 1, True),     # swap-AB (weights as the wgmma A operand)
-    (1, 1, 32, True, "*bf16", 64, 128, 128, 1, False),     # int4 g32 with zero points, prefill tile
-    (2, 2, 32, False, "*u8", 16, 64, 256, 4, False),       # mxfp4
-    (2, 1, 16, False, "*fp8e4nv", 16, 64, 128, 1, False),  # nvfp4
+_MMA4 = {"SWAP": False}
+_PLANES = {"kernel": "planes", "warps": 2, "FOLD": False, "ONE_ROW": False}
+CASES = [  # fmt, sfmt, group, zero, scale dtype, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, kernel constexprs
+    (1, 1, 128, False, "*bf16", 16, 64, 128, 4, _MMA4),                 # int4 g128 decode
+    (1, 1, 128, False, "*bf16", 16, 64, 128, 1, {"SWAP": True}),        # swap-AB (weights as the MMA A)
+    (1, 1, 32, True, "*bf16", 64, 128, 128, 1, _MMA4),                  # int4 g32 with zero points, prefill
+    (2, 2, 32, False, "*u8", 16, 64, 256, 4, _MMA4),                    # mxfp4
+    (2, 1, 16, False, "*fp8e4nv", 16, 64, 128, 1, _MMA4),               # nvfp4
+    (1, 1, 128, False, "*bf16", 16, 32, 128, 4, dict(_PLANES, ONE_ROW=True)),  # planes: int4 at M = 1
+    (1, 1, 64, True, "*bf16", 16, 64, 128, 1, _PLANES),                 # planes: int4 g64 zero points
+    (2, 2, 32, False, "*u8", 16, 64, 128, 2, _PLANES),                  # planes: mxfp4
+    (2, 1, 16, False, "*fp8e4nv", 16, 64, 128, 1, dict(_PLANES, FOLD=True, ONE_ROW=True)),  # nvfp4, folded
 ]
 
 
 @pytest.mark.timeout(300)
-def test_wo_mma4_compiles_for_hopper_with_the_ptx_decode():
+def test_wo_kernels_compile_for_hopper_with_the_ptx_decode():
     try:
         from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
     except ImportError:

@@ -89,10 +89,19 @@ def decode_planes(words, FMT: tl.constexpr, SIGNED: tl.constexpr, FOLD: tl.const
         return tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,=r,=r,=r,=r,r,r", [words], dtype=(tl.bfloat16,) * 8,
                                          is_pure=True, pack=2)
     else:
-        v = tuple(_nibble_value((words >> (4 * j)) & 15, FMT, SIGNED) for j in range(8))
+        v0 = _nibble_value(words & 15, FMT, SIGNED)
+        v1 = _nibble_value((words >> 4) & 15, FMT, SIGNED)
+        v2 = _nibble_value((words >> 8) & 15, FMT, SIGNED)
+        v3 = _nibble_value((words >> 12) & 15, FMT, SIGNED)
+        v4 = _nibble_value((words >> 16) & 15, FMT, SIGNED)
+        v5 = _nibble_value((words >> 20) & 15, FMT, SIGNED)
+        v6 = _nibble_value((words >> 24) & 15, FMT, SIGNED)
+        v7 = _nibble_value((words >> 28) & 15, FMT, SIGNED)
         if FOLD:  # fp32 (the interpreter computes in fp32): 0.5 * 2**-126 is an fp32 subnormal, exact
-            v = tuple(p.to(tl.float32) * 1.1754943508222875e-38 for p in v)  # 2**-126
-        return v
+            f = 1.1754943508222875e-38  # 2**-126
+            return (v0.to(tl.float32) * f, v1.to(tl.float32) * f, v2.to(tl.float32) * f, v3.to(tl.float32) * f,
+                    v4.to(tl.float32) * f, v5.to(tl.float32) * f, v6.to(tl.float32) * f, v7.to(tl.float32) * f)
+        return v0, v1, v2, v3, v4, v5, v6, v7
 
 
 @triton.jit
@@ -155,7 +164,8 @@ def _wo_planes_kernel(
             s2 = _word_scales(s_ptr, s_rows, n_mask, k0, SFMT, GROUP, BLOCK_N, BKW, FOLD)
             if HAS_ZERO:  # exact codes minus the zero point, then scaled (as the reference's bf16 operand)
                 z2 = _word_zeros(z_ptr, s_rows, n_mask, k0, GROUP, BLOCK_N, BKW).to(tl.float32 if UPCAST else tl.bfloat16)
-                v = tuple(p.to(z2.dtype) - z2 for p in v)
+                v = (v[0].to(z2.dtype) - z2, v[1].to(z2.dtype) - z2, v[2].to(z2.dtype) - z2, v[3].to(z2.dtype) - z2,
+                     v[4].to(z2.dtype) - z2, v[5].to(z2.dtype) - z2, v[6].to(z2.dtype) - z2, v[7].to(z2.dtype) - z2)
             if UPCAST:
                 s2 = s2.to(tl.float32)
         if ONE_ROW:  # M = 1: load the row once; the MMA's other 15 rows repeat it and are never stored

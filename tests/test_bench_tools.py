@@ -1,0 +1,77 @@
+"""bench/results_to_table.py and bench/wo_summary.py: benchmark results -> shipped kernel tables and
+merged result files (no GPU: they only read JSON)."""
+
+import json
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import results_to_table as rt  # noqa: E402
+import wo_summary as ws  # noqa: E402
+
+
+def _wo_row(n, k, m, us=10.0, cfg=(16, 32, 128, 2, 4, 1)):
+    entry = {"us": us, "cfg": list(cfg), "over_bf16": 2.0, "over_tinygemm": 1.1, "frac_ref_bw": 0.6}
+    return {"N": n, "K": k, "M": m, "bf16_us": 2 * us, "tinygemm_us": 1.1 * us,
+            "int4_group_128": dict(entry, over_gemlite=1.2), "mxfp4": dict(entry, us=us + 1), "nvfp4": dict(entry)}
+
+
+def _run(device="NVIDIA H200", rows=()):
+    return {"device": device, "torch": "2.11.0+cu130", "triton": "3.6.0", "copy_GBps": 4200.0, "ref_GBps": 4200.0,
+            "rows": list(rows), "check": [{"ok": True}], "notes": []}
+
+
+def test_wo_results_become_table_entries_with_h100_defaults_for_their_kernels(tmp_path):
+    path = tmp_path / "h200.json"
+    wo = tmp_path / "wo.json"
+    wo.write_text(json.dumps(_run(rows=[_wo_row(4096, 4096, 1), _wo_row(4096, 4096, 16, cfg=(16, 64, 128, 2, 4, 9))])))
+    dense = tmp_path / "dense.json"
+    dense.write_text(json.dumps({**_run(), "rows": [{"kernel": "fp8_scaled_gemm", "n": 4096, "k": 4096, "m_max": 1,
+                                                      "block_m": 16, "block_n": 64, "block_k": 128, "group_m": 8,
+                                                      "num_warps": 4, "num_stages": 4, "split_k": 2, "us": 7.5}]}))
+    sys.argv = ["results_to_table", str(path), "--wo", str(wo), "--dense", str(dense)]
+    rt.main()
+    table = json.loads(path.read_text())
+    jsonschema.Draft202012Validator(json.loads((ROOT / "schemas" / "kernels.schema.json").read_text())).validate(table)
+    keys = [(e["kernel"], e["n"], e["k"], e["m_max"]) for e in table["entries"]]
+    assert keys == sorted(keys) and len(keys) == 5
+    int4 = [e for e in table["entries"] if e["kernel"] == "int4_weight_only_gemm"]
+    assert [(e["m_max"], e["block_n"], e["num_warps"], e["split_k"]) for e in int4] == [(1, 32, 2, 1), (16, 64, 2, 9)]
+    assert table["gpu"] == "h200" and table["device_name"] == "NVIDIA H200" and table["torch"] == "2.11.0"
+    # defaults only for kernels with entries: the others fall back to the H100 table in the compiler
+    assert sorted(table["defaults"]) == ["fp4_weight_only_gemm", "fp8_scaled_gemm", "int4_weight_only_gemm"]
+    # a second run replaces the same keys and keeps the rest
+    wo.write_text(json.dumps(_run(rows=[_wo_row(4096, 4096, 1, us=5.0)])))
+    sys.argv = ["results_to_table", str(path), "--wo", str(wo)]
+    rt.main()
+    again = json.loads(path.read_text())
+    assert len(again["entries"]) == 5
+    assert [e["time_us"] for e in again["entries"] if e["kernel"] == "int4_weight_only_gemm"] == [5.0, 10.0]
+
+
+def test_results_to_table_refuses_a_file_that_is_not_a_table(tmp_path):
+    path = tmp_path / "h200.json"
+    path.write_text('{"hello": 1}')
+    with pytest.raises(SystemExit, match="is not a quantc kernel table"):
+        rt.update(path, "h200", [], {})
+    assert path.read_text() == '{"hello": 1}'
+
+
+def test_wo_runs_merge_with_their_own_reference_and_a_summary(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_run(rows=[_wo_row(28672, 4096, 1), _wo_row(4096, 4096, 1)])))
+    b.write_text(json.dumps(_run(rows=[_wo_row(24576, 7168, 1, us=20.0)])))
+    merged = ws.merge([str(a), str(b)])
+    assert len(merged["rows"]) == 3 and [r["shapes"] for r in merged["runs"]] == [[(4096, 4096), (28672, 4096)],
+                                                                                 [(24576, 7168)]]
+    s = merged["summary"]["int4_group_128/M1"]
+    assert s["shapes"] == 3 and s["geomean_over_bf16"] == pytest.approx(2.0) and s["large_min_frac_ref_bw"] == 0.6
+    assert merged["summary"]["int4_group_128/M1_over_gemlite"]["n"] == 3
+    b.write_text(json.dumps(_run(device="NVIDIA H100 80GB HBM3", rows=[_wo_row(24576, 7168, 1)])))
+    with pytest.raises(SystemExit, match="different devices"):
+        ws.merge([str(a), str(b)])
