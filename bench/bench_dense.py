@@ -36,6 +36,7 @@ from quantc.plan import KernelConfig  # noqa: E402
 from quantc.runtime import quantize as Q  # noqa: E402
 from quantc.runtime.kernels.act_quant import quantize_activation  # noqa: E402
 from quantc.runtime.kernels.scaled_mm import scaled_mm  # noqa: E402
+from quantc.runtime.tables import default_config  # noqa: E402
 from bench import peers_gemlite as PG  # noqa: E402
 
 T0 = time.time()
@@ -209,12 +210,15 @@ def main() -> None:
                 t_best, c_best = min(res, key=lambda p: p[0])
                 r[kernel + "_us"] = t_best
                 r[kernel + "_cfg"] = [c_best.block_m, c_best.block_n, c_best.block_k, c_best.num_warps, c_best.num_stages]
+                dflt = default_config(kernel, M)  # what a plan without a table row runs: tuned vs default
+                t_dflt = next((t_ for t_, c in res if c == dflt), None) or bench(lambda: fn(dflt))
+                r[kernel + "_default_us"] = t_dflt
                 key = (kernel, bucket_of(M), N, K)
                 if key not in best or t_best < best[key][0]:
-                    best[key] = (t_best, c_best)
+                    best[key] = (t_best, c_best, t_dflt)
             # module level at small M: bf16 in, quantization fused, vs torch quant + _scaled_mm
             if M <= 64:
-                c = best[("fp8_scaled_gemm", bucket_of(M), N, K)][1]
+                c = best[("fp8_scaled_gemm", bucket_of(M), N, K)][1]  # (time, config, default time)
                 r["module_fp8_row_us"] = bench(lambda: scaled_mm(x, w8, s8, "fp8_per_channel", "fp8_dynamic_per_token", c))
 
                 def peer_module():
@@ -260,8 +264,9 @@ def main() -> None:
 
     rows = [{"kernel": k, "n": n_, "k": k_, "m_max": next(m for m, nm in BUCKETS if nm == b), "block_m": c.block_m,
              "block_n": c.block_n, "block_k": c.block_k, "group_m": c.group_m, "num_warps": c.num_warps,
-             "num_stages": c.num_stages, "split_k": c.split_k, "us": round(t_, 2)}
-            for (k, b, n_, k_), (t_, c) in sorted(best.items(), key=lambda it: (it[0][0], it[0][2], it[0][3], it[0][1]))]
+             "num_stages": c.num_stages, "split_k": c.split_k, "us": round(t_, 2),
+             **({"default_us": round(t_d, 2)} if t_d else {})}
+            for (k, b, n_, k_), (t_, c, t_d) in sorted(best.items(), key=lambda it: (it[0][0], it[0][2], it[0][3], it[0][1]))]
     cfgs = {"device": out["device"], "torch": out["torch"], "triton": out["triton"], "rows": rows}
     json.dump(out, open(os.path.join(OUT, f"dense_{GPU_SLUG}.json"), "w"), indent=1)
     json.dump(cfgs, open(os.path.join(OUT, f"dense_configs_{GPU_SLUG}.json"), "w"), indent=1)

@@ -52,6 +52,8 @@ def dense_entries(result: dict) -> list[dict]:
     for r in result["rows"]:
         row = {k: r[k] for k in ("kernel", "n", "k", "m_max")}
         row.update({f: r[f] for f in CONFIG_FIELDS}, time_us=r["us"])
+        if r.get("default_us"):
+            row["default_time_us"] = r["default_us"]
         out.append(row)
     return out
 

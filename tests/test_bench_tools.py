@@ -33,7 +33,8 @@ def test_wo_results_become_table_entries_with_h100_defaults_for_their_kernels(tm
     dense = tmp_path / "dense.json"
     dense.write_text(json.dumps({**_run(), "rows": [{"kernel": "fp8_scaled_gemm", "n": 4096, "k": 4096, "m_max": 1,
                                                       "block_m": 16, "block_n": 64, "block_k": 128, "group_m": 8,
-                                                      "num_warps": 4, "num_stages": 4, "split_k": 2, "us": 7.5}]}))
+                                                      "num_warps": 4, "num_stages": 4, "split_k": 2, "us": 7.5,
+                                                      "default_us": 9.0}]}))
     sys.argv = ["results_to_table", str(path), "--wo", str(wo), "--dense", str(dense)]
     rt.main()
     table = json.loads(path.read_text())
@@ -43,6 +44,9 @@ def test_wo_results_become_table_entries_with_h100_defaults_for_their_kernels(tm
     int4 = [e for e in table["entries"] if e["kernel"] == "int4_weight_only_gemm"]
     assert [(e["m_max"], e["block_n"], e["num_warps"], e["split_k"]) for e in int4] == [(1, 32, 2, 1), (16, 64, 2, 9)]
     assert table["gpu"] == "h200" and table["device_name"] == "NVIDIA H200" and table["torch"] == "2.11.0"
+    fp8 = next(e for e in table["entries"] if e["kernel"] == "fp8_scaled_gemm")
+    assert (fp8["time_us"], fp8["default_time_us"], fp8["split_k"]) == (7.5, 9.0, 2)
+    assert all("default_time_us" not in e for e in int4)  # the wo rows here carry no default time
     # defaults only for kernels with entries: the others fall back to the H100 table in the compiler
     assert sorted(table["defaults"]) == ["fp4_weight_only_gemm", "fp8_scaled_gemm", "int4_weight_only_gemm"]
     # a second run replaces the same keys and keeps the rest

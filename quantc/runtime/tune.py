@@ -7,6 +7,9 @@ against the output of the kernel's default config (itself tested against the pla
 in tests/runtime) before it is timed; a candidate that fails to compile or run, or disagrees, is
 dropped. On a GPU the time is the median of ``triton.testing.do_bench`` (CUDA-graph replay where it
 captures); on the CPU interpreter the flow runs the same, with wall-clock times that mean nothing.
+A dense job's weight buffers are copied until the copies pass ``ROTATE_BYTES`` (twice an H100's or
+H200's 50 MB L2) and each timed call cycles through them, so a decode-sized job reads its weights
+from HBM as it does in a model, not from L2 (shared/BENCH.md); time per call = total / copies.
 
 A MoE job (``quantc.tune`` says what it holds) gets ``num_experts`` random expert weights quantized
 with the runtime's quantizers (``wo_format.quantize``, as ``apply`` does), ``m`` tokens with seeded
@@ -29,7 +32,7 @@ from quantc.plan import KernelConfig
 
 from .quantize import quantize_weight
 from .registry import LAUNCHERS
-from .tables import default_config
+from .tables import bucket_lookup, default_buckets, pick
 
 
 @dataclass
@@ -37,6 +40,17 @@ class Operands:
     x: torch.Tensor
     buffers: list
     reference: torch.Tensor
+    rotation: list = field(default_factory=list)  # more copies of ``buffers`` (timing only)
+
+
+ROTATE_BYTES = 128 << 20
+
+
+def rotation_copies(nbytes: int, device: str, budget: int = ROTATE_BYTES) -> int:
+    """How many copies of a weight of ``nbytes`` the timed loop cycles through (1: no rotation)."""
+    if device != "cuda" or nbytes <= 0:
+        return 1
+    return max(1, min(64, -(-budget // nbytes)))
 
 
 @dataclass
@@ -62,8 +76,9 @@ def make_operands(job, device: str):
     launcher = LAUNCHERS[job.kernel]
     buffers = [t.to(device) for t in launcher.prepare(tensors, job.weight_key, job.n, job.k).values()]
     x = x.to(device)
-    ref = launcher.run(x, buffers, default_config(job.kernel, job.m), job.weight_key, job.activation_key, None)
-    return Operands(x, buffers, ref)
+    ref = launcher.run(x, buffers, job_default(job), job.weight_key, job.activation_key, None)
+    copies = rotation_copies(sum(b.numel() * b.element_size() for b in buffers), device)
+    return Operands(x, buffers, ref, [[b.clone() for b in buffers] for _ in range(copies - 1)])
 
 
 def _moe_default(job) -> KernelConfig:
@@ -75,7 +90,12 @@ def _moe_default(job) -> KernelConfig:
 
 
 def job_default(job) -> KernelConfig:
-    return _moe_default(job) if job.num_experts else default_config(job.kernel, job.m)
+    """The config a module of this job runs without a table row: MoE as QuantMoE picks it; dense from
+    the kernel's default buckets, shape-aware for the 4-bit weight-only kernels (their split-K depends
+    on N and K), as apply() builds them."""
+    if job.num_experts:
+        return _moe_default(job)
+    return pick(*bucket_lookup(default_buckets(job.kernel, job.n, job.k)), job.m)
 
 
 def _moe_operands(job, device: str) -> MoeOperands:
@@ -143,7 +163,15 @@ def measure(job, cfg: KernelConfig, ops: Operands, device: str, rtol: float = 2e
     err = (out.float() - ops.reference.float()).norm() / ops.reference.float().norm().clamp_min(1e-6)
     if not torch.isfinite(err) or float(err) > rtol:
         return None
-    return _time_us(fn, device)
+    if job.num_experts or not ops.rotation:
+        return _time_us(fn, device)
+    every = [ops.buffers, *ops.rotation]
+
+    def rotated():
+        for buffers in every:
+            launcher.run(ops.x, buffers, cfg, job.weight_key, job.activation_key, None)
+
+    return _time_us(rotated, device) / len(every)
 
 
 def tune(jobs, gpu, out_dir: str | Path, *, small: bool = False, progress: bool = True, device: str | None = None) -> dict:

@@ -366,3 +366,38 @@ def test_cli_tune_reads_top_k_from_the_model(tmp_path, monkeypatch):
     bad = CliRunner().invoke(cli.app, ["tune", str(tmp_path / "moe.yaml"), "--model", str(tmp_path / "config.json"),
                                        "--kernels", "moe_fp9"])
     assert bad.exit_code == 2 and "not tunable kernel(s) moe_fp9" in bad.output and "moe_weight_only" in bad.output
+
+
+def test_dense_timing_cycles_through_weight_copies_past_l2(monkeypatch):
+    """A decode-sized job's weights fit the 50 MB L2; the timed loop cycles through copies (as bench_wo
+    does) and reports time per call. Simulated on the CPU: the clock returns 120 us per loop."""
+    import quantc.runtime.tune as rtune
+
+    assert rtune.rotation_copies(8 << 20, "cuda") == 16 and rtune.rotation_copies(512 << 20, "cuda") == 1
+    assert rtune.rotation_copies(1 << 10, "cuda") == 64 and rtune.rotation_copies(8 << 20, "cpu") == 1
+    job = TuneJob("int4_weight_only_gemm", 64, 128, "int4_group_128", "none", 1, 1)
+    ops = rtune.make_operands(job, "cpu")
+    assert ops.rotation == []
+    ops.rotation = [[b.clone() for b in ops.buffers] for _ in range(3)]
+    seen = []
+    real = rtune.LAUNCHERS[job.kernel].run
+    monkeypatch.setitem(rtune.LAUNCHERS, job.kernel, type("L", (), {"run": staticmethod(
+        lambda x, buffers, *a: seen.append(buffers[0].data_ptr()) or real(x, buffers, *a))}))
+
+    def clock(fn, device):
+        fn()
+        return 120.0
+
+    monkeypatch.setattr(rtune, "_time_us", clock)
+    us = rtune.measure(job, rtune.job_default(job), ops, "cpu")
+    assert us == 30.0  # 120 us over 4 copies
+    assert len(set(seen[1:])) == 4 and seen[0] == seen[1]  # the check ran on the first copy, then all four
+
+
+def test_the_default_a_4bit_job_is_compared_with_is_the_shape_aware_one():
+    from quantc.runtime.kernels.wo_gemm import default_config as wo_default
+    from quantc.runtime.tune import job_default
+
+    for m, n, k in ((1, 4096, 14336), (16, 28672, 4096), (64, 4096, 4096)):
+        job = TuneJob("int4_weight_only_gemm", n, k, "int4_group_128", "none", m, m)
+        assert job_default(job) == wo_default(m, n, k, int4=True)
