@@ -181,7 +181,7 @@ def bench_shapes():
                 dflt = wg.default_config(m, n, k, SMS, int4=key.startswith("int4"))
                 dflt_us = t if dflt == cfg else rotated_us(lambda i: wg.launch(x, ws[i], dflt), len(ws))
                 nbytes = ws[0].nbytes()
-                row[key] = {"us": t, "kernel": "planes" if wg.uses_planes(m, ws[0].fmt) else "mma4",
+                row[key] = {"us": t, "kernel": "planes" if wg.uses_planes(m, ws[0].fmt, k) else "mma4",
                             "cfg": [cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages,
                                     cfg.split_k],
                             "default_us": dflt_us, "default_cfg": [dflt.block_m, dflt.block_n, dflt.block_k,

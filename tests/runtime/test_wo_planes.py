@@ -116,3 +116,19 @@ def test_decode_defaults_and_candidates_follow_the_kernel():
     assert {c.block_k for c in both} >= {128, 256, 512}
     assert {c.block_k for c in wg.candidates(8, 4096, 4096, int4=True)} == {128}
     assert 128 not in {c.block_k for c in wg.candidates(8, 4096, 4096, int4=False)}
+
+
+def test_k_that_is_not_a_multiple_of_128_runs_mma4(monkeypatch):
+    """gpt-oss has K = 2880: the planes kernel's 16-deep planes need K % 128 == 0, so M = 1 goes to
+    mma4 there (and the planes launcher refuses such K with the reason)."""
+    torch.manual_seed(11)
+    w = wf.quantize(torch.randn(32, 2880), "mxfp4")
+    x = torch.randn(1, 2880).bfloat16()
+    assert not wg.uses_planes(1, w.fmt, 2880) and wg.uses_planes(1, w.fmt, 3072)
+    seen = []
+    real = wg.launch_mma4
+    monkeypatch.setattr(wg, "launch_mma4", lambda x, w, c: seen.append("mma4") or real(x, w, c))
+    assert _rel_err(wg.launch(x, w, wg.default_config(1, 32, 2880)), wg.reference(x, w)) < TOL
+    assert seen == ["mma4"]
+    with pytest.raises(ValueError, match="multiple of 128, got K = 2880"):
+        wp.launch_planes(x, w, wg.default_config(1, 32, 2880))

@@ -28,14 +28,15 @@ from .wo_mma4 import launch_mma4
 from .wo_planes import launch_planes
 
 
-def uses_planes(m: int, fmt: int) -> bool:
-    """Which kernel runs M rows of a weight of format ``fmt``: see the module docstring."""
-    return m == 1 or (m <= 16 and fmt == INT4)
+def uses_planes(m: int, fmt: int, k: int) -> bool:
+    """Which kernel runs M rows of a weight of format ``fmt``: see the module docstring. The planes
+    kernel needs 128-element K tiles (16-deep planes); K = 2880 (gpt-oss) and the like run mma4."""
+    return (m == 1 or (m <= 16 and fmt == INT4)) and k % 128 == 0
 
 
 def _launch(x2, data, scale, zeros, gscale, fmt, sfmt, pack, group, row_block, n, cfg) -> torch.Tensor:
     w = WoWeight(fmt, n, x2.shape[1], data, scale, sfmt, group, row_block, zeros, gscale)
-    if uses_planes(x2.shape[0], fmt):
+    if uses_planes(x2.shape[0], fmt, x2.shape[1]):
         return launch_planes(x2, w, cfg)
     return launch_mma4(x2, w, cfg)
 

@@ -211,9 +211,12 @@ def fold_ok(w) -> bool:
 
 
 def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None) -> torch.Tensor:
-    """bf16 (M, K) x 4-bit WoWeight (N, K) -> bf16 (M, N). BLOCK_K >= 128 (16-deep planes)."""
+    """bf16 (M, K) x 4-bit WoWeight (N, K) -> bf16 (M, N). K a multiple of 128: every plane of a tile
+    is at least 16 deep, the MMA's K (``wo_gemm.uses_planes`` sends other K to wo_mma4)."""
     m, k = x2.shape
     n = w.n
+    if k % 128:
+        raise ValueError(f"the planes kernel needs K a multiple of 128, got K = {k}")
     bk = tile_k(k, max(128, cfg.block_k))
     bm = 16 if m <= 16 else max(16, cfg.block_m)
     bn = max(16, cfg.block_n)
