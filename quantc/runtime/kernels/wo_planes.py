@@ -5,14 +5,19 @@ reaches the tensor cores. A (BLOCK_N, BLOCK_K/8) tile of int32 words is decoded 
 plane j holds nibble j of every word, i.e. the elements k = 8c + j. Each plane is multiplied by the
 matching strided slice of x (x[:, 8c + j]) on the tensor cores, eight MMAs per tile, and the sums add
 up to the tile's dot product (a permutation of K inside the tile changes nothing). Nothing is joined
-or reshaped, so the decoded planes keep the layout of the loaded words: the MMA operand layout, two
-consecutive words per thread. One PTX block decodes a pair of words into eight bf16x2 registers, one
-per plane, exactly the registers the MMA takes: a ``prmt`` puts byte i of each word into a 16-bit
-lane, a ``lop3`` (int4) or shift+mask (e2m1) makes the bf16 value.
+or reshaped, so the decoded planes keep the layout of the loaded words, the MMA operand layout (two
+consecutive words per thread), and never pass through shared memory (``wo_mma4``'s int4 tile does:
+Triton cannot carry the operand layout back through its join/reshape). One PTX block decodes a pair
+of words into eight bf16x2 registers, one per plane, exactly the registers the MMA takes: a ``prmt``
+puts byte i of each word into a 16-bit lane, then int4 is one ``lop3`` (bf16 128 + c, with the sign
+flip of symmetric codes folded in) and one bf16x2 FMA (minus 136 or 128); e2m1 is shift and masks
+under the exponent, times 2**126.
 
-int4 with a group as long as the tile skips the bias removal: the planes hold 128 + c (c the unsigned
-code, c ^ 8 for symmetric weights) and the fp32 sum is corrected once per tile, minus (128 + z) *
-sum(x), then scaled. That leaves a prmt and a lop3 per two elements.
+ONE_ROW (M = 1): x is loaded once and broadcast to the MMA's 16 rows instead of moving 16 rows (15 of
+them zeros) through shared memory. FOLD (nvfp4): the 2**126 goes into the e4m3 scales (x 2**62) and
+the fp32 sums (x 2**64), exact; e8m0 scales cannot take it in bf16 for every code, so mxfp4 keeps the
+multiply. K must be a multiple of 128 (16-deep planes): ``wo_gemm.uses_planes`` sends other K to
+``wo_mma4``. Measured on the H100 and H200: bench/results/wo_h100.json, wo_h200.json.
 """
 
 from __future__ import annotations
@@ -25,30 +30,28 @@ from .nibble_decode import USE_ASM, _nibble_value
 from .wo_format import UPCAST_DOT, e8m0_bits_to_f32, group_scales_bf16
 from .wo_mma4 import split_workspace, store_or_reduce, tile_coords, tile_k
 
-# Two words $16 (column c) and $17 (column c + 1) -> eight bf16x2 registers $0..$7, register j holding
+# Two words $8 (column c) and $9 (column c + 1) -> eight bf16x2 registers $0..$7, register j holding
 # nibble j of word c (low lane) and of word c + 1 (high lane). prmt selector 0x4400 + 0x1111 * i fills
 # lane 0 with byte i of a (twice) and lane 1 with byte i of b (twice); masks keep the nibble wanted.
 _PLANES_INT4 = """
 {{
-.reg .b32 a, b, a4, b4, r;
-{prep}
+.reg .b32 a, b, a4, b4, r, one, off;
+mov.b32 one, 0x3F803F80;
+mov.b32 off, {off};
+mov.b32 a, $8;
+mov.b32 b, $9;
 shr.b32 a4, a, 4;
 shr.b32 b4, b, 4;
 """ + "".join(f"""prmt.b32 r, a, b, {0x4400 + 0x1111 * i:#06x};
 lop3.b32 $@{2 * i}, r, 0x000F000F, {{base}}, 0x6A;
 prmt.b32 r, a4, b4, {0x4400 + 0x1111 * i:#06x};
 lop3.b32 $@{2 * i + 1}, r, 0x000F000F, {{base}}, 0x6A;
-""" for i in range(4)).replace("$@", "$") + "{fix}}}\n"
-
-_FIX_INT4 = "".join(f"fma.rn.bf16x2 ${j}, ${j}, one, off;\n" for j in range(8))
-_ONE_OFF = (".reg .b32 one, off;\nmov.b32 one, 0x3F803F80;\nmov.b32 off, {off};\n"
-            "mov.b32 a, $8;\nmov.b32 b, $9;")
+""" for i in range(4)).replace("$@", "$") + "".join(f"fma.rn.bf16x2 ${j}, ${j}, one, off;\n" for j in range(8)) + "}}\n"
 # lop3 0x6A = (r & mask) ^ base: base 0x4308 ORs in the bf16 128.0 and flips bit 3 (c ^ 8 = q + 8 for a
 # symmetric code q) in one instruction; the fma then removes 136 (q) or 128 (the code, for zero points).
-PLANES_INT4_SYM = tl.constexpr(_PLANES_INT4.format(prep=_ONE_OFF.format(off="0xC308C308"), fix=_FIX_INT4,
-                                                   base="0x43084308"))
-PLANES_INT4_CODE = tl.constexpr(_PLANES_INT4.format(prep=_ONE_OFF.format(off="0xC300C300"), fix=_FIX_INT4,
-                                                    base="0x43004300"))
+PLANES_INT4_SYM = tl.constexpr(_PLANES_INT4.format(off="0xC308C308", base="0x43084308"))
+PLANES_INT4_CODE = tl.constexpr(_PLANES_INT4.format(off="0xC300C300", base="0x43004300"))
+
 
 # e2m1: put the nibble in bits 12-15 of each lane (byte i in the high byte; the low nibble of that byte
 # first moved up by a << 4), keep the sign at bit 15 and move the three exponent-mantissa bits from
