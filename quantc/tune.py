@@ -187,7 +187,8 @@ def _pow2_at_least(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
 
-# 4-bit weight-only GEMMs at decode: small two-warp programs and deep split-K win there (bench/wo_probe.py)
+# 4-bit weight-only GEMMs at decode: small one- and two-warp programs and deep split-K (bench/wo_probe.py:
+# two-warp programs won on the H100; one-warp ones hold fewer registers, not timed yet)
 DECODE_4BIT = ("int4_weight_only_gemm", "fp4_weight_only_gemm")
 
 
@@ -203,7 +204,7 @@ def search_space(job: TuneJob, gpu: Gpu, *, small: bool = False) -> list[KernelC
     if small:
         grid = itertools.product((16, 32), (32, 64), (32, 64), (4,), (2, 3), (1, 2))
     elif job.kernel in DECODE_4BIT and job.m <= 16:
-        grid = itertools.product((16,), (32, 64, 128), (128, 256), (2, 4), (3, 4), (1, 2, 4, 6, 8, 12, 16, 24))
+        grid = itertools.product((16,), (32, 64, 128), (128, 256), (1, 2, 4), (3, 4), (1, 2, 4, 6, 8, 12, 16, 24))
     else:
         grid = itertools.product((16, 32, 64, 128, 256), (32, 64, 128, 256), (64, 128, 256), (4, 8), (3, 4, 5), (1, 2, 4, 8))
     out = []
