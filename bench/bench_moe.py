@@ -6,7 +6,9 @@ Mixtral-8x7B; tokens T = 1, 16, 256, 4096, uniformly random distinct experts per
 - A correctness check first: QuantMoE for every MoE kernel id on a small layer against the per-expert
   plain-torch loop, on the GPU.
 - gate_up grouped GEMM alone: ours (bf16, activation fused) vs ``torch._grouped_mm`` (no activation);
-  ours fp8 per-channel W8A8 vs ``torch._scaled_grouped_mm`` rowwise, on the same pre-quantized operands.
+  ours fp8 per-channel W8A8 vs ``torch._scaled_grouped_mm`` rowwise, on the same pre-quantized operands;
+  ours mxfp4 weight-only (bf16 activations) vs ``torch._grouped_mm`` in bf16, with its weight bytes/s
+  (the 4-bit decode floor of issue 12).
 - The whole expert path (sorting, gate_up + activation, down, weighted sum): ours bf16, mxfp4
   weight-only and fp8 W8A8 (activation quantization included), vs a torch path of
   ``_grouped_mm`` gate_up, SiLU-and-mul, ``_grouped_mm`` down, weighted sum (its sorting not timed).
@@ -159,6 +161,8 @@ def bench():
             xq_tok, sx_tok = x.to(F8), torch.ones(t, 1, device=DEV)
             row["gate_up_ours_fp8_us"] = us(lambda: mg.grouped_gemm(xq_tok, sx_tok, F13, routing, a_div=k, act="silu",
                                                                     a_quant=1, a_group=0, cfg=cfg))
+            row["gate_up_ours_mxfp4_us"] = us(lambda: mg.grouped_gemm(x, None, M13, routing, a_div=k, act="silu",
+                                                                      a_quant=0, a_group=0, cfg=cfg))
 
             def torch_layer():
                 g = torch._grouped_mm(xs, w13.transpose(-2, -1), offs=offs, out_dtype=BF)
@@ -173,8 +177,11 @@ def bench():
                 row[f"layer_ours_{key}_us"] = us(lambda m=m: m.experts(x, tw, ids))
             act = row["active_experts"]
             fl = 2 * pairs * h * 2 * inter
+            # mxfp4 bytes: half a byte a weight plus an e8m0 scale per 32; its peer is torch's bf16 grouped GEMM
             for peer, ours, wbytes in (("gate_up_torch_grouped_mm_us", "gate_up_ours_bf16_us", act * 2 * inter * h * 2),
-                                       ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_us", act * 2 * inter * h)):
+                                       ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_us", act * 2 * inter * h),
+                                       ("gate_up_torch_grouped_mm_us", "gate_up_ours_mxfp4_us",
+                                        act * 2 * inter * h * 17 // 32)):
                 if row[peer] and row[ours]:
                     row[ours.replace("_us", "_over_torch")] = row[peer] / row[ours]
                     row[ours.replace("_us", "_tflops")] = fl / row[ours] / 1e6
