@@ -62,10 +62,13 @@ def compile_kernel(fmt: str, bm: int, bn: int, bk: int, split: int, warps: int, 
         constexprs["SWAP"] = False
     else:
         constexprs.update(FOLD=f == 2 and sfmt != 2, ONE_ROW=ONE_ROW)
+    if KERNEL == "persistent":
+        constexprs["NUM_STAGES"] = stages
     sig = dict(SIG, s_ptr=sdt, **{k: "constexpr" for k in constexprs})
     # the launcher's arguments are 16-aligned (Triton specializes them so at run time); M is not
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(SIG) if name != "M"}
-    fn = wo_mma4._wo_mma4_kernel if KERNEL == "mma4" else wo_planes._wo_planes_kernel
+    fn = {"mma4": wo_mma4._wo_mma4_kernel, "planes": wo_planes._wo_planes_kernel,
+          "persistent": wo_planes._wo_planes_persistent_kernel}[KERNEL]
     src = ASTSource(fn, sig, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
 
@@ -116,7 +119,7 @@ def main() -> None:
     p.add_argument("--warps", nargs="+", type=int, default=[4])
     p.add_argument("--stages", nargs="+", type=int, default=[3])
     p.add_argument("--split", type=int, default=1)
-    p.add_argument("--kernel", choices=("mma4", "planes"), default="mma4")
+    p.add_argument("--kernel", choices=("mma4", "planes", "persistent"), default="mma4")
     a = p.parse_args()
     global KERNEL
     KERNEL = a.kernel

@@ -30,7 +30,8 @@ SCRIPT = textwrap.dedent("""
                   BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, ASM=True, UPCAST=False, **extra)
         sig.update({k: "constexpr" for k in ce})
         attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG) if a != "M"}
-        fn = wo_mma4._wo_mma4_kernel if kernel == "mma4" else wo_planes._wo_planes_kernel
+        fn = {"mma4": wo_mma4._wo_mma4_kernel, "planes": wo_planes._wo_planes_kernel,
+              "persistent": wo_planes._wo_planes_persistent_kernel}[kernel]
         c = triton.compile(ASTSource(fn, sig, constexprs=ce, attrs=attrs),
                            target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": 3})
         ptx = c.asm["ptx"]
@@ -51,6 +52,7 @@ CASES = [  # fmt, sfmt, group, zero, scale dtype, BLOCK_M, BLOCK_N, BLOCK_K, SPL
     (1, 1, 64, True, "*bf16", 16, 64, 128, 1, _PLANES),                 # planes: int4 g64 zero points
     (2, 2, 32, False, "*u8", 16, 64, 128, 2, _PLANES),                  # planes: mxfp4
     (2, 1, 16, False, "*fp8e4nv", 16, 64, 128, 1, dict(_PLANES, FOLD=True, ONE_ROW=True)),  # nvfp4, folded
+    (1, 1, 128, False, "*bf16", 16, 32, 128, 2, dict(_PLANES, kernel="persistent", NUM_STAGES=3)),  # flattened
 ]
 
 

@@ -132,3 +132,23 @@ def test_k_that_is_not_a_multiple_of_128_runs_mma4(monkeypatch):
     assert seen == ["mma4"]
     with pytest.raises(ValueError, match="multiple of 128, got K = 2880"):
         wp.launch_planes(x, w, wg.default_config(1, 32, 2880))
+
+
+@pytest.mark.parametrize("key", ["int4_group_128", "int4_group_64_asym", "mxfp4", "nvfp4"])
+def test_persistent_planes_walk_every_item_once(key):
+    """The persistent variant (a few programs striding over (N tile, K slice) items; 4 programs under
+    the interpreter, so the loop wraps) gives the one-program-per-item result, including a last K
+    slice shorter than the others (K = 640: 5 tiles in slices of 2) and a ragged last N tile."""
+    torch.manual_seed(12)
+    n, k = 72, 640
+    w = wf.quantize(torch.randn(n, k), key)
+    for m in (1, 7):
+        x = torch.randn(m, k).bfloat16()
+        cfg = wg.WoConfig(16, 16, 128, num_warps=2, num_stages=3, split_k=3)
+        got = wp.launch_planes(x, w, cfg, persistent=True)
+        assert _rel_err(got, wg.reference(x, w)) < TOL, (key, m)
+        assert torch.allclose(got.float(), wp.launch_planes(x, w, cfg).float(), rtol=1e-2, atol=1e-2)
+    ws, cnt = wo_mma4.split_workspace(x.device, 0, 0)
+    assert ws.abs().max().item() == 0 and cnt.abs().max().item() == 0
+    with pytest.raises(ValueError, match="M <= 16 rows, got M = 17"):
+        wp.launch_planes(torch.randn(17, k).bfloat16(), w, cfg, persistent=True)

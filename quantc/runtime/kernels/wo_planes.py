@@ -141,6 +141,65 @@ def _word_zeros(z_ptr, s_rows, n_mask, k0, GROUP: tl.constexpr, BLOCK_N: tl.cons
 
 
 @triton.jit
+def _planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, n_mask, m_mask, k0, w_mask,
+                 FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FOLD: tl.constexpr,
+                 ONE_ROW: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + the products of one K tile (elements k0 .. k0 + BLOCK_K) of the weight rows ``w_rows``
+    (words at k0 // 8 on; ``w_mask`` masks rows and tiles that do not exist)."""
+    PER_TILE: tl.constexpr = GROUP % BLOCK_K == 0
+    BKW: tl.constexpr = BLOCK_K // 8
+    words = tl.load(w_rows + k0 // 8, mask=w_mask[:, None], other=0)
+    v = decode_planes(words, FMT, not HAS_ZERO and FMT == 1, FOLD, ASM)
+    if PER_TILE:
+        s2 = 0.0
+    else:  # one scale per word, the same for all eight planes
+        s2 = _word_scales(s_ptr, s_rows, n_mask, k0, SFMT, GROUP, BLOCK_N, BKW, FOLD)
+        if HAS_ZERO:  # exact codes minus the zero point, then scaled (as the reference's bf16 operand)
+            z2 = _word_zeros(z_ptr, s_rows, n_mask, k0, GROUP, BLOCK_N, BKW).to(tl.float32 if UPCAST else tl.bfloat16)
+            v = (v[0].to(z2.dtype) - z2, v[1].to(z2.dtype) - z2, v[2].to(z2.dtype) - z2, v[3].to(z2.dtype) - z2,
+                 v[4].to(z2.dtype) - z2, v[5].to(z2.dtype) - z2, v[6].to(z2.dtype) - z2, v[7].to(z2.dtype) - z2)
+        if UPCAST:
+            s2 = s2.to(tl.float32)
+    if ONE_ROW:  # M = 1: load the row once; the MMA's other 15 rows repeat it and are never stored
+        xt = tl.broadcast_to(tl.load(x_ptr + k0 + tl.arange(0, BLOCK_K))[None, :], (BLOCK_M, BLOCK_K))
+    else:
+        xt = tl.load(x_tile + k0, mask=m_mask[:, None], other=0.0)
+    # x columns k = 8c + j, j = 4 j2 + 2 j1 + j0: split off j0, then j1; the pairs left run over j2
+    xe, xo = tl.split(tl.reshape(xt, (BLOCK_M, BLOCK_K // 8, 2, 2, 2)))
+    xe0, xe1 = tl.split(xe)
+    xo0, xo1 = tl.split(xo)
+    part = _plane_dot(tl.zeros((BLOCK_M, BLOCK_N), tl.float32), xe0, v[0], v[4], s2, not PER_TILE, UPCAST)
+    part = _plane_dot(part, xo0, v[1], v[5], s2, not PER_TILE, UPCAST)
+    part = _plane_dot(part, xe1, v[2], v[6], s2, not PER_TILE, UPCAST)
+    part = _plane_dot(part, xo1, v[3], v[7], s2, not PER_TILE, UPCAST)
+    if PER_TILE:  # int4 with G >= BLOCK_K: one scale (and zero) per row for the tile
+        s = tl.load(s_ptr + s_rows + k0 // GROUP, mask=n_mask, other=0.0)
+        if SFMT == 2:
+            s = e8m0_bits_to_f32(s)
+        else:
+            s = s.to(tl.float32)
+        if HAS_ZERO:  # the codes went through the MMA: remove zero * sum(x)
+            z = tl.load(z_ptr + s_rows + k0 // GROUP, mask=n_mask, other=0).to(tl.float32)
+            part = part - tl.sum(xt.to(tl.float32), axis=1)[:, None] * z[None, :]
+        return acc + part * s[None, :]
+    return acc + part
+
+
+@triton.jit
+def _planes_finish(acc, gs_ptr, out_ptr, ws_ptr, cnt_ptr, offs_m, offs_n, m_mask, n_mask, N, stride_om,
+                   SPLIT_K: tl.constexpr, FOLD: tl.constexpr, HAS_GLOBAL: tl.constexpr):
+    """Scale the tile's sums and store them (or add them up across K slices: ``store_or_reduce``)."""
+    if FOLD:
+        acc = acc * 18446744073709551616.0  # 2**64
+    if HAS_GLOBAL:
+        acc = acc * tl.load(gs_ptr)
+    out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+    ws_ptrs = ws_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    store_or_reduce(acc, out_ptrs, ws_ptrs, m_mask[:, None] & n_mask[None, :], cnt_ptr, SPLIT_K)
+
+
+@triton.jit
 def _wo_planes_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, K,
@@ -150,60 +209,55 @@ def _wo_planes_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     FOLD: tl.constexpr, ONE_ROW: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    PER_TILE: tl.constexpr = GROUP % BLOCK_K == 0
-    BKW: tl.constexpr = BLOCK_K // 8
+    """Grid (N tiles, M tiles, K slices): one output tile and one K slice per program."""
     offs_n, offs_m, n_mask, m_mask, t_start, t_end = tile_coords(M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K)
-    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + tl.arange(0, BKW)[None, :]
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
     s_rows = offs_n.to(tl.int64) * stride_sn
     x_tile = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + tl.arange(0, BLOCK_K)[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for t in range(t_start, t_end):
-        k0 = t * BLOCK_K
-        words = tl.load(w_rows + k0 // 8, mask=n_mask[:, None], other=0)
-        v = decode_planes(words, FMT, not HAS_ZERO and FMT == 1, FOLD, ASM)
-        if PER_TILE:
-            s2 = 0.0
-        else:  # one scale per word, the same for all eight planes
-            s2 = _word_scales(s_ptr, s_rows, n_mask, k0, SFMT, GROUP, BLOCK_N, BKW, FOLD)
-            if HAS_ZERO:  # exact codes minus the zero point, then scaled (as the reference's bf16 operand)
-                z2 = _word_zeros(z_ptr, s_rows, n_mask, k0, GROUP, BLOCK_N, BKW).to(tl.float32 if UPCAST else tl.bfloat16)
-                v = (v[0].to(z2.dtype) - z2, v[1].to(z2.dtype) - z2, v[2].to(z2.dtype) - z2, v[3].to(z2.dtype) - z2,
-                     v[4].to(z2.dtype) - z2, v[5].to(z2.dtype) - z2, v[6].to(z2.dtype) - z2, v[7].to(z2.dtype) - z2)
-            if UPCAST:
-                s2 = s2.to(tl.float32)
-        if ONE_ROW:  # M = 1: load the row once; the MMA's other 15 rows repeat it and are never stored
-            xt = tl.broadcast_to(tl.load(x_ptr + k0 + tl.arange(0, BLOCK_K))[None, :], (BLOCK_M, BLOCK_K))
-        else:
-            xt = tl.load(x_tile + k0, mask=m_mask[:, None], other=0.0)
-        # x columns k = 8c + j, j = 4 j2 + 2 j1 + j0: split off j0, then j1; the pairs left run over j2
-        xe, xo = tl.split(tl.reshape(xt, (BLOCK_M, BLOCK_K // 8, 2, 2, 2)))
-        xe0, xe1 = tl.split(xe)
-        xo0, xo1 = tl.split(xo)
-        part = _plane_dot(tl.zeros((BLOCK_M, BLOCK_N), tl.float32), xe0, v[0], v[4], s2, not PER_TILE, UPCAST)
-        part = _plane_dot(part, xo0, v[1], v[5], s2, not PER_TILE, UPCAST)
-        part = _plane_dot(part, xe1, v[2], v[6], s2, not PER_TILE, UPCAST)
-        part = _plane_dot(part, xo1, v[3], v[7], s2, not PER_TILE, UPCAST)
-        if PER_TILE:  # int4 with G >= BLOCK_K: one scale (and zero) per row for the tile
-            s = tl.load(s_ptr + s_rows + k0 // GROUP, mask=n_mask, other=0.0)
-            if SFMT == 2:
-                s = e8m0_bits_to_f32(s)
-            else:
-                s = s.to(tl.float32)
-            if HAS_ZERO:  # the codes went through the MMA: remove zero * sum(x)
-                z = tl.load(z_ptr + s_rows + k0 // GROUP, mask=n_mask, other=0).to(tl.float32)
-                part = part - tl.sum(xt.to(tl.float32), axis=1)[:, None] * z[None, :]
-            acc += part * s[None, :]
-        else:
-            acc += part
-    if FOLD:
-        acc = acc * 18446744073709551616.0  # 2**64
-    if HAS_GLOBAL:
-        acc = acc * tl.load(gs_ptr)
-    out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
-    o_mask = m_mask[:, None] & n_mask[None, :]
-    ws_ptrs = ws_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
-    store_or_reduce(acc, out_ptrs, ws_ptrs, o_mask, cnt_ptr + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0),
-                    SPLIT_K)
+        acc = _planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, n_mask, m_mask, t * BLOCK_K, n_mask,
+                           FMT, SFMT, GROUP, HAS_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, FOLD, ONE_ROW, ASM, UPCAST)
+    _planes_finish(acc, gs_ptr, out_ptr, ws_ptr, cnt_ptr + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0),
+                   offs_m, offs_n, m_mask, n_mask, N, stride_om, SPLIT_K, FOLD, HAS_GLOBAL)
+
+
+@triton.jit
+def _wo_planes_persistent_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr,
+    M, N, K,
+    stride_xm, stride_wn, stride_sn, stride_om,
+    FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
+    HAS_GLOBAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    FOLD: tl.constexpr, ONE_ROW: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    """Decode (M <= BLOCK_M): a fixed grid of programs walks the work items (an N tile and a K slice
+    each) with a stride of the grid, in one loop nest the pipeliner flattens, so the weight stream
+    does not drain between items. Same step and epilogue as ``_wo_planes_kernel``."""
+    offs_m = tl.arange(0, BLOCK_M)
+    m_mask = offs_m < M
+    x_tile = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + tl.arange(0, BLOCK_K)[None, :]
+    k_tiles = K // BLOCK_K
+    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    items = tl.cdiv(N, BLOCK_N) * SPLIT_K
+    for item in tl.range(tl.program_id(0), items, tl.num_programs(0), num_stages=NUM_STAGES, flatten=True):
+        tile_n = item // SPLIT_K
+        t_start = (item % SPLIT_K) * per_split
+        offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < N
+        w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
+        s_rows = offs_n.to(tl.int64) * stride_sn
+        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        for kk in range(per_split):  # a constant trip count (flattenable); the last slice's extra tiles mask out
+            t = t_start + kk
+            live = n_mask & (tl.zeros_like(offs_n) + t < k_tiles)
+            acc = _planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, live, m_mask,
+                               tl.minimum(t, k_tiles - 1) * BLOCK_K, live, FMT, SFMT, GROUP, HAS_ZERO,
+                               BLOCK_M, BLOCK_N, BLOCK_K, FOLD, ONE_ROW, ASM, UPCAST)
+        _planes_finish(acc, gs_ptr, out_ptr, ws_ptr, cnt_ptr + tile_n, offs_m, offs_n, m_mask, n_mask, N, stride_om,
+                       SPLIT_K, FOLD, HAS_GLOBAL)
 
 
 def fold_ok(w) -> bool:
@@ -213,13 +267,23 @@ def fold_ok(w) -> bool:
     return w.fmt != 1 and w.sfmt != 2
 
 
-def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None) -> torch.Tensor:
+def _sm_count(device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: a few programs, so the item loop wraps
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None, persistent: bool = False) -> torch.Tensor:
     """bf16 (M, K) x 4-bit WoWeight (N, K) -> bf16 (M, N). K a multiple of 128: every plane of a tile
-    is at least 16 deep, the MMA's K (``wo_gemm.uses_planes`` sends other K to wo_mma4)."""
+    is at least 16 deep, the MMA's K (``wo_gemm.uses_planes`` sends other K to wo_mma4). ``persistent``
+    (M <= 16): a grid of about 8 warps per SM walking the (N tile, K slice) items instead of one
+    program per item (an experiment for bench/wo_probe.py; not used by ``wo_gemm`` until timed)."""
     m, k = x2.shape
     n = w.n
     if k % 128:
         raise ValueError(f"the planes kernel needs K a multiple of 128, got K = {k}")
+    if persistent and m > 16:
+        raise ValueError(f"the persistent planes kernel runs M <= 16 rows, got M = {m}")
     bk = tile_k(k, max(128, cfg.block_k))
     bm = 16 if m <= 16 else max(16, cfg.block_m)
     bn = max(16, cfg.block_n)
@@ -230,13 +294,17 @@ def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None) -> torch.T
     grid = (triton.cdiv(n, bn), triton.cdiv(m, bm), split)
     ws, cnt = split_workspace(x2.device, m * n, grid[0] * grid[1]) if split > 1 else (out, out)
     data = w.data
-    _wo_planes_kernel[grid](
-        x2, data, w.scale, w.zeros if w.zeros is not None else w.scale,
-        w.global_scale if w.global_scale is not None else w.scale, out, ws, cnt,
-        m, n, k, x2.stride(0), data.stride(0), w.scale.stride(0), out.stride(0),
-        FMT=1 if w.fmt == 1 else 2, SFMT=w.sfmt, GROUP=w.group, HAS_ZERO=w.zeros is not None,
-        HAS_GLOBAL=w.global_scale is not None,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, FOLD=fold, ONE_ROW=m == 1,
-        ASM=USE_ASM, UPCAST=UPCAST_DOT, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    args = (x2, data, w.scale, w.zeros if w.zeros is not None else w.scale,
+            w.global_scale if w.global_scale is not None else w.scale, out, ws, cnt,
+            m, n, k, x2.stride(0), data.stride(0), w.scale.stride(0), out.stride(0))
+    meta = dict(FMT=1 if w.fmt == 1 else 2, SFMT=w.sfmt, GROUP=w.group, HAS_ZERO=w.zeros is not None,
+                HAS_GLOBAL=w.global_scale is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
+                FOLD=fold, ONE_ROW=m == 1, ASM=USE_ASM, UPCAST=UPCAST_DOT, num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages)
+    if persistent:
+        items = grid[0] * split
+        programs = min(items, _sm_count(x2.device) * max(1, 8 // cfg.num_warps))
+        _wo_planes_persistent_kernel[(programs,)](*args, NUM_STAGES=cfg.num_stages, **meta)
+    else:
+        _wo_planes_kernel[grid](*args, **meta)
     return out
