@@ -267,10 +267,15 @@ _register("mxfp4")((
 ))
 
 
-def _quant_nvfp4(w: torch.Tensor) -> Tensors:
+def quant_nvfp4(w: torch.Tensor, global_scale: torch.Tensor | None = None) -> Tensors:
+    """nvfp4: the fp32 global scale amax / (448 * 6), or the one given (a checkpoint's calibrated
+    activation ``input_scale``: block scales then saturate at 448 and codes at 6 for larger values)."""
     n, k = w.shape
     g = w.float().reshape(n, k // 16, 16)
-    global_scale = _amax(w) / (FP8_MAX * FP4_MAX)
+    if global_scale is None:
+        global_scale = _amax(w) / (FP8_MAX * FP4_MAX)
+    else:
+        global_scale = global_scale.float().reshape(()).to(w.device)
     block = to_fp8(_amax(g, dim=-1, keepdim=True) / FP4_MAX / global_scale)
     eff = block.float() * global_scale
     eff = torch.where(eff == 0, torch.ones_like(eff), eff)  # an all-zero block: any scale gives 0
@@ -280,7 +285,7 @@ def _quant_nvfp4(w: torch.Tensor) -> Tensors:
 
 
 _register("nvfp4")((
-    _quant_nvfp4,
+    quant_nvfp4,
     lambda t: e2m1_to_float(unpack_nibbles(t["weight_packed"]))
     * t["weight_scale"].float().repeat_interleave(16, 1) * t["weight_scale_2"],
 ))

@@ -116,14 +116,26 @@ _register_runtime2(register)
 
 # nvfp4 x nvfp4 (W4A4). The native path is Blackwell's block-scaled MMA, which this runtime does not
 # have yet; this launcher emulates it exactly: the activation is quantized to nvfp4 (e2m1 codes, an e4m3
-# scale per 1x16, a dynamic fp32 global scale), each code times its block scale (at most 6 significant
-# bits, exact in bf16) feeds the fp4 weight-only kernel, and the activation's global scale multiplies
-# the fp32-accumulated result. Same math as the native MMA up to summation order.
+# scale per 1x16, an fp32 global scale), each code times its block scale (at most 6 significant bits,
+# exact in bf16) feeds the fp4 weight-only kernel, and the activation's global scale multiplies the
+# fp32-accumulated result. Same math as the native MMA up to summation order. The global scale is the
+# checkpoint's calibrated ``input_scale`` where it has one (ModelOpt NVFP4: amax / (448 * 6), the key's
+# static tensor scale), else computed from the activation at run time.
+def _prepare_nvfp4_w4a4(tensors, weight_key, n, k):
+    from .kernels import wo_launch
+
+    out = wo_launch.prepare(tensors, weight_key, n, k)
+    if "input_scale" in tensors:
+        out["input_scale"] = tensors["input_scale"].float().reshape(())
+    return out
+
+
 def _run_nvfp4_w4a4(x, buffers, config, weight_key, act_key, bias):
     from . import quantize as Q
     from .kernels import wo_launch
 
-    q = Q.WEIGHT_QUANTIZERS["nvfp4"](x.float())
+    input_scale = buffers[3] if len(buffers) > 3 else None
+    q = Q.quant_nvfp4(x.float(), input_scale)
     codes = Q.e2m1_to_float(Q.unpack_nibbles(q["weight_packed"]))
     x_part = (codes * q["weight_scale"].float().repeat_interleave(16, 1)).to(torch.bfloat16)
     out = wo_launch.run(x_part, buffers, config, weight_key, "none", None)
@@ -132,9 +144,7 @@ def _run_nvfp4_w4a4(x, buffers, config, weight_key, act_key, bias):
 
 
 def _register_nvfp4_w4a4() -> None:
-    from .kernels import wo_launch
-
-    register("nvfp4_gemm", wo_launch.prepare)(_run_nvfp4_w4a4)
+    register("nvfp4_gemm", _prepare_nvfp4_w4a4)(_run_nvfp4_w4a4)
 
 
 _register_nvfp4_w4a4()

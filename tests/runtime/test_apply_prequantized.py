@@ -254,6 +254,9 @@ def test_apply_loads_each_format(fmt, tmp_path):
         assert torch.allclose(_loaded(mods[name]), ref, rtol=2**-8, atol=1e-6), name
     act_order = fmt.endswith("act_order")
     assert any(isinstance(m, PermutedQuantLinear) for m in mods.values()) == act_order
+    if fmt == "modelopt_nvfp4":  # the calibrated activation global scale rides along and is used (W4A4)
+        assert all(mods[n]._names[-1] == "input_scale" and float(mods[n].input_scale) == pytest.approx(0.01)
+                   for n in refs)
     x = torch.randn(3, 128).bfloat16()
     with torch.no_grad():
         got, want = model(x).float(), ref_model(x).float()

@@ -160,6 +160,30 @@ def test_nvfp4_w4a4_emulation_matches_the_block_scaled_reference():
     assert float((got - exact).norm() / exact.norm()) < 0.25  # 4-bit on both sides: coarse, but the right answer
 
 
+def test_nvfp4_w4a4_uses_the_checkpoints_calibrated_input_scale():
+    """nvfp4 activations have a static fp32 global scale: a ModelOpt checkpoint's ``input_scale``
+    (amax / (448 * 6)) is used as it is; without one the activation's own amax gives it. A scale
+    below the activation's amax saturates the largest values (codes at 6, block scales at 448)."""
+    torch.manual_seed(5)
+    w = torch.randn(48, 64) * 0.1
+    x = (torch.randn(5, 64) * 2).to(torch.bfloat16)
+    wq = Q.quantize_weight(w.to(torch.bfloat16), "nvfp4")
+    launcher = LAUNCHERS["nvfp4_gemm"]
+    dynamic = launcher.run(x, list(launcher.prepare(wq, "nvfp4", 48, 64).values()), None, "nvfp4", "nvfp4", None)
+    calibrated = x.float().abs().amax() / (448 * 6)
+    for scale in (calibrated * 3, calibrated / 8):  # x 3: other e4m3 roundings (a power of two would not)
+        buffers = list(launcher.prepare({**wq, "input_scale": scale}, "nvfp4", 48, 64).values())
+        assert len(buffers) == 4 and buffers[3].shape == ()
+        got = launcher.run(x, buffers, None, "nvfp4", "nvfp4", None).float()
+        xq = Q.quant_nvfp4(x.float(), scale)
+        assert xq["weight_scale_2"] == scale and xq["weight_scale"].float().max() <= 448
+        want = Q.dequantize_weight(xq, "nvfp4") @ Q.dequantize_weight(wq, "nvfp4").T
+        assert float((got - want).norm() / want.norm()) < 1e-2
+        assert not torch.allclose(got, dynamic.float(), rtol=1e-3, atol=1e-3)  # the scale was really used
+    xq = Q.quant_nvfp4(x.float(), calibrated / 8)
+    assert Q.unpack_nibbles(xq["weight_packed"]).max() == 15  # -6: the saturated code, largest magnitudes clipped
+
+
 # --- split-K: K slices of whole tiles, partials summed in slice order by a second kernel -------------
 
 SPLIT_CASES = [(wk, ak, fuse) for fuse in (False, True) for wk, ak in CASES if not (fuse and ak == "none")]
