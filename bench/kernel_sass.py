@@ -12,6 +12,8 @@ per thread, integer-pipe share, tensor-core instructions, and "smem" when the ti
 
     python bench/kernel_sass.py --kernel planes --fmt int4 --bn 32 64 --bk 128 --warps 2   # wo_planes
     ONE_ROW=1 python bench/kernel_sass.py --kernel planes ...   # the M = 1 variant (x loaded once)
+    python bench/kernel_sass.py --kernel persistent ...          # the persistent planes variant (its
+                                                                 # flattened loop also counts the epilogue)
 
 What it showed (triton 3.9 here, 3.6 on the GPU image): in ``wo_mma4`` mxfp4 and nvfp4 keep the decoded
 tile in registers, int4 (bf16 scales) stages it through shared memory (a barrier per K step): Triton
