@@ -22,8 +22,7 @@ import torch
 import triton
 
 from ...plan import KernelConfig as WoConfig  # stdlib-only; any object with these fields works
-from .wo_format import WoWeight, dequantize
-from .wo_format import INT4
+from .wo_format import INT4, WoWeight, dequantize
 from .wo_mma4 import launch_mma4
 from .wo_planes import launch_planes
 
