@@ -209,9 +209,12 @@ def search_space(job: TuneJob, gpu: Gpu, *, small: bool = False) -> list[KernelC
         grid = itertools.product((16, 32, 64, 128, 256), (32, 64, 128, 256), (64, 128, 256), (4, 8), (3, 4, 5), (1, 2, 4, 8))
     out = []
     spec = KERNELS_BY_ID[job.kernel]
+    decode_4bit = job.kernel in DECODE_4BIT and job.m <= 16 and not small
     for bm, bn, bk, warps, stages, split_k in grid:
         if bm > m_cap or bn > n_cap or bk > k_cap:
             continue
+        if decode_4bit and bn * bk > 256 * 32 * warps:
+            continue  # over 256 weight elements a thread per K step spills (bench/kernel_sass.py)
         if split_k > 1 and (job.m > 64 or job.k // split_k < bk):
             continue
         if spec.k_multiple > 1 and bk % min(spec.k_multiple, 128) and spec.k_multiple % bk:

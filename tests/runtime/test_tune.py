@@ -52,6 +52,8 @@ def test_decode_4bit_search_space_has_two_warp_programs_and_deep_split_k():
     space = search_space(job, GPUS["h100"])
     assert {c.num_warps for c in space} == {1, 2, 4} and {c.block_n for c in space} == {32, 64, 128}
     assert max(c.split_k for c in space) == 24 and all(c.block_k in (128, 256) for c in space)
+    assert all(c.block_n * c.block_k <= 256 * 32 * c.num_warps for c in space)  # no spilling tiles
+    assert KernelConfig(16, 128, 128, 8, 1, 3, 1) not in space and KernelConfig(16, 32, 128, 8, 1, 3, 1) in space
     prefill = search_space(TuneJob("int4_weight_only_gemm", 4096, 14336, "int4_group_128", "none", 256, 256),
                            GPUS["h100"])
     assert 2 not in {c.num_warps for c in prefill} and max(c.block_m for c in prefill) > 16
