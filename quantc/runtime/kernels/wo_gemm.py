@@ -27,10 +27,15 @@ from .wo_mma4 import launch_mma4
 from .wo_planes import launch_planes
 
 
+def _planes_rows(m: int, int4: bool) -> bool:
+    """The rows the planes kernel takes: M = 1 for every format, up to 16 for int4."""
+    return m == 1 or (m <= 16 and int4)
+
+
 def uses_planes(m: int, fmt: int, k: int) -> bool:
     """Which kernel runs M rows of a weight of format ``fmt``: see the module docstring. The planes
     kernel needs 128-element K tiles (16-deep planes); K = 2880 (gpt-oss) and the like run mma4."""
-    return (m == 1 or (m <= 16 and fmt == INT4)) and k % 128 == 0
+    return _planes_rows(m, fmt == INT4) and k % 128 == 0
 
 
 def _launch(x2, data, scale, zeros, gscale, fmt, sfmt, pack, group, row_block, n, cfg) -> torch.Tensor:
@@ -97,7 +102,7 @@ def default_config(m: int, n: int, k: int, sms: int = 132, int4: bool = False) -
     """A reasonable config without a tuned table (measured on an H100: bench/results/wo_h100.json).
     M = 1 (and int4 up to 16) runs the planes kernel: two-warp programs on 32-64 weight rows, four
     stages, split-K to about four programs per SM; fp4 at 2..16 rows runs mma4 on 64 x 256 tiles."""
-    if m == 1 or (m <= 16 and int4):
+    if _planes_rows(m, int4):
         bn = 32 if m == 1 else 64
         return WoConfig(16, bn, 128, num_warps=2, num_stages=4, split_k=_split(n, k, bn, 128, sms, 4))
     if m <= 16:
@@ -110,13 +115,11 @@ def default_config(m: int, n: int, k: int, sms: int = 132, int4: bool = False) -
 def candidates(m: int, n: int, k: int, sms: int = 132, int4: bool | None = None) -> list[WoConfig]:
     """Configs ``quantc tune`` (and the bench) try for one (M, N, K); ``int4`` None: both formats'."""
     out = []
-    planes = m == 1 or (m <= 16 and int4 is not False)
-    if planes:
+    if _planes_rows(m, int4 is not False) and k >= 128:
         for bn, warps, stages, waves in ((32, 2, 4, 4), (64, 2, 4, 4), (32, 2, 3, 8), (64, 2, 3, 8), (128, 4, 3, 4)):
-            if 128 <= k:
-                out.append(WoConfig(16, bn, 128, num_warps=warps, num_stages=stages,
-                                    split_k=_split(n, k, bn, 128, sms, waves)))
-    if m <= 16 and (m == 1 or int4 is True):
+            out.append(WoConfig(16, bn, 128, num_warps=warps, num_stages=stages,
+                                split_k=_split(n, k, bn, 128, sms, waves)))
+    if _planes_rows(m, int4 is True):  # only the planes kernel runs these rows
         return out
     if m <= 16:
         tiles = [(32, 256, 4), (64, 256, 4), (64, 512, 4), (128, 256, 8)]
