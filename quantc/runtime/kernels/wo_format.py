@@ -167,6 +167,18 @@ def group_scales_bf16(s_ptr, s_rows, n_mask, k0, SFMT: tl.constexpr, GROUP: tl.c
 
 
 @triton.jit
+def group_zeros(z_ptr, s_rows, n_mask, k0, GROUP: tl.constexpr, NG: tl.constexpr):
+    """uint8 (BLOCK_N, NG) zero points of the NG groups from element k0 on."""
+    return tl.load(z_ptr + s_rows[:, None] + k0 // GROUP + tl.arange(0, NG)[None, :], mask=n_mask[:, None], other=0)
+
+
+@triton.jit
+def repeat_groups(t, BLOCK_N: tl.constexpr, NG: tl.constexpr, R: tl.constexpr):
+    """(BLOCK_N, NG) per-group values -> (BLOCK_N, NG * R), each repeated over its R columns."""
+    return tl.reshape(tl.broadcast_to(t[:, :, None], (BLOCK_N, NG, R)), (BLOCK_N, NG * R))
+
+
+@triton.jit
 def decode_scale(s, SFMT: tl.constexpr):
     if SFMT == 2:
         return e8m0_bits_to_f32(s)

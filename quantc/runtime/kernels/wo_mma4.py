@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .nibble_decode import USE_ASM, decode_words
-from .wo_format import UPCAST_DOT, e8m0_bits_to_f32, group_scales_bf16
+from .wo_format import UPCAST_DOT, e8m0_bits_to_f32, group_scales_bf16, group_zeros, repeat_groups
 
 
 @triton.jit
@@ -48,17 +48,15 @@ def _element_scale(s_ptr, s_rows, n_mask, k0, SFMT: tl.constexpr, GROUP: tl.cons
     s = group_scales_bf16(s_ptr, s_rows, n_mask, k0, SFMT, GROUP, NG, False)
     if UPCAST:  # the interpreter has no bf16 arithmetic
         s = s.to(tl.float32)
-    return tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, NG, GROUP)), (BLOCK_N, BLOCK_K))
+    return repeat_groups(s, BLOCK_N, NG, GROUP)
 
 
 @triton.jit
 def _element_zero(z_ptr, s_rows, n_mask, k0, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   UPCAST: tl.constexpr):
     NG: tl.constexpr = BLOCK_K // GROUP
-    g = k0 // GROUP + tl.arange(0, NG)
-    z = tl.load(z_ptr + s_rows[:, None] + g[None, :], mask=n_mask[:, None], other=0)
-    z = z.to(tl.float32) if UPCAST else z.to(tl.bfloat16)
-    return tl.reshape(tl.broadcast_to(z[:, :, None], (BLOCK_N, NG, GROUP)), (BLOCK_N, BLOCK_K))
+    z = group_zeros(z_ptr, s_rows, n_mask, k0, GROUP, NG)
+    return repeat_groups(z.to(tl.float32) if UPCAST else z.to(tl.bfloat16), BLOCK_N, NG, GROUP)
 
 
 @triton.jit
@@ -178,7 +176,6 @@ def tile_k(k: int, block_k: int) -> int:
 def launch_mma4(x2: torch.Tensor, w, cfg, swap: bool | None = None) -> torch.Tensor:
     """bf16 (M, K) x 4-bit WoWeight (N, K) -> bf16 (M, N) on the tensor cores."""
     m, k = x2.shape
-    n = w.n
     bk = tile_k(k, cfg.block_k)
     if swap is None:
         swap = False  # measured: mma.sync with x as the A operand is a little faster at M = 1 and 16
@@ -187,20 +184,27 @@ def launch_mma4(x2: torch.Tensor, w, cfg, swap: bool | None = None) -> torch.Ten
     if swap:
         bn = max(64, bn)
     split = max(1, min(cfg.split_k, k // bk))
+    out, grid, args, meta = kernel_launch(x2, w, cfg, bm, bn, bk, split)
+    _wo_mma4_kernel[grid](*args, SWAP=swap, **meta)
+    return out
+
+
+def kernel_launch(x2: torch.Tensor, w, cfg, bm: int, bn: int, bk: int, split: int):
+    """What both 4-bit kernels (this one and ``wo_planes``) are launched with: the bf16 output, the grid
+    (N tiles, M tiles, K slices), the positional arguments and the format / tile / config keywords."""
+    m, k = x2.shape
+    n = w.n
     out = torch.empty((m, n), dtype=torch.bfloat16, device=x2.device)
     grid = (triton.cdiv(n, bn), triton.cdiv(m, bm), split)
     ws, cnt = split_workspace(x2.device, m * n, grid[0] * grid[1]) if split > 1 else (out, out)
     data = w.data  # int32 words, eight codes each
-    _wo_mma4_kernel[grid](
-        x2, data, w.scale, w.zeros if w.zeros is not None else w.scale,
-        w.global_scale if w.global_scale is not None else w.scale, out, ws, cnt,
-        m, n, k, x2.stride(0), data.stride(0), w.scale.stride(0), out.stride(0),
-        FMT=1 if w.fmt == 1 else 2, SFMT=w.sfmt, GROUP=w.group, HAS_ZERO=w.zeros is not None,
-        HAS_GLOBAL=w.global_scale is not None,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, SWAP=swap, ASM=USE_ASM, UPCAST=UPCAST_DOT,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
-    return out
+    args = (x2, data, w.scale, w.zeros if w.zeros is not None else w.scale,
+            w.global_scale if w.global_scale is not None else w.scale, out, ws, cnt,
+            m, n, k, x2.stride(0), data.stride(0), w.scale.stride(0), out.stride(0))
+    meta = dict(FMT=1 if w.fmt == 1 else 2, SFMT=w.sfmt, GROUP=w.group, HAS_ZERO=w.zeros is not None,
+                HAS_GLOBAL=w.global_scale is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
+                ASM=USE_ASM, UPCAST=UPCAST_DOT, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return out, grid, args, meta
 
 
 _WORKSPACES: dict = {}

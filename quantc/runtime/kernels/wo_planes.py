@@ -26,9 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .nibble_decode import USE_ASM, _nibble_value
-from .wo_format import UPCAST_DOT, e8m0_bits_to_f32, group_scales_bf16
-from .wo_mma4 import split_workspace, store_or_reduce, tile_coords, tile_k
+from .nibble_decode import _nibble_value
+from .wo_format import INT4, S_E8M0, e8m0_bits_to_f32, group_scales_bf16, group_zeros, repeat_groups
+from .wo_mma4 import kernel_launch, store_or_reduce, tile_coords, tile_k
 
 # Two words $8 (column c) and $9 (column c + 1) -> eight bf16x2 registers $0..$7, register j holding
 # nibble j of word c (low lane) and of word c + 1 (high lane). prmt selector 0x4400 + 0x1111 * i fills
@@ -129,27 +129,25 @@ def _word_scales(s_ptr, s_rows, n_mask, k0, SFMT: tl.constexpr, GROUP: tl.conste
     loaded once, contiguous (so the pipeliner prefetches them), then repeated over their words. FOLD
     (float scales only, see ``fold_ok``): the scale times 2**62, exact."""
     NG: tl.constexpr = BKW * 8 // GROUP
-    s = group_scales_bf16(s_ptr, s_rows, n_mask, k0, SFMT, GROUP, NG, FOLD)
-    return tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, NG, GROUP // 8)), (BLOCK_N, BKW))
+    return repeat_groups(group_scales_bf16(s_ptr, s_rows, n_mask, k0, SFMT, GROUP, NG, FOLD), BLOCK_N, NG, GROUP // 8)
 
 
 @triton.jit
 def _word_zeros(z_ptr, s_rows, n_mask, k0, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BKW: tl.constexpr):
     NG: tl.constexpr = BKW * 8 // GROUP
-    z = tl.load(z_ptr + s_rows[:, None] + k0 // GROUP + tl.arange(0, NG)[None, :], mask=n_mask[:, None], other=0)
-    return tl.reshape(tl.broadcast_to(z[:, :, None], (BLOCK_N, NG, GROUP // 8)), (BLOCK_N, BKW))
+    return repeat_groups(group_zeros(z_ptr, s_rows, n_mask, k0, GROUP, NG), BLOCK_N, NG, GROUP // 8)
 
 
 @triton.jit
-def _planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, n_mask, m_mask, k0, w_mask,
+def _planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, n_mask, m_mask, k0,
                  FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FOLD: tl.constexpr,
                  ONE_ROW: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr):
     """acc + the products of one K tile (elements k0 .. k0 + BLOCK_K) of the weight rows ``w_rows``
-    (words at k0 // 8 on; ``w_mask`` masks rows and tiles that do not exist)."""
+    (words at k0 // 8 on; ``n_mask`` masks rows, and tiles, that do not exist)."""
     PER_TILE: tl.constexpr = GROUP % BLOCK_K == 0
     BKW: tl.constexpr = BLOCK_K // 8
-    words = tl.load(w_rows + k0 // 8, mask=w_mask[:, None], other=0)
+    words = tl.load(w_rows + k0 // 8, mask=n_mask[:, None], other=0)
     v = decode_planes(words, FMT, not HAS_ZERO and FMT == 1, FOLD, ASM)
     if PER_TILE:
         s2 = 0.0
@@ -216,7 +214,7 @@ def _wo_planes_kernel(
     x_tile = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + tl.arange(0, BLOCK_K)[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for t in range(t_start, t_end):
-        acc = _planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, n_mask, m_mask, t * BLOCK_K, n_mask,
+        acc = _planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, n_mask, m_mask, t * BLOCK_K,
                            FMT, SFMT, GROUP, HAS_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, FOLD, ONE_ROW, ASM, UPCAST)
     _planes_finish(acc, gs_ptr, out_ptr, ws_ptr, cnt_ptr + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0),
                    offs_m, offs_n, m_mask, n_mask, N, stride_om, SPLIT_K, FOLD, HAS_GLOBAL)
@@ -254,7 +252,7 @@ def _wo_planes_persistent_kernel(
             t = t_start + kk
             live = n_mask & (tl.zeros_like(offs_n) + t < k_tiles)
             acc = _planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, live, m_mask,
-                               tl.minimum(t, k_tiles - 1) * BLOCK_K, live, FMT, SFMT, GROUP, HAS_ZERO,
+                               tl.minimum(t, k_tiles - 1) * BLOCK_K, FMT, SFMT, GROUP, HAS_ZERO,
                                BLOCK_M, BLOCK_N, BLOCK_K, FOLD, ONE_ROW, ASM, UPCAST)
         _planes_finish(acc, gs_ptr, out_ptr, ws_ptr, cnt_ptr + tile_n, offs_m, offs_n, m_mask, n_mask, N, stride_om,
                        SPLIT_K, FOLD, HAS_GLOBAL)
@@ -264,7 +262,7 @@ def fold_ok(w) -> bool:
     """FOLD (the decode's 2**126 moved into the scales, the sums times 2**64 at the end) is exact for
     nvfp4: e4m3 scales (2**-9 .. 448) times 2**62 stay normal in bf16, and so do the products. e8m0
     scales span 2**-127 .. 2**127, beyond what bf16 can carry shifted, so mxfp4 keeps the multiply."""
-    return w.fmt != 1 and w.sfmt != 2
+    return w.fmt != INT4 and w.sfmt != S_E8M0
 
 
 def _sm_count(device) -> int:
@@ -279,7 +277,6 @@ def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None, persistent
     (M <= 16): a grid of about 8 warps per SM walking the (N tile, K slice) items instead of one
     program per item (an experiment for bench/wo_probe.py; not used by ``wo_gemm`` until timed)."""
     m, k = x2.shape
-    n = w.n
     if k % 128:
         raise ValueError(f"the planes kernel needs K a multiple of 128, got K = {k}")
     if persistent and m > 16:
@@ -288,19 +285,8 @@ def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None, persistent
     bm = 16 if m <= 16 else max(16, cfg.block_m)
     bn = max(16, cfg.block_n)
     split = max(1, min(cfg.split_k, k // bk))
-    if fold is None:
-        fold = fold_ok(w)
-    out = torch.empty((m, n), dtype=torch.bfloat16, device=x2.device)
-    grid = (triton.cdiv(n, bn), triton.cdiv(m, bm), split)
-    ws, cnt = split_workspace(x2.device, m * n, grid[0] * grid[1]) if split > 1 else (out, out)
-    data = w.data
-    args = (x2, data, w.scale, w.zeros if w.zeros is not None else w.scale,
-            w.global_scale if w.global_scale is not None else w.scale, out, ws, cnt,
-            m, n, k, x2.stride(0), data.stride(0), w.scale.stride(0), out.stride(0))
-    meta = dict(FMT=1 if w.fmt == 1 else 2, SFMT=w.sfmt, GROUP=w.group, HAS_ZERO=w.zeros is not None,
-                HAS_GLOBAL=w.global_scale is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
-                FOLD=fold, ONE_ROW=m == 1, ASM=USE_ASM, UPCAST=UPCAST_DOT, num_warps=cfg.num_warps,
-                num_stages=cfg.num_stages)
+    out, grid, args, meta = kernel_launch(x2, w, cfg, bm, bn, bk, split)
+    meta.update(FOLD=fold_ok(w) if fold is None else fold, ONE_ROW=m == 1)
     if persistent:
         items = grid[0] * split
         programs = min(items, _sm_count(x2.device) * max(1, 8 // cfg.num_warps))
