@@ -201,15 +201,15 @@ def search_space(job: TuneJob, gpu: Gpu, *, small: bool = False) -> list[KernelC
     m_cap = max(16, pow2_at_least(job.m))
     n_cap = max(16, pow2_at_least(job.n))
     k_cap = max(16, pow2_at_least(job.k))
+    decode_4bit = job.kernel in DECODE_4BIT and job.m <= 16
     if small:
         grid = itertools.product((16, 32), (32, 64), (32, 64), (4,), (2, 3), (1, 2))
-    elif job.kernel in DECODE_4BIT and job.m <= 16:
+    elif decode_4bit:
         grid = itertools.product((16,), (32, 64, 128), (128, 256), (1, 2, 4), (3, 4), (1, 2, 4, 6, 8, 12, 16, 24))
     else:
         grid = itertools.product((16, 32, 64, 128, 256), (32, 64, 128, 256), (64, 128, 256), (4, 8), (3, 4, 5), (1, 2, 4, 8))
     out = []
     spec = KERNELS_BY_ID[job.kernel]
-    decode_4bit = job.kernel in DECODE_4BIT and job.m <= 16 and not small
     for bm, bn, bk, warps, stages, split_k in grid:
         if bm > m_cap or bn > n_cap or bk > k_cap:
             continue

@@ -45,14 +45,19 @@ def register(kernel_id: str, prepare: Callable, make_module: Callable | None = N
     return deco
 
 
+def _with_input_scale(out: dict, tensors: dict) -> dict:
+    """A checkpoint's calibrated activation scale, when it has one, rides last in the buffers."""
+    if "input_scale" in tensors:
+        out["input_scale"] = tensors["input_scale"].float().reshape(())
+    return out
+
+
 def _prepare_scaled(tensors, weight_key, n, k):
     scale_name = WEIGHT_MODE[weight_key][1]
     out = {"weight": tensors["weight"].contiguous(), "weight_scale": tensors[scale_name].float().contiguous()}
     if weight_key == "mxfp8":
         out["weight_scale"] = tensors[scale_name].to(torch.uint8).contiguous()
-    if "input_scale" in tensors:
-        out["input_scale"] = tensors["input_scale"].float().reshape(())
-    return out
+    return _with_input_scale(out, tensors)
 
 
 def _scaled_runner(kernel_id: str):
@@ -124,10 +129,7 @@ _register_runtime2(register)
 def _prepare_nvfp4_w4a4(tensors, weight_key, n, k):
     from .kernels import wo_launch
 
-    out = wo_launch.prepare(tensors, weight_key, n, k)
-    if "input_scale" in tensors:
-        out["input_scale"] = tensors["input_scale"].float().reshape(())
-    return out
+    return _with_input_scale(wo_launch.prepare(tensors, weight_key, n, k), tensors)
 
 
 def _run_nvfp4_w4a4(x, buffers, config, weight_key, act_key, bias):
