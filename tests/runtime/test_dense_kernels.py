@@ -280,3 +280,45 @@ def test_tune_measures_split_k_candidates():
         assert us is not None and us > 0, split
     ops.reference = ops.reference * 1.5  # a split-K candidate that disagrees is still dropped
     assert rt.measure(job, KernelConfig(16, 32, 64, 8, 4, 2, 4), ops, "cpu") is None
+
+
+def _fp8_module():
+    from quantc.runtime.modules import QuantLinear
+
+    torch.manual_seed(8)
+    wk, ak = "fp8_per_channel", "fp8_dynamic_per_token"
+    t = Q.quantize_weight(torch.randn(48, 128) * 0.1, wk)
+    bufs = LAUNCHERS["fp8_scaled_gemm"].prepare(t, wk, 48, 128)
+    return QuantLinear("m", "fp8_scaled_gemm", wk, ak, 48, 128, dict(bufs), None, ((2**31 - 1, CFG),))
+
+
+def test_eager_forward_skips_the_custom_op(monkeypatch):
+    """The op's dispatch costs ~30 us of host time a call: eager forwards call its body directly."""
+    from quantc.runtime import modules
+
+    mod = _fp8_module()
+    x = torch.randn(3, 128).to(torch.bfloat16)
+    want = mod(x)
+
+    def refuse(*a, **k):
+        raise AssertionError("eager forward went through the custom op")
+
+    monkeypatch.setattr(modules, "dense", refuse)
+    assert torch.equal(mod(x), want)
+
+
+def test_torch_compile_traces_the_custom_op_in_one_graph():
+    """Under torch.compile the forward is the opaque custom op (fullgraph: no break at the Triton launch)."""
+    torch._dynamo.reset()
+    mod = _fp8_module()
+    x = torch.randn(3, 128).to(torch.bfloat16)
+    want = mod(x)
+    seen = []
+
+    def backend(gm, inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    got = torch.compile(mod, backend=backend, fullgraph=True)(x)
+    assert torch.equal(got, want)
+    assert any("quantc.dense" in t for t in seen), seen

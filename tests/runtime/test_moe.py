@@ -126,6 +126,26 @@ def test_quant_moe_matches_expert_loop(kernel, wkey, akey, act, bias):
     assert ((out.float() - ref).abs().max() / ref.abs().max()).item() < tol
 
 
+@pytest.mark.parametrize("group_m", [1, 3, 8])
+def test_grouped_program_order_covers_every_tile_once(group_m):
+    """Row blocks are taken GROUP_M at a time per N tile (L2 reuse of an expert's weight tile): with 7
+    experts' blocks (not a multiple of 3 or 8) and 4 N tiles every output tile is still written once."""
+    from quantc.plan import KernelConfig
+
+    torch.manual_seed(6)
+    e, k, n, tokens, top_k = 7, 64, 4 * 16, 23, 2
+    w = wf.quantize(torch.randn(e, n, k) * 0.1, "none")
+    x = torch.randn(tokens, k).bfloat16()
+    ids = torch.randint(0, e, (tokens, top_k), dtype=torch.int32)
+    cfg = KernelConfig(16, 16, 32, group_m, 4, 2)
+    sorted_ids, block_expert, total = mr.align_by_expert(ids, e, cfg.block_m)
+    out = mg.grouped_gemm(x, None, w, (sorted_ids, block_expert, total, ids.numel()), a_div=top_k, act="none",
+                          a_quant=0, a_group=0, cfg=cfg)
+    dense = wf.dequantize(w).float()
+    want = torch.stack([x[p // top_k].float() @ dense[ids.reshape(-1)[p]].T for p in range(ids.numel())])
+    assert ((out.float() - want).abs().max() / want.abs().max()).item() < 1e-2
+
+
 def test_quant_moe_shared_experts_and_leading_dims():
     torch.manual_seed(5)
     w13 = wf.quantize(torch.randn(E, 2 * I, H) * 0.1, "mxfp4")

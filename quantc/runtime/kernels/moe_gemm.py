@@ -169,11 +169,20 @@ def _moe_gemm_kernel(
     ALPHA: tl.constexpr, LIMIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
     NIBBLES: tl.constexpr, ASM: tl.constexpr,  # 4-bit weights x bf16: the byte path (``_nibble_tile``)
+    GROUP_M: tl.constexpr,
 ):
+    # GROUP_M consecutive row blocks (mostly one expert's: blocks are sorted by expert) take each N tile
+    # in turn, so an expert's weight tile is read from DRAM once per GROUP_M blocks rather than once per
+    # block: with one block after another sweeping every N tile, an expert whose weights pass the L2
+    # (Mixtral: 235 MB of gate_up) was streamed again for each of its row blocks
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N, BLOCK_N)
-    blk = pid // n_tiles
-    nt = pid % n_tiles
+    n_blocks = tl.num_programs(0) // n_tiles
+    width = GROUP_M * n_tiles
+    first = (pid // width) * GROUP_M
+    rows = tl.minimum(n_blocks - first, GROUP_M)
+    blk = first + (pid % width) % rows
+    nt = (pid % width) // rows
     if blk * BLOCK_M >= tl.load(total_ptr):
         return
     e = tl.load(block_expert_ptr + blk).to(tl.int64)
@@ -227,13 +236,13 @@ def _moe_gemm_kernel(
     tl.store(out_ptrs, acc.to(tl.bfloat16), mask=p_mask[:, None] & n_mask[None, :])
 
 
-@torch.library.custom_op("quantc::moe_gemm", mutates_args=())
-def _moe_gemm_op(
+def _moe_gemm(
     a: torch.Tensor, a_scale: torch.Tensor | None, data: torch.Tensor, scale: torch.Tensor | None,
     zeros: torch.Tensor | None, gscale: torch.Tensor | None, bias: torch.Tensor | None,
     topk_weights: torch.Tensor | None, sorted_ids: torch.Tensor, block_expert: torch.Tensor, total: torch.Tensor,
     num_pairs: int, a_div: int, n_out: int, fmt: int, sfmt: int, pack: int, group: int, row_block: int,
     a_quant: int, a_group: int, act: int, block_m: int, block_n: int, block_k: int, num_warps: int, num_stages: int,
+    group_m: int,
 ) -> torch.Tensor:
     k = a.shape[1]
     nibbles = pack == 8 and a_quant == 0
@@ -256,10 +265,15 @@ def _moe_gemm_op(
         ACT=act, HAS_BIAS=bias is not None, MUL_TOPW=topk_weights is not None,
         ALPHA=GPT_OSS_ALPHA, LIMIT=GPT_OSS_LIMIT,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=UPCAST_DOT and a_quant == 0,
-        NIBBLES=nibbles, ASM=nibble_decode.USE_ASM,
+        NIBBLES=nibbles, ASM=nibble_decode.USE_ASM, GROUP_M=max(1, group_m),
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
+
+
+# the custom op torch.compile sees; eager calls go to ``_moe_gemm`` directly (the op's dispatch costs
+# ~30 us of host time a call, see quantc/runtime/modules.py)
+_moe_gemm_op = torch.library.custom_op("quantc::moe_gemm", _moe_gemm, mutates_args=())
 
 
 @_moe_gemm_op.register_fake
@@ -295,10 +309,11 @@ def grouped_gemm(a: torch.Tensor, a_scale: torch.Tensor | None, w: WoWeight, rou
         bk = max(bk, 32)  # byte path: 16 bytes a row (one 16-deep MMA step, 4-byte decode packs)
     else:
         bk = max(bk, 16)
-    return torch.ops.quantc.moe_gemm(
+    gemm = torch.ops.quantc.moe_gemm if torch.compiler.is_compiling() else _moe_gemm
+    return gemm(
         a, a_scale, w.data, w.scale, w.zeros, w.global_scale, bias, topk_weights, sorted_ids, block_expert, total,
         num_pairs, a_div, n_out, w.fmt, w.sfmt, w.pack, w.group, w.row_block, a_quant, a_group or w.k, fused,
-        cfg.block_m, cfg.block_n, bk, cfg.num_warps, cfg.num_stages,
+        cfg.block_m, cfg.block_n, bk, cfg.num_warps, cfg.num_stages, cfg.group_m,
     )
 
 

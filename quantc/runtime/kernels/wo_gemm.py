@@ -45,14 +45,17 @@ def _launch(x2, data, scale, zeros, gscale, fmt, sfmt, pack, group, row_block, n
     return launch_mma4(x2, w, cfg)
 
 
-@torch.library.custom_op("quantc::wo_gemm", mutates_args=())
-def _wo_gemm_op(
+def _wo_gemm(
     x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor | None, zeros: torch.Tensor | None,
     gscale: torch.Tensor | None, fmt: int, sfmt: int, pack: int, group: int, row_block: int, n: int,
     block_m: int, block_n: int, block_k: int, num_warps: int, num_stages: int, split_k: int,
 ) -> torch.Tensor:
     cfg = WoConfig(block_m, block_n, block_k, num_warps=num_warps, num_stages=num_stages, split_k=split_k)
     return _launch(x, data, scale, zeros, gscale, fmt, sfmt, pack, group, row_block, n, cfg)
+
+
+# the op torch.compile sees; eager calls skip its dispatch (~30 us of host time, see runtime/modules.py)
+_wo_gemm_op = torch.library.custom_op("quantc::wo_gemm", _wo_gemm, mutates_args=())
 
 
 @_wo_gemm_op.register_fake
@@ -78,7 +81,8 @@ def launch(x: torch.Tensor, w: WoWeight, cfg) -> torch.Tensor:
     if w.k_perm is not None:
         x = x.index_select(-1, w.k_perm)
     x2 = x.reshape(-1, w.k).to(torch.bfloat16).contiguous()
-    out = torch.ops.quantc.wo_gemm(
+    gemm = torch.ops.quantc.wo_gemm if torch.compiler.is_compiling() else _wo_gemm
+    out = gemm(
         x2, w.data, w.scale, w.zeros, w.global_scale, w.fmt, w.sfmt, w.pack, w.group, w.row_block, w.n,
         cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages, cfg.split_k,
     )

@@ -59,7 +59,8 @@ def qdq_mxfp8(x: torch.Tensor) -> torch.Tensor:
     k = x.shape[-1]
     if k % 32:
         raise ValueError(f"mxfp8 activations need K a multiple of 32, got K = {k}")
-    return torch.ops.quantc.qdq_mxfp8(x.reshape(-1, k).contiguous()).reshape(x.shape)
+    qdq = torch.ops.quantc.qdq_mxfp8 if torch.compiler.is_compiling() else _qdq_impl  # eager: no op dispatch
+    return qdq(x.reshape(-1, k).contiguous()).reshape(x.shape)
 
 
 def launch(x: torch.Tensor, w: WoWeight, cfg) -> torch.Tensor:

@@ -1,0 +1,82 @@
+"""Host time per call of the runtime's module paths at decode, on a GPU: tiny shapes (kernels take a few
+microseconds) called back to back, so the wall time per call is what Python, the dispatcher and the
+Triton launcher cost. Eager decode of an applied model pays this once per module per token.
+
+    python bench/host_overhead.py [--out $OUT/host_overhead.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def per_call_us(fn, calls: int = 400) -> float:
+    import torch
+
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t) / calls * 1e6)
+    return best
+
+
+def main() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from quantc.plan import KernelConfig
+    from quantc.runtime import quantize as Q
+    from quantc.runtime.kernels.act_quant import quantize_activation
+    from quantc.runtime.kernels.scaled_mm import scaled_mm
+    from quantc.runtime.modules import QuantLinear, dense, flatten_buckets
+    from quantc.runtime.registry import LAUNCHERS
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--k", type=int, default=512)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    n, k = a.n, a.k
+    torch.manual_seed(0)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    cfg = KernelConfig(16, 32, 128, 8, 4, 4, 1)
+    buckets = ((1, cfg), (2**31 - 1, cfg))
+    rows = {"bf16 F.linear": per_call_us(lambda: F.linear(x, w))}
+    for kernel, wk, ak in (("fp8_scaled_gemm", "fp8_per_channel", "fp8_dynamic_per_token"),
+                           ("int8_gemm", "int8_per_channel", "int8_dynamic_per_token"),
+                           ("int4_weight_only_gemm", "int4_group_128", "none")):
+        launcher = LAUNCHERS[kernel]
+        bufs = launcher.prepare(Q.quantize_weight(w, wk), wk, n, k)
+        mod = QuantLinear("m", kernel, wk, ak, n, k, dict(bufs), None, buckets).cuda()
+        blist = list(bufs.values())
+        table = flatten_buckets(buckets)
+        rows[f"{kernel}: QuantLinear eager"] = per_call_us(lambda: mod(x))
+        rows[f"{kernel}: custom op"] = per_call_us(lambda: dense(x, blist, None, kernel, wk, ak, table, n))
+        if ak != "none":
+            rows[f"{kernel}: activation quantizer alone"] = per_call_us(lambda: quantize_activation(x, ak))
+            xq, sx = quantize_activation(x, ak)
+            rows[f"{kernel}: GEMM launch alone"] = per_call_us(
+                lambda: scaled_mm(x, blist[0], blist[1], wk, ak, cfg, x_scale=sx))
+    rows["torch.empty (1, n)"] = per_call_us(lambda: torch.empty((1, n), device="cuda", dtype=torch.bfloat16))
+    for name, us in rows.items():
+        print(f"{us:8.1f} us  {name}", flush=True)
+    if a.out:
+        Path(a.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "n": n, "k": k,
+                                           "per_call_us": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
