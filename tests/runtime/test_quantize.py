@@ -82,6 +82,21 @@ def test_bf16_activations_quantize_like_their_fp32_values():
         assert torch.equal(s, rs.reshape(s.shape)), key
 
 
+@pytest.mark.parametrize("k", [8192, 8192 + 128, 3 * 8192])
+def test_long_rows_take_the_two_pass_kernel_and_stay_exact(k):
+    """Rows up to ONE_PASS_MAX are quantized from registers; longer per-token rows read twice."""
+    from quantc.runtime.kernels import act_quant
+
+    assert (k <= act_quant.ONE_PASS_MAX) == (k == 8192)
+    torch.manual_seed(2)
+    x = (torch.randn(2, k) * torch.logspace(-3, 2, k)).to(torch.bfloat16)
+    for key in ("fp8_dynamic_per_token", "int8_dynamic_per_token", "fp8_dynamic_per_tensor", "fp8_dynamic_group_128"):
+        q, s = quantize_activation(x, key)
+        rq, rs = reference(x, key)
+        assert torch.equal(_bits(q), _bits(rq)), key
+        assert torch.equal(s, rs.reshape(s.shape)), key
+
+
 def test_static_per_tensor_without_a_scale_is_an_error():
     with pytest.raises(ValueError, match="needs the checkpoint's input_scale"):
         quantize_activation(torch.randn(2, 32), "fp8_static_per_tensor")

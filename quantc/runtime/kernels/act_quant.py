@@ -1,8 +1,10 @@
 """Activation quantizers (Triton), bit-exact against ``quantc.runtime.quantize``.
 
-One kernel covers every activation key: a program owns one row and one group of GROUP columns
-(GROUP = K for per-token and per-tensor scales, 128 for fp8 groups, 32 for mxfp8), finds its scale,
-then writes the quantized elements.
+Every activation key works on groups of GROUP columns of a row (GROUP = K for per-token and per-tensor
+scales, 128 for fp8 groups, 32 for mxfp8): a group's scale, then its quantized elements. Where a row's
+groups fit in registers (``ONE_PASS_MAX`` elements a program) ``_quant_tile_kernel`` reads each element
+once: a program holds GROUPS whole groups of one row as a (GROUPS, GROUP) tile. Longer per-token rows
+take ``_quant_rows_kernel``, which reads the row twice (amax, then quantize) in BLOCK-wide chunks.
 
 =======================  ==========================  ===========================
 key                      elements                    scales
@@ -37,6 +39,68 @@ def _amax_kernel(x_ptr, amax_ptr, numel, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _scale_of(amax, s_ptr, s_ptrs, s_mask, first, fmt_max, SRC: tl.constexpr, MX: tl.constexpr):
+    """The scale (and, for mxfp8, its exponent) of groups with this amax, stored where they go: e8m0
+    bytes or fp32 per group; one fp32 for a dynamic per-tensor scale (by the ``first`` program)."""
+    amax = tl.maximum(amax, 1e-12)
+    e = 0
+    if MX:
+        e = floor_log2(amax) - 8
+        scale = pow2(e)
+        tl.store(s_ptrs, (e + 127).to(tl.uint8), mask=s_mask)
+    else:
+        scale = tl.math.div_rn(amax, fmt_max)
+        if SRC == 1:
+            if first:
+                tl.store(s_ptr, scale)
+        else:
+            tl.store(s_ptrs, scale, mask=s_mask)
+    return scale, e
+
+
+@triton.jit
+def _quant_tile_kernel(
+    x_ptr, q_ptr, s_ptr, src_ptr,          # input, quantized out, scale out, amax/static scale in
+    K, stride_xm, stride_qm, stride_sm,
+    GROUP: tl.constexpr, GROUPS: tl.constexpr, GBLOCK: tl.constexpr,  # GBLOCK: GROUP rounded up to 2**n
+    SRC: tl.constexpr, INT8: tl.constexpr, MX: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs_g = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)
+    offs_e = tl.arange(0, GBLOCK)
+    cols = offs_g[:, None] * GROUP + offs_e[None, :]
+    m = (offs_e[None, :] < GROUP) & (cols < K)
+    x = tl.load(x_ptr + row * stride_xm + cols, mask=m, other=0.0).to(tl.float32)
+    fmt_max = 127.0 if INT8 else 448.0
+    g_mask = offs_g * GROUP < K
+    if SRC == 2:
+        scale = tl.load(src_ptr)
+    else:
+        if SRC == 1:
+            amax = tl.load(src_ptr)
+        else:
+            amax = tl.max(tl.abs(x), axis=1)
+        scale, e = _scale_of(amax, s_ptr, s_ptr + row * stride_sm + offs_g, g_mask,
+                             (row == 0) & (tl.program_id(1) == 0), fmt_max, SRC, MX)
+    if SRC == 0:
+        if MX:
+            q = round_e4m3(x * pow2(-e)[:, None]).to(tl.float8e4nv)  # power-of-two scale: exact multiply
+        elif INT8:
+            q = quant_int8(x, scale[:, None])
+        else:
+            q = quant_e4m3(x, scale[:, None])
+    elif INT8:
+        q = quant_int8(x, scale)
+    else:
+        q = quant_e4m3(x, scale)
+    tl.store(q_ptr + row * stride_qm + cols, q, mask=m)
+
+
+# a program holds at most this many elements in registers (fp32: 32 a thread at 8 warps)
+ONE_PASS_MAX = 8192
+
+
+@triton.jit
 def _quant_rows_kernel(
     x_ptr, q_ptr, s_ptr, src_ptr,          # input, quantized out, scale out, amax/static scale in
     K, stride_xm, stride_qm, stride_sm,
@@ -61,18 +125,7 @@ def _quant_rows_kernel(
                 m = (offs < GROUP) & (g * GROUP + offs < K)
                 amax = tl.maximum(amax, tl.abs(tl.load(x_row + offs, mask=m, other=0.0).to(tl.float32)))
             amax = tl.max(amax, axis=0)
-        amax = tl.maximum(amax, 1e-12)
-        if MX:
-            e = floor_log2(amax) - 8
-            scale = pow2(e)
-            tl.store(s_ptr + row * stride_sm + g, (e + 127).to(tl.uint8))
-        else:
-            scale = tl.math.div_rn(amax, fmt_max)
-            if SRC == 1:
-                if row == 0:
-                    tl.store(s_ptr, scale)
-            else:
-                tl.store(s_ptr + row * stride_sm + g, scale)
+        scale, e = _scale_of(amax, s_ptr, s_ptr + row * stride_sm + g, True, (row == 0) & (g == 0), fmt_max, SRC, MX)
     for c in range(0, GROUP, BLOCK):
         offs = c + tl.arange(0, BLOCK)
         m = (offs < GROUP) & (g * GROUP + offs < K)
@@ -114,10 +167,20 @@ def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | 
         raise KeyError(f"no activation quantizer for {key!r}")
     if src == _FROM_GROUP:
         aux = s
-    block = min(triton.next_power_of_2(group), 2048)
+    s_stride = s.stride(0) if s.dim() == 2 else 0
+    gblock = triton.next_power_of_2(group)
+    if gblock <= ONE_PASS_MAX:
+        n_groups = k // group
+        groups = max(1, min(ONE_PASS_MAX // 4 // gblock, triton.next_power_of_2(n_groups)))  # ~2048 elements
+        warps = max(1, min(8, groups * gblock // 512))
+        _quant_tile_kernel[(m, triton.cdiv(n_groups, groups))](
+            x, q, s, aux, k, x.stride(0), q.stride(0), s_stride,
+            GROUP=group, GROUPS=groups, GBLOCK=gblock, SRC=src, INT8=int8, MX=mx, num_warps=warps,
+        )
+        return q, s
     _quant_rows_kernel[(m, k // group)](
-        x, q, s, aux, k, x.stride(0), q.stride(0), s.stride(0) if s.dim() == 2 else 0,
-        GROUP=group, BLOCK=block, SRC=src, INT8=int8, MX=mx,
+        x, q, s, aux, k, x.stride(0), q.stride(0), s_stride,
+        GROUP=group, BLOCK=2048, SRC=src, INT8=int8, MX=mx,
     )
     return q, s
 

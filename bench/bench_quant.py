@@ -1,0 +1,78 @@
+"""Activation quantizers on a GPU (issue 11: >= 0.75 of the reference bandwidth at M >= 1024): bytes
+moved (bf16 read, 8-bit elements and scales written) per second, against the copy bandwidth measured in
+the same run, and against torch's own eager per-token quantization (amax, divide, cast) as a peer.
+Every quantizer is checked bit-exact against the reference on the GPU first.
+
+    python bench/bench_quant.py        # writes $OUT/quant_<gpu>.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from triton.testing import do_bench, do_bench_cudagraph
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from quantc.runtime.kernels.act_quant import quantize_activation, reference  # noqa: E402
+
+OUT = os.environ.get("OUT", "/tmp")
+KEYS = ["fp8_dynamic_per_token", "int8_dynamic_per_token", "fp8_dynamic_group_128", "mxfp8", "fp8_dynamic_per_tensor"]
+MS = [1024, 4096, 8192]
+KS = [2048, 4096, 7168, 14336]
+
+
+def written_bytes(m: int, k: int, key: str) -> int:
+    scales = {"fp8_dynamic_group_128": m * (k // 128) * 4, "mxfp8": m * (k // 32),
+              "fp8_dynamic_per_tensor": 4}.get(key, m * 4)
+    return m * k + scales
+
+
+def torch_per_token(x):
+    s = x.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / 448.0
+    return (x.float() / s).clamp(-448, 448).to(torch.float8_e4m3fn), s
+
+
+def main() -> None:
+    gpu = torch.cuda.get_device_name()
+    out = {"device": gpu, "torch": torch.__version__, "rows": [], "check": {}}
+    n = 1 << 30
+    a = torch.empty(n, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    out["copy_GBps"] = 2 * n / do_bench(lambda: b.copy_(a)) / 1e6
+    del a, b
+    ref_bw = out["copy_GBps"]
+    torch.manual_seed(0)
+    for key in KEYS:  # bit-exact on the GPU, a row longer than one register pass included
+        x = (torch.randn(64, 16384, device="cuda") * torch.logspace(-3, 2, 16384, device="cuda")).to(torch.bfloat16)
+        for xs in (x, x[:, :4096].contiguous()):
+            q, s = quantize_activation(xs, key)
+            rq, rs = reference(xs.cpu(), key)
+            ok = torch.equal(q.cpu().view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s.cpu().reshape(rs.shape), rs)
+            out["check"][f"{key}/K{xs.shape[1]}"] = ok
+    print("check", out["check"], flush=True)
+    for m in MS:
+        for k in KS:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            row = {"M": m, "K": k}
+            for key in KEYS:
+                us = do_bench_cudagraph(lambda: quantize_activation(x, key), rep=30) * 1e3
+                gbps = (2 * m * k + written_bytes(m, k, key)) / us / 1e3
+                row[f"{key}_us"] = us
+                row[f"{key}_frac_ref"] = gbps / ref_bw
+            us = do_bench_cudagraph(lambda: torch_per_token(x), rep=30) * 1e3
+            row["torch_per_token_us"] = us
+            row["fp8_dynamic_per_token_over_torch"] = us / row["fp8_dynamic_per_token_us"]
+            out["rows"].append(row)
+            print(json.dumps({k_: round(v, 3) if isinstance(v, float) else v for k_, v in row.items()}), flush=True)
+    out["summary"] = {key: min(r[f"{key}_frac_ref"] for r in out["rows"]) for key in KEYS}
+    print("worst fraction of copy bandwidth per key:", out["summary"], flush=True)
+    slug = "h200" if "H200" in gpu else "h100"
+    Path(OUT, f"quant_{slug}.json").write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
