@@ -322,3 +322,58 @@ def test_torch_compile_traces_the_custom_op_in_one_graph():
     got = torch.compile(mod, backend=backend, fullgraph=True)(x)
     assert torch.equal(got, want)
     assert any("quantc.dense" in t for t in seen), seen
+
+
+TMA_CASES = [
+    ("fp8_per_channel", "fp8_dynamic_per_token", (40, 72, 160), 32),
+    ("fp8_per_tensor", "fp8_dynamic_per_tensor", (33, 48, 64), 32),
+    ("int8_per_channel", "int8_dynamic_per_token", (40, 72, 160), 32),
+    ("fp8_block_128x128", "fp8_dynamic_group_128", (40, 200, 384), 128),  # ragged last N block
+]
+
+
+@pytest.mark.parametrize("wk,ak,shape,bk", TMA_CASES)
+def test_persistent_tma_kernel_equals_the_tiled_kernel(wk, ak, shape, bk, monkeypatch):
+    """The persistent TMA variant (large M on sm_90) gives the same bits as the tiled kernel: same
+    per-K-step math; ragged M / N edges come from the descriptors' bounds, every tile visited once."""
+    from quantc.runtime.kernels import scaled_mm_tma
+
+    calls = []
+    real = scaled_mm_tma.launch
+    monkeypatch.setattr(scaled_mm_tma, "launch", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(9)
+    m, n, k = shape
+    t = Q.quantize_weight(torch.randn(n, k) * 0.1, wk)
+    x = torch.randn(m, k).to(torch.bfloat16)
+    bias = torch.randn(n).to(torch.bfloat16)
+    cfg = KernelConfig(16, 32, bk, 4, 4, 2)
+    tiled = scaled_mm(x, t["weight"], _scale(t).float(), wk, ak, cfg, bias=bias, tma=False)
+    assert not calls
+    persistent = scaled_mm(x, t["weight"], _scale(t).float(), wk, ak, cfg, bias=bias, tma=True)
+    assert calls == [1]
+    assert torch.equal(persistent, tiled)
+    assert _rel(persistent, reference(x, t, wk, ak) + bias.float()) < TOL
+
+
+def test_persistent_tma_kernel_declines_what_it_does_not_run():
+    from quantc.runtime.kernels import scaled_mm as sm
+    from quantc.runtime.kernels.scaled_mm_tma import supported
+
+    cfg = KernelConfig(16, 32, 128, 4, 4, 2)
+    assert supported(sm.A_ROW, sm.B_CHANNEL, False, 64, 128, cfg)
+    assert not supported(sm.A_ROW, sm.B_CHANNEL, False, 64, 120, cfg)  # K row stride not 16-byte aligned
+    assert not supported(sm.A_ROW, sm.B_CHANNEL, False, 60, 128, cfg)  # bf16 output row stride
+    assert not supported(sm.A_ROW, sm.B_CHANNEL, False, 64, 128, KernelConfig(16, 32, 128, 4, 4, 2, 4))  # split-K
+    assert not supported(sm.A_GROUP, sm.B_GROUP, True, 64, 128, cfg)  # mxfp8
+    assert not supported(sm.A_NONE, sm.B_CHANNEL, False, 64, 128, cfg)  # weight-only
+
+
+def test_tma_policy_by_m_and_environment(monkeypatch):
+    from quantc.runtime.kernels import scaled_mm as sm
+
+    monkeypatch.delenv("QUANTC_TMA", raising=False)
+    assert not sm._tma_policy(4096, torch.device("cpu"))  # no GPU: the tiled kernel
+    monkeypatch.setenv("QUANTC_TMA", "1")
+    assert sm._tma_policy(1, torch.device("cpu"))
+    monkeypatch.setenv("QUANTC_TMA", "0")
+    assert not sm._tma_policy(8192, torch.device("cpu"))

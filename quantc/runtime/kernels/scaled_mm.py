@@ -40,6 +40,7 @@ the number of K tiles and drops slices that would be empty (S = ceil(T / ceil(T 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -59,6 +60,16 @@ Q_NONE, Q_DYNAMIC, Q_STATIC = 0, 1, 2
 # (bench/results/dense_h100.json, module_fp8_row) it ran slower than a separate quantizer launch plus
 # the GEMM at decode sizes, so it is off by default until it is tuned; ``fuse=True`` forces it.
 FUSE_MAX_M = {A_TENSOR: 0, A_ROW: 0, A_GROUP: 0}
+# smallest M at which pre-quantized W8A8 calls take the persistent TMA kernel (``scaled_mm_tma``) on
+# sm_90+; QUANTC_TMA=0 / 1 turns it off / on at every M (benchmarks compare the two paths)
+TMA_MIN_M = 1024
+
+
+def _tma_policy(m: int, device: torch.device) -> bool:
+    forced = os.environ.get("QUANTC_TMA")
+    if forced is not None:
+        return forced == "1"
+    return m >= TMA_MIN_M and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 @triton.jit
@@ -282,12 +293,13 @@ WEIGHT_MODE = {
 def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, weight_key: str,
               act_key: str, config, input_scale: torch.Tensor | None = None,
               bias: torch.Tensor | None = None, fuse: bool | None = None,
-              x_scale: torch.Tensor | None = None) -> torch.Tensor:
+              x_scale: torch.Tensor | None = None, tma: bool | None = None) -> torch.Tensor:
     """bf16 x (M, K) times a quantized weight (N, K) -> bf16 (M, N).
 
     With ``x_scale``, x is taken as already quantized for ``act_key`` (elements and their scales).
     ``config`` is the KernelConfig for this M (block_m, block_n, block_k, group_m, num_warps,
-    num_stages, split_k). ``fuse`` forces the fused quantizer on or off (default: by M, see FUSE_MAX_M)."""
+    num_stages, split_k). ``fuse`` forces the fused quantizer on or off (default: by M, see FUSE_MAX_M);
+    ``tma`` the persistent TMA kernel for pre-quantized W8A8 calls (default: by M and GPU, ``_tma_policy``)."""
     m, k = x.shape
     n = weight.shape[0]
     a_mode = ACT_MODE[act_key]
@@ -315,6 +327,14 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
     sa2 = sa if sa.dim() == 2 else sa.reshape(-1, 1)
     sb2 = weight_scale if weight_scale.dim() == 2 else weight_scale.reshape(-1, 1)
     out = torch.empty((m, n), dtype=torch.bfloat16, device=x.device)
+    if quant == Q_NONE and a_mode != A_NONE:
+        from . import scaled_mm_tma
+
+        if (tma if tma is not None else _tma_policy(m, x.device)) and scaled_mm_tma.supported(
+                a_mode, b_mode, mx, n, k, config):
+            cfg = config if config.block_k == block_k else dataclasses.replace(config, block_k=block_k)
+            return scaled_mm_tma.launch(a, weight, sa, weight_scale, bias, a_mode, b_mode, int8, group_k, group_n,
+                                        cfg, out)
     split = split_slices(k, block_k, config.split_k)
     dst, dst_strides, sa_out = out, (out.stride(0), out.stride(1), 0), out
     if split > 1:
