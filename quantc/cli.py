@@ -361,6 +361,12 @@ def _default_tables_dir() -> Path:
     return Path(base) / "quantc" / "kernels"
 
 
+class TuneSpace(str, Enum):  # quantc.tune.SPACES
+    full = "full"
+    small = "small"
+    seeded = "seeded"
+
+
 @app.command()
 def tune(
     config: Optional[Path] = typer.Argument(None, help="quantc config (or give --plan)"),
@@ -372,12 +378,18 @@ def tune(
     set_: Optional[List[str]] = _SET,
     kernels: Optional[str] = typer.Option(None, "--kernels", help="comma-separated kernel ids to tune (default: every tunable kernel of the plan, MoE grouped GEMMs included)"),
     buckets: Optional[str] = typer.Option(None, "--m-buckets", help="comma-separated M-bucket bounds to tune, e.g. 1,16,64 (default: all)"),
-    small: bool = typer.Option(False, "--small", help="a tiny search space (for tests and the interpreter)"),
+    space: TuneSpace = typer.Option(TuneSpace.full, "--space", help="configs searched per job: full (the whole grid, "
+                                    "minutes a job), small (a handful, for tests and the interpreter), seeded (about a "
+                                    "dozen: the winners of tables tuned on nearby shapes, and the default)"),
+    small: bool = typer.Option(False, "--small", help="the same as --space small"),
 ):
     """Benchmark Triton configs for the plan's kernels and (N, K) shapes per M-bucket on this GPU and
     write the winners as a kernel table (resumable; each entry written atomically)."""
     from .gpus import GPUS
     from .tune import M_BUCKETS, jobs_from_plan
+
+    if small and space not in (TuneSpace.full, TuneSpace.small):
+        _usage_error(f"--small is --space small; it cannot be combined with --space {space.value}")
 
     if plan_file is not None:
         from .plan import load_plan
@@ -420,7 +432,8 @@ def tune(
     except ImportError as exc:
         typer.echo(f"error: quantc tune needs the runtime (torch, triton): {exc}", err=True)
         raise typer.Exit(EXIT_USAGE)
-    stats = run_tune(jobs, GPUS[plan_obj.target["gpu"]], output or _default_tables_dir(), small=small, progress=sys.stderr.isatty())
+    stats = run_tune(jobs, GPUS[plan_obj.target["gpu"]], output or _default_tables_dir(),
+                     space="small" if small else space.value, progress=sys.stderr.isatty())
     typer.echo(f"tuned {stats['tuned']} of {stats['jobs']} (kernel, N, K, M-bucket) entries "
                f"({stats['skipped_done']} already done, {stats['no_valid_config']} without a valid config) -> {stats['path']}")
     raise typer.Exit(EXIT_INVALID if stats["no_valid_config"] else EXIT_OK)

@@ -104,12 +104,17 @@ def _clamp(cfg: KernelConfig, n: int, k: int) -> KernelConfig:
                         cfg.num_warps, cfg.num_stages, cfg.split_k)
 
 
+def shape_distance(n: int, k: int, tn: int, tk: int) -> float:
+    """How far a tuned shape (N', K') is from (N, K): ``|log2(N/N')| + |log2(K/K')|``."""
+    return abs(math.log2(max(n, 1) / max(tn, 1))) + abs(math.log2(max(k, 1) / max(tk, 1)))
+
+
 def _nearest(table: KernelTable, kernel: str, n: int, k: int):
     best = None
     for (kern, tn, tk), buckets in table.entries.items():
         if kern != kernel:
             continue
-        dist = abs(math.log2(n / tn)) + abs(math.log2(max(k, 1) / max(tk, 1)))
+        dist = shape_distance(n, k, tn, tk)
         key = (dist, tn, tk)
         if dist <= NEAREST_MAX_DISTANCE and (best is None or key < best[0]):
             best = (key, tn, tk, buckets)

@@ -11,6 +11,20 @@ plans do not record it. The gate_up GEMM (activation fused) and the down GEMM ar
 down GEMM runs with gate_up's BLOCK_M (both share one routing, padded to it), so a down job searches
 the other fields only, at the BLOCK_M gate_up's row uses for that bucket.
 
+Search spaces (``SPACES``): ``full``, the grids of ``search_space`` / ``moe_search_space`` (hundreds of
+compiles a job); ``small``, a handful, for tests and the CPU interpreter; ``seeded`` (``seeded_space``),
+transfer from tables already tuned on other shapes. A seeded job's candidates are the configs that won
+for the same kernel id in the given tables (by default the shipped ``kernels/`` tables, the target
+GPU's own first; ``quantc.runtime.tune`` puts the table it is writing before them), ranked by
+closeness: rows of the job's own M-bucket first, then the nearer buckets (by position in
+``M_BUCKETS``), within that the nearer (N, K) by the compiler's nearest-shape measure
+(``emit.shape_distance``), then table order. Each goes through the full space's feasibility pruning
+(block sizes, split-K, K alignment, shared memory, the grouped GEMM's BLOCK_K rules); a MoE down job
+takes its gate_up partner's BLOCK_M in place of the seed's, and split-K, which the grouped GEMM does
+not have, is set to 1. Duplicates are dropped; the job's default
+config comes first, unpruned (the runtime supplies it: it is chosen beside torch, and it is what the
+module runs without a row), and the list stops at ``SEEDED_MAX``. Where no table knows the kernel, the default is the only candidate.
+
 The table is rewritten atomically after every finished (kernel, N, K, bucket), so an interrupted run
 keeps what it finished and a rerun skips it (resume).
 """
@@ -19,10 +33,11 @@ from __future__ import annotations
 
 import itertools
 import json
+from bisect import bisect_left
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .emit import CONFIG_FIELDS, TABLE_FORMAT
+from .emit import CONFIG_FIELDS, TABLE_FORMAT, data_dir, shape_distance
 from .gpus import Gpu
 from .kernel_specs import KERNELS_BY_ID
 from .keys import ACTIVATION_KEYS, WEIGHT_KEYS
@@ -30,6 +45,8 @@ from .plan import M_MAX_LAST, KernelConfig, Plan, write_atomic
 
 # the M-buckets tuned, and the M measured for each (the last bucket is measured at 8192)
 M_BUCKETS: tuple[tuple[int, int], ...] = ((1, 1), (16, 16), (64, 64), (256, 256), (1024, 1024), (4096, 4096), (M_MAX_LAST, 8192))
+SPACES = ("full", "small", "seeded")
+SEEDED_MAX = 12  # candidates of a seeded job, its default included
 
 # dense kernels whose launch takes a KernelConfig (torch-family kernels choose their own), and the
 # grouped MoE GEMMs
@@ -192,40 +209,58 @@ def _pow2_at_least(x: int) -> int:
 DECODE_4BIT = ("int4_weight_only_gemm", "fp4_weight_only_gemm")
 
 
-def search_space(job: TuneJob, gpu: Gpu, *, small: bool = False) -> list[KernelConfig]:
-    """Candidate configs for one job, pruned before compiling: blocks no larger than the padded
-    problem, split-K only for decode-sized M, and tiles that fit the GPU's shared memory."""
+def resolve_space(space: str = "full", small: bool = False) -> str:
+    """The search space named by ``space`` (one of ``SPACES``), ``small=True`` being ``space="small"``."""
+    if space not in SPACES:
+        raise ValueError(f"unknown search space {space!r}; known: {', '.join(SPACES)}")
+    if small and space not in ("full", "small"):
+        raise ValueError(f"small=True is the small space; it cannot be combined with space={space!r}")
+    return "small" if small else space
+
+
+def search_space(job: TuneJob, gpu: Gpu, *, small: bool = False, space: str = "full", tables: list[dict] | None = None,
+                 default: KernelConfig | None = None) -> list[KernelConfig]:
+    """Candidate configs for one job in ``space`` (``SPACES``; ``small=True``: the small one), pruned
+    before compiling: blocks no larger than the padded problem, split-K only for decode-sized M, and
+    tiles that fit the GPU's shared memory. ``tables``, ``default``: the seeded space's (``seeded_space``)."""
+    space = resolve_space(space, small)
+    if space == "seeded":
+        return seeded_space(job, gpu, tables, default)
     if job.num_experts:
-        return moe_search_space(job, gpu, small=small)
-    pow2_at_least = _pow2_at_least
-    m_cap = max(16, pow2_at_least(job.m))
-    n_cap = max(16, pow2_at_least(job.n))
-    k_cap = max(16, pow2_at_least(job.k))
-    decode_4bit = job.kernel in DECODE_4BIT and job.m <= 16
-    if small:
+        return moe_search_space(job, gpu, small=space == "small")
+    if space == "small":
         grid = itertools.product((16, 32), (32, 64), (32, 64), (4,), (2, 3), (1, 2))
-    elif decode_4bit:
+    elif _decode_4bit(job):
         grid = itertools.product((16,), (32, 64, 128), (128, 256), (1, 2, 4), (3, 4), (1, 2, 4, 6, 8, 12, 16, 24))
     else:
         grid = itertools.product((16, 32, 64, 128, 256), (32, 64, 128, 256), (64, 128, 256), (4, 8), (3, 4, 5), (1, 2, 4, 8))
-    out = []
-    spec = KERNELS_BY_ID[job.kernel]
-    for bm, bn, bk, warps, stages, split_k in grid:
-        if bm > m_cap or bn > n_cap or bk > k_cap:
-            continue
-        if decode_4bit and bn * bk > 256 * 32 * warps:
-            continue  # over 256 weight elements a thread per K step spills (bench/kernel_sass.py)
-        if split_k > 1 and (job.m > 64 or job.k // split_k < bk):
-            continue
-        if spec.k_multiple > 1 and bk % min(spec.k_multiple, 128) and spec.k_multiple % bk:
-            continue  # a K-tile must line up with the format's scale groups
-        if bm >= 128 and warps == 4 and bn >= 256:
-            continue
-        cfg = KernelConfig(bm, bn, bk, 8, warps, stages, split_k)
-        if smem_bytes(cfg, job.weight_key, job.activation_key) > gpu.smem_bytes:
-            continue
-        out.append(cfg)
-    return out
+    configs = (KernelConfig(bm, bn, bk, 8, warps, stages, split_k) for bm, bn, bk, warps, stages, split_k in grid)
+    return [cfg for cfg in configs if _dense_ok(job, gpu, cfg)]
+
+
+def _cap(x: int) -> int:
+    """The padded problem size along one axis: the largest block worth a candidate."""
+    return max(16, _pow2_at_least(x))
+
+
+def _decode_4bit(job: TuneJob) -> bool:
+    return job.kernel in DECODE_4BIT and job.m <= 16
+
+
+def _dense_ok(job: TuneJob, gpu: Gpu, cfg: KernelConfig) -> bool:
+    """Whether a dense candidate survives pruning (the full space's rules, applied to seeds too)."""
+    if cfg.block_m > _cap(job.m) or cfg.block_n > _cap(job.n) or cfg.block_k > _cap(job.k):
+        return False
+    if _decode_4bit(job) and cfg.block_n * cfg.block_k > 256 * 32 * cfg.num_warps:
+        return False  # over 256 weight elements a thread per K step spills (bench/kernel_sass.py)
+    if cfg.split_k > 1 and (job.m > 64 or job.k // cfg.split_k < cfg.block_k):
+        return False
+    k_multiple = KERNELS_BY_ID[job.kernel].k_multiple
+    if k_multiple > 1 and cfg.block_k % min(k_multiple, 128) and k_multiple % cfg.block_k:
+        return False  # a K-tile must line up with the format's scale groups
+    if cfg.block_m >= 128 and cfg.num_warps == 4 and cfg.block_n >= 256:
+        return False
+    return smem_bytes(cfg, job.weight_key, job.activation_key) <= gpu.smem_bytes
 
 
 def _w8a8(job: TuneJob) -> bool:
@@ -255,42 +290,107 @@ def moe_smem_bytes(cfg: KernelConfig, job: TuneJob) -> int:
     return int(cfg.num_stages * (a + b))
 
 
+# BLOCK_M, BLOCK_N, BLOCK_K, warps, stages of the grouped GEMM's full and small spaces
+MOE_GRID = ((16, 32, 64, 128), (64, 128, 256), (64, 128), (4, 8), (2, 3, 4))
+MOE_GRID_SMALL = ((16, 32), (32, 64), (32, 64, 128), (4,), (2,))
+
+
 def moe_search_space(job: TuneJob, gpu: Gpu, *, small: bool = False) -> list[KernelConfig]:
     """Candidates for a grouped MoE GEMM: BLOCK_M {16..128} (no larger than the tokens, the most one
     expert can get; a down job keeps gate_up's BLOCK_M), BLOCK_N {64, 128, 256} (no larger than the
     padded output width), BLOCK_K {64, 128} as the kernel runs it (``moe_block_k_ok``; a K smaller
     than every valid BLOCK_K keeps the smallest valid one), warps {4, 8}, stages {2, 3, 4}; tiles that
     overflow shared memory are pruned. ``small``: a handful, for the CPU interpreter."""
-    if small:
-        bms, bns, bks, warps, stages = (16, 32), (32, 64), (32, 64, 128), (4,), (2,)
-    else:
-        bms, bns, bks, warps, stages = (16, 32, 64, 128), (64, 128, 256), (64, 128), (4, 8), (2, 3, 4)
-    m_cap = max(16, _pow2_at_least(job.m))
-    n_cap = max(16, _pow2_at_least(job.n_out))
-    k_cap = max(16, _pow2_at_least(job.k))
+    bms, bns, bks, warps, stages = MOE_GRID_SMALL if small else MOE_GRID
+    m_cap, n_cap, k_cap = _cap(job.m), _cap(job.n_out), _cap(job.k)
     bms = (job.block_m,) if job.block_m else tuple(b for b in bms if b <= m_cap)
     n_ok = tuple(b for b in bns if b <= n_cap) or (min(bns),)
     k_valid = [b for b in bks if moe_block_k_ok(job, b)]
     k_ok = tuple(b for b in k_valid if b <= k_cap) or tuple(k_valid[:1])
-    out = []
-    for bm, bn, bk, w, st in itertools.product(bms, n_ok, k_ok, warps, stages):
-        if bm >= 128 and w == 4 and bn >= 256:
-            continue
-        cfg = KernelConfig(bm, bn, bk, 8, w, st)
-        if moe_smem_bytes(cfg, job) <= gpu.smem_bytes:
+    configs = (KernelConfig(bm, bn, bk, 8, w, st) for bm, bn, bk, w, st in itertools.product(bms, n_ok, k_ok, warps, stages))
+    return [cfg for cfg in configs if _moe_tile_ok(job, gpu, cfg)]
+
+
+def _moe_tile_ok(job: TuneJob, gpu: Gpu, cfg: KernelConfig) -> bool:
+    return not (cfg.block_m >= 128 and cfg.num_warps == 4 and cfg.block_n >= 256) and moe_smem_bytes(cfg, job) <= gpu.smem_bytes
+
+
+def _moe_seed(job: TuneJob, gpu: Gpu, cfg: KernelConfig) -> KernelConfig | None:
+    """A seed as the full grouped-GEMM space would prune it (None: infeasible): a down job's BLOCK_M
+    replaced by gate_up's, blocks no larger than the padded problem (or than the full grid's smallest
+    BLOCK_N / valid BLOCK_K, which it keeps where nothing smaller fits), BLOCK_K as the kernel runs it,
+    tiles that fit shared memory."""
+    # the grouped GEMM has no split-K: seeds differing only there are one candidate
+    cfg = replace(cfg, block_m=job.block_m or cfg.block_m, split_k=1)
+    _, bns, bks, _, _ = MOE_GRID
+    n_cap = max(_cap(job.n_out), min(bns))
+    k_cap = max([_cap(job.k), *[b for b in bks if moe_block_k_ok(job, b)][:1]])
+    if (not job.block_m and cfg.block_m > _cap(job.m)) or cfg.block_n > n_cap or cfg.block_k > k_cap:
+        return None
+    if not moe_block_k_ok(job, cfg.block_k) or not _moe_tile_ok(job, gpu, cfg):
+        return None
+    return cfg
+
+
+# --- the seeded space ------------------------------------------------------------------------------
+
+
+def seeded_space(job: TuneJob, gpu: Gpu, tables: list[dict] | None = None,
+                 default: KernelConfig | None = None) -> list[KernelConfig]:
+    """Candidates transferred from tuned tables (the module doc has the rule): ``default`` first, then
+    the feasible winners of ``job.kernel`` in ``tables`` (parsed kernel tables; default: the shipped
+    ones, ``shipped_tables``), closest first, without duplicates, at most ``SEEDED_MAX`` in all."""
+    tables = shipped_tables(gpu) if tables is None else tables
+    seeds = sorted(((_closeness(job, row, i), _row_config(row))
+                    for i, table in enumerate(tables) for row in table.get("entries", []) if row["kernel"] == job.kernel),
+                   key=lambda seed: seed[0])
+    out = [default] if default is not None else []
+    for _, cfg in seeds:
+        if len(out) >= SEEDED_MAX:
+            break
+        cfg = _moe_seed(job, gpu, cfg) if job.num_experts else _dense_seed(job, gpu, cfg)
+        if cfg is not None and cfg not in out:
             out.append(cfg)
     return out
+
+
+def _dense_seed(job: TuneJob, gpu: Gpu, cfg: KernelConfig) -> KernelConfig | None:
+    return cfg if _dense_ok(job, gpu, cfg) else None
+
+
+_BOUNDS = tuple(m_max for m_max, _ in M_BUCKETS)
+
+
+def _closeness(job: TuneJob, row: dict, table_index: int) -> tuple:
+    """Sort key of a seed row for a job: own bucket, bucket distance, shape distance, table, shape, bucket."""
+    n, k, m_max = int(row["n"]), int(row["k"]), int(row["m_max"])
+    buckets_apart = abs(bisect_left(_BOUNDS, m_max) - bisect_left(_BOUNDS, job.m_max))
+    return (m_max != job.m_max, buckets_apart, shape_distance(job.n, job.k, n, k), table_index, n, k, m_max)
+
+
+def _row_config(row: dict) -> KernelConfig:
+    return KernelConfig(**{f: int(row[f]) for f in CONFIG_FIELDS if f in row})
+
+
+def shipped_tables(gpu: Gpu) -> list[dict]:
+    """The kernel tables shipped under ``kernels/``: the GPU's own table first, then the others by name."""
+    paths = sorted(data_dir("kernels").glob("*.json"), key=lambda p: (p.stem != gpu.table, p.stem))
+    return [read_table_file(p) for p in paths]
 
 
 # --- the table file --------------------------------------------------------------------------------
 
 
+def read_table_file(path: Path) -> dict:
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
+        raise ValueError(f"{path} exists and is not a quantc kernel table")
+    return data
+
+
 def read_or_new_table(path: Path, gpu: Gpu, meta: dict) -> dict:
     if path.is_file():
-        data = json.loads(path.read_text())
-        if data.get("format") != TABLE_FORMAT:
-            raise ValueError(f"{path} exists and is not a quantc kernel table")
-        return data
+        return read_table_file(path)
     return {"format": TABLE_FORMAT, "version": 1, "gpu": gpu.name, **meta, "defaults": {}, "entries": []}
 
 

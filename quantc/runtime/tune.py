@@ -17,6 +17,10 @@ random top-k routing, and the input rounded the way ``QuantMoE`` rounds it; each
 ``moe_gemm.grouped_gemm`` (the function ``QuantMoE.experts`` calls) on a routing padded to its own
 BLOCK_M, and is checked against the config ``QuantMoE`` uses without a table entry. Only the grouped
 GEMM is timed (the routing sort and activation quantization are outside the config's reach).
+
+``space="seeded"`` searches ``quantc.tune.seeded_space``: the winners of the table being written (rows
+finished earlier in this run or a previous one), then of ``tables`` (default: the shipped ones), with
+the job's default config (``job_default``, measured once) among the candidates.
 """
 
 from __future__ import annotations
@@ -174,12 +178,17 @@ def measure(job, cfg: KernelConfig, ops: Operands, device: str, rtol: float = 2e
     return _time_us(rotated, device) / len(every)
 
 
-def tune(jobs, gpu, out_dir: str | Path, *, small: bool = False, progress: bool = True, device: str | None = None) -> dict:
-    """Tune every job not already in ``out_dir/<gpu>.json``; returns counts for the report."""
+def tune(jobs, gpu, out_dir: str | Path, *, small: bool = False, space: str = "full", tables: list[dict] | None = None,
+         progress: bool = True, device: str | None = None) -> dict:
+    """Tune every job not already in ``out_dir/<gpu>.json`` over ``space`` (``quantc.tune.SPACES``;
+    ``small=True``: the small one); returns counts for the report. ``tables``: the seeded space's
+    parsed tables after the one being written (default: the shipped ones)."""
     import triton
 
-    from quantc.tune import add_entry, finished, partner_block_m, read_or_new_table, search_space
+    from quantc.tune import (add_entry, finished, partner_block_m, read_or_new_table, resolve_space, search_space,
+                             shipped_tables)
 
+    space = resolve_space(space, small)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,6 +196,8 @@ def tune(jobs, gpu, out_dir: str | Path, *, small: bool = False, progress: bool 
     meta = {"device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu (TRITON_INTERPRET)",
             "torch": torch.__version__.split("+")[0], "triton": triton.__version__}
     table = read_or_new_table(path, gpu, meta)
+    # the table being written seeds first: add_entry updates it in place, so later jobs see earlier winners
+    seeds = [table, *(shipped_tables(gpu) if tables is None else tables)] if space == "seeded" else None
     done = finished(table)
     todo = [j for j in jobs if j.key not in done]
     stats = {"jobs": len(jobs), "skipped_done": len(jobs) - len(todo), "tuned": 0, "no_valid_config": 0, "path": str(path)}
@@ -200,8 +211,8 @@ def tune(jobs, gpu, out_dir: str | Path, *, small: bool = False, progress: bool 
             default = job_default(job)
             default_us = measure(job, default, ops, device)
             best, best_us = None, None
-            for cfg in search_space(job, gpu, small=small):
-                us = measure(job, cfg, ops, device)
+            for cfg in search_space(job, gpu, space=space, tables=seeds, default=default):
+                us = default_us if cfg == default else measure(job, cfg, ops, device)
                 if us is not None and (best_us is None or us < best_us):
                     best, best_us = cfg, us
             if best is None:

@@ -100,6 +100,82 @@ def test_interrupted_tune_keeps_finished_entries(tmp_path, monkeypatch):
     assert resumed["skipped_done"] == 1 and resumed["tuned"] == 1
 
 
+def test_seeded_tune_searches_the_tables_and_the_rows_it_wrote_with_the_default_measured_once(tmp_path, monkeypatch):
+    import dataclasses
+
+    import quantc.tune as ct
+    from quantc.emit import CONFIG_FIELDS
+    from quantc.runtime import tune as rt
+
+    jobs = jobs_from_plan(_plan(), ((16, 16),))  # N = 32, then N = 64
+    seed = KernelConfig(16, 32, 32, 8, 4, 2)
+    fake = {"format": "quantc-kernels", "version": 1, "gpu": "h100", "defaults": {},
+            "entries": [{"kernel": "fp8_scaled_gemm", "n": 64, "k": 64, "m_max": 16, **dataclasses.asdict(seed)}]}
+    seen, measured = [], []
+    real_space, real_measure = ct.search_space, rt.measure
+
+    def spy_space(job, gpu, **kw):
+        seen.append((job.n, kw["space"], [r["n"] for r in kw["tables"][0]["entries"]], kw["tables"][1:], kw["default"]))
+        return real_space(job, gpu, **kw)
+
+    monkeypatch.setattr(ct, "search_space", spy_space)
+    monkeypatch.setattr(rt, "measure", lambda job, cfg, *a: measured.append((job.n, cfg)) or real_measure(job, cfg, *a))
+    stats = rt.tune(jobs, GPUS["h100"], tmp_path, space="seeded", tables=[fake], progress=False, device="cpu")
+    assert stats["tuned"] == 2 and stats["no_valid_config"] == 0
+    assert [s[:4] for s in seen] == [(32, "seeded", [], [fake]), (64, "seeded", [32], [fake])]  # the first row seeds
+    table = json.loads((tmp_path / "h100.json").read_text())
+    jsonschema.Draft202012Validator(json.loads((data_dir("schemas") / "kernels.schema.json").read_text())).validate(table)
+    assert all(set(r) <= {"kernel", "n", "k", "m_max", *CONFIG_FIELDS, "time_us", "default_time_us"} for r in table["entries"])
+    first = KernelConfig(**{f: table["entries"][0][f] for f in CONFIG_FIELDS})
+    for n, *_, default in seen:
+        mine = [c for m, c in measured if m == n]
+        assert default == rt.job_default(jobs[0]) and mine.count(default) == 1 and seed in mine
+        assert len(mine) == len(set(mine)) <= ct.SEEDED_MAX
+    assert first in [c for m, c in measured if m == 64]
+
+
+def test_tune_refuses_an_unknown_space_before_any_work(tmp_path):
+    from quantc.runtime import tune as rt
+
+    jobs = jobs_from_plan(_plan(), ((16, 16),))
+    with pytest.raises(ValueError, match="unknown search space 'fast'"):
+        rt.tune(jobs, GPUS["h100"], tmp_path / "out", space="fast", progress=False, device="cpu")
+    with pytest.raises(ValueError, match="cannot be combined with space='seeded'"):
+        rt.tune(jobs, GPUS["h100"], tmp_path / "out", small=True, space="seeded", progress=False, device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_and_tune_plan_script_pass_the_space_on(tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from quantc import cli
+    from quantc.runtime import tune as rtune
+
+    _plan().save(tmp_path / "plan.json")
+    got = []
+    monkeypatch.setattr(rtune, "tune", lambda jobs, gpu, out, **kw: got.append(kw["space"]) or
+                        {"jobs": len(jobs), "tuned": len(jobs), "skipped_done": 0, "no_valid_config": 0, "path": "x"})
+    cases = (([], "full"), (["--space", "seeded"], "seeded"), (["--small"], "small"), (["--space", "small", "--small"], "small"))
+    for args, _ in cases:
+        result = CliRunner().invoke(cli.app, ["tune", "--plan", str(tmp_path / "plan.json"), "-o", str(tmp_path), *args])
+        assert result.exit_code == 0, result.output
+    assert got == [want for _, want in cases]
+    bench = Path(__file__).resolve().parents[2] / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        import tune_plan
+    finally:
+        sys.path.remove(str(bench))
+    got.clear()
+    for args, _ in cases:
+        monkeypatch.setattr(sys, "argv", ["tune_plan.py", str(tmp_path), str(tmp_path / "plan.json"), *args])
+        tune_plan.main()
+    assert got == [want for _, want in cases]
+
+
 def test_candidate_that_disagrees_is_dropped(monkeypatch):
     from quantc.runtime import tune as rt
 
@@ -294,8 +370,8 @@ def test_moe_down_tuned_at_gate_ups_tuned_block_m(tmp_path, monkeypatch):
     spaces = {}
     real = ct.search_space
 
-    def gate_up_prefers_32(job, gpu, small=False):
-        space = real(job, gpu, small=small)
+    def gate_up_prefers_32(job, gpu, **kw):
+        space = real(job, gpu, **kw)
         spaces[job.role] = space
         return [c for c in space if c.block_m == 32] if job.role == "gate_up" else space
 

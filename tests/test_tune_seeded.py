@@ -1,0 +1,237 @@
+"""`quantc tune --space seeded`, compiler side (no torch): candidates transferred from tuned tables,
+ranked by bucket then shape, pruned like the full space, deduplicated, capped, the default first; the
+space's selection in ``search_space``, the CLI and bench/tune_plan.py, and each of their errors."""
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quantc.emit import CONFIG_FIELDS, TABLE_FORMAT, shape_distance
+from quantc.gpus import GPUS
+from quantc.plan import M_MAX_LAST, KernelConfig
+from quantc.tune import (SEEDED_MAX, SPACES, TuneJob, read_table_file, resolve_space, search_space, seeded_space,
+                         shipped_tables)
+
+ROOT = Path(__file__).resolve().parent.parent
+H100 = GPUS["h100"]
+FP8 = ("fp8_per_channel", "fp8_dynamic_per_token")
+DEFAULT = KernelConfig(64, 64, 128, 8, 4, 4)
+
+
+def _row(cfg: KernelConfig, n=4096, k=4096, m_max=64, kernel="fp8_scaled_gemm") -> dict:
+    return {"kernel": kernel, "n": n, "k": k, "m_max": m_max, **dataclasses.asdict(cfg), "time_us": 1.0}
+
+
+def _table(*rows) -> dict:
+    return {"format": TABLE_FORMAT, "version": 1, "gpu": "h100", "defaults": {}, "entries": list(rows)}
+
+
+def _job(n=4096, k=4096, m_max=64, m=None, kernel="fp8_scaled_gemm", keys=FP8) -> TuneJob:
+    return TuneJob(kernel, n, k, *keys, m_max, m or m_max)
+
+
+def _cfgs(count, bm=16):
+    """``count`` distinct configs, feasible for a dense 4096 x 4096 job at M = 64 on an H100."""
+    grid = [(bn, bk, w, st) for bn in (32, 64, 128) for bk in (64, 128) for w in (4, 8) for st in (2, 3, 4)]
+    return [KernelConfig(bm, bn, bk, 8, w, st) for bn, bk, w, st in grid[:count]]
+
+
+def test_seeds_rank_own_bucket_first_then_neighbours_then_nearer_shapes():
+    a, b, c, d, e, f, g = _cfgs(7)
+    table = _table(
+        _row(f, m_max=1024),                   # two buckets away, same shape
+        _row(e, n=8192, m_max=256),            # a neighbour bucket, shape distance 1
+        _row(d, m_max=16),                     # a neighbour bucket, same shape
+        _row(c, n=1024, k=1024),               # own bucket, distance 4
+        _row(b, n=8192),                       # own bucket, distance 1
+        _row(a),                               # own bucket, same shape
+        _row(g, m_max=M_MAX_LAST))             # three buckets away
+    assert seeded_space(_job(), H100, [table], DEFAULT) == [DEFAULT, a, b, c, d, e, f, g]
+    assert seeded_space(_job(), H100, [table]) == [a, b, c, d, e, f, g]  # no default given: seeds only
+    # the measure is the compiler's nearest-shape one
+    assert shape_distance(4096, 4096, 8192, 4096) == 1 and shape_distance(4096, 4096, 1024, 1024) == 4
+
+
+def test_a_bucket_between_the_tuned_ones_ranks_by_position():
+    a, b, c = _cfgs(3)
+    table = _table(_row(a, m_max=256), _row(b, m_max=16), _row(c, m_max=4))
+    # M = 4 is not a tuned bucket: its own rows first, then the 16 bucket (same position), then 256
+    assert seeded_space(_job(m_max=4, m=16), H100, [table]) == [c, b, a]
+
+
+def test_the_first_table_wins_a_tie_and_duplicates_are_dropped():
+    a, b, c = _cfgs(3)
+    own, other = _table(_row(a), _row(c, m_max=16)), _table(_row(b), _row(a, n=8192), _row(c))
+    assert seeded_space(_job(), H100, [own, other]) == [a, b, c]
+    assert seeded_space(_job(), H100, [other, own]) == [b, c, a]
+    # a seed equal to the default is the default, once, in front
+    assert seeded_space(_job(), H100, [own, other], b) == [b, a, c]
+
+
+def test_candidates_stop_at_the_cap_keeping_the_default_and_the_closest():
+    seeds = _cfgs(SEEDED_MAX + 8)
+    table = _table(*(_row(cfg, n=4096 << i % 4, m_max=64 if i < 6 else 16) for i, cfg in enumerate(seeds)))
+    space = seeded_space(_job(), H100, [table], DEFAULT)
+    assert len(space) == SEEDED_MAX and space[0] == DEFAULT
+    assert set(seeds[:6]) <= set(space)  # every own-bucket seed made it
+    assert len(seeded_space(_job(), H100, [table])) == SEEDED_MAX
+
+
+def test_no_table_knows_the_kernel_leaves_just_the_default():
+    assert seeded_space(_job(), H100, [], DEFAULT) == [DEFAULT]
+    assert seeded_space(_job(), H100, [_table()], DEFAULT) == [DEFAULT]
+    assert seeded_space(_job(), H100, [_table(_row(_cfgs(1)[0], kernel="int8_gemm"))], DEFAULT) == [DEFAULT]
+    assert seeded_space(_job(), H100, []) == []
+
+
+def test_infeasible_seeds_are_pruned_like_the_full_space():
+    ok = KernelConfig(64, 128, 128, 8, 4, 3)
+    # blocks larger than the padded problem: BLOCK_N 128 for N = 64, BLOCK_M 64 at M = 16
+    assert seeded_space(_job(n=64), H100, [_table(_row(ok))]) == []
+    assert seeded_space(_job(m_max=16), H100, [_table(_row(ok))]) == []
+    # split-K: decode sizes only, and every K slice at least one K tile
+    split = dataclasses.replace(ok, block_m=16, split_k=4)
+    assert seeded_space(_job(m_max=16), H100, [_table(_row(split))]) == [split]
+    assert seeded_space(_job(m_max=256), H100, [_table(_row(split))]) == []
+    assert seeded_space(_job(m_max=16, k=256), H100, [_table(_row(split, k=256))]) == []
+    # a K tile must line up with the format's scale groups (fp8 block: 128)
+    blk = ("fp8_block_128x128", "fp8_dynamic_group_128")
+    odd = [dataclasses.replace(ok, block_k=bk) for bk in (64, 96, 128)]
+    table = _table(*(_row(c, kernel="fp8_block_gemm") for c in odd))
+    assert seeded_space(_job(kernel="fp8_block_gemm", keys=blk), H100, [table]) == [odd[0], odd[2]]
+    # shared memory: a tile that fits an H100 does not fit a GPU of 64 KB
+    big = KernelConfig(64, 128, 128, 8, 8, 4)
+    tight = dataclasses.replace(H100, smem_bytes=64 * 1024)
+    assert seeded_space(_job(), H100, [_table(_row(big))]) == [big]
+    assert seeded_space(_job(), tight, [_table(_row(big))]) == []
+    # 128-row tiles of four warps at BLOCK_N 256 are skipped, as in the grid
+    assert seeded_space(_job(m_max=1024), H100, [_table(_row(KernelConfig(128, 256, 64, 8, 4, 2), m_max=1024))]) == []
+    # 4-bit decode: tiles of more than 256 weight elements a thread per K step spill
+    w4 = ("int4_group_128", "none")
+    spill, fine = KernelConfig(16, 128, 256, 8, 1, 3), KernelConfig(16, 64, 128, 8, 1, 3)
+    table = _table(*(_row(c, m_max=1, kernel="int4_weight_only_gemm") for c in (spill, fine)))
+    assert seeded_space(_job(m_max=1, kernel="int4_weight_only_gemm", keys=w4), H100, [table]) == [fine]
+
+
+def test_seeds_from_the_full_grid_survive_exactly_where_the_full_space_keeps_them():
+    grid = [KernelConfig(bm, bn, bk, 8, w, st, sk) for bm in (16, 128) for bn in (32, 256) for bk in (64, 256)
+            for w in (4, 8) for st in (3, 5) for sk in (1, 8)]
+    tight = dataclasses.replace(H100, smem_bytes=64 * 1024)
+    for job, gpu in ((_job(), H100), (_job(n=64, k=64, m_max=1), H100), (_job(m_max=M_MAX_LAST, m=8192), H100),
+                     (_job(k=14336, m_max=16), tight)):
+        full = search_space(job, gpu)
+        kept = [c for c in grid if seeded_space(job, gpu, [_table(_row(c, job.n, job.k, job.m_max))])]
+        assert kept == [c for c in grid if c in full] and kept
+
+
+MOE = dict(num_experts=8, top_k=2)
+
+
+def _moe_job(role="down", block_m=0, kernel="moe_fp8", keys=FP8, n=2048, k=768, m=256):
+    return TuneJob(kernel, n, k, *keys, m, m, **MOE, role=role, rows=n, block_m=block_m)
+
+
+def test_a_moe_down_job_takes_its_gate_ups_block_m():
+    seeds = [KernelConfig(64, 128, 64, 8, 4, 3), KernelConfig(16, 128, 64, 8, 4, 3), KernelConfig(16, 64, 64, 8, 8, 2)]
+    table = _table(*(_row(c, 2048, 768, 256, "moe_fp8") for c in seeds))
+    space = seeded_space(_moe_job(block_m=32), H100, [table])
+    # the first two differ only in BLOCK_M: one candidate at 32
+    assert space == [KernelConfig(32, 128, 64, 8, 4, 3), KernelConfig(32, 64, 64, 8, 8, 2)]
+    assert seeded_space(_moe_job(), H100, [table]) == seeds  # no partner: BLOCK_M as seeded
+    # the override is checked like any candidate: at BLOCK_M 128 with four warps BLOCK_N 256 is skipped
+    wide = KernelConfig(16, 256, 64, 8, 4, 3)
+    assert seeded_space(_moe_job(block_m=128), H100, [_table(_row(wide, 2048, 768, 256, "moe_fp8"))]) == []
+    # the grouped GEMM has no split-K: a seed's is set to 1 (its GROUP_M is kept)
+    odd = [KernelConfig(16, 128, 64, 4, 4, 3, 2), KernelConfig(16, 128, 64, 4, 4, 3, 1)]
+    table = _table(*(_row(c, 2048, 768, 256, "moe_fp8") for c in odd))
+    assert seeded_space(_moe_job(), H100, [table]) == [odd[1]]
+
+
+def test_moe_seeds_follow_the_grouped_gemms_block_k_and_shared_memory_rules():
+    # W8A8 per-channel at K = 2880 (45 x 64): BLOCK_K 128 straddles the scale group, 64 does not
+    rows = [_row(KernelConfig(16, 64, bk, 8, 4, 3), 256, 2880, 16, "moe_fp8") for bk in (64, 128)]
+    assert [c.block_k for c in seeded_space(_moe_job(n=256, k=2880, m=16), H100, [_table(*rows)])] == [64]
+    # gate_up reads two weight tiles a K step: fits the H100 as down, not as gate_up
+    cfg = KernelConfig(128, 256, 128, 8, 8, 4)
+    down = _moe_job(n=1536, k=2048, m=4096)
+    gate_up = dataclasses.replace(down, role="gate_up")
+    table = _table(_row(cfg, 1536, 2048, 4096, "moe_fp8"))
+    assert seeded_space(down, H100, [table]) == [cfg] and seeded_space(gate_up, H100, [table]) == []
+    # BLOCK_N past the padded output width is dropped, except the full grid's smallest (64)
+    narrow = _moe_job(n=32, k=768, m=16)
+    table = _table(*(_row(KernelConfig(16, bn, 64, 8, 4, 3), 32, 768, 16, "moe_fp8") for bn in (32, 64, 128)))
+    assert [c.block_n for c in seeded_space(narrow, H100, [table])] == [32, 64]
+
+
+def test_the_shipped_tables_seed_by_default_the_gpus_own_first():
+    assert [t["gpu"] for t in shipped_tables(GPUS["h200"])] == ["h200", "h100"]
+    assert [t["gpu"] for t in shipped_tables(GPUS["h100"])] == ["h100", "h200"]
+    assert [t["gpu"] for t in shipped_tables(GPUS["a100"])] == ["h100", "h200"]  # no table of its own
+    job = _job(n=4096, k=4096, m_max=16)
+    space = seeded_space(job, GPUS["h200"], default=DEFAULT)
+    assert space == seeded_space(job, GPUS["h200"], shipped_tables(GPUS["h200"]), DEFAULT)
+    assert 2 < len(space) <= SEEDED_MAX and space[0] == DEFAULT
+    h200_rows = [r for r in shipped_tables(GPUS["h200"])[0]["entries"]
+                 if (r["kernel"], r["n"], r["k"], r["m_max"]) == ("fp8_scaled_gemm", 4096, 4096, 16)]
+    assert h200_rows and space[1] == KernelConfig(**{f: h200_rows[0][f] for f in CONFIG_FIELDS})
+
+
+def test_a_file_that_is_not_a_kernel_table_is_refused(tmp_path):
+    for text in ('{"format": "something-else"}', "[1, 2]"):
+        (tmp_path / "t.json").write_text(text)
+        with pytest.raises(ValueError, match="is not a quantc kernel table"):
+            read_table_file(tmp_path / "t.json")
+
+
+def test_the_space_is_chosen_by_name_and_small_stays_an_alias():
+    job = _job(n=64, k=64, m_max=16)
+    table = _table(_row(KernelConfig(16, 32, 64, 8, 4, 3), 64, 64, 16))
+    assert search_space(job, H100, space="seeded", tables=[table], default=DEFAULT) == seeded_space(job, H100, [table], DEFAULT)
+    assert search_space(job, H100, small=True) == search_space(job, H100, space="small") != search_space(job, H100)
+    assert SPACES == ("full", "small", "seeded") and resolve_space() == "full" and resolve_space("full", True) == "small"
+    with pytest.raises(ValueError, match="unknown search space 'fast'; known: full, small, seeded"):
+        search_space(job, H100, space="fast")
+    with pytest.raises(ValueError, match="cannot be combined with space='seeded'"):
+        search_space(job, H100, small=True, space="seeded")
+
+
+def test_the_seeded_space_needs_no_torch():
+    code = ("import sys; from quantc.gpus import GPUS; from quantc.tune import TuneJob, seeded_space; "
+            "seeded_space(TuneJob('fp8_scaled_gemm', 4096, 4096, 'fp8_per_channel', 'fp8_dynamic_per_token', 16, 16), "
+            "GPUS['h100']); assert not {'torch', 'triton', 'quantc.runtime'} & set(sys.modules), 'imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+# --- the command line -------------------------------------------------------------------------------
+
+
+def test_cli_tune_space_option_and_its_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from quantc import cli
+
+    run = CliRunner().invoke
+    help_ = run(cli.app, ["tune", "--space", "seeded", "--help"])
+    assert help_.exit_code == 0 and "--space" in help_.output and "seeded" in help_.output
+    bad = run(cli.app, ["tune", "--space", "fast", "--plan", str(tmp_path / "p.json")])
+    text = " ".join(bad.output.replace("│", " ").split())  # rich boxes and wraps the message
+    assert bad.exit_code == 2 and "Invalid value for '--space'" in text and "'full', 'small', 'seeded'" in text
+    both = run(cli.app, ["tune", "--small", "--space", "seeded", "--plan", str(tmp_path / "p.json")])
+    assert both.exit_code == 2 and "--small is --space small; it cannot be combined with --space seeded" in both.output
+
+
+def test_tune_plan_script_space_errors(monkeypatch, capsys):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import tune_plan
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    for argv, message in ((["--space", "fast"], "invalid choice: 'fast'"),
+                          (["--small", "--space", "seeded"], "--small is --space small")):
+        monkeypatch.setattr(sys, "argv", ["tune_plan.py", "out", "plan.json", *argv])
+        with pytest.raises(SystemExit) as exc:
+            tune_plan.main()
+        assert exc.value.code == 2 and message in capsys.readouterr().err
