@@ -9,7 +9,9 @@ Two steps, because the GPU image lacks the compiler's dependencies (pydantic, ru
 ``prepare`` compiles each (model, scheme) against the live module tree of the model built on the meta
 device (transformers 5 names: fused ``mlp.experts``), so the plan matches the model ``run`` builds;
 an infeasible plan is recorded with its diagnostics. ``run`` needs only quantc.plan, quantc.runtime
-and quantc.hf; it writes the JSON after every row and stops at ``--budget`` seconds.
+and quantc.hf; it writes the JSON after every row and stops at ``--budget`` seconds. Decode is timed
+twice per batch size (``quantc.hf.measure``): under CUDA graphs on a static cache
+(``decode_b{b}_tokens_per_s``) and eagerly on the dynamic cache (``decode_b{b}_eager_tokens_per_s``).
 """
 
 from __future__ import annotations
@@ -72,9 +74,12 @@ def run(plans: Path, out: Path, device: str, budget: float, prompt: int, batches
 
     start = time.perf_counter()
     index = json.loads((plans / "index.json").read_text())
-    result = {"env": _environment(device), "prompt_tokens": prompt, "decode": "eager, no CUDA graphs, 8 steps "
-              "after a 128-token context", "fidelity": "logits of a 256-token random prompt vs the bf16 model",
-              "rows": []}
+    result = {"env": _environment(device), "prompt_tokens": prompt,
+              "decode": "after a 128-token context: decode_b{b}_tokens_per_s on a transformers StaticCache, one "
+              "step captured in a CUDA graph and replayed 32 times (median of 3 runs); decode_b{b}_eager_tokens_per_s "
+              "eager on the dynamic cache, no CUDA graphs, 8 steps (the figure of earlier runs). A step that "
+              "cannot be captured records None and its error under the row's bf16/quantized \"errors\"",
+              "fidelity": "logits of a 256-token random prompt vs the bf16 model", "rows": []}
     baselines: dict[str, dict] = {}
     if only:  # in the order given, scheme by scheme across the models (a cut-short run keeps every model)
         index = sorted((r for r in index if r["scheme"] in only), key=lambda r: only.index(r["scheme"]))

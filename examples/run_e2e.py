@@ -1,7 +1,8 @@
 """Issue 8 end to end for one model and one config: build the transformers model from an
 examples/models description (reduced in layer count, random seeded weights, no download), compile
-the config against the live model, apply the plan at startup, run prefill and decode, and compare
-with the bf16 model.
+the config against the live model, apply the plan at startup, run prefill and decode (on the GPU
+both under CUDA graphs on a static cache and eagerly: ``quantc.hf.measure``), and compare with the
+bf16 model.
 
     python examples/run_e2e.py --model examples/models/llama-3.1-8b.json \\
         --config examples/configs/llama31_8b_fp8.yaml --layers 2 --device cuda
