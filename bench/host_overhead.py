@@ -16,18 +16,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def per_call_us(fn, calls: int = 400) -> float:
+DEVICE = "cuda"
+
+
+def _sync() -> None:
     import torch
 
-    for _ in range(20):
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def per_call_us(fn, calls: int = 400) -> float:
+    for _ in range(20 if DEVICE == "cuda" else 1):
         fn()
-    torch.cuda.synchronize()
+    _sync()
+    calls = calls if DEVICE == "cuda" else 2
     best = float("inf")
     for _ in range(3):
         t = time.perf_counter()
         for _ in range(calls):
             fn()
-        torch.cuda.synchronize()
+        _sync()
         best = min(best, (time.perf_counter() - t) / calls * 1e6)
     return best
 
@@ -47,11 +56,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--k", type=int, default=512)
     ap.add_argument("--out")
+    ap.add_argument("--device", default="cuda", help="cpu: a smoke run under TRITON_INTERPRET=1")
     a = ap.parse_args()
+    global DEVICE
+    DEVICE = a.device
     n, k = a.n, a.k
     torch.manual_seed(0)
-    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(n, k, device=DEVICE, dtype=torch.bfloat16) * 0.02
+    x = torch.randn(1, k, device=DEVICE, dtype=torch.bfloat16)
     cfg = KernelConfig(16, 32, 128, 8, 4, 4, 1)
     buckets = ((1, cfg), (2**31 - 1, cfg))
     rows = {"bf16 F.linear": per_call_us(lambda: F.linear(x, w))}
@@ -60,7 +72,7 @@ def main() -> None:
                            ("int4_weight_only_gemm", "int4_group_128", "none")):
         launcher = LAUNCHERS[kernel]
         bufs = launcher.prepare(Q.quantize_weight(w, wk), wk, n, k)
-        mod = QuantLinear("m", kernel, wk, ak, n, k, dict(bufs), None, buckets).cuda()
+        mod = QuantLinear("m", kernel, wk, ak, n, k, dict(bufs), None, buckets).to(DEVICE)
         blist = list(bufs.values())
         table = flatten_buckets(buckets)
         rows[f"{kernel}: QuantLinear eager"] = per_call_us(lambda: mod(x))
@@ -69,12 +81,12 @@ def main() -> None:
             rows[f"{kernel}: activation quantizer alone"] = per_call_us(lambda: quantize_activation(x, ak))
             xq, sx = quantize_activation(x, ak)
             rows[f"{kernel}: GEMM launch alone"] = per_call_us(
-                lambda: scaled_mm(x, blist[0], blist[1], wk, ak, cfg, x_scale=sx))
-    rows["torch.empty (1, n)"] = per_call_us(lambda: torch.empty((1, n), device="cuda", dtype=torch.bfloat16))
+                lambda: scaled_mm(xq, blist[0], blist[1], wk, ak, cfg, x_scale=sx))
+    rows["torch.empty (1, n)"] = per_call_us(lambda: torch.empty((1, n), device=DEVICE, dtype=torch.bfloat16))
     for name, us in rows.items():
         print(f"{us:8.1f} us  {name}", flush=True)
     if a.out:
-        Path(a.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "n": n, "k": k,
+        Path(a.out).write_text(json.dumps({"device": torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE, "n": n, "k": k,
                                            "per_call_us": rows}, indent=1))
 
 

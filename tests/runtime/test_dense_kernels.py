@@ -372,8 +372,13 @@ def test_tma_policy_by_m_and_environment(monkeypatch):
     from quantc.runtime.kernels import scaled_mm as sm
 
     monkeypatch.delenv("QUANTC_TMA", raising=False)
-    assert not sm._tma_policy(4096, torch.device("cpu"))  # no GPU: the tiled kernel
+    assert not sm._tma_policy(4096, torch.device("cpu"), sm.B_CHANNEL)  # no GPU: the tiled kernel
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
+    gpu = torch.device("cuda", 0)
+    assert sm._tma_policy(1024, gpu, sm.B_CHANNEL) and sm._tma_policy(8192, gpu, sm.B_TENSOR)
+    assert not sm._tma_policy(1023, gpu, sm.B_CHANNEL)  # decode and small prefill: tiled (split-K, fusion)
+    assert not sm._tma_policy(8192, gpu, sm.B_BLOCK)  # block scales: the tiled kernel was faster
     monkeypatch.setenv("QUANTC_TMA", "1")
-    assert sm._tma_policy(1, torch.device("cpu"))
+    assert sm._tma_policy(1, torch.device("cpu"), sm.B_BLOCK)
     monkeypatch.setenv("QUANTC_TMA", "0")
-    assert not sm._tma_policy(8192, torch.device("cpu"))
+    assert not sm._tma_policy(8192, gpu, sm.B_CHANNEL)

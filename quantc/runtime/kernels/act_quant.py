@@ -96,8 +96,11 @@ def _quant_tile_kernel(
     tl.store(q_ptr + row * stride_qm + cols, q, mask=m)
 
 
-# a program holds at most this many elements in registers (fp32: 32 a thread at 8 warps)
+# a program holds at most ONE_PASS_MAX elements in registers, with a warp for each ELEMS_PER_WARP of
+# them (16 a thread) up to MAX_WARPS (bench/quant_probe.py sweeps these three on a GPU)
 ONE_PASS_MAX = 8192
+ELEMS_PER_WARP = 512
+MAX_WARPS = 8
 
 
 @triton.jit
@@ -172,7 +175,7 @@ def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | 
     if gblock <= ONE_PASS_MAX:
         n_groups = k // group
         groups = max(1, min(ONE_PASS_MAX // 4 // gblock, triton.next_power_of_2(n_groups)))  # ~2048 elements
-        warps = max(1, min(8, groups * gblock // 512))
+        warps = max(1, min(MAX_WARPS, groups * gblock // ELEMS_PER_WARP))
         _quant_tile_kernel[(m, triton.cdiv(n_groups, groups))](
             x, q, s, aux, k, x.stride(0), q.stride(0), s_stride,
             GROUP=group, GROUPS=groups, GBLOCK=gblock, SRC=src, INT8=int8, MX=mx, num_warps=warps,

@@ -61,15 +61,19 @@ Q_NONE, Q_DYNAMIC, Q_STATIC = 0, 1, 2
 # the GEMM at decode sizes, so it is off by default until it is tuned; ``fuse=True`` forces it.
 FUSE_MAX_M = {A_TENSOR: 0, A_ROW: 0, A_GROUP: 0}
 # smallest M at which pre-quantized W8A8 calls take the persistent TMA kernel (``scaled_mm_tma``) on
-# sm_90+; QUANTC_TMA=0 / 1 turns it off / on at every M (benchmarks compare the two paths)
+# sm_90+; QUANTC_TMA=0 / 1 turns it off / on at every M (benchmarks compare the two paths). H100
+# (bench/results/tma_probe_h100.json, 7 shapes x M = 1024/4096/8192, best of 6 tiles each): int8
+# 1.43x -> 1.60x bf16, fp8 rowwise 1.01x -> 1.05x _scaled_mm; the 128-block kernel ran 8% slower
+# persistent (its per-K-step scaling, not the loads, bounds it), so block scales keep the tiled kernel.
 TMA_MIN_M = 1024
 
 
-def _tma_policy(m: int, device: torch.device) -> bool:
+def _tma_policy(m: int, device: torch.device, b_mode: int) -> bool:
     forced = os.environ.get("QUANTC_TMA")
     if forced is not None:
         return forced == "1"
-    return m >= TMA_MIN_M and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+    return (m >= TMA_MIN_M and b_mode in (B_TENSOR, B_CHANNEL) and device.type == "cuda"
+            and torch.cuda.get_device_capability(device)[0] >= 9)
 
 
 @triton.jit
@@ -330,7 +334,7 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
     if quant == Q_NONE and a_mode != A_NONE:
         from . import scaled_mm_tma
 
-        if (tma if tma is not None else _tma_policy(m, x.device)) and scaled_mm_tma.supported(
+        if (tma if tma is not None else _tma_policy(m, x.device, b_mode)) and scaled_mm_tma.supported(
                 a_mode, b_mode, mx, n, k, config):
             cfg = config if config.block_k == block_k else dataclasses.replace(config, block_k=block_k)
             return scaled_mm_tma.launch(a, weight, sa, weight_scale, bias, a_mode, b_mode, int8, group_k, group_n,

@@ -1,0 +1,42 @@
+"""Sweep the activation quantizer's launch shape on a GPU (``act_quant.ONE_PASS_MAX``, ``ELEMS_PER_WARP``,
+``MAX_WARPS``): per-token fp8 and group-128 fp8 at M = 1024..8192 over the bench K, as a fraction of the
+copy bandwidth of the same run. bench/bench_quant.py is the reference benchmark; this picks its defaults.
+
+    python bench/quant_probe.py
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from pathlib import Path
+
+import torch
+from triton.testing import do_bench, do_bench_cudagraph
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from quantc.runtime.kernels import act_quant  # noqa: E402
+
+
+def main() -> None:
+    n = 1 << 30
+    a = torch.empty(n, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    copy = 2 * n / do_bench(lambda: b.copy_(a)) / 1e6
+    del a, b
+    xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for m in (1024, 8192) for k in (2048, 4096, 7168, 14336)]
+    for key in ("fp8_dynamic_per_token", "fp8_dynamic_group_128"):
+        for one_pass, per_warp, max_warps in itertools.product((8192, 16384), (256, 512, 1024), (4, 8, 16)):
+            act_quant.ONE_PASS_MAX, act_quant.ELEMS_PER_WARP, act_quant.MAX_WARPS = one_pass, per_warp, max_warps
+            fr = []
+            for x in xs:
+                us = do_bench_cudagraph(lambda: act_quant.quantize_activation(x, key), rep=20) * 1e3
+                fr.append(3 * x.numel() / us / 1e3 / copy)
+            print(f"{key} one_pass<={one_pass} {per_warp}/warp max {max_warps} warps: geomean "
+                  f"{math.exp(sum(map(math.log, fr)) / len(fr)):.3f} worst {min(fr):.3f} "
+                  f"[{' '.join(f'{v:.2f}' for v in fr)}]", flush=True)
+
+
+if __name__ == "__main__":
+    main()
