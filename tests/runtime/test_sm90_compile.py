@@ -72,3 +72,41 @@ def test_wo_kernels_compile_for_hopper_with_the_ptx_decode():
         assert r["bf16x2"] >= 4, (case, r)    # and its bf16x2 FMAs
         assert r["mma"], (case, r)            # the product runs on the tensor cores
         assert r["local"] == 0, (case, r)     # no register spills to local memory
+
+
+TMA_SCRIPT = textwrap.dedent("""
+    import json, os, re
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from quantc.runtime.kernels import scaled_mm_tma
+
+    SIG = {"a_ptr": "*i8", "b_ptr": "*i8", "c_ptr": "*bf16", "sa_ptr": "*fp32", "sb_ptr": "*fp32", "bias_ptr": "*bf16",
+           "M": "i32", "N": "i32", "K": "i32", "stride_sam": "i32", "stride_sak": "i32", "stride_sbn": "i32",
+           "stride_sbk": "i32", "n_programs": "i32"}
+    out = []
+    for int8, a_mode, b_mode, dt in ((True, 2, 2, "*i8"), (False, 2, 2, "*fp8e4nv")):
+        ce = dict(A_MODE=a_mode, B_MODE=b_mode, INT8=int8, HAS_BIAS=True, BLOCK_M=128, BLOCK_N=256, BLOCK_K=128,
+                  GROUP_M=8, GROUP_K=128, GROUP_N=128)
+        sig = dict(SIG, a_ptr=dt, b_ptr=dt, **{k: "constexpr" for k in ce})
+        attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG)
+                 if a in ("a_ptr", "b_ptr", "c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "N", "K")}
+        c = triton.compile(ASTSource(scaled_mm_tma._scaled_mm_tma_kernel, sig, constexprs=ce, attrs=attrs),
+                           target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "num_stages": 3})
+        ptx = c.asm["ptx"]
+        out.append({"tma": len(re.findall(r"cp\\.async\\.bulk\\.tensor", ptx)), "wgmma": len(re.findall(r"wgmma\\.mma_async", ptx)),
+                    "local": len(re.findall(r"\\.local", ptx)), "smem": c.metadata.shared})
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.timeout(300)
+def test_persistent_tma_kernel_compiles_to_tma_loads_and_wgmma():
+    """The persistent W8A8 kernel's descriptors become TMA bulk-tensor copies feeding wgmma on sm_90,
+    with a 128x256x128 three-stage tile inside the H100's 227 KB of shared memory and no spills."""
+    proc = subprocess.run([sys.executable, "-c", TMA_SCRIPT], capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in json.loads(proc.stdout.strip().splitlines()[-1]):
+        assert r["tma"] >= 2 and r["wgmma"] >= 1 and r["local"] == 0, r
+        assert r["smem"] <= 227 * 1024, r

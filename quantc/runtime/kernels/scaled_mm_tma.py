@@ -44,7 +44,7 @@ def _tile_of(t, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 @triton.jit
 def _scaled_mm_tma_kernel(
     a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr,
-    M, N, K, stride_sam, stride_sak, stride_sbn, stride_sbk, num_programs,
+    M, N, K, stride_sam, stride_sak, stride_sbn, stride_sbk, n_programs,
     A_MODE: tl.constexpr, B_MODE: tl.constexpr, INT8: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     GROUP_K: tl.constexpr, GROUP_N: tl.constexpr,
@@ -56,7 +56,7 @@ def _scaled_mm_tma_kernel(
     num_pid_n = tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     acc_dtype = tl.int32 if INT8 else tl.float32
-    for t in tl.range(tl.program_id(0), num_pid_m * num_pid_n, num_programs, flatten=True):
+    for t in tl.range(tl.program_id(0), num_pid_m * num_pid_n, n_programs, flatten=True):
         pid_m, pid_n = _tile_of(t, num_pid_m, num_pid_n, GROUP_M)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -95,13 +95,16 @@ def supported(a_mode: int, b_mode: int, mx: bool, n: int, k: int, config) -> boo
     return b_mode != B_BLOCK or (config.block_k <= 128 and 128 % config.block_k == 0)
 
 
+_SMS: dict = {}  # device -> SM count (one driver query per device)
+
+
 def num_programs(device: torch.device, tiles: int) -> int:
-    if device.type == "cuda":
-        return min(tiles, torch.cuda.get_device_properties(device).multi_processor_count)
-    return min(tiles, 4)  # the interpreter: a few programs, each walking several tiles
-
-
-_SMS: dict = {}
+    if device.type != "cuda":
+        return min(tiles, 4)  # the interpreter: a few programs, each walking several tiles
+    sms = _SMS.get(device)
+    if sms is None:
+        sms = _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return min(tiles, sms)
 
 
 def launch(a, weight, sa, weight_scale, bias, a_mode, b_mode, int8, group_k, group_n, config, out):
@@ -111,11 +114,7 @@ def launch(a, weight, sa, weight_scale, bias, a_mode, b_mode, int8, group_k, gro
     n = weight.shape[0]
     sa2 = sa if sa.dim() == 2 else sa.reshape(-1, 1)
     sb2 = weight_scale if weight_scale.dim() == 2 else weight_scale.reshape(-1, 1)
-    tiles = triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n)
-    key = (a.device, tiles)
-    programs = _SMS.get(key)
-    if programs is None:
-        programs = _SMS[key] = num_programs(a.device, tiles)
+    programs = num_programs(a.device, triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n))
     _scaled_mm_tma_kernel[(programs,)](
         a, weight, out, sa, weight_scale, bias if bias is not None else out,
         m, n, k, sa2.stride(0), sa2.stride(1), sb2.stride(0), sb2.stride(1), programs,
