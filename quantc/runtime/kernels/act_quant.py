@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .. import quantize as ref
-from .common import floor_log2, pow2, quant_e4m3, quant_int8, round_e4m3
+from .common import cdiv, floor_log2, next_pow2, pow2, quant_e4m3, quant_int8, round_e4m3
 
 # scale sources
 _FROM_GROUP, _FROM_AMAX, _STATIC = 0, 1, 2
@@ -163,7 +163,7 @@ def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | 
         else:
             src = _FROM_AMAX
             aux = torch.zeros((), dtype=torch.float32, device=x.device)
-            _amax_kernel[(triton.cdiv(m * k, 4096),)](x, aux, m * k, BLOCK=4096)
+            _amax_kernel[(cdiv(m * k, 4096),)](x, aux, m * k, BLOCK=4096)
     elif key in ("fp8_dynamic_per_token", "int8_dynamic_per_token"):
         s = torch.empty((m, 1), dtype=torch.float32, device=x.device)
     else:
@@ -171,12 +171,12 @@ def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | 
     if src == _FROM_GROUP:
         aux = s
     s_stride = s.stride(0) if s.dim() == 2 else 0
-    gblock = triton.next_power_of_2(group)
+    gblock = next_pow2(group)
     if gblock <= ONE_PASS_MAX:
         n_groups = k // group
-        groups = max(1, min(ONE_PASS_MAX // 4 // gblock, triton.next_power_of_2(n_groups)))  # ~2048 elements
+        groups = max(1, min(ONE_PASS_MAX // 4 // gblock, next_pow2(n_groups)))  # ~2048 elements
         warps = max(1, min(MAX_WARPS, groups * gblock // ELEMS_PER_WARP))
-        _quant_tile_kernel[(m, triton.cdiv(n_groups, groups))](
+        _quant_tile_kernel[(m, cdiv(n_groups, groups))](
             x, q, s, aux, k, x.stride(0), q.stride(0), s_stride,
             GROUP=group, GROUPS=groups, GBLOCK=gblock, SRC=src, INT8=int8, MX=mx, num_warps=warps,
         )

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from . import nibble_decode
+from .common import cdiv
 from .nibble_decode import decode_pairs
 from .wo_format import FP8, INT8, UPCAST_DOT, WoWeight, decode_scale, dequant_tile, dequantize, load_tile_scales
 
@@ -251,7 +252,7 @@ def _moe_gemm(
     out = torch.empty((num_pairs, n_out), dtype=torch.bfloat16, device=a.device)
     n_blocks = sorted_ids.numel() // block_m
     scale_t = scale if scale is not None else data
-    grid = (n_blocks * triton.cdiv(n_out, block_n),)
+    grid = (n_blocks * cdiv(n_out, block_n),)
     _moe_gemm_kernel[grid](
         a, a_scale if a_scale is not None else a, data, scale_t, zeros if zeros is not None else scale_t,
         gscale if gscale is not None else data, bias if bias is not None else data,

@@ -49,7 +49,7 @@ import triton.language as tl
 
 from .. import quantize as ref
 from .act_quant import quantize_activation
-from .common import e8m0_to_f32, floor_log2, pow2, quant_e4m3, quant_int8, round_e4m3
+from .common import cdiv, e8m0_to_f32, floor_log2, next_pow2, pow2, quant_e4m3, quant_int8, round_e4m3
 
 # A modes / B modes
 A_NONE, A_TENSOR, A_ROW, A_GROUP = 0, 1, 2, 3
@@ -347,7 +347,7 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
         # int8 partials stay int32 (same bytes): their sum is then exactly the unsplit accumulator
         dst = (ws.view(torch.int32) if int8 else ws)[: split * m * n]
         dst_strides = (n, 1, m * n)
-    grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n), split)
+    grid = (cdiv(m, config.block_m) * cdiv(n, config.block_n), split)
     _scaled_mm_kernel[grid](
         a, weight, dst, sa, weight_scale, bias if bias is not None else out, sa_out,
         m, n, k,
@@ -356,13 +356,13 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
         A_MODE=a_mode, B_MODE=b_mode, QUANT_A=quant, INT8=int8, MX=mx,
         GROUP_K=group_k, GROUP_N=group_n, HAS_BIAS=bias is not None, DOT_F32=_interpreted(),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=block_k, GROUP_M=config.group_m,
-        PRO_K=min(512, triton.next_power_of_2(k)), SPLIT_K=split,
+        PRO_K=min(512, next_pow2(k)), SPLIT_K=split,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if split > 1:
         fused_scale = quant == Q_DYNAMIC and a_mode in (A_TENSOR, A_ROW)
         sa_r, stride_sar = (sa_out, 1) if fused_scale else (sa, sa2.stride(0))
-        _split_k_reduce_kernel[(triton.cdiv(m * n, REDUCE_BLOCK),)](
+        _split_k_reduce_kernel[(cdiv(m * n, REDUCE_BLOCK),)](
             dst, out, sa_r, weight_scale, bias if bias is not None else out,
             m, n, out.stride(0), out.stride(1), stride_sar, sb2.stride(0),
             A_MODE=a_mode, B_MODE=b_mode, HAS_BIAS=bias is not None, SPLIT_K=split, BLOCK=REDUCE_BLOCK,
@@ -377,9 +377,9 @@ REDUCE_BLOCK = 1024
 def split_slices(k: int, block_k: int, split_k: int) -> int:
     """The number of K slices actually launched: at most one per K tile, and never an empty slice
     (with T tiles, ceil(T / S) tiles a slice need only ceil(T / ceil(T / S)) slices)."""
-    tiles = triton.cdiv(k, block_k)
+    tiles = cdiv(k, block_k)
     split = max(1, min(split_k, tiles))
-    return triton.cdiv(tiles, triton.cdiv(tiles, split))
+    return cdiv(tiles, cdiv(tiles, split))
 
 
 def reference(x: torch.Tensor, tensors: dict, weight_key: str, act_key: str,

@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import cdiv
 from .scaled_mm import A_GROUP, A_ROW, A_TENSOR, B_BLOCK, B_CHANNEL, B_TENSOR, _epilogue
 
 _ALLOCATOR_SET = False
@@ -114,7 +115,7 @@ def launch(a, weight, sa, weight_scale, bias, a_mode, b_mode, int8, group_k, gro
     n = weight.shape[0]
     sa2 = sa if sa.dim() == 2 else sa.reshape(-1, 1)
     sb2 = weight_scale if weight_scale.dim() == 2 else weight_scale.reshape(-1, 1)
-    programs = num_programs(a.device, triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n))
+    programs = num_programs(a.device, cdiv(m, config.block_m) * cdiv(n, config.block_n))
     _scaled_mm_tma_kernel[(programs,)](
         a, weight, out, sa, weight_scale, bias if bias is not None else out,
         m, n, k, sa2.stride(0), sa2.stride(1), sb2.stride(0), sb2.stride(1), programs,

@@ -19,9 +19,9 @@ the plain-torch reference, and the configs: defaults without a table and the can
 from __future__ import annotations
 
 import torch
-import triton
 
 from ...plan import KernelConfig as WoConfig  # stdlib-only; any object with these fields works
+from .common import cdiv
 from .wo_format import INT4, WoWeight, dequantize
 from .wo_mma4 import launch_mma4
 from .wo_planes import launch_planes
@@ -99,7 +99,7 @@ def reference(x: torch.Tensor, w: WoWeight) -> torch.Tensor:
 def _split(n: int, k: int, bn: int, bk: int, sms: int, waves: int = 2) -> int:
     """K slices so that the grid covers the SMs about ``waves`` times (decode shapes have few N tiles);
     the planes kernel's two-warp programs want about four."""
-    return max(1, min(triton.cdiv(waves * sms, triton.cdiv(n, bn)), k // bk, 32))
+    return max(1, min(cdiv(waves * sms, cdiv(n, bn)), k // bk, 32))
 
 
 def default_config(m: int, n: int, k: int, sms: int = 132, int4: bool = False) -> WoConfig:

@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import cdiv
 from .nibble_decode import USE_ASM, decode_words
 from .wo_format import UPCAST_DOT, e8m0_bits_to_f32, group_scales_bf16, group_zeros, repeat_groups
 
@@ -195,7 +196,7 @@ def kernel_launch(x2: torch.Tensor, w, cfg, bm: int, bn: int, bk: int, split: in
     m, k = x2.shape
     n = w.n
     out = torch.empty((m, n), dtype=torch.bfloat16, device=x2.device)
-    grid = (triton.cdiv(n, bn), triton.cdiv(m, bm), split)
+    grid = (cdiv(n, bn), cdiv(m, bm), split)
     ws, cnt = split_workspace(x2.device, m * n, grid[0] * grid[1]) if split > 1 else (out, out)
     data = w.data  # int32 words, eight codes each
     args = (x2, data, w.scale, w.zeros if w.zeros is not None else w.scale,

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .. import quantize as qz
-from .common import floor_log2, pow2, round_e4m3
+from .common import cdiv, floor_log2, pow2, round_e4m3
 from .wo_format import WoWeight
 from .wo_gemm import check, launch as wo_launch, reference as wo_reference
 
@@ -40,7 +40,7 @@ def _qdq_impl(x: torch.Tensor) -> torch.Tensor:
     m, k = x.shape
     y = torch.empty((m, k), dtype=torch.bfloat16, device=x.device)
     gpp = 4
-    _qdq_mxfp8_kernel[(m, triton.cdiv(k // 32, gpp))](x, y, k, x.stride(0), y.stride(0), GROUPS_PER_PROG=gpp)
+    _qdq_mxfp8_kernel[(m, cdiv(k // 32, gpp))](x, y, k, x.stride(0), y.stride(0), GROUPS_PER_PROG=gpp)
     return y
 
 
