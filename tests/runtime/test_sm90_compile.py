@@ -110,3 +110,35 @@ def test_persistent_tma_kernel_compiles_to_tma_loads_and_wgmma():
     for r in json.loads(proc.stdout.strip().splitlines()[-1]):
         assert r["tma"] >= 2 and r["wgmma"] >= 1 and r["local"] == 0, r
         assert r["smem"] <= 227 * 1024, r
+
+
+DEQUANT_SCRIPT = textwrap.dedent("""
+    import json, os, re
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from quantc.runtime.kernels import wo_dequant
+
+    SIG = {"w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*bf16", "N": "i32",
+           "K": "i32", "stride_wn": "i32", "stride_sn": "i32", "stride_on": "i32"}
+    out = []
+    for fmt, sfmt, group, zero, sdt in ((1, 1, 128, False, "*bf16"), (1, 1, 32, True, "*bf16"), (2, 2, 32, False, "*u8")):
+        ce = dict(FMT=fmt, SFMT=sfmt, GROUP=group, HAS_ZERO=zero, HAS_GLOBAL=False, BLOCK_N=32, BLOCK_K=128, ASM=True)
+        sig = dict(SIG, s_ptr=sdt, **{k: "constexpr" for k in ce})
+        attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG)}
+        c = triton.compile(ASTSource(wo_dequant._dequant_kernel, sig, constexprs=ce, attrs=attrs),
+                           target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 1})
+        ptx = c.asm["ptx"]
+        out.append({"lop3": len(re.findall(r"lop3\\.b32", ptx)), "local": len(re.findall(r"\\.local", ptx)),
+                    "st": len(re.findall(r"st\\.global", ptx))})
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.timeout(300)
+def test_dequant_kernel_compiles_with_the_ptx_decode():
+    proc = subprocess.run([sys.executable, "-c", DEQUANT_SCRIPT], capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in json.loads(proc.stdout.strip().splitlines()[-1]):
+        assert r["lop3"] >= 1 and r["st"] >= 1 and r["local"] == 0, r

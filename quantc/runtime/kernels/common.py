@@ -50,6 +50,15 @@ def round_e4m3(x):
 
 
 @triton.jit
+def round_bf16(x):
+    """Round finite fp32 to the nearest bf16 value (ties to even), still fp32: the cast after it is exact
+    (the interpreter's fp32 -> bf16 cast truncates; the GPU's rounds)."""
+    bits = x.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def quant_e4m3(x, scale):
     """x / scale (correctly rounded), saturated and rounded to e4m3."""
     return round_e4m3(tl.math.div_rn(x, scale)).to(tl.float8e4nv)

@@ -22,6 +22,7 @@ import torch
 
 from ...plan import KernelConfig as WoConfig  # stdlib-only; any object with these fields works
 from .common import cdiv
+from .wo_dequant import launch_dequant, uses_dequant
 from .wo_format import INT4, WoWeight, dequantize
 from .wo_mma4 import launch_mma4
 from .wo_planes import launch_planes
@@ -42,6 +43,8 @@ def _launch(x2, data, scale, zeros, gscale, fmt, sfmt, pack, group, row_block, n
     w = WoWeight(fmt, n, x2.shape[1], data, scale, sfmt, group, row_block, zeros, gscale)
     if uses_planes(x2.shape[0], fmt, x2.shape[1]):
         return launch_planes(x2, w, cfg)
+    if uses_dequant(x2.shape[0], x2.device):
+        return launch_dequant(x2, w)
     return launch_mma4(x2, w, cfg)
 
 

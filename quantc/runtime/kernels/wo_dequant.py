@@ -1,0 +1,90 @@
+"""4-bit weights at prefill sizes: dequantize the whole (N, K) weight to bf16 in one bandwidth-bound pass,
+then one bf16 cuBLAS GEMM. At M in the thousands the GEMM is compute-bound and the in-kernel decode of
+``wo_mma4`` sits on its critical path: an H100 profile of a two-layer Llama w4a16 prefill (2048 tokens,
+bench/e2e_profile.py) spent 8.6 ms in ``_wo_mma4_kernel`` against 2.2 ms of cuBLAS bf16 for the same
+GEMMs. Dequantizing costs 2.5 bytes a weight of traffic (0.5 read, 2 written) plus the GEMM's read of the
+bf16 copy, small next to 2 * M FLOPs a weight at these M. The bf16 copy is a transient of N * K * 2 bytes
+from the caching allocator.
+
+The values are the reference's ``code * scale`` (``- zero`` first for asymmetric int4, ``* global`` for
+nvfp4) rounded once to bf16, the operand precision of every other bf16 path.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import cdiv, round_bf16
+from .nibble_decode import USE_ASM, decode_words
+from .wo_format import group_scales_bf16, group_zeros, repeat_groups
+
+# smallest M that takes this path on a GPU (QUANTC_DEQUANT_MIN_M overrides; chosen from the profile
+# above, where M = 2048 ran 4x slower in wo_mma4 than cuBLAS; not yet swept over M on a GPU)
+DEQUANT_MIN_M = 1024
+BLOCK_N = 32
+
+
+@triton.jit
+def _dequant_kernel(
+    w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, N, K, stride_wn, stride_sn, stride_on,
+    FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_GLOBAL: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr,
+):
+    NG: tl.constexpr = BLOCK_K // GROUP
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    k0 = tl.program_id(1) * BLOCK_K
+    words = tl.load(w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + k0 // 8 + tl.arange(0, BLOCK_K // 8)[None, :],
+                    mask=n_mask[:, None], other=0)
+    w = decode_words(words, FMT, not HAS_ZERO and FMT == 1, ASM).to(tl.float32)
+    s_rows = offs_n.to(tl.int64) * stride_sn
+    s = repeat_groups(group_scales_bf16(s_ptr, s_rows, n_mask, k0, SFMT, GROUP, NG, False).to(tl.float32),
+                      BLOCK_N, NG, GROUP)
+    if HAS_ZERO:
+        z = repeat_groups(group_zeros(z_ptr, s_rows, n_mask, k0, GROUP, NG).to(tl.float32), BLOCK_N, NG, GROUP)
+        w = (w - z) * s
+    else:
+        w = w * s
+    if HAS_GLOBAL:
+        w = w * tl.load(gs_ptr)
+    out = out_ptr + offs_n.to(tl.int64)[:, None] * stride_on + k0 + tl.arange(0, BLOCK_K)[None, :]
+    tl.store(out, round_bf16(w).to(tl.bfloat16), mask=n_mask[:, None])
+
+
+def block_k(k: int) -> int:
+    """The widest K tile (128, 64 or 32) dividing K (4-bit K is a multiple of 32). It holds whole scale
+    groups: a group (16-128) divides K, so it is at most the widest of these that does."""
+    return next(b for b in (128, 64, 32) if k % b == 0)
+
+
+def dequantize_bf16(w) -> torch.Tensor:
+    """A 4-bit WoWeight (N, K) -> bf16 (N, K) on its device."""
+    n, k = w.n, w.k
+    bk = block_k(k)
+    out = torch.empty((n, k), dtype=torch.bfloat16, device=w.data.device)
+    _dequant_kernel[(cdiv(n, BLOCK_N), k // bk)](
+        w.data, w.scale, w.zeros if w.zeros is not None else w.scale,
+        w.global_scale if w.global_scale is not None else w.scale, out,
+        n, k, w.data.stride(0), w.scale.stride(0), out.stride(0),
+        FMT=1 if w.fmt == 1 else 2, SFMT=w.sfmt, GROUP=w.group, HAS_ZERO=w.zeros is not None,
+        HAS_GLOBAL=w.global_scale is not None, BLOCK_N=BLOCK_N, BLOCK_K=bk, ASM=USE_ASM,
+        num_warps=4,
+    )
+    return out
+
+
+def uses_dequant(m: int, device: torch.device) -> bool:
+    """The launcher's policy: prefill-sized M on a GPU (QUANTC_DEQUANT_MIN_M=0 forces it everywhere)."""
+    forced = os.environ.get("QUANTC_DEQUANT_MIN_M")
+    if forced is not None:
+        return m >= int(forced)
+    return m >= DEQUANT_MIN_M and device.type == "cuda"
+
+
+def launch_dequant(x2: torch.Tensor, w) -> torch.Tensor:
+    """bf16 (M, K) x 4-bit WoWeight (N, K) -> bf16 (M, N): dequantize, then torch.matmul (cuBLAS)."""
+    return x2 @ dequantize_bf16(w).T
