@@ -152,3 +152,14 @@ def test_persistent_planes_walk_every_item_once(key):
     assert ws.abs().max().item() == 0 and cnt.abs().max().item() == 0
     with pytest.raises(ValueError, match="M <= 16 rows, got M = 17"):
         wp.launch_planes(torch.randn(17, k).bfloat16(), w, cfg, persistent=True)
+
+
+def test_persistent_planes_refuse_a_triton_that_cannot_compile_them(monkeypatch):
+    """triton 3.6 (the GPU image) rejects the flattened loop at compile time: the launcher says so
+    before launching instead of failing inside the compiler (the interpreter runs it on any version)."""
+    assert not wp.persistent_compiles("3.6.0") and wp.persistent_compiles("3.9.0") and wp.persistent_compiles("4.0.1")
+    monkeypatch.setattr(wp, "persistent_compiles", lambda version=None: False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # read at decoration time by triton: only our check sees it
+    w = wf.quantize(torch.randn(32, 256), "int4_group_128")
+    with pytest.raises(RuntimeError, match="needs triton >= 3.9 on a GPU"):
+        wp.launch_planes(torch.randn(1, 256).bfloat16(), w, wg.WoConfig(16, 32, 128), persistent=True)

@@ -22,6 +22,8 @@ multiply. K must be a multiple of 128 (16-deep planes): ``wo_gemm.uses_planes`` 
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -271,6 +273,12 @@ def _sm_count(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def persistent_compiles(version: str | None = None) -> bool:
+    """Whether this Triton compiles ``_wo_planes_persistent_kernel`` for a GPU (3.9 does; 3.6 does not)."""
+    major, minor = (int(v) for v in (version or triton.__version__).split(".")[:2])
+    return (major, minor) >= (3, 9)
+
+
 def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None, persistent: bool = False) -> torch.Tensor:
     """bf16 (M, K) x 4-bit WoWeight (N, K) -> bf16 (M, N). K a multiple of 128: every plane of a tile
     is at least 16 deep, the MMA's K (``wo_gemm.uses_planes`` sends other K to wo_mma4). ``persistent``
@@ -281,6 +289,9 @@ def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None, persistent
         raise ValueError(f"the planes kernel needs K a multiple of 128, got K = {k}")
     if persistent and m > 16:
         raise ValueError(f"the persistent planes kernel runs M <= 16 rows, got M = {m}")
+    if persistent and os.environ.get("TRITON_INTERPRET") != "1" and not persistent_compiles():
+        raise RuntimeError(f"the persistent planes kernel needs triton >= 3.9 on a GPU: triton {triton.__version__} "
+                           "rejects its flattened loop (an scf.if region mismatch in make_ttgir, H100, 2026-11-26)")
     bk = tile_k(k, max(128, cfg.block_k))
     bm = 16 if m <= 16 else max(16, cfg.block_m)
     bn = max(16, cfg.block_n)
