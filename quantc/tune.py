@@ -23,7 +23,12 @@ closeness: rows of the job's own M-bucket first, then the nearer buckets (by pos
 takes its gate_up partner's BLOCK_M in place of the seed's, and split-K, which the grouped GEMM does
 not have, is set to 1. Duplicates are dropped; the job's default
 config comes first, unpruned (the runtime supplies it: it is chosen beside torch, and it is what the
-module runs without a row), and the list stops at ``SEEDED_MAX``. Where no table knows the kernel, the default is the only candidate.
+module runs without a row), and the list stops at ``SEEDED_MAX``. After the kernel's own rows come those
+of its ``SEED_SIBLINGS``, kernel ids launched by the same Triton kernel with the same tile parameters
+(int8 / fp8 weight-only: one ``scaled_mm`` path; mxfp8-activation fp4: the fp4 weight-only launch behind
+an activation round trip; the grouped MoE ids: one ``moe_gemm`` kernel), so a kernel no table has rows
+for yet still starts from measured winners. Where neither it nor a sibling is known, the default is the
+only candidate.
 
 The table is rewritten atomically after every finished (kernel, N, K, bucket), so an interrupted run
 keeps what it finished and a rerun skips it (resume).
@@ -47,6 +52,18 @@ from .plan import M_MAX_LAST, KernelConfig, Plan, write_atomic
 M_BUCKETS: tuple[tuple[int, int], ...] = ((1, 1), (16, 16), (64, 64), (256, 256), (1024, 1024), (4096, 4096), (M_MAX_LAST, 8192))
 SPACES = ("full", "small", "seeded")
 SEEDED_MAX = 12  # candidates of a seeded job, its default included
+# kernel id -> ids whose table rows seed it after its own (same Triton kernel and tile parameters)
+SEED_SIBLINGS: dict[str, tuple[str, ...]] = {
+    "int8_weight_only_gemm": ("fp8_weight_only_gemm",),
+    "fp8_weight_only_gemm": ("int8_weight_only_gemm",),
+    "mxfp4_mxfp8_gemm_emulated": ("fp4_weight_only_gemm",),
+    "moe_bf16": ("moe_weight_only", "moe_int8"),
+    "moe_fp8": ("moe_int8", "moe_fp8_block"),
+    "moe_fp8_block": ("moe_fp8", "moe_int8"),
+    "moe_int8": ("moe_fp8", "moe_fp8_block"),
+    "moe_mxfp8_emulated": ("moe_mxfp4_mxfp8_emulated", "moe_weight_only"),
+    "moe_mxfp4_mxfp8_emulated": ("moe_mxfp8_emulated", "moe_weight_only"),
+}
 
 # dense kernels whose launch takes a KernelConfig (torch-family kernels choose their own), and the
 # grouped MoE GEMMs
@@ -341,8 +358,9 @@ def seeded_space(job: TuneJob, gpu: Gpu, tables: list[dict] | None = None,
     the feasible winners of ``job.kernel`` in ``tables`` (parsed kernel tables; default: the shipped
     ones, ``shipped_tables``), closest first, without duplicates, at most ``SEEDED_MAX`` in all."""
     tables = shipped_tables(gpu) if tables is None else tables
-    seeds = sorted(((_closeness(job, row, i), _row_config(row))
-                    for i, table in enumerate(tables) for row in table.get("entries", []) if row["kernel"] == job.kernel),
+    kin = {job.kernel: 0, **{sib: i + 1 for i, sib in enumerate(SEED_SIBLINGS.get(job.kernel, ()))}}
+    seeds = sorted((((kin[row["kernel"]],) + _closeness(job, row, i), _row_config(row))
+                    for i, table in enumerate(tables) for row in table.get("entries", []) if row["kernel"] in kin),
                    key=lambda seed: seed[0])
     out = [default] if default is not None else []
     for _, cfg in seeds:

@@ -87,6 +87,23 @@ def test_no_table_knows_the_kernel_leaves_just_the_default():
     assert seeded_space(_job(), H100, []) == []
 
 
+def test_sibling_kernels_seed_after_the_kernels_own_rows():
+    """int8 weight-only runs the same scaled_mm path as fp8 weight-only: with no rows of its own it starts
+    from fp8 weight-only's winners; its own rows, where they exist, rank before any sibling's. A kernel
+    with no siblings (fp8_scaled_gemm) takes nothing from other ids."""
+    from quantc.tune import SEED_SIBLINGS, TUNABLE
+
+    assert all(k in TUNABLE and set(v) <= TUNABLE and k not in v for k, v in SEED_SIBLINGS.items())
+    own, sib = _cfgs(2)
+    keys = ("int8_per_channel", "none")
+    job = _job(kernel="int8_weight_only_gemm", keys=keys)
+    sibling_only = _table(_row(sib, kernel="fp8_weight_only_gemm"))
+    assert seeded_space(job, H100, [sibling_only], DEFAULT) == [DEFAULT, sib]
+    both = _table(_row(sib, kernel="fp8_weight_only_gemm"), _row(own, kernel="int8_weight_only_gemm", m_max=4096))
+    assert seeded_space(job, H100, [both], DEFAULT) == [DEFAULT, own, sib]  # own row of a far bucket first
+    assert seeded_space(_job(), H100, [_table(_row(sib, kernel="fp8_weight_only_gemm"))], DEFAULT) == [DEFAULT]
+
+
 def test_infeasible_seeds_are_pruned_like_the_full_space():
     ok = KernelConfig(64, 128, 128, 8, 4, 3)
     # blocks larger than the padded problem: BLOCK_N 128 for N = 64, BLOCK_M 64 at M = 16

@@ -1,0 +1,47 @@
+"""bench/tune_kernels.py (tuning the kernel ids no example config uses, on the benchmark shapes): the
+jobs it builds, without a GPU; and its usage errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from quantc.kernel_specs import KERNELS_BY_ID
+from quantc.tune import M_BUCKETS, TUNABLE
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import tune_kernels as tk  # noqa: E402
+
+
+def test_every_tunable_kernel_has_keys_its_spec_accepts():
+    assert set(tk.KEYS) == TUNABLE
+    for kernel, (wk, ak) in tk.KEYS.items():
+        spec = KERNELS_BY_ID[kernel]
+        assert wk in spec.weight_keys or spec.weight_keys == "any", (kernel, wk)
+
+
+def test_dense_and_moe_jobs():
+    jobs = tk.build_jobs(["int8_weight_only_gemm", "moe_bf16"], M_BUCKETS[:2])
+    dense = [j for j in jobs if not j.num_experts]
+    moe = [j for j in jobs if j.num_experts]
+    assert len(dense) == 2 * len(tk.DENSE_SHAPES) and {(j.n, j.k) for j in dense} == set(tk.DENSE_SHAPES)
+    assert len(moe) == 2 * 2 * len(tk.MOE_MODELS)
+    gate_up = [j for j in moe if j.role == "gate_up"]
+    down = [j for j in moe if j.role == "down"]
+    e, top_k, h, inter = tk.MOE_MODELS["mixtral_8x7b"]
+    g = next(j for j in gate_up if j.num_experts == e)
+    d = next(j for j in down if j.num_experts == e)
+    assert (g.n, g.k, g.rows, g.top_k, g.act) == (2 * inter, h, 2 * inter, top_k, "silu")
+    assert (d.n, d.k, d.partner) == (h, inter, ("moe_bf16", 2 * inter, h))
+    assert {j.act for j in moe if j.num_experts == 128 and j.k == 2880} == {"gpt_oss"}
+    assert jobs.index(g) < jobs.index(d)  # gate_up tuned first: its BLOCK_M is the down job's
+
+
+def test_usage_errors():
+    run = lambda *a: subprocess.run([sys.executable, str(ROOT / "bench" / "tune_kernels.py"), *a],
+                                    capture_output=True, text=True, timeout=60)
+    p = run("/tmp/x", "--kernels", "nope_gemm")
+    assert p.returncode == 2 and "unknown kernel id 'nope_gemm'" in p.stderr and "int8_gemm" in p.stderr
+    p = run("/tmp/x", "--kernels", "int8_gemm", "--gpu", "h999")
+    assert p.returncode == 2 and "unknown GPU 'h999'" in p.stderr
