@@ -8,7 +8,8 @@ Mixtral-8x7B; tokens T = 1, 16, 256, 4096, uniformly random distinct experts per
 - gate_up grouped GEMM alone: ours (bf16, activation fused) vs ``torch._grouped_mm`` (no activation);
   ours fp8 per-channel W8A8 vs ``torch._scaled_grouped_mm`` rowwise, on the same pre-quantized operands;
   ours mxfp4 weight-only (bf16 activations) vs ``torch._grouped_mm`` in bf16, with its weight bytes/s
-  (the 4-bit decode floor of issue 12); at >= 2048 (token, expert) pairs the bf16 gate_up also with a
+  (the 4-bit decode floor of issue 12), and the same through the nibble-plane path
+  (``gate_up_ours_mxfp4_planes_*``, QUANTC_MOE_PLANES, where H is a multiple of 128); at >= 2048 (token, expert) pairs the bf16 gate_up also with a
   few larger tiles (``gate_up_ours_bf16_best_*``): what a tuned tile reaches next to the default.
 - The whole expert path (sorting, gate_up + activation, down, weighted sum): ours bf16, mxfp4
   weight-only and fp8 W8A8 (activation quantization included), vs a torch path of
@@ -178,6 +179,13 @@ def bench():
                                                                     a_quant=1, a_group=0, cfg=cfg))
             row["gate_up_ours_mxfp4_us"] = us(lambda: mg.grouped_gemm(x, None, M13, routing, a_div=k, act="silu",
                                                                       a_quant=0, a_group=0, cfg=cfg))
+            if h % 128 == 0:  # the nibble-plane path (opt-in, K a multiple of 128), same operands
+                os.environ["QUANTC_MOE_PLANES"] = "1"
+                try:
+                    row["gate_up_ours_mxfp4_planes_us"] = us(lambda: mg.grouped_gemm(
+                        x, None, M13, routing, a_div=k, act="silu", a_quant=0, a_group=0, cfg=cfg))
+                finally:
+                    os.environ.pop("QUANTC_MOE_PLANES", None)
 
             def torch_layer():
                 g = torch._grouped_mm(xs, w13.transpose(-2, -1), offs=offs, out_dtype=BF)
@@ -199,8 +207,10 @@ def bench():
             for peer, ours, wbytes in (("gate_up_torch_grouped_mm_us", "gate_up_ours_bf16_us", act * 2 * inter * h * 2),
                                        ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_us", act * 2 * inter * h),
                                        ("gate_up_torch_grouped_mm_us", "gate_up_ours_mxfp4_us",
+                                        act * 2 * inter * h * 17 // 32),
+                                       ("gate_up_torch_grouped_mm_us", "gate_up_ours_mxfp4_planes_us",
                                         act * 2 * inter * h * 17 // 32)):
-                if row[peer] and row[ours]:
+                if row[peer] and row.get(ours):
                     row[ours.replace("_us", "_over_torch")] = row[peer] / row[ours]
                     row[ours.replace("_us", "_tflops")] = fl / row[ours] / 1e6
                     row[ours.replace("_us", "_weight_GBps")] = wbytes / row[ours] / 1e3

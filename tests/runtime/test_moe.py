@@ -146,6 +146,33 @@ def test_grouped_program_order_covers_every_tile_once(group_m):
     assert ((out.float() - want).abs().max() / want.abs().max()).item() < 1e-2
 
 
+@pytest.mark.parametrize("wkey,act", [("int4_group_128", "silu"), ("int4_group_32_asym", "gpt_oss"),
+                                      ("mxfp4", "gpt_oss"), ("nvfp4", "silu")])
+def test_moe_4bit_through_the_nibble_planes_matches_expert_loop(wkey, act, monkeypatch):
+    """QUANTC_MOE_PLANES=1: 4-bit experts run the dense decode's plane step (int32 words, strided x
+    slices) inside the grouped GEMM, gate and up rows alike; the same answer as the byte path's loop."""
+    monkeypatch.setenv("QUANTC_MOE_PLANES", "1")
+    assert mg.uses_moe_planes(8, 0, H, 1) and not mg.uses_moe_planes(8, 0, 2880, 1)
+    assert not mg.uses_moe_planes(8, 1, H, 1) and not mg.uses_moe_planes(1, 0, H, 1)
+    seen = []
+    real = mg._moe_gemm_kernel
+    monkeypatch.setattr(mg, "_moe_gemm_kernel", type("K", (), {"__getitem__": lambda self, g: (
+        lambda *a, **k: seen.append(k["PLANES"]) or real[g](*a, **k))})())
+    torch.manual_seed(15)
+    w13 = wf.quantize(torch.randn(E, 2 * I, H) * 0.1, wkey)
+    w2 = wf.quantize(torch.randn(E, H, I) * 0.1, wkey)
+    moe = QuantMoE("moe_weight_only", w13, w2, torch.randn(E, H).bfloat16(), top_k=TOPK,
+                   router="gpt_oss" if act == "gpt_oss" else "softmax_topk", activation=act, act_key="none")
+    x = torch.randn(T, H).bfloat16()
+    out = moe(x)
+    assert seen == [True, True]
+    tw, ids = moe.route(x)
+    ref = mg.reference_expert_loop(x, w13, w2, tw, ids, act, None, None)
+    assert ((out.float() - ref).abs().max() / ref.abs().max()).item() < 2e-2
+    monkeypatch.delenv("QUANTC_MOE_PLANES")
+    assert not mg.uses_moe_planes(8, 0, H, 1)  # off by default until timed
+
+
 def test_quant_moe_shared_experts_and_leading_dims():
     torch.manual_seed(5)
     w13 = wf.quantize(torch.randn(E, 2 * I, H) * 0.1, "mxfp4")

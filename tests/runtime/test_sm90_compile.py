@@ -74,71 +74,94 @@ def test_wo_kernels_compile_for_hopper_with_the_ptx_decode():
         assert r["local"] == 0, (case, r)     # no register spills to local memory
 
 
-TMA_SCRIPT = textwrap.dedent("""
+PTX_OF = textwrap.dedent("""
     import json, os, re
     os.environ.pop("TRITON_INTERPRET", None)
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from quantc.runtime.kernels import scaled_mm_tma
 
-    SIG = {"a_ptr": "*i8", "b_ptr": "*i8", "c_ptr": "*bf16", "sa_ptr": "*fp32", "sb_ptr": "*fp32", "bias_ptr": "*bf16",
-           "M": "i32", "N": "i32", "K": "i32", "stride_sam": "i32", "stride_sak": "i32", "stride_sbn": "i32",
-           "stride_sbk": "i32", "n_programs": "i32"}
-    out = []
-    for int8, a_mode, b_mode, dt in ((True, 2, 2, "*i8"), (False, 2, 2, "*fp8e4nv")):
-        ce = dict(A_MODE=a_mode, B_MODE=b_mode, INT8=int8, HAS_BIAS=True, BLOCK_M=128, BLOCK_N=256, BLOCK_K=128,
-                  GROUP_M=8, GROUP_K=128, GROUP_N=128)
-        sig = dict(SIG, a_ptr=dt, b_ptr=dt, **{k: "constexpr" for k in ce})
-        attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG)
-                 if a in ("a_ptr", "b_ptr", "c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "N", "K")}
-        c = triton.compile(ASTSource(scaled_mm_tma._scaled_mm_tma_kernel, sig, constexprs=ce, attrs=attrs),
-                           target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "num_stages": 3})
-        ptx = c.asm["ptx"]
-        out.append({"tma": len(re.findall(r"cp\\.async\\.bulk\\.tensor", ptx)), "wgmma": len(re.findall(r"wgmma\\.mma_async", ptx)),
-                    "local": len(re.findall(r"\\.local", ptx)), "smem": c.metadata.shared})
-    print(json.dumps(out))
+    def ptx_of(fn, sig, ce, warps, stages, aligned):
+        full = dict(sig, **{k: "constexpr" for k in ce})
+        attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(sig) if a in aligned}
+        c = triton.compile(ASTSource(fn, full, constexprs=ce, attrs=attrs), target=GPUTarget("cuda", 90, 32),
+                           options={"num_warps": warps, "num_stages": stages})
+        return c.asm["ptx"], c.metadata.shared
+
+    def count(ptx, pattern):
+        return len(re.findall(pattern, ptx))
 """)
+
+
+def _compiled(body: str) -> list[dict]:
+    """Compile in a fresh interpreter (no TRITON_INTERPRET): ``PTX_OF`` + ``body``, whose last output line
+    is JSON."""
+    proc = subprocess.run([sys.executable, "-c", PTX_OF + textwrap.dedent(body)], capture_output=True, text=True,
+                          timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.timeout(300)
 def test_persistent_tma_kernel_compiles_to_tma_loads_and_wgmma():
     """The persistent W8A8 kernel's descriptors become TMA bulk-tensor copies feeding wgmma on sm_90,
     with a 128x256x128 three-stage tile inside the H100's 227 KB of shared memory and no spills."""
-    proc = subprocess.run([sys.executable, "-c", TMA_SCRIPT], capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for r in json.loads(proc.stdout.strip().splitlines()[-1]):
+    results = _compiled("""
+        from quantc.runtime.kernels import scaled_mm_tma
+        sig = {"a_ptr": "*i8", "b_ptr": "*i8", "c_ptr": "*bf16", "sa_ptr": "*fp32", "sb_ptr": "*fp32",
+               "bias_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "stride_sam": "i32", "stride_sak": "i32",
+               "stride_sbn": "i32", "stride_sbk": "i32", "n_programs": "i32"}
+        out = []
+        for int8, dt in ((True, "*i8"), (False, "*fp8e4nv")):
+            ce = dict(A_MODE=2, B_MODE=2, INT8=int8, HAS_BIAS=True, BLOCK_M=128, BLOCK_N=256, BLOCK_K=128,
+                      GROUP_M=8, GROUP_K=128, GROUP_N=128)
+            ptx, smem = ptx_of(scaled_mm_tma._scaled_mm_tma_kernel, dict(sig, a_ptr=dt, b_ptr=dt), ce, 8, 3,
+                               ("a_ptr", "b_ptr", "c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "N", "K"))
+            out.append({"tma": count(ptx, r"cp\.async\.bulk\.tensor"), "wgmma": count(ptx, r"wgmma\.mma_async"),
+                        "local": count(ptx, r"\.local"), "smem": smem})
+        print(json.dumps(out))
+    """)
+    for r in results:
         assert r["tma"] >= 2 and r["wgmma"] >= 1 and r["local"] == 0, r
         assert r["smem"] <= 227 * 1024, r
 
 
-DEQUANT_SCRIPT = textwrap.dedent("""
-    import json, os, re
-    os.environ.pop("TRITON_INTERPRET", None)
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from quantc.runtime.kernels import wo_dequant
-
-    SIG = {"w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*bf16", "N": "i32",
-           "K": "i32", "stride_wn": "i32", "stride_sn": "i32", "stride_on": "i32"}
-    out = []
-    for fmt, sfmt, group, zero, sdt in ((1, 1, 128, False, "*bf16"), (1, 1, 32, True, "*bf16"), (2, 2, 32, False, "*u8")):
-        ce = dict(FMT=fmt, SFMT=sfmt, GROUP=group, HAS_ZERO=zero, HAS_GLOBAL=False, BLOCK_N=32, BLOCK_K=128, ASM=True)
-        sig = dict(SIG, s_ptr=sdt, **{k: "constexpr" for k in ce})
-        attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG)}
-        c = triton.compile(ASTSource(wo_dequant._dequant_kernel, sig, constexprs=ce, attrs=attrs),
-                           target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 1})
-        ptx = c.asm["ptx"]
-        out.append({"lop3": len(re.findall(r"lop3\\.b32", ptx)), "local": len(re.findall(r"\\.local", ptx)),
-                    "st": len(re.findall(r"st\\.global", ptx))})
-    print(json.dumps(out))
-""")
+@pytest.mark.timeout(300)
+def test_dequant_kernel_compiles_with_the_ptx_decode():
+    results = _compiled("""
+        from quantc.runtime.kernels import wo_dequant
+        sig = {"w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*bf16", "N": "i32",
+               "K": "i32", "stride_wn": "i32", "stride_sn": "i32", "stride_on": "i32"}
+        out = []
+        for fmt, sfmt, group, zero, sdt in ((1, 1, 128, False, "*bf16"), (1, 1, 32, True, "*bf16"), (2, 2, 32, False, "*u8")):
+            ce = dict(FMT=fmt, SFMT=sfmt, GROUP=group, HAS_ZERO=zero, HAS_GLOBAL=False, BLOCK_N=32, BLOCK_K=128, ASM=True)
+            ptx, _ = ptx_of(wo_dequant._dequant_kernel, dict(sig, s_ptr=sdt), ce, 4, 1, tuple(sig))
+            out.append({"lop3": count(ptx, r"lop3\.b32"), "local": count(ptx, r"\.local"), "st": count(ptx, r"st\.global")})
+        print(json.dumps(out))
+    """)
+    for r in results:
+        assert r["lop3"] >= 1 and r["st"] >= 1 and r["local"] == 0, r
 
 
 @pytest.mark.timeout(300)
-def test_dequant_kernel_compiles_with_the_ptx_decode():
-    proc = subprocess.run([sys.executable, "-c", DEQUANT_SCRIPT], capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for r in json.loads(proc.stdout.strip().splitlines()[-1]):
-        assert r["lop3"] >= 1 and r["st"] >= 1 and r["local"] == 0, r
+def test_moe_grouped_gemm_with_nibble_planes_compiles_for_hopper():
+    results = _compiled("""
+        from quantc.runtime.kernels import moe_gemm
+        sig = {"a_ptr": "*bf16", "as_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32",
+               "bias_ptr": "*bf16", "topw_ptr": "*fp32", "out_ptr": "*bf16", "sorted_ids_ptr": "*i32",
+               "block_expert_ptr": "*i32", "total_ptr": "*i32", "N": "i32", "K": "i32", "num_pairs": "i32",
+               "stride_am": "i32", "stride_asm": "i32", "stride_we": "i32", "stride_wn": "i32", "stride_se": "i32",
+               "stride_sn": "i32", "stride_be": "i32", "stride_om": "i32"}
+        out = []
+        for fmt, sfmt, group, sdt in ((1, 1, 128, "*bf16"), (2, 2, 32, "*u8")):
+            ce = dict(A_DIV=8, FMT=fmt, SFMT=sfmt, PACK=8, GROUP=group, ROW_BLOCK=1, HAS_ZERO=False, HAS_GLOBAL=False,
+                      A_QUANT=0, A_GROUP=0, ACT=1, HAS_BIAS=False, MUL_TOPW=False, ALPHA=1.702, LIMIT=7.0,
+                      BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, UPCAST=False, NIBBLES=False, ASM=True, GROUP_M=8,
+                      PLANES=True, PLANE_FMT=1 if fmt == 1 else 2)
+            ptx, _ = ptx_of(moe_gemm._moe_gemm_kernel, dict(sig, s_ptr=sdt), ce, 4, 3,
+                            tuple(a for a in sig if a != "num_pairs"))
+            out.append({"prmt": count(ptx, r"prmt\.b32"), "mma": count(ptx, r"mma") > 0, "local": count(ptx, r"\.local")})
+        print(json.dumps(out))
+    """)
+    for r in results:
+        assert r["prmt"] >= 4 and r["mma"] and r["local"] == 0, r

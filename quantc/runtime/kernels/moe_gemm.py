@@ -26,6 +26,8 @@ along K, one masked tail tile takes the rest (gpt-oss's K = 2880 under BLOCK_K =
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -33,7 +35,8 @@ import triton.language as tl
 from . import nibble_decode
 from .common import cdiv
 from .nibble_decode import decode_pairs
-from .wo_format import FP8, INT8, UPCAST_DOT, WoWeight, decode_scale, dequant_tile, dequantize, load_tile_scales
+from .wo_format import FP8, INT4, INT8, UPCAST_DOT, WoWeight, decode_scale, dequant_tile, dequantize, load_tile_scales
+from .wo_planes import planes_step
 
 ACTIVATIONS = {"none": 0, "silu": 1, "gpt_oss": 2}
 GPT_OSS_ALPHA, GPT_OSS_LIMIT = 1.702, 7.0
@@ -171,6 +174,7 @@ def _moe_gemm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
     NIBBLES: tl.constexpr, ASM: tl.constexpr,  # 4-bit weights x bf16: the byte path (``_nibble_tile``)
     GROUP_M: tl.constexpr,
+    PLANES: tl.constexpr, PLANE_FMT: tl.constexpr,  # ... or the dense decode's nibble planes (int32 words)
 ):
     # GROUP_M consecutive row blocks (mostly one expert's: blocks are sorted by expert) take each N tile
     # in turn, so an expert's weight tile is read from DRAM once per GROUP_M blocks rather than once per
@@ -198,7 +202,18 @@ def _moe_gemm_kernel(
     z_e = z_ptr + e * stride_se
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    if NIBBLES:
+    if PLANES:
+        w_rows = w_e + offs_n.to(tl.int64)[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
+        x_tile = a_rows + tl.arange(0, BLOCK_K)[None, :]
+        s_rows = offs_n.to(tl.int64) * stride_sn
+        for t in range(0, K // BLOCK_K):
+            acc = planes_step(acc, a_ptr, x_tile, w_rows, s_e, z_e, s_rows, n_mask, p_mask, t * BLOCK_K,
+                               PLANE_FMT, SFMT, GROUP, HAS_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, False, False, ASM, UPCAST)
+            if ACT != 0:
+                acc_up = planes_step(acc_up, a_ptr, x_tile, w_rows + N * stride_wn, s_e, z_e, s_rows + N * stride_sn,
+                                      n_mask, p_mask, t * BLOCK_K, PLANE_FMT, SFMT, GROUP, HAS_ZERO, BLOCK_M, BLOCK_N,
+                                      BLOCK_K, False, False, ASM, UPCAST)
+    elif NIBBLES:
         full = K // BLOCK_K
         for t in range(0, full):
             acc, acc_up = _nibble_step(acc, acc_up, a_rows, p_mask, w_e, s_e, z_e, offs_n, n_mask, t * BLOCK_K, N, K,
@@ -237,6 +252,14 @@ def _moe_gemm_kernel(
     tl.store(out_ptrs, acc.to(tl.bfloat16), mask=p_mask[:, None] & n_mask[None, :])
 
 
+def uses_moe_planes(pack: int, a_quant: int, k: int, row_block: int) -> bool:
+    """4-bit weights x bf16 through the nibble planes of the dense decode kernel (``wo_planes``): opt-in
+    (QUANTC_MOE_PLANES=1) until bench/bench_moe.py has timed it against the byte path; needs K a multiple
+    of 128 (16-deep planes) and one scale row per weight row."""
+    return (os.environ.get("QUANTC_MOE_PLANES") == "1" and pack == 8 and a_quant == 0 and k % 128 == 0
+            and row_block == 1)
+
+
 def _moe_gemm(
     a: torch.Tensor, a_scale: torch.Tensor | None, data: torch.Tensor, scale: torch.Tensor | None,
     zeros: torch.Tensor | None, gscale: torch.Tensor | None, bias: torch.Tensor | None,
@@ -246,7 +269,10 @@ def _moe_gemm(
     group_m: int,
 ) -> torch.Tensor:
     k = a.shape[1]
-    nibbles = pack == 8 and a_quant == 0
+    planes = uses_moe_planes(pack, a_quant, k, row_block)
+    nibbles = pack == 8 and a_quant == 0 and not planes
+    if planes:  # whole 128-wide K tiles of int32 words (16-deep planes)
+        block_k = 256 if block_k >= 256 and k % 256 == 0 else 128
     if nibbles:  # the same bytes as (E, N, K/2) uint8; strides below are in bytes
         data = data.view(torch.uint8)
     out = torch.empty((num_pairs, n_out), dtype=torch.bfloat16, device=a.device)
@@ -267,6 +293,7 @@ def _moe_gemm(
         ALPHA=GPT_OSS_ALPHA, LIMIT=GPT_OSS_LIMIT,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=UPCAST_DOT and a_quant == 0,
         NIBBLES=nibbles, ASM=nibble_decode.USE_ASM, GROUP_M=max(1, group_m),
+        PLANES=planes, PLANE_FMT=1 if fmt == INT4 else 2,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out

@@ -141,7 +141,7 @@ def _word_zeros(z_ptr, s_rows, n_mask, k0, GROUP: tl.constexpr, BLOCK_N: tl.cons
 
 
 @triton.jit
-def _planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, n_mask, m_mask, k0,
+def planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, n_mask, m_mask, k0,
                  FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FOLD: tl.constexpr,
                  ONE_ROW: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr):
@@ -216,7 +216,7 @@ def _wo_planes_kernel(
     x_tile = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + tl.arange(0, BLOCK_K)[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for t in range(t_start, t_end):
-        acc = _planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, n_mask, m_mask, t * BLOCK_K,
+        acc = planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, n_mask, m_mask, t * BLOCK_K,
                            FMT, SFMT, GROUP, HAS_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, FOLD, ONE_ROW, ASM, UPCAST)
     _planes_finish(acc, gs_ptr, out_ptr, ws_ptr, cnt_ptr + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0),
                    offs_m, offs_n, m_mask, n_mask, N, stride_om, SPLIT_K, FOLD, HAS_GLOBAL)
@@ -253,7 +253,7 @@ def _wo_planes_persistent_kernel(
         for kk in range(per_split):  # a constant trip count (flattenable); the last slice's extra tiles mask out
             t = t_start + kk
             live = n_mask & (tl.zeros_like(offs_n) + t < k_tiles)
-            acc = _planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, live, m_mask,
+            acc = planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, live, m_mask,
                                tl.minimum(t, k_tiles - 1) * BLOCK_K, FMT, SFMT, GROUP, HAS_ZERO,
                                BLOCK_M, BLOCK_N, BLOCK_K, FOLD, ONE_ROW, ASM, UPCAST)
         _planes_finish(acc, gs_ptr, out_ptr, ws_ptr, cnt_ptr + tile_n, offs_m, offs_n, m_mask, n_mask, N, stride_om,
