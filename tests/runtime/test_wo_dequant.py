@@ -59,7 +59,10 @@ def test_launcher_takes_the_dequant_path_from_the_threshold(monkeypatch):
 
 
 def test_policy_on_a_gpu(monkeypatch):
+    """Off by default until a GPU run verifies and times it; once on, from DEQUANT_MIN_M on a GPU."""
     monkeypatch.delenv("QUANTC_DEQUANT_MIN_M", raising=False)
     gpu = torch.device("cuda", 0)
+    assert not wd.uses_dequant(8192, gpu)
+    monkeypatch.setattr(wd, "DEQUANT_DEFAULT_ON", True)
     assert wd.uses_dequant(wd.DEQUANT_MIN_M, gpu) and not wd.uses_dequant(wd.DEQUANT_MIN_M - 1, gpu)
     assert not wd.uses_dequant(4096, torch.device("cpu"))

@@ -22,9 +22,12 @@ from .common import cdiv, round_bf16
 from .nibble_decode import USE_ASM, decode_words
 from .wo_format import group_scales_bf16, group_zeros, repeat_groups
 
-# smallest M that takes this path on a GPU (QUANTC_DEQUANT_MIN_M overrides; chosen from the profile
-# above, where M = 2048 ran 4x slower in wo_mma4 than cuBLAS; not yet swept over M on a GPU)
+# smallest M that takes this path once it is on (QUANTC_DEQUANT_MIN_M sets the threshold and turns it on):
+# from the profile above, where M = 2048 ran 4x slower in wo_mma4 than cuBLAS. Off by default until a GPU
+# run has checked the PTX-decoded operand against the reference (the interpreter runs the plain-Triton
+# decode) and swept the threshold (bench/RUNBOOK.md)
 DEQUANT_MIN_M = 1024
+DEQUANT_DEFAULT_ON = False
 BLOCK_N = 32
 
 
@@ -78,11 +81,12 @@ def dequantize_bf16(w) -> torch.Tensor:
 
 
 def uses_dequant(m: int, device: torch.device) -> bool:
-    """The launcher's policy: prefill-sized M on a GPU (QUANTC_DEQUANT_MIN_M=0 forces it everywhere)."""
+    """The launcher's policy: QUANTC_DEQUANT_MIN_M=N takes this path from M = N on (0: everywhere, the
+    interpreter included); unset, from DEQUANT_MIN_M on a GPU once DEQUANT_DEFAULT_ON."""
     forced = os.environ.get("QUANTC_DEQUANT_MIN_M")
     if forced is not None:
         return m >= int(forced)
-    return m >= DEQUANT_MIN_M and device.type == "cuda"
+    return DEQUANT_DEFAULT_ON and m >= DEQUANT_MIN_M and device.type == "cuda"
 
 
 def launch_dequant(x2: torch.Tensor, w) -> torch.Tensor:
