@@ -107,6 +107,20 @@ def gpu_check(out: dict) -> None:
                 o = sm.scaled_mm(xx, t_["weight"], sc, wk, ak, C(16 if M < 64 else 64, 64, 128, 8, 4, 3), fuse=fuse)
                 r_ = sm.reference(xx, t_, wk, ak)
                 res[f"{wk}/{ak}/M{M}/N{N}/fuse{int(fuse)}"] = float((o.float() - r_).norm() / r_.norm())
+    # the persistent TMA kernel (pre-quantized rowwise W8A8 from M = 1024): ragged M and N edges, against
+    # the reference and against the tiled kernel on the same operands (the same per-K-step sums)
+    for wk, ak in (("fp8_per_channel", "fp8_dynamic_per_token"), ("int8_per_channel", "int8_dynamic_per_token"),
+                   ("fp8_block_128x128", "fp8_dynamic_group_128")):
+        xx = torch.randn(1500, 512, device="cuda", dtype=BF)
+        t_ = Q.quantize_weight(torch.randn(1000, 512, device="cuda") * 0.05, wk)
+        sc = t_.get("weight_scale", t_.get("weight_scale_inv"))
+        xq, sx = act_quant.quantize_activation(xx, ak)
+        cfg = C(128, 128, 128, 8, 8, 3)
+        o = sm.scaled_mm(xq, t_["weight"], sc, wk, ak, cfg, x_scale=sx, tma=True)
+        r_ = sm.reference(xx, t_, wk, ak)
+        res[f"tma/{wk}/M1500/N1000"] = float((o.float() - r_).norm() / r_.norm())
+        tiled = sm.scaled_mm(xq, t_["weight"], sc, wk, ak, cfg, x_scale=sx, tma=False).float()
+        res[f"tma/{wk}/vs_tiled"] = float((o.float() - tiled).norm() / tiled.norm())
     out["gpu_check"] = res
     bad = {k: v for k, v in res.items() if (v is False) or (isinstance(v, float) and not v < 1e-2)}
     print("gpu check:", "all ok" if not bad else bad, flush=True)

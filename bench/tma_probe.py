@@ -72,6 +72,10 @@ def main() -> None:
                 xq, sx = {"int8": (xi, si), "fp8_row": (xr, sr), "fp8_block": (xg, sg)}[f]
                 t = wq[f]
                 s = t.get("weight_scale", t.get("weight_scale_inv")).float()
+                cfg0 = CONFIGS[0]
+                tiled = scaled_mm(xq, t["weight"], s, wk, ak, cfg0, x_scale=sx, tma=False)
+                persistent = scaled_mm(xq, t["weight"], s, wk, ak, cfg0, x_scale=sx, tma=True).float()
+                row[f"{f}_tma_vs_tiled_rel"] = float((persistent - tiled.float()).norm() / tiled.float().norm())
                 for tma in (False, True):
                     best = None
                     for cfg in CONFIGS:
