@@ -368,6 +368,23 @@ def test_persistent_tma_kernel_declines_what_it_does_not_run():
     assert not supported(sm.A_NONE, sm.B_CHANNEL, False, 64, 128, cfg)  # weight-only
 
 
+def test_persistent_tma_kernel_takes_only_contiguous_operands(monkeypatch):
+    """Its descriptors assume row-major (M, K) and (N, K): a strided weight view runs the tiled kernel."""
+    from quantc.runtime.kernels import scaled_mm_tma
+
+    calls = []
+    monkeypatch.setattr(scaled_mm_tma, "launch", lambda *a: calls.append(1))
+    torch.manual_seed(10)
+    wk, ak = "fp8_per_channel", "fp8_dynamic_per_token"
+    t = Q.quantize_weight(torch.randn(96, 64) * 0.1, wk)
+    x = torch.randn(8, 64).to(torch.bfloat16)
+    strided = t["weight"][::2]  # every other row: (48, 64) with a row stride of 128
+    out = scaled_mm(x, strided, _scale(t).float()[::2], wk, ak, CFG, tma=True)
+    assert not calls
+    ref = reference(x, {"weight": strided.contiguous(), "weight_scale": _scale(t)[::2].contiguous()}, wk, ak)
+    assert _rel(out, ref) < TOL
+
+
 def test_tma_policy_by_m_and_environment(monkeypatch):
     from quantc.runtime.kernels import scaled_mm as sm
 

@@ -335,7 +335,7 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
         from . import scaled_mm_tma
 
         if (tma if tma is not None else _tma_policy(m, x.device, b_mode)) and scaled_mm_tma.supported(
-                a_mode, b_mode, mx, n, k, config):
+                a_mode, b_mode, mx, n, k, config) and a.is_contiguous() and weight.is_contiguous():
             cfg = config if config.block_k == block_k else dataclasses.replace(config, block_k=block_k)
             return scaled_mm_tma.launch(a, weight, sa, weight_scale, bias, a_mode, b_mode, int8, group_k, group_n,
                                         cfg, out)
