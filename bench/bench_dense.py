@@ -64,9 +64,13 @@ def candidates(kernel: str, m: int) -> list[KernelConfig]:
         split = [C(16, 32, bk, 8, 4, 4, sk) for sk in (2, 4, 8)] + [C(16, 64, bk, 8, 4, 4, sk) for sk in (2, 4)]
         return base + split
     if m <= 64:
-        return [C(64, 64, bk, 8, 4, 4), C(64, 128, bk, 8, 4, 4), C(32, 64, bk, 8, 4, 4)]
+        # (4096, 4096) at M = 64 runs 64 tiles of 64 x 64 on 132 SMs: smaller N tiles and split-K fill the
+        # GPU (GemLite won those rows in the 2026-11-26 run)
+        return [C(64, 64, bk, 8, 4, 4), C(64, 128, bk, 8, 4, 4), C(32, 64, bk, 8, 4, 4), C(64, 32, bk, 8, 4, 4),
+                C(64, 64, bk, 8, 4, 4, 2), C(64, 64, bk, 8, 4, 4, 4), C(32, 64, bk, 8, 4, 4, 2)]
     if m <= 256:
-        return [C(64, 128, bk, 8, 4, 4), C(128, 128, bk, 8, 8, 4), C(128, 256, bk, 8, 8, 3)]
+        return [C(64, 128, bk, 8, 4, 4), C(128, 128, bk, 8, 8, 4), C(128, 256, bk, 8, 8, 3), C(64, 64, bk, 8, 4, 4),
+                C(128, 64, bk, 8, 4, 4), C(64, 128, bk, 8, 4, 4, 2)]
     return [C(128, 256, bk, 8, 8, 3), C(128, 128, bk, 8, 8, 4), C(256, 128, bk, 8, 8, 3), C(128, 256, 64, 8, 8, 4)]
 
 
