@@ -173,6 +173,43 @@ def test_moe_4bit_through_the_nibble_planes_matches_expert_loop(wkey, act, monke
     assert not mg.uses_moe_planes(8, 0, H, 1)  # off by default until timed
 
 
+@pytest.mark.parametrize("kernel,wkey,akey", [("moe_bf16", "none", "none"),
+                                              ("moe_fp8", "fp8_per_channel", "fp8_dynamic_per_token"),
+                                              ("moe_fp8", "fp8_per_tensor", "fp8_dynamic_per_tensor"),
+                                              ("moe_int8", "int8_per_channel", "int8_dynamic_per_token"),
+                                              ("moe_weight_only", "fp8_per_channel", "none")])
+def test_scales_constant_over_k_are_applied_once_after_many_k_tiles(kernel, wkey, akey, monkeypatch):
+    """bf16, per-channel and per-tensor weights with per-token / per-tensor activations: the grouped GEMM
+    accumulates raw MMA sums over the K tiles (int32 for int8) and scales once (RAW); K = 320 and 192 in
+    128-wide tiles with a ragged last one. Against the per-K-tile scaling it replaces (same answer up to
+    fp32 summation order) and against the expert loop (fp8 activations re-quantize the bf16 intermediate:
+    a one-ulp difference there moves a code by one e4m3 step, hence the wider tolerance)."""
+    from quantc.plan import KernelConfig
+
+    seen = []
+    real = mg._moe_gemm_kernel
+    monkeypatch.setattr(mg, "_moe_gemm_kernel", type("K", (), {"__getitem__": lambda self, g: (
+        lambda *a, **k: seen.append(k["RAW"]) or real[g](*a, **k))})())
+    torch.manual_seed(16)
+    h, inter = 320, 192
+    w13 = wf.quantize(torch.randn(E, 2 * inter, h) * 0.1, wkey)
+    w2 = wf.quantize(torch.randn(E, h, inter) * 0.1, wkey)
+    cfg = KernelConfig(16, 64, 128, 8, 4, 2)
+    moe = QuantMoE(kernel, w13, w2, torch.randn(E, h).bfloat16(), top_k=TOPK, activation="silu", act_key=akey,
+                   configs=lambda tokens: (cfg, cfg))
+    x = torch.randn(T, h).bfloat16()
+    out = moe(x).float()
+    assert seen == [True, True], seen
+    monkeypatch.setattr(mg, "RAW_SUMS", False)
+    per_tile = moe(x).float()
+    assert seen[2:] == [False, False]
+    assert ((out - per_tile).abs().max() / per_tile.abs().max()).item() < 1e-2
+    tw, ids = moe.route(x)
+    ref = mg.reference_expert_loop(x, w13, w2, tw, ids, "silu", None, None, act_dq=_act_dq(akey))
+    tol = 5e-2 if akey.startswith("fp8") else 2e-2
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < tol
+
+
 def test_quant_moe_shared_experts_and_leading_dims():
     torch.manual_seed(5)
     w13 = wf.quantize(torch.randn(E, 2 * I, H) * 0.1, "mxfp4")

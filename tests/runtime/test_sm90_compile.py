@@ -90,6 +90,13 @@ PTX_OF = textwrap.dedent("""
 
     def count(ptx, pattern):
         return len(re.findall(pattern, ptx))
+
+    # the grouped MoE GEMM's runtime arguments (4-bit words, bf16 scales: override per case)
+    MOE_SIG = {"a_ptr": "*bf16", "as_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8",
+               "gs_ptr": "*fp32", "bias_ptr": "*bf16", "topw_ptr": "*fp32", "out_ptr": "*bf16",
+               "sorted_ids_ptr": "*i32", "block_expert_ptr": "*i32", "total_ptr": "*i32", "N": "i32", "K": "i32",
+               "num_pairs": "i32", "stride_am": "i32", "stride_asm": "i32", "stride_we": "i32", "stride_wn": "i32",
+               "stride_se": "i32", "stride_sn": "i32", "stride_be": "i32", "stride_om": "i32"}
 """)
 
 
@@ -147,17 +154,13 @@ def test_dequant_kernel_compiles_with_the_ptx_decode():
 def test_moe_grouped_gemm_with_nibble_planes_compiles_for_hopper():
     results = _compiled("""
         from quantc.runtime.kernels import moe_gemm
-        sig = {"a_ptr": "*bf16", "as_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32",
-               "bias_ptr": "*bf16", "topw_ptr": "*fp32", "out_ptr": "*bf16", "sorted_ids_ptr": "*i32",
-               "block_expert_ptr": "*i32", "total_ptr": "*i32", "N": "i32", "K": "i32", "num_pairs": "i32",
-               "stride_am": "i32", "stride_asm": "i32", "stride_we": "i32", "stride_wn": "i32", "stride_se": "i32",
-               "stride_sn": "i32", "stride_be": "i32", "stride_om": "i32"}
+        sig = MOE_SIG
         out = []
         for fmt, sfmt, group, sdt in ((1, 1, 128, "*bf16"), (2, 2, 32, "*u8")):
             ce = dict(A_DIV=8, FMT=fmt, SFMT=sfmt, PACK=8, GROUP=group, ROW_BLOCK=1, HAS_ZERO=False, HAS_GLOBAL=False,
                       A_QUANT=0, A_GROUP=0, ACT=1, HAS_BIAS=False, MUL_TOPW=False, ALPHA=1.702, LIMIT=7.0,
                       BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, UPCAST=False, NIBBLES=False, ASM=True, GROUP_M=8,
-                      PLANES=True, PLANE_FMT=1 if fmt == 1 else 2)
+                      PLANES=True, PLANE_FMT=1 if fmt == 1 else 2, RAW=False)
             ptx, _ = ptx_of(moe_gemm._moe_gemm_kernel, dict(sig, s_ptr=sdt), ce, 4, 3,
                             tuple(a for a in sig if a != "num_pairs"))
             out.append({"prmt": count(ptx, r"prmt\.b32"), "mma": count(ptx, r"mma") > 0, "local": count(ptx, r"\.local")})
@@ -165,3 +168,25 @@ def test_moe_grouped_gemm_with_nibble_planes_compiles_for_hopper():
     """)
     for r in results:
         assert r["prmt"] >= 4 and r["mma"] and r["local"] == 0, r
+
+
+@pytest.mark.timeout(300)
+def test_moe_grouped_gemm_raw_sums_compile_to_wgmma_chains():
+    """Scales constant over K (RAW): bf16, fp8 and int8 grouped GEMMs accumulate on the tensor cores
+    (wgmma at 64-row blocks) with no spills, gate and up accumulators alike."""
+    results = _compiled("""
+        from quantc.runtime.kernels import moe_gemm
+        sig = dict(MOE_SIG, as_ptr="*fp32", w_ptr="*bf16", s_ptr="*fp32")
+        out = []
+        for a_quant, dt, fmt, sfmt in ((0, "*bf16", 0, 0), (1, "*fp8e4nv", 4, 1), (2, "*i8", 5, 1)):
+            ce = dict(A_DIV=8, FMT=fmt, SFMT=sfmt, PACK=1, GROUP=4096, ROW_BLOCK=1, HAS_ZERO=False, HAS_GLOBAL=False,
+                      A_QUANT=a_quant, A_GROUP=4096, ACT=1, HAS_BIAS=False, MUL_TOPW=False, ALPHA=1.702, LIMIT=7.0,
+                      BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, UPCAST=False, NIBBLES=False, ASM=True, GROUP_M=8,
+                      PLANES=False, PLANE_FMT=1, RAW=True)
+            ptx, _ = ptx_of(moe_gemm._moe_gemm_kernel, dict(sig, a_ptr=dt, w_ptr=dt), ce, 8, 3,
+                            tuple(a for a in sig if a != "num_pairs"))
+            out.append({"wgmma": count(ptx, r"wgmma\\.mma_async"), "local": count(ptx, r"\\.local")})
+        print(json.dumps(out))
+    """)
+    for r in results:
+        assert r["wgmma"] >= 2 and r["local"] == 0, r

@@ -35,7 +35,7 @@ import triton.language as tl
 from . import nibble_decode
 from .common import cdiv
 from .nibble_decode import decode_pairs
-from .wo_format import FP8, INT4, INT8, UPCAST_DOT, WoWeight, decode_scale, dequant_tile, dequantize, load_tile_scales
+from .wo_format import FP8, INT4, INT8, S_NONE, UPCAST_DOT, WoWeight, decode_scale, dequant_tile, dequantize, load_tile_scales
 from .wo_planes import planes_step
 
 ACTIVATIONS = {"none": 0, "silu": 1, "gpt_oss": 2}
@@ -75,6 +75,35 @@ def _expert_tile(
         sa = tl.load(as_rows + (t * BLOCK_K) // A_GROUP, mask=a_mask, other=0.0)
         part = part * sa[:, None]
     return part
+
+
+@triton.jit
+def _raw_dot(acc, a, w_e, rows, n_mask, ak, K, stride_wn, A_QUANT: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a @ W[rows, ak].T with no scale: the weights' and activations' scales are constant over K
+    (``RAW``), so the MMA chain accumulates and ``_raw_scaled`` applies them once."""
+    w = tl.load(w_e + rows.to(tl.int64)[:, None] * stride_wn + ak[None, :], mask=n_mask[:, None] & (ak < K)[None, :],
+                other=0.0)
+    # one return: Triton compiles the code after a constexpr branch's early return too
+    if A_QUANT == 2:  # int8 x int8, exact int32 sums
+        out = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
+    elif A_QUANT == 1:  # fp8 x fp8
+        out = tl.dot(a, tl.trans(w), acc)
+    elif UPCAST:  # the interpreter: bf16 operands as fp32 (their products are exact in fp32)
+        out = tl.dot(a.to(tl.float32), tl.trans(w.to(tl.float32)), acc)
+    else:
+        out = tl.dot(a, tl.trans(w.to(tl.bfloat16)), acc)  # e4m3 and int8 weights are exact in bf16
+    return out
+
+
+@triton.jit
+def _raw_scaled(acc, s_e, rows, n_mask, as_rows, p_mask, stride_sn, SFMT: tl.constexpr, A_QUANT: tl.constexpr):
+    """The raw sums times the per-row weight scale and the per-token (or per-tensor) activation scale."""
+    out = acc.to(tl.float32)
+    if SFMT != 0:
+        out = out * decode_scale(tl.load(s_e + rows.to(tl.int64) * stride_sn, mask=n_mask, other=0.0), SFMT)[None, :]
+    if A_QUANT != 0:
+        out = out * tl.load(as_rows, mask=p_mask, other=0.0)[:, None]
+    return out
 
 
 @triton.jit
@@ -175,6 +204,7 @@ def _moe_gemm_kernel(
     NIBBLES: tl.constexpr, ASM: tl.constexpr,  # 4-bit weights x bf16: the byte path (``_nibble_tile``)
     GROUP_M: tl.constexpr,
     PLANES: tl.constexpr, PLANE_FMT: tl.constexpr,  # ... or the dense decode's nibble planes (int32 words)
+    RAW: tl.constexpr,  # scales constant over K: raw MMA accumulation, scaled once at the end
 ):
     # GROUP_M consecutive row blocks (mostly one expert's: blocks are sorted by expert) take each N tile
     # in turn, so an expert's weight tile is read from DRAM once per GROUP_M blocks rather than once per
@@ -213,6 +243,19 @@ def _moe_gemm_kernel(
                 acc_up = planes_step(acc_up, a_ptr, x_tile, w_rows + N * stride_wn, s_e, z_e, s_rows + N * stride_sn,
                                       n_mask, p_mask, t * BLOCK_K, PLANE_FMT, SFMT, GROUP, HAS_ZERO, BLOCK_M, BLOCK_N,
                                       BLOCK_K, False, False, ASM, UPCAST)
+    elif RAW:
+        raw_dtype = tl.int32 if A_QUANT == 2 else tl.float32
+        raw = tl.zeros((BLOCK_M, BLOCK_N), raw_dtype)
+        raw_up = tl.zeros((BLOCK_M, BLOCK_N), raw_dtype)
+        for t in range(0, tl.cdiv(K, BLOCK_K)):
+            ak = t * BLOCK_K + tl.arange(0, BLOCK_K)
+            a = tl.load(a_rows + ak[None, :], mask=p_mask[:, None] & (ak < K)[None, :], other=0.0)
+            raw = _raw_dot(raw, a, w_e, offs_n, n_mask, ak, K, stride_wn, A_QUANT, UPCAST)
+            if ACT != 0:
+                raw_up = _raw_dot(raw_up, a, w_e, offs_n + N, n_mask, ak, K, stride_wn, A_QUANT, UPCAST)
+        acc = _raw_scaled(raw, s_e, offs_n, n_mask, as_rows, p_mask, stride_sn, SFMT, A_QUANT)
+        if ACT != 0:
+            acc_up = _raw_scaled(raw_up, s_e, offs_n + N, n_mask, as_rows, p_mask, stride_sn, SFMT, A_QUANT)
     elif NIBBLES:
         full = K // BLOCK_K
         for t in range(0, full):
@@ -250,6 +293,13 @@ def _moe_gemm_kernel(
         acc = acc * tl.load(topw_ptr + pairs, mask=p_mask, other=0.0)[:, None]
     out_ptrs = out_ptr + pairs.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
     tl.store(out_ptrs, acc.to(tl.bfloat16), mask=p_mask[:, None] & n_mask[None, :])
+
+
+# bf16 weights, and per-channel / per-tensor weight scales with per-token / per-tensor activation scales, are
+# constant over K: the K loop then accumulates raw MMA sums (int32 for int8, one MMA chain) and the scales
+# multiply once after it, as the dense kernel's epilogue does. False: scale every K tile's partial (tests
+# compare the two)
+RAW_SUMS = True
 
 
 def uses_moe_planes(pack: int, a_quant: int, k: int, row_block: int) -> bool:
@@ -294,6 +344,7 @@ def _moe_gemm(
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=UPCAST_DOT and a_quant == 0,
         NIBBLES=nibbles, ASM=nibble_decode.USE_ASM, GROUP_M=max(1, group_m),
         PLANES=planes, PLANE_FMT=1 if fmt == INT4 else 2,
+        RAW=RAW_SUMS and pack == 1 and row_block == 1 and (sfmt == S_NONE or group >= k) and (a_quant == 0 or a_group >= k),
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
