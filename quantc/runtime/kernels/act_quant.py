@@ -59,6 +59,18 @@ def _scale_of(amax, s_ptr, s_ptrs, s_mask, first, fmt_max, SRC: tl.constexpr, MX
 
 
 @triton.jit
+def _quantized(x, scale, e, INT8: tl.constexpr, MX: tl.constexpr):
+    """fp32 values -> their codes for ``scale`` (mxfp8: the power of two ``e``; int8; else e4m3)."""
+    if INT8:
+        q = quant_int8(x, scale)
+    elif MX:
+        q = round_e4m3(x * pow2(-e)).to(tl.float8e4nv)  # power-of-two scale: exact multiply
+    else:
+        q = quant_e4m3(x, scale)
+    return q
+
+
+@triton.jit
 def _quant_tile_kernel(
     x_ptr, q_ptr, s_ptr, src_ptr,          # input, quantized out, scale out, amax/static scale in
     K, stride_xm, stride_qm, stride_sm,
@@ -73,6 +85,7 @@ def _quant_tile_kernel(
     x = tl.load(x_ptr + row * stride_xm + cols, mask=m, other=0.0).to(tl.float32)
     fmt_max = 127.0 if INT8 else 448.0
     g_mask = offs_g * GROUP < K
+    e = 0  # the mxfp8 exponent; static scales are not mxfp8
     if SRC == 2:
         scale = tl.load(src_ptr)
     else:
@@ -82,17 +95,12 @@ def _quant_tile_kernel(
             amax = tl.max(tl.abs(x), axis=1)
         scale, e = _scale_of(amax, s_ptr, s_ptr + row * stride_sm + offs_g, g_mask,
                              (row == 0) & (tl.program_id(1) == 0), fmt_max, SRC, MX)
-    if SRC == 0:
+    if SRC == 0:  # one scale per group: a column against the tile's rows of groups
         if MX:
-            q = round_e4m3(x * pow2(-e)[:, None]).to(tl.float8e4nv)  # power-of-two scale: exact multiply
-        elif INT8:
-            q = quant_int8(x, scale[:, None])
-        else:
-            q = quant_e4m3(x, scale[:, None])
-    elif INT8:
-        q = quant_int8(x, scale)
+            e = e[:, None]
+        q = _quantized(x, scale[:, None], e, INT8, MX)
     else:
-        q = quant_e4m3(x, scale)
+        q = _quantized(x, scale, e, INT8, MX)
     tl.store(q_ptr + row * stride_qm + cols, q, mask=m)
 
 
@@ -116,6 +124,7 @@ def _quant_rows_kernel(
     x_row = x_ptr + row * stride_xm + g * GROUP
     q_row = q_ptr + row * stride_qm + g * GROUP
     fmt_max = 127.0 if INT8 else 448.0
+    e = 0  # the mxfp8 exponent; static scales are not mxfp8
     if SRC == 2:
         scale = tl.load(src_ptr)
     else:
@@ -133,13 +142,7 @@ def _quant_rows_kernel(
         offs = c + tl.arange(0, BLOCK)
         m = (offs < GROUP) & (g * GROUP + offs < K)
         x = tl.load(x_row + offs, mask=m, other=0.0).to(tl.float32)
-        if INT8:
-            q = quant_int8(x, scale)
-        elif MX:
-            q = round_e4m3(x * pow2(-e)).to(tl.float8e4nv)  # power-of-two scale: exact multiply
-        else:
-            q = quant_e4m3(x, scale)
-        tl.store(q_row + offs, q, mask=m)
+        tl.store(q_row + offs, _quantized(x, scale, e, INT8, MX), mask=m)
 
 
 def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | None = None):
