@@ -20,7 +20,7 @@ import triton.language as tl
 
 from .common import cdiv, round_bf16
 from .nibble_decode import USE_ASM, decode_words
-from .wo_format import group_scales_bf16, group_zeros, repeat_groups
+from .wo_mma4 import element_scales, element_zeros
 
 # smallest M that takes this path once it is on (QUANTC_DEQUANT_MIN_M sets the threshold and turns it on):
 # from the profile above, where M = 2048 ran 4x slower in wo_mma4 than cuBLAS. Off by default until a GPU
@@ -37,7 +37,6 @@ def _dequant_kernel(
     FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_GLOBAL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr,
 ):
-    NG: tl.constexpr = BLOCK_K // GROUP
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     k0 = tl.program_id(1) * BLOCK_K
@@ -45,11 +44,9 @@ def _dequant_kernel(
                     mask=n_mask[:, None], other=0)
     w = decode_words(words, FMT, not HAS_ZERO and FMT == 1, ASM).to(tl.float32)
     s_rows = offs_n.to(tl.int64) * stride_sn
-    s = repeat_groups(group_scales_bf16(s_ptr, s_rows, n_mask, k0, SFMT, GROUP, NG, False).to(tl.float32),
-                      BLOCK_N, NG, GROUP)
+    s = element_scales(s_ptr, s_rows, n_mask, k0, SFMT, GROUP, BLOCK_N, BLOCK_K, True)  # fp32
     if HAS_ZERO:
-        z = repeat_groups(group_zeros(z_ptr, s_rows, n_mask, k0, GROUP, NG).to(tl.float32), BLOCK_N, NG, GROUP)
-        w = (w - z) * s
+        w = (w - element_zeros(z_ptr, s_rows, n_mask, k0, GROUP, BLOCK_N, BLOCK_K, True)) * s
     else:
         w = w * s
     if HAS_GLOBAL:

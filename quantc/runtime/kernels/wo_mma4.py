@@ -41,7 +41,7 @@ def _tile_scale(s_ptr, s_rows, n_mask, k0, SFMT: tl.constexpr, GROUP: tl.constex
 
 
 @triton.jit
-def _element_scale(s_ptr, s_rows, n_mask, k0, SFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+def element_scales(s_ptr, s_rows, n_mask, k0, SFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_K: tl.constexpr, UPCAST: tl.constexpr):
     """bf16 (BLOCK_N, BLOCK_K) scales of a tile holding several groups, each group's scale decoded once
     then repeated over its elements."""
@@ -53,7 +53,7 @@ def _element_scale(s_ptr, s_rows, n_mask, k0, SFMT: tl.constexpr, GROUP: tl.cons
 
 
 @triton.jit
-def _element_zero(z_ptr, s_rows, n_mask, k0, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+def element_zeros(z_ptr, s_rows, n_mask, k0, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   UPCAST: tl.constexpr):
     NG: tl.constexpr = BLOCK_K // GROUP
     z = group_zeros(z_ptr, s_rows, n_mask, k0, GROUP, NG)
@@ -98,11 +98,11 @@ def _wo_mma4_kernel(
         words = tl.load(w_rows + k0 // 8, mask=n_mask[:, None], other=0)
         w = decode_words(words, FMT, not HAS_ZERO and FMT == 1, ASM)
         if not PER_TILE:  # bf16 products: exact for fp4 x (e8m0 | e4m3); int4 rounds once, like the reference
-            s2 = _element_scale(s_ptr, s_rows, n_mask, k0, SFMT, GROUP, BLOCK_N, BLOCK_K, UPCAST)
+            s2 = element_scales(s_ptr, s_rows, n_mask, k0, SFMT, GROUP, BLOCK_N, BLOCK_K, UPCAST)
             if UPCAST:
                 w = w.to(tl.float32)
             if HAS_ZERO:
-                w = (w - _element_zero(z_ptr, s_rows, n_mask, k0, GROUP, BLOCK_N, BLOCK_K, UPCAST)) * s2
+                w = (w - element_zeros(z_ptr, s_rows, n_mask, k0, GROUP, BLOCK_N, BLOCK_K, UPCAST)) * s2
             else:
                 w = w * s2
         if UPCAST:
