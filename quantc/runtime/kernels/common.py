@@ -21,6 +21,16 @@ def next_pow2(x: int) -> int:
 
 
 @triton.jit
+def grouped_tile(t, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """Output tile ``t`` of a (num_pid_m x num_pid_n) grid -> (pid_m, pid_n), GROUP_M row tiles taking each
+    column tile in turn (L2 reuse of a column tile's operand across the group)."""
+    width = GROUP_M * num_pid_n
+    first_m = (t // width) * GROUP_M
+    rows = tl.minimum(num_pid_m - first_m, GROUP_M)
+    return first_m + (t % width) % rows, (t % width) // rows
+
+
+@triton.jit
 def rint(x):
     """Round fp32 to the nearest integer, ties to even (|x| < 2**22): adding and subtracting
     1.5 * 2**23 leaves no fraction bits, so the fp32 adder rounds for us."""

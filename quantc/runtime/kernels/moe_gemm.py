@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from . import nibble_decode
-from .common import cdiv
+from .common import cdiv, grouped_tile
 from .nibble_decode import decode_pairs
 from .wo_format import FP8, INT4, INT8, S_NONE, UPCAST_DOT, WoWeight, decode_scale, dequant_tile, dequantize, load_tile_scales
 from .wo_planes import planes_step
@@ -212,12 +212,7 @@ def _moe_gemm_kernel(
     # (Mixtral: 235 MB of gate_up) was streamed again for each of its row blocks
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N, BLOCK_N)
-    n_blocks = tl.num_programs(0) // n_tiles
-    width = GROUP_M * n_tiles
-    first = (pid // width) * GROUP_M
-    rows = tl.minimum(n_blocks - first, GROUP_M)
-    blk = first + (pid % width) % rows
-    nt = (pid % width) // rows
+    blk, nt = grouped_tile(pid, tl.num_programs(0) // n_tiles, n_tiles, GROUP_M)
     if blk * BLOCK_M >= tl.load(total_ptr):
         return
     e = tl.load(block_expert_ptr + blk).to(tl.int64)

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import cdiv
+from .common import cdiv, grouped_tile
 from .scaled_mm import A_GROUP, A_ROW, A_TENSOR, B_BLOCK, B_CHANNEL, B_TENSOR, _epilogue
 
 _ALLOCATOR_SET = False
@@ -32,14 +32,6 @@ def _ensure_allocator() -> None:
         triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"
                                                                      if torch.cuda.is_available() else "cpu"))
         _ALLOCATOR_SET = True
-
-
-@triton.jit
-def _tile_of(t, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
-    width = GROUP_M * num_pid_n
-    first_m = (t // width) * GROUP_M
-    rows = tl.minimum(num_pid_m - first_m, GROUP_M)
-    return first_m + (t % width) % rows, (t % width) // rows
 
 
 @triton.jit
@@ -58,7 +50,7 @@ def _scaled_mm_tma_kernel(
     k_tiles = tl.cdiv(K, BLOCK_K)
     acc_dtype = tl.int32 if INT8 else tl.float32
     for t in tl.range(tl.program_id(0), num_pid_m * num_pid_n, n_programs, flatten=True):
-        pid_m, pid_n = _tile_of(t, num_pid_m, num_pid_n, GROUP_M)
+        pid_m, pid_n = grouped_tile(t, num_pid_m, num_pid_n, GROUP_M)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_m = offs_m < M
