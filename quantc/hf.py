@@ -151,13 +151,19 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def _median_seconds(fn, device, repeat: int) -> float:
+def _median_seconds(fn, device, repeat: int, *, warmup: bool = True, before=None) -> float:
+    """Median wall time of ``fn`` over ``repeat`` runs (synchronized), after one warm-up run unless the
+    caller warmed up; ``before`` runs ahead of each timed run, outside the timing."""
     import time
 
-    fn()  # warm-up: Triton compiles here
+    if warmup:
+        fn()  # Triton compiles here
     _sync(device)
     times = []
     for _ in range(repeat):
+        if before is not None:
+            before()
+            _sync(device)
         t = time.perf_counter()
         fn()
         _sync(device)
@@ -409,8 +415,6 @@ def decode_tokens_per_s(model, batch: int, device, context: int = 128, steps: in
 
             return batch * steps / _median_seconds(run, device, 2)
 
-    import time
-
     dec = StaticDecoder(model, batch, context + max(steps, StaticDecoder.WARMUP) + 1)
     dec.prefill(ids, logits_to_keep=1)
     dec.tokens.copy_(tok)
@@ -419,17 +423,15 @@ def decode_tokens_per_s(model, batch: int, device, context: int = 128, steps: in
         dec.capture()  # warms up first (Triton compiles there)
     else:
         dec.run()  # warm-up: Triton compiles here
-    times = []
-    for _ in range(3):
-        dec.restore(start)  # every run decodes the same positions
-        _sync(device)
-        t = time.perf_counter()
+
+    def run():
         for _ in range(steps):
             dec.run()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    del dec  # the graph and its memory pool, the cache
-    return batch * steps / sorted(times)[len(times) // 2]
+
+    # every run decodes the same positions from the prompt on
+    seconds = _median_seconds(run, device, 3, warmup=False, before=lambda: dec.restore(start))
+    dec = None  # frees the graph and its memory pool, the cache
+    return batch * steps / seconds
 
 
 def reference_logits(model, device, tokens: int = 256):
