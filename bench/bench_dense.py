@@ -29,7 +29,7 @@ import time
 
 import torch
 import triton
-from triton.testing import do_bench, do_bench_cudagraph
+from triton.testing import do_bench_cudagraph
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quantc.plan import KernelConfig  # noqa: E402
@@ -38,6 +38,7 @@ from quantc.runtime.kernels.act_quant import quantize_activation  # noqa: E402
 from quantc.runtime.kernels.scaled_mm import scaled_mm  # noqa: E402
 from quantc.runtime.tables import default_config  # noqa: E402
 from bench import peers_gemlite as PG  # noqa: E402
+from bench.bandwidth import copy_gbps  # noqa: E402
 
 T0 = time.time()
 GPU_SLUG = "h200" if "H200" in torch.cuda.get_device_name() else "h100"
@@ -159,11 +160,7 @@ def main() -> None:
     gpu_check(out)
     out["gemlite"] = {"version": PG.version(), "error": PG.load()[1], "check_rel_err": {}}
     print("gemlite:", out["gemlite"]["version"] or out["gemlite"]["error"], flush=True)
-    n = 1 << 30
-    a = torch.empty(n, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    out["copy_GBps"] = 2 * n / do_bench(lambda: b.copy_(a)) / 1e6
-    del a, b
+    out["copy_GBps"] = copy_gbps()
     # bf16 matmul at M = 1 on (24576, 7168), weights rotated past L2
     N0, K0 = 24576, 7168
     ws = [torch.randn(N0, K0, device="cuda", dtype=BF) for _ in range(2)]

@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 
 import torch
-from triton.testing import do_bench, do_bench_cudagraph
+from triton.testing import do_bench_cudagraph
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.bandwidth import copy_gbps  # noqa: E402
 from quantc.runtime.kernels.act_quant import quantize_activation, reference  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
@@ -39,11 +40,7 @@ def torch_per_token(x):
 def main() -> None:
     gpu = torch.cuda.get_device_name()
     out = {"device": gpu, "torch": torch.__version__, "rows": [], "check": {}}
-    n = 1 << 30
-    a = torch.empty(n, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    out["copy_GBps"] = 2 * n / do_bench(lambda: b.copy_(a)) / 1e6
-    del a, b
+    out["copy_GBps"] = copy_gbps()
     ref_bw = out["copy_GBps"]
     torch.manual_seed(0)
     for key in KEYS:  # bit-exact on the GPU, a row longer than one register pass included

@@ -32,13 +32,14 @@ import time
 
 import torch
 import triton
-from triton.testing import do_bench, do_bench_cudagraph
+from triton.testing import do_bench_cudagraph
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime.kernels import wo_format as wf  # noqa: E402
 from quantc.runtime.kernels import wo_gemm as wg  # noqa: E402
 from bench import peers_gemlite as PG  # noqa: E402
+from bench.bandwidth import copy_gbps  # noqa: E402
 from bench import wo_summary  # noqa: E402
 
 T0 = time.time()
@@ -126,11 +127,7 @@ def check_correctness():
 
 
 def reference_bandwidth():
-    n = 1 << 30
-    a = torch.empty(n, dtype=torch.uint8, device=DEV)
-    b = torch.empty_like(a)
-    res["copy_GBps"] = 2 * n / do_bench(lambda: b.copy_(a)) / 1e6
-    del a, b
+    res["copy_GBps"] = copy_gbps(device=DEV)
     n_, k_ = 24576, 7168
     x = torch.randn(1, k_, device=DEV, dtype=BF)
     ws = [torch.randn(n_, k_, device=DEV, dtype=BF) for _ in range(2)]

@@ -13,18 +13,15 @@ import sys
 from pathlib import Path
 
 import torch
-from triton.testing import do_bench, do_bench_cudagraph
+from triton.testing import do_bench_cudagraph
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.bandwidth import copy_gbps  # noqa: E402
 from quantc.runtime.kernels import act_quant  # noqa: E402
 
 
 def main() -> None:
-    n = 1 << 30
-    a = torch.empty(n, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    copy = 2 * n / do_bench(lambda: b.copy_(a)) / 1e6
-    del a, b
+    copy = copy_gbps()
     xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for m in (1024, 8192) for k in (2048, 4096, 7168, 14336)]
     for key in ("fp8_dynamic_per_token", "fp8_dynamic_group_128"):
         for one_pass, per_warp, max_warps in itertools.product((8192, 16384), (256, 512, 1024), (4, 8, 16)):
