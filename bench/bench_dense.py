@@ -14,6 +14,9 @@ included: ``gemlite_fp8_us``, ``gemlite_int8_us``, against our ``module_fp8_row_
 ``gemlite_int8_kernel_us``); ``*_over_gemlite`` = GemLite time / ours. Without GemLite the columns
 are left out and ``gemlite.error`` says why.
 
+Runs split over several calls by the time cap merge into one (rows, decode rows, checks; summary
+recomputed, no GPU needed): ``python3 bench/bench_dense.py merge A.json B.json -o dense_h100.json``.
+
 Env: BENCH_CAP_S (time cap, default 500), BENCH_SHAPES (e.g. "6144x4096,4096x4096"), BENCH_MS.
 Writes $OUT/dense_<gpu>.json and $OUT/dense_configs_<gpu>.json (gpu: h100, h200, ...); prints a summary
 table last.
@@ -41,7 +44,12 @@ from bench import peers_gemlite as PG  # noqa: E402
 from bench.bandwidth import copy_gbps  # noqa: E402
 
 T0 = time.time()
-GPU_SLUG = "h200" if "H200" in torch.cuda.get_device_name() else "h100"
+
+
+def gpu_slug(device_name: str) -> str:
+    return "h200" if "H200" in device_name else "h100"
+
+
 CAP = float(os.environ.get("BENCH_CAP_S", "500"))
 OUT = os.environ.get("OUT", "/tmp")
 BF = torch.bfloat16
@@ -283,8 +291,8 @@ def main() -> None:
              **({"default_us": round(t_d, 2)} if t_d else {})}
             for (k, b, n_, k_), (t_, c, t_d) in sorted(best.items(), key=lambda it: (it[0][0], it[0][2], it[0][3], it[0][1]))]
     cfgs = {"device": out["device"], "torch": out["torch"], "triton": out["triton"], "rows": rows}
-    json.dump(out, open(os.path.join(OUT, f"dense_{GPU_SLUG}.json"), "w"), indent=1)
-    json.dump(cfgs, open(os.path.join(OUT, f"dense_configs_{GPU_SLUG}.json"), "w"), indent=1)
+    json.dump(out, open(os.path.join(OUT, f"dense_{gpu_slug(out['device'])}.json"), "w"), indent=1)
+    json.dump(cfgs, open(os.path.join(OUT, f"dense_configs_{gpu_slug(out['device'])}.json"), "w"), indent=1)
     summary(out)
 
 
@@ -293,7 +301,7 @@ def _geo(vals):
     return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else float("nan")
 
 
-def summary(out: dict) -> None:
+def summary(out: dict, path: str | None = None) -> None:
     rows = out["rows"]
 
     def ratio(r, ours, peer):
@@ -328,8 +336,37 @@ def summary(out: dict) -> None:
         print(f"GemLite {gl.get('version')}: kernel-floor rel. error vs ours, same operands: {gl.get('check_rel_err')}")
     for d in out["decode"]:
         print(f"decode {d['kernel']:22s} {d['N']}x{d['K']}: {d['GBps']:.0f} GB/s = {d['frac_ref']:.2f} of reference")
-    json.dump(out, open(os.path.join(OUT, f"dense_{GPU_SLUG}.json"), "w"), indent=1)
+    json.dump(out, open(path or os.path.join(OUT, f"dense_{gpu_slug(out['device'])}.json"), "w"), indent=1)
+
+
+def merge(paths: list[str]) -> dict:
+    """One result from runs of the same device over different shapes; later runs win a repeated (N, K, M)."""
+    runs = [json.load(open(p)) for p in paths]
+    devices = {r["device"] for r in runs}
+    if len(devices) > 1:
+        raise SystemExit(f"runs come from different devices: {sorted(devices)}")
+    rows = {(r["N"], r["K"], r["M"]): r for run in runs for r in run["rows"]}
+    decode = {(d["kernel"], d["N"], d["K"]): d for run in runs for d in run["decode"]}
+    out = {k: v for k, v in runs[-1].items() if k not in ("rows", "decode", "summary")}
+    out["rows"] = sorted(rows.values(), key=lambda r: (SHAPES.index((r["N"], r["K"])) if (r["N"], r["K"]) in SHAPES
+                                                        else len(SHAPES), r["N"], r["K"], r["M"]))
+    out["decode"] = list(decode.values())
+    out["gpu_check"] = {k: v for run in runs for k, v in run.get("gpu_check", {}).items()}
+    checks = {k: v for run in runs for k, v in run.get("gemlite", {}).get("check_rel_err", {}).items()}
+    out["gemlite"] = {**runs[-1].get("gemlite", {}), "check_rel_err": checks}
+    out["runs"] = [{"shapes": sorted({(r["N"], r["K"]) for r in run["rows"]}), "copy_GBps": run.get("copy_GBps"),
+                    "ref_GBps": run.get("ref_GBps")} for run in runs]
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["merge"]:
+        import argparse
+
+        ap = argparse.ArgumentParser(prog="bench_dense.py merge")
+        ap.add_argument("runs", nargs="+")
+        ap.add_argument("-o", "--out", required=True)
+        args = ap.parse_args(sys.argv[2:])
+        summary(merge(args.runs), args.out)
+    else:
+        main()
