@@ -1,6 +1,6 @@
 """4-bit weights at prefill sizes (wo_dequant): the dequantized bf16 operand equals the reference's
 values rounded once to bf16, for every format, group size, zero points and K tiles of 128 / 64 / 32; the
-launcher takes this path from DEQUANT_MIN_M on a GPU only."""
+launcher takes this path from DEQUANT_MIN_M (256) on a GPU only."""
 
 import pytest
 import torch
@@ -59,10 +59,15 @@ def test_launcher_takes_the_dequant_path_from_the_threshold(monkeypatch):
 
 
 def test_policy_on_a_gpu(monkeypatch):
-    """Off by default until a GPU run verifies and times it; once on, from DEQUANT_MIN_M on a GPU."""
+    """On a GPU from DEQUANT_MIN_M (256, the crossover bench/dequant_probe.py measured) on; the variable
+    overrides the threshold either way; DEQUANT_DEFAULT_ON = False leaves only the variable."""
     monkeypatch.delenv("QUANTC_DEQUANT_MIN_M", raising=False)
     gpu = torch.device("cuda", 0)
-    assert not wd.uses_dequant(8192, gpu)
-    monkeypatch.setattr(wd, "DEQUANT_DEFAULT_ON", True)
-    assert wd.uses_dequant(wd.DEQUANT_MIN_M, gpu) and not wd.uses_dequant(wd.DEQUANT_MIN_M - 1, gpu)
+    assert wd.DEQUANT_MIN_M == 256
+    assert wd.uses_dequant(256, gpu) and wd.uses_dequant(8192, gpu) and not wd.uses_dequant(255, gpu)
     assert not wd.uses_dequant(4096, torch.device("cpu"))
+    monkeypatch.setenv("QUANTC_DEQUANT_MIN_M", "100000")
+    assert not wd.uses_dequant(8192, gpu)
+    monkeypatch.delenv("QUANTC_DEQUANT_MIN_M")
+    monkeypatch.setattr(wd, "DEQUANT_DEFAULT_ON", False)
+    assert not wd.uses_dequant(8192, gpu)

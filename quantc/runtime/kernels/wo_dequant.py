@@ -22,12 +22,12 @@ from .common import cdiv, round_bf16
 from .nibble_decode import USE_ASM, decode_words
 from .wo_mma4 import element_scales, element_zeros
 
-# smallest M that takes this path once it is on (QUANTC_DEQUANT_MIN_M sets the threshold and turns it on):
-# from the profile above, where M = 2048 ran 4x slower in wo_mma4 than cuBLAS. Off by default until a GPU
-# run has checked the PTX-decoded operand against the reference (the interpreter runs the plain-Triton
-# decode) and swept the threshold (bench/RUNBOOK.md)
-DEQUANT_MIN_M = 1024
-DEQUANT_DEFAULT_ON = False
+# smallest M that takes this path on a GPU (QUANTC_DEQUANT_MIN_M overrides it; set it above any M to turn the path
+# off). bench/dequant_probe.py on an H200 (bench/results/dequant_probe_h200.json): the dequantized operand is bit-
+# identical to the reference on the GPU (PTX decode), and this path beats wo_mma4's best config on every shape and
+# format from M = 256 on (1.03x-1.61x at 256, 1.5x-2.4x at 1024-8192); at M = 64 it loses (0.4x-0.5x)
+DEQUANT_MIN_M = 256
+DEQUANT_DEFAULT_ON = True
 BLOCK_N = 32
 
 
@@ -79,7 +79,8 @@ def dequantize_bf16(w) -> torch.Tensor:
 
 def uses_dequant(m: int, device: torch.device) -> bool:
     """The launcher's policy: QUANTC_DEQUANT_MIN_M=N takes this path from M = N on (0: everywhere, the
-    interpreter included); unset, from DEQUANT_MIN_M on a GPU once DEQUANT_DEFAULT_ON."""
+    interpreter included); unset, from DEQUANT_MIN_M on a GPU (the interpreter keeps wo_mma4, which the
+    CPU tests cover at every M)."""
     forced = os.environ.get("QUANTC_DEQUANT_MIN_M")
     if forced is not None:
         return m >= int(forced)
