@@ -435,8 +435,14 @@ def tune(
     stats = run_tune(jobs, GPUS[plan_obj.target["gpu"]], output or _default_tables_dir(),
                      space="small" if small else space.value, progress=sys.stderr.isatty())
     typer.echo(f"tuned {stats['tuned']} of {stats['jobs']} (kernel, N, K, M-bucket) entries "
-               f"({stats['skipped_done']} already done, {stats['no_valid_config']} without a valid config) -> {stats['path']}")
-    raise typer.Exit(EXIT_INVALID if stats["no_valid_config"] else EXIT_OK)
+               f"({stats['skipped_done']} already done, {stats['no_valid_config']} without a valid config"
+               f"{_disagree_note(stats)}) -> {stats['path']}")
+    raise typer.Exit(EXIT_INVALID if stats["no_valid_config"] or stats.get("default_disagrees") else EXIT_OK)
+
+
+def _disagree_note(stats: dict) -> str:
+    n = stats.get("default_disagrees", 0)
+    return f", {n} whose default config disagrees with the plain-torch reference" if n else ""
 
 
 def main() -> None:

@@ -3,10 +3,13 @@ MoE GEMMs on the live device.
 
 For one job (kernel, N, K, M): random operands with a fixed seed, the weight quantized with the
 runtime's own quantizer and prepared by the kernel's launcher; every candidate's output is checked
-against the output of the kernel's default config (itself tested against the plain-torch reference
-in tests/runtime) before it is timed; a candidate that fails to compile or run, or disagrees, is
-dropped. On a GPU the time is the median of ``triton.testing.do_bench`` (CUDA-graph replay where it
-captures); on the CPU interpreter the flow runs the same, with wall-clock times that mean nothing.
+against the output of the kernel's default config before it is timed, and that output is first checked
+against the plain-torch reference of the same math (``plain_reference_error``: dequantized operands, one
+fp32 matmul; for MoE the experts that received the most rows, up to ``MOE_CHECK_EXPERTS``), so a
+candidate that agrees with the default agrees with the reference. A candidate that fails to compile or
+run, or disagrees, is dropped; a job whose default config disagrees with the reference writes no row
+(counted as ``default_disagrees``). On a GPU the time is the median of ``triton.testing.do_bench``
+(CUDA-graph replay where it captures); on the CPU interpreter the flow runs the same, with wall-clock times that mean nothing.
 A dense job's weight buffers are copied until the copies pass ``ROTATE_BYTES`` (twice an H100's or
 H200's 50 MB L2) and each timed call cycles through them, so a decode-sized job reads its weights
 from HBM as it does in a model, not from L2 (shared/BENCH.md); time per call = total / copies.
@@ -45,6 +48,7 @@ class Operands:
     buffers: list
     reference: torch.Tensor
     rotation: list = field(default_factory=list)  # more copies of ``buffers`` (timing only)
+    tensors: dict = field(default_factory=dict)  # the quantized weight as quantize_weight gave it (reference)
 
 
 ROTATE_BYTES = 128 << 20
@@ -82,7 +86,8 @@ def make_operands(job, device: str):
     x = x.to(device)
     ref = launcher.run(x, buffers, job_default(job), job.weight_key, job.activation_key, None)
     copies = rotation_copies(sum(b.numel() * b.element_size() for b in buffers), device)
-    return Operands(x, buffers, ref, [[b.clone() for b in buffers] for _ in range(copies - 1)])
+    return Operands(x, buffers, ref, [[b.clone() for b in buffers] for _ in range(copies - 1)],
+                    {n: t.to(device) for n, t in tensors.items()})
 
 
 def _moe_default(job) -> KernelConfig:
@@ -134,6 +139,61 @@ def _moe_run(job, cfg: KernelConfig, ops: MoeOperands) -> torch.Tensor:
     return mg.grouped_gemm(ops.a, ops.a_scale, ops.weight, routing, a_div=job.top_k if gate_up else 1,
                            act=job.act if gate_up else "none", a_quant=ops.a_quant, a_group=ops.a_group, cfg=cfg,
                            topk_weights=ops.topk_weights)
+
+
+MOE_CHECK_EXPERTS = 8  # experts a MoE job's default output is checked on (the most-routed ones)
+REFERENCE_RTOL = 2e-2
+
+
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    err = (got.float() - want.float()).norm() / want.float().norm().clamp_min(1e-6)
+    return float(err) if torch.isfinite(err) else float("inf")
+
+
+def plain_reference_error(job, ops) -> float:
+    """Relative error of the default config's output (``ops.reference``) against plain torch: the
+    dense kernels' ``scaled_mm.reference`` (the activation through the reference quantizer, both
+    operands dequantized, one fp32 matmul); for a MoE job, per checked expert, its rows' dequantized
+    input times the dequantized expert weight, the fused activation (gate_up) or the routing weight
+    (down) applied as ``moe_gemm.reference_expert_loop`` does."""
+    if not job.num_experts:
+        from .kernels.scaled_mm import reference
+
+        return _rel_err(ops.reference, reference(ops.x, ops.tensors, job.weight_key, job.activation_key))
+    from dataclasses import replace as replace_weight
+
+    from .kernels import moe_gemm as mg
+    from .kernels.wo_format import dequantize
+
+    a = ops.a.float()
+    if ops.a_scale is not None:
+        s = ops.a_scale.float()
+        a = a * (s.repeat_interleave(ops.a_group, 1)[:, : a.shape[1]] if s.shape[1] > 1 else s)
+    ids = ops.topk_ids.reshape(-1).long()
+    gate_up = job.role == "gate_up"
+    rows_in = torch.arange(ids.numel(), device=ids.device) // (job.top_k if gate_up else 1)
+    w = ops.weight
+    got, want = [], []
+    for e in torch.bincount(ids, minlength=job.num_experts).argsort(descending=True)[:MOE_CHECK_EXPERTS].tolist():
+        pairs = torch.nonzero(ids == e).flatten()
+        if pairs.numel() == 0:
+            continue
+        we = replace_weight(w, data=w.data[e], scale=None if w.scale is None else w.scale[e],
+                            zeros=None if w.zeros is None else w.zeros[e],
+                            global_scale=None if w.global_scale is None else w.global_scale[e].reshape(1))
+        h = a[rows_in[pairs]] @ dequantize(we).T
+        if gate_up:
+            g, u = h.chunk(2, dim=-1)
+            if job.act == "silu":
+                h = torch.nn.functional.silu(g) * u
+            else:
+                g, u = g.clamp(max=mg.GPT_OSS_LIMIT), u.clamp(-mg.GPT_OSS_LIMIT, mg.GPT_OSS_LIMIT)
+                h = (u + 1) * g * torch.sigmoid(mg.GPT_OSS_ALPHA * g)
+        elif ops.topk_weights is not None:
+            h = h * ops.topk_weights[pairs].float().reshape(-1, 1)
+        got.append(ops.reference[pairs])
+        want.append(h)
+    return _rel_err(torch.cat(got), torch.cat(want))
 
 
 def _time_us(fn, device: str) -> float:
@@ -200,7 +260,8 @@ def tune(jobs, gpu, out_dir: str | Path, *, small: bool = False, space: str = "f
     seeds = [table, *(shipped_tables(gpu) if tables is None else tables)] if space == "seeded" else None
     done = finished(table)
     todo = [j for j in jobs if j.key not in done]
-    stats = {"jobs": len(jobs), "skipped_done": len(jobs) - len(todo), "tuned": 0, "no_valid_config": 0, "path": str(path)}
+    stats = {"jobs": len(jobs), "skipped_done": len(jobs) - len(todo), "tuned": 0, "no_valid_config": 0,
+             "default_disagrees": 0, "path": str(path)}
     from rich.progress import Progress
 
     with Progress(disable=not progress, transient=True) as bar:
@@ -208,6 +269,13 @@ def tune(jobs, gpu, out_dir: str | Path, *, small: bool = False, space: str = "f
         for job in todo:
             job = partner_block_m(job, table)  # a down GEMM runs at the BLOCK_M its gate_up row picked
             ops = make_operands(job, device)
+            err = plain_reference_error(job, ops)
+            if err > REFERENCE_RTOL:
+                stats["default_disagrees"] += 1
+                bar.console.print(f"[red]{job.kernel} n={job.n} k={job.k} m={job.m}: the default config's output is "
+                                  f"{err:.3g} (relative) from the plain-torch reference; no row written[/red]")
+                bar.advance(task)
+                continue
             default = job_default(job)
             default_us = measure(job, default, ops, device)
             best, best_us = None, None

@@ -6,6 +6,7 @@ import json
 
 import jsonschema
 import pytest
+import torch
 
 from quantc.emit import data_dir
 from quantc.gpus import GPUS
@@ -479,3 +480,67 @@ def test_the_default_a_4bit_job_is_compared_with_is_the_shape_aware_one():
     for m, n, k in ((1, 4096, 14336), (16, 28672, 4096), (64, 4096, 4096)):
         job = TuneJob("int4_weight_only_gemm", n, k, "int4_group_128", "none", m, m)
         assert job_default(job) == wo_default(m, n, k, int4=True)
+
+
+@pytest.mark.parametrize("kernel,wk,ak,act,role", [
+    ("moe_weight_only", "mxfp4", "none", "silu", "gate_up"),
+    ("moe_weight_only", "int4_group_32_asym", "none", "gpt_oss", "gate_up"),
+    ("moe_fp8", "fp8_per_channel", "fp8_dynamic_per_token", "gpt_oss", "gate_up"),
+    ("moe_int8", "int8_per_channel", "int8_dynamic_per_token", "silu", "down"),
+    ("moe_weight_only", "nvfp4", "none", "silu", "down"),
+])
+def test_the_default_moe_output_is_checked_against_plain_torch(kernel, wk, ak, act, role):
+    """plain_reference_error rebuilds each checked expert's rows in plain torch (dequantized input and
+    weight, the fused activation or the routing weight); a wrong default output on one expert shows."""
+    from quantc.runtime import tune as rt
+
+    n = 2 * I if role == "gate_up" else H
+    job = TuneJob(kernel, n, H if role == "gate_up" else I, wk, ak, 16, 16, num_experts=E, top_k=2, role=role,
+                  rows=n, act=act)
+    ops = rt.make_operands(job, "cpu")
+    assert rt.plain_reference_error(job, ops) < 1e-2
+    e = int(torch.bincount(ops.topk_ids.reshape(-1).long(), minlength=E).argmax())
+    rows = torch.nonzero(ops.topk_ids.reshape(-1) == e).flatten()
+    ops.reference = ops.reference.clone()
+    ops.reference[rows] *= 1.5
+    assert rt.plain_reference_error(job, ops) > rt.REFERENCE_RTOL
+
+
+@pytest.mark.parametrize("kernel,wk,ak", [("fp8_scaled_gemm", "fp8_per_channel", "fp8_dynamic_per_token"),
+                                          ("fp8_block_gemm", "fp8_block_128x128", "fp8_dynamic_group_128"),
+                                          ("int4_weight_only_gemm", "int4_group_128", "none")])
+def test_a_job_whose_default_disagrees_with_plain_torch_writes_no_row(tmp_path, monkeypatch, kernel, wk, ak):
+    """The default config's output is held against scaled_mm.reference before any candidate is compared
+    with it: a kernel that is wrong in every config (planted) gives no row, a count and a message, and
+    `quantc tune` exits non-zero."""
+    from quantc.runtime import tune as rt
+
+    job = TuneJob(kernel, 128, 256, wk, ak, 16, 16)
+    assert rt.plain_reference_error(job, rt.make_operands(job, "cpu")) < 1e-2
+    real = rt.make_operands
+
+    def wrong(job, device):
+        ops = real(job, device)
+        ops.reference = ops.reference * 1.5
+        return ops
+
+    monkeypatch.setattr(rt, "make_operands", wrong)
+    stats = rt.tune([job], GPUS["h100"], tmp_path, small=True, progress=False, device="cpu")
+    assert stats["default_disagrees"] == 1 and stats["tuned"] == 0
+    table = tmp_path / "h100.json"
+    assert not table.exists() or json.loads(table.read_text())["entries"] == []
+
+
+def test_cli_tune_reports_defaults_that_disagree(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from quantc import cli
+    from quantc.runtime import tune as rt
+
+    _plan().save(tmp_path / "plan.json")
+    monkeypatch.setattr(rt, "tune", lambda jobs, gpu, out, **kw: {"jobs": 2, "tuned": 1, "skipped_done": 0,
+                                                                  "no_valid_config": 0, "default_disagrees": 1,
+                                                                  "path": "x"})
+    result = CliRunner().invoke(cli.app, ["tune", "--plan", str(tmp_path / "plan.json"), "-o", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "1 whose default config disagrees with the plain-torch reference" in result.output
