@@ -79,3 +79,41 @@ def test_wo_runs_merge_with_their_own_reference_and_a_summary(tmp_path):
     b.write_text(json.dumps(_run(device="NVIDIA H100 80GB HBM3", rows=[_wo_row(24576, 7168, 1)])))
     with pytest.raises(SystemExit, match="different devices"):
         ws.merge([str(a), str(b)])
+
+
+def _dense_row(n, k, m, ours, peer):
+    return {"N": n, "K": k, "M": m, "fp8_scaled_gemm_us": ours, "peer_fp8_row_us": peer, "bf16_us": 2 * ours}
+
+
+def _dense_run(device, rows, decode=(), check=None, gl_check=None):
+    return {"device": device, "torch": "2.11.0+cu130", "triton": "3.6.0", "cuda": "13.0", "copy_GBps": 3000.0,
+            "ref_GBps": 3000.0, "bf16_m1_GBps": 2900.0, "rows": list(rows), "decode": list(decode),
+            "gpu_check": check or {}, "gemlite": {"version": "0.6", "check_rel_err": gl_check or {}}}
+
+
+def test_dense_runs_merge_into_one_result_with_a_recomputed_summary(tmp_path):
+    """bench_dense.py merge: runs split by the time cap become one file; a (N, K, M) measured twice keeps
+    the later run's row; checks and GemLite checks are unions; the summary covers every row."""
+    import bench_dense as bd
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_dense_run("NVIDIA H100 80GB HBM3", [_dense_row(6144, 4096, 1024, 10.0, 10.0),
+                                                                  _dense_row(2048, 7168, 1024, 10.0, 30.0)],
+                                       decode=[{"kernel": "fp8_scaled_gemm", "N": 6144, "K": 4096, "GBps": 1500.0,
+                                                "frac_ref": 0.5}], check={"quant_mxfp8": True},
+                                       gl_check={"6144x4096": {"fp8": 0.0}})))
+    b.write_text(json.dumps(_dense_run("NVIDIA H100 80GB HBM3", [_dense_row(2048, 7168, 1024, 10.0, 20.0)],
+                                       check={"tma/int8_per_channel/vs_tiled": 0.0},
+                                       gl_check={"2048x7168": {"fp8": 0.0}})))
+    merged = bd.merge([str(a), str(b)])
+    assert [(r["N"], r["K"], r["M"], r["peer_fp8_row_us"]) for r in merged["rows"]] == [(6144, 4096, 1024, 10.0),
+                                                                                        (2048, 7168, 1024, 20.0)]
+    assert merged["gpu_check"] == {"quant_mxfp8": True, "tma/int8_per_channel/vs_tiled": 0.0}
+    assert set(merged["gemlite"]["check_rel_err"]) == {"6144x4096", "2048x7168"} and len(merged["decode"]) == 1
+    out = tmp_path / "dense_h100.json"
+    bd.summary(merged, str(out))
+    line = json.loads(out.read_text())["summary"]["fp8 rowwise / _scaled_mm, M>=1024"]
+    assert line["n"] == 2 and line["worst"] == 1.0 and line["best"] == 2.0 and abs(line["geomean"] - 2 ** 0.5) < 1e-9
+    b.write_text(json.dumps(_dense_run("NVIDIA H200", [])))
+    with pytest.raises(SystemExit, match="different devices"):
+        bd.merge([str(a), str(b)])
