@@ -10,7 +10,9 @@ import quantc
 import quantc.runtime
 from quantc import hf
 from quantc.runtime import moe_apply
+from quantc.runtime import quantize as ref_q
 from quantc.runtime.hf_moe import QuantExperts, expert_weights, prepare_experts
+from quantc.runtime.kernels.scaled_mm import fake_quant_activation
 from quantc.runtime.kernels import wo_format as wf
 from quantc.runtime.modules import QuantLinear
 
@@ -19,9 +21,9 @@ PROMPT, DECODE = 8, 1
 # model, config ("scheme:<name>" = quantc.hf.SCHEMES), cosine floor of every position's logits
 # against the bf16 model. Measured on these tiny random models: fp8/int8 >= 0.997, w4a16 ~0.98; 4-bit
 # experts of the tiny gpt-oss swing its logits more (mxfp4: mean ~0.91, worst position ~0.7), so the
-# weight-only cases are also held against the bf16 model with the same weights fake-quantized
-# (dequantized), which the kernels must match to >= 0.999 (top-1 is not asserted there: tiny random models have
-# near-tied logits).
+# cases are also held against the bf16 model with the same plan fake-quantized in plain torch (weights
+# dequantized, dense layers' activations through the reference quantizer; W8A8 experts excepted), which
+# the kernels must match to >= 0.999 (top-1 is not asserted there: tiny random models have near-tied logits).
 CASES = [
     ("llama-3.1-8b", "examples/configs/llama31_8b_fp8.yaml", 0.99),
     ("llama-3.1-8b", "scheme:int8", 0.99),
@@ -34,17 +36,26 @@ FAKE_QUANT_FLOOR = 0.999
 
 
 def _fake_quantize(model, plan):
-    """Every planned weight-only weight replaced by its dequantized value, in place (bf16)."""
+    """Every planned weight-only weight replaced by its dequantized value, in place (bf16); a dense linear
+    with an activation key runs plain torch instead: its input through the reference quantizer, times the
+    dequantized weight in fp32."""
     mods = dict(model.named_modules())
     done = set()
     for mp in plan.modules:
         if mp.kernel is None or mp.kind in ("kv_cache", "embedding", "norm"):
             continue
-        assert mp.activation == "none", "fake quantization stands in for weight-only schemes only"
         if mp.kind != "moe_experts":
-            w = mods[mp.name].weight
-            w.data = wf.dequantize(wf.quantize(w.data, mp.weight)).to(w.dtype)
+            mod = mods[mp.name]
+            if mp.activation == "none":
+                mod.weight.data = wf.dequantize(wf.quantize(mod.weight.data, mp.weight)).to(mod.weight.dtype)
+                continue
+            # the kernels' math: dequantized operands, fp32 products and sums, one bf16 rounding at the end
+            w = ref_q.dequantize_weight(ref_q.quantize_weight(mod.weight.data, mp.weight), mp.weight)
+            b = None if mod.bias is None else mod.bias.float()
+            mod.forward = lambda x, w=w, b=b, key=mp.activation: torch.nn.functional.linear(
+                fake_quant_activation(x.reshape(-1, x.shape[-1]), key), w, b).to(x.dtype).reshape(*x.shape[:-1], -1)
             continue
+        assert mp.activation == "none", "expert fake quantization stands in for weight-only experts only"
         name = mp.name.rpartition(".")[0]
         if name in done:
             continue
@@ -116,7 +127,7 @@ def test_apply_prefill_decode(model_name, config, floor, tmp_path):
         assert fid["cosine_min"] >= floor, (i, fid)
     # the quantized model is not the reference by accident: its logits differ somewhere
     assert any(not torch.equal(w, g) for w, g in zip(want, got))
-    if all(mp.activation == "none" for mp in plan.modules if mp.kernel and mp.kind != "kv_cache"):
+    if all(mp.activation == "none" for mp in plan.modules if mp.kernel and mp.kind == "moe_experts"):
         _fake_quantize(ref, plan)
         for i, (w, g) in enumerate(zip(_run(ref, ids, steps), got)):
             fid = hf.fidelity(w, g)

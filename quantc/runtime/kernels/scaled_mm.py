@@ -378,22 +378,25 @@ def split_slices(k: int, block_k: int, split_k: int) -> int:
     return cdiv(tiles, cdiv(tiles, split))
 
 
+def fake_quant_activation(x: torch.Tensor, act_key: str, input_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 values of ``x`` (M, K) after the reference quantizer of ``act_key`` ("none": x itself)."""
+    if act_key == "none":
+        return x.float()
+    if act_key == "fp8_static_per_tensor":
+        q, s = ref.quant_fp8_per_tensor(x, input_scale)
+    else:
+        q, s = ref.ACTIVATION_QUANTIZERS[act_key](x)
+    if act_key == "mxfp8":
+        return q.float() * ref.e8m0_to_float(s).repeat_interleave(32, 1)
+    if act_key == "fp8_dynamic_group_128":
+        return q.float() * s.repeat_interleave(128, 1)
+    return q.float() * s
+
+
 def reference(x: torch.Tensor, tensors: dict, weight_key: str, act_key: str,
               input_scale: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """fp32 reference: the activation quantized by the reference quantizer, both operands dequantized,
     one fp32 matmul."""
     w = ref.dequantize_weight(tensors, weight_key)
-    xf = x.float()
-    if act_key != "none":
-        if act_key == "fp8_static_per_tensor":
-            q, s = ref.quant_fp8_per_tensor(x, input_scale)
-        else:
-            q, s = ref.ACTIVATION_QUANTIZERS[act_key](x)
-        if act_key == "mxfp8":
-            xf = q.float() * ref.e8m0_to_float(s).repeat_interleave(32, 1)
-        elif act_key == "fp8_dynamic_group_128":
-            xf = q.float() * s.repeat_interleave(128, 1)
-        else:
-            xf = q.float() * s
-    out = xf @ w.T
+    out = fake_quant_activation(x, act_key, input_scale) @ w.T
     return out + bias.float() if bias is not None else out
