@@ -352,17 +352,28 @@ def _moe_seed(job: TuneJob, gpu: Gpu, cfg: KernelConfig) -> KernelConfig | None:
 # --- the seeded space ------------------------------------------------------------------------------
 
 
+# Grouped-GEMM tiles that bench/bench_moe.py measured best at 4096 tokens for all four MoE sizes, on the
+# H100 and the H200 (bf16: 1.2-1.35x the 64-row default), which no table row had won yet: a seeded MoE
+# job whose experts average at least MOE_LARGE_ROWS rows each measures them right after its default
+MOE_LARGE_SEEDS = (KernelConfig(128, 128, 64, 8, 8, 3), KernelConfig(128, 256, 64, 8, 8, 3),
+                   KernelConfig(64, 256, 64, 8, 8, 3))
+MOE_LARGE_ROWS = 128
+
+
 def seeded_space(job: TuneJob, gpu: Gpu, tables: list[dict] | None = None,
                  default: KernelConfig | None = None) -> list[KernelConfig]:
     """Candidates transferred from tuned tables (the module doc has the rule): ``default`` first, then
-    the feasible winners of ``job.kernel`` in ``tables`` (parsed kernel tables; default: the shipped
-    ones, ``shipped_tables``), closest first, without duplicates, at most ``SEEDED_MAX`` in all."""
+    (MoE jobs with at least MOE_LARGE_ROWS rows an expert) ``MOE_LARGE_SEEDS``, then the feasible winners
+    of ``job.kernel`` in ``tables`` (parsed kernel tables; default: the shipped ones,
+    ``shipped_tables``), closest first, without duplicates, at most ``SEEDED_MAX`` in all."""
     tables = shipped_tables(gpu) if tables is None else tables
     kin = {job.kernel: 0, **{sib: i + 1 for i, sib in enumerate(SEED_SIBLINGS.get(job.kernel, ()))}}
     seeds = sorted((((kin[row["kernel"]],) + _closeness(job, row, i), _row_config(row))
                     for i, table in enumerate(tables) for row in table.get("entries", []) if row["kernel"] in kin),
                    key=lambda seed: seed[0])
     out = [default] if default is not None else []
+    if job.num_experts and job.m * job.top_k >= MOE_LARGE_ROWS * job.num_experts:
+        out += [c for c in (_moe_seed(job, gpu, c) for c in MOE_LARGE_SEEDS) if c is not None and c not in out]
     for _, cfg in seeds:
         if len(out) >= SEEDED_MAX:
             break

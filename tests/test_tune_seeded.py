@@ -173,9 +173,9 @@ def test_moe_seeds_follow_the_grouped_gemms_block_k_and_shared_memory_rules():
     assert [c.block_k for c in seeded_space(_moe_job(n=256, k=2880, m=16), H100, [_table(*rows)])] == [64]
     # gate_up reads two weight tiles a K step: fits the H100 as down, not as gate_up
     cfg = KernelConfig(128, 256, 128, 8, 8, 4)
-    down = _moe_job(n=1536, k=2048, m=4096)
+    down = _moe_job(n=1536, k=2048, m=256)  # 256 x 2 / 8 = 64 rows an expert: no MOE_LARGE_SEEDS
     gate_up = dataclasses.replace(down, role="gate_up")
-    table = _table(_row(cfg, 1536, 2048, 4096, "moe_fp8"))
+    table = _table(_row(cfg, 1536, 2048, 256, "moe_fp8"))
     assert seeded_space(down, H100, [table]) == [cfg] and seeded_space(gate_up, H100, [table]) == []
     # BLOCK_N past the padded output width is dropped, except the full grid's smallest (64)
     narrow = _moe_job(n=32, k=768, m=16)
@@ -252,3 +252,19 @@ def test_tune_plan_script_space_errors(monkeypatch, capsys):
         with pytest.raises(SystemExit) as exc:
             tune_plan.main()
         assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_moe_jobs_with_many_rows_an_expert_measure_the_large_tiles_after_the_default():
+    """bench_moe measured 128-row tiles best at 4096 tokens on every MoE size; no table had them, so a
+    seeded job whose experts average >= MOE_LARGE_ROWS rows tries them, pruned like any seed."""
+    from quantc.tune import MOE_LARGE_ROWS, MOE_LARGE_SEEDS
+
+    default = KernelConfig(64, 128, 64, 8, 8, 3)
+    big = _moe_job(n=1536, k=2048, m=4096)  # 4096 x 2 / 8 experts = 1024 rows an expert
+    space = seeded_space(big, H100, [_table()], default)
+    assert space[0] == default and set(MOE_LARGE_SEEDS) <= set(space[1:1 + len(MOE_LARGE_SEEDS)])
+    assert big.m * big.top_k // big.num_experts >= MOE_LARGE_ROWS
+    few = dataclasses.replace(big, m=256, m_max=256)  # 64 rows an expert
+    assert not set(MOE_LARGE_SEEDS) & set(seeded_space(few, H100, [_table()], default))
+    down = dataclasses.replace(big, block_m=64)  # a down job keeps gate_up's BLOCK_M: the seeds take it
+    assert all(c.block_m == 64 for c in seeded_space(down, H100, [_table()], default))
