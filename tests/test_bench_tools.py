@@ -117,3 +117,24 @@ def test_dense_runs_merge_into_one_result_with_a_recomputed_summary(tmp_path):
     b.write_text(json.dumps(_dense_run("NVIDIA H200", [])))
     with pytest.raises(SystemExit, match="different devices"):
         bd.merge([str(a), str(b)])
+
+
+def test_fidelity_probe_fake_quantizes_exactly_the_plan_targets_with_the_expected_errors():
+    """bench/fidelity_probe.py on TINY models: the plan's 14 Llama linears (not lm_head/embeddings) each get
+    the e4m3 error of ~3.7% (int8 less), Gaussian noise of the same size gives the same cosine, quantizing
+    nothing changes nothing; on gpt-oss the experts are targets and replaying the routing does not hurt."""
+    import fidelity_probe as fp
+
+    r = fp.probe_model("llama-3.1-8b", 2, ["fp8", "int8"], 64, 0, tiny=True)
+    fp8, int8 = r["schemes"]["fp8"], r["schemes"]["int8"]
+    assert len(fp8["targets"]) == 14 and all(n.startswith("model.layers.") for n in fp8["targets"])
+    assert r["off"]["cosine"] == pytest.approx(1.0, abs=1e-5) and r["off"]["logit_rel_err"] == 0.0
+    local = fp8["quant"]["local"]
+    assert set(local) == set(fp8["targets"]) and all(0.02 <= v <= 0.06 for v in local.values())
+    assert max(int8["quant"]["local"].values()) < min(local.values())
+    assert abs(fp8["noise"]["cosine"] - fp8["quant"]["cosine"]) < 0.01 and fp8["quant"]["cosine"] < 1 - 1e-4
+    assert fp8["quant"]["propagated"]["L0.attn.probs"] > 0  # eager attention: probabilities recorded
+    moe = fp.probe_model("gpt-oss-20b-bf16", 2, ["fp8"], 64, 0, tiny=True)["schemes"]["fp8"]
+    assert "model.layers.1.mlp.experts.down_proj" in moe["quant"]["local"]
+    assert not any("router" in n for n in moe["targets"]) and set(moe["quant"]["changed_topk"]) == {0, 1}
+    assert moe["quant_routing_replayed"]["cosine"] >= moe["quant"]["cosine"]
