@@ -42,6 +42,7 @@ from quantc.runtime.kernels.scaled_mm import scaled_mm  # noqa: E402
 from quantc.runtime.tables import default_config  # noqa: E402
 from bench import peers_gemlite as PG  # noqa: E402
 from bench.bandwidth import copy_gbps  # noqa: E402
+from bench.timing import graph_us as bench  # noqa: E402
 
 T0 = time.time()
 
@@ -98,16 +99,6 @@ def agrees(fn, cfg, want: torch.Tensor, kernel: str) -> bool:
         print("MISMATCH", kernel, cfg, f"rel err {err:.3g}: not timed", flush=True)
         return False
     return True
-
-
-def bench(fn) -> float | None:
-    try:
-        fn()
-        torch.cuda.synchronize()
-        return do_bench_cudagraph(fn, rep=30) * 1e3  # us
-    except Exception as e:  # a config that does not fit (shared memory) is skipped, not fatal
-        print("ERR", type(e).__name__, str(e)[:200], flush=True)
-        return None
 
 
 def bucket_of(m: int) -> str:

@@ -29,7 +29,6 @@ import time
 
 import torch
 import triton
-from triton.testing import do_bench_cudagraph
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quantc.plan import KernelConfig as C  # noqa: E402
@@ -37,6 +36,7 @@ from quantc.runtime.kernels import moe_gemm as mg  # noqa: E402
 from quantc.runtime.kernels import wo_format as wf  # noqa: E402
 from quantc.runtime.kernels.moe_routing import align_by_expert  # noqa: E402
 from quantc.runtime.moe import QuantMoE  # noqa: E402
+from bench.timing import graph_us as us  # noqa: E402
 
 T0 = time.time()
 CAP = float(os.environ.get("BENCH_CAP_S", "240"))
@@ -54,16 +54,6 @@ def save():
     slug = re.sub(r"[^a-z0-9]+", "_", res["device"].lower()).strip("_")
     with open(os.path.join(OUT, f"moe_{slug}.json"), "w") as f:
         json.dump(res, f, indent=1)
-
-
-def us(fn) -> float | None:
-    try:
-        fn()
-        torch.cuda.synchronize()
-        return do_bench_cudagraph(fn, rep=30) * 1e3
-    except Exception as e:
-        print("ERR", type(e).__name__, str(e)[:300], flush=True)
-        return None
 
 
 def config(pairs: int) -> C:

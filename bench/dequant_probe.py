@@ -21,7 +21,6 @@ import sys
 import time
 
 import torch
-from triton.testing import do_bench_cudagraph
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quantc.runtime.kernels import wo_dequant as wd  # noqa: E402
@@ -29,6 +28,7 @@ from quantc.runtime.kernels import wo_gemm as wg  # noqa: E402
 from quantc.runtime.kernels.wo_format import dequantize  # noqa: E402
 from quantc.runtime.kernels.wo_mma4 import launch_mma4  # noqa: E402
 from bench.bench_wo import random_weight  # noqa: E402
+from bench.timing import graph_us as us  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
 CAP = float(os.environ.get("PROBE_CAP_S", "240"))
@@ -36,16 +36,6 @@ MS = [int(v) for v in os.environ.get("PROBE_MS", "64,256,1024,2048,4096,8192").s
 SHAPES = [(6144, 4096), (28672, 4096), (4096, 14336), (24576, 7168)]
 FORMATS = ["int4_group_128", "mxfp4", "nvfp4"]
 BF = torch.bfloat16
-
-
-def us(fn) -> float | None:
-    try:
-        fn()
-        torch.cuda.synchronize()
-        return do_bench_cudagraph(fn, rep=30) * 1e3
-    except Exception as e:  # a config that does not compile: reported, skipped
-        print("ERR", type(e).__name__, str(e)[:160], flush=True)
-        return None
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from quantc import hf  # noqa: E402
 from quantc.runtime import quantize as Q  # noqa: E402
+from quantc.runtime.kernels.scaled_mm import fake_quant_activation as scaled_fake_quant  # noqa: E402
 
 SCHEMES = {"fp8": "fp8_per_channel", "int8": "int8"}  # --scheme -> quantc.hf.SCHEMES
 ROWWISE_ACTIVATIONS = ("fp8_dynamic_per_token", "fp8_dynamic_per_tensor", "int8_dynamic_per_token")
@@ -69,16 +70,17 @@ def plan_targets(model: str, layers: int, scheme: str, tiny: bool = False) -> di
 
 def fake_quant_weight(w, key: str):
     """(N, K) -> dequantized (N, K) fp32."""
-    return Q.WEIGHT_DEQUANTIZERS[key](Q.WEIGHT_QUANTIZERS[key](w.float()))
+    return Q.dequantize_weight(Q.quantize_weight(w.float(), key), key)
 
 
 def fake_quant_activation(x, key: str):
+    """``x`` (.., K) through the reference quantizer of ``key`` (``scaled_mm.fake_quant_activation``), in
+    its own shape and dtype."""
     if key == "none":
         return x
     if key not in ROWWISE_ACTIVATIONS:
         raise ValueError(f"activation {key!r}: only {', '.join(ROWWISE_ACTIVATIONS)} are emulated")
-    q, s = Q.ACTIVATION_QUANTIZERS[key](x.reshape(-1, x.shape[-1]))
-    return (q.float() * s).reshape(x.shape).to(x.dtype)
+    return scaled_fake_quant(x.reshape(-1, x.shape[-1]), key).reshape(x.shape).to(x.dtype)
 
 
 class Probe:

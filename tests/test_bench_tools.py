@@ -138,3 +138,15 @@ def test_fidelity_probe_fake_quantizes_exactly_the_plan_targets_with_the_expecte
     assert "model.layers.1.mlp.experts.down_proj" in moe["quant"]["local"]
     assert not any("router" in n for n in moe["targets"]) and set(moe["quant"]["changed_topk"]) == {0, 1}
     assert moe["quant_routing_replayed"]["cosine"] >= moe["quant"]["cosine"]
+
+
+def test_bench_timing_skips_a_call_that_fails_and_says_why(capsys):
+    """bench/timing.graph_us (bench_dense, bench_moe, dequant_probe): a candidate that raises is None, not a
+    crash, and the reason is printed."""
+    from bench.timing import graph_us
+
+    def broken():
+        raise RuntimeError("out of resource: shared memory")
+
+    assert graph_us(broken) is None
+    assert "ERR RuntimeError out of resource: shared memory" in capsys.readouterr().out

@@ -155,7 +155,7 @@ def plain_reference_error(job, ops) -> float:
     dense kernels' ``scaled_mm.reference`` (the activation through the reference quantizer, both
     operands dequantized, one fp32 matmul); for a MoE job, per checked expert, its rows' dequantized
     input times the dequantized expert weight, the fused activation (gate_up) or the routing weight
-    (down) applied as ``moe_gemm.reference_expert_loop`` does."""
+    (down) applied as ``moe_gemm.reference_expert_loop`` does (``moe_gemm.reference_activation``)."""
     if not job.num_experts:
         from .kernels.scaled_mm import reference
 
@@ -183,12 +183,7 @@ def plain_reference_error(job, ops) -> float:
                             global_scale=None if w.global_scale is None else w.global_scale[e].reshape(1))
         h = a[rows_in[pairs]] @ dequantize(we).T
         if gate_up:
-            g, u = h.chunk(2, dim=-1)
-            if job.act == "silu":
-                h = torch.nn.functional.silu(g) * u
-            else:
-                g, u = g.clamp(max=mg.GPT_OSS_LIMIT), u.clamp(-mg.GPT_OSS_LIMIT, mg.GPT_OSS_LIMIT)
-                h = (u + 1) * g * torch.sigmoid(mg.GPT_OSS_ALPHA * g)
+            h = mg.reference_activation(h, job.act)
         elif ops.topk_weights is not None:
             h = h * ops.topk_weights[pairs].float().reshape(-1, 1)
         got.append(ops.reference[pairs])

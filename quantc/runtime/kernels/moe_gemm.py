@@ -391,6 +391,16 @@ def grouped_gemm(a: torch.Tensor, a_scale: torch.Tensor | None, w: WoWeight, rou
     )
 
 
+def reference_activation(h: torch.Tensor, act: str) -> torch.Tensor:
+    """The fused activation in plain torch: (.., 2I) gate_up output (gate half first) -> (.., I)."""
+    g, u = h.chunk(2, dim=-1)
+    if act == "silu":
+        return torch.nn.functional.silu(g) * u
+    g = g.clamp(max=GPT_OSS_LIMIT)
+    u = u.clamp(-GPT_OSS_LIMIT, GPT_OSS_LIMIT)
+    return (u + 1) * g * torch.sigmoid(GPT_OSS_ALPHA * g)
+
+
 def reference_expert_loop(x: torch.Tensor, w13: WoWeight, w2: WoWeight, topk_weights, topk_ids, act: str,
                           b13=None, b2=None, act_dq=None) -> torch.Tensor:
     """Plain torch MoE: for every expert, its (token, slot) pairs through gate_up, the activation and
@@ -405,13 +415,7 @@ def reference_expert_loop(x: torch.Tensor, w13: WoWeight, w2: WoWeight, topk_wei
     for e in range(d13.shape[0]):
         pairs = torch.nonzero(experts == e).flatten()
         h = xq[pairs // k] @ d13[e].T + (b13[e].float() if b13 is not None else 0.0)
-        g, u = h.chunk(2, dim=-1)
-        if act == "silu":
-            inter[pairs] = torch.nn.functional.silu(g) * u
-        else:
-            g = g.clamp(max=GPT_OSS_LIMIT)
-            u = u.clamp(-GPT_OSS_LIMIT, GPT_OSS_LIMIT)
-            inter[pairs] = (u + 1) * g * torch.sigmoid(GPT_OSS_ALPHA * g)
+        inter[pairs] = reference_activation(h, act)
     inter = q(inter.bfloat16().float())
     y = torch.zeros(t * k, w2.n, device=x.device)
     for e in range(d2.shape[0]):

@@ -20,6 +20,7 @@ import triton.language as tl
 
 from .common import cdiv, round_bf16
 from .nibble_decode import USE_ASM, decode_words
+from .wo_format import INT4
 from .wo_mma4 import element_scales, element_zeros
 
 # smallest M that takes this path on a GPU (QUANTC_DEQUANT_MIN_M overrides it; set it above any M to turn the path
@@ -70,7 +71,7 @@ def dequantize_bf16(w) -> torch.Tensor:
         w.data, w.scale, w.zeros if w.zeros is not None else w.scale,
         w.global_scale if w.global_scale is not None else w.scale, out,
         n, k, w.data.stride(0), w.scale.stride(0), out.stride(0),
-        FMT=1 if w.fmt == 1 else 2, SFMT=w.sfmt, GROUP=w.group, HAS_ZERO=w.zeros is not None,
+        FMT=1 if w.fmt == INT4 else 2, SFMT=w.sfmt, GROUP=w.group, HAS_ZERO=w.zeros is not None,
         HAS_GLOBAL=w.global_scale is not None, BLOCK_N=BLOCK_N, BLOCK_K=bk, ASM=USE_ASM,
         num_warps=4,
     )
