@@ -9,7 +9,8 @@ fp32 matmul; for MoE the experts that received the most rows, up to ``MOE_CHECK_
 candidate that agrees with the default agrees with the reference. A candidate that fails to compile or
 run, or disagrees, is dropped; a job whose default config disagrees with the reference writes no row
 (counted as ``default_disagrees``). On a GPU the time is the median of ``triton.testing.do_bench``
-(CUDA-graph replay where it captures); on the CPU interpreter the flow runs the same, with wall-clock times that mean nothing.
+(CUDA-graph replay where it captures); on the CPU interpreter the flow runs the same, with wall-clock
+times that mean nothing.
 A dense job's weight buffers are copied until the copies pass ``ROTATE_BYTES`` (twice an H100's or
 H200's 50 MB L2) and each timed call cycles through them, so a decode-sized job reads its weights
 from HBM as it does in a model, not from L2 (shared/BENCH.md); time per call = total / copies.
@@ -219,8 +220,7 @@ def measure(job, cfg: KernelConfig, ops: Operands, device: str, rtol: float = 2e
         out = fn()
     except Exception:  # a config the compiler or the kernel refuses is simply not a candidate
         return None
-    err = (out.float() - ops.reference.float()).norm() / ops.reference.float().norm().clamp_min(1e-6)
-    if not torch.isfinite(err) or float(err) > rtol:
+    if _rel_err(out, ops.reference) > rtol:  # a non-finite error is inf
         return None
     if job.num_experts or not ops.rotation:
         return _time_us(fn, device)
