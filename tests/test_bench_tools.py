@@ -150,3 +150,38 @@ def test_bench_timing_skips_a_call_that_fails_and_says_why(capsys):
 
     assert graph_us(broken) is None
     assert "ERR RuntimeError out of resource: shared memory" in capsys.readouterr().out
+
+
+def test_fidelity_probe_refuses_what_it_does_not_emulate():
+    """Activation keys beyond the row-wise ones, and plan targets the model lacks, are refused by name."""
+    import torch
+
+    import fidelity_probe as fp
+
+    x = torch.randn(4, 256)
+    assert torch.equal(fp.fake_quant_activation(x, "none"), x)
+    with pytest.raises(ValueError, match="activation 'fp8_dynamic_group_128': only .* are emulated"):
+        fp.fake_quant_activation(x, "fp8_dynamic_group_128")
+    from quantc import hf
+
+    model = hf.build_model("llama-3.1-8b", 1, tiny=True, dtype="float32")
+    with pytest.raises(ValueError, match=r"plan targets not found in the model: \['model.layers.9.mlp.up_proj'\]"):
+        fp.Probe(model, {"model.layers.9.mlp.up_proj": ("fp8_per_channel", "fp8_dynamic_per_token")})
+
+
+def test_bench_dense_times_only_candidates_that_agree_with_the_default(capsys):
+    """bench_dense.agrees: a candidate whose output is off, or that raises, is not timed, and says why."""
+    import torch
+
+    import bench_dense as bd
+
+    want = torch.ones(4, 8)
+    assert bd.agrees(lambda c: want * (1 + 1e-3), "cfg-a", want, "int8_gemm")
+    assert not bd.agrees(lambda c: want * 1.5, "cfg-b", want, "int8_gemm")
+    assert "MISMATCH int8_gemm cfg-b rel err 0.5: not timed" in capsys.readouterr().out
+
+    def broken(c):
+        raise RuntimeError("out of resource")
+
+    assert not bd.agrees(broken, "cfg-c", want, "int8_gemm")
+    assert "ERR int8_gemm cfg-c RuntimeError out of resource" in capsys.readouterr().out

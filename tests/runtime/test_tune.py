@@ -509,7 +509,7 @@ def test_the_default_moe_output_is_checked_against_plain_torch(kernel, wk, ak, a
 @pytest.mark.parametrize("kernel,wk,ak", [("fp8_scaled_gemm", "fp8_per_channel", "fp8_dynamic_per_token"),
                                           ("fp8_block_gemm", "fp8_block_128x128", "fp8_dynamic_group_128"),
                                           ("int4_weight_only_gemm", "int4_group_128", "none")])
-def test_a_job_whose_default_disagrees_with_plain_torch_writes_no_row(tmp_path, monkeypatch, kernel, wk, ak):
+def test_a_job_whose_default_disagrees_with_plain_torch_writes_no_row(tmp_path, monkeypatch, capsys, kernel, wk, ak):
     """The default config's output is held against scaled_mm.reference before any candidate is compared
     with it: a kernel that is wrong in every config (planted) gives no row, a count and a message, and
     `quantc tune` exits non-zero."""
@@ -527,6 +527,9 @@ def test_a_job_whose_default_disagrees_with_plain_torch_writes_no_row(tmp_path, 
     monkeypatch.setattr(rt, "make_operands", wrong)
     stats = rt.tune([job], GPUS["h100"], tmp_path, small=True, progress=False, device="cpu")
     assert stats["default_disagrees"] == 1 and stats["tuned"] == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"{kernel} n=128 k=256 m=16: the default config's output is" in said
+    assert "from the plain-torch reference; no row written" in said
     table = tmp_path / "h100.json"
     assert not table.exists() or json.loads(table.read_text())["entries"] == []
 
