@@ -76,6 +76,28 @@ def test_block_gemm_ragged_last_block_n576():
     assert _rel(out[:, 512:], ref[:, 512:]) < TOL and _rel(out[:, :512], ref[:, :512]) < TOL
 
 
+@pytest.mark.parametrize("block_n", [32, 128, 256])
+@pytest.mark.parametrize("ak", ["fp8_dynamic_group_128", "none"])
+def test_block_gemm_scale_per_tile_and_per_column(block_n, ak):
+    """Tiles inside one 128-row weight block read one scale per K step; 256-wide tiles span two blocks
+    and read a scale per column. Every block row has its own scale, so a tile that took its neighbour's
+    would be off by a factor; both paths agree with the reference and with each other."""
+    torch.manual_seed(18)
+    x = torch.randn(20, 384).to(torch.bfloat16)
+    w = torch.randn(576, 384) * 0.05
+    w *= torch.tensor([1.0, 9.0, 0.2, 3.0, 40.0]).repeat_interleave(128)[:576, None]
+    w[:, 128:256] *= 7  # and every K block its own
+    t = Q.quantize_weight(w, "fp8_block_128x128")
+    cfg = KernelConfig(16, block_n, 128, 8, 4, 2)
+    out = scaled_mm(x, t["weight"], t["weight_scale_inv"], "fp8_block_128x128", ak, cfg)
+    ref = reference(x, t, "fp8_block_128x128", ak)
+    for blk in range(5):
+        cols = slice(blk * 128, min(576, blk * 128 + 128))
+        assert _rel(out[:, cols], ref[:, cols]) < TOL, blk
+    narrow = scaled_mm(x, t["weight"], t["weight_scale_inv"], "fp8_block_128x128", ak, KernelConfig(16, 64, 128, 8, 4, 2))
+    assert _rel(out, narrow.float()) < 1e-2
+
+
 def test_prequantized_activation_path():
     torch.manual_seed(9)
     x = torch.randn(6, 128).to(torch.bfloat16)

@@ -208,7 +208,16 @@ def _scaled_mm_kernel(
         elif A_MODE == 3:
             sa_raw = tl.load(sa_ptr + offs_m * stride_sam + (k0 // GROUP_K) * stride_sak, mask=mask_m, other=0)
             sa_k = e8m0_to_f32(sa_raw) if MX else sa_raw
-        if B_MODE >= 3:
+        if B_MODE == 3 and GROUP_N % BLOCK_N == 0:
+            # the tile lies in one weight block row: its scale is one number per K step, so the
+            # partial takes one FMA per element (the tensor cores wait for this scaling every step)
+            sb_k = tl.load(sb_ptr + ((pid_n * BLOCK_N) // GROUP_N) * stride_sbn + (k0 // GROUP_K) * stride_sbk)
+            part = tl.dot(a, b)
+            if A_MODE == 3:
+                acc += part * (sa_k * sb_k)[:, None]
+            else:
+                acc += part * sb_k
+        elif B_MODE >= 3:
             sb_raw = tl.load(sb_ptr + (offs_n // GROUP_N) * stride_sbn + (k0 // GROUP_K) * stride_sbk,
                              mask=mask_n, other=0)
             sb_k = e8m0_to_f32(sb_raw) if MX else sb_raw

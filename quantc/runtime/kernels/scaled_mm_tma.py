@@ -62,8 +62,13 @@ def _scaled_mm_tma_kernel(
             if B_MODE == 3:  # 128x128 weight blocks x 1x128 activation groups: scale each K step's partial
                 kg = (ki * BLOCK_K) // GROUP_K
                 sa_k = tl.load(sa_ptr + offs_m * stride_sam + kg * stride_sak, mask=mask_m, other=0.0)
-                sb_k = tl.load(sb_ptr + (offs_n // GROUP_N) * stride_sbn + kg * stride_sbk, mask=mask_n, other=0.0)
-                acc += tl.dot(a, b.T) * sa_k[:, None] * sb_k[None, :]
+                if GROUP_N % BLOCK_N == 0:  # one weight block row per tile, as in the tiled kernel
+                    sb_k = tl.load(sb_ptr + ((pid_n * BLOCK_N) // GROUP_N) * stride_sbn + kg * stride_sbk)
+                    acc += tl.dot(a, b.T) * (sa_k * sb_k)[:, None]
+                else:
+                    sb_k = tl.load(sb_ptr + (offs_n // GROUP_N) * stride_sbn + kg * stride_sbk, mask=mask_n,
+                                   other=0.0)
+                    acc += tl.dot(a, b.T) * sa_k[:, None] * sb_k[None, :]
             else:
                 acc = tl.dot(a, b.T, acc, out_dtype=acc_dtype)
         if B_MODE == 3:
