@@ -10,7 +10,9 @@ Mixtral-8x7B; tokens T = 1, 16, 256, 4096, uniformly random distinct experts per
   ours mxfp4 weight-only (bf16 activations) vs ``torch._grouped_mm`` in bf16, with its weight bytes/s
   (the 4-bit decode floor of issue 12), and the same through the nibble-plane path
   (``gate_up_ours_mxfp4_planes_*``, QUANTC_MOE_PLANES, where H is a multiple of 128); at >= 2048 (token, expert) pairs the bf16 gate_up also with a
-  few larger tiles (``gate_up_ours_bf16_best_*``): what a tuned tile reaches next to the default.
+  few larger tiles (``gate_up_ours_bf16_best_*``): what a tuned tile reaches next to the default; and
+  bf16 and fp8 at the config the runtime runs (``gate_up_ours_{bf16,fp8}_table_*``: the shipped
+  kernels/<gpu>.json row for the shape and token count; the fixed config gives fp8 64-wide K steps).
 - The whole expert path (sorting, gate_up + activation, down, weighted sum): ours bf16, mxfp4
   weight-only and fp8 W8A8 (activation quantization included), vs a torch path of
   ``_grouped_mm`` gate_up, SiLU-and-mul, ``_grouped_mm`` down, weighted sum (its sorting not timed).
@@ -62,6 +64,22 @@ def config(pairs: int) -> C:
     if pairs <= 2048:
         return C(32, 128, 64, 8, 4, 3)
     return C(64, 128, 64, 8, 8, 3)
+
+
+def table_config(kernel: str, n: int, k: int, tokens: int) -> C | None:
+    """The config the runtime runs for this gate_up: the shipped kernel table's row for (kernel, N, K) at
+    the smallest token bucket holding ``tokens`` (kernels/<gpu>.json), None without one."""
+    slug = "h200" if "H200" in res["device"] else "h100"
+    path = os.path.join(os.path.dirname(__file__), "..", "kernels", f"{slug}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        rows = [r for r in json.load(f)["entries"] if r["kernel"] == kernel and r["n"] == n and r["k"] == k
+                and r["m_max"] >= tokens]
+    if not rows:
+        return None
+    r = min(rows, key=lambda r: r["m_max"])
+    return C(r["block_m"], r["block_n"], r["block_k"], r["group_m"], r["num_warps"], r["num_stages"])
 
 
 # tried on the bf16 gate_up at >= 2048 (token, expert) pairs next to the default tile: what the kernel
@@ -167,6 +185,17 @@ def bench():
             xq_tok, sx_tok = x.to(F8), torch.ones(t, 1, device=DEV)
             row["gate_up_ours_fp8_us"] = us(lambda: mg.grouped_gemm(xq_tok, sx_tok, F13, routing, a_div=k, act="silu",
                                                                     a_quant=1, a_group=0, cfg=cfg))
+            # the same two kernels at the shipped table's config for this shape and token count (what
+            # apply() runs; the fixed ``config`` above gives fp8 the bf16 tile's 64-wide K steps)
+            for kid, wt, key, aq, xin, sxin in (("moe_bf16", W13, "bf16", 0, x, None),
+                                                ("moe_fp8", F13, "fp8", 1, xq_tok, sx_tok)):
+                tc = table_config(kid, 2 * inter, h, t)
+                if tc is None:
+                    continue
+                r_tc = (*align_by_expert(ids, e, tc.block_m), pairs)
+                row[f"gate_up_ours_{key}_table_us"] = us(lambda: mg.grouped_gemm(
+                    xin, sxin, wt, r_tc, a_div=k, act="silu", a_quant=aq, a_group=0, cfg=tc))
+                row[f"gate_up_ours_{key}_table_cfg"] = [tc.block_m, tc.block_n, tc.block_k, tc.num_warps, tc.num_stages]
             row["gate_up_ours_mxfp4_us"] = us(lambda: mg.grouped_gemm(x, None, M13, routing, a_div=k, act="silu",
                                                                       a_quant=0, a_group=0, cfg=cfg))
             if h % 128 == 0:  # the nibble-plane path (opt-in, K a multiple of 128), same operands
@@ -196,6 +225,9 @@ def bench():
             # mxfp4 bytes: half a byte a weight plus an e8m0 scale per 32; its peer is torch's bf16 grouped GEMM
             for peer, ours, wbytes in (("gate_up_torch_grouped_mm_us", "gate_up_ours_bf16_us", act * 2 * inter * h * 2),
                                        ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_us", act * 2 * inter * h),
+                                       ("gate_up_torch_grouped_mm_us", "gate_up_ours_bf16_table_us", act * 2 * inter * h * 2),
+                                       ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_table_us",
+                                        act * 2 * inter * h),
                                        ("gate_up_torch_grouped_mm_us", "gate_up_ours_mxfp4_us",
                                         act * 2 * inter * h * 17 // 32),
                                        ("gate_up_torch_grouped_mm_us", "gate_up_ours_mxfp4_planes_us",
