@@ -26,6 +26,10 @@ from quantc.plan import KernelConfig
 # small reduction launch. Large-N shapes gain nothing but lose little; tuned table rows override this
 # per shape. From M = 64 the round trip passes 25% of the weight bytes, so those buckets stay unsplit
 # until a GPU run says otherwise (``quantc tune`` searches split_k in {1, 2, 4, 8} for M <= 64).
+# fp8_block_gemm from M = 256: 64 x 128 tiles of one warpgroup (197 registers a thread, 96 KB of shared
+# memory) let two programs share an SM, so one's per-K-step scaling overlaps the other's MMAs; on the H100
+# they beat 128 x 128 x 8 warps (one program an SM) by 6% at M >= 1024 and 21% at M = 256
+# (bench/results/tma_probe_h100_block.json, 4 shapes).
 DECODE_SPLIT_K = 4
 _L = 2**31 - 1
 _S = DECODE_SPLIT_K
@@ -38,7 +42,7 @@ DEFAULTS: dict[str, tuple[tuple[int, KernelConfig], ...]] = {
     "int8_gemm": _8BIT,
     "fp8_block_gemm": ((1, KernelConfig(16, 32, 128, 8, 4, 5, _S)), (16, KernelConfig(16, 32, 128, 8, 4, 4, _S)),
                        (64, KernelConfig(64, 64, 128, 8, 4, 4)), (256, KernelConfig(64, 128, 128, 8, 4, 4)),
-                       (_L, KernelConfig(128, 128, 128, 8, 8, 4))),
+                       (_L, KernelConfig(64, 128, 128, 8, 4, 4))),
     "mxfp8_gemm_emulated": ((16, KernelConfig(16, 64, 32, 8, 4, 4, _S)), (_L, KernelConfig(128, 256, 32, 8, 8, 3))),
     "fp8_weight_only_gemm": _WEIGHT_ONLY,
     "int8_weight_only_gemm": _WEIGHT_ONLY,
