@@ -288,12 +288,13 @@ def _w8a8(job: TuneJob) -> bool:
 def moe_block_k_ok(job: TuneJob, bk: int) -> bool:
     """BLOCK_K values ``moe_gemm.grouped_gemm`` runs as given (it halves or raises others): on the W8A8
     path both scales must be constant over a K tile (BLOCK_K >= 32 dividing the weight's and the
-    activation's group along K, per-channel/per-token = all of K); 4-bit weights decode 16 bytes a row
+    activation's group along K; per-channel / per-token scales allow any); 4-bit weights decode 16 bytes a row
     at least (BLOCK_K >= 32); others BLOCK_K >= 16."""
     w = WEIGHT_KEYS[job.weight_key]
     if _w8a8(job):
         a = ACTIVATION_KEYS[job.activation_key]
-        return bk >= 32 and (w.group_k or job.k) % bk == 0 and (a.group_k or job.k) % bk == 0
+        # a scale over the whole row is constant over any tile (the last one masked); a group must be divided
+        return bk >= 32 and (w.group_k is None or w.group_k % bk == 0) and (a.group_k is None or a.group_k % bk == 0)
     return bk >= (32 if not w.is_none and w.bits == 4 else 16)
 
 

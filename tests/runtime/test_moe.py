@@ -238,21 +238,33 @@ def test_quant_moe_errors():
         QuantMoE("moe_bf16", w13, w2, r, top_k=2, activation="gelu")
 
 
-def test_w8a8_moe_with_k_not_a_multiple_of_128():
-    """gpt-oss-like K (2880 = 45 x 64): BLOCK_K drops to a divisor so the per-channel scales stay per tile."""
+def test_w8a8_moe_with_k_not_a_multiple_of_128(monkeypatch):
+    """gpt-oss-like K (2880 = 22.5 x 128): per-channel / per-token scales cover the whole row, so the
+    grouped GEMM keeps 128-wide K steps and masks the last one; groups narrower than K must divide it."""
     torch.manual_seed(6)
     h, inter = 192, 64
     w13 = wf.quantize(torch.randn(E, 2 * inter, h) * 0.1, "fp8_per_channel")
     w2 = wf.quantize(torch.randn(E, h, inter) * 0.1, "fp8_per_channel")
-    moe = QuantMoE("moe_fp8", w13, w2, torch.randn(E, h).bfloat16(), top_k=TOPK, act_key="fp8_dynamic_per_token")
+    moe = QuantMoE("moe_fp8", w13, w2, torch.randn(E, h).bfloat16(), top_k=TOPK, act_key="fp8_dynamic_per_token",
+                   configs=lambda _t: (wf_cfg(), wf_cfg()))
     x = torch.randn(T, h).bfloat16()
     tw, ids = moe.route(x)
     ref = mg.reference_expert_loop(x, w13, w2, tw, ids, "silu", act_dq=_act_dq("fp8_dynamic_per_token"))
+    block_ks = []
+    real = mg._moe_gemm
+    monkeypatch.setattr(mg, "_moe_gemm", lambda *a: block_ks.append(a[-4]) or real(*a))
     # e4m3 re-rounding of the bf16 intermediate amplifies the interpreter's truncation (see above)
     assert ((moe(x).float() - ref).abs().max() / ref.abs().max()).item() < 3e-2
-    with pytest.raises(ValueError, match=r"scale groups \(weight 48, activation 48\) that are multiples of 32"):
-        mg.grouped_gemm(torch.zeros(T, 48).to(torch.float8_e4m3fn), torch.ones(T, 1),
-                        wf.quantize(torch.randn(E, 2 * inter, 48), "fp8_per_channel"), (None, None, None, 0),
+    assert block_ks == [128, 128]  # K = 192 and K = 64: one masked tile each, no halving
+    # 48-wide groups on K = 96: no BLOCK_K >= 32 divides them
+    narrow = wf.WoWeight(wf.FP8, 2 * inter, 96, torch.zeros(E, 2 * inter, 96).to(torch.float8_e4m3fn),
+                         torch.ones(E, 2 * inter, 2), wf.S_FLOAT, 48, 1)
+    with pytest.raises(ValueError, match=r"scale groups \(weight 48, activation 96\) that are multiples of 32"):
+        mg.grouped_gemm(torch.zeros(T, 96).to(torch.float8_e4m3fn), torch.ones(T, 1), narrow, (None, None, None, 0),
+                        a_div=TOPK, act="silu", a_quant=1, a_group=0, cfg=wf_cfg())
+    bf16 = wf.quantize(torch.randn(E, 2 * inter, 64), "none")
+    with pytest.raises(ValueError, match=r"needs raw fp8/int8 weights"):
+        mg.grouped_gemm(torch.zeros(T, 64).to(torch.float8_e4m3fn), torch.ones(T, 1), bf16, (None, None, None, 0),
                         a_div=TOPK, act="silu", a_quant=1, a_group=0, cfg=wf_cfg())
 
 

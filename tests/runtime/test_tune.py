@@ -316,8 +316,8 @@ def test_moe_search_space_respects_the_kernels_block_k_rules_and_shared_memory()
     blk = TuneJob("moe_fp8_block", 256, 2880, "fp8_block_128x128", "fp8_dynamic_group_128", 16, 16, 4, 8, "down", 256)
     assert moe_block_k_ok(blk, 64) and moe_block_k_ok(blk, 128) and not moe_block_k_ok(blk, 16)
     per_ch = TuneJob("moe_fp8", 256, 2880, "fp8_per_channel", "fp8_dynamic_per_token", 16, 16, 4, 8, "down", 256)
-    assert moe_block_k_ok(per_ch, 64) and not moe_block_k_ok(per_ch, 128)  # 2880 = 45 x 64
-    assert {c.block_k for c in moe_search_space(per_ch, h100)} == {64}
+    assert moe_block_k_ok(per_ch, 64) and moe_block_k_ok(per_ch, 128)  # whole-row scales: the last tile masked
+    assert {c.block_k for c in moe_search_space(per_ch, h100)} == {64, 128}
     int4 = TuneJob("moe_weight_only", 64, 64, "int4_group_32", "none", 16, 16, 4, 2, "down", 64)
     assert not moe_block_k_ok(int4, 16) and moe_block_k_ok(int4, 32) and moe_block_k_ok(int4, 64)
     assert {c.block_k for c in moe_search_space(int4, h100, small=True)} == {32, 64}  # 128 > K = 64 is dropped

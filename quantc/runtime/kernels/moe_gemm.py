@@ -361,6 +361,12 @@ A_QUANT = {"none": (0, 0), "fp8_dynamic_per_token": (1, 0), "fp8_dynamic_per_ten
            "fp8_static_per_tensor": (1, 0), "fp8_dynamic_group_128": (1, 128), "int8_dynamic_per_token": (2, 0)}
 
 
+def group_fits(group: int, k: int, bk: int, whole_row_ok: bool = True) -> bool:
+    """Whether BLOCK_K suits a scale group along K: one it divides, or (``whole_row_ok``: the raw-sum
+    path, scaled after the K loop) a group spanning the row."""
+    return (whole_row_ok and group >= k) or group % bk == 0
+
+
 def grouped_gemm(a: torch.Tensor, a_scale: torch.Tensor | None, w: WoWeight, routing, *, a_div: int, act: str,
                  a_quant: int, a_group: int, cfg, bias: torch.Tensor | None = None,
                  topk_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -372,11 +378,18 @@ def grouped_gemm(a: torch.Tensor, a_scale: torch.Tensor | None, w: WoWeight, rou
     n_out = w.n // 2 if fused else w.n
     bk = cfg.block_k
     if a_quant:
-        # both scales must be constant over a K tile: halve BLOCK_K until it divides the groups
-        # (gpt-oss's K = 2880 is a multiple of 64, not of 128)
-        while bk > 32 and (w.group % bk or (a_group or w.k) % bk):
+        # both scales must be constant over a K tile: halve BLOCK_K until it divides the groups. Scales
+        # over the whole row (per channel / per token) multiply once after the K loop (RAW), so any tile
+        # works, the masked last one included (gpt-oss's K = 2880 is a multiple of 64, not of 128: it
+        # keeps 128-wide K steps); the per-tile path scales each partial and needs whole groups
+        raw = RAW_SUMS and w.row_block == 1
+
+        def fits(b):
+            return group_fits(w.group, w.k, b, raw) and group_fits(a_group or w.k, w.k, b, raw)
+
+        while bk > 32 and not fits(bk):
             bk //= 2
-        if w.fmt not in (FP8, INT8) or w.group % bk or (a_group or w.k) % bk:
+        if w.fmt not in (FP8, INT8) or not fits(bk):
             raise ValueError(f"W8A8 grouped GEMM needs raw fp8/int8 weights and scale groups (weight {w.group}, "
                              f"activation {a_group or w.k}) that are multiples of 32")
     elif w.pack == 8:
