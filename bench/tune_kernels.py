@@ -4,6 +4,7 @@ kernel ids no example config uses (issue 13 asks for every kernel on Runtime I's
 ``OUT/<gpu>.json`` like ``quantc tune`` (resumable, atomic), then into ``kernels/<gpu>.json``.
 
     python3 bench/tune_kernels.py OUT --kernels int8_weight_only_gemm,moe_bf16 [--space seeded] [--m-buckets 1,16]
+        [--models gpt_oss_120b]
 
 ``--space seeded`` works for ids without rows of their own through ``quantc.tune.SEED_SIBLINGS``.
 """
@@ -41,7 +42,7 @@ MOE_MODELS = {"qwen3_30b_a3b": (128, 8, 2048, 768), "deepseek_v3": (256, 8, 7168
               "gpt_oss_120b": (128, 4, 2880, 2880), "mixtral_8x7b": (8, 2, 4096, 14336)}
 
 
-def build_jobs(kernels, buckets):
+def build_jobs(kernels, buckets, models=None):
     """TuneJobs for ``kernels`` (ids of KEYS) at every bucket: dense ids on DENSE_SHAPES; MoE ids a gate_up
     job (N = 2I, fused activation) then a down job (N = H, run at gate_up's BLOCK_M) per model."""
     from quantc.tune import TuneJob
@@ -56,6 +57,8 @@ def build_jobs(kernels, buckets):
                 jobs += [TuneJob(kernel, n, k, wk, ak, m_max, m) for n, k in DENSE_SHAPES]
                 continue
             for name, (experts, top_k, h, inter) in MOE_MODELS.items():
+                if models and name not in models:
+                    continue
                 act = "gpt_oss" if name.startswith("gpt_oss") else "silu"
                 moe = dict(num_experts=experts, top_k=top_k, act=act)
                 jobs.append(TuneJob(kernel, 2 * inter, h, wk, ak, m_max, m, role="gate_up", rows=2 * inter, **moe))
@@ -71,6 +74,7 @@ def main() -> None:
     ap.add_argument("--gpu", default="", help="catalog name of the GPU (default: the live one)")
     ap.add_argument("--m-buckets", default="")
     ap.add_argument("--space", default="seeded", choices=["full", "small", "seeded"])
+    ap.add_argument("--models", default="", help=f"MoE sizes to tune (default all): {','.join(MOE_MODELS)}")
     args = ap.parse_args()
     from quantc.gpus import GPUS
     from quantc.tune import M_BUCKETS
@@ -80,7 +84,11 @@ def main() -> None:
     wanted = {int(b) for b in args.m_buckets.split(",") if b}
     buckets = tuple(b for b in M_BUCKETS if not wanted or b[0] in wanted or b[1] in wanted)
     try:
-        jobs = build_jobs([k for k in args.kernels.split(",") if k], buckets)
+        models = [m for m in args.models.split(",") if m]
+        unknown = sorted(set(models) - set(MOE_MODELS))
+        if unknown:
+            raise ValueError(f"unknown MoE size {unknown[0]!r}; known: {', '.join(MOE_MODELS)}")
+        jobs = build_jobs([k for k in args.kernels.split(",") if k], buckets, models)
     except ValueError as exc:
         ap.error(str(exc))
     import torch

@@ -45,3 +45,14 @@ def test_usage_errors():
     assert p.returncode == 2 and "unknown kernel id 'nope_gemm'" in p.stderr and "int8_gemm" in p.stderr
     p = run("/tmp/x", "--kernels", "int8_gemm", "--gpu", "h999")
     assert p.returncode == 2 and "unknown GPU 'h999'" in p.stderr
+    p = run("/tmp/x", "--kernels", "moe_fp8", "--models", "gpt_oss_120b,grok")
+    assert p.returncode == 2 and "unknown MoE size 'grok'" in p.stderr and "mixtral_8x7b" in p.stderr
+
+
+def test_models_filter_keeps_only_those_moe_sizes():
+    from quantc.tune import M_BUCKETS
+
+    jobs = tk.build_jobs(["moe_fp8", "int8_gemm"], M_BUCKETS[:1], ["gpt_oss_120b"])
+    moe = [j for j in jobs if j.num_experts]
+    assert [(j.role, j.n, j.k) for j in moe] == [("gate_up", 5760, 2880), ("down", 2880, 2880)]
+    assert len(jobs) - len(moe) == len(tk.DENSE_SHAPES)  # dense ids are not filtered
