@@ -168,9 +168,14 @@ def test_a_moe_down_job_takes_its_gate_ups_block_m():
 
 
 def test_moe_seeds_follow_the_grouped_gemms_block_k_and_shared_memory_rules():
-    # W8A8 per-channel at K = 2880 (45 x 64): BLOCK_K 128 straddles the scale group, 64 does not
+    # W8A8 per-channel at K = 2880 (22.5 x 128): whole-row scales take any BLOCK_K (the last tile masked);
+    # 128-wide blocks and groups take no BLOCK_K past 128, which would straddle two of them
     rows = [_row(KernelConfig(16, 64, bk, 8, 4, 3), 256, 2880, 16, "moe_fp8") for bk in (64, 128)]
-    assert [c.block_k for c in seeded_space(_moe_job(n=256, k=2880, m=16), H100, [_table(*rows)])] == [64]
+    assert [c.block_k for c in seeded_space(_moe_job(n=256, k=2880, m=16), H100, [_table(*rows)])] == [64, 128]
+    block_keys = ("fp8_block_128x128", "fp8_dynamic_group_128")
+    rows = [_row(KernelConfig(16, 64, bk, 8, 4, 2), 256, 2048, 16, "moe_fp8_block") for bk in (128, 256)]
+    job = _moe_job(kernel="moe_fp8_block", keys=block_keys, n=256, k=2048, m=16)
+    assert [c.block_k for c in seeded_space(job, H100, [_table(*rows)])] == [128]
     # gate_up reads two weight tiles a K step: fits the H100 as down, not as gate_up
     cfg = KernelConfig(128, 256, 128, 8, 8, 4)
     down = _moe_job(n=1536, k=2048, m=256)  # 256 x 2 / 8 = 64 rows an expert: no MOE_LARGE_SEEDS
