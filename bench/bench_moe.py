@@ -11,8 +11,9 @@ Mixtral-8x7B; tokens T = 1, 16, 256, 4096, uniformly random distinct experts per
   (the 4-bit decode floor of issue 12), and the same through the nibble-plane path
   (``gate_up_ours_mxfp4_planes_*``, QUANTC_MOE_PLANES, where H is a multiple of 128); at >= 2048 (token, expert) pairs the bf16 gate_up also with a
   few larger tiles (``gate_up_ours_bf16_best_*``): what a tuned tile reaches next to the default; and
-  bf16 and fp8 at the config the runtime runs (``gate_up_ours_{bf16,fp8}_table_*``: the shipped
-  kernels/<gpu>.json row for the shape and token count; the fixed config gives fp8 64-wide K steps).
+  bf16 and fp8 at the config the runtime runs (``gate_up_ours_{bf16,fp8}_table_*``: the compiler's
+  lookup in the shipped kernels/<gpu>.json for the shape, the runtime's pick for the token count; the
+  fixed config gives fp8 64-wide K steps).
 - The whole expert path (sorting, gate_up + activation, down, weighted sum): ours bf16, mxfp4
   weight-only and fp8 W8A8 (activation quantization included), vs a torch path of
   ``_grouped_mm`` gate_up, SiLU-and-mul, ``_grouped_mm`` down, weighted sum (its sorting not timed).
@@ -66,20 +67,21 @@ def config(pairs: int) -> C:
     return C(64, 128, 64, 8, 8, 3)
 
 
-def table_config(kernel: str, n: int, k: int, tokens: int) -> C | None:
-    """The config the runtime runs for this gate_up: the shipped kernel table's row for (kernel, N, K) at
-    the smallest token bucket holding ``tokens`` (kernels/<gpu>.json), None without one."""
-    slug = "h200" if "H200" in res["device"] else "h100"
-    path = os.path.join(os.path.dirname(__file__), "..", "kernels", f"{slug}.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        rows = [r for r in json.load(f)["entries"] if r["kernel"] == kernel and r["n"] == n and r["k"] == k
-                and r["m_max"] >= tokens]
-    if not rows:
-        return None
-    r = min(rows, key=lambda r: r["m_max"])
-    return C(r["block_m"], r["block_n"], r["block_k"], r["group_m"], r["num_warps"], r["num_stages"])
+_TABLES: list = []  # the live GPU's shipped kernel tables, read once
+
+
+def table_config(kernel: str, n: int, k: int, tokens: int) -> C:
+    """The config apply() runs for this gate_up: the compiler's table lookup for (kernel, N, K)
+    (``quantc.emit.lookup``: the shipped table's row, else the nearest tuned shape, else the defaults)
+    and the runtime's bucket pick for ``tokens``."""
+    from quantc.emit import load_tables, lookup
+    from quantc.gpus import gpu_from_device_name
+    from quantc.runtime.tables import bucket_lookup, pick
+
+    if not _TABLES:
+        gpu = gpu_from_device_name(res["device"], torch.cuda.get_device_capability())
+        _TABLES.extend(load_tables(gpu.table))
+    return pick(*bucket_lookup(lookup(_TABLES, [], kernel, n, k, kernel).buckets), tokens)
 
 
 # tried on the bf16 gate_up at >= 2048 (token, expert) pairs next to the default tile: what the kernel
@@ -190,8 +192,6 @@ def bench():
             for kid, wt, key, aq, xin, sxin in (("moe_bf16", W13, "bf16", 0, x, None),
                                                 ("moe_fp8", F13, "fp8", 1, xq_tok, sx_tok)):
                 tc = table_config(kid, 2 * inter, h, t)
-                if tc is None:
-                    continue
                 r_tc = (*align_by_expert(ids, e, tc.block_m), pairs)
                 row[f"gate_up_ours_{key}_table_us"] = us(lambda: mg.grouped_gemm(
                     xin, sxin, wt, r_tc, a_div=k, act="silu", a_quant=aq, a_group=0, cfg=tc))

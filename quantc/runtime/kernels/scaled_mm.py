@@ -108,6 +108,30 @@ def _epilogue(acc, sa, sa_ptr, sb_ptr, bias_ptr, offs_m, offs_n, mask_m, mask_n,
 
 
 @triton.jit
+def _add_scaled_partial(acc, part, sa_k, sb_ptr, pid_n, offs_n, mask_n, kg, stride_sbn, stride_sbk,
+                        A_MODE: tl.constexpr, MX: tl.constexpr, GROUP_N: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``acc`` plus one K step's partial product under its per-step scales (128 x 128 blocks, mx groups):
+    ``sa_k`` the activation's per-row scale of K group ``kg`` (A_MODE 3; unused otherwise), the weight's
+    read here. The tiled and the persistent TMA kernel both call this, so their sums stay bit-identical."""
+    if not MX and GROUP_N % BLOCK_N == 0:
+        # the tile lies in one weight block row: its scale is one number per K step, so the partial
+        # takes one FMA per element (the tensor cores wait for this scaling every step)
+        sb_k = tl.load(sb_ptr + ((pid_n * BLOCK_N) // GROUP_N) * stride_sbn + kg * stride_sbk)
+        if A_MODE == 3:
+            acc += part * (sa_k * sb_k)[:, None]
+        else:
+            acc += part * sb_k
+    else:
+        sb_raw = tl.load(sb_ptr + (offs_n // GROUP_N) * stride_sbn + kg * stride_sbk, mask=mask_n, other=0)
+        sb_k = e8m0_to_f32(sb_raw) if MX else sb_raw
+        if A_MODE == 3:
+            acc += part * sa_k[:, None] * sb_k[None, :]
+        else:
+            acc += part * sb_k[None, :]
+    return acc
+
+
+@triton.jit
 def _scaled_mm_kernel(
     # tensors
     a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr,
@@ -182,6 +206,7 @@ def _scaled_mm_kernel(
     for t in range(t_start, t_end):
         k0 = t * BLOCK_K
         mask_k = (k0 + offs_k) < K
+        sa_k = 0.0  # the activation group's scales (A_MODE 3), set below
         a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         if A_MODE == 0:
@@ -208,24 +233,9 @@ def _scaled_mm_kernel(
         elif A_MODE == 3:
             sa_raw = tl.load(sa_ptr + offs_m * stride_sam + (k0 // GROUP_K) * stride_sak, mask=mask_m, other=0)
             sa_k = e8m0_to_f32(sa_raw) if MX else sa_raw
-        if B_MODE == 3 and GROUP_N % BLOCK_N == 0:
-            # the tile lies in one weight block row: its scale is one number per K step, so the
-            # partial takes one FMA per element (the tensor cores wait for this scaling every step)
-            sb_k = tl.load(sb_ptr + ((pid_n * BLOCK_N) // GROUP_N) * stride_sbn + (k0 // GROUP_K) * stride_sbk)
-            part = tl.dot(a, b)
-            if A_MODE == 3:
-                acc += part * (sa_k * sb_k)[:, None]
-            else:
-                acc += part * sb_k
-        elif B_MODE >= 3:
-            sb_raw = tl.load(sb_ptr + (offs_n // GROUP_N) * stride_sbn + (k0 // GROUP_K) * stride_sbk,
-                             mask=mask_n, other=0)
-            sb_k = e8m0_to_f32(sb_raw) if MX else sb_raw
-            part = tl.dot(a, b)
-            if A_MODE == 3:
-                acc += part * sa_k[:, None] * sb_k[None, :]
-            else:
-                acc += part * sb_k[None, :]
+        if B_MODE >= 3:
+            acc = _add_scaled_partial(acc, tl.dot(a, b), sa_k, sb_ptr, pid_n, offs_n, mask_n, k0 // GROUP_K,
+                                      stride_sbn, stride_sbk, A_MODE, MX, GROUP_N, BLOCK_N)
         else:
             acc = tl.dot(a, b, acc, out_dtype=acc_dtype)
         a_ptrs += BLOCK_K * stride_ak

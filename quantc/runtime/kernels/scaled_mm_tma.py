@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .common import cdiv, grouped_tile
-from .scaled_mm import A_GROUP, A_ROW, A_TENSOR, B_BLOCK, B_CHANNEL, B_TENSOR, _epilogue
+from .scaled_mm import A_GROUP, A_ROW, A_TENSOR, B_BLOCK, B_CHANNEL, B_TENSOR, _add_scaled_partial, _epilogue
 
 _ALLOCATOR_SET = False
 
@@ -62,13 +62,8 @@ def _scaled_mm_tma_kernel(
             if B_MODE == 3:  # 128x128 weight blocks x 1x128 activation groups: scale each K step's partial
                 kg = (ki * BLOCK_K) // GROUP_K
                 sa_k = tl.load(sa_ptr + offs_m * stride_sam + kg * stride_sak, mask=mask_m, other=0.0)
-                if GROUP_N % BLOCK_N == 0:  # one weight block row per tile, as in the tiled kernel
-                    sb_k = tl.load(sb_ptr + ((pid_n * BLOCK_N) // GROUP_N) * stride_sbn + kg * stride_sbk)
-                    acc += tl.dot(a, b.T) * (sa_k * sb_k)[:, None]
-                else:
-                    sb_k = tl.load(sb_ptr + (offs_n // GROUP_N) * stride_sbn + kg * stride_sbk, mask=mask_n,
-                                   other=0.0)
-                    acc += tl.dot(a, b.T) * sa_k[:, None] * sb_k[None, :]
+                acc = _add_scaled_partial(acc, tl.dot(a, b.T), sa_k, sb_ptr, pid_n, offs_n, mask_n, kg,
+                                          stride_sbn, stride_sbk, A_MODE, False, GROUP_N, BLOCK_N)
             else:
                 acc = tl.dot(a, b.T, acc, out_dtype=acc_dtype)
         if B_MODE == 3:
