@@ -1,6 +1,8 @@
 """Probe the 4-bit weight-only kernels at decode on a GPU: a config sweep per (shape, format, M) over
-the kernels (``mma4``, ``planes``, and the experimental ``persistent`` planes variant: each run
-directly, whatever wo_gemm's policy would pick; PROBE_KERNELS=mma4,planes,persistent), and a
+the kernels (``mma4``, ``planes``, the experimental ``persistent`` planes variant and ``tma``, the
+planes kernel fed by a TMA descriptor: each run directly, whatever wo_gemm's policy would pick;
+``tiled16`` / ``tiled32``, the planes kernel on the row-tiled layout (``wp.tile_rows``);
+PROBE_KERNELS=mma4,planes,persistent,tma,tiled16; PROBE_TMA_STAGES for the TMA ring's depths), and a
 single-config mode to run under Nsight Compute. Timing as bench_wo.py (CUDA graphs, weights rotated
 past L2), every kernel checked against the reference first. Used to choose what to change in the
 kernels; bench_wo.py is the reference benchmark.
@@ -15,6 +17,7 @@ Writes $OUT/wo_probe_<device>.json (sweep).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -35,14 +38,26 @@ CAP = float(os.environ.get("PROBE_CAP_S", "400"))
 TILES = {"mma4": [(32, 256, 4), (64, 256, 4), (64, 512, 4), (128, 128, 4), (128, 256, 8)],
          "planes": [(32, 128, 2), (64, 128, 2), (128, 128, 4), (256, 128, 4)]}
 TILES["persistent"] = TILES["planes"]
+TILES["tma"] = TILES["planes"]
+TILES["tiled16"] = TILES["tiled32"] = TILES["planes"]
 STAGES = tuple(int(v) for v in os.environ.get("PROBE_STAGES", "3,4").split(","))
+TMA_STAGES = tuple(int(v) for v in os.environ.get("PROBE_TMA_STAGES", "4,6,8").split(","))
 SPLIT_MULT = tuple(int(v) for v in os.environ.get("PROBE_SPLIT_MULT", "1,2,4").split(","))
 
 
 def launcher(kernel: str):
     if kernel == "mma4":
         return wg.launch
-    return lambda x, w, cfg: wp.launch_planes(x, w, cfg, persistent=kernel == "persistent")
+    if kernel.startswith("tiled"):
+        return lambda x, w, cfg: wp.launch_planes(x, w, cfg, row_tile=int(kernel[5:]))
+    return lambda x, w, cfg: wp.launch_planes(x, w, cfg, persistent=kernel == "persistent", tma=kernel == "tma")
+
+
+def prepared(kernel: str, ws: list) -> list:
+    """The weights as the kernel reads them: ``tiledR`` takes the row-tiled layout (``wp.tile_rows``)."""
+    if kernel.startswith("tiled"):
+        return [dataclasses.replace(w, data=wp.tile_rows(w.data, int(kernel[5:]))) for w in ws]
+    return ws
 
 
 def configs(kernel: str, m: int, n: int, k: int, sms: int) -> list[C]:
@@ -53,7 +68,8 @@ def configs(kernel: str, m: int, n: int, k: int, sms: int) -> list[C]:
                 out.append(C(16 if m <= 16 else 64, bn, bk, num_warps=warps, num_stages=3,
                              split_k=wg._split(n, k, bn, bk, sms)))
         return out
-    for (bn, bk, warps), stages, mult in itertools.product(TILES[kernel], STAGES, SPLIT_MULT):
+    stages_of = TMA_STAGES if kernel == "tma" else STAGES
+    for (bn, bk, warps), stages, mult in itertools.product(TILES[kernel], stages_of, SPLIT_MULT):
         split = min(wg._split(n, k, bn, bk, sms) * mult, k // bk)
         c = C(16 if m <= 16 else 64, bn, bk, num_warps=warps, num_stages=stages, split_k=split)
         if c not in out:
@@ -80,8 +96,9 @@ def sweep() -> None:
             for kernel in kernels:
                 if kernel == "persistent" and m > 16:  # decode only: launch_planes refuses more rows
                     continue
+                wk = prepared(kernel, [w])[0]
                 for cfg in configs(kernel, m, 512, 1024, sms)[::8]:
-                    out = launcher(kernel)(x, w, cfg).float()
+                    out = launcher(kernel)(x, wk, cfg).float()
                     err = ((out - ref).abs().max() / ref.abs().max()).item()
                     res["check"].append({"key": key, "kernel": kernel, "M": m, "cfg": cfg.__dict__, "rel_err": err})
     bad = [c for c in res["check"] if not c["rel_err"] < 1e-2]
@@ -94,17 +111,18 @@ def sweep() -> None:
             bf16 = rotated_us(lambda i: x @ wbf[i].T, len(wbf))
             for key in fmts:
                 ws = [random_weight(key, n, k) for _ in range(n_copies(n * k // 2))]
+                wsk = {kn: prepared(kn, ws) for kn in kernels}
                 for kernel, cfg in [(kn, c) for kn in kernels for c in configs(kn, m, n, k, sms)]:
                     if time.time() - t0 > CAP or (kernel == "persistent" and m > 16):
                         continue
-                    run = launcher(kernel)
-                    t = rotated_us(lambda i: run(x, ws[i], cfg), len(ws))
+                    run, wk = launcher(kernel), wsk[kernel]
+                    t = rotated_us(lambda i: run(x, wk[i], cfg), len(wk))
                     row = {"N": n, "K": k, "M": m, "fmt": key, "kernel": kernel, "bf16_us": bf16, "us": t,
                            "cfg": [cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages, cfg.split_k],
                            "over_bf16": bf16 / t if t else None, "GBps": ws[0].nbytes() / t / 1e3 if t else None}
                     res["rows"].append(row)
                     print(json.dumps(row), flush=True)
-                del ws
+                del ws, wsk
         del wbf
         torch.cuda.empty_cache()
         with open(os.path.join(OUT, f"wo_probe_{slug}.json"), "w") as f:

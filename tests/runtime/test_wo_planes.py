@@ -1,6 +1,8 @@
 """The nibble-plane 4-bit GEMM (wo_planes) under the interpreter against the plain-torch reference:
 every format, group sizes below and above the tile, zero points, M = 1 / 16 / 17, split-K."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -163,3 +165,54 @@ def test_persistent_planes_refuse_a_triton_that_cannot_compile_them(monkeypatch)
     w = wf.quantize(torch.randn(32, 256), "int4_group_128")
     with pytest.raises(RuntimeError, match="needs triton >= 3.9 on a GPU"):
         wp.launch_planes(torch.randn(1, 256).bfloat16(), w, wg.WoConfig(16, 32, 128), persistent=True)
+
+
+@pytest.mark.parametrize("key", ["int4_group_128", "int4_group_32", "int4_group_64_asym", "mxfp4", "nvfp4"])
+def test_tma_fed_planes_equal_the_plain_load_kernel(key):
+    """TMA=True only changes how the words reach the decode (a tensor descriptor; rows past N zero-filled
+    by the copy instead of masked loads): same sums as the cp.async kernel, ragged N tile and split-K
+    included, and within tolerance of the reference."""
+    torch.manual_seed(13)
+    n, k = 72, 640
+    w = wf.quantize(torch.randn(n, k), key)
+    assert wp.tma_ok(w)
+    for m, cfg in ((1, wg.WoConfig(16, 32, 128, split_k=2)), (9, wg.WoConfig(16, 64, 128, split_k=3))):
+        x = torch.randn(m, k).bfloat16()
+        got = wp.launch_planes(x, w, cfg, tma=True)
+        assert _rel_err(got, wg.reference(x, w)) < TOL, (key, m)
+        assert torch.equal(got, wp.launch_planes(x, w, cfg)), (key, m)
+
+
+def test_tma_planes_refuse_misaligned_words_and_the_persistent_launch():
+    w = wf.quantize(torch.randn(32, 256), "int4_group_128")
+    x = torch.randn(1, 256).bfloat16()
+    with pytest.raises(ValueError, match="needs a non-persistent launch"):
+        wp.launch_planes(x, w, wg.WoConfig(16, 32, 128), tma=True, persistent=True)
+    buf = torch.zeros(w.data.numel() + 1, dtype=torch.int32)  # words one int32 past a 16-byte boundary
+    buf[1:] = w.data.flatten()
+    moved = wf.WoWeight(w.fmt, w.n, w.k, buf[1:].view(w.data.shape), w.scale, w.sfmt, w.group, w.row_block,
+                        None, None)
+    assert not wp.tma_ok(moved) and torch.equal(wp.launch_planes(x, moved, wg.WoConfig(16, 32, 128)),
+                                                wp.launch_planes(x, w, wg.WoConfig(16, 32, 128)))
+    with pytest.raises(ValueError, match=r"16-byte aligned \(data_ptr % 16 = 4, row stride 32 words\)"):
+        wp.launch_planes(x, moved, wg.WoConfig(16, 32, 128), tma=True)
+
+
+@pytest.mark.parametrize("key", ["int4_group_128", "int4_group_64_asym", "nvfp4"])
+def test_row_tiled_layout_gives_the_row_major_sums(key):
+    """``tile_rows`` stores 16-row x 128-element blocks contiguously (N padded to 16 rows); the planes
+    kernel reading that layout returns exactly what it returns on the row-major words."""
+    torch.manual_seed(14)
+    n, k = 40, 384
+    w = wf.quantize(torch.randn(n, k), key)
+    flat = wp.tile_rows(w.data, 16)
+    assert flat.numel() == 48 * k // 8
+    assert torch.equal(flat[16 * 16:16 * 17], w.data[0, 16:32])  # block (rows 0-15, K tile 1), row 0
+    tiled = dataclasses.replace(w, data=flat)
+    for m, cfg in ((1, wg.WoConfig(16, 32, 128, split_k=2)), (5, wg.WoConfig(16, 16, 128))):
+        x = torch.randn(m, k).bfloat16()
+        assert torch.equal(wp.launch_planes(x, tiled, cfg, row_tile=16), wp.launch_planes(x, w, cfg)), (key, m)
+    with pytest.raises(ValueError, match="BLOCK_N a multiple of 32.*BLOCK_N = 16"):
+        wp.launch_planes(x, tiled, wg.WoConfig(16, 16, 128), row_tile=32)
+    with pytest.raises(ValueError, match="K a multiple of 128, got K = 96"):
+        wp.tile_rows(torch.zeros(4, 12, dtype=torch.int32), 16)

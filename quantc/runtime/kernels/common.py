@@ -6,8 +6,21 @@ rounding crosses a power of two (127.8 -> 64), and GPU casts from wider types ma
 are rounded to the target grid in fp32 first, after which every cast is exact.
 """
 
+import torch
 import triton
 import triton.language as tl
+
+_TMA_ALLOCATOR_SET = False
+
+
+def ensure_tma_allocator() -> None:
+    """Device-side tensor descriptors need a global scratch allocator for their 128-byte records
+    (Triton calls it per launch); the caching allocator serves it, also under CUDA-graph capture."""
+    global _TMA_ALLOCATOR_SET
+    if not _TMA_ALLOCATOR_SET:
+        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"
+                                                                     if torch.cuda.is_available() else "cpu"))
+        _TMA_ALLOCATOR_SET = True
 
 
 # Host-side grid arithmetic. triton.cdiv / triton.next_power_of_2 are constexpr functions whose Python

@@ -10,7 +10,7 @@ Same math and summation order per K step as ``scaled_mm._scaled_mm_kernel``.
 
 TMA wants 16-byte aligned row strides: K a multiple of 16 (8-bit operands) and N of 8 (bf16 output);
 ``supported`` says when a call qualifies. The descriptors need a global scratch allocator, which
-``_ensure_allocator`` installs once (Triton calls it per launch for the descriptors' 128-byte records;
+``common.ensure_tma_allocator`` installs once (Triton calls it per launch for the descriptors' 128-byte records;
 the caching allocator serves it, also under CUDA-graph capture).
 """
 
@@ -20,18 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import cdiv, grouped_tile
+from .common import cdiv, ensure_tma_allocator, grouped_tile
 from .scaled_mm import A_GROUP, A_ROW, A_TENSOR, B_BLOCK, B_CHANNEL, B_TENSOR, _add_scaled_partial, _epilogue
-
-_ALLOCATOR_SET = False
-
-
-def _ensure_allocator() -> None:
-    global _ALLOCATOR_SET
-    if not _ALLOCATOR_SET:
-        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"
-                                                                     if torch.cuda.is_available() else "cpu"))
-        _ALLOCATOR_SET = True
 
 
 @triton.jit
@@ -102,7 +92,7 @@ def num_programs(device: torch.device, tiles: int) -> int:
 
 def launch(a, weight, sa, weight_scale, bias, a_mode, b_mode, int8, group_k, group_n, config, out):
     """out (M, N) bf16 = scaled a @ weight.T; ``sa`` / ``weight_scale`` as ``scaled_mm`` passes them."""
-    _ensure_allocator()
+    ensure_tma_allocator()
     m, k = a.shape
     n = weight.shape[0]
     sa2 = sa if sa.dim() == 2 else sa.reshape(-1, 1)
