@@ -1,8 +1,7 @@
 """Probe the 4-bit weight-only kernels at decode on a GPU: a config sweep per (shape, format, M) over
-the kernels (``mma4``, ``planes``, the experimental ``persistent`` planes variant and ``tma``, the
-planes kernel fed by a TMA descriptor: each run directly, whatever wo_gemm's policy would pick;
-``tiled16`` / ``tiled32``, the planes kernel on the row-tiled layout (``wp.tile_rows``);
-PROBE_KERNELS=mma4,planes,persistent,tma,tiled16; PROBE_TMA_STAGES for the TMA ring's depths), and a
+the kernels (``mma4``, ``planes`` and the experimental ``persistent`` planes variant: each run
+directly, whatever wo_gemm's policy would pick; on the runtime's row-tiled words, or with ``_rm`` on
+row-major words: PROBE_KERNELS=mma4,planes,planes_rm,persistent), and a
 single-config mode to run under Nsight Compute. Timing as bench_wo.py (CUDA graphs, weights rotated
 past L2), every kernel checked against the reference first. Used to choose what to change in the
 kernels; bench_wo.py is the reference benchmark.
@@ -29,6 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quantc.plan import KernelConfig as C  # noqa: E402
+from quantc.runtime.kernels import wo_format as wf  # noqa: E402
 from quantc.runtime.kernels import wo_gemm as wg  # noqa: E402
 from quantc.runtime.kernels import wo_planes as wp  # noqa: E402
 from bench.bench_wo import n_copies, random_weight, rotated_us  # noqa: E402
@@ -38,38 +38,36 @@ CAP = float(os.environ.get("PROBE_CAP_S", "400"))
 TILES = {"mma4": [(32, 256, 4), (64, 256, 4), (64, 512, 4), (128, 128, 4), (128, 256, 8)],
          "planes": [(32, 128, 2), (64, 128, 2), (128, 128, 4), (256, 128, 4)]}
 TILES["persistent"] = TILES["planes"]
-TILES["tma"] = TILES["planes"]
-TILES["tiled16"] = TILES["tiled32"] = TILES["planes"]
+TILES["planes_rm"] = TILES["planes"]
+TILES["mma4_rm"] = TILES["mma4"]
 STAGES = tuple(int(v) for v in os.environ.get("PROBE_STAGES", "3,4").split(","))
-TMA_STAGES = tuple(int(v) for v in os.environ.get("PROBE_TMA_STAGES", "4,6,8").split(","))
 SPLIT_MULT = tuple(int(v) for v in os.environ.get("PROBE_SPLIT_MULT", "1,2,4").split(","))
 
 
 def launcher(kernel: str):
+    kernel = kernel.removesuffix("_rm")
     if kernel == "mma4":
         return wg.launch
-    if kernel.startswith("tiled"):
-        return lambda x, w, cfg: wp.launch_planes(x, w, cfg, row_tile=int(kernel[5:]))
-    return lambda x, w, cfg: wp.launch_planes(x, w, cfg, persistent=kernel == "persistent", tma=kernel == "tma")
+    return lambda x, w, cfg: wp.launch_planes(x, w, cfg, persistent=kernel == "persistent")
 
 
 def prepared(kernel: str, ws: list) -> list:
-    """The weights as the kernel reads them: ``tiledR`` takes the row-tiled layout (``wp.tile_rows``)."""
-    if kernel.startswith("tiled"):
-        return [dataclasses.replace(w, data=wp.tile_rows(w.data, int(kernel[5:]))) for w in ws]
+    """The weights as the kernel reads them: bench_wo's random weights are row-tiled (the runtime's
+    layout); ``<kernel>_rm`` and ``persistent`` take the row-major words."""
+    if kernel.endswith("_rm") or kernel == "persistent":
+        return [dataclasses.replace(w, data=wf.row_major_words(w).contiguous()) for w in ws]
     return ws
 
 
 def configs(kernel: str, m: int, n: int, k: int, sms: int) -> list[C]:
     out = []
-    if kernel == "mma4":
+    if kernel.startswith("mma4"):
         for bn, bk, warps in TILES[kernel]:
             if bk <= k:
                 out.append(C(16 if m <= 16 else 64, bn, bk, num_warps=warps, num_stages=3,
                              split_k=wg._split(n, k, bn, bk, sms)))
         return out
-    stages_of = TMA_STAGES if kernel == "tma" else STAGES
-    for (bn, bk, warps), stages, mult in itertools.product(TILES[kernel], stages_of, SPLIT_MULT):
+    for (bn, bk, warps), stages, mult in itertools.product(TILES[kernel], STAGES, SPLIT_MULT):
         split = min(wg._split(n, k, bn, bk, sms) * mult, k // bk)
         c = C(16 if m <= 16 else 64, bn, bk, num_warps=warps, num_stages=stages, split_k=split)
         if c not in out:
@@ -86,10 +84,9 @@ def sweep() -> None:
     ms = [int(v) for v in os.environ.get("PROBE_MS", "1").split(",")]
     kernels = os.environ.get("PROBE_KERNELS", "mma4,planes").split(",")
     res = {"device": torch.cuda.get_device_name(), "rows": [], "check": []}
-    from quantc.runtime.kernels import wo_format as wf
     torch.manual_seed(0)
     for key in fmts + ["int4_group_128_asym", "int4_group_32"]:
-        w = wf.quantize(torch.randn(512, 1024, device="cuda"), key)
+        w = wf.tile_rows(wf.quantize(torch.randn(512, 1024, device="cuda"), key))
         for m in (1, 16, 33):
             x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
             ref = wg.reference(x, w)
@@ -139,7 +136,7 @@ def sweep() -> None:
 def one(kernel: str, key: str, n: int, k: int, m: int, cfg: str) -> None:
     bm, bn, bk, warps, stages, split = (int(v) for v in cfg.split(","))
     c = C(bm, bn, bk, num_warps=warps, num_stages=stages, split_k=split)
-    w = random_weight(key, n, k)
+    w = prepared(kernel, [random_weight(key, n, k)])[0]
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     for _ in range(5):
         launcher(kernel)(x, w, c)

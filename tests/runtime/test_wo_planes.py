@@ -1,15 +1,13 @@
 """The nibble-plane 4-bit GEMM (wo_planes) under the interpreter against the plain-torch reference:
 every format, group sizes below and above the tile, zero points, M = 1 / 16 / 17, split-K."""
 
-import dataclasses
-
 import pytest
 import torch
 
 from quantc.runtime import quantize as qz
 from quantc.runtime.kernels import wo_format as wf
 from quantc.runtime.kernels import wo_gemm as wg
-from quantc.runtime.kernels import wo_mma4
+from quantc.runtime.kernels import wo_dequant, wo_mma4
 from quantc.runtime.kernels import wo_planes as wp
 
 TOL = 1e-2
@@ -168,51 +166,35 @@ def test_persistent_planes_refuse_a_triton_that_cannot_compile_them(monkeypatch)
 
 
 @pytest.mark.parametrize("key", ["int4_group_128", "int4_group_32", "int4_group_64_asym", "mxfp4", "nvfp4"])
-def test_tma_fed_planes_equal_the_plain_load_kernel(key):
-    """TMA=True only changes how the words reach the decode (a tensor descriptor; rows past N zero-filled
-    by the copy instead of masked loads): same sums as the cp.async kernel, ragged N tile and split-K
-    included, and within tolerance of the reference."""
-    torch.manual_seed(13)
-    n, k = 72, 640
-    w = wf.quantize(torch.randn(n, k), key)
-    assert wp.tma_ok(w)
-    for m, cfg in ((1, wg.WoConfig(16, 32, 128, split_k=2)), (9, wg.WoConfig(16, 64, 128, split_k=3))):
-        x = torch.randn(m, k).bfloat16()
-        got = wp.launch_planes(x, w, cfg, tma=True)
-        assert _rel_err(got, wg.reference(x, w)) < TOL, (key, m)
-        assert torch.equal(got, wp.launch_planes(x, w, cfg)), (key, m)
-
-
-def test_tma_planes_refuse_misaligned_words_and_the_persistent_launch():
-    w = wf.quantize(torch.randn(32, 256), "int4_group_128")
-    x = torch.randn(1, 256).bfloat16()
-    with pytest.raises(ValueError, match="needs a non-persistent launch"):
-        wp.launch_planes(x, w, wg.WoConfig(16, 32, 128), tma=True, persistent=True)
-    buf = torch.zeros(w.data.numel() + 1, dtype=torch.int32)  # words one int32 past a 16-byte boundary
-    buf[1:] = w.data.flatten()
-    moved = wf.WoWeight(w.fmt, w.n, w.k, buf[1:].view(w.data.shape), w.scale, w.sfmt, w.group, w.row_block,
-                        None, None)
-    assert not wp.tma_ok(moved) and torch.equal(wp.launch_planes(x, moved, wg.WoConfig(16, 32, 128)),
-                                                wp.launch_planes(x, w, wg.WoConfig(16, 32, 128)))
-    with pytest.raises(ValueError, match=r"16-byte aligned \(data_ptr % 16 = 4, row stride 32 words\)"):
-        wp.launch_planes(x, moved, wg.WoConfig(16, 32, 128), tma=True)
-
-
-@pytest.mark.parametrize("key", ["int4_group_128", "int4_group_64_asym", "nvfp4"])
-def test_row_tiled_layout_gives_the_row_major_sums(key):
-    """``tile_rows`` stores 16-row x 128-element blocks contiguously (N padded to 16 rows); the planes
-    kernel reading that layout returns exactly what it returns on the row-major words."""
+def test_row_tiled_layout_gives_the_row_major_sums_in_every_kernel(key):
+    """``tile_rows`` stores 16-row x 128-element blocks contiguously (N padded to 48 rows here); the
+    planes, mma4 and dequantize kernels reading that layout return exactly what they return on the
+    row-major words: decode with split-K, a ragged last N tile, K tiles of 32 / 64 (inside a 16-word
+    block) and 256 (two blocks)."""
     torch.manual_seed(14)
-    n, k = 40, 384
+    n, k = 40, 768
     w = wf.quantize(torch.randn(n, k), key)
-    flat = wp.tile_rows(w.data, 16)
-    assert flat.numel() == 48 * k // 8
-    assert torch.equal(flat[16 * 16:16 * 17], w.data[0, 16:32])  # block (rows 0-15, K tile 1), row 0
-    tiled = dataclasses.replace(w, data=flat)
-    for m, cfg in ((1, wg.WoConfig(16, 32, 128, split_k=2)), (5, wg.WoConfig(16, 16, 128))):
+    t = wf.tile_rows(w)
+    assert t.data.shape == (3, 6, 16, 16) and t.row_tile == 16 and t.word_stride == k // 8
+    assert torch.equal(t.data[0, 1, 0], w.data[0, 16:32]) and torch.equal(t.data[2, 5, 7], w.data[39, 80:96])
+    assert torch.equal(t.data[2, :, 8:], torch.zeros(6, 8, 16, dtype=torch.int32))  # padding rows
+    assert torch.equal(wf.row_major_words(t), w.data) and torch.equal(wf.dequantize(t), wf.dequantize(w))
+    for m, cfg in ((1, wg.WoConfig(16, 32, 128, split_k=2)), (5, wg.WoConfig(16, 16, 256, split_k=3))):
         x = torch.randn(m, k).bfloat16()
-        assert torch.equal(wp.launch_planes(x, tiled, cfg, row_tile=16), wp.launch_planes(x, w, cfg)), (key, m)
-    with pytest.raises(ValueError, match="BLOCK_N a multiple of 32.*BLOCK_N = 16"):
-        wp.launch_planes(x, tiled, wg.WoConfig(16, 16, 128), row_tile=32)
-    with pytest.raises(ValueError, match="K a multiple of 128, got K = 96"):
-        wp.tile_rows(torch.zeros(4, 12, dtype=torch.int32), 16)
+        assert torch.equal(wp.launch_planes(x, t, cfg), wp.launch_planes(x, w, cfg)), (key, m)
+    x = torch.randn(20, k).bfloat16()
+    for bk in (32, 64, 256):
+        cfg = wg.WoConfig(16, 32, bk, split_k=2)
+        assert torch.equal(wo_mma4.launch_mma4(x, t, cfg), wo_mma4.launch_mma4(x, w, cfg)), (key, bk)
+    assert torch.equal(wo_dequant.dequantize_bf16(t), wo_dequant.dequantize_bf16(w))
+
+
+def test_row_tiled_layout_leaves_other_weights_alone_and_refuses_the_persistent_kernel():
+    for w in (wf.quantize(torch.randn(32, 2880), "mxfp4"),              # K not a multiple of 128
+              wf.quantize(torch.randn(2, 32, 256), "int4_group_128"),   # an expert stack
+              wf.quantize(torch.randn(32, 256), "fp8_per_channel")):    # not 4-bit
+        assert wf.tile_rows(w) is w
+    t = wf.tile_rows(wf.quantize(torch.randn(32, 256), "int4_group_128"))
+    assert wf.tile_rows(t) is t
+    with pytest.raises(ValueError, match="persistent planes kernel reads row-major words"):
+        wp.launch_planes(torch.randn(1, 256).bfloat16(), t, wg.WoConfig(16, 16, 128), persistent=True)

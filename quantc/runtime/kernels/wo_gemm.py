@@ -70,7 +70,7 @@ def check(x: torch.Tensor, w: WoWeight) -> None:
     if w.pack != 8:
         raise ValueError("wo_gemm runs 4-bit weights (int4, mxfp4, nvfp4); fp8 / int8 weight-only layers run "
                          "the scaled_mm kernels (fp8_weight_only_gemm, int8_weight_only_gemm)")
-    if w.data.dim() != 2:
+    if w.data.dim() != 2 and not w.row_tile:
         raise ValueError(f"wo_gemm takes one (N, K) weight, got data of shape {tuple(w.data.shape)}")
     if x.shape[-1] != w.k:
         raise ValueError(f"activation has K = {x.shape[-1]}, the weight K = {w.k}")
@@ -123,7 +123,8 @@ def candidates(m: int, n: int, k: int, sms: int = 132, int4: bool | None = None)
     """Configs ``quantc tune`` (and the bench) try for one (M, N, K); ``int4`` None: both formats'."""
     out = []
     if _planes_rows(m, int4 is not False) and k >= 128:
-        for bn, warps, stages, waves in ((32, 2, 4, 4), (64, 2, 4, 4), (32, 2, 3, 8), (64, 2, 3, 8), (128, 4, 3, 4)):
+        for bn, warps, stages, waves in ((32, 2, 4, 4), (64, 2, 4, 4), (32, 2, 3, 8), (64, 2, 3, 8), (128, 4, 3, 4),
+                                         (32, 2, 3, 2), (64, 2, 3, 2)):  # few waves: the large row-tiled shapes
             out.append(WoConfig(16, bn, 128, num_warps=warps, num_stages=stages,
                                 split_k=_split(n, k, bn, 128, sms, waves)))
     if _planes_rows(m, int4 is True):  # only the planes kernel runs these rows

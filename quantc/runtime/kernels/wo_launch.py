@@ -30,8 +30,9 @@ def key_meta(key: str) -> tuple[int, int, int]:
 
 
 def prepare(tensors: dict, weight_key: str, n: int, k: int) -> dict[str, torch.Tensor]:
+    """The module's buffers; the words in the row-tiled layout where K allows (``wo_format.tile_rows``)."""
     key_meta(weight_key)
-    w = wf.from_tensors(weight_key, tensors, n, k)
+    w = wf.tile_rows(wf.from_tensors(weight_key, tensors, n, k))
     out = {"data": w.data, "scale": w.scale}
     if w.zeros is not None:
         out["zeros"] = w.zeros
@@ -45,6 +46,8 @@ def rebuild(buffers, weight_key: str) -> wf.WoWeight:
     data, scale, *rest = buffers
     zeros = rest.pop(0) if weight_key.endswith("_asym") else None
     gscale = rest.pop(0) if fmt == wf.NVFP4 else None
+    if data.dim() == 4:  # row-tiled (N padded): N from the scales, which are never padded
+        return wf.WoWeight(fmt, scale.shape[0], data.shape[1] * 128, data, scale, sfmt, group, 1, zeros, gscale)
     return wf.WoWeight(fmt, data.shape[0], data.shape[1] * 8, data, scale, sfmt, group, 1, zeros, gscale)
 
 

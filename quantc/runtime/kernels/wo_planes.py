@@ -22,16 +22,15 @@ multiply. K must be a multiple of 128 (16-deep planes): ``wo_gemm.uses_planes`` 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-from .common import ensure_tma_allocator
 from .nibble_decode import _nibble_value
-from .wo_format import INT4, S_E8M0, e8m0_bits_to_f32, group_scales_bf16, group_zeros, repeat_groups
+from .wo_format import (INT4, S_E8M0, e8m0_bits_to_f32, group_scales_bf16, group_zeros, repeat_groups, word_offsets,
+                        word_step)
 from .wo_mma4 import kernel_launch, store_or_reduce, tile_coords, tile_k
 
 # Two words $8 (column c) and $9 (column c + 1) -> eight bf16x2 registers $0..$7, register j holding
@@ -159,7 +158,7 @@ def planes_words_step(acc, words, x_ptr, x_tile, s_ptr, z_ptr, s_rows, n_mask, m
                       FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FOLD: tl.constexpr,
                       ONE_ROW: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr):
-    """``planes_step`` on words already loaded (rows past N zero): by plain loads or a TMA descriptor."""
+    """``planes_step`` on words already loaded (rows past N zero), in either word layout."""
     PER_TILE: tl.constexpr = GROUP % BLOCK_K == 0
     BKW: tl.constexpr = BLOCK_K // 8
     v = decode_planes(words, FMT, not HAS_ZERO and FMT == 1, FOLD, ASM)
@@ -219,37 +218,19 @@ def _wo_planes_kernel(
     FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
     HAS_GLOBAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    FOLD: tl.constexpr, ONE_ROW: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr,
-    ROW_TILE: tl.constexpr,
+    FOLD: tl.constexpr, ONE_ROW: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr, ROW_TILE: tl.constexpr,
 ):
-    """Grid (N tiles, M tiles, K slices): one output tile and one K slice per program. TMA: the weight
-    words come through a tensor descriptor (one bulk copy per stage into the shared-memory ring, no
-    per-thread addresses; rows past N read as zero) instead of per-thread cp.async loads."""
+    """Grid (N tiles, M tiles, K slices): one output tile and one K slice per program; the words row-major
+    or row-tiled (ROW_TILE, ``wo_format.tile_rows``)."""
     offs_n, offs_m, n_mask, m_mask, t_start, t_end = tile_coords(M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K)
     s_rows = offs_n.to(tl.int64) * stride_sn
     x_tile = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + tl.arange(0, BLOCK_K)[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    if TMA:
-        w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K // 8], strides=[stride_wn, 1],
-                                           block_shape=[BLOCK_N, BLOCK_K // 8])
-        n0 = tl.program_id(0) * BLOCK_N
-        for t in range(t_start, t_end):
-            words = w_desc.load([n0, t * (BLOCK_K // 8)])
-            acc = planes_words_step(acc, words, x_ptr, x_tile, s_ptr, z_ptr, s_rows, n_mask, m_mask, t * BLOCK_K,
-                                    FMT, SFMT, GROUP, HAS_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, FOLD, ONE_ROW, ASM, UPCAST)
-    elif ROW_TILE > 0:  # words of ROW_TILE rows x 16 columns stored as one contiguous block (``tile_rows``)
-        KW = K // 8
-        w_rows = (w_ptr + ((offs_n // ROW_TILE).to(tl.int64) * (ROW_TILE * KW) + (offs_n % ROW_TILE) * 16)[:, None]
-                  + tl.arange(0, BLOCK_K // 8)[None, :])
-        for t in range(t_start, t_end):
-            words = tl.load(w_rows + t * (ROW_TILE * 16), mask=n_mask[:, None], other=0)
-            acc = planes_words_step(acc, words, x_ptr, x_tile, s_ptr, z_ptr, s_rows, n_mask, m_mask, t * BLOCK_K,
-                                    FMT, SFMT, GROUP, HAS_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, FOLD, ONE_ROW, ASM, UPCAST)
-    else:
-        w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
-        for t in range(t_start, t_end):
-            acc = planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, n_mask, m_mask, t * BLOCK_K,
-                              FMT, SFMT, GROUP, HAS_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, FOLD, ONE_ROW, ASM, UPCAST)
+    w_rows = w_ptr + word_offsets(offs_n, tl.arange(0, BLOCK_K // 8), stride_wn, ROW_TILE)
+    for t in range(t_start, t_end):
+        words = tl.load(w_rows + word_step(t * (BLOCK_K // 8), ROW_TILE), mask=n_mask[:, None], other=0)
+        acc = planes_words_step(acc, words, x_ptr, x_tile, s_ptr, z_ptr, s_rows, n_mask, m_mask, t * BLOCK_K,
+                                FMT, SFMT, GROUP, HAS_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, FOLD, ONE_ROW, ASM, UPCAST)
     _planes_finish(acc, gs_ptr, out_ptr, ws_ptr, cnt_ptr + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0),
                    offs_m, offs_n, m_mask, n_mask, N, stride_om, SPLIT_K, FOLD, HAS_GLOBAL)
 
@@ -299,11 +280,6 @@ def fold_ok(w) -> bool:
     return w.fmt != INT4 and w.sfmt != S_E8M0
 
 
-def tma_ok(w) -> bool:
-    """TMA takes the words when the base and the row stride are 16-byte aligned (K a multiple of 32)."""
-    return w.data.data_ptr() % 16 == 0 and w.data.stride(1) == 1 and (w.data.stride(0) * 4) % 16 == 0
-
-
 def _sm_count(device) -> int:
     if device.type != "cuda":
         return 4  # the interpreter: a few programs, so the item loop wraps
@@ -316,28 +292,12 @@ def persistent_compiles(version: str | None = None) -> bool:
     return (major, minor) >= (3, 9)
 
 
-def tile_rows(data: torch.Tensor, rows: int) -> torch.Tensor:
-    """(N, K/8) int32 words -> the row-tiled layout: blocks of ``rows`` rows x 16 words (128 elements of K)
-    stored contiguously, the blocks of a row group in K order, N padded with zero rows to a multiple of
-    ``rows``; a program of the planes kernel then streams one contiguous run per row group instead of
-    64 bytes from each of BLOCK_N rows. Returned flat (the kernel computes the offsets)."""
-    n, kw = data.shape
-    if kw % 16:
-        raise ValueError(f"the row-tiled layout needs K a multiple of 128, got K = {kw * 8}")
-    pad = -n % rows
-    if pad:
-        data = torch.cat([data, data.new_zeros(pad, kw)])
-    return data.reshape(-1, rows, kw // 16, 16).permute(0, 2, 1, 3).contiguous().reshape(-1)
-
-
-def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None, persistent: bool = False,
-                  tma: bool = False, row_tile: int = 0) -> torch.Tensor:
+def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None, persistent: bool = False) -> torch.Tensor:
     """bf16 (M, K) x 4-bit WoWeight (N, K) -> bf16 (M, N). K a multiple of 128: every plane of a tile
     is at least 16 deep, the MMA's K (``wo_gemm.uses_planes`` sends other K to wo_mma4). ``persistent``
     (M <= 16): a grid of about 8 warps per SM walking the (N tile, K slice) items instead of one
-    program per item (an experiment for bench/wo_probe.py; not used by ``wo_gemm`` until timed).
-    ``tma``: the weight words through a TMA tensor descriptor (``tma_ok`` says when a weight can).
-    ``row_tile``: ``w.data`` is in ``tile_rows(.., row_tile)`` layout (flat), BLOCK_N a multiple of it."""
+    program per item (an experiment for bench/wo_probe.py, row-major words only; not used by ``wo_gemm``
+    until timed). The words may be row-major or row-tiled (``wo_format.tile_rows``)."""
     m, k = x2.shape
     if k % 128:
         raise ValueError(f"the planes kernel needs K a multiple of 128, got K = {k}")
@@ -350,22 +310,15 @@ def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None, persistent
     bm = 16 if m <= 16 else max(16, cfg.block_m)
     bn = max(16, cfg.block_n)
     split = max(1, min(cfg.split_k, k // bk))
-    if tma and (persistent or not tma_ok(w)):
-        raise ValueError("the TMA plane kernel needs a non-persistent launch and the weight words 16-byte "
-                         f"aligned (data_ptr % 16 = {w.data.data_ptr() % 16}, row stride {w.data.stride(0)} words)")
-    if row_tile:
-        if bk != 128 or bn % row_tile or persistent or tma:
-            raise ValueError(f"the row-tiled layout runs 128-deep K tiles and BLOCK_N a multiple of {row_tile}, "
-                             f"non-persistent, without TMA (got BLOCK_K = {bk}, BLOCK_N = {bn})")
-        w = dataclasses.replace(w, data=w.data.view(-1, k // 8))  # stride(0) is unused by the tiled addressing
+    if persistent and w.row_tile:
+        raise ValueError("the persistent planes kernel reads row-major words, not the row-tiled layout")
     out, grid, args, meta = kernel_launch(x2, w, cfg, bm, bn, bk, split)
     meta.update(FOLD=fold_ok(w) if fold is None else fold, ONE_ROW=m == 1)
-    if tma:
-        ensure_tma_allocator()
     if persistent:
         items = grid[0] * split
         programs = min(items, _sm_count(x2.device) * max(1, 8 // cfg.num_warps))
+        meta.pop("ROW_TILE")
         _wo_planes_persistent_kernel[(programs,)](*args, NUM_STAGES=cfg.num_stages, **meta)
     else:
-        _wo_planes_kernel[grid](*args, TMA=tma, ROW_TILE=row_tile, **meta)
+        _wo_planes_kernel[grid](*args, **meta)
     return out
