@@ -86,8 +86,8 @@ def n_copies(nbytes: int) -> int:
 
 
 def random_weight(key: str, n: int, k: int) -> wf.WoWeight:
-    """Random words and scales of a 4-bit key, in the layout the runtime loads them into (row-tiled)."""
-    return wf.tile_rows(_random_row_major(key, n, k))
+    """Random words and scales of a 4-bit key, in the layout the runtime loads them into (K panels)."""
+    return wf.to_panels(_random_row_major(key, n, k))
 
 
 def _random_row_major(key: str, n: int, k: int) -> wf.WoWeight:

@@ -1,6 +1,6 @@
 """Probe the 4-bit weight-only kernels at decode on a GPU: a config sweep per (shape, format, M) over
 the kernels (``mma4``, ``planes`` and the experimental ``persistent`` planes variant: each run
-directly, whatever wo_gemm's policy would pick; on the runtime's row-tiled words, or with ``_rm`` on
+directly, whatever wo_gemm's policy would pick; on the runtime's K-panel words, or with ``_rm`` on
 row-major words: PROBE_KERNELS=mma4,planes,planes_rm,persistent), and a
 single-config mode to run under Nsight Compute. Timing as bench_wo.py (CUDA graphs, weights rotated
 past L2), every kernel checked against the reference first. Used to choose what to change in the
@@ -52,7 +52,7 @@ def launcher(kernel: str):
 
 
 def prepared(kernel: str, ws: list) -> list:
-    """The weights as the kernel reads them: bench_wo's random weights are row-tiled (the runtime's
+    """The weights as the kernel reads them: bench_wo's random weights are in K panels (the runtime's
     layout); ``<kernel>_rm`` and ``persistent`` take the row-major words."""
     if kernel.endswith("_rm") or kernel == "persistent":
         return [dataclasses.replace(w, data=wf.row_major_words(w).contiguous()) for w in ws]
@@ -86,7 +86,7 @@ def sweep() -> None:
     res = {"device": torch.cuda.get_device_name(), "rows": [], "check": []}
     torch.manual_seed(0)
     for key in fmts + ["int4_group_128_asym", "int4_group_32"]:
-        w = wf.tile_rows(wf.quantize(torch.randn(512, 1024, device="cuda"), key))
+        w = wf.to_panels(wf.quantize(torch.randn(512, 1024, device="cuda"), key))
         for m in (1, 16, 33):
             x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
             ref = wg.reference(x, w)

@@ -36,12 +36,12 @@ BLOCK_N = 32
 def _dequant_kernel(
     w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, N, K, stride_wn, stride_sn, stride_on,
     FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_GLOBAL: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr, ROW_TILE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr, PANELS: tl.constexpr,
 ):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     k0 = tl.program_id(1) * BLOCK_K
-    words = tl.load(w_ptr + word_offsets(offs_n, k0 // 8 + tl.arange(0, BLOCK_K // 8), stride_wn, ROW_TILE),
+    words = tl.load(w_ptr + word_offsets(offs_n, k0 // 8 + tl.arange(0, BLOCK_K // 8), stride_wn, PANELS),
                     mask=n_mask[:, None], other=0)
     w = decode_words(words, FMT, not HAS_ZERO and FMT == 1, ASM).to(tl.float32)
     s_rows = offs_n.to(tl.int64) * stride_sn
@@ -72,7 +72,7 @@ def dequantize_bf16(w) -> torch.Tensor:
         w.global_scale if w.global_scale is not None else w.scale, out,
         n, k, w.word_stride, w.scale.stride(0), out.stride(0),
         FMT=1 if w.fmt == INT4 else 2, SFMT=w.sfmt, GROUP=w.group, HAS_ZERO=w.zeros is not None,
-        HAS_GLOBAL=w.global_scale is not None, BLOCK_N=BLOCK_N, BLOCK_K=bk, ASM=USE_ASM, ROW_TILE=w.row_tile,
+        HAS_GLOBAL=w.global_scale is not None, BLOCK_N=BLOCK_N, BLOCK_K=bk, ASM=USE_ASM, PANELS=w.panels,
         num_warps=4,
     )
     return out

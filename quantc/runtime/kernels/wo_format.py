@@ -20,18 +20,17 @@ reinterpreted, so repacking costs nothing and one 32-bit load brings eight eleme
 p = element 8p + j). ``nibble_decode`` turns them into bf16 values inside the 4-bit kernels; the
 helpers below serve the 8-bit and bf16 tiles of the MoE kernel and the scale encodings.
 
-Dense 4-bit weights with K a multiple of 128 are re-laid out once at load (``tile_rows``): blocks of
-ROW_TILE rows x 16 words (128 elements of K) are stored contiguously, a row group's blocks in K order,
-N padded with zero rows to a multiple of ROW_TILE; ``data`` is then int32 (N_pad / 16, K / 128, 16, 16)
-(four dimensions: the layout is visible in the shape). A decode program then streams one contiguous
-run per 16-row group instead of 64 bytes from each of its rows, 2 KB apart: on an H100 at M = 1 that
-is 1.07-1.18x faster on the large shapes (``bench/results/wo_probe_h100_tiled.json``), where
-concurrent programs' short row reads thrash DRAM pages. ``word_offsets`` / ``word_step`` address
-either layout; MoE stacks keep the row-major words.
+Dense 4-bit weights with K a multiple of 128 are re-laid out once at load into K *panels*
+(``to_panels``): panel p holds words 16p .. 16p + 15 (elements 128p .. 128p + 127) of every row, rows
+contiguous, so ``data`` is int32 (K / 128, N, 16) and a program's K step over BLOCK_N rows reads
+BLOCK_N x 64 contiguous bytes (row-major: 64 bytes from each of BLOCK_N rows, K / 2 bytes apart), and
+programs on neighbouring rows read neighbouring memory at the same time. ``word_offsets`` /
+``word_step`` address either layout; MoE stacks keep the row-major words.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -49,7 +48,7 @@ BF16, INT4, MXFP4, NVFP4, FP8, INT8 = 0, 1, 2, 3, 4, 5
 # scale encodings (constexpr SFMT)
 S_NONE, S_FLOAT, S_E8M0 = 0, 1, 2
 PACK = {BF16: 1, INT4: 8, MXFP4: 8, NVFP4: 8, FP8: 1, INT8: 1}
-ROW_TILE = 16  # rows per block of the row-tiled 4-bit layout (16 and 32 measured the same)
+PANEL_WORDS = 16  # words (128 elements of K) per row in one panel of the panel layout
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,15 +67,12 @@ class WoWeight:
     global_scale: torch.Tensor | None = None  # fp32 (E,) or (1,)
     k_perm: torch.Tensor | None = None  # GPTQ act-order: K was permuted at load; x[..., k_perm] is the input
 
-    @property
-    def row_tile(self) -> int:
-        """Rows per block of the row-tiled layout (``tile_rows``), 0 for row-major words."""
-        return self.data.shape[2] if self.data.dim() == 4 else 0
+    panels: bool = False  # dense 4-bit words in the K-panel layout (``to_panels``), data (K / 128, N, 16)
 
     @property
     def word_stride(self) -> int:
-        """What the kernels take as the row stride of the words: K / 8 for the row-tiled layout."""
-        return self.k // 8 if self.row_tile else self.data.stride(-2)
+        """The kernels' ``stride_wn``: words between rows (row-major), or between panels (``panels``)."""
+        return self.data.stride(0) if self.panels else self.data.stride(-2)
 
     @property
     def pack(self) -> int:
@@ -84,7 +80,7 @@ class WoWeight:
 
     @property
     def num_experts(self) -> int:
-        return self.data.shape[0] if self.data.dim() == 3 else 1
+        return self.data.shape[0] if self.data.dim() == 3 and not self.panels else 1
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.data, self.scale, self.zeros, self.global_scale)
@@ -125,43 +121,38 @@ def from_tensors(key: str, t: dict[str, torch.Tensor], n: int, k: int) -> WoWeig
     raise ValueError(f"no weight-only layout for weight key {key!r}")
 
 
-def tile_rows(w: WoWeight, rows: int = ROW_TILE) -> WoWeight:
-    """A dense 4-bit weight in the row-tiled layout (module docstring); any other weight (bf16 / 8-bit,
-    expert stacks, K not a multiple of 128, already tiled) is returned as it is."""
-    if w.pack != 8 or w.data.dim() != 2 or w.k % 128:
+def to_panels(w: WoWeight) -> WoWeight:
+    """A dense 4-bit weight in the K-panel layout (module docstring); any other weight (bf16 / 8-bit,
+    expert stacks, K not a multiple of 128, already in panels) is returned as it is."""
+    if w.pack != 8 or w.data.dim() != 2 or w.panels or w.k % 128:
         return w
-    pad = -w.n % rows
-    data = w.data if not pad else torch.cat([w.data, w.data.new_zeros(pad, w.k // 8)])
-    tiled = data.reshape(-1, rows, w.k // 128, 16).permute(0, 2, 1, 3).contiguous()
-    return WoWeight(w.fmt, w.n, w.k, tiled, w.scale, w.sfmt, w.group, w.row_block, w.zeros, w.global_scale, w.k_perm)
+    data = w.data.reshape(w.n, w.k // 128, PANEL_WORDS).transpose(0, 1).contiguous()
+    return dataclasses.replace(w, data=data, panels=True)
 
 
 def row_major_words(w: WoWeight) -> torch.Tensor:
     """The (.., N, K/8) words of either layout."""
-    if not w.row_tile:
-        return w.data
-    return w.data.permute(0, 2, 1, 3).reshape(-1, w.k // 8)[: w.n]
+    return w.data.transpose(0, 1).reshape(w.n, w.k // 8) if w.panels else w.data
 
 
 @triton.jit
-def word_offsets(offs_n, cols, stride_wn, ROW_TILE: tl.constexpr):
-    """int64 (rows, cols) word offsets of rows ``offs_n``, word columns ``cols``: row-major with row stride
-    ``stride_wn`` (ROW_TILE 0), or the row-tiled layout (``stride_wn`` = K / 8)."""
-    if ROW_TILE == 0:
+def word_offsets(offs_n, cols, stride_wn, PANELS: tl.constexpr):
+    """int64 (rows, cols) word offsets of rows ``offs_n``, word columns ``cols``: row-major, ``stride_wn``
+    words a row, or (PANELS) the K-panel layout, ``stride_wn`` words a panel."""
+    if PANELS:
+        return (offs_n.to(tl.int64) * 16)[:, None] + ((cols // 16).to(tl.int64) * stride_wn + cols % 16)[None, :]
+    else:
         return offs_n.to(tl.int64)[:, None] * stride_wn + cols[None, :]
-    else:
-        row = (offs_n // ROW_TILE).to(tl.int64) * (ROW_TILE * stride_wn) + (offs_n % ROW_TILE) * 16
-        return row[:, None] + ((cols // 16) * (ROW_TILE * 16) + cols % 16)[None, :]
 
 
 @triton.jit
-def word_step(c0, ROW_TILE: tl.constexpr):
-    """What to add to ``word_offsets(.., cols = 0..C, ..)`` for cols c0..c0 + C, with C a multiple of 16
-    and c0 of C, or C dividing 16 (a tile never straddles a 16-word block unless it is made of them)."""
-    if ROW_TILE == 0:
-        return c0
+def word_step(c0, stride_wn, PANELS: tl.constexpr):
+    """What to add to ``word_offsets(.., cols = 0..C, ..)`` for cols c0..c0 + C, C a multiple of 16 and
+    c0 of C, or C dividing 16 (so a tile never straddles a panel unless it is made of whole panels)."""
+    if PANELS:
+        return (c0 // 16) * stride_wn + c0 % 16  # < N * K / 8 words: int32 is enough
     else:
-        return (c0 // 16) * (ROW_TILE * 16) + c0 % 16
+        return c0
 
 
 def quantize(w: torch.Tensor, key: str) -> WoWeight:
