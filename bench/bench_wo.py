@@ -86,11 +86,6 @@ def n_copies(nbytes: int) -> int:
 
 
 def random_weight(key: str, n: int, k: int) -> wf.WoWeight:
-    """Random words and scales of a 4-bit key, in the layout the runtime loads them into (K panels)."""
-    return wf.to_panels(_random_row_major(key, n, k))
-
-
-def _random_row_major(key: str, n: int, k: int) -> wf.WoWeight:
     data = torch.randint(-2**31, 2**31 - 1, (n, k // 8), dtype=torch.int32, device=DEV)
     if key == "mxfp4":
         s = torch.randint(120, 130, (n, k // 32), dtype=torch.uint8, device=DEV)

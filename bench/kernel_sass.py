@@ -44,7 +44,6 @@ from quantc.runtime.kernels import wo_mma4, wo_planes  # noqa: E402
 
 KERNEL = "mma4"  # --kernel
 ONE_ROW = os.environ.get("ONE_ROW") == "1"  # planes kernel at M = 1
-PANELS = os.environ.get("PANELS", "1") == "1"  # word layout: the runtime's K panels (1) or row-major (0)
 
 SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*bf16",
        "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
@@ -61,8 +60,6 @@ def compile_kernel(fmt: str, bm: int, bn: int, bk: int, split: int, warps: int, 
     f, sfmt, group, zero, sdt, glob = FORMATS[fmt]
     constexprs = dict(FMT=f, SFMT=sfmt, GROUP=group, HAS_ZERO=zero, HAS_GLOBAL=glob, BLOCK_M=bm, BLOCK_N=bn,
                       BLOCK_K=bk, SPLIT_K=split, ASM=True, UPCAST=False)
-    if KERNEL != "persistent":
-        constexprs["PANELS"] = PANELS
     if KERNEL == "mma4":
         constexprs["SWAP"] = False
     else:

@@ -1,7 +1,6 @@
 """Probe the 4-bit weight-only kernels at decode on a GPU: a config sweep per (shape, format, M) over
-the kernels (``mma4``, ``planes`` and the experimental ``persistent`` planes variant: each run
-directly, whatever wo_gemm's policy would pick; on the runtime's K-panel words, or with ``_rm`` on
-row-major words: PROBE_KERNELS=mma4,planes,planes_rm,persistent), and a
+the kernels (``mma4``, ``planes``, and the experimental ``persistent`` planes variant: each run
+directly, whatever wo_gemm's policy would pick; PROBE_KERNELS=mma4,planes,persistent), and a
 single-config mode to run under Nsight Compute. Timing as bench_wo.py (CUDA graphs, weights rotated
 past L2), every kernel checked against the reference first. Used to choose what to change in the
 kernels; bench_wo.py is the reference benchmark.
@@ -16,7 +15,6 @@ Writes $OUT/wo_probe_<device>.json (sweep).
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import os
@@ -28,7 +26,6 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quantc.plan import KernelConfig as C  # noqa: E402
-from quantc.runtime.kernels import wo_format as wf  # noqa: E402
 from quantc.runtime.kernels import wo_gemm as wg  # noqa: E402
 from quantc.runtime.kernels import wo_planes as wp  # noqa: E402
 from bench.bench_wo import n_copies, random_weight, rotated_us  # noqa: E402
@@ -38,30 +35,19 @@ CAP = float(os.environ.get("PROBE_CAP_S", "400"))
 TILES = {"mma4": [(32, 256, 4), (64, 256, 4), (64, 512, 4), (128, 128, 4), (128, 256, 8)],
          "planes": [(32, 128, 2), (64, 128, 2), (128, 128, 4), (256, 128, 4)]}
 TILES["persistent"] = TILES["planes"]
-TILES["planes_rm"] = TILES["planes"]
-TILES["mma4_rm"] = TILES["mma4"]
 STAGES = tuple(int(v) for v in os.environ.get("PROBE_STAGES", "3,4").split(","))
 SPLIT_MULT = tuple(int(v) for v in os.environ.get("PROBE_SPLIT_MULT", "1,2,4").split(","))
 
 
 def launcher(kernel: str):
-    kernel = kernel.removesuffix("_rm")
     if kernel == "mma4":
         return wg.launch
     return lambda x, w, cfg: wp.launch_planes(x, w, cfg, persistent=kernel == "persistent")
 
 
-def prepared(kernel: str, ws: list) -> list:
-    """The weights as the kernel reads them: bench_wo's random weights are in K panels (the runtime's
-    layout); ``<kernel>_rm`` and ``persistent`` take the row-major words."""
-    if kernel.endswith("_rm") or kernel == "persistent":
-        return [dataclasses.replace(w, data=wf.row_major_words(w).contiguous()) for w in ws]
-    return ws
-
-
 def configs(kernel: str, m: int, n: int, k: int, sms: int) -> list[C]:
     out = []
-    if kernel.startswith("mma4"):
+    if kernel == "mma4":
         for bn, bk, warps in TILES[kernel]:
             if bk <= k:
                 out.append(C(16 if m <= 16 else 64, bn, bk, num_warps=warps, num_stages=3,
@@ -84,18 +70,18 @@ def sweep() -> None:
     ms = [int(v) for v in os.environ.get("PROBE_MS", "1").split(",")]
     kernels = os.environ.get("PROBE_KERNELS", "mma4,planes").split(",")
     res = {"device": torch.cuda.get_device_name(), "rows": [], "check": []}
+    from quantc.runtime.kernels import wo_format as wf
     torch.manual_seed(0)
     for key in fmts + ["int4_group_128_asym", "int4_group_32"]:
-        w = wf.to_panels(wf.quantize(torch.randn(512, 1024, device="cuda"), key))
+        w = wf.quantize(torch.randn(512, 1024, device="cuda"), key)
         for m in (1, 16, 33):
             x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
             ref = wg.reference(x, w)
             for kernel in kernels:
                 if kernel == "persistent" and m > 16:  # decode only: launch_planes refuses more rows
                     continue
-                wk = prepared(kernel, [w])[0]
                 for cfg in configs(kernel, m, 512, 1024, sms)[::8]:
-                    out = launcher(kernel)(x, wk, cfg).float()
+                    out = launcher(kernel)(x, w, cfg).float()
                     err = ((out - ref).abs().max() / ref.abs().max()).item()
                     res["check"].append({"key": key, "kernel": kernel, "M": m, "cfg": cfg.__dict__, "rel_err": err})
     bad = [c for c in res["check"] if not c["rel_err"] < 1e-2]
@@ -108,18 +94,17 @@ def sweep() -> None:
             bf16 = rotated_us(lambda i: x @ wbf[i].T, len(wbf))
             for key in fmts:
                 ws = [random_weight(key, n, k) for _ in range(n_copies(n * k // 2))]
-                wsk = {kn: prepared(kn, ws) for kn in kernels}
                 for kernel, cfg in [(kn, c) for kn in kernels for c in configs(kn, m, n, k, sms)]:
                     if time.time() - t0 > CAP or (kernel == "persistent" and m > 16):
                         continue
-                    run, wk = launcher(kernel), wsk[kernel]
-                    t = rotated_us(lambda i: run(x, wk[i], cfg), len(wk))
+                    run = launcher(kernel)
+                    t = rotated_us(lambda i: run(x, ws[i], cfg), len(ws))
                     row = {"N": n, "K": k, "M": m, "fmt": key, "kernel": kernel, "bf16_us": bf16, "us": t,
                            "cfg": [cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages, cfg.split_k],
                            "over_bf16": bf16 / t if t else None, "GBps": ws[0].nbytes() / t / 1e3 if t else None}
                     res["rows"].append(row)
                     print(json.dumps(row), flush=True)
-                del ws, wsk
+                del ws
         del wbf
         torch.cuda.empty_cache()
         with open(os.path.join(OUT, f"wo_probe_{slug}.json"), "w") as f:
@@ -136,7 +121,7 @@ def sweep() -> None:
 def one(kernel: str, key: str, n: int, k: int, m: int, cfg: str) -> None:
     bm, bn, bk, warps, stages, split = (int(v) for v in cfg.split(","))
     c = C(bm, bn, bk, num_warps=warps, num_stages=stages, split_k=split)
-    w = prepared(kernel, [random_weight(key, n, k)])[0]
+    w = random_weight(key, n, k)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     for _ in range(5):
         launcher(kernel)(x, w, c)

@@ -40,20 +40,19 @@ SCRIPT = textwrap.dedent("""
     print(json.dumps(out))
 """)
 
-_MMA4 = {"SWAP": False, "PANELS": True}  # the K-panel words of dense weights (wo_format.to_panels)
-_PLANES = {"kernel": "planes", "warps": 2, "FOLD": False, "ONE_ROW": False, "PANELS": True}
+_MMA4 = {"SWAP": False}
+_PLANES = {"kernel": "planes", "warps": 2, "FOLD": False, "ONE_ROW": False}
 CASES = [  # fmt, sfmt, group, zero, scale dtype, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, kernel constexprs
     (1, 1, 128, False, "*bf16", 16, 64, 128, 4, _MMA4),                 # int4 g128 decode
-    (1, 1, 128, False, "*bf16", 16, 64, 128, 1, {"SWAP": True, "PANELS": False}),  # swap-AB, row-major words
+    (1, 1, 128, False, "*bf16", 16, 64, 128, 1, {"SWAP": True}),        # swap-AB (weights as the MMA A)
     (1, 1, 32, True, "*bf16", 64, 128, 128, 1, _MMA4),                  # int4 g32 with zero points, prefill
     (2, 2, 32, False, "*u8", 16, 64, 256, 4, _MMA4),                    # mxfp4
     (2, 1, 16, False, "*fp8e4nv", 16, 64, 128, 1, _MMA4),               # nvfp4
     (1, 1, 128, False, "*bf16", 16, 32, 128, 4, dict(_PLANES, ONE_ROW=True)),  # planes: int4 at M = 1
     (1, 1, 64, True, "*bf16", 16, 64, 128, 1, _PLANES),                 # planes: int4 g64 zero points
-    (2, 2, 32, False, "*u8", 16, 64, 128, 2, dict(_PLANES, PANELS=False)),  # planes: mxfp4, row-major words
+    (2, 2, 32, False, "*u8", 16, 64, 128, 2, _PLANES),                  # planes: mxfp4
     (2, 1, 16, False, "*fp8e4nv", 16, 64, 128, 1, dict(_PLANES, FOLD=True, ONE_ROW=True)),  # nvfp4, folded
-    (1, 1, 128, False, "*bf16", 16, 32, 128, 2, {"kernel": "persistent", "warps": 2, "FOLD": False,
-                                                            "ONE_ROW": False, "NUM_STAGES": 3}),  # flattened
+    (1, 1, 128, False, "*bf16", 16, 32, 128, 2, dict(_PLANES, kernel="persistent", NUM_STAGES=3)),  # flattened
 ]
 
 
@@ -142,8 +141,7 @@ def test_dequant_kernel_compiles_with_the_ptx_decode():
                "K": "i32", "stride_wn": "i32", "stride_sn": "i32", "stride_on": "i32"}
         out = []
         for fmt, sfmt, group, zero, sdt in ((1, 1, 128, False, "*bf16"), (1, 1, 32, True, "*bf16"), (2, 2, 32, False, "*u8")):
-            ce = dict(FMT=fmt, SFMT=sfmt, GROUP=group, HAS_ZERO=zero, HAS_GLOBAL=False, BLOCK_N=32, BLOCK_K=128, ASM=True,
-                      PANELS=group == 128)
+            ce = dict(FMT=fmt, SFMT=sfmt, GROUP=group, HAS_ZERO=zero, HAS_GLOBAL=False, BLOCK_N=32, BLOCK_K=128, ASM=True)
             ptx, _ = ptx_of(wo_dequant._dequant_kernel, dict(sig, s_ptr=sdt), ce, 4, 1, tuple(sig))
             out.append({"lop3": count(ptx, r"lop3\.b32"), "local": count(ptx, r"\.local"), "st": count(ptx, r"st\.global")})
         print(json.dumps(out))

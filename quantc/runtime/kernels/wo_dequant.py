@@ -20,7 +20,7 @@ import triton.language as tl
 
 from .common import cdiv, round_bf16
 from .nibble_decode import USE_ASM, decode_words
-from .wo_format import INT4, word_offsets
+from .wo_format import INT4
 from .wo_mma4 import element_scales, element_zeros
 
 # smallest M that takes this path on a GPU (QUANTC_DEQUANT_MIN_M overrides it; set it above any M to turn the path
@@ -36,12 +36,12 @@ BLOCK_N = 32
 def _dequant_kernel(
     w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, N, K, stride_wn, stride_sn, stride_on,
     FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_GLOBAL: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr, PANELS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr,
 ):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     k0 = tl.program_id(1) * BLOCK_K
-    words = tl.load(w_ptr + word_offsets(offs_n, k0 // 8 + tl.arange(0, BLOCK_K // 8), stride_wn, PANELS),
+    words = tl.load(w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + k0 // 8 + tl.arange(0, BLOCK_K // 8)[None, :],
                     mask=n_mask[:, None], other=0)
     w = decode_words(words, FMT, not HAS_ZERO and FMT == 1, ASM).to(tl.float32)
     s_rows = offs_n.to(tl.int64) * stride_sn
@@ -70,9 +70,9 @@ def dequantize_bf16(w) -> torch.Tensor:
     _dequant_kernel[(cdiv(n, BLOCK_N), k // bk)](
         w.data, w.scale, w.zeros if w.zeros is not None else w.scale,
         w.global_scale if w.global_scale is not None else w.scale, out,
-        n, k, w.word_stride, w.scale.stride(0), out.stride(0),
+        n, k, w.data.stride(0), w.scale.stride(0), out.stride(0),
         FMT=1 if w.fmt == INT4 else 2, SFMT=w.sfmt, GROUP=w.group, HAS_ZERO=w.zeros is not None,
-        HAS_GLOBAL=w.global_scale is not None, BLOCK_N=BLOCK_N, BLOCK_K=bk, ASM=USE_ASM, PANELS=w.panels,
+        HAS_GLOBAL=w.global_scale is not None, BLOCK_N=BLOCK_N, BLOCK_K=bk, ASM=USE_ASM,
         num_warps=4,
     )
     return out

@@ -19,18 +19,10 @@ The int32 words of the 4-bit formats are the checkpoint's (N, K/2) uint8 bytes (
 reinterpreted, so repacking costs nothing and one 32-bit load brings eight elements (nibble j of word
 p = element 8p + j). ``nibble_decode`` turns them into bf16 values inside the 4-bit kernels; the
 helpers below serve the 8-bit and bf16 tiles of the MoE kernel and the scale encodings.
-
-Dense 4-bit weights with K a multiple of 128 are re-laid out once at load into K *panels*
-(``to_panels``): panel p holds words 16p .. 16p + 15 (elements 128p .. 128p + 127) of every row, rows
-contiguous, so ``data`` is int32 (K / 128, N, 16) and a program's K step over BLOCK_N rows reads
-BLOCK_N x 64 contiguous bytes (row-major: 64 bytes from each of BLOCK_N rows, K / 2 bytes apart), and
-programs on neighbouring rows read neighbouring memory at the same time. ``word_offsets`` /
-``word_step`` address either layout; MoE stacks keep the row-major words.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -48,7 +40,6 @@ BF16, INT4, MXFP4, NVFP4, FP8, INT8 = 0, 1, 2, 3, 4, 5
 # scale encodings (constexpr SFMT)
 S_NONE, S_FLOAT, S_E8M0 = 0, 1, 2
 PACK = {BF16: 1, INT4: 8, MXFP4: 8, NVFP4: 8, FP8: 1, INT8: 1}
-PANEL_WORDS = 16  # words (128 elements of K) per row in one panel of the panel layout
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,20 +58,13 @@ class WoWeight:
     global_scale: torch.Tensor | None = None  # fp32 (E,) or (1,)
     k_perm: torch.Tensor | None = None  # GPTQ act-order: K was permuted at load; x[..., k_perm] is the input
 
-    panels: bool = False  # dense 4-bit words in the K-panel layout (``to_panels``), data (K / 128, N, 16)
-
-    @property
-    def word_stride(self) -> int:
-        """The kernels' ``stride_wn``: words between rows (row-major), or between panels (``panels``)."""
-        return self.data.stride(0) if self.panels else self.data.stride(-2)
-
     @property
     def pack(self) -> int:
         return PACK[self.fmt]
 
     @property
     def num_experts(self) -> int:
-        return self.data.shape[0] if self.data.dim() == 3 and not self.panels else 1
+        return self.data.shape[0] if self.data.dim() == 3 else 1
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.data, self.scale, self.zeros, self.global_scale)
@@ -121,40 +105,6 @@ def from_tensors(key: str, t: dict[str, torch.Tensor], n: int, k: int) -> WoWeig
     raise ValueError(f"no weight-only layout for weight key {key!r}")
 
 
-def to_panels(w: WoWeight) -> WoWeight:
-    """A dense 4-bit weight in the K-panel layout (module docstring); any other weight (bf16 / 8-bit,
-    expert stacks, K not a multiple of 128, already in panels) is returned as it is."""
-    if w.pack != 8 or w.data.dim() != 2 or w.panels or w.k % 128:
-        return w
-    data = w.data.reshape(w.n, w.k // 128, PANEL_WORDS).transpose(0, 1).contiguous()
-    return dataclasses.replace(w, data=data, panels=True)
-
-
-def row_major_words(w: WoWeight) -> torch.Tensor:
-    """The (.., N, K/8) words of either layout."""
-    return w.data.transpose(0, 1).reshape(w.n, w.k // 8) if w.panels else w.data
-
-
-@triton.jit
-def word_offsets(offs_n, cols, stride_wn, PANELS: tl.constexpr):
-    """int64 (rows, cols) word offsets of rows ``offs_n``, word columns ``cols``: row-major, ``stride_wn``
-    words a row, or (PANELS) the K-panel layout, ``stride_wn`` words a panel."""
-    if PANELS:
-        return (offs_n.to(tl.int64) * 16)[:, None] + ((cols // 16).to(tl.int64) * stride_wn + cols % 16)[None, :]
-    else:
-        return offs_n.to(tl.int64)[:, None] * stride_wn + cols[None, :]
-
-
-@triton.jit
-def word_step(c0, stride_wn, PANELS: tl.constexpr):
-    """What to add to ``word_offsets(.., cols = 0..C, ..)`` for cols c0..c0 + C, C a multiple of 16 and
-    c0 of C, or C dividing 16 (so a tile never straddles a panel unless it is made of whole panels)."""
-    if PANELS:
-        return (c0 // 16) * stride_wn + c0 % 16  # < N * K / 8 words: int32 is enough
-    else:
-        return c0
-
-
 def quantize(w: torch.Tensor, key: str) -> WoWeight:
     """Quantize a bf16 (N, K) or (E, N, K) weight with quantc's reference quantizers."""
     if key == "none":
@@ -172,7 +122,7 @@ def dequantize(w: WoWeight) -> torch.Tensor:
     if w.fmt == BF16:
         return w.data.float()
     if w.pack == 8:
-        codes = qz.unpack_nibbles(row_major_words(w).contiguous().view(torch.uint8)).to(torch.int32)
+        codes = qz.unpack_nibbles(w.data.view(torch.uint8)).to(torch.int32)
         if w.fmt == INT4:
             vals = (codes - w.zeros.to(torch.int32).repeat_interleave(w.group, -1) if w.zeros is not None
                     else torch.where(codes >= 8, codes - 16, codes)).float()

@@ -40,8 +40,7 @@ def uses_planes(m: int, fmt: int, k: int) -> bool:
 
 
 def _launch(x2, data, scale, zeros, gscale, fmt, sfmt, pack, group, row_block, n, cfg) -> torch.Tensor:
-    w = WoWeight(fmt, n, x2.shape[1], data, scale, sfmt, group, row_block, zeros, gscale,
-                 panels=data.dim() == 3)  # a dense weight: three dimensions are K panels (wo_format.to_panels)
+    w = WoWeight(fmt, n, x2.shape[1], data, scale, sfmt, group, row_block, zeros, gscale)
     if uses_planes(x2.shape[0], fmt, x2.shape[1]):
         return launch_planes(x2, w, cfg)
     if uses_dequant(x2.shape[0], x2.device):
@@ -71,7 +70,7 @@ def check(x: torch.Tensor, w: WoWeight) -> None:
     if w.pack != 8:
         raise ValueError("wo_gemm runs 4-bit weights (int4, mxfp4, nvfp4); fp8 / int8 weight-only layers run "
                          "the scaled_mm kernels (fp8_weight_only_gemm, int8_weight_only_gemm)")
-    if w.data.dim() != 2 and not w.panels:
+    if w.data.dim() != 2:
         raise ValueError(f"wo_gemm takes one (N, K) weight, got data of shape {tuple(w.data.shape)}")
     if x.shape[-1] != w.k:
         raise ValueError(f"activation has K = {x.shape[-1]}, the weight K = {w.k}")
@@ -125,7 +124,8 @@ def candidates(m: int, n: int, k: int, sms: int = 132, int4: bool | None = None)
     out = []
     if _planes_rows(m, int4 is not False) and k >= 128:
         for bn, warps, stages, waves in ((32, 2, 4, 4), (64, 2, 4, 4), (32, 2, 3, 8), (64, 2, 3, 8), (128, 4, 3, 4),
-                                         (32, 2, 3, 2), (64, 2, 3, 2)):  # few waves: the large shapes in K panels
+                                         # few waves: the large shapes (bench/results/wo_probe_h100_panels.json)
+                                         (32, 2, 3, 2), (64, 2, 3, 2), (128, 4, 3, 2), (256, 4, 3, 2)):
             out.append(WoConfig(16, bn, 128, num_warps=warps, num_stages=stages,
                                 split_k=_split(n, k, bn, 128, sms, waves)))
     if _planes_rows(m, int4 is True):  # only the planes kernel runs these rows

@@ -30,9 +30,8 @@ def key_meta(key: str) -> tuple[int, int, int]:
 
 
 def prepare(tensors: dict, weight_key: str, n: int, k: int) -> dict[str, torch.Tensor]:
-    """The module's buffers; the words in K panels where K allows (``wo_format.to_panels``)."""
     key_meta(weight_key)
-    w = wf.to_panels(wf.from_tensors(weight_key, tensors, n, k))
+    w = wf.from_tensors(weight_key, tensors, n, k)
     out = {"data": w.data, "scale": w.scale}
     if w.zeros is not None:
         out["zeros"] = w.zeros
@@ -46,9 +45,6 @@ def rebuild(buffers, weight_key: str) -> wf.WoWeight:
     data, scale, *rest = buffers
     zeros = rest.pop(0) if weight_key.endswith("_asym") else None
     gscale = rest.pop(0) if fmt == wf.NVFP4 else None
-    if data.dim() == 3:  # K panels (dense modules only: MoE stacks never come here)
-        return wf.WoWeight(fmt, data.shape[1], data.shape[0] * 128, data, scale, sfmt, group, 1, zeros, gscale,
-                           panels=True)
     return wf.WoWeight(fmt, data.shape[0], data.shape[1] * 8, data, scale, sfmt, group, 1, zeros, gscale)
 
 

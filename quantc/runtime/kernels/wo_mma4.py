@@ -28,8 +28,7 @@ import triton.language as tl
 
 from .common import cdiv
 from .nibble_decode import USE_ASM, decode_words
-from .wo_format import (UPCAST_DOT, e8m0_bits_to_f32, group_scales_bf16, group_zeros, repeat_groups, word_offsets,
-                        word_step)
+from .wo_format import UPCAST_DOT, e8m0_bits_to_f32, group_scales_bf16, group_zeros, repeat_groups
 
 
 @triton.jit
@@ -81,12 +80,12 @@ def _wo_mma4_kernel(
     FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
     HAS_GLOBAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    SWAP: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr, PANELS: tl.constexpr,
+    SWAP: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr,
 ):
     PER_TILE: tl.constexpr = GROUP % BLOCK_K == 0
     BKW: tl.constexpr = BLOCK_K // 8
     offs_n, offs_m, n_mask, m_mask, t_start, t_end = tile_coords(M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K)
-    w_rows = w_ptr + word_offsets(offs_n, tl.arange(0, BKW), stride_wn, PANELS)
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + tl.arange(0, BKW)[None, :]
     s_rows = offs_n.to(tl.int64) * stride_sn
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + tl.arange(0, BLOCK_K)[None, :]
     if SWAP:
@@ -96,7 +95,7 @@ def _wo_mma4_kernel(
     for t in range(t_start, t_end):
         k0 = t * BLOCK_K
         xv = tl.load(x_rows + k0, mask=m_mask[:, None], other=0.0)
-        words = tl.load(w_rows + word_step(k0 // 8, stride_wn, PANELS), mask=n_mask[:, None], other=0)
+        words = tl.load(w_rows + k0 // 8, mask=n_mask[:, None], other=0)
         w = decode_words(words, FMT, not HAS_ZERO and FMT == 1, ASM)
         if not PER_TILE:  # bf16 products: exact for fp4 x (e8m0 | e4m3); int4 rounds once, like the reference
             s2 = element_scales(s_ptr, s_rows, n_mask, k0, SFMT, GROUP, BLOCK_N, BLOCK_K, UPCAST)
@@ -202,10 +201,10 @@ def kernel_launch(x2: torch.Tensor, w, cfg, bm: int, bn: int, bk: int, split: in
     data = w.data  # int32 words, eight codes each
     args = (x2, data, w.scale, w.zeros if w.zeros is not None else w.scale,
             w.global_scale if w.global_scale is not None else w.scale, out, ws, cnt,
-            m, n, k, x2.stride(0), w.word_stride, w.scale.stride(0), out.stride(0))
+            m, n, k, x2.stride(0), data.stride(0), w.scale.stride(0), out.stride(0))
     meta = dict(FMT=1 if w.fmt == 1 else 2, SFMT=w.sfmt, GROUP=w.group, HAS_ZERO=w.zeros is not None,
                 HAS_GLOBAL=w.global_scale is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
-                ASM=USE_ASM, UPCAST=UPCAST_DOT, PANELS=w.panels, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                ASM=USE_ASM, UPCAST=UPCAST_DOT, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out, grid, args, meta
 
 

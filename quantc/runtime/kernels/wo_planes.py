@@ -29,8 +29,7 @@ import triton
 import triton.language as tl
 
 from .nibble_decode import _nibble_value
-from .wo_format import (INT4, S_E8M0, e8m0_bits_to_f32, group_scales_bf16, group_zeros, repeat_groups, word_offsets,
-                        word_step)
+from .wo_format import INT4, S_E8M0, e8m0_bits_to_f32, group_scales_bf16, group_zeros, repeat_groups
 from .wo_mma4 import kernel_launch, store_or_reduce, tile_coords, tile_k
 
 # Two words $8 (column c) and $9 (column c + 1) -> eight bf16x2 registers $0..$7, register j holding
@@ -148,19 +147,9 @@ def planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, n_mask, m_mask
                  ONE_ROW: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr):
     """acc + the products of one K tile (elements k0 .. k0 + BLOCK_K) of the weight rows ``w_rows``
     (words at k0 // 8 on; ``n_mask`` masks rows, and tiles, that do not exist)."""
-    words = tl.load(w_rows + k0 // 8, mask=n_mask[:, None], other=0)
-    return planes_words_step(acc, words, x_ptr, x_tile, s_ptr, z_ptr, s_rows, n_mask, m_mask, k0, FMT, SFMT, GROUP,
-                             HAS_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, FOLD, ONE_ROW, ASM, UPCAST)
-
-
-@triton.jit
-def planes_words_step(acc, words, x_ptr, x_tile, s_ptr, z_ptr, s_rows, n_mask, m_mask, k0,
-                      FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FOLD: tl.constexpr,
-                      ONE_ROW: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr):
-    """``planes_step`` on words already loaded (rows past N zero), in either word layout."""
     PER_TILE: tl.constexpr = GROUP % BLOCK_K == 0
     BKW: tl.constexpr = BLOCK_K // 8
+    words = tl.load(w_rows + k0 // 8, mask=n_mask[:, None], other=0)
     v = decode_planes(words, FMT, not HAS_ZERO and FMT == 1, FOLD, ASM)
     if PER_TILE:
         s2 = 0.0
@@ -218,19 +207,17 @@ def _wo_planes_kernel(
     FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
     HAS_GLOBAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    FOLD: tl.constexpr, ONE_ROW: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr, PANELS: tl.constexpr,
+    FOLD: tl.constexpr, ONE_ROW: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """Grid (N tiles, M tiles, K slices): one output tile and one K slice per program; the words row-major
-    or in K panels (PANELS, ``wo_format.to_panels``)."""
+    """Grid (N tiles, M tiles, K slices): one output tile and one K slice per program."""
     offs_n, offs_m, n_mask, m_mask, t_start, t_end = tile_coords(M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K)
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn + tl.arange(0, BLOCK_K // 8)[None, :]
     s_rows = offs_n.to(tl.int64) * stride_sn
     x_tile = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + tl.arange(0, BLOCK_K)[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    w_rows = w_ptr + word_offsets(offs_n, tl.arange(0, BLOCK_K // 8), stride_wn, PANELS)
     for t in range(t_start, t_end):
-        words = tl.load(w_rows + word_step(t * (BLOCK_K // 8), stride_wn, PANELS), mask=n_mask[:, None], other=0)
-        acc = planes_words_step(acc, words, x_ptr, x_tile, s_ptr, z_ptr, s_rows, n_mask, m_mask, t * BLOCK_K,
-                                FMT, SFMT, GROUP, HAS_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, FOLD, ONE_ROW, ASM, UPCAST)
+        acc = planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, n_mask, m_mask, t * BLOCK_K,
+                           FMT, SFMT, GROUP, HAS_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, FOLD, ONE_ROW, ASM, UPCAST)
     _planes_finish(acc, gs_ptr, out_ptr, ws_ptr, cnt_ptr + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0),
                    offs_m, offs_n, m_mask, n_mask, N, stride_om, SPLIT_K, FOLD, HAS_GLOBAL)
 
@@ -296,8 +283,7 @@ def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None, persistent
     """bf16 (M, K) x 4-bit WoWeight (N, K) -> bf16 (M, N). K a multiple of 128: every plane of a tile
     is at least 16 deep, the MMA's K (``wo_gemm.uses_planes`` sends other K to wo_mma4). ``persistent``
     (M <= 16): a grid of about 8 warps per SM walking the (N tile, K slice) items instead of one
-    program per item (an experiment for bench/wo_probe.py, row-major words only; not used by ``wo_gemm``
-    until timed). The words may be row-major or in K panels (``wo_format.to_panels``)."""
+    program per item (an experiment for bench/wo_probe.py; not used by ``wo_gemm`` until timed)."""
     m, k = x2.shape
     if k % 128:
         raise ValueError(f"the planes kernel needs K a multiple of 128, got K = {k}")
@@ -310,14 +296,11 @@ def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None, persistent
     bm = 16 if m <= 16 else max(16, cfg.block_m)
     bn = max(16, cfg.block_n)
     split = max(1, min(cfg.split_k, k // bk))
-    if persistent and w.panels:
-        raise ValueError("the persistent planes kernel reads row-major words, not the K-panel layout")
     out, grid, args, meta = kernel_launch(x2, w, cfg, bm, bn, bk, split)
     meta.update(FOLD=fold_ok(w) if fold is None else fold, ONE_ROW=m == 1)
     if persistent:
         items = grid[0] * split
         programs = min(items, _sm_count(x2.device) * max(1, 8 // cfg.num_warps))
-        meta.pop("PANELS")
         _wo_planes_persistent_kernel[(programs,)](*args, NUM_STAGES=cfg.num_stages, **meta)
     else:
         _wo_planes_kernel[grid](*args, **meta)
