@@ -82,14 +82,17 @@ def test_bf16_activations_quantize_like_their_fp32_values():
         assert torch.equal(s, rs.reshape(s.shape)), key
 
 
-@pytest.mark.parametrize("k", [8192, 8192 + 128, 3 * 8192])
-def test_long_rows_take_the_two_pass_kernel_and_stay_exact(k):
-    """Rows up to ONE_PASS_MAX are quantized from registers; longer per-token rows read twice."""
+@pytest.mark.parametrize("m, k, one", [(66, 8192, True), (66, 8192 + 128, False), (2, 8192 + 128, True),
+                                        (2, 16384, True), (2, 16384 + 128, False)])
+def test_long_rows_one_or_two_passes_stay_exact(m, k, one):
+    """Rows up to ONE_PASS_MAX (DECODE_ONE_PASS_MAX at M <= DECODE_MAX_M, where one register pass beats
+    the latency of two) are quantized from registers; longer per-token rows read twice. Both exact."""
     from quantc.runtime.kernels import act_quant
 
-    assert (k <= act_quant.ONE_PASS_MAX) == (k == 8192)
+    assert act_quant.one_pass(m, k) == one
+    assert act_quant.one_pass(m, 128)  # groups always fit
     torch.manual_seed(2)
-    x = (torch.randn(2, k) * torch.logspace(-3, 2, k)).to(torch.bfloat16)
+    x = (torch.randn(m, k) * torch.logspace(-3, 2, k)).to(torch.bfloat16)
     for key in ("fp8_dynamic_per_token", "int8_dynamic_per_token", "fp8_dynamic_per_tensor", "fp8_dynamic_group_128"):
         q, s = quantize_activation(x, key)
         rq, rs = reference(x, key)

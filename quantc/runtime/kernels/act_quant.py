@@ -3,8 +3,9 @@
 Every activation key works on groups of GROUP columns of a row (GROUP = K for per-token and per-tensor
 scales, 128 for fp8 groups, 32 for mxfp8): a group's scale, then its quantized elements. Where a row's
 groups fit in registers (``ONE_PASS_MAX`` elements a program) ``_quant_tile_kernel`` reads each element
-once: a program holds GROUPS whole groups of one row as a (GROUPS, GROUP) tile. Longer per-token rows
-take ``_quant_rows_kernel``, which reads the row twice (amax, then quantize) in BLOCK-wide chunks.
+once: a program holds GROUPS whole groups of one row as a (GROUPS, GROUP) tile (at decode sizes rows up
+to DECODE_ONE_PASS_MAX elements). Longer per-token rows take ``_quant_rows_kernel``, which reads the row
+twice (amax, then quantize) in BLOCK-wide chunks.
 
 =======================  ==========================  ===========================
 key                      elements                    scales
@@ -109,6 +110,12 @@ def _quant_tile_kernel(
 ONE_PASS_MAX = 8192
 ELEMS_PER_WARP = 512
 MAX_WARPS = 8
+# At decode sizes (M <= DECODE_MAX_M rows: a program or a few per SM at most) the launch is latency-bound:
+# the two-pass rows kernel walks a 14336-long row in 14 dependent steps. There a whole row up to
+# DECODE_ONE_PASS_MAX elements stays in registers (16 warps, 32 a thread): one read, one write.
+DECODE_MAX_M = 64
+DECODE_ONE_PASS_MAX = 16384
+DECODE_MAX_WARPS = 16
 
 
 @triton.jit
@@ -145,6 +152,11 @@ def _quant_rows_kernel(
         tl.store(q_row + offs, _quantized(x, scale, e, INT8, MX), mask=m)
 
 
+def one_pass(m: int, group: int) -> bool:
+    """Whether M rows with groups of ``group`` elements take the one-pass tile kernel (else two passes)."""
+    return next_pow2(group) <= (DECODE_ONE_PASS_MAX if m <= DECODE_MAX_M else ONE_PASS_MAX)
+
+
 def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | None = None):
     """bf16 (M, K) -> (elements, scales) for an activation key, on x's device (Triton)."""
     m, k = x.shape
@@ -175,10 +187,11 @@ def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | 
         aux = s
     s_stride = s.stride(0) if s.dim() == 2 else 0
     gblock = next_pow2(group)
-    if gblock <= ONE_PASS_MAX:
+    decode = m <= DECODE_MAX_M
+    if one_pass(m, group):
         n_groups = k // group
         groups = max(1, min(ONE_PASS_MAX // 4 // gblock, next_pow2(n_groups)))  # ~2048 elements
-        warps = max(1, min(MAX_WARPS, groups * gblock // ELEMS_PER_WARP))
+        warps = max(1, min(DECODE_MAX_WARPS if decode else MAX_WARPS, groups * gblock // ELEMS_PER_WARP))
         _quant_tile_kernel[(m, cdiv(n_groups, groups))](
             x, q, s, aux, k, x.stride(0), q.stride(0), s_stride,
             GROUP=group, GROUPS=groups, GBLOCK=gblock, SRC=src, INT8=int8, MX=mx, num_warps=warps,
