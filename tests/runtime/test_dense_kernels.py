@@ -206,7 +206,7 @@ def test_nvfp4_w4a4_uses_the_checkpoints_calibrated_input_scale():
     assert Q.unpack_nibbles(xq["weight_packed"]).max() == 15  # -6: the saturated code, largest magnitudes clipped
 
 
-# --- split-K: K slices of whole tiles, partials summed in slice order by a second kernel -------------
+# --- split-K: K slices of whole tiles, partials summed in slice order by the last slice to arrive -----
 
 SPLIT_CASES = [(wk, ak, fuse) for fuse in (False, True) for wk, ak in CASES if not (fuse and ak == "none")]
 
@@ -233,6 +233,9 @@ def test_split_k_matches_reference_and_unsplit(wk, ak, fuse, split):
         assert torch.equal(out, one)
     else:
         assert _rel(out, one.float()) < 2e-3
+    from quantc.runtime.kernels.common import tile_counters
+
+    assert tile_counters(x.device, 0).abs().max().item() == 0  # the arrival counters are zero at rest again
 
 
 def test_split_slices_clamps_and_never_leaves_a_slice_empty():
@@ -257,8 +260,8 @@ def test_split_k_larger_than_the_k_tiles(wk, ak):
 
 
 def test_split_k_is_deterministic_with_a_fused_per_token_quantizer():
-    """The fused quantizer's per-row scales reach the reduction through the workspace: the result is
-    bit-identical to the separate quantizer's and the same on every call."""
+    """Every slice computes the fused quantizer's per-row scales, so the slice that reduces has them:
+    the result is bit-identical to the separate quantizer's and the same on every call."""
     torch.manual_seed(13)
     x = (torch.randn(7, 512) * 3).to(torch.bfloat16)
     t = Q.quantize_weight(torch.randn(80, 512) * 0.05, "fp8_per_channel")

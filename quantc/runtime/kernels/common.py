@@ -33,6 +33,20 @@ def next_pow2(x: int) -> int:
     return 1 << (x - 1).bit_length() if x > 0 else 0
 
 
+_TILE_COUNTERS: dict = {}
+
+
+def tile_counters(device: torch.device, tiles: int) -> torch.Tensor:
+    """The device's int32 arrival counters for split-K launches that reduce in the same launch, zero at
+    rest (every such launch leaves them zeroed). Grown, never shrunk; allocated outside CUDA-graph capture
+    by the first eager call. Split-K launches on one device must not run concurrently on two streams."""
+    key = (device.type, device.index)
+    cnt = _TILE_COUNTERS.get(key)
+    if cnt is None or cnt.numel() < tiles:
+        cnt = _TILE_COUNTERS[key] = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=device)
+    return cnt
+
+
 @triton.jit
 def grouped_tile(t, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     """Output tile ``t`` of a (num_pid_m x num_pid_n) grid -> (pid_m, pid_n), GROUP_M row tiles taking each

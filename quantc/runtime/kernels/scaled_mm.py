@@ -29,13 +29,14 @@ memory system busy): the grid gains a second axis of S slices; slice s owns the 
 ``[s * ceil(T / S), min((s + 1) * ceil(T / S), T))`` of the T = ceil(K / BLOCK_K) tiles. Slices are
 whole tiles, so they start on scale-group boundaries wherever a tile does (BLOCK_K divides the group,
 see above) and the per-K-step scales (block, mx) are already in each partial. Each slice writes its
-raw partial (fp32; int32 for int8, the exact integer sum) to a workspace ``ws[s, m, n]``; a second,
-elementwise kernel sums the S partials in slice order (deterministic, no atomics), then applies the
-epilogue once: per-tensor / per-row / per-channel scales, bias, bf16 cast. A fused dynamic quantizer's
-per-row (or per-tensor) activation scale lives only in registers, so the slice-0 programs of the first
-N column also write it to the workspace's last M floats for the reduction. The launcher clamps S to
-the number of K tiles and drops slices that would be empty (S = ceil(T / ceil(T / S))). Workspace:
-``S * M * N + M`` fp32 from the caching allocator: fixed per (S, M, N), no host sync, capturable.
+raw partial (fp32; int32 for int8, the exact integer sum) to a workspace ``ws[s, m, n]`` and counts
+its arrival on the tile's counter (``common.tile_counters``, zero at rest); the slice that arrives last
+sums the S partials in slice order (deterministic: the same sum whichever slice is last), applies the
+epilogue once (per-tensor / per-row / per-channel scales, bias, bf16 cast; a fused quantizer's scale is
+in every program's registers) and zeroes the counter. One launch, no reduction kernel after it (at
+decode a launch costs as much as the GEMM's tail). The launcher clamps S to the number of K tiles and
+drops slices that would be empty (S = ceil(T / ceil(T / S))). Workspace: ``S * M * N`` 32-bit words
+from the caching allocator: fixed per (S, M, N), no host sync, capturable.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ import triton.language as tl
 
 from .. import quantize as ref
 from .act_quant import quantize_activation
-from .common import cdiv, e8m0_to_f32, floor_log2, grouped_tile, next_pow2, pow2, quant_e4m3, quant_int8, round_e4m3
+from .common import (cdiv, e8m0_to_f32, floor_log2, grouped_tile, next_pow2, pow2, quant_e4m3, quant_int8, round_e4m3,
+                     tile_counters)
 
 # A modes / B modes
 A_NONE, A_TENSOR, A_ROW, A_GROUP = 0, 1, 2, 3
@@ -135,10 +137,9 @@ def _add_scaled_partial(acc, part, sa_k, sb_ptr, pid_n, offs_n, mask_n, kg, stri
 def _scaled_mm_kernel(
     # tensors
     a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr,
-    sa_out_ptr,  # split-K with a fused dynamic quantizer: where the activation scales go (M floats)
+    ws_ptr, cnt_ptr,  # split-K: the (S, M, N) partials (fp32, int32 for int8) and one counter per tile
     M, N, K,
     stride_am, stride_ak, stride_bn, stride_bk, stride_cm, stride_cn,
-    stride_cs,  # split-K: c_ptr is the workspace, one (M, N) partial per slice this far apart
     stride_sam, stride_sak, stride_sbn, stride_sbk,
     # what the operands are
     A_MODE: tl.constexpr, B_MODE: tl.constexpr, QUANT_A: tl.constexpr,
@@ -194,12 +195,6 @@ def _scaled_mm_kernel(
                 msk = mask_m[:, None] & ((k0 + offs_pk)[None, :] < K)
                 amax = tl.maximum(amax, tl.abs(tl.load(p_row + k0 * stride_ak, mask=msk, other=0.0).to(tl.float32)))
             sa = tl.math.div_rn(tl.maximum(tl.max(amax, axis=1), 1e-12), fmt_max)
-    if SPLIT_K > 1 and QUANT_A == 1 and A_MODE != 3:  # hand the scale to the reduction, once per row
-        if (pid_n == 0) & (pid_k == 0):
-            if A_MODE == 1:
-                tl.store(sa_out_ptr, sa)
-            else:
-                tl.store(sa_out_ptr + offs_m, sa, mask=mask_m)
 
     acc_dtype = tl.int32 if INT8 else tl.float32
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
@@ -241,43 +236,37 @@ def _scaled_mm_kernel(
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
 
-    # --- epilogue: per-tensor / row / channel scales, bias, bf16 store; split-K stores the raw partial
-    if SPLIT_K == 1:
-        sa_col = 0.0  # placeholder: the epilogue loads the scale itself when the kernel did not compute it
-        if QUANT_A != 0 and A_MODE != 3:
-            if A_MODE == 2:
-                sa_col = sa[:, None]
-            else:
-                sa_col = sa
+    # --- epilogue: per-tensor / row / channel scales, bias, bf16 store. Split-K: each slice stores its raw
+    # partial; the slice that arrives last for this tile sums them in slice order and runs the epilogue
+    sa_col = 0.0  # placeholder: the epilogue loads the scale itself when the kernel did not compute it
+    if QUANT_A != 0 and A_MODE != 3:
+        if A_MODE == 2:
+            sa_col = sa[:, None]
+        else:
+            sa_col = sa
+    o_mask = mask_m[:, None] & mask_n[None, :]
+    if SPLIT_K > 1:
+        mn = M * N
+        ws_tile = ws_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+        tl.store(ws_tile + pid_k.to(tl.int64) * mn, acc, mask=o_mask)
+        tl.debug_barrier()  # every thread's partial is written before the arrival is counted
+        arrived = tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            acc = tl.load(ws_tile, mask=o_mask, other=0, cache_modifier=".cg")
+            for sl in tl.static_range(1, SPLIT_K):
+                acc += tl.load(ws_tile + sl * mn, mask=o_mask, other=0, cache_modifier=".cg")
+            out = _epilogue(acc, sa_col, sa_ptr, sb_ptr, bias_ptr, offs_m[:, None], offs_n[None, :],
+                            mask_m[:, None], mask_n[None, :], stride_sam, stride_sbn,
+                            A_MODE, B_MODE, QUANT_A != 0, HAS_BIAS)
+            c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :] * stride_cn
+            tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=o_mask)
+            tl.atomic_xchg(cnt_ptr + pid, 0)  # zero at rest for the next launch (and graph replay)
+    else:
         out = _epilogue(acc, sa_col, sa_ptr, sb_ptr, bias_ptr, offs_m[:, None], offs_n[None, :],
                         mask_m[:, None], mask_n[None, :], stride_sam, stride_sbn,
                         A_MODE, B_MODE, QUANT_A != 0, HAS_BIAS)
-    else:
-        out = acc
-    c_ptrs = (c_ptr + pid_k.to(tl.int64) * stride_cs + offs_m[:, None].to(tl.int64) * stride_cm
-              + offs_n[None, :] * stride_cn)
-    tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
-
-
-@triton.jit
-def _split_k_reduce_kernel(
-    ws_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr,
-    M, N, stride_cm, stride_cn, stride_sam, stride_sbn,
-    A_MODE: tl.constexpr, B_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """out[m, n] = epilogue(sum over s of ws[s, m, n]), summed in slice order; ws is (S, M, N) contiguous."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mn = M * N
-    mask = offs < mn
-    acc = tl.load(ws_ptr + offs, mask=mask, other=0)
-    for s in tl.static_range(1, SPLIT_K):
-        acc += tl.load(ws_ptr + s * mn + offs, mask=mask, other=0)
-    offs_m = offs // N
-    offs_n = offs % N
-    out = _epilogue(acc, 0.0, sa_ptr, sb_ptr, bias_ptr, offs_m, offs_n, mask, mask, stride_sam, stride_sbn,
-                    A_MODE, B_MODE, False, HAS_BIAS)
-    tl.store(c_ptr + offs_m * stride_cm + offs_n * stride_cn, out.to(c_ptr.dtype.element_ty), mask=mask)
+        c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :] * stride_cn
+        tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=o_mask)
 
 
 # ---------------------------------------------------------------------------- modes per key
@@ -355,18 +344,16 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
             return scaled_mm_tma.launch(a, weight, sa, weight_scale, bias, a_mode, b_mode, int8, group_k, group_n,
                                         cfg, out)
     split = split_slices(k, block_k, config.split_k)
-    dst, dst_strides, sa_out = out, (out.stride(0), out.stride(1), 0), out
-    if split > 1:
-        ws = torch.empty(split * m * n + m, dtype=torch.float32, device=x.device)
-        sa_out = ws[split * m * n:]
-        # int8 partials stay int32 (same bytes): their sum is then exactly the unsplit accumulator
-        dst = (ws.view(torch.int32) if int8 else ws)[: split * m * n]
-        dst_strides = (n, 1, m * n)
     grid = (cdiv(m, config.block_m) * cdiv(n, config.block_n), split)
+    ws = cnt = out  # placeholders without split-K
+    if split > 1:
+        # int8 partials stay int32 (same bytes): their sum is then exactly the unsplit accumulator
+        ws = torch.empty(split * m * n, dtype=torch.int32 if int8 else torch.float32, device=x.device)
+        cnt = tile_counters(x.device, grid[0])
     _scaled_mm_kernel[grid](
-        a, weight, dst, sa, weight_scale, bias if bias is not None else out, sa_out,
+        a, weight, out, sa, weight_scale, bias if bias is not None else out, ws, cnt,
         m, n, k,
-        a.stride(0), a.stride(1), weight.stride(0), weight.stride(1), *dst_strides,
+        a.stride(0), a.stride(1), weight.stride(0), weight.stride(1), out.stride(0), out.stride(1),
         sa2.stride(0), sa2.stride(1), sb2.stride(0), sb2.stride(1),
         A_MODE=a_mode, B_MODE=b_mode, QUANT_A=quant, INT8=int8, MX=mx,
         GROUP_K=group_k, GROUP_N=group_n, HAS_BIAS=bias is not None, DOT_F32=_interpreted(),
@@ -374,19 +361,7 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
         PRO_K=min(512, next_pow2(k)), SPLIT_K=split,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
-    if split > 1:
-        fused_scale = quant == Q_DYNAMIC and a_mode in (A_TENSOR, A_ROW)
-        sa_r, stride_sar = (sa_out, 1) if fused_scale else (sa, sa2.stride(0))
-        _split_k_reduce_kernel[(cdiv(m * n, REDUCE_BLOCK),)](
-            dst, out, sa_r, weight_scale, bias if bias is not None else out,
-            m, n, out.stride(0), out.stride(1), stride_sar, sb2.stride(0),
-            A_MODE=a_mode, B_MODE=b_mode, HAS_BIAS=bias is not None, SPLIT_K=split, BLOCK=REDUCE_BLOCK,
-            num_warps=4,
-        )
     return out
-
-
-REDUCE_BLOCK = 1024
 
 
 def split_slices(k: int, block_k: int, split_k: int) -> int:
