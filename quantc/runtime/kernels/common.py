@@ -38,12 +38,13 @@ _TILE_COUNTERS: dict = {}
 
 def tile_counters(device: torch.device, tiles: int) -> torch.Tensor:
     """The device's int32 arrival counters for split-K launches that reduce in the same launch, zero at
-    rest (every such launch leaves them zeroed). Grown, never shrunk; allocated outside CUDA-graph capture
-    by the first eager call. Split-K launches on one device must not run concurrently on two streams."""
+    rest (every such launch leaves them zeroed). Allocated by the first call with room for 65536 tiles
+    (256 KB), so a decode grid met first inside CUDA-graph capture does not regrow them there; grown,
+    never shrunk. Split-K launches on one device must not run concurrently on two streams."""
     key = (device.type, device.index)
     cnt = _TILE_COUNTERS.get(key)
     if cnt is None or cnt.numel() < tiles:
-        cnt = _TILE_COUNTERS[key] = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=device)
+        cnt = _TILE_COUNTERS[key] = torch.zeros(max(tiles, 1 << 16), dtype=torch.int32, device=device)
     return cnt
 
 
