@@ -547,3 +547,30 @@ def test_cli_tune_reports_defaults_that_disagree(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli.app, ["tune", "--plan", str(tmp_path / "plan.json"), "-o", str(tmp_path)])
     assert result.exit_code != 0
     assert "1 whose default config disagrees with the plain-torch reference" in result.output
+
+
+@pytest.mark.parametrize("wk,ak", [("fp8_per_channel", "fp8_dynamic_per_token"),
+                                   ("fp8_block_128x128", "fp8_dynamic_group_128"),
+                                   ("int8_per_channel", "int8_dynamic_per_token")])
+def test_tuner_block_k_rule_is_the_grouped_gemms(wk, ak):
+    """``quantc.tune.moe_block_k_ok`` (compiler side, no torch) restates the W8A8 BLOCK_K rule of
+    ``moe_gemm.grouped_gemm``: for the weight layout the runtime builds (``wo_format``) and the activation
+    group, a BLOCK_K the tuner offers is one the kernel runs as given, and the other way round."""
+    import torch
+
+    from quantc.runtime.kernels import moe_gemm
+    from quantc.runtime.kernels import wo_format as wf
+    from quantc.tune import moe_block_k_ok
+
+    a_group = 128 if ak == "fp8_dynamic_group_128" else 0
+    for k in (768, 2048, 2880, 4096, 7168):
+        if wk.startswith("fp8_block") and k % 128:
+            continue  # refused at compile time (QC301)
+        w = wf.quantize(torch.randn(2, 256, k), wk)
+        raw = moe_gemm.RAW_SUMS and w.row_block == 1
+        job = TuneJob("moe_fp8_block" if "block" in wk else ("moe_int8" if wk.startswith("int8") else "moe_fp8"),
+                      16, k, wk, ak, 16, 16, 2, 2, "down", 16)
+        for bk in (16, 32, 64, 128, 256):
+            runs = bk >= 32 and (moe_gemm.group_fits(w.group, w.k, bk, raw)
+                                 and moe_gemm.group_fits(a_group or w.k, w.k, bk, raw))
+            assert moe_block_k_ok(job, bk) == runs, (wk, k, bk)
