@@ -245,23 +245,19 @@ def _scaled_mm_kernel(
         else:
             sa_col = sa
     o_mask = mask_m[:, None] & mask_n[None, :]
+    last = True  # the program that finishes the tile: without split-K, every one
     if SPLIT_K > 1:
         mn = M * N
         ws_tile = ws_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
         tl.store(ws_tile + pid_k.to(tl.int64) * mn, acc, mask=o_mask)
         tl.debug_barrier()  # every thread's partial is written before the arrival is counted
-        arrived = tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel")
-        if arrived == SPLIT_K - 1:
+        last = tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel") == SPLIT_K - 1
+        if last:
             acc = tl.load(ws_tile, mask=o_mask, other=0, cache_modifier=".cg")
             for sl in tl.static_range(1, SPLIT_K):
                 acc += tl.load(ws_tile + sl * mn, mask=o_mask, other=0, cache_modifier=".cg")
-            out = _epilogue(acc, sa_col, sa_ptr, sb_ptr, bias_ptr, offs_m[:, None], offs_n[None, :],
-                            mask_m[:, None], mask_n[None, :], stride_sam, stride_sbn,
-                            A_MODE, B_MODE, QUANT_A != 0, HAS_BIAS)
-            c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :] * stride_cn
-            tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=o_mask)
             tl.atomic_xchg(cnt_ptr + pid, 0)  # zero at rest for the next launch (and graph replay)
-    else:
+    if last:
         out = _epilogue(acc, sa_col, sa_ptr, sb_ptr, bias_ptr, offs_m[:, None], offs_n[None, :],
                         mask_m[:, None], mask_n[None, :], stride_sam, stride_sbn,
                         A_MODE, B_MODE, QUANT_A != 0, HAS_BIAS)

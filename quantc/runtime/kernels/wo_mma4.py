@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import cdiv
+from .common import cdiv, tile_counters
 from .nibble_decode import USE_ASM, decode_words
 from .wo_format import UPCAST_DOT, e8m0_bits_to_f32, group_scales_bf16, group_zeros, repeat_groups
 
@@ -212,14 +212,13 @@ _WORKSPACES: dict = {}
 
 
 def split_workspace(device, numel: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The device's split-K workspace (fp32 partial sums, int32 arrival counters), zero at rest: every
-    split-K launch leaves it zeroed. Grown, never shrunk; allocated outside CUDA-graph capture by the
-    first eager call. One per device: split-K launches on one device must not run concurrently on two
-    streams."""
+    """The device's split-K workspace (fp32 partial sums) and arrival counters (``common.tile_counters``,
+    shared with ``scaled_mm``), zero at rest: every split-K launch leaves them zeroed. Grown, never
+    shrunk; allocated outside CUDA-graph capture by the first eager call. One per device: split-K
+    launches on one device must not run concurrently on two streams."""
     key = (device.type, device.index)
-    ws, cnt = _WORKSPACES.get(key, (None, None))
-    if ws is None or ws.numel() < numel or cnt.numel() < tiles:
-        ws = torch.zeros(max(numel, 0 if ws is None else ws.numel()), dtype=torch.float32, device=device)
-        cnt = torch.zeros(max(tiles, 0 if cnt is None else cnt.numel()), dtype=torch.int32, device=device)
-        _WORKSPACES[key] = (ws, cnt)
-    return ws, cnt
+    ws = _WORKSPACES.get(key)
+    if ws is None or ws.numel() < numel:
+        ws = _WORKSPACES[key] = torch.zeros(max(numel, 0 if ws is None else ws.numel()), dtype=torch.float32,
+                                            device=device)
+    return ws, tile_counters(device, tiles)
