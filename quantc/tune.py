@@ -12,7 +12,7 @@ down GEMM runs with gate_up's BLOCK_M (both share one routing, padded to it), so
 the other fields only, at the BLOCK_M gate_up's row uses for that bucket.
 
 Search spaces (``SPACES``): ``full``, the grids of ``search_space`` / ``moe_search_space`` (hundreds of
-compiles a job); ``small``, a handful, for tests and the CPU interpreter; ``seeded`` (``seeded_space``),
+compiles a job; dense decode jobs of at most four rows add the CUDA-core GEMV's grid, ``gemv_space``); ``small``, a handful, for tests and the CPU interpreter; ``seeded`` (``seeded_space``),
 transfer from tables already tuned on other shapes. A seeded job's candidates are the configs that won
 for the same kernel id in the given tables (by default the shipped ``kernels/`` tables, the target
 GPU's own first; ``quantc.runtime.tune`` puts the table it is writing before them), ranked by
@@ -24,7 +24,7 @@ takes its gate_up partner's BLOCK_M in place of the seed's, and split-K, which t
 not have, is set to 1. Duplicates are dropped; the job's default
 config comes first, unpruned (the runtime supplies it: it is chosen beside torch, and it is what the
 module runs without a row), and the list stops at ``SEEDED_MAX``. After the kernel's own rows come those
-of its ``SEED_SIBLINGS``, kernel ids launched by the same Triton kernel with the same tile parameters
+of its ``SEED_SIBLINGS`` (a GEMV-capable decode job: ``GEMV_SEEDS`` before them), kernel ids launched by the same Triton kernel with the same tile parameters
 (int8 / fp8 weight-only: one ``scaled_mm`` path; mxfp8-activation fp4: the fp4 weight-only launch behind
 an activation round trip; the grouped MoE ids: one ``moe_gemm`` kernel), so a kernel no table has rows
 for yet still starts from measured winners. Where neither it nor a sibling is known, the default is the
@@ -226,6 +226,27 @@ def _pow2_at_least(x: int) -> int:
 DECODE_4BIT = ("int4_weight_only_gemm", "fp4_weight_only_gemm")
 
 
+# dense ids ``scaled_mm`` can run as its CUDA-core decode GEMV (block_m = 1: runtime/kernels/scaled_gemv.py;
+# not the mx pairs), the most rows a job may have to search it (a program per row), its grid and its seeds
+GEMV_KERNELS = ("fp8_scaled_gemm", "fp8_block_gemm", "int8_gemm", "fp8_weight_only_gemm", "int8_weight_only_gemm")
+GEMV_MAX_M = 4
+GEMV_GRID = ((8, 16, 32, 64), (128, 256, 512, 1024), (2, 4, 8), (1, 2, 4, 8, 16))  # BLOCK_N, BLOCK_K, warps, split-K
+GEMV_SEEDS = (KernelConfig(1, 16, 512, 8, 4, 1, 4), KernelConfig(1, 32, 256, 8, 4, 1, 4),
+              KernelConfig(1, 16, 512, 8, 4, 1, 2), KernelConfig(1, 32, 128, 8, 4, 1, 8))
+# a GEMV program's tile: at least one 16-byte vector a thread, at most 8 (registers for the loads in flight)
+GEMV_VECS = (1, 8)
+
+
+def _gemv_job(job: TuneJob) -> bool:
+    return job.kernel in GEMV_KERNELS and job.m <= GEMV_MAX_M and not job.num_experts
+
+
+def gemv_space(job: TuneJob, gpu: Gpu) -> list[KernelConfig]:
+    """GEMV candidates of a decode job (``_gemv_job``): the GEMV_GRID, pruned by ``_dense_ok``."""
+    configs = (KernelConfig(1, bn, bk, 8, w, 1, sk) for bn, bk, w, sk in itertools.product(*GEMV_GRID))
+    return [cfg for cfg in configs if _dense_ok(job, gpu, cfg)]
+
+
 def resolve_space(space: str = "full", small: bool = False) -> str:
     """The search space named by ``space`` (one of ``SPACES``), ``small=True`` being ``space="small"``."""
     if space not in SPACES:
@@ -252,7 +273,8 @@ def search_space(job: TuneJob, gpu: Gpu, *, small: bool = False, space: str = "f
     else:
         grid = itertools.product((16, 32, 64, 128, 256), (32, 64, 128, 256), (64, 128, 256), (4, 8), (3, 4, 5), (1, 2, 4, 8))
     configs = (KernelConfig(bm, bn, bk, 8, warps, stages, split_k) for bm, bn, bk, warps, stages, split_k in grid)
-    return [cfg for cfg in configs if _dense_ok(job, gpu, cfg)]
+    gemv = gemv_space(job, gpu) if _gemv_job(job) and space == "full" else []
+    return [cfg for cfg in configs if _dense_ok(job, gpu, cfg)] + gemv
 
 
 def _cap(x: int) -> int:
@@ -268,6 +290,10 @@ def _dense_ok(job: TuneJob, gpu: Gpu, cfg: KernelConfig) -> bool:
     """Whether a dense candidate survives pruning (the full space's rules, applied to seeds too)."""
     if cfg.block_m > _cap(job.m) or cfg.block_n > _cap(job.n) or cfg.block_k > _cap(job.k):
         return False
+    if cfg.block_m < 16:  # the GEMV: only where scaled_mm runs it, 1-8 vectors of 16 weights a thread
+        vecs = cfg.block_n * cfg.block_k / (16 * 32 * cfg.num_warps)
+        if cfg.block_m != 1 or not _gemv_job(job) or not GEMV_VECS[0] <= vecs <= GEMV_VECS[1]:
+            return False
     if _decode_4bit(job) and cfg.block_n * cfg.block_k > 256 * 32 * cfg.num_warps:
         return False  # over 256 weight elements a thread per K step spills (bench/kernel_sass.py)
     if cfg.split_k > 1 and (job.m > 64 or job.k // cfg.split_k < cfg.block_k):
@@ -375,6 +401,8 @@ def seeded_space(job: TuneJob, gpu: Gpu, tables: list[dict] | None = None,
     out = [default] if default is not None else []
     if job.num_experts and job.m * job.top_k >= MOE_LARGE_ROWS * job.num_experts:
         out += [c for c in (_moe_seed(job, gpu, c) for c in MOE_LARGE_SEEDS) if c is not None and c not in out]
+    if _gemv_job(job):
+        out += [c for c in GEMV_SEEDS if _dense_ok(job, gpu, c) and c not in out]
     for _, cfg in seeds:
         if len(out) >= SEEDED_MAX:
             break

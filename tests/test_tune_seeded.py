@@ -273,3 +273,32 @@ def test_moe_jobs_with_many_rows_an_expert_measure_the_large_tiles_after_the_def
     assert not set(MOE_LARGE_SEEDS) & set(seeded_space(few, H100, [_table()], default))
     down = dataclasses.replace(big, block_m=64)  # a down job keeps gate_up's BLOCK_M: the seeds take it
     assert all(c.block_m == 64 for c in seeded_space(down, H100, [_table()], default))
+
+
+def test_decode_jobs_search_and_seed_the_gemv_only_where_scaled_mm_runs_it():
+    from quantc.tune import GEMV_SEEDS, GEMV_VECS, gemv_space
+
+    m1 = _job(n=4096, k=14336, m_max=1)
+    space = search_space(m1, H100)
+    gemv = [c for c in space if c.block_m < 16]
+    assert gemv and {c.block_m for c in gemv} == {1}
+    assert gemv == gemv_space(m1, H100)
+    vecs = [c.block_n * c.block_k / (16 * 32 * c.num_warps) for c in gemv]
+    assert min(vecs) == GEMV_VECS[0] and max(vecs) == GEMV_VECS[1]
+    assert not any(c.block_n == 64 and c.block_k == 1024 and c.num_warps == 2 for c in gemv)  # 32 vectors a thread
+    assert gemv_space(_job(n=4096, k=14336, m_max=16, m=4), H100) == gemv  # up to 4 rows: a program each
+    # not at 16 rows, not for the mx pair, nor in the small space
+    assert not [c for c in search_space(_job(m_max=16), H100) if c.block_m < 16]
+    mx = _job(m_max=1, kernel="mxfp8_gemm_emulated", keys=("mxfp8", "mxfp8"))
+    assert not [c for c in search_space(mx, H100) if c.block_m < 16]
+    assert not [c for c in search_space(m1, H100, small=True) if c.block_m < 16]
+    # seeded: after the default, before any table row; pruned like the full space
+    seeds = seeded_space(m1, H100, tables=[_table(_row(KernelConfig(16, 32, 128, 8, 4, 4), m_max=1))], default=DEFAULT)
+    assert seeds[0] == DEFAULT and seeds[1:1 + len(GEMV_SEEDS)] == list(GEMV_SEEDS)
+    assert seeds[1 + len(GEMV_SEEDS)] == KernelConfig(16, 32, 128, 8, 4, 4)
+    assert not [c for c in seeded_space(_job(m_max=16), H100, tables=[], default=DEFAULT) if c.block_m < 16]
+    # a GEMV row tuned at M = 1 does not seed a 16-row bucket, nor a 2-row GEMV config anything
+    gemv_row = _row(GEMV_SEEDS[0], m_max=1)
+    assert GEMV_SEEDS[0] not in seeded_space(_job(m_max=16), H100, tables=[_table(gemv_row)], default=DEFAULT)
+    two_rows = dataclasses.replace(GEMV_SEEDS[0], block_m=2)
+    assert two_rows not in seeded_space(m1, H100, tables=[_table(_row(two_rows, m_max=1))], default=DEFAULT)

@@ -424,3 +424,77 @@ def test_tma_policy_by_m_and_environment(monkeypatch):
     assert sm._tma_policy(1, torch.device("cpu"), sm.B_BLOCK)
     monkeypatch.setenv("QUANTC_TMA", "0")
     assert not sm._tma_policy(8192, gpu, sm.B_CHANNEL)
+
+
+# --- the decode GEMV (block_m = 1): CUDA-core products, one row a program, the same modes, scales, split-K --
+
+GEMV_CASES = [(wk, ak) for wk, ak in CASES if ak != "mxfp8"]
+
+
+@pytest.mark.parametrize("m,bn,bk,split", [(1, 32, 64, 1), (3, 32, 64, 3), (2, 16, 128, 4), (3, 64, 32, 2)])
+@pytest.mark.parametrize("wk,ak", GEMV_CASES)
+def test_gemv_matches_reference_and_the_tile_kernel(wk, ak, m, bn, bk, split):
+    """N = 160 ends in a partial tile; K = 640 is 10 tiles of 64 (split 3: 4 + 4 + 2), 5 of 128 (split 4:
+    2 + 2 + 1, a slice dropped) or 20 of 32 (a step of two vectors a row)."""
+    torch.manual_seed(GEMV_CASES.index((wk, ak)) * 10 + m + split)
+    n, k = 160, 640
+    x = torch.randn(m, k).to(torch.bfloat16)
+    t = Q.quantize_weight(torch.randn(n, k) * 0.05, wk)
+    bias = torch.randn(n).to(torch.bfloat16)
+    iscale = torch.tensor(0.02)
+    cfg = KernelConfig(1, bn, bk, 8, 4, 1, split)
+    out = scaled_mm(x, t["weight"], _scale(t), wk, ak, cfg, input_scale=iscale, bias=bias)
+    assert out.dtype == torch.bfloat16 and out.shape == (m, n)
+    assert _rel(out, reference(x, t, wk, ak, input_scale=iscale, bias=bias)) < TOL
+    tile = scaled_mm(x, t["weight"], _scale(t), wk, ak, KernelConfig(16, 32, 64, 8, 4, 2), input_scale=iscale, bias=bias)
+    if wk.startswith("int8") and ak != "none":
+        assert torch.equal(out, tile)  # int32 sums: exact in both kernels
+    else:
+        assert _rel(out, tile.float()) < 2e-3
+    from quantc.runtime.kernels.common import tile_counters
+
+    assert tile_counters(x.device, 0).abs().max().item() == 0
+
+
+def test_gemv_block_scales_across_a_block_row_boundary():
+    """A 256-wide N tile spans two 128-row weight blocks (a scale per row, not one per K step), and
+    N = 576 ends in a ragged block."""
+    torch.manual_seed(21)
+    x = torch.randn(1, 384).to(torch.bfloat16)
+    t = Q.quantize_weight(torch.randn(576, 384) * 0.05, "fp8_block_128x128")
+    t["weight_scale_inv"] = t["weight_scale_inv"] * torch.rand_like(t["weight_scale_inv"]).add(0.5)  # distinct blocks
+    for ak in ("fp8_dynamic_group_128", "none"):
+        want = reference(x, t, "fp8_block_128x128", ak)
+        for bn in (32, 256):
+            out = scaled_mm(x, t["weight"], t["weight_scale_inv"], "fp8_block_128x128", ak, KernelConfig(1, bn, 128, 8, 4, 1))
+            assert _rel(out, want) < TOL, (ak, bn)
+
+
+def test_gemv_takes_strided_operands():
+    """A column slice of a wider activation (row stride != K) and a non-contiguous weight view."""
+    torch.manual_seed(23)
+    wide = torch.randn(2, 512).to(torch.bfloat16)
+    x = wide[:, 128:384]
+    t = Q.quantize_weight(torch.randn(64, 256) * 0.05, "fp8_per_channel")
+    w_t = t["weight"].t().contiguous().t()  # same values, K no longer the unit stride
+    for w in (t["weight"], w_t):
+        out = scaled_mm(x, w, t["weight_scale"], "fp8_per_channel", "none", KernelConfig(1, 16, 128, 8, 4, 1))
+        assert _rel(out, reference(x, t, "fp8_per_channel", "none")) < TOL
+
+
+def test_gemv_dispatch_falls_back_to_tiles_where_it_does_not_run():
+    from quantc.runtime.kernels import scaled_gemv
+
+    assert scaled_gemv.runs(KernelConfig(1, 32, 64, 8, 4, 2), mx=False, fused=False)
+    assert not scaled_gemv.runs(KernelConfig(2, 32, 64, 8, 4, 2), mx=False, fused=False)
+    assert not scaled_gemv.runs(KernelConfig(1, 32, 64, 8, 4, 2), mx=True, fused=False)
+    assert not scaled_gemv.runs(KernelConfig(1, 32, 64, 8, 4, 2), mx=False, fused=True)
+    # those configs still compute the right thing, as 16-row tiles
+    torch.manual_seed(22)
+    x = torch.randn(2, 256).to(torch.bfloat16)
+    for wk, ak, fuse in (("mxfp8", "mxfp8", False), ("fp8_per_channel", "fp8_dynamic_per_token", True),
+                         ("int8_per_channel", "int8_dynamic_per_token", False)):
+        t = Q.quantize_weight(torch.randn(64, 256) * 0.05, wk)
+        for bm in (1, 8):
+            out = scaled_mm(x, t["weight"], _scale(t), wk, ak, KernelConfig(bm, 32, 64, 8, 4, 2), fuse=fuse)
+            assert _rel(out, reference(x, t, wk, ak)) < TOL, (wk, bm)

@@ -303,7 +303,9 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
     With ``x_scale``, x is taken as already quantized for ``act_key`` (elements and their scales).
     ``config`` is the KernelConfig for this M (block_m, block_n, block_k, group_m, num_warps,
     num_stages, split_k). ``fuse`` forces the fused quantizer on or off (default: by M, see FUSE_MAX_M);
-    ``tma`` the persistent TMA kernel for pre-quantized W8A8 calls (default: by M and GPU, ``_tma_policy``)."""
+    ``tma`` the persistent TMA kernel for pre-quantized W8A8 calls (default: by M and GPU, ``_tma_policy``).
+    A config of ``block_m`` = 1 runs the CUDA-core GEMV (``scaled_gemv``) where it applies (not mx, not
+    fused); elsewhere, and for any other block_m under 16, 16-row tiles."""
     m, k = x.shape
     n = weight.shape[0]
     a_mode = ACT_MODE[act_key]
@@ -340,6 +342,13 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
             return scaled_mm_tma.launch(a, weight, sa, weight_scale, bias, a_mode, b_mode, int8, group_k, group_n,
                                         cfg, out)
     split = split_slices(k, block_k, config.split_k)
+    if config.block_m < 16:
+        from . import scaled_gemv
+
+        if scaled_gemv.runs(config, mx, quant != Q_NONE):
+            return scaled_gemv.launch(a, weight, sa, weight_scale, bias, a_mode, b_mode, int8, group_k, group_n,
+                                      block_k, config, split, out)
+        config = dataclasses.replace(config, block_m=16)  # a tensor-core tile holds at least 16 rows
     grid = (cdiv(m, config.block_m) * cdiv(n, config.block_n), split)
     ws = cnt = out  # placeholders without split-K
     if split > 1:

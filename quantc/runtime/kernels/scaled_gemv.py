@@ -1,0 +1,153 @@
+"""Dense scaled GEMV for decode (Triton): ``scaled_mm``'s math on CUDA cores, one activation row a program.
+
+At M <= 4 a tensor-core tile pads the activation to 16 rows; decode only needs the weight streamed once
+at full bandwidth. Here each thread loads 16-byte vectors of a weight row (K contiguous) and the
+matching activation elements, multiplies them in fp32 (int32 for int8 x int8: its sum stays exact),
+sums its own products and keeps one running sum per vector position; the reduction across threads runs
+once, after the K loop. Few registers a thread, so many programs an SM keep enough loads in flight.
+A config with ``block_m`` = 1 selects it (``scaled_mm`` dispatches); the grid is (rows, N tiles, K
+slices), rows fastest, so the programs that read one weight tile for different rows run together.
+
+Modes are ``scaled_mm``'s (A none / tensor / row / 1x128 group; B tensor / channel / 128x128 block), with
+the same scale placement: per-tensor / row / channel scales in the epilogue after the whole K sum, group
+and block scales on each K step's partial sums. mx (e8m0) pairs and the fused quantizer stay on the
+tensor-core kernel.
+
+Split-K as in ``scaled_mm``: slices of whole K tiles, raw partials to ``ws[s, m, n]``, the slice that
+arrives last on the tile's counter sums them in slice order (deterministic) and runs the epilogue.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import cdiv, tile_counters
+from .scaled_mm import _epilogue  # one epilogue for both kernels (scaled_mm imports this module lazily)
+
+
+@triton.jit
+def _gemv_kernel(
+    a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, ws_ptr, cnt_ptr,
+    M, N, K,
+    stride_am, stride_bn, stride_cm, stride_cn,
+    stride_sam, stride_sak, stride_sbn, stride_sbk,
+    A_MODE: tl.constexpr, B_MODE: tl.constexpr, INT8: tl.constexpr, GROUP_K: tl.constexpr,
+    GROUP_N: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    # rows of the activation vary fastest over the grid: the programs of one weight tile run together
+    # and share its bytes through L2
+    row = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    if SPLIT_K == 1:
+        t_start = 0
+        t_end = k_tiles
+    else:
+        per_slice = tl.cdiv(k_tiles, SPLIT_K)
+        t_start = pid_k * per_slice
+        t_end = tl.minimum(t_start + per_slice, k_tiles)
+    # the (BLOCK_N, BLOCK_K) weight tile as CHUNKS = BLOCK_N * BLOCK_K / VEC rows of VEC consecutive K
+    # elements (a 16-byte load of 8-bit weights): chunk c is weight row c // (BLOCK_K / VEC), K offset
+    # (c % (BLOCK_K / VEC)) * VEC. The activation is read in the same shape (L1 serves the repeats), so
+    # product, sum over VEC and running sum stay in the thread that loaded the bytes. A bf16 activation
+    # takes VEC = 8 (its 16-byte vectors hold 8 elements): both operands must share one layout, or every
+    # step converts through shared memory
+    VEC: tl.constexpr = min(8 if A_MODE == 0 else 16, BLOCK_K)
+    PER_ROW: tl.constexpr = BLOCK_K // VEC
+    CHUNKS: tl.constexpr = BLOCK_N * PER_ROW
+    chunk = tl.arange(0, CHUNKS)
+    offs_n_c = pid_n * BLOCK_N + chunk // PER_ROW  # each chunk's weight row
+    k_c = (chunk % PER_ROW) * VEC
+    offs_v = tl.arange(0, VEC)
+    mask_n_c = offs_n_c < N
+    k_first = t_start * BLOCK_K + k_c[:, None] + offs_v[None, :]  # (CHUNKS, VEC); K has unit stride
+    a_ptrs = a_ptr + row.to(tl.int64) * stride_am + k_first
+    b_ptrs = b_ptr + offs_n_c[:, None].to(tl.int64) * stride_bn + k_first
+    ONE_SB: tl.constexpr = GROUP_N % BLOCK_N == 0  # a block-scaled tile inside one block row
+    acc_dtype = tl.int32 if INT8 else tl.float32
+    acc = tl.zeros((CHUNKS,), dtype=acc_dtype)
+    for t in range(t_start, t_end):
+        k0 = t * BLOCK_K
+        mask_k = (k0 + k_c[:, None] + offs_v[None, :]) < K
+        a = tl.load(a_ptrs, mask=mask_k, other=0.0)
+        b = tl.load(b_ptrs, mask=mask_n_c[:, None] & mask_k, other=0.0)
+        if INT8:
+            acc += tl.sum(a.to(tl.int32) * b.to(tl.int32), axis=1)
+        else:
+            a = a.to(tl.float32)
+            part = tl.sum(a * b.to(tl.float32), axis=1)
+            if A_MODE == 3:  # the activation's group scale, one number a K step (BLOCK_K divides the group)
+                part = part * tl.load(sa_ptr + row * stride_sam + (k0 // GROUP_K) * stride_sak)
+            if B_MODE == 3:
+                if ONE_SB:
+                    part = part * tl.load(sb_ptr + ((pid_n * BLOCK_N) // GROUP_N) * stride_sbn + (k0 // GROUP_K) * stride_sbk)
+                else:
+                    part = part * tl.load(sb_ptr + (offs_n_c // GROUP_N) * stride_sbn + (k0 // GROUP_K) * stride_sbk,
+                                          mask=mask_n_c, other=0.0)
+            acc += part
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+    acc = tl.sum(tl.reshape(acc, (1, BLOCK_N, PER_ROW)), axis=2)  # (1, BLOCK_N): the one cross-thread sum
+
+    offs_m = row + tl.arange(0, 1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    o_mask = mask_m[:, None] & mask_n[None, :]
+    last = True
+    if SPLIT_K > 1:
+        mn = M * N
+        ws_tile = ws_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
+        tl.store(ws_tile + pid_k.to(tl.int64) * mn, acc, mask=o_mask)
+        tl.debug_barrier()  # every thread's partial is written before the arrival is counted
+        tile = pid_n * M + row
+        last = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel") == SPLIT_K - 1
+        if last:
+            acc = tl.load(ws_tile, mask=o_mask, other=0, cache_modifier=".cg")
+            for sl in tl.static_range(1, SPLIT_K):
+                acc += tl.load(ws_tile + sl * mn, mask=o_mask, other=0, cache_modifier=".cg")
+            tl.atomic_xchg(cnt_ptr + tile, 0)
+    if last:
+        out = _epilogue(acc, 0.0, sa_ptr, sb_ptr, bias_ptr, offs_m[:, None], offs_n[None, :],
+                        mask_m[:, None], mask_n[None, :], stride_sam, stride_sbn,
+                        A_MODE, B_MODE, False, HAS_BIAS)
+        c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :] * stride_cn
+        tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=o_mask)
+
+
+def launch(a: torch.Tensor, weight: torch.Tensor, sa: torch.Tensor, weight_scale: torch.Tensor,
+           bias: torch.Tensor | None, a_mode: int, b_mode: int, int8: bool, group_k: int, group_n: int,
+           block_k: int, config, split: int, out: torch.Tensor) -> torch.Tensor:
+    """``out`` (M, N) from the already quantized activation ``a`` (or bf16 for weight-only) and its
+    scales ``sa``."""
+    a = a if a.stride(1) == 1 else a.contiguous()
+    weight = weight if weight.stride(1) == 1 else weight.contiguous()
+    m, k = a.shape
+    n = weight.shape[0]
+    grid = (m, cdiv(n, config.block_n), split)
+    ws = cnt = out  # placeholders without split-K
+    if split > 1:
+        ws = torch.empty(split * m * n, dtype=torch.int32 if int8 else torch.float32, device=a.device)
+        cnt = tile_counters(a.device, grid[0] * grid[1])
+    sa2 = sa if sa.dim() == 2 else sa.reshape(-1, 1)
+    sb2 = weight_scale if weight_scale.dim() == 2 else weight_scale.reshape(-1, 1)
+    _gemv_kernel[grid](
+        a, weight, out, sa, weight_scale, bias if bias is not None else out, ws, cnt,
+        m, n, k,
+        a.stride(0), weight.stride(0), out.stride(0), out.stride(1),
+        sa2.stride(0), sa2.stride(1), sb2.stride(0), sb2.stride(1),
+        A_MODE=a_mode, B_MODE=b_mode, INT8=int8, GROUP_K=group_k, GROUP_N=group_n, HAS_BIAS=bias is not None,
+        BLOCK_N=config.block_n, BLOCK_K=block_k, SPLIT_K=split,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return out
+
+
+def runs(config, mx: bool, fused: bool) -> bool:
+    """Whether ``scaled_mm`` takes this kernel: a config of one row a program (``block_m`` = 1), not an
+    mx pair, not the fused quantizer."""
+    return config.block_m == 1 and not mx and not fused
