@@ -230,9 +230,12 @@ DECODE_4BIT = ("int4_weight_only_gemm", "fp4_weight_only_gemm")
 # not the mx pairs), the most rows a job may have to search it (a program per row), its grid and its seeds
 GEMV_KERNELS = ("fp8_scaled_gemm", "fp8_block_gemm", "int8_gemm", "fp8_weight_only_gemm", "int8_weight_only_gemm")
 GEMV_MAX_M = 4
-GEMV_GRID = ((8, 16, 32, 64), (128, 256, 512, 1024), (2, 4, 8), (1, 2, 4, 8, 16))  # BLOCK_N, BLOCK_K, warps, split-K
-GEMV_SEEDS = (KernelConfig(1, 16, 512, 8, 4, 1, 4), KernelConfig(1, 32, 256, 8, 4, 1, 4),
-              KernelConfig(1, 16, 512, 8, 4, 1, 2), KernelConfig(1, 32, 128, 8, 4, 1, 8))
+# BLOCK_N, BLOCK_K, warps, stages (>= 2: a K step prefetched), split-K
+GEMV_GRID = ((8, 16, 32, 64), (128, 256, 512, 1024), (2, 4, 8), (1, 2), (1, 2, 4, 8, 16))
+# the winners of bench/gemv_probe.py on the H100 (bench/results/gemv_probe_h100.json, 7 shapes)
+GEMV_SEEDS = (KernelConfig(1, 8, 256, 8, 4, 1, 1), KernelConfig(1, 8, 512, 8, 4, 1, 1),
+              KernelConfig(1, 16, 256, 8, 4, 1, 8), KernelConfig(1, 8, 512, 8, 4, 1, 8),
+              KernelConfig(1, 16, 1024, 8, 4, 1, 1), KernelConfig(1, 16, 512, 8, 4, 2, 1))
 # a GEMV program's tile: at least one 16-byte vector a thread, at most 8 (registers for the loads in flight)
 GEMV_VECS = (1, 8)
 
@@ -243,7 +246,7 @@ def _gemv_job(job: TuneJob) -> bool:
 
 def gemv_space(job: TuneJob, gpu: Gpu) -> list[KernelConfig]:
     """GEMV candidates of a decode job (``_gemv_job``): the GEMV_GRID, pruned by ``_dense_ok``."""
-    configs = (KernelConfig(1, bn, bk, 8, w, 1, sk) for bn, bk, w, sk in itertools.product(*GEMV_GRID))
+    configs = (KernelConfig(1, bn, bk, 8, w, st, sk) for bn, bk, w, st, sk in itertools.product(*GEMV_GRID))
     return [cfg for cfg in configs if _dense_ok(job, gpu, cfg)]
 
 

@@ -493,8 +493,26 @@ def test_gemv_dispatch_falls_back_to_tiles_where_it_does_not_run():
     torch.manual_seed(22)
     x = torch.randn(2, 256).to(torch.bfloat16)
     for wk, ak, fuse in (("mxfp8", "mxfp8", False), ("fp8_per_channel", "fp8_dynamic_per_token", True),
+                         ("fp8_block_128x128", "fp8_dynamic_group_128", True),
                          ("int8_per_channel", "int8_dynamic_per_token", False)):
         t = Q.quantize_weight(torch.randn(64, 256) * 0.05, wk)
         for bm in (1, 8):
             out = scaled_mm(x, t["weight"], _scale(t), wk, ak, KernelConfig(bm, 32, 64, 8, 4, 2), fuse=fuse)
             assert _rel(out, reference(x, t, wk, ak)) < TOL, (wk, bm)
+
+
+@pytest.mark.parametrize("wk,ak", [("fp8_per_channel", "fp8_dynamic_per_token"), ("int8_per_channel", "int8_dynamic_per_token"),
+                                   ("fp8_block_128x128", "fp8_dynamic_group_128"), ("fp8_per_channel", "none")])
+def test_gemv_prefetch_gives_the_same_bits(wk, ak):
+    """num_stages >= 2 loads the next K step before this step's products: the same sums in the same
+    order, so the same output bit for bit, with slices of one, two and three steps and a ragged K (but
+    for 128 x 128 blocks, whose K the compiler keeps a multiple of 128)."""
+    torch.manual_seed(40)
+    k = 768 if wk == "fp8_block_128x128" else 704  # 704 = 5.5 tiles of 128
+    x = torch.randn(2, k).to(torch.bfloat16)
+    t = Q.quantize_weight(torch.randn(80, k) * 0.05, wk)
+    for split in (1, 2, 4):
+        plain = scaled_mm(x, t["weight"], _scale(t), wk, ak, KernelConfig(1, 16, 128, 8, 4, 1, split))
+        ahead = scaled_mm(x, t["weight"], _scale(t), wk, ak, KernelConfig(1, 16, 128, 8, 4, 2, split))
+        assert torch.equal(plain, ahead), split
+        assert _rel(ahead, reference(x, t, wk, ak)) < TOL

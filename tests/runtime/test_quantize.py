@@ -221,3 +221,10 @@ def test_nvfp4_two_level_scale():
 def test_unknown_weight_key_is_an_error():
     with pytest.raises(KeyError):
         Q.quantize_weight(torch.ones(4, 32), "int3_group_7")
+
+
+@pytest.mark.parametrize("key,k", [("fp8_dynamic_group_128", 704), ("mxfp8", 80)])
+def test_group_quantizers_refuse_a_k_their_group_does_not_divide(key, k):
+    """A ragged last group has no scale slot: refused before any launch (it would write past the scales)."""
+    with pytest.raises(ValueError, match=f"{key} needs K divisible by"):
+        quantize_activation(torch.randn(2, k).to(torch.bfloat16), key)

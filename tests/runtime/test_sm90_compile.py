@@ -196,33 +196,37 @@ def test_moe_grouped_gemm_raw_sums_compile_to_wgmma_chains():
 def test_decode_gemv_compiles_to_wide_loads_in_registers():
     """The decode GEMV's K loop streams weight rows as 16-byte vector loads (8-bit weights, K contiguous)
     and sums them where they were loaded: no shared memory, no shuffles, no barrier, no MMA, no spills,
-    for W8A8 fp8 / int8, block-scaled fp8 (one scale a step, or one a row) and weight-only."""
+    for W8A8 fp8 / int8, block-scaled fp8 (one scale a step, or one a row) and weight-only, each with and
+    without the prefetch of the next step."""
     results = _compiled("""
         from quantc.runtime.kernels import scaled_gemv
         sig = {"a_ptr": "*fp8e4nv", "b_ptr": "*fp8e4nv", "c_ptr": "*bf16", "sa_ptr": "*fp32", "sb_ptr": "*fp32",
                "bias_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32",
                "stride_am": "i32", "stride_bn": "i32", "stride_cm": "i32",
                "stride_cn": "i32", "stride_sam": "i32", "stride_sak": "i32", "stride_sbn": "i32", "stride_sbk": "i32"}
-        cases = [  # a dtype, b dtype, A mode, B mode, int8, BLOCK_N, BLOCK_K, split
-            ("*fp8e4nv", "*fp8e4nv", 2, 2, False, 16, 512, 4),
-            ("*i8", "*i8", 2, 2, True, 16, 512, 4),
-            ("*fp8e4nv", "*fp8e4nv", 3, 3, False, 32, 128, 1),
-            ("*fp8e4nv", "*fp8e4nv", 3, 3, False, 256, 128, 2),
-            ("*bf16", "*fp8e4nv", 0, 2, False, 16, 512, 2),
+        cases = [  # a dtype, b dtype, A mode, B mode, prefetch, int8, BLOCK_N, BLOCK_K, split
+            ("*fp8e4nv", "*fp8e4nv", 2, 2, False, False, 16, 512, 4),
+            ("*fp8e4nv", "*fp8e4nv", 2, 2, True, False, 16, 512, 4),
+            ("*i8", "*i8", 2, 2, False, True, 16, 512, 4),
+            ("*i8", "*i8", 2, 2, True, True, 8, 512, 1),
+            ("*fp8e4nv", "*fp8e4nv", 3, 3, False, False, 32, 128, 1),
+            ("*fp8e4nv", "*fp8e4nv", 3, 3, True, False, 256, 128, 2),
+            ("*bf16", "*fp8e4nv", 0, 2, False, False, 16, 512, 2),
+            ("*bf16", "*fp8e4nv", 0, 2, True, False, 16, 512, 2),
         ]
         out = []
-        for adt, bdt, am, bmode, int8, bn, bk, split in cases:
-            ce = dict(A_MODE=am, B_MODE=bmode, INT8=int8, GROUP_K=128, GROUP_N=128, HAS_BIAS=False,
-                      BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split)
+        for adt, bdt, am, bmode, prefetch, int8, bn, bk, split in cases:
+            ce = dict(A_MODE=am, B_MODE=bmode, PREFETCH=prefetch, INT8=int8, GROUP_K=128, GROUP_N=128, HAS_BIAS=False,
+                      BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, EVICT="evict_first")
             ptx, smem = ptx_of(scaled_gemv._gemv_kernel, dict(sig, a_ptr=adt, b_ptr=bdt,
                                ws_ptr="*i32" if int8 else "*fp32"), ce, 4, 1,
                                ("a_ptr", "b_ptr", "c_ptr", "ws_ptr", "K", "stride_am", "stride_bn", "stride_cm"))
             loop = re.split(r"\\n\\$L__BB", ptx[ptx.index("Inner Loop Header"):])[0]  # the K loop's block
-            out.append({"v4": count(loop, r"ld\.global(\.\w+)*\.v4\.b32"), "shared": count(loop, r"\.shared"),
+            out.append({"v4": count(loop, r"ld\.global[\w.:]*\.v4\.b32"), "evict": count(loop, r"evict_first"), "shared": count(loop, r"\.shared"),
                         "shfl": count(loop, r"shfl"), "bar": count(loop, r"bar\.sync"), "local": count(ptx, r"\.local"),
-                        "mma": count(ptx, r"mma"), "case": [am, bmode, int8, bn, bk]})
+                        "mma": count(ptx, r"mma"), "case": [am, bmode, prefetch, int8, bn, bk]})
         print(json.dumps(out))
     """)
     for r in results:
         assert r["v4"] >= 1 and r["shared"] == 0 and r["shfl"] == 0 and r["bar"] == 0, r
-        assert r["local"] == 0 and r["mma"] == 0, r
+        assert r["local"] == 0 and r["mma"] == 0 and r["evict"] >= 1, r

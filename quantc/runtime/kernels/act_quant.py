@@ -167,6 +167,8 @@ def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | 
     src, group = _FROM_GROUP, k
     if key in ("fp8_dynamic_group_128", "mxfp8"):
         group = 128 if key == "fp8_dynamic_group_128" else 32
+        if k % group:  # the compiler rejects such plans (QC301); a direct call must not write past the scales
+            raise ValueError(f"{key} needs K divisible by {group}, got K = {k}")
         s = torch.empty((m, k // group), dtype=torch.uint8 if mx else torch.float32, device=x.device)
     elif key in ("fp8_dynamic_per_tensor", "fp8_static_per_tensor"):
         s = torch.empty((), dtype=torch.float32, device=x.device)

@@ -10,8 +10,12 @@ slices), rows fastest, so the programs that read one weight tile for different r
 
 Modes are ``scaled_mm``'s (A none / tensor / row / 1x128 group; B tensor / channel / 128x128 block), with
 the same scale placement: per-tensor / row / channel scales in the epilogue after the whole K sum, group
-and block scales on each K step's partial sums. mx (e8m0) pairs and the fused quantizer stay on the
-tensor-core kernel.
+and block scales on each K step's partial sums. mx (e8m0) pairs stay on the tensor-core kernel.
+
+The quantizer is not fused here: the activation is read once per weight row of a tile (the layout that
+keeps every sum in registers), so a fused quantizer rounds each element BLOCK_N times; on the H100 that
+made the layer 2.3-2.8x slower than the separate quantizer's launch plus this kernel
+(bench/results/gemv_probe_h100.json). A forced ``fuse=True`` runs the tile kernel's fused path.
 
 Split-K as in ``scaled_mm``: slices of whole K tiles, raw partials to ``ws[s, m, n]``, the slice that
 arrives last on the tile's counter sums them in slice order (deterministic) and runs the epilogue.
@@ -34,8 +38,8 @@ def _gemv_kernel(
     stride_am, stride_bn, stride_cm, stride_cn,
     stride_sam, stride_sak, stride_sbn, stride_sbk,
     A_MODE: tl.constexpr, B_MODE: tl.constexpr, INT8: tl.constexpr, GROUP_K: tl.constexpr,
-    GROUP_N: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    GROUP_N: tl.constexpr, HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, EVICT: tl.constexpr,
 ):
     # rows of the activation vary fastest over the grid: the programs of one weight tile run together
     # and share its bytes through L2
@@ -54,8 +58,8 @@ def _gemv_kernel(
     # elements (a 16-byte load of 8-bit weights): chunk c is weight row c // (BLOCK_K / VEC), K offset
     # (c % (BLOCK_K / VEC)) * VEC. The activation is read in the same shape (L1 serves the repeats), so
     # product, sum over VEC and running sum stay in the thread that loaded the bytes. A bf16 activation
-    # takes VEC = 8 (its 16-byte vectors hold 8 elements): both operands must share one layout, or every
-    # step converts through shared memory
+    # (weight-only) takes VEC = 8, its 16-byte vectors' length: both operands must share one layout, or
+    # every step converts through shared memory
     VEC: tl.constexpr = min(8 if A_MODE == 0 else 16, BLOCK_K)
     PER_ROW: tl.constexpr = BLOCK_K // VEC
     CHUNKS: tl.constexpr = BLOCK_N * PER_ROW
@@ -68,13 +72,31 @@ def _gemv_kernel(
     a_ptrs = a_ptr + row.to(tl.int64) * stride_am + k_first
     b_ptrs = b_ptr + offs_n_c[:, None].to(tl.int64) * stride_bn + k_first
     ONE_SB: tl.constexpr = GROUP_N % BLOCK_N == 0  # a block-scaled tile inside one block row
+
     acc_dtype = tl.int32 if INT8 else tl.float32
     acc = tl.zeros((CHUNKS,), dtype=acc_dtype)
+    # each weight byte is read once a call: streamed past L2 (EVICT) ahead of the activation, which every
+    # program of the row reads. PREFETCH: the next step's loads are issued before this step's products,
+    # two tiles in flight a thread (Triton pipelines only loads that feed a dot)
+    k_in = k_c[:, None] + offs_v[None, :]  # (CHUNKS, VEC): K offsets within a step
+    # the slice's end: past it a prefetch loads nothing (the step after a slice's last)
+    k_end = K if SPLIT_K == 1 else tl.minimum(K, t_end * BLOCK_K)
+    if PREFETCH:
+        mask_k = (t_start * BLOCK_K + k_in) < k_end
+        a_nxt = tl.load(a_ptrs, mask=mask_k, other=0.0, eviction_policy="evict_last")
+        b_nxt = tl.load(b_ptrs, mask=mask_n_c[:, None] & mask_k, other=0.0, eviction_policy=EVICT)
     for t in range(t_start, t_end):
         k0 = t * BLOCK_K
-        mask_k = (k0 + k_c[:, None] + offs_v[None, :]) < K
-        a = tl.load(a_ptrs, mask=mask_k, other=0.0)
-        b = tl.load(b_ptrs, mask=mask_n_c[:, None] & mask_k, other=0.0)
+        if PREFETCH:
+            a = a_nxt
+            b = b_nxt
+            mask_k = (k0 + BLOCK_K + k_in) < k_end
+            a_nxt = tl.load(a_ptrs + BLOCK_K, mask=mask_k, other=0.0, eviction_policy="evict_last")
+            b_nxt = tl.load(b_ptrs + BLOCK_K, mask=mask_n_c[:, None] & mask_k, other=0.0, eviction_policy=EVICT)
+        else:
+            mask_k = (k0 + k_in) < K
+            a = tl.load(a_ptrs, mask=mask_k, other=0.0, eviction_policy="evict_last")
+            b = tl.load(b_ptrs, mask=mask_n_c[:, None] & mask_k, other=0.0, eviction_policy=EVICT)
         if INT8:
             acc += tl.sum(a.to(tl.int32) * b.to(tl.int32), axis=1)
         else:
@@ -121,9 +143,10 @@ def _gemv_kernel(
 
 def launch(a: torch.Tensor, weight: torch.Tensor, sa: torch.Tensor, weight_scale: torch.Tensor,
            bias: torch.Tensor | None, a_mode: int, b_mode: int, int8: bool, group_k: int, group_n: int,
-           block_k: int, config, split: int, out: torch.Tensor) -> torch.Tensor:
-    """``out`` (M, N) from the already quantized activation ``a`` (or bf16 for weight-only) and its
-    scales ``sa``."""
+           block_k: int, config, split: int, out: torch.Tensor, evict: str = "evict_first") -> torch.Tensor:
+    """``out`` (M, N) from the already quantized activation ``a`` (bf16 for weight-only) and its scales
+    ``sa``; ``config.num_stages`` >= 2 prefetches a K step ahead. ``evict``: the weight loads' L2
+    eviction policy ("" for none; benchmarks compare)."""
     a = a if a.stride(1) == 1 else a.contiguous()
     weight = weight if weight.stride(1) == 1 else weight.contiguous()
     m, k = a.shape
@@ -140,9 +163,10 @@ def launch(a: torch.Tensor, weight: torch.Tensor, sa: torch.Tensor, weight_scale
         m, n, k,
         a.stride(0), weight.stride(0), out.stride(0), out.stride(1),
         sa2.stride(0), sa2.stride(1), sb2.stride(0), sb2.stride(1),
-        A_MODE=a_mode, B_MODE=b_mode, INT8=int8, GROUP_K=group_k, GROUP_N=group_n, HAS_BIAS=bias is not None,
-        BLOCK_N=config.block_n, BLOCK_K=block_k, SPLIT_K=split,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        A_MODE=a_mode, B_MODE=b_mode, INT8=int8, GROUP_K=group_k, GROUP_N=group_n,
+        HAS_BIAS=bias is not None, PREFETCH=config.num_stages >= 2,
+        BLOCK_N=config.block_n, BLOCK_K=block_k, SPLIT_K=split, EVICT=evict,
+        num_warps=config.num_warps, num_stages=1,
     )
     return out
 
