@@ -136,6 +136,21 @@ def gpu_check(out: dict) -> None:
         q, s_ = act_quant.quantize_activation(x, key)
         rq, rs = act_quant.reference(x, key)
         res["quant_" + key] = bool(torch.equal(q.view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s_, rs.reshape(s_.shape)))
+    # every e4m3 code, every tie between neighbours and both sides of it, at four row scales: the GPU's
+    # hardware e4m3 cast (common.hw_cast) must give the reference's codes bit for bit
+    codes = torch.arange(256, dtype=torch.uint8, device="cuda").view(Q.FP8).float()
+    codes = torch.unique(codes[~codes.isnan()])
+    pos = codes[codes >= 0]
+    ties = (pos[:-1] + pos[1:]) / 2
+    row = torch.cat([codes, ties, -ties, ties * (1 - 2**-20), ties * (1 + 2**-20)])
+    row = torch.nn.functional.pad(row, (0, -len(row) % 1024))
+    xc = torch.stack([row, row * 0.37, row * 3.1e-3, torch.roll(row, 7) * 1.7])
+    for key in ("fp8_dynamic_per_token", "fp8_dynamic_per_tensor", "fp8_dynamic_group_128", "fp8_static_per_tensor", "mxfp8"):
+        static = torch.tensor(0.9, device="cuda") if key == "fp8_static_per_tensor" else None
+        q, s_ = act_quant.quantize_activation(xc, key, static)
+        rq, rs = act_quant.reference(xc, key, static)
+        res["quant_all_codes_" + key] = bool(torch.equal(q.view(torch.uint8), rq.view(torch.uint8))
+                                             and torch.equal(s_.reshape(rs.shape), rs))
     cases = [("fp8_per_channel", "fp8_dynamic_per_token"), ("fp8_per_tensor", "fp8_dynamic_per_tensor"),
              ("fp8_block_128x128", "fp8_dynamic_group_128"), ("int8_per_channel", "int8_dynamic_per_token"),
              ("mxfp8", "mxfp8"), ("fp8_per_channel", "none"), ("fp8_block_128x128", "none"), ("int8_per_channel", "none")]

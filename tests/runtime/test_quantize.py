@@ -228,3 +228,16 @@ def test_group_quantizers_refuse_a_k_their_group_does_not_divide(key, k):
     """A ragged last group has no scale slot: refused before any launch (it would write past the scales)."""
     with pytest.raises(ValueError, match=f"{key} needs K divisible by"):
         quantize_activation(torch.randn(2, k).to(torch.bfloat16), key)
+
+
+def test_hardware_e4m3_cast_only_for_compiled_gpu_kernels(monkeypatch):
+    from quantc.runtime.kernels.common import hw_cast
+
+    monkeypatch.delenv("QUANTC_HW_CAST", raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert hw_cast(torch.device("cuda", 0)) and not hw_cast(torch.device("cpu"))
+    monkeypatch.setenv("QUANTC_HW_CAST", "0")
+    assert not hw_cast(torch.device("cuda", 0))
+    monkeypatch.delenv("QUANTC_HW_CAST")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter's cast loses carries: explicit rounding
+    assert not hw_cast(torch.device("cuda", 0))

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from .. import quantize as ref
-from .common import cdiv, floor_log2, next_pow2, pow2, quant_e4m3, quant_int8, round_e4m3
+from .common import cdiv, floor_log2, hw_cast, next_pow2, pow2, quant_e4m3, quant_int8, to_e4m3
 
 # scale sources
 _FROM_GROUP, _FROM_AMAX, _STATIC = 0, 1, 2
@@ -60,14 +60,14 @@ def _scale_of(amax, s_ptr, s_ptrs, s_mask, first, fmt_max, SRC: tl.constexpr, MX
 
 
 @triton.jit
-def _quantized(x, scale, e, INT8: tl.constexpr, MX: tl.constexpr):
+def _quantized(x, scale, e, INT8: tl.constexpr, MX: tl.constexpr, HW: tl.constexpr):
     """fp32 values -> their codes for ``scale`` (mxfp8: the power of two ``e``; int8; else e4m3)."""
     if INT8:
         q = quant_int8(x, scale)
     elif MX:
-        q = round_e4m3(x * pow2(-e)).to(tl.float8e4nv)  # power-of-two scale: exact multiply
+        q = to_e4m3(x * pow2(-e), HW)  # power-of-two scale: exact multiply
     else:
-        q = quant_e4m3(x, scale)
+        q = quant_e4m3(x, scale, HW)
     return q
 
 
@@ -76,7 +76,7 @@ def _quant_tile_kernel(
     x_ptr, q_ptr, s_ptr, src_ptr,          # input, quantized out, scale out, amax/static scale in
     K, stride_xm, stride_qm, stride_sm,
     GROUP: tl.constexpr, GROUPS: tl.constexpr, GBLOCK: tl.constexpr,  # GBLOCK: GROUP rounded up to 2**n
-    SRC: tl.constexpr, INT8: tl.constexpr, MX: tl.constexpr,
+    SRC: tl.constexpr, INT8: tl.constexpr, MX: tl.constexpr, HW: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     offs_g = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)
@@ -99,9 +99,9 @@ def _quant_tile_kernel(
     if SRC == 0:  # one scale per group: a column against the tile's rows of groups
         if MX:
             e = e[:, None]
-        q = _quantized(x, scale[:, None], e, INT8, MX)
+        q = _quantized(x, scale[:, None], e, INT8, MX, HW)
     else:
-        q = _quantized(x, scale, e, INT8, MX)
+        q = _quantized(x, scale, e, INT8, MX, HW)
     tl.store(q_ptr + row * stride_qm + cols, q, mask=m)
 
 
@@ -125,6 +125,7 @@ def _quant_rows_kernel(
     GROUP: tl.constexpr, BLOCK: tl.constexpr,
     SRC: tl.constexpr,                      # 0 group amax, 1 amax in src_ptr, 2 static scale in src_ptr
     INT8: tl.constexpr, MX: tl.constexpr,   # element format: int8, e4m3 with e8m0 scale, else e4m3
+    HW: tl.constexpr,                        # the hardware e4m3 cast (common.to_e4m3)
 ):
     row = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
@@ -149,7 +150,7 @@ def _quant_rows_kernel(
         offs = c + tl.arange(0, BLOCK)
         m = (offs < GROUP) & (g * GROUP + offs < K)
         x = tl.load(x_row + offs, mask=m, other=0.0).to(tl.float32)
-        tl.store(q_row + offs, _quantized(x, scale, e, INT8, MX), mask=m)
+        tl.store(q_row + offs, _quantized(x, scale, e, INT8, MX, HW), mask=m)
 
 
 def one_pass(m: int, group: int) -> bool:
@@ -196,12 +197,13 @@ def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | 
         warps = max(1, min(DECODE_MAX_WARPS if decode else MAX_WARPS, groups * gblock // ELEMS_PER_WARP))
         _quant_tile_kernel[(m, cdiv(n_groups, groups))](
             x, q, s, aux, k, x.stride(0), q.stride(0), s_stride,
-            GROUP=group, GROUPS=groups, GBLOCK=gblock, SRC=src, INT8=int8, MX=mx, num_warps=warps,
+            GROUP=group, GROUPS=groups, GBLOCK=gblock, SRC=src, INT8=int8, MX=mx, HW=hw_cast(x.device),
+            num_warps=warps,
         )
         return q, s
     _quant_rows_kernel[(m, k // group)](
         x, q, s, aux, k, x.stride(0), q.stride(0), s_stride,
-        GROUP=group, BLOCK=2048, SRC=src, INT8=int8, MX=mx,
+        GROUP=group, BLOCK=2048, SRC=src, INT8=int8, MX=mx, HW=hw_cast(x.device),
     )
     return q, s
 
