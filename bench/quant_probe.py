@@ -1,6 +1,6 @@
 """Sweep the activation quantizer's launch shape on a GPU (``act_quant.ONE_PASS_MAX``, ``ELEMS_PER_WARP``,
-``MAX_WARPS``): per-token fp8 and group-128 fp8 at M = 1024..8192 over the bench K, as a fraction of the
-copy bandwidth of the same run. bench/bench_quant.py is the reference benchmark; this picks its defaults.
+``MAX_WARPS``): per-token fp8 and int8 and group-128 fp8 at M = 1024 and 8192 over the bench K, as a
+fraction of the copy bandwidth of the same run (with the hardware e4m3 cast, ``common.hw_cast``). bench/bench_quant.py is the reference benchmark; this picks its defaults.
 
     python bench/quant_probe.py
 """
@@ -23,8 +23,8 @@ from quantc.runtime.kernels import act_quant  # noqa: E402
 def main() -> None:
     copy = copy_gbps()
     xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for m in (1024, 8192) for k in (2048, 4096, 7168, 14336)]
-    for key in ("fp8_dynamic_per_token", "fp8_dynamic_group_128"):
-        for one_pass, per_warp, max_warps in itertools.product((8192, 16384), (256, 512, 1024), (4, 8, 16)):
+    for key in ("fp8_dynamic_per_token", "int8_dynamic_per_token", "fp8_dynamic_group_128"):
+        for one_pass, per_warp, max_warps in itertools.product((8192, 16384), (256, 512, 1024), (8, 16)):
             act_quant.ONE_PASS_MAX, act_quant.ELEMS_PER_WARP, act_quant.MAX_WARPS = one_pass, per_warp, max_warps
             fr = []
             for x in xs:
