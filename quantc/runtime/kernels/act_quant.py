@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from .. import quantize as ref
-from .common import cdiv, floor_log2, hw_cast, next_pow2, pow2, quant_e4m3, quant_int8, to_e4m3
+from .common import cdiv, floor_log2, hw_cast, launch, next_pow2, pow2, quant_e4m3, quant_int8, to_e4m3
 
 # scale sources
 _FROM_GROUP, _FROM_AMAX, _STATIC = 0, 1, 2
@@ -195,16 +195,11 @@ def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | 
         n_groups = k // group
         groups = max(1, min(ONE_PASS_MAX // 4 // gblock, next_pow2(n_groups)))  # ~2048 elements
         warps = max(1, min(DECODE_MAX_WARPS if decode else MAX_WARPS, groups * gblock // ELEMS_PER_WARP))
-        _quant_tile_kernel[(m, cdiv(n_groups, groups))](
-            x, q, s, aux, k, x.stride(0), q.stride(0), s_stride,
-            GROUP=group, GROUPS=groups, GBLOCK=gblock, SRC=src, INT8=int8, MX=mx, HW=hw_cast(x.device),
-            num_warps=warps,
-        )
+        launch(_quant_tile_kernel, (m, cdiv(n_groups, groups)), (x, q, s, aux, k, x.stride(0), q.stride(0), s_stride),
+               dict(GROUP=group, GROUPS=groups, GBLOCK=gblock, SRC=src, INT8=int8, MX=mx, HW=hw_cast(x.device)), warps)
         return q, s
-    _quant_rows_kernel[(m, k // group)](
-        x, q, s, aux, k, x.stride(0), q.stride(0), s_stride,
-        GROUP=group, BLOCK=2048, SRC=src, INT8=int8, MX=mx, HW=hw_cast(x.device),
-    )
+    launch(_quant_rows_kernel, (m, k // group), (x, q, s, aux, k, x.stride(0), q.stride(0), s_stride),
+           dict(GROUP=group, BLOCK=2048, SRC=src, INT8=int8, MX=mx, HW=hw_cast(x.device)), 4)
     return q, s
 
 

@@ -45,6 +45,64 @@ def hw_cast(device: torch.device) -> bool:
             and os.environ.get("QUANTC_HW_CAST", "1") != "0")
 
 
+# --- launching ---------------------------------------------------------------------------------------
+# ``kernel[grid](...)`` costs 30-70 us of Python a call on the H100 image (triton 3.6:
+# bench/results/host_overhead_h100.json): binding ~35 arguments, building the specialization key,
+# hooks. Eager decode and prefill launch two or three kernels a linear, so that host time exceeds the
+# GPU's. ``launch`` calls the compiled kernel directly once it has been compiled for the same
+# specialization: Triton specializes a launch on each tensor's dtype and 16-byte alignment and each
+# int's width, divisibility by 16 and equality to 1, which the cache key here records (a finer key
+# than Triton's own is safe: a miss takes Triton's path, which compiles or reuses). The interpreter and
+# QUANTC_FAST_LAUNCH=0 always take Triton's path.
+_COMPILED: dict = {}
+_PARAMS: dict = {}
+
+
+def fast_launch_on() -> bool:
+    return os.environ.get("QUANTC_FAST_LAUNCH", "1") != "0" and os.environ.get("TRITON_INTERPRET") != "1"
+
+
+def _arg_key(v):
+    if isinstance(v, torch.Tensor):
+        return (v.dtype, v.data_ptr() % 16 == 0, v.device.index)
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, int):
+        return (v == 1, v % 16 == 0, -(2**31) <= v < 2**31)
+    if isinstance(v, float):
+        return float
+    raise TypeError(f"no fast-launch key for a {type(v).__name__} argument")
+
+
+def launch(kernel, grid: tuple, args: tuple, consts: dict, num_warps: int, num_stages: int = 3) -> None:
+    """``kernel[grid](*args, **consts, num_warps=..., num_stages=...)``: the runtime arguments ``args``
+    in the kernel's parameter order, then every constexpr by name. The first launch of a specialization
+    goes through Triton (compiling it if needed); later ones call the compiled kernel directly."""
+    if not fast_launch_on():
+        kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
+        return
+    key = (kernel, tuple(map(_arg_key, args)), tuple(consts.items()), num_warps, num_stages)
+    hit = _COMPILED.get(key)
+    if hit is None:
+        names = _PARAMS.get(kernel)
+        if names is None:
+            names = _PARAMS[kernel] = tuple(kernel.arg_names)
+        # the launcher takes every parameter in order, constexprs included (it skips them)
+        const_vals = tuple(consts[n] for n in names[len(args):])
+        compiled = kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
+        _COMPILED[key] = (compiled, const_vals)
+        return
+    compiled, const_vals = hit
+    g = tuple(grid) + (1,) * (3 - len(grid))
+    compiled.run(g[0], g[1], g[2], current_stream(args[0].device), compiled.function, compiled.packed_metadata,
+                 None, None, None, *args, *const_vals)
+
+
+def current_stream(device: torch.device) -> int:
+    """The raw CUDA stream kernels launch on (the capture stream inside CUDA-graph capture)."""
+    return torch.cuda.current_stream(device).cuda_stream
+
+
 _TILE_COUNTERS: dict = {}
 
 

@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import common
 from .common import cdiv, tile_counters
 from .scaled_mm import _epilogue  # one epilogue for both kernels (scaled_mm imports this module lazily)
 
@@ -158,16 +159,16 @@ def launch(a: torch.Tensor, weight: torch.Tensor, sa: torch.Tensor, weight_scale
         cnt = tile_counters(a.device, grid[0] * grid[1])
     sa2 = sa if sa.dim() == 2 else sa.reshape(-1, 1)
     sb2 = weight_scale if weight_scale.dim() == 2 else weight_scale.reshape(-1, 1)
-    _gemv_kernel[grid](
+    common.launch(_gemv_kernel, grid, (
         a, weight, out, sa, weight_scale, bias if bias is not None else out, ws, cnt,
         m, n, k,
         a.stride(0), weight.stride(0), out.stride(0), out.stride(1),
         sa2.stride(0), sa2.stride(1), sb2.stride(0), sb2.stride(1),
+    ), dict(
         A_MODE=a_mode, B_MODE=b_mode, INT8=int8, GROUP_K=group_k, GROUP_N=group_n,
         HAS_BIAS=bias is not None, PREFETCH=config.num_stages >= 2,
         BLOCK_N=config.block_n, BLOCK_K=block_k, SPLIT_K=split, EVICT=evict,
-        num_warps=config.num_warps, num_stages=1,
-    )
+    ), config.num_warps, 1)
     return out
 
 

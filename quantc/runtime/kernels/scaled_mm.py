@@ -50,8 +50,8 @@ import triton.language as tl
 
 from .. import quantize as ref
 from .act_quant import quantize_activation
-from .common import (cdiv, e8m0_to_f32, floor_log2, grouped_tile, next_pow2, pow2, quant_e4m3, quant_int8, round_e4m3,
-                     tile_counters)
+from .common import (cdiv, e8m0_to_f32, floor_log2, grouped_tile, launch, next_pow2, pow2, quant_e4m3, quant_int8,
+                     round_e4m3, tile_counters)
 
 # A modes / B modes
 A_NONE, A_TENSOR, A_ROW, A_GROUP = 0, 1, 2, 3
@@ -355,17 +355,17 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
         # int8 partials stay int32 (same bytes): their sum is then exactly the unsplit accumulator
         ws = torch.empty(split * m * n, dtype=torch.int32 if int8 else torch.float32, device=x.device)
         cnt = tile_counters(x.device, grid[0])
-    _scaled_mm_kernel[grid](
+    launch(_scaled_mm_kernel, grid, (
         a, weight, out, sa, weight_scale, bias if bias is not None else out, ws, cnt,
         m, n, k,
         a.stride(0), a.stride(1), weight.stride(0), weight.stride(1), out.stride(0), out.stride(1),
         sa2.stride(0), sa2.stride(1), sb2.stride(0), sb2.stride(1),
+    ), dict(
         A_MODE=a_mode, B_MODE=b_mode, QUANT_A=quant, INT8=int8, MX=mx,
         GROUP_K=group_k, GROUP_N=group_n, HAS_BIAS=bias is not None, DOT_F32=_interpreted(),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=block_k, GROUP_M=config.group_m,
         PRO_K=min(512, next_pow2(k)), SPLIT_K=split,
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
+    ), config.num_warps, config.num_stages)
     return out
 
 

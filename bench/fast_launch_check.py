@@ -1,0 +1,87 @@
+"""On a GPU: ``common.launch``'s direct call of the compiled kernel gives the same bits as Triton's own
+launch path, for every kernel that uses it (quantizers, tile GEMM with and without split-K, GEMV), eagerly
+and replayed in a CUDA graph, at several shapes (so specializations differ). Prints one line per case
+and ``fast launch check: all ok`` or the failures; writes $OUT/fast_launch_check.json.
+
+    python bench/fast_launch_check.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from quantc.plan import KernelConfig as C  # noqa: E402
+from quantc.runtime import quantize as Q  # noqa: E402
+from quantc.runtime.kernels import common  # noqa: E402
+from quantc.runtime.kernels.act_quant import quantize_activation  # noqa: E402
+from quantc.runtime.kernels.scaled_mm import scaled_mm  # noqa: E402
+
+CASES = [  # weight key, activation key, config
+    ("fp8_per_channel", "fp8_dynamic_per_token", C(16, 64, 128, 8, 4, 3)),
+    ("fp8_per_channel", "fp8_dynamic_per_token", C(16, 32, 128, 8, 4, 4, 4)),
+    ("fp8_per_channel", "fp8_dynamic_per_token", C(1, 16, 512, 8, 4, 1, 4)),
+    ("int8_per_channel", "int8_dynamic_per_token", C(1, 8, 256, 8, 4, 2, 1)),
+    ("fp8_block_128x128", "fp8_dynamic_group_128", C(1, 32, 128, 8, 4, 1, 2)),
+    ("fp8_block_128x128", "fp8_dynamic_group_128", C(64, 128, 128, 8, 4, 3)),
+    ("fp8_per_channel", "none", C(1, 8, 512, 8, 4, 1, 2)),
+    ("mxfp8", "mxfp8", C(16, 64, 32, 8, 4, 3)),
+]
+SHAPES = [(1, 576, 512), (3, 1024, 2048), (200, 4096, 1024)]
+
+
+def main() -> None:
+    out, bad = {}, []
+    torch.manual_seed(0)
+    for wk, ak, cfg in CASES:
+        for m, n, k in SHAPES:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            t = Q.quantize_weight(torch.randn(n, k, device="cuda") * 0.05, wk)
+            sc = t.get("weight_scale", t.get("weight_scale_inv"))
+
+            def layer():
+                return scaled_mm(x, t["weight"], sc, wk, ak, cfg)
+
+            os.environ["QUANTC_FAST_LAUNCH"] = "0"
+            want = layer()
+            os.environ["QUANTC_FAST_LAUNCH"] = "1"
+            first, second, third = layer(), layer(), layer()  # Triton's path, then the direct call
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                graphed = layer()
+            x.copy_(x * 0.5)
+            os.environ["QUANTC_FAST_LAUNCH"] = "0"
+            want_half = layer()
+            os.environ["QUANTC_FAST_LAUNCH"] = "1"
+            g.replay()
+            torch.cuda.synchronize()
+            ok = all(torch.equal(want, o) for o in (first, second, third)) and torch.equal(graphed, want_half)
+            label = f"{wk}/{ak}/{tuple(cfg.__dict__.values())}/M{m}N{n}K{k}"
+            out[label] = ok
+            print(label, "ok" if ok else "MISMATCH", flush=True)
+            if not ok:
+                bad.append(label)
+    for key in ("fp8_dynamic_per_token", "int8_dynamic_per_token", "mxfp8", "fp8_dynamic_group_128"):
+        for m, k in ((1, 4096), (64, 14336), (1024, 7168)):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            os.environ["QUANTC_FAST_LAUNCH"] = "0"
+            wq, ws = quantize_activation(x, key)
+            os.environ["QUANTC_FAST_LAUNCH"] = "1"
+            runs = [quantize_activation(x, key) for _ in range(3)]
+            ok = all(torch.equal(q.view(torch.uint8), wq.view(torch.uint8)) and torch.equal(s, ws) for q, s in runs)
+            out[f"quant/{key}/M{m}K{k}"] = ok
+            if not ok:
+                bad.append(f"quant/{key}/M{m}K{k}")
+    out["direct_calls_cached"] = len(common._COMPILED)
+    print("fast launch check:", "all ok" if not bad else f"FAILED {bad}", f"({len(common._COMPILED)} specializations)",
+          flush=True)
+    Path(os.environ.get("OUT", "/tmp"), "fast_launch_check.json").write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
