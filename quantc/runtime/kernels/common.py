@@ -64,7 +64,7 @@ def fast_launch_on() -> bool:
 
 def _arg_key(v):
     if isinstance(v, torch.Tensor):
-        return (v.dtype, v.data_ptr() % 16 == 0, v.device.index)
+        return (v.dtype, v.data_ptr() % 16 == 0, v.get_device())
     if isinstance(v, bool) or v is None:
         return v
     if isinstance(v, int):
@@ -99,8 +99,9 @@ def launch(kernel, grid: tuple, args: tuple, consts: dict, num_warps: int, num_s
 
 
 def current_stream(device: torch.device) -> int:
-    """The raw CUDA stream kernels launch on (the capture stream inside CUDA-graph capture)."""
-    return torch.cuda.current_stream(device).cuda_stream
+    """The raw CUDA stream kernels launch on (the capture stream inside CUDA-graph capture); torch's raw
+    getter, as Triton's driver uses, skips building a Stream object."""
+    return torch._C._cuda_getCurrentRawStream(device.index if device.index is not None else torch.cuda.current_device())
 
 
 _TILE_COUNTERS: dict = {}
