@@ -120,6 +120,37 @@ def tile_counters(device: torch.device, tiles: int) -> torch.Tensor:
 
 
 @triton.jit
+def k_slice(K, pid_k, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+    """[t_start, t_end): a split-K program's K tiles of BLOCK_K, all of them without split-K, else slice
+    ``pid_k`` of ceil(tiles / SPLIT_K) whole tiles (the last one possibly shorter)."""
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    if SPLIT_K == 1:
+        return 0, k_tiles
+    else:
+        per_slice = tl.cdiv(k_tiles, SPLIT_K)
+        t_start = pid_k * per_slice
+        return t_start, tl.minimum(t_start + per_slice, k_tiles)
+
+
+@triton.jit
+def split_k_reduce(acc, ws_tile, o_mask, cnt_ptr, pid_k, mn, SPLIT_K: tl.constexpr):
+    """Same-launch split-K reduction of one output tile: this slice's raw partial goes to
+    ``ws_tile + pid_k * mn`` (the workspace is (SPLIT_K, M, N)); the slice that arrives last on the tile's
+    counter (``cnt_ptr``, zero at rest) sums the partials in slice order, so the result does not depend
+    on which slice is last, and zeroes the counter. Returns (the sum, or this slice's partial; whether
+    this program finishes the tile)."""
+    tl.store(ws_tile + pid_k.to(tl.int64) * mn, acc, mask=o_mask)
+    tl.debug_barrier()  # every thread's partial is written before the arrival is counted
+    last = tl.atomic_add(cnt_ptr, 1, sem="acq_rel") == SPLIT_K - 1
+    if last:
+        acc = tl.load(ws_tile, mask=o_mask, other=0, cache_modifier=".cg")
+        for sl in tl.static_range(1, SPLIT_K):
+            acc += tl.load(ws_tile + sl * mn, mask=o_mask, other=0, cache_modifier=".cg")
+        tl.atomic_xchg(cnt_ptr, 0)  # zero at rest for the next launch (and graph replay)
+    return acc, last
+
+
+@triton.jit
 def grouped_tile(t, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     """Output tile ``t`` of a (num_pid_m x num_pid_n) grid -> (pid_m, pid_n), GROUP_M row tiles taking each
     column tile in turn (L2 reuse of a column tile's operand across the group)."""

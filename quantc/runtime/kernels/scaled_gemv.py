@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from . import common
-from .common import cdiv, tile_counters
+from .common import cdiv, k_slice, split_k_reduce, tile_counters
 from .scaled_mm import _epilogue  # one epilogue for both kernels (scaled_mm imports this module lazily)
 
 
@@ -47,14 +47,7 @@ def _gemv_kernel(
     row = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    if SPLIT_K == 1:
-        t_start = 0
-        t_end = k_tiles
-    else:
-        per_slice = tl.cdiv(k_tiles, SPLIT_K)
-        t_start = pid_k * per_slice
-        t_end = tl.minimum(t_start + per_slice, k_tiles)
+    t_start, t_end = k_slice(K, pid_k, BLOCK_K, SPLIT_K)
     # the (BLOCK_N, BLOCK_K) weight tile as CHUNKS = BLOCK_N * BLOCK_K / VEC rows of VEC consecutive K
     # elements (a 16-byte load of 8-bit weights): chunk c is weight row c // (BLOCK_K / VEC), K offset
     # (c % (BLOCK_K / VEC)) * VEC. The activation is read in the same shape (L1 serves the repeats), so
@@ -123,17 +116,8 @@ def _gemv_kernel(
     o_mask = mask_m[:, None] & mask_n[None, :]
     last = True
     if SPLIT_K > 1:
-        mn = M * N
         ws_tile = ws_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
-        tl.store(ws_tile + pid_k.to(tl.int64) * mn, acc, mask=o_mask)
-        tl.debug_barrier()  # every thread's partial is written before the arrival is counted
-        tile = pid_n * M + row
-        last = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel") == SPLIT_K - 1
-        if last:
-            acc = tl.load(ws_tile, mask=o_mask, other=0, cache_modifier=".cg")
-            for sl in tl.static_range(1, SPLIT_K):
-                acc += tl.load(ws_tile + sl * mn, mask=o_mask, other=0, cache_modifier=".cg")
-            tl.atomic_xchg(cnt_ptr + tile, 0)
+        acc, last = split_k_reduce(acc, ws_tile, o_mask, cnt_ptr + pid_n * M + row, pid_k, M * N, SPLIT_K)
     if last:
         out = _epilogue(acc, 0.0, sa_ptr, sb_ptr, bias_ptr, offs_m[:, None], offs_n[None, :],
                         mask_m[:, None], mask_n[None, :], stride_sam, stride_sbn,

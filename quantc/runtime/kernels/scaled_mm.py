@@ -50,8 +50,8 @@ import triton.language as tl
 
 from .. import quantize as ref
 from .act_quant import quantize_activation
-from .common import (cdiv, e8m0_to_f32, floor_log2, grouped_tile, launch, next_pow2, pow2, quant_e4m3, quant_int8,
-                     round_e4m3, tile_counters)
+from .common import (cdiv, e8m0_to_f32, floor_log2, grouped_tile, k_slice, launch, next_pow2, pow2, quant_e4m3,
+                     quant_int8, round_e4m3, split_k_reduce, tile_counters)
 
 # A modes / B modes
 A_NONE, A_TENSOR, A_ROW, A_GROUP = 0, 1, 2, 3
@@ -157,15 +157,7 @@ def _scaled_mm_kernel(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    # this program's K tiles: all of them without split-K, else its slice (possibly shorter at the end)
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    if SPLIT_K == 1:
-        t_start = 0
-        t_end = k_tiles
-    else:
-        per_slice = tl.cdiv(k_tiles, SPLIT_K)
-        t_start = pid_k * per_slice
-        t_end = tl.minimum(t_start + per_slice, k_tiles)
+    t_start, t_end = k_slice(K, pid_k, BLOCK_K, SPLIT_K)  # this program's K tiles
     offs_k = tl.arange(0, BLOCK_K)
     k_first = t_start * BLOCK_K + offs_k
     mask_m = offs_m < M
@@ -247,16 +239,8 @@ def _scaled_mm_kernel(
     o_mask = mask_m[:, None] & mask_n[None, :]
     last = True  # the program that finishes the tile: without split-K, every one
     if SPLIT_K > 1:
-        mn = M * N
         ws_tile = ws_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
-        tl.store(ws_tile + pid_k.to(tl.int64) * mn, acc, mask=o_mask)
-        tl.debug_barrier()  # every thread's partial is written before the arrival is counted
-        last = tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel") == SPLIT_K - 1
-        if last:
-            acc = tl.load(ws_tile, mask=o_mask, other=0, cache_modifier=".cg")
-            for sl in tl.static_range(1, SPLIT_K):
-                acc += tl.load(ws_tile + sl * mn, mask=o_mask, other=0, cache_modifier=".cg")
-            tl.atomic_xchg(cnt_ptr + pid, 0)  # zero at rest for the next launch (and graph replay)
+        acc, last = split_k_reduce(acc, ws_tile, o_mask, cnt_ptr + pid, pid_k, M * N, SPLIT_K)
     if last:
         out = _epilogue(acc, sa_col, sa_ptr, sb_ptr, bias_ptr, offs_m[:, None], offs_n[None, :],
                         mask_m[:, None], mask_n[None, :], stride_sam, stride_sbn,
