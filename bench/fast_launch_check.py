@@ -1,6 +1,7 @@
 """On a GPU: ``common.launch``'s direct call of the compiled kernel gives the same bits as Triton's own
-launch path, for every kernel that uses it (quantizers, tile GEMM with and without split-K, GEMV), eagerly
-and replayed in a CUDA graph, at several shapes (so specializations differ). Prints one line per case
+launch path, for every kernel that uses it (quantizers, tile GEMM with and without split-K, GEMV, the 4-bit
+weight-only kernels, the grouped MoE GEMM), eagerly and replayed in a CUDA graph, at several shapes (so
+specializations differ). Prints one line per case
 and ``fast launch check: all ok`` or the failures; writes $OUT/fast_launch_check.json.
 
     python bench/fast_launch_check.py
@@ -35,6 +36,28 @@ CASES = [  # weight key, activation key, config
 SHAPES = [(1, 576, 512), (3, 1024, 2048), (200, 4096, 1024)]
 
 
+def check(out: dict, label: str, layer, x: torch.Tensor) -> list[str]:
+    """``layer()`` with Triton's launches, then three times with the direct calls and once captured in a
+    CUDA graph and replayed on new input: the same bits every time. Returns [label] on a mismatch."""
+    os.environ["QUANTC_FAST_LAUNCH"] = "0"
+    want = layer()
+    os.environ["QUANTC_FAST_LAUNCH"] = "1"
+    runs = [layer() for _ in range(3)]
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        graphed = layer()
+    x.copy_(x * 0.5)
+    os.environ["QUANTC_FAST_LAUNCH"] = "0"
+    want_half = layer()
+    os.environ["QUANTC_FAST_LAUNCH"] = "1"
+    g.replay()
+    torch.cuda.synchronize()
+    ok = all(torch.equal(want, o) for o in runs) and torch.equal(graphed, want_half)
+    out[label] = ok
+    print(label, "ok" if ok else "MISMATCH", flush=True)
+    return [] if ok else [label]
+
+
 def main() -> None:
     out, bad = {}, []
     torch.manual_seed(0)
@@ -44,28 +67,8 @@ def main() -> None:
             t = Q.quantize_weight(torch.randn(n, k, device="cuda") * 0.05, wk)
             sc = t.get("weight_scale", t.get("weight_scale_inv"))
 
-            def layer():
-                return scaled_mm(x, t["weight"], sc, wk, ak, cfg)
-
-            os.environ["QUANTC_FAST_LAUNCH"] = "0"
-            want = layer()
-            os.environ["QUANTC_FAST_LAUNCH"] = "1"
-            first, second, third = layer(), layer(), layer()  # Triton's path, then the direct call
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                graphed = layer()
-            x.copy_(x * 0.5)
-            os.environ["QUANTC_FAST_LAUNCH"] = "0"
-            want_half = layer()
-            os.environ["QUANTC_FAST_LAUNCH"] = "1"
-            g.replay()
-            torch.cuda.synchronize()
-            ok = all(torch.equal(want, o) for o in (first, second, third)) and torch.equal(graphed, want_half)
             label = f"{wk}/{ak}/{tuple(cfg.__dict__.values())}/M{m}N{n}K{k}"
-            out[label] = ok
-            print(label, "ok" if ok else "MISMATCH", flush=True)
-            if not ok:
-                bad.append(label)
+            bad += check(out, label, lambda: scaled_mm(x, t["weight"], sc, wk, ak, cfg), x)
     for key in ("fp8_dynamic_per_token", "int8_dynamic_per_token", "mxfp8", "fp8_dynamic_group_128"):
         for m, k in ((1, 4096), (64, 14336), (1024, 7168)):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -77,6 +80,27 @@ def main() -> None:
             out[f"quant/{key}/M{m}K{k}"] = ok
             if not ok:
                 bad.append(f"quant/{key}/M{m}K{k}")
+    # 4-bit weight-only (plane kernel at decode, mma4 above, dequantize-then-cuBLAS from M = 256) and the
+    # grouped MoE GEMM
+    from quantc.runtime.kernels import wo_format as wf
+    from quantc.runtime.kernels import wo_gemm
+    from quantc.runtime.moe import QuantMoE
+
+    for key in ("int4_group_128", "mxfp4"):
+        w = wf.quantize(torch.randn(2048, 1024, device="cuda") * 0.05, key)
+        for m in (1, 16, 64, 300):
+            x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
+            cfg = wo_gemm.default_config(m, w.n, w.k, int4=w.fmt == wf.INT4)
+            bad += check(out, f"wo/{key}/M{m}", lambda: wo_gemm.launch(x, w, cfg), x)
+    for kernel, wkey, akey in (("moe_bf16", "none", "none"), ("moe_fp8", "fp8_per_channel", "fp8_dynamic_per_token"),
+                               ("moe_weight_only", "int4_group_128", "none")):
+        e, h, i = 8, 512, 256
+        w13 = wf.quantize(torch.randn(e, 2 * i, h, device="cuda") * 0.1, wkey)
+        w2 = wf.quantize(torch.randn(e, h, i, device="cuda") * 0.1, wkey)
+        moe = QuantMoE(kernel, w13, w2, torch.randn(e, h, device="cuda").bfloat16(), top_k=2, act_key=akey)
+        for t in (1, 40):
+            x = torch.randn(t, h, device="cuda", dtype=torch.bfloat16)
+            bad += check(out, f"moe/{kernel}/T{t}", lambda: moe(x), x)
     out["direct_calls_cached"] = len(common._COMPILED)
     print("fast launch check:", "all ok" if not bad else f"FAILED {bad}", f"({len(common._COMPILED)} specializations)",
           flush=True)

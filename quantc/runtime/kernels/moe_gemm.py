@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from . import nibble_decode
-from .common import cdiv, grouped_tile
+from .common import cdiv, grouped_tile, launch
 from .nibble_decode import decode_pairs
 from .wo_format import FP8, INT4, INT8, S_NONE, UPCAST_DOT, WoWeight, decode_scale, dequant_tile, dequantize, load_tile_scales
 from .wo_planes import planes_step
@@ -324,7 +324,7 @@ def _moe_gemm(
     n_blocks = sorted_ids.numel() // block_m
     scale_t = scale if scale is not None else data
     grid = (n_blocks * cdiv(n_out, block_n),)
-    _moe_gemm_kernel[grid](
+    launch(_moe_gemm_kernel, grid, (
         a, a_scale if a_scale is not None else a, data, scale_t, zeros if zeros is not None else scale_t,
         gscale if gscale is not None else data, bias if bias is not None else data,
         topk_weights if topk_weights is not None else data, out, sorted_ids, block_expert, total,
@@ -332,6 +332,7 @@ def _moe_gemm(
         a.stride(0), a_scale.stride(0) if a_scale is not None else 0, data.stride(0), data.stride(1),
         scale.stride(0) if scale is not None else 0, scale.stride(1) if scale is not None else 0,
         bias.stride(0) if bias is not None else 0, out.stride(0),
+    ), dict(
         A_DIV=a_div, FMT=fmt, SFMT=sfmt, PACK=pack, GROUP=group, ROW_BLOCK=row_block,
         HAS_ZERO=zeros is not None, HAS_GLOBAL=gscale is not None, A_QUANT=a_quant, A_GROUP=a_group,
         ACT=act, HAS_BIAS=bias is not None, MUL_TOPW=topk_weights is not None,
@@ -340,8 +341,7 @@ def _moe_gemm(
         NIBBLES=nibbles, ASM=nibble_decode.USE_ASM, GROUP_M=max(1, group_m),
         PLANES=planes, PLANE_FMT=1 if fmt == INT4 else 2,
         RAW=RAW_SUMS and pack == 1 and row_block == 1 and (sfmt == S_NONE or group >= k) and (a_quant == 0 or a_group >= k),
-        num_warps=num_warps, num_stages=num_stages,
-    )
+    ), num_warps, num_stages)
     return out
 
 

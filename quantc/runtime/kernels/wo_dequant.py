@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import cdiv, round_bf16
+from .common import cdiv, launch, round_bf16
 from .nibble_decode import USE_ASM, decode_words
 from .wo_format import INT4
 from .wo_mma4 import element_scales, element_zeros
@@ -67,14 +67,14 @@ def dequantize_bf16(w) -> torch.Tensor:
     n, k = w.n, w.k
     bk = block_k(k)
     out = torch.empty((n, k), dtype=torch.bfloat16, device=w.data.device)
-    _dequant_kernel[(cdiv(n, BLOCK_N), k // bk)](
+    launch(_dequant_kernel, (cdiv(n, BLOCK_N), k // bk), (
         w.data, w.scale, w.zeros if w.zeros is not None else w.scale,
         w.global_scale if w.global_scale is not None else w.scale, out,
         n, k, w.data.stride(0), w.scale.stride(0), out.stride(0),
+    ), dict(
         FMT=1 if w.fmt == INT4 else 2, SFMT=w.sfmt, GROUP=w.group, HAS_ZERO=w.zeros is not None,
         HAS_GLOBAL=w.global_scale is not None, BLOCK_N=BLOCK_N, BLOCK_K=bk, ASM=USE_ASM,
-        num_warps=4,
-    )
+    ), 4)
     return out
 
 

@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import common
 from .common import cdiv, tile_counters
 from .nibble_decode import USE_ASM, decode_words
 from .wo_format import UPCAST_DOT, e8m0_bits_to_f32, group_scales_bf16, group_zeros, repeat_groups
@@ -186,7 +187,8 @@ def launch_mma4(x2: torch.Tensor, w, cfg, swap: bool | None = None) -> torch.Ten
         bn = max(64, bn)
     split = max(1, min(cfg.split_k, k // bk))
     out, grid, args, meta = kernel_launch(x2, w, cfg, bm, bn, bk, split)
-    _wo_mma4_kernel[grid](*args, SWAP=swap, **meta)
+    warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
+    common.launch(_wo_mma4_kernel, grid, args, dict(meta, SWAP=swap), warps, stages)
     return out
 
 

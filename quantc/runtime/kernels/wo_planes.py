@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import common
 from .nibble_decode import _nibble_value
 from .wo_format import INT4, S_E8M0, e8m0_bits_to_f32, group_scales_bf16, group_zeros, repeat_groups
 from .wo_mma4 import kernel_launch, store_or_reduce, tile_coords, tile_k
@@ -303,5 +304,6 @@ def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None, persistent
         programs = min(items, _sm_count(x2.device) * max(1, 8 // cfg.num_warps))
         _wo_planes_persistent_kernel[(programs,)](*args, NUM_STAGES=cfg.num_stages, **meta)
     else:
-        _wo_planes_kernel[grid](*args, **meta)
+        warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
+        common.launch(_wo_planes_kernel, grid, args, meta, warps, stages)
     return out
