@@ -36,9 +36,11 @@ CASES = [  # weight key, activation key, config
 SHAPES = [(1, 576, 512), (3, 1024, 2048), (200, 4096, 1024)]
 
 
-def check(out: dict, label: str, layer, x: torch.Tensor) -> list[str]:
+def check(out: dict, label: str, layer, x: torch.Tensor, exact: bool = True) -> list[str]:
     """``layer()`` with Triton's launches, then three times with the direct calls and once captured in a
-    CUDA graph and replayed on new input: the same bits every time. Returns [label] on a mismatch."""
+    CUDA graph and replayed on new input: the same bits every time (``exact``; the 4-bit kernels' split-K
+    sums arrive by fp32 atomics in any order, so theirs are compared within 1e-3 relative). Returns
+    [label] on a mismatch."""
     os.environ["QUANTC_FAST_LAUNCH"] = "0"
     want = layer()
     os.environ["QUANTC_FAST_LAUNCH"] = "1"
@@ -52,9 +54,14 @@ def check(out: dict, label: str, layer, x: torch.Tensor) -> list[str]:
     os.environ["QUANTC_FAST_LAUNCH"] = "1"
     g.replay()
     torch.cuda.synchronize()
-    ok = all(torch.equal(want, o) for o in runs) and torch.equal(graphed, want_half)
-    out[label] = ok
-    print(label, "ok" if ok else "MISMATCH", flush=True)
+    def same(a, b):
+        return torch.equal(a, b) if exact else ((a.float() - b.float()).norm() / b.float().norm()).item() < 1e-3
+
+    ok = all(same(o, want) for o in runs) and same(graphed, want_half)
+    err = max(((o.float() - w.float()).norm() / w.float().norm()).item() for o, w in
+              ((runs[0], want), (runs[1], want), (runs[2], want), (graphed, want_half)))
+    out[label] = {"ok": ok, "bitwise": exact, "max_rel_err": err}
+    print(label, "ok" if ok else "MISMATCH", "" if exact else f"(atomic sums: rel err {err:.2e})", flush=True)
     return [] if ok else [label]
 
 
@@ -91,7 +98,7 @@ def main() -> None:
         for m in (1, 16, 64, 300):
             x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
             cfg = wo_gemm.default_config(m, w.n, w.k, int4=w.fmt == wf.INT4)
-            bad += check(out, f"wo/{key}/M{m}", lambda: wo_gemm.launch(x, w, cfg), x)
+            bad += check(out, f"wo/{key}/M{m}", lambda: wo_gemm.launch(x, w, cfg), x, exact=False)
     for kernel, wkey, akey in (("moe_bf16", "none", "none"), ("moe_fp8", "fp8_per_channel", "fp8_dynamic_per_token"),
                                ("moe_weight_only", "int4_group_128", "none")):
         e, h, i = 8, 512, 256
