@@ -12,8 +12,8 @@ down GEMM runs with gate_up's BLOCK_M (both share one routing, padded to it), so
 the other fields only, at the BLOCK_M gate_up's row uses for that bucket.
 
 Search spaces (``SPACES``): ``full``, the grids of ``search_space`` / ``moe_search_space`` (hundreds of
-compiles a job; dense decode jobs of at most four rows add the CUDA-core GEMV's grid, ``gemv_space``); ``small``, a handful, for tests and the CPU interpreter; ``seeded`` (``seeded_space``),
-transfer from tables already tuned on other shapes. A seeded job's candidates are the configs that won
+compiles a job; dense decode jobs of at most four rows add the CUDA-core GEMV's grid, ``gemv_space``);
+``small``, a handful, for tests and the CPU interpreter; ``seeded`` (``seeded_space``), transfer from tables already tuned on other shapes. A seeded job's candidates are the configs that won
 for the same kernel id in the given tables (by default the shipped ``kernels/`` tables, the target
 GPU's own first; ``quantc.runtime.tune`` puts the table it is writing before them), ranked by
 closeness: rows of the job's own M-bucket first, then the nearer buckets (by position in
@@ -24,7 +24,8 @@ takes its gate_up partner's BLOCK_M in place of the seed's, and split-K, which t
 not have, is set to 1. Duplicates are dropped; the job's default
 config comes first, unpruned (the runtime supplies it: it is chosen beside torch, and it is what the
 module runs without a row), and the list stops at ``SEEDED_MAX``. After the kernel's own rows come those
-of its ``SEED_SIBLINGS`` (a GEMV-capable decode job: ``GEMV_SEEDS`` before them), kernel ids launched by the same Triton kernel with the same tile parameters
+of its ``SEED_SIBLINGS`` (a GEMV-capable decode job: ``GEMV_SEEDS`` before them), kernel ids launched by
+the same Triton kernel with the same tile parameters
 (int8 / fp8 weight-only: one ``scaled_mm`` path; mxfp8-activation fp4: the fp4 weight-only launch behind
 an activation round trip; the grouped MoE ids: one ``moe_gemm`` kernel), so a kernel no table has rows
 for yet still starts from measured winners. Where neither it nor a sibling is known, the default is the

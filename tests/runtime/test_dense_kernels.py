@@ -470,8 +470,14 @@ def test_gemv_block_scales_across_a_block_row_boundary():
             assert _rel(out, want) < TOL, (ak, bn)
 
 
-def test_gemv_takes_strided_operands():
-    """A column slice of a wider activation (row stride != K) and a non-contiguous weight view."""
+def test_gemv_takes_strided_operands(monkeypatch):
+    """A column slice of a wider activation (row stride != K) runs on the GEMV; a weight whose K is not the
+    unit-stride axis runs on the tile kernel (the GEMV would copy the weight every call)."""
+    from quantc.runtime.kernels import scaled_gemv
+
+    launched = []
+    real = scaled_gemv.launch
+    monkeypatch.setattr(scaled_gemv, "launch", lambda *a, **kw: launched.append(a[1].stride(1)) or real(*a, **kw))
     torch.manual_seed(23)
     wide = torch.randn(2, 512).to(torch.bfloat16)
     x = wide[:, 128:384]
@@ -480,15 +486,18 @@ def test_gemv_takes_strided_operands():
     for w in (t["weight"], w_t):
         out = scaled_mm(x, w, t["weight_scale"], "fp8_per_channel", "none", KernelConfig(1, 16, 128, 8, 4, 1))
         assert _rel(out, reference(x, t, "fp8_per_channel", "none")) < TOL
+    assert launched == [1]  # only the K-contiguous weight took the GEMV
 
 
 def test_gemv_dispatch_falls_back_to_tiles_where_it_does_not_run():
     from quantc.runtime.kernels import scaled_gemv
 
-    assert scaled_gemv.runs(KernelConfig(1, 32, 64, 8, 4, 2), mx=False, fused=False)
-    assert not scaled_gemv.runs(KernelConfig(2, 32, 64, 8, 4, 2), mx=False, fused=False)
-    assert not scaled_gemv.runs(KernelConfig(1, 32, 64, 8, 4, 2), mx=True, fused=False)
-    assert not scaled_gemv.runs(KernelConfig(1, 32, 64, 8, 4, 2), mx=False, fused=True)
+    w = torch.zeros(64, 256)
+    assert scaled_gemv.runs(KernelConfig(1, 32, 64, 8, 4, 2), mx=False, fused=False, weight=w)
+    assert not scaled_gemv.runs(KernelConfig(2, 32, 64, 8, 4, 2), mx=False, fused=False, weight=w)
+    assert not scaled_gemv.runs(KernelConfig(1, 32, 64, 8, 4, 2), mx=True, fused=False, weight=w)
+    assert not scaled_gemv.runs(KernelConfig(1, 32, 64, 8, 4, 2), mx=False, fused=True, weight=w)
+    assert not scaled_gemv.runs(KernelConfig(1, 32, 64, 8, 4, 2), mx=False, fused=False, weight=w.t().contiguous().t())
     # those configs still compute the right thing, as 16-row tiles
     torch.manual_seed(22)
     x = torch.randn(2, 256).to(torch.bfloat16)

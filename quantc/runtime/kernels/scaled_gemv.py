@@ -99,11 +99,11 @@ def _gemv_kernel(
             if A_MODE == 3:  # the activation's group scale, one number a K step (BLOCK_K divides the group)
                 part = part * tl.load(sa_ptr + row * stride_sam + (k0 // GROUP_K) * stride_sak)
             if B_MODE == 3:
+                sb_k = sb_ptr + (k0 // GROUP_K) * stride_sbk
                 if ONE_SB:
-                    part = part * tl.load(sb_ptr + ((pid_n * BLOCK_N) // GROUP_N) * stride_sbn + (k0 // GROUP_K) * stride_sbk)
+                    part = part * tl.load(sb_k + ((pid_n * BLOCK_N) // GROUP_N) * stride_sbn)
                 else:
-                    part = part * tl.load(sb_ptr + (offs_n_c // GROUP_N) * stride_sbn + (k0 // GROUP_K) * stride_sbk,
-                                          mask=mask_n_c, other=0.0)
+                    part = part * tl.load(sb_k + (offs_n_c // GROUP_N) * stride_sbn, mask=mask_n_c, other=0.0)
             acc += part
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
@@ -132,8 +132,7 @@ def launch(a: torch.Tensor, weight: torch.Tensor, sa: torch.Tensor, weight_scale
     """``out`` (M, N) from the already quantized activation ``a`` (bf16 for weight-only) and its scales
     ``sa``; ``config.num_stages`` >= 2 prefetches a K step ahead. ``evict``: the weight loads' L2
     eviction policy ("" for none; benchmarks compare)."""
-    a = a if a.stride(1) == 1 else a.contiguous()
-    weight = weight if weight.stride(1) == 1 else weight.contiguous()
+    a = a if a.stride(1) == 1 else a.contiguous()  # (M, K): a small copy; weights must be K-contiguous
     m, k = a.shape
     n = weight.shape[0]
     grid = (m, cdiv(n, config.block_n), split)
@@ -156,7 +155,8 @@ def launch(a: torch.Tensor, weight: torch.Tensor, sa: torch.Tensor, weight_scale
     return out
 
 
-def runs(config, mx: bool, fused: bool) -> bool:
+def runs(config, mx: bool, fused: bool, weight: torch.Tensor) -> bool:
     """Whether ``scaled_mm`` takes this kernel: a config of one row a program (``block_m`` = 1), not an
-    mx pair, not the fused quantizer."""
-    return config.block_m == 1 and not mx and not fused
+    mx pair, not the fused quantizer, a weight whose K is the unit-stride axis (a transposed view would
+    need a copy of the weight a call; the tile kernel reads it as it is)."""
+    return config.block_m == 1 and not mx and not fused and weight.stride(1) == 1

@@ -329,7 +329,7 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
     if config.block_m < 16:
         from . import scaled_gemv
 
-        if scaled_gemv.runs(config, mx, quant != Q_NONE):
+        if scaled_gemv.runs(config, mx, quant != Q_NONE, weight):
             return scaled_gemv.launch(a, weight, sa, weight_scale, bias, a_mode, b_mode, int8, group_k, group_n,
                                       block_k, config, split, out)
         config = dataclasses.replace(config, block_m=16)  # a tensor-core tile holds at least 16 rows
