@@ -13,8 +13,9 @@ the other fields only, at the BLOCK_M gate_up's row uses for that bucket.
 
 Search spaces (``SPACES``): ``full``, the grids of ``search_space`` / ``moe_search_space`` (hundreds of
 compiles a job; dense decode jobs of at most four rows add the CUDA-core GEMV's grid, ``gemv_space``);
-``small``, a handful, for tests and the CPU interpreter; ``seeded`` (``seeded_space``), transfer from tables already tuned on other shapes. A seeded job's candidates are the configs that won
-for the same kernel id in the given tables (by default the shipped ``kernels/`` tables, the target
+``small``, a handful, for tests and the CPU interpreter; ``seeded`` (``seeded_space``), transfer from
+tables already tuned on other shapes. A seeded job's candidates are the configs that won for the same
+kernel id in the given tables (by default the shipped ``kernels/`` tables, the target
 GPU's own first; ``quantc.runtime.tune`` puts the table it is writing before them), ranked by
 closeness: rows of the job's own M-bucket first, then the nearer buckets (by position in
 ``M_BUCKETS``), within that the nearer (N, K) by the compiler's nearest-shape measure
