@@ -1,12 +1,18 @@
 """Write the configs a benchmark run measured into a shipped kernel table (kernels/<gpu>.json).
 
     python bench/results_to_table.py kernels/h100.json --wo bench/results/wo_h100.json \
-        [--dense bench/results/dense_configs_h100.json] [--gpu h100]
+        [--dense bench/results/dense_configs_h100.json] [--tuned OUT/h100.json] [--gpu h100] \
+        [--kernels fp8_scaled_gemm,int8_gemm] [--m-max 1,16]
 
 - ``--wo`` (bench_wo.py / wo_summary.py output): each row's best config per format and M becomes the
   entry of (kernel, N, K, m_max = M): int4_group_128 -> int4_weight_only_gemm, mxfp4 ->
   fp4_weight_only_gemm (nvfp4 runs the same kernel id; its best tiles are close to mxfp4's).
 - ``--dense`` (bench_dense.py's configs file): its rows are entries already.
+- ``--tuned`` (a table ``quantc tune`` / bench/tune_plan.py / bench/tune_kernels.py wrote into its OUT
+  folder): its entries as they are. The tuner measures every seed, the merged table's own row for the key
+  among them, in one run, so its winner replaces that row.
+- ``--kernels``, ``--m-max``: keep only those kernel ids / buckets of what is read (e.g. a tuner run on
+  the wrong GPU whose one kernel is worth keeping, or bench_dense's decode rows only).
 
 Entries of other kernels and shapes are kept. A kernel that gets entries here also gets the H100
 table's defaults for it, if the table has none: the compiler hands M above a shape's largest tuned
@@ -82,6 +88,9 @@ def main() -> None:
     p.add_argument("table", type=Path)
     p.add_argument("--wo", type=Path)
     p.add_argument("--dense", type=Path)
+    p.add_argument("--tuned", type=Path)
+    p.add_argument("--kernels", default="", help="comma-separated kernel ids to keep (default: all)")
+    p.add_argument("--m-max", default="", help="comma-separated M-buckets (m_max) to keep (default: all)")
     p.add_argument("--gpu", default=None, help="GPU name for a new table (default: the file's stem)")
     p.add_argument("--note", default=None)
     a = p.parse_args()
@@ -92,6 +101,14 @@ def main() -> None:
             entries += read(result)
             meta = {"device_name": result["device"], "torch": result["torch"].split("+")[0],
                     "triton": result["triton"]}
+    if a.tuned:
+        tuned = json.loads(a.tuned.read_text())
+        if not isinstance(tuned, dict) or tuned.get("format") != TABLE_FORMAT:
+            raise SystemExit(f"{a.tuned} is not a quantc kernel table")
+        entries += tuned["entries"]
+    kernels = {k for k in a.kernels.split(",") if k}
+    buckets = {int(b) for b in a.m_max.split(",") if b}
+    entries = [e for e in entries if (not kernels or e["kernel"] in kernels) and (not buckets or e["m_max"] in buckets)]
     if a.note:
         meta["note"] = a.note
     table = update(a.table, a.gpu or a.table.stem, entries, meta)

@@ -58,6 +58,33 @@ def test_wo_results_become_table_entries_with_h100_defaults_for_their_kernels(tm
     assert [e["time_us"] for e in again["entries"] if e["kernel"] == "int4_weight_only_gemm"] == [5.0, 10.0]
 
 
+def test_tuned_tables_merge_filtered_by_kernel_and_bucket(tmp_path, capsys):
+    path = tmp_path / "h100.json"
+    tuned = tmp_path / "tuned.json"
+
+    def entry(kernel, m_max, bm, us):
+        return {"kernel": kernel, "n": 4096, "k": 4096, "m_max": m_max, "block_m": bm, "block_n": 16, "block_k": 512,
+                "group_m": 8, "num_warps": 4, "num_stages": 1, "split_k": 4, "time_us": us}
+
+    tuned.write_text(json.dumps({"format": rt.TABLE_FORMAT, "version": 1, "gpu": "h100", "defaults": {},
+                                 "entries": [entry("int8_weight_only_gemm", 1, 1, 9.0), entry("int8_weight_only_gemm", 16, 16, 12.0),
+                                             entry("fp8_scaled_gemm", 1, 1, 8.0)]}))
+    sys.argv = ["results_to_table", str(path), "--tuned", str(tuned), "--kernels", "int8_weight_only_gemm", "--m-max", "1"]
+    rt.main()
+    table = json.loads(path.read_text())
+    assert [(e["kernel"], e["m_max"], e["block_m"]) for e in table["entries"]] == [("int8_weight_only_gemm", 1, 1)]
+    assert "1 entries written" in capsys.readouterr().out
+    sys.argv = ["results_to_table", str(path), "--tuned", str(tuned)]  # no filter: all three, the first replaced
+    rt.main()
+    assert len(json.loads(path.read_text())["entries"]) == 3
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": []}')
+    sys.argv = ["results_to_table", str(path), "--tuned", str(bad)]
+    with pytest.raises(SystemExit, match="bad.json is not a quantc kernel table"):
+        rt.main()
+    assert len(json.loads(path.read_text())["entries"]) == 3  # nothing written
+
+
 def test_results_to_table_refuses_a_file_that_is_not_a_table(tmp_path):
     path = tmp_path / "h200.json"
     path.write_text('{"hello": 1}')
