@@ -247,8 +247,12 @@ def _gemv_job(job: TuneJob) -> bool:
 
 
 def gemv_space(job: TuneJob, gpu: Gpu) -> list[KernelConfig]:
-    """GEMV candidates of a decode job (``_gemv_job``): the GEMV_GRID, pruned by ``_dense_ok``."""
-    configs = (KernelConfig(1, bn, bk, 8, w, st, sk) for bn, bk, w, st, sk in itertools.product(*GEMV_GRID))
+    """GEMV candidates of a decode job (``_gemv_job``): the GEMV_GRID, pruned by ``_dense_ok``, and no
+    K step wider than a scale group along K (the launcher would run it as the group's width: a duplicate)."""
+    groups = [g for g in (WEIGHT_KEYS[job.weight_key].group_k, ACTIVATION_KEYS[job.activation_key].group_k) if g]
+    widest = min(groups, default=None)
+    configs = (KernelConfig(1, bn, bk, 8, w, st, sk) for bn, bk, w, st, sk in itertools.product(*GEMV_GRID)
+               if widest is None or bk <= widest)
     return [cfg for cfg in configs if _dense_ok(job, gpu, cfg)]
 
 

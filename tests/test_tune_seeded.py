@@ -287,6 +287,9 @@ def test_decode_jobs_search_and_seed_the_gemv_only_where_scaled_mm_runs_it():
     assert min(vecs) == GEMV_VECS[0] and max(vecs) == GEMV_VECS[1]
     assert not any(c.block_n == 64 and c.block_k == 1024 and c.num_warps == 2 for c in gemv)  # 32 vectors a thread
     assert gemv_space(_job(n=4096, k=14336, m_max=16, m=4), H100) == gemv  # up to 4 rows: a program each
+    block = gemv_space(_job(n=4096, k=14336, m_max=1, kernel="fp8_block_gemm",
+                            keys=("fp8_block_128x128", "fp8_dynamic_group_128")), H100)
+    assert block and {c.block_k for c in block} == {128}  # wider steps would run as 128: duplicates
     # not at 16 rows, not for the mx pair, nor in the small space
     assert not [c for c in search_space(_job(m_max=16), H100) if c.block_m < 16]
     mx = _job(m_max=1, kernel="mxfp8_gemm_emulated", keys=("mxfp8", "mxfp8"))
