@@ -40,7 +40,6 @@ def fast(monkeypatch):
     monkeypatch.delenv("QUANTC_FAST_LAUNCH", raising=False)
     monkeypatch.setattr(common, "current_stream", lambda device: 1234)
     monkeypatch.setattr(common, "_COMPILED", {})
-    monkeypatch.setattr(common, "_PARAMS", {})
 
 
 def test_second_launch_calls_the_compiled_kernel_with_every_parameter(fast):

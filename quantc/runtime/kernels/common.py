@@ -38,11 +38,15 @@ def next_pow2(x: int) -> int:
     return 1 << (x - 1).bit_length() if x > 0 else 0
 
 
+def interpreted() -> bool:
+    """Whether kernels run under Triton's CPU interpreter (TRITON_INTERPRET=1), read at each call."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def hw_cast(device: torch.device) -> bool:
     """Whether kernels on ``device`` take the hardware e4m3 cast (``to_e4m3``): compiled for a GPU, not
     the interpreter; QUANTC_HW_CAST=0 keeps the explicit rounding there too (benchmarks compare)."""
-    return (device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
-            and os.environ.get("QUANTC_HW_CAST", "1") != "0")
+    return device.type == "cuda" and not interpreted() and os.environ.get("QUANTC_HW_CAST", "1") != "0"
 
 
 # --- launching ---------------------------------------------------------------------------------------
@@ -55,11 +59,10 @@ def hw_cast(device: torch.device) -> bool:
 # than Triton's own is safe: a miss takes Triton's path, which compiles or reuses). The interpreter and
 # QUANTC_FAST_LAUNCH=0 always take Triton's path.
 _COMPILED: dict = {}
-_PARAMS: dict = {}
 
 
 def fast_launch_on() -> bool:
-    return os.environ.get("QUANTC_FAST_LAUNCH", "1") != "0" and os.environ.get("TRITON_INTERPRET") != "1"
+    return os.environ.get("QUANTC_FAST_LAUNCH", "1") != "0" and not interpreted()
 
 
 def _arg_key(v):
@@ -84,11 +87,8 @@ def launch(kernel, grid: tuple, args: tuple, consts: dict, num_warps: int, num_s
     key = (kernel, tuple(map(_arg_key, args)), tuple(consts.items()), num_warps, num_stages)
     hit = _COMPILED.get(key)
     if hit is None:
-        names = _PARAMS.get(kernel)
-        if names is None:
-            names = _PARAMS[kernel] = tuple(kernel.arg_names)
         # the launcher takes every parameter in order, constexprs included (it skips them)
-        const_vals = tuple(consts[n] for n in names[len(args):])
+        const_vals = tuple(consts[n] for n in kernel.arg_names[len(args):])
         compiled = kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
         _COMPILED[key] = (compiled, const_vals)
         return

@@ -62,7 +62,8 @@ def _gemv_kernel(
     k_c = (chunk % PER_ROW) * VEC
     offs_v = tl.arange(0, VEC)
     mask_n_c = offs_n_c < N
-    k_first = t_start * BLOCK_K + k_c[:, None] + offs_v[None, :]  # (CHUNKS, VEC); K has unit stride
+    k_in = k_c[:, None] + offs_v[None, :]  # (CHUNKS, VEC): K offsets within a step; K has unit stride
+    k_first = t_start * BLOCK_K + k_in
     a_ptrs = a_ptr + row.to(tl.int64) * stride_am + k_first
     b_ptrs = b_ptr + offs_n_c[:, None].to(tl.int64) * stride_bn + k_first
     ONE_SB: tl.constexpr = GROUP_N % BLOCK_N == 0  # a block-scaled tile inside one block row
@@ -72,11 +73,10 @@ def _gemv_kernel(
     # each weight byte is read once a call: streamed past L2 (EVICT) ahead of the activation, which every
     # program of the row reads. PREFETCH: the next step's loads are issued before this step's products,
     # two tiles in flight a thread (Triton pipelines only loads that feed a dot)
-    k_in = k_c[:, None] + offs_v[None, :]  # (CHUNKS, VEC): K offsets within a step
     # the slice's end: past it a prefetch loads nothing (the step after a slice's last)
     k_end = K if SPLIT_K == 1 else tl.minimum(K, t_end * BLOCK_K)
     if PREFETCH:
-        mask_k = (t_start * BLOCK_K + k_in) < k_end
+        mask_k = k_first < k_end
         a_nxt = tl.load(a_ptrs, mask=mask_k, other=0.0, eviction_policy="evict_last")
         b_nxt = tl.load(b_ptrs, mask=mask_n_c[:, None] & mask_k, other=0.0, eviction_policy=EVICT)
     for t in range(t_start, t_end):

@@ -50,8 +50,8 @@ import triton.language as tl
 
 from .. import quantize as ref
 from .act_quant import quantize_activation
-from .common import (cdiv, e8m0_to_f32, floor_log2, grouped_tile, k_slice, launch, next_pow2, pow2, quant_e4m3,
-                     quant_int8, round_e4m3, split_k_reduce, tile_counters)
+from .common import (cdiv, e8m0_to_f32, floor_log2, grouped_tile, interpreted, k_slice, launch, next_pow2, pow2,
+                     quant_e4m3, quant_int8, round_e4m3, split_k_reduce, tile_counters)
 
 # A modes / B modes
 A_NONE, A_TENSOR, A_ROW, A_GROUP = 0, 1, 2, 3
@@ -252,13 +252,6 @@ def _scaled_mm_kernel(
 # ---------------------------------------------------------------------------- modes per key
 
 
-def _interpreted() -> bool:
-    # Triton's CPU interpreter multiplies bf16 dot operands as their raw int16 bits (triton 3.9):
-    # there, bf16 x bf16 dots run in fp32, which gives the same products (bf16 products are exact
-    # in fp32) and the same fp32 accumulation.
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 ACT_MODE = {
     "none": A_NONE,
     "fp8_dynamic_per_token": A_ROW,
@@ -346,7 +339,9 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
         sa2.stride(0), sa2.stride(1), sb2.stride(0), sb2.stride(1),
     ), dict(
         A_MODE=a_mode, B_MODE=b_mode, QUANT_A=quant, INT8=int8, MX=mx,
-        GROUP_K=group_k, GROUP_N=group_n, HAS_BIAS=bias is not None, DOT_F32=_interpreted(),
+        # Triton's CPU interpreter multiplies bf16 dot operands as their raw int16 bits (triton 3.9): there,
+        # bf16 x bf16 dots run in fp32 (bf16 products are exact in fp32, the accumulation is the same)
+        GROUP_K=group_k, GROUP_N=group_n, HAS_BIAS=bias is not None, DOT_F32=interpreted(),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=block_k, GROUP_M=config.group_m,
         PRO_K=min(512, next_pow2(k)), SPLIT_K=split,
     ), config.num_warps, config.num_stages)

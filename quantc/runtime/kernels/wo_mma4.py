@@ -187,14 +187,14 @@ def launch_mma4(x2: torch.Tensor, w, cfg, swap: bool | None = None) -> torch.Ten
         bn = max(64, bn)
     split = max(1, min(cfg.split_k, k // bk))
     out, grid, args, meta = kernel_launch(x2, w, cfg, bm, bn, bk, split)
-    warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
-    common.launch(_wo_mma4_kernel, grid, args, dict(meta, SWAP=swap), warps, stages)
+    common.launch(_wo_mma4_kernel, grid, args, dict(meta, SWAP=swap), cfg.num_warps, cfg.num_stages)
     return out
 
 
 def kernel_launch(x2: torch.Tensor, w, cfg, bm: int, bn: int, bk: int, split: int):
     """What both 4-bit kernels (this one and ``wo_planes``) are launched with: the bf16 output, the grid
-    (N tiles, M tiles, K slices), the positional arguments and the format / tile / config keywords."""
+    (N tiles, M tiles, K slices), the positional arguments and the format / tile constexprs (warps and
+    stages are ``cfg``'s)."""
     m, k = x2.shape
     n = w.n
     out = torch.empty((m, n), dtype=torch.bfloat16, device=x2.device)
@@ -206,7 +206,7 @@ def kernel_launch(x2: torch.Tensor, w, cfg, bm: int, bn: int, bk: int, split: in
             m, n, k, x2.stride(0), data.stride(0), w.scale.stride(0), out.stride(0))
     meta = dict(FMT=1 if w.fmt == 1 else 2, SFMT=w.sfmt, GROUP=w.group, HAS_ZERO=w.zeros is not None,
                 HAS_GLOBAL=w.global_scale is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split,
-                ASM=USE_ASM, UPCAST=UPCAST_DOT, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                ASM=USE_ASM, UPCAST=UPCAST_DOT)
     return out, grid, args, meta
 
 

@@ -22,8 +22,6 @@ multiply. K must be a multiple of 128 (16-deep planes): ``wo_gemm.uses_planes`` 
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -290,7 +288,7 @@ def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None, persistent
         raise ValueError(f"the planes kernel needs K a multiple of 128, got K = {k}")
     if persistent and m > 16:
         raise ValueError(f"the persistent planes kernel runs M <= 16 rows, got M = {m}")
-    if persistent and os.environ.get("TRITON_INTERPRET") != "1" and not persistent_compiles():
+    if persistent and not common.interpreted() and not persistent_compiles():
         raise RuntimeError(f"the persistent planes kernel needs triton >= 3.9 on a GPU: triton {triton.__version__} "
                            "rejects its flattened loop (an scf.if region mismatch in make_ttgir, H100, 2026-11-26)")
     bk = tile_k(k, max(128, cfg.block_k))
@@ -302,8 +300,8 @@ def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None, persistent
     if persistent:
         items = grid[0] * split
         programs = min(items, _sm_count(x2.device) * max(1, 8 // cfg.num_warps))
-        _wo_planes_persistent_kernel[(programs,)](*args, NUM_STAGES=cfg.num_stages, **meta)
+        _wo_planes_persistent_kernel[(programs,)](*args, NUM_STAGES=cfg.num_stages, **meta, num_warps=cfg.num_warps,
+                                                  num_stages=cfg.num_stages)
     else:
-        warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
-        common.launch(_wo_planes_kernel, grid, args, meta, warps, stages)
+        common.launch(_wo_planes_kernel, grid, args, meta, cfg.num_warps, cfg.num_stages)
     return out
