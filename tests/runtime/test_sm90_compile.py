@@ -236,23 +236,31 @@ def test_decode_gemv_compiles_to_wide_loads_in_registers():
 def test_activation_quantizers_take_the_hardware_e4m3_cast_on_the_gpu():
     """With HW (every CUDA launch, ``common.hw_cast``) the fp8 quantizers round with the sm_90
     ``cvt.rn.satfinite.e4m3x2.f32`` and none of the explicit rounding's integer steps; without it (the
-    interpreter's path) they keep them. int8 has no e4m3 cast either way."""
+    interpreter's path) they keep them. int8 has no e4m3 cast either way. With FMA (``common.fma_div``)
+    no element takes a div.rn: one reciprocal a row, four FMAs an element."""
     results = _compiled("""
         from quantc.runtime.kernels import act_quant
         sig = {"x_ptr": "*bf16", "q_ptr": "*fp8e4nv", "s_ptr": "*fp32", "src_ptr": "*fp32", "K": "i32",
                "stride_xm": "i32", "stride_qm": "i32", "stride_sm": "i32"}
         out = []
-        for hw, int8, mx, group in ((True, False, False, 4096), (False, False, False, 4096), (True, False, True, 32),
-                                    (True, True, False, 4096)):
-            ce = dict(GROUP=group, GROUPS=1 if group == 4096 else 64, GBLOCK=group, SRC=0, INT8=int8, MX=mx, HW=hw)
+        for hw, int8, mx, group, fma in ((True, False, False, 4096, False), (False, False, False, 4096, False),
+                                         (True, False, True, 32, False), (True, True, False, 4096, False),
+                                         (True, False, False, 4096, True), (True, True, False, 4096, True)):
+            ce = dict(GROUP=group, GROUPS=1 if group == 4096 else 64, GBLOCK=group, SRC=0, INT8=int8, MX=mx, HW=hw,
+                      FMA=fma)
             s = dict(sig, q_ptr="*i8" if int8 else "*fp8e4nv", s_ptr="*u8" if mx else "*fp32")
             ptx, _ = ptx_of(act_quant._quant_tile_kernel, s, ce, 8, 1, ("x_ptr", "q_ptr", "K"))
             out.append({"hw": hw, "int8": int8, "cvt": count(ptx, r"cvt\\.rn\\.satfinite\\.e4m3x2\\.f32"),
-                        "round_bits": count(ptx, r"and\\.b32\\s+%r\\d+, %r\\d+, -2147483648")})
+                        "round_bits": count(ptx, r"and\\.b32\\s+%r\\d+, %r\\d+, -2147483648"),
+                        "div": count(ptx, r"div\\.rn\\.f32"), "fma": count(ptx, r"fma\\.rn\\.f32")})
         print(json.dumps(out))
     """)
-    hw_fp8, explicit, hw_mx, hw_int8 = results
+    hw_fp8, explicit, hw_mx, hw_int8, fma_fp8, fma_int8 = results
     assert hw_fp8["cvt"] >= 1 and hw_fp8["round_bits"] == 0, hw_fp8
     assert hw_mx["cvt"] >= 1 and hw_mx["round_bits"] == 0, hw_mx
     assert explicit["round_bits"] >= 1, explicit
     assert hw_int8["cvt"] == 0, hw_int8
+    # 16 elements a thread: div.rn for each of them, or (FMA) for the row's reciprocal (and its scale) only
+    assert hw_fp8["div"] >= 16 and hw_int8["div"] >= 16, (hw_fp8, hw_int8)
+    for r in (fma_fp8, fma_int8):
+        assert r["div"] <= 2 and r["fma"] >= 4 * 16, r

@@ -26,7 +26,8 @@ import triton
 import triton.language as tl
 
 from .. import quantize as ref
-from .common import cdiv, floor_log2, hw_cast, launch, next_pow2, pow2, quant_e4m3, quant_int8, to_e4m3
+from .common import (cdiv, div_rn_fma, floor_log2, fma_div, hw_cast, launch, next_pow2, pow2, quant_e4m3,
+                     quant_int8, rint, to_e4m3)
 
 # scale sources
 _FROM_GROUP, _FROM_AMAX, _STATIC = 0, 1, 2
@@ -60,15 +61,30 @@ def _scale_of(amax, s_ptr, s_ptrs, s_mask, first, fmt_max, SRC: tl.constexpr, MX
 
 
 @triton.jit
-def _quantized(x, scale, e, INT8: tl.constexpr, MX: tl.constexpr, HW: tl.constexpr):
-    """fp32 values -> their codes for ``scale`` (mxfp8: the power of two ``e``; int8; else e4m3)."""
-    if INT8:
-        q = quant_int8(x, scale)
-    elif MX:
+def _quantized(x, scale, inv, e, INT8: tl.constexpr, MX: tl.constexpr, HW: tl.constexpr, FMA: tl.constexpr):
+    """fp32 values -> their codes for ``scale`` (mxfp8: the power of two ``e``; int8; else e4m3). FMA:
+    x / scale from ``inv`` = RN(1 / scale) (``common.div_rn_fma``), the same quotient."""
+    if MX:
         q = to_e4m3(x * pow2(-e), HW)  # power-of-two scale: exact multiply
+    elif FMA:
+        v = div_rn_fma(x, scale, inv)
+        if INT8:
+            q = rint(tl.minimum(tl.maximum(v, -127.0), 127.0)).to(tl.int8)
+        else:
+            q = to_e4m3(v, HW)
+    elif INT8:
+        q = quant_int8(x, scale)
     else:
         q = quant_e4m3(x, scale, HW)
     return q
+
+
+@triton.jit
+def _inverse(scale, FMA: tl.constexpr):
+    """RN(1 / scale) for ``_quantized``'s FMA division (one division a group, not an element)."""
+    if FMA:
+        return tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), scale)
+    return scale
 
 
 @triton.jit
@@ -76,7 +92,7 @@ def _quant_tile_kernel(
     x_ptr, q_ptr, s_ptr, src_ptr,          # input, quantized out, scale out, amax/static scale in
     K, stride_xm, stride_qm, stride_sm,
     GROUP: tl.constexpr, GROUPS: tl.constexpr, GBLOCK: tl.constexpr,  # GBLOCK: GROUP rounded up to 2**n
-    SRC: tl.constexpr, INT8: tl.constexpr, MX: tl.constexpr, HW: tl.constexpr,
+    SRC: tl.constexpr, INT8: tl.constexpr, MX: tl.constexpr, HW: tl.constexpr, FMA: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     offs_g = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)
@@ -96,12 +112,13 @@ def _quant_tile_kernel(
             amax = tl.max(tl.abs(x), axis=1)
         scale, e = _scale_of(amax, s_ptr, s_ptr + row * stride_sm + offs_g, g_mask,
                              (row == 0) & (tl.program_id(1) == 0), fmt_max, SRC, MX)
+    inv = _inverse(scale, FMA)
     if SRC == 0:  # one scale per group: a column against the tile's rows of groups
         if MX:
             e = e[:, None]
-        q = _quantized(x, scale[:, None], e, INT8, MX, HW)
+        q = _quantized(x, scale[:, None], inv[:, None], e, INT8, MX, HW, FMA)
     else:
-        q = _quantized(x, scale, e, INT8, MX, HW)
+        q = _quantized(x, scale, inv, e, INT8, MX, HW, FMA)
     tl.store(q_ptr + row * stride_qm + cols, q, mask=m)
 
 
@@ -126,6 +143,7 @@ def _quant_rows_kernel(
     SRC: tl.constexpr,                      # 0 group amax, 1 amax in src_ptr, 2 static scale in src_ptr
     INT8: tl.constexpr, MX: tl.constexpr,   # element format: int8, e4m3 with e8m0 scale, else e4m3
     HW: tl.constexpr,                        # the hardware e4m3 cast (common.to_e4m3)
+    FMA: tl.constexpr,                       # division through the reciprocal (common.div_rn_fma)
 ):
     row = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
@@ -146,11 +164,12 @@ def _quant_rows_kernel(
                 amax = tl.maximum(amax, tl.abs(tl.load(x_row + offs, mask=m, other=0.0).to(tl.float32)))
             amax = tl.max(amax, axis=0)
         scale, e = _scale_of(amax, s_ptr, s_ptr + row * stride_sm + g, True, (row == 0) & (g == 0), fmt_max, SRC, MX)
+    inv = _inverse(scale, FMA)
     for c in range(0, GROUP, BLOCK):
         offs = c + tl.arange(0, BLOCK)
         m = (offs < GROUP) & (g * GROUP + offs < K)
         x = tl.load(x_row + offs, mask=m, other=0.0).to(tl.float32)
-        tl.store(q_row + offs, _quantized(x, scale, e, INT8, MX, HW), mask=m)
+        tl.store(q_row + offs, _quantized(x, scale, inv, e, INT8, MX, HW, FMA), mask=m)
 
 
 def one_pass(m: int, group: int) -> bool:
@@ -189,6 +208,9 @@ def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | 
     if src == _FROM_GROUP:
         aux = s
     s_stride = s.stride(0) if s.dim() == 2 else 0
+    # a dynamic scale is >= 1e-12 / 448, a normal number: its reciprocal and the FMA division are exact
+    # there; a static scale comes from a checkpoint and keeps div.rn
+    fma = fma_div(x.device) and src != _STATIC and not mx
     gblock = next_pow2(group)
     decode = m <= DECODE_MAX_M
     if one_pass(m, group):
@@ -196,10 +218,11 @@ def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | 
         groups = max(1, min(ONE_PASS_MAX // 4 // gblock, next_pow2(n_groups)))  # ~2048 elements
         warps = max(1, min(DECODE_MAX_WARPS if decode else MAX_WARPS, groups * gblock // ELEMS_PER_WARP))
         launch(_quant_tile_kernel, (m, cdiv(n_groups, groups)), (x, q, s, aux, k, x.stride(0), q.stride(0), s_stride),
-               dict(GROUP=group, GROUPS=groups, GBLOCK=gblock, SRC=src, INT8=int8, MX=mx, HW=hw_cast(x.device)), warps)
+               dict(GROUP=group, GROUPS=groups, GBLOCK=gblock, SRC=src, INT8=int8, MX=mx, HW=hw_cast(x.device),
+                    FMA=fma), warps)
         return q, s
     launch(_quant_rows_kernel, (m, k // group), (x, q, s, aux, k, x.stride(0), q.stride(0), s_stride),
-           dict(GROUP=group, BLOCK=2048, SRC=src, INT8=int8, MX=mx, HW=hw_cast(x.device)), 4)
+           dict(GROUP=group, BLOCK=2048, SRC=src, INT8=int8, MX=mx, HW=hw_cast(x.device), FMA=fma), 4)
     return q, s
 
 

@@ -208,6 +208,27 @@ def to_e4m3(x, HW: tl.constexpr):
         return round_e4m3(x).to(tl.float8e4nv)
 
 
+def fma_div(device: torch.device) -> bool:
+    """Whether quantizers on ``device`` divide by a dynamic scale through its reciprocal and FMAs
+    (``div_rn_fma``) instead of ``div.rn.f32`` (~10 instructions, a range check and a branch an
+    element): compiled for a GPU, not the interpreter (whose FMA may round twice);
+    QUANTC_FMA_DIV=0 keeps div.rn there too (benchmarks compare)."""
+    return device.type == "cuda" and not interpreted() and os.environ.get("QUANTC_FMA_DIV", "1") != "0"
+
+
+@triton.jit
+def div_rn_fma(x, b, y):
+    """RN(x / b), the correctly rounded quotient, from y = RN(1 / b) in five operations: q0 = RN(x y) is
+    within 2 ulps of x / b; a Markstein step (remainder x - b q exact by FMA, q + r y rounded once)
+    brings it within 1 ulp, and a second one, by Markstein's theorem (y within half an ulp of 1 / b, q
+    within an ulp of x / b), rounds it correctly. Holds while no step underflows: here b >= 1e-12 / 448
+    and quotients below 2**-126 are far under every 8-bit grid (they quantize to zero either way).
+    tests/runtime/test_fma_division.py checks it in exact arithmetic."""
+    q = x * y
+    q = tl.fma(tl.fma(-q, b, x), y, q)
+    return tl.fma(tl.fma(-q, b, x), y, q)
+
+
 @triton.jit
 def quant_e4m3(x, scale, HW: tl.constexpr = False):
     """x / scale (correctly rounded), saturated and rounded to e4m3."""

@@ -33,6 +33,17 @@ from .scaled_mm import _epilogue  # one epilogue for both kernels (scaled_mm imp
 
 
 @triton.jit
+def _load_a(ptrs, k, k_end, A_VEC: tl.constexpr, TWO_HALVES: tl.constexpr):
+    """The activation of a step at offsets ``k`` (< ``k_end``): one load, or the two halves of each chunk
+    (the second is 0 without them). Kept in L2 (every program of the row reads it)."""
+    a = tl.load(ptrs, mask=k < k_end, other=0.0, eviction_policy="evict_last")
+    a2 = 0.0
+    if TWO_HALVES:
+        a2 = tl.load(ptrs + A_VEC, mask=k + A_VEC < k_end, other=0.0, eviction_policy="evict_last")
+    return a, a2
+
+
+@triton.jit
 def _gemv_kernel(
     a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, ws_ptr, cnt_ptr,
     M, N, K,
@@ -52,20 +63,22 @@ def _gemv_kernel(
     # elements (a 16-byte load of 8-bit weights): chunk c is weight row c // (BLOCK_K / VEC), K offset
     # (c % (BLOCK_K / VEC)) * VEC. The activation is read in the same shape (L1 serves the repeats), so
     # product, sum over VEC and running sum stay in the thread that loaded the bytes. A bf16 activation
-    # (weight-only) takes VEC = 8, its 16-byte vectors' length: both operands must share one layout, or
-    # every step converts through shared memory
-    VEC: tl.constexpr = min(8 if A_MODE == 0 else 16, BLOCK_K)
+    # (weight-only) is 32 bytes a chunk, two 16-byte loads of HALF elements: one (CHUNKS, VEC) bf16 load
+    # would get a layout of 8 elements a thread (Triton's widest vector) and every step would convert
+    # the fp8 tile to it through shared memory; the weight tile is split in registers instead
+    VEC: tl.constexpr = min(16, BLOCK_K)
+    TWO_HALVES: tl.constexpr = A_MODE == 0 and VEC == 16
+    A_VEC: tl.constexpr = VEC // 2 if TWO_HALVES else VEC
     PER_ROW: tl.constexpr = BLOCK_K // VEC
     CHUNKS: tl.constexpr = BLOCK_N * PER_ROW
     chunk = tl.arange(0, CHUNKS)
     offs_n_c = pid_n * BLOCK_N + chunk // PER_ROW  # each chunk's weight row
     k_c = (chunk % PER_ROW) * VEC
-    offs_v = tl.arange(0, VEC)
     mask_n_c = offs_n_c < N
-    k_in = k_c[:, None] + offs_v[None, :]  # (CHUNKS, VEC): K offsets within a step; K has unit stride
-    k_first = t_start * BLOCK_K + k_in
-    a_ptrs = a_ptr + row.to(tl.int64) * stride_am + k_first
-    b_ptrs = b_ptr + offs_n_c[:, None].to(tl.int64) * stride_bn + k_first
+    k_in = k_c[:, None] + tl.arange(0, VEC)[None, :]  # (CHUNKS, VEC): K offsets within a step; unit stride
+    ka_in = k_c[:, None] + tl.arange(0, A_VEC)[None, :]  # the activation's (first half's) offsets
+    a_ptrs = a_ptr + row.to(tl.int64) * stride_am + t_start * BLOCK_K + ka_in
+    b_ptrs = b_ptr + offs_n_c[:, None].to(tl.int64) * stride_bn + t_start * BLOCK_K + k_in
     ONE_SB: tl.constexpr = GROUP_N % BLOCK_N == 0  # a block-scaled tile inside one block row
 
     acc_dtype = tl.int32 if INT8 else tl.float32
@@ -75,27 +88,32 @@ def _gemv_kernel(
     # two tiles in flight a thread (Triton pipelines only loads that feed a dot)
     # the slice's end: past it a prefetch loads nothing (the step after a slice's last)
     k_end = K if SPLIT_K == 1 else tl.minimum(K, t_end * BLOCK_K)
+    k0 = t_start * BLOCK_K
     if PREFETCH:
-        mask_k = k_first < k_end
-        a_nxt = tl.load(a_ptrs, mask=mask_k, other=0.0, eviction_policy="evict_last")
-        b_nxt = tl.load(b_ptrs, mask=mask_n_c[:, None] & mask_k, other=0.0, eviction_policy=EVICT)
+        a_nxt, a2_nxt = _load_a(a_ptrs, k0 + ka_in, k_end, A_VEC, TWO_HALVES)
+        b_nxt = tl.load(b_ptrs, mask=mask_n_c[:, None] & (k0 + k_in < k_end), other=0.0, eviction_policy=EVICT)
     for t in range(t_start, t_end):
         k0 = t * BLOCK_K
         if PREFETCH:
             a = a_nxt
+            a2 = a2_nxt
             b = b_nxt
-            mask_k = (k0 + BLOCK_K + k_in) < k_end
-            a_nxt = tl.load(a_ptrs + BLOCK_K, mask=mask_k, other=0.0, eviction_policy="evict_last")
-            b_nxt = tl.load(b_ptrs + BLOCK_K, mask=mask_n_c[:, None] & mask_k, other=0.0, eviction_policy=EVICT)
+            k1 = k0 + BLOCK_K
+            a_nxt, a2_nxt = _load_a(a_ptrs + BLOCK_K, k1 + ka_in, k_end, A_VEC, TWO_HALVES)
+            b_nxt = tl.load(b_ptrs + BLOCK_K, mask=mask_n_c[:, None] & (k1 + k_in < k_end), other=0.0,
+                            eviction_policy=EVICT)
         else:
-            mask_k = (k0 + k_in) < K
-            a = tl.load(a_ptrs, mask=mask_k, other=0.0, eviction_policy="evict_last")
-            b = tl.load(b_ptrs, mask=mask_n_c[:, None] & mask_k, other=0.0, eviction_policy=EVICT)
+            a, a2 = _load_a(a_ptrs, k0 + ka_in, K, A_VEC, TWO_HALVES)
+            b = tl.load(b_ptrs, mask=mask_n_c[:, None] & (k0 + k_in < K), other=0.0, eviction_policy=EVICT)
         if INT8:
             acc += tl.sum(a.to(tl.int32) * b.to(tl.int32), axis=1)
         else:
-            a = a.to(tl.float32)
-            part = tl.sum(a * b.to(tl.float32), axis=1)
+            if TWO_HALVES:  # the weight tile's two halves, split in registers (each thread holds its 16 bytes)
+                b_lo, b_hi = tl.split(tl.permute(tl.reshape(b, (CHUNKS, 2, A_VEC)), (0, 2, 1)))
+                part = tl.sum(a.to(tl.float32) * b_lo.to(tl.float32), axis=1) + \
+                    tl.sum(a2.to(tl.float32) * b_hi.to(tl.float32), axis=1)
+            else:
+                part = tl.sum(a.to(tl.float32) * b.to(tl.float32), axis=1)
             if A_MODE == 3:  # the activation's group scale, one number a K step (BLOCK_K divides the group)
                 part = part * tl.load(sa_ptr + row * stride_sam + (k0 // GROUP_K) * stride_sak)
             if B_MODE == 3:
