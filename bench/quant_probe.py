@@ -31,7 +31,9 @@ def main() -> None:
     rows = []
     for key in ("fp8_dynamic_per_token", "int8_dynamic_per_token", "fp8_dynamic_group_128"):
         for one_pass, per_warp, max_warps in itertools.product((8192, 16384), (256, 512, 1024), (8, 16)):
-            act_quant.ONE_PASS_MAX, act_quant.ELEMS_PER_WARP, act_quant.MAX_WARPS = one_pass, per_warp, max_warps
+            # per_warp: the per-token rows' (ROW_ELEMS_PER_WARP) and the group tiles' (ELEMS_PER_WARP) alike
+            act_quant.ONE_PASS_MAX, act_quant.MAX_WARPS = one_pass, max_warps
+            act_quant.ROW_ELEMS_PER_WARP = act_quant.ELEMS_PER_WARP = per_warp
             fr = []
             for x in xs:
                 us = do_bench_cudagraph(lambda: act_quant.quantize_activation(x, key), rep=20) * 1e3

@@ -3,9 +3,10 @@
 Every activation key works on groups of GROUP columns of a row (GROUP = K for per-token and per-tensor
 scales, 128 for fp8 groups, 32 for mxfp8): a group's scale, then its quantized elements. Where a row's
 groups fit in registers (``ONE_PASS_MAX`` elements a program) ``_quant_tile_kernel`` reads each element
-once: a program holds GROUPS whole groups of one row as a (GROUPS, GROUP) tile (at decode sizes rows up
-to DECODE_ONE_PASS_MAX elements). Longer per-token rows take ``_quant_rows_kernel``, which reads the row
-twice (amax, then quantize) in BLOCK-wide chunks.
+once: a program holds GROUPS whole groups of one row as a (GROUPS, GROUP) tile. Longer per-token rows take
+``_quant_rows_kernel``, which reads the row twice (amax, then quantize) in BLOCK-wide chunks. On the GPU
+the division by a dynamic scale goes through its reciprocal (``common.div_rn_fma``: the same correctly
+rounded quotient in five FMA-pipe operations, where div.rn takes ~10 and a branch).
 
 =======================  ==========================  ===========================
 key                      elements                    scales
@@ -122,17 +123,18 @@ def _quant_tile_kernel(
     tl.store(q_ptr + row * stride_qm + cols, q, mask=m)
 
 
-# a program holds at most ONE_PASS_MAX elements in registers, with a warp for each ELEMS_PER_WARP of
-# them (16 a thread) up to MAX_WARPS (bench/quant_probe.py sweeps these three on a GPU)
-ONE_PASS_MAX = 8192
+# A program holds at most ONE_PASS_MAX elements in registers (longer rows take two passes): a warp for
+# each ROW_ELEMS_PER_WARP of a whole row (per-token, per-tensor: 32 a thread), for each ELEMS_PER_WARP
+# of a tile of small groups (GROUP_TILE elements of 1x128 / 1x32 groups) and of any row at decode sizes
+# (M <= DECODE_MAX_M, latency-bound: more warps), up to MAX_WARPS. bench/quant_probe.py sweeps them on a
+# GPU (bench/results/quant_probe_h100_fma.json: per-token fp8 0.90 -> 0.96 of bandwidth on geomean
+# against one pass up to 8192 at 512 a warp, 8 warps at most)
+ONE_PASS_MAX = 16384
+ROW_ELEMS_PER_WARP = 1024
 ELEMS_PER_WARP = 512
-MAX_WARPS = 8
-# At decode sizes (M <= DECODE_MAX_M rows: a program or a few per SM at most) the launch is latency-bound:
-# the two-pass rows kernel walks a 14336-long row in 14 dependent steps. There a whole row up to
-# DECODE_ONE_PASS_MAX elements stays in registers (16 warps, 32 a thread): one read, one write.
+MAX_WARPS = 16
+GROUP_TILE = 2048
 DECODE_MAX_M = 64
-DECODE_ONE_PASS_MAX = 16384
-DECODE_MAX_WARPS = 16
 
 
 @triton.jit
@@ -172,9 +174,9 @@ def _quant_rows_kernel(
         tl.store(q_row + offs, _quantized(x, scale, inv, e, INT8, MX, HW, FMA), mask=m)
 
 
-def one_pass(m: int, group: int) -> bool:
-    """Whether M rows with groups of ``group`` elements take the one-pass tile kernel (else two passes)."""
-    return next_pow2(group) <= (DECODE_ONE_PASS_MAX if m <= DECODE_MAX_M else ONE_PASS_MAX)
+def one_pass(group: int) -> bool:
+    """Whether groups of ``group`` elements take the one-pass tile kernel (else two passes)."""
+    return next_pow2(group) <= ONE_PASS_MAX
 
 
 def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | None = None):
@@ -212,11 +214,11 @@ def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | 
     # there; a static scale comes from a checkpoint and keeps div.rn
     fma = fma_div(x.device) and src != _STATIC and not mx
     gblock = next_pow2(group)
-    decode = m <= DECODE_MAX_M
-    if one_pass(m, group):
+    if one_pass(group):
         n_groups = k // group
-        groups = max(1, min(ONE_PASS_MAX // 4 // gblock, next_pow2(n_groups)))  # ~2048 elements
-        warps = max(1, min(DECODE_MAX_WARPS if decode else MAX_WARPS, groups * gblock // ELEMS_PER_WARP))
+        groups = max(1, min(GROUP_TILE // gblock, next_pow2(n_groups)))
+        per_warp = ROW_ELEMS_PER_WARP if group == k and m > DECODE_MAX_M else ELEMS_PER_WARP
+        warps = max(1, min(MAX_WARPS, groups * gblock // per_warp))
         launch(_quant_tile_kernel, (m, cdiv(n_groups, groups)), (x, q, s, aux, k, x.stride(0), q.stride(0), s_stride),
                dict(GROUP=group, GROUPS=groups, GBLOCK=gblock, SRC=src, INT8=int8, MX=mx, HW=hw_cast(x.device),
                     FMA=fma), warps)
