@@ -8,7 +8,8 @@ weight-only, and the weight loads without the evict-first hint; the tile kernel 
 config for each; GemLite's fp8 / int8 layers (kernel on the same pre-quantized activation, and module).
 Writes $OUT/gemv_probe_<gpu>.json; prints one line per measurement and a summary per shape.
 
-Env: PROBE_SHAPES ("4096x14336,..."), PROBE_CAP_S (default 500).
+Env: PROBE_SHAPES ("4096x14336,..."), PROBE_CAP_S (default 500), PROBE_WO_GRID=1 (fp8 weight-only over
+the whole config grid too, not only the five best W8A8 configs).
 """
 
 from __future__ import annotations
@@ -38,12 +39,15 @@ from quantc.runtime.tables import default_config  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
 CAP = float(os.environ.get("PROBE_CAP_S", "500"))
+WO_GRID = os.environ.get("PROBE_WO_GRID") == "1"
 if os.environ.get("PROBE_SHAPES"):
     SHAPES = [tuple(int(v) for v in s.split("x")) for s in os.environ["PROBE_SHAPES"].split(",")]
 # prefetching configs over the grid, and the first probe's winners without the prefetch for reference
 GRID = ([C(1, bn, bk, 8, 4, 2, sk) for bn, bk, sk in itertools.product((8, 16, 32), (256, 512, 1024), (1, 2, 4, 8, 16))]
         + [C(1, 8, 256, 8, 4, 1, 1), C(1, 8, 512, 8, 4, 1, 4), C(1, 16, 1024, 8, 4, 1, 1), C(1, 8, 512, 8, 4, 1, 1),
            C(1, 8, 512, 8, 4, 1, 8), C(1, 16, 256, 8, 4, 1, 8), C(1, 8, 256, 8, 4, 1, 4)])
+# eight-warp programs (the weight-only winners of bench_dense) for the PROBE_WO_GRID sweep
+WO_EXTRA = [C(1, bn, bk, 8, 8, st, sk) for bn, bk, st, sk in itertools.product((16, 32), (512, 1024), (1, 2), (1, 2, 4))]
 T0 = time.time()
 
 
@@ -112,7 +116,7 @@ def main() -> None:
             timed(f"tile {kernel} kernel {dataclasses.astuple(tc)}", layer(ws, wk, ak, tc, pre))
             if ak != "none":
                 timed(f"tile {kernel} module {dataclasses.astuple(tc)}", layer(ws, wk, ak, tc))
-            for c in best:
+            for c in (GRID + WO_EXTRA if WO_GRID and kernel == "fp8_weight_only_gemm" else best):
                 cfg = dataclasses.astuple(c)
                 if kernel != "fp8_scaled_gemm":
                     timed(f"gemv {kernel} kernel {cfg}", layer(ws, wk, ak, c, pre))
