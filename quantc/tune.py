@@ -241,6 +241,17 @@ GEMV_SEEDS = (KernelConfig(1, 8, 256, 8, 4, 1, 1), KernelConfig(1, 8, 512, 8, 4,
 # a GEMV program's tile: at least one 16-byte vector a thread, at most 8 (registers for the loads in flight)
 GEMV_VECS = (1, 8)
 
+# Mid-size M (17-256 rows) of the raw-sum W8A8 GEMMs: 256-512-deep K steps, which no table row had (the
+# tuned rows were 128 deep): bench/midm_probe.py on the H100 (bench/results/midm_probe_h100_wide.json,
+# weights past L2) ran fp8 (4096, 14336) at M = 64 in 24.9 us against 36.8 for the table's 64 x 64 x 128
+# (GemLite 24.7) and M = 256 in 35.3 against 43.3 (GemLite 35.0). A seeded job of those sizes measures
+# them right after its default, pruned like any seed.
+MIDM_KERNELS = ("fp8_scaled_gemm", "int8_gemm")
+MIDM_SEEDS = (KernelConfig(64, 32, 512, 8, 4, 4, 1), KernelConfig(64, 64, 256, 8, 4, 4, 2),
+              KernelConfig(64, 32, 256, 8, 4, 4, 2), KernelConfig(64, 128, 256, 8, 4, 4, 1),
+              KernelConfig(64, 128, 256, 8, 8, 4, 1), KernelConfig(128, 64, 256, 8, 8, 4, 1))
+MIDM_RANGE = (17, 256)
+
 
 def _gemv_job(job: TuneJob) -> bool:
     return job.kernel in GEMV_KERNELS and job.m <= GEMV_MAX_M and not job.num_experts
@@ -399,7 +410,8 @@ MOE_LARGE_ROWS = 128
 def seeded_space(job: TuneJob, gpu: Gpu, tables: list[dict] | None = None,
                  default: KernelConfig | None = None) -> list[KernelConfig]:
     """Candidates transferred from tuned tables (the module doc has the rule): ``default`` first, then
-    (MoE jobs with at least MOE_LARGE_ROWS rows an expert) ``MOE_LARGE_SEEDS``, then the feasible winners
+    (MoE jobs with at least MOE_LARGE_ROWS rows an expert) ``MOE_LARGE_SEEDS``, (decode jobs) ``GEMV_SEEDS``,
+    (raw-sum W8A8 jobs of 17-256 rows) ``MIDM_SEEDS``, then the feasible winners
     of ``job.kernel`` in ``tables`` (parsed kernel tables; default: the shipped ones,
     ``shipped_tables``), closest first, without duplicates, at most ``SEEDED_MAX`` in all."""
     tables = shipped_tables(gpu) if tables is None else tables
@@ -412,6 +424,8 @@ def seeded_space(job: TuneJob, gpu: Gpu, tables: list[dict] | None = None,
         out += [c for c in (_moe_seed(job, gpu, c) for c in MOE_LARGE_SEEDS) if c is not None and c not in out]
     if _gemv_job(job):
         out += [c for c in GEMV_SEEDS if _dense_ok(job, gpu, c) and c not in out]
+    if job.kernel in MIDM_KERNELS and MIDM_RANGE[0] <= job.m <= MIDM_RANGE[1]:
+        out += [c for c in MIDM_SEEDS if _dense_ok(job, gpu, c) and c not in out]
     for _, cfg in seeds:
         if len(out) >= SEEDED_MAX:
             break

@@ -21,6 +21,14 @@ FP8 = ("fp8_per_channel", "fp8_dynamic_per_token")
 DEFAULT = KernelConfig(64, 64, 128, 8, 4, 4)
 
 
+@pytest.fixture(autouse=True)
+def _no_midm_seeds(monkeypatch, request):
+    """The ranking tests below use 64-row fp8 jobs, which also get ``MIDM_SEEDS`` after the default; they
+    check the table-row logic alone (the seeds have a test of their own, ``*midm*``)."""
+    if "midm" not in request.node.name:
+        monkeypatch.setattr("quantc.tune.MIDM_SEEDS", ())
+
+
 def _row(cfg: KernelConfig, n=4096, k=4096, m_max=64, kernel="fp8_scaled_gemm") -> dict:
     return {"kernel": kernel, "n": n, "k": k, "m_max": m_max, **dataclasses.asdict(cfg), "time_us": 1.0}
 
@@ -305,3 +313,26 @@ def test_decode_jobs_search_and_seed_the_gemv_only_where_scaled_mm_runs_it():
     assert GEMV_SEEDS[0] not in seeded_space(_job(m_max=16), H100, tables=[_table(gemv_row)], default=DEFAULT)
     two_rows = dataclasses.replace(GEMV_SEEDS[0], block_m=2)
     assert two_rows not in seeded_space(m1, H100, tables=[_table(_row(two_rows, m_max=1))], default=DEFAULT)
+
+
+def test_midm_jobs_of_the_raw_sum_kernels_measure_the_deep_k_seeds_after_the_default():
+    """17-256-row fp8 / int8 W8A8 jobs try MIDM_SEEDS (256-512-deep K steps, measured best at M = 64 and 256
+    by bench/midm_probe.py) right after the default, pruned like any seed: split-K only up to 64 rows,
+    tiles no taller than the padded M. Other sizes and kernels do not get them."""
+    from quantc.tune import MIDM_SEEDS
+
+    table = _table(_row(KernelConfig(16, 32, 128, 8, 4, 4)))
+    fit64 = [c for c in MIDM_SEEDS if c.block_m <= 64]  # a 128-row tile is taller than 64 rows
+    assert 0 < len(fit64) < len(MIDM_SEEDS)
+    m64 = seeded_space(_job(n=4096, k=14336), H100, [table], DEFAULT)
+    assert m64[0] == DEFAULT and m64[1:1 + len(fit64)] == fit64
+    assert m64[1 + len(fit64)] == KernelConfig(16, 32, 128, 8, 4, 4)  # the table row after them
+    m256 = seeded_space(_job(n=4096, k=14336, m_max=256), H100, [table], DEFAULT)
+    assert [c for c in m256 if c in MIDM_SEEDS] == [c for c in MIDM_SEEDS if c.split_k == 1]
+    m32 = seeded_space(_job(n=4096, k=14336, m_max=64, m=32), H100, [table], DEFAULT)
+    assert not [c for c in m32[1:] if c.block_m > 32]  # seeds of 64-row tiles are taller than 32 padded rows
+    int8 = seeded_space(_job(kernel="int8_gemm", keys=("int8_per_channel", "int8_dynamic_per_token")), H100, [], DEFAULT)
+    assert int8[1:] == fit64
+    for job in (_job(m_max=16), _job(m_max=1024, m=512),
+                _job(kernel="fp8_block_gemm", keys=("fp8_block_128x128", "fp8_dynamic_group_128"))):
+        assert not set(MIDM_SEEDS) & set(seeded_space(job, H100, [], DEFAULT)), job
