@@ -81,6 +81,14 @@ def gemv_candidates(kernel: str) -> list[KernelConfig]:
 
 
 def candidates(kernel: str, m: int) -> list[KernelConfig]:
+    from quantc.tune import MIDM_KERNELS, MIDM_SEEDS
+
+    if kernel in MIDM_KERNELS and 16 < m <= 256:  # and the tuner's deep-K seeds for these sizes (quantc.tune)
+        return _candidates(kernel, m) + [c for c in MIDM_SEEDS if c.block_m <= m and (c.split_k == 1 or m <= 64)]
+    return _candidates(kernel, m)
+
+
+def _candidates(kernel: str, m: int) -> list[KernelConfig]:
     bk = 32 if kernel == "mxfp8_gemm_emulated" else 128
     if m == 1:
         return candidates(kernel, 16) + gemv_candidates(kernel)
