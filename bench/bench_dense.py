@@ -81,10 +81,13 @@ def gemv_candidates(kernel: str) -> list[KernelConfig]:
 
 
 def candidates(kernel: str, m: int) -> list[KernelConfig]:
-    from quantc.tune import MIDM_KERNELS, MIDM_SEEDS
+    from quantc.tune import MIDM_KERNELS, MIDM_SEEDS, SMALLM_SEEDS
 
-    if kernel in MIDM_KERNELS and 16 < m <= 256:  # and the tuner's deep-K seeds for these sizes (quantc.tune)
+    # and the tuner's deep-K seeds for these sizes (quantc.tune)
+    if kernel in MIDM_KERNELS and 16 < m <= 256:
         return _candidates(kernel, m) + [c for c in MIDM_SEEDS if c.block_m <= m and (c.split_k == 1 or m <= 64)]
+    if kernel in MIDM_KERNELS and 1 < m <= 16:
+        return _candidates(kernel, m) + [c for c in SMALLM_SEEDS if c not in _candidates(kernel, m)]
     return _candidates(kernel, m)
 
 

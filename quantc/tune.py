@@ -251,6 +251,12 @@ MIDM_SEEDS = (KernelConfig(64, 32, 512, 8, 4, 4, 1), KernelConfig(64, 64, 256, 8
               KernelConfig(64, 32, 256, 8, 4, 4, 2), KernelConfig(64, 128, 256, 8, 4, 4, 1),
               KernelConfig(64, 128, 256, 8, 8, 4, 1), KernelConfig(128, 64, 256, 8, 8, 4, 1))
 MIDM_RANGE = (17, 256)
+# The same kernels at 5-16 rows (above the GEMV's, in one 16-row tile): 512-deep K steps with five stages,
+# the tiles GemLite's shipped H100 table gives its A8W8 kernel at 16 rows on Runtime I's long-K shapes
+# (the 64-row one it gives at 64 rows is MIDM_SEEDS' first, which won there), and deep-K neighbours
+SMALLM_SEEDS = (KernelConfig(16, 32, 512, 8, 4, 5, 1), KernelConfig(16, 64, 512, 8, 4, 5, 1),
+                KernelConfig(16, 32, 512, 8, 4, 4, 2), KernelConfig(16, 64, 256, 8, 4, 5, 1))
+SMALLM_RANGE = (GEMV_MAX_M + 1, 16)
 
 
 def _gemv_job(job: TuneJob) -> bool:
@@ -411,7 +417,7 @@ def seeded_space(job: TuneJob, gpu: Gpu, tables: list[dict] | None = None,
                  default: KernelConfig | None = None) -> list[KernelConfig]:
     """Candidates transferred from tuned tables (the module doc has the rule): ``default`` first, then
     (MoE jobs with at least MOE_LARGE_ROWS rows an expert) ``MOE_LARGE_SEEDS``, (decode jobs) ``GEMV_SEEDS``,
-    (raw-sum W8A8 jobs of 17-256 rows) ``MIDM_SEEDS``, then the feasible winners
+    (raw-sum W8A8 jobs of 5-16 / 17-256 rows) ``SMALLM_SEEDS`` / ``MIDM_SEEDS``, then the feasible winners
     of ``job.kernel`` in ``tables`` (parsed kernel tables; default: the shipped ones,
     ``shipped_tables``), closest first, without duplicates, at most ``SEEDED_MAX`` in all."""
     tables = shipped_tables(gpu) if tables is None else tables
@@ -424,8 +430,10 @@ def seeded_space(job: TuneJob, gpu: Gpu, tables: list[dict] | None = None,
         out += [c for c in (_moe_seed(job, gpu, c) for c in MOE_LARGE_SEEDS) if c is not None and c not in out]
     if _gemv_job(job):
         out += [c for c in GEMV_SEEDS if _dense_ok(job, gpu, c) and c not in out]
-    if job.kernel in MIDM_KERNELS and MIDM_RANGE[0] <= job.m <= MIDM_RANGE[1]:
-        out += [c for c in MIDM_SEEDS if _dense_ok(job, gpu, c) and c not in out]
+    if job.kernel in MIDM_KERNELS:
+        for (lo, hi), deep_k in ((SMALLM_RANGE, SMALLM_SEEDS), (MIDM_RANGE, MIDM_SEEDS)):
+            if lo <= job.m <= hi:
+                out += [c for c in deep_k if _dense_ok(job, gpu, c) and c not in out]
     for _, cfg in seeds:
         if len(out) >= SEEDED_MAX:
             break

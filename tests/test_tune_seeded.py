@@ -23,10 +23,11 @@ DEFAULT = KernelConfig(64, 64, 128, 8, 4, 4)
 
 @pytest.fixture(autouse=True)
 def _no_midm_seeds(monkeypatch, request):
-    """The ranking tests below use 64-row fp8 jobs, which also get ``MIDM_SEEDS`` after the default; they
-    check the table-row logic alone (the seeds have a test of their own, ``*midm*``)."""
+    """The ranking tests below use 16- and 64-row fp8 jobs, which also get ``SMALLM_SEEDS`` / ``MIDM_SEEDS``
+    after the default; they check the table-row logic alone (the seeds have a test of their own, ``*midm*``)."""
     if "midm" not in request.node.name:
         monkeypatch.setattr("quantc.tune.MIDM_SEEDS", ())
+        monkeypatch.setattr("quantc.tune.SMALLM_SEEDS", ())
 
 
 def _row(cfg: KernelConfig, n=4096, k=4096, m_max=64, kernel="fp8_scaled_gemm") -> dict:
@@ -336,3 +337,17 @@ def test_midm_jobs_of_the_raw_sum_kernels_measure_the_deep_k_seeds_after_the_def
     for job in (_job(m_max=16), _job(m_max=1024, m=512),
                 _job(kernel="fp8_block_gemm", keys=("fp8_block_128x128", "fp8_dynamic_group_128"))):
         assert not set(MIDM_SEEDS) & set(seeded_space(job, H100, [], DEFAULT)), job
+
+
+def test_midm_small_jobs_of_5_to_16_rows_measure_the_16_row_deep_k_seeds():
+    from quantc.tune import GEMV_SEEDS, MIDM_SEEDS, SMALLM_SEEDS
+
+    m16 = seeded_space(_job(n=4096, k=14336, m_max=16), H100, [], DEFAULT)
+    assert m16 == [DEFAULT, *SMALLM_SEEDS]
+    assert seeded_space(_job(n=4096, k=14336, m_max=16, m=5), H100, [], DEFAULT) == m16
+    m4 = seeded_space(_job(n=4096, k=14336, m_max=16, m=4), H100, [], DEFAULT)  # GEMV-sized: its seeds
+    assert not set(SMALLM_SEEDS) & set(m4) and set(GEMV_SEEDS) & set(m4)
+    assert not set(SMALLM_SEEDS) & set(seeded_space(_job(n=4096, k=14336), H100, [], DEFAULT))  # 64 rows
+    assert not set(MIDM_SEEDS) & set(m16)
+    block = _job(m_max=16, kernel="fp8_block_gemm", keys=("fp8_block_128x128", "fp8_dynamic_group_128"))
+    assert not set(SMALLM_SEEDS) & set(seeded_space(block, H100, [], DEFAULT))
