@@ -27,8 +27,7 @@ import triton
 import triton.language as tl
 
 from .. import quantize as ref
-from .common import (cdiv, div_rn_fma, floor_log2, fma_div, hw_cast, launch, next_pow2, pow2, quant_e4m3,
-                     quant_int8, rint, to_e4m3)
+from .common import cdiv, div_rn_by, floor_log2, fma_div, hw_cast, launch, next_pow2, pow2, to_e4m3, to_int8
 
 # scale sources
 _FROM_GROUP, _FROM_AMAX, _STATIC = 0, 1, 2
@@ -67,16 +66,12 @@ def _quantized(x, scale, inv, e, INT8: tl.constexpr, MX: tl.constexpr, HW: tl.co
     x / scale from ``inv`` = RN(1 / scale) (``common.div_rn_fma``), the same quotient."""
     if MX:
         q = to_e4m3(x * pow2(-e), HW)  # power-of-two scale: exact multiply
-    elif FMA:
-        v = div_rn_fma(x, scale, inv)
+    else:
+        v = div_rn_by(x, scale, inv, FMA)
         if INT8:
-            q = rint(tl.minimum(tl.maximum(v, -127.0), 127.0)).to(tl.int8)
+            q = to_int8(v)
         else:
             q = to_e4m3(v, HW)
-    elif INT8:
-        q = quant_int8(x, scale)
-    else:
-        q = quant_e4m3(x, scale, HW)
     return q
 
 

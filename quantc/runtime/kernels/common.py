@@ -43,10 +43,16 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _gpu_path(device: torch.device, switch: str) -> bool:
+    """Whether kernels on ``device`` are compiled for a GPU (not the interpreter) with the environment
+    variable ``switch`` not set to 0 (benchmarks compare both paths)."""
+    return device.type == "cuda" and not interpreted() and os.environ.get(switch, "1") != "0"
+
+
 def hw_cast(device: torch.device) -> bool:
     """Whether kernels on ``device`` take the hardware e4m3 cast (``to_e4m3``): compiled for a GPU, not
-    the interpreter; QUANTC_HW_CAST=0 keeps the explicit rounding there too (benchmarks compare)."""
-    return device.type == "cuda" and not interpreted() and os.environ.get("QUANTC_HW_CAST", "1") != "0"
+    the interpreter; QUANTC_HW_CAST=0 keeps the explicit rounding there too."""
+    return _gpu_path(device, "QUANTC_HW_CAST")
 
 
 # --- launching ---------------------------------------------------------------------------------------
@@ -212,8 +218,8 @@ def fma_div(device: torch.device) -> bool:
     """Whether quantizers on ``device`` divide by a dynamic scale through its reciprocal and FMAs
     (``div_rn_fma``) instead of ``div.rn.f32`` (~10 instructions, a range check and a branch an
     element): compiled for a GPU, not the interpreter (whose FMA may round twice);
-    QUANTC_FMA_DIV=0 keeps div.rn there too (benchmarks compare)."""
-    return device.type == "cuda" and not interpreted() and os.environ.get("QUANTC_FMA_DIV", "1") != "0"
+    QUANTC_FMA_DIV=0 keeps div.rn there too."""
+    return _gpu_path(device, "QUANTC_FMA_DIV")
 
 
 @triton.jit
@@ -230,14 +236,29 @@ def div_rn_fma(x, b, y):
 
 
 @triton.jit
+def div_rn_by(x, b, y, FMA: tl.constexpr):
+    """RN(x / b): ``div_rn_fma`` from y = RN(1 / b) (FMA), else div.rn."""
+    if FMA:
+        return div_rn_fma(x, b, y)
+    else:
+        return tl.math.div_rn(x, b)
+
+
+@triton.jit
 def quant_e4m3(x, scale, HW: tl.constexpr = False):
     """x / scale (correctly rounded), saturated and rounded to e4m3."""
     return to_e4m3(tl.math.div_rn(x, scale), HW)
 
 
 @triton.jit
+def to_int8(v):
+    """fp32 quotients -> int8, clamped to +-127, round half to even."""
+    return rint(tl.minimum(tl.maximum(v, -127.0), 127.0)).to(tl.int8)
+
+
+@triton.jit
 def quant_int8(x, scale):
-    return rint(tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -127.0), 127.0)).to(tl.int8)
+    return to_int8(tl.math.div_rn(x, scale))
 
 
 @triton.jit
