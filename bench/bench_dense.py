@@ -81,14 +81,16 @@ def gemv_candidates(kernel: str) -> list[KernelConfig]:
 
 
 def candidates(kernel: str, m: int) -> list[KernelConfig]:
-    from quantc.tune import MIDM_KERNELS, MIDM_SEEDS, SMALLM_SEEDS
+    """The list below, and the tuner's deep-K seeds for M's size (``quantc.tune``: SMALLM / MIDM), as the
+    seeded space prunes them (no tile taller than M, split-K up to 64 rows)."""
+    from quantc.tune import MIDM_KERNELS, MIDM_RANGE, MIDM_SEEDS, SMALLM_RANGE, SMALLM_SEEDS
 
-    # and the tuner's deep-K seeds for these sizes (quantc.tune)
-    if kernel in MIDM_KERNELS and 16 < m <= 256:
-        return _candidates(kernel, m) + [c for c in MIDM_SEEDS if c.block_m <= m and (c.split_k == 1 or m <= 64)]
-    if kernel in MIDM_KERNELS and 1 < m <= 16:
-        return _candidates(kernel, m) + [c for c in SMALLM_SEEDS if c not in _candidates(kernel, m)]
-    return _candidates(kernel, m)
+    base = _candidates(kernel, m)
+    if kernel not in MIDM_KERNELS:
+        return base
+    seeds = [c for (lo, hi), deep_k in ((SMALLM_RANGE, SMALLM_SEEDS), (MIDM_RANGE, MIDM_SEEDS)) if lo <= m <= hi
+             for c in deep_k if c.block_m <= max(16, m) and (c.split_k == 1 or m <= 64)]
+    return base + [c for c in seeds if c not in base]
 
 
 def _candidates(kernel: str, m: int) -> list[KernelConfig]:
