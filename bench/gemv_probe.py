@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from bench import peers_gemlite as PG  # noqa: E402
 from bench.bandwidth import copy_gbps  # noqa: E402
 from bench.bench_dense import SHAPES, gpu_slug  # noqa: E402
-from bench.timing import graph_us  # noqa: E402
+from bench.timing import checked_graph_us, graph_us  # noqa: E402
 from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime import quantize as Q  # noqa: E402
 from quantc.runtime.kernels import scaled_gemv  # noqa: E402
@@ -84,16 +84,7 @@ def main() -> None:
             return run
 
         def timed(label, fn):
-            try:
-                got = fn()[0].float()
-            except Exception as e:  # noqa: BLE001 (a config that does not compile is reported, not fatal)
-                print("ERR", label, type(e).__name__, str(e)[:160], flush=True)
-                return None
-            err = ((got - want).norm() / want.norm()).item()
-            if not err < 0.08:
-                print("MISMATCH", label, f"{err:.3g}", flush=True)
-                return None
-            us = graph_us(fn)
+            us = checked_graph_us(label, fn, want)
             if us:
                 gbps = copies * n * k / us / 1e3
                 rec["runs"].append({"label": label, "us_per_layer": us / copies, "GBps": gbps, "frac_ref": gbps / ref})
@@ -137,21 +128,8 @@ def main() -> None:
                 if peers[0].error:
                     print(peers[0].error, flush=True)
                     continue
-                for label, fn in ((f"gemlite {tag} kernel", lambda: [p.kernel(*pre) for p in peers]),
-                                  (f"gemlite {tag} module", lambda: [p.module(x) for p in peers])):
-                    try:
-                        got = fn()[0].float()
-                        if not ((got - want).norm() / want.norm()).item() < 0.08:
-                            print("MISMATCH", label, flush=True)
-                            continue
-                    except Exception as e:  # noqa: BLE001
-                        print("ERR", label, type(e).__name__, str(e)[:160], flush=True)
-                        continue
-                    us = graph_us(fn)
-                    if us:
-                        gbps = copies * n * k / us / 1e3
-                        rec["runs"].append({"label": label, "us_per_layer": us / copies, "GBps": gbps, "frac_ref": gbps / ref})
-                        print(f"{n}x{k} {label:60s} {us / copies:8.2f} us {gbps:6.0f} GB/s {gbps / ref:.3f}", flush=True)
+                timed(f"gemlite {tag} kernel", lambda: [p.kernel(*pre) for p in peers])
+                timed(f"gemlite {tag} module", lambda: [p.module(x) for p in peers])
         del f8, i8
         torch.cuda.empty_cache()
         json.dump(out, open(os.path.join(OUT, f"gemv_probe_{gpu_slug(dev)}.json"), "w"), indent=1)

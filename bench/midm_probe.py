@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from bench import peers_gemlite as PG  # noqa: E402
 from bench.bandwidth import copy_gbps  # noqa: E402
 from bench.bench_dense import gpu_slug  # noqa: E402
-from bench.timing import graph_us  # noqa: E402
+from bench.timing import checked_graph_us  # noqa: E402
 from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime import quantize as Q  # noqa: E402
 from quantc.runtime.kernels.act_quant import quantize_activation  # noqa: E402
@@ -73,15 +73,7 @@ def main() -> None:
         out["rows"].append(rec)
 
         def timed(label, fn):
-            try:
-                got = fn()[0].float()
-            except Exception as e:  # noqa: BLE001 (a config that does not compile is reported, not fatal)
-                print("ERR", label, type(e).__name__, str(e)[:160], flush=True)
-                return
-            if not ((got - want).norm() / want.norm()).item() < 0.08:
-                print("MISMATCH", label, flush=True)
-                return
-            us = graph_us(fn)
+            us = checked_graph_us(label, fn, want)
             if us:
                 gbps = copies * n * k / us / 1e3
                 rec["runs"].append({"label": label, "us_per_layer": us / copies, "frac_ref": gbps / ref})

@@ -16,3 +16,19 @@ def graph_us(fn) -> float | None:
     except Exception as e:
         print("ERR", type(e).__name__, str(e)[:200], flush=True)
         return None
+
+
+def checked_graph_us(label: str, fn, want, tol: float = 0.08) -> float | None:
+    """``graph_us(fn)`` for a call that returns a list of layer outputs, after its first output matched
+    ``want`` (relative error under ``tol``); None, with the reason printed, where it fails to run or to
+    match: a probe's candidate that does either is reported and skipped."""
+    try:
+        got = fn()[0].float()
+    except Exception as e:  # noqa: BLE001 (a config that does not compile is reported, not fatal)
+        print("ERR", label, type(e).__name__, str(e)[:160], flush=True)
+        return None
+    err = ((got - want).norm() / want.norm()).item()
+    if not err < tol:
+        print("MISMATCH", label, f"{err:.3g}", flush=True)
+        return None
+    return graph_us(fn)

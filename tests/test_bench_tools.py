@@ -212,3 +212,26 @@ def test_bench_dense_times_only_candidates_that_agree_with_the_default(capsys):
 
     assert not bd.agrees(broken, "cfg-c", want, "int8_gemm")
     assert "ERR int8_gemm cfg-c RuntimeError out of resource" in capsys.readouterr().out
+
+
+def test_a_probe_candidate_that_fails_or_mismatches_is_reported_and_not_timed(capsys, monkeypatch):
+    """bench/timing.checked_graph_us: a candidate that raises, or whose first output is off the reference
+    by the tolerance, returns None with the reason printed; only a matching one reaches the timer."""
+    import torch
+
+    import timing
+
+    timed = []
+    monkeypatch.setattr(timing, "graph_us", lambda fn: timed.append(fn) or 12.5)
+    want = torch.ones(4)
+
+    def broken():
+        raise RuntimeError("out of resources: shared memory")
+
+    assert timing.checked_graph_us("cfg A", broken, want) is None
+    assert "ERR cfg A RuntimeError out of resources" in capsys.readouterr().out
+    assert timing.checked_graph_us("cfg B", lambda: [want * 1.1], want) is None
+    assert "MISMATCH cfg B 0.1" in capsys.readouterr().out
+    assert not timed
+    good = lambda: [want * 1.01]  # noqa: E731
+    assert timing.checked_graph_us("cfg C", good, want) == 12.5 and timed == [good]
