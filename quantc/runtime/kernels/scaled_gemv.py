@@ -63,7 +63,7 @@ def _gemv_kernel(
     # elements (a 16-byte load of 8-bit weights): chunk c is weight row c // (BLOCK_K / VEC), K offset
     # (c % (BLOCK_K / VEC)) * VEC. The activation is read in the same shape (L1 serves the repeats), so
     # product, sum over VEC and running sum stay in the thread that loaded the bytes. A bf16 activation
-    # (weight-only) is 32 bytes a chunk, two 16-byte loads of HALF elements: one (CHUNKS, VEC) bf16 load
+    # (weight-only) is 32 bytes a chunk, two 16-byte loads of A_VEC elements: one (CHUNKS, VEC) bf16 load
     # would get a layout of 8 elements a thread (Triton's widest vector) and every step would convert
     # the fp8 tile to it through shared memory; the weight tile is split in registers instead
     VEC: tl.constexpr = min(16, BLOCK_K)
