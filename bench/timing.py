@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 def graph_us(fn) -> float | None:
     """us per call of ``fn`` under ``triton.testing.do_bench_cudagraph``, after one eager call; None (and the
@@ -32,3 +34,9 @@ def checked_graph_us(label: str, fn, want, tol: float = 0.08) -> float | None:
         print("MISMATCH", label, f"{err:.3g}", flush=True)
         return None
     return graph_us(fn)
+
+
+def geomean(values) -> float | None:
+    """Geometric mean of the values that are set (a skipped candidate is None); None if none is."""
+    v = [x for x in values if x]
+    return math.exp(sum(map(math.log, v)) / len(v)) if v else None

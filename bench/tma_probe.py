@@ -12,7 +12,6 @@ per row (``<format>_<path>_all``), the output file is then tma_probe_<gpu>_<PROB
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from triton.testing import do_bench_cudagraph
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.timing import geomean  # noqa: E402
 from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime import quantize as Q  # noqa: E402
 from quantc.runtime.kernels.act_quant import quantize_activation  # noqa: E402
@@ -51,11 +51,6 @@ def t_us(fn) -> float | None:
     except Exception as exc:  # noqa: BLE001 - a config that does not fit is skipped
         print("ERR", type(exc).__name__, str(exc)[:160], flush=True)
         return None
-
-
-def geomean(v):
-    v = [x for x in v if x]
-    return math.exp(sum(map(math.log, v)) / len(v)) if v else None
 
 
 def main() -> None:

@@ -525,3 +525,28 @@ def test_gemv_prefetch_gives_the_same_bits(wk, ak):
         ahead = scaled_mm(x, t["weight"], _scale(t), wk, ak, KernelConfig(1, 16, 128, 8, 4, 2, split))
         assert torch.equal(plain, ahead), split
         assert _rel(ahead, reference(x, t, wk, ak)) < TOL
+
+
+def test_warp_specialized_block_probe_kernel_equals_the_tiled_kernel():
+    """bench/ws_probe.py's experiment (not in the runtime): its kernel, both tile shapes it offers and with
+    or without warp specialization, runs the tiled kernel's per-step math: the same output bit for bit,
+    ragged M and N, bias included (the GPU run found max difference 0.0 too)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import ws_probe
+
+    torch.manual_seed(3)
+    m, n, k = 70, 200, 384
+    t = Q.quantize_weight(torch.randn(n, k) * 0.05, "fp8_block_128x128")
+    x = torch.randn(m, k).to(torch.bfloat16)
+    xg, sg = quantize_activation(x, "fp8_dynamic_group_128")
+    bias = torch.randn(n).to(torch.bfloat16)
+    ws = t["weight_scale_inv"].float()
+    want = scaled_mm(xg, t["weight"], ws, "fp8_block_128x128", "fp8_dynamic_group_128",
+                     KernelConfig(16, 64, 128, 8, 4, 2), x_scale=sg, bias=bias, tma=False)
+    for bm, bn, on in ((128, 128, True), (64, 64, False)):
+        out = torch.empty(m, n, dtype=torch.bfloat16)
+        got = ws_probe.launch_ws(xg, t["weight"], sg, ws, bias, KernelConfig(bm, bn, 128, 8, 4, 3), out, ws=on)
+        assert torch.equal(got, want), (bm, bn, on)
