@@ -14,6 +14,9 @@ Mixtral-8x7B; tokens T = 1, 16, 256, 4096, uniformly random distinct experts per
   bf16 and fp8 at the config the runtime runs (``gate_up_ours_{bf16,fp8}_table_*``: the compiler's
   lookup in the shipped kernels/<gpu>.json for the shape, the runtime's pick for the token count; the
   fixed config gives fp8 64-wide K steps).
+- The floor's reference for the bf16 gate_up: a dense bf16 GEMM of equal FLOPs in the same run
+  (``dense_bf16_*``), and the bound the weight bytes set (``roofline``: active experts' weights, tokens
+  and output read or written once at the copy bandwidth measured in the same run).
 - The whole expert path (sorting, gate_up + activation, down, weighted sum): ours bf16, mxfp4
   weight-only and fp8 W8A8 (activation quantization included), vs a torch path of
   ``_grouped_mm`` gate_up, SiLU-and-mul, ``_grouped_mm`` down, weighted sum (its sorting not timed).
@@ -39,6 +42,7 @@ from quantc.runtime.kernels import moe_gemm as mg  # noqa: E402
 from quantc.runtime.kernels import wo_format as wf  # noqa: E402
 from quantc.runtime.kernels.moe_routing import align_by_expert  # noqa: E402
 from quantc.runtime.moe import QuantMoE  # noqa: E402
+from bench.bandwidth import copy_gbps  # noqa: E402
 from bench.timing import graph_us as us  # noqa: E402
 
 T0 = time.time()
@@ -89,6 +93,24 @@ def table_config(kernel: str, n: int, k: int, tokens: int) -> C:
 LARGE_TILES = [C(128, 128, 64, 8, 8, 3), C(128, 256, 64, 8, 8, 3), C(64, 256, 64, 8, 8, 3), C(128, 128, 64, 8, 4, 4)]
 
 
+def roofline(row: dict, flops: int, copy_gbps_: float) -> dict:
+    """The bf16 gate_up against the floor's reference (a dense bf16 GEMM of equal FLOPs, same run) and
+    against what the weight bytes allow: the active experts' weights, the tokens and the fused output
+    must cross DRAM at least once, so no kernel beats bytes / copy bandwidth; with ~128 (token, expert)
+    pairs an expert that bound sits below the dense GEMM's rate."""
+    t, k, h, inter = row["tokens"], row["top_k"], row["H"], row["I"]
+    bytes_min = 2 * (row["active_experts"] * 2 * inter * h + t * h + t * k * inter)
+    dense = flops / row["dense_bf16_equal_flops_us"] / 1e6
+    bound = min(dense, flops / (bytes_min / (copy_gbps_ * 1e3)) / 1e6)
+    out = {"dense_bf16_tflops": dense, "gate_up_bf16_roofline_tflops": bound, "roofline_over_dense": bound / dense}
+    for key in ("gate_up_ours_bf16_table", "gate_up_ours_bf16_best"):
+        if row.get(f"{key}_us"):
+            tf = flops / row[f"{key}_us"] / 1e6
+            out[f"{key}_over_dense"] = tf / dense
+            out[f"{key}_over_roofline"] = tf / bound
+    return out
+
+
 def check():
     torch.manual_seed(0)
     e, k, h, i, t = 8, 2, 256, 256, 37
@@ -126,6 +148,7 @@ def check():
 
 
 def bench():
+    res["copy_GBps"] = copy_gbps()
     for name, (e, k, h, inter) in MODELS.items():
         w13 = torch.randn(e, 2 * inter, h, device=DEV, dtype=BF) * 0.02
         w2 = torch.randn(e, h, inter, device=DEV, dtype=BF) * 0.02
@@ -214,6 +237,8 @@ def bench():
                 out.index_copy_(0, order, y.float() * tw.reshape(-1)[order, None])
                 return out.view(t, k, h).sum(1)
 
+            # the floor's reference: a dense bf16 GEMM of the same FLOPs (all pairs' rows against one weight)
+            row["dense_bf16_equal_flops_us"] = us(lambda: xs @ w13[0].t())
             row["layer_torch_bf16_us"] = us(torch_layer)
             for key, m in moes.items():
                 row[f"layer_ours_{key}_us"] = us(lambda m=m: m.experts(x, tw, ids))
@@ -236,6 +261,8 @@ def bench():
                     row[ours.replace("_us", "_over_torch")] = row[peer] / row[ours]
                     row[ours.replace("_us", "_tflops")] = fl / row[ours] / 1e6
                     row[ours.replace("_us", "_weight_GBps")] = wbytes / row[ours] / 1e3
+            if row["dense_bf16_equal_flops_us"]:
+                row.update(roofline(row, fl, res["copy_GBps"]))
             for key in moes:
                 if row["layer_torch_bf16_us"] and row[f"layer_ours_{key}_us"]:
                     row[f"layer_ours_{key}_over_torch_bf16"] = row["layer_torch_bf16_us"] / row[f"layer_ours_{key}_us"]

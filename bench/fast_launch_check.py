@@ -76,8 +76,9 @@ def main() -> None:
 
             label = f"{wk}/{ak}/{tuple(cfg.__dict__.values())}/M{m}N{n}K{k}"
             bad += check(out, label, lambda: scaled_mm(x, t["weight"], sc, wk, ak, cfg), x)
-    for key in ("fp8_dynamic_per_token", "int8_dynamic_per_token", "mxfp8", "fp8_dynamic_group_128"):
-        for m, k in ((1, 4096), (64, 14336), (1024, 7168)):
+    for key in ("fp8_dynamic_per_token", "int8_dynamic_per_token", "mxfp8", "fp8_dynamic_group_128",
+                "fp8_dynamic_per_tensor"):
+        for m, k in ((1, 4096), (64, 14336), (1024, 7168), (8, 20480)):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             os.environ["QUANTC_FAST_LAUNCH"] = "0"
             wq, ws = quantize_activation(x, key)

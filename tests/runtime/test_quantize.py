@@ -100,6 +100,30 @@ def test_long_rows_one_or_two_passes_stay_exact(m, k, one):
         assert torch.equal(s, rs.reshape(s.shape)), key
 
 
+@pytest.mark.parametrize("programs, block", [(1, 64), (3, 64), (8, 32)])
+def test_per_tensor_amax_pass_reduces_every_program_and_leaves_its_counter_zero(programs, block, monkeypatch):
+    """The dynamic per-tensor amax: a few programs stride over the input several chunks each (the last
+    chunk ragged), write their maxima, and the last to arrive reduces them; the maximum is found wherever
+    it lies (first element, a middle chunk, the ragged tail), the arrival counter is zero again after
+    each call, and the quantizer built on it stays bit-exact (its second pass walks rows last first)."""
+    from quantc.runtime.kernels import act_quant
+    from quantc.runtime.kernels.common import tile_counters
+
+    monkeypatch.setattr(act_quant, "AMAX_PROGRAMS", programs)
+    monkeypatch.setattr(act_quant, "AMAX_BLOCK", block)
+    torch.manual_seed(programs)
+    m, k = 7, 96  # 672 elements: several strided chunks a program, the last one partial
+    base = torch.randn(m, k).to(torch.bfloat16)
+    for flat in (0, m * k // 2 + 5, m * k - 1):
+        x = base.clone()
+        x.view(-1)[flat] = -40.0
+        assert act_quant._amax(x).item() == 40.0, flat
+        assert tile_counters(x.device, 1)[0].item() == 0
+        q, s = quantize_activation(x, "fp8_dynamic_per_tensor")
+        rq, rs = reference(x, "fp8_dynamic_per_tensor")
+        assert torch.equal(_bits(q), _bits(rq)) and torch.equal(s.reshape(rs.shape), rs), flat
+
+
 def test_static_per_tensor_without_a_scale_is_an_error():
     with pytest.raises(ValueError, match="needs the checkpoint's input_scale"):
         quantize_activation(torch.randn(2, 32), "fp8_static_per_tensor")

@@ -12,7 +12,7 @@ rounded quotient in five FMA-pipe operations, where div.rn takes ~10 and a branc
 key                      elements                    scales
 =======================  ==========================  ===========================
 fp8_dynamic_per_token    e4m3 (M, K)                 fp32 (M, 1)
-fp8_dynamic_per_tensor   e4m3 (M, K)                 fp32 () (amax by atomic max)
+fp8_dynamic_per_tensor   e4m3 (M, K)                 fp32 () (a pass for the amax first)
 fp8_static_per_tensor    e4m3 (M, K)                 the given fp32 ()
 fp8_dynamic_group_128    e4m3 (M, K)                 fp32 (M, K/128)
 int8_dynamic_per_token   int8 (M, K)                 fp32 (M, 1)
@@ -27,17 +27,38 @@ import triton
 import triton.language as tl
 
 from .. import quantize as ref
-from .common import cdiv, div_rn_by, floor_log2, fma_div, hw_cast, launch, next_pow2, pow2, to_e4m3, to_int8
+from .common import (cdiv, div_rn_by, floor_log2, fma_div, hw_cast, launch, next_pow2, pow2, tile_counters,
+                     to_e4m3, to_int8)
 
 # scale sources
 _FROM_GROUP, _FROM_AMAX, _STATIC = 0, 1, 2
 
 
+# The dynamic per-tensor amax pass: at most AMAX_PROGRAMS programs stride over the input in AMAX_BLOCK
+# chunks (all of them moving front to back together, so the input's tail is what stays in L2), each
+# writes its maximum, and the program that arrives last on a counter reduces those into the amax: no
+# zeroed buffer (a memset launch) and no atomic max on one address.
+AMAX_BLOCK = 4096
+AMAX_PROGRAMS = 1024
+
+
 @triton.jit
-def _amax_kernel(x_ptr, amax_ptr, numel, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    x = tl.load(x_ptr + offs, mask=offs < numel, other=0.0).to(tl.float32)
-    tl.atomic_max(amax_ptr, tl.max(tl.abs(x), axis=0))
+def _amax_kernel(x_ptr, part_ptr, cnt_ptr, amax_ptr, numel, steps, BLOCK: tl.constexpr, PROGRAMS: tl.constexpr):
+    pid = tl.program_id(0)
+    n_programs = tl.num_programs(0)
+    stride = n_programs.to(tl.int64) * BLOCK
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    amax = tl.zeros((BLOCK,), tl.float32)
+    for _ in range(steps):
+        amax = tl.maximum(amax, tl.abs(tl.load(x_ptr + offs, mask=offs < numel, other=0.0).to(tl.float32)))
+        offs += stride
+    tl.store(part_ptr + pid, tl.max(amax, axis=0))
+    tl.debug_barrier()  # the partial is written before the arrival is counted
+    if tl.atomic_add(cnt_ptr, 1, sem="acq_rel") == n_programs - 1:
+        offs_p = tl.arange(0, PROGRAMS)
+        parts = tl.load(part_ptr + offs_p, mask=offs_p < n_programs, other=0.0, cache_modifier=".cg")
+        tl.store(amax_ptr, tl.max(parts, axis=0))
+        tl.atomic_xchg(cnt_ptr, 0)  # zero at rest for the next launch (and graph replay)
 
 
 @triton.jit
@@ -76,6 +97,15 @@ def _quantized(x, scale, inv, e, INT8: tl.constexpr, MX: tl.constexpr, HW: tl.co
 
 
 @triton.jit
+def _row(SRC: tl.constexpr):
+    """The row of this program: after the per-tensor amax pass (SRC 1) the last rows first, since the
+    amax pass read them last and they are the part of the input still in L2."""
+    if SRC == 1:
+        return (tl.num_programs(0) - 1 - tl.program_id(0)).to(tl.int64)
+    return tl.program_id(0).to(tl.int64)
+
+
+@triton.jit
 def _inverse(scale, FMA: tl.constexpr):
     """RN(1 / scale) for ``_quantized``'s FMA division (one division a group, not an element)."""
     if FMA:
@@ -90,7 +120,7 @@ def _quant_tile_kernel(
     GROUP: tl.constexpr, GROUPS: tl.constexpr, GBLOCK: tl.constexpr,  # GBLOCK: GROUP rounded up to 2**n
     SRC: tl.constexpr, INT8: tl.constexpr, MX: tl.constexpr, HW: tl.constexpr, FMA: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
+    row = _row(SRC)
     offs_g = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)
     offs_e = tl.arange(0, GBLOCK)
     cols = offs_g[:, None] * GROUP + offs_e[None, :]
@@ -142,7 +172,7 @@ def _quant_rows_kernel(
     HW: tl.constexpr,                        # the hardware e4m3 cast (common.to_e4m3)
     FMA: tl.constexpr,                       # division through the reciprocal (common.div_rn_fma)
 ):
-    row = tl.program_id(0).to(tl.int64)
+    row = _row(SRC)
     g = tl.program_id(1)
     x_row = x_ptr + row * stride_xm + g * GROUP
     q_row = q_ptr + row * stride_qm + g * GROUP
@@ -167,6 +197,17 @@ def _quant_rows_kernel(
         m = (offs < GROUP) & (g * GROUP + offs < K)
         x = tl.load(x_row + offs, mask=m, other=0.0).to(tl.float32)
         tl.store(q_row + offs, _quantized(x, scale, inv, e, INT8, MX, HW, FMA), mask=m)
+
+
+def _amax(x: torch.Tensor) -> torch.Tensor:
+    """fp32 () amax of |x| over the whole (contiguous) tensor, by ``_amax_kernel``."""
+    numel = x.numel()
+    programs = max(1, min(AMAX_PROGRAMS, cdiv(numel, AMAX_BLOCK)))
+    parts = torch.empty(programs + 1, dtype=torch.float32, device=x.device)  # the last slot: the amax
+    launch(_amax_kernel, (programs,), (x, parts, tile_counters(x.device, 1), parts[programs:], numel,
+                                       cdiv(numel, programs * AMAX_BLOCK)),
+           dict(BLOCK=AMAX_BLOCK, PROGRAMS=next_pow2(AMAX_PROGRAMS)), 4)
+    return parts[programs]
 
 
 def one_pass(group: int) -> bool:
@@ -196,8 +237,7 @@ def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | 
             aux = s
         else:
             src = _FROM_AMAX
-            aux = torch.zeros((), dtype=torch.float32, device=x.device)
-            _amax_kernel[(cdiv(m * k, 4096),)](x, aux, m * k, BLOCK=4096)
+            aux = _amax(x)
     elif key in ("fp8_dynamic_per_token", "int8_dynamic_per_token"):
         s = torch.empty((m, 1), dtype=torch.float32, device=x.device)
     else:
