@@ -94,7 +94,8 @@ def random_weight(key: str, n: int, k: int) -> wf.WoWeight:
         s = (torch.rand(n, k // 16, device=DEV) + 0.5).to(torch.float8_e4m3fn)
         return wf.WoWeight(wf.NVFP4, n, k, data, s, wf.S_FLOAT, 16, global_scale=torch.ones(1, device=DEV))
     s = (torch.rand(n, k // 128, device=DEV) * 0.01).to(BF)
-    return wf.WoWeight(wf.INT4, n, k, data, s, wf.S_FLOAT, 128)
+    zeros = torch.randint(0, 16, (n, k // 128), dtype=torch.uint8, device=DEV) if key.endswith("_asym") else None
+    return wf.WoWeight(wf.INT4, n, k, data, s, wf.S_FLOAT, 128, zeros=zeros)
 
 
 def candidates(m: int, n: int, k: int, key: str | None = None) -> list[C]:

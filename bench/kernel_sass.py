@@ -12,6 +12,7 @@ per thread, integer-pipe share, tensor-core instructions, and "smem" when the ti
 
     python bench/kernel_sass.py --kernel planes --fmt int4 --bn 32 64 --bk 128 --warps 2   # wo_planes
     ONE_ROW=1 python bench/kernel_sass.py --kernel planes ...   # the M = 1 variant (x loaded once)
+    BIAS_FOLD=0 python bench/kernel_sass.py --kernel planes ... # int4 with the per-element bias FMAs
     python bench/kernel_sass.py --kernel persistent ...          # the persistent planes variant (its
                                                                  # flattened loop also counts the epilogue)
 
@@ -44,6 +45,7 @@ from quantc.runtime.kernels import wo_mma4, wo_planes  # noqa: E402
 
 KERNEL = "mma4"  # --kernel
 ONE_ROW = os.environ.get("ONE_ROW") == "1"  # planes kernel at M = 1
+BIAS_FOLD = os.environ.get("BIAS_FOLD", "1") == "1"  # planes kernel: int4 bias off the fp32 sums (0: per element)
 
 SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*bf16",
        "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
@@ -63,7 +65,7 @@ def compile_kernel(fmt: str, bm: int, bn: int, bk: int, split: int, warps: int, 
     if KERNEL == "mma4":
         constexprs["SWAP"] = False
     else:
-        constexprs.update(FOLD=f == 2 and sfmt != 2, ONE_ROW=ONE_ROW)
+        constexprs.update(FOLD=f == 2 and sfmt != 2, ONE_ROW=ONE_ROW, BIAS_FOLD=BIAS_FOLD)
     if KERNEL == "persistent":
         constexprs["NUM_STAGES"] = stages
     sig = dict(SIG, s_ptr=sdt, **{k: "constexpr" for k in constexprs})

@@ -1,5 +1,6 @@
 """Probe the 4-bit weight-only kernels at decode on a GPU: a config sweep per (shape, format, M) over
-the kernels (``mma4``, ``planes``, and the experimental ``persistent`` planes variant: each run
+the kernels (``mma4``, ``planes``, ``planes_nofold`` (int4 at M = 1 with the per-element bias
+subtraction instead of the fold) and the experimental ``persistent`` planes variant: each run
 directly, whatever wo_gemm's policy would pick; PROBE_KERNELS=mma4,planes,persistent), and a
 single-config mode to run under Nsight Compute. Timing as bench_wo.py (CUDA graphs, weights rotated
 past L2), every kernel checked against the reference first. Used to choose what to change in the
@@ -34,7 +35,7 @@ OUT = os.environ.get("OUT", "/tmp")
 CAP = float(os.environ.get("PROBE_CAP_S", "400"))
 TILES = {"mma4": [(32, 256, 4), (64, 256, 4), (64, 512, 4), (128, 128, 4), (128, 256, 8)],
          "planes": [(32, 128, 2), (64, 128, 2), (128, 128, 4), (256, 128, 4)]}
-TILES["persistent"] = TILES["planes"]
+TILES["persistent"] = TILES["planes_nofold"] = TILES["planes"]
 STAGES = tuple(int(v) for v in os.environ.get("PROBE_STAGES", "3,4").split(","))
 SPLIT_MULT = tuple(int(v) for v in os.environ.get("PROBE_SPLIT_MULT", "1,2,4").split(","))
 
@@ -42,7 +43,8 @@ SPLIT_MULT = tuple(int(v) for v in os.environ.get("PROBE_SPLIT_MULT", "1,2,4").s
 def launcher(kernel: str):
     if kernel == "mma4":
         return wg.launch
-    return lambda x, w, cfg: wp.launch_planes(x, w, cfg, persistent=kernel == "persistent")
+    return lambda x, w, cfg: wp.launch_planes(x, w, cfg, persistent=kernel == "persistent",
+                                              bias_fold=kernel != "planes_nofold")
 
 
 def configs(kernel: str, m: int, n: int, k: int, sms: int) -> list[C]:

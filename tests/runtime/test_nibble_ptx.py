@@ -145,6 +145,8 @@ def test_the_emulator_catches_a_wrong_selector():
 PLANES_ASM = {"int4_sym": wp.PLANES_INT4_SYM.value, "int4_code": wp.PLANES_INT4_CODE.value,
               "e2m1": wp.PLANES_E2M1.value}
 PLANES_SHIFTED = wp.PLANES_E2M1_SHIFTED.value
+# the decode that leaves the bias in (planes_step takes it off the sums with the zero points)
+PLANES_BIASED = {"int4_code": (wp.PLANES_INT4_CODE_BIASED.value, wp.INT4_BIAS_CODE.value)}
 
 
 @pytest.mark.parametrize("fmt", sorted(PLANES_ASM))
@@ -166,3 +168,17 @@ def test_shifted_e2m1_planes_are_the_value_times_2_to_the_minus_126():
             got = [_bf16(out[j] >> (16 * h) & 0xFFFF) for h in (0, 1)]
             want = [_value((w >> (4 * j)) & 0xF, "e2m1") * 2.0 ** -126 for w in (a, b)]
             assert got == want, (hex(a), hex(b), j, got, want)
+
+
+@pytest.mark.parametrize("fmt", sorted(PLANES_BIASED))
+def test_biased_int4_planes_are_the_value_plus_the_bias_without_fmas(fmt):
+    """128 + c for codes with zero points: the lop3 results, no bf16x2 FMA and no constants moved."""
+    asm, bias = PLANES_BIASED[fmt]
+    assert "fma" not in asm and "0x3F803F80" not in asm
+    words = _words()
+    for a, b in zip(words, words[1:] + words[:1]):
+        out = run_ptx(asm, {8: a, 9: b})
+        for j in range(8):
+            got = [_bf16(out[j] >> (16 * h) & 0xFFFF) for h in (0, 1)]
+            want = [_value((w >> (4 * j)) & 0xF, fmt) + bias for w in (a, b)]
+            assert got == want, (fmt, hex(a), hex(b), j, got, want)

@@ -36,12 +36,13 @@ SCRIPT = textwrap.dedent("""
                            target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": 3})
         ptx = c.asm["ptx"]
         out.append({"lop3": len(re.findall(r"lop3\\.b32", ptx)), "bf16x2": len(re.findall(r"bf16x2", ptx)),
+                    "fma_bf16x2": len(re.findall(r"fma\\.rn\\.bf16x2", ptx)),
                     "local": len(re.findall(r"\\.local", ptx)), "mma": bool(re.search(r"mma|wgmma", ptx))})
     print(json.dumps(out))
 """)
 
 _MMA4 = {"SWAP": False}
-_PLANES = {"kernel": "planes", "warps": 2, "FOLD": False, "ONE_ROW": False}
+_PLANES = {"kernel": "planes", "warps": 2, "FOLD": False, "ONE_ROW": False, "BIAS_FOLD": True}
 CASES = [  # fmt, sfmt, group, zero, scale dtype, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, kernel constexprs
     (1, 1, 128, False, "*bf16", 16, 64, 128, 4, _MMA4),                 # int4 g128 decode
     (1, 1, 128, False, "*bf16", 16, 64, 128, 1, {"SWAP": True}),        # swap-AB (weights as the MMA A)
@@ -49,6 +50,8 @@ CASES = [  # fmt, sfmt, group, zero, scale dtype, BLOCK_M, BLOCK_N, BLOCK_K, SPL
     (2, 2, 32, False, "*u8", 16, 64, 256, 4, _MMA4),                    # mxfp4
     (2, 1, 16, False, "*fp8e4nv", 16, 64, 128, 1, _MMA4),               # nvfp4
     (1, 1, 128, False, "*bf16", 16, 32, 128, 4, dict(_PLANES, ONE_ROW=True)),  # planes: int4 at M = 1
+    (1, 1, 128, True, "*bf16", 16, 64, 128, 1, dict(_PLANES, ONE_ROW=True)),  # zero points, bias folded
+    (1, 1, 128, True, "*bf16", 16, 64, 128, 1, dict(_PLANES, ONE_ROW=True, BIAS_FOLD=False)),  # not folded
     (1, 1, 64, True, "*bf16", 16, 64, 128, 1, _PLANES),                 # planes: int4 g64 zero points
     (2, 2, 32, False, "*u8", 16, 64, 128, 2, _PLANES),                  # planes: mxfp4
     (2, 1, 16, False, "*fp8e4nv", 16, 64, 128, 1, dict(_PLANES, FOLD=True, ONE_ROW=True)),  # nvfp4, folded
@@ -68,8 +71,13 @@ def test_wo_kernels_compile_for_hopper_with_the_ptx_decode():
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(results) == len(CASES)
     for case, r in zip(CASES, results):
+        fmt, group, bk, extra = case[0], case[2], case[7], case[9]
         assert r["lop3"] >= 4, (case, r)      # the decode's lop3 made it into the kernel
-        assert r["bf16x2"] >= 4, (case, r)    # and its bf16x2 FMAs
+        assert r["bf16x2"] >= 4, (case, r)    # the decode's bf16x2 registers
+        if fmt == 1 and case[3] and group % bk == 0 and extra.get("ONE_ROW") and extra.get("BIAS_FOLD"):
+            assert r["fma_bf16x2"] == 0, (case, r)  # codes in one group a tile: bias off the fp32 sums
+        elif fmt == 1:
+            assert r["fma_bf16x2"] >= 8, (case, r)  # the per-element bias subtraction
         assert r["mma"], (case, r)            # the product runs on the tensor cores
         assert r["local"] == 0, (case, r)     # no register spills to local memory
 

@@ -163,3 +163,24 @@ def test_persistent_planes_refuse_a_triton_that_cannot_compile_them(monkeypatch)
     w = wf.quantize(torch.randn(32, 256), "int4_group_128")
     with pytest.raises(RuntimeError, match="needs triton >= 3.9 on a GPU"):
         wp.launch_planes(torch.randn(1, 256).bfloat16(), w, wg.WoConfig(16, 32, 128), persistent=True)
+
+
+def test_int4_zero_point_bias_fold_at_m1_matches_the_per_element_subtraction():
+    """M = 1, codes with zero points, one scale group a tile: the decode leaves 128 + c and the tile takes
+    (zero + 128) * sum(x) off its fp32 sums. With x far from zero mean (sum(x) large, so the fold
+    subtracts a large number) it matches the per-element subtraction and the reference; symmetric codes
+    and 16-row tiles keep the per-element path (the same output with the switch either way)."""
+    torch.manual_seed(11)
+    n, k = 48, 512
+    w = wf.quantize(torch.randn(n, k), "int4_group_128_asym")
+    x = (torch.randn(1, k) + 4.0).bfloat16()
+    cfg = wg.WoConfig(16, 16, 128, split_k=2)
+    folded = wp.launch_planes(x, w, cfg).float()
+    plain = wp.launch_planes(x, w, cfg, bias_fold=False).float()
+    ref = wg.reference(x, w)
+    assert _rel_err(folded, ref) < TOL and _rel_err(plain, ref) < TOL
+    assert _rel_err(folded, plain) < 1e-2
+    x16 = (torch.randn(16, k) + 4.0).bfloat16()
+    assert torch.equal(wp.launch_planes(x16, w, cfg), wp.launch_planes(x16, w, cfg, bias_fold=False))
+    sym = wf.quantize(torch.randn(n, k), "int4_group_128")
+    assert torch.equal(wp.launch_planes(x, sym, cfg), wp.launch_planes(x, sym, cfg, bias_fold=False))

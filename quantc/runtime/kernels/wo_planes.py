@@ -37,9 +37,7 @@ from .wo_mma4 import kernel_launch, store_or_reduce, tile_coords, tile_k
 _PLANES_INT4 = """
 {{
 .reg .b32 a, b, a4, b4, r, one, off;
-mov.b32 one, 0x3F803F80;
-mov.b32 off, {off};
-mov.b32 a, $8;
+{consts}mov.b32 a, $8;
 mov.b32 b, $9;
 shr.b32 a4, a, 4;
 shr.b32 b4, b, 4;
@@ -47,11 +45,21 @@ shr.b32 b4, b, 4;
 lop3.b32 $@{2 * i}, r, 0x000F000F, {{base}}, 0x6A;
 prmt.b32 r, a4, b4, {0x4400 + 0x1111 * i:#06x};
 lop3.b32 $@{2 * i + 1}, r, 0x000F000F, {{base}}, 0x6A;
-""" for i in range(4)).replace("$@", "$") + "".join(f"fma.rn.bf16x2 ${j}, ${j}, one, off;\n" for j in range(8)) + "}}\n"
+""" for i in range(4)).replace("$@", "$") + "{unbias}}}\n"
+_UNBIAS = "".join(f"fma.rn.bf16x2 ${j}, ${j}, one, off;\n" for j in range(8))
+_CONSTS = "mov.b32 one, 0x3F803F80;\nmov.b32 off, {off};\n"
 # lop3 0x6A = (r & mask) ^ base: base 0x4308 ORs in the bf16 128.0 and flips bit 3 (c ^ 8 = q + 8 for a
 # symmetric code q) in one instruction; the fma then removes 136 (q) or 128 (the code, for zero points).
-PLANES_INT4_SYM = tl.constexpr(_PLANES_INT4.format(off="0xC308C308", base="0x43084308"))
-PLANES_INT4_CODE = tl.constexpr(_PLANES_INT4.format(off="0xC300C300", base="0x43004300"))
+PLANES_INT4_SYM = tl.constexpr(_PLANES_INT4.format(consts=_CONSTS.format(off="0xC308C308"), unbias=_UNBIAS,
+                                                   base="0x43084308"))
+PLANES_INT4_CODE = tl.constexpr(_PLANES_INT4.format(consts=_CONSTS.format(off="0xC300C300"), unbias=_UNBIAS,
+                                                    base="0x43004300"))
+# BIASED: the lop3 results as they are, 128 + c for codes with zero points, exact in bf16; a decode tile
+# (M = 1) in one scale group takes the bias off its fp32 sums with the zero point instead (``planes_step``):
+# 8 bf16x2 FMAs and two constant moves less per two words (bench/kernel_sass.py: 3.70 -> 2.89 instructions
+# an element at 64 rows a tile).
+PLANES_INT4_CODE_BIASED = tl.constexpr(_PLANES_INT4.format(consts="", unbias="", base="0x43004300"))
+INT4_BIAS_CODE = tl.constexpr(128.0)
 
 
 # e2m1: put the nibble in bits 12-15 of each lane (byte i in the high byte; the low nibble of that byte
@@ -77,13 +85,17 @@ PLANES_E2M1_SHIFTED = tl.constexpr(_planes_e2m1(True))
 
 
 @triton.jit
-def decode_planes(words, FMT: tl.constexpr, SIGNED: tl.constexpr, FOLD: tl.constexpr, ASM: tl.constexpr):
+def decode_planes(words, FMT: tl.constexpr, SIGNED: tl.constexpr, FOLD: tl.constexpr, ASM: tl.constexpr,
+                  BIASED: tl.constexpr = False):
     """int32 (R, C) words -> eight (R, C) planes, plane j = the value of nibble j of each word: int4 the
-    signed value (SIGNED) or the code; e2m1 its value, or with FOLD its value * 2**-126."""
+    signed value (SIGNED) or the code (plus INT4_BIAS_CODE with BIASED); e2m1 its value, or with FOLD its
+    value * 2**-126."""
     if ASM:
         if FMT == 1:
             if SIGNED:
                 asm: tl.constexpr = PLANES_INT4_SYM
+            elif BIASED:
+                asm: tl.constexpr = PLANES_INT4_CODE_BIASED
             else:
                 asm: tl.constexpr = PLANES_INT4_CODE
         elif FOLD:
@@ -105,6 +117,12 @@ def decode_planes(words, FMT: tl.constexpr, SIGNED: tl.constexpr, FOLD: tl.const
             f = 1.1754943508222875e-38  # 2**-126
             return (v0.to(tl.float32) * f, v1.to(tl.float32) * f, v2.to(tl.float32) * f, v3.to(tl.float32) * f,
                     v4.to(tl.float32) * f, v5.to(tl.float32) * f, v6.to(tl.float32) * f, v7.to(tl.float32) * f)
+        if BIASED:  # what the PTX leaves: 128 + the code, exact in bf16
+            b = INT4_BIAS_CODE
+            return ((v0.to(tl.float32) + b).to(tl.bfloat16), (v1.to(tl.float32) + b).to(tl.bfloat16),
+                    (v2.to(tl.float32) + b).to(tl.bfloat16), (v3.to(tl.float32) + b).to(tl.bfloat16),
+                    (v4.to(tl.float32) + b).to(tl.bfloat16), (v5.to(tl.float32) + b).to(tl.bfloat16),
+                    (v6.to(tl.float32) + b).to(tl.bfloat16), (v7.to(tl.float32) + b).to(tl.bfloat16))
         return v0, v1, v2, v3, v4, v5, v6, v7
 
 
@@ -143,13 +161,19 @@ def _word_zeros(z_ptr, s_rows, n_mask, k0, GROUP: tl.constexpr, BLOCK_N: tl.cons
 def planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, n_mask, m_mask, k0,
                  FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FOLD: tl.constexpr,
-                 ONE_ROW: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr):
+                 ONE_ROW: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr, BIAS_FOLD: tl.constexpr = True):
     """acc + the products of one K tile (elements k0 .. k0 + BLOCK_K) of the weight rows ``w_rows``
     (words at k0 // 8 on; ``n_mask`` masks rows, and tiles, that do not exist)."""
     PER_TILE: tl.constexpr = GROUP % BLOCK_K == 0
     BKW: tl.constexpr = BLOCK_K // 8
+    SIGNED: tl.constexpr = not HAS_ZERO and FMT == 1
+    # int4 codes with zero points at M = 1, one scale group a tile: the tile already takes zero * sum(x)
+    # off its sums, so (zero + 128) * sum(x) removes the decode's bias too and the per-element bias FMAs
+    # go (H100: 3-7% faster on 6 of 7 shapes, bench/results/wo_probe_h100_biasfold.json). Symmetric codes
+    # would need that sum only for the bias: it cost more than the FMAs (3-8% slower), so they keep them.
+    BIASED: tl.constexpr = FMT == 1 and PER_TILE and ONE_ROW and HAS_ZERO and BIAS_FOLD
     words = tl.load(w_rows + k0 // 8, mask=n_mask[:, None], other=0)
-    v = decode_planes(words, FMT, not HAS_ZERO and FMT == 1, FOLD, ASM)
+    v = decode_planes(words, FMT, SIGNED, FOLD, ASM, BIASED)
     if PER_TILE:
         s2 = 0.0
     else:  # one scale per word, the same for all eight planes
@@ -161,9 +185,12 @@ def planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, n_mask, m_mask
         if UPCAST:
             s2 = s2.to(tl.float32)
     if ONE_ROW:  # M = 1: load the row once; the MMA's other 15 rows repeat it and are never stored
-        xt = tl.broadcast_to(tl.load(x_ptr + k0 + tl.arange(0, BLOCK_K))[None, :], (BLOCK_M, BLOCK_K))
+        xrow = tl.load(x_ptr + k0 + tl.arange(0, BLOCK_K))
+        xt = tl.broadcast_to(xrow[None, :], (BLOCK_M, BLOCK_K))
+        xsum = tl.sum(xrow.to(tl.float32), axis=0)  # for zero points: the row's sum, not the 16 copies' sums
     else:
         xt = tl.load(x_tile + k0, mask=m_mask[:, None], other=0.0)
+        xsum = 0.0  # unused: BIASED is M = 1 only
     # x columns k = 8c + j, j = 4 j2 + 2 j1 + j0: split off j0, then j1; the pairs left run over j2
     xe, xo = tl.split(tl.reshape(xt, (BLOCK_M, BLOCK_K // 8, 2, 2, 2)))
     xe0, xe1 = tl.split(xe)
@@ -178,9 +205,14 @@ def planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, n_mask, m_mask
             s = e8m0_bits_to_f32(s)
         else:
             s = s.to(tl.float32)
-        if HAS_ZERO:  # the codes went through the MMA: remove zero * sum(x)
+        if HAS_ZERO:  # the codes went through the MMA: remove (bias +) zero * sum(x)
             z = tl.load(z_ptr + s_rows + k0 // GROUP, mask=n_mask, other=0).to(tl.float32)
-            part = part - tl.sum(xt.to(tl.float32), axis=1)[:, None] * z[None, :]
+            if BIASED:
+                z = z + INT4_BIAS_CODE
+            if ONE_ROW:
+                part = part - xsum * z[None, :]
+            else:
+                part = part - tl.sum(xt.to(tl.float32), axis=1)[:, None] * z[None, :]
         return acc + part * s[None, :]
     return acc + part
 
@@ -206,7 +238,7 @@ def _wo_planes_kernel(
     FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
     HAS_GLOBAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    FOLD: tl.constexpr, ONE_ROW: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr,
+    FOLD: tl.constexpr, ONE_ROW: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr, BIAS_FOLD: tl.constexpr,
 ):
     """Grid (N tiles, M tiles, K slices): one output tile and one K slice per program."""
     offs_n, offs_m, n_mask, m_mask, t_start, t_end = tile_coords(M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K)
@@ -216,7 +248,8 @@ def _wo_planes_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for t in range(t_start, t_end):
         acc = planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, n_mask, m_mask, t * BLOCK_K,
-                           FMT, SFMT, GROUP, HAS_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, FOLD, ONE_ROW, ASM, UPCAST)
+                           FMT, SFMT, GROUP, HAS_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, FOLD, ONE_ROW, ASM, UPCAST,
+                           BIAS_FOLD)
     _planes_finish(acc, gs_ptr, out_ptr, ws_ptr, cnt_ptr + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0),
                    offs_m, offs_n, m_mask, n_mask, N, stride_om, SPLIT_K, FOLD, HAS_GLOBAL)
 
@@ -229,7 +262,7 @@ def _wo_planes_persistent_kernel(
     FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
     HAS_GLOBAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    FOLD: tl.constexpr, ONE_ROW: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr,
+    FOLD: tl.constexpr, ONE_ROW: tl.constexpr, ASM: tl.constexpr, UPCAST: tl.constexpr, BIAS_FOLD: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
     """Decode (M <= BLOCK_M): a fixed grid of programs walks the work items (an N tile and a K slice
@@ -254,7 +287,7 @@ def _wo_planes_persistent_kernel(
             live = n_mask & (tl.zeros_like(offs_n) + t < k_tiles)
             acc = planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, live, m_mask,
                                tl.minimum(t, k_tiles - 1) * BLOCK_K, FMT, SFMT, GROUP, HAS_ZERO,
-                               BLOCK_M, BLOCK_N, BLOCK_K, FOLD, ONE_ROW, ASM, UPCAST)
+                               BLOCK_M, BLOCK_N, BLOCK_K, FOLD, ONE_ROW, ASM, UPCAST, BIAS_FOLD)
         _planes_finish(acc, gs_ptr, out_ptr, ws_ptr, cnt_ptr + tile_n, offs_m, offs_n, m_mask, n_mask, N, stride_om,
                        SPLIT_K, FOLD, HAS_GLOBAL)
 
@@ -278,11 +311,14 @@ def persistent_compiles(version: str | None = None) -> bool:
     return (major, minor) >= (3, 9)
 
 
-def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None, persistent: bool = False) -> torch.Tensor:
+def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None, persistent: bool = False,
+                  bias_fold: bool = True) -> torch.Tensor:
     """bf16 (M, K) x 4-bit WoWeight (N, K) -> bf16 (M, N). K a multiple of 128: every plane of a tile
     is at least 16 deep, the MMA's K (``wo_gemm.uses_planes`` sends other K to wo_mma4). ``persistent``
     (M <= 16): a grid of about 8 warps per SM walking the (N tile, K slice) items instead of one
-    program per item (an experiment for bench/wo_probe.py; not used by ``wo_gemm`` until timed)."""
+    program per item (an experiment for bench/wo_probe.py; not used by ``wo_gemm`` until timed).
+    ``bias_fold`` False keeps the per-element bias subtraction of int4 codes with zero points at M = 1
+    (``planes_step``; benchmarks compare)."""
     m, k = x2.shape
     if k % 128:
         raise ValueError(f"the planes kernel needs K a multiple of 128, got K = {k}")
@@ -296,7 +332,7 @@ def launch_planes(x2: torch.Tensor, w, cfg, fold: bool | None = None, persistent
     bn = max(16, cfg.block_n)
     split = max(1, min(cfg.split_k, k // bk))
     out, grid, args, meta = kernel_launch(x2, w, cfg, bm, bn, bk, split)
-    meta.update(FOLD=fold_ok(w) if fold is None else fold, ONE_ROW=m == 1)
+    meta.update(FOLD=fold_ok(w) if fold is None else fold, ONE_ROW=m == 1, BIAS_FOLD=bias_fold)
     if persistent:
         items = grid[0] * split
         programs = min(items, _sm_count(x2.device) * max(1, 8 // cfg.num_warps))
