@@ -51,6 +51,7 @@ CASES = [  # fmt, sfmt, group, zero, scale dtype, BLOCK_M, BLOCK_N, BLOCK_K, SPL
     (2, 1, 16, False, "*fp8e4nv", 16, 64, 128, 1, _MMA4),               # nvfp4
     (1, 1, 128, False, "*bf16", 16, 32, 128, 4, dict(_PLANES, ONE_ROW=True)),  # planes: int4 at M = 1
     (1, 1, 128, True, "*bf16", 16, 64, 128, 1, dict(_PLANES, ONE_ROW=True)),  # zero points, bias folded
+    (1, 1, 128, True, "*bf16", 16, 64, 128, 1, _PLANES),                # 16 rows: not folded
     (1, 1, 128, True, "*bf16", 16, 64, 128, 1, dict(_PLANES, ONE_ROW=True, BIAS_FOLD=False)),  # not folded
     (1, 1, 64, True, "*bf16", 16, 64, 128, 1, _PLANES),                 # planes: int4 g64 zero points
     (2, 2, 32, False, "*u8", 16, 64, 128, 2, _PLANES),                  # planes: mxfp4

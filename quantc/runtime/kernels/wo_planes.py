@@ -56,8 +56,8 @@ PLANES_INT4_CODE = tl.constexpr(_PLANES_INT4.format(consts=_CONSTS.format(off="0
                                                     base="0x43004300"))
 # BIASED: the lop3 results as they are, 128 + c for codes with zero points, exact in bf16; a decode tile
 # (M = 1) in one scale group takes the bias off its fp32 sums with the zero point instead (``planes_step``):
-# 8 bf16x2 FMAs and two constant moves less per two words (bench/kernel_sass.py: 3.70 -> 2.89 instructions
-# an element at 64 rows a tile).
+# 8 bf16x2 FMAs and two constant moves less per two words (bench/kernel_sass.py, 64 rows a tile: 3.70 ->
+# 2.89 instructions an element).
 PLANES_INT4_CODE_BIASED = tl.constexpr(_PLANES_INT4.format(consts="", unbias="", base="0x43004300"))
 INT4_BIAS_CODE = tl.constexpr(128.0)
 
@@ -169,8 +169,9 @@ def planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, n_mask, m_mask
     SIGNED: tl.constexpr = not HAS_ZERO and FMT == 1
     # int4 codes with zero points at M = 1, one scale group a tile: the tile already takes zero * sum(x)
     # off its sums, so (zero + 128) * sum(x) removes the decode's bias too and the per-element bias FMAs
-    # go (H100: 3-7% faster on 6 of 7 shapes, bench/results/wo_probe_h100_biasfold.json). Symmetric codes
-    # would need that sum only for the bias: it cost more than the FMAs (3-8% slower), so they keep them.
+    # go (H100: 3-7% faster on 6 of 7 shapes, bench/results/wo_probe_h100_biasfold.json). Not at 16 rows,
+    # where it measured no better (-7% .. +1%, wo_probe_h100_biasfold_m16.json), nor for symmetric codes,
+    # which would need the sum for the bias alone: it cost more than the FMAs (3-8% slower).
     BIASED: tl.constexpr = FMT == 1 and PER_TILE and ONE_ROW and HAS_ZERO and BIAS_FOLD
     words = tl.load(w_rows + k0 // 8, mask=n_mask[:, None], other=0)
     v = decode_planes(words, FMT, SIGNED, FOLD, ASM, BIASED)
