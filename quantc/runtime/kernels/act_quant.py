@@ -145,7 +145,10 @@ def _quant_tile_kernel(
         q = _quantized(x, scale[:, None], inv[:, None], e, INT8, MX, HW, FMA)
     else:
         q = _quantized(x, scale, inv, e, INT8, MX, HW, FMA)
-    tl.store(q_ptr + row * stride_qm + cols, q, mask=m)
+    if SRC == 1:  # the output streams past L2, which keeps more of the input (0.552 -> 0.564 of bandwidth)
+        tl.store(q_ptr + row * stride_qm + cols, q, mask=m, eviction_policy="evict_first")
+    else:
+        tl.store(q_ptr + row * stride_qm + cols, q, mask=m)
 
 
 # A program holds at most ONE_PASS_MAX elements in registers (longer rows take two passes): a warp for
