@@ -4,7 +4,7 @@ the same pre-quantized operands, in one run, weights rotated past L2 (each timed
 over enough weight copies to exceed 256 MB, shared/BENCH.md). Writes $OUT/midm_probe_<gpu>.json.
 
 Env: PROBE_SHAPES ("4096x14336,..."), PROBE_MS ("64,256"), PROBE_KERNELS ("fp8,int8"), PROBE_CAP_S (500),
-PROBE_GRID (base / wide: ``grid``).
+PROBE_GRID (base / wide / large: ``grid``).
 """
 
 from __future__ import annotations
@@ -41,9 +41,14 @@ T0 = time.time()
 
 def grid(m: int) -> list[C]:
     """PROBE_GRID=base: tiles up to the padded M, 128-256 deep, 4 stages; PROBE_GRID=wide: 64-128-row
-    tiles 256-512 deep, 2-4 stages. Split-K at M <= 64 (the runtime's limit); eight warps only for
-    64 x 128 tiles and larger."""
-    if os.environ.get("PROBE_GRID", "base") == "wide":
+    tiles 256-512 deep, 2-4 stages; PROBE_GRID=large: 64-256 x 64-256 tiles, 128-256 deep, 3-4 stages
+    within 200 KB of operand stages, eight warps from 128 x 128 on. Split-K at M <= 64 (the runtime's
+    limit); eight warps only for 64 x 128 tiles and larger."""
+    if os.environ.get("PROBE_GRID", "base") == "large":  # M >= 256: up to 256 x 256 tiles, no split-K
+        space = [(bm, bn, bk, w, st, 1) for bm, bn, bk, w, st in itertools.product(
+                 (64, 128, 256), (64, 128, 256), (128, 256), (4, 8), (3, 4))
+                 if bm <= m and (bm + bn) * bk * st <= 200 * 1024 and (w == 8) == (bm * bn >= 128 * 128)]
+    elif os.environ.get("PROBE_GRID", "base") == "wide":
         space = itertools.product([b for b in (64, 128) if b <= max(64, m)], (32, 64, 128), (256, 512), (4, 8),
                                   (2, 3, 4), (1, 2, 4))
     else:
