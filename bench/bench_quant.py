@@ -1,7 +1,8 @@
 """Activation quantizers on a GPU (issue 11: >= 0.75 of the reference bandwidth at M >= 1024): bytes
 moved (bf16 read, 8-bit elements and scales written) per second, against the copy bandwidth measured in
 the same run, and against torch's own eager per-token quantization (amax, divide, cast) as a peer.
-Every quantizer is checked bit-exact against the reference on the GPU first.
+Every quantizer is checked bit-exact against the reference on the GPU first. At decode sizes
+(``decode``) the dynamic per-tensor quantizer's time in one launch and with the amax pass first.
 
     python bench/bench_quant.py        # writes $OUT/quant_<gpu>.json
 """
@@ -73,6 +74,21 @@ def main() -> None:
             row["fp8_dynamic_per_token_over_torch"] = us / row["fp8_dynamic_per_token_us"]
             out["rows"].append(row)
             print(json.dumps({k_: round(v, 3) if isinstance(v, float) else v for k_, v in row.items()}), flush=True)
+    # decode sizes (latency, not bandwidth): dynamic per-tensor in one launch vs the amax pass first
+    from quantc.runtime.kernels import act_quant
+
+    out["decode"] = []
+    for m, k in ((1, 4096), (1, 14336), (4, 4096), (16, 4096)):
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        row = {"M": m, "K": k, "fp8_dynamic_per_token_us": do_bench_cudagraph(
+            lambda: quantize_activation(x, "fp8_dynamic_per_token"), rep=30) * 1e3}
+        for one in (True, False):
+            act_quant.PER_TENSOR_ONE_LAUNCH = one
+            row[f"fp8_dynamic_per_tensor_{'one_launch' if one else 'amax_pass'}_us"] = do_bench_cudagraph(
+                lambda: quantize_activation(x, "fp8_dynamic_per_tensor"), rep=30) * 1e3
+        act_quant.PER_TENSOR_ONE_LAUNCH = True
+        out["decode"].append(row)
+        print(json.dumps({k_: round(v, 2) if isinstance(v, float) else v for k_, v in row.items()}), flush=True)
     out["summary"] = {key: min(r[f"{key}_frac_ref"] for r in out["rows"]) for key in KEYS}
     out["geomean"] = {key: geomean([r[f"{key}_frac_ref"] for r in out["rows"]]) for key in KEYS}
     print("worst fraction of copy bandwidth per key:", out["summary"], flush=True)

@@ -112,7 +112,8 @@ def test_per_tensor_amax_pass_reduces_every_program_and_leaves_its_counter_zero(
     monkeypatch.setattr(act_quant, "AMAX_PROGRAMS", programs)
     monkeypatch.setattr(act_quant, "AMAX_BLOCK", block)
     torch.manual_seed(programs)
-    m, k = 7, 96  # 672 elements: several strided chunks a program, the last one partial
+    m, k = 5, 4160  # 20800 elements: past one program's registers (ONE_PASS_MAX), so the quantizer takes
+    # the amax pass; several strided chunks a program, the last one partial
     base = torch.randn(m, k).to(torch.bfloat16)
     for flat in (0, m * k // 2 + 5, m * k - 1):
         x = base.clone()
@@ -122,6 +123,40 @@ def test_per_tensor_amax_pass_reduces_every_program_and_leaves_its_counter_zero(
         q, s = quantize_activation(x, "fp8_dynamic_per_tensor")
         rq, rs = reference(x, "fp8_dynamic_per_tensor")
         assert torch.equal(_bits(q), _bits(rq)) and torch.equal(s.reshape(rs.shape), rs), flat
+
+
+@pytest.mark.parametrize("m, k, amax_pass", [(1, 4096, False), (3, 2048, False), (2, 8192, False), (1, 16384, False),
+                                             (1, 16512, True), (5, 4096, True)])
+def test_dynamic_per_tensor_at_decode_sizes_takes_one_launch_and_stays_exact(m, k, amax_pass, monkeypatch):
+    """Up to ONE_PASS_MAX elements in all, the dynamic per-tensor quantizer runs the per-token kernel on
+    the tensor as one row (no amax pass: one launch); beyond, the amax pass first. Bit-exact either way,
+    the scale a 0-d tensor."""
+    from quantc.runtime.kernels import act_quant
+
+    calls = []
+    real = act_quant._amax
+    monkeypatch.setattr(act_quant, "_amax", lambda x: calls.append(x.shape) or real(x))
+    torch.manual_seed(m * k)
+    x = (torch.randn(m, k) * torch.logspace(-2, 1, k)).to(torch.bfloat16)
+    q, s = quantize_activation(x, "fp8_dynamic_per_tensor")
+    rq, rs = reference(x, "fp8_dynamic_per_tensor")
+    assert q.shape == (m, k) and s.shape == ()
+    assert torch.equal(_bits(q), _bits(rq)) and torch.equal(s, rs.reshape(()))
+    assert bool(calls) == amax_pass
+
+
+def test_dynamic_per_tensor_one_launch_switch_off_takes_the_amax_pass(monkeypatch):
+    """PER_TENSOR_ONE_LAUNCH = False (bench_quant's comparison): the amax pass at decode sizes too, same bits."""
+    from quantc.runtime.kernels import act_quant
+
+    x = (torch.randn(2, 1024) * 3).to(torch.bfloat16)
+    q1, s1 = quantize_activation(x, "fp8_dynamic_per_tensor")
+    calls = []
+    real = act_quant._amax
+    monkeypatch.setattr(act_quant, "_amax", lambda t: calls.append(t.shape) or real(t))
+    monkeypatch.setattr(act_quant, "PER_TENSOR_ONE_LAUNCH", False)
+    q2, s2 = quantize_activation(x, "fp8_dynamic_per_tensor")
+    assert calls == [(2, 1024)] and torch.equal(_bits(q1), _bits(q2)) and torch.equal(s1, s2)
 
 
 def test_static_per_tensor_without_a_scale_is_an_error():

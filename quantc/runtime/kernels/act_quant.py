@@ -213,6 +213,11 @@ def _amax(x: torch.Tensor) -> torch.Tensor:
     return parts[programs]
 
 
+# dynamic per-tensor at up to ONE_PASS_MAX elements: one launch of the per-token kernel on the tensor as
+# one row (False: the amax pass first at every size; bench/bench_quant.py compares the two)
+PER_TENSOR_ONE_LAUNCH = True
+
+
 def one_pass(group: int) -> bool:
     """Whether groups of ``group`` elements take the one-pass tile kernel (else two passes)."""
     return next_pow2(group) <= ONE_PASS_MAX
@@ -222,6 +227,11 @@ def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | 
     """bf16 (M, K) -> (elements, scales) for an activation key, on x's device (Triton)."""
     m, k = x.shape
     x = x.contiguous()
+    if key == "fp8_dynamic_per_tensor" and PER_TENSOR_ONE_LAUNCH and one_pass(m * k):
+        # decode sizes: the whole tensor fits one program's registers, so it is quantized as one row with
+        # the per-token math (the same scale formula): one launch and one read instead of an amax pass first
+        q, s = quantize_activation(x.view(1, m * k), "fp8_dynamic_per_token")
+        return q.view(m, k), s.reshape(())
     int8 = key == "int8_dynamic_per_token"
     mx = key == "mxfp8"
     q = torch.empty((m, k), dtype=torch.int8 if int8 else ref.FP8, device=x.device)
