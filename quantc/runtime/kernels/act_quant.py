@@ -12,7 +12,7 @@ rounded quotient in five FMA-pipe operations, where div.rn takes ~10 and a branc
 key                      elements                    scales
 =======================  ==========================  ===========================
 fp8_dynamic_per_token    e4m3 (M, K)                 fp32 (M, 1)
-fp8_dynamic_per_tensor   e4m3 (M, K)                 fp32 () (a pass for the amax first)
+fp8_dynamic_per_tensor   e4m3 (M, K)                 fp32 () (an amax pass first, past 16384 elements)
 fp8_static_per_tensor    e4m3 (M, K)                 the given fp32 ()
 fp8_dynamic_group_128    e4m3 (M, K)                 fp32 (M, K/128)
 int8_dynamic_per_token   int8 (M, K)                 fp32 (M, 1)
