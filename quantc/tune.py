@@ -407,9 +407,11 @@ def _moe_seed(job: TuneJob, gpu: Gpu, cfg: KernelConfig) -> KernelConfig | None:
 
 # Grouped-GEMM tiles that bench/bench_moe.py measured best at 4096 tokens for all four MoE sizes, on the
 # H100 and the H200 (bf16: 1.2-1.35x the 64-row default), which no table row had won yet: a seeded MoE
-# job whose experts average at least MOE_LARGE_ROWS rows each measures them right after its default
+# job whose experts average at least MOE_LARGE_ROWS rows each measures them right after its default.
+# The 128-deep one won the fp8 gate_up at 4096 tokens for all four on the H100 (1.06-1.22x the table
+# row, bench/results/moe_h100_fp8_tiles.json)
 MOE_LARGE_SEEDS = (KernelConfig(128, 128, 64, 8, 8, 3), KernelConfig(128, 256, 64, 8, 8, 3),
-                   KernelConfig(64, 256, 64, 8, 8, 3))
+                   KernelConfig(64, 256, 64, 8, 8, 3), KernelConfig(128, 128, 128, 8, 8, 3))
 MOE_LARGE_ROWS = 128
 
 
