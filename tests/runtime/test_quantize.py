@@ -159,6 +159,18 @@ def test_dynamic_per_tensor_one_launch_switch_off_takes_the_amax_pass(monkeypatc
     assert calls == [(2, 1024)] and torch.equal(_bits(q1), _bits(q2)) and torch.equal(s1, s2)
 
 
+@pytest.mark.parametrize("key", FP8_ACT_KEYS + ["int8_dynamic_per_token", "mxfp8"])
+def test_quantizers_take_zero_rows(key):
+    """An empty batch (M = 0) gives empty elements and well-defined scales: per-tensor the floored amax's
+    scale (1e-12 / 448), never an uninitialized value."""
+    q, s = quantize_activation(torch.zeros(0, 256, dtype=torch.bfloat16), key)
+    assert q.shape == (0, 256)
+    if key == "fp8_dynamic_per_tensor":
+        assert s.shape == () and s.item() == pytest.approx(1e-12 / 448.0)
+    else:
+        assert s.shape[0] == 0
+
+
 def test_static_per_tensor_without_a_scale_is_an_error():
     with pytest.raises(ValueError, match="needs the checkpoint's input_scale"):
         quantize_activation(torch.randn(2, 32), "fp8_static_per_tensor")

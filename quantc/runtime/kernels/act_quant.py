@@ -227,6 +227,9 @@ def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | 
     """bf16 (M, K) -> (elements, scales) for an activation key, on x's device (Triton)."""
     m, k = x.shape
     x = x.contiguous()
+    if key == "fp8_dynamic_per_tensor" and m * k == 0:  # no rows: nothing to scan, the floored amax's scale
+        return (torch.empty((m, k), dtype=ref.FP8, device=x.device),
+                torch.full((), 1e-12, dtype=torch.float32, device=x.device) / 448.0)
     if key == "fp8_dynamic_per_tensor" and PER_TENSOR_ONE_LAUNCH and one_pass(m * k):
         # decode sizes: the whole tensor fits one program's registers, so it is quantized as one row with
         # the per-token math (the same scale formula): one launch and one read instead of an amax pass first
