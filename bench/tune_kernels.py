@@ -44,7 +44,9 @@ MOE_MODELS = {"qwen3_30b_a3b": (128, 8, 2048, 768), "deepseek_v3": (256, 8, 7168
 
 def build_jobs(kernels, buckets, models=None):
     """TuneJobs for ``kernels`` (ids of KEYS) at every bucket: dense ids on DENSE_SHAPES; MoE ids a gate_up
-    job (N = 2I, fused activation) then a down job (N = H, run at gate_up's BLOCK_M) per model."""
+    job (N = 2I, fused activation) then a down job (N = H, run at gate_up's BLOCK_M) per model whose sizes
+    the kernel takes (its spec's K / N multiples)."""
+    from quantc.kernel_specs import KERNELS_BY_ID
     from quantc.tune import TuneJob
 
     jobs = []
@@ -56,9 +58,12 @@ def build_jobs(kernels, buckets, models=None):
             if not kernel.startswith("moe_"):
                 jobs += [TuneJob(kernel, n, k, wk, ak, m_max, m) for n, k in DENSE_SHAPES]
                 continue
+            spec = KERNELS_BY_ID[kernel]
             for name, (experts, top_k, h, inter) in MOE_MODELS.items():
                 if models and name not in models:
                     continue
+                if h % spec.k_multiple or inter % spec.k_multiple or h % spec.n_multiple or inter % spec.n_multiple:
+                    continue  # a size the compiler would not plan on this kernel (QC301): gpt-oss's 2880 on 128 blocks
                 act = "gpt_oss" if name.startswith("gpt_oss") else "silu"
                 moe = dict(num_experts=experts, top_k=top_k, act=act)
                 jobs.append(TuneJob(kernel, 2 * inter, h, wk, ak, m_max, m, role="gate_up", rows=2 * inter, **moe))

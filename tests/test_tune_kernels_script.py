@@ -56,3 +56,12 @@ def test_models_filter_keeps_only_those_moe_sizes():
     moe = [j for j in jobs if j.num_experts]
     assert [(j.role, j.n, j.k) for j in moe] == [("gate_up", 5760, 2880), ("down", 2880, 2880)]
     assert len(jobs) - len(moe) == len(tk.DENSE_SHAPES)  # dense ids are not filtered
+
+
+def test_moe_sizes_a_kernel_cannot_take_get_no_jobs():
+    """moe_fp8_block needs K a multiple of 128: gpt-oss-120b (H = I = 2880) gets no job (it crashed a tuning
+    run on the GPU), the other three sizes get their gate_up and down jobs."""
+    jobs = tk.build_jobs(["moe_fp8_block"], [(4096, 4096)])
+    assert len(jobs) == 6 and all(j.k % 128 == 0 for j in jobs)
+    assert not [j for j in jobs if 2880 in (j.n, j.k)]
+    assert len(tk.build_jobs(["moe_fp8"], [(4096, 4096)])) == 8  # K a multiple of 16: all four
