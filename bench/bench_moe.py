@@ -16,7 +16,7 @@ Mixtral-8x7B; tokens T = 1, 16, 256, 4096, uniformly random distinct experts per
   lookup in the shipped kernels/<gpu>.json for the shape, the runtime's pick for the token count; the
   fixed config gives fp8 64-wide K steps).
 - The floor's reference for the bf16 gate_up: a dense bf16 GEMM of equal FLOPs in the same run
-  (``dense_bf16_*``), and the bound the weight bytes set (``roofline``: active experts' weights, tokens
+  (``dense_bf16_*``), and the bound the weight bytes set (``bandwidth.moe_roofline``: active experts' weights, tokens
   and output read or written once at the copy bandwidth measured in the same run).
 - The whole expert path (sorting, gate_up + activation, down, weighted sum): ours bf16, mxfp4
   weight-only and fp8 W8A8 (activation quantization included), vs a torch path of
@@ -44,7 +44,7 @@ from quantc.runtime.kernels import moe_gemm as mg  # noqa: E402
 from quantc.runtime.kernels import wo_format as wf  # noqa: E402
 from quantc.runtime.kernels.moe_routing import align_by_expert  # noqa: E402
 from quantc.runtime.moe import QuantMoE  # noqa: E402
-from bench.bandwidth import copy_gbps  # noqa: E402
+from bench.bandwidth import copy_gbps, moe_roofline  # noqa: E402
 from bench.timing import graph_us as us  # noqa: E402
 
 T0 = time.time()
@@ -112,24 +112,6 @@ def best_tile(row: dict, key: str, tiles: list, ids, experts: int, pairs: int, r
         if t_alt and t_alt < (row.get(f"gate_up_ours_{key}_best_us") or float("inf")):
             row[f"gate_up_ours_{key}_best_us"] = t_alt
             row[f"gate_up_ours_{key}_best_cfg"] = [alt.block_m, alt.block_n, alt.block_k, alt.num_warps, alt.num_stages]
-
-
-def roofline(row: dict, flops: int, copy_gbps_: float) -> dict:
-    """The bf16 gate_up against the floor's reference (a dense bf16 GEMM of equal FLOPs, same run) and
-    against what the weight bytes allow: the active experts' weights, the tokens and the fused output
-    must cross DRAM at least once, so no kernel beats bytes / copy bandwidth; with ~128 (token, expert)
-    pairs an expert that bound sits below the dense GEMM's rate."""
-    t, k, h, inter = row["tokens"], row["top_k"], row["H"], row["I"]
-    bytes_min = 2 * (row["active_experts"] * 2 * inter * h + t * h + t * k * inter)
-    dense = flops / row["dense_bf16_equal_flops_us"] / 1e6
-    bound = min(dense, flops / (bytes_min / (copy_gbps_ * 1e3)) / 1e6)
-    out = {"dense_bf16_tflops": dense, "gate_up_bf16_roofline_tflops": bound, "roofline_over_dense": bound / dense}
-    for key in ("gate_up_ours_bf16_table", "gate_up_ours_bf16_best"):
-        if row.get(f"{key}_us"):
-            tf = flops / row[f"{key}_us"] / 1e6
-            out[f"{key}_over_dense"] = tf / dense
-            out[f"{key}_over_roofline"] = tf / bound
-    return out
 
 
 def check():
@@ -282,7 +264,7 @@ def bench():
                     row[ours.replace("_us", "_tflops")] = fl / row[ours] / 1e6
                     row[ours.replace("_us", "_weight_GBps")] = wbytes / row[ours] / 1e3
             if row["dense_bf16_equal_flops_us"]:
-                row.update(roofline(row, fl, res["copy_GBps"]))
+                row.update(moe_roofline(row, fl, res["copy_GBps"]))
             for key in moes:
                 if row["layer_torch_bf16_us"] and row[f"layer_ours_{key}_us"]:
                     row[f"layer_ours_{key}_over_torch_bf16"] = row["layer_torch_bf16_us"] / row[f"layer_ours_{key}_us"]

@@ -235,3 +235,29 @@ def test_a_probe_candidate_that_fails_or_mismatches_is_reported_and_not_timed(ca
     assert not timed
     good = lambda: [want * 1.01]  # noqa: E731
     assert timing.checked_graph_us("cfg C", good, want) == 12.5 and timed == [good]
+
+
+def test_moe_roofline_bounds_a_gate_up_by_its_weight_bytes():
+    """bench_moe's floor arithmetic: DeepSeek-V3's gate_up at 4096 tokens (256 experts, top-8, H = 7168,
+    I = 2048: ~128 rows an expert) reads 15 GB of bf16 weights, so at 3.0 TB/s it cannot beat ~379 TFLOP/s,
+    0.53 of a 720 TFLOP/s dense GEMM of the same FLOPs; Mixtral (1024 rows an expert) is bounded by the
+    dense GEMM itself."""
+    from bandwidth import moe_roofline
+
+    def row(tokens, top_k, h, inter, experts, ours_us):
+        flops = 2 * tokens * top_k * h * 2 * inter
+        return flops, {"tokens": tokens, "top_k": top_k, "H": h, "I": inter, "active_experts": experts,
+                       "dense_bf16_equal_flops_us": flops / 720e6, "gate_up_ours_bf16_table_us": ours_us}
+
+    flops, ds = row(4096, 8, 7168, 2048, 256, 6516.0)
+    out = moe_roofline(ds, flops, 3000.0)
+    weights = 256 * 2 * 2048 * 7168 * 2
+    assert out["dense_bf16_tflops"] == pytest.approx(720.0)
+    assert out["gate_up_bf16_roofline_tflops"] == pytest.approx(379, abs=1)
+    assert out["gate_up_bf16_roofline_tflops"] < flops / (weights / 3000e3) / 1e6  # activations count too
+    assert out["roofline_over_dense"] == pytest.approx(0.53, abs=0.01)
+    assert out["gate_up_ours_bf16_table_over_roofline"] == pytest.approx(flops / 6516.0 / 1e6 / 379, rel=0.01)
+    assert "gate_up_ours_bf16_best_over_dense" not in out  # no best-tile time in the row
+    flops, mx = row(4096, 2, 4096, 14336, 8, 3657.0)
+    out = moe_roofline(mx, flops, 3000.0)
+    assert out["roofline_over_dense"] == 1.0 and out["gate_up_ours_bf16_table_over_dense"] == pytest.approx(0.73, abs=0.01)
