@@ -118,8 +118,10 @@ def test_per_tensor_amax_pass_reduces_every_program_and_leaves_its_counter_zero(
     for flat in (0, m * k // 2 + 5, m * k - 1):
         x = base.clone()
         x.view(-1)[flat] = -40.0
-        assert act_quant._amax(x).item() == 40.0, flat
+        amax = act_quant._amax(x)
+        assert amax.item() == 40.0, flat
         assert tile_counters(x.device, 1)[0].item() == 0
+        assert amax.untyped_storage().data_ptr() == act_quant._amax_parts(x.device, 1).untyped_storage().data_ptr()
         q, s = quantize_activation(x, "fp8_dynamic_per_tensor")
         rq, rs = reference(x, "fp8_dynamic_per_tensor")
         assert torch.equal(_bits(q), _bits(rq)) and torch.equal(s.reshape(rs.shape), rs), flat

@@ -202,11 +202,26 @@ def _quant_rows_kernel(
         tl.store(q_row + offs, _quantized(x, scale, inv, e, INT8, MX, HW, FMA), mask=m)
 
 
+_AMAX_PARTS: dict = {}
+
+
+def _amax_parts(device: torch.device, n: int) -> torch.Tensor:
+    """The device's fp32 workspace of the amax pass (the programs' maxima, then the amax), at least ``n``
+    long: allocated by the first call and grown, never per call (as ``common.tile_counters``; the same
+    one-stream-at-a-time rule)."""
+    key = (device.type, device.index)
+    buf = _AMAX_PARTS.get(key)
+    if buf is None or buf.numel() < n:
+        buf = _AMAX_PARTS[key] = torch.empty(max(n, AMAX_PROGRAMS + 1), dtype=torch.float32, device=device)
+    return buf
+
+
 def _amax(x: torch.Tensor) -> torch.Tensor:
-    """fp32 () amax of |x| over the whole (contiguous) tensor, by ``_amax_kernel``."""
+    """fp32 () amax of |x| over the whole (contiguous) tensor, by ``_amax_kernel`` (a view into the
+    device's workspace, valid until the next amax pass on that device)."""
     numel = x.numel()
     programs = max(1, min(AMAX_PROGRAMS, cdiv(numel, AMAX_BLOCK)))
-    parts = torch.empty(programs + 1, dtype=torch.float32, device=x.device)  # the last slot: the amax
+    parts = _amax_parts(x.device, programs + 1)  # slot ``programs``: the amax
     launch(_amax_kernel, (programs,), (x, parts, tile_counters(x.device, 1), parts[programs:], numel,
                                        cdiv(numel, programs * AMAX_BLOCK)),
            dict(BLOCK=AMAX_BLOCK, PROGRAMS=next_pow2(AMAX_PROGRAMS)), 4)
