@@ -47,13 +47,10 @@ from quantc.runtime.kernels.scaled_mm import scaled_mm  # noqa: E402
 from quantc.runtime.tables import default_config  # noqa: E402
 from bench import peers_gemlite as PG  # noqa: E402
 from bench.bandwidth import copy_gbps  # noqa: E402
+from bench.timing import gpu_slug  # noqa: E402
 from bench.timing import graph_us as bench  # noqa: E402
 
 T0 = time.time()
-
-
-def gpu_slug(device_name: str) -> str:
-    return "h200" if "H200" in device_name else "h100"
 
 
 CAP = float(os.environ.get("BENCH_CAP_S", "500"))

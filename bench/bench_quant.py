@@ -19,7 +19,7 @@ from triton.testing import do_bench_cudagraph
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bandwidth import copy_gbps  # noqa: E402
-from bench.timing import geomean  # noqa: E402
+from bench.timing import geomean, gpu_slug  # noqa: E402
 from quantc.runtime.kernels.act_quant import quantize_activation, reference  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
@@ -93,8 +93,7 @@ def main() -> None:
     out["geomean"] = {key: geomean([r[f"{key}_frac_ref"] for r in out["rows"]]) for key in KEYS}
     print("worst fraction of copy bandwidth per key:", out["summary"], flush=True)
     print("geomean (the floor's measure, >= 0.75):", out["geomean"], flush=True)
-    slug = "h200" if "H200" in gpu else "h100"
-    Path(OUT, f"quant_{slug}.json").write_text(json.dumps(out, indent=1))
+    Path(OUT, f"quant_{gpu_slug(gpu)}.json").write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

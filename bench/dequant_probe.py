@@ -14,7 +14,6 @@ Writes $OUT/dequant_probe_<gpu>.json.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import sys
@@ -28,6 +27,7 @@ from quantc.runtime.kernels import wo_gemm as wg  # noqa: E402
 from quantc.runtime.kernels.wo_format import dequantize  # noqa: E402
 from quantc.runtime.kernels.wo_mma4 import launch_mma4  # noqa: E402
 from bench.bench_wo import random_weight  # noqa: E402
+from bench.timing import geomean  # noqa: E402
 from bench.timing import graph_us as us  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
@@ -82,7 +82,7 @@ def main() -> None:
         crossover[fmt] = from_m[0] if from_m else None
     res["crossover_min_m"] = crossover
     ratios = [r["dequant_over_mma4"] for r in res["rows"] if r.get("dequant_over_mma4")]
-    res["geomean_dequant_over_mma4"] = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None
+    res["geomean_dequant_over_mma4"] = geomean(ratios)
     print("crossover", crossover, "geomean", res["geomean_dequant_over_mma4"], flush=True)
     slug = re.sub(r"[^a-z0-9]+", "_", dev.lower()).strip("_")
     with open(os.path.join(OUT, f"dequant_probe_{slug}.json"), "w") as f:

@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from bench import peers_gemlite as PG  # noqa: E402
 from bench.bandwidth import copy_gbps  # noqa: E402
-from bench.bench_dense import SHAPES, gpu_slug  # noqa: E402
-from bench.timing import checked_graph_us, graph_us  # noqa: E402
+from bench.bench_dense import SHAPES  # noqa: E402
+from bench.timing import checked_graph_us, gpu_slug, graph_us  # noqa: E402
 from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime import quantize as Q  # noqa: E402
 from quantc.runtime.kernels import scaled_gemv  # noqa: E402

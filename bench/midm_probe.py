@@ -23,8 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from bench import peers_gemlite as PG  # noqa: E402
 from bench.bandwidth import copy_gbps  # noqa: E402
-from bench.bench_dense import gpu_slug  # noqa: E402
-from bench.timing import checked_graph_us  # noqa: E402
+from bench.timing import checked_graph_us, gpu_slug  # noqa: E402
 from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime import quantize as Q  # noqa: E402
 from quantc.runtime.kernels.act_quant import quantize_activation  # noqa: E402

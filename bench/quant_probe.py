@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from triton.testing import do_bench_cudagraph
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bandwidth import copy_gbps  # noqa: E402
+from bench.timing import geomean, gpu_slug  # noqa: E402
 from quantc.runtime.kernels import act_quant  # noqa: E402
 
 
@@ -38,15 +38,14 @@ def main() -> None:
             for x in xs:
                 us = do_bench_cudagraph(lambda: act_quant.quantize_activation(x, key), rep=20) * 1e3
                 fr.append(3 * x.numel() / us / 1e3 / copy)
-            geo = math.exp(sum(map(math.log, fr)) / len(fr))
+            geo = geomean(fr)
             rows.append({"key": key, "one_pass_max": one_pass, "elems_per_warp": per_warp, "max_warps": max_warps,
                          "geomean": round(geo, 3), "worst": round(min(fr), 3), "frac_ref": [round(v, 3) for v in fr]})
             print(f"{key} one_pass<={one_pass} {per_warp}/warp max {max_warps} warps: geomean "
                   f"{geo:.3f} worst {min(fr):.3f} [{' '.join(f'{v:.2f}' for v in fr)}]", flush=True)
     gpu = torch.cuda.get_device_name()
     out = {"device": gpu, "copy_GBps": copy, "inputs": [f"{m}x{k}" for m, k in shapes], "rows": rows}
-    slug = "h200" if "H200" in gpu else "h100"
-    with open(os.path.join(os.environ.get("OUT", "/tmp"), f"quant_probe_{slug}.json"), "w") as f:
+    with open(os.path.join(os.environ.get("OUT", "/tmp"), f"quant_probe_{gpu_slug(gpu)}.json"), "w") as f:
         json.dump(out, f, indent=1)
 
 

@@ -40,3 +40,8 @@ def geomean(values) -> float | None:
     """Geometric mean of the values that are set (a skipped candidate is None); None if none is."""
     v = [x for x in values if x]
     return math.exp(sum(map(math.log, v)) / len(v)) if v else None
+
+
+def gpu_slug(device_name: str) -> str:
+    """The GPU part of a result file's name: h200 or h100 (the tables and results the benches write)."""
+    return "h200" if "H200" in device_name else "h100"

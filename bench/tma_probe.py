@@ -20,7 +20,7 @@ import torch
 from triton.testing import do_bench_cudagraph
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.timing import geomean  # noqa: E402
+from bench.timing import geomean, gpu_slug  # noqa: E402
 from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime import quantize as Q  # noqa: E402
 from quantc.runtime.kernels.act_quant import quantize_activation  # noqa: E402
@@ -106,7 +106,7 @@ def main() -> None:
         summary[f"fp8_block_{path}/cublas_block"] = geomean([r["scaled_mm_block_us"] / r[f"fp8_block_{path}_us"] for r in rows
                                                              if r.get(f"fp8_block_{path}_us") and r["scaled_mm_block_us"]])
     print("summary", json.dumps(summary), flush=True)
-    slug = "h200" if "H200" in gpu else "h100"
+    slug = gpu_slug(gpu)
     Path(OUT, f"tma_probe_{slug}{'_' + TAG if TAG else ''}.json").write_text(json.dumps({"device": gpu, "rows": rows, "summary": summary}, indent=1))
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.timing import geomean, graph_us  # noqa: E402
+from bench.timing import geomean, gpu_slug, graph_us  # noqa: E402
 from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime import quantize as Q  # noqa: E402
 from quantc.runtime.kernels.act_quant import quantize_activation  # noqa: E402
@@ -172,7 +172,7 @@ def main() -> None:
         summary[f"{p}_vs_cublas_M>=1024"] = geomean([r[f"{p}_vs_cublas"] for r in rows if r["M"] >= 1024])
         summary[f"{p}_vs_cublas_M16..256"] = geomean([r[f"{p}_vs_cublas"] for r in rows if 16 <= r["M"] <= 256])
     print("summary", json.dumps(summary), flush=True)
-    slug = "h200" if "H200" in gpu else "h100"
+    slug = gpu_slug(gpu)
     Path(OUT, f"ws_probe_{slug}.json").write_text(json.dumps({"device": gpu, "triton": __import__("triton").__version__,
                                                               "rows": rows, "summary": summary}, indent=1))
 

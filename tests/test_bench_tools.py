@@ -261,3 +261,12 @@ def test_moe_roofline_bounds_a_gate_up_by_its_weight_bytes():
     flops, mx = row(4096, 2, 4096, 14336, 8, 3657.0)
     out = moe_roofline(mx, flops, 3000.0)
     assert out["roofline_over_dense"] == 1.0 and out["gate_up_ours_bf16_table_over_dense"] == pytest.approx(0.73, abs=0.01)
+
+
+def test_bench_geomean_skips_unset_values_and_gpu_slug_names_the_table():
+    """bench/timing's shared helpers: a candidate that did not run (None) leaves the geomean alone, none
+    at all gives None; result files are named h200 or h100 by the device name."""
+    from timing import geomean, gpu_slug
+
+    assert geomean([2.0, None, 8.0]) == pytest.approx(4.0) and geomean([None]) is None and geomean([]) is None
+    assert gpu_slug("NVIDIA H200") == "h200" and gpu_slug("NVIDIA H100 80GB HBM3") == "h100"

@@ -191,7 +191,6 @@ def planes_step(acc, x_ptr, x_tile, w_rows, s_ptr, z_ptr, s_rows, n_mask, m_mask
         xsum = tl.sum(xrow.to(tl.float32), axis=0)  # for zero points: the row's sum, not the 16 copies' sums
     else:
         xt = tl.load(x_tile + k0, mask=m_mask[:, None], other=0.0)
-        xsum = 0.0  # unused: BIASED is M = 1 only
     # x columns k = 8c + j, j = 4 j2 + 2 j1 + j0: split off j0, then j1; the pairs left run over j2
     xe, xo = tl.split(tl.reshape(xt, (BLOCK_M, BLOCK_K // 8, 2, 2, 2)))
     xe0, xe1 = tl.split(xe)
