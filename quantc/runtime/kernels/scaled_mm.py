@@ -68,6 +68,19 @@ FUSE_MAX_M = {A_TENSOR: 0, A_ROW: 0, A_GROUP: 0}
 # 1.43x -> 1.60x bf16, fp8 rowwise 1.01x -> 1.05x _scaled_mm; the 128-block kernel ran 8% slower
 # persistent (its per-K-step scaling, not the loads, bounds it), so block scales keep the tiled kernel.
 TMA_MIN_M = 1024
+# smallest M at which pre-quantized fp8 128-block calls take the warp-specialized Gluon kernel
+# (``block_mm_ws``) on sm_90; QUANTC_BLOCK_WS=0 / 1 turns it off / on at every M. Below it the tiled
+# kernel's 16-64-row tiles (many more programs) won (bench/results/block_ws_probe_h200.json).
+BLOCK_WS_MIN_M = 128
+
+
+def _block_ws_policy(m: int, device: torch.device) -> bool:
+    """Whether an fp8 128-block call of M rows takes the Gluon kernel: Hopper only (the CPU interpreter
+    cannot run Gluon; its wgmma and register reallocation are sm_90 features), by M unless forced."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
+        return False
+    forced = os.environ.get("QUANTC_BLOCK_WS")
+    return forced == "1" if forced is not None else m >= BLOCK_WS_MIN_M
 
 
 def _tma_policy(m: int, device: torch.device, b_mode: int) -> bool:
@@ -310,6 +323,11 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
     sa2 = sa if sa.dim() == 2 else sa.reshape(-1, 1)
     sb2 = weight_scale if weight_scale.dim() == 2 else weight_scale.reshape(-1, 1)
     out = torch.empty((m, n), dtype=torch.bfloat16, device=x.device)
+    if (quant == Q_NONE and a_mode == A_GROUP and b_mode == B_BLOCK and not mx and group_n == 128
+            and _block_ws_policy(m, x.device)):
+        ws_out = _block_ws(a, weight, sa, weight_scale, bias, out)
+        if ws_out is not None:
+            return ws_out
     if quant == Q_NONE and a_mode != A_NONE:
         from . import scaled_mm_tma
 
@@ -346,6 +364,31 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
         PRO_K=min(512, next_pow2(k)), SPLIT_K=split,
     ), config.num_warps, config.num_stages)
     return out
+
+
+def _block_ws(a, weight, sa, weight_scale, bias, out):
+    """The fp8 128-block GEMM through the warp-specialized Gluon kernel, or None where it does not apply
+    (a triton without Gluon, operands TMA cannot address): the caller then runs the tiled kernel."""
+    try:
+        from . import block_mm_ws
+    except ImportError:
+        return None
+    m, k = a.shape
+    n = weight.shape[0]
+    bm, bn, stages, split = block_mm_ws.tile_for(m, n, _sm_count(a.device))
+    if not (block_mm_ws.supports(m, n, k, bn) and a.is_contiguous() and weight.is_contiguous()
+            and all(t.data_ptr() % 16 == 0 for t in (a, weight, out))):  # TMA: 16-byte aligned bases
+        return None
+    return block_mm_ws.block_mm_ws(a, weight, sa, weight_scale, bias, bm, bn, stages, out=out, split=split)
+
+
+_SMS: dict = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device not in _SMS:
+        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SMS[device]
 
 
 def split_slices(k: int, block_k: int, split_k: int) -> int:

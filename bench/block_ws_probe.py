@@ -1,0 +1,103 @@
+"""The hand-written warp-specialized fp8 128-block kernel (``kernels/block_mm_ws.py``, Gluon) against the
+tiled Triton kernel and cuBLAS's blockwise ``torch._scaled_mm``, same pre-quantized operands, one run
+(GPU, CUDA graphs). Each Gluon config is first compared with the tiled kernel's output (the same
+per-step math: the difference is expected to be 0), then timed; the tiled kernel runs at a few tile
+configs and its best is kept. Prints a row per (shape, M) and the geomean ratios of the issue floor
+(cuBLAS blockwise time / ours) over M >= 1024 and M = 16..256.
+
+    python bench/block_ws_probe.py   # env PROBE_MS (default 16,64,256,1024,4096,8192), PROBE_SHAPES ("NxK,..."),
+                                     # PROBE_GLUON ("BMxBNxSTAGES[s],...", s: split); writes $OUT/block_ws_probe_<gpu>.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.timing import geomean, gpu_slug, graph_us  # noqa: E402
+from quantc.plan import KernelConfig as C  # noqa: E402
+from quantc.runtime import quantize as Q  # noqa: E402
+from quantc.runtime.kernels.act_quant import quantize_activation  # noqa: E402
+from quantc.runtime.kernels.block_mm_ws import block_mm_ws  # noqa: E402
+from quantc.runtime.kernels.scaled_mm import scaled_mm  # noqa: E402
+
+OUT = os.environ.get("OUT", "/tmp")
+SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (7168, 2048), (2048, 7168), (24576, 7168)]
+MS = [int(v) for v in os.environ.get("PROBE_MS", "16,64,256,1024,4096,8192").split(",")]
+if os.environ.get("PROBE_SHAPES"):
+    SHAPES = [tuple(int(v) for v in s_.split("x")) for s_ in os.environ["PROBE_SHAPES"].split(",")]
+# (block_m, block_n, stages, split: one partition per 64-row warpgroup)
+GLUON = [(128, 128, 4, False), (128, 128, 5, False), (128, 128, 4, True), (128, 128, 5, True), (64, 128, 4, False),
+         (64, 128, 6, False)]
+if os.environ.get("PROBE_GLUON"):
+    GLUON = [(*(int(v) for v in c_.rstrip("s").split("x")), c_.endswith("s"))
+             for c_ in os.environ["PROBE_GLUON"].split(",")]
+TILED = [C(64, 128, 128, 8, 4, 4), C(128, 128, 128, 8, 8, 4), C(64, 64, 128, 8, 4, 4), C(16, 64, 128, 8, 4, 4)]
+WK, AK = "fp8_block_128x128", "fp8_dynamic_group_128"
+
+
+def main() -> None:
+    gpu = torch.cuda.get_device_name()
+    rows = []
+    torch.manual_seed(0)
+    for n, k in SHAPES:
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        t = Q.quantize_weight(w, WK)
+        wq, ws_ = t["weight"], t["weight_scale_inv"].float()
+        for m in MS:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            xg, sg = quantize_activation(x, AK)
+            row = {"M": m, "N": n, "K": k}
+            row["cublas_block_us"] = graph_us(lambda: torch._scaled_mm(
+                xg, wq.t(), scale_a=sg.t().contiguous().t(), scale_b=ws_.t(), out_dtype=torch.bfloat16))
+            want = scaled_mm(xg, wq, ws_, WK, AK, TILED[1], x_scale=sg, tma=False).float()
+            best = None
+            for cfg in TILED:
+                us = graph_us(lambda: scaled_mm(xg, wq, ws_, WK, AK, cfg, x_scale=sg, tma=False))
+                row[f"tiled_{cfg.block_m}x{cfg.block_n}x{cfg.num_warps}w"] = us
+                if us and (best is None or us < best[0]):
+                    best = (us, f"{cfg.block_m}x{cfg.block_n}x{cfg.num_warps}w")
+            row["tiled_us"], row["tiled_cfg"] = best if best else (None, None)
+            best = None
+            for bm, bn, st, split in GLUON:
+                name = f"gluon_{bm}x{bn}x{st}{'s' if split else ''}"
+                out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+                try:
+                    got = block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, out=out, split=split).float()
+                    torch.cuda.synchronize()
+                except Exception as e:  # noqa: BLE001 - a config that does not compile is reported
+                    print("ERR", name, type(e).__name__, str(e)[:300], flush=True)
+                    row[name] = None
+                    continue
+                diff = float((got - want).abs().max())
+                row[name + "_maxdiff"] = diff
+                if diff > 0.02 * float(want.abs().max()):
+                    print("MISMATCH", name, diff, flush=True)
+                    row[name] = None
+                    continue
+                us = graph_us(lambda: block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, out=out, split=split))
+                row[name] = us
+                if us and (best is None or us < best[0]):
+                    best = (us, name)
+            row["gluon_us"], row["gluon_cfg"] = best if best else (None, None)
+            c = row["cublas_block_us"]
+            for p in ("tiled", "gluon"):
+                row[f"{p}_vs_cublas"] = c / row[f"{p}_us"] if c and row[f"{p}_us"] else None
+            print(json.dumps({k_: (round(v, 4) if isinstance(v, float) else v) for k_, v in row.items()}), flush=True)
+            rows.append(row)
+    summary = {}
+    for p in ("tiled", "gluon"):
+        summary[f"{p}_vs_cublas_M>=1024"] = geomean([r[f"{p}_vs_cublas"] for r in rows if r["M"] >= 1024])
+        summary[f"{p}_vs_cublas_M16..256"] = geomean([r[f"{p}_vs_cublas"] for r in rows if 16 <= r["M"] <= 256])
+    print("summary", json.dumps(summary), flush=True)
+    Path(OUT, f"block_ws_probe_{gpu_slug(gpu)}.json").write_text(json.dumps(
+        {"device": gpu, "triton": __import__("triton").__version__, "rows": rows, "summary": summary}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

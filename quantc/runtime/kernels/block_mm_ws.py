@@ -1,0 +1,278 @@
+"""fp8 128-block GEMM for Hopper, warp-specialized by hand (Gluon): ``out = (A * sa) @ (B * sb).T``.
+
+A (M, K) e4m3 with 1 x 128 scales ``sa`` (M, K/128); B (N, K) e4m3 with 128 x 128 scales ``sb``
+(ceil(N/128), K/128); bf16 out. The same operands and per-step math as ``scaled_mm``'s fp8_block_gemm
+(``acc += part * (sa_k * sb_k)``, one FMA per element per 128-wide K step), so the two agree bit for bit.
+
+Why a second kernel: the tiled Triton kernel waits for each K step's wgmma group before scaling its
+partial into the running sum, so the tensor cores idle during the scaling (README, "fp8 128-block").
+Here the K loop is split across warps and across time:
+
+- a producer warp issues the TMA loads of A and B tiles into a ring of NUM_STAGES shared-memory slots
+  (``ready`` / ``empty`` mbarriers per slot);
+- the consumer warps (one warpgroup per 64 rows) issue step i's wgmma asynchronously, then wait only for
+  step i-1's group (``warpgroup_mma_wait(1)``), release its slot and scale its partial while step i's
+  MMA runs. Two partial buffers alternate (the loop is unrolled by two so they keep their registers);
+  the running sum is the third. 3 x 64 fp32 registers a thread at a 128 x 128 tile, which the
+  producer's register donation (``setmaxnreg``: 40 for the producer, the rest to the consumers) pays for.
+
+Gluon kernels cannot run under ``TRITON_INTERPRET``: CI compiles this one for sm_90 offline and checks
+its PTX (async wgmma, a wait that leaves one group in flight, register reallocation), and the GPU
+check in ``bench/block_ws_probe.py`` compares it with the tiled kernel bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+# triton 3.6 names the TMA copies async_copy_global_to_shared / async_copy_shared_to_global; later
+# releases renamed them async_load / async_store
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+_tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+BLOCK_K = 128  # the scale group: one wgmma group per group
+PRODUCER_REGS = gl.constexpr(40)
+CONSUMER_REGS = gl.constexpr(232)  # the second consumer partition's, when SPLIT
+
+
+@gluon.jit
+def _producer(a_desc, b_desc, a_bufs, b_bufs, ready, empty, off_m, off_n, k_steps, NUM_STAGES: gl.constexpr):
+    for i in range(k_steps):
+        s = i % NUM_STAGES
+        # a fresh mbarrier counts as phase 1 complete, so the first lap does not wait
+        mbarrier.wait(empty.index(s), ((i // NUM_STAGES) & 1) ^ 1)
+        mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + b_desc.block_type.nbytes)
+        _tma_load(a_desc, [off_m, i * 128], ready.index(s), a_bufs.index(s))
+        _tma_load(b_desc, [off_n, i * 128], ready.index(s), b_bufs.index(s))
+
+
+@gluon.jit
+def _issue(a_bufs, b_bufs, ready, i, part, ROW0: gl.constexpr, ROWS: gl.constexpr, NUM_STAGES: gl.constexpr):
+    """Wait for K step i's tiles and start the MMA of rows ROW0..ROW0+ROWS of the A tile into ``part``'s
+    registers (their old value unused)."""
+    s = i % NUM_STAGES
+    mbarrier.wait(ready.index(s), (i // NUM_STAGES) & 1)
+    return warpgroup_mma(a_bufs.index(s).slice(ROW0, ROWS), b_bufs.index(s).permute((1, 0)), part, use_acc=False,
+                         is_async=True)
+
+
+@gluon.jit
+def _step_scale(i, sa_ptr, sb_ptr, offs_m, mask_m, sb_row, stride_sam, stride_sak, stride_sbk):
+    """sa_k * sb_k of K step i, one per row: loaded a step ahead of its use (global load latency)."""
+    sa_k = gl.load(sa_ptr + offs_m * stride_sam + i * stride_sak, mask=mask_m, other=0.0)
+    sb_k = gl.load(sb_ptr + sb_row + i * stride_sbk)
+    return sa_k * sb_k
+
+
+@gluon.jit
+def _finish(running, acc, empty, i, NUM_STAGES: gl.constexpr):
+    """Wait for K step i's MMA and give its shared-memory slot back to the producer. ``acc`` goes through
+    the wait as well, so the scaling issued before it stays before it (the FMAs overlap the MMA rather
+    than being scheduled after the wait)."""
+    part, acc = warpgroup_mma_wait(num_outstanding=0, deps=(running, acc))
+    mbarrier.arrive(empty.index(i % NUM_STAGES), count=1)
+    return part, acc
+
+
+@gluon.jit
+def _consume(a_bufs, b_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, off_m, off_n, k_tiles,
+             stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS: gl.constexpr, ROW0: gl.constexpr,
+             ROWS: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, layout: gl.constexpr):
+    """Rows ROW0..ROW0+ROWS of the output tile (one warpgroup per 64 rows; ``layout``: the wgmma
+    accumulator's, ``mma_layout``): the K loop, the bias and the TMA store."""
+    offs_m = off_m + ROW0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
+    mask_m = offs_m < M
+    sb_row = (off_n // 128) * stride_sbn
+    acc = gl.zeros([ROWS, BLOCK_N], gl.float32, layout)
+    # Step i+1's MMA runs while step i's finished partial is scaled; each iteration waits for its MMA
+    # before the next, so no wgmma is in flight across a loop edge (registers of a running wgmma copied
+    # between loop values would make ptxas serialize every wgmma of the kernel). part_x / part_y
+    # alternate, the loop unrolled by two so each keeps its registers.
+    scale_x = _step_scale(0, sa_ptr, sb_ptr, offs_m, mask_m, sb_row, stride_sam, stride_sak, stride_sbk)
+    part_x, acc = _finish(_issue(a_bufs, b_bufs, ready, 0, acc, ROW0, ROWS, NUM_STAGES), acc, empty, 0,
+                          NUM_STAGES)
+    part_y = gl.zeros([ROWS, BLOCK_N], gl.float32, layout)
+    for j in range(0, (k_tiles - 1) // 2):
+        i = 2 * j + 1
+        running = _issue(a_bufs, b_bufs, ready, i, part_y, ROW0, ROWS, NUM_STAGES)
+        scale_y = _step_scale(i, sa_ptr, sb_ptr, offs_m, mask_m, sb_row, stride_sam, stride_sak, stride_sbk)
+        acc = acc + part_x * scale_x[:, None]
+        part_y, acc = _finish(running, acc, empty, i, NUM_STAGES)
+        running = _issue(a_bufs, b_bufs, ready, i + 1, part_x, ROW0, ROWS, NUM_STAGES)
+        scale_x = _step_scale(i + 1, sa_ptr, sb_ptr, offs_m, mask_m, sb_row, stride_sam, stride_sak, stride_sbk)
+        acc = acc + part_y * scale_y[:, None]
+        part_x, acc = _finish(running, acc, empty, i + 1, NUM_STAGES)
+    last = k_tiles - 1
+    if k_tiles % 2 == 0:
+        running = _issue(a_bufs, b_bufs, ready, last, part_y, ROW0, ROWS, NUM_STAGES)
+        scale_y = _step_scale(last, sa_ptr, sb_ptr, offs_m, mask_m, sb_row, stride_sam, stride_sak, stride_sbk)
+        acc = acc + part_x * scale_x[:, None]
+        part_y, acc = _finish(running, acc, empty, last, NUM_STAGES)
+        acc = acc + part_y * scale_y[:, None]
+    else:
+        acc = acc + part_x * scale_x[:, None]
+    if HAS_BIAS:
+        offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
+        acc = acc + gl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(gl.float32)[None, :]
+    c_smem = gl.allocate_shared_memory(gl.bfloat16, [ROWS, BLOCK_N], c_desc.layout)
+    c_smem.store(acc.to(gl.bfloat16))
+    fence_async_shared()
+    _tma_store(c_desc, [off_m + ROW0, off_n], c_smem)  # clips rows / columns past M / N
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _producer_part(a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, sa_ptr, sb_ptr, bias_ptr, M, N, off_m,
+                   off_n, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS: gl.constexpr,
+                   BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, UPPER_LAYOUT: gl.constexpr):
+    _producer(a_desc, b_desc, a_bufs, b_bufs, ready, empty, off_m, off_n, k_tiles, NUM_STAGES)
+
+
+@gluon.jit
+def _upper_part(a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, sa_ptr, sb_ptr, bias_ptr, M, N, off_m,
+                off_n, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS: gl.constexpr,
+                BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, UPPER_LAYOUT: gl.constexpr):
+    """Rows 64..127 of a 128-row tile, in a warpgroup of their own (SPLIT)."""
+    _consume(a_bufs, b_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, off_m, off_n, k_tiles,
+             stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS, 64, 64, BLOCK_N, NUM_STAGES, UPPER_LAYOUT)
+
+
+@gluon.jit
+def _block_mm_ws_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, K,
+                        stride_sam, stride_sak, stride_sbn, stride_sbk,
+                        HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, NUM_STAGES: gl.constexpr,
+                        SPLIT: gl.constexpr, LAYOUT: gl.constexpr, UPPER_LAYOUT: gl.constexpr,
+                        num_warps: gl.constexpr):
+    BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+    BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
+    # GROUP_M row tiles take each column tile in turn (L2 reuse of the weight tile), as grouped_tile
+    t = gl.program_id(0)
+    num_pid_m = gl.cdiv(M, BLOCK_M)
+    width = GROUP_M * gl.cdiv(N, BLOCK_N)
+    first_m = (t // width) * GROUP_M
+    rows = gl.minimum(num_pid_m - first_m, GROUP_M)
+    off_m = (first_m + (t % width) % rows) * BLOCK_M
+    off_n = ((t % width) // rows) * BLOCK_N
+    k_tiles = gl.cdiv(K, 128)
+
+    a_bufs = gl.allocate_shared_memory(a_desc.dtype, [NUM_STAGES] + a_desc.block_type.shape, a_desc.layout)
+    b_bufs = gl.allocate_shared_memory(b_desc.dtype, [NUM_STAGES] + b_desc.block_type.shape, b_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(NUM_STAGES):
+        mbarrier.init(ready.index(s), count=1)
+        mbarrier.init(empty.index(s), count=2 if SPLIT else 1)  # each consumer partition releases a slot
+    # worker partitions take one argument list (the producer ignores what it does not need)
+    if SPLIT:
+        # one partition per 64-row warpgroup: each waits only on its own MMAs and barriers, so one's
+        # scaling can run while the other's MMAs hold the tensor cores
+        gl.warp_specialize([
+            (_consume, (a_bufs, b_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, off_m, off_n, k_tiles,
+                        stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS, 0, 64, BLOCK_N, NUM_STAGES, LAYOUT)),
+            (_producer_part, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, sa_ptr, sb_ptr, bias_ptr, M, N,
+                              off_m, off_n, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS, BLOCK_N,
+                              NUM_STAGES, UPPER_LAYOUT)),
+            (_upper_part, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, sa_ptr, sb_ptr, bias_ptr, M, N,
+                           off_m, off_n, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS, BLOCK_N,
+                           NUM_STAGES, UPPER_LAYOUT)),
+        ], [1, 4], [PRODUCER_REGS, CONSUMER_REGS])
+    else:
+        gl.warp_specialize([
+            (_consume, (a_bufs, b_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, off_m, off_n, k_tiles,
+                        stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS, 0, BLOCK_M, BLOCK_N, NUM_STAGES,
+                        LAYOUT)),
+            (_producer_part, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, sa_ptr, sb_ptr, bias_ptr, M, N,
+                              off_m, off_n, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS, BLOCK_N,
+                              NUM_STAGES, UPPER_LAYOUT)),
+        ], [1], [PRODUCER_REGS])
+
+
+def mma_layout(warps: int, block_n: int):
+    """The wgmma accumulator layout of ``warps`` warps (stacked along M, 16 rows each): 16 x block_n x 32
+    fp8 instructions."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps, 1], instr_shape=[16, block_n, 32])
+
+
+def smem_layouts(block_m: int, block_n: int, split: bool = False):
+    """(A tile, B tile, C tile) shared layouts: 128-byte swizzle for the fp8 K-major operand tiles; the C
+    tile is per consumer partition (64 rows when SPLIT)."""
+    return (gl.NVMMASharedLayout.get_default_for([block_m, BLOCK_K], gl.float8e4nv),
+            gl.NVMMASharedLayout.get_default_for([block_n, BLOCK_K], gl.float8e4nv),
+            gl.NVMMASharedLayout.get_default_for([64 if split else block_m, block_n], gl.bfloat16))
+
+
+def max_registers(block_m: int) -> int:
+    """The launch's register cap a thread: num_warps consumer warps plus the producer's warpgroup share the
+    SM's 64K registers; the producer then gives back all but PRODUCER_REGS, which lifts the consumers to
+    232 at 128 rows (12 warps x 168 = 4 x 40 + 8 x 232) and to the 256 maximum at 64 rows."""
+    warps = block_m // 16 + 4
+    return min(256, (65536 // (32 * warps)) // 8 * 8)
+
+
+def supports(m: int, n: int, k: int, block_n: int) -> bool:
+    """Whether the operands fit this kernel: TMA needs 16-byte row strides (K % 16 for fp8, N % 8 for the
+    bf16 output), and a tile must lie in one 128-row weight block (block_n divides 128)."""
+    return m > 0 and k % 16 == 0 and n % 8 == 0 and 128 % block_n == 0
+
+
+def tile_for(m: int, n: int, sms: int) -> tuple[int, int, int, bool]:
+    """(block_m, block_n, stages, split) for an (M, N) output on a GPU of ``sms`` SMs. 128 x 128 tiles, one
+    partition per 64-row warpgroup, four stages; where those would fill at most half the SMs, 64-row
+    tiles (twice the programs) instead. From ``bench/block_ws_probe.py`` (H200, 7 shapes x M = 16..8192,
+    bench/results/block_ws_probe_h200.json): the split 128 x 128 tile won every row from M = 1024, and at
+    M = 256 the 64-row tile won exactly the shapes with at most 64 tiles of 128 rows."""
+    if triton.cdiv(m, 128) * triton.cdiv(n, 128) <= sms // 2:
+        return 64, 128, 4, False
+    return 128, 128, 4, True
+
+
+def compile_for_hopper(block_m: int, block_n: int, num_stages: int, split: bool, has_bias: bool = False):
+    """Compile the kernel for sm_90 without a GPU (Triton's bundled ptxas): the CompiledKernel, whose
+    ``asm`` holds the PTX and the cubin. Tests and bench/kernel tools inspect it."""
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    la, lb, lc = smem_layouts(block_m, block_n, split)
+    warps = 4 if split else block_m // 16
+    sig = {"a_desc": f"tensordesc<fp8e4nv[{block_m}, {BLOCK_K}],{la!r}>",
+           "b_desc": f"tensordesc<fp8e4nv[{block_n}, {BLOCK_K}],{lb!r}>",
+           "c_desc": f"tensordesc<bf16[{64 if split else block_m}, {block_n}],{lc!r}>",
+           "sa_ptr": "*fp32", "sb_ptr": "*fp32", "bias_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
+           "stride_sam": "i32", "stride_sak": "i32", "stride_sbn": "i32", "stride_sbk": "i32"}
+    consts = {"HAS_BIAS": has_bias, "GROUP_M": 8, "NUM_STAGES": num_stages, "SPLIT": split,
+              "LAYOUT": gl.constexpr(mma_layout(warps, block_n)), "UPPER_LAYOUT": gl.constexpr(mma_layout(4, block_n)),
+              "num_warps": warps}
+    sig.update({k: "constexpr" for k in consts})
+    return triton.compile(GluonASTSource(_block_mm_ws_kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": warps, "maxnreg": max_registers(block_m)})
+
+
+def block_mm_ws(a: torch.Tensor, weight: torch.Tensor, a_scale: torch.Tensor, weight_scale: torch.Tensor,
+                bias: torch.Tensor | None, block_m: int, block_n: int, num_stages: int, group_m: int = 8,
+                out: torch.Tensor | None = None, split: bool = False) -> torch.Tensor:
+    """(M, N) bf16 = (a x a_scale) @ (weight x weight_scale).T; block_m 64 or 128 (one consumer warpgroup
+    per 64 rows; ``split`` puts the two of a 128-row tile in partitions of their own), block_n <= 128."""
+    m, k = a.shape
+    n = weight.shape[0]
+    if out is None:
+        out = torch.empty(m, n, device=a.device, dtype=torch.bfloat16)
+    split = split and block_m == 128
+    la, lb, lc = smem_layouts(block_m, block_n, split)
+    a_desc = TensorDescriptor.from_tensor(a, [block_m, BLOCK_K], la)
+    b_desc = TensorDescriptor.from_tensor(weight, [block_n, BLOCK_K], lb)
+    c_desc = TensorDescriptor.from_tensor(out, [64 if split else block_m, block_n], lc)
+    num_warps = 4 if split else block_m // 16
+    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
+    _block_mm_ws_kernel[grid](
+        a_desc, b_desc, c_desc, a_scale, weight_scale, bias if bias is not None else out, m, n, k,
+        a_scale.stride(0), a_scale.stride(1), weight_scale.stride(0), weight_scale.stride(1),
+        HAS_BIAS=bias is not None, GROUP_M=group_m, NUM_STAGES=num_stages, SPLIT=split,
+        LAYOUT=mma_layout(num_warps, block_n), UPPER_LAYOUT=mma_layout(4, block_n), num_warps=num_warps,
+        maxnreg=max_registers(block_m),
+    )
+    return out

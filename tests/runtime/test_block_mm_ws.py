@@ -1,0 +1,114 @@
+"""The warp-specialized fp8 128-block kernel (``kernels/block_mm_ws.py``, Gluon). Gluon kernels do not run
+under the CPU interpreter, so CI checks what can be checked without a GPU: the kernel compiles for sm_90
+with Triton's bundled ptxas into the structure the speed depends on (each K step's four wgmma
+instructions issued back to back and waited for once, the FMAs of the previous step between issue and
+wait, registers moved from the producer to the consumers, nothing spilled), the tile rule, and the
+launcher's policy (never on a CPU tensor, so the interpreter keeps the tiled kernel, whose result is
+checked against the reference). On the GPU, ``bench/block_ws_probe.py`` compares its output with the
+tiled kernel's (difference 0.0 on every shape and M measured) before timing it."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from quantc.plan import KernelConfig
+from quantc.runtime import quantize as Q
+from quantc.runtime.kernels import block_mm_ws, scaled_mm as S
+from quantc.runtime.kernels.act_quant import quantize_activation
+
+SCRIPT = textwrap.dedent("""
+    import json, os, re, subprocess, sys, pathlib
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+    from quantc.runtime.kernels import block_mm_ws
+    out = []
+    for bm, bn, stages, split, bias in json.loads(sys.argv[1]):
+        c = block_mm_ws.compile_for_hopper(bm, bn, stages, split, bias)
+        ptx = c.asm["ptx"]
+        path = pathlib.Path(os.environ["TMPDIR_CUBIN"]) / "k.cubin"
+        path.write_bytes(c.asm["cubin"])
+        nvdisasm = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+        sass = subprocess.run([str(nvdisasm), "-c", str(path)], capture_output=True, text=True).stdout
+        ops = [m.group(1) for m in re.finditer(r"(QGMMA|WARPGROUP\\.DEPBAR|FFMA)", sass)]
+        # FFMAs issued while a step's wgmma group is in flight (between its last QGMMA and its wait)
+        overlapped, inflight = 0, False
+        for op in ops:
+            if op == "QGMMA":
+                inflight = True
+            elif op.startswith("WARPGROUP"):
+                inflight = False
+            elif inflight:
+                overlapped += 1
+        runs = re.findall(r"(?:QGMMA )+", " ".join(o if o == "QGMMA" else "X" for o in ops) + " ")
+        out.append({"qgmma": ops.count("QGMMA"), "waits": sum(o.startswith("WARPGROUP") for o in ops),
+                    "ffma": ops.count("FFMA"), "overlapped_ffma": overlapped,
+                    "runs": sorted({r.count("QGMMA") for r in runs}),
+                    "setmaxnreg": sorted(set(re.findall(r"setmaxnreg\\.(inc|dec)", ptx))),
+                    "local": len(re.findall(r"\\.local", ptx)), "tma_load": "cp.async.bulk.tensor" in ptx})
+    print(json.dumps(out))
+""")
+
+CASES = [(128, 128, 4, True, False), (128, 128, 4, False, False), (64, 128, 4, False, False),
+         (128, 128, 5, True, True)]
+
+
+def test_kernel_compiles_for_hopper_with_overlapped_scaling(tmp_path):
+    r = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(CASES)], capture_output=True, text=True,
+                       timeout=600, env={**__import__("os").environ, "TMPDIR_CUBIN": str(tmp_path)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    for case, got in zip(CASES, json.loads(r.stdout.strip().splitlines()[-1])):
+        assert got["tma_load"] and got["local"] == 0, (case, got)
+        assert got["setmaxnreg"] == ["dec", "inc"], (case, got)  # the producer gives registers back
+        # each K step: four 32-deep wgmma back to back, one wait. ptxas serialises a kernel's wgmmas
+        # (a wait after every one) when registers of a running wgmma are read: runs of 1 would show it
+        assert got["runs"] == [4] and got["qgmma"] == 4 * got["waits"], (case, got)
+        # the previous step's scaling (64 FMAs a thread per 64 x 128 warpgroup tile) runs under the MMA
+        assert got["overlapped_ffma"] >= 64, (case, got)
+
+
+@pytest.mark.parametrize("m,n,sms,want", [
+    (4096, 4096, 132, (128, 128, 4, True)),   # 1024 tiles
+    (256, 6144, 132, (128, 128, 4, True)),    # 96 tiles of 128 rows: more than half the SMs
+    (256, 4096, 132, (64, 128, 4, False)),    # 64 tiles: 64-row tiles double the programs
+    (128, 2048, 132, (64, 128, 4, False)),
+    (256, 4096, 100, (128, 128, 4, True)),    # a GPU of fewer SMs
+])
+def test_tile_rule(m, n, sms, want):
+    assert block_mm_ws.tile_for(m, n, sms) == want
+
+
+@pytest.mark.parametrize("m,n,k,bn,ok", [
+    (256, 4096, 4096, 128, True), (1, 576, 7168, 128, True),  # a ragged last weight block (N = 576)
+    (256, 4100, 4096, 128, False),   # bf16 output rows not 16-byte aligned
+    (256, 4096, 4104, 128, False),   # fp8 rows not 16-byte aligned
+    (256, 4096, 4096, 256, False),   # a tile across two weight blocks
+    (0, 4096, 4096, 128, False),
+])
+def test_supports(m, n, k, bn, ok):
+    assert block_mm_ws.supports(m, n, k, bn) is ok
+
+
+def test_policy_never_takes_gluon_on_the_cpu(monkeypatch):
+    monkeypatch.setenv("QUANTC_BLOCK_WS", "1")
+    assert S._block_ws_policy(4096, torch.device("cpu")) is False
+
+
+def test_forced_policy_leaves_the_cpu_path_exact(monkeypatch):
+    """QUANTC_BLOCK_WS=1 on a CPU tensor runs the tiled kernel (interpreter) and matches the reference."""
+    monkeypatch.setenv("QUANTC_BLOCK_WS", "1")
+    torch.manual_seed(0)
+    m, n, k = 130, 192, 256
+    w = torch.randn(n, k, dtype=torch.bfloat16) * 0.05
+    t = Q.quantize_weight(w, "fp8_block_128x128")
+    x = torch.randn(m, k, dtype=torch.bfloat16)
+    xq, sx = quantize_activation(x, "fp8_dynamic_group_128")
+    got = S.scaled_mm(xq, t["weight"], t["weight_scale_inv"], "fp8_block_128x128", "fp8_dynamic_group_128",
+                      KernelConfig(64, 64, 128, 8, 4, 2), x_scale=sx).float()
+    a = xq.float() * sx.repeat_interleave(128, dim=1)[:, :k]
+    b = t["weight"].float() * t["weight_scale_inv"].float().repeat_interleave(128, 0).repeat_interleave(128, 1)[:n, :k]
+    want = a @ b.T
+    assert torch.allclose(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
