@@ -187,6 +187,21 @@ def gpu_check(out: dict) -> None:
         res[f"tma/{wk}/M1500/N1000"] = float((o.float() - r_).norm() / r_.norm())
         tiled = sm.scaled_mm(xq, t_["weight"], sc, wk, ak, cfg, x_scale=sx, tma=False).float()
         res[f"tma/{wk}/vs_tiled"] = float((o.float() - tiled).norm() / tiled.norm())
+    # the warp-specialized Gluon kernel (fp8 128-block from M = 128 on sm_90) against the tiled kernel
+    # (QUANTC_BLOCK_WS=0) on the same operands: ragged M, a ragged last weight block (N = 576), a bias,
+    # both tiles of its rule (64 rows at M = 200, 128 split at M = 1500); the same sums, so difference 0
+    for M, N, bias in ((1500, 1000, False), (200, 576, True), (1500, 576, True)):
+        xx = torch.randn(M, 1024, device="cuda", dtype=BF)
+        t_ = Q.quantize_weight(torch.randn(N, 1024, device="cuda") * 0.05, "fp8_block_128x128")
+        xq, sx = act_quant.quantize_activation(xx, "fp8_dynamic_group_128")
+        bb = torch.randn(N, device="cuda", dtype=BF) if bias else None
+        args = (xq, t_["weight"], t_["weight_scale_inv"], "fp8_block_128x128", "fp8_dynamic_group_128",
+                C(64, 128, 128, 8, 4, 3))
+        o = sm.scaled_mm(*args, x_scale=sx, bias=bb).float()
+        os.environ["QUANTC_BLOCK_WS"] = "0"
+        tiled = sm.scaled_mm(*args, x_scale=sx, bias=bb).float()
+        del os.environ["QUANTC_BLOCK_WS"]
+        res[f"block_ws/M{M}/N{N}/bias{int(bias)}/max_abs_diff_vs_tiled"] = float((o - tiled).abs().max())
     out["gpu_check"] = res
     bad = {k: v for k, v in res.items() if (v is False) or (isinstance(v, float) and not v < 1e-2)}
     print("gpu check:", "all ok" if not bad else bad, flush=True)

@@ -2,7 +2,8 @@
 tiled Triton kernel and cuBLAS's blockwise ``torch._scaled_mm``, same pre-quantized operands, one run
 (GPU, CUDA graphs). Each Gluon config is first compared with the tiled kernel's output (the same
 per-step math: the difference is expected to be 0), then timed; the tiled kernel runs at a few tile
-configs and its best is kept. Prints a row per (shape, M) and the geomean ratios of the issue floor
+configs and its best is kept; "runtime" is what the launcher runs (the Gluon kernel at ``tile_for``'s tile
+from ``BLOCK_WS_MIN_M`` rows, the tiled kernel below). Prints a row per (shape, M) and the geomean ratios of the issue floor
 (cuBLAS blockwise time / ours) over M >= 1024 and M = 16..256.
 
     python bench/block_ws_probe.py   # env PROBE_MS (default 16,64,256,1024,4096,8192), PROBE_SHAPES ("NxK,..."),
@@ -23,8 +24,8 @@ from bench.timing import geomean, gpu_slug, graph_us  # noqa: E402
 from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime import quantize as Q  # noqa: E402
 from quantc.runtime.kernels.act_quant import quantize_activation  # noqa: E402
-from quantc.runtime.kernels.block_mm_ws import block_mm_ws  # noqa: E402
-from quantc.runtime.kernels.scaled_mm import scaled_mm  # noqa: E402
+from quantc.runtime.kernels.block_mm_ws import block_mm_ws, tile_for  # noqa: E402
+from quantc.runtime.kernels.scaled_mm import BLOCK_WS_MIN_M, scaled_mm  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
 SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (7168, 2048), (2048, 7168), (24576, 7168)]
@@ -42,6 +43,7 @@ WK, AK = "fp8_block_128x128", "fp8_dynamic_group_128"
 
 
 def main() -> None:
+    os.environ["QUANTC_BLOCK_WS"] = "0"  # scaled_mm here is the tiled kernel; the Gluon one is called directly
     gpu = torch.cuda.get_device_name()
     rows = []
     torch.manual_seed(0)
@@ -85,13 +87,21 @@ def main() -> None:
                 if us and (best is None or us < best[0]):
                     best = (us, name)
             row["gluon_us"], row["gluon_cfg"] = best if best else (None, None)
+            # what the runtime launches: the Gluon kernel at its tile rule from BLOCK_WS_MIN_M, else the
+            # tiled kernel (its best config here; the runtime takes the kernel table's)
+            if m >= BLOCK_WS_MIN_M:
+                bm, bn, st, split = tile_for(m, n, torch.cuda.get_device_properties(0).multi_processor_count)
+                row["runtime_us"] = row.get(f"gluon_{bm}x{bn}x{st}{'s' if split else ''}") or graph_us(
+                    lambda: block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, split=split))
+            else:
+                row["runtime_us"] = row["tiled_us"]
             c = row["cublas_block_us"]
-            for p in ("tiled", "gluon"):
+            for p in ("tiled", "gluon", "runtime"):
                 row[f"{p}_vs_cublas"] = c / row[f"{p}_us"] if c and row[f"{p}_us"] else None
             print(json.dumps({k_: (round(v, 4) if isinstance(v, float) else v) for k_, v in row.items()}), flush=True)
             rows.append(row)
     summary = {}
-    for p in ("tiled", "gluon"):
+    for p in ("tiled", "gluon", "runtime"):
         summary[f"{p}_vs_cublas_M>=1024"] = geomean([r[f"{p}_vs_cublas"] for r in rows if r["M"] >= 1024])
         summary[f"{p}_vs_cublas_M16..256"] = geomean([r[f"{p}_vs_cublas"] for r in rows if 16 <= r["M"] <= 256])
     print("summary", json.dumps(summary), flush=True)

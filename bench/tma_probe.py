@@ -54,6 +54,7 @@ def t_us(fn) -> float | None:
 
 
 def main() -> None:
+    os.environ["QUANTC_BLOCK_WS"] = "0"  # scaled_mm here means the tiled / TMA Triton kernels, not the Gluon one
     gpu = torch.cuda.get_device_name()
     rows = []
     torch.manual_seed(0)

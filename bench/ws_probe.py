@@ -117,6 +117,7 @@ def launch_ws(a, weight, sa, weight_scale, bias, config, out, ws: bool = True):
 
 
 def main() -> None:
+    os.environ["QUANTC_BLOCK_WS"] = "0"  # scaled_mm here means the tiled / TMA Triton kernels, not the Gluon one
     gpu = torch.cuda.get_device_name()
     rows = []
     torch.manual_seed(0)
