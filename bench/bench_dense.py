@@ -189,8 +189,9 @@ def gpu_check(out: dict) -> None:
         res[f"tma/{wk}/vs_tiled"] = float((o.float() - tiled).norm() / tiled.norm())
     # the warp-specialized Gluon kernel (fp8 128-block from M = 128 on sm_90) against the tiled kernel
     # (QUANTC_BLOCK_WS=0) on the same operands: ragged M, a ragged last weight block (N = 576), a bias,
-    # both tiles of its rule (64 rows at M = 200, 128 split at M = 1500); the same sums, so difference 0
-    for M, N, bias in ((1500, 1000, False), (200, 576, True), (1500, 576, True)):
+    # both tiles of its rule (64 rows at M = 200, 128 split at M = 1500), the persistent loop over several
+    # tiles a program (M = 4000: 512 tiles); the same sums, so difference 0
+    for M, N, bias in ((1500, 1000, False), (200, 576, True), (1500, 576, True), (4000, 2048, True)):
         xx = torch.randn(M, 1024, device="cuda", dtype=BF)
         t_ = Q.quantize_weight(torch.randn(N, 1024, device="cuda") * 0.05, "fp8_block_128x128")
         xq, sx = act_quant.quantize_activation(xx, "fp8_dynamic_group_128")

@@ -2,12 +2,12 @@
 tiled Triton kernel and cuBLAS's blockwise ``torch._scaled_mm``, same pre-quantized operands, one run
 (GPU, CUDA graphs). Each Gluon config is first compared with the tiled kernel's output (the same
 per-step math: the difference is expected to be 0), then timed; the tiled kernel runs at a few tile
-configs and its best is kept; "runtime" is what the launcher runs (the Gluon kernel at ``tile_for``'s tile
-from ``BLOCK_WS_MIN_M`` rows, the tiled kernel below). Prints a row per (shape, M) and the geomean ratios of the issue floor
+configs and its best is kept; "runtime" is what the launcher runs (the Gluon kernel at ``tile_for``'s tile,
+persistent, from ``BLOCK_WS_MIN_M`` rows; the tiled kernel below). Prints a row per (shape, M) and the geomean ratios of the issue floor
 (cuBLAS blockwise time / ours) over M >= 1024 and M = 16..256.
 
     python bench/block_ws_probe.py   # env PROBE_MS (default 16,64,256,1024,4096,8192), PROBE_SHAPES ("NxK,..."),
-                                     # PROBE_GLUON ("BMxBNxSTAGES[s],...", s: split); writes $OUT/block_ws_probe_<gpu>.json
+                                     # PROBE_GLUON ("BMxBNxSTAGES[s][p],...", s: split, p: persistent); writes $OUT/block_ws_probe_<gpu>.json
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (7168, 2048)
 MS = [int(v) for v in os.environ.get("PROBE_MS", "16,64,256,1024,4096,8192").split(",")]
 if os.environ.get("PROBE_SHAPES"):
     SHAPES = [tuple(int(v) for v in s_.split("x")) for s_ in os.environ["PROBE_SHAPES"].split(",")]
-# (block_m, block_n, stages, split: one partition per 64-row warpgroup)
-GLUON = [(128, 128, 4, False), (128, 128, 5, False), (128, 128, 4, True), (128, 128, 5, True), (64, 128, 4, False),
-         (64, 128, 6, False)]
+# (block_m, block_n, stages, split: one partition per 64-row warpgroup, persistent: a program per SM)
+GLUON = [(128, 128, 4, True, False), (128, 128, 4, True, True), (128, 128, 5, True, True), (128, 128, 4, False, False),
+         (128, 128, 4, False, True), (64, 128, 4, False, False), (64, 128, 4, False, True)]
 if os.environ.get("PROBE_GLUON"):
-    GLUON = [(*(int(v) for v in c_.rstrip("s").split("x")), c_.endswith("s"))
+    GLUON = [(*(int(v) for v in c_.rstrip("sp").split("x")), "s" in c_, c_.endswith("p"))
              for c_ in os.environ["PROBE_GLUON"].split(",")]
 TILED = [C(64, 128, 128, 8, 4, 4), C(128, 128, 128, 8, 8, 4), C(64, 64, 128, 8, 4, 4), C(16, 64, 128, 8, 4, 4)]
 WK, AK = "fp8_block_128x128", "fp8_dynamic_group_128"
@@ -66,11 +66,13 @@ def main() -> None:
                     best = (us, f"{cfg.block_m}x{cfg.block_n}x{cfg.num_warps}w")
             row["tiled_us"], row["tiled_cfg"] = best if best else (None, None)
             best = None
-            for bm, bn, st, split in GLUON:
-                name = f"gluon_{bm}x{bn}x{st}{'s' if split else ''}"
+            sms = torch.cuda.get_device_properties(0).multi_processor_count
+            for bm, bn, st, split, pers in GLUON:
+                name = f"gluon_{bm}x{bn}x{st}{'s' if split else ''}{'p' if pers else ''}"
+                progs = sms if pers else None
                 out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
                 try:
-                    got = block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, out=out, split=split).float()
+                    got = block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, out=out, split=split, programs=progs).float()
                     torch.cuda.synchronize()
                 except Exception as e:  # noqa: BLE001 - a config that does not compile is reported
                     print("ERR", name, type(e).__name__, str(e)[:300], flush=True)
@@ -82,7 +84,7 @@ def main() -> None:
                     print("MISMATCH", name, diff, flush=True)
                     row[name] = None
                     continue
-                us = graph_us(lambda: block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, out=out, split=split))
+                us = graph_us(lambda: block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, out=out, split=split, programs=progs))
                 row[name] = us
                 if us and (best is None or us < best[0]):
                     best = (us, name)
@@ -90,9 +92,9 @@ def main() -> None:
             # what the runtime launches: the Gluon kernel at its tile rule from BLOCK_WS_MIN_M, else the
             # tiled kernel (its best config here; the runtime takes the kernel table's)
             if m >= BLOCK_WS_MIN_M:
-                bm, bn, st, split = tile_for(m, n, torch.cuda.get_device_properties(0).multi_processor_count)
-                row["runtime_us"] = row.get(f"gluon_{bm}x{bn}x{st}{'s' if split else ''}") or graph_us(
-                    lambda: block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, split=split))
+                bm, bn, st, split = tile_for(m, n, k, sms)
+                row["runtime_us"] = row.get(f"gluon_{bm}x{bn}x{st}{'s' if split else ''}p") or graph_us(
+                    lambda: block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, split=split, programs=sms))
             else:
                 row["runtime_us"] = row["tiled_us"]
             c = row["cublas_block_us"]

@@ -43,7 +43,8 @@ SCRIPT = textwrap.dedent("""
                 inflight = False
             elif inflight:
                 overlapped += 1
-        runs = re.findall(r"(?:QGMMA )+", " ".join(o if o == "QGMMA" else "X" for o in ops) + " ")
+        # QGMMAs between two waits (FMAs interleaved among them do not break a run)
+        runs = re.findall(r"(?:QGMMA )+", " ".join(o for o in ops if o != "FFMA") + " ")
         out.append({"qgmma": ops.count("QGMMA"), "waits": sum(o.startswith("WARPGROUP") for o in ops),
                     "ffma": ops.count("FFMA"), "overlapped_ffma": overlapped,
                     "runs": sorted({r.count("QGMMA") for r in runs}),
@@ -70,15 +71,17 @@ def test_kernel_compiles_for_hopper_with_overlapped_scaling(tmp_path):
         assert got["overlapped_ffma"] >= 64, (case, got)
 
 
-@pytest.mark.parametrize("m,n,sms,want", [
-    (4096, 4096, 132, (128, 128, 4, True)),   # 1024 tiles
-    (256, 6144, 132, (128, 128, 4, True)),    # 96 tiles of 128 rows: more than half the SMs
-    (256, 4096, 132, (64, 128, 4, False)),    # 64 tiles: 64-row tiles double the programs
-    (128, 2048, 132, (64, 128, 4, False)),
-    (256, 4096, 100, (128, 128, 4, True)),    # a GPU of fewer SMs
+@pytest.mark.parametrize("m,n,k,sms,want", [
+    (4096, 4096, 4096, 132, (128, 128, 4, True)),    # 1024 tiles
+    (256, 6144, 4096, 132, (128, 128, 4, True)),     # 96 tiles of 128 rows: more than half the SMs
+    (256, 4096, 4096, 132, (64, 128, 4, False)),     # 64 tiles: 64-row tiles double the programs
+    (128, 2048, 7168, 132, (64, 128, 4, False)),
+    (256, 4096, 4096, 100, (128, 128, 4, True)),     # a GPU of fewer SMs
+    (4096, 24576, 7168, 132, (128, 128, 4, False)),  # long K, wide: one 8-warp consumer partition
+    (4096, 2048, 7168, 132, (128, 128, 4, True)),    # long K, narrow: split
 ])
-def test_tile_rule(m, n, sms, want):
-    assert block_mm_ws.tile_for(m, n, sms) == want
+def test_tile_rule(m, n, k, sms, want):
+    assert block_mm_ws.tile_for(m, n, k, sms) == want
 
 
 @pytest.mark.parametrize("m,n,k,bn,ok", [

@@ -41,20 +41,37 @@ CONSUMER_REGS = gl.constexpr(232)  # the second consumer partition's, when SPLIT
 
 
 @gluon.jit
-def _producer(a_desc, b_desc, a_bufs, b_bufs, ready, empty, off_m, off_n, k_steps, NUM_STAGES: gl.constexpr):
-    for i in range(k_steps):
-        s = i % NUM_STAGES
-        # a fresh mbarrier counts as phase 1 complete, so the first lap does not wait
-        mbarrier.wait(empty.index(s), ((i // NUM_STAGES) & 1) ^ 1)
-        mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + b_desc.block_type.nbytes)
-        _tma_load(a_desc, [off_m, i * 128], ready.index(s), a_bufs.index(s))
-        _tma_load(b_desc, [off_n, i * 128], ready.index(s), b_bufs.index(s))
+def _tile_offsets(t, M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr):
+    """Output tile t -> (first row, first column): GROUP_M row tiles take each column tile in turn (L2
+    reuse of the weight tile), as ``common.grouped_tile``."""
+    width = GROUP_M * gl.cdiv(N, BLOCK_N)
+    first_m = (t // width) * GROUP_M
+    rows = gl.minimum(gl.cdiv(M, BLOCK_M) - first_m, GROUP_M)
+    return (first_m + (t % width) % rows) * BLOCK_M, ((t % width) // rows) * BLOCK_N
+
+
+@gluon.jit
+def _producer(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, first_tile, num_tiles, k_tiles,
+              GROUP_M: gl.constexpr, NUM_STAGES: gl.constexpr):
+    BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+    BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
+    g = 0  # steps loaded so far by this program, over all its tiles: the ring position
+    for t in range(first_tile, num_tiles, gl.num_programs(0)):
+        off_m, off_n = _tile_offsets(t, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        for i in range(k_tiles):
+            s = g % NUM_STAGES
+            # a fresh mbarrier counts as phase 1 complete, so the first lap does not wait
+            mbarrier.wait(empty.index(s), ((g // NUM_STAGES) & 1) ^ 1)
+            mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + b_desc.block_type.nbytes)
+            _tma_load(a_desc, [off_m, i * 128], ready.index(s), a_bufs.index(s))
+            _tma_load(b_desc, [off_n, i * 128], ready.index(s), b_bufs.index(s))
+            g += 1
 
 
 @gluon.jit
 def _issue(a_bufs, b_bufs, ready, i, part, ROW0: gl.constexpr, ROWS: gl.constexpr, NUM_STAGES: gl.constexpr):
-    """Wait for K step i's tiles and start the MMA of rows ROW0..ROW0+ROWS of the A tile into ``part``'s
-    registers (their old value unused)."""
+    """Wait for the tiles of ring position i (the program's i-th step) and start the MMA of rows
+    ROW0..ROW0+ROWS of the A tile into ``part``'s registers (their old value unused)."""
     s = i % NUM_STAGES
     mbarrier.wait(ready.index(s), (i // NUM_STAGES) & 1)
     return warpgroup_mma(a_bufs.index(s).slice(ROW0, ROWS), b_bufs.index(s).permute((1, 0)), part, use_acc=False,
@@ -71,7 +88,7 @@ def _step_scale(i, sa_ptr, sb_ptr, offs_m, mask_m, sb_row, stride_sam, stride_sa
 
 @gluon.jit
 def _finish(running, acc, empty, i, NUM_STAGES: gl.constexpr):
-    """Wait for K step i's MMA and give its shared-memory slot back to the producer. ``acc`` goes through
+    """Wait for ring position i's MMA and give its shared-memory slot back to the producer. ``acc`` goes through
     the wait as well, so the scaling issued before it stays before it (the FMAs overlap the MMA rather
     than being scheduled after the wait)."""
     part, acc = warpgroup_mma_wait(num_outstanding=0, deps=(running, acc))
@@ -80,11 +97,34 @@ def _finish(running, acc, empty, i, NUM_STAGES: gl.constexpr):
 
 
 @gluon.jit
-def _consume(a_bufs, b_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, off_m, off_n, k_tiles,
-             stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS: gl.constexpr, ROW0: gl.constexpr,
-             ROWS: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, layout: gl.constexpr):
-    """Rows ROW0..ROW0+ROWS of the output tile (one warpgroup per 64 rows; ``layout``: the wgmma
-    accumulator's, ``mma_layout``): the K loop, the bias and the TMA store."""
+def _consume(a_bufs, b_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, first_tile, num_tiles, k_tiles,
+             stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr,
+             BLOCK_M: gl.constexpr, ROW0: gl.constexpr, ROWS: gl.constexpr, BLOCK_N: gl.constexpr,
+             NUM_STAGES: gl.constexpr, layout: gl.constexpr):
+    """Rows ROW0..ROW0+ROWS of each of the program's output tiles (one warpgroup per 64 rows;
+    ``layout``: the wgmma accumulator's, ``mma_layout``): the K loop, the bias and the TMA store."""
+    c_smem = gl.allocate_shared_memory(gl.bfloat16, [ROWS, BLOCK_N], c_desc.layout)
+    base = 0  # the ring position of the tile's first step
+    for t in range(first_tile, num_tiles, gl.num_programs(0)):
+        off_m, off_n = _tile_offsets(t, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        acc = _tile_sum(a_bufs, b_bufs, ready, empty, sa_ptr, sb_ptr, M, off_m, off_n, k_tiles, base, stride_sam,
+                        stride_sak, stride_sbn, stride_sbk, ROW0, ROWS, BLOCK_N, NUM_STAGES, layout)
+        base += k_tiles
+        if HAS_BIAS:
+            offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
+            acc = acc + gl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(gl.float32)[None, :]
+        tma.store_wait(pendings=0)  # the previous tile's store has read c_smem
+        c_smem.store(acc.to(gl.bfloat16))
+        fence_async_shared()
+        _tma_store(c_desc, [off_m + ROW0, off_n], c_smem)  # clips rows / columns past M / N
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _tile_sum(a_bufs, b_bufs, ready, empty, sa_ptr, sb_ptr, M, off_m, off_n, k_tiles, base, stride_sam, stride_sak,
+              stride_sbn, stride_sbk, ROW0: gl.constexpr, ROWS: gl.constexpr, BLOCK_N: gl.constexpr,
+              NUM_STAGES: gl.constexpr, layout: gl.constexpr):
+    """One tile's scaled sum over K (fp32, ``layout``); its steps sit at ring positions base...""" 
     offs_m = off_m + ROW0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
     mask_m = offs_m < M
     sb_row = (off_n // 128) * stride_sbn
@@ -94,52 +134,47 @@ def _consume(a_bufs, b_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, 
     # between loop values would make ptxas serialize every wgmma of the kernel). part_x / part_y
     # alternate, the loop unrolled by two so each keeps its registers.
     scale_x = _step_scale(0, sa_ptr, sb_ptr, offs_m, mask_m, sb_row, stride_sam, stride_sak, stride_sbk)
-    part_x, acc = _finish(_issue(a_bufs, b_bufs, ready, 0, acc, ROW0, ROWS, NUM_STAGES), acc, empty, 0,
+    part_x, acc = _finish(_issue(a_bufs, b_bufs, ready, base, acc, ROW0, ROWS, NUM_STAGES), acc, empty, base,
                           NUM_STAGES)
     part_y = gl.zeros([ROWS, BLOCK_N], gl.float32, layout)
     for j in range(0, (k_tiles - 1) // 2):
         i = 2 * j + 1
-        running = _issue(a_bufs, b_bufs, ready, i, part_y, ROW0, ROWS, NUM_STAGES)
+        running = _issue(a_bufs, b_bufs, ready, base + i, part_y, ROW0, ROWS, NUM_STAGES)
         scale_y = _step_scale(i, sa_ptr, sb_ptr, offs_m, mask_m, sb_row, stride_sam, stride_sak, stride_sbk)
         acc = acc + part_x * scale_x[:, None]
-        part_y, acc = _finish(running, acc, empty, i, NUM_STAGES)
-        running = _issue(a_bufs, b_bufs, ready, i + 1, part_x, ROW0, ROWS, NUM_STAGES)
+        part_y, acc = _finish(running, acc, empty, base + i, NUM_STAGES)
+        running = _issue(a_bufs, b_bufs, ready, base + i + 1, part_x, ROW0, ROWS, NUM_STAGES)
         scale_x = _step_scale(i + 1, sa_ptr, sb_ptr, offs_m, mask_m, sb_row, stride_sam, stride_sak, stride_sbk)
         acc = acc + part_y * scale_y[:, None]
-        part_x, acc = _finish(running, acc, empty, i + 1, NUM_STAGES)
+        part_x, acc = _finish(running, acc, empty, base + i + 1, NUM_STAGES)
     last = k_tiles - 1
     if k_tiles % 2 == 0:
-        running = _issue(a_bufs, b_bufs, ready, last, part_y, ROW0, ROWS, NUM_STAGES)
+        running = _issue(a_bufs, b_bufs, ready, base + last, part_y, ROW0, ROWS, NUM_STAGES)
         scale_y = _step_scale(last, sa_ptr, sb_ptr, offs_m, mask_m, sb_row, stride_sam, stride_sak, stride_sbk)
         acc = acc + part_x * scale_x[:, None]
-        part_y, acc = _finish(running, acc, empty, last, NUM_STAGES)
+        part_y, acc = _finish(running, acc, empty, base + last, NUM_STAGES)
         acc = acc + part_y * scale_y[:, None]
     else:
         acc = acc + part_x * scale_x[:, None]
-    if HAS_BIAS:
-        offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
-        acc = acc + gl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(gl.float32)[None, :]
-    c_smem = gl.allocate_shared_memory(gl.bfloat16, [ROWS, BLOCK_N], c_desc.layout)
-    c_smem.store(acc.to(gl.bfloat16))
-    fence_async_shared()
-    _tma_store(c_desc, [off_m + ROW0, off_n], c_smem)  # clips rows / columns past M / N
-    tma.store_wait(pendings=0)
+    return acc
 
 
 @gluon.jit
-def _producer_part(a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, sa_ptr, sb_ptr, bias_ptr, M, N, off_m,
-                   off_n, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS: gl.constexpr,
-                   BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, UPPER_LAYOUT: gl.constexpr):
-    _producer(a_desc, b_desc, a_bufs, b_bufs, ready, empty, off_m, off_n, k_tiles, NUM_STAGES)
+def _producer_part(a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, sa_ptr, sb_ptr, bias_ptr, M, N, first_tile,
+                   num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS: gl.constexpr,
+                   GROUP_M: gl.constexpr, NUM_STAGES: gl.constexpr, UPPER_LAYOUT: gl.constexpr):
+    _producer(a_desc, b_desc, a_bufs, b_bufs, ready, empty, M, N, first_tile, num_tiles, k_tiles, GROUP_M,
+              NUM_STAGES)
 
 
 @gluon.jit
-def _upper_part(a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, sa_ptr, sb_ptr, bias_ptr, M, N, off_m,
-                off_n, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS: gl.constexpr,
-                BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, UPPER_LAYOUT: gl.constexpr):
-    """Rows 64..127 of a 128-row tile, in a warpgroup of their own (SPLIT)."""
-    _consume(a_bufs, b_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, off_m, off_n, k_tiles,
-             stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS, 64, 64, BLOCK_N, NUM_STAGES, UPPER_LAYOUT)
+def _upper_part(a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, sa_ptr, sb_ptr, bias_ptr, M, N, first_tile,
+                num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS: gl.constexpr,
+                GROUP_M: gl.constexpr, NUM_STAGES: gl.constexpr, UPPER_LAYOUT: gl.constexpr):
+    """Rows 64..127 of each 128-row tile, in a warpgroup of their own (SPLIT)."""
+    _consume(a_bufs, b_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, first_tile, num_tiles, k_tiles,
+             stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS, GROUP_M, 128, 64, 64,
+             b_desc.block_type.shape[0], NUM_STAGES, UPPER_LAYOUT)
 
 
 @gluon.jit
@@ -148,16 +183,13 @@ def _block_mm_ws_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, 
                         HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, NUM_STAGES: gl.constexpr,
                         SPLIT: gl.constexpr, LAYOUT: gl.constexpr, UPPER_LAYOUT: gl.constexpr,
                         num_warps: gl.constexpr):
+    """Program p computes output tiles p, p + P, p + 2P, ... (P programs): one tile each when the grid
+    covers the tiles, a persistent loop when it is capped (the producer then loads the next tile's
+    first steps while the consumers finish and store the current one)."""
     BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
-    # GROUP_M row tiles take each column tile in turn (L2 reuse of the weight tile), as grouped_tile
-    t = gl.program_id(0)
-    num_pid_m = gl.cdiv(M, BLOCK_M)
-    width = GROUP_M * gl.cdiv(N, BLOCK_N)
-    first_m = (t // width) * GROUP_M
-    rows = gl.minimum(num_pid_m - first_m, GROUP_M)
-    off_m = (first_m + (t % width) % rows) * BLOCK_M
-    off_n = ((t % width) // rows) * BLOCK_N
+    num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
+    first_tile = gl.program_id(0)
     k_tiles = gl.cdiv(K, 128)
 
     a_bufs = gl.allocate_shared_memory(a_desc.dtype, [NUM_STAGES] + a_desc.block_type.shape, a_desc.layout)
@@ -172,23 +204,24 @@ def _block_mm_ws_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, 
         # one partition per 64-row warpgroup: each waits only on its own MMAs and barriers, so one's
         # scaling can run while the other's MMAs hold the tensor cores
         gl.warp_specialize([
-            (_consume, (a_bufs, b_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, off_m, off_n, k_tiles,
-                        stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS, 0, 64, BLOCK_N, NUM_STAGES, LAYOUT)),
+            (_consume, (a_bufs, b_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, first_tile, num_tiles,
+                        k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS, GROUP_M, BLOCK_M, 0, 64,
+                        BLOCK_N, NUM_STAGES, LAYOUT)),
             (_producer_part, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, sa_ptr, sb_ptr, bias_ptr, M, N,
-                              off_m, off_n, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS, BLOCK_N,
-                              NUM_STAGES, UPPER_LAYOUT)),
+                              first_tile, num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk,
+                              HAS_BIAS, GROUP_M, NUM_STAGES, UPPER_LAYOUT)),
             (_upper_part, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, sa_ptr, sb_ptr, bias_ptr, M, N,
-                           off_m, off_n, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS, BLOCK_N,
-                           NUM_STAGES, UPPER_LAYOUT)),
+                           first_tile, num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk,
+                           HAS_BIAS, GROUP_M, NUM_STAGES, UPPER_LAYOUT)),
         ], [1, 4], [PRODUCER_REGS, CONSUMER_REGS])
     else:
         gl.warp_specialize([
-            (_consume, (a_bufs, b_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, off_m, off_n, k_tiles,
-                        stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS, 0, BLOCK_M, BLOCK_N, NUM_STAGES,
-                        LAYOUT)),
+            (_consume, (a_bufs, b_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, first_tile, num_tiles,
+                        k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS, GROUP_M, BLOCK_M, 0,
+                        BLOCK_M, BLOCK_N, NUM_STAGES, LAYOUT)),
             (_producer_part, (a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, sa_ptr, sb_ptr, bias_ptr, M, N,
-                              off_m, off_n, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS, BLOCK_N,
-                              NUM_STAGES, UPPER_LAYOUT)),
+                              first_tile, num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk,
+                              HAS_BIAS, GROUP_M, NUM_STAGES, UPPER_LAYOUT)),
         ], [1], [PRODUCER_REGS])
 
 
@@ -220,15 +253,18 @@ def supports(m: int, n: int, k: int, block_n: int) -> bool:
     return m > 0 and k % 16 == 0 and n % 8 == 0 and 128 % block_n == 0
 
 
-def tile_for(m: int, n: int, sms: int) -> tuple[int, int, int, bool]:
-    """(block_m, block_n, stages, split) for an (M, N) output on a GPU of ``sms`` SMs. 128 x 128 tiles, one
-    partition per 64-row warpgroup, four stages; where those would fill at most half the SMs, 64-row
-    tiles (twice the programs) instead. From ``bench/block_ws_probe.py`` (H200, 7 shapes x M = 16..8192,
-    bench/results/block_ws_probe_h200.json): the split 128 x 128 tile won every row from M = 1024, and at
-    M = 256 the 64-row tile won exactly the shapes with at most 64 tiles of 128 rows."""
+def tile_for(m: int, n: int, k: int, sms: int) -> tuple[int, int, int, bool]:
+    """(block_m, block_n, stages, split) for an (M, N, K) GEMM on a GPU of ``sms`` SMs; the launcher runs
+    it persistent, one program per SM. 128 x 128 tiles with four stages; where those would fill at most
+    half the SMs, 64-row tiles (twice the programs) instead. Split (one partition per 64-row warpgroup)
+    except for the long-K, wide shapes (K >= 7168 and N >= 4096), where one 8-warp partition ran faster.
+    From ``bench/block_ws_probe.py`` on the H100, 7 shapes x M = 256..8192
+    (bench/results/block_ws_probe_h100_persistent.json): the persistent loop won or tied every row, the
+    split tile won 16 of the 21 rows at M >= 1024 and the unsplit one the long-K wide ones; at M = 256 the
+    64-row tile won exactly the shapes with at most 64 tiles of 128 rows."""
     if triton.cdiv(m, 128) * triton.cdiv(n, 128) <= sms // 2:
         return 64, 128, 4, False
-    return 128, 128, 4, True
+    return 128, 128, 4, not (k >= 7168 and n >= 4096)
 
 
 def compile_for_hopper(block_m: int, block_n: int, num_stages: int, split: bool, has_bias: bool = False):
@@ -254,9 +290,10 @@ def compile_for_hopper(block_m: int, block_n: int, num_stages: int, split: bool,
 
 def block_mm_ws(a: torch.Tensor, weight: torch.Tensor, a_scale: torch.Tensor, weight_scale: torch.Tensor,
                 bias: torch.Tensor | None, block_m: int, block_n: int, num_stages: int, group_m: int = 8,
-                out: torch.Tensor | None = None, split: bool = False) -> torch.Tensor:
+                out: torch.Tensor | None = None, split: bool = False, programs: int | None = None) -> torch.Tensor:
     """(M, N) bf16 = (a x a_scale) @ (weight x weight_scale).T; block_m 64 or 128 (one consumer warpgroup
-    per 64 rows; ``split`` puts the two of a 128-row tile in partitions of their own), block_n <= 128."""
+    per 64 rows; ``split`` puts the two of a 128-row tile in partitions of their own), block_n <= 128;
+    ``programs`` caps the grid (a persistent loop over the tiles; None: a program per tile)."""
     m, k = a.shape
     n = weight.shape[0]
     if out is None:
@@ -267,7 +304,8 @@ def block_mm_ws(a: torch.Tensor, weight: torch.Tensor, a_scale: torch.Tensor, we
     b_desc = TensorDescriptor.from_tensor(weight, [block_n, BLOCK_K], lb)
     c_desc = TensorDescriptor.from_tensor(out, [64 if split else block_m, block_n], lc)
     num_warps = 4 if split else block_m // 16
-    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
+    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+    grid = (min(tiles, programs) if programs else tiles,)
     _block_mm_ws_kernel[grid](
         a_desc, b_desc, c_desc, a_scale, weight_scale, bias if bias is not None else out, m, n, k,
         a_scale.stride(0), a_scale.stride(1), weight_scale.stride(0), weight_scale.stride(1),

@@ -375,11 +375,13 @@ def _block_ws(a, weight, sa, weight_scale, bias, out):
         return None
     m, k = a.shape
     n = weight.shape[0]
-    bm, bn, stages, split = block_mm_ws.tile_for(m, n, _sm_count(a.device))
+    sms = _sm_count(a.device)
+    bm, bn, stages, split = block_mm_ws.tile_for(m, n, k, sms)
     if not (block_mm_ws.supports(m, n, k, bn) and a.is_contiguous() and weight.is_contiguous()
             and all(t.data_ptr() % 16 == 0 for t in (a, weight, out))):  # TMA: 16-byte aligned bases
         return None
-    return block_mm_ws.block_mm_ws(a, weight, sa, weight_scale, bias, bm, bn, stages, out=out, split=split)
+    return block_mm_ws.block_mm_ws(a, weight, sa, weight_scale, bias, bm, bn, stages, out=out, split=split,
+                                   programs=sms)
 
 
 _SMS: dict = {}
