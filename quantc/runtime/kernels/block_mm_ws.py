@@ -15,6 +15,8 @@ Here the K loop is split across warps and across time:
   MMA runs. Two partial buffers alternate (the loop is unrolled by two so they keep their registers);
   the running sum is the third. 3 x 64 fp32 registers a thread at a 128 x 128 tile, which the
   producer's register donation (``setmaxnreg``: 40 for the producer, the rest to the consumers) pays for.
+- persistent: with the grid capped at the SM count a program walks several output tiles, and the
+  producer loads the next tile's first steps while the consumers store the current one.
 
 Gluon kernels cannot run under ``TRITON_INTERPRET``: CI compiles this one for sm_90 offline and checks
 its PTX (async wgmma, a wait that leaves one group in flight, register reallocation), and the GPU
