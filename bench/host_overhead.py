@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -82,6 +83,15 @@ def main() -> None:
             xq, sx = quantize_activation(x, ak)
             rows[f"{kernel}: GEMM launch alone"] = per_call_us(
                 lambda: scaled_mm(xq, blist[0], blist[1], wk, ak, cfg, x_scale=sx))
+    # the fp8 128-block GEMM at 256 rows: the Gluon kernel (three TMA descriptors a call) and the tiled one
+    t = Q.quantize_weight(w, "fp8_block_128x128")
+    xq, sx = quantize_activation(torch.randn(256, k, device=DEVICE, dtype=torch.bfloat16), "fp8_dynamic_group_128")
+    for label, ws_on in (("Gluon", "1"), ("tiled", "0")):
+        os.environ["QUANTC_BLOCK_WS"] = ws_on
+        rows[f"fp8_block_gemm: GEMM launch alone, 256 rows, {label}"] = per_call_us(lambda: scaled_mm(
+            xq, t["weight"], t["weight_scale_inv"], "fp8_block_128x128", "fp8_dynamic_group_128",
+            KernelConfig(64, 64, 128, 8, 4, 3), x_scale=sx))
+    del os.environ["QUANTC_BLOCK_WS"]
     rows["torch.empty (1, n)"] = per_call_us(lambda: torch.empty((1, n), device=DEVICE, dtype=torch.bfloat16))
     for name, us in rows.items():
         print(f"{us:8.1f} us  {name}", flush=True)

@@ -25,6 +25,8 @@ check in ``bench/block_ws_probe.py`` compares it with the tiled kernel bit for b
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 from triton.experimental import gluon
@@ -32,6 +34,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from .common import _arg_key, current_stream, fast_launch_on
 
 # triton 3.6 names the TMA copies async_copy_global_to_shared / async_copy_shared_to_global; later
 # releases renamed them async_load / async_store
@@ -227,12 +231,14 @@ def _block_mm_ws_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, 
         ], [1], [PRODUCER_REGS])
 
 
+@functools.cache
 def mma_layout(warps: int, block_n: int):
     """The wgmma accumulator layout of ``warps`` warps (stacked along M, 16 rows each): 16 x block_n x 32
     fp8 instructions."""
     return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps, 1], instr_shape=[16, block_n, 32])
 
 
+@functools.cache  # get_default_for costs ~50 us of host time a call: once per tile
 def smem_layouts(block_m: int, block_n: int, split: bool = False):
     """(A tile, B tile, C tile) shared layouts: 128-byte swizzle for the fp8 K-major operand tiles; the C
     tile is per consumer partition (64 rows when SPLIT)."""
@@ -264,7 +270,7 @@ def tile_for(m: int, n: int, k: int, sms: int) -> tuple[int, int, int, bool]:
     (bench/results/block_ws_probe_h100_persistent.json): the persistent loop won or tied every row, the
     split tile won 16 of the 21 rows at M >= 1024 and the unsplit one the long-K wide ones; at M = 256 the
     64-row tile won exactly the shapes with at most 64 tiles of 128 rows."""
-    if triton.cdiv(m, 128) * triton.cdiv(n, 128) <= sms // 2:
+    if -(-m // 128) * -(-n // 128) <= sms // 2:
         return 64, 128, 4, False
     return 128, 128, 4, not (k >= 7168 and n >= 4096)
 
@@ -308,11 +314,32 @@ def block_mm_ws(a: torch.Tensor, weight: torch.Tensor, a_scale: torch.Tensor, we
     num_warps = 4 if split else block_m // 16
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     grid = (min(tiles, programs) if programs else tiles,)
-    _block_mm_ws_kernel[grid](
-        a_desc, b_desc, c_desc, a_scale, weight_scale, bias if bias is not None else out, m, n, k,
-        a_scale.stride(0), a_scale.stride(1), weight_scale.stride(0), weight_scale.stride(1),
-        HAS_BIAS=bias is not None, GROUP_M=group_m, NUM_STAGES=num_stages, SPLIT=split,
-        LAYOUT=mma_layout(num_warps, block_n), UPPER_LAYOUT=mma_layout(4, block_n), num_warps=num_warps,
-        maxnreg=max_registers(block_m),
-    )
+    args = (a_desc, b_desc, c_desc, a_scale, weight_scale, bias if bias is not None else out, m, n, k,
+            a_scale.stride(0), a_scale.stride(1), weight_scale.stride(0), weight_scale.stride(1))
+    consts = dict(HAS_BIAS=bias is not None, GROUP_M=group_m, NUM_STAGES=num_stages, SPLIT=split,
+                  LAYOUT=mma_layout(num_warps, block_n), UPPER_LAYOUT=mma_layout(4, block_n), num_warps=num_warps)
+    _launch(grid, args, consts, (block_m, block_n, split), max_registers(block_m))
     return out
+
+
+_COMPILED: dict = {}
+
+
+def _launch(grid, args, consts, tile, maxnreg):
+    """``_block_mm_ws_kernel[grid](...)``, or, once that specialization has compiled, a direct call of the
+    compiled kernel (``common.launch``'s fast path: Triton's per-call binding costs tens of us of host
+    time, which eager prefill pays per linear). The descriptors' types follow from ``tile``; the other
+    arguments key the specialization as in ``common``. QUANTC_FAST_LAUNCH=0 takes Triton's path."""
+    if not fast_launch_on():
+        _block_mm_ws_kernel[grid](*args, **consts, maxnreg=maxnreg)
+        return
+    key = (tile, tuple(map(_arg_key, args[3:])), tuple((n_, v) for n_, v in consts.items()
+                                                      if n_ not in ("LAYOUT", "UPPER_LAYOUT")))
+    hit = _COMPILED.get(key)
+    if hit is None:
+        compiled = _block_mm_ws_kernel[grid](*args, **consts, maxnreg=maxnreg)
+        _COMPILED[key] = (compiled, tuple(consts[n_] for n_ in _block_mm_ws_kernel.arg_names[len(args):]))
+        return
+    compiled, const_vals = hit
+    compiled.run(grid[0], 1, 1, current_stream(args[3].device), compiled.function, compiled.packed_metadata,
+                 None, None, None, *args, *const_vals)
