@@ -7,7 +7,8 @@ persistent, from ``BLOCK_WS_MIN_M`` rows; the tiled kernel below). Prints a row 
 (cuBLAS blockwise time / ours) over M >= 1024 and M = 16..256.
 
     python bench/block_ws_probe.py   # env PROBE_MS (default 16,64,256,1024,4096,8192), PROBE_SHAPES ("NxK,..."),
-                                     # PROBE_GLUON ("BMxBNxSTAGES[s][p],...", s: split, p: persistent); writes $OUT/block_ws_probe_<gpu>.json
+                                     # PROBE_GLUON ("BMxBNxSTAGES[s][p],...", s: split, p: persistent),
+                                     # PROBE_GEMLITE=0 (no GemLite columns); writes $OUT/block_ws_probe_<gpu>.json
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import peers_gemlite as gemlite  # noqa: E402
 from bench.timing import geomean, gpu_slug, graph_us  # noqa: E402
 from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime import quantize as Q  # noqa: E402
@@ -39,7 +41,11 @@ if os.environ.get("PROBE_GLUON"):
     GLUON = [(*(int(v) for v in c_.rstrip("sp").split("x")), "s" in c_, c_.endswith("p"))
              for c_ in os.environ["PROBE_GLUON"].split(",")]
 TILED = [C(64, 128, 128, 8, 4, 4), C(128, 128, 128, 8, 8, 4), C(64, 64, 128, 8, 4, 4), C(16, 64, 128, 8, 4, 4)]
+# at M <= 64 also split-K tiles (the weight stream needs more programs than N / BLOCK_N on 4096-wide shapes)
+TILED_SMALL_M = [C(16, 64, 128, 8, 4, 4, 2), C(16, 64, 128, 8, 4, 4, 4), C(16, 32, 128, 8, 4, 5, 4),
+                 C(16, 128, 128, 8, 4, 4, 4), C(16, 32, 128, 8, 4, 5, 8)]
 WK, AK = "fp8_block_128x128", "fp8_dynamic_group_128"
+USE_GEMLITE = os.environ.get("PROBE_GEMLITE", "1") == "1"  # GemLite's block-quant A8W8 columns (bench/peers_gemlite.py)
 
 
 def main() -> None:
@@ -51,6 +57,9 @@ def main() -> None:
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
         t = Q.quantize_weight(w, WK)
         wq, ws_ = t["weight"], t["weight_scale_inv"].float()
+        peer = gemlite.build(WK, wq, ws_) if USE_GEMLITE else None
+        if peer is not None and peer.error:
+            print("GemLite:", peer.error, flush=True)
         for m in MS:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             xg, sg = quantize_activation(x, AK)
@@ -58,12 +67,14 @@ def main() -> None:
             row["cublas_block_us"] = graph_us(lambda: torch._scaled_mm(
                 xg, wq.t(), scale_a=sg.t().contiguous().t(), scale_b=ws_.t(), out_dtype=torch.bfloat16))
             want = scaled_mm(xg, wq, ws_, WK, AK, TILED[1], x_scale=sg, tma=False).float()
-            best = None
-            for cfg in TILED:
+            best, best_cfg = None, TILED[0]
+            for cfg in TILED + (TILED_SMALL_M if m <= 64 else []):
+                name = f"{cfg.block_m}x{cfg.block_n}x{cfg.num_warps}w{cfg.num_stages}s" + (
+                    f"_split{cfg.split_k}" if cfg.split_k > 1 else "")
                 us = graph_us(lambda: scaled_mm(xg, wq, ws_, WK, AK, cfg, x_scale=sg, tma=False))
-                row[f"tiled_{cfg.block_m}x{cfg.block_n}x{cfg.num_warps}w"] = us
+                row[f"tiled_{name}"] = us
                 if us and (best is None or us < best[0]):
-                    best = (us, f"{cfg.block_m}x{cfg.block_n}x{cfg.num_warps}w")
+                    best, best_cfg = (us, name), cfg
             row["tiled_us"], row["tiled_cfg"] = best if best else (None, None)
             best = None
             sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -97,6 +108,25 @@ def main() -> None:
                     lambda: block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, split=split, programs=sms))
             else:
                 row["runtime_us"] = row["tiled_us"]
+            if peer is not None and not peer.error:
+                # GemLite's block-quant A8W8 kernel on the same operands, and its module (its own quantizer)
+                # against ours (bf16 in: quantizer + the runtime's GEMM)
+                try:
+                    err = gemlite.rel_err(peer.kernel(xg, sg), want)
+                except Exception as e:  # noqa: BLE001 - a peer that fails is reported, not fatal
+                    err = f"{type(e).__name__}: {str(e)[:120]}"
+                row["gemlite_kernel_rel_err"] = err
+                if isinstance(err, float) and err < 2e-2:
+                    row["gemlite_kernel_us"] = graph_us(lambda: peer.kernel(xg, sg))
+                    row["gemlite_module_us"] = graph_us(lambda: peer.module(x))
+                    del os.environ["QUANTC_BLOCK_WS"]
+                    # below BLOCK_WS_MIN_M the tiled kernel at its best config here (the runtime: the table's)
+                    row["ours_module_us"] = graph_us(lambda: scaled_mm(x, wq, ws_, WK, AK, best_cfg))
+                    os.environ["QUANTC_BLOCK_WS"] = "0"
+                    if row["gemlite_kernel_us"] and row["runtime_us"]:
+                        row["runtime_vs_gemlite"] = row["gemlite_kernel_us"] / row["runtime_us"]
+                    if row["gemlite_module_us"] and row["ours_module_us"]:
+                        row["module_vs_gemlite"] = row["gemlite_module_us"] / row["ours_module_us"]
             c = row["cublas_block_us"]
             for p in ("tiled", "gluon", "runtime"):
                 row[f"{p}_vs_cublas"] = c / row[f"{p}_us"] if c and row[f"{p}_us"] else None
@@ -106,6 +136,11 @@ def main() -> None:
     for p in ("tiled", "gluon", "runtime"):
         summary[f"{p}_vs_cublas_M>=1024"] = geomean([r[f"{p}_vs_cublas"] for r in rows if r["M"] >= 1024])
         summary[f"{p}_vs_cublas_M16..256"] = geomean([r[f"{p}_vs_cublas"] for r in rows if 16 <= r["M"] <= 256])
+    for p in ("runtime", "module"):
+        vals = [r.get(f"{p}_vs_gemlite") for r in rows]
+        summary[f"{p}_vs_gemlite_every_M"] = geomean(vals)
+        summary[f"{p}_vs_gemlite_worst"] = min((v for v in vals if v), default=None)
+        summary[f"{p}_vs_gemlite_rows_lost"] = sum(1 for v in vals if v and v < 1)
     print("summary", json.dumps(summary), flush=True)
     Path(OUT, f"block_ws_probe_{gpu_slug(gpu)}.json").write_text(json.dumps(
         {"device": gpu, "triton": __import__("triton").__version__, "rows": rows, "summary": summary}, indent=1))

@@ -6,6 +6,7 @@ Formats GemLite shares with quantc (issues 11 and 12):
 | ------------------ | ------------------------------------- | --------------------------------------- |
 | fp8_per_channel    | ``A8W8_fp8_dynamic().from_weights``   | per-token fp8 activations, fp32 scales  |
 | int8_per_channel   | ``A8W8_int8_dynamic().from_weights``  | per-token int8 activations, fp32 scales |
+| fp8_block_128x128  | ``A8W8_fp8_dynamic(block_quant=True)``| 1x128 fp8 activations, 128x128 weights  |
 | int4_group_128     | ``A16W4_HQQ_INT().from_weights``      | bf16 x, w = (code - 8) * s, 1x128 groups|
 
 The 8-bit layers are built from quantc's own quantized weight and (N, 1) scale, so both sides read the
@@ -31,7 +32,7 @@ from typing import Any, Callable
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CARRIED = os.path.join(ROOT, ".whl", "gemlite_src")
-FORMATS = ("fp8_per_channel", "int8_per_channel", "int4_group_128")
+FORMATS = ("fp8_per_channel", "int8_per_channel", "int4_group_128", "fp8_block_128x128")
 GROUP = 128  # int4 group size
 
 _loaded: dict[str, Any] = {}  # "mod" -> the gemlite module, or "error" -> why it is unavailable
@@ -101,6 +102,9 @@ def build(fmt: str, weight=None, scale=None, *, n: int | None = None, k: int | N
 
     - ``fp8_per_channel`` / ``int8_per_channel``: ``weight`` (N, K) fp8 e4m3 / int8 and ``scale``
       ((N,) or (N, 1) fp32), i.e. quantc's ``quantize_weight`` output.
+    - ``fp8_block_128x128``: ``weight`` (N, K) fp8 e4m3 and ``scale`` (ceil(N/128), ceil(K/128)) fp32
+      (quantc's ``weight_scale_inv``); the kernel floor takes (M, K) fp8 activations with (M, K/128)
+      fp32 scales, the layout of both quantc's and GemLite's per-block activation quantizers.
     - ``int4_group_128``: ``weight`` (N, K) uint8 codes 0..15 and ``scale`` (N, K/128) (bf16 or
       fp32); zero point 8. With ``weight=None`` and ``n``, ``k``: random valid codes and scales on
       the GPU (timing does not depend on the values).
@@ -131,6 +135,10 @@ def _build(mod, fmt: str, weight, scale, n: int, k: int) -> Peer:
         zeros = torch.full((n, k // GROUP), 8.0, device=dev, dtype=bf)
         layer = helper.A16W4_HQQ_INT(device=dev, dtype=bf).from_weights(weight, scale.to(bf), zeros)
         return Peer(fmt, n, k, module=layer)
+    if fmt == "fp8_block_128x128":
+        layer = helper.A8W8_fp8_dynamic(device=dev, dtype=bf, block_quant=True).from_weights(
+            weight, scales=scale.float())
+        return Peer(fmt, n, k, module=layer, kernel=_kernel_floor(mod, layer))
     maker = helper.A8W8_fp8_dynamic if fmt == "fp8_per_channel" else helper.A8W8_int8_dynamic
     layer = maker(device=dev, dtype=bf).from_weights(weight, scales=scale.reshape(n, 1).float())
     return Peer(fmt, n, k, module=layer, kernel=_kernel_floor(mod, layer))

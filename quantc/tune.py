@@ -257,6 +257,15 @@ MIDM_RANGE = (17, 256)
 SMALLM_SEEDS = (KernelConfig(16, 32, 512, 8, 4, 5, 1), KernelConfig(16, 64, 512, 8, 4, 5, 1),
                 KernelConfig(16, 32, 512, 8, 4, 4, 2), KernelConfig(16, 64, 256, 8, 4, 5, 1))
 SMALLM_RANGE = (GEMV_MAX_M + 1, 16)
+# fp8 128-block GEMMs of 5-64 rows (the tiled kernel: the Gluon one takes 128 rows and up): split-K tiles,
+# which no tuned row had. bench/block_ws_probe.py on the H100 (block_ws_probe_h100_gemlite_smallm.json)
+# ran (4096, 14336) at M = 16 in 26.9 us with 16 x 32 x 128, split 4, against 40.3 for 64 x 64 (GemLite
+# 24.6), and (2048, 7168) in 8.8 against 14.6.
+BLOCK_SMALLM_KERNELS = ("fp8_block_gemm",)
+BLOCK_SMALLM_SEEDS = (KernelConfig(16, 64, 128, 8, 4, 4, 4), KernelConfig(16, 32, 128, 8, 4, 5, 4),
+                      KernelConfig(16, 128, 128, 8, 4, 4, 4), KernelConfig(16, 32, 128, 8, 4, 5, 8),
+                      KernelConfig(16, 64, 128, 8, 4, 4, 2))
+BLOCK_SMALLM_RANGE = (GEMV_MAX_M + 1, 64)
 
 
 def _gemv_job(job: TuneJob) -> bool:
@@ -419,7 +428,8 @@ def seeded_space(job: TuneJob, gpu: Gpu, tables: list[dict] | None = None,
                  default: KernelConfig | None = None) -> list[KernelConfig]:
     """Candidates transferred from tuned tables (the module doc has the rule): ``default`` first, then
     (MoE jobs with at least MOE_LARGE_ROWS rows an expert) ``MOE_LARGE_SEEDS``, (decode jobs) ``GEMV_SEEDS``,
-    (raw-sum W8A8 jobs of 5-16 / 17-256 rows) ``SMALLM_SEEDS`` / ``MIDM_SEEDS``, then the feasible winners
+    (raw-sum W8A8 jobs of 5-16 / 17-256 rows) ``SMALLM_SEEDS`` / ``MIDM_SEEDS``, (fp8 128-block jobs of 5-64
+    rows) ``BLOCK_SMALLM_SEEDS``, then the feasible winners
     of ``job.kernel`` in ``tables`` (parsed kernel tables; default: the shipped ones,
     ``shipped_tables``), closest first, without duplicates, at most ``SEEDED_MAX`` in all."""
     tables = shipped_tables(gpu) if tables is None else tables
@@ -436,6 +446,8 @@ def seeded_space(job: TuneJob, gpu: Gpu, tables: list[dict] | None = None,
         for (lo, hi), deep_k in ((SMALLM_RANGE, SMALLM_SEEDS), (MIDM_RANGE, MIDM_SEEDS)):
             if lo <= job.m <= hi:
                 out += [c for c in deep_k if _dense_ok(job, gpu, c) and c not in out]
+    if job.kernel in BLOCK_SMALLM_KERNELS and BLOCK_SMALLM_RANGE[0] <= job.m <= BLOCK_SMALLM_RANGE[1]:
+        out += [c for c in BLOCK_SMALLM_SEEDS if _dense_ok(job, gpu, c) and c not in out]
     for _, cfg in seeds:
         if len(out) >= SEEDED_MAX:
             break

@@ -127,7 +127,8 @@ def test_infeasible_seeds_are_pruned_like_the_full_space():
     blk = ("fp8_block_128x128", "fp8_dynamic_group_128")
     odd = [dataclasses.replace(ok, block_k=bk) for bk in (64, 96, 128)]
     table = _table(*(_row(c, kernel="fp8_block_gemm") for c in odd))
-    assert seeded_space(_job(kernel="fp8_block_gemm", keys=blk), H100, [table]) == [odd[0], odd[2]]
+    # (128 rows: above BLOCK_SMALLM_RANGE, so only the table's rows are seeds)
+    assert seeded_space(_job(kernel="fp8_block_gemm", keys=blk, m_max=256, m=128), H100, [table]) == [odd[0], odd[2]]
     # shared memory: a tile that fits an H100 does not fit a GPU of 64 KB
     big = KernelConfig(64, 128, 128, 8, 8, 4)
     tight = dataclasses.replace(H100, smem_bytes=64 * 1024)
@@ -351,3 +352,20 @@ def test_midm_small_jobs_of_5_to_16_rows_measure_the_16_row_deep_k_seeds():
     assert not set(MIDM_SEEDS) & set(m16)
     block = _job(m_max=16, kernel="fp8_block_gemm", keys=("fp8_block_128x128", "fp8_dynamic_group_128"))
     assert not set(SMALLM_SEEDS) & set(seeded_space(block, H100, [], DEFAULT))
+
+
+def test_fp8_block_jobs_of_5_to_64_rows_measure_the_split_k_seeds():
+    from quantc.tune import BLOCK_SMALLM_SEEDS
+
+    keys = ("fp8_block_128x128", "fp8_dynamic_group_128")
+    m16 = seeded_space(_job(n=4096, k=14336, m_max=16, kernel="fp8_block_gemm", keys=keys), H100, [], DEFAULT)
+    assert m16 == [DEFAULT, *BLOCK_SMALLM_SEEDS]
+    m64 = seeded_space(_job(n=4096, k=14336, kernel="fp8_block_gemm", keys=keys), H100, [], DEFAULT)
+    assert m64 == [DEFAULT, *BLOCK_SMALLM_SEEDS]
+    # 128 rows and up (the Gluon kernel's) and the rowwise kernel do not get them; nor a K too short to split
+    for job in (_job(n=4096, k=14336, m_max=256, m=128, kernel="fp8_block_gemm", keys=keys),
+                _job(n=4096, k=14336, m_max=16)):
+        assert not set(BLOCK_SMALLM_SEEDS) & set(seeded_space(job, H100, [], DEFAULT)), job
+    short = seeded_space(_job(n=4096, k=256, m_max=16, kernel="fp8_block_gemm", keys=keys), H100, [], DEFAULT)
+    # K = 256: two 128-wide steps, so only the split of 2 remains (a slice holds at least one K step)
+    assert short == [DEFAULT, KernelConfig(16, 64, 128, 8, 4, 4, 2)]
