@@ -14,6 +14,9 @@ fp8_weight_only_gemm       bf16                e4m3 tensor|channel|block   epilo
 int8_weight_only_gemm      bf16                int8 channel                epilogue
 =========================  ==================  ==========================  =====================
 
+On sm_90, fp8_block_gemm calls of 128 rows and more run ``block_mm_ws`` instead: a warp-specialized Gluon
+kernel with the same per-step math (bit-identical), whose scaling overlaps the next step's MMA.
+
 Per-group scales are applied to each K step's partial product in fp32 (``acc += dot * sa * sb``), so
 BLOCK_K must divide the group (block_k is capped at the group by the launcher). mxfp8 on sm_90 runs as
 fp8 MMAs over 32-wide K steps with the e8m0 scales applied in fp32: Hopper has no block-scaled MMA.
