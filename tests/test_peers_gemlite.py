@@ -80,7 +80,7 @@ def test_config_table_must_load(fresh, tmp_path):
 
 def test_format_gemlite_lacks(fresh):
     peer = PG.build("mxfp4", n=128, k=256)
-    assert peer.error == "GemLite has no peer for mxfp4 (it has fp8_per_channel, int8_per_channel, int4_group_128)"
+    assert peer.error == "GemLite has no peer for mxfp4 (it has fp8_per_channel, int8_per_channel, int4_group_128, fp8_block_128x128)"
 
 
 def test_import_is_lazy():
@@ -96,3 +96,61 @@ def test_rel_err():
     ref = torch.tensor([[3.0, 4.0]])
     assert PG.rel_err(ref.to(torch.bfloat16), ref) == 0.0
     assert PG.rel_err(torch.tensor([[3.0, 4.5]]), ref) == pytest.approx(0.1)
+
+
+FAKE_INIT = "__version__ = '0'\nfrom . import core\ndef load_config(path, print_error=True):\n    return True\n"
+FAKE_CORE = """import enum
+class DType(enum.Enum):
+    FP16 = 1
+    BF16 = 2
+    FP8e4 = 3
+def is_mx_dtype(d):
+    return False
+def get_matmul_type(m, w_nbits, is_mx):
+    return "GEMM"
+class _Gemm:
+    @staticmethod
+    def forward(*args, **kwargs):
+        CALLS.append(("forward", args, kwargs))
+        return "out"
+GEMLITE_TRITON_MAPPING = {"GEMM": _Gemm}
+CALLS = []
+"""
+FAKE_HELPER = """from .core import CALLS
+class Layer:
+    def get_meta_args(self):
+        return [0, 8, 0, 0, 0, 3, 0, 7]
+    def get_tensor_args(self):
+        return ["W", "scales", "zeros", "bias"]
+    def __call__(self, x):
+        return "module"
+class A8W8_fp8_dynamic:
+    def __init__(self, device, dtype, block_quant=False):
+        CALLS.append(("init", device, str(dtype), block_quant))
+    def from_weights(self, weight, scales=None):
+        CALLS.append(("from_weights", tuple(weight.shape), tuple(scales.shape), str(scales.dtype)))
+        return Layer()
+"""
+
+
+def test_fp8_block_peer_is_gemlites_block_quant_layer_on_our_tensors(fresh, tmp_path):
+    """The fp8 128-block peer: A8W8_fp8_dynamic(block_quant=True) from quantc's weight and its
+    (N/128, K/128) fp32 block scales, and a kernel floor fed our (xq, per-block scales) as GemLite's
+    own forward passes them (a fake GemLite records the calls: no GPU here)."""
+    import torch
+
+    fresh.setenv("GEMLITE_SRC", fake_gemlite(tmp_path, FAKE_INIT, FAKE_HELPER))
+    (tmp_path / "gemlite" / "core.py").write_text(FAKE_CORE)
+    fresh.setattr(torch.cuda, "current_device", lambda: 0)
+    w = torch.zeros(256, 384, dtype=torch.float8_e4m3fn)
+    s = torch.ones(2, 3, dtype=torch.bfloat16)
+    peer = PG.build("fp8_block_128x128", w, s)
+    assert peer.error is None and (peer.n, peer.k) == (256, 384)
+    core = sys.modules["gemlite.core"]
+    assert core.CALLS[:2] == [("init", "cuda:0", "torch.bfloat16", True),
+                              ("from_weights", (256, 384), (2, 3), "torch.float32")]
+    xq, sx = torch.zeros(4, 384, dtype=torch.float8_e4m3fn), torch.ones(4, 3)
+    assert peer.kernel(xq, sx) == "out"
+    _, args, kwargs = core.CALLS[-1]
+    assert args[0] is xq and args[1:4] == ("W", "scales", "zeros") and args[4] is sx
+    assert kwargs == {"meta_scale": 0.0}
