@@ -35,10 +35,12 @@ MS = [int(v) for v in os.environ.get("PROBE_MS", "16,64,256,1024,4096,8192").spl
 if os.environ.get("PROBE_SHAPES"):
     SHAPES = [tuple(int(v) for v in s_.split("x")) for s_ in os.environ["PROBE_SHAPES"].split(",")]
 # (block_m, block_n, stages, split: one partition per 64-row warpgroup, persistent: a program per SM)
-GLUON = [(128, 128, 4, True, False), (128, 128, 4, True, True), (128, 128, 5, True, True), (128, 128, 4, False, False),
-         (128, 128, 4, False, True), (64, 128, 4, False, False), (64, 128, 4, False, True)]
-if os.environ.get("PROBE_GLUON"):
-    GLUON = [(*(int(v) for v in c_.rstrip("sp").split("x")), "s" in c_, c_.endswith("p"))
+GLUON = [(128, 128, 4, True, False, 8), (128, 128, 4, True, True, 8), (128, 128, 5, True, True, 8),
+         (128, 128, 4, False, False, 8), (128, 128, 4, False, True, 8), (64, 128, 4, False, False, 8),
+         (64, 128, 4, False, True, 8)]
+if os.environ.get("PROBE_GLUON"):  # "128x128x4sp[gG]": s split, p persistent, gG GROUP_M = G (default 8)
+    GLUON = [(*(int(v) for v in c_.split("g")[0].rstrip("sp").split("x")), "s" in c_.split("g")[0],
+              c_.split("g")[0].endswith("p"), int(c_.split("g")[1]) if "g" in c_ else 8)
              for c_ in os.environ["PROBE_GLUON"].split(",")]
 TILED = [C(64, 128, 128, 8, 4, 4), C(128, 128, 128, 8, 8, 4), C(64, 64, 128, 8, 4, 4), C(16, 64, 128, 8, 4, 4)]
 # at M <= 64 also split-K tiles (the weight stream needs more programs than N / BLOCK_N on 4096-wide shapes)
@@ -78,12 +80,12 @@ def main() -> None:
             row["tiled_us"], row["tiled_cfg"] = best if best else (None, None)
             best = None
             sms = torch.cuda.get_device_properties(0).multi_processor_count
-            for bm, bn, st, split, pers in GLUON:
-                name = f"gluon_{bm}x{bn}x{st}{'s' if split else ''}{'p' if pers else ''}"
+            for bm, bn, st, split, pers, gm in GLUON:
+                name = f"gluon_{bm}x{bn}x{st}{'s' if split else ''}{'p' if pers else ''}" + (f"g{gm}" if gm != 8 else "")
                 progs = sms if pers else None
                 out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
                 try:
-                    got = block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, out=out, split=split, programs=progs).float()
+                    got = block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, group_m=gm, out=out, split=split, programs=progs).float()
                     torch.cuda.synchronize()
                 except Exception as e:  # noqa: BLE001 - a config that does not compile is reported
                     print("ERR", name, type(e).__name__, str(e)[:300], flush=True)
@@ -95,7 +97,7 @@ def main() -> None:
                     print("MISMATCH", name, diff, flush=True)
                     row[name] = None
                     continue
-                us = graph_us(lambda: block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, out=out, split=split, programs=progs))
+                us = graph_us(lambda: block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, group_m=gm, out=out, split=split, programs=progs))
                 row[name] = us
                 if us and (best is None or us < best[0]):
                     best = (us, name)
@@ -103,9 +105,10 @@ def main() -> None:
             # what the runtime launches: the Gluon kernel at its tile rule from BLOCK_WS_MIN_M, else the
             # tiled kernel (its best config here; the runtime takes the kernel table's)
             if m >= BLOCK_WS_MIN_M:
-                bm, bn, st, split = tile_for(m, n, k, sms)
-                row["runtime_us"] = row.get(f"gluon_{bm}x{bn}x{st}{'s' if split else ''}p") or graph_us(
-                    lambda: block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, split=split, programs=sms))
+                bm, bn, st, split, gm = tile_for(m, n, k, sms)
+                name = f"gluon_{bm}x{bn}x{st}{'s' if split else ''}p" + (f"g{gm}" if gm != 8 else "")
+                row["runtime_us"] = row.get(name) or graph_us(
+                    lambda: block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, gm, split=split, programs=sms))
             else:
                 row["runtime_us"] = row["tiled_us"]
             if peer is not None and not peer.error:

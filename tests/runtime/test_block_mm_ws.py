@@ -72,13 +72,13 @@ def test_kernel_compiles_for_hopper_with_overlapped_scaling(tmp_path):
 
 
 @pytest.mark.parametrize("m,n,k,sms,want", [
-    (4096, 4096, 4096, 132, (128, 128, 4, True)),    # 1024 tiles
-    (256, 6144, 4096, 132, (128, 128, 4, True)),     # 96 tiles of 128 rows: more than half the SMs
-    (256, 4096, 4096, 132, (64, 128, 4, False)),     # 64 tiles: 64-row tiles double the programs
-    (128, 2048, 7168, 132, (64, 128, 4, False)),
-    (256, 4096, 4096, 100, (128, 128, 4, True)),     # a GPU of fewer SMs
-    (4096, 24576, 7168, 132, (128, 128, 4, False)),  # long K, wide: one 8-warp consumer partition
-    (4096, 2048, 7168, 132, (128, 128, 4, True)),    # long K, narrow: split
+    (4096, 4096, 4096, 132, (128, 128, 4, True, 4)),    # 1024 tiles
+    (256, 6144, 4096, 132, (128, 128, 4, True, 4)),     # 96 tiles of 128 rows: more than half the SMs
+    (256, 4096, 4096, 132, (64, 128, 4, False, 8)),     # 64 tiles: 64-row tiles double the programs
+    (128, 2048, 7168, 132, (64, 128, 4, False, 8)),
+    (256, 4096, 4096, 100, (128, 128, 4, True, 4)),     # a GPU of fewer SMs
+    (4096, 24576, 7168, 132, (128, 128, 4, False, 8)),  # long K, wide: one 8-warp consumer partition
+    (4096, 2048, 7168, 132, (128, 128, 4, True, 4)),    # long K, narrow: split
 ])
 def test_tile_rule(m, n, k, sms, want):
     assert block_mm_ws.tile_for(m, n, k, sms) == want

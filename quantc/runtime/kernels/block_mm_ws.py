@@ -261,18 +261,20 @@ def supports(m: int, n: int, k: int, block_n: int) -> bool:
     return m > 0 and k % 16 == 0 and n % 8 == 0 and 128 % block_n == 0
 
 
-def tile_for(m: int, n: int, k: int, sms: int) -> tuple[int, int, int, bool]:
-    """(block_m, block_n, stages, split) for an (M, N, K) GEMM on a GPU of ``sms`` SMs; the launcher runs
-    it persistent, one program per SM. 128 x 128 tiles with four stages; where those would fill at most
-    half the SMs, 64-row tiles (twice the programs) instead. Split (one partition per 64-row warpgroup)
-    except for the long-K, wide shapes (K >= 7168 and N >= 4096), where one 8-warp partition ran faster.
-    From ``bench/block_ws_probe.py`` on the H100, 7 shapes x M = 256..8192
-    (bench/results/block_ws_probe_h100_persistent.json): the persistent loop won or tied every row, the
-    split tile won 16 of the 21 rows at M >= 1024 and the unsplit one the long-K wide ones; at M = 256 the
-    64-row tile won exactly the shapes with at most 64 tiles of 128 rows."""
+def tile_for(m: int, n: int, k: int, sms: int) -> tuple[int, int, int, bool, int]:
+    """(block_m, block_n, stages, split, group_m) for an (M, N, K) GEMM on a GPU of ``sms`` SMs; the
+    launcher runs it persistent, one program per SM. 128 x 128 tiles with four stages; where those would
+    fill at most half the SMs, 64-row tiles (twice the programs) instead. Split (one partition per 64-row
+    warpgroup) with GROUP_M 4, except for the long-K, wide shapes (K >= 7168 and N >= 4096), where one
+    8-warp partition with GROUP_M 8 ran faster. From ``bench/block_ws_probe.py`` on the H100, 7 shapes x
+    M = 256..8192 (bench/results/block_ws_probe_h100_persistent.json): the persistent loop won or tied
+    every row, the split tile won 16 of the 21 rows at M >= 1024 and the unsplit one the long-K wide ones;
+    at M = 256 the 64-row tile won exactly the shapes with at most 64 tiles of 128 rows. GROUP_M 4 against
+    8 / 16 (block_ws_probe_h100_groups.json, M >= 1024): 0.938 / 0.915 / 0.924 of cuBLAS blockwise."""
     if -(-m // 128) * -(-n // 128) <= sms // 2:
-        return 64, 128, 4, False
-    return 128, 128, 4, not (k >= 7168 and n >= 4096)
+        return 64, 128, 4, False, 8
+    split = not (k >= 7168 and n >= 4096)
+    return 128, 128, 4, split, 4 if split else 8
 
 
 def compile_for_hopper(block_m: int, block_n: int, num_stages: int, split: bool, has_bias: bool = False):

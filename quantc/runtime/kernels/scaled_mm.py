@@ -379,12 +379,12 @@ def _block_ws(a, weight, sa, weight_scale, bias, out):
     m, k = a.shape
     n = weight.shape[0]
     sms = _sm_count(a.device)
-    bm, bn, stages, split = block_mm_ws.tile_for(m, n, k, sms)
+    bm, bn, stages, split, group_m = block_mm_ws.tile_for(m, n, k, sms)
     if not (block_mm_ws.supports(m, n, k, bn) and a.is_contiguous() and weight.is_contiguous()
             and all(t.data_ptr() % 16 == 0 for t in (a, weight, out))):  # TMA: 16-byte aligned bases
         return None
-    return block_mm_ws.block_mm_ws(a, weight, sa, weight_scale, bias, bm, bn, stages, out=out, split=split,
-                                   programs=sms)
+    return block_mm_ws.block_mm_ws(a, weight, sa, weight_scale, bias, bm, bn, stages, group_m, out=out,
+                                   split=split, programs=sms)
 
 
 _SMS: dict = {}
