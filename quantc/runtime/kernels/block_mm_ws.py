@@ -10,17 +10,22 @@ Here the K loop is split across warps and across time:
 
 - a producer warp issues the TMA loads of A and B tiles into a ring of NUM_STAGES shared-memory slots
   (``ready`` / ``empty`` mbarriers per slot);
-- the consumer warps (one warpgroup per 64 rows) issue step i's wgmma asynchronously, then wait only for
-  step i-1's group (``warpgroup_mma_wait(1)``), release its slot and scale its partial while step i's
-  MMA runs. Two partial buffers alternate (the loop is unrolled by two so they keep their registers);
-  the running sum is the third. 3 x 64 fp32 registers a thread at a 128 x 128 tile, which the
-  producer's register donation (``setmaxnreg``: 40 for the producer, the rest to the consumers) pays for.
+- the consumer warps (one warpgroup per 64 rows; at 128-row tiles usually one partition per warpgroup,
+  so each waits only on its own MMAs) issue step i+1's wgmma asynchronously, scale step i's finished
+  partial into the running sum while it runs, then wait for it and release its slot. Every iteration
+  waits for its own MMA: a wgmma still running when its registers cross a loop edge would be copied by
+  LLVM into the loop's registers, and ptxas then serialises every wgmma of the kernel. Two partial
+  buffers alternate (the loop is unrolled by two so they keep their registers); the running sum is the
+  third and goes through each wait as a dependency, or ptxas schedules the FMAs after the wait. 3 x 64
+  fp32 registers a thread per 64 x 128 warpgroup tile, which the producer's register donation
+  (``setmaxnreg``: 40 for the producer, the rest to the consumers) pays for.
 - persistent: with the grid capped at the SM count a program walks several output tiles, and the
   producer loads the next tile's first steps while the consumers store the current one.
 
 Gluon kernels cannot run under ``TRITON_INTERPRET``: CI compiles this one for sm_90 offline and checks
-its PTX (async wgmma, a wait that leaves one group in flight, register reallocation), and the GPU
-check in ``bench/block_ws_probe.py`` compares it with the tiled kernel bit for bit.
+its SASS (``tests/runtime/test_block_mm_ws.py``: each step's wgmmas back to back with one wait, FMAs
+between issue and wait, register reallocation, no spills), and ``bench/block_ws_probe.py`` and
+bench_dense's GPU check compare it with the tiled kernel on the GPU, bit for bit.
 """
 
 from __future__ import annotations
