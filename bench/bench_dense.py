@@ -198,10 +198,13 @@ def gpu_check(out: dict) -> None:
         bb = torch.randn(N, device="cuda", dtype=BF) if bias else None
         args = (xq, t_["weight"], t_["weight_scale_inv"], "fp8_block_128x128", "fp8_dynamic_group_128",
                 C(64, 128, 128, 8, 4, 3))
+        saved = os.environ.pop("QUANTC_BLOCK_WS", None)
         o = sm.scaled_mm(*args, x_scale=sx, bias=bb).float()
         os.environ["QUANTC_BLOCK_WS"] = "0"
         tiled = sm.scaled_mm(*args, x_scale=sx, bias=bb).float()
         del os.environ["QUANTC_BLOCK_WS"]
+        if saved is not None:
+            os.environ["QUANTC_BLOCK_WS"] = saved
         res[f"block_ws/M{M}/N{N}/bias{int(bias)}/max_abs_diff_vs_tiled"] = float((o - tiled).abs().max())
     out["gpu_check"] = res
     bad = {k: v for k, v in res.items() if (v is False) or (isinstance(v, float) and not v < 1e-2)}
