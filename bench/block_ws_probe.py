@@ -2,12 +2,14 @@
 tiled Triton kernel and cuBLAS's blockwise ``torch._scaled_mm``, same pre-quantized operands, one run
 (GPU, CUDA graphs). Each Gluon config is first compared with the tiled kernel's output (the same
 per-step math: the difference is expected to be 0), then timed; the tiled kernel runs at a few tile
-configs and its best is kept; "runtime" is what the launcher runs (the Gluon kernel at ``tile_for``'s tile,
-persistent, from ``BLOCK_WS_MIN_M`` rows; the tiled kernel below). Prints a row per (shape, M) and the geomean ratios of the issue floor
-(cuBLAS blockwise time / ours) over M >= 1024 and M = 16..256.
+configs (split-K ones too at M <= 64) and its best is kept; "runtime" is what the launcher runs (the
+Gluon kernel at ``tile_for``'s tile, persistent, from ``BLOCK_WS_MIN_M`` rows; the tiled kernel below).
+GemLite's block-quant A8W8 layer (``peers_gemlite``) is timed on the same operands, kernel and module.
+Prints a row per (shape, M) and the geomean ratios of the issue floors (cuBLAS blockwise time / ours over
+M >= 1024 and M = 16..256; GemLite's time / ours at every M).
 
     python bench/block_ws_probe.py   # env PROBE_MS (default 16,64,256,1024,4096,8192), PROBE_SHAPES ("NxK,..."),
-                                     # PROBE_GLUON ("BMxBNxSTAGES[s][p],...", s: split, p: persistent),
+                                     # PROBE_GLUON ("BMxBNxSTAGES[s][p][gG],...": split, persistent, GROUP_M),
                                      # PROBE_GEMLITE=0 (no GemLite columns); writes $OUT/block_ws_probe_<gpu>.json
 """
 
@@ -81,11 +83,13 @@ def main() -> None:
             best = None
             sms = torch.cuda.get_device_properties(0).multi_processor_count
             for bm, bn, st, split, pers, gm in GLUON:
-                name = f"gluon_{bm}x{bn}x{st}{'s' if split else ''}{'p' if pers else ''}" + (f"g{gm}" if gm != 8 else "")
+                name = (f"gluon_{bm}x{bn}x{st}{'s' if split else ''}{'p' if pers else ''}"
+                        + (f"g{gm}" if gm != 8 else ""))
                 progs = sms if pers else None
                 out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
                 try:
-                    got = block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, group_m=gm, out=out, split=split, programs=progs).float()
+                    got = block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, group_m=gm, out=out, split=split,
+                                      programs=progs).float()
                     torch.cuda.synchronize()
                 except Exception as e:  # noqa: BLE001 - a config that does not compile is reported
                     print("ERR", name, type(e).__name__, str(e)[:300], flush=True)
@@ -97,7 +101,8 @@ def main() -> None:
                     print("MISMATCH", name, diff, flush=True)
                     row[name] = None
                     continue
-                us = graph_us(lambda: block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, group_m=gm, out=out, split=split, programs=progs))
+                us = graph_us(lambda: block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, group_m=gm, out=out, split=split,
+                                                  programs=progs))
                 row[name] = us
                 if us and (best is None or us < best[0]):
                     best = (us, name)
