@@ -47,7 +47,7 @@ from quantc.runtime.kernels.scaled_mm import scaled_mm  # noqa: E402
 from quantc.runtime.tables import default_config  # noqa: E402
 from bench import peers_gemlite as PG  # noqa: E402
 from bench.bandwidth import copy_gbps  # noqa: E402
-from bench.timing import gpu_slug  # noqa: E402
+from bench.timing import env_set, gpu_slug  # noqa: E402
 from bench.timing import graph_us as bench  # noqa: E402
 
 T0 = time.time()
@@ -198,13 +198,10 @@ def gpu_check(out: dict) -> None:
         bb = torch.randn(N, device="cuda", dtype=BF) if bias else None
         args = (xq, t_["weight"], t_["weight_scale_inv"], "fp8_block_128x128", "fp8_dynamic_group_128",
                 C(64, 128, 128, 8, 4, 3))
-        saved = os.environ.pop("QUANTC_BLOCK_WS", None)
-        o = sm.scaled_mm(*args, x_scale=sx, bias=bb).float()
-        os.environ["QUANTC_BLOCK_WS"] = "0"
-        tiled = sm.scaled_mm(*args, x_scale=sx, bias=bb).float()
-        del os.environ["QUANTC_BLOCK_WS"]
-        if saved is not None:
-            os.environ["QUANTC_BLOCK_WS"] = saved
+        with env_set("QUANTC_BLOCK_WS", None):
+            o = sm.scaled_mm(*args, x_scale=sx, bias=bb).float()
+        with env_set("QUANTC_BLOCK_WS", "0"):
+            tiled = sm.scaled_mm(*args, x_scale=sx, bias=bb).float()
         res[f"block_ws/M{M}/N{N}/bias{int(bias)}/max_abs_diff_vs_tiled"] = float((o - tiled).abs().max())
     out["gpu_check"] = res
     bad = {k: v for k, v in res.items() if (v is False) or (isinstance(v, float) and not v < 1e-2)}

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import peers_gemlite as gemlite  # noqa: E402
-from bench.timing import geomean, gpu_slug, graph_us  # noqa: E402
+from bench.timing import env_set, geomean, gpu_slug, graph_us, matched_graph_us  # noqa: E402
 from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime import quantize as Q  # noqa: E402
 from quantc.runtime.kernels.act_quant import quantize_activation  # noqa: E402
@@ -52,9 +52,16 @@ WK, AK = "fp8_block_128x128", "fp8_dynamic_group_128"
 USE_GEMLITE = os.environ.get("PROBE_GEMLITE", "1") == "1"  # GemLite's block-quant A8W8 columns (bench/peers_gemlite.py)
 
 
+def cublas_blockwise(xg, wq, sg, ws_):
+    """cuBLAS's blockwise fp8 GEMM through ``torch._scaled_mm`` on the same operands (the issue's peer):
+    1 x 128 activation scales column-major, 128 x 128 weight scales transposed, as it takes them."""
+    return torch._scaled_mm(xg, wq.t(), scale_a=sg.t().contiguous().t(), scale_b=ws_.t(), out_dtype=torch.bfloat16)
+
+
 def main() -> None:
     os.environ["QUANTC_BLOCK_WS"] = "0"  # scaled_mm here is the tiled kernel; the Gluon one is called directly
     gpu = torch.cuda.get_device_name()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
     torch.manual_seed(0)
     for n, k in SHAPES:
@@ -68,8 +75,7 @@ def main() -> None:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             xg, sg = quantize_activation(x, AK)
             row = {"M": m, "N": n, "K": k}
-            row["cublas_block_us"] = graph_us(lambda: torch._scaled_mm(
-                xg, wq.t(), scale_a=sg.t().contiguous().t(), scale_b=ws_.t(), out_dtype=torch.bfloat16))
+            row["cublas_block_us"] = graph_us(lambda: cublas_blockwise(xg, wq, sg, ws_))
             want = scaled_mm(xg, wq, ws_, WK, AK, TILED[1], x_scale=sg, tma=False).float()
             best, best_cfg = None, TILED[0]
             for cfg in TILED + (TILED_SMALL_M if m <= 64 else []):
@@ -81,29 +87,13 @@ def main() -> None:
                     best, best_cfg = (us, name), cfg
             row["tiled_us"], row["tiled_cfg"] = best if best else (None, None)
             best = None
-            sms = torch.cuda.get_device_properties(0).multi_processor_count
             for bm, bn, st, split, pers, gm in GLUON:
                 name = (f"gluon_{bm}x{bn}x{st}{'s' if split else ''}{'p' if pers else ''}"
                         + (f"g{gm}" if gm != 8 else ""))
                 progs = sms if pers else None
                 out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
-                try:
-                    got = block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, group_m=gm, out=out, split=split,
-                                      programs=progs).float()
-                    torch.cuda.synchronize()
-                except Exception as e:  # noqa: BLE001 - a config that does not compile is reported
-                    print("ERR", name, type(e).__name__, str(e)[:300], flush=True)
-                    row[name] = None
-                    continue
-                diff = float((got - want).abs().max())
-                row[name + "_maxdiff"] = diff
-                if diff > 0.02 * float(want.abs().max()):
-                    print("MISMATCH", name, diff, flush=True)
-                    row[name] = None
-                    continue
-                us = graph_us(lambda: block_mm_ws(xg, wq, sg, ws_, None, bm, bn, st, group_m=gm, out=out, split=split,
-                                                  programs=progs))
-                row[name] = us
+                us = matched_graph_us(row, name, lambda: block_mm_ws(
+                    xg, wq, sg, ws_, None, bm, bn, st, group_m=gm, out=out, split=split, programs=progs), want)
                 if us and (best is None or us < best[0]):
                     best = (us, name)
             row["gluon_us"], row["gluon_cfg"] = best if best else (None, None)
@@ -127,10 +117,9 @@ def main() -> None:
                 if isinstance(err, float) and err < 2e-2:
                     row["gemlite_kernel_us"] = graph_us(lambda: peer.kernel(xg, sg))
                     row["gemlite_module_us"] = graph_us(lambda: peer.module(x))
-                    del os.environ["QUANTC_BLOCK_WS"]
                     # below BLOCK_WS_MIN_M the tiled kernel at its best config here (the runtime: the table's)
-                    row["ours_module_us"] = graph_us(lambda: scaled_mm(x, wq, ws_, WK, AK, best_cfg))
-                    os.environ["QUANTC_BLOCK_WS"] = "0"
+                    with env_set("QUANTC_BLOCK_WS", None):
+                        row["ours_module_us"] = graph_us(lambda: scaled_mm(x, wq, ws_, WK, AK, best_cfg))
                     if row["gemlite_kernel_us"] and row["runtime_us"]:
                         row["runtime_vs_gemlite"] = row["gemlite_kernel_us"] / row["runtime_us"]
                     if row["gemlite_module_us"] and row["ours_module_us"]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.timing import env_set  # noqa: E402
 
 
 DEVICE = "cuda"
@@ -87,11 +87,10 @@ def main() -> None:
     t = Q.quantize_weight(w, "fp8_block_128x128")
     xq, sx = quantize_activation(torch.randn(256, k, device=DEVICE, dtype=torch.bfloat16), "fp8_dynamic_group_128")
     for label, ws_on in (("Gluon", "1"), ("tiled", "0")):
-        os.environ["QUANTC_BLOCK_WS"] = ws_on
-        rows[f"fp8_block_gemm: GEMM launch alone, 256 rows, {label}"] = per_call_us(lambda: scaled_mm(
-            xq, t["weight"], t["weight_scale_inv"], "fp8_block_128x128", "fp8_dynamic_group_128",
-            KernelConfig(64, 64, 128, 8, 4, 3), x_scale=sx))
-    del os.environ["QUANTC_BLOCK_WS"]
+        with env_set("QUANTC_BLOCK_WS", ws_on):
+            rows[f"fp8_block_gemm: GEMM launch alone, 256 rows, {label}"] = per_call_us(lambda: scaled_mm(
+                xq, t["weight"], t["weight_scale_inv"], "fp8_block_128x128", "fp8_dynamic_group_128",
+                KernelConfig(64, 64, 128, 8, 4, 3), x_scale=sx))
     rows["torch.empty (1, n)"] = per_call_us(lambda: torch.empty((1, n), device=DEVICE, dtype=torch.bfloat16))
     for name, us in rows.items():
         print(f"{us:8.1f} us  {name}", flush=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 
 
 def graph_us(fn) -> float | None:
@@ -34,6 +36,45 @@ def checked_graph_us(label: str, fn, want, tol: float = 0.08) -> float | None:
         print("MISMATCH", label, f"{err:.3g}", flush=True)
         return None
     return graph_us(fn)
+
+
+def matched_graph_us(row: dict, name: str, fn, want) -> float | None:
+    """``graph_us(fn)`` into ``row[name]`` for a call that returns one output, after it ran and matched
+    ``want``: the largest absolute difference goes to ``row[name + "_maxdiff"]`` and must stay within 2%
+    of ``want``'s largest magnitude (kernels with the same per-step math give 0). Where it fails to run or
+    to match, ``row[name]`` is None and the reason printed: the probe's candidate is skipped."""
+    import torch
+
+    try:
+        got = fn().float()
+        if got.is_cuda:
+            torch.cuda.synchronize()
+    except Exception as e:  # noqa: BLE001 - a config that does not compile is reported
+        print("ERR", name, type(e).__name__, str(e)[:300], flush=True)
+        row[name] = None
+        return None
+    diff = float((got - want).abs().max())
+    row[name + "_maxdiff"] = diff
+    if diff > 0.02 * float(want.abs().max()):
+        print("MISMATCH", name, diff, flush=True)
+        row[name] = None
+        return None
+    row[name] = graph_us(fn)
+    return row[name]
+
+
+@contextlib.contextmanager
+def env_set(name: str, value: str | None):
+    """``os.environ[name]`` set to ``value`` (None: unset) inside the block, restored after it."""
+    saved = os.environ.pop(name, None)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+        if saved is not None:
+            os.environ[name] = saved
 
 
 def geomean(values) -> float | None:

@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.timing import geomean, gpu_slug, graph_us  # noqa: E402
+from bench.block_ws_probe import AK, MS, SHAPES, TILED, WK, cublas_blockwise  # noqa: E402
+from bench.timing import geomean, gpu_slug, graph_us, matched_graph_us  # noqa: E402
 from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime import quantize as Q  # noqa: E402
 from quantc.runtime.kernels.act_quant import quantize_activation  # noqa: E402
@@ -45,17 +46,12 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
-SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (7168, 2048), (2048, 7168), (24576, 7168)]
-MS = [int(v) for v in os.environ.get("PROBE_MS", "16,64,256,1024,4096,8192").split(",")]
-if os.environ.get("PROBE_SHAPES"):
-    SHAPES = [tuple(int(v) for v in s_.split("x")) for s_ in os.environ["PROBE_SHAPES"].split(",")]
+# SHAPES, MS (PROBE_SHAPES / PROBE_MS), the tiled configs and the keys: bench/block_ws_probe.py's
 # (block_m, block_n, stages, warp-specialized)
 WS = [(64, 128, 4, True), (64, 128, 3, True), (128, 128, 3, True), (128, 128, 4, True), (128, 64, 4, True),
       (64, 64, 4, True), (128, 128, 4, False)]
 if os.environ.get("PROBE_WS"):
     WS = [(*(int(v) for v in c_.split("x")[:3]), not c_.endswith("nows")) for c_ in os.environ["PROBE_WS"].split(",")]
-TILED = [C(64, 128, 128, 8, 4, 4), C(128, 128, 128, 8, 8, 4), C(64, 64, 128, 8, 4, 4), C(16, 64, 128, 8, 4, 4)]
-WK, AK = "fp8_block_128x128", "fp8_dynamic_group_128"
 
 
 @triton.jit
@@ -129,8 +125,7 @@ def main() -> None:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             xg, sg = quantize_activation(x, AK)
             row = {"M": m, "N": n, "K": k}
-            row["cublas_block_us"] = graph_us(lambda: torch._scaled_mm(
-                xg, wq.t(), scale_a=sg.t().contiguous().t(), scale_b=ws_.t(), out_dtype=torch.bfloat16))
+            row["cublas_block_us"] = graph_us(lambda: cublas_blockwise(xg, wq, sg, ws_))
             want = scaled_mm(xg, wq, ws_, WK, AK, TILED[0], x_scale=sg, tma=False).float()
             best = None
             for cfg in TILED:
@@ -144,21 +139,7 @@ def main() -> None:
                 cfg = C(bm, bn, 128, 8, 4, st)
                 name = f"ws_{bm}x{bn}x{st}{'' if on else '_nows'}"
                 out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
-                try:
-                    got = launch_ws(xg, wq, sg, ws_, None, cfg, out, ws=on).float()
-                    torch.cuda.synchronize()
-                except Exception as e:  # noqa: BLE001 - a config that does not compile is reported
-                    print("ERR", name, type(e).__name__, str(e)[:300], flush=True)
-                    row[name] = None
-                    continue
-                diff = float((got - want).abs().max())
-                row[name + "_maxdiff"] = diff
-                if diff > 0.02 * float(want.abs().max()):
-                    print("MISMATCH", name, diff, flush=True)
-                    row[name] = None
-                    continue
-                us = graph_us(lambda: launch_ws(xg, wq, sg, ws_, None, cfg, out, ws=on))
-                row[name] = us
+                us = matched_graph_us(row, name, lambda: launch_ws(xg, wq, sg, ws_, None, cfg, out, ws=on), want)
                 if us and (best is None or us < best[0]):
                     best = (us, name)
             row["ws_us"], row["ws_cfg"] = best if best else (None, None)

@@ -270,3 +270,45 @@ def test_bench_geomean_skips_unset_values_and_gpu_slug_names_the_table():
 
     assert geomean([2.0, None, 8.0]) == pytest.approx(4.0) and geomean([None]) is None and geomean([]) is None
     assert gpu_slug("NVIDIA H200") == "h200" and gpu_slug("NVIDIA H100 80GB HBM3") == "h100"
+
+
+def test_matched_graph_us_times_only_a_candidate_that_runs_and_matches(capsys):
+    """bench/timing.matched_graph_us (block_ws_probe, ws_probe): a candidate that raises or whose largest
+    difference exceeds 2% of the reference's largest magnitude is not timed (None, reason printed); one
+    that matches has its difference recorded and goes to graph_us."""
+    import torch
+
+    from bench.timing import matched_graph_us
+
+    want = torch.full((4, 8), 2.0)
+    row = {}
+
+    def broken():
+        raise RuntimeError("out of resource: shared memory")
+
+    assert matched_graph_us(row, "gluon_a", broken, want) is None and row["gluon_a"] is None
+    assert "ERR gluon_a RuntimeError out of resource: shared memory" in capsys.readouterr().out
+    assert matched_graph_us(row, "gluon_b", lambda: want + 0.1, want) is None and row["gluon_b"] is None
+    assert row["gluon_b_maxdiff"] == pytest.approx(0.1) and "MISMATCH gluon_b" in capsys.readouterr().out
+    # within 2% (0.04 of 2.0): timed; graph_us has no GPU here, so its own failure is the None it gives
+    matched_graph_us(row, "gluon_c", lambda: want + 0.03, want)
+    assert row["gluon_c_maxdiff"] == pytest.approx(0.03) and "MISMATCH" not in capsys.readouterr().out
+
+
+def test_env_set_sets_and_restores_a_variable(monkeypatch):
+    import os
+
+    from bench.timing import env_set
+
+    monkeypatch.setenv("QUANTC_BLOCK_WS", "1")
+    with env_set("QUANTC_BLOCK_WS", "0"):
+        assert os.environ["QUANTC_BLOCK_WS"] == "0"
+    assert os.environ["QUANTC_BLOCK_WS"] == "1"
+    with env_set("QUANTC_BLOCK_WS", None):
+        assert "QUANTC_BLOCK_WS" not in os.environ
+    assert os.environ["QUANTC_BLOCK_WS"] == "1"
+    monkeypatch.delenv("QUANTC_BLOCK_WS")
+    with pytest.raises(KeyError):
+        with env_set("QUANTC_BLOCK_WS", "0"):
+            raise KeyError("inside")
+    assert "QUANTC_BLOCK_WS" not in os.environ
