@@ -104,6 +104,16 @@ def launch(kernel, grid: tuple, args: tuple, consts: dict, num_warps: int, num_s
                  None, None, None, *args, *const_vals)
 
 
+_SM_COUNTS: dict = {}  # device -> SM count: one driver query per device
+
+
+def sm_count(device: torch.device) -> int:
+    """The GPU's SM count (persistent grids size themselves by it), queried once per device."""
+    if device not in _SM_COUNTS:
+        _SM_COUNTS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SM_COUNTS[device]
+
+
 def current_stream(device: torch.device) -> int:
     """The raw CUDA stream kernels launch on (the capture stream inside CUDA-graph capture); torch's raw
     getter, as Triton's driver uses, skips building a Stream object."""

@@ -54,7 +54,7 @@ import triton.language as tl
 from .. import quantize as ref
 from .act_quant import quantize_activation
 from .common import (cdiv, e8m0_to_f32, floor_log2, grouped_tile, interpreted, k_slice, launch, next_pow2, pow2,
-                     quant_e4m3, quant_int8, round_e4m3, split_k_reduce, tile_counters)
+                     quant_e4m3, quant_int8, round_e4m3, sm_count, split_k_reduce, tile_counters)
 
 # A modes / B modes
 A_NONE, A_TENSOR, A_ROW, A_GROUP = 0, 1, 2, 3
@@ -378,22 +378,13 @@ def _block_ws(a, weight, sa, weight_scale, bias, out):
         return None
     m, k = a.shape
     n = weight.shape[0]
-    sms = _sm_count(a.device)
+    sms = sm_count(a.device)
     bm, bn, stages, split, group_m = block_mm_ws.tile_for(m, n, k, sms)
     if not (block_mm_ws.supports(m, n, k, bn) and a.is_contiguous() and weight.is_contiguous()
             and all(t.data_ptr() % 16 == 0 for t in (a, weight, out))):  # TMA: 16-byte aligned bases
         return None
     return block_mm_ws.block_mm_ws(a, weight, sa, weight_scale, bias, bm, bn, stages, group_m, out=out,
                                    split=split, programs=sms)
-
-
-_SMS: dict = {}
-
-
-def _sm_count(device: torch.device) -> int:
-    if device not in _SMS:
-        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return _SMS[device]
 
 
 def split_slices(k: int, block_k: int, split_k: int) -> int:

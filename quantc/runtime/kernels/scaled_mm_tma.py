@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import cdiv, ensure_tma_allocator, grouped_tile
+from .common import cdiv, ensure_tma_allocator, grouped_tile, sm_count
 from .scaled_mm import A_GROUP, A_ROW, A_TENSOR, B_BLOCK, B_CHANNEL, B_TENSOR, _add_scaled_partial, _epilogue
 
 
@@ -78,16 +78,10 @@ def supported(a_mode: int, b_mode: int, mx: bool, n: int, k: int, config) -> boo
     return b_mode != B_BLOCK or (config.block_k <= 128 and 128 % config.block_k == 0)
 
 
-_SMS: dict = {}  # device -> SM count (one driver query per device)
-
-
 def num_programs(device: torch.device, tiles: int) -> int:
     if device.type != "cuda":
         return min(tiles, 4)  # the interpreter: a few programs, each walking several tiles
-    sms = _SMS.get(device)
-    if sms is None:
-        sms = _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return min(tiles, sms)
+    return min(tiles, sm_count(device))
 
 
 def launch(a, weight, sa, weight_scale, bias, a_mode, b_mode, int8, group_k, group_n, config, out):

@@ -302,7 +302,7 @@ def fold_ok(w) -> bool:
 def _sm_count(device) -> int:
     if device.type != "cuda":
         return 4  # the interpreter: a few programs, so the item loop wraps
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return common.sm_count(device)
 
 
 def persistent_compiles(version: str | None = None) -> bool:
