@@ -442,12 +442,10 @@ def seeded_space(job: TuneJob, gpu: Gpu, tables: list[dict] | None = None,
         out += [c for c in (_moe_seed(job, gpu, c) for c in MOE_LARGE_SEEDS) if c is not None and c not in out]
     if _gemv_job(job):
         out += [c for c in GEMV_SEEDS if _dense_ok(job, gpu, c) and c not in out]
-    if job.kernel in MIDM_KERNELS:
-        for (lo, hi), deep_k in ((SMALLM_RANGE, SMALLM_SEEDS), (MIDM_RANGE, MIDM_SEEDS)):
-            if lo <= job.m <= hi:
-                out += [c for c in deep_k if _dense_ok(job, gpu, c) and c not in out]
-    if job.kernel in BLOCK_SMALLM_KERNELS and BLOCK_SMALLM_RANGE[0] <= job.m <= BLOCK_SMALLM_RANGE[1]:
-        out += [c for c in BLOCK_SMALLM_SEEDS if _dense_ok(job, gpu, c) and c not in out]
+    for kernels, (lo, hi), by_rows in ((MIDM_KERNELS, SMALLM_RANGE, SMALLM_SEEDS), (MIDM_KERNELS, MIDM_RANGE, MIDM_SEEDS),
+                                       (BLOCK_SMALLM_KERNELS, BLOCK_SMALLM_RANGE, BLOCK_SMALLM_SEEDS)):
+        if job.kernel in kernels and lo <= job.m <= hi:
+            out += [c for c in by_rows if _dense_ok(job, gpu, c) and c not in out]
     for _, cfg in seeds:
         if len(out) >= SEEDED_MAX:
             break
