@@ -236,146 +236,6 @@ def _block_mm_ws_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, 
         ], [1], [PRODUCER_REGS])
 
 
-# ---- 192-wide tiles --------------------------------------------------------------------------------
-# A 128 x 192 output tile loads 40 KB from L2 a K step for 6.3 MFLOP, where a 128 x 128 one loads 32 KB
-# for 4.2: a sixth less traffic per FLOP (at the tensor cores' rate a 128 x 128 kernel would pull ~15 TB/s
-# from L2). Its sum and one partial fill the registers (2 x 96 a thread), so each warpgroup waits for a
-# step's MMA before scaling it, and the scaling overlaps the other warpgroup's MMA instead. Triton's
-# shapes are powers of two, so a tile is two: 128 columns and 64, each inside one weight block (one scale
-# a K step): column tile c takes columns 128c.. and 128 * C + 64c.. (C = ceil(N / 192) column tiles).
-WIDE_N = gl.constexpr(192)
-
-
-@gluon.jit
-def _wide_cols(off_n, N):
-    """Column tile off_n // 192 -> the first columns of its 128-wide and its 64-wide part."""
-    c = off_n // 192
-    return c * 128, gl.cdiv(N, 192) * 128 + c * 64
-
-
-@gluon.jit
-def _wide_producer(a_desc, b_desc, b2_desc, c_desc, c2_desc, a_bufs, b_bufs, b2_bufs, ready, empty, sa_ptr, sb_ptr,
-                   bias_ptr, M, N, first_tile, num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk,
-                   HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, NUM_STAGES: gl.constexpr,
-                   UPPER_LAYOUT: gl.constexpr, UPPER_LAYOUT2: gl.constexpr):
-    BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
-    nbytes: gl.constexpr = a_desc.block_type.nbytes + b_desc.block_type.nbytes + b2_desc.block_type.nbytes
-    g = 0
-    for t in range(first_tile, num_tiles, gl.num_programs(0)):
-        off_m, off_n = _tile_offsets(t, M, N, BLOCK_M, WIDE_N, GROUP_M)
-        off_a, off_b = _wide_cols(off_n, N)
-        for i in range(k_tiles):
-            s = g % NUM_STAGES
-            mbarrier.wait(empty.index(s), ((g // NUM_STAGES) & 1) ^ 1)
-            mbarrier.expect(ready.index(s), nbytes)
-            _tma_load(a_desc, [off_m, i * 128], ready.index(s), a_bufs.index(s))
-            _tma_load(b_desc, [off_a, i * 128], ready.index(s), b_bufs.index(s))
-            _tma_load(b2_desc, [off_b, i * 128], ready.index(s), b2_bufs.index(s))
-            g += 1
-
-
-@gluon.jit
-def _wide_rows(sa_ptr, off_m, i, M, stride_sam, stride_sak, ROWS: gl.constexpr, layout: gl.constexpr):
-    offs_m = off_m + gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
-    return gl.load(sa_ptr + offs_m * stride_sam + i * stride_sak, mask=offs_m < M, other=0.0)
-
-
-@gluon.jit
-def _wide_bias(acc, bias_ptr, off, N, BLOCK: gl.constexpr, layout: gl.constexpr):
-    offs_n = off + gl.arange(0, BLOCK, layout=gl.SliceLayout(0, layout))
-    return acc + gl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(gl.float32)[None, :]
-
-
-@gluon.jit
-def _wide_consume(a_bufs, b_bufs, b2_bufs, ready, empty, c_desc, c2_desc, sa_ptr, sb_ptr, bias_ptr, M, N, first_tile,
-                  num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS: gl.constexpr,
-                  GROUP_M: gl.constexpr, BLOCK_M: gl.constexpr, ROW0: gl.constexpr, ROWS: gl.constexpr,
-                  NUM_STAGES: gl.constexpr, layout: gl.constexpr, layout2: gl.constexpr):
-    """Rows ROW0..ROW0+ROWS of the program's 192-wide tiles: per K step both MMAs (128 and 64 columns),
-    the scales' loads while they run, one wait, the slot released, then the scaling (``layout`` /
-    ``layout2``: the two accumulators'). The tiled kernel's FMA per element, so the sums agree bit for bit."""
-    c_smem = gl.allocate_shared_memory(gl.bfloat16, [ROWS, 128], c_desc.layout)
-    c2_smem = gl.allocate_shared_memory(gl.bfloat16, [ROWS, 64], c2_desc.layout)
-    last_block = gl.cdiv(N, 128) - 1  # the 64-wide parts of tiles past N read a real scale row (clipped)
-    base = 0
-    for t in range(first_tile, num_tiles, gl.num_programs(0)):
-        off_m, off_n = _tile_offsets(t, M, N, BLOCK_M, WIDE_N, GROUP_M)
-        off_a, off_b = _wide_cols(off_n, N)
-        sb_a = gl.minimum(off_a // 128, last_block) * stride_sbn
-        sb_b = gl.minimum(off_b // 128, last_block) * stride_sbn
-        acc = gl.zeros([ROWS, 128], gl.float32, layout)
-        acc2 = gl.zeros([ROWS, 64], gl.float32, layout2)
-        part = gl.zeros([ROWS, 128], gl.float32, layout)
-        part2 = gl.zeros([ROWS, 64], gl.float32, layout2)
-        for i in range(k_tiles):
-            s = (base + i) % NUM_STAGES
-            mbarrier.wait(ready.index(s), ((base + i) // NUM_STAGES) & 1)
-            a_tile = a_bufs.index(s).slice(ROW0, ROWS)
-            run = warpgroup_mma(a_tile, b_bufs.index(s).permute((1, 0)), part, use_acc=False, is_async=True)
-            run2 = warpgroup_mma(a_tile, b2_bufs.index(s).permute((1, 0)), part2, use_acc=False, is_async=True)
-            r = _wide_rows(sa_ptr, off_m + ROW0, i, M, stride_sam, stride_sak, ROWS, layout)
-            r = r * gl.load(sb_ptr + sb_a + i * stride_sbk)
-            r2 = _wide_rows(sa_ptr, off_m + ROW0, i, M, stride_sam, stride_sak, ROWS, layout2)
-            r2 = r2 * gl.load(sb_ptr + sb_b + i * stride_sbk)
-            part, part2 = warpgroup_mma_wait(num_outstanding=0, deps=(run, run2))
-            mbarrier.arrive(empty.index(s), count=1)
-            acc = acc + part * r[:, None]
-            acc2 = acc2 + part2 * r2[:, None]
-        base += k_tiles
-        if HAS_BIAS:
-            acc = _wide_bias(acc, bias_ptr, off_a, N, 128, layout)
-            acc2 = _wide_bias(acc2, bias_ptr, off_b, N, 64, layout2)
-        tma.store_wait(pendings=0)
-        c_smem.store(acc.to(gl.bfloat16))
-        c2_smem.store(acc2.to(gl.bfloat16))
-        fence_async_shared()
-        _tma_store(c_desc, [off_m + ROW0, off_a], c_smem)
-        _tma_store(c2_desc, [off_m + ROW0, off_b], c2_smem)
-    tma.store_wait(pendings=0)
-
-
-@gluon.jit
-def _wide_upper(a_desc, b_desc, b2_desc, c_desc, c2_desc, a_bufs, b_bufs, b2_bufs, ready, empty, sa_ptr, sb_ptr,
-                bias_ptr, M, N, first_tile, num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk,
-                HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, NUM_STAGES: gl.constexpr,
-                UPPER_LAYOUT: gl.constexpr, UPPER_LAYOUT2: gl.constexpr):
-    """Rows 64..127 of each 128-row tile, in a warpgroup of their own."""
-    _wide_consume(a_bufs, b_bufs, b2_bufs, ready, empty, c_desc, c2_desc, sa_ptr, sb_ptr, bias_ptr, M, N, first_tile,
-                  num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS, GROUP_M, 128, 64, 64,
-                  NUM_STAGES, UPPER_LAYOUT, UPPER_LAYOUT2)
-
-
-@gluon.jit
-def _block_mm_ws_wide_kernel(a_desc, b_desc, b2_desc, c_desc, c2_desc, sa_ptr, sb_ptr, bias_ptr, M, N, K,
-                             stride_sam, stride_sak, stride_sbn, stride_sbk,
-                             HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, NUM_STAGES: gl.constexpr,
-                             LAYOUT: gl.constexpr, LAYOUT2: gl.constexpr, num_warps: gl.constexpr):
-    """``_block_mm_ws_kernel`` at 128 x 192 tiles, one partition per 64-row warpgroup (persistent)."""
-    num_tiles = gl.cdiv(M, 128) * gl.cdiv(N, WIDE_N)
-    first_tile = gl.program_id(0)
-    k_tiles = gl.cdiv(K, 128)
-    a_bufs = gl.allocate_shared_memory(a_desc.dtype, [NUM_STAGES] + a_desc.block_type.shape, a_desc.layout)
-    b_bufs = gl.allocate_shared_memory(b_desc.dtype, [NUM_STAGES] + b_desc.block_type.shape, b_desc.layout)
-    b2_bufs = gl.allocate_shared_memory(b2_desc.dtype, [NUM_STAGES] + b2_desc.block_type.shape, b2_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    for s in gl.static_range(NUM_STAGES):
-        mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=2)
-    # the worker partitions take one argument list (each ignores what it does not need)
-    gl.warp_specialize([
-        (_wide_consume, (a_bufs, b_bufs, b2_bufs, ready, empty, c_desc, c2_desc, sa_ptr, sb_ptr, bias_ptr, M, N,
-                         first_tile, num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS,
-                         GROUP_M, 128, 0, 64, NUM_STAGES, LAYOUT, LAYOUT2)),
-        (_wide_producer, (a_desc, b_desc, b2_desc, c_desc, c2_desc, a_bufs, b_bufs, b2_bufs, ready, empty, sa_ptr,
-                         sb_ptr, bias_ptr, M, N, first_tile, num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn,
-                         stride_sbk, HAS_BIAS, GROUP_M, NUM_STAGES, LAYOUT, LAYOUT2)),
-        (_wide_upper, (a_desc, b_desc, b2_desc, c_desc, c2_desc, a_bufs, b_bufs, b2_bufs, ready, empty, sa_ptr,
-                         sb_ptr, bias_ptr, M, N, first_tile, num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn,
-                         stride_sbk, HAS_BIAS, GROUP_M, NUM_STAGES, LAYOUT, LAYOUT2)),
-    ], [1, 4], [PRODUCER_REGS, CONSUMER_REGS])
-
-
 @functools.cache
 def mma_layout(warps: int, block_n: int):
     """The wgmma accumulator layout of ``warps`` warps (stacked along M, 16 rows each): 16 x block_n x 32
@@ -422,108 +282,71 @@ def tile_for(m: int, n: int, k: int, sms: int) -> tuple[int, int, int, bool, int
     return 128, 128, 4, split, 4 if split else 8
 
 
-def _wide_layouts():
-    """(A, B, B2, C, C2) shared layouts of the 192-wide kernel: 128- and 64-row weight tiles, 64-row output
-    parts of 128 and 64 columns (one per consumer partition)."""
-    return (*smem_layouts(128, 128, True),
-            gl.NVMMASharedLayout.get_default_for([64, BLOCK_K], gl.float8e4nv),
-            gl.NVMMASharedLayout.get_default_for([64, 64], gl.bfloat16))
-
-
 def compile_for_hopper(block_m: int, block_n: int, num_stages: int, split: bool, has_bias: bool = False):
     """Compile the kernel for sm_90 without a GPU (Triton's bundled ptxas): the CompiledKernel, whose
-    ``asm`` holds the PTX and the cubin. Tests and bench/kernel tools inspect it. block_n = WIDE_N compiles
-    the 192-wide kernel (128-row, split)."""
+    ``asm`` holds the PTX and the cubin. Tests and bench/kernel tools inspect it."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    scalars = {"sa_ptr": "*fp32", "sb_ptr": "*fp32", "bias_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
-               "stride_sam": "i32", "stride_sak": "i32", "stride_sbn": "i32", "stride_sbk": "i32"}
-    if block_n == WIDE_N.value:
-        la, lb, lc, lb2, lc2 = _wide_layouts()
-        kernel, warps = _block_mm_ws_wide_kernel, 4
-        sig = {"a_desc": f"tensordesc<fp8e4nv[128, {BLOCK_K}],{la!r}>",
-               "b_desc": f"tensordesc<fp8e4nv[128, {BLOCK_K}],{lb!r}>",
-               "b2_desc": f"tensordesc<fp8e4nv[64, {BLOCK_K}],{lb2!r}>",
-               "c_desc": f"tensordesc<bf16[64, 128],{lc!r}>", "c2_desc": f"tensordesc<bf16[64, 64],{lc2!r}>",
-               **scalars}
-        consts = {"HAS_BIAS": has_bias, "GROUP_M": 8, "NUM_STAGES": num_stages,
-                  "LAYOUT": gl.constexpr(mma_layout(4, 128)), "LAYOUT2": gl.constexpr(mma_layout(4, 64)),
-                  "num_warps": 4}
-    else:
-        la, lb, lc = smem_layouts(block_m, block_n, split)
-        kernel, warps = _block_mm_ws_kernel, 4 if split else block_m // 16
-        sig = {"a_desc": f"tensordesc<fp8e4nv[{block_m}, {BLOCK_K}],{la!r}>",
-               "b_desc": f"tensordesc<fp8e4nv[{block_n}, {BLOCK_K}],{lb!r}>",
-               "c_desc": f"tensordesc<bf16[{64 if split else block_m}, {block_n}],{lc!r}>", **scalars}
-        consts = {"HAS_BIAS": has_bias, "GROUP_M": 8, "NUM_STAGES": num_stages, "SPLIT": split,
-                  "LAYOUT": gl.constexpr(mma_layout(warps, block_n)),
-                  "UPPER_LAYOUT": gl.constexpr(mma_layout(4, block_n)), "num_warps": warps}
+    la, lb, lc = smem_layouts(block_m, block_n, split)
+    warps = 4 if split else block_m // 16
+    sig = {"a_desc": f"tensordesc<fp8e4nv[{block_m}, {BLOCK_K}],{la!r}>",
+           "b_desc": f"tensordesc<fp8e4nv[{block_n}, {BLOCK_K}],{lb!r}>",
+           "c_desc": f"tensordesc<bf16[{64 if split else block_m}, {block_n}],{lc!r}>",
+           "sa_ptr": "*fp32", "sb_ptr": "*fp32", "bias_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
+           "stride_sam": "i32", "stride_sak": "i32", "stride_sbn": "i32", "stride_sbk": "i32"}
+    consts = {"HAS_BIAS": has_bias, "GROUP_M": 8, "NUM_STAGES": num_stages, "SPLIT": split,
+              "LAYOUT": gl.constexpr(mma_layout(warps, block_n)), "UPPER_LAYOUT": gl.constexpr(mma_layout(4, block_n)),
+              "num_warps": warps}
     sig.update({k: "constexpr" for k in consts})
-    return triton.compile(GluonASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": warps, "maxnreg": max_registers(128 if block_n == WIDE_N.value else block_m)})
+    return triton.compile(GluonASTSource(_block_mm_ws_kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": warps, "maxnreg": max_registers(block_m)})
 
 
 def block_mm_ws(a: torch.Tensor, weight: torch.Tensor, a_scale: torch.Tensor, weight_scale: torch.Tensor,
                 bias: torch.Tensor | None, block_m: int, block_n: int, num_stages: int, group_m: int = 8,
                 out: torch.Tensor | None = None, split: bool = False, programs: int | None = None) -> torch.Tensor:
     """(M, N) bf16 = (a x a_scale) @ (weight x weight_scale).T; block_m 64 or 128 (one consumer warpgroup
-    per 64 rows; ``split`` puts the two of a 128-row tile in partitions of their own), block_n <= 128, or
-    WIDE_N (128 x 192 tiles, always split); ``programs`` caps the grid (a persistent loop over the tiles;
-    None: a program per tile)."""
+    per 64 rows; ``split`` puts the two of a 128-row tile in partitions of their own), block_n <= 128;
+    ``programs`` caps the grid (a persistent loop over the tiles; None: a program per tile)."""
     m, k = a.shape
     n = weight.shape[0]
     if out is None:
         out = torch.empty(m, n, device=a.device, dtype=torch.bfloat16)
-    placeholder = bias if bias is not None else out
-    scalars = (a_scale, weight_scale, placeholder, m, n, k, a_scale.stride(0), a_scale.stride(1),
-               weight_scale.stride(0), weight_scale.stride(1))
-    if block_n == WIDE_N.value:
-        la, lb, lc, lb2, lc2 = _wide_layouts()
-        descs = (TensorDescriptor.from_tensor(a, [128, BLOCK_K], la),
-                 TensorDescriptor.from_tensor(weight, [128, BLOCK_K], lb),
-                 TensorDescriptor.from_tensor(weight, [64, BLOCK_K], lb2),
-                 TensorDescriptor.from_tensor(out, [64, 128], lc), TensorDescriptor.from_tensor(out, [64, 64], lc2))
-        tiles = triton.cdiv(m, 128) * triton.cdiv(n, WIDE_N.value)
-        consts = dict(HAS_BIAS=bias is not None, GROUP_M=group_m, NUM_STAGES=num_stages,
-                      LAYOUT=mma_layout(4, 128), LAYOUT2=mma_layout(4, 64), num_warps=4)
-        kernel, tile, maxnreg = _block_mm_ws_wide_kernel, (128, WIDE_N.value, True), max_registers(128)
-    else:
-        split = split and block_m == 128
-        la, lb, lc = smem_layouts(block_m, block_n, split)
-        descs = (TensorDescriptor.from_tensor(a, [block_m, BLOCK_K], la),
-                 TensorDescriptor.from_tensor(weight, [block_n, BLOCK_K], lb),
-                 TensorDescriptor.from_tensor(out, [64 if split else block_m, block_n], lc))
-        num_warps = 4 if split else block_m // 16
-        tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
-        consts = dict(HAS_BIAS=bias is not None, GROUP_M=group_m, NUM_STAGES=num_stages, SPLIT=split,
-                      LAYOUT=mma_layout(num_warps, block_n), UPPER_LAYOUT=mma_layout(4, block_n), num_warps=num_warps)
-        kernel, tile, maxnreg = _block_mm_ws_kernel, (block_m, block_n, split), max_registers(block_m)
+    split = split and block_m == 128
+    la, lb, lc = smem_layouts(block_m, block_n, split)
+    a_desc = TensorDescriptor.from_tensor(a, [block_m, BLOCK_K], la)
+    b_desc = TensorDescriptor.from_tensor(weight, [block_n, BLOCK_K], lb)
+    c_desc = TensorDescriptor.from_tensor(out, [64 if split else block_m, block_n], lc)
+    num_warps = 4 if split else block_m // 16
+    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     grid = (min(tiles, programs) if programs else tiles,)
-    _launch(kernel, grid, descs, scalars, consts, tile, maxnreg)
+    args = (a_desc, b_desc, c_desc, a_scale, weight_scale, bias if bias is not None else out, m, n, k,
+            a_scale.stride(0), a_scale.stride(1), weight_scale.stride(0), weight_scale.stride(1))
+    consts = dict(HAS_BIAS=bias is not None, GROUP_M=group_m, NUM_STAGES=num_stages, SPLIT=split,
+                  LAYOUT=mma_layout(num_warps, block_n), UPPER_LAYOUT=mma_layout(4, block_n), num_warps=num_warps)
+    _launch(grid, args, consts, (block_m, block_n, split), max_registers(block_m))
     return out
 
 
 _COMPILED: dict = {}
-_LAYOUT_CONSTS = ("LAYOUT", "LAYOUT2", "UPPER_LAYOUT")
 
 
-def _launch(kernel, grid, descs, scalars, consts, tile, maxnreg):
-    """``kernel[grid](*descs, *scalars, **consts)``, or, once that specialization has compiled, a direct
-    call of the compiled kernel (``common.launch``'s fast path: Triton's per-call binding costs tens of us
-    of host time, which eager prefill pays per linear). The descriptors' types follow from ``tile``; the
-    scalars key the specialization as in ``common``. QUANTC_FAST_LAUNCH=0 takes Triton's path."""
+def _launch(grid, args, consts, tile, maxnreg):
+    """``_block_mm_ws_kernel[grid](...)``, or, once that specialization has compiled, a direct call of the
+    compiled kernel (``common.launch``'s fast path: Triton's per-call binding costs tens of us of host
+    time, which eager prefill pays per linear). The descriptors' types follow from ``tile``; the other
+    arguments key the specialization as in ``common``. QUANTC_FAST_LAUNCH=0 takes Triton's path."""
     if not fast_launch_on():
-        kernel[grid](*descs, *scalars, **consts, maxnreg=maxnreg)
+        _block_mm_ws_kernel[grid](*args, **consts, maxnreg=maxnreg)
         return
-    key = (kernel, tile, tuple(map(_arg_key, scalars)),
-           tuple((n_, v) for n_, v in consts.items() if n_ not in _LAYOUT_CONSTS))
+    key = (tile, tuple(map(_arg_key, args[3:])), tuple((n_, v) for n_, v in consts.items()
+                                                      if n_ not in ("LAYOUT", "UPPER_LAYOUT")))
     hit = _COMPILED.get(key)
     if hit is None:
-        compiled = kernel[grid](*descs, *scalars, **consts, maxnreg=maxnreg)
-        nargs = len(descs) + len(scalars)
-        _COMPILED[key] = (compiled, tuple(consts[n_] for n_ in kernel.arg_names[nargs:]))
+        compiled = _block_mm_ws_kernel[grid](*args, **consts, maxnreg=maxnreg)
+        _COMPILED[key] = (compiled, tuple(consts[n_] for n_ in _block_mm_ws_kernel.arg_names[len(args):]))
         return
     compiled, const_vals = hit
-    compiled.run(grid[0], 1, 1, current_stream(scalars[0].device), compiled.function, compiled.packed_metadata,
-                 None, None, None, *descs, *scalars, *const_vals)
+    compiled.run(grid[0], 1, 1, current_stream(args[3].device), compiled.function, compiled.packed_metadata,
+                 None, None, None, *args, *const_vals)
