@@ -137,7 +137,8 @@ def bucket_of(m: int) -> str:
 
 def gpu_check(out: dict) -> None:
     """Correctness on the GPU before timing: every mode against the reference, quantizers bit-exact."""
-    from quantc.runtime.kernels import act_quant, scaled_mm as sm
+    from quantc.runtime.kernels import act_quant, block_mm_ws, scaled_mm as sm
+    from quantc.runtime.kernels.common import sm_count
 
     torch.manual_seed(0)
     res = {}
@@ -203,6 +204,11 @@ def gpu_check(out: dict) -> None:
         with env_set("QUANTC_BLOCK_WS", "0"):
             tiled = sm.scaled_mm(*args, x_scale=sx, bias=bb).float()
         res[f"block_ws/M{M}/N{N}/bias{int(bias)}/max_abs_diff_vs_tiled"] = float((o - tiled).abs().max())
+        # the 256-wide tile (two 128-wide halves; N = 1000 / 576: the last tile's second half is partly or
+        # wholly past N), as the runtime's rule would pick it for larger M
+        wide = block_mm_ws.block_mm_ws(xq, t_["weight"], sx, t_["weight_scale_inv"], bb, 128, block_mm_ws.WIDE_N.value,
+                                       3, 8, split=True, programs=sm_count(xx.device)).float()
+        res[f"block_ws_wide/M{M}/N{N}/bias{int(bias)}/max_abs_diff_vs_tiled"] = float((wide - tiled).abs().max())
     out["gpu_check"] = res
     bad = {k: v for k, v in res.items() if (v is False) or (isinstance(v, float) and not v < 1e-2)}
     print("gpu check:", "all ok" if not bad else bad, flush=True)

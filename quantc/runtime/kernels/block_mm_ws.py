@@ -21,6 +21,11 @@ Here the K loop is split across warps and across time:
   (``setmaxnreg``: 40 for the producer, the rest to the consumers) pays for.
 - persistent: with the grid capped at the SM count a program walks several output tiles, and the
   producer loads the next tile's first steps while the consumers store the current one.
+- 128 x 256 tiles (``_block_mm_ws_wide_kernel``, where ``tile_for`` finds enough of them): at 128 x 128
+  the shared memory's bandwidth, not the tensor cores, bounds the kernel (each 64 x 128 wgmma re-reads its
+  A slice); a 64 x 256 warpgroup tile taken as two 64 x 128 halves with the A slice in registers, read once
+  for both, cuts that traffic by a fifth. One partial buffer (two sums of 64 registers and one partial), so
+  each half's MMA is waited for before its scaling, which overlaps the other warpgroup's MMA.
 
 Gluon kernels cannot run under ``TRITON_INTERPRET``: CI compiles this one for sm_90 offline and checks
 its SASS (``tests/runtime/test_block_mm_ws.py``: each step's wgmmas back to back with one wait, FMAs
@@ -189,6 +194,21 @@ def _upper_part(a_desc, b_desc, c_desc, a_bufs, b_bufs, ready, empty, sa_ptr, sb
 
 
 @gluon.jit
+def _ring(a_desc, b_desc, NUM_STAGES: gl.constexpr, RELEASES: gl.constexpr):
+    """The operand ring: NUM_STAGES shared-memory slots of an A and a B tile, a ``ready`` mbarrier per slot
+    (the producer's TMA bytes) and an ``empty`` one that counts RELEASES arrivals (one per consumer
+    partition)."""
+    a_bufs = gl.allocate_shared_memory(a_desc.dtype, [NUM_STAGES] + a_desc.block_type.shape, a_desc.layout)
+    b_bufs = gl.allocate_shared_memory(b_desc.dtype, [NUM_STAGES] + b_desc.block_type.shape, b_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(NUM_STAGES):
+        mbarrier.init(ready.index(s), count=1)
+        mbarrier.init(empty.index(s), count=RELEASES)
+    return a_bufs, b_bufs, ready, empty
+
+
+@gluon.jit
 def _block_mm_ws_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, K,
                         stride_sam, stride_sak, stride_sbn, stride_sbk,
                         HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, NUM_STAGES: gl.constexpr,
@@ -203,13 +223,7 @@ def _block_mm_ws_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, 
     first_tile = gl.program_id(0)
     k_tiles = gl.cdiv(K, 128)
 
-    a_bufs = gl.allocate_shared_memory(a_desc.dtype, [NUM_STAGES] + a_desc.block_type.shape, a_desc.layout)
-    b_bufs = gl.allocate_shared_memory(b_desc.dtype, [NUM_STAGES] + b_desc.block_type.shape, b_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    for s in gl.static_range(NUM_STAGES):
-        mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=2 if SPLIT else 1)  # each consumer partition releases a slot
+    a_bufs, b_bufs, ready, empty = _ring(a_desc, b_desc, NUM_STAGES, 2 if SPLIT else 1)
     # worker partitions take one argument list (the producer ignores what it does not need)
     if SPLIT:
         # one partition per 64-row warpgroup: each waits only on its own MMAs and barriers, so one's
@@ -234,6 +248,132 @@ def _block_mm_ws_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, 
                               first_tile, num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk,
                               HAS_BIAS, GROUP_M, NUM_STAGES, UPPER_LAYOUT)),
         ], [1], [PRODUCER_REGS])
+
+
+# ---- 256-wide tiles ----------------------------------------------------------------------------------
+# At 128 x 128 tiles each warpgroup's 64 x 128 x 32 wgmma reads its A slice (2 KB) and the whole B slice
+# (4 KB) from shared memory, and TMA writes both tiles there: ~160 bytes a clock an SM at the tensor cores'
+# rate, over the ~128 that shared memory serves (the per-channel kernel's 128 x 256 tiles, 64 x 256
+# instructions, run at ~1250 TFLOP/s; this kernel's 128 x 128 ones at ~1050). A 64 x 256 instruction would
+# need the sum and a partial of 128 registers each. Here a warpgroup's 64 x 256 tile is two 64 x 128
+# halves (one weight block each): the A slice goes into registers once a K step and feeds both halves' MMAs,
+# so shared memory serves ~128 bytes a clock. Registers: two sums and one partial (3 x 64 a thread), so each
+# half's MMA is waited for before its scaling, which then overlaps the other warpgroup's MMA (one
+# partition each). Three stages: four with the output tiles exceed shared memory.
+WIDE_N = gl.constexpr(256)
+
+
+@gluon.jit
+def _wide_producer(a_desc, b_desc, c_desc, a_bufs, b_bufs, b2_bufs, ready, empty, sa_ptr, sb_ptr, bias_ptr, M, N,
+                   first_tile, num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk,
+                   HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, NUM_STAGES: gl.constexpr, LAYOUT: gl.constexpr):
+    nbytes: gl.constexpr = a_desc.block_type.nbytes + 2 * b_desc.block_type.nbytes
+    g = 0
+    for t in range(first_tile, num_tiles, gl.num_programs(0)):
+        off_m, off_n = _tile_offsets(t, M, N, 128, WIDE_N, GROUP_M)
+        for i in range(k_tiles):
+            s = g % NUM_STAGES
+            mbarrier.wait(empty.index(s), ((g // NUM_STAGES) & 1) ^ 1)
+            mbarrier.expect(ready.index(s), nbytes)
+            _tma_load(a_desc, [off_m, i * 128], ready.index(s), a_bufs.index(s))
+            _tma_load(b_desc, [off_n, i * 128], ready.index(s), b_bufs.index(s))
+            _tma_load(b_desc, [off_n + 128, i * 128], ready.index(s), b2_bufs.index(s))  # zeros past N
+            g += 1
+
+
+@gluon.jit
+def _wide_rows(sa_ptr, off_m, i, M, stride_sam, stride_sak, ROWS: gl.constexpr, layout: gl.constexpr):
+    """sa_k of K step i for rows off_m.."""
+    offs_m = off_m + gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
+    return gl.load(sa_ptr + offs_m * stride_sam + i * stride_sak, mask=offs_m < M, other=0.0)
+
+
+@gluon.jit
+def _wide_bias(acc, bias_ptr, off, N, layout: gl.constexpr):
+    offs_n = off + gl.arange(0, 128, layout=gl.SliceLayout(0, layout))
+    return acc + gl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(gl.float32)[None, :]
+
+
+@gluon.jit
+def _wide_consume(a_bufs, b_bufs, b2_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, first_tile,
+                  num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS: gl.constexpr,
+                  GROUP_M: gl.constexpr, ROW0: gl.constexpr, NUM_STAGES: gl.constexpr, layout: gl.constexpr):
+    """Rows ROW0..ROW0+63 of the program's 128 x 256 tiles: per K step the A slice into registers, then per
+    half its MMA, the wait and the scaling (``layout``: a 64 x 128 accumulator's). The tiled kernel's FMA
+    per element, so the sums agree bit for bit."""
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=layout, k_width=4)
+    c_smem = gl.allocate_shared_memory(gl.bfloat16, [64, 128], c_desc.layout)
+    c2_smem = gl.allocate_shared_memory(gl.bfloat16, [64, 128], c_desc.layout)
+    last_block = gl.cdiv(N, 128) - 1  # a second half wholly past N reads a real scale row (its output is clipped)
+    base = 0
+    for t in range(first_tile, num_tiles, gl.num_programs(0)):
+        off_m, off_n = _tile_offsets(t, M, N, 128, WIDE_N, GROUP_M)
+        sb_lo = (off_n // 128) * stride_sbn
+        sb_hi = gl.minimum(off_n // 128 + 1, last_block) * stride_sbn
+        acc = gl.zeros([64, 128], gl.float32, layout)
+        acc2 = gl.zeros([64, 128], gl.float32, layout)
+        part = gl.zeros([64, 128], gl.float32, layout)
+        for i in range(k_tiles):
+            s = (base + i) % NUM_STAGES
+            mbarrier.wait(ready.index(s), ((base + i) // NUM_STAGES) & 1)
+            a_reg = a_bufs.index(s).slice(ROW0, 64).load(a_layout)
+            run = warpgroup_mma(a_reg, b_bufs.index(s).permute((1, 0)), part, use_acc=False, is_async=True)
+            r = _wide_rows(sa_ptr, off_m + ROW0, i, M, stride_sam, stride_sak, 64, layout)
+            r2 = r * gl.load(sb_ptr + sb_hi + i * stride_sbk)
+            r = r * gl.load(sb_ptr + sb_lo + i * stride_sbk)
+            part = warpgroup_mma_wait(num_outstanding=0, deps=(run,))
+            acc = acc + part * r[:, None]
+            run = warpgroup_mma(a_reg, b2_bufs.index(s).permute((1, 0)), part, use_acc=False, is_async=True)
+            part = warpgroup_mma_wait(num_outstanding=0, deps=(run,))
+            mbarrier.arrive(empty.index(s), count=1)
+            acc2 = acc2 + part * r2[:, None]
+        base += k_tiles
+        if HAS_BIAS:
+            acc = _wide_bias(acc, bias_ptr, off_n, N, layout)
+            acc2 = _wide_bias(acc2, bias_ptr, off_n + 128, N, layout)
+        tma.store_wait(pendings=0)  # the previous tile's stores have read c_smem / c2_smem
+        c_smem.store(acc.to(gl.bfloat16))
+        c2_smem.store(acc2.to(gl.bfloat16))
+        fence_async_shared()
+        _tma_store(c_desc, [off_m + ROW0, off_n], c_smem)
+        _tma_store(c_desc, [off_m + ROW0, off_n + 128], c2_smem)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _wide_upper(a_desc, b_desc, c_desc, a_bufs, b_bufs, b2_bufs, ready, empty, sa_ptr, sb_ptr, bias_ptr, M, N,
+                first_tile, num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk,
+                HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, NUM_STAGES: gl.constexpr, LAYOUT: gl.constexpr):
+    """Rows 64..127 of each tile, in a warpgroup of their own."""
+    _wide_consume(a_bufs, b_bufs, b2_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, first_tile,
+                  num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS, GROUP_M, 64,
+                  NUM_STAGES, LAYOUT)
+
+
+@gluon.jit
+def _block_mm_ws_wide_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, K,
+                             stride_sam, stride_sak, stride_sbn, stride_sbk,
+                             HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, NUM_STAGES: gl.constexpr,
+                             LAYOUT: gl.constexpr, num_warps: gl.constexpr):
+    """``_block_mm_ws_kernel`` at 128 x 256 tiles (persistent, one partition per 64-row warpgroup), from
+    the same descriptors as its split 128 x 128 tile: two B tiles a K step."""
+    num_tiles = gl.cdiv(M, 128) * gl.cdiv(N, WIDE_N)
+    first_tile = gl.program_id(0)
+    k_tiles = gl.cdiv(K, 128)
+    a_bufs, b_bufs, ready, empty = _ring(a_desc, b_desc, NUM_STAGES, 2)
+    b2_bufs = gl.allocate_shared_memory(b_desc.dtype, [NUM_STAGES] + b_desc.block_type.shape, b_desc.layout)
+    # the worker partitions take one argument list (each ignores what it does not need)
+    gl.warp_specialize([
+        (_wide_consume, (a_bufs, b_bufs, b2_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, first_tile,
+                         num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS, GROUP_M, 0,
+                         NUM_STAGES, LAYOUT)),
+        (_wide_producer, (a_desc, b_desc, c_desc, a_bufs, b_bufs, b2_bufs, ready, empty, sa_ptr, sb_ptr, bias_ptr, M,
+                          N, first_tile, num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk,
+                          HAS_BIAS, GROUP_M, NUM_STAGES, LAYOUT)),
+        (_wide_upper, (a_desc, b_desc, c_desc, a_bufs, b_bufs, b2_bufs, ready, empty, sa_ptr, sb_ptr, bias_ptr, M,
+                       N, first_tile, num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk,
+                       HAS_BIAS, GROUP_M, NUM_STAGES, LAYOUT)),
+    ], [1, 4], [PRODUCER_REGS, CONSUMER_REGS])
 
 
 @functools.cache
@@ -262,91 +402,121 @@ def max_registers(block_m: int) -> int:
 
 def supports(m: int, n: int, k: int, block_n: int) -> bool:
     """Whether the operands fit this kernel: TMA needs 16-byte row strides (K % 16 for fp8, N % 8 for the
-    bf16 output), and a tile must lie in one 128-row weight block (block_n divides 128)."""
-    return m > 0 and k % 16 == 0 and n % 8 == 0 and 128 % block_n == 0
+    bf16 output), and a tile must lie in one 128-row weight block (block_n divides 128) or be two of them
+    (WIDE_N)."""
+    return m > 0 and k % 16 == 0 and n % 8 == 0 and (128 % block_n == 0 or block_n == WIDE_N.value)
+
+
+def _wave_use(tiles: int, sms: int) -> float:
+    """The share of program slots a persistent launch of ``tiles`` equal tiles keeps busy."""
+    return tiles / (-(-tiles // sms) * sms)
 
 
 def tile_for(m: int, n: int, k: int, sms: int) -> tuple[int, int, int, bool, int]:
     """(block_m, block_n, stages, split, group_m) for an (M, N, K) GEMM on a GPU of ``sms`` SMs; the
-    launcher runs it persistent, one program per SM. 128 x 128 tiles with four stages; where those would
-    fill at most half the SMs, 64-row tiles (twice the programs) instead. Split (one partition per 64-row
-    warpgroup) with GROUP_M 4, except for the long-K, wide shapes (K >= 7168 and N >= 4096), where one
-    8-warp partition with GROUP_M 8 ran faster. From ``bench/block_ws_probe.py`` on the H100, 7 shapes x
-    M = 256..8192 (bench/results/block_ws_probe_h100_persistent.json): the persistent loop won or tied
-    every row, the split tile won 16 of the 21 rows at M >= 1024 and the unsplit one the long-K wide ones;
-    at M = 256 the 64-row tile won exactly the shapes with at most 64 tiles of 128 rows. GROUP_M 4 against
-    8 / 16 (block_ws_probe_h100_groups.json, M >= 1024): 0.938 / 0.915 / 0.924 of cuBLAS blockwise."""
+    launcher runs it persistent, one program per SM. 128 x 256 tiles (three stages) where K >= 4096 and
+    they fill the SMs (at least 0.9 of a wave, and 0.8 of the last wave's slots busy); else 128 x 128
+    tiles with four stages; where those would fill at most half the SMs, 64-row tiles (twice the programs).
+    At 128 x 128, split (one partition per 64-row warpgroup) with GROUP_M 4, except for the long-K, wide
+    shapes (K >= 7168 and N >= 4096), where one 8-warp partition with GROUP_M 8 ran faster.
+
+    From ``bench/block_ws_probe.py`` on the H100, 7 shapes x M = 256..8192. The 256-wide tile
+    (block_ws_probe_h100_wide256.json, M >= 1024): 0.949 -> 0.984 of cuBLAS blockwise by this rule, up to
+    +12% on the long-K shapes; it lost where its tiles leave SMs idle ((2048, 7168) at M = 1024: 64 tiles;
+    (6144, 4096) at M = 1024: 192 tiles, 1.45 waves), on K = 2048 and at M = 256. The 128 x 128 choices
+    (block_ws_probe_h100_persistent.json): the persistent loop won or tied every row, the split tile 16 of
+    the 21 rows at M >= 1024 and the unsplit one the long-K wide ones; at M = 256 the 64-row tile won
+    exactly the shapes with at most 64 tiles of 128 rows. GROUP_M 4 against 8 / 16
+    (block_ws_probe_h100_groups.json, M >= 1024): 0.938 / 0.915 / 0.924 of cuBLAS blockwise."""
     if -(-m // 128) * -(-n // 128) <= sms // 2:
         return 64, 128, 4, False, 8
+    wide = -(-m // 128) * -(-n // WIDE_N.value)
+    if k >= 4096 and wide >= 0.9 * sms and _wave_use(wide, sms) >= 0.8:
+        return 128, WIDE_N.value, 3, True, 8
     split = not (k >= 7168 and n >= 4096)
     return 128, 128, 4, split, 4 if split else 8
 
 
 def compile_for_hopper(block_m: int, block_n: int, num_stages: int, split: bool, has_bias: bool = False):
     """Compile the kernel for sm_90 without a GPU (Triton's bundled ptxas): the CompiledKernel, whose
-    ``asm`` holds the PTX and the cubin. Tests and bench/kernel tools inspect it."""
+    ``asm`` holds the PTX and the cubin. Tests and bench/kernel tools inspect it. block_n = WIDE_N compiles
+    the 256-wide kernel (128 rows, split)."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    la, lb, lc = smem_layouts(block_m, block_n, split)
-    warps = 4 if split else block_m // 16
-    sig = {"a_desc": f"tensordesc<fp8e4nv[{block_m}, {BLOCK_K}],{la!r}>",
-           "b_desc": f"tensordesc<fp8e4nv[{block_n}, {BLOCK_K}],{lb!r}>",
-           "c_desc": f"tensordesc<bf16[{64 if split else block_m}, {block_n}],{lc!r}>",
+    wide = block_n == WIDE_N.value
+    bm, bn, split = (128, 128, True) if wide else (block_m, block_n, split)
+    la, lb, lc = smem_layouts(bm, bn, split)
+    warps = 4 if split else bm // 16
+    sig = {"a_desc": f"tensordesc<fp8e4nv[{bm}, {BLOCK_K}],{la!r}>",
+           "b_desc": f"tensordesc<fp8e4nv[{bn}, {BLOCK_K}],{lb!r}>",
+           "c_desc": f"tensordesc<bf16[{64 if split else bm}, {bn}],{lc!r}>",
            "sa_ptr": "*fp32", "sb_ptr": "*fp32", "bias_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
            "stride_sam": "i32", "stride_sak": "i32", "stride_sbn": "i32", "stride_sbk": "i32"}
-    consts = {"HAS_BIAS": has_bias, "GROUP_M": 8, "NUM_STAGES": num_stages, "SPLIT": split,
-              "LAYOUT": gl.constexpr(mma_layout(warps, block_n)), "UPPER_LAYOUT": gl.constexpr(mma_layout(4, block_n)),
-              "num_warps": warps}
+    consts = {"HAS_BIAS": has_bias, "GROUP_M": 8, "NUM_STAGES": num_stages}
+    if not wide:
+        consts.update(SPLIT=split, LAYOUT=gl.constexpr(mma_layout(warps, bn)),
+                      UPPER_LAYOUT=gl.constexpr(mma_layout(4, bn)))
+    else:
+        consts.update(LAYOUT=gl.constexpr(mma_layout(4, bn)))
+    consts["num_warps"] = warps
     sig.update({k: "constexpr" for k in consts})
-    return triton.compile(GluonASTSource(_block_mm_ws_kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": warps, "maxnreg": max_registers(block_m)})
+    kernel = _block_mm_ws_wide_kernel if wide else _block_mm_ws_kernel
+    return triton.compile(GluonASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": warps, "maxnreg": max_registers(bm)})
 
 
 def block_mm_ws(a: torch.Tensor, weight: torch.Tensor, a_scale: torch.Tensor, weight_scale: torch.Tensor,
                 bias: torch.Tensor | None, block_m: int, block_n: int, num_stages: int, group_m: int = 8,
                 out: torch.Tensor | None = None, split: bool = False, programs: int | None = None) -> torch.Tensor:
     """(M, N) bf16 = (a x a_scale) @ (weight x weight_scale).T; block_m 64 or 128 (one consumer warpgroup
-    per 64 rows; ``split`` puts the two of a 128-row tile in partitions of their own), block_n <= 128;
-    ``programs`` caps the grid (a persistent loop over the tiles; None: a program per tile)."""
+    per 64 rows; ``split`` puts the two of a 128-row tile in partitions of their own), block_n <= 128, or
+    WIDE_N (128 x 256 tiles, always split, three stages at most); ``programs`` caps the grid (a persistent
+    loop over the tiles; None: a program per tile)."""
     m, k = a.shape
     n = weight.shape[0]
     if out is None:
         out = torch.empty(m, n, device=a.device, dtype=torch.bfloat16)
-    split = split and block_m == 128
-    la, lb, lc = smem_layouts(block_m, block_n, split)
-    a_desc = TensorDescriptor.from_tensor(a, [block_m, BLOCK_K], la)
-    b_desc = TensorDescriptor.from_tensor(weight, [block_n, BLOCK_K], lb)
-    c_desc = TensorDescriptor.from_tensor(out, [64 if split else block_m, block_n], lc)
-    num_warps = 4 if split else block_m // 16
-    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+    wide = block_n == WIDE_N.value
+    bm, bn, split = (128, 128, True) if wide else (block_m, block_n, split and block_m == 128)
+    la, lb, lc = smem_layouts(bm, bn, split)
+    descs = (TensorDescriptor.from_tensor(a, [bm, BLOCK_K], la), TensorDescriptor.from_tensor(weight, [bn, BLOCK_K], lb),
+             TensorDescriptor.from_tensor(out, [64 if split else bm, bn], lc))
+    scalars = (a_scale, weight_scale, bias if bias is not None else out, m, n, k, a_scale.stride(0),
+               a_scale.stride(1), weight_scale.stride(0), weight_scale.stride(1))
+    num_warps = 4 if split else bm // 16
+    if wide:
+        kernel, consts = _block_mm_ws_wide_kernel, dict(LAYOUT=mma_layout(4, bn))
+    else:
+        kernel, consts = _block_mm_ws_kernel, dict(SPLIT=split, LAYOUT=mma_layout(num_warps, bn),
+                                                    UPPER_LAYOUT=mma_layout(4, bn))
+    consts = dict(HAS_BIAS=bias is not None, GROUP_M=group_m, NUM_STAGES=num_stages, **consts, num_warps=num_warps)
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, block_n)
     grid = (min(tiles, programs) if programs else tiles,)
-    args = (a_desc, b_desc, c_desc, a_scale, weight_scale, bias if bias is not None else out, m, n, k,
-            a_scale.stride(0), a_scale.stride(1), weight_scale.stride(0), weight_scale.stride(1))
-    consts = dict(HAS_BIAS=bias is not None, GROUP_M=group_m, NUM_STAGES=num_stages, SPLIT=split,
-                  LAYOUT=mma_layout(num_warps, block_n), UPPER_LAYOUT=mma_layout(4, block_n), num_warps=num_warps)
-    _launch(grid, args, consts, (block_m, block_n, split), max_registers(block_m))
+    _launch(kernel, grid, descs, scalars, consts, (bm, block_n, split), max_registers(bm))
     return out
 
 
 _COMPILED: dict = {}
+_LAYOUT_CONSTS = ("LAYOUT", "UPPER_LAYOUT")
 
 
-def _launch(grid, args, consts, tile, maxnreg):
-    """``_block_mm_ws_kernel[grid](...)``, or, once that specialization has compiled, a direct call of the
-    compiled kernel (``common.launch``'s fast path: Triton's per-call binding costs tens of us of host
-    time, which eager prefill pays per linear). The descriptors' types follow from ``tile``; the other
-    arguments key the specialization as in ``common``. QUANTC_FAST_LAUNCH=0 takes Triton's path."""
+def _launch(kernel, grid, descs, scalars, consts, tile, maxnreg):
+    """``kernel[grid](*descs, *scalars, **consts)``, or, once that specialization has compiled, a direct
+    call of the compiled kernel (``common.launch``'s fast path: Triton's per-call binding costs tens of us
+    of host time, which eager prefill pays per linear). The descriptors' types follow from ``tile``; the
+    scalars key the specialization as in ``common``. QUANTC_FAST_LAUNCH=0 takes Triton's path."""
     if not fast_launch_on():
-        _block_mm_ws_kernel[grid](*args, **consts, maxnreg=maxnreg)
+        kernel[grid](*descs, *scalars, **consts, maxnreg=maxnreg)
         return
-    key = (tile, tuple(map(_arg_key, args[3:])), tuple((n_, v) for n_, v in consts.items()
-                                                      if n_ not in ("LAYOUT", "UPPER_LAYOUT")))
+    key = (kernel, tile, tuple(map(_arg_key, scalars)),
+           tuple((n_, v) for n_, v in consts.items() if n_ not in _LAYOUT_CONSTS))
     hit = _COMPILED.get(key)
     if hit is None:
-        compiled = _block_mm_ws_kernel[grid](*args, **consts, maxnreg=maxnreg)
-        _COMPILED[key] = (compiled, tuple(consts[n_] for n_ in _block_mm_ws_kernel.arg_names[len(args):]))
+        compiled = kernel[grid](*descs, *scalars, **consts, maxnreg=maxnreg)
+        nargs = len(descs) + len(scalars)
+        _COMPILED[key] = (compiled, tuple(consts[n_] for n_ in kernel.arg_names[nargs:]))
         return
     compiled, const_vals = hit
-    compiled.run(grid[0], 1, 1, current_stream(args[3].device), compiled.function, compiled.packed_metadata,
-                 None, None, None, *args, *const_vals)
+    compiled.run(grid[0], 1, 1, current_stream(scalars[0].device), compiled.function, compiled.packed_metadata,
+                 None, None, None, *descs, *scalars, *const_vals)
