@@ -9,7 +9,8 @@ config for each; GemLite's fp8 / int8 layers (kernel on the same pre-quantized a
 Writes $OUT/gemv_probe_<gpu>.json; prints one line per measurement and a summary per shape.
 
 Env: PROBE_SHAPES ("4096x14336,..."), PROBE_CAP_S (default 500), PROBE_WO_GRID=1 (fp8 weight-only over
-the whole config grid too, not only the five best W8A8 configs).
+the whole config grid too, not only the five best W8A8 configs), PROBE_GRID=tiny (``tiny_grid``: 1-4 rows
+and 1-2 K steps a program, split-K over the rest, and the table's config, instead of GRID).
 """
 
 from __future__ import annotations
@@ -46,6 +47,23 @@ if os.environ.get("PROBE_SHAPES"):
 GRID = ([C(1, bn, bk, 8, 4, 2, sk) for bn, bk, sk in itertools.product((8, 16, 32), (256, 512, 1024), (1, 2, 4, 8, 16))]
         + [C(1, 8, 256, 8, 4, 1, 1), C(1, 8, 512, 8, 4, 1, 4), C(1, 16, 1024, 8, 4, 1, 1), C(1, 8, 512, 8, 4, 1, 1),
            C(1, 8, 512, 8, 4, 1, 8), C(1, 16, 256, 8, 4, 1, 8), C(1, 8, 256, 8, 4, 1, 4)])
+# PROBE_GRID=tiny: GemLite's decode shape (one or a few weight rows and one or two K steps a program, many
+# programs), through our split-K: the slices of a row tile meet on its counter and the last one sums them
+TINY = os.environ.get("PROBE_GRID") == "tiny"
+
+
+def tiny_grid(k: int) -> list[C]:
+    out = []
+    for bn, bk, w, st in itertools.product((1, 2, 4), (512, 1024, 2048), (1, 2, 4), (1, 2)):
+        if not 1 <= bn * bk / (16 * 32 * w) <= 4 or bk > k:
+            continue
+        for steps in (1, 2):
+            sk = math.ceil(k / (bk * steps))
+            if sk > 1 and not (steps == 1 and st == 2):  # one step a slice: nothing to prefetch
+                out.append(C(1, bn, bk, 8, w, st, sk))
+    return out
+
+
 # eight-warp programs (the weight-only winners of bench_dense) for the PROBE_WO_GRID sweep
 WO_EXTRA = [C(1, bn, bk, 8, 8, st, sk) for bn, bk, st, sk in itertools.product((16, 32), (512, 1024), (1, 2), (1, 2, 4))]
 T0 = time.time()
@@ -98,7 +116,7 @@ def main() -> None:
         rec["bf16_us_per_layer"] = us / len(bf)
         del bf
         grid = {c: timed(f"gemv fp8 kernel {dataclasses.astuple(c)}", layer(f8, "fp8_per_channel", "fp8_dynamic_per_token", c, (xq, sx)))
-                for c in GRID}
+                for c in (tiny_grid(k) + [table_config("fp8_scaled_gemm", n, k)] if TINY else GRID)}
         best = [c for c, _ in sorted(((c, t) for c, t in grid.items() if t), key=lambda p: p[1])[:5]]
         for kernel, wk, ak, ws, pre in (("fp8_scaled_gemm", "fp8_per_channel", "fp8_dynamic_per_token", f8, (xq, sx)),
                                         ("int8_gemm", "int8_per_channel", "int8_dynamic_per_token", i8, (xi, sxi)),
