@@ -47,7 +47,8 @@ if os.environ.get("PROBE_GLUON"):  # "128x128x4sp[gG]": s split, p persistent, g
 TILED = [C(64, 128, 128, 8, 4, 4), C(128, 128, 128, 8, 8, 4), C(64, 64, 128, 8, 4, 4), C(16, 64, 128, 8, 4, 4)]
 # at M <= 64 also split-K tiles (the weight stream needs more programs than N / BLOCK_N on 4096-wide shapes)
 TILED_SMALL_M = [C(16, 64, 128, 8, 4, 4, 2), C(16, 64, 128, 8, 4, 4, 4), C(16, 32, 128, 8, 4, 5, 4),
-                 C(16, 128, 128, 8, 4, 4, 4), C(16, 32, 128, 8, 4, 5, 8)]
+                 C(16, 128, 128, 8, 4, 4, 4), C(16, 32, 128, 8, 4, 5, 8), C(64, 64, 128, 8, 4, 4, 2),
+                 C(64, 64, 128, 8, 4, 4, 4), C(64, 32, 128, 8, 4, 4, 4)]
 WK, AK = "fp8_block_128x128", "fp8_dynamic_group_128"
 USE_GEMLITE = os.environ.get("PROBE_GEMLITE", "1") == "1"  # GemLite's block-quant A8W8 columns (bench/peers_gemlite.py)
 

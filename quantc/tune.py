@@ -262,9 +262,13 @@ SMALLM_RANGE = (GEMV_MAX_M + 1, 16)
 # ran (4096, 14336) at M = 16 in 26.9 us with 16 x 32 x 128, split 4, against 40.3 for 64 x 64 (GemLite
 # 24.6), and (2048, 7168) in 8.8 against 14.6.
 BLOCK_SMALLM_KERNELS = ("fp8_block_gemm",)
+# At 33-64 rows the 64 x 64 tile won most shapes unsplit (block_ws_probe_h100_s10_a/b.json), with N / 64
+# programs: 64 on the 4096-wide shapes; split 2-4 ways it fills the SMs (the 64-row seeds; they also won
+# three 16-row shapes, the padded rows masked: block_ws_probe_h100_s10_smallm.json).
 BLOCK_SMALLM_SEEDS = (KernelConfig(16, 64, 128, 8, 4, 4, 4), KernelConfig(16, 32, 128, 8, 4, 5, 4),
                       KernelConfig(16, 128, 128, 8, 4, 4, 4), KernelConfig(16, 32, 128, 8, 4, 5, 8),
-                      KernelConfig(16, 64, 128, 8, 4, 4, 2))
+                      KernelConfig(16, 64, 128, 8, 4, 4, 2), KernelConfig(64, 64, 128, 8, 4, 4, 2),
+                      KernelConfig(64, 64, 128, 8, 4, 4, 4), KernelConfig(64, 32, 128, 8, 4, 4, 4))
 BLOCK_SMALLM_RANGE = (GEMV_MAX_M + 1, 64)
 
 
@@ -317,13 +321,22 @@ def _cap(x: int) -> int:
     return max(16, _pow2_at_least(x))
 
 
+def _m_cap(job: TuneJob) -> int:
+    """The largest BLOCK_M worth a dense candidate: the padded M, and for fp8 128-block jobs of up to 64
+    rows 64 (a 64-row split-K tile beat the 16-row ones at 16 rows too on three of seven shapes:
+    block_ws_probe_h100_s10_smallm.json)."""
+    if job.kernel in BLOCK_SMALLM_KERNELS and job.m <= BLOCK_SMALLM_RANGE[1]:
+        return 64
+    return _cap(job.m)
+
+
 def _decode_4bit(job: TuneJob) -> bool:
     return job.kernel in DECODE_4BIT and job.m <= 16
 
 
 def _dense_ok(job: TuneJob, gpu: Gpu, cfg: KernelConfig) -> bool:
     """Whether a dense candidate survives pruning (the full space's rules, applied to seeds too)."""
-    if cfg.block_m > _cap(job.m) or cfg.block_n > _cap(job.n) or cfg.block_k > _cap(job.k):
+    if cfg.block_m > _m_cap(job) or cfg.block_n > _cap(job.n) or cfg.block_k > _cap(job.k):
         return False
     if cfg.block_m < 16:  # the GEMV: only where scaled_mm runs it, 1-8 vectors of 16 weights a thread
         vecs = cfg.block_n * cfg.block_k / (16 * 32 * cfg.num_warps)

@@ -359,13 +359,15 @@ def test_fp8_block_jobs_of_5_to_64_rows_measure_the_split_k_seeds():
 
     keys = ("fp8_block_128x128", "fp8_dynamic_group_128")
     m16 = seeded_space(_job(n=4096, k=14336, m_max=16, kernel="fp8_block_gemm", keys=keys), H100, [], DEFAULT)
+    # 16 rows: every seed, the 64-row ones too (past the padded M, which the rowwise kernel's jobs keep)
     assert m16 == [DEFAULT, *BLOCK_SMALLM_SEEDS]
     m64 = seeded_space(_job(n=4096, k=14336, kernel="fp8_block_gemm", keys=keys), H100, [], DEFAULT)
     assert m64 == [DEFAULT, *BLOCK_SMALLM_SEEDS]
+    assert {c.block_m for c in BLOCK_SMALLM_SEEDS} == {16, 64}
     # 128 rows and up (the Gluon kernel's) and the rowwise kernel do not get them; nor a K too short to split
     for job in (_job(n=4096, k=14336, m_max=256, m=128, kernel="fp8_block_gemm", keys=keys),
                 _job(n=4096, k=14336, m_max=16)):
         assert not set(BLOCK_SMALLM_SEEDS) & set(seeded_space(job, H100, [], DEFAULT)), job
     short = seeded_space(_job(n=4096, k=256, m_max=16, kernel="fp8_block_gemm", keys=keys), H100, [], DEFAULT)
     # K = 256: two 128-wide steps, so only the split of 2 remains (a slice holds at least one K step)
-    assert short == [DEFAULT, KernelConfig(16, 64, 128, 8, 4, 4, 2)]
+    assert short == [DEFAULT, KernelConfig(16, 64, 128, 8, 4, 4, 2), KernelConfig(64, 64, 128, 8, 4, 4, 2)]
