@@ -209,6 +209,22 @@ def gpu_check(out: dict) -> None:
         wide = block_mm_ws.block_mm_ws(xq, t_["weight"], sx, t_["weight_scale_inv"], bb, 128, block_mm_ws.WIDE_N.value,
                                        3, 8, split=True, programs=sm_count(xx.device)).float()
         res[f"block_ws_wide/M{M}/N{N}/bias{int(bias)}/max_abs_diff_vs_tiled"] = float((wide - tiled).abs().max())
+    # the warp-specialized raw-sum kernel (fp8 / int8 from M = 128 on sm_90, rowwise_ws_rule) against the
+    # Triton kernels (QUANTC_ROWWISE_WS=0) on the same operands: ragged M and N (576), per-tensor and
+    # per-row / per-channel scales, a bias, several tiles a program (M = 4000); the same sums, so difference 0
+    for wk, ak in (("fp8_per_channel", "fp8_dynamic_per_token"), ("fp8_per_tensor", "fp8_dynamic_per_tensor"),
+                   ("int8_per_channel", "int8_dynamic_per_token")):
+        for M, N, bias in ((200, 576, True), (1500, 1000, False), (4000, 2048, True)):
+            xx = torch.randn(M, 1024, device="cuda", dtype=BF)
+            t_ = Q.quantize_weight(torch.randn(N, 1024, device="cuda") * 0.05, wk)
+            xq, sx = act_quant.quantize_activation(xx, ak)
+            bb = torch.randn(N, device="cuda", dtype=BF) if bias else None
+            args = (xq, t_["weight"], t_["weight_scale"], wk, ak, C(64, 128, 128, 8, 4, 3))
+            with env_set("QUANTC_ROWWISE_WS", "1"):
+                o = sm.scaled_mm(*args, x_scale=sx, bias=bb).float()
+            with env_set("QUANTC_ROWWISE_WS", "0"):
+                ref_ = sm.scaled_mm(*args, x_scale=sx, bias=bb, tma=False).float()
+            res[f"rowwise_ws/{wk}/M{M}/N{N}/bias{int(bias)}/max_abs_diff_vs_tiled"] = float((o - ref_).abs().max())
     out["gpu_check"] = res
     bad = {k: v for k, v in res.items() if (v is False) or (isinstance(v, float) and not v < 1e-2)}
     print("gpu check:", "all ok" if not bad else bad, flush=True)

@@ -15,7 +15,9 @@ int8_weight_only_gemm      bf16                int8 channel                epilo
 =========================  ==================  ==========================  =====================
 
 On sm_90, fp8_block_gemm calls of 128 rows and more run ``block_mm_ws`` instead: a warp-specialized Gluon
-kernel with the same per-step math (bit-identical), whose scaling overlaps the next step's MMA.
+kernel with the same per-step math (bit-identical), whose scaling overlaps the next step's MMA; pre-quantized
+fp8_scaled_gemm / int8_gemm calls from 128 rows (``_rowwise_ws_policy``) run ``rowwise_mm_ws``, its
+raw-sum counterpart (the same sums and epilogue, bit-identical).
 
 Per-group scales are applied to each K step's partial product in fp32 (``acc += dot * sa * sb``), so
 BLOCK_K must divide the group (block_k is capped at the group by the launcher). mxfp8 on sm_90 runs as
@@ -84,6 +86,34 @@ def _block_ws_policy(m: int, device: torch.device) -> bool:
         return False
     forced = os.environ.get("QUANTC_BLOCK_WS")
     return forced == "1" if forced is not None else m >= BLOCK_WS_MIN_M
+
+
+# Pre-quantized W8A8 calls with scales after the K sum (fp8 / int8, per-tensor or per-row x per-tensor or
+# per-channel) take the warp-specialized Gluon kernel (``rowwise_mm_ws``, 128 x 128 tiles, five stages) on
+# sm_90 where its 128-row tiles are more than half the SMs' count: int8 from M = 128 on, fp8 below
+# TMA_MIN_M (from there the persistent TMA kernel kept up). H100 (bench/results/rowwise_ws_probe_h100_*.json,
+# 7 shapes, one run each, bit-identical outputs): int8 at M = 1024 1.24x the runtime's kernels (1.77x
+# against torch._int_mm), at M = 256 faster on the 5 shapes with that many tiles; fp8 at M = 256 faster on
+# three of the four. QUANTC_ROWWISE_WS=0 / 1 turns it off / on at every M (on: wherever it can run).
+ROWWISE_WS_MIN_M = 128
+ROWWISE_WS_TILE = (128, 5, 8)  # block_n, stages, group_m
+
+
+def rowwise_ws_rule(m: int, n: int, int8: bool, sms: int) -> bool:
+    """The M / N / format rule above for a GPU of ``sms`` SMs."""
+    tiles = cdiv(m, 128) * cdiv(n, ROWWISE_WS_TILE[0])
+    return m >= ROWWISE_WS_MIN_M and (int8 or m < TMA_MIN_M) and tiles > sms // 2
+
+
+def _rowwise_ws_policy(m: int, n: int, int8: bool, device: torch.device) -> bool:
+    """Whether a raw-sum W8A8 call takes the Gluon kernel: Hopper only (never a CPU tensor), by
+    ``rowwise_ws_rule`` unless QUANTC_ROWWISE_WS forces it."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
+        return False
+    forced = os.environ.get("QUANTC_ROWWISE_WS")
+    if forced is not None:
+        return forced == "1"
+    return rowwise_ws_rule(m, n, int8, sm_count(device))
 
 
 def _tma_policy(m: int, device: torch.device, b_mode: int) -> bool:
@@ -331,6 +361,11 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
         ws_out = _block_ws(a, weight, sa, weight_scale, bias, out)
         if ws_out is not None:
             return ws_out
+    if (quant == Q_NONE and a_mode in (A_TENSOR, A_ROW) and b_mode in (B_TENSOR, B_CHANNEL)
+            and _rowwise_ws_policy(m, n, int8, x.device)):
+        ws_out = _rowwise_ws(a, weight, sa, weight_scale, bias, a_mode, b_mode, out)
+        if ws_out is not None:
+            return ws_out
     if quant == Q_NONE and a_mode != A_NONE:
         from . import scaled_mm_tma
 
@@ -385,6 +420,23 @@ def _block_ws(a, weight, sa, weight_scale, bias, out):
         return None
     return block_mm_ws.block_mm_ws(a, weight, sa, weight_scale, bias, bm, bn, stages, group_m, out=out,
                                    split=split, programs=sms)
+
+
+def _rowwise_ws(a, weight, sa, weight_scale, bias, a_mode, b_mode, out):
+    """A raw-sum W8A8 GEMM through the warp-specialized Gluon kernel, or None where it does not apply (a
+    triton without Gluon, operands TMA cannot address): the caller then runs the Triton kernels."""
+    try:
+        from . import rowwise_mm_ws
+    except ImportError:
+        return None
+    m, k = a.shape
+    n = weight.shape[0]
+    if not (rowwise_mm_ws.supports(m, n, k) and a.is_contiguous() and weight.is_contiguous()
+            and all(t.data_ptr() % 16 == 0 for t in (a, weight, out))):
+        return None
+    bn, stages, group_m = ROWWISE_WS_TILE
+    return rowwise_mm_ws.rowwise_mm_ws(a, weight, sa, weight_scale, bias, a_mode, b_mode, bn, stages, group_m,
+                                       out=out, programs=sm_count(a.device))
 
 
 def split_slices(k: int, block_k: int, split_k: int) -> int:
