@@ -93,7 +93,10 @@ def test_long_rows_one_or_two_passes_stay_exact(m, k, one):
     assert act_quant.one_pass(128)  # groups always fit
     torch.manual_seed(2)
     x = (torch.randn(m, k) * torch.logspace(-3, 2, k)).to(torch.bfloat16)
-    for key in ("fp8_dynamic_per_token", "int8_dynamic_per_token", "fp8_dynamic_per_tensor", "fp8_dynamic_group_128"):
+    # the row passes are the per-token keys'; per-tensor and 1 x 128 groups ride along on the short inputs
+    # (their own tests cover long ones), which keeps the interpreter's time down
+    keys = ("fp8_dynamic_per_token", "int8_dynamic_per_token")
+    for key in keys + (("fp8_dynamic_per_tensor", "fp8_dynamic_group_128") if m <= 2 else ()):
         q, s = quantize_activation(x, key)
         rq, rs = reference(x, key)
         assert torch.equal(_bits(q), _bits(rq)), key
