@@ -7,14 +7,12 @@ launcher's policy (never on a CPU tensor, so the interpreter keeps the tiled ker
 checked against the reference). On the GPU, ``bench/block_ws_probe.py`` compares its output with the
 tiled kernel's (difference 0.0 on every shape and M measured) before timing it."""
 
-import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
+from tests.runtime.offline_sass import inspect_cases
 from quantc.plan import KernelConfig
 from quantc.runtime import quantize as Q
 from quantc.runtime.kernels import block_mm_ws, scaled_mm as S
@@ -61,10 +59,7 @@ CASES = [(128, 128, 4, True, False), (128, 128, 4, False, False), (64, 128, 4, F
 
 
 def test_kernel_compiles_for_hopper_with_overlapped_scaling(tmp_path):
-    r = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(CASES)], capture_output=True, text=True,
-                       timeout=600, env={**__import__("os").environ, "TMPDIR_CUBIN": str(tmp_path)})
-    assert r.returncode == 0, r.stderr[-3000:]
-    for case, got in zip(CASES, json.loads(r.stdout.strip().splitlines()[-1])):
+    for case, got in zip(CASES, inspect_cases(SCRIPT, CASES, tmp_path)):
         assert got["tma_load"] and got["local"] == 0, (case, got)
         assert got["setmaxnreg"] == ["dec", "inc"], (case, got)  # the producer gives registers back
         # each K step (a half of it at 256-wide tiles): four 32-deep wgmma back to back, one wait. ptxas

@@ -7,14 +7,12 @@ keeps the Triton kernels, which the dense tests check against the reference). On
 ``bench/rowwise_ws_probe.py`` and bench_dense's GPU check compare its output with the tiled kernel's
 (difference 0.0 on every shape and M measured)."""
 
-import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
+from tests.runtime.offline_sass import inspect_cases
 from quantc.runtime.kernels import rowwise_mm_ws
 from quantc.runtime.kernels import scaled_mm as S
 
@@ -47,10 +45,7 @@ CASES = [(128, 5, False, 2, 2, False), (128, 5, True, 2, 2, False), (128, 5, Fal
 
 
 def test_kernel_compiles_for_hopper_with_chained_mmas(tmp_path):
-    r = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(CASES)], capture_output=True, text=True,
-                       timeout=600, env={**__import__("os").environ, "TMPDIR_CUBIN": str(tmp_path)})
-    assert r.returncode == 0, r.stderr[-3000:]
-    for case, got in zip(CASES, json.loads(r.stdout.strip().splitlines()[-1])):
+    for case, got in zip(CASES, inspect_cases(SCRIPT, CASES, tmp_path)):
         assert got["tma"] and got["local"] == 0, (case, got)
         assert got["setmaxnreg"] == ["dec", "inc"], (case, got)  # the producer gives registers back
         assert got["int_mma"] is case[2], (case, got)  # int8 x int8 -> int32 on the tensor cores
