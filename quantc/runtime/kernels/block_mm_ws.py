@@ -113,6 +113,13 @@ def _finish(running, acc, empty, i, NUM_STAGES: gl.constexpr):
 
 
 @gluon.jit
+def _with_bias(acc, bias_ptr, off_n, N, BLOCK_N: gl.constexpr, layout: gl.constexpr):
+    """``acc`` (fp32, ``layout``) plus the bf16 bias of columns off_n..off_n+BLOCK_N (0 past N)."""
+    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
+    return acc + gl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(gl.float32)[None, :]
+
+
+@gluon.jit
 def _consume(a_bufs, b_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, first_tile, num_tiles, k_tiles,
              stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr,
              BLOCK_M: gl.constexpr, ROW0: gl.constexpr, ROWS: gl.constexpr, BLOCK_N: gl.constexpr,
@@ -127,8 +134,7 @@ def _consume(a_bufs, b_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, 
                         stride_sak, stride_sbn, stride_sbk, ROW0, ROWS, BLOCK_N, NUM_STAGES, layout)
         base += k_tiles
         if HAS_BIAS:
-            offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
-            acc = acc + gl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(gl.float32)[None, :]
+            acc = _with_bias(acc, bias_ptr, off_n, N, BLOCK_N, layout)
         tma.store_wait(pendings=0)  # the previous tile's store has read c_smem
         c_smem.store(acc.to(gl.bfloat16))
         fence_async_shared()
@@ -289,12 +295,6 @@ def _wide_rows(sa_ptr, off_m, i, M, stride_sam, stride_sak, ROWS: gl.constexpr, 
 
 
 @gluon.jit
-def _wide_bias(acc, bias_ptr, off, N, layout: gl.constexpr):
-    offs_n = off + gl.arange(0, 128, layout=gl.SliceLayout(0, layout))
-    return acc + gl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(gl.float32)[None, :]
-
-
-@gluon.jit
 def _wide_consume(a_bufs, b_bufs, b2_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, first_tile,
                   num_tiles, k_tiles, stride_sam, stride_sak, stride_sbn, stride_sbk, HAS_BIAS: gl.constexpr,
                   GROUP_M: gl.constexpr, ROW0: gl.constexpr, NUM_STAGES: gl.constexpr, layout: gl.constexpr):
@@ -329,8 +329,8 @@ def _wide_consume(a_bufs, b_bufs, b2_bufs, ready, empty, c_desc, sa_ptr, sb_ptr,
             acc2 = acc2 + part * r2[:, None]
         base += k_tiles
         if HAS_BIAS:
-            acc = _wide_bias(acc, bias_ptr, off_n, N, layout)
-            acc2 = _wide_bias(acc2, bias_ptr, off_n + 128, N, layout)
+            acc = _with_bias(acc, bias_ptr, off_n, N, 128, layout)
+            acc2 = _with_bias(acc2, bias_ptr, off_n + 128, N, 128, layout)
         tma.store_wait(pendings=0)  # the previous tile's stores have read c_smem / c2_smem
         c_smem.store(acc.to(gl.bfloat16))
         c2_smem.store(acc2.to(gl.bfloat16))
@@ -437,6 +437,22 @@ def tile_for(m: int, n: int, k: int, sms: int) -> tuple[int, int, int, bool, int
     return 128, 128, 4, split, 4 if split else 8
 
 
+def _variant(block_m: int, block_n: int, split: bool, num_stages: int, group_m: int, has_bias: bool):
+    """The kernel a tile runs and its compile-time arguments: (kernel, block_m, block_n of one B tile,
+    split, num_warps, constexprs). WIDE_N runs the 256-wide kernel on the split 128 x 128 tile's
+    descriptors (two B tiles a K step); ``split`` only applies to 128-row tiles."""
+    wide = block_n == WIDE_N.value
+    bm, bn, split = (128, 128, True) if wide else (block_m, block_n, split and block_m == 128)
+    warps = 4 if split else bm // 16
+    consts = dict(HAS_BIAS=has_bias, GROUP_M=group_m, NUM_STAGES=num_stages)
+    if wide:
+        consts.update(LAYOUT=mma_layout(4, bn))
+    else:
+        consts.update(SPLIT=split, LAYOUT=mma_layout(warps, bn), UPPER_LAYOUT=mma_layout(4, bn))
+    consts["num_warps"] = warps
+    return (_block_mm_ws_wide_kernel if wide else _block_mm_ws_kernel), bm, bn, split, warps, consts
+
+
 def compile_for_hopper(block_m: int, block_n: int, num_stages: int, split: bool, has_bias: bool = False):
     """Compile the kernel for sm_90 without a GPU (Triton's bundled ptxas): the CompiledKernel, whose
     ``asm`` holds the PTX and the cubin. Tests and bench/kernel tools inspect it. block_n = WIDE_N compiles
@@ -444,24 +460,15 @@ def compile_for_hopper(block_m: int, block_n: int, num_stages: int, split: bool,
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    wide = block_n == WIDE_N.value
-    bm, bn, split = (128, 128, True) if wide else (block_m, block_n, split)
+    kernel, bm, bn, split, warps, consts = _variant(block_m, block_n, split, num_stages, 8, has_bias)
     la, lb, lc = smem_layouts(bm, bn, split)
-    warps = 4 if split else bm // 16
     sig = {"a_desc": f"tensordesc<fp8e4nv[{bm}, {BLOCK_K}],{la!r}>",
            "b_desc": f"tensordesc<fp8e4nv[{bn}, {BLOCK_K}],{lb!r}>",
            "c_desc": f"tensordesc<bf16[{64 if split else bm}, {bn}],{lc!r}>",
            "sa_ptr": "*fp32", "sb_ptr": "*fp32", "bias_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
            "stride_sam": "i32", "stride_sak": "i32", "stride_sbn": "i32", "stride_sbk": "i32"}
-    consts = {"HAS_BIAS": has_bias, "GROUP_M": 8, "NUM_STAGES": num_stages}
-    if not wide:
-        consts.update(SPLIT=split, LAYOUT=gl.constexpr(mma_layout(warps, bn)),
-                      UPPER_LAYOUT=gl.constexpr(mma_layout(4, bn)))
-    else:
-        consts.update(LAYOUT=gl.constexpr(mma_layout(4, bn)))
-    consts["num_warps"] = warps
+    consts = {k: gl.constexpr(v) if k in _LAYOUT_CONSTS else v for k, v in consts.items()}
     sig.update({k: "constexpr" for k in consts})
-    kernel = _block_mm_ws_wide_kernel if wide else _block_mm_ws_kernel
     return triton.compile(GluonASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": warps, "maxnreg": max_registers(bm)})
 
@@ -477,20 +484,12 @@ def block_mm_ws(a: torch.Tensor, weight: torch.Tensor, a_scale: torch.Tensor, we
     n = weight.shape[0]
     if out is None:
         out = torch.empty(m, n, device=a.device, dtype=torch.bfloat16)
-    wide = block_n == WIDE_N.value
-    bm, bn, split = (128, 128, True) if wide else (block_m, block_n, split and block_m == 128)
+    kernel, bm, bn, split, _, consts = _variant(block_m, block_n, split, num_stages, group_m, bias is not None)
     la, lb, lc = smem_layouts(bm, bn, split)
     descs = (TensorDescriptor.from_tensor(a, [bm, BLOCK_K], la), TensorDescriptor.from_tensor(weight, [bn, BLOCK_K], lb),
              TensorDescriptor.from_tensor(out, [64 if split else bm, bn], lc))
     scalars = (a_scale, weight_scale, bias if bias is not None else out, m, n, k, a_scale.stride(0),
                a_scale.stride(1), weight_scale.stride(0), weight_scale.stride(1))
-    num_warps = 4 if split else bm // 16
-    if wide:
-        kernel, consts = _block_mm_ws_wide_kernel, dict(LAYOUT=mma_layout(4, bn))
-    else:
-        kernel, consts = _block_mm_ws_kernel, dict(SPLIT=split, LAYOUT=mma_layout(num_warps, bn),
-                                                    UPPER_LAYOUT=mma_layout(4, bn))
-    consts = dict(HAS_BIAS=bias is not None, GROUP_M=group_m, NUM_STAGES=num_stages, **consts, num_warps=num_warps)
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, block_n)
     grid = (min(tiles, programs) if programs else tiles,)
     _launch(kernel, grid, descs, scalars, consts, (bm, block_n, split), max_registers(bm))

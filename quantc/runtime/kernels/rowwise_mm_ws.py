@@ -23,13 +23,13 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .block_mm_ws import (BLOCK_K, CONSUMER_REGS, PRODUCER_REGS, _launch, _producer, _ring, _tile_offsets, _tma_store,
-                          max_registers, mma_layout, smem_layouts)
+                          _with_bias, max_registers, mma_layout, smem_layouts)
 
 
 @gluon.jit
-def _scaled_out(acc, sa_ptr, sb_ptr, bias_ptr, offs_m, offs_n, M, N, stride_sam, stride_sbn,
-                A_MODE: gl.constexpr, B_MODE: gl.constexpr, HAS_BIAS: gl.constexpr):
-    """``scaled_mm._epilogue``: fp32 sum x activation scale x weight scale (+ bias), in that order."""
+def _scaled_out(acc, sa_ptr, sb_ptr, offs_m, offs_n, M, N, stride_sam, stride_sbn,
+                A_MODE: gl.constexpr, B_MODE: gl.constexpr):
+    """``scaled_mm._epilogue`` up to the bias: fp32 sum x activation scale x weight scale, in that order."""
     out = acc.to(gl.float32)
     if A_MODE == 1:
         out = out * gl.load(sa_ptr)
@@ -39,8 +39,6 @@ def _scaled_out(acc, sa_ptr, sb_ptr, bias_ptr, offs_m, offs_n, M, N, stride_sam,
         out = out * gl.load(sb_ptr)
     else:
         out = out * gl.load(sb_ptr + offs_n * stride_sbn, mask=offs_n < N, other=0.0)[None, :]
-    if HAS_BIAS:
-        out = out + gl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(gl.float32)[None, :]
     return out
 
 
@@ -69,8 +67,9 @@ def _consume(a_bufs, b_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, 
         base += k_tiles
         offs_m = off_m + ROW0 + gl.arange(0, 64, layout=gl.SliceLayout(1, layout))
         offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
-        out = _scaled_out(acc, sa_ptr, sb_ptr, bias_ptr, offs_m, offs_n, M, N, stride_sam, stride_sbn, A_MODE, B_MODE,
-                          HAS_BIAS)
+        out = _scaled_out(acc, sa_ptr, sb_ptr, offs_m, offs_n, M, N, stride_sam, stride_sbn, A_MODE, B_MODE)
+        if HAS_BIAS:
+            out = _with_bias(out, bias_ptr, off_n, N, BLOCK_N, layout)
         tma.store_wait(pendings=0)  # the previous tile's store has read c_smem
         c_smem.store(out.to(gl.bfloat16))
         fence_async_shared()
