@@ -325,7 +325,7 @@ def _m_cap(job: TuneJob) -> int:
     """The largest BLOCK_M worth a dense candidate: the padded M, and for fp8 128-block jobs of up to 64
     rows 64 (a 64-row split-K tile beat the 16-row ones at 16 rows too on three of seven shapes:
     block_ws_probe_h100_s10_smallm.json)."""
-    if job.kernel in BLOCK_SMALLM_KERNELS and job.m <= BLOCK_SMALLM_RANGE[1]:
+    if job.kernel in BLOCK_SMALLM_KERNELS and BLOCK_SMALLM_RANGE[0] <= job.m <= BLOCK_SMALLM_RANGE[1]:
         return 64
     return _cap(job.m)
 

@@ -364,6 +364,9 @@ def test_fp8_block_jobs_of_5_to_64_rows_measure_the_split_k_seeds():
     m64 = seeded_space(_job(n=4096, k=14336, kernel="fp8_block_gemm", keys=keys), H100, [], DEFAULT)
     assert m64 == [DEFAULT, *BLOCK_SMALLM_SEEDS]
     assert {c.block_m for c in BLOCK_SMALLM_SEEDS} == {16, 64}
+    # GEMV-sized jobs (at most GEMV_MAX_M rows) keep the padded-M cap: no 64-row tile in their full space
+    gemv_sized = _job(n=4096, k=14336, m_max=16, m=4, kernel="fp8_block_gemm", keys=keys)
+    assert max(c.block_m for c in search_space(gemv_sized, H100)) <= 16
     # 128 rows and up (the Gluon kernel's) and the rowwise kernel do not get them; nor a K too short to split
     for job in (_job(n=4096, k=14336, m_max=256, m=128, kernel="fp8_block_gemm", keys=keys),
                 _job(n=4096, k=14336, m_max=16)):
