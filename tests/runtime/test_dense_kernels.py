@@ -410,12 +410,24 @@ def test_persistent_tma_kernel_takes_only_contiguous_operands(monkeypatch):
     assert _rel(out, ref) < TOL
 
 
+def test_device_queries_are_made_once_per_device(monkeypatch):
+    """The launch policies ask for the compute capability on every call: ``common.cc_major`` queries it
+    once per device."""
+    from quantc.runtime.kernels import common
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: calls.append(d) or (9, 0))
+    monkeypatch.setattr(common, "_CC_MAJORS", {})
+    dev = torch.device("cuda", 3)
+    assert common.cc_major(dev) == 9 and common.cc_major(dev) == 9 and calls == [dev]
+
+
 def test_tma_policy_by_m_and_environment(monkeypatch):
     from quantc.runtime.kernels import scaled_mm as sm
 
     monkeypatch.delenv("QUANTC_TMA", raising=False)
     assert not sm._tma_policy(4096, torch.device("cpu"), sm.B_CHANNEL)  # no GPU: the tiled kernel
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
+    monkeypatch.setattr(sm, "cc_major", lambda d: 9)  # an sm_90 GPU (common caches the real query)
     gpu = torch.device("cuda", 0)
     assert sm._tma_policy(1024, gpu, sm.B_CHANNEL) and sm._tma_policy(8192, gpu, sm.B_TENSOR)
     assert not sm._tma_policy(1023, gpu, sm.B_CHANNEL)  # decode and small prefill: tiled (split-K, fusion)

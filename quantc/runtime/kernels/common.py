@@ -104,6 +104,7 @@ def launch(kernel, grid: tuple, args: tuple, consts: dict, num_warps: int, num_s
                  None, None, None, *args, *const_vals)
 
 
+_CC_MAJORS: dict = {}  # device -> compute-capability major: one query per device
 _SM_COUNTS: dict = {}  # device -> SM count: one driver query per device
 
 
@@ -112,6 +113,14 @@ def sm_count(device: torch.device) -> int:
     if device not in _SM_COUNTS:
         _SM_COUNTS[device] = torch.cuda.get_device_properties(device).multi_processor_count
     return _SM_COUNTS[device]
+
+
+def cc_major(device: torch.device) -> int:
+    """The GPU's compute-capability major version (9: Hopper), queried once per device: the launchers'
+    kernel policies ask on every call."""
+    if device not in _CC_MAJORS:
+        _CC_MAJORS[device] = torch.cuda.get_device_capability(device)[0]
+    return _CC_MAJORS[device]
 
 
 def current_stream(device: torch.device) -> int:

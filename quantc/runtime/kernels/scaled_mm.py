@@ -55,8 +55,8 @@ import triton.language as tl
 
 from .. import quantize as ref
 from .act_quant import quantize_activation
-from .common import (cdiv, e8m0_to_f32, floor_log2, grouped_tile, interpreted, k_slice, launch, next_pow2, pow2,
-                     quant_e4m3, quant_int8, round_e4m3, sm_count, split_k_reduce, tile_counters)
+from .common import (cc_major, cdiv, e8m0_to_f32, floor_log2, grouped_tile, interpreted, k_slice, launch, next_pow2,
+                     pow2, quant_e4m3, quant_int8, round_e4m3, sm_count, split_k_reduce, tile_counters)
 
 # A modes / B modes
 A_NONE, A_TENSOR, A_ROW, A_GROUP = 0, 1, 2, 3
@@ -82,7 +82,7 @@ BLOCK_WS_MIN_M = 128
 def _block_ws_policy(m: int, device: torch.device) -> bool:
     """Whether an fp8 128-block call of M rows takes the Gluon kernel: Hopper only (the CPU interpreter
     cannot run Gluon; its wgmma and register reallocation are sm_90 features), by M unless forced."""
-    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
+    if device.type != "cuda" or cc_major(device) != 9:
         return False
     forced = os.environ.get("QUANTC_BLOCK_WS")
     return forced == "1" if forced is not None else m >= BLOCK_WS_MIN_M
@@ -108,7 +108,7 @@ def rowwise_ws_rule(m: int, n: int, int8: bool, sms: int) -> bool:
 def _rowwise_ws_policy(m: int, n: int, int8: bool, device: torch.device) -> bool:
     """Whether a raw-sum W8A8 call takes the Gluon kernel: Hopper only (never a CPU tensor), by
     ``rowwise_ws_rule`` unless QUANTC_ROWWISE_WS forces it."""
-    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
+    if device.type != "cuda" or cc_major(device) != 9:
         return False
     forced = os.environ.get("QUANTC_ROWWISE_WS")
     if forced is not None:
@@ -121,7 +121,7 @@ def _tma_policy(m: int, device: torch.device, b_mode: int) -> bool:
     if forced is not None:
         return forced == "1"
     return (m >= TMA_MIN_M and b_mode in (B_TENSOR, B_CHANNEL) and device.type == "cuda"
-            and torch.cuda.get_device_capability(device)[0] >= 9)
+            and cc_major(device) >= 9)
 
 
 @triton.jit
