@@ -69,12 +69,12 @@ WO_EXTRA = [C(1, bn, bk, 8, 8, st, sk) for bn, bk, st, sk in itertools.product((
 T0 = time.time()
 
 
-def table_config(kernel: str, n: int, k: int) -> C:
-    """The config the shipped H100 table gives this layer at M = 1 (the default where it has no row)."""
+def table_config(kernel: str, n: int, k: int, m: int = 1) -> C:
+    """The config the shipped H100 table gives this layer at M rows (the default where it has no row)."""
     from quantc.emit import load_tables, lookup
 
     tables = load_tables("h100", [])
-    return lookup(tables, [], kernel, n, k, "probe").config_for(1) if tables else default_config(kernel, 1)
+    return lookup(tables, [], kernel, n, k, "probe").config_for(m) if tables else default_config(kernel, m)
 
 
 def main() -> None:

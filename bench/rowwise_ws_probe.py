@@ -20,12 +20,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import peers_gemlite as gemlite  # noqa: E402
 from bench.block_ws_probe import SHAPES  # noqa: E402
+from bench.gemv_probe import table_config  # noqa: E402
 from bench.timing import geomean, gpu_slug, graph_us, matched_graph_us  # noqa: E402
 from quantc.runtime import quantize as Q  # noqa: E402
 from quantc.runtime.kernels.act_quant import quantize_activation  # noqa: E402
 from quantc.runtime.kernels.rowwise_mm_ws import rowwise_mm_ws  # noqa: E402
 from quantc.runtime.kernels.scaled_mm import scaled_mm  # noqa: E402
-from quantc.runtime.tables import default_config  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
 MS = [int(v) for v in os.environ.get("PROBE_MS", "64,256,1024,4096").split(",")]
@@ -36,13 +36,6 @@ FORMATS = {"fp8": ("fp8_per_channel", "fp8_dynamic_per_token", "fp8_scaled_gemm"
 RUN = os.environ.get("PROBE_FORMATS", "fp8,int8").split(",")
 # (block_n, stages, group_m) per format: int8 64 x 256 wgmma does not compile in triton 3.9's Gluon
 GLUON = {"fp8": [(256, 3, 8), (128, 4, 8), (128, 5, 8)], "int8": [(128, 4, 8), (128, 5, 8)]}
-
-
-def table_config(kernel: str, n: int, k: int, m: int):
-    from quantc.emit import load_tables, lookup
-
-    tables = load_tables("h100", [])
-    return lookup(tables, [], kernel, n, k, "probe").config_for(m) if tables else default_config(kernel, m)
 
 
 def main() -> None:
