@@ -33,7 +33,7 @@ CASES = [  # weight key, activation key, config
     ("fp8_per_channel", "none", C(1, 8, 512, 8, 4, 1, 2)),
     ("mxfp8", "mxfp8", C(16, 64, 32, 8, 4, 3)),
 ]
-SHAPES = [(1, 576, 512), (3, 1024, 2048), (200, 4096, 1024)]
+SHAPES = [(1, 576, 512), (3, 1024, 2048), (200, 4096, 1024), (1100, 4096, 1024)]  # 1100: the persistent TMA kernel
 
 
 def check(out: dict, label: str, layer, x: torch.Tensor, exact: bool = True) -> list[str]:

@@ -42,6 +42,44 @@ def per_call_us(fn, calls: int = 400) -> float:
     return best
 
 
+def prefill_rows(m: int, nk: int, profile: bool) -> dict:
+    """Per-call wall time of prefill-sized linears (M rows, N = K = nk) called back to back: large enough to
+    take the prefill kernels (the persistent TMA kernel for fp8 per-channel from 1024 rows, the Gluon
+    kernels on sm_90 for int8 and fp8 128-block), small enough that the host still bounds a call."""
+    import cProfile
+    import pstats
+
+    import torch
+    import torch.nn.functional as F
+
+    from quantc.plan import KernelConfig
+    from quantc.runtime import quantize as Q
+    from quantc.runtime.modules import QuantLinear
+    from quantc.runtime.registry import LAUNCHERS
+
+    w = torch.randn(nk, nk, device=DEVICE, dtype=torch.bfloat16) * 0.02
+    x = torch.randn(m, nk, device=DEVICE, dtype=torch.bfloat16)
+    cfg = KernelConfig(128, 256, 128, 8, 8, 3, 1)
+    buckets = ((2**31 - 1, cfg),)
+    rows = {f"prefill {m}x{nk}x{nk}: bf16 F.linear": per_call_us(lambda: F.linear(x, w), 100)}
+    for kernel, wk, ak in (("fp8_scaled_gemm", "fp8_per_channel", "fp8_dynamic_per_token"),
+                           ("int8_gemm", "int8_per_channel", "int8_dynamic_per_token"),
+                           ("fp8_block_gemm", "fp8_block_128x128", "fp8_dynamic_group_128")):
+        bufs = LAUNCHERS[kernel].prepare(Q.quantize_weight(w, wk), wk, nk, nk)
+        mod = QuantLinear("m", kernel, wk, ak, nk, nk, dict(bufs), None, buckets).to(DEVICE)
+        rows[f"prefill {m}x{nk}x{nk}: {kernel} QuantLinear eager"] = per_call_us(lambda: mod(x), 100)
+        if profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(100):
+                mod(x)
+            _sync()
+            prof.disable()
+            print(f"== cProfile, 100 calls of {kernel} at {m} rows (times in s for all 100)", flush=True)
+            pstats.Stats(prof).sort_stats("tottime").print_stats(14)
+    return rows
+
+
 def main() -> None:
     import torch
     import torch.nn.functional as F
@@ -56,6 +94,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--k", type=int, default=512)
+    ap.add_argument("--prefill-m", type=int, default=0, help="also time prefill-sized calls of this many rows")
+    ap.add_argument("--prefill-nk", type=int, default=2048, help="N = K of the prefill rows")
+    ap.add_argument("--profile", action="store_true", help="cProfile the prefill calls (top functions by own time)")
     ap.add_argument("--out")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run under TRITON_INTERPRET=1")
     a = ap.parse_args()
@@ -92,6 +133,8 @@ def main() -> None:
                 xq, t["weight"], t["weight_scale_inv"], "fp8_block_128x128", "fp8_dynamic_group_128",
                 KernelConfig(64, 64, 128, 8, 4, 3), x_scale=sx))
     rows["torch.empty (1, n)"] = per_call_us(lambda: torch.empty((1, n), device=DEVICE, dtype=torch.bfloat16))
+    if a.prefill_m:
+        rows.update(prefill_rows(a.prefill_m, a.prefill_nk, a.profile))
     for name, us in rows.items():
         print(f"{us:8.1f} us  {name}", flush=True)
     if a.out:

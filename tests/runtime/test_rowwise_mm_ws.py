@@ -57,7 +57,9 @@ def test_kernel_compiles_for_hopper_with_chained_mmas(tmp_path):
 @pytest.mark.parametrize("m,n,int8,sms,want", [
     (256, 6144, False, 132, True),     # 96 tiles of 128 x 128: more than half the SMs
     (256, 4096, False, 132, False),    # 64 tiles: the Triton kernels' smaller tiles fill the GPU better
-    (1024, 4096, False, 132, False),   # fp8 from TMA_MIN_M: the persistent TMA kernel
+    (1024, 4096, False, 132, False),   # fp8 from TMA_MIN_M: the persistent TMA kernel (256 tiles)
+    (1024, 2048, False, 132, True),    # ... unless 128 x 128 tiles make one wave at most (128 tiles)
+    (1024, 2048, False, 100, False),   # (over one wave on a GPU of 100 SMs)
     (1024, 4096, True, 132, True),     # int8 at every M past the tile count
     (8192, 2048, True, 132, True),
     (64, 28672, True, 132, False),     # under ROWWISE_WS_MIN_M: the tile kernels' small-M configs

@@ -91,10 +91,13 @@ def _block_ws_policy(m: int, device: torch.device) -> bool:
 # Pre-quantized W8A8 calls with scales after the K sum (fp8 / int8, per-tensor or per-row x per-tensor or
 # per-channel) take the warp-specialized Gluon kernel (``rowwise_mm_ws``, 128 x 128 tiles, five stages) on
 # sm_90 where its 128-row tiles are more than half the SMs' count: int8 from M = 128 on, fp8 below
-# TMA_MIN_M (from there the persistent TMA kernel kept up). H100 (bench/results/rowwise_ws_probe_h100_*.json,
-# 7 shapes, one run each, bit-identical outputs): int8 at M = 1024 1.24x the runtime's kernels (1.77x
-# against torch._int_mm), at M = 256 faster on the 5 shapes with that many tiles; fp8 at M = 256 faster on
-# three of the four. QUANTC_ROWWISE_WS=0 / 1 turns it off / on at every M (on: wherever it can run).
+# TMA_MIN_M (from there the persistent TMA kernel kept up) and, from TMA_MIN_M, where its tiles make one
+# wave at most (the TMA kernel's 128 x 256 tiles would leave half the SMs idle). H100
+# (bench/results/rowwise_ws_probe_h100_*.json, 7 shapes, one run each, bit-identical outputs): int8 at
+# M = 1024 1.24x the runtime's kernels (1.77x against torch._int_mm), at M = 256 faster on the 5 shapes with
+# that many tiles; fp8 at M = 256 faster on three of the four, at M = 1024 on (2048, 7168) (128 tiles:
+# 23.2 against 26.5 us; GemLite 22.5). QUANTC_ROWWISE_WS=0 / 1 turns it off / on at every M (on: wherever
+# it can run).
 ROWWISE_WS_MIN_M = 128
 ROWWISE_WS_TILE = (128, 5, 8)  # block_n, stages, group_m
 
@@ -102,7 +105,7 @@ ROWWISE_WS_TILE = (128, 5, 8)  # block_n, stages, group_m
 def rowwise_ws_rule(m: int, n: int, int8: bool, sms: int) -> bool:
     """The M / N / format rule above for a GPU of ``sms`` SMs."""
     tiles = cdiv(m, 128) * cdiv(n, ROWWISE_WS_TILE[0])
-    return m >= ROWWISE_WS_MIN_M and (int8 or m < TMA_MIN_M) and tiles > sms // 2
+    return m >= ROWWISE_WS_MIN_M and (int8 or m < TMA_MIN_M or tiles <= sms) and tiles > sms // 2
 
 
 def _rowwise_ws_policy(m: int, n: int, int8: bool, device: torch.device) -> bool:

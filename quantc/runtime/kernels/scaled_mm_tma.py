@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import cdiv, ensure_tma_allocator, grouped_tile, sm_count
+from .common import cdiv, ensure_tma_allocator, grouped_tile, launch as launch_kernel, sm_count
 from .scaled_mm import A_GROUP, A_ROW, A_TENSOR, B_BLOCK, B_CHANNEL, B_TENSOR, _add_scaled_partial, _epilogue
 
 
@@ -92,12 +92,13 @@ def launch(a, weight, sa, weight_scale, bias, a_mode, b_mode, int8, group_k, gro
     sa2 = sa if sa.dim() == 2 else sa.reshape(-1, 1)
     sb2 = weight_scale if weight_scale.dim() == 2 else weight_scale.reshape(-1, 1)
     programs = num_programs(a.device, cdiv(m, config.block_m) * cdiv(n, config.block_n))
-    _scaled_mm_tma_kernel[(programs,)](
+    # common.launch: Triton's per-call binding cost ~40 us of host time, paid per linear in eager prefill
+    launch_kernel(_scaled_mm_tma_kernel, (programs,), (
         a, weight, out, sa, weight_scale, bias if bias is not None else out,
         m, n, k, sa2.stride(0), sa2.stride(1), sb2.stride(0), sb2.stride(1), programs,
+    ), dict(
         A_MODE=a_mode, B_MODE=b_mode, INT8=int8, HAS_BIAS=bias is not None,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
         GROUP_K=group_k, GROUP_N=group_n,
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
+    ), config.num_warps, config.num_stages)
     return out
