@@ -247,10 +247,14 @@ GEMV_VECS = (1, 8)
 # (GemLite 24.7) and M = 256 in 35.3 against 43.3 (GemLite 35.0). A seeded job of those sizes measures
 # them right after its default, pruned like any seed.
 MIDM_KERNELS = ("fp8_scaled_gemm", "int8_gemm")
+# The last two split K in two at up to 256 rows: (4096, 14336) at M = 256 has 64 128 x 128 or 128 64 x 128
+# tiles on 132 SMs, where GemLite's kernel led int8 by 7% (bench/results/dense_h100_s11.json).
 MIDM_SEEDS = (KernelConfig(64, 32, 512, 8, 4, 4, 1), KernelConfig(64, 64, 256, 8, 4, 4, 2),
               KernelConfig(64, 32, 256, 8, 4, 4, 2), KernelConfig(64, 128, 256, 8, 4, 4, 1),
-              KernelConfig(64, 128, 256, 8, 8, 4, 1), KernelConfig(128, 64, 256, 8, 8, 4, 1))
+              KernelConfig(64, 128, 256, 8, 8, 4, 1), KernelConfig(128, 64, 256, 8, 8, 4, 1),
+              KernelConfig(128, 128, 128, 8, 8, 4, 2), KernelConfig(64, 128, 256, 8, 4, 4, 2))
 MIDM_RANGE = (17, 256)
+SPLIT_K_MAX_M = 64  # split-K candidates up to this many rows, and up to MIDM_RANGE's top for MIDM_KERNELS
 # The same kernels at 5-16 rows (above the GEMV's, in one 16-row tile): 512-deep K steps with five stages,
 # the tiles GemLite's shipped H100 table gives its A8W8 kernel at 16 rows on Runtime I's long-K shapes
 # (the 64-row one it gives at 64 rows is MIDM_SEEDS' first, which won there), and deep-K neighbours
@@ -344,7 +348,8 @@ def _dense_ok(job: TuneJob, gpu: Gpu, cfg: KernelConfig) -> bool:
             return False
     if _decode_4bit(job) and cfg.block_n * cfg.block_k > 256 * 32 * cfg.num_warps:
         return False  # over 256 weight elements a thread per K step spills (bench/kernel_sass.py)
-    if cfg.split_k > 1 and (job.m > 64 or job.k // cfg.split_k < cfg.block_k):
+    split_rows = MIDM_RANGE[1] if job.kernel in MIDM_KERNELS else SPLIT_K_MAX_M
+    if cfg.split_k > 1 and (job.m > split_rows or job.k // cfg.split_k < cfg.block_k):
         return False
     k_multiple = KERNELS_BY_ID[job.kernel].k_multiple
     if k_multiple > 1 and cfg.block_k % min(k_multiple, 128) and k_multiple % cfg.block_k:

@@ -118,10 +118,16 @@ def test_infeasible_seeds_are_pruned_like_the_full_space():
     # blocks larger than the padded problem: BLOCK_N 128 for N = 64, BLOCK_M 64 at M = 16
     assert seeded_space(_job(n=64), H100, [_table(_row(ok))]) == []
     assert seeded_space(_job(m_max=16), H100, [_table(_row(ok))]) == []
-    # split-K: decode sizes only, and every K slice at least one K tile
+    # split-K: up to 64 rows (256 for the raw-sum W8A8 kernels), and every K slice at least one K tile
     split = dataclasses.replace(ok, block_m=16, split_k=4)
     assert seeded_space(_job(m_max=16), H100, [_table(_row(split))]) == [split]
-    assert seeded_space(_job(m_max=256), H100, [_table(_row(split))]) == []
+    assert split in seeded_space(_job(m_max=256), H100, [_table(_row(split))])
+    assert seeded_space(_job(m_max=1024, m=512), H100, [_table(_row(split))]) == []
+    wo = ("fp8_per_channel", "none")
+    assert seeded_space(_job(m_max=16, kernel="fp8_weight_only_gemm", keys=wo), H100,
+                        [_table(_row(split, kernel="fp8_weight_only_gemm"))]) == [split]
+    assert seeded_space(_job(m_max=256, kernel="fp8_weight_only_gemm", keys=wo), H100,
+                        [_table(_row(split, kernel="fp8_weight_only_gemm"))]) == []
     assert seeded_space(_job(m_max=16, k=256), H100, [_table(_row(split, k=256))]) == []
     # a K tile must line up with the format's scale groups (fp8 block: 128)
     blk = ("fp8_block_128x128", "fp8_dynamic_group_128")
@@ -319,8 +325,8 @@ def test_decode_jobs_search_and_seed_the_gemv_only_where_scaled_mm_runs_it():
 
 def test_midm_jobs_of_the_raw_sum_kernels_measure_the_deep_k_seeds_after_the_default():
     """17-256-row fp8 / int8 W8A8 jobs try MIDM_SEEDS (256-512-deep K steps, measured best at M = 64 and 256
-    by bench/midm_probe.py) right after the default, pruned like any seed: split-K only up to 64 rows,
-    tiles no taller than the padded M. Other sizes and kernels do not get them."""
+    by bench/midm_probe.py) right after the default, pruned like any seed: split-K up to 256 rows for these
+    kernels (64 for the others), tiles no taller than the padded M. Other sizes and kernels do not get them."""
     from quantc.tune import MIDM_SEEDS
 
     table = _table(_row(KernelConfig(16, 32, 128, 8, 4, 4)))
@@ -330,7 +336,11 @@ def test_midm_jobs_of_the_raw_sum_kernels_measure_the_deep_k_seeds_after_the_def
     assert m64[0] == DEFAULT and m64[1:1 + len(fit64)] == fit64
     assert m64[1 + len(fit64)] == KernelConfig(16, 32, 128, 8, 4, 4)  # the table row after them
     m256 = seeded_space(_job(n=4096, k=14336, m_max=256), H100, [table], DEFAULT)
-    assert [c for c in m256 if c in MIDM_SEEDS] == [c for c in MIDM_SEEDS if c.split_k == 1]
+    assert [c for c in m256 if c in MIDM_SEEDS] == list(MIDM_SEEDS)  # split ones included
+    assert any(c.split_k > 1 and c.block_m == 128 for c in MIDM_SEEDS)
+    m512 = seeded_space(_job(n=4096, k=14336, m_max=1024, m=512), H100, [_table(_row(
+        KernelConfig(128, 128, 128, 8, 8, 4, 2), m_max=1024))], DEFAULT)
+    assert all(c.split_k == 1 for c in m512)  # past 256 rows no split-K, a table row's neither
     m32 = seeded_space(_job(n=4096, k=14336, m_max=64, m=32), H100, [table], DEFAULT)
     assert not [c for c in m32[1:] if c.block_m > 32]  # seeds of 64-row tiles are taller than 32 padded rows
     int8 = seeded_space(_job(kernel="int8_gemm", keys=("int8_per_channel", "int8_dynamic_per_token")), H100, [], DEFAULT)
