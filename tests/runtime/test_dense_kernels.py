@@ -55,6 +55,32 @@ def test_gemm_matches_reference(wk, ak, fuse):
     assert _rel(out, reference(x, t, wk, ak, input_scale=iscale, bias=bias)) < TOL
 
 
+@pytest.mark.parametrize("wk,ak,fuse", [("fp8_per_channel", "fp8_dynamic_per_token", False),
+                                        ("int8_per_channel", "int8_dynamic_per_token", True),
+                                        ("fp8_block_128x128", "fp8_dynamic_group_128", False),
+                                        ("fp8_per_channel", "none", False)])
+def test_unmasked_loads_where_tiles_divide_the_problem(wk, ak, fuse, monkeypatch):
+    """M, N, K multiples of the tile: the main loop loads without masks (EVEN), the same bits as the masked
+    loads; a ragged M keeps the masks."""
+    from quantc.runtime.kernels import scaled_mm as S
+
+    seen = []
+    real = S.launch
+    monkeypatch.setattr(S, "launch", lambda kern, grid, args, consts, *a: (seen.append(consts["EVEN"]),
+                                                                          real(kern, grid, args, consts, *a)))
+    torch.manual_seed(3)
+    x = torch.randn(32, 256).to(torch.bfloat16)
+    t = Q.quantize_weight(torch.randn(64, 256) * 0.05, wk)
+    even = scaled_mm(x, t["weight"], _scale(t), wk, ak, CFG, fuse=fuse)
+    monkeypatch.setattr(S, "EVEN_TILES", False)
+    masked = scaled_mm(x, t["weight"], _scale(t), wk, ak, CFG, fuse=fuse)
+    assert seen[-2:] == [True, False]
+    assert torch.equal(even, masked)
+    monkeypatch.setattr(S, "EVEN_TILES", True)
+    scaled_mm(x[:31], t["weight"], _scale(t), wk, ak, CFG, fuse=fuse)
+    assert seen[-1] is False
+
+
 def test_fused_quantizer_matches_separate_one():
     torch.manual_seed(7)
     x = (torch.randn(5, 256) * 4).to(torch.bfloat16)

@@ -197,6 +197,7 @@ def _scaled_mm_kernel(
     # tiling (from the plan's KernelConfig)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     PRO_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    EVEN: tl.constexpr,  # M, N, K multiples of the tile: the main loop's loads need no mask
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -243,8 +244,12 @@ def _scaled_mm_kernel(
         k0 = t * BLOCK_K
         mask_k = (k0 + offs_k) < K
         sa_k = 0.0  # the activation group's scales (A_MODE 3), set below
-        a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        if EVEN:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         if A_MODE == 0:
             if DOT_F32:
                 a = a.to(tl.float32)
@@ -403,6 +408,7 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
         GROUP_K=group_k, GROUP_N=group_n, HAS_BIAS=bias is not None, DOT_F32=interpreted(),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=block_k, GROUP_M=config.group_m,
         PRO_K=min(512, next_pow2(k)), SPLIT_K=split,
+        EVEN=EVEN_TILES and m % config.block_m == 0 and n % config.block_n == 0 and k % block_k == 0,
     ), config.num_warps, config.num_stages)
     return out
 
@@ -440,6 +446,11 @@ def _rowwise_ws(a, weight, sa, weight_scale, bias, a_mode, b_mode, out):
     bn, stages, group_m = ROWWISE_WS_TILE
     return rowwise_mm_ws.rowwise_mm_ws(a, weight, sa, weight_scale, bias, a_mode, b_mode, bn, stages, group_m,
                                        out=out, programs=sm_count(a.device))
+
+
+# unmasked main-loop loads where the tiles divide the problem (QUANTC_EVEN_TILES=0: always masked;
+# benchmarks compare the two)
+EVEN_TILES = os.environ.get("QUANTC_EVEN_TILES", "1") != "0"
 
 
 def split_slices(k: int, block_k: int, split_k: int) -> int:
