@@ -78,16 +78,11 @@ def _expert_tile(
 
 
 @triton.jit
-def _raw_dot(acc, a, w_e, rows, n_mask, ak, K, stride_wn, A_QUANT: tl.constexpr, UPCAST: tl.constexpr,
-             EVEN: tl.constexpr):
+def _raw_dot(acc, a, w_e, rows, n_mask, ak, K, stride_wn, A_QUANT: tl.constexpr, UPCAST: tl.constexpr):
     """acc + a @ W[rows, ak].T with no scale: the weights' and activations' scales are constant over K
-    (``RAW``), so the MMA chain accumulates and ``_raw_scaled`` applies them once. EVEN: the tiles divide
-    N and K, so the weight load needs no mask."""
-    w_ptrs = w_e + rows.to(tl.int64)[:, None] * stride_wn + ak[None, :]
-    if EVEN:
-        w = tl.load(w_ptrs)
-    else:
-        w = tl.load(w_ptrs, mask=n_mask[:, None] & (ak < K)[None, :], other=0.0)
+    (``RAW``), so the MMA chain accumulates and ``_raw_scaled`` applies them once."""
+    w = tl.load(w_e + rows.to(tl.int64)[:, None] * stride_wn + ak[None, :], mask=n_mask[:, None] & (ak < K)[None, :],
+                other=0.0)
     # one return: Triton compiles the code after a constexpr branch's early return too
     if A_QUANT == 2:  # int8 x int8, exact int32 sums
         out = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
@@ -210,7 +205,6 @@ def _moe_gemm_kernel(
     GROUP_M: tl.constexpr,
     PLANES: tl.constexpr, PLANE_FMT: tl.constexpr,  # ... or the dense decode's nibble planes (int32 words)
     RAW: tl.constexpr,  # scales constant over K: raw MMA accumulation, scaled once at the end
-    EVEN: tl.constexpr,  # RAW with tiles dividing N and K: the K loop's loads unmasked (padding rows read row 0)
 ):
     # GROUP_M consecutive row blocks (mostly one expert's: blocks are sorted by expert) take each N tile
     # in turn, so an expert's weight tile is read from DRAM once per GROUP_M blocks rather than once per
@@ -224,9 +218,7 @@ def _moe_gemm_kernel(
     e = tl.load(block_expert_ptr + blk).to(tl.int64)
     pairs = tl.load(sorted_ids_ptr + blk * BLOCK_M + tl.arange(0, BLOCK_M))
     p_mask = pairs < num_pairs
-    # padding entries (pairs == num_pairs) read row 0, so the K loop's activation loads need no row mask;
-    # their outputs are never stored
-    a_rows = a_ptr + tl.where(p_mask, pairs // A_DIV, 0).to(tl.int64)[:, None] * stride_am
+    a_rows = a_ptr + (pairs // A_DIV).to(tl.int64)[:, None] * stride_am
     as_rows = as_ptr + (pairs // A_DIV).to(tl.int64) * stride_asm
     offs_n = nt * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
@@ -252,13 +244,10 @@ def _moe_gemm_kernel(
         raw_up = tl.zeros((BLOCK_M, BLOCK_N), raw_dtype)
         for t in range(0, tl.cdiv(K, BLOCK_K)):
             ak = t * BLOCK_K + tl.arange(0, BLOCK_K)
-            if EVEN:
-                a = tl.load(a_rows + ak[None, :])
-            else:
-                a = tl.load(a_rows + ak[None, :], mask=p_mask[:, None] & (ak < K)[None, :], other=0.0)
-            raw = _raw_dot(raw, a, w_e, offs_n, n_mask, ak, K, stride_wn, A_QUANT, UPCAST, EVEN)
+            a = tl.load(a_rows + ak[None, :], mask=p_mask[:, None] & (ak < K)[None, :], other=0.0)
+            raw = _raw_dot(raw, a, w_e, offs_n, n_mask, ak, K, stride_wn, A_QUANT, UPCAST)
             if ACT != 0:
-                raw_up = _raw_dot(raw_up, a, w_e, offs_n + N, n_mask, ak, K, stride_wn, A_QUANT, UPCAST, EVEN)
+                raw_up = _raw_dot(raw_up, a, w_e, offs_n + N, n_mask, ak, K, stride_wn, A_QUANT, UPCAST)
         acc = _raw_scaled(raw, s_e, offs_n, n_mask, as_rows, p_mask, stride_sn, SFMT, A_QUANT)
         if ACT != 0:
             acc_up = _raw_scaled(raw_up, s_e, offs_n + N, n_mask, as_rows, p_mask, stride_sn, SFMT, A_QUANT)
@@ -306,9 +295,6 @@ def _moe_gemm_kernel(
 # multiply once after it, as the dense kernel's epilogue does. False: scale every K tile's partial (tests
 # compare the two)
 RAW_SUMS = True
-# the raw-sum path's K loop without load masks where the tiles divide N and K (False: always masked;
-# benchmarks and tests compare the two, as ``scaled_mm.EVEN_TILES``)
-EVEN_TILES = os.environ.get("QUANTC_EVEN_TILES", "1") != "0"
 
 
 def uses_moe_planes(pack: int, a_quant: int, k: int, row_block: int) -> bool:
@@ -336,7 +322,6 @@ def _moe_gemm(
         data = data.view(torch.uint8)
     out = torch.empty((num_pairs, n_out), dtype=torch.bfloat16, device=a.device)
     n_blocks = sorted_ids.numel() // block_m
-    raw = RAW_SUMS and pack == 1 and row_block == 1 and (sfmt == S_NONE or group >= k) and (a_quant == 0 or a_group >= k)
     scale_t = scale if scale is not None else data
     grid = (n_blocks * cdiv(n_out, block_n),)
     launch(_moe_gemm_kernel, grid, (
@@ -355,7 +340,7 @@ def _moe_gemm(
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=UPCAST_DOT and a_quant == 0,
         NIBBLES=nibbles, ASM=nibble_decode.USE_ASM, GROUP_M=max(1, group_m),
         PLANES=planes, PLANE_FMT=1 if fmt == INT4 else 2,
-        RAW=raw, EVEN=raw and EVEN_TILES and n_out % block_n == 0 and k % block_k == 0,
+        RAW=RAW_SUMS and pack == 1 and row_block == 1 and (sfmt == S_NONE or group >= k) and (a_quant == 0 or a_group >= k),
     ), num_warps, num_stages)
     return out
 
