@@ -64,6 +64,7 @@ def test_the_key_follows_what_triton_specializes(fast):
         (buf, 65, 2),              # no longer divisible by 16
         (buf, 64, 1),              # equal to 1
         (buf, 2**31, 2),           # 64-bit
+        (torch.zeros(64, device="meta"), 64, 2),  # another device (the key takes the first tensor's)
     ]
     for args in variants:
         common.launch(k, (1,), args, {"BLOCK": 32, "MODE": 0}, 4)

@@ -45,7 +45,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from .common import _arg_key, current_stream, fast_launch_on
+from .common import _args_key, current_stream, fast_launch_on
 
 # triton 3.6 names the TMA copies async_copy_global_to_shared / async_copy_shared_to_global; later
 # releases renamed them async_load / async_store
@@ -508,7 +508,7 @@ def _launch(kernel, grid, descs, scalars, consts, tile, maxnreg):
     if not fast_launch_on():
         kernel[grid](*descs, *scalars, **consts, maxnreg=maxnreg)
         return
-    key = (kernel, tile, tuple(map(_arg_key, scalars)),
+    key = (kernel, tile, scalars[0].device, _args_key(scalars),
            tuple((n_, v) for n_, v in consts.items() if n_ not in _LAYOUT_CONSTS))
     hit = _COMPILED.get(key)
     if hit is None:
