@@ -5,7 +5,8 @@ GemLite's A8W8 kernels, same pre-quantized operands, one run (GPU, CUDA graphs).
 compared with the tiled kernel's output (expected difference 0: the same sums and epilogue), then timed.
 
     python bench/rowwise_ws_probe.py   # env PROBE_MS (default 64,256,1024,4096), PROBE_SHAPES ("NxK,..."),
-                                       # PROBE_FORMATS (fp8,int8); writes $OUT/rowwise_ws_probe_<gpu>.json
+                                       # PROBE_FORMATS (fp8,int8), PROBE_NARROW=1 (128 x 64 tiles too);
+                                       # writes $OUT/rowwise_ws_probe_<gpu>.json
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ FORMATS = {"fp8": ("fp8_per_channel", "fp8_dynamic_per_token", "fp8_scaled_gemm"
 RUN = os.environ.get("PROBE_FORMATS", "fp8,int8").split(",")
 # (block_n, stages, group_m) per format: int8 64 x 256 wgmma does not compile in triton 3.9's Gluon
 GLUON = {"fp8": [(256, 3, 8), (128, 4, 8), (128, 5, 8)], "int8": [(128, 4, 8), (128, 5, 8)]}
+# PROBE_NARROW=1 adds 128 x 64 tiles (twice the programs of 128 x 128: for the shapes of at most 64 such
+# tiles at M = 64-256, where GemLite's kernel still leads; they compile for sm_90 with 6 or 8 stages)
+if os.environ.get("PROBE_NARROW") == "1":
+    for f in GLUON:
+        GLUON[f] += [(64, 6, 8), (64, 8, 8)]
 
 
 def main() -> None:
