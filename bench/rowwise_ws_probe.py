@@ -5,7 +5,7 @@ GemLite's A8W8 kernels, same pre-quantized operands, one run (GPU, CUDA graphs).
 compared with the tiled kernel's output (expected difference 0: the same sums and epilogue), then timed.
 
     python bench/rowwise_ws_probe.py   # env PROBE_MS (default 64,256,1024,4096), PROBE_SHAPES ("NxK,..."),
-                                       # PROBE_FORMATS (fp8,int8), PROBE_NARROW=1 (128 x 64 tiles too);
+                                       # PROBE_FORMATS (fp8,int8), PROBE_NARROW=1 (128 x 64, 64 x 128 tiles too);
                                        # writes $OUT/rowwise_ws_probe_<gpu>.json
 """
 
@@ -35,13 +35,14 @@ if os.environ.get("PROBE_SHAPES"):
 FORMATS = {"fp8": ("fp8_per_channel", "fp8_dynamic_per_token", "fp8_scaled_gemm"),
            "int8": ("int8_per_channel", "int8_dynamic_per_token", "int8_gemm")}
 RUN = os.environ.get("PROBE_FORMATS", "fp8,int8").split(",")
-# (block_n, stages, group_m) per format: int8 64 x 256 wgmma does not compile in triton 3.9's Gluon
-GLUON = {"fp8": [(256, 3, 8), (128, 4, 8), (128, 5, 8)], "int8": [(128, 4, 8), (128, 5, 8)]}
-# PROBE_NARROW=1 adds 128 x 64 tiles (twice the programs of 128 x 128: for the shapes of at most 64 such
-# tiles at M = 64-256, where GemLite's kernel still leads; they compile for sm_90 with 6 or 8 stages)
+# (block_m, block_n, stages, group_m) per format: int8 64 x 256 wgmma does not compile in triton 3.9's Gluon
+GLUON = {"fp8": [(128, 256, 3, 8), (128, 128, 4, 8), (128, 128, 5, 8)], "int8": [(128, 128, 4, 8), (128, 128, 5, 8)]}
+# PROBE_NARROW=1 adds 128 x 64 and 64 x 128 tiles (twice the programs of 128 x 128, for the shapes of at
+# most 64 such tiles at M = 64-256, where GemLite's kernel still leads; all compile for sm_90, the 64-row
+# ones with one consumer warpgroup)
 if os.environ.get("PROBE_NARROW") == "1":
     for f in GLUON:
-        GLUON[f] += [(64, 6, 8), (64, 8, 8)]
+        GLUON[f] += [(128, 64, 6, 8), (128, 64, 8, 8), (64, 128, 6, 8), (64, 128, 8, 8)]
 
 
 def main() -> None:
@@ -69,11 +70,11 @@ def main() -> None:
                 else:
                     row["cublas_us"] = graph_us(lambda: torch._int_mm(xq, wq.t()))
                 best = None
-                for bn, st, gm in GLUON[fmt]:
-                    name = f"gluon_128x{bn}x{st}g{gm}"
+                for bm, bn, st, gm in GLUON[fmt]:
+                    name = f"gluon_{bm}x{bn}x{st}g{gm}"
                     out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
                     us = matched_graph_us(row, name, lambda: rowwise_mm_ws(
-                        xq, wq, sx, ws_, None, 2, 2, bn, st, gm, out=out, programs=sms), want)
+                        xq, wq, sx, ws_, None, 2, 2, bn, st, gm, out=out, programs=sms, block_m=bm), want)
                     if us and (best is None or us < best[0]):
                         best = (us, name)
                 row["gluon_us"], row["gluon_cfg"] = best if best else (None, None)
