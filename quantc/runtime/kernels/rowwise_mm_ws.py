@@ -109,7 +109,9 @@ def _rowwise_mm_ws_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N
     first_tile = gl.program_id(0)
     k_tiles = gl.cdiv(K, 128)  # BLOCK_K: the producer's K step
     a_bufs, b_bufs, ready, empty = _ring(a_desc, b_desc, NUM_STAGES, BLOCK_M // 64)
-    # the worker partitions take one argument list (each ignores what it does not need)
+    # the worker partitions take one argument list (each ignores what it does not need); the two branches
+    # repeat it because warp_specialize wants the partitions written out (a tuple of the arguments built
+    # once does not compile: Gluon converts its layout member to a tensor)
     if BLOCK_M == 128:
         gl.warp_specialize([
             (_consume, (a_bufs, b_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, first_tile, num_tiles,
