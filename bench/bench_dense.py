@@ -79,14 +79,15 @@ def gemv_candidates(kernel: str) -> list[KernelConfig]:
 
 def candidates(kernel: str, m: int) -> list[KernelConfig]:
     """The list below, and the tuner's deep-K seeds for M's size (``quantc.tune``: SMALLM / MIDM), as the
-    seeded space prunes them (no tile taller than M, split-K up to 256 rows for these kernels)."""
+    seeded space prunes them (no tile taller than M; split-K is allowed for these kernels up to 256 rows,
+    the top of both ranges)."""
     from quantc.tune import MIDM_KERNELS, MIDM_RANGE, MIDM_SEEDS, SMALLM_RANGE, SMALLM_SEEDS
 
     base = _candidates(kernel, m)
     if kernel not in MIDM_KERNELS:
         return base
     seeds = [c for (lo, hi), deep_k in ((SMALLM_RANGE, SMALLM_SEEDS), (MIDM_RANGE, MIDM_SEEDS)) if lo <= m <= hi
-             for c in deep_k if c.block_m <= max(16, m) and (c.split_k == 1 or m <= MIDM_RANGE[1])]
+             for c in deep_k if c.block_m <= max(16, m)]
     return base + [c for c in seeds if c not in base]
 
 
