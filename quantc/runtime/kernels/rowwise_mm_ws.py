@@ -111,7 +111,8 @@ def _rowwise_mm_ws_kernel(a_desc, b_desc, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N
     a_bufs, b_bufs, ready, empty = _ring(a_desc, b_desc, NUM_STAGES, BLOCK_M // 64)
     # the worker partitions take one argument list (each ignores what it does not need); the two branches
     # repeat it because warp_specialize wants the partitions written out (a tuple of the arguments built
-    # once does not compile: Gluon converts its layout member to a tensor)
+    # once does not compile in triton 3.9's Gluon: its constexpr members, the layout and the format flags,
+    # lose their compile-time values)
     if BLOCK_M == 128:
         gl.warp_specialize([
             (_consume, (a_bufs, b_bufs, ready, empty, c_desc, sa_ptr, sb_ptr, bias_ptr, M, N, first_tile, num_tiles,
