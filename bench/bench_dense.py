@@ -210,7 +210,7 @@ def gpu_check(out: dict) -> None:
         wide = block_mm_ws.block_mm_ws(xq, t_["weight"], sx, t_["weight_scale_inv"], bb, 128, block_mm_ws.WIDE_N.value,
                                        3, 8, split=True, programs=sm_count(xx.device)).float()
         res[f"block_ws_wide/M{M}/N{N}/bias{int(bias)}/max_abs_diff_vs_tiled"] = float((wide - tiled).abs().max())
-    # the warp-specialized raw-sum kernel (fp8 / int8 from M = 128 on sm_90, rowwise_ws_rule) against the
+    # the warp-specialized raw-sum kernel (fp8 / int8 from M = 128 on sm_90, rowwise_ws_tile) against the
     # Triton kernels (QUANTC_ROWWISE_WS=0) on the same operands: ragged M and N (576), per-tensor and
     # per-row / per-channel scales, a bias, several tiles a program (M = 4000); the same sums, so difference 0
     for wk, ak in (("fp8_per_channel", "fp8_dynamic_per_token"), ("fp8_per_tensor", "fp8_dynamic_per_tensor"),

@@ -5,7 +5,8 @@ GemLite's A8W8 kernels, same pre-quantized operands, one run (GPU, CUDA graphs).
 compared with the tiled kernel's output (expected difference 0: the same sums and epilogue), then timed.
 
     python bench/rowwise_ws_probe.py   # env PROBE_MS (default 64,256,1024,4096), PROBE_SHAPES ("NxK,..."),
-                                       # PROBE_FORMATS (fp8,int8), PROBE_NARROW=1 (128 x 64, 64 x 128 tiles too);
+                                       # PROBE_FORMATS (fp8,int8), PROBE_NARROW=1 (128 x 64, 64 x 128 tiles too),
+                                       # PROBE_GLUON ("64x128x8,...": only these tiles);
                                        # writes $OUT/rowwise_ws_probe_<gpu>.json
 """
 
@@ -43,6 +44,10 @@ GLUON = {"fp8": [(128, 256, 3, 8), (128, 128, 4, 8), (128, 128, 5, 8)], "int8": 
 if os.environ.get("PROBE_NARROW") == "1":
     for f in GLUON:
         GLUON[f] += [(128, 64, 6, 8), (128, 64, 8, 8), (64, 128, 6, 8), (64, 128, 8, 8)]
+# PROBE_GLUON="64x128x8,128x128x5" replaces the tile list (block_m x block_n x stages, GROUP_M 8) for both formats
+if os.environ.get("PROBE_GLUON"):
+    _tiles = [tuple(int(v) for v in t.split("x")) + (8,) for t in os.environ["PROBE_GLUON"].split(",")]
+    GLUON = {f: list(_tiles) for f in GLUON}
 
 
 def main() -> None:

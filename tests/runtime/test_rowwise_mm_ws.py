@@ -39,10 +39,10 @@ SCRIPT = textwrap.dedent("""
     print(json.dumps(out))
 """)
 
-# (block_n, stages, int8, a_mode, b_mode, bias, block_m): the runtime's tile for both formats and every
-# scale mode; 64-row tiles (one consumer warpgroup: bench/rowwise_ws_probe.py PROBE_NARROW=1)
+# (block_n, stages, int8, a_mode, b_mode, bias, block_m): the runtime's two tiles (ROWWISE_WS_TILE and the
+# 64-row ROWWISE_WS_NARROW_TILE, one consumer warpgroup) for both formats and every scale mode
 CASES = [(128, 5, False, 2, 2, False, 128), (128, 5, True, 2, 2, False, 128), (128, 5, False, 1, 1, True, 128),
-         (128, 5, True, 1, 2, True, 128), (256, 3, False, 2, 2, False, 128), (128, 6, False, 2, 2, False, 64),
+         (128, 5, True, 1, 2, True, 128), (256, 3, False, 2, 2, False, 128), (128, 8, False, 1, 2, False, 64),
          (128, 8, True, 2, 2, True, 64)]
 
 
@@ -59,19 +59,26 @@ def test_kernel_compiles_for_hopper_with_chained_mmas(tmp_path):
             assert got["setmaxnreg"] == ["dec", "inc"], (case, got)  # ... to the consumer warpgroup of its own
 
 
+WIDE, NARROW = S.ROWWISE_WS_TILE, S.ROWWISE_WS_NARROW_TILE
+
+
 @pytest.mark.parametrize("m,n,int8,sms,want", [
-    (256, 6144, False, 132, True),     # 96 tiles of 128 x 128: more than half the SMs
-    (256, 4096, False, 132, False),    # 64 tiles: the Triton kernels' smaller tiles fill the GPU better
-    (1024, 4096, False, 132, False),   # fp8 from TMA_MIN_M: the persistent TMA kernel (256 tiles)
-    (1024, 2048, False, 132, True),    # ... unless 128 x 128 tiles make one wave at most (128 tiles)
-    (1024, 2048, False, 100, False),   # (over one wave on a GPU of 100 SMs)
-    (1024, 4096, True, 132, True),     # int8 at every M past the tile count
-    (8192, 2048, True, 132, True),
-    (64, 28672, True, 132, False),     # under ROWWISE_WS_MIN_M: the tile kernels' small-M configs
-    (256, 6144, True, 200, False),     # a GPU of more SMs
+    (256, 6144, False, 132, WIDE),     # 96 tiles of 128 x 128: more than half the SMs
+    (256, 4096, False, 132, NARROW),   # 64 tiles: 64 x 128 tiles, one wave of 128 programs
+    (128, 2048, True, 132, NARROW),
+    (128, 28672, False, 132, WIDE),    # 224 tiles
+    (1024, 4096, False, 132, None),    # fp8 from TMA_MIN_M: the persistent TMA kernel (256 tiles)
+    (1024, 2048, False, 132, WIDE),    # ... unless 128 x 128 tiles make one wave at most (128 tiles)
+    (1024, 2048, False, 100, None),    # (over one wave on a GPU of 100 SMs)
+    (1024, 512, True, 132, None),      # few tiles from TMA_MIN_M: the 64-row tiles were not timed there
+    (1024, 4096, True, 132, WIDE),     # int8 at every M past the tile count
+    (8192, 2048, True, 132, WIDE),
+    (64, 28672, True, 132, None),      # under ROWWISE_WS_MIN_M: the tile kernels' small-M configs
+    (127, 4096, False, 132, None),
+    (256, 6144, True, 200, NARROW),    # a GPU of more SMs: 96 tiles are under half of them
 ])
 def test_routing_rule(m, n, int8, sms, want):
-    assert S.rowwise_ws_rule(m, n, int8, sms) is want
+    assert S.rowwise_ws_tile(m, n, int8, sms) == want
 
 
 @pytest.mark.parametrize("m,n,k,ok", [(256, 4096, 4096, True), (256, 4100, 4096, False), (256, 4096, 4104, False),
@@ -82,4 +89,4 @@ def test_supports(m, n, k, ok):
 
 def test_policy_never_takes_gluon_on_the_cpu(monkeypatch):
     monkeypatch.setenv("QUANTC_ROWWISE_WS", "1")
-    assert S._rowwise_ws_policy(4096, 4096, True, torch.device("cpu")) is False
+    assert S._rowwise_ws_policy(4096, 4096, True, torch.device("cpu")) is None

@@ -7,8 +7,8 @@ scaling: one producer warp streams A and B tiles through a ring of shared-memory
 64-row warpgroup of a 128-row tile is a consumer partition of its own that chains its wgmmas over K
 (one in flight while the next is issued), releases each slot when the MMA reading it is done, then
 scales, converts and stores its rows (TMA) while the producer already loads the next tile. 64-row tiles
-(one consumer partition, twice the programs) compile too; the runtime routes 128-row ones
-(``scaled_mm.rowwise_ws_rule``) and ``bench/rowwise_ws_probe.py PROBE_NARROW=1`` times both.
+have one consumer partition and twice the programs; ``scaled_mm.rowwise_ws_tile`` picks the tile (64 rows
+where 128-row tiles would fill at most half the SMs) and ``bench/rowwise_ws_probe.py`` times them.
 
 Gluon kernels cannot run under ``TRITON_INTERPRET``: ``compile_for_hopper`` compiles it offline for sm_90
 (tests read its SASS); ``bench/rowwise_ws_probe.py`` compares it with the tiled kernel on the GPU.

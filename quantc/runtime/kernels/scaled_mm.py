@@ -89,34 +89,45 @@ def _block_ws_policy(m: int, device: torch.device) -> bool:
 
 
 # Pre-quantized W8A8 calls with scales after the K sum (fp8 / int8, per-tensor or per-row x per-tensor or
-# per-channel) take the warp-specialized Gluon kernel (``rowwise_mm_ws``, 128 x 128 tiles, five stages) on
-# sm_90 where its 128-row tiles are more than half the SMs' count: int8 from M = 128 on, fp8 below
-# TMA_MIN_M (from there the persistent TMA kernel kept up) and, from TMA_MIN_M, where its tiles make one
-# wave at most (the TMA kernel's 128 x 256 tiles would leave half the SMs idle). H100
-# (bench/results/rowwise_ws_probe_h100_*.json, 7 shapes, one run each, bit-identical outputs): int8 at
-# M = 1024 1.24x the runtime's kernels (1.77x against torch._int_mm), at M = 256 faster on the 5 shapes with
-# that many tiles; fp8 at M = 256 faster on three of the four, at M = 1024 on (2048, 7168) (128 tiles:
-# 23.2 against 26.5 us; GemLite 22.5). QUANTC_ROWWISE_WS=0 / 1 turns it off / on at every M (on: wherever
-# it can run).
+# per-channel) take the warp-specialized Gluon kernel (``rowwise_mm_ws``) on sm_90 from M = 128:
+# - below TMA_MIN_M, where 128 x 128 tiles would fill at most half the SMs, 64 x 128 tiles with eight
+#   stages (one consumer warpgroup, twice the programs: one wave at most);
+# - 128 x 128 tiles with five stages past that: int8 at every M, fp8 below TMA_MIN_M and, from TMA_MIN_M,
+#   where they make one wave at most (the TMA kernel's 128 x 256 tiles would leave half the SMs idle).
+# H100, one run each, bit-identical outputs where the tiled kernel does not split K:
+# rowwise_ws_probe_h100_*.json: int8 at M = 1024 1.24x the runtime's kernels (1.77x torch._int_mm), at
+# M = 256 faster on the 5 shapes with that many tiles; fp8 at M = 256 faster on three of the four, at
+# M = 1024 on (2048, 7168) (128 tiles: 23.2 against 26.5 us; GemLite 22.5). rowwise_ws_probe_h100_narrow.json
+# (twelfth session, 7 shapes x M = 128 / 256): the 64-row tiles beat the runtime's kernels on all 16 rows
+# of at most 64 128-row tiles, fp8 and int8 (e.g. (4096, 14336) at M = 256: 29.9 against 31.7 us; (6144,
+# 4096) at M = 128: 9.5 against 22.6), and lose where the 128-row tiles are more than half the SMs.
+# QUANTC_ROWWISE_WS=0 / 1 turns it off / on at every M (on: wherever it can run, by the same tile rule).
 ROWWISE_WS_MIN_M = 128
-ROWWISE_WS_TILE = (128, 5, 8)  # block_n, stages, group_m
+ROWWISE_WS_TILE = (128, 128, 5, 8)  # block_m, block_n, stages, group_m
+ROWWISE_WS_NARROW_TILE = (64, 128, 8, 8)
 
 
-def rowwise_ws_rule(m: int, n: int, int8: bool, sms: int) -> bool:
-    """The M / N / format rule above for a GPU of ``sms`` SMs."""
-    tiles = cdiv(m, 128) * cdiv(n, ROWWISE_WS_TILE[0])
-    return m >= ROWWISE_WS_MIN_M and (int8 or m < TMA_MIN_M or tiles <= sms) and tiles > sms // 2
+def rowwise_ws_tile(m: int, n: int, int8: bool, sms: int) -> tuple[int, int, int, int] | None:
+    """The Gluon raw-sum kernel's tile for M x N on a GPU of ``sms`` SMs by the rule above, or None where
+    the Triton kernels run."""
+    if m < ROWWISE_WS_MIN_M:
+        return None
+    tiles = cdiv(m, 128) * cdiv(n, ROWWISE_WS_TILE[1])
+    if tiles <= sms // 2:
+        return ROWWISE_WS_NARROW_TILE if m < TMA_MIN_M else None
+    return ROWWISE_WS_TILE if (int8 or m < TMA_MIN_M or tiles <= sms) else None
 
 
-def _rowwise_ws_policy(m: int, n: int, int8: bool, device: torch.device) -> bool:
-    """Whether a raw-sum W8A8 call takes the Gluon kernel: Hopper only (never a CPU tensor), by
-    ``rowwise_ws_rule`` unless QUANTC_ROWWISE_WS forces it."""
+def _rowwise_ws_policy(m: int, n: int, int8: bool, device: torch.device) -> tuple[int, int, int, int] | None:
+    """The Gluon kernel's tile for a raw-sum W8A8 call, or None: Hopper only (never a CPU tensor), by
+    ``rowwise_ws_tile`` unless QUANTC_ROWWISE_WS forces it (on: the rule's tile, or 128 x 128)."""
     if device.type != "cuda" or cc_major(device) != 9:
-        return False
+        return None
+    tile = rowwise_ws_tile(m, n, int8, sm_count(device))
     forced = os.environ.get("QUANTC_ROWWISE_WS")
     if forced is not None:
-        return forced == "1"
-    return rowwise_ws_rule(m, n, int8, sm_count(device))
+        return (tile or ROWWISE_WS_TILE) if forced == "1" else None
+    return tile
 
 
 def _tma_policy(m: int, device: torch.device, b_mode: int) -> bool:
@@ -369,9 +380,10 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
         ws_out = _block_ws(a, weight, sa, weight_scale, bias, out)
         if ws_out is not None:
             return ws_out
-    if (quant == Q_NONE and a_mode in (A_TENSOR, A_ROW) and b_mode in (B_TENSOR, B_CHANNEL)
-            and _rowwise_ws_policy(m, n, int8, x.device)):
-        ws_out = _rowwise_ws(a, weight, sa, weight_scale, bias, a_mode, b_mode, out)
+    ws_tile = (_rowwise_ws_policy(m, n, int8, x.device)
+               if quant == Q_NONE and a_mode in (A_TENSOR, A_ROW) and b_mode in (B_TENSOR, B_CHANNEL) else None)
+    if ws_tile is not None:
+        ws_out = _rowwise_ws(a, weight, sa, weight_scale, bias, a_mode, b_mode, out, ws_tile)
         if ws_out is not None:
             return ws_out
     if quant == Q_NONE and a_mode != A_NONE:
@@ -431,7 +443,7 @@ def _block_ws(a, weight, sa, weight_scale, bias, out):
                                    split=split, programs=sms)
 
 
-def _rowwise_ws(a, weight, sa, weight_scale, bias, a_mode, b_mode, out):
+def _rowwise_ws(a, weight, sa, weight_scale, bias, a_mode, b_mode, out, tile):
     """A raw-sum W8A8 GEMM through the warp-specialized Gluon kernel, or None where it does not apply (a
     triton without Gluon, operands TMA cannot address): the caller then runs the Triton kernels."""
     try:
@@ -443,9 +455,9 @@ def _rowwise_ws(a, weight, sa, weight_scale, bias, a_mode, b_mode, out):
     if not (rowwise_mm_ws.supports(m, n, k) and a.is_contiguous() and weight.is_contiguous()
             and all(t.data_ptr() % 16 == 0 for t in (a, weight, out))):
         return None
-    bn, stages, group_m = ROWWISE_WS_TILE
+    bm, bn, stages, group_m = tile
     return rowwise_mm_ws.rowwise_mm_ws(a, weight, sa, weight_scale, bias, a_mode, b_mode, bn, stages, group_m,
-                                       out=out, programs=sm_count(a.device))
+                                       out=out, programs=sm_count(a.device), block_m=bm)
 
 
 # unmasked main-loop loads where the tiles divide the problem (QUANTC_EVEN_TILES=0: always masked;
