@@ -43,7 +43,7 @@ def run_dense(x: torch.Tensor, buffers: list[torch.Tensor], bias: Optional[torch
     """bf16 (M, K) -> bf16 (M, N) through the plan's kernel, with the KernelConfig for this M
     (``lookup``: the (bounds, configs) of ``bucket_lookup``, or None for the launcher's defaults)."""
     config = pick(*lookup, x.shape[0]) if lookup is not None else None
-    if config is not None and (kernel, config) in _FAILED:
+    if _FAILED and config is not None and (kernel, config) in _FAILED:
         config = None
     try:
         return LAUNCHERS[kernel].run(x, buffers, config, weight_key, act_key, bias)
@@ -93,12 +93,13 @@ class QuantLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         if x2.dtype != torch.bfloat16 or not x2.is_contiguous():
             x2 = x2.to(torch.bfloat16).contiguous()
-        bufs = [getattr(self, key) for key in self._names]
         if torch.compiler.is_compiling():
-            out = dense(x2, bufs, self.bias, self.kernel, self.weight_key, self.act_key, self._table,
-                        self.out_features)
+            out = dense(x2, [getattr(self, key) for key in self._names], self.bias, self.kernel, self.weight_key,
+                        self.act_key, self._table, self.out_features)
         else:
-            out = run_dense(x2, bufs, self.bias, self.kernel, self.weight_key, self.act_key, self._lookup)
+            buffers = self._buffers  # what getattr reads for a buffer, without nn.Module.__getattr__'s lookups
+            out = run_dense(x2, [buffers[key] for key in self._names], buffers["bias"], self.kernel, self.weight_key,
+                            self.act_key, self._lookup)
         return out.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:

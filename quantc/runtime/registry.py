@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .kernels.scaled_mm import WEIGHT_MODE, scaled_mm
+from .tables import default_config
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,10 @@ def _prepare_scaled(tensors, weight_key, n, k):
 
 def _scaled_runner(kernel_id: str):
     def run(x, buffers, config, weight_key, act_key, bias):
-        from .tables import default_config
-
-        w, s, *rest = buffers
-        config = config or default_config(kernel_id, x.shape[0])  # no table entry: the kernel's defaults
-        return scaled_mm(x, w, s, weight_key, act_key, config, input_scale=rest[0] if rest else None, bias=bias)
+        if config is None:  # no table entry: the kernel's defaults
+            config = default_config(kernel_id, x.shape[0])
+        return scaled_mm(x, buffers[0], buffers[1], weight_key, act_key, config,
+                         input_scale=buffers[2] if len(buffers) > 2 else None, bias=bias)
 
     return run
 
@@ -104,7 +104,6 @@ def _run_block_scaled_mm_cublas(x, buffers, config, weight_key, act_key, bias):
     if x.shape[0] == 1 or x.device.type != "cuda":
         # cuBLAS blockwise refuses M = 1 (and needs a GPU): the Triton block kernel takes those calls
         from .kernels.scaled_mm import scaled_mm as triton_mm
-        from .tables import default_config
 
         return triton_mm(x, w, s, weight_key, act_key, config or default_config("fp8_block_gemm", x.shape[0]), bias=bias)
     xq, sa = _act_quant(x, act_key, None)

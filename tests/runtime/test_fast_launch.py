@@ -96,3 +96,10 @@ def test_a_missing_constexpr_fails_before_anything_launches(fast):
 def test_an_argument_without_a_key_is_refused(fast):
     with pytest.raises(TypeError, match="no fast-launch key for a list"):
         common.launch(FakeJit(), (1,), (torch.zeros(16), [1], 2), {"BLOCK": 16, "MODE": 0}, 4)
+
+
+def test_an_int_never_keys_like_a_bool_or_none():
+    # a position that is a bool in one call and an int in another must not share a compiled kernel
+    keys = {common._args_key((v,)) for v in (True, False, None, 1, 16, 17, 2**31, 1.5)}
+    assert len(keys) == 8
+    assert common._args_key((0,)) == common._args_key((16,))  # what Triton tells apart, nothing more

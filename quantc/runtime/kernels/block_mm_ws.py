@@ -508,7 +508,7 @@ def _launch(kernel, grid, descs, scalars, consts, tile, maxnreg):
     if not fast_launch_on():
         kernel[grid](*descs, *scalars, **consts, maxnreg=maxnreg)
         return
-    key = (kernel, tile, scalars[0].device, _args_key(scalars),
+    key = (id(kernel), tile, scalars[0].device, _args_key(scalars),
            tuple((n_, v) for n_, v in consts.items() if n_ not in _LAYOUT_CONSTS))
     hit = _COMPILED.get(key)
     if hit is None:

@@ -26,14 +26,13 @@ along K, one masked tail tile takes the rest (gpt-oss's K = 2880 under BLOCK_K =
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from . import nibble_decode
-from .common import cdiv, grouped_tile, launch
+from .common import cdiv, env, grouped_tile, launch
 from .nibble_decode import decode_pairs
 from .wo_format import FP8, INT4, INT8, S_NONE, UPCAST_DOT, WoWeight, decode_scale, dequant_tile, dequantize, load_tile_scales
 from .wo_planes import planes_step
@@ -301,7 +300,7 @@ def uses_moe_planes(pack: int, a_quant: int, k: int, row_block: int) -> bool:
     """4-bit weights x bf16 through the nibble planes of the dense decode kernel (``wo_planes``): opt-in
     (QUANTC_MOE_PLANES=1) until bench/bench_moe.py has timed it against the byte path; needs K a multiple
     of 128 (16-deep planes) and one scale row per weight row."""
-    return (os.environ.get("QUANTC_MOE_PLANES") == "1" and pack == 8 and a_quant == 0 and k % 128 == 0
+    return (env("QUANTC_MOE_PLANES") == "1" and pack == 8 and a_quant == 0 and k % 128 == 0
             and row_block == 1)
 
 

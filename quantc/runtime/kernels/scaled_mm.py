@@ -55,7 +55,7 @@ import triton.language as tl
 
 from .. import quantize as ref
 from .act_quant import quantize_activation
-from .common import (cc_major, cdiv, e8m0_to_f32, floor_log2, grouped_tile, interpreted, k_slice, launch, next_pow2,
+from .common import (cc_major, cdiv, e8m0_to_f32, env, floor_log2, grouped_tile, interpreted, k_slice, launch, next_pow2,
                      pow2, quant_e4m3, quant_int8, round_e4m3, sm_count, split_k_reduce, tile_counters)
 
 # A modes / B modes
@@ -84,7 +84,7 @@ def _block_ws_policy(m: int, device: torch.device) -> bool:
     cannot run Gluon; its wgmma and register reallocation are sm_90 features), by M unless forced."""
     if device.type != "cuda" or cc_major(device) != 9:
         return False
-    forced = os.environ.get("QUANTC_BLOCK_WS")
+    forced = env("QUANTC_BLOCK_WS")
     return forced == "1" if forced is not None else m >= BLOCK_WS_MIN_M
 
 
@@ -124,14 +124,14 @@ def _rowwise_ws_policy(m: int, n: int, int8: bool, device: torch.device) -> tupl
     if device.type != "cuda" or cc_major(device) != 9:
         return None
     tile = rowwise_ws_tile(m, n, int8, sm_count(device))
-    forced = os.environ.get("QUANTC_ROWWISE_WS")
+    forced = env("QUANTC_ROWWISE_WS")
     if forced is not None:
         return (tile or ROWWISE_WS_TILE) if forced == "1" else None
     return tile
 
 
 def _tma_policy(m: int, device: torch.device, b_mode: int) -> bool:
-    forced = os.environ.get("QUANTC_TMA")
+    forced = env("QUANTC_TMA")
     if forced is not None:
         return forced == "1"
     return (m >= TMA_MIN_M and b_mode in (B_TENSOR, B_CHANNEL) and device.type == "cuda"

@@ -12,13 +12,12 @@ nvfp4) rounded once to bf16, the operand precision of every other bf16 path.
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from .common import cdiv, launch, round_bf16
+from .common import cdiv, env, launch, round_bf16
 from .nibble_decode import USE_ASM, decode_words
 from .wo_format import INT4
 from .wo_mma4 import element_scales, element_zeros
@@ -82,7 +81,7 @@ def uses_dequant(m: int, device: torch.device) -> bool:
     """The launcher's policy: QUANTC_DEQUANT_MIN_M=N takes this path from M = N on (0: everywhere, the
     interpreter included); unset, from DEQUANT_MIN_M on a GPU (the interpreter keeps wo_mma4, which the
     CPU tests cover at every M)."""
-    forced = os.environ.get("QUANTC_DEQUANT_MIN_M")
+    forced = env("QUANTC_DEQUANT_MIN_M")
     if forced is not None:
         return m >= int(forced)
     return DEQUANT_DEFAULT_ON and m >= DEQUANT_MIN_M and device.type == "cuda"

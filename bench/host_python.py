@@ -1,0 +1,80 @@
+"""Python host time of an eager QuantLinear call, measured on any machine (no GPU): CPU tensors, every
+Triton launch replaced by the fast launch's bookkeeping alone (switch reads, specialization key, cache
+lookup), so what is left is the launchers' own Python. On a GPU, ``bench/host_overhead.py`` times the
+real calls; this one separates the Python from the driver and is steady enough to compare two commits
+on one machine (the minimum of many rounds).
+
+    python bench/host_python.py [--m 2048] [--nk 2048] [--rounds 25] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+FORMATS = (("fp8_scaled_gemm", "fp8_per_channel", "fp8_dynamic_per_token"),
+           ("int8_gemm", "int8_per_channel", "int8_dynamic_per_token"),
+           ("fp8_block_gemm", "fp8_block_128x128", "fp8_dynamic_group_128"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--m", type=int, default=2048)
+    ap.add_argument("--nk", type=int, default=2048)
+    ap.add_argument("--rounds", type=int, default=25)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+
+    import torch
+
+    from quantc.plan import KernelConfig
+    from quantc.runtime import quantize as Q
+    from quantc.runtime.kernels import act_quant, common, scaled_mm
+    from quantc.runtime.modules import QuantLinear
+    from quantc.runtime.registry import LAUNCHERS
+
+    launches = [0]
+
+    def bookkeeping_only(kernel, grid, args, consts, num_warps, num_stages=3):
+        if common.fast_launch_on():
+            key = (id(kernel), args[0].device, common._args_key(args), tuple(consts.items()), num_warps, num_stages)
+            common._COMPILED.get(key)
+        launches[0] += 1
+
+    for mod in (common, act_quant, scaled_mm):
+        mod.launch = bookkeeping_only
+    common.interpreted = lambda: False  # the GPU's switch reads, without the interpreter
+    torch.manual_seed(0)
+    w = torch.randn(a.nk, a.nk, dtype=torch.bfloat16) * 0.02
+    x = torch.randn(1, a.m, a.nk, dtype=torch.bfloat16)  # (batch, tokens, hidden), as a model calls it
+    cfg = KernelConfig(128, 256, 128, 8, 8, 3, 1)
+    mods = {}
+    for kernel, wk, ak in FORMATS:
+        bufs = LAUNCHERS[kernel].prepare(Q.quantize_weight(w, wk), wk, a.nk, a.nk)
+        mods[kernel] = QuantLinear("m", kernel, wk, ak, a.nk, a.nk, dict(bufs), None, ((2**31 - 1, cfg),))
+    calls = 300
+    best: dict[str, float] = {}
+    per_call: dict[str, float] = {}
+    for _ in range(a.rounds):
+        for name, mod in mods.items():
+            for _ in range(20):
+                mod(x)
+            launches[0] = 0
+            t = time.perf_counter()
+            for _ in range(calls):
+                mod(x)
+            best[name] = min(best.get(name, float("inf")), (time.perf_counter() - t) / calls * 1e6)
+            per_call[name] = launches[0] / calls
+    for name, us in best.items():
+        print(f"{us:7.1f} us  {name} QuantLinear eager, {a.m} x {a.nk} x {a.nk}, {per_call[name]:.0f} launches", flush=True)
+    if a.out:
+        Path(a.out).write_text(json.dumps({"m": a.m, "nk": a.nk, "rounds": a.rounds, "python_us": best}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
