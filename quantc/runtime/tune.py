@@ -192,17 +192,14 @@ def plain_reference_error(job, ops) -> float:
     return _rel_err(torch.cat(got), torch.cat(want))
 
 
-def _time_us(fn, device: str) -> float:
-    if device == "cuda":
-        import triton.testing
+def _time_us(fn) -> float:
+    """GPU time of ``fn`` in microseconds, replayed in a CUDA graph."""
+    import triton.testing
 
-        try:
-            return float(triton.testing.do_bench_cudagraph(fn, rep=20)) * 1000.0
-        except Exception:  # capture can fail for a kernel that syncs: time it eagerly then
-            return float(triton.testing.do_bench(fn, warmup=5, rep=20)) * 1000.0
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e6
+    try:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=20)) * 1000.0
+    except Exception:  # capture can fail for a kernel that syncs: time it eagerly then
+        return float(triton.testing.do_bench(fn, warmup=5, rep=20)) * 1000.0
 
 
 def measure(job, cfg: KernelConfig, ops: Operands, device: str, rtol: float = 2e-2) -> float | None:
@@ -216,21 +213,27 @@ def measure(job, cfg: KernelConfig, ops: Operands, device: str, rtol: float = 2e
         def fn():
             return launcher.run(ops.x, ops.buffers, cfg, job.weight_key, job.activation_key, None)
 
+    t0 = time.perf_counter()
     try:
         out = fn()
     except Exception:  # a config the compiler or the kernel refuses is simply not a candidate
         return None
+    checked_us = (time.perf_counter() - t0) * 1e6
     if _rel_err(out, ops.reference) > rtol:  # a non-finite error is inf
         return None
+    if device != "cuda":
+        # the interpreter: its time says nothing about a GPU, so the checked run is the timing rather
+        # than a second interpreted run (CI tunes on the CPU to test the tuner, not the configs)
+        return checked_us
     if job.num_experts or not ops.rotation:
-        return _time_us(fn, device)
+        return _time_us(fn)
     every = [ops.buffers, *ops.rotation]
 
     def rotated():
         for buffers in every:
             launcher.run(ops.x, buffers, cfg, job.weight_key, job.activation_key, None)
 
-    return _time_us(rotated, device) / len(every)
+    return _time_us(rotated) / len(every)
 
 
 def tune(jobs, gpu, out_dir: str | Path, *, small: bool = False, space: str = "full", tables: list[dict] | None = None,

@@ -395,6 +395,11 @@ def test_tuned_moe_rows_reach_quant_moe_per_live_token_count(tmp_path, monkeypat
     from quantc.runtime import tune as rtune
     from tests.runtime.test_moe import _record_configs
 
+    import quantc.tune as ctune
+
+    # a third of the small space (one BLOCK_K): what is tested is the path from the tuner's rows to the
+    # grouped GEMM's launches, and each candidate is an interpreted MoE GEMM
+    monkeypatch.setattr(ctune, "MOE_GRID_SMALL", ((16, 32), (32, 64), (64,), (4,), (2,)))
     model = hf.build_model("qwen3-30b-a3b", layers=1, tiny=True)
     cfg = tmp_path / "moe.yaml"
     cfg.write_text("quantc: 1\nmoe: w4a16\n")
@@ -463,14 +468,18 @@ def test_dense_timing_cycles_through_weight_copies_past_l2(monkeypatch):
     monkeypatch.setitem(rtune.LAUNCHERS, job.kernel, type("L", (), {"run": staticmethod(
         lambda x, buffers, *a: seen.append(buffers[0].data_ptr()) or real(x, buffers, *a))}))
 
-    def clock(fn, device):
+    def clock(fn):
         fn()
         return 120.0
 
     monkeypatch.setattr(rtune, "_time_us", clock)
-    us = rtune.measure(job, rtune.job_default(job), ops, "cpu")
+    us = rtune.measure(job, rtune.job_default(job), ops, "cuda")  # the GPU's timing path, CPU operands
     assert us == 30.0  # 120 us over 4 copies
     assert len(set(seen[1:])) == 4 and seen[0] == seen[1]  # the check ran on the first copy, then all four
+    # on the CPU the checked run is the timing: one interpreted run a candidate, no clock
+    seen.clear()
+    monkeypatch.setattr(rtune, "_time_us", lambda fn: pytest.fail("the CPU path timed a second run"))
+    assert rtune.measure(job, rtune.job_default(job), ops, "cpu") > 0 and len(seen) == 1
 
 
 def test_the_default_a_4bit_job_is_compared_with_is_the_shape_aware_one():
