@@ -4,7 +4,7 @@ lookup), so what is left is the launchers' own Python. On a GPU, ``bench/host_ov
 real calls; this one separates the Python from the driver and is steady enough to compare two commits
 on one machine (the minimum of many rounds).
 
-    python bench/host_python.py [--m 2048] [--nk 2048] [--rounds 25] [--out results.json]
+    python bench/host_python.py [--m 2048] [--nk 2048] [--rounds 25] [--out results.json]   # --m 1: decode
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def main() -> None:
     torch.manual_seed(0)
     w = torch.randn(a.nk, a.nk, dtype=torch.bfloat16) * 0.02
     x = torch.randn(1, a.m, a.nk, dtype=torch.bfloat16)  # (batch, tokens, hidden), as a model calls it
-    cfg = KernelConfig(128, 256, 128, 8, 8, 3, 1)
+    # prefill: the large tile; decode (up to 16 rows): the split-K GEMV the H100 table picks at M = 1
+    cfg = KernelConfig(128, 256, 128, 8, 8, 3, 1) if a.m > 16 else KernelConfig(1, 16, 512, 8, 4, 1, 4)
     mods = {}
     for kernel, wk, ak in FORMATS:
         bufs = LAUNCHERS[kernel].prepare(Q.quantize_weight(w, wk), wk, a.nk, a.nk)
