@@ -25,3 +25,9 @@ def test_env_reads_what_os_environ_holds_after_every_change(monkeypatch):
     assert env(name) == "caf\u00e9"
     monkeypatch.delenv(name)
     assert env(name, "d") == "d"
+
+
+def test_env_falls_back_to_a_plain_mapping(monkeypatch):
+    # an os.environ replaced by something other than CPython's os._Environ (no encoded store to read)
+    monkeypatch.setattr(os, "environ", {"QUANTC_TEST_PLAIN": "7"})
+    assert env("QUANTC_TEST_PLAIN") == "7" and env("QUANTC_TEST_MISSING", "d") == "d"
