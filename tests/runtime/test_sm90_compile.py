@@ -169,7 +169,7 @@ def test_moe_grouped_gemm_with_nibble_planes_compiles_for_hopper():
             ce = dict(A_DIV=8, FMT=fmt, SFMT=sfmt, PACK=8, GROUP=group, ROW_BLOCK=1, HAS_ZERO=False, HAS_GLOBAL=False,
                       A_QUANT=0, A_GROUP=0, ACT=1, HAS_BIAS=False, MUL_TOPW=False, ALPHA=1.702, LIMIT=7.0,
                       BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, UPCAST=False, NIBBLES=False, ASM=True, GROUP_M=8,
-                      PLANES=True, PLANE_FMT=1 if fmt == 1 else 2, RAW=False)
+                      PLANES=True, PLANE_FMT=1 if fmt == 1 else 2, RAW=False, EVEN_K=False)
             ptx, _ = ptx_of(moe_gemm._moe_gemm_kernel, dict(sig, s_ptr=sdt), ce, 4, 3,
                             tuple(a for a in sig if a != "num_pairs"))
             out.append({"prmt": count(ptx, r"prmt\.b32"), "mma": count(ptx, r"mma") > 0, "local": count(ptx, r"\.local")})
@@ -187,11 +187,13 @@ def test_moe_grouped_gemm_raw_sums_compile_to_wgmma_chains():
         from quantc.runtime.kernels import moe_gemm
         sig = dict(MOE_SIG, as_ptr="*fp32", w_ptr="*bf16", s_ptr="*fp32")
         out = []
-        for a_quant, dt, fmt, sfmt in ((0, "*bf16", 0, 0), (1, "*fp8e4nv", 4, 1), (2, "*i8", 5, 1)):
+        # fp8 twice: with the K term of the load masks (the default) and without (QUANTC_MOE_EVEN_K=1)
+        for a_quant, dt, fmt, sfmt, even_k in ((0, "*bf16", 0, 0, False), (1, "*fp8e4nv", 4, 1, False),
+                                               (1, "*fp8e4nv", 4, 1, True), (2, "*i8", 5, 1, False)):
             ce = dict(A_DIV=8, FMT=fmt, SFMT=sfmt, PACK=1, GROUP=4096, ROW_BLOCK=1, HAS_ZERO=False, HAS_GLOBAL=False,
                       A_QUANT=a_quant, A_GROUP=4096, ACT=1, HAS_BIAS=False, MUL_TOPW=False, ALPHA=1.702, LIMIT=7.0,
                       BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, UPCAST=False, NIBBLES=False, ASM=True, GROUP_M=8,
-                      PLANES=False, PLANE_FMT=1, RAW=True)
+                      PLANES=False, PLANE_FMT=1, RAW=True, EVEN_K=even_k)
             ptx, _ = ptx_of(moe_gemm._moe_gemm_kernel, dict(sig, a_ptr=dt, w_ptr=dt), ce, 8, 3,
                             tuple(a for a in sig if a != "num_pairs"))
             out.append({"wgmma": count(ptx, r"wgmma\\.mma_async"), "local": count(ptx, r"\\.local")})

@@ -77,11 +77,16 @@ def _expert_tile(
 
 
 @triton.jit
-def _raw_dot(acc, a, w_e, rows, n_mask, ak, K, stride_wn, A_QUANT: tl.constexpr, UPCAST: tl.constexpr):
+def _raw_dot(acc, a, w_e, rows, n_mask, ak, K, stride_wn, A_QUANT: tl.constexpr, UPCAST: tl.constexpr,
+             EVEN_K: tl.constexpr):
     """acc + a @ W[rows, ak].T with no scale: the weights' and activations' scales are constant over K
-    (``RAW``), so the MMA chain accumulates and ``_raw_scaled`` applies them once."""
-    w = tl.load(w_e + rows.to(tl.int64)[:, None] * stride_wn + ak[None, :], mask=n_mask[:, None] & (ak < K)[None, :],
-                other=0.0)
+    (``RAW``), so the MMA chain accumulates and ``_raw_scaled`` applies them once. EVEN_K: BLOCK_K divides
+    K, so only the row mask is needed."""
+    w_ptrs = w_e + rows.to(tl.int64)[:, None] * stride_wn + ak[None, :]
+    if EVEN_K:
+        w = tl.load(w_ptrs, mask=n_mask[:, None], other=0.0)
+    else:
+        w = tl.load(w_ptrs, mask=n_mask[:, None] & (ak < K)[None, :], other=0.0)
     # one return: Triton compiles the code after a constexpr branch's early return too
     if A_QUANT == 2:  # int8 x int8, exact int32 sums
         out = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
@@ -204,6 +209,7 @@ def _moe_gemm_kernel(
     GROUP_M: tl.constexpr,
     PLANES: tl.constexpr, PLANE_FMT: tl.constexpr,  # ... or the dense decode's nibble planes (int32 words)
     RAW: tl.constexpr,  # scales constant over K: raw MMA accumulation, scaled once at the end
+    EVEN_K: tl.constexpr,  # RAW with BLOCK_K dividing K: the K loop's loads keep their row masks only
 ):
     # GROUP_M consecutive row blocks (mostly one expert's: blocks are sorted by expert) take each N tile
     # in turn, so an expert's weight tile is read from DRAM once per GROUP_M blocks rather than once per
@@ -243,10 +249,13 @@ def _moe_gemm_kernel(
         raw_up = tl.zeros((BLOCK_M, BLOCK_N), raw_dtype)
         for t in range(0, tl.cdiv(K, BLOCK_K)):
             ak = t * BLOCK_K + tl.arange(0, BLOCK_K)
-            a = tl.load(a_rows + ak[None, :], mask=p_mask[:, None] & (ak < K)[None, :], other=0.0)
-            raw = _raw_dot(raw, a, w_e, offs_n, n_mask, ak, K, stride_wn, A_QUANT, UPCAST)
+            if EVEN_K:
+                a = tl.load(a_rows + ak[None, :], mask=p_mask[:, None], other=0.0)
+            else:
+                a = tl.load(a_rows + ak[None, :], mask=p_mask[:, None] & (ak < K)[None, :], other=0.0)
+            raw = _raw_dot(raw, a, w_e, offs_n, n_mask, ak, K, stride_wn, A_QUANT, UPCAST, EVEN_K)
             if ACT != 0:
-                raw_up = _raw_dot(raw_up, a, w_e, offs_n + N, n_mask, ak, K, stride_wn, A_QUANT, UPCAST)
+                raw_up = _raw_dot(raw_up, a, w_e, offs_n + N, n_mask, ak, K, stride_wn, A_QUANT, UPCAST, EVEN_K)
         acc = _raw_scaled(raw, s_e, offs_n, n_mask, as_rows, p_mask, stride_sn, SFMT, A_QUANT)
         if ACT != 0:
             acc_up = _raw_scaled(raw_up, s_e, offs_n + N, n_mask, as_rows, p_mask, stride_sn, SFMT, A_QUANT)
@@ -296,6 +305,14 @@ def _moe_gemm_kernel(
 RAW_SUMS = True
 
 
+def even_k_loads(k: int, block_k: int) -> bool:
+    """Whether the raw-sum K loop drops the K term of its load masks (BLOCK_K divides K; the row masks
+    stay, so padding rows are still loads not made): opt-in (QUANTC_MOE_EVEN_K=1) until bench_moe has
+    timed it. Dropping every mask, padding rows reading row 0, ran 8% slower on the H100
+    (bench/results/moe_even_probe_h100.json)."""
+    return env("QUANTC_MOE_EVEN_K") == "1" and k % block_k == 0
+
+
 def uses_moe_planes(pack: int, a_quant: int, k: int, row_block: int) -> bool:
     """4-bit weights x bf16 through the nibble planes of the dense decode kernel (``wo_planes``): opt-in
     (QUANTC_MOE_PLANES=1) until bench/bench_moe.py has timed it against the byte path; needs K a multiple
@@ -322,6 +339,7 @@ def _moe_gemm(
     out = torch.empty((num_pairs, n_out), dtype=torch.bfloat16, device=a.device)
     n_blocks = sorted_ids.numel() // block_m
     scale_t = scale if scale is not None else data
+    raw = RAW_SUMS and pack == 1 and row_block == 1 and (sfmt == S_NONE or group >= k) and (a_quant == 0 or a_group >= k)
     grid = (n_blocks * cdiv(n_out, block_n),)
     launch(_moe_gemm_kernel, grid, (
         a, a_scale if a_scale is not None else a, data, scale_t, zeros if zeros is not None else scale_t,
@@ -339,7 +357,7 @@ def _moe_gemm(
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=UPCAST_DOT and a_quant == 0,
         NIBBLES=nibbles, ASM=nibble_decode.USE_ASM, GROUP_M=max(1, group_m),
         PLANES=planes, PLANE_FMT=1 if fmt == INT4 else 2,
-        RAW=RAW_SUMS and pack == 1 and row_block == 1 and (sfmt == S_NONE or group >= k) and (a_quant == 0 or a_group >= k),
+        RAW=raw, EVEN_K=raw and even_k_loads(k, block_k),
     ), num_warps, num_stages)
     return out
 
