@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.host_python import FORMATS as W8A8_FORMATS  # noqa: E402
 from bench.timing import env_set  # noqa: E402
 
 
@@ -62,9 +63,7 @@ def prefill_rows(m: int, nk: int, profile: bool) -> dict:
     cfg = KernelConfig(128, 256, 128, 8, 8, 3, 1)
     buckets = ((2**31 - 1, cfg),)
     rows = {f"prefill {m}x{nk}x{nk}: bf16 F.linear": per_call_us(lambda: F.linear(x, w), 100)}
-    for kernel, wk, ak in (("fp8_scaled_gemm", "fp8_per_channel", "fp8_dynamic_per_token"),
-                           ("int8_gemm", "int8_per_channel", "int8_dynamic_per_token"),
-                           ("fp8_block_gemm", "fp8_block_128x128", "fp8_dynamic_group_128")):
+    for kernel, wk, ak in W8A8_FORMATS:
         bufs = LAUNCHERS[kernel].prepare(Q.quantize_weight(w, wk), wk, nk, nk)
         mod = QuantLinear("m", kernel, wk, ak, nk, nk, dict(bufs), None, buckets).to(DEVICE)
         rows[f"prefill {m}x{nk}x{nk}: {kernel} QuantLinear eager"] = per_call_us(lambda: mod(x), 100)

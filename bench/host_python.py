@@ -42,8 +42,7 @@ def main() -> None:
 
     def bookkeeping_only(kernel, grid, args, consts, num_warps, num_stages=3):
         if common.fast_launch_on():
-            key = (id(kernel), args[0].device, common._args_key(args), tuple(consts.items()), num_warps, num_stages)
-            common._COMPILED.get(key)
+            common._COMPILED.get(common.launch_key(kernel, args[0].device, args, consts, num_warps, num_stages))
         launches[0] += 1
 
     for mod in (common, act_quant, scaled_mm):

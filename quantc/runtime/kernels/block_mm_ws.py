@@ -45,7 +45,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from .common import _args_key, current_stream, fast_launch_on
+from .common import _args_key, cdiv, current_stream, fast_launch_on
 
 # triton 3.6 names the TMA copies async_copy_global_to_shared / async_copy_shared_to_global; later
 # releases renamed them async_load / async_store
@@ -490,7 +490,7 @@ def block_mm_ws(a: torch.Tensor, weight: torch.Tensor, a_scale: torch.Tensor, we
              TensorDescriptor.from_tensor(out, [64 if split else bm, bn], lc))
     scalars = (a_scale, weight_scale, bias if bias is not None else out, m, n, k, a_scale.stride(0),
                a_scale.stride(1), weight_scale.stride(0), weight_scale.stride(1))
-    tiles = triton.cdiv(m, bm) * triton.cdiv(n, block_n)
+    tiles = cdiv(m, bm) * cdiv(n, block_n)
     grid = (min(tiles, programs) if programs else tiles,)
     _launch(kernel, grid, descs, scalars, consts, (bm, block_n, split), max_registers(bm))
     return out

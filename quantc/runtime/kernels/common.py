@@ -110,6 +110,12 @@ def _args_key(args: tuple) -> tuple:
                   else float if type(a) is float else _no_key(a) for a in args])
 
 
+def launch_key(kernel, device: torch.device, args: tuple, consts: dict, num_warps: int, num_stages: int) -> tuple:
+    """The fast launch's cache key. id(kernel): kernels are module globals that live as long as the
+    process; hashing the JIT function itself goes through a property and a lock (~0.5 us)."""
+    return (id(kernel), device, _args_key(args), tuple(consts.items()), num_warps, num_stages)
+
+
 def launch(kernel, grid: tuple, args: tuple, consts: dict, num_warps: int, num_stages: int = 3) -> None:
     """``kernel[grid](*args, **consts, num_warps=..., num_stages=...)``: the runtime arguments ``args``
     in the kernel's parameter order, then every constexpr by name. The first launch of a specialization
@@ -118,9 +124,7 @@ def launch(kernel, grid: tuple, args: tuple, consts: dict, num_warps: int, num_s
         kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
         return
     device = args[0].device  # every tensor of a launch is on it
-    # id(kernel): kernels are module globals that live as long as the process; hashing the JIT function
-    # itself goes through a property and a lock (~0.5 us)
-    key = (id(kernel), device, _args_key(args), tuple(consts.items()), num_warps, num_stages)
+    key = launch_key(kernel, device, args, consts, num_warps, num_stages)
     hit = _COMPILED.get(key)
     if hit is None:
         # the launcher takes every parameter in order, constexprs included (it skips them)

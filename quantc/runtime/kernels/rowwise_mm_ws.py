@@ -26,6 +26,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .block_mm_ws import (BLOCK_K, CONSUMER_REGS, PRODUCER_REGS, _launch, _producer, _ring, _tile_offsets, _tma_store,
                           _with_bias, max_registers, mma_layout, smem_layouts)
+from .common import cdiv
 
 
 @gluon.jit
@@ -180,7 +181,7 @@ def rowwise_mm_ws(a: torch.Tensor, weight: torch.Tensor, a_scale: torch.Tensor, 
     scalars = (sa2, sb2, bias if bias is not None else out, m, n, k, 1, 1)
     consts = dict(A_MODE=a_mode, B_MODE=b_mode, INT8=a.dtype == torch.int8, HAS_BIAS=bias is not None, GROUP_M=group_m,
                   NUM_STAGES=num_stages, LAYOUT=mma_layout(4, block_n), num_warps=4)
-    tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+    tiles = cdiv(m, block_m) * cdiv(n, block_n)
     grid = (min(tiles, programs) if programs else tiles,)
     _launch(_rowwise_mm_ws_kernel, grid, descs, scalars, consts, ("rowwise", block_m, block_n), max_registers(block_m))
     return out

@@ -112,7 +112,7 @@ def rowwise_ws_tile(m: int, n: int, int8: bool, sms: int) -> tuple[int, int, int
     the Triton kernels run."""
     if m < ROWWISE_WS_MIN_M:
         return None
-    tiles = cdiv(m, 128) * cdiv(n, ROWWISE_WS_TILE[1])
+    tiles = cdiv(m, ROWWISE_WS_TILE[0]) * cdiv(n, ROWWISE_WS_TILE[1])
     if tiles <= sms // 2:
         return ROWWISE_WS_NARROW_TILE if m < TMA_MIN_M else None
     return ROWWISE_WS_TILE if (int8 or m < TMA_MIN_M or tiles <= sms) else None
