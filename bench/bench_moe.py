@@ -146,6 +146,14 @@ def check():
         ref = mg.reference_expert_loop(x, w13, w2, tw, ids, act, act_dq=dq)
         err = ((out - ref).abs().max() / ref.abs().max()).item()
         res["check"].append({"kernel": kernel, "weight": wkey, "act": akey, "rel_err": err, "ok": err < 4e-2})
+        if kernel in ("moe_bf16", "moe_fp8", "moe_int8"):  # the same layer on the Gluon grouped GEMM
+            os.environ["QUANTC_MOE_WS"] = "1"
+            try:
+                err = ((moe(x).float() - ref).abs().max() / ref.abs().max()).item()
+            finally:
+                os.environ.pop("QUANTC_MOE_WS", None)
+            res["check"].append({"kernel": kernel + "/ws", "weight": wkey, "act": akey, "rel_err": err,
+                                 "ok": err < 4e-2})
     print("moe check", [(c["kernel"], c["weight"], round(c["rel_err"], 4)) for c in res["check"]], flush=True)
     save()
 
@@ -161,6 +169,10 @@ def bench():
         s13, s2 = torch.ones(e, 2 * inter, 1, device=DEV), torch.ones(e, h, 1, device=DEV)
         F13 = wf.WoWeight(wf.FP8, 2 * inter, h, w13q, s13, wf.S_FLOAT, h, 1)
         F2 = wf.WoWeight(wf.FP8, h, inter, w2q, s2, wf.S_FLOAT, inter, 1)
+        I13 = wf.WoWeight(wf.INT8, 2 * inter, h, torch.randint(-127, 128, (e, 2 * inter, h), device=DEV,
+                                                               dtype=torch.int8), s13 / 127, wf.S_FLOAT, h, 1)
+        I2 = wf.WoWeight(wf.INT8, h, inter, torch.randint(-127, 128, (e, h, inter), device=DEV, dtype=torch.int8),
+                         s2 / 127, wf.S_FLOAT, inter, 1)
         M13 = wf.WoWeight(wf.MXFP4, 2 * inter, h, torch.randint(-2**31, 2**31 - 1, (e, 2 * inter, h // 8), device=DEV,
                                                                    dtype=torch.int32),
                           torch.randint(118, 124, (e, 2 * inter, h // 32), device=DEV, dtype=torch.uint8), wf.S_E8M0, 32)
@@ -170,7 +182,8 @@ def bench():
         router = torch.randn(e, h, device=DEV, dtype=BF)
         moes = {"bf16": QuantMoE("moe_bf16", W13, W2, router, top_k=k),
                 "mxfp4_wo": QuantMoE("moe_weight_only", M13, M2, router, top_k=k),
-                "fp8_w8a8": QuantMoE("moe_fp8", F13, F2, router, top_k=k, act_key="fp8_dynamic_per_token")}
+                "fp8_w8a8": QuantMoE("moe_fp8", F13, F2, router, top_k=k, act_key="fp8_dynamic_per_token"),
+                "int8_w8a8": QuantMoE("moe_int8", I13, I2, router, top_k=k, act_key="int8_dynamic_per_token")}
         for t in TOKENS:
             if time.time() - T0 > CAP:
                 res["notes"].append(f"time cap reached before {name} T={t}")
@@ -219,6 +232,13 @@ def bench():
                 row[f"gate_up_ours_{key}_table_us"] = us(lambda: mg.grouped_gemm(
                     xin, sxin, wt, r_tc, a_div=k, act="silu", a_quant=aq, a_group=0, cfg=tc))
                 row[f"gate_up_ours_{key}_table_cfg"] = [tc.block_m, tc.block_n, tc.block_k, tc.num_warps, tc.num_stages]
+                if key == "fp8" and h % tc.block_k == 0:  # the same call with the K term of the load masks dropped
+                    os.environ["QUANTC_MOE_EVEN_K"] = "1"
+                    try:
+                        row["gate_up_ours_fp8_evenk_us"] = us(lambda: mg.grouped_gemm(
+                            xin, sxin, wt, r_tc, a_div=k, act="silu", a_quant=aq, a_group=0, cfg=tc))
+                    finally:
+                        os.environ.pop("QUANTC_MOE_EVEN_K", None)
             row["gate_up_ours_mxfp4_us"] = us(lambda: mg.grouped_gemm(x, None, M13, routing, a_div=k, act="silu",
                                                                       a_quant=0, a_group=0, cfg=cfg))
             if h % 128 == 0:  # the nibble-plane path (opt-in, K a multiple of 128), same operands
@@ -240,8 +260,16 @@ def bench():
             # the floor's reference: a dense bf16 GEMM of the same FLOPs (all pairs' rows against one weight)
             row["dense_bf16_equal_flops_us"] = us(lambda: xs @ w13[0].t())
             row["layer_torch_bf16_us"] = us(torch_layer)
-            for key, m in moes.items():
-                row[f"layer_ours_{key}_us"] = us(lambda m=m: m.experts(x, tw, ids))
+            # the layers on the Triton grouped GEMM (QUANTC_MOE_WS=0), and bf16 / fp8 / int8 on the Gluon one
+            # (=1: moe_mm_ws with the sorted copies of the rows; by default from 8 / 64 pairs an expert)
+            for mode, keys in (("0", moes), ("1", ("bf16", "fp8_w8a8", "int8_w8a8"))):
+                os.environ["QUANTC_MOE_WS"] = mode
+                try:
+                    for key in keys:
+                        col = f"layer_ours_{key}_us" if mode == "0" else f"layer_ours_{key}_ws_us"
+                        row[col] = us(lambda m=moes[key]: m.experts(x, tw, ids))
+                finally:
+                    os.environ.pop("QUANTC_MOE_WS", None)
             act = row["active_experts"]
             fl = 2 * pairs * h * 2 * inter
             if row.get("gate_up_ours_bf16_best_us") and row["gate_up_torch_grouped_mm_us"]:
@@ -252,6 +280,8 @@ def bench():
                                        ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_us", act * 2 * inter * h),
                                        ("gate_up_torch_grouped_mm_us", "gate_up_ours_bf16_table_us", act * 2 * inter * h * 2),
                                        ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_table_us",
+                                        act * 2 * inter * h),
+                                       ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_evenk_us",
                                         act * 2 * inter * h),
                                        ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_best_us",
                                         act * 2 * inter * h),
@@ -265,13 +295,13 @@ def bench():
                     row[ours.replace("_us", "_weight_GBps")] = wbytes / row[ours] / 1e3
             if row["dense_bf16_equal_flops_us"]:
                 row.update(moe_roofline(row, fl, res["copy_GBps"]))
-            for key in moes:
-                if row["layer_torch_bf16_us"] and row[f"layer_ours_{key}_us"]:
+            for key in (*moes, "bf16_ws", "fp8_w8a8_ws", "int8_w8a8_ws"):
+                if row["layer_torch_bf16_us"] and row.get(f"layer_ours_{key}_us"):
                     row[f"layer_ours_{key}_over_torch_bf16"] = row["layer_torch_bf16_us"] / row[f"layer_ours_{key}_us"]
             res["rows"].append(row)
             print(json.dumps(row), flush=True)
             save()
-        del w13, w2, w13q, w2q, moes, W13, W2, F13, F2, M13, M2
+        del w13, w2, w13q, w2q, moes, W13, W2, F13, F2, M13, M2, I13, I2
         torch.cuda.empty_cache()
 
 

@@ -29,6 +29,7 @@ from .tables import bucket_lookup, default_buckets, pick
 MOE_KERNELS = {"moe_bf16", "moe_fp8", "moe_fp8_block", "moe_int8", "moe_weight_only",
                "moe_mxfp4_mxfp8_emulated", "moe_mxfp8_emulated"}
 _MX_KERNELS = {"moe_mxfp4_mxfp8_emulated", "moe_mxfp8_emulated"}
+_WS_KERNELS = {"moe_bf16", "moe_fp8", "moe_int8"}  # kernel ids the Gluon grouped GEMM may run (mg.uses_ws)
 _FIELDS = ("data", "scale", "zeros", "global_scale")
 
 
@@ -122,6 +123,13 @@ class QuantMoE(nn.Module):
         differ from ``top_k`` (a per-expert call routes every token to one expert, k = 1)."""
         t, top_k = topk_ids.shape
         c13, c2 = self.kernel_configs(t, top_k)
+        ws = False
+        if self.kernel in _WS_KERNELS and self.num_experts == self.total_experts:
+            code, group = mg.A_QUANT[self.act_key]
+            ws = mg.uses_ws(x.device, (self._weight("w13"), self._weight("w2")), code, group,
+                            self.num_experts, t * top_k)
+            if ws:  # the Gluon kernel's 128-row blocks
+                c13 = WoConfig(128, c13.block_n, c13.block_k, num_warps=c13.num_warps, num_stages=c13.num_stages)
         local = None
         if self.num_experts != self.total_experts:  # expert parallel: other ranks' experts count zero here
             ids = topk_ids.to(torch.int64) - self.first_expert
@@ -135,14 +143,14 @@ class QuantMoE(nn.Module):
         routing = (sorted_ids, block_expert, total, t * top_k)
         a, sa, code, group = self._act_in(x)
         h = mg.grouped_gemm(a, sa, self._weight("w13"), routing, a_div=top_k, act=self.activation,
-                            a_quant=code, a_group=group, cfg=c13, bias=self.b13)
+                            a_quant=code, a_group=group, cfg=c13, bias=self.b13, ws=ws)
         if local is not None:  # rows of foreign pairs were never written; keep them out of activation scales
             h = torch.where(local.reshape(-1, 1), h, torch.zeros((), dtype=h.dtype, device=h.device))
         a, sa, code, group = self._act_in(h)
         # both GEMMs share the routing, padded to gate_up's BLOCK_M
         c2 = WoConfig(c13.block_m, c2.block_n, c2.block_k, num_warps=c2.num_warps, num_stages=c2.num_stages)
         y = mg.grouped_gemm(a, sa, self._weight("w2"), routing, a_div=1, act="none", a_quant=code, a_group=group,
-                            cfg=c2, bias=self.b2, topk_weights=topk_weights.reshape(-1).float().contiguous())
+                            cfg=c2, bias=self.b2, topk_weights=topk_weights.reshape(-1).float().contiguous(), ws=ws)
         y = y.view(t, top_k, -1)
         if local is not None:
             y = torch.where(local.unsqueeze(-1), y, torch.zeros((), dtype=y.dtype, device=y.device))

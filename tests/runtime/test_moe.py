@@ -176,8 +176,8 @@ def test_moe_4bit_through_the_nibble_planes_matches_expert_loop(wkey, act, monke
 @pytest.mark.parametrize("kernel,wkey,akey", [("moe_fp8", "fp8_per_channel", "fp8_dynamic_per_token"),
                                               ("moe_int8", "int8_per_channel", "int8_dynamic_per_token")])
 def test_even_k_loads_give_the_same_bits(kernel, wkey, akey, monkeypatch):
-    """QUANTC_MOE_EVEN_K=1 (opt-in): where BLOCK_K divides K the raw-sum loop's loads keep only their row
-    masks; the output is the masked loop's bit for bit (K = 256 in 128-wide tiles, padding rows in every
+    """Where BLOCK_K divides K the raw-sum loop's loads keep only their row masks (the default;
+    QUANTC_MOE_EVEN_K=0 keeps the K term); the output is the masked loop's bit for bit (K = 256 in 128-wide tiles, padding rows in every
     expert's last block), and a ragged K (320) keeps the K mask."""
     from quantc.plan import KernelConfig
 
@@ -193,11 +193,11 @@ def test_even_k_loads_give_the_same_bits(kernel, wkey, akey, monkeypatch):
         moe = QuantMoE(kernel, w13, w2, torch.randn(E, h).bfloat16(), top_k=TOPK, activation="silu", act_key=akey,
                        configs=lambda tokens: (cfg, cfg))
         x = torch.randn(T, h).bfloat16()
-        monkeypatch.delenv("QUANTC_MOE_EVEN_K", raising=False)
+        monkeypatch.setenv("QUANTC_MOE_EVEN_K", "0")
         masked = moe(x)
-        monkeypatch.setenv("QUANTC_MOE_EVEN_K", "1")
+        monkeypatch.delenv("QUANTC_MOE_EVEN_K")
         assert torch.equal(moe(x).view(torch.int16), masked.view(torch.int16)), h
-    # (K of each GEMM, EVEN_K): gate_up reads K = h, down K = 128; off by default, on where 128 divides K
+    # (K of each GEMM, EVEN_K): gate_up reads K = h, down K = 128; off under =0, else on where 128 divides K
     assert seen == [(256, False), (128, False), (256, True), (128, True),
                     (320, False), (128, False), (320, False), (128, True)], seen
 

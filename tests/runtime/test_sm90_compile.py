@@ -187,7 +187,7 @@ def test_moe_grouped_gemm_raw_sums_compile_to_wgmma_chains():
         from quantc.runtime.kernels import moe_gemm
         sig = dict(MOE_SIG, as_ptr="*fp32", w_ptr="*bf16", s_ptr="*fp32")
         out = []
-        # fp8 twice: with the K term of the load masks (the default) and without (QUANTC_MOE_EVEN_K=1)
+        # fp8 twice: with the K term of the load masks (QUANTC_MOE_EVEN_K=0) and without (the default)
         for a_quant, dt, fmt, sfmt, even_k in ((0, "*bf16", 0, 0, False), (1, "*fp8e4nv", 4, 1, False),
                                                (1, "*fp8e4nv", 4, 1, True), (2, "*i8", 5, 1, False)):
             ce = dict(A_DIV=8, FMT=fmt, SFMT=sfmt, PACK=1, GROUP=4096, ROW_BLOCK=1, HAS_ZERO=False, HAS_GLOBAL=False,

@@ -32,9 +32,9 @@ import triton
 import triton.language as tl
 
 from . import nibble_decode
-from .common import cdiv, env, grouped_tile, launch
+from .common import cc_major, cdiv, env, grouped_tile, launch
 from .nibble_decode import decode_pairs
-from .wo_format import FP8, INT4, INT8, S_NONE, UPCAST_DOT, WoWeight, decode_scale, dequant_tile, dequantize, load_tile_scales
+from .wo_format import BF16, FP8, INT4, INT8, S_NONE, UPCAST_DOT, WoWeight, decode_scale, dequant_tile, dequantize, load_tile_scales
 from .wo_planes import planes_step
 
 ACTIVATIONS = {"none": 0, "silu": 1, "gpt_oss": 2}
@@ -307,10 +307,37 @@ RAW_SUMS = True
 
 def even_k_loads(k: int, block_k: int) -> bool:
     """Whether the raw-sum K loop drops the K term of its load masks (BLOCK_K divides K; the row masks
-    stay, so padding rows are still loads not made): opt-in (QUANTC_MOE_EVEN_K=1) until bench_moe has
-    timed it. Dropping every mask, padding rows reading row 0, ran 8% slower on the H100
-    (bench/results/moe_even_probe_h100.json)."""
-    return env("QUANTC_MOE_EVEN_K") == "1" and k % block_k == 0
+    stay, so padding rows are still loads not made). On by default since the H100 run of
+    bench/results/moe_h100_s13_evenk.json (fp8 gate_up at 4096 tokens 1.04-1.11x faster, the same from
+    16 to 256 tokens); QUANTC_MOE_EVEN_K=0 restores the masked loop. Dropping every mask, padding rows
+    reading row 0, ran 8% slower (bench/results/moe_even_probe_h100.json)."""
+    return env("QUANTC_MOE_EVEN_K") != "0" and k % block_k == 0
+
+
+_WS_OPERANDS = {0: BF16, 1: FP8, 2: INT8}  # A_QUANT code -> the weight format with the same operand type
+
+
+def uses_ws(device: torch.device, weights, a_quant: int, a_group: int, num_experts: int, num_pairs: int) -> bool:
+    """(``a_group``: the activation scales' group along K, 0 for whole rows.) Whether both grouped GEMMs of
+    a MoE call take the warp-specialized Gluon kernel (``moe_mm_ws``): a Hopper GPU, raw-sum operands of
+    one type (bf16 x bf16, fp8 x fp8 per-token / per-tensor x per-channel, int8 x int8), 16-byte rows, not
+    under torch.compile (the Gluon launcher is no custom op). QUANTC_MOE_WS=0 never, =1 wherever it fits;
+    by default from 8 (token, expert) pairs an expert on average with 8-bit operands and from 64 with
+    bf16. On the H100 (two bench_moe runs, the four sizes at 16 / 256 / 4096 tokens, the whole expert layer
+    with both GEMMs and the sorted copies of their rows): fp8 / int8 1.05-1.44x the Triton kernels on the
+    rows the rule takes except Qwen3-MoE at 256 tokens (0.98-1.00), and 0.87-0.98x below it (1 to 4 pairs
+    an expert: 128-row blocks of mostly padding) except DeepSeek-V3 at 16 tokens (1.19-1.21x), which the
+    rule leaves out; bf16 0.97-1.43x from 64 pairs an expert, 0.82-0.87x below
+    (bench/results/moe_h100_s13_ws_layers.json, ``_b.json``)."""
+    mode = env("QUANTC_MOE_WS")
+    if mode == "0" or device.type != "cuda" or torch.compiler.is_compiling() or cc_major(device) != 9:
+        return False
+    fmt = _WS_OPERANDS.get(a_quant)
+    for w in weights:
+        raw = w.pack == 1 and w.row_block == 1 and (w.sfmt == S_NONE or w.group >= w.k)
+        if not raw or w.fmt != fmt or (w.k * (2 if fmt == BF16 else 1)) % 16 or (a_group and a_group < w.k):
+            return False
+    return mode == "1" or num_pairs >= (64 if fmt == BF16 else 8) * num_experts
 
 
 def uses_moe_planes(pack: int, a_quant: int, k: int, row_block: int) -> bool:
@@ -386,13 +413,21 @@ def group_fits(group: int, k: int, bk: int, whole_row_ok: bool = True) -> bool:
 
 def grouped_gemm(a: torch.Tensor, a_scale: torch.Tensor | None, w: WoWeight, routing, *, a_div: int, act: str,
                  a_quant: int, a_group: int, cfg, bias: torch.Tensor | None = None,
-                 topk_weights: torch.Tensor | None = None) -> torch.Tensor:
+                 topk_weights: torch.Tensor | None = None, ws: bool = False) -> torch.Tensor:
     """One grouped GEMM: ``a`` (rows, K) bf16, or fp8/int8 with ``a_scale`` (rows, K/a_group or 1);
     ``routing`` = (sorted_ids, block_expert, total, num_pairs) from align_by_expert with cfg.block_m.
-    Returns bf16 (num_pairs, N) (N = I for a fused activation)."""
+    Returns bf16 (num_pairs, N) (N = I for a fused activation). ``ws``: the Gluon kernel (``uses_ws`` has
+    said yes; the routing is aligned to its 128-row blocks) on a sorted copy of the rows."""
     sorted_ids, block_expert, total, num_pairs = routing
     fused = ACTIVATIONS[act]
     n_out = w.n // 2 if fused else w.n
+    if ws:
+        from .moe_mm_ws import gather_sorted, moe_mm_ws
+
+        a_sorted = gather_sorted(a, sorted_ids, total, num_pairs, a_div)
+        return moe_mm_ws(a_sorted, a_scale if a_quant else None, w.data, w.scale if a_quant else None, bias,
+                         topk_weights, sorted_ids, block_expert, total, num_pairs, a_div, n_out, fused,
+                         2 if a_quant else 0)
     bk = cfg.block_k
     if a_quant:
         # both scales must be constant over a K tile: halve BLOCK_K until it divides the groups. Scales
