@@ -97,6 +97,7 @@ LARGE_TILES = [C(128, 128, 64, 8, 8, 3), C(128, 256, 64, 8, 8, 3), C(64, 256, 64
 # _scaled_grouped_mm leads at 256-4096 tokens on the large experts (``gate_up_ours_fp8_best_*``)
 LARGE_TILES_FP8 = [C(128, 128, 128, 8, 8, 3), C(128, 256, 128, 8, 8, 3), C(64, 256, 128, 8, 8, 3),
                    C(64, 128, 128, 8, 4, 4), C(128, 128, 64, 8, 8, 4)]
+WS_LAYERS = ("bf16", "fp8_w8a8", "int8_w8a8")  # the expert layers the Gluon grouped GEMM can run
 if os.environ.get("BENCH_MODELS"):
     MODELS = {k: v for k, v in MODELS.items() if k in os.environ["BENCH_MODELS"].split(",")}
 if os.environ.get("BENCH_TOKENS"):
@@ -146,13 +147,13 @@ def check():
         ref = mg.reference_expert_loop(x, w13, w2, tw, ids, act, act_dq=dq)
         err = ((out - ref).abs().max() / ref.abs().max()).item()
         res["check"].append({"kernel": kernel, "weight": wkey, "act": akey, "rel_err": err, "ok": err < 4e-2})
-        if kernel in ("moe_bf16", "moe_fp8", "moe_int8"):  # the same layer on the Gluon grouped GEMM
-            os.environ["QUANTC_MOE_WS"] = "1"
+        for rows in ("128", "64") if kernel in ("moe_bf16", "moe_fp8", "moe_int8") else ():
+            os.environ["QUANTC_MOE_WS"] = rows  # the same layer on the Gluon grouped GEMM
             try:
                 err = ((moe(x).float() - ref).abs().max() / ref.abs().max()).item()
             finally:
                 os.environ.pop("QUANTC_MOE_WS", None)
-            res["check"].append({"kernel": kernel + "/ws", "weight": wkey, "act": akey, "rel_err": err,
+            res["check"].append({"kernel": f"{kernel}/ws{rows}", "weight": wkey, "act": akey, "rel_err": err,
                                  "ok": err < 4e-2})
     print("moe check", [(c["kernel"], c["weight"], round(c["rel_err"], 4)) for c in res["check"]], flush=True)
     save()
@@ -180,10 +181,15 @@ def bench():
                                                            dtype=torch.int32),
                          torch.randint(118, 124, (e, h, inter // 32), device=DEV, dtype=torch.uint8), wf.S_E8M0, 32)
         router = torch.randn(e, h, device=DEV, dtype=BF)
-        moes = {"bf16": QuantMoE("moe_bf16", W13, W2, router, top_k=k),
-                "mxfp4_wo": QuantMoE("moe_weight_only", M13, M2, router, top_k=k),
-                "fp8_w8a8": QuantMoE("moe_fp8", F13, F2, router, top_k=k, act_key="fp8_dynamic_per_token"),
-                "int8_w8a8": QuantMoE("moe_int8", I13, I2, router, top_k=k, act_key="int8_dynamic_per_token")}
+        def tables(kid, n=2 * inter, kk=h):  # the configs apply() gives the layer: the shipped table's rows
+            return lambda tokens: (table_config(kid, n, kk, tokens), table_config(kid, kk, inter, tokens))
+
+        moes = {"bf16": QuantMoE("moe_bf16", W13, W2, router, top_k=k, configs=tables("moe_bf16")),
+                "mxfp4_wo": QuantMoE("moe_weight_only", M13, M2, router, top_k=k, configs=tables("moe_weight_only")),
+                "fp8_w8a8": QuantMoE("moe_fp8", F13, F2, router, top_k=k, act_key="fp8_dynamic_per_token",
+                                     configs=tables("moe_fp8")),
+                "int8_w8a8": QuantMoE("moe_int8", I13, I2, router, top_k=k, act_key="int8_dynamic_per_token",
+                                      configs=tables("moe_int8"))}
         for t in TOKENS:
             if time.time() - T0 > CAP:
                 res["notes"].append(f"time cap reached before {name} T={t}")
@@ -194,8 +200,6 @@ def bench():
             tw = torch.softmax(torch.randn(t, k, device=DEV), -1)
             x = torch.randn(t, h, device=DEV, dtype=BF)
             cfg = config(pairs)
-            for m in moes.values():
-                m.configs = lambda _t, c=cfg: (c, c)
             sorted_ids, block_expert, total = align_by_expert(ids, e, cfg.block_m)
             routing = (sorted_ids, block_expert, total, pairs)
             # torch peer operands: rows sorted by expert
@@ -239,6 +243,13 @@ def bench():
                             xin, sxin, wt, r_tc, a_div=k, act="silu", a_quant=aq, a_group=0, cfg=tc))
                     finally:
                         os.environ.pop("QUANTC_MOE_EVEN_K", None)
+            # the fp8 gate_up on the Gluon grouped GEMM at 128- and 64-row routing blocks, the sorted copy of
+            # the rows included (what apply() runs where ``ws_block_m`` routes it)
+            for rows in (128, 64):
+                r_ws = (*align_by_expert(ids, e, rows), pairs)
+                row[f"gate_up_ours_fp8_ws{rows}_us"] = us(lambda: mg.grouped_gemm(
+                    xq_tok, sx_tok, F13, r_ws, a_div=k, act="silu", a_quant=1, a_group=0,
+                    cfg=C(rows, 128, 128, 8, 4, 3), ws=True))
             row["gate_up_ours_mxfp4_us"] = us(lambda: mg.grouped_gemm(x, None, M13, routing, a_div=k, act="silu",
                                                                       a_quant=0, a_group=0, cfg=cfg))
             if h % 128 == 0:  # the nibble-plane path (opt-in, K a multiple of 128), same operands
@@ -261,12 +272,12 @@ def bench():
             row["dense_bf16_equal_flops_us"] = us(lambda: xs @ w13[0].t())
             row["layer_torch_bf16_us"] = us(torch_layer)
             # the layers on the Triton grouped GEMM (QUANTC_MOE_WS=0), and bf16 / fp8 / int8 on the Gluon one
-            # (=1: moe_mm_ws with the sorted copies of the rows; by default from 8 / 64 pairs an expert)
-            for mode, keys in (("0", moes), ("1", ("bf16", "fp8_w8a8", "int8_w8a8"))):
+            # at 128- and 64-row blocks (moe_mm_ws with the sorted copies of the rows; ``ws_block_m``'s rule)
+            for mode, keys in (("0", moes), ("128", WS_LAYERS), ("64", WS_LAYERS)):
                 os.environ["QUANTC_MOE_WS"] = mode
                 try:
                     for key in keys:
-                        col = f"layer_ours_{key}_us" if mode == "0" else f"layer_ours_{key}_ws_us"
+                        col = f"layer_ours_{key}_us" if mode == "0" else f"layer_ours_{key}_ws{mode}_us"
                         row[col] = us(lambda m=moes[key]: m.experts(x, tw, ids))
                 finally:
                     os.environ.pop("QUANTC_MOE_WS", None)
@@ -283,6 +294,10 @@ def bench():
                                         act * 2 * inter * h),
                                        ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_evenk_us",
                                         act * 2 * inter * h),
+                                       ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_ws128_us",
+                                        act * 2 * inter * h),
+                                       ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_ws64_us",
+                                        act * 2 * inter * h),
                                        ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_best_us",
                                         act * 2 * inter * h),
                                        ("gate_up_torch_grouped_mm_us", "gate_up_ours_mxfp4_us",
@@ -295,7 +310,7 @@ def bench():
                     row[ours.replace("_us", "_weight_GBps")] = wbytes / row[ours] / 1e3
             if row["dense_bf16_equal_flops_us"]:
                 row.update(moe_roofline(row, fl, res["copy_GBps"]))
-            for key in (*moes, "bf16_ws", "fp8_w8a8_ws", "int8_w8a8_ws"):
+            for key in (*moes, *(f"{k_}_ws{r}" for k_ in WS_LAYERS for r in (128, 64))):
                 if row["layer_torch_bf16_us"] and row.get(f"layer_ours_{key}_us"):
                     row[f"layer_ours_{key}_over_torch_bf16"] = row["layer_torch_bf16_us"] / row[f"layer_ours_{key}_us"]
             res["rows"].append(row)

@@ -29,7 +29,7 @@ from .tables import bucket_lookup, default_buckets, pick
 MOE_KERNELS = {"moe_bf16", "moe_fp8", "moe_fp8_block", "moe_int8", "moe_weight_only",
                "moe_mxfp4_mxfp8_emulated", "moe_mxfp8_emulated"}
 _MX_KERNELS = {"moe_mxfp4_mxfp8_emulated", "moe_mxfp8_emulated"}
-_WS_KERNELS = {"moe_bf16", "moe_fp8", "moe_int8"}  # kernel ids the Gluon grouped GEMM may run (mg.uses_ws)
+_WS_KERNELS = {"moe_bf16", "moe_fp8", "moe_int8"}  # kernel ids the Gluon grouped GEMM may run (mg.ws_block_m)
 _FIELDS = ("data", "scale", "zeros", "global_scale")
 
 
@@ -123,13 +123,16 @@ class QuantMoE(nn.Module):
         differ from ``top_k`` (a per-expert call routes every token to one expert, k = 1)."""
         t, top_k = topk_ids.shape
         c13, c2 = self.kernel_configs(t, top_k)
-        ws = False
+        ws_rows = 0
         if self.kernel in _WS_KERNELS and self.num_experts == self.total_experts:
             code, group = mg.A_QUANT[self.act_key]
-            ws = mg.uses_ws(x.device, (self._weight("w13"), self._weight("w2")), code, group,
-                            self.num_experts, t * top_k)
-            if ws:  # the Gluon kernel's 128-row blocks
-                c13 = WoConfig(128, c13.block_n, c13.block_k, num_warps=c13.num_warps, num_stages=c13.num_stages)
+            ws_rows = mg.ws_block_m(x.device, (self._weight("w13"), self._weight("w2")), code, group,
+                                    self.num_experts, t * top_k)
+            if ws_rows:  # the Gluon kernel's routing blocks
+                c13 = WoConfig(ws_rows, c13.block_n, c13.block_k, num_warps=c13.num_warps, num_stages=c13.num_stages)
+        # at 64-row blocks the gate_up stays on the Triton kernel (the table's tile at that BLOCK_M), which
+        # streams the experts faster there; the down GEMM takes the Gluon one (mg.ws_block_m)
+        ws_up, ws_down = ws_rows == 128, ws_rows > 0
         local = None
         if self.num_experts != self.total_experts:  # expert parallel: other ranks' experts count zero here
             ids = topk_ids.to(torch.int64) - self.first_expert
@@ -143,14 +146,15 @@ class QuantMoE(nn.Module):
         routing = (sorted_ids, block_expert, total, t * top_k)
         a, sa, code, group = self._act_in(x)
         h = mg.grouped_gemm(a, sa, self._weight("w13"), routing, a_div=top_k, act=self.activation,
-                            a_quant=code, a_group=group, cfg=c13, bias=self.b13, ws=ws)
+                            a_quant=code, a_group=group, cfg=c13, bias=self.b13, ws=ws_up)
         if local is not None:  # rows of foreign pairs were never written; keep them out of activation scales
             h = torch.where(local.reshape(-1, 1), h, torch.zeros((), dtype=h.dtype, device=h.device))
         a, sa, code, group = self._act_in(h)
         # both GEMMs share the routing, padded to gate_up's BLOCK_M
         c2 = WoConfig(c13.block_m, c2.block_n, c2.block_k, num_warps=c2.num_warps, num_stages=c2.num_stages)
         y = mg.grouped_gemm(a, sa, self._weight("w2"), routing, a_div=1, act="none", a_quant=code, a_group=group,
-                            cfg=c2, bias=self.b2, topk_weights=topk_weights.reshape(-1).float().contiguous(), ws=ws)
+                            cfg=c2, bias=self.b2, topk_weights=topk_weights.reshape(-1).float().contiguous(),
+                            ws=ws_down)
         y = y.view(t, top_k, -1)
         if local is not None:
             y = torch.where(local.unsqueeze(-1), y, torch.zeros((), dtype=y.dtype, device=y.device))

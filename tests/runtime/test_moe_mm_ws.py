@@ -4,7 +4,7 @@ structure its speed depends on (TMA loads, the gate and up wgmmas of a K step ch
 step's still allowed to run, registers moved from the producer to the consumers, nothing in local memory)
 for each operand type and epilogue; the sorted copy of the rows (a Triton kernel) bit for bit under the
 interpreter; the routing rule; and that QuantMoE hands both GEMMs to it with 128-row routing blocks when the
-rule says so. On the GPU ``bench/moe_ws_probe.py`` compares its output with the Triton grouped GEMM's
+rule says so (opt-in: QUANTC_MOE_WS). On the GPU ``bench/moe_ws_probe.py`` compares its output with the Triton grouped GEMM's
 (relative error <= 3e-5, bf16 bit-identical; bench/results/moe_ws_probe_h100.json)."""
 
 import textwrap
@@ -25,9 +25,9 @@ SCRIPT = textwrap.dedent("""
     import triton
     from quantc.runtime.kernels import moe_mm_ws
     out = []
-    for dtype, act, bias, topw in json.loads(sys.argv[1]):
+    for dtype, act, bias, topw, block_m in json.loads(sys.argv[1]):
         scaled = 0 if dtype == "bf16" else 2
-        c = moe_mm_ws.compile_for_hopper(dtype, 128, act, 3, scaled, scaled, bias, topw)
+        c = moe_mm_ws.compile_for_hopper(dtype, 128, act, 3, scaled, scaled, bias, topw, block_m)
         path = pathlib.Path(os.environ["TMPDIR_CUBIN"]) / "k.cubin"
         path.write_bytes(c.asm["cubin"])
         nvdisasm = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
@@ -43,24 +43,27 @@ SCRIPT = textwrap.dedent("""
     print(json.dumps(out))
 """)
 
-# (operand type, activation 0 none / 1 silu / 2 gpt-oss, bias, routing weights): the gate_up GEMMs of each
-# operand type and the down GEMM
-CASES = [("fp8e4nv", 1, False, False), ("i8", 2, True, False), ("bf16", 1, False, False), ("fp8e4nv", 0, False, True)]
+# (operand type, activation 0 none / 1 silu / 2 gpt-oss, bias, routing weights, block rows): the gate_up GEMMs
+# of each operand type and the down GEMM, at 128-row blocks and at 64
+CASES = [("fp8e4nv", 1, False, False, 128), ("i8", 2, True, False, 128), ("bf16", 1, False, False, 128),
+         ("fp8e4nv", 0, False, True, 128), ("fp8e4nv", 1, False, False, 64), ("i8", 0, False, True, 64)]
 KIND = {"fp8e4nv": "QGMMA", "i8": "IGMMA", "bf16": "HGMMA"}
 
 
 def test_kernel_compiles_for_hopper_with_chained_mmas(tmp_path):
     for case, got in zip(CASES, inspect_cases(SCRIPT, CASES, tmp_path)):
-        dtype, act = case[0], case[1]
+        dtype, act, consumers = case[0], case[1], case[4] // 64
         assert got["tma"] and got["local"] == 0, (case, got)
         assert got["setmaxnreg"] == ["dec", "inc"], (case, got)  # the producer gives registers to the consumers
         assert got["kinds"] == [KIND[dtype]], (case, got)
-        # two consumer warpgroups; a 128-byte K step is four MMAs per accumulator (gate, and up when fused)
+        # a consumer warpgroup per 64 rows; a 128-byte K step is four MMAs per accumulator (gate, and up when
+        # fused)
         mmas = 2 if act else 1
-        assert got["mma"] == 2 * 4 * mmas, (case, got)
+        assert got["mma"] == consumers * 4 * mmas, (case, got)
         # in the loop one wait per consumer that leaves the step just issued running (its one or two MMAs);
         # a wait of 0 only after the loop (ptxas serialising the chain would show 0-waits after every MMA)
-        assert got["waits"] == {"0x0": 2, "0x1": 0 if act else 2, "0x2": 2 if act else 0}, (case, got)
+        assert got["waits"] == {"0x0": consumers, "0x1": 0 if act else consumers, "0x2": consumers if act else 0}, (
+            case, got)
 
 
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.bfloat16, torch.int8])
@@ -88,19 +91,20 @@ def _weights(fmt=wf.FP8, k=256, group=None, pack=1, row_block=1, sfmt=wf.S_FLOAT
 
 
 @pytest.mark.parametrize("weights,a_quant,a_group,experts,pairs,mode,want", [
-    (_weights(), 1, 0, 256, 2048, None, True),                  # fp8: 8 pairs an expert (DeepSeek-V3, 256 tokens)
-    (_weights(), 1, 0, 256, 2047, None, False),                 # fewer
-    (_weights(), 1, 0, 8, 32, "1", True),                       # forced
-    (_weights(), 1, 0, 8, 4096, "0", False),                    # off
-    (_weights(wf.INT8), 2, 0, 128, 1024, None, True),
-    (_weights(wf.BF16, sfmt=wf.S_NONE), 0, 0, 8, 512, None, True),      # bf16: 64 pairs an expert (Mixtral)
-    (_weights(wf.BF16, sfmt=wf.S_NONE), 0, 0, 128, 4096, None, False),  # 32 (Qwen3-MoE at 512 tokens)
-    (_weights(wf.INT8), 1, 0, 8, 4096, None, False),            # fp8 activations x int8 weights
-    (_weights(), 1, 128, 8, 4096, "1", False),                  # 1 x 128 activation groups: scaled per K step
-    (_weights(group=128), 1, 0, 8, 4096, "1", False),           # per-group weight scales
-    (_weights(wf.MXFP4, pack=8, group=32, sfmt=wf.S_E8M0), 0, 0, 8, 4096, "1", False),
-    (_weights(k=200), 1, 0, 8, 4096, "1", False),               # rows of 200 bytes: no TMA
-    (_weights(wf.BF16, k=200, sfmt=wf.S_NONE), 0, 0, 8, 4096, "1", True),  # ... 400 bytes in bf16
+    (_weights(), 1, 0, 8, 4096, None, 0),                       # off by default (slower than the table's tiles)
+    (_weights(), 1, 0, 8, 4096, "0", 0),
+    (_weights(), 1, 0, 8, 32, "1", 128),                        # opted in: 128-row blocks
+    (_weights(), 1, 0, 8, 32, "128", 128),
+    (_weights(), 1, 0, 8, 32, "64", 64),                        # ... or 64-row ones
+    (_weights(), 1, 0, 8, 32, "yes", 0),                        # not a mode
+    (_weights(wf.INT8), 2, 0, 128, 1024, "1", 128),
+    (_weights(wf.BF16, sfmt=wf.S_NONE), 0, 0, 8, 512, "64", 64),
+    (_weights(wf.INT8), 1, 0, 8, 4096, "1", 0),                 # fp8 activations x int8 weights
+    (_weights(), 1, 128, 8, 4096, "1", 0),                      # 1 x 128 activation groups: scaled per K step
+    (_weights(group=128), 1, 0, 8, 4096, "1", 0),               # per-group weight scales
+    (_weights(wf.MXFP4, pack=8, group=32, sfmt=wf.S_E8M0), 0, 0, 8, 4096, "1", 0),
+    (_weights(k=200), 1, 0, 8, 4096, "1", 0),                   # rows of 200 bytes: no TMA
+    (_weights(wf.BF16, k=200, sfmt=wf.S_NONE), 0, 0, 8, 4096, "1", 128),  # ... 400 bytes in bf16
 ])
 def test_routing_rule(monkeypatch, weights, a_quant, a_group, experts, pairs, mode, want):
     monkeypatch.setattr(mg, "cc_major", lambda device: 9)
@@ -108,23 +112,23 @@ def test_routing_rule(monkeypatch, weights, a_quant, a_group, experts, pairs, mo
         monkeypatch.delenv("QUANTC_MOE_WS", raising=False)
     else:
         monkeypatch.setenv("QUANTC_MOE_WS", mode)
-    assert mg.uses_ws(torch.device("cuda"), weights, a_quant, a_group, experts, pairs) is want
+    assert mg.ws_block_m(torch.device("cuda"), weights, a_quant, a_group, experts, pairs) == want
 
 
 def test_rule_keeps_the_cpu_and_other_gpus_on_the_triton_kernel(monkeypatch):
     monkeypatch.setenv("QUANTC_MOE_WS", "1")
-    assert not mg.uses_ws(torch.device("cpu"), _weights(), 1, 0, 8, 4096)
+    assert mg.ws_block_m(torch.device("cpu"), _weights(), 1, 0, 8, 4096) == 0
     monkeypatch.setattr(mg, "cc_major", lambda device: 10)
-    assert not mg.uses_ws(torch.device("cuda"), _weights(), 1, 0, 8, 4096)
+    assert mg.ws_block_m(torch.device("cuda"), _weights(), 1, 0, 8, 4096) == 0
 
 
-@pytest.mark.parametrize("kernel,wkey,akey,routed", [("moe_fp8", "fp8_per_channel", "fp8_dynamic_per_token", True),
-                                                     ("moe_bf16", "none", "none", True),
-                                                     ("moe_fp8_block", "fp8_block_128x128", "fp8_dynamic_group_128",
-                                                      False)])
-def test_quant_moe_hands_both_gemms_to_it(monkeypatch, kernel, wkey, akey, routed):
-    """Where the rule says yes, both GEMMs get ws=True and routing blocks of 128 rows (whatever the table's
-    BLOCK_M); kernel ids outside the raw-sum ones are never asked. The spy runs the Triton kernel on that
+@pytest.mark.parametrize("kernel,wkey,akey,rows,routed", [
+    ("moe_fp8", "fp8_per_channel", "fp8_dynamic_per_token", 128, True), ("moe_bf16", "none", "none", 128, True),
+    ("moe_int8", "int8_per_channel", "int8_dynamic_per_token", 64, True),
+    ("moe_fp8_block", "fp8_block_128x128", "fp8_dynamic_group_128", 128, False)])
+def test_quant_moe_hands_both_gemms_to_it(monkeypatch, kernel, wkey, akey, rows, routed):
+    """Where the rule says yes, the GEMMs get routing blocks of the rule's rows (whatever the table's
+    BLOCK_M) and ws=True (both at 128 rows, the down GEMM at 64); kernel ids outside the raw-sum ones are never asked. The spy runs the Triton kernel on that
     routing, so the layer's output can be held against the layer's without the route."""
     from quantc.plan import KernelConfig
 
@@ -147,8 +151,9 @@ def test_quant_moe_hands_both_gemms_to_it(monkeypatch, kernel, wkey, akey, route
     plain = moe(x).float()  # on the CPU the rule says no
     assert seen == [(False, 16)] * 2
     seen.clear()
-    monkeypatch.setattr(mg, "uses_ws", lambda *a: asked.append(a) or True)
+    monkeypatch.setattr(mg, "ws_block_m", lambda *a: asked.append(a) or rows)
     out = moe(x).float()
     assert bool(asked) is routed
-    assert seen == ([(True, 128)] * 2 if routed else [(False, 16)] * 2), seen
+    # at 64-row blocks only the down GEMM takes it (the gate_up keeps the Triton kernel, at 64-row blocks)
+    assert seen == ([(rows == 128, rows), (True, rows)] if routed else [(False, 16)] * 2), seen
     assert ((out - plain).abs().max() / plain.abs().max()).item() < 1e-2

@@ -317,27 +317,31 @@ def even_k_loads(k: int, block_k: int) -> bool:
 _WS_OPERANDS = {0: BF16, 1: FP8, 2: INT8}  # A_QUANT code -> the weight format with the same operand type
 
 
-def uses_ws(device: torch.device, weights, a_quant: int, a_group: int, num_experts: int, num_pairs: int) -> bool:
-    """(``a_group``: the activation scales' group along K, 0 for whole rows.) Whether both grouped GEMMs of
-    a MoE call take the warp-specialized Gluon kernel (``moe_mm_ws``): a Hopper GPU, raw-sum operands of
-    one type (bf16 x bf16, fp8 x fp8 per-token / per-tensor x per-channel, int8 x int8), 16-byte rows, not
-    under torch.compile (the Gluon launcher is no custom op). QUANTC_MOE_WS=0 never, =1 wherever it fits;
-    by default from 8 (token, expert) pairs an expert on average with 8-bit operands and from 64 with
-    bf16. On the H100 (two bench_moe runs, the four sizes at 16 / 256 / 4096 tokens, the whole expert layer
-    with both GEMMs and the sorted copies of their rows): fp8 / int8 1.05-1.44x the Triton kernels on the
-    rows the rule takes except Qwen3-MoE at 256 tokens (0.98-1.00), and 0.87-0.98x below it (1 to 4 pairs
-    an expert: 128-row blocks of mostly padding) except DeepSeek-V3 at 16 tokens (1.19-1.21x), which the
-    rule leaves out; bf16 0.97-1.43x from 64 pairs an expert, 0.82-0.87x below
-    (bench/results/moe_h100_s13_ws_layers.json, ``_b.json``)."""
+def ws_block_m(device: torch.device, weights, a_quant: int, a_group: int, num_experts: int, num_pairs: int) -> int:
+    """(``a_group``: the activation scales' group along K, 0 for whole rows.) The routing block (128 or 64
+    rows) when the grouped GEMMs of a MoE call take the warp-specialized Gluon kernel (``moe_mm_ws``), 0 when
+    they stay on the Triton kernel. Opt-in: QUANTC_MOE_WS=1 (128-row blocks; both GEMMs), =64 (64-row blocks;
+    the down GEMM only, the gate_up keeps the Triton kernel), =128; where it fits: a Hopper GPU, raw-sum
+    operands of one type (bf16 x bf16, fp8 x fp8 per-token / per-tensor x per-channel, int8 x int8), 16-byte
+    rows, not under torch.compile (the Gluon launcher is no custom op).
+
+    Off by default because the H100 said so: against the expert layer on the shipped table's tiles (what
+    apply() runs), the Gluon path (its sorted copies of the rows included) ran 0.79-0.96x at the four
+    bench_moe sizes x 16 / 256 / 4096 tokens, except Mixtral at 4096 tokens (int8 1.07x, bf16 1.01x) and
+    int8 Mixtral at 16 / 256 tokens (1.00-1.05x) (bench/results/moe_h100_s13_ws_tables.json). The 1.05-1.44x
+    of the earlier runs (``moe_h100_s13_ws_layers*.json``) were against the bench's fixed tile, not the
+    table's. ``num_experts`` / ``num_pairs`` are for a rule once one wins."""
     mode = env("QUANTC_MOE_WS")
-    if mode == "0" or device.type != "cuda" or torch.compiler.is_compiling() or cc_major(device) != 9:
-        return False
+    if mode not in ("1", "128", "64") or device.type != "cuda" or torch.compiler.is_compiling():
+        return 0
+    if cc_major(device) != 9:
+        return 0
     fmt = _WS_OPERANDS.get(a_quant)
     for w in weights:
         raw = w.pack == 1 and w.row_block == 1 and (w.sfmt == S_NONE or w.group >= w.k)
         if not raw or w.fmt != fmt or (w.k * (2 if fmt == BF16 else 1)) % 16 or (a_group and a_group < w.k):
-            return False
-    return mode == "1" or num_pairs >= (64 if fmt == BF16 else 8) * num_experts
+            return 0
+    return 64 if mode == "64" else 128
 
 
 def uses_moe_planes(pack: int, a_quant: int, k: int, row_block: int) -> bool:
@@ -416,7 +420,7 @@ def grouped_gemm(a: torch.Tensor, a_scale: torch.Tensor | None, w: WoWeight, rou
                  topk_weights: torch.Tensor | None = None, ws: bool = False) -> torch.Tensor:
     """One grouped GEMM: ``a`` (rows, K) bf16, or fp8/int8 with ``a_scale`` (rows, K/a_group or 1);
     ``routing`` = (sorted_ids, block_expert, total, num_pairs) from align_by_expert with cfg.block_m.
-    Returns bf16 (num_pairs, N) (N = I for a fused activation). ``ws``: the Gluon kernel (``uses_ws`` has
+    Returns bf16 (num_pairs, N) (N = I for a fused activation). ``ws``: the Gluon kernel (``ws_block_m`` has
     said yes; the routing is aligned to its 128-row blocks) on a sorted copy of the rows."""
     sorted_ids, block_expert, total, num_pairs = routing
     fused = ACTIVATIONS[act]

@@ -1,4 +1,4 @@
-"""MoE grouped GEMM for Hopper, warp-specialized by hand (Gluon): ``moe_gemm``'s raw-sum path at 128-row blocks.
+"""MoE grouped GEMM for Hopper, warp-specialized by hand (Gluon): ``moe_gemm``'s raw-sum path at 128- or 64-row blocks.
 
 The same contract as ``moe_gemm._moe_gemm`` with RAW sums (bf16 x bf16, fp8 x fp8 or int8 x int8 operands,
 per-row / per-tensor activation scales, per-channel weight scales, applied once after the K sum):
@@ -7,7 +7,7 @@ per-row / per-tensor activation scales, per-channel weight scales, applied once 
 
 but fed by TMA, which cannot gather rows: the activation rows are first copied into expert-sorted order
 (``gather_sorted``: row p of the copy is the input row of sorted pair p, for the rows the routing uses), so
-each 128-row block of the copy is one expert's block of ``align_by_expert``. Then ``rowwise_mm_ws``'s
+each block of the copy is one expert's block of ``align_by_expert``. Then ``rowwise_mm_ws``'s
 structure: one producer warp streams the A block and the expert's weight tiles (the gate and the up rows
 for a fused activation: two B tiles a K step) through a ring of shared-memory slots, and each 64-row
 warpgroup is a consumer partition that chains its wgmmas over K (one step in flight while the next is
@@ -16,8 +16,10 @@ scatters its rows to the pairs' output rows while the producer already loads the
 one program per SM walks the live tiles (blocks below ``total``), GROUP_M blocks taking each weight tile
 in turn as in the Triton kernel.
 
-Why: at 4096 tokens the grouped GEMMs are compute- or near-ridge-bound, and the Triton kernel's software
-pipeline leaves the tensor cores idle while it waits on loads (bench/bench_moe.py, README "MoE").
+Opt-in (``moe_gemm.ws_block_m``, QUANTC_MOE_WS): on the H100 its gate_up beat the table's Triton tile at
+4096 tokens by 2-8% on pre-sorted rows, but the whole expert layer, the copies of the rows included, ran
+0.79-0.96x the Triton kernels on the shipped table's tiles at most sizes (bench/results/moe_h100_s13_ws_tables.json,
+README "MoE"). The epilogue (a layout change and scattered rows) is not overlapped with the next tile's MMAs.
 
 Gluon kernels cannot run under ``TRITON_INTERPRET``: ``compile_for_hopper`` compiles it offline for sm_90
 (tests read its SASS); bench/bench_moe.py checks it against the Triton kernel on the GPU before timing.
@@ -38,12 +40,12 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from .block_mm_ws import PRODUCER_REGS, CONSUMER_REGS, _launch, _tile_offsets, _tma_load, max_registers
 from .common import cdiv, launch
 
-BLOCK_M = 128  # two 64-row consumer warpgroups; the routing must be aligned to it
+BLOCK_MS = (128, 64)  # routing blocks: two 64-row consumer warpgroups, or one (twice the tiles, half the padding)
 GPT_OSS_ALPHA, GPT_OSS_LIMIT = 1.702, 7.0
 
 
 @functools.cache
-def _layouts(block_n: int, bf16: bool):
+def _layouts(block_n: int, bf16: bool, block_m: int = 128):
     """(A tile, B tile) shared layouts (128-byte swizzle: K steps of 128 bytes a row), the wgmma accumulator
     layout of one warpgroup and the store layout (16 bytes of bf16 a thread along N)."""
     el = gl.bfloat16 if bf16 else gl.float8e4nv
@@ -51,29 +53,30 @@ def _layouts(block_n: int, bf16: bool):
     acc = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, block_n, 16 if bf16 else 32])
     lanes_n = block_n // 8
     store = gl.BlockedLayout([1, 8], [32 // lanes_n, lanes_n], [4, 1], [1, 0])
-    return (gl.NVMMASharedLayout.get_default_for([BLOCK_M, bk], el),
+    return (gl.NVMMASharedLayout.get_default_for([block_m, bk], el),
             gl.NVMMASharedLayout.get_default_for([block_n, bk], el), acc, store)
 
 
 @gluon.jit
-def _live_tiles(total_ptr, N, BLOCK_N: gl.constexpr):
+def _live_tiles(total_ptr, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
     """Tiles of the blocks the routing uses (``total`` rows, a multiple of BLOCK_M) x N tiles."""
-    return (gl.load(total_ptr) // 128) * gl.cdiv(N, BLOCK_N)
+    return (gl.load(total_ptr) // BLOCK_M) * gl.cdiv(N, BLOCK_N)
 
 
 @gluon.jit
 def _producer(a_desc, w_desc, a_bufs, w_bufs, u_bufs, ready, empty, block_expert_ptr, total_ptr, N, W_ROWS, K,
               ACT: gl.constexpr, GROUP_M: gl.constexpr, NUM_STAGES: gl.constexpr):
+    BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
     BK: gl.constexpr = w_desc.block_type.shape[1]
     nbytes: gl.constexpr = a_desc.block_type.nbytes + (2 if ACT != 0 else 1) * w_desc.block_type.nbytes
     rows = gl.load(total_ptr)
-    num_tiles = _live_tiles(total_ptr, N, BLOCK_N)
+    num_tiles = _live_tiles(total_ptr, N, BLOCK_M, BLOCK_N)
     k_tiles = gl.cdiv(K, BK)
     g = 0  # steps loaded so far by this program: the ring position
     for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
-        off_m, off_n = _tile_offsets(t, rows, N, 128, BLOCK_N, GROUP_M)
-        w_row = gl.load(block_expert_ptr + off_m // 128) * W_ROWS + off_n
+        off_m, off_n = _tile_offsets(t, rows, N, BLOCK_M, BLOCK_N, GROUP_M)
+        w_row = gl.load(block_expert_ptr + off_m // BLOCK_M) * W_ROWS + off_n
         for i in range(k_tiles):
             s = g % NUM_STAGES
             # a fresh mbarrier counts as phase 1 complete, so the first lap does not wait
@@ -142,18 +145,19 @@ def _consume(a_bufs, w_bufs, u_bufs, ready, empty, sorted_ids_ptr, block_expert_
              HAS_BIAS: gl.constexpr, ACT: gl.constexpr, MUL_TOPW: gl.constexpr, ALPHA: gl.constexpr,
              LIMIT: gl.constexpr, GROUP_M: gl.constexpr, NUM_STAGES: gl.constexpr, ROW0: gl.constexpr,
              LAYOUT: gl.constexpr, STORE: gl.constexpr):
-    """Rows ROW0..ROW0+63 of each of the program's 128-row tiles: the K loop (gate and up MMAs a step),
-    then the epilogue."""
+    """Rows ROW0..ROW0+63 of each of the program's tiles (128 rows: two consumer partitions, 64: one): the K
+    loop (gate and up MMAs a step), then the epilogue."""
+    BLOCK_M: gl.constexpr = a_bufs.type.shape[1]
     BLOCK_N: gl.constexpr = w_bufs.type.shape[1]
     BK: gl.constexpr = w_bufs.type.shape[2]
     rows = gl.load(total_ptr)
-    num_tiles = _live_tiles(total_ptr, N, BLOCK_N)
+    num_tiles = _live_tiles(total_ptr, N, BLOCK_M, BLOCK_N)
     k_tiles = gl.cdiv(K, BK)
     acc_dtype: gl.constexpr = gl.int32 if INT8 else gl.float32
     base = 0
     for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
-        off_m, off_n = _tile_offsets(t, rows, N, 128, BLOCK_N, GROUP_M)
-        e = gl.load(block_expert_ptr + off_m // 128).to(gl.int64)
+        off_m, off_n = _tile_offsets(t, rows, N, BLOCK_M, BLOCK_N, GROUP_M)
+        e = gl.load(block_expert_ptr + off_m // BLOCK_M).to(gl.int64)
         acc = gl.zeros([64, BLOCK_N], acc_dtype, LAYOUT)
         acc_up = gl.zeros([64, BLOCK_N], acc_dtype, LAYOUT)
         for i in range(k_tiles):
@@ -219,24 +223,37 @@ def _moe_mm_ws_kernel(a_desc, w_desc, sorted_ids_ptr, block_expert_ptr, total_pt
                                        w_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    CONSUMERS: gl.constexpr = a_desc.block_type.shape[0] // 64
     for s in gl.static_range(NUM_STAGES):
         mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=2)  # one release per consumer warpgroup
+        mbarrier.init(empty.index(s), count=CONSUMERS)  # one release per consumer warpgroup
     # the partitions take one argument list, written out per partition (see rowwise_mm_ws)
-    gl.warp_specialize([
-        (_consume, (a_bufs, w_bufs, u_bufs, ready, empty, sorted_ids_ptr, block_expert_ptr, total_ptr, sa_ptr, sw_ptr,
-                    bias_ptr, topw_ptr, out_ptr, N, W_ROWS, K, num_pairs, stride_sam, stride_swe, stride_be,
-                    stride_om, A_DIV, A_MODE, B_MODE, INT8, HAS_BIAS, ACT, MUL_TOPW, ALPHA, LIMIT, GROUP_M,
-                    NUM_STAGES, 0, LAYOUT, STORE)),
-        (_producer_part, (a_desc, w_desc, a_bufs, w_bufs, u_bufs, ready, empty, sorted_ids_ptr, block_expert_ptr,
-                          total_ptr, sa_ptr, sw_ptr, bias_ptr, topw_ptr, out_ptr, N, W_ROWS, K, num_pairs, stride_sam,
-                          stride_swe, stride_be, stride_om, A_DIV, A_MODE, B_MODE, INT8, HAS_BIAS, ACT, MUL_TOPW,
-                          ALPHA, LIMIT, GROUP_M, NUM_STAGES, LAYOUT, STORE)),
-        (_upper_part, (a_desc, w_desc, a_bufs, w_bufs, u_bufs, ready, empty, sorted_ids_ptr, block_expert_ptr,
-                       total_ptr, sa_ptr, sw_ptr, bias_ptr, topw_ptr, out_ptr, N, W_ROWS, K, num_pairs, stride_sam,
-                       stride_swe, stride_be, stride_om, A_DIV, A_MODE, B_MODE, INT8, HAS_BIAS, ACT, MUL_TOPW,
-                       ALPHA, LIMIT, GROUP_M, NUM_STAGES, LAYOUT, STORE)),
-    ], [1, 4], [PRODUCER_REGS, CONSUMER_REGS])
+    if CONSUMERS == 2:
+        gl.warp_specialize([
+            (_consume, (a_bufs, w_bufs, u_bufs, ready, empty, sorted_ids_ptr, block_expert_ptr, total_ptr, sa_ptr,
+                        sw_ptr, bias_ptr, topw_ptr, out_ptr, N, W_ROWS, K, num_pairs, stride_sam, stride_swe,
+                        stride_be, stride_om, A_DIV, A_MODE, B_MODE, INT8, HAS_BIAS, ACT, MUL_TOPW, ALPHA, LIMIT,
+                        GROUP_M, NUM_STAGES, 0, LAYOUT, STORE)),
+            (_producer_part, (a_desc, w_desc, a_bufs, w_bufs, u_bufs, ready, empty, sorted_ids_ptr, block_expert_ptr,
+                              total_ptr, sa_ptr, sw_ptr, bias_ptr, topw_ptr, out_ptr, N, W_ROWS, K, num_pairs,
+                              stride_sam, stride_swe, stride_be, stride_om, A_DIV, A_MODE, B_MODE, INT8, HAS_BIAS,
+                              ACT, MUL_TOPW, ALPHA, LIMIT, GROUP_M, NUM_STAGES, LAYOUT, STORE)),
+            (_upper_part, (a_desc, w_desc, a_bufs, w_bufs, u_bufs, ready, empty, sorted_ids_ptr, block_expert_ptr,
+                           total_ptr, sa_ptr, sw_ptr, bias_ptr, topw_ptr, out_ptr, N, W_ROWS, K, num_pairs, stride_sam,
+                           stride_swe, stride_be, stride_om, A_DIV, A_MODE, B_MODE, INT8, HAS_BIAS, ACT, MUL_TOPW,
+                           ALPHA, LIMIT, GROUP_M, NUM_STAGES, LAYOUT, STORE)),
+        ], [1, 4], [PRODUCER_REGS, CONSUMER_REGS])
+    else:  # 64-row blocks: one consumer warpgroup
+        gl.warp_specialize([
+            (_consume, (a_bufs, w_bufs, u_bufs, ready, empty, sorted_ids_ptr, block_expert_ptr, total_ptr, sa_ptr,
+                        sw_ptr, bias_ptr, topw_ptr, out_ptr, N, W_ROWS, K, num_pairs, stride_sam, stride_swe,
+                        stride_be, stride_om, A_DIV, A_MODE, B_MODE, INT8, HAS_BIAS, ACT, MUL_TOPW, ALPHA, LIMIT,
+                        GROUP_M, NUM_STAGES, 0, LAYOUT, STORE)),
+            (_producer_part, (a_desc, w_desc, a_bufs, w_bufs, u_bufs, ready, empty, sorted_ids_ptr, block_expert_ptr,
+                              total_ptr, sa_ptr, sw_ptr, bias_ptr, topw_ptr, out_ptr, N, W_ROWS, K, num_pairs,
+                              stride_sam, stride_swe, stride_be, stride_om, A_DIV, A_MODE, B_MODE, INT8, HAS_BIAS,
+                              ACT, MUL_TOPW, ALPHA, LIMIT, GROUP_M, NUM_STAGES, LAYOUT, STORE)),
+        ], [1], [PRODUCER_REGS])
 
 
 # ---- the sorted copy of the activation rows (a Triton kernel: runs under the interpreter) ---------------
@@ -275,16 +292,9 @@ def gather_sorted(a: torch.Tensor, sorted_ids: torch.Tensor, total: torch.Tensor
 
 # ---- launcher ------------------------------------------------------------------------------------------
 
-def supports(a_dtype: torch.dtype, w_dtype: torch.dtype, k: int, block_m: int) -> bool:
-    """Whether a grouped GEMM fits this kernel: 128-row routing blocks, matching 1- or 2-byte operands with
-    16-byte row strides (TMA)."""
-    return (block_m == BLOCK_M and a_dtype == w_dtype and a_dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.int8)
-            and (k * a_dtype.itemsize) % 16 == 0)
-
-
 def variant(bf16: bool, block_n: int, act: int, num_stages: int, a_mode: int, b_mode: int, int8: bool,
             has_bias: bool, mul_topw: bool, a_div: int, group_m: int) -> dict:
-    """The kernel's compile-time arguments."""
+    """The kernel's compile-time arguments (the block's rows come with the A descriptor)."""
     _, _, acc, store = _layouts(block_n, bf16)
     return dict(A_DIV=a_div, A_MODE=a_mode, B_MODE=b_mode, INT8=int8, HAS_BIAS=has_bias, ACT=act, MUL_TOPW=mul_topw,
                 ALPHA=GPT_OSS_ALPHA, LIMIT=GPT_OSS_LIMIT, GROUP_M=group_m, NUM_STAGES=num_stages, LAYOUT=acc,
@@ -292,15 +302,16 @@ def variant(bf16: bool, block_n: int, act: int, num_stages: int, a_mode: int, b_
 
 
 def compile_for_hopper(dtype: str = "fp8e4nv", block_n: int = 128, act: int = 1, num_stages: int = 3,
-                       a_mode: int = 2, b_mode: int = 2, has_bias: bool = False, mul_topw: bool = False):
+                       a_mode: int = 2, b_mode: int = 2, has_bias: bool = False, mul_topw: bool = False,
+                       block_m: int = 128):
     """Compile for sm_90 without a GPU (Triton's bundled ptxas): the CompiledKernel (tests read its SASS)."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     bf16 = dtype == "bf16"
-    la, lb, _, _ = _layouts(block_n, bf16)
+    la, lb, _, _ = _layouts(block_n, bf16, block_m)
     bk = 64 if bf16 else 128
-    sig = {"a_desc": f"tensordesc<{dtype}[128, {bk}],{la!r}>", "w_desc": f"tensordesc<{dtype}[{block_n}, {bk}],{lb!r}>",
+    sig = {"a_desc": f"tensordesc<{dtype}[{block_m}, {bk}],{la!r}>", "w_desc": f"tensordesc<{dtype}[{block_n}, {bk}],{lb!r}>",
            "sorted_ids_ptr": "*i32", "block_expert_ptr": "*i32", "total_ptr": "*i32", "sa_ptr": "*fp32",
            "sw_ptr": "*fp32", "bias_ptr": "*bf16", "topw_ptr": "*fp32", "out_ptr": "*bf16", "N": "i32",
            "W_ROWS": "i32", "K": "i32", "num_pairs": "i32", "stride_sam": "i32", "stride_swe": "i32",
@@ -309,7 +320,7 @@ def compile_for_hopper(dtype: str = "fp8e4nv", block_n: int = 128, act: int = 1,
     consts = {k: gl.constexpr(v) if k in ("LAYOUT", "STORE") else v for k, v in consts.items()}
     sig.update({k: "constexpr" for k in consts})
     return triton.compile(GluonASTSource(_moe_mm_ws_kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": 4, "maxnreg": max_registers(128)})
+                          options={"num_warps": 4, "maxnreg": max_registers(block_m)})
 
 
 def moe_mm_ws(a_sorted: torch.Tensor, a_scale: torch.Tensor | None, w: torch.Tensor, w_scale: torch.Tensor | None,
@@ -320,13 +331,17 @@ def moe_mm_ws(a_sorted: torch.Tensor, a_scale: torch.Tensor | None, w: torch.Ten
     """(num_pairs, n_out) bf16 from ``a_sorted`` (rows in sorted-pair order, ``gather_sorted``) and expert
     weights ``w`` (E, W_ROWS, K): n_out = W_ROWS / 2 for a fused activation (``act`` 1 silu, 2 gpt-oss),
     else W_ROWS. ``a_mode`` 0 (bf16) / 1 tensor / 2 row scales indexed by pair // a_div; ``w_scale`` (E,
-    W_ROWS, 1) fp32 or None (bf16). ``programs`` caps the persistent grid (default: the SM count)."""
+    W_ROWS, 1) fp32 or None (bf16). The routing's blocks (128 or 64 rows, ``BLOCK_MS``) are the tiles' rows.
+    ``programs`` caps the persistent grid (default: the SM count)."""
     e, w_rows, k = w.shape
+    block_m = sorted_ids.numel() // block_expert.numel()
+    if block_m not in BLOCK_MS:
+        raise ValueError(f"moe_mm_ws takes routing blocks of {BLOCK_MS} rows, not {block_m}")
     bf16 = a_sorted.dtype == torch.bfloat16
     bk = 64 if bf16 else 128
     out = torch.empty(num_pairs, n_out, device=a_sorted.device, dtype=torch.bfloat16)
-    la, lb, _, _ = _layouts(block_n, bf16)
-    descs = (TensorDescriptor.from_tensor(a_sorted, [BLOCK_M, bk], la),
+    la, lb, _, _ = _layouts(block_n, bf16, block_m)
+    descs = (TensorDescriptor.from_tensor(a_sorted, [block_m, bk], la),
              TensorDescriptor.from_tensor(w.view(e * w_rows, k), [block_n, bk], lb))
     dummy = out
     scalars = (sorted_ids, block_expert, total, a_scale if a_scale is not None else dummy,
@@ -338,7 +353,7 @@ def moe_mm_ws(a_sorted: torch.Tensor, a_scale: torch.Tensor | None, w: torch.Ten
                      bias is not None, topk_weights is not None, a_div, group_m)
     if programs is None:
         programs = torch.cuda.get_device_properties(a_sorted.device).multi_processor_count
-    tiles = (sorted_ids.numel() // BLOCK_M) * cdiv(n_out, block_n)  # a bound: programs past the live tiles idle
-    _launch(_moe_mm_ws_kernel, (min(tiles, programs),), descs, scalars, consts, ("moe", str(a_sorted.dtype), block_n),
-            max_registers(128))
+    tiles = block_expert.numel() * cdiv(n_out, block_n)  # a bound: programs past the live tiles idle
+    _launch(_moe_mm_ws_kernel, (min(tiles, programs),), descs, scalars, consts,
+            ("moe", str(a_sorted.dtype), block_m, block_n), max_registers(block_m))
     return out
