@@ -126,7 +126,8 @@ class QuantMoE(nn.Module):
         ws_rows = 0
         if self.kernel in _WS_KERNELS and self.num_experts == self.total_experts:
             code, group = mg.A_QUANT[self.act_key]
-            ws_rows = mg.ws_block_m(x.device, (self._weight("w13"), self._weight("w2")), code, group,
+            # (the weights as a generator: built only where the switch is on)
+            ws_rows = mg.ws_block_m(x.device, (self._weight(n) for n in ("w13", "w2")), code, group,
                                     self.num_experts, t * top_k)
             if ws_rows:  # the Gluon kernel's routing blocks
                 c13 = WoConfig(ws_rows, c13.block_n, c13.block_k, num_warps=c13.num_warps, num_stages=c13.num_stages)

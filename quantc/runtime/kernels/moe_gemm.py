@@ -318,7 +318,8 @@ _WS_OPERANDS = {0: BF16, 1: FP8, 2: INT8}  # A_QUANT code -> the weight format w
 
 
 def ws_block_m(device: torch.device, weights, a_quant: int, a_group: int, num_experts: int, num_pairs: int) -> int:
-    """(``a_group``: the activation scales' group along K, 0 for whole rows.) The routing block (128 or 64
+    """(``weights``: the layer's WoWeights, any iterable, read only where the switch is on; ``a_group``: the
+    activation scales' group along K, 0 for whole rows.) The routing block (128 or 64
     rows) when the grouped GEMMs of a MoE call take the warp-specialized Gluon kernel (``moe_mm_ws``), 0 when
     they stay on the Triton kernel. Opt-in: QUANTC_MOE_WS=1 (128-row blocks; both GEMMs), =64 (64-row blocks;
     the down GEMM only, the gate_up keeps the Triton kernel), =128; where it fits: a Hopper GPU, raw-sum
