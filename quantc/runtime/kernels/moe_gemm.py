@@ -422,7 +422,7 @@ def grouped_gemm(a: torch.Tensor, a_scale: torch.Tensor | None, w: WoWeight, rou
     """One grouped GEMM: ``a`` (rows, K) bf16, or fp8/int8 with ``a_scale`` (rows, K/a_group or 1);
     ``routing`` = (sorted_ids, block_expert, total, num_pairs) from align_by_expert with cfg.block_m.
     Returns bf16 (num_pairs, N) (N = I for a fused activation). ``ws``: the Gluon kernel (``ws_block_m`` has
-    said yes; the routing is aligned to its 128-row blocks) on a sorted copy of the rows."""
+    said yes; the routing is aligned to its 128- or 64-row blocks) on a sorted copy of the rows."""
     sorted_ids, block_expert, total, num_pairs = routing
     fused = ACTIVATIONS[act]
     n_out = w.n // 2 if fused else w.n
