@@ -147,6 +147,14 @@ def check():
         ref = mg.reference_expert_loop(x, w13, w2, tw, ids, act, act_dq=dq)
         err = ((out - ref).abs().max() / ref.abs().max()).item()
         res["check"].append({"kernel": kernel, "weight": wkey, "act": akey, "rel_err": err, "ok": err < 4e-2})
+        if kernel == "moe_weight_only":  # the same layer dequantized to bf16 first
+            os.environ["QUANTC_MOE_DEQUANT_MIN_PAIRS"] = "0"
+            try:
+                err = ((moe(x).float() - ref).abs().max() / ref.abs().max()).item()
+            finally:
+                os.environ.pop("QUANTC_MOE_DEQUANT_MIN_PAIRS", None)
+            res["check"].append({"kernel": f"{kernel}/dequant", "weight": wkey, "act": akey, "rel_err": err,
+                                 "ok": err < 4e-2})
         for rows in ("128", "64") if kernel in ("moe_bf16", "moe_fp8", "moe_int8") else ():
             os.environ["QUANTC_MOE_WS"] = rows  # the same layer on the Gluon grouped GEMM
             try:
@@ -281,6 +289,11 @@ def bench():
                         row[col] = us(lambda m=moes[key]: m.experts(x, tw, ids))
                 finally:
                     os.environ.pop("QUANTC_MOE_WS", None)
+            os.environ["QUANTC_MOE_DEQUANT_MIN_PAIRS"] = "0"  # the 4-bit layer dequantized to bf16 first
+            try:
+                row["layer_ours_mxfp4_wo_dequant_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
+            finally:
+                os.environ.pop("QUANTC_MOE_DEQUANT_MIN_PAIRS", None)
             act = row["active_experts"]
             fl = 2 * pairs * h * 2 * inter
             if row.get("gate_up_ours_bf16_best_us") and row["gate_up_torch_grouped_mm_us"]:
@@ -310,7 +323,7 @@ def bench():
                     row[ours.replace("_us", "_weight_GBps")] = wbytes / row[ours] / 1e3
             if row["dense_bf16_equal_flops_us"]:
                 row.update(moe_roofline(row, fl, res["copy_GBps"]))
-            for key in (*moes, *(f"{k_}_ws{r}" for k_ in WS_LAYERS for r in (128, 64))):
+            for key in (*moes, *(f"{k_}_ws{r}" for k_ in WS_LAYERS for r in (128, 64)), "mxfp4_wo_dequant"):
                 if row["layer_torch_bf16_us"] and row.get(f"layer_ours_{key}_us"):
                     row[f"layer_ours_{key}_over_torch_bf16"] = row["layer_torch_bf16_us"] / row[f"layer_ours_{key}_us"]
             res["rows"].append(row)

@@ -30,6 +30,7 @@ MOE_KERNELS = {"moe_bf16", "moe_fp8", "moe_fp8_block", "moe_int8", "moe_weight_o
                "moe_mxfp4_mxfp8_emulated", "moe_mxfp8_emulated"}
 _MX_KERNELS = {"moe_mxfp4_mxfp8_emulated", "moe_mxfp8_emulated"}
 _WS_KERNELS = {"moe_bf16", "moe_fp8", "moe_int8"}  # kernel ids the Gluon grouped GEMM may run (mg.ws_block_m)
+_DEQUANT_KERNELS = {"moe_weight_only", "moe_mxfp4_mxfp8_emulated"}  # bf16 activations x 4-bit experts
 _FIELDS = ("data", "scale", "zeros", "global_scale")
 
 
@@ -134,6 +135,11 @@ class QuantMoE(nn.Module):
         # at 64-row blocks the gate_up stays on the Triton kernel (the table's tile at that BLOCK_M), which
         # streams the experts faster there; the down GEMM takes the Gluon one (mg.ws_block_m)
         ws_up, ws_down = ws_rows == 128, ws_rows > 0
+        # 4-bit experts at many tokens: dequantized to bf16 first, on the bf16 kernel's default tiles
+        dequant = (self.kernel in _DEQUANT_KERNELS and
+                   mg.dequant_experts((self._weight(n) for n in ("w13", "w2")), 0, self.num_experts, t * top_k))
+        if dequant:
+            c13 = c2 = default_config(t, top_k, "moe_bf16")
         local = None
         if self.num_experts != self.total_experts:  # expert parallel: other ranks' experts count zero here
             ids = topk_ids.to(torch.int64) - self.first_expert
@@ -147,7 +153,7 @@ class QuantMoE(nn.Module):
         routing = (sorted_ids, block_expert, total, t * top_k)
         a, sa, code, group = self._act_in(x)
         h = mg.grouped_gemm(a, sa, self._weight("w13"), routing, a_div=top_k, act=self.activation,
-                            a_quant=code, a_group=group, cfg=c13, bias=self.b13, ws=ws_up)
+                            a_quant=code, a_group=group, cfg=c13, bias=self.b13, ws=ws_up, dequant=dequant)
         if local is not None:  # rows of foreign pairs were never written; keep them out of activation scales
             h = torch.where(local.reshape(-1, 1), h, torch.zeros((), dtype=h.dtype, device=h.device))
         a, sa, code, group = self._act_in(h)
@@ -155,7 +161,7 @@ class QuantMoE(nn.Module):
         c2 = WoConfig(c13.block_m, c2.block_n, c2.block_k, num_warps=c2.num_warps, num_stages=c2.num_stages)
         y = mg.grouped_gemm(a, sa, self._weight("w2"), routing, a_div=1, act="none", a_quant=code, a_group=group,
                             cfg=c2, bias=self.b2, topk_weights=topk_weights.reshape(-1).float().contiguous(),
-                            ws=ws_down)
+                            ws=ws_down, dequant=dequant)
         y = y.view(t, top_k, -1)
         if local is not None:
             y = torch.where(local.unsqueeze(-1), y, torch.zeros((), dtype=y.dtype, device=y.device))

@@ -561,3 +561,48 @@ def test_moe_under_tensor_parallelism_needs_torch_distributed(tmp_path):
     assert len(tp) == 1 and "tensor_parallel=2 needs torch.distributed initialised with 2 processes" in tp[0].message
     assert "init_process_group" in tp[0].hint
     assert not any(type(m).__module__.startswith("quantc") for m in model.modules())
+
+
+@pytest.mark.parametrize("kernel,wkey,act", [("moe_weight_only", "int4_group_128_asym", "silu"),
+                                             ("moe_weight_only", "mxfp4", "gpt_oss"),
+                                             ("moe_weight_only", "nvfp4", "silu")])
+def test_4bit_experts_dequantized_first(kernel, wkey, act, monkeypatch):
+    """QUANTC_MOE_DEQUANT_MIN_PAIRS=N: from N pairs an expert the 4-bit stacks are dequantized to bf16 and
+    both GEMMs run the bf16 path on moe_bf16's default tiles; the layer matches the per-expert loop (and
+    the byte path's output); below N, and unset, the byte path runs."""
+    from quantc.runtime.moe import default_config
+
+    seen = []
+    real = mg.grouped_gemm
+    monkeypatch.setattr(mg, "grouped_gemm", lambda *a, **k: seen.append((k["dequant"], k["cfg"])) or real(*a, **k))
+    torch.manual_seed(18)
+    w13 = wf.quantize(torch.randn(E, 2 * I, H) * 0.1, wkey)
+    w2 = wf.quantize(torch.randn(E, H, I) * 0.1, wkey)
+    moe = QuantMoE(kernel, w13, w2, torch.randn(E, H).bfloat16(), top_k=TOPK, activation=act)
+    x = torch.randn(T, H).bfloat16()
+    monkeypatch.delenv("QUANTC_MOE_DEQUANT_MIN_PAIRS", raising=False)
+    byte_path = moe(x).float()
+    monkeypatch.setenv("QUANTC_MOE_DEQUANT_MIN_PAIRS", str(T * TOPK // E + 1))  # above this call's average
+    assert torch.equal(moe(x).float(), byte_path)
+    monkeypatch.setenv("QUANTC_MOE_DEQUANT_MIN_PAIRS", "0")
+    out = moe(x).float()
+    bf16_cfg = default_config(T, TOPK, "moe_bf16")
+    assert seen == [(False, seen[0][1])] * 4 + [(True, bf16_cfg)] * 2, seen
+    tw, ids = moe.route(x)
+    ref = mg.reference_expert_loop(x, w13, w2, tw, ids, act)
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < 2e-2
+    assert ((out - byte_path).abs().max() / byte_path.abs().max()).item() < 2e-2
+
+
+def test_dequant_rule_bounds_the_bf16_copy(monkeypatch):
+    w = wf.WoWeight(wf.MXFP4, 4096, 4096, torch.zeros(64, 1, 1, dtype=torch.int32), None, wf.S_E8M0, 32)
+    monkeypatch.delenv("QUANTC_MOE_DEQUANT_MIN_PAIRS", raising=False)
+    assert not mg.dequant_experts([w], 0, 64, 1 << 20)  # unset: never
+    monkeypatch.setenv("QUANTC_MOE_DEQUANT_MIN_PAIRS", "256")
+    assert mg.dequant_experts([w], 0, 64, 256 * 64)  # 64 x 4096 x 4096 x 2 bytes = 2 GiB, the cap
+    assert not mg.dequant_experts([w], 0, 64, 256 * 64 - 1)  # under 256 pairs an expert
+    big = wf.WoWeight(wf.MXFP4, 4096, 4096, torch.zeros(65, 1, 1, dtype=torch.int32), None, wf.S_E8M0, 32)
+    assert not mg.dequant_experts([w, big], 0, 65, 1 << 30)  # a stack past the cap
+    assert not mg.dequant_experts([w], 1, 64, 1 << 30)  # quantized activations
+    fp8 = wf.WoWeight(wf.FP8, 4096, 4096, torch.zeros(8, 1, 1), None, wf.S_FLOAT, 4096)
+    assert not mg.dequant_experts([fp8], 0, 8, 1 << 30)  # not 4-bit

@@ -71,3 +71,16 @@ def test_policy_on_a_gpu(monkeypatch):
     monkeypatch.delenv("QUANTC_DEQUANT_MIN_M")
     monkeypatch.setattr(wd, "DEQUANT_DEFAULT_ON", False)
     assert not wd.uses_dequant(8192, gpu)
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_expert_stack_in_one_launch(key):
+    """A stack of experts (E, N, K) dequantizes as E * N rows in one launch, nvfp4 with each expert's own
+    global scale: each expert equals the reference's values rounded once to bf16."""
+    torch.manual_seed(15)
+    w = wf.quantize(torch.randn(3, 40, 128) * torch.tensor([0.5, 3.0, 40.0])[:, None, None], key)
+    if key == "nvfp4":
+        assert w.global_scale.numel() == 3 and len(set(w.global_scale.tolist())) == 3  # one an expert
+    got = wd.dequantize_bf16(w)
+    assert got.shape == (3, 40, 128) and got.dtype == torch.bfloat16
+    assert torch.equal(got, wf.dequantize(w).to(torch.bfloat16)), key

@@ -345,6 +345,24 @@ def ws_block_m(device: torch.device, weights, a_quant: int, a_group: int, num_ex
     return 64 if mode == "64" else 128
 
 
+DEQUANT_MAX_BYTES = 2 << 30  # the largest transient bf16 copy of a layer's experts the dequant path makes
+
+
+def dequant_experts(weights, a_quant: int, num_experts: int, num_pairs: int) -> bool:
+    """Whether a MoE call with 4-bit experts and bf16 activations dequantizes its experts to bf16 first
+    (``wo_dequant.dequantize_bf16``, one pass over each stack) and runs the bf16 grouped GEMM, as the dense
+    launcher does from M = 256: at thousands of tokens the byte path's decode in the K loop makes the 4-bit
+    layer compute-bound (H100, 4096 tokens: 0.45-0.94x torch's bf16 layer, against 0.99-1.40x for our bf16
+    layer; README "MoE"). Opt-in until bench_moe has timed it (``layer_ours_mxfp4_wo_dequant_*``):
+    QUANTC_MOE_DEQUANT_MIN_PAIRS=N from N (token, expert) pairs an expert on average (0: always, the
+    interpreter included). Never where a stack's bf16 copy would pass DEQUANT_MAX_BYTES (DeepSeek-V3's
+    gate_up would take 15 GB)."""
+    forced = env("QUANTC_MOE_DEQUANT_MIN_PAIRS")
+    if forced is None or a_quant != 0 or num_pairs < int(forced) * num_experts:
+        return False
+    return all(w.pack == 8 and w.num_experts * w.n * w.k * 2 <= DEQUANT_MAX_BYTES for w in weights)
+
+
 def uses_moe_planes(pack: int, a_quant: int, k: int, row_block: int) -> bool:
     """4-bit weights x bf16 through the nibble planes of the dense decode kernel (``wo_planes``): opt-in
     (QUANTC_MOE_PLANES=1) until bench/bench_moe.py has timed it against the byte path; needs K a multiple
@@ -418,11 +436,17 @@ def group_fits(group: int, k: int, bk: int, whole_row_ok: bool = True) -> bool:
 
 def grouped_gemm(a: torch.Tensor, a_scale: torch.Tensor | None, w: WoWeight, routing, *, a_div: int, act: str,
                  a_quant: int, a_group: int, cfg, bias: torch.Tensor | None = None,
-                 topk_weights: torch.Tensor | None = None, ws: bool = False) -> torch.Tensor:
+                 topk_weights: torch.Tensor | None = None, ws: bool = False,
+                 dequant: bool = False) -> torch.Tensor:
     """One grouped GEMM: ``a`` (rows, K) bf16, or fp8/int8 with ``a_scale`` (rows, K/a_group or 1);
     ``routing`` = (sorted_ids, block_expert, total, num_pairs) from align_by_expert with cfg.block_m.
     Returns bf16 (num_pairs, N) (N = I for a fused activation). ``ws``: the Gluon kernel (``ws_block_m`` has
-    said yes; the routing is aligned to its 128- or 64-row blocks) on a sorted copy of the rows."""
+    said yes; the routing is aligned to its 128- or 64-row blocks) on a sorted copy of the rows. ``dequant``:
+    4-bit ``w`` to bf16 first (``dequant_experts``), then the bf16 path."""
+    if dequant:
+        from .wo_dequant import dequantize_bf16
+
+        w = WoWeight(BF16, w.n, w.k, dequantize_bf16(w))
     sorted_ids, block_expert, total, num_pairs = routing
     fused = ACTIVATIONS[act]
     n_out = w.n // 2 if fused else w.n

@@ -33,7 +33,7 @@ BLOCK_N = 32
 
 @triton.jit
 def _dequant_kernel(
-    w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, N, K, stride_wn, stride_sn, stride_on,
+    w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, N, K, stride_wn, stride_sn, stride_on, GS_ROWS,
     FMT: tl.constexpr, SFMT: tl.constexpr, GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_GLOBAL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr,
 ):
@@ -49,8 +49,8 @@ def _dequant_kernel(
         w = (w - element_zeros(z_ptr, s_rows, n_mask, k0, GROUP, BLOCK_N, BLOCK_K, True)) * s
     else:
         w = w * s
-    if HAS_GLOBAL:
-        w = w * tl.load(gs_ptr)
+    if HAS_GLOBAL:  # one global scale per GS_ROWS rows (an expert's)
+        w = w * tl.load(gs_ptr + offs_n // GS_ROWS, mask=n_mask, other=0.0)[:, None]
     out = out_ptr + offs_n.to(tl.int64)[:, None] * stride_on + k0 + tl.arange(0, BLOCK_K)[None, :]
     tl.store(out, round_bf16(w).to(tl.bfloat16), mask=n_mask[:, None])
 
@@ -62,19 +62,24 @@ def block_k(k: int) -> int:
 
 
 def dequantize_bf16(w) -> torch.Tensor:
-    """A 4-bit WoWeight (N, K) -> bf16 (N, K) on its device."""
+    """A 4-bit WoWeight (N, K) -> bf16 (N, K) on its device; a stack of experts (E, N, K) -> bf16 (E, N, K)
+    in one launch (its rows taken as E * N rows, nvfp4's global scale per expert)."""
     n, k = w.n, w.k
+    experts = w.data.dim() == 3
+    rows = w.data.shape[0] * n if experts else n
+    data, scale = w.data.reshape(rows, -1), w.scale.reshape(rows, -1)
+    zeros = w.zeros.reshape(rows, -1) if w.zeros is not None else scale
     bk = block_k(k)
-    out = torch.empty((n, k), dtype=torch.bfloat16, device=w.data.device)
-    launch(_dequant_kernel, (cdiv(n, BLOCK_N), k // bk), (
-        w.data, w.scale, w.zeros if w.zeros is not None else w.scale,
-        w.global_scale if w.global_scale is not None else w.scale, out,
-        n, k, w.data.stride(0), w.scale.stride(0), out.stride(0),
+    out = torch.empty((rows, k), dtype=torch.bfloat16, device=w.data.device)
+    launch(_dequant_kernel, (cdiv(rows, BLOCK_N), k // bk), (
+        data, scale, zeros, w.global_scale if w.global_scale is not None else scale, out,
+        rows, k, data.stride(0), scale.stride(0), out.stride(0),
+        n if w.global_scale is not None and w.global_scale.numel() > 1 else rows,
     ), dict(
         FMT=1 if w.fmt == INT4 else 2, SFMT=w.sfmt, GROUP=w.group, HAS_ZERO=w.zeros is not None,
         HAS_GLOBAL=w.global_scale is not None, BLOCK_N=BLOCK_N, BLOCK_K=bk, ASM=USE_ASM,
     ), 4)
-    return out
+    return out.view(w.data.shape[0], n, k) if experts else out
 
 
 def uses_dequant(m: int, device: torch.device) -> bool:
