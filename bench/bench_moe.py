@@ -14,13 +14,19 @@ Mixtral-8x7B; tokens T = 1, 16, 256, 4096, uniformly random distinct experts per
   512 pairs the fp8 gate_up too, with 128-deep tiles: ``gate_up_ours_fp8_best_*``); and
   bf16 and fp8 at the config the runtime runs (``gate_up_ours_{bf16,fp8}_table_*``: the compiler's
   lookup in the shipped kernels/<gpu>.json for the shape, the runtime's pick for the token count; the
-  fixed config gives fp8 64-wide K steps).
+  fixed config gives fp8 64-wide K steps), the fp8 one also with the K term of its load masks kept
+  (``gate_up_ours_fp8_masked_k_*``, QUANTC_MOE_EVEN_K=0), and the fp8 gate_up on the Gluon grouped GEMM at
+  128- and 64-row blocks, its sorted copy of the rows included (``gate_up_ours_fp8_ws{128,64}_*``).
 - The floor's reference for the bf16 gate_up: a dense bf16 GEMM of equal FLOPs in the same run
   (``dense_bf16_*``), and the bound the weight bytes set (``bandwidth.moe_roofline``: active experts' weights, tokens
   and output read or written once at the copy bandwidth measured in the same run).
-- The whole expert path (sorting, gate_up + activation, down, weighted sum): ours bf16, mxfp4
-  weight-only and fp8 W8A8 (activation quantization included), vs a torch path of
-  ``_grouped_mm`` gate_up, SiLU-and-mul, ``_grouped_mm`` down, weighted sum (its sorting not timed).
+- The whole expert path (sorting, gate_up + activation, down, weighted sum) on the shipped table's tiles,
+  as apply() runs it: ours bf16, mxfp4 weight-only, fp8 and int8 W8A8 (activation quantization
+  included), vs a torch path of ``_grouped_mm`` gate_up, SiLU-and-mul, ``_grouped_mm`` down, weighted sum
+  (its sorting not timed); the opt-in paths beside them: bf16 / fp8 / int8 on the Gluon grouped GEMM
+  (``layer_ours_*_ws128_*``, ``_ws64_*``: QUANTC_MOE_WS) and mxfp4 dequantized to bf16 first
+  (``layer_ours_mxfp4_wo_dequant_*``: QUANTC_MOE_DEQUANT_MIN_PAIRS=0, within its 2 GiB cap). The check
+  runs each opt-in path on the small layer too.
 All inside CUDA graphs. Weight bytes count the experts that received at least one token.
 
 Env: BENCH_CAP_S (default 240), BENCH_MODELS ("mixtral_8x7b,..."), BENCH_TOKENS ("256,4096"), OUT.
@@ -29,6 +35,7 @@ Writes $OUT/moe_<device>.json.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -57,6 +64,16 @@ MODELS = {"qwen3_30b_a3b": (128, 8, 2048, 768), "deepseek_v3": (256, 8, 7168, 20
 TOKENS = (1, 16, 256, 4096)
 res: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
              "timing": "CUDA graphs (do_bench_cudagraph); no L2 rotation", "check": [], "rows": [], "notes": []}
+
+
+@contextlib.contextmanager
+def switch(name: str, value: str):
+    """One of quantc's environment switches (read at each call) set for the block, then unset."""
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 def save():
@@ -147,21 +164,14 @@ def check():
         ref = mg.reference_expert_loop(x, w13, w2, tw, ids, act, act_dq=dq)
         err = ((out - ref).abs().max() / ref.abs().max()).item()
         res["check"].append({"kernel": kernel, "weight": wkey, "act": akey, "rel_err": err, "ok": err < 4e-2})
-        if kernel == "moe_weight_only":  # the same layer dequantized to bf16 first
-            os.environ["QUANTC_MOE_DEQUANT_MIN_PAIRS"] = "0"
-            try:
+        # the same layer down the opt-in paths: 4-bit experts dequantized first, the Gluon grouped GEMM
+        variants = [("dequant", "QUANTC_MOE_DEQUANT_MIN_PAIRS", "0")] if kernel == "moe_weight_only" else []
+        if kernel in ("moe_bf16", "moe_fp8", "moe_int8"):
+            variants += [(f"ws{rows}", "QUANTC_MOE_WS", rows) for rows in ("128", "64")]
+        for label, name, value in variants:
+            with switch(name, value):
                 err = ((moe(x).float() - ref).abs().max() / ref.abs().max()).item()
-            finally:
-                os.environ.pop("QUANTC_MOE_DEQUANT_MIN_PAIRS", None)
-            res["check"].append({"kernel": f"{kernel}/dequant", "weight": wkey, "act": akey, "rel_err": err,
-                                 "ok": err < 4e-2})
-        for rows in ("128", "64") if kernel in ("moe_bf16", "moe_fp8", "moe_int8") else ():
-            os.environ["QUANTC_MOE_WS"] = rows  # the same layer on the Gluon grouped GEMM
-            try:
-                err = ((moe(x).float() - ref).abs().max() / ref.abs().max()).item()
-            finally:
-                os.environ.pop("QUANTC_MOE_WS", None)
-            res["check"].append({"kernel": f"{kernel}/ws{rows}", "weight": wkey, "act": akey, "rel_err": err,
+            res["check"].append({"kernel": f"{kernel}/{label}", "weight": wkey, "act": akey, "rel_err": err,
                                  "ok": err < 4e-2})
     print("moe check", [(c["kernel"], c["weight"], round(c["rel_err"], 4)) for c in res["check"]], flush=True)
     save()
@@ -244,13 +254,10 @@ def bench():
                 row[f"gate_up_ours_{key}_table_us"] = us(lambda: mg.grouped_gemm(
                     xin, sxin, wt, r_tc, a_div=k, act="silu", a_quant=aq, a_group=0, cfg=tc))
                 row[f"gate_up_ours_{key}_table_cfg"] = [tc.block_m, tc.block_n, tc.block_k, tc.num_warps, tc.num_stages]
-                if key == "fp8" and h % tc.block_k == 0:  # the same call with the K term of the load masks dropped
-                    os.environ["QUANTC_MOE_EVEN_K"] = "1"
-                    try:
-                        row["gate_up_ours_fp8_evenk_us"] = us(lambda: mg.grouped_gemm(
+                if key == "fp8" and h % tc.block_k == 0:  # the same call with the K term of the load masks kept
+                    with switch("QUANTC_MOE_EVEN_K", "0"):
+                        row["gate_up_ours_fp8_masked_k_us"] = us(lambda: mg.grouped_gemm(
                             xin, sxin, wt, r_tc, a_div=k, act="silu", a_quant=aq, a_group=0, cfg=tc))
-                    finally:
-                        os.environ.pop("QUANTC_MOE_EVEN_K", None)
             # the fp8 gate_up on the Gluon grouped GEMM at 128- and 64-row routing blocks, the sorted copy of
             # the rows included (what apply() runs where ``ws_block_m`` routes it)
             for rows in (128, 64):
@@ -261,12 +268,9 @@ def bench():
             row["gate_up_ours_mxfp4_us"] = us(lambda: mg.grouped_gemm(x, None, M13, routing, a_div=k, act="silu",
                                                                       a_quant=0, a_group=0, cfg=cfg))
             if h % 128 == 0:  # the nibble-plane path (opt-in, K a multiple of 128), same operands
-                os.environ["QUANTC_MOE_PLANES"] = "1"
-                try:
+                with switch("QUANTC_MOE_PLANES", "1"):
                     row["gate_up_ours_mxfp4_planes_us"] = us(lambda: mg.grouped_gemm(
                         x, None, M13, routing, a_div=k, act="silu", a_quant=0, a_group=0, cfg=cfg))
-                finally:
-                    os.environ.pop("QUANTC_MOE_PLANES", None)
 
             def torch_layer():
                 g = torch._grouped_mm(xs, w13.transpose(-2, -1), offs=offs, out_dtype=BF)
@@ -282,18 +286,12 @@ def bench():
             # the layers on the Triton grouped GEMM (QUANTC_MOE_WS=0), and bf16 / fp8 / int8 on the Gluon one
             # at 128- and 64-row blocks (moe_mm_ws with the sorted copies of the rows; ``ws_block_m``'s rule)
             for mode, keys in (("0", moes), ("128", WS_LAYERS), ("64", WS_LAYERS)):
-                os.environ["QUANTC_MOE_WS"] = mode
-                try:
+                with switch("QUANTC_MOE_WS", mode):
                     for key in keys:
                         col = f"layer_ours_{key}_us" if mode == "0" else f"layer_ours_{key}_ws{mode}_us"
                         row[col] = us(lambda m=moes[key]: m.experts(x, tw, ids))
-                finally:
-                    os.environ.pop("QUANTC_MOE_WS", None)
-            os.environ["QUANTC_MOE_DEQUANT_MIN_PAIRS"] = "0"  # the 4-bit layer dequantized to bf16 first
-            try:
+            with switch("QUANTC_MOE_DEQUANT_MIN_PAIRS", "0"):  # the 4-bit layer dequantized to bf16 first
                 row["layer_ours_mxfp4_wo_dequant_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
-            finally:
-                os.environ.pop("QUANTC_MOE_DEQUANT_MIN_PAIRS", None)
             act = row["active_experts"]
             fl = 2 * pairs * h * 2 * inter
             if row.get("gate_up_ours_bf16_best_us") and row["gate_up_torch_grouped_mm_us"]:
@@ -305,7 +303,7 @@ def bench():
                                        ("gate_up_torch_grouped_mm_us", "gate_up_ours_bf16_table_us", act * 2 * inter * h * 2),
                                        ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_table_us",
                                         act * 2 * inter * h),
-                                       ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_evenk_us",
+                                       ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_masked_k_us",
                                         act * 2 * inter * h),
                                        ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_ws128_us",
                                         act * 2 * inter * h),
