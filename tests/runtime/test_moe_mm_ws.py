@@ -157,3 +157,14 @@ def test_quant_moe_hands_both_gemms_to_it(monkeypatch, kernel, wkey, akey, rows,
     # at 64-row blocks only the down GEMM takes it (the gate_up keeps the Triton kernel, at 64-row blocks)
     assert seen == ([(rows == 128, rows), (True, rows)] if routed else [(False, 16)] * 2), seen
     assert ((out - plain).abs().max() / plain.abs().max()).item() < 1e-2
+
+
+def test_launcher_refuses_routing_blocks_it_has_no_tile_for():
+    """Routing aligned to 16-row blocks (a table's BLOCK_M) cannot feed 128- or 64-row tiles: a clear error
+    before anything is launched."""
+    ids = torch.randint(0, 4, (10, 2), dtype=torch.int32)
+    sorted_ids, block_expert, total = align_by_expert(ids, 4, 16)
+    with pytest.raises(ValueError, match=r"routing blocks of \(128, 64\) rows, not 16"):
+        ws.moe_mm_ws(torch.zeros(sorted_ids.numel(), 64, dtype=torch.float8_e4m3fn), torch.ones(10, 1),
+                     torch.zeros(4, 256, 64, dtype=torch.float8_e4m3fn), torch.ones(4, 256, 1), None, None,
+                     sorted_ids, block_expert, total, 20, 2, 128, 1, 2)
