@@ -147,10 +147,12 @@ def test_dequant_kernel_compiles_with_the_ptx_decode():
     results = _compiled("""
         from quantc.runtime.kernels import wo_dequant
         sig = {"w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*bf16", "N": "i32",
-               "K": "i32", "stride_wn": "i32", "stride_sn": "i32", "stride_on": "i32"}
+               "K": "i32", "stride_wn": "i32", "stride_sn": "i32", "stride_on": "i32", "GS_ROWS": "i32"}
         out = []
-        for fmt, sfmt, group, zero, sdt in ((1, 1, 128, False, "*bf16"), (1, 1, 32, True, "*bf16"), (2, 2, 32, False, "*u8")):
-            ce = dict(FMT=fmt, SFMT=sfmt, GROUP=group, HAS_ZERO=zero, HAS_GLOBAL=False, BLOCK_N=32, BLOCK_K=128, ASM=True)
+        # int4 (with and without zero points), mxfp4, and nvfp4 with a global scale per GS_ROWS rows (experts)
+        for fmt, sfmt, group, zero, sdt, glob in ((1, 1, 128, False, "*bf16", False), (1, 1, 32, True, "*bf16", False),
+                                                  (2, 2, 32, False, "*u8", False), (2, 1, 16, False, "*fp8e4nv", True)):
+            ce = dict(FMT=fmt, SFMT=sfmt, GROUP=group, HAS_ZERO=zero, HAS_GLOBAL=glob, BLOCK_N=32, BLOCK_K=128, ASM=True)
             ptx, _ = ptx_of(wo_dequant._dequant_kernel, dict(sig, s_ptr=sdt), ce, 4, 1, tuple(sig))
             out.append({"lop3": count(ptx, r"lop3\.b32"), "local": count(ptx, r"\.local"), "st": count(ptx, r"st\.global")})
         print(json.dumps(out))
