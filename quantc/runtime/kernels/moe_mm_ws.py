@@ -17,7 +17,7 @@ one program per SM walks the live tiles (blocks below ``total``), GROUP_M blocks
 in turn as in the Triton kernel.
 
 Opt-in (``moe_gemm.ws_block_m``, QUANTC_MOE_WS): on the H100 its gate_up beat the table's Triton tile at
-4096 tokens by 2-8% on pre-sorted rows, but the whole expert layer, the copies of the rows included, ran
+4096 tokens by up to 8% on pre-sorted rows (0.99-1.08x for fp8), but the whole expert layer, the copies of the rows included, ran
 0.79-0.96x the Triton kernels on the shipped table's tiles at most sizes (bench/results/moe_h100_s13_ws_tables.json,
 README "MoE"). The epilogue (a layout change and scattered rows) is not overlapped with the next tile's MMAs.
 
