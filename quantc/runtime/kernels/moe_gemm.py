@@ -305,6 +305,15 @@ def _moe_gemm_kernel(
 RAW_SUMS = True
 
 
+def scales_constant_over_k(pack: int, row_block: int, sfmt: int, group: int, k: int, a_quant: int,
+                           a_group: int) -> bool:
+    """Whether the weight and activation scales are constant along K (none, or one a weight row and one an
+    activation row or tensor), so a K loop may sum raw products and scale once after it. ``a_group``: the
+    activation scales' group along K, 0 or >= k for whole rows."""
+    return (pack == 1 and row_block == 1 and (sfmt == S_NONE or group >= k)
+            and (a_quant == 0 or not a_group or a_group >= k))
+
+
 def even_k_loads(k: int, block_k: int) -> bool:
     """Whether the raw-sum K loop drops the K term of its load masks (BLOCK_K divides K; the row masks
     stay, so padding rows are still loads not made). On by default since the H100 run of
@@ -339,8 +348,8 @@ def ws_block_m(device: torch.device, weights, a_quant: int, a_group: int, num_ex
         return 0
     fmt = _WS_OPERANDS.get(a_quant)
     for w in weights:
-        raw = w.pack == 1 and w.row_block == 1 and (w.sfmt == S_NONE or w.group >= w.k)
-        if not raw or w.fmt != fmt or (w.k * (2 if fmt == BF16 else 1)) % 16 or (a_group and a_group < w.k):
+        raw = scales_constant_over_k(w.pack, w.row_block, w.sfmt, w.group, w.k, a_quant, a_group)
+        if not raw or w.fmt != fmt or (w.k * (2 if fmt == BF16 else 1)) % 16:
             return 0
     return 64 if mode == "64" else 128
 
@@ -389,7 +398,7 @@ def _moe_gemm(
     out = torch.empty((num_pairs, n_out), dtype=torch.bfloat16, device=a.device)
     n_blocks = sorted_ids.numel() // block_m
     scale_t = scale if scale is not None else data
-    raw = RAW_SUMS and pack == 1 and row_block == 1 and (sfmt == S_NONE or group >= k) and (a_quant == 0 or a_group >= k)
+    raw = RAW_SUMS and scales_constant_over_k(pack, row_block, sfmt, group, k, a_quant, a_group)
     grid = (n_blocks * cdiv(n_out, block_n),)
     launch(_moe_gemm_kernel, grid, (
         a, a_scale if a_scale is not None else a, data, scale_t, zeros if zeros is not None else scale_t,
@@ -454,9 +463,8 @@ def grouped_gemm(a: torch.Tensor, a_scale: torch.Tensor | None, w: WoWeight, rou
         from .moe_mm_ws import gather_sorted, moe_mm_ws
 
         a_sorted = gather_sorted(a, sorted_ids, total, num_pairs, a_div)
-        return moe_mm_ws(a_sorted, a_scale if a_quant else None, w.data, w.scale if a_quant else None, bias,
-                         topk_weights, sorted_ids, block_expert, total, num_pairs, a_div, n_out, fused,
-                         2 if a_quant else 0)
+        return moe_mm_ws(a_sorted, a_scale, w.data, w.scale, bias, topk_weights, sorted_ids, block_expert, total,
+                         num_pairs, a_div, n_out, fused, 2 if a_quant else 0)
     bk = cfg.block_k
     if a_quant:
         # both scales must be constant over a K tile: halve BLOCK_K until it divides the groups. Scales

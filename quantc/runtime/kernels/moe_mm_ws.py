@@ -39,9 +39,9 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .block_mm_ws import PRODUCER_REGS, CONSUMER_REGS, _launch, _tile_offsets, _tma_load, max_registers
 from .common import cdiv, launch
+from .moe_gemm import GPT_OSS_ALPHA, GPT_OSS_LIMIT
 
 BLOCK_MS = (128, 64)  # routing blocks: two 64-row consumer warpgroups, or one (twice the tiles, half the padding)
-GPT_OSS_ALPHA, GPT_OSS_LIMIT = 1.702, 7.0
 
 
 @functools.cache

@@ -65,8 +65,8 @@ def dequantize_bf16(w) -> torch.Tensor:
     """A 4-bit WoWeight (N, K) -> bf16 (N, K) on its device; a stack of experts (E, N, K) -> bf16 (E, N, K)
     in one launch (its rows taken as E * N rows, nvfp4's global scale per expert)."""
     n, k = w.n, w.k
-    experts = w.data.dim() == 3
-    rows = w.data.shape[0] * n if experts else n
+    lead = w.data.shape[:-1]  # (N,) or (E, N)
+    rows = lead.numel()
     data, scale = w.data.reshape(rows, -1), w.scale.reshape(rows, -1)
     zeros = w.zeros.reshape(rows, -1) if w.zeros is not None else scale
     bk = block_k(k)
@@ -79,7 +79,7 @@ def dequantize_bf16(w) -> torch.Tensor:
         FMT=1 if w.fmt == INT4 else 2, SFMT=w.sfmt, GROUP=w.group, HAS_ZERO=w.zeros is not None,
         HAS_GLOBAL=w.global_scale is not None, BLOCK_N=BLOCK_N, BLOCK_K=bk, ASM=USE_ASM,
     ), 4)
-    return out.view(w.data.shape[0], n, k) if experts else out
+    return out.view(*lead, k)
 
 
 def uses_dequant(m: int, device: torch.device) -> bool:
