@@ -24,8 +24,9 @@ Mixtral-8x7B; tokens T = 1, 16, 256, 4096, uniformly random distinct experts per
   as apply() runs it: ours bf16, mxfp4 weight-only, fp8 and int8 W8A8 (activation quantization
   included), vs a torch path of ``_grouped_mm`` gate_up, SiLU-and-mul, ``_grouped_mm`` down, weighted sum
   (its sorting not timed); the opt-in paths beside them: bf16 / fp8 / int8 on the Gluon grouped GEMM
-  (``layer_ours_*_ws128_*``, ``_ws64_*``: QUANTC_MOE_WS) and mxfp4 dequantized to bf16 first
-  (``layer_ours_mxfp4_wo_dequant_*``: QUANTC_MOE_DEQUANT_MIN_PAIRS=0, within its 2 GiB cap). The check
+  (``layer_ours_*_ws128_*``, ``_ws64_*``: QUANTC_MOE_WS) and mxfp4 dequantized to bf16 first at every size
+  (``layer_ours_mxfp4_wo_dequant_*``: QUANTC_MOE_DEQUANT_MIN_PAIRS=0, within its 2 GiB cap) or never
+  (``layer_ours_mxfp4_wo_bytes_*``; the default column takes the dequant path from 1024 pairs an expert). The check
   runs each opt-in path on the small layer too.
 All inside CUDA graphs. Weight bytes count the experts that received at least one token.
 
@@ -292,6 +293,8 @@ def bench():
                         row[col] = us(lambda m=moes[key]: m.experts(x, tw, ids))
             with switch("QUANTC_MOE_DEQUANT_MIN_PAIRS", "0"):  # the 4-bit layer dequantized to bf16 first
                 row["layer_ours_mxfp4_wo_dequant_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
+            with switch("QUANTC_MOE_DEQUANT_MIN_PAIRS", str(1 << 40)):  # and on the byte path at every size
+                row["layer_ours_mxfp4_wo_bytes_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
             act = row["active_experts"]
             fl = 2 * pairs * h * 2 * inter
             if row.get("gate_up_ours_bf16_best_us") and row["gate_up_torch_grouped_mm_us"]:

@@ -1,7 +1,7 @@
 """On a GPU: ``common.launch``'s direct call of the compiled kernel gives the same bits as Triton's own
 launch path, for every kernel that uses it (quantizers, tile GEMM with and without split-K, GEMV, the 4-bit
 weight-only kernels, the grouped MoE GEMM), eagerly and replayed in a CUDA graph, at several shapes (so
-specializations differ). Prints one line per case
+specializations differ); and ``launch_memo``'s replays of QuantLinear calls against the launchers. Prints one line per case
 and ``fast launch check: all ok`` or the failures; writes $OUT/fast_launch_check.json.
 
     python bench/fast_launch_check.py
@@ -65,6 +65,69 @@ def check(out: dict, label: str, layer, x: torch.Tensor, exact: bool = True) -> 
     return [] if ok else [label]
 
 
+MEMO_FORMATS = (("fp8_scaled_gemm", "fp8_per_channel", "fp8_dynamic_per_token"),
+                ("fp8_scaled_gemm", "fp8_per_tensor", "fp8_dynamic_per_tensor"),
+                ("int8_gemm", "int8_per_channel", "int8_dynamic_per_token"),
+                ("fp8_block_gemm", "fp8_block_128x128", "fp8_dynamic_group_128"),
+                ("mxfp8_gemm_emulated", "mxfp8", "mxfp8"),
+                ("fp8_weight_only_gemm", "fp8_per_channel", "none"),
+                ("int4_weight_only_gemm", "int4_group_128", "none"), ("fp4_weight_only_gemm", "mxfp4", "none"))
+ROWS_8BIT = ((1, False), (3, False), (200, False), (1100, False), (2048, False), (200, True))
+ROWS_4BIT = ((1, False), (3, False), (40, False), (200, False), (200, True))  # below the dequant path's 256
+
+
+def memo_check(out: dict) -> list[str]:
+    """``launch_memo``: an 8-bit QuantLinear (bias on) at M = 1, 3, 200, 1100 and 2048 rows (the GEMV, the tile
+    GEMM, the Gluon kernels, the persistent TMA kernel), a 4-bit one (no bias: its launcher adds the bias by a
+    torch op, which the memo does not replay) at 1, 3, 40 and 200 rows (planes, mma4), and each on an input 2
+    bytes off 16-byte alignment (TMA refuses it: the tiled path), the runtime's kernel defaults: the recording
+    call and two replays against the launchers (memo off), bit for bit (the 4-bit split-K sums arrive by
+    atomics: within 1e-3), and a replay captured in a CUDA graph against the launchers on new input."""
+    from quantc.runtime import launch_memo
+    from quantc.runtime.modules import QuantLinear
+    from quantc.runtime.registry import LAUNCHERS
+
+    bad = []
+    n, k = 1024, 2048
+    for kernel, wk, ak in MEMO_FORMATS:
+        w = torch.randn(n, k, device="cuda") * 0.05
+        bufs = LAUNCHERS[kernel].prepare(Q.quantize_weight(w, wk), wk, n, k)
+        four_bit = kernel in ("int4_weight_only_gemm", "fp4_weight_only_gemm")
+        mod = QuantLinear("m", kernel, wk, ak, n, k, dict(bufs), None if four_bit else torch.randn(n, device="cuda"),
+                          None)
+        for m, misaligned in ROWS_4BIT if four_bit else ROWS_8BIT:
+            base = torch.randn(m * k + 1, device="cuda", dtype=torch.bfloat16)
+            x = base[1:].view(m, k) if misaligned else base[: m * k].view(m, k)
+
+            def layer(memo: str):
+                os.environ["QUANTC_LAUNCH_MEMO"] = memo
+                return mod(x)
+
+            want = layer("0")
+            runs = [layer("1") for _ in range(3)]  # the first records, the others replay
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                graphed = layer("1")
+            x.copy_(x * 0.5)
+            want_half = layer("0")
+            g.replay()
+            torch.cuda.synchronize()
+            key = (m, not x.data_ptr() & 15, x.device)
+            replayed = mod._memo.get(key) is not None and mod._memo[key].steps is not None
+            def same(a, b):
+                return torch.equal(a, b) if not four_bit else ((a.float() - b.float()).norm() / b.float().norm()) < 1e-3
+
+            ok = all(same(r, want) for r in runs) and same(graphed, want_half) and replayed
+            label = f"memo/{kernel}/{wk}/{ak}/M{m}{'/misaligned' if misaligned else ''}"
+            out[label] = {"ok": ok, "replayed": replayed,
+                          "launches": len(mod._memo[key].steps) if replayed else None}
+            print(label, "ok" if ok else "MISMATCH", "" if replayed else "(not replayed)", flush=True)
+            bad += [] if ok else [label]
+    os.environ.pop("QUANTC_LAUNCH_MEMO", None)
+    launch_memo.clear()
+    return bad
+
+
 def main() -> None:
     out, bad = {}, []
     torch.manual_seed(0)
@@ -109,6 +172,7 @@ def main() -> None:
         for t in (1, 40):
             x = torch.randn(t, h, device="cuda", dtype=torch.bfloat16)
             bad += check(out, f"moe/{kernel}/T{t}", lambda: moe(x), x)
+    bad += memo_check(out)
     out["direct_calls_cached"] = len(common._COMPILED)
     print("fast launch check:", "all ok" if not bad else f"FAILED {bad}", f"({len(common._COMPILED)} specializations)",
           flush=True)

@@ -5,7 +5,8 @@ its body only launches kernels on preallocated buffers (no host sync, one output
 Eager calls skip the custom op: its dispatch costs ~30 us of host time a call (an H100 profile of a
 two-layer Llama decode step spent more time on the host than on the GPU), so ``QuantLinear.forward``
 calls the same body directly unless torch.compile is tracing, with the module's bucket bounds and
-configs decoded once at construction.
+configs decoded once at construction; a call whose input signature (rows, alignment, device) the module
+has seen replays its recorded launches (``launch_memo``) instead of running the launchers' Python.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 
 from quantc.plan import KernelConfig
 
+from . import launch_memo
 from .registry import LAUNCHERS
 from .tables import bucket_lookup, pick
 
@@ -87,6 +89,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.to(torch.bfloat16))
         self._table = flatten_buckets(buckets) if buckets else []
         self._lookup = _lookup(tuple(self._table)) if buckets else None
+        self._memo: dict = {}  # launch_memo's recordings, by input signature
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
@@ -98,9 +101,25 @@ class QuantLinear(nn.Module):
                         self.act_key, self._table, self.out_features)
         else:
             buffers = self._buffers  # what getattr reads for a buffer, without nn.Module.__getattr__'s lookups
-            out = run_dense(x2, [buffers[key] for key in self._names], buffers["bias"], self.kernel, self.weight_key,
-                            self.act_key, self._lookup)
+            tensors = [buffers[key] for key in self._names]
+            bias = buffers["bias"]
+            if x2.shape[0] and launch_memo.enabled():
+                tensors.append(bias)
+                out = launch_memo.run(self._memo, (x2.shape[0], not x2.data_ptr() & 15, x2.device), tensors,
+                                      self._run_dense, x2)
+            else:
+                out = run_dense(x2, tensors, bias, self.kernel, self.weight_key, self.act_key, self._lookup)
         return out.reshape(*lead, self.out_features)
+
+    def _apply(self, fn, recurse=True):
+        self._memo = {}  # recordings hold the old buffers (and would keep them alive)
+        return super()._apply(fn, recurse)
+
+    def _run_dense(self, x2: torch.Tensor) -> torch.Tensor:
+        """``run_dense`` on the module's current buffers (``launch_memo`` records and replays it)."""
+        buffers = self._buffers
+        return run_dense(x2, [buffers[key] for key in self._names], buffers["bias"], self.kernel, self.weight_key,
+                         self.act_key, self._lookup)
 
     def extra_repr(self) -> str:
         return (f"{self.in_features}, {self.out_features}, kernel={self.kernel}, weight={self.weight_key}, "

@@ -19,6 +19,7 @@ def _layer(buckets):
 
 
 def test_failing_tuned_config_falls_back_and_warns_once(monkeypatch):
+    monkeypatch.setenv("QUANTC_LAUNCH_MEMO", "0")  # every call through run_dense (the memo: below)
     x = torch.randn(4, 128).to(torch.bfloat16)
     good = _layer(((2**31 - 1, KernelConfig(16, 32, 32, num_warps=4, num_stages=2)),))(x)
     bad_cfg = KernelConfig(16, 32, 32, num_warps=4, num_stages=7)
@@ -43,4 +44,13 @@ def test_failing_tuned_config_falls_back_and_warns_once(monkeypatch):
     assert len(msgs) == 1 and "out of resource" in msgs[0]
     assert calls == [bad_cfg, None, None]  # tried once, then straight to the default
     assert torch.allclose(out1.float(), good.float(), rtol=2e-2, atol=2e-2) and torch.equal(out1, out2)
+    # with launch_memo: the first call records the fallback's launches, later calls replay them untried
+    monkeypatch.delenv("QUANTC_LAUNCH_MEMO")
+    _FAILED.clear()
+    calls.clear()
+    layer = _layer(((2**31 - 1, bad_cfg),))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        outs = [layer(x) for _ in range(3)]
+    assert calls == [bad_cfg, None] and all(torch.equal(o, out1) for o in outs)
     _FAILED.clear()

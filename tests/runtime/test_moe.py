@@ -1,6 +1,8 @@
 """MoE: routers against per-token loops written from the model definitions, token sorting invariants,
 and QuantMoE (every MoE kernel id) against a per-expert loop in plain torch."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -597,7 +599,11 @@ def test_4bit_experts_dequantized_first(kernel, wkey, act, monkeypatch):
 def test_dequant_rule_bounds_the_bf16_copy(monkeypatch):
     w = wf.WoWeight(wf.MXFP4, 4096, 4096, torch.zeros(64, 1, 1, dtype=torch.int32), None, wf.S_E8M0, 32)
     monkeypatch.delenv("QUANTC_MOE_DEQUANT_MIN_PAIRS", raising=False)
-    assert not mg.dequant_experts([w], 0, 64, 1 << 20)  # unset: never
+    assert not mg.dequant_experts([w], 0, 64, 1 << 20)  # unset: never under the interpreter (a CPU tensor)
+    # a stack on a GPU (a stand-in with what the rule reads): unset, from DEQUANT_MIN_PAIRS pairs an expert
+    on_gpu = SimpleNamespace(pack=8, num_experts=64, n=4096, k=4096, data=SimpleNamespace(device=torch.device("cuda")))
+    assert mg.DEQUANT_MIN_PAIRS == 1024
+    assert mg.dequant_experts([on_gpu], 0, 64, 1024 * 64) and not mg.dequant_experts([on_gpu], 0, 64, 1024 * 64 - 1)
     monkeypatch.setenv("QUANTC_MOE_DEQUANT_MIN_PAIRS", "256")
     assert mg.dequant_experts([w], 0, 64, 256 * 64)  # 64 x 4096 x 4096 x 2 bytes = 2 GiB, the cap
     assert not mg.dequant_experts([w], 0, 64, 256 * 64 - 1)  # under 256 pairs an expert

@@ -27,8 +27,8 @@ import triton
 import triton.language as tl
 
 from .. import quantize as ref
-from .common import (cdiv, div_rn_by, floor_log2, fma_div, hw_cast, launch, next_pow2, pow2, tile_counters,
-                     to_e4m3, to_int8)
+from .common import (cdiv, div_rn_by, empty, floor_log2, fma_div, hw_cast, launch, next_pow2, persistent, pow2,
+                     tile_counters, to_e4m3, to_int8)
 
 # scale sources
 _FROM_GROUP, _FROM_AMAX, _STATIC = 0, 1, 2
@@ -213,7 +213,7 @@ def _amax_parts(device: torch.device, n: int) -> torch.Tensor:
     buf = _AMAX_PARTS.get(key)
     if buf is None or buf.numel() < n:
         buf = _AMAX_PARTS[key] = torch.empty(max(n, AMAX_PROGRAMS + 1), dtype=torch.float32, device=device)
-    return buf
+    return persistent(buf)
 
 
 def _amax(x: torch.Tensor) -> torch.Tensor:
@@ -252,15 +252,15 @@ def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | 
         return q.view(m, k), s.reshape(())
     int8 = key == "int8_dynamic_per_token"
     mx = key == "mxfp8"
-    q = torch.empty((m, k), dtype=torch.int8 if int8 else ref.FP8, device=x.device)
+    q = empty((m, k), torch.int8 if int8 else ref.FP8, x.device)
     src, group = _FROM_GROUP, k
     if key in ("fp8_dynamic_group_128", "mxfp8"):
         group = 128 if key == "fp8_dynamic_group_128" else 32
         if k % group:  # the compiler rejects such plans (QC301); a direct call must not write past the scales
             raise ValueError(f"{key} needs K divisible by {group}, got K = {k}")
-        s = torch.empty((m, k // group), dtype=torch.uint8 if mx else torch.float32, device=x.device)
+        s = empty((m, k // group), torch.uint8 if mx else torch.float32, x.device)
     elif key in ("fp8_dynamic_per_tensor", "fp8_static_per_tensor"):
-        s = torch.empty((), dtype=torch.float32, device=x.device)
+        s = empty((), torch.float32, x.device)
         if key == "fp8_static_per_tensor":
             if static_scale is None:
                 raise ValueError("fp8_static_per_tensor needs the checkpoint's input_scale")
@@ -270,7 +270,7 @@ def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | 
             src = _FROM_AMAX
             aux = _amax(x)
     elif key in ("fp8_dynamic_per_token", "int8_dynamic_per_token"):
-        s = torch.empty((m, 1), dtype=torch.float32, device=x.device)
+        s = empty((m, 1), torch.float32, x.device)
     else:
         raise KeyError(f"no activation quantizer for {key!r}")
     if src == _FROM_GROUP:

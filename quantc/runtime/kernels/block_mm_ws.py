@@ -45,7 +45,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from .common import _args_key, cdiv, current_stream, fast_launch_on
+from .common import MEMO_STATE, _args_key, cdiv, current_stream, empty, fast_launch_on
 
 # triton 3.6 names the TMA copies async_copy_global_to_shared / async_copy_shared_to_global; later
 # releases renamed them async_load / async_store
@@ -483,7 +483,7 @@ def block_mm_ws(a: torch.Tensor, weight: torch.Tensor, a_scale: torch.Tensor, we
     m, k = a.shape
     n = weight.shape[0]
     if out is None:
-        out = torch.empty(m, n, device=a.device, dtype=torch.bfloat16)
+        out = empty((m, n), torch.bfloat16, a.device)
     kernel, bm, bn, split, _, consts = _variant(block_m, block_n, split, num_stages, group_m, bias is not None)
     la, lb, lc = smem_layouts(bm, bn, split)
     descs = (TensorDescriptor.from_tensor(a, [bm, BLOCK_K], la), TensorDescriptor.from_tensor(weight, [bn, BLOCK_K], lb),
@@ -505,8 +505,11 @@ def _launch(kernel, grid, descs, scalars, consts, tile, maxnreg):
     call of the compiled kernel (``common.launch``'s fast path: Triton's per-call binding costs tens of us
     of host time, which eager prefill pays per linear). The descriptors' types follow from ``tile``; the
     scalars key the specialization as in ``common``. QUANTC_FAST_LAUNCH=0 takes Triton's path."""
+    rec = getattr(MEMO_STATE, "rec", None)
     if not fast_launch_on():
         kernel[grid](*descs, *scalars, **consts, maxnreg=maxnreg)
+        if rec is not None:
+            rec.launch(kernel, grid, descs + scalars, dict(consts, maxnreg=maxnreg), None, ())
         return
     key = (id(kernel), tile, scalars[0].device, _args_key(scalars),
            tuple((n_, v) for n_, v in consts.items() if n_ not in _LAYOUT_CONSTS))
@@ -514,8 +517,12 @@ def _launch(kernel, grid, descs, scalars, consts, tile, maxnreg):
     if hit is None:
         compiled = kernel[grid](*descs, *scalars, **consts, maxnreg=maxnreg)
         nargs = len(descs) + len(scalars)
-        _COMPILED[key] = (compiled, tuple(consts[n_] for n_ in kernel.arg_names[nargs:]))
+        _COMPILED[key] = hit = (compiled, tuple(consts[n_] for n_ in kernel.arg_names[nargs:]))
+        if rec is not None:
+            rec.launch(kernel, grid, descs + scalars, {}, *hit)
         return
     compiled, const_vals = hit
+    if rec is not None:
+        rec.launch(kernel, grid, descs + scalars, {}, compiled, const_vals)
     compiled.run(grid[0], 1, 1, current_stream(scalars[0].device), compiled.function, compiled.packed_metadata,
                  None, None, None, *descs, *scalars, *const_vals)

@@ -10,6 +10,7 @@ explicit rounding takes ~15 (the quantizers are ALU-bound at large M).
 """
 
 import os
+import threading
 
 import torch
 import triton
@@ -40,6 +41,10 @@ def next_pow2(x: int) -> int:
 
 _ENV_KEYS: dict = {}
 
+# ``launch_memo``'s recorder while it records a call on this thread (``rec``; unset otherwise): the
+# switch reads, allocations and launches below report to it
+MEMO_STATE = threading.local()
+
 
 def env(name: str, default: str | None = None) -> str | None:
     """``os.environ.get(name, default)`` at a fifth of its host time where the variable is unset (~0.3
@@ -49,12 +54,52 @@ def env(name: str, default: str | None = None) -> str | None:
     store = getattr(os.environ, "_data", None)
     encode = getattr(os.environ, "encodekey", None)
     if store is None or encode is None:  # not CPython's os._Environ
-        return os.environ.get(name, default)
-    key = _ENV_KEYS.get(name)
-    if key is None:
-        key = _ENV_KEYS[name] = encode(name)
-    value = store.get(key)
-    return default if value is None else os.environ.decodevalue(value)
+        value = os.environ.get(name)
+    else:
+        key = _ENV_KEYS.get(name)
+        if key is None:
+            key = _ENV_KEYS[name] = encode(name)
+        value = store.get(key)
+        if value is not None:
+            value = os.environ.decodevalue(value)
+    rec = getattr(MEMO_STATE, "rec", None)
+    if rec is not None:
+        rec.switch(name, value)
+    return default if value is None else value
+
+
+def env_raw(names: tuple) -> tuple:
+    """The raw values of several switches (None where unset) in one pass, without reporting the reads:
+    ``launch_memo`` checks its recordings' switches with it at every replay."""
+    store = getattr(os.environ, "_data", None)
+    encode = getattr(os.environ, "encodekey", None)
+    if store is None or encode is None:
+        return tuple(os.environ.get(n) for n in names)
+    keys = _ENV_KEYS_OF.get(names)
+    if keys is None:
+        keys = _ENV_KEYS_OF[names] = tuple(encode(n) for n in names)
+    return tuple(map(store.get, keys))
+
+
+_ENV_KEYS_OF: dict = {}
+
+
+def empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``torch.empty`` for a launcher's per-call tensors (outputs, quantized activations, split-K
+    workspaces): ``launch_memo`` re-allocates what it saw allocated here when it replays a call."""
+    t = torch.empty(shape, dtype=dtype, device=device)
+    rec = getattr(MEMO_STATE, "rec", None)
+    if rec is not None:
+        rec.alloc(t)
+    return t
+
+
+def persistent(t: torch.Tensor) -> torch.Tensor:
+    """A long-lived workspace a launch reads (counters, partial buffers): ``launch_memo`` keeps it as it is."""
+    rec = getattr(MEMO_STATE, "rec", None)
+    if rec is not None:
+        rec.persist(t)
+    return t
 
 
 def interpreted() -> bool:
@@ -120,8 +165,11 @@ def launch(kernel, grid: tuple, args: tuple, consts: dict, num_warps: int, num_s
     """``kernel[grid](*args, **consts, num_warps=..., num_stages=...)``: the runtime arguments ``args``
     in the kernel's parameter order, then every constexpr by name. The first launch of a specialization
     goes through Triton (compiling it if needed); later ones call the compiled kernel directly."""
+    rec = getattr(MEMO_STATE, "rec", None)
     if not fast_launch_on():
         kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
+        if rec is not None:
+            rec.launch(kernel, grid, args, dict(consts, num_warps=num_warps, num_stages=num_stages), None, ())
         return
     device = args[0].device  # every tensor of a launch is on it
     key = launch_key(kernel, device, args, consts, num_warps, num_stages)
@@ -130,9 +178,13 @@ def launch(kernel, grid: tuple, args: tuple, consts: dict, num_warps: int, num_s
         # the launcher takes every parameter in order, constexprs included (it skips them)
         const_vals = tuple(consts[n] for n in kernel.arg_names[len(args):])
         compiled = kernel[grid](*args, **consts, num_warps=num_warps, num_stages=num_stages)
-        _COMPILED[key] = (compiled, const_vals)
+        _COMPILED[key] = hit = (compiled, const_vals)
+        if rec is not None:
+            rec.launch(kernel, grid, args, {}, compiled, const_vals)
         return
     compiled, const_vals = hit
+    if rec is not None:
+        rec.launch(kernel, grid, args, {}, compiled, const_vals)
     g = tuple(grid) + (1,) * (3 - len(grid))
     compiled.run(g[0], g[1], g[2], current_stream(device), compiled.function, compiled.packed_metadata,
                  None, None, None, *args, *const_vals)
@@ -175,7 +227,7 @@ def tile_counters(device: torch.device, tiles: int) -> torch.Tensor:
     cnt = _TILE_COUNTERS.get(key)
     if cnt is None or cnt.numel() < tiles:
         cnt = _TILE_COUNTERS[key] = torch.zeros(max(tiles, 1 << 16), dtype=torch.int32, device=device)
-    return cnt
+    return persistent(cnt)
 
 
 @triton.jit

@@ -357,19 +357,29 @@ def ws_block_m(device: torch.device, weights, a_quant: int, a_group: int, num_ex
 DEQUANT_MAX_BYTES = 2 << 30  # the largest transient bf16 copy of a layer's experts the dequant path makes
 
 
+# (token, expert) pairs an expert, on average, from which 4-bit experts with bf16 activations are
+# dequantized to bf16 first on a GPU (``dequant_experts``). H100, bench_moe (moe_h100_s14_dequant.json): the
+# dequantized Mixtral layer at 4096 tokens (1024 pairs an expert) 9.7 against 12.5 ms for the byte path;
+# at 256 pairs (Qwen3, 4096 tokens) 2.10 against 1.92 ms and at 64 (Mixtral, 256 tokens) 2.94 against 1.37:
+# slower, the dequantization pass costs more than the K loop's decode saves.
+DEQUANT_MIN_PAIRS = 1024
+
+
 def dequant_experts(weights, a_quant: int, num_experts: int, num_pairs: int) -> bool:
     """Whether a MoE call with 4-bit experts and bf16 activations dequantizes its experts to bf16 first
     (``wo_dequant.dequantize_bf16``, one pass over each stack) and runs the bf16 grouped GEMM, as the dense
-    launcher does from M = 256: at thousands of tokens the byte path's decode in the K loop makes the 4-bit
-    layer compute-bound (H100, 4096 tokens: 0.45-0.94x torch's bf16 layer, against 0.99-1.40x for our bf16
-    layer; README "MoE"). Opt-in until bench_moe has timed it (``layer_ours_mxfp4_wo_dequant_*``):
-    QUANTC_MOE_DEQUANT_MIN_PAIRS=N from N (token, expert) pairs an expert on average (0: always, the
-    interpreter included). Never where a stack's bf16 copy would pass DEQUANT_MAX_BYTES (DeepSeek-V3's
-    gate_up would take 15 GB)."""
-    forced = env("QUANTC_MOE_DEQUANT_MIN_PAIRS")
-    if forced is None or a_quant != 0 or num_pairs < int(forced) * num_experts:
+    launcher does from M = 256: at thousands of pairs an expert the byte path's decode in the K loop makes
+    the 4-bit layer compute-bound. From DEQUANT_MIN_PAIRS (token, expert) pairs an expert on average on a GPU
+    (the interpreter keeps the byte path, which the CPU tests cover); QUANTC_MOE_DEQUANT_MIN_PAIRS=N from N
+    (0: always, the interpreter included). Never where a stack's bf16 copy would pass DEQUANT_MAX_BYTES
+    (DeepSeek-V3's gate_up would take 15 GB, gpt-oss-120b's 4.2 GB)."""
+    if a_quant != 0:
         return False
-    return all(w.pack == 8 and w.num_experts * w.n * w.k * 2 <= DEQUANT_MAX_BYTES for w in weights)
+    forced = env("QUANTC_MOE_DEQUANT_MIN_PAIRS")
+    if num_pairs < (int(forced) if forced is not None else DEQUANT_MIN_PAIRS) * num_experts:
+        return False
+    return all(w.pack == 8 and w.num_experts * w.n * w.k * 2 <= DEQUANT_MAX_BYTES
+               and (forced is not None or w.data.device.type == "cuda") for w in weights)
 
 
 def uses_moe_planes(pack: int, a_quant: int, k: int, row_block: int) -> bool:

@@ -26,7 +26,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .block_mm_ws import (BLOCK_K, CONSUMER_REGS, PRODUCER_REGS, _launch, _producer, _ring, _tile_offsets, _tma_store,
                           _with_bias, max_registers, mma_layout, smem_layouts)
-from .common import cdiv
+from .common import cdiv, empty
 
 
 @gluon.jit
@@ -172,7 +172,7 @@ def rowwise_mm_ws(a: torch.Tensor, weight: torch.Tensor, a_scale: torch.Tensor, 
     m, k = a.shape
     n = weight.shape[0]
     if out is None:
-        out = torch.empty(m, n, device=a.device, dtype=torch.bfloat16)
+        out = empty((m, n), torch.bfloat16, a.device)
     la, lb, lc = smem_layouts(block_m, block_n, True)
     descs = (TensorDescriptor.from_tensor(a, [block_m, BLOCK_K], la), TensorDescriptor.from_tensor(weight, [block_n, BLOCK_K], lb),
              TensorDescriptor.from_tensor(out, [64, block_n], lc))

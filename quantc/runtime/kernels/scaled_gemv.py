@@ -156,7 +156,7 @@ def launch(a: torch.Tensor, weight: torch.Tensor, sa: torch.Tensor, weight_scale
     grid = (m, cdiv(n, config.block_n), split)
     ws = cnt = out  # placeholders without split-K
     if split > 1:
-        ws = torch.empty(split * m * n, dtype=torch.int32 if int8 else torch.float32, device=a.device)
+        ws = common.empty(split * m * n, torch.int32 if int8 else torch.float32, a.device)
         cnt = tile_counters(a.device, grid[0] * grid[1])
     sa2 = sa if sa.dim() == 2 else sa.reshape(-1, 1)
     sb2 = weight_scale if weight_scale.dim() == 2 else weight_scale.reshape(-1, 1)

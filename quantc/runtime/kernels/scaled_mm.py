@@ -55,7 +55,7 @@ import triton.language as tl
 
 from .. import quantize as ref
 from .act_quant import quantize_activation
-from .common import (cc_major, cdiv, e8m0_to_f32, env, floor_log2, grouped_tile, interpreted, k_slice, launch, next_pow2,
+from .common import (cc_major, cdiv, e8m0_to_f32, empty, env, floor_log2, grouped_tile, interpreted, k_slice, launch, next_pow2,
                      pow2, quant_e4m3, quant_int8, round_e4m3, sm_count, split_k_reduce, tile_counters)
 
 # A modes / B modes
@@ -374,7 +374,7 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
             a, sa = quantize_activation(x, act_key, input_scale)
     sa2 = sa if sa.dim() == 2 else sa.reshape(-1, 1)
     sb2 = weight_scale if weight_scale.dim() == 2 else weight_scale.reshape(-1, 1)
-    out = torch.empty((m, n), dtype=torch.bfloat16, device=x.device)
+    out = empty((m, n), torch.bfloat16, x.device)
     if (quant == Q_NONE and a_mode == A_GROUP and b_mode == B_BLOCK and not mx and group_n == 128
             and _block_ws_policy(m, x.device)):
         ws_out = _block_ws(a, weight, sa, weight_scale, bias, out)
@@ -406,7 +406,7 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
     ws = cnt = out  # placeholders without split-K
     if split > 1:
         # int8 partials stay int32 (same bytes): their sum is then exactly the unsplit accumulator
-        ws = torch.empty(split * m * n, dtype=torch.int32 if int8 else torch.float32, device=x.device)
+        ws = empty(split * m * n, torch.int32 if int8 else torch.float32, x.device)
         cnt = tile_counters(x.device, grid[0])
     launch(_scaled_mm_kernel, grid, (
         a, weight, out, sa, weight_scale, bias if bias is not None else out, ws, cnt,

@@ -197,7 +197,7 @@ def kernel_launch(x2: torch.Tensor, w, cfg, bm: int, bn: int, bk: int, split: in
     stages are ``cfg``'s)."""
     m, k = x2.shape
     n = w.n
-    out = torch.empty((m, n), dtype=torch.bfloat16, device=x2.device)
+    out = common.empty((m, n), torch.bfloat16, x2.device)
     grid = (cdiv(n, bn), cdiv(m, bm), split)
     ws, cnt = split_workspace(x2.device, m * n, grid[0] * grid[1]) if split > 1 else (out, out)
     data = w.data  # int32 words, eight codes each
@@ -223,4 +223,4 @@ def split_workspace(device, numel: int, tiles: int) -> tuple[torch.Tensor, torch
     if ws is None or ws.numel() < numel:
         ws = _WORKSPACES[key] = torch.zeros(max(numel, 0 if ws is None else ws.numel()), dtype=torch.float32,
                                             device=device)
-    return ws, tile_counters(device, tiles)
+    return common.persistent(ws), tile_counters(device, tiles)
