@@ -129,31 +129,87 @@ FALLBACK_BUCKETS = _rows_to_buckets([
 ])
 
 
+def tile_smem_bytes(cfg: KernelConfig, a_bytes: float, b_bytes: float, b_tiles: int = 1) -> int:
+    """Shared memory of a software-pipelined tile: ``stages`` copies of the A tile and of ``b_tiles`` B tiles
+    (two for a MoE gate_up, whose fused activation reads the gate and the up rows)."""
+    return int(cfg.num_stages * (cfg.block_m * cfg.block_k * a_bytes + b_tiles * cfg.block_n * cfg.block_k * b_bytes))
+
+
+def fit_smem(cfg: KernelConfig, limit: int, a_bytes: float, b_bytes: float, b_tiles: int) -> KernelConfig:
+    """``cfg`` with fewer stages (down to 2), then narrower N and K tiles (down to 32), until its tile fits
+    ``limit`` bytes of shared memory; unchanged where it fits."""
+    while tile_smem_bytes(cfg, a_bytes, b_bytes, b_tiles) > limit:
+        if cfg.num_stages > 2:
+            cfg = KernelConfig(cfg.block_m, cfg.block_n, cfg.block_k, cfg.group_m, cfg.num_warps, cfg.num_stages - 1,
+                               cfg.split_k)
+        elif cfg.block_n > 32:
+            cfg = KernelConfig(cfg.block_m, cfg.block_n // 2, cfg.block_k, cfg.group_m, cfg.num_warps, cfg.num_stages,
+                               cfg.split_k)
+        elif cfg.block_k > 32:
+            cfg = KernelConfig(cfg.block_m, cfg.block_n, cfg.block_k // 2, cfg.group_m, cfg.num_warps, cfg.num_stages,
+                               cfg.split_k)
+        else:
+            break
+    return cfg
+
+
+@dataclass(frozen=True)
+class SmemFit:
+    """What ``lookup`` needs to fit configs to the target GPU: its shared memory and the operands' bytes."""
+    limit: int
+    a_bytes: float
+    b_bytes: float
+    b_tiles: int  # 2 for MoE kernels: a gate_up's two weight tiles (the down GEMM's one is then conservative)
+    tuned_limit: dict  # table GPU name -> its shared memory (rows tuned there fit it)
+
+
 def lookup(tables: list[KernelTable], fallback_tables: list[KernelTable], kernel: str, n: int, k: int, entry_id: str,
-           gpu: str = "") -> KernelTableEntry:
+           gpu: str = "", fit: SmemFit | None = None) -> KernelTableEntry:
+    """The table entry for (kernel, N, K): this GPU's tuned row, else its nearest tuned shape, else its
+    defaults, then the same in the fallback tables, else the built-in fallback. With ``fit``, every config not
+    tuned for this shape on a GPU with at least this much shared memory is fitted to it (``fit_smem``): a
+    nearest shape's or a default row, the built-in fallback, or another GPU's table, would otherwise fail to
+    launch (a MoE gate_up's two weight tiles need twice a dense tile's room)."""
     def search(ts: list[KernelTable], suffix: str):
         for t in ts:
             if (kernel, n, k) in t.entries:
-                return t.entries[(kernel, n, k)], f"tuned ({t.gpu}{suffix})"
+                return t.entries[(kernel, n, k)], f"tuned ({t.gpu}{suffix})", t.gpu
         for t in ts:
             near = _nearest(t, kernel, n, k)
             if near:
                 _, tn, tk, buckets = near
-                return buckets, f"nearest tuned shape n={tn} k={tk} ({t.gpu}{suffix})"
+                return buckets, f"nearest tuned shape n={tn} k={tk} ({t.gpu}{suffix})", None
         for t in ts:
             if kernel in t.defaults:
-                return t.defaults[kernel], f"default ({t.gpu}{suffix})"
+                return t.defaults[kernel], f"default ({t.gpu}{suffix})", None
         return None
 
     found = search(tables, "")
     if found is None and fallback_tables:
         found = search(fallback_tables, f" table; no {gpu or 'table for this GPU'} entry")
     if found is None:
-        buckets, source = FALLBACK_BUCKETS, "built-in fallback (no table)"
+        buckets, source, tuned_on = FALLBACK_BUCKETS, "built-in fallback (no table)", None
     else:
-        buckets, source = found
+        buckets, source, tuned_on = found
     buckets = tuple((m_max, _clamp(cfg, n, k)) for m_max, cfg in buckets)
+    if fit is not None and not (tuned_on is not None and fit.tuned_limit.get(tuned_on, 0) <= fit.limit):
+        fitted = tuple((m_max, fit_smem(cfg, fit.limit, fit.a_bytes, fit.b_bytes, fit.b_tiles)) for m_max, cfg in buckets)
+        if fitted != buckets:
+            buckets, source = fitted, f"{source}; fitted to {fit.limit // 1024} KB of shared memory"
     return KernelTableEntry(entry_id, kernel, n, k, buckets, source)
+
+
+def smem_fit(gpu, kernel: str, weight_key: str, activation_key: str) -> SmemFit:
+    """``lookup``'s fit for a module of ``gpu`` (a ``quantc.gpus.Gpu``) running ``kernel`` on these keys. A is
+    bf16 where the activation is not quantized or the kernel emulates its format in bf16."""
+    from .gpus import GPUS
+    from .keys import ACTIVATION_KEYS, WEIGHT_KEYS
+
+    wk, ak = WEIGHT_KEYS.get(weight_key), ACTIVATION_KEYS.get(activation_key)
+    b_bytes = 2.0 if wk is None or wk.is_none else wk.bits / 8
+    a_bytes = 2.0 if ak is None or ak.is_none or "emulated" in kernel or "weight_only" in kernel else ak.bits / 8
+    return SmemFit(gpu.smem_bytes, a_bytes, b_bytes, 2 if kernel.startswith("moe_") else 1,
+                   {g.table: g.smem_bytes for g in GPUS.values() if g.name == g.table})
 
 
 def entry_id(kernel: str, n: int, k: int, num_experts: int = 1) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from .config import Config, KindSetting, Setting
 from .diagnostics import Diagnostic, Span, has_errors
-from .emit import entry_id, load_tables, lookup
+from .emit import entry_id, load_tables, lookup, smem_fit
 from .gpus import DEFAULT_GPU, GPUS, Gpu
 from .kernel_specs import KernelSpec, activation_pairs, candidates
 from .keys import ACTIVATION_KEYS, WEIGHT_KEYS
@@ -503,7 +503,8 @@ def _build_plan(config: Config, inventory: Inventory, lw: Lowering, entries: lis
     kernels = {}
     for e in entries:
         if e.kernel_entry and e.kernel_entry not in kernels:
-            kernels[e.kernel_entry] = lookup(lw.tables, lw.fallback_tables, e.kernel, e.n, e.k, e.kernel_entry, lw.gpu.name)
+            kernels[e.kernel_entry] = lookup(lw.tables, lw.fallback_tables, e.kernel, e.n, e.k, e.kernel_entry, lw.gpu.name,
+                                             smem_fit(lw.gpu, e.kernel, e.weight, e.activation))
     summary = summarize(totals, len(entries))
     tuned_on = {}
     for t in lw.tables or lw.fallback_tables:

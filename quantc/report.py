@@ -155,9 +155,10 @@ def explain_data(result, module_name: str) -> dict | None:
         e = result.plan.kernels[d.kernel_entry]
         entry = {"id": e.id, "source": e.source, "buckets": [{"m_max": m, **cfg.__dict__} for m, cfg in e.buckets]}
     elif d.kernel_entry:
-        from .emit import lookup
+        from .emit import lookup, smem_fit
 
-        e = lookup(lw.tables, lw.fallback_tables, d.kernel, d.n_rank, d.k_rank, d.kernel_entry, lw.gpu.name)
+        e = lookup(lw.tables, lw.fallback_tables, d.kernel, d.n_rank, d.k_rank, d.kernel_entry, lw.gpu.name,
+                   smem_fit(lw.gpu, d.kernel, d.weight, d.activation))
         entry = {"id": e.id, "source": e.source, "buckets": [{"m_max": m, **cfg.__dict__} for m, cfg in e.buckets]}
     return {
         "module": module.name,

@@ -89,3 +89,42 @@ def test_an_entry_measured_only_at_decode_sizes_hands_prefill_to_the_defaults(tm
     assert [m for m, _ in e.buckets] == [1, 64, 256, 2**31 - 1]
     assert e.config_for(64).block_m == 64 and e.config_for(200).block_k == 64
     assert e.config_for(4096).block_m == 128  # prefill: the default, not the M = 64 tile
+
+
+def test_configs_are_fitted_to_the_target_gpus_shared_memory(tmp_path):
+    from quantc.emit import fit_smem, smem_fit, tile_smem_bytes
+    from quantc.gpus import GPUS
+    from quantc.plan import KernelConfig
+
+    # a MoE bf16 gate_up on the built-in fallback (no table: a GPU nobody tuned): 64 x 128 x 128 in four
+    # stages with two weight tiles is 320 KB, past the H200's 227 KB; fitted, it launches
+    fit = smem_fit(GPUS["h200"], "moe_bf16", "none", "none")
+    assert (fit.a_bytes, fit.b_bytes, fit.b_tiles) == (2.0, 2.0, 2)
+    e = lookup([], [], "moe_bf16", 1536, 2048, "e", "h200", fit)
+    assert e.source == "built-in fallback (no table); fitted to 227 KB of shared memory"
+    assert all(tile_smem_bytes(c, 2, 2, 2) <= 227 * 1024 for _, c in e.buckets)
+    assert e.config_for(256) == KernelConfig(64, 128, 128, 8, 4, 2, 1)  # four stages -> two
+    # rows tuned for this shape on a GPU with as much shared memory stay as they are (the H100 table on an H200)
+    h100 = read_table(_table(tmp_path / "h100.json", "h100", [_row("fp8_scaled_gemm", 4096, 4096, 8192, 128, 256)]))
+    same = lookup([], [h100], "fp8_scaled_gemm", 4096, 4096, "e", "h200",
+                  smem_fit(GPUS["h200"], "fp8_scaled_gemm", "fp8_per_channel", "fp8_dynamic_per_token"))
+    assert same.source == "tuned (h100 table; no h200 entry)" and same.config_for(1).block_n == 256
+    # but not on an L40S (99 KB, served by the H100 table): 128 x 256 x 128 fp8 in 3 stages is 144 KB
+    l40s = lookup([h100], [], "fp8_scaled_gemm", 4096, 4096, "e", "l40s",
+                  smem_fit(GPUS["l40s"], "fp8_scaled_gemm", "fp8_per_channel", "fp8_dynamic_per_token"))
+    assert l40s.source.endswith("fitted to 99 KB of shared memory")
+    assert tile_smem_bytes(l40s.config_for(1), 1, 1) <= 99 * 1024 < tile_smem_bytes(same.config_for(1), 1, 1)
+    # a tile that cannot shrink further is returned as small as it gets
+    tiny = fit_smem(KernelConfig(128, 32, 32, 8, 4, 2, 1), 1024, 2, 2, 1)
+    assert tiny == KernelConfig(128, 32, 32, 8, 4, 2, 1)
+
+
+def test_a_plan_for_a_small_shared_memory_gpu_fits_every_config():
+    from quantc.emit import tile_smem_bytes
+
+    # an L40S (99 KB) is served by the H100 table, whose prefill tiles need up to ~144 KB there
+    res = lower(make_config(linear="fp8_per_channel", gpu="l40s"), llama_like(layers=1, hidden=4096, inter=14336))
+    assert res.plan is not None and res.plan.kernels
+    for e in res.plan.kernels.values():
+        assert all(tile_smem_bytes(c, 1, 1) <= 99 * 1024 for _, c in e.buckets), e
+    assert any("fitted to 99 KB" in e.source for e in res.plan.kernels.values())

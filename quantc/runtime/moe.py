@@ -16,6 +16,8 @@ Activation quantization by kernel id: W8A8 ids quantize each GEMM's input per ro
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -75,6 +77,7 @@ class QuantMoE(nn.Module):
         # (gate_up buckets, down buckets): the plan's KernelTableEntry buckets, picked per live token count;
         # None (for both or one of them): tables.default_buckets of the kernel
         self.tables = tuple(None if b is None else bucket_lookup(b) for b in (tables or (None, None)))
+        self._configs_failed = False  # a plan config failed here: the default configs from then on
         # tensor/expert parallelism (``distribute``): this rank's first expert and the block's expert
         # count, and the world whose partial outputs are summed
         self.first_expert, self.total_experts, self.world, self.group = 0, self.num_experts, 1, None
@@ -87,9 +90,10 @@ class QuantMoE(nn.Module):
 
     def kernel_configs(self, tokens: int, top_k: int) -> tuple[WoConfig, WoConfig]:
         """(gate_up config, down config) for ``tokens`` live tokens routed to ``top_k`` experts each."""
-        if self.configs is not None:
+        if self.configs is not None and not self._configs_failed:
             return self.configs(tokens)
-        return tuple(default_config(tokens, top_k, self.kernel) if t is None else pick(*t, tokens) for t in self.tables)
+        return tuple(default_config(tokens, top_k, self.kernel) if t is None or self._configs_failed else pick(*t, tokens)
+                     for t in self.tables)
 
     def _weight(self, name: str) -> wf.WoWeight:
         fmt, n, k, sfmt, group, rb = self._meta[name]
@@ -121,7 +125,21 @@ class QuantMoE(nn.Module):
 
     def experts(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         """(T, H) bf16 through the experts ``topk_ids`` (T, k) names, weighted by ``topk_weights``; k may
-        differ from ``top_k`` (a per-expert call routes every token to one expert, k = 1)."""
+        differ from ``top_k`` (a per-expert call routes every token to one expert, k = 1). A plan's config
+        that fails to run here (out of shared memory on another GPU, a Triton that refuses it) hands this
+        module to the kernel's default configs from then on, with one warning, as ``QuantLinear`` does."""
+        planned = not self._configs_failed and (self.configs is not None or any(t is not None for t in self.tables))
+        if not planned:
+            return self._experts(x, topk_weights, topk_ids)
+        try:
+            return self._experts(x, topk_weights, topk_ids)
+        except Exception as exc:
+            self._configs_failed = True
+            warnings.warn(f"quantc: MoE kernel {self.kernel} failed with the plan's configs ({type(exc).__name__}: "
+                          f"{str(exc)[:200]}); using its default configs from now on", RuntimeWarning, stacklevel=2)
+        return self._experts(x, topk_weights, topk_ids)
+
+    def _experts(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         t, top_k = topk_ids.shape
         c13, c2 = self.kernel_configs(t, top_k)
         ws_rows = 0

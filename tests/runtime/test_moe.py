@@ -612,3 +612,46 @@ def test_dequant_rule_bounds_the_bf16_copy(monkeypatch):
     assert not mg.dequant_experts([w], 1, 64, 1 << 30)  # quantized activations
     fp8 = wf.WoWeight(wf.FP8, 4096, 4096, torch.zeros(8, 1, 1), None, wf.S_FLOAT, 4096)
     assert not mg.dequant_experts([fp8], 0, 8, 1 << 30)  # not 4-bit
+
+
+def test_a_plan_config_that_fails_hands_the_layer_to_the_defaults(monkeypatch):
+    """A table config that does not run here (e.g. out of shared memory on another GPU) falls back to the
+    kernel's default configs, with one warning; the layer's output is the default configs' output."""
+    import warnings
+
+    from quantc.runtime.moe import default_config
+
+    torch.manual_seed(19)
+    w13 = wf.quantize(torch.randn(E, 2 * I, H) * 0.1, "fp8_per_channel")
+    w2 = wf.quantize(torch.randn(E, H, I) * 0.1, "fp8_per_channel")
+    from quantc.runtime.kernels.wo_gemm import WoConfig
+
+    bad = WoConfig(32, 64, 64, num_warps=4, num_stages=7)
+    x = torch.randn(T, H).bfloat16()
+    want = QuantMoE("moe_fp8", w13, w2, torch.randn(E, H).bfloat16(), top_k=TOPK,
+                    act_key="fp8_dynamic_per_token")
+    torch.manual_seed(19)
+    moe = QuantMoE("moe_fp8", w13, w2, want.router_weight.clone(), top_k=TOPK, act_key="fp8_dynamic_per_token",
+                   configs=lambda tokens: (bad, bad))
+    real, seen = mg.grouped_gemm, []
+
+    def flaky(*a, **k):
+        seen.append(k["cfg"].num_stages)
+        if k["cfg"].num_stages == 7:
+            raise RuntimeError("out of resource: shared memory, Required: 327680, Hardware limit: 232448")
+        return real(*a, **k)
+
+    monkeypatch.setattr(mg, "grouped_gemm", flaky)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs = [moe(x), moe(x)]
+    msgs = [str(w.message) for w in caught if "quantc: MoE kernel moe_fp8 failed" in str(w.message)]
+    assert len(msgs) == 1 and "out of resource" in msgs[0]
+    assert seen[0] == 7 and 7 not in seen[1:]  # tried once, then the defaults on every call
+    assert moe.kernel_configs(T, TOPK) == (default_config(T, TOPK, "moe_fp8"),) * 2
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], want(x))
+    # a layer without plan configs re-raises (nothing to fall back to)
+    plain = QuantMoE("moe_fp8", w13, w2, want.router_weight.clone(), top_k=TOPK, act_key="fp8_dynamic_per_token")
+    monkeypatch.setattr(mg, "grouped_gemm", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("broken")))
+    with pytest.raises(RuntimeError, match="broken"):
+        plain(x)
