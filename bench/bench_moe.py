@@ -91,21 +91,29 @@ def config(pairs: int) -> C:
     return C(64, 128, 64, 8, 8, 3)
 
 
-_TABLES: list = []  # the live GPU's shipped kernel tables, read once
+_TABLES: list = []  # the live GPU, its shipped kernel tables and the H100 fallback (if another GPU), read once
+
+
+# the keys each MoE kernel id runs here (what the compiler's shared-memory fit counts)
+KERNEL_KEYS = {"moe_bf16": ("none", "none"), "moe_weight_only": ("mxfp4", "none"),
+               "moe_fp8": ("fp8_per_channel", "fp8_dynamic_per_token"), "moe_int8": ("int8_per_channel", "int8_dynamic_per_token")}
 
 
 def table_config(kernel: str, n: int, k: int, tokens: int) -> C:
-    """The config apply() runs for this gate_up: the compiler's table lookup for (kernel, N, K)
-    (``quantc.emit.lookup``: the shipped table's row, else the nearest tuned shape, else the defaults)
-    and the runtime's bucket pick for ``tokens``."""
-    from quantc.emit import load_tables, lookup
+    """The config apply() runs for this GEMM: the compiler's table lookup for (kernel, N, K) as
+    ``quantc.lower`` makes it (``quantc.emit.lookup``: this GPU's table, then the H100 table for a GPU
+    without rows of its own; the exact row, else the nearest tuned shape, else the defaults; fitted to the
+    GPU's shared memory) and the runtime's bucket pick for ``tokens``."""
+    from quantc.emit import load_tables, lookup, smem_fit
     from quantc.gpus import gpu_from_device_name
     from quantc.runtime.tables import bucket_lookup, pick
 
     if not _TABLES:
         gpu = gpu_from_device_name(res["device"], torch.cuda.get_device_capability())
-        _TABLES.extend(load_tables(gpu.table))
-    return pick(*bucket_lookup(lookup(_TABLES, [], kernel, n, k, kernel).buckets), tokens)
+        _TABLES.extend([gpu, load_tables(gpu.table), load_tables("h100") if gpu.table != "h100" else []])
+    gpu, tables, fallback = _TABLES
+    fit = smem_fit(gpu, kernel, *KERNEL_KEYS.get(kernel, ("none", "none")))
+    return pick(*bucket_lookup(lookup(tables, fallback, kernel, n, k, kernel, gpu.name, fit).buckets), tokens)
 
 
 # tried on the bf16 gate_up at >= 2048 (token, expert) pairs next to the default tile: what the kernel
