@@ -23,7 +23,9 @@ base tensor. Under the interpreter, and with ``QUANTC_FAST_LAUNCH=0``, a replaye
 Triton's ``kernel[grid](...)`` with the recorded arguments (the recording logic is the same, so the CPU
 tests cover it); on a GPU it calls the compiled kernel as ``common.launch``'s fast path does.
 
-``QUANTC_LAUNCH_MEMO=0`` turns the memo off; ``clear()`` forgets every recording (tests that patch a
+What it cannot see is a torch op writing into a tensor in place (``out.add_(bias)``, ``out=``): the replay
+would skip it, so the launchers it records use none (a test scans them). ``QUANTC_LAUNCH_MEMO=0`` turns the
+memo off; ``clear()`` forgets every recording (tests that patch a
 launcher's module constants call it).
 """
 

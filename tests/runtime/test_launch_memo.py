@@ -224,3 +224,23 @@ def test_a_memoized_call_inside_a_recording_runs_its_launchers():
 
     launch_memo.run({}, "outer", [], outer, torch.zeros(2))
     assert inner_calls == [1] and not launch_memo.recording()
+
+
+def test_the_replayed_launchers_write_tensors_only_through_kernels():
+    """What a recording cannot see: a torch op that writes into a tensor in place (``out.add_(bias)``,
+    ``torch.mul(a, b, out=c)``) would be skipped by the replay and leave a wrong result, so the launchers the
+    memo records use none (a torch op that makes a new tensor is safe: the recorder refuses the call)."""
+    import re
+    from pathlib import Path
+
+    import quantc.runtime as rt
+
+    root = Path(rt.__file__).parent
+    files = [root / "registry.py", root / "modules.py"] + [root / "kernels" / f"{m}.py" for m in (
+        "common", "act_quant", "scaled_mm", "scaled_gemv", "scaled_mm_tma", "rowwise_mm_ws", "block_mm_ws",
+        "wo_launch", "wo_gemm", "wo_mma4", "wo_planes", "wo_mx", "wo_dequant")]
+    in_place = re.compile(r"\.(add|sub|mul|div|copy|zero|fill|clamp|masked_fill|index_copy|scatter|index_put)_\("
+                          r"|torch\.\w+\([^)]*\bout=")
+    hits = [f"{f.name}:{i}: {line.strip()}" for f in files for i, line in enumerate(f.read_text().splitlines(), 1)
+            if in_place.search(line) and not line.lstrip().startswith("#")]
+    assert hits == []
