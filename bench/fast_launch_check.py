@@ -73,16 +73,16 @@ MEMO_FORMATS = (("fp8_scaled_gemm", "fp8_per_channel", "fp8_dynamic_per_token"),
                 ("fp8_weight_only_gemm", "fp8_per_channel", "none"),
                 ("int4_weight_only_gemm", "int4_group_128", "none"), ("fp4_weight_only_gemm", "mxfp4", "none"))
 ROWS_8BIT = ((1, False), (3, False), (200, False), (1100, False), (2048, False), (200, True))
-ROWS_4BIT = ((1, False), (3, False), (40, False), (200, False), (200, True))  # below the dequant path's 256
+ROWS_4BIT = ((1, False), (3, False), (40, False), (200, False), (300, False), (200, True))  # 300: the dequant path
 
 
 def memo_check(out: dict) -> list[str]:
-    """``launch_memo``: an 8-bit QuantLinear (bias on) at M = 1, 3, 200, 1100 and 2048 rows (the GEMV, the tile
-    GEMM, the Gluon kernels, the persistent TMA kernel), a 4-bit one (no bias: its launcher adds the bias by a
-    torch op, which the memo does not replay) at 1, 3, 40 and 200 rows (planes, mma4), and each on an input 2
-    bytes off 16-byte alignment (TMA refuses it: the tiled path), the runtime's kernel defaults: the recording
-    call and two replays against the launchers (memo off), bit for bit (the 4-bit split-K sums arrive by
-    atomics: within 1e-3), and a replay captured in a CUDA graph against the launchers on new input."""
+    """``launch_memo``: QuantLinear layers with a bias, 8-bit at M = 1, 3, 200, 1100 and 2048 rows (the GEMV, the
+    tile GEMM, the Gluon kernels, the persistent TMA kernel), 4-bit at 1, 3, 40, 200 and 300 rows (planes, mma4,
+    dequantize-then-cuBLAS; the bias added by a recorded torch op), and each on an input 2 bytes off 16-byte
+    alignment (TMA refuses it: the tiled path), the runtime's kernel defaults: the recording call and two
+    replays against the launchers (memo off), bit for bit (the 4-bit split-K sums arrive by atomics: within
+    1e-3), and a replay captured in a CUDA graph against the launchers on new input."""
     from quantc.runtime import launch_memo
     from quantc.runtime.modules import QuantLinear
     from quantc.runtime.registry import LAUNCHERS
@@ -93,8 +93,7 @@ def memo_check(out: dict) -> list[str]:
         w = torch.randn(n, k, device="cuda") * 0.05
         bufs = LAUNCHERS[kernel].prepare(Q.quantize_weight(w, wk), wk, n, k)
         four_bit = kernel in ("int4_weight_only_gemm", "fp4_weight_only_gemm")
-        mod = QuantLinear("m", kernel, wk, ak, n, k, dict(bufs), None if four_bit else torch.randn(n, device="cuda"),
-                          None)
+        mod = QuantLinear("m", kernel, wk, ak, n, k, dict(bufs), torch.randn(n, device="cuda"), None)
         for m, misaligned in ROWS_4BIT if four_bit else ROWS_8BIT:
             base = torch.randn(m * k + 1, device="cuda", dtype=torch.bfloat16)
             x = base[1:].view(m, k) if misaligned else base[: m * k].view(m, k)
@@ -113,14 +112,15 @@ def memo_check(out: dict) -> list[str]:
             g.replay()
             torch.cuda.synchronize()
             key = (m, not x.data_ptr() & 15, x.device)
-            replayed = mod._memo.get(key) is not None and mod._memo[key].steps is not None
+            replayed = mod._memo.get(key) is not None and mod._memo[key].program is not None
             def same(a, b):
                 return torch.equal(a, b) if not four_bit else ((a.float() - b.float()).norm() / b.float().norm()) < 1e-3
 
             ok = all(same(r, want) for r in runs) and same(graphed, want_half) and replayed
             label = f"memo/{kernel}/{wk}/{ak}/M{m}{'/misaligned' if misaligned else ''}"
             out[label] = {"ok": ok, "replayed": replayed,
-                          "launches": len(mod._memo[key].steps) if replayed else None}
+                          "launches": sum(a[0] == "launch" for a in mod._memo[key].program) if replayed else None,
+                          "torch_ops": sum(a[0] == "op" for a in mod._memo[key].program) if replayed else None}
             print(label, "ok" if ok else "MISMATCH", "" if replayed else "(not replayed)", flush=True)
             bad += [] if ok else [label]
     os.environ.pop("QUANTC_LAUNCH_MEMO", None)

@@ -9,7 +9,8 @@ tensors, substitute them into each recorded launch's arguments and call the comp
 
 What the recorder sees:
 
-- launches, through ``common.launch`` and the Gluon launchers' ``_launch``;
+- launches, through ``common.launch`` and the Gluon launchers' ``_launch``, and torch ops that make a new
+  tensor, through ``common.torch_op`` (the 4-bit launcher's bias add, cuBLAS after a dequantization);
 - allocations, through ``common.empty``, and the runtime's long-lived workspaces (tile counters, the
   amax pass's buffer) through ``common.persistent``;
 - switch reads, through ``common.env``: a recording is replayed only while every switch it read holds
@@ -73,14 +74,15 @@ class _Step:
 
 @dataclass
 class Recording:
-    """One signature's launches. ``steps`` None: the call is not replayable (run the launchers)."""
+    """One signature's work. ``program`` None: the call is not replayable (run the launchers)."""
     generation: int
     buffers: tuple  # the module tensors the recording captured (checked by identity at replay)
     switch_names: tuple  # every switch the call read
     switch_raw: tuple  # and its raw value (``common.env_raw``)
-    slots: tuple = ()  # how each slot after the input is made, in order: an allocation (shape, dtype,
-    # device) or a view (the slot it views, offset from that slot's own, size, stride)
-    steps: tuple | None = None
+    # in the call's order: ("alloc", shape, dtype, device) and ("view", slot, offset from that slot's own,
+    # size, stride) make the next slot (slot 0 is the input), ("op", fn, template, subs) calls a torch op
+    # whose result is the next slot, ("launch", _Step) launches a kernel
+    program: tuple | None = None
     out_slot: int = 0
     device: object = None
 
@@ -92,8 +94,7 @@ class _Recorder:
     slot_tensors: list = field(default_factory=list)  # slot -> its tensor (0 is x)
     storages: dict = field(default_factory=dict)  # storage pointer -> slot, fresh tensors and x
     persistent: set = field(default_factory=set)  # storage pointers of buffers and workspaces
-    specs: list = field(default_factory=list)  # slot - 1 -> ("alloc", ...) or ("view", ...)
-    steps: list = field(default_factory=list)
+    program: list = field(default_factory=list)  # Recording.program
     switches: dict = field(default_factory=dict)
     failed: str | None = None
 
@@ -106,8 +107,8 @@ class _Recorder:
         return slot
 
     def resolve(self, t: torch.Tensor):
-        """A tensor argument -> ("slot", n) where it changes per call, ("const", t) where it is the module's or
-        a workspace's, else raises _Unreplayable."""
+        """A tensor argument -> its slot where it changes per call, None where it is the module's or a
+        workspace's (passed as it is), else raises _Unreplayable."""
         slot = self.known.get(id(t))
         if slot is not None:
             return slot
@@ -118,45 +119,63 @@ class _Recorder:
         if base is None or t.dtype != self.slot_tensors[base].dtype:
             raise _Unreplayable(f"a {tuple(t.shape)} {t.dtype} tensor the recorder did not see made")
         offset = t.storage_offset() - self.slot_tensors[base].storage_offset()
-        self.specs.append(("view", base, offset, tuple(t.shape), t.stride()))
+        self.program.append(("view", base, offset, tuple(t.shape), t.stride()))
         slot = len(self.slot_tensors)
         self.slot_tensors.append(t)
         self.known[id(t)] = slot
         return slot
 
-
     def switch(self, name: str, raw) -> None:
         self.switches.setdefault(name, raw)
 
     def alloc(self, t: torch.Tensor) -> None:
-        self.specs.append(("alloc", tuple(t.shape), t.dtype, t.device, None))
+        self.program.append(("alloc", tuple(t.shape), t.dtype, t.device))
         self.add_slot(t)
 
     def persist(self, t: torch.Tensor) -> None:
         if t.numel():
             self.persistent.add(t.untyped_storage().data_ptr())
 
+    def _arguments(self, args):
+        template, subs, desc_subs = list(args), [], []
+        for i, a in enumerate(args):
+            if isinstance(a, torch.Tensor):
+                slot = self.resolve(a)
+                if slot is not None:
+                    template[i] = None
+                    subs.append((i, slot))
+            elif isinstance(getattr(a, "base", None), torch.Tensor) and hasattr(a, "block_shape"):
+                slot = self.resolve(a.base)  # a tensor descriptor: rebuilt around the new base
+                if slot is not None:
+                    template[i] = None
+                    desc_subs.append((i, slot, a))
+        return template, tuple(subs), tuple(desc_subs)
+
     def launch(self, kernel, grid, args, call_kwargs: dict, compiled, const_vals) -> None:
         if self.failed:
             return
         try:
-            template, subs, desc_subs = list(args), [], []
-            for i, a in enumerate(args):
-                if isinstance(a, torch.Tensor):
-                    slot = self.resolve(a)
-                    if slot is not None:
-                        template[i] = None
-                        subs.append((i, slot))
-                elif isinstance(getattr(a, "base", None), torch.Tensor) and hasattr(a, "block_shape"):
-                    slot = self.resolve(a.base)  # a tensor descriptor: rebuilt around the new base
-                    if slot is not None:
-                        template[i] = None
-                        desc_subs.append((i, slot, a))
-            g = tuple(grid) + (1,) * (3 - len(grid))
-            self.steps.append(_Step(kernel, tuple(grid) if compiled is None else g, template, tuple(subs),
-                                    tuple(desc_subs), call_kwargs, compiled, tuple(const_vals)))
+            template, subs, desc_subs = self._arguments(args)
         except _Unreplayable as exc:
             self.failed = str(exc)
+            return
+        g = tuple(grid) + (1,) * (3 - len(grid))
+        self.program.append(("launch", _Step(kernel, tuple(grid) if compiled is None else g, template, subs,
+                                             desc_subs, call_kwargs, compiled, tuple(const_vals))))
+
+    def op(self, fn, args, out: torch.Tensor) -> None:
+        if self.failed:
+            return
+        try:
+            template, subs, desc_subs = self._arguments(args)
+        except _Unreplayable as exc:
+            self.failed = str(exc)
+            return
+        if id(out) in self.known or (out.numel() and out.untyped_storage().data_ptr() in self.storages):
+            self.failed = "a torch op returned a tensor the call already had (a view, or in place)"
+            return
+        self.program.append(("op", fn, template, subs))
+        self.add_slot(out)
 
 
 def recording() -> bool:
@@ -170,7 +189,7 @@ def run(memo: dict, key, buffers: list, fn, x: torch.Tensor):
     if rec is not None:
         if (rec.generation == _GENERATION[0] and all(a is b for a, b in zip(rec.buffers, buffers))
                 and common.env_raw(rec.switch_names) == rec.switch_raw):
-            if rec.steps is None:
+            if rec.program is None:
                 return fn(x)
             return _replay(rec, x)
         del memo[key]
@@ -195,9 +214,8 @@ def run(memo: dict, key, buffers: list, fn, x: torch.Tensor):
             recorder.failed = str(exc)
         else:
             # a call that launched nothing yet returns a fresh tensor wrote it by means the recorder did not see
-            if out_slot is not None and out_slot != 0 and recorder.steps:
-                result.slots = tuple(recorder.specs)
-                result.steps, result.out_slot, result.device = tuple(recorder.steps), out_slot, x.device
+            if out_slot is not None and out_slot != 0 and any(p[0] in ("launch", "op") for p in recorder.program):
+                result.program, result.out_slot, result.device = tuple(recorder.program), out_slot, x.device
     if len(memo) >= MAX_SIGNATURES:
         del memo[next(iter(memo))]
     memo[key] = result
@@ -206,29 +224,36 @@ def run(memo: dict, key, buffers: list, fn, x: torch.Tensor):
 
 def _replay(rec: Recording, x: torch.Tensor) -> torch.Tensor:
     slots = [x]
-    for kind, a, b, c, d in rec.slots:
-        if kind == "alloc":
-            slots.append(torch.empty(a, dtype=b, device=c))
-        else:
-            base = slots[a]
-            slots.append(base.as_strided(c, d, base.storage_offset() + b))
     stream = None
-    for step in rec.steps:
-        args = step.template
-        if step.subs or step.desc_subs:
-            args = list(args)
-            for pos, slot in step.subs:
+    for action in rec.program:
+        kind = action[0]
+        if kind == "alloc":
+            slots.append(torch.empty(action[1], dtype=action[2], device=action[3]))
+        elif kind == "view":
+            base = slots[action[1]]
+            slots.append(base.as_strided(action[3], action[4], base.storage_offset() + action[2]))
+        elif kind == "op":
+            args = list(action[2])
+            for pos, slot in action[3]:
                 args[pos] = slots[slot]
-            for pos, slot, desc in step.desc_subs:
-                d = copy.copy(desc)
-                d.base = slots[slot]
-                args[pos] = d
-        if step.compiled is None:
-            step.kernel[step.grid](*args, **step.call_kwargs)
-            continue
-        if stream is None:
-            stream = common.current_stream(rec.device)
-        c = step.compiled
-        g = step.grid
-        c.run(g[0], g[1], g[2], stream, c.function, c.packed_metadata, None, None, None, *args, *step.const_vals)
+            slots.append(action[1](*args))
+        else:
+            step = action[1]
+            args = step.template
+            if step.subs or step.desc_subs:
+                args = list(args)
+                for pos, slot in step.subs:
+                    args[pos] = slots[slot]
+                for pos, slot, desc in step.desc_subs:
+                    d = copy.copy(desc)
+                    d.base = slots[slot]
+                    args[pos] = d
+            if step.compiled is None:
+                step.kernel[step.grid](*args, **step.call_kwargs)
+                continue
+            if stream is None:
+                stream = common.current_stream(rec.device)
+            c = step.compiled
+            g = step.grid
+            c.run(g[0], g[1], g[2], stream, c.function, c.packed_metadata, None, None, None, *args, *step.const_vals)
     return slots[rec.out_slot]

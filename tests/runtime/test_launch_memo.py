@@ -59,7 +59,7 @@ def test_replays_give_the_launchers_bits_without_running_them(kernel, wk, ak, k,
     replays = [mod(x), mod(torch.randn_like(x))]
     assert counted == [6]
     rec = mod._memo[(6, True, x.device)]
-    assert rec.steps is not None and len(rec.steps) == (1 if ak == "none" else 2)
+    assert rec.program is not None and sum(a[0] == "launch" for a in rec.program) == (1 if ak == "none" else 2)
     assert torch.equal(first, launchers_output(mod, x, monkeypatch)) and torch.equal(replays[0], first)
     assert replays[0].shape == (2, 3, 32) and replays[0].data_ptr() != first.data_ptr()  # a fresh output
     other = torch.randn_like(x)
@@ -127,18 +127,41 @@ def test_clear_forgets_every_recording(counted):
 
 
 def test_a_tensor_from_outside_the_recorder_keeps_the_launchers(counted):
-    # the 4-bit launcher adds the bias with a torch op: its output is no tensor the recorder saw made
+    # a launcher whose output comes from a torch op the recorder does not see (bf16_matmul: F.linear)
+    mod = QuantLinear("b", "bf16_matmul", "none", "none", 32, 64, {"weight": torch.randn(32, 64).bfloat16()}, None,
+                      None)
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    outs = [mod(x) for _ in range(3)]
+    assert counted == [3, 3, 3] and mod._memo[(3, True, x.device)].program is None
+    assert all(torch.equal(o, outs[0]) for o in outs)
+
+
+def test_torch_ops_through_common_torch_op_are_replayed(counted, monkeypatch):
+    # the 4-bit launcher adds its bias with torch.add through common.torch_op: recorded, replayed
     mod = layer("int4_weight_only_gemm", "int4_group_128", "none", 128, bias=True)
     x = torch.randn(3, 128, dtype=torch.bfloat16)
-    outs = [mod(x) for _ in range(3)]
-    assert counted == [3, 3, 3] and mod._memo[(3, True, x.device)].steps is None
-    assert all(torch.equal(o, outs[0]) for o in outs)
-    # a launcher with no Triton launch at all (F.linear) is never replayed either
-    bf16 = QuantLinear("b", "bf16_matmul", "none", "none", 32, 64, {"weight": torch.randn(32, 64).bfloat16()}, None,
-                       None)
-    bf16(x[:, :64])
-    bf16(x[:, :64])
-    assert counted == [3, 3, 3, 3, 3]
+    first = mod(x)
+    replays = [mod(x) for _ in range(2)]
+    prog = mod._memo[(3, True, x.device)].program
+    assert counted == [3] and [a[0] for a in prog if a[0] in ("launch", "op")] == ["launch", "op"]
+    assert all(torch.equal(r, first) for r in replays) and torch.equal(first, launchers_output(mod, x, monkeypatch))
+    # the dequantize-then-cuBLAS path (forced on here): a dequant launch, then torch.matmul, then the bias add
+    monkeypatch.setenv("QUANTC_DEQUANT_MIN_M", "0")
+    big = torch.randn(20, 128, dtype=torch.bfloat16)
+    first = mod(big)
+    again = mod(big)
+    prog = mod._memo[(20, True, x.device)].program
+    assert [a[0] for a in prog if a[0] in ("launch", "op")] == ["launch", "op", "op"]
+    assert counted == [3, 3, 20] and torch.equal(again, first)  # (the second 3: the launchers' run above) and torch.equal(first, launchers_output(mod, big, monkeypatch))
+
+
+def test_a_torch_op_that_returns_a_known_tensor_is_refused():
+    def launcher(x):
+        return common.torch_op(torch.Tensor.view, x, -1)  # a view of the input: no new tensor
+
+    memo = {}
+    launch_memo.run(memo, "k", [], launcher, torch.zeros(2, 2))
+    assert memo["k"].program is None
 
 
 def test_the_recorder_names_what_it_did_not_see():
@@ -146,7 +169,7 @@ def test_the_recorder_names_what_it_did_not_see():
     rec = launch_memo._Recorder(x)
     rec.add_slot(x)
     assert rec.resolve(x) == 0 and rec.resolve(x[1:]) == 1  # a view of the input: replayed as a view
-    assert rec.specs == [("view", 0, 8, (3, 8), (8, 1))]
+    assert rec.program == [("view", 0, 8, (3, 8), (8, 1))]
     buf = torch.zeros(4)
     rec.persist(buf)
     assert rec.resolve(buf[1:]) is None  # a workspace: passed as it is

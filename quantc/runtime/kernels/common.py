@@ -94,6 +94,16 @@ def empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return t
 
 
+def torch_op(fn, *args) -> torch.Tensor:
+    """``fn(*args)``, a torch op that makes a new tensor a launcher returns or launches on (a bias add,
+    cuBLAS after a dequantization): ``launch_memo`` records the call and replays it."""
+    out = fn(*args)
+    rec = getattr(MEMO_STATE, "rec", None)
+    if rec is not None:
+        rec.op(fn, args, out)
+    return out
+
+
 def persistent(t: torch.Tensor) -> torch.Tensor:
     """A long-lived workspace a launch reads (counters, partial buffers): ``launch_memo`` keeps it as it is."""
     rec = getattr(MEMO_STATE, "rec", None)

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import cdiv, env, launch, round_bf16
+from .common import cdiv, empty, env, launch, round_bf16, torch_op
 from .nibble_decode import USE_ASM, decode_words
 from .wo_format import INT4
 from .wo_mma4 import element_scales, element_zeros
@@ -70,7 +70,7 @@ def dequantize_bf16(w) -> torch.Tensor:
     data, scale = w.data.reshape(rows, -1), w.scale.reshape(rows, -1)
     zeros = w.zeros.reshape(rows, -1) if w.zeros is not None else scale
     bk = block_k(k)
-    out = torch.empty((rows, k), dtype=torch.bfloat16, device=w.data.device)
+    out = empty((rows, k), torch.bfloat16, w.data.device)
     launch(_dequant_kernel, (cdiv(rows, BLOCK_N), k // bk), (
         data, scale, zeros, w.global_scale if w.global_scale is not None else scale, out,
         rows, k, data.stride(0), scale.stride(0), out.stride(0),
@@ -94,4 +94,4 @@ def uses_dequant(m: int, device: torch.device) -> bool:
 
 def launch_dequant(x2: torch.Tensor, w) -> torch.Tensor:
     """bf16 (M, K) x 4-bit WoWeight (N, K) -> bf16 (M, N): dequantize, then torch.matmul (cuBLAS)."""
-    return x2 @ dequantize_bf16(w).T
+    return torch_op(torch.matmul, x2, dequantize_bf16(w).T)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from . import common
 from . import wo_format as wf
 
 DENSE_IDS = ("int4_weight_only_gemm", "fp4_weight_only_gemm", "mxfp4_mxfp8_gemm_emulated")
@@ -54,7 +55,7 @@ def run(x, buffers, config, weight_key, act_key, bias):
     w = rebuild(buffers, weight_key)
     cfg = config or wo_gemm.default_config(x.shape[0], w.n, w.k, int4=w.fmt == wf.INT4)  # a KernelConfig either way
     out = (wo_mx.launch if act_key == "mxfp8" else wo_gemm.launch)(x, w, cfg)
-    return out + bias if bias is not None else out
+    return common.torch_op(torch.add, out, bias) if bias is not None else out
 
 
 def _moe_per_module(*args, **kwargs):
