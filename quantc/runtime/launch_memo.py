@@ -137,40 +137,41 @@ class _Recorder:
             self.persistent.add(t.untyped_storage().data_ptr())
 
     def _arguments(self, args):
+        """(template, subs, desc_subs) of a launch's or a torch op's arguments, or None where one is a tensor
+        the recorder did not see made (the recording is then refused)."""
+        if self.failed:
+            return None
         template, subs, desc_subs = list(args), [], []
-        for i, a in enumerate(args):
-            if isinstance(a, torch.Tensor):
-                slot = self.resolve(a)
-                if slot is not None:
-                    template[i] = None
-                    subs.append((i, slot))
-            elif isinstance(getattr(a, "base", None), torch.Tensor) and hasattr(a, "block_shape"):
-                slot = self.resolve(a.base)  # a tensor descriptor: rebuilt around the new base
-                if slot is not None:
-                    template[i] = None
-                    desc_subs.append((i, slot, a))
+        try:
+            for i, a in enumerate(args):
+                if isinstance(a, torch.Tensor):
+                    slot = self.resolve(a)
+                    if slot is not None:
+                        template[i] = None
+                        subs.append((i, slot))
+                elif isinstance(getattr(a, "base", None), torch.Tensor) and hasattr(a, "block_shape"):
+                    slot = self.resolve(a.base)  # a tensor descriptor: rebuilt around the new base
+                    if slot is not None:
+                        template[i] = None
+                        desc_subs.append((i, slot, a))
+        except _Unreplayable as exc:
+            self.failed = str(exc)
+            return None
         return template, tuple(subs), tuple(desc_subs)
 
     def launch(self, kernel, grid, args, call_kwargs: dict, compiled, const_vals) -> None:
-        if self.failed:
-            return
-        try:
-            template, subs, desc_subs = self._arguments(args)
-        except _Unreplayable as exc:
-            self.failed = str(exc)
+        resolved = self._arguments(args)
+        if resolved is None:
             return
         g = tuple(grid) + (1,) * (3 - len(grid))
-        self.program.append(("launch", _Step(kernel, tuple(grid) if compiled is None else g, template, subs,
-                                             desc_subs, call_kwargs, compiled, tuple(const_vals))))
+        self.program.append(("launch", _Step(kernel, tuple(grid) if compiled is None else g, *resolved, call_kwargs,
+                                             compiled, tuple(const_vals))))
 
     def op(self, fn, args, out: torch.Tensor) -> None:
-        if self.failed:
+        resolved = self._arguments(args)
+        if resolved is None:
             return
-        try:
-            template, subs, desc_subs = self._arguments(args)
-        except _Unreplayable as exc:
-            self.failed = str(exc)
-            return
+        template, subs, _ = resolved
         if id(out) in self.known or (out.numel() and out.untyped_storage().data_ptr() in self.storages):
             self.failed = "a torch op returned a tensor the call already had (a view, or in place)"
             return
