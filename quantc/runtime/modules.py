@@ -111,6 +111,12 @@ class QuantLinear(nn.Module):
                 out = run_dense(x2, tensors, bias, self.kernel, self.weight_key, self.act_key, self._lookup)
         return out.reshape(*lead, self.out_features)
 
+    def __getstate__(self):
+        # recordings hold compiled kernels (not picklable) and the buffers (a deep copy would duplicate them)
+        state = dict(super().__getstate__())
+        state["_memo"] = {}
+        return state
+
     def _apply(self, fn, recurse=True):
         self._memo = {}  # recordings hold the old buffers (and would keep them alive)
         return super()._apply(fn, recurse)

@@ -267,3 +267,20 @@ def test_the_replayed_launchers_write_tensors_only_through_kernels():
     hits = [f"{f.name}:{i}: {line.strip()}" for f in files for i, line in enumerate(f.read_text().splitlines(), 1)
             if in_place.search(line) and not line.lstrip().startswith("#")]
     assert hits == []
+
+
+def test_a_used_module_pickles_and_copies_without_its_recordings(counted):
+    import copy
+    import io
+
+    mod = layer()
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    want = mod(x)
+    assert mod._memo  # a recording that holds compiled kernels, which do not pickle
+    buf = io.BytesIO()
+    torch.save(mod, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    twin = copy.deepcopy(mod)
+    assert loaded._memo == {} and twin._memo == {} and mod._memo
+    assert torch.equal(loaded(x), want) and torch.equal(twin(x), want)
