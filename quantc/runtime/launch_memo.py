@@ -26,8 +26,7 @@ tests cover it); on a GPU it calls the compiled kernel as ``common.launch``'s fa
 
 What it cannot see is a torch op writing into a tensor in place (``out.add_(bias)``, ``out=``): the replay
 would skip it, so the launchers it records use none (a test scans them). ``QUANTC_LAUNCH_MEMO=0`` turns the
-memo off; ``clear()`` forgets every recording (tests that patch a
-launcher's module constants call it).
+memo off; ``clear()`` forgets every recording (tests that patch a launcher's module constants call it).
 """
 
 from __future__ import annotations
