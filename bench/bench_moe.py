@@ -36,7 +36,6 @@ Writes $OUT/moe_<device>.json.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -53,7 +52,7 @@ from quantc.runtime.kernels import wo_format as wf  # noqa: E402
 from quantc.runtime.kernels.moe_routing import align_by_expert  # noqa: E402
 from quantc.runtime.moe import QuantMoE  # noqa: E402
 from bench.bandwidth import copy_gbps, moe_roofline  # noqa: E402
-from bench.timing import graph_us as us  # noqa: E402
+from bench.timing import env_set, graph_us as us  # noqa: E402
 
 T0 = time.time()
 CAP = float(os.environ.get("BENCH_CAP_S", "240"))
@@ -65,16 +64,6 @@ MODELS = {"qwen3_30b_a3b": (128, 8, 2048, 768), "deepseek_v3": (256, 8, 7168, 20
 TOKENS = (1, 16, 256, 4096)
 res: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
              "timing": "CUDA graphs (do_bench_cudagraph); no L2 rotation", "check": [], "rows": [], "notes": []}
-
-
-@contextlib.contextmanager
-def switch(name: str, value: str):
-    """One of quantc's environment switches (read at each call) set for the block, then unset."""
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
 
 
 def save():
@@ -104,13 +93,13 @@ def table_config(kernel: str, n: int, k: int, tokens: int) -> C:
     ``quantc.lower`` makes it (``quantc.emit.lookup``: this GPU's table, then the H100 table for a GPU
     without rows of its own; the exact row, else the nearest tuned shape, else the defaults; fitted to the
     GPU's shared memory) and the runtime's bucket pick for ``tokens``."""
-    from quantc.emit import load_tables, lookup, smem_fit
+    from quantc.emit import lookup, smem_fit, tables_and_fallback
     from quantc.gpus import gpu_from_device_name
     from quantc.runtime.tables import bucket_lookup, pick
 
     if not _TABLES:
         gpu = gpu_from_device_name(res["device"], torch.cuda.get_device_capability())
-        _TABLES.extend([gpu, load_tables(gpu.table), load_tables("h100") if gpu.table != "h100" else []])
+        _TABLES.extend([gpu, *tables_and_fallback(gpu.table)])
     gpu, tables, fallback = _TABLES
     fit = smem_fit(gpu, kernel, *KERNEL_KEYS.get(kernel, ("none", "none")))
     return pick(*bucket_lookup(lookup(tables, fallback, kernel, n, k, kernel, gpu.name, fit).buckets), tokens)
@@ -178,7 +167,7 @@ def check():
         if kernel in ("moe_bf16", "moe_fp8", "moe_int8"):
             variants += [(f"ws{rows}", "QUANTC_MOE_WS", rows) for rows in ("128", "64")]
         for label, name, value in variants:
-            with switch(name, value):
+            with env_set(name, value):
                 err = ((moe(x).float() - ref).abs().max() / ref.abs().max()).item()
             res["check"].append({"kernel": f"{kernel}/{label}", "weight": wkey, "act": akey, "rel_err": err,
                                  "ok": err < 4e-2})
@@ -264,7 +253,7 @@ def bench():
                     xin, sxin, wt, r_tc, a_div=k, act="silu", a_quant=aq, a_group=0, cfg=tc))
                 row[f"gate_up_ours_{key}_table_cfg"] = [tc.block_m, tc.block_n, tc.block_k, tc.num_warps, tc.num_stages]
                 if key == "fp8" and h % tc.block_k == 0:  # the same call with the K term of the load masks kept
-                    with switch("QUANTC_MOE_EVEN_K", "0"):
+                    with env_set("QUANTC_MOE_EVEN_K", "0"):
                         row["gate_up_ours_fp8_masked_k_us"] = us(lambda: mg.grouped_gemm(
                             xin, sxin, wt, r_tc, a_div=k, act="silu", a_quant=aq, a_group=0, cfg=tc))
             # the fp8 gate_up on the Gluon grouped GEMM at 128- and 64-row routing blocks, the sorted copy of
@@ -277,7 +266,7 @@ def bench():
             row["gate_up_ours_mxfp4_us"] = us(lambda: mg.grouped_gemm(x, None, M13, routing, a_div=k, act="silu",
                                                                       a_quant=0, a_group=0, cfg=cfg))
             if h % 128 == 0:  # the nibble-plane path (opt-in, K a multiple of 128), same operands
-                with switch("QUANTC_MOE_PLANES", "1"):
+                with env_set("QUANTC_MOE_PLANES", "1"):
                     row["gate_up_ours_mxfp4_planes_us"] = us(lambda: mg.grouped_gemm(
                         x, None, M13, routing, a_div=k, act="silu", a_quant=0, a_group=0, cfg=cfg))
 
@@ -295,13 +284,13 @@ def bench():
             # the layers on the Triton grouped GEMM (QUANTC_MOE_WS=0), and bf16 / fp8 / int8 on the Gluon one
             # at 128- and 64-row blocks (moe_mm_ws with the sorted copies of the rows; ``ws_block_m``'s rule)
             for mode, keys in (("0", moes), ("128", WS_LAYERS), ("64", WS_LAYERS)):
-                with switch("QUANTC_MOE_WS", mode):
+                with env_set("QUANTC_MOE_WS", mode):
                     for key in keys:
                         col = f"layer_ours_{key}_us" if mode == "0" else f"layer_ours_{key}_ws{mode}_us"
                         row[col] = us(lambda m=moes[key]: m.experts(x, tw, ids))
-            with switch("QUANTC_MOE_DEQUANT_MIN_PAIRS", "0"):  # the 4-bit layer dequantized to bf16 first
+            with env_set("QUANTC_MOE_DEQUANT_MIN_PAIRS", "0"):  # the 4-bit layer dequantized to bf16 first
                 row["layer_ours_mxfp4_wo_dequant_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
-            with switch("QUANTC_MOE_DEQUANT_MIN_PAIRS", str(1 << 40)):  # and on the byte path at every size
+            with env_set("QUANTC_MOE_DEQUANT_MIN_PAIRS", str(1 << 40)):  # and on the byte path at every size
                 row["layer_ours_mxfp4_wo_bytes_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
             act = row["active_experts"]
             fl = 2 * pairs * h * 2 * inter

@@ -95,6 +95,11 @@ def load_tables(gpu_table: str, extra_dirs: tuple[str, ...] = ()) -> list[Kernel
     return tables
 
 
+def tables_and_fallback(gpu_table: str, extra_dirs: tuple[str, ...] = ()) -> tuple[list[KernelTable], list[KernelTable]]:
+    """``lookup``'s two table lists for a GPU: its own, and the H100's for shapes its own lack (none for the H100)."""
+    return load_tables(gpu_table, extra_dirs), (load_tables("h100", extra_dirs) if gpu_table != "h100" else [])
+
+
 def _clamp(cfg: KernelConfig, n: int, k: int) -> KernelConfig:
     n_pow2 = max(16, 1 << max(0, (n - 1)).bit_length())
     k_pow2 = max(16, 1 << max(0, (k - 1)).bit_length())
@@ -127,6 +132,15 @@ FALLBACK_BUCKETS = _rows_to_buckets([
     {"m_max": 256, "block_m": 64, "block_n": 128, "block_k": 128, "num_warps": 4, "num_stages": 4},
     {"m_max": M_MAX_LAST, "block_m": 128, "block_n": 128, "block_k": 128, "num_warps": 8, "num_stages": 3},
 ])
+
+
+def element_bytes(key: str, role: str) -> float:
+    """Bytes an element of a quant key takes in a GEMM tile (``role``: "weight" or "activation"): bf16 for
+    "none" and for a key this build does not know."""
+    from .keys import ACTIVATION_KEYS, WEIGHT_KEYS
+
+    qk = (WEIGHT_KEYS if role == "weight" else ACTIVATION_KEYS).get(key)
+    return 2.0 if qk is None or qk.is_none else qk.bits / 8.0
 
 
 def tile_smem_bytes(cfg: KernelConfig, a_bytes: float, b_bytes: float, b_tiles: int = 1) -> int:
@@ -203,12 +217,10 @@ def smem_fit(gpu, kernel: str, weight_key: str, activation_key: str) -> SmemFit:
     """``lookup``'s fit for a module of ``gpu`` (a ``quantc.gpus.Gpu``) running ``kernel`` on these keys. A is
     bf16 where the activation is not quantized or the kernel emulates its format in bf16."""
     from .gpus import GPUS
-    from .keys import ACTIVATION_KEYS, WEIGHT_KEYS
 
-    wk, ak = WEIGHT_KEYS.get(weight_key), ACTIVATION_KEYS.get(activation_key)
-    b_bytes = 2.0 if wk is None or wk.is_none else wk.bits / 8
-    a_bytes = 2.0 if ak is None or ak.is_none or "emulated" in kernel or "weight_only" in kernel else ak.bits / 8
-    return SmemFit(gpu.smem_bytes, a_bytes, b_bytes, 2 if kernel.startswith("moe_") else 1,
+    bf16_a = "emulated" in kernel or "weight_only" in kernel
+    a_bytes = 2.0 if bf16_a else element_bytes(activation_key, "activation")
+    return SmemFit(gpu.smem_bytes, a_bytes, element_bytes(weight_key, "weight"), 2 if kernel.startswith("moe_") else 1,
                    {g.table: g.smem_bytes for g in GPUS.values() if g.name == g.table})
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from .config import Config, KindSetting, Setting
 from .diagnostics import Diagnostic, Span, has_errors
-from .emit import entry_id, load_tables, lookup, smem_fit
+from .emit import entry_id, lookup, smem_fit, tables_and_fallback
 from .gpus import DEFAULT_GPU, GPUS, Gpu
 from .kernel_specs import KernelSpec, activation_pairs, candidates
 from .keys import ACTIVATION_KEYS, WEIGHT_KEYS
@@ -120,8 +120,7 @@ class Lowering:
         self.gpu: Gpu = GPUS[gpu_setting.value if gpu_setting else DEFAULT_GPU]
         self.tp = config.target.tensor_parallel
         self.ep = config.target.expert_parallel
-        self.tables = load_tables(self.gpu.table, tables_dirs)
-        self.fallback_tables = load_tables("h100", tables_dirs) if self.gpu.table != "h100" else []
+        self.tables, self.fallback_tables = tables_and_fallback(self.gpu.table, tables_dirs)
         # one pattern set for every rule pattern and ignore entry
         texts: list[str] = []
         self.rule_of_pattern: list[int] = []

@@ -44,7 +44,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .emit import CONFIG_FIELDS, TABLE_FORMAT, data_dir, shape_distance
+from .emit import CONFIG_FIELDS, TABLE_FORMAT, data_dir, element_bytes, shape_distance, tile_smem_bytes
 from .gpus import Gpu
 from .kernel_specs import KERNELS_BY_ID
 from .keys import ACTIVATION_KEYS, WEIGHT_KEYS
@@ -207,16 +207,9 @@ def partner_block_m(job: TuneJob, table: dict) -> TuneJob:
     return job
 
 
-def _elem_bytes(key: str, role: str) -> float:
-    qk = (WEIGHT_KEYS if role == "weight" else ACTIVATION_KEYS)[key]
-    return 2.0 if qk.is_none else qk.bits / 8.0
-
-
 def smem_bytes(cfg: KernelConfig, weight_key: str, activation_key: str) -> int:
     """Shared memory a software-pipelined GEMM tile needs: ``stages`` copies of the A and B tiles."""
-    a = cfg.block_m * cfg.block_k * _elem_bytes(activation_key, "activation")
-    b = cfg.block_n * cfg.block_k * _elem_bytes(weight_key, "weight")
-    return int(cfg.num_stages * (a + b))
+    return tile_smem_bytes(cfg, element_bytes(activation_key, "activation"), element_bytes(weight_key, "weight"))
 
 
 def _pow2_at_least(x: int) -> int:
@@ -380,11 +373,8 @@ def moe_block_k_ok(job: TuneJob, bk: int) -> bool:
 def moe_smem_bytes(cfg: KernelConfig, job: TuneJob) -> int:
     """Shared memory of a grouped-GEMM tile: ``stages`` copies of the A tile and of the weight tiles
     (two for gate_up, whose fused activation reads gate and up rows). A is bf16 except on the W8A8 path."""
-    a_bytes = _elem_bytes(job.activation_key, "activation") if _w8a8(job) else 2.0
-    b_tiles = 2 if job.role == "gate_up" else 1
-    a = cfg.block_m * cfg.block_k * a_bytes
-    b = b_tiles * cfg.block_n * cfg.block_k * _elem_bytes(job.weight_key, "weight")
-    return int(cfg.num_stages * (a + b))
+    a_bytes = element_bytes(job.activation_key, "activation") if _w8a8(job) else 2.0
+    return tile_smem_bytes(cfg, a_bytes, element_bytes(job.weight_key, "weight"), 2 if job.role == "gate_up" else 1)
 
 
 # BLOCK_M, BLOCK_N, BLOCK_K, warps, stages of the grouped GEMM's full and small spaces
