@@ -74,13 +74,14 @@ MEMO_FORMATS = (("fp8_scaled_gemm", "fp8_per_channel", "fp8_dynamic_per_token"),
                 ("mxfp8_gemm_emulated", "mxfp8", "mxfp8"),
                 ("fp8_weight_only_gemm", "fp8_per_channel", "none"),
                 ("int4_weight_only_gemm", "int4_group_128", "none"), ("fp4_weight_only_gemm", "mxfp4", "none"))
-ROWS_8BIT = ((1, False), (3, False), (200, False), (1100, False), (2048, False), (200, True))
+ROWS_8BIT = ((1, False), (3, False), (200, False), (1100, False), (2048, False), (4096, False), (200, True))
 ROWS_4BIT = ((1, False), (3, False), (40, False), (200, False), (300, False), (200, True))  # 300: the dequant path
 
 
 def memo_check(out: dict) -> list[str]:
-    """``launch_memo``: QuantLinear layers with a bias, 8-bit at M = 1, 3, 200, 1100 and 2048 rows (the GEMV, the
-    tile GEMM, the Gluon kernels, the persistent TMA kernel), 4-bit at 1, 3, 40, 200 and 300 rows (planes, mma4,
+    """``launch_memo``: QuantLinear layers with a bias, 8-bit at M = 1, 3, 200, 1100, 2048 and 4096 rows (the GEMV,
+    the tile GEMM, the Gluon kernels, the persistent TMA kernel; at 4096 rows dynamic per-tensor's cooperative
+    quantizer), 4-bit at 1, 3, 40, 200 and 300 rows (planes, mma4,
     dequantize-then-cuBLAS; the bias added by a recorded torch op), and each on an input 2 bytes off 16-byte
     alignment (TMA refuses it: the tiled path), the runtime's kernel defaults: the recording call and two
     replays against the launchers (memo off), bit for bit (the 4-bit split-K sums arrive by atomics: within

@@ -130,6 +130,63 @@ def test_per_tensor_amax_pass_reduces_every_program_and_leaves_its_counter_zero(
         assert torch.equal(_bits(q), _bits(rq)) and torch.equal(s.reshape(rs.shape), rs), flat
 
 
+@pytest.mark.parametrize("block, held", [(64, 1), (64, 2), (32, 4), (16384, 1)])
+def test_per_tensor_cooperative_kernel_stays_exact_and_leaves_its_slots_zero(block, held, monkeypatch):
+    """The one-read dynamic per-tensor kernel (past COOP_MIN_NUMEL; lowered here so a small input takes
+    it): held chunks and streamed chunks (the ragged last one included), the maximum first, in the middle
+    and in the ragged tail; bit-exact against the reference, the amax pass never called, and its
+    arrival / departure / amax slots zero again after each call (a CUDA-graph replay starts from them)."""
+    from quantc.runtime.kernels import act_quant
+    from quantc.runtime.kernels.common import tile_counters
+
+    monkeypatch.setattr(act_quant, "COOP_MIN_NUMEL", 0)
+    monkeypatch.setattr(act_quant, "COOP_BLOCK", block)
+    monkeypatch.setattr(act_quant, "COOP_HELD", held)
+    monkeypatch.setattr(act_quant, "_amax", lambda x: pytest.fail("the amax pass ran"))
+    torch.manual_seed(block + held)
+    m, k = 5, 4160  # 20800 elements: past the one-row path (ONE_PASS_MAX)
+    base = (torch.randn(m, k) * torch.logspace(-3, 1, k)).to(torch.bfloat16)
+    for flat in (0, m * k // 2 + 5, m * k - 1):
+        x = base.clone()
+        x.view(-1)[flat] = -40.0
+        q, s = quantize_activation(x, "fp8_dynamic_per_tensor")
+        rq, rs = reference(x, "fp8_dynamic_per_tensor")
+        assert torch.equal(_bits(q), _bits(rq)) and torch.equal(s.reshape(rs.shape), rs), flat
+        assert s.item() == pytest.approx(40.0 / 448.0)
+        assert tile_counters(x.device, 3)[:3].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("m, k, switch, coop", [(1024, 4096, None, False), (1024, 4097, None, True),
+                                                (1024, 4097, "0", False)])
+def test_per_tensor_path_by_size_and_switch(m, k, switch, coop, monkeypatch):
+    """The cooperative kernel from COOP_MIN_NUMEL elements (H100: below it the two-kernel path is
+    faster), never with QUANTC_PER_TENSOR_COOP=0. Sizes only: the kernels are stubbed."""
+    from quantc.runtime.kernels import act_quant
+
+    calls = []
+    monkeypatch.setattr(act_quant, "_per_tensor_coop", lambda x, q, s: calls.append("coop"))
+    monkeypatch.setattr(act_quant, "_amax", lambda x: calls.append("amax") or torch.ones(()))
+    monkeypatch.setattr(act_quant, "launch", lambda *a, **kw: calls.append("quantize"))
+    if switch is None:
+        monkeypatch.delenv("QUANTC_PER_TENSOR_COOP", raising=False)
+    else:
+        monkeypatch.setenv("QUANTC_PER_TENSOR_COOP", switch)
+    quantize_activation(torch.zeros(m, k, dtype=torch.bfloat16), "fp8_dynamic_per_tensor")
+    assert calls == (["coop"] if coop else ["amax", "quantize"])
+
+
+def test_per_tensor_cooperative_grid_and_register_cap():
+    """As many programs as are resident (or as there are chunks), each at least HELD chunks; the register
+    cap lets COOP_PER_SM programs share an SM's 65536 registers."""
+    from quantc.runtime.kernels import act_quant as A
+
+    assert A.coop_grid(A.COOP_BLOCK * 1000, 264) == (264, max(A.COOP_HELD, 4))
+    assert A.coop_grid(A.COOP_BLOCK * 10 + 1, 264) == (11, A.COOP_HELD)
+    assert A.coop_grid(1, 264) == (1, A.COOP_HELD)
+    assert A.coop_maxnreg(8, 2) == 128 and A.coop_maxnreg(4, 4) == 128 and A.coop_maxnreg(4, 1) == 255
+    assert A.coop_maxnreg(16, 1) * 32 * 16 <= 65536 and A.coop_maxnreg(12, 2) % 8 == 0
+
+
 @pytest.mark.parametrize("m, k, amax_pass", [(1, 4096, False), (3, 2048, False), (2, 8192, False), (1, 16384, False),
                                              (1, 16512, True), (5, 4096, True)])
 def test_dynamic_per_tensor_at_decode_sizes_takes_one_launch_and_stays_exact(m, k, amax_pass, monkeypatch):

@@ -12,7 +12,7 @@ rounded quotient in five FMA-pipe operations, where div.rn takes ~10 and a branc
 key                      elements                    scales
 =======================  ==========================  ===========================
 fp8_dynamic_per_token    e4m3 (M, K)                 fp32 (M, 1)
-fp8_dynamic_per_tensor   e4m3 (M, K)                 fp32 () (an amax pass first, past 16384 elements)
+fp8_dynamic_per_tensor   e4m3 (M, K)                 fp32 () (see ``quantize_activation``)
 fp8_static_per_tensor    e4m3 (M, K)                 the given fp32 ()
 fp8_dynamic_group_128    e4m3 (M, K)                 fp32 (M, K/128)
 int8_dynamic_per_token   int8 (M, K)                 fp32 (M, 1)
@@ -27,8 +27,8 @@ import triton
 import triton.language as tl
 
 from .. import quantize as ref
-from .common import (cdiv, div_rn_by, empty, floor_log2, fma_div, hw_cast, launch, next_pow2, persistent, pow2,
-                     tile_counters, to_e4m3, to_int8)
+from .common import (cdiv, div_rn_by, empty, env, floor_log2, fma_div, hw_cast, interpreted, launch, next_pow2,
+                     persistent, pow2, sm_count, tile_counters, to_e4m3, to_int8)
 
 # scale sources
 _FROM_GROUP, _FROM_AMAX, _STATIC = 0, 1, 2
@@ -228,6 +228,130 @@ def _amax(x: torch.Tensor) -> torch.Tensor:
     return parts[programs]
 
 
+# Dynamic per-tensor in one read (a cooperative launch: every program resident at once, so they can wait
+# for each other). Each program reads its first HELD chunks of COOP_BLOCK elements into registers, then
+# streams the rest of its chunks (strided over the programs, as the amax pass) for their maximum only,
+# adds its maximum into the amax slot and arrives on a counter; once all have arrived, each reads the
+# amax, quantizes the chunks it holds and re-reads the rest last first (the ones most likely in L2).
+# The two-kernel path reads the whole input twice (5 bytes an element moved where 3 are counted); this
+# one re-reads only what neither registers (HELD x COOP_BLOCK x 2 bytes a program) nor L2 kept.
+# COOP_PER_SM programs an SM, their registers capped (``maxnreg``) so that many always fit: the launch is
+# refused otherwise. The amax travels by atomics only (a plain store then an arrival from another thread
+# is not ordered for the other SMs); the spin is an atomic whose result every thread of the program
+# waits for. bench/per_tensor_probe.py swept the constants on the H100 (per_tensor_probe_h100_s15*.json:
+# 16384-element chunks, one held, two 8-warp programs an SM won on geomean).
+# The interpreter runs programs one after another, so it gets one program (every chunk, no wait).
+COOP_BLOCK = 16384
+COOP_HELD = 1
+COOP_WARPS = 8
+COOP_PER_SM = 2
+COOP_MAX_PROGRAMS = 4096
+# Up to this many elements the two-kernel path stays (H100: 1024 x 2048 0.31 against 0.27 of the
+# bandwidth, 1024 x 4096 0.48 against 0.46: the wait for every program costs more than the second read
+# of an input L2 holds); from 1024 x 7168 on the cooperative kernel ties or wins (up to 1.44x).
+COOP_MIN_NUMEL = 1 << 22
+
+
+@triton.jit
+def _held_chunk(x_ptr, base, c, stride, numel):
+    offs = base + c * stride
+    x = tl.load(x_ptr + offs, mask=offs < numel, other=0.0)
+    return x, tl.max(tl.abs(x.to(tl.float32)), axis=0)
+
+
+@triton.jit
+def _store_quantized(q_ptr, x, base, c, stride, numel, scale, inv, HW: tl.constexpr, FMA: tl.constexpr):
+    offs = base + c * stride
+    q = _quantized(x.to(tl.float32), scale, inv, 0, False, False, HW, FMA)
+    tl.store(q_ptr + offs, q, mask=offs < numel, eviction_policy="evict_first")
+
+
+@triton.jit
+def _per_tensor_coop_kernel(x_ptr, q_ptr, s_ptr, sync_ptr, numel, steps,
+                            BLOCK: tl.constexpr, HELD: tl.constexpr, HW: tl.constexpr, FMA: tl.constexpr):
+    # sync_ptr: int32 [arrivals, departures, amax bits], zero at rest
+    pid = tl.program_id(0)
+    n_programs = tl.num_programs(0)
+    stride = n_programs.to(tl.int64) * BLOCK
+    base = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    # chunks 0 .. HELD-1 stay in registers (written out: a tuple of tensors is not a loop variable)
+    x0, amax = _held_chunk(x_ptr, base, 0, stride, numel)
+    x1, x2, x3 = x0, x0, x0
+    if HELD >= 2:
+        x1, m1 = _held_chunk(x_ptr, base, 1, stride, numel)
+        amax = tl.maximum(amax, m1)
+    if HELD >= 3:
+        x2, m2 = _held_chunk(x_ptr, base, 2, stride, numel)
+        amax = tl.maximum(amax, m2)
+    if HELD >= 4:
+        x3, m3 = _held_chunk(x_ptr, base, 3, stride, numel)
+        amax = tl.maximum(amax, m3)
+    for c in range(HELD, steps):  # the rest: maxima only
+        offs = base + c * stride
+        x = tl.load(x_ptr + offs, mask=offs < numel, other=0.0)
+        amax = tl.maximum(amax, tl.max(tl.abs(x.to(tl.float32)), axis=0))
+    # |x| >= 0: its fp32 bits order as int32s do
+    tl.atomic_max(sync_ptr + 2, amax.to(tl.int32, bitcast=True), sem="acq_rel")
+    arrived = tl.atomic_add(sync_ptr, 1, sem="acq_rel") + 1
+    while arrived < n_programs:
+        arrived = tl.atomic_add(sync_ptr, 0, sem="acquire")
+    amax = tl.atomic_max(sync_ptr + 2, 0, sem="acq_rel").to(tl.float32, bitcast=True)
+    # departures: the last program out zeroes the slots (every program has read the amax by then)
+    if tl.atomic_add(sync_ptr + 1, 1, sem="acq_rel") == n_programs - 1:
+        tl.atomic_xchg(sync_ptr, 0)
+        tl.atomic_xchg(sync_ptr + 1, 0)
+        tl.atomic_xchg(sync_ptr + 2, 0)
+    scale = tl.math.div_rn(tl.maximum(amax, 1e-12), 448.0)
+    if pid == 0:
+        tl.store(s_ptr, scale)
+    inv = _inverse(scale, FMA)
+    _store_quantized(q_ptr, x0, base, 0, stride, numel, scale, inv, HW, FMA)
+    if HELD >= 2:
+        _store_quantized(q_ptr, x1, base, 1, stride, numel, scale, inv, HW, FMA)
+    if HELD >= 3:
+        _store_quantized(q_ptr, x2, base, 2, stride, numel, scale, inv, HW, FMA)
+    if HELD >= 4:
+        _store_quantized(q_ptr, x3, base, 3, stride, numel, scale, inv, HW, FMA)
+    for i in range(steps - HELD):  # re-read, the chunk read last first
+        c = steps - 1 - i
+        offs = base + c * stride
+        x = tl.load(x_ptr + offs, mask=offs < numel, other=0.0)
+        _store_quantized(q_ptr, x, base, c, stride, numel, scale, inv, HW, FMA)
+
+
+def coop_grid(numel: int, programs_max: int) -> tuple[int, int]:
+    """(programs, steps) of the cooperative per-tensor launch: as many programs as fit at once (at most
+    ``programs_max``) but no more than there are chunks; each takes ``steps`` >= HELD chunks."""
+    programs = max(1, min(programs_max, COOP_MAX_PROGRAMS, cdiv(numel, COOP_BLOCK)))
+    return programs, max(COOP_HELD, cdiv(numel, programs * COOP_BLOCK))
+
+
+REGISTERS_PER_SM = 65536  # every sm_70+ GPU
+
+
+def coop_maxnreg(warps: int, per_sm: int) -> int:
+    """The register cap that lets ``per_sm`` programs of ``warps`` warps share an SM (a multiple of 8,
+    at most the 255 an sm_70+ thread can address)."""
+    return min(255, REGISTERS_PER_SM // (32 * warps * per_sm) // 8 * 8)
+
+
+def _per_tensor_coop(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> None:
+    """x -> (q, s) for fp8_dynamic_per_tensor by ``_per_tensor_coop_kernel``: one launch, one read where
+    registers and L2 hold the input."""
+    numel = x.numel()
+    resident = 1 if interpreted() else sm_count(x.device) * COOP_PER_SM
+    programs, steps = coop_grid(numel, resident)
+    launch(_per_tensor_coop_kernel, (programs,), (x, q, s, tile_counters(x.device, 3), numel, steps),
+           dict(BLOCK=COOP_BLOCK, HELD=COOP_HELD, HW=hw_cast(x.device), FMA=fma_div(x.device),
+                launch_cooperative_grid=True, maxnreg=coop_maxnreg(COOP_WARPS, COOP_PER_SM)), COOP_WARPS)
+
+
+def coop_on(numel: int) -> bool:
+    """Whether dynamic per-tensor over ``numel`` elements takes the cooperative one-read kernel (past
+    COOP_MIN_NUMEL; QUANTC_PER_TENSOR_COOP=0: the amax pass, then the quantize pass, at every size)."""
+    return numel > COOP_MIN_NUMEL and env("QUANTC_PER_TENSOR_COOP", "1") != "0"
+
+
 # dynamic per-tensor at up to ONE_PASS_MAX elements: one launch of the per-token kernel on the tensor as
 # one row (False: the amax pass first at every size; bench/bench_quant.py compares the two)
 PER_TENSOR_ONE_LAUNCH = True
@@ -239,7 +363,9 @@ def one_pass(group: int) -> bool:
 
 
 def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | None = None):
-    """bf16 (M, K) -> (elements, scales) for an activation key, on x's device (Triton)."""
+    """bf16 (M, K) -> (elements, scales) for an activation key, on x's device (Triton). Dynamic per-tensor:
+    up to ONE_PASS_MAX elements the per-token kernel on the tensor as one row, up to COOP_MIN_NUMEL an
+    amax pass then the quantize pass, beyond one cooperative launch (``_per_tensor_coop_kernel``)."""
     m, k = x.shape
     x = x.contiguous()
     if key == "fp8_dynamic_per_tensor" and m * k == 0:  # no rows: nothing to scan, the floored amax's scale
@@ -266,6 +392,9 @@ def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | 
                 raise ValueError("fp8_static_per_tensor needs the checkpoint's input_scale")
             src, s = _STATIC, static_scale.float().reshape(())
             aux = s
+        elif coop_on(m * k):
+            _per_tensor_coop(x, q, s)
+            return q, s
         else:
             src = _FROM_AMAX
             aux = _amax(x)
