@@ -102,7 +102,7 @@ def memo_check(out: dict) -> list[str]:
             x = base[1:].view(m, k) if misaligned else base[: m * k].view(m, k)
             label = f"memo/{kernel}/{wk}/{ak}/M{m}{'/misaligned' if misaligned else ''}"
             bad += check(out, label, lambda: mod(x), x, exact=not four_bit, switch="QUANTC_LAUNCH_MEMO")
-            rec = mod._memo.get((m, not x.data_ptr() & 15, x.device))
+            rec = mod._memo.get((m, not x.data_ptr() & 15, x.device, common.stream_key(x.device)))
             replayed = rec is not None and rec.program is not None
             out[label].update(replayed=replayed,
                               launches=sum(a[0] == "launch" for a in rec.program) if replayed else None,

@@ -2,7 +2,7 @@
 
 An eager ``QuantLinear`` call runs ~60 us of host Python on the CI machine (76-99 us on the H100's host)
 before its two launches: routing rules, constexpr dicts, specialization keys, switch reads. For a given
-module and input signature (rows, alignment, device) and the same switch values that work is the same
+module and input signature (rows, alignment, device, stream) and the same switch values that work is the same
 every call; only the input and the freshly allocated tensors change. So the first call of a signature
 runs the launchers under a recorder, and later calls replay the recording: allocate the same fresh
 tensors, substitute them into each recorded launch's arguments and call the compiled kernels.

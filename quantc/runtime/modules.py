@@ -21,6 +21,7 @@ from torch import nn
 from quantc.plan import KernelConfig
 
 from . import launch_memo
+from .kernels.common import stream_key
 from .registry import LAUNCHERS
 from .tables import bucket_lookup, pick
 
@@ -105,8 +106,8 @@ class QuantLinear(nn.Module):
             bias = buffers["bias"]
             if x2.shape[0] and launch_memo.enabled():
                 tensors.append(bias)
-                out = launch_memo.run(self._memo, (x2.shape[0], not x2.data_ptr() & 15, x2.device), tensors,
-                                      self._run_dense, x2)
+                out = launch_memo.run(self._memo, (x2.shape[0], not x2.data_ptr() & 15, x2.device,
+                                                   stream_key(x2.device)), tensors, self._run_dense, x2)
             else:
                 out = run_dense(x2, tensors, bias, self.kernel, self.weight_key, self.act_key, self._lookup)
         return out.reshape(*lead, self.out_features)

@@ -588,3 +588,24 @@ def test_warp_specialized_block_probe_kernel_equals_the_tiled_kernel():
         out = torch.empty(m, n, dtype=torch.bfloat16)
         got = ws_probe.launch_ws(xg, t["weight"], sg, ws, bias, KernelConfig(bm, bn, 128, 8, 4, 3), out, ws=on)
         assert torch.equal(got, want), (bm, bn, on)
+
+
+def test_workspaces_are_per_device_and_stream(monkeypatch):
+    """Arrival counters, the amax pass's partials and the 4-bit split-K sums are keyed by device and
+    stream (``common.workspace_key``): launches on two streams may run at once and must not share a
+    counter. Each stream's set is allocated once and reused; off CUDA the stream part is None."""
+    from quantc.runtime.kernels import act_quant, common, wo_mma4
+
+    assert common.workspace_key(torch.device("cpu")) == ("cpu", None, None)
+    monkeypatch.setattr(common, "current_stream", lambda device: 1234)
+    assert common.workspace_key(torch.device("cuda", 1)) == ("cuda", 1, 1234)
+    stream = ["a"]
+    monkeypatch.setattr(common, "stream_key", lambda device: stream[0])
+    cpu = torch.device("cpu")
+    on_a = (common.tile_counters(cpu, 4), act_quant._amax_parts(cpu, 4), wo_mma4.split_workspace(cpu, 64, 4)[0])
+    stream[0] = "b"
+    on_b = (common.tile_counters(cpu, 4), act_quant._amax_parts(cpu, 4), wo_mma4.split_workspace(cpu, 64, 4)[0])
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(on_a, on_b))
+    stream[0] = "a"
+    again = (common.tile_counters(cpu, 4), act_quant._amax_parts(cpu, 4), wo_mma4.split_workspace(cpu, 64, 4)[0])
+    assert all(a is b for a, b in zip(on_a, again))

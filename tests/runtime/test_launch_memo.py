@@ -58,7 +58,7 @@ def test_replays_give_the_launchers_bits_without_running_them(kernel, wk, ak, k,
     first = mod(x)
     replays = [mod(x), mod(torch.randn_like(x))]
     assert counted == [6]
-    rec = mod._memo[(6, True, x.device)]
+    rec = mod._memo[(6, True, x.device, None)]
     assert rec.program is not None and sum(a[0] == "launch" for a in rec.program) == (1 if ak == "none" else 2)
     assert torch.equal(first, launchers_output(mod, x, monkeypatch)) and torch.equal(replays[0], first)
     assert replays[0].shape == (2, 3, 32) and replays[0].data_ptr() != first.data_ptr()  # a fresh output
@@ -74,14 +74,31 @@ def test_each_row_count_and_alignment_is_its_own_recording(counted, monkeypatch)
     outs = [mod(x) for x in inputs]
     assert counted == [4, 4, 1]
     assert all(torch.equal(o, launchers_output(mod, x, monkeypatch)) for o, x in zip(outs, inputs))
-    assert set(mod._memo) == {(4, True, aligned.device), (4, False, aligned.device), (1, True, aligned.device)}
+    dev = aligned.device
+    assert set(mod._memo) == {(4, True, dev, None), (4, False, dev, None), (1, True, dev, None)}
+
+
+def test_each_stream_is_its_own_recording(counted, monkeypatch):
+    """A recording holds its stream's workspaces (``common.workspace_key``), so a call on another stream
+    records again rather than replaying launches that would share the first stream's counters."""
+    stream = ["s1"]
+    monkeypatch.setattr(modules, "stream_key", lambda device: stream[0])
+    mod = layer()
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    first = mod(x)
+    mod(x)
+    stream[0] = "s2"
+    on_s2 = mod(x)
+    assert counted == [3, 3]  # recorded once per stream, replayed once on s1
+    assert set(mod._memo) == {(3, True, x.device, "s1"), (3, True, x.device, "s2")}
+    assert torch.equal(first, on_s2)
 
 
 def test_a_switch_the_call_read_invalidates_its_recording(counted, monkeypatch):
     mod = layer()
     x = torch.randn(5, 64, dtype=torch.bfloat16)
     want = mod(x)
-    names = mod._memo[(5, True, x.device)].switch_names
+    names = mod._memo[(5, True, x.device, None)].switch_names
     assert "QUANTC_FAST_LAUNCH" in names and "TRITON_INTERPRET" in names  # what the launchers consulted
     monkeypatch.setenv("QUANTC_FAST_LAUNCH", "0")
     assert torch.equal(mod(x), want) and counted == [5, 5]  # re-recorded under the new value
@@ -132,7 +149,7 @@ def test_a_tensor_from_outside_the_recorder_keeps_the_launchers(counted):
                       None)
     x = torch.randn(3, 64, dtype=torch.bfloat16)
     outs = [mod(x) for _ in range(3)]
-    assert counted == [3, 3, 3] and mod._memo[(3, True, x.device)].program is None
+    assert counted == [3, 3, 3] and mod._memo[(3, True, x.device, None)].program is None
     assert all(torch.equal(o, outs[0]) for o in outs)
 
 
@@ -142,7 +159,7 @@ def test_torch_ops_through_common_torch_op_are_replayed(counted, monkeypatch):
     x = torch.randn(3, 128, dtype=torch.bfloat16)
     first = mod(x)
     replays = [mod(x) for _ in range(2)]
-    prog = mod._memo[(3, True, x.device)].program
+    prog = mod._memo[(3, True, x.device, None)].program
     assert counted == [3] and [a[0] for a in prog if a[0] in ("launch", "op")] == ["launch", "op"]
     assert all(torch.equal(r, first) for r in replays) and torch.equal(first, launchers_output(mod, x, monkeypatch))
     # the dequantize-then-cuBLAS path (forced on here): a dequant launch, then torch.matmul, then the bias add
@@ -150,7 +167,7 @@ def test_torch_ops_through_common_torch_op_are_replayed(counted, monkeypatch):
     big = torch.randn(20, 128, dtype=torch.bfloat16)
     first = mod(big)
     again = mod(big)
-    prog = mod._memo[(20, True, x.device)].program
+    prog = mod._memo[(20, True, x.device, None)].program
     assert [a[0] for a in prog if a[0] in ("launch", "op")] == ["launch", "op", "op"]
     assert counted == [3, 3, 20] and torch.equal(again, first)  # (the second 3: the launchers' run above) and torch.equal(first, launchers_output(mod, big, monkeypatch))
 

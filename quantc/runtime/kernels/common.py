@@ -225,15 +225,31 @@ def current_stream(device: torch.device) -> int:
     return torch._C._cuda_getCurrentRawStream(device.index if device.index is not None else torch.cuda.current_device())
 
 
+def stream_key(device: torch.device):
+    """The stream kernels on ``device`` launch on now (None off CUDA): part of every workspace's key and of
+    ``launch_memo``'s signatures."""
+    return current_stream(device) if device.type == "cuda" else None
+
+
+def workspace_key(device: torch.device) -> tuple:
+    """The key of a long-lived workspace (arrival counters, partial sums, amax slots): one per device and
+    stream. Kernels on two streams may run at once, and with one shared set of counters one launch's
+    arrivals would release another's wait or reduction: silently wrong results, where each stream's own
+    set costs only its memory."""
+    return (device.type, device.index, stream_key(device))
+
+
 _TILE_COUNTERS: dict = {}
 
 
 def tile_counters(device: torch.device, tiles: int) -> torch.Tensor:
-    """The device's int32 arrival counters for split-K launches that reduce in the same launch, zero at
-    rest (every such launch leaves them zeroed). Allocated by the first call with room for 65536 tiles
-    (256 KB), so a decode grid met first inside CUDA-graph capture does not regrow them there; grown,
-    never shrunk. Split-K launches on one device must not run concurrently on two streams."""
-    key = (device.type, device.index)
+    """The int32 arrival counters (``workspace_key``: per device and stream) of launches that reduce or
+    wait in the same launch (split-K, the amax pass, the cooperative per-tensor quantizer), zero at rest
+    (every such launch leaves them zeroed). Allocated by a stream's first call with room for 65536 tiles
+    (256 KB), so a decode grid does not regrow them inside CUDA-graph capture; grown, never shrunk. A
+    capture stream met first inside capture allocates there (a zero fill the graph replays: harmless, they
+    are zero at rest)."""
+    key = workspace_key(device)
     cnt = _TILE_COUNTERS.get(key)
     if cnt is None or cnt.numel() < tiles:
         cnt = _TILE_COUNTERS[key] = torch.zeros(max(tiles, 1 << 16), dtype=torch.int32, device=device)

@@ -214,11 +214,10 @@ _WORKSPACES: dict = {}
 
 
 def split_workspace(device, numel: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The device's split-K workspace (fp32 partial sums) and arrival counters (``common.tile_counters``,
-    shared with ``scaled_mm``), zero at rest: every split-K launch leaves them zeroed. Grown, never
-    shrunk; allocated outside CUDA-graph capture by the first eager call. One per device: split-K
-    launches on one device must not run concurrently on two streams."""
-    key = (device.type, device.index)
+    """The split-K workspace (fp32 partial sums) and arrival counters (``common.tile_counters``, shared with
+    ``scaled_mm``) of this device and stream (``common.workspace_key``), zero at rest: every split-K launch
+    leaves them zeroed. Grown, never shrunk."""
+    key = common.workspace_key(device)
     ws = _WORKSPACES.get(key)
     if ws is None or ws.numel() < numel:
         ws = _WORKSPACES[key] = torch.zeros(max(numel, 0 if ws is None else ws.numel()), dtype=torch.float32,
