@@ -26,7 +26,9 @@ Mixtral-8x7B; tokens T = 1, 16, 256, 4096, uniformly random distinct experts per
   (its sorting not timed); the opt-in paths beside them: bf16 / fp8 / int8 on the Gluon grouped GEMM
   (``layer_ours_*_ws128_*``, ``_ws64_*``: QUANTC_MOE_WS) and mxfp4 dequantized to bf16 first at every size
   (``layer_ours_mxfp4_wo_dequant_*``: QUANTC_MOE_DEQUANT_MIN_PAIRS=0, within its 2 GiB cap) or never
-  (``layer_ours_mxfp4_wo_bytes_*``; the default column takes the dequant path from 1024 pairs an expert). The check
+  (``layer_ours_mxfp4_wo_bytes_*``; the default column takes the dequant path from 1024 pairs an expert), and
+  bf16 / fp8 with the pairs sorted by torch ops (``layer_ours_*_torch_align_us``, QUANTC_MOE_ALIGN_KERNEL=0;
+  the default sorts up to 1024 pairs in one Triton launch). The check
   runs each opt-in path on the small layer too.
 All inside CUDA graphs. Weight bytes count the experts that received at least one token.
 
@@ -49,7 +51,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime.kernels import moe_gemm as mg  # noqa: E402
 from quantc.runtime.kernels import wo_format as wf  # noqa: E402
-from quantc.runtime.kernels.moe_routing import align_by_expert  # noqa: E402
+from quantc.runtime.kernels.moe_routing import ALIGN_KERNEL_MAX_PAIRS, align_by_expert  # noqa: E402
 from quantc.runtime.moe import QuantMoE  # noqa: E402
 from bench.bandwidth import copy_gbps, moe_roofline  # noqa: E402
 from bench.timing import env_set, graph_us as us  # noqa: E402
@@ -288,6 +290,10 @@ def bench():
                     for key in keys:
                         col = f"layer_ours_{key}_us" if mode == "0" else f"layer_ours_{key}_ws{mode}_us"
                         row[col] = us(lambda m=moes[key]: m.experts(x, tw, ids))
+            if pairs <= ALIGN_KERNEL_MAX_PAIRS:  # the default sorts the pairs in one launch: the torch ops beside it
+                with env_set("QUANTC_MOE_ALIGN_KERNEL", "0"):
+                    for key in ("bf16", "fp8_w8a8"):
+                        row[f"layer_ours_{key}_torch_align_us"] = us(lambda m=moes[key]: m.experts(x, tw, ids))
             with env_set("QUANTC_MOE_DEQUANT_MIN_PAIRS", "0"):  # the 4-bit layer dequantized to bf16 first
                 row["layer_ours_mxfp4_wo_dequant_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
             with env_set("QUANTC_MOE_DEQUANT_MIN_PAIRS", str(1 << 40)):  # and on the byte path at every size

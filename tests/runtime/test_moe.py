@@ -75,6 +75,41 @@ def test_align_by_expert(block_m):
     assert (block_expert[total.item() // block_m:] == 6).all()
 
 
+@pytest.mark.parametrize("t, k, e, block_m", [(9, 3, 6, 1), (1, 8, 128, 16), (32, 8, 128, 64), (5, 2, 8, 128),
+                                               (128, 8, 257, 16), (64, 2, 8, 4)])
+def test_align_kernel_gives_the_torch_ops_bits(t, k, e, block_m, monkeypatch):
+    """Up to ALIGN_KERNEL_MAX_PAIRS pairs one Triton program sorts them (the interpreter here): the same
+    sorted ids, block experts and total as the torch ops, bit for bit, at decode sizes (one pair an
+    expert or fewer), many pairs an expert, 257 experts (expert parallelism's sentinel) and every
+    BLOCK_M the tables use; the sentinel expert's pairs (id e - 1 of e) sort last."""
+    torch.manual_seed(t * k + e)
+    ids = torch.randint(0, e, (t, k), dtype=torch.int32)
+    ids[0, 0] = e - 1
+    assert mr.align_kernel_on(ids.numel(), ids.device)
+    got = mr.align_by_expert(ids, e, block_m)
+    monkeypatch.setenv("QUANTC_MOE_ALIGN_KERNEL", "0")
+    want = mr.align_by_expert(ids, e, block_m)
+    assert all(g.dtype == w.dtype and torch.equal(g, w) for g, w in zip(got, want))
+
+
+@pytest.mark.parametrize("n, switch, kernel", [(1024, None, True), (1025, None, False), (8, "0", False), (0, None, False)])
+def test_align_kernel_by_size_and_switch(n, switch, kernel, monkeypatch):
+    """The kernel up to ALIGN_KERNEL_MAX_PAIRS pairs (past it one program would walk them serially), never
+    with QUANTC_MOE_ALIGN_KERNEL=0 or without pairs; the torch ops otherwise, with the same outputs."""
+    if switch is None:
+        monkeypatch.delenv("QUANTC_MOE_ALIGN_KERNEL", raising=False)
+    else:
+        monkeypatch.setenv("QUANTC_MOE_ALIGN_KERNEL", switch)
+    launched = []
+    real = mr.launch
+    monkeypatch.setattr(mr, "launch", lambda *a, **kw: launched.append(1) or real(*a, **kw))
+    ids = torch.randint(0, 4, (n,), dtype=torch.int32)
+    sorted_ids, block_expert, total = mr.align_by_expert(ids, 4, 16)
+    assert bool(launched) == kernel
+    assert total.item() == sum((int((ids == x).sum()) + 15) // 16 * 16 for x in range(4))
+    assert sorted(sorted_ids[sorted_ids < n].tolist()) == list(range(n))
+
+
 def _act_dq(key):
     if key == "none":
         return None

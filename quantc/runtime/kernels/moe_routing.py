@@ -1,4 +1,5 @@
-"""MoE routing (plain torch ops: small, graph-capturable, no host sync) and token sorting by expert.
+"""MoE routing (plain torch ops: small, graph-capturable, no host sync) and token sorting by expert (one
+Triton program at decode sizes, torch ops beyond).
 
 Routers, router logits (T, E) -> (weights fp32 (T, k), expert ids int32 (T, k)):
 
@@ -19,6 +20,10 @@ gpt_oss       top-k of the logits, then softmax over those k logits
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
+
+from .common import env, interpreted, launch, next_pow2
 
 
 def softmax_topk(logits: torch.Tensor, top_k: int, renormalize: bool = True):
@@ -53,6 +58,54 @@ def gpt_oss(logits: torch.Tensor, top_k: int):
 ROUTERS = {"softmax_topk": softmax_topk, "deepseek_v3": deepseek_v3, "gpt_oss": gpt_oss}
 
 
+# Up to ALIGN_KERNEL_MAX_PAIRS (token, slot) pairs one Triton program (``_align_kernel``) does
+# ``align_by_expert``'s work in one launch, where the torch ops take 14 (each a kernel, under a CUDA graph
+# too, and ~7 us of eager dispatch on the H100's host). Past it the torch ops: one program walks the pairs
+# in chunks, serially, and at prefill sizes the GEMMs dwarf the routing's launches.
+ALIGN_KERNEL_MAX_PAIRS = 1024
+ALIGN_FILL = 1024  # padding entries written per step
+
+
+@triton.jit
+def _align_kernel(ids_ptr, sorted_ptr, block_expert_ptr, total_ptr, n, num_experts, length, n_blocks,
+                  BLOCK_M: tl.constexpr, E_POW2: tl.constexpr, CHUNK: tl.constexpr, FILL: tl.constexpr):
+    experts = tl.arange(0, E_POW2)
+    counts = tl.zeros((E_POW2,), tl.int32)
+    for c in range(0, n, CHUNK):
+        offs = c + tl.arange(0, CHUNK)
+        e = tl.load(ids_ptr + offs, mask=offs < n, other=-1)
+        counts += tl.sum((e[:, None] == experts[None, :]).to(tl.int32), axis=0)
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    pad_end = tl.cumsum(padded, axis=0)
+    for c in range(0, length, FILL):  # padding everywhere, then the pairs over it (after the barrier)
+        offs = c + tl.arange(0, FILL)
+        tl.store(sorted_ptr + offs, n, mask=offs < length)
+    tl.debug_barrier()
+    slot = pad_end - padded  # each expert's next free entry
+    for c in range(0, n, CHUNK):  # stable: a pair's rank among its expert's pairs follows pair order
+        offs = c + tl.arange(0, CHUNK)
+        e = tl.load(ids_ptr + offs, mask=offs < n, other=-1)
+        onehot = (e[:, None] == experts[None, :]).to(tl.int32)
+        earlier = tl.cumsum(onehot, axis=0) - onehot  # this chunk's earlier pairs of the same expert
+        dest = tl.sum(onehot * (slot[None, :] + earlier), axis=1)
+        tl.store(sorted_ptr + dest, offs, mask=offs < n)
+        slot += tl.sum(onehot, axis=0)
+    # a block's expert: how many experts' padded runs end at or before its first entry (searchsorted, right)
+    ends = tl.where(experts < num_experts, pad_end, 2147483647)
+    for c in range(0, n_blocks, CHUNK):
+        b = c + tl.arange(0, CHUNK)
+        ended = (ends[None, :] <= (b * BLOCK_M)[:, None]).to(tl.int32)
+        tl.store(block_expert_ptr + b, tl.sum(ended, axis=1), mask=b < n_blocks)
+    tl.store(total_ptr, tl.sum(padded, axis=0))
+
+
+def align_kernel_on(n: int, device: torch.device) -> bool:
+    """Whether ``n`` pairs on ``device`` take ``_align_kernel`` (a GPU or the interpreter, at most
+    ALIGN_KERNEL_MAX_PAIRS; QUANTC_MOE_ALIGN_KERNEL=0: the torch ops always)."""
+    return (0 < n <= ALIGN_KERNEL_MAX_PAIRS and (device.type == "cuda" or interpreted())
+            and env("QUANTC_MOE_ALIGN_KERNEL", "1") != "0")
+
+
 def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     """Sort the T*k (token, slot) pairs by expert and pad every expert's run to a multiple of block_m.
 
@@ -60,9 +113,21 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     ``block_expert`` int32 (L / block_m,): the expert of each block of block_m entries (num_experts
     past the end); ``total`` int32 (1,): entries in use. L = T*k + min(E, T*k) * (block_m - 1) is a
     bound fixed by the shapes, so every output has a static size (CUDA graphs) and nothing syncs.
+    Pairs of one expert keep their order (the kernel and the torch ops give the same bits).
     """
+    n = topk_ids.numel()
+    if align_kernel_on(n, topk_ids.device):
+        flat = topk_ids.reshape(-1).to(torch.int32).contiguous()
+        length = n + min(num_experts, n) * (block_m - 1)
+        length = (length + block_m - 1) // block_m * block_m
+        sorted_ids = torch.empty(length, dtype=torch.int32, device=flat.device)
+        block_expert = torch.empty(length // block_m, dtype=torch.int32, device=flat.device)
+        total = torch.empty(1, dtype=torch.int32, device=flat.device)
+        e_pow2 = next_pow2(num_experts)
+        launch(_align_kernel, (1,), (flat, sorted_ids, block_expert, total, n, num_experts, length, length // block_m),
+               dict(BLOCK_M=block_m, E_POW2=e_pow2, CHUNK=max(1, 4096 // e_pow2), FILL=ALIGN_FILL), 4)
+        return sorted_ids, block_expert, total
     flat = topk_ids.reshape(-1).to(torch.int64)
-    n = flat.numel()
     counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
     padded = (counts + block_m - 1) // block_m * block_m
     pad_end = torch.cumsum(padded, 0)
