@@ -99,11 +99,20 @@ def _align_kernel(ids_ptr, sorted_ptr, block_expert_ptr, total_ptr, n, num_exper
     tl.store(total_ptr, tl.sum(padded, axis=0))
 
 
+# On a GPU the kernel is opt-in (QUANTC_MOE_ALIGN_KERNEL=1) until a GPU run has checked it against the torch
+# ops (RUNBOOK item 20); the interpreter runs it by default.
+ALIGN_KERNEL_GPU_DEFAULT = "0"
+
+
 def align_kernel_on(n: int, device: torch.device) -> bool:
-    """Whether ``n`` pairs on ``device`` take ``_align_kernel`` (a GPU or the interpreter, at most
-    ALIGN_KERNEL_MAX_PAIRS; QUANTC_MOE_ALIGN_KERNEL=0: the torch ops always)."""
-    return (0 < n <= ALIGN_KERNEL_MAX_PAIRS and (device.type == "cuda" or interpreted())
-            and env("QUANTC_MOE_ALIGN_KERNEL", "1") != "0")
+    """Whether ``n`` pairs on ``device`` take ``_align_kernel``: at most ALIGN_KERNEL_MAX_PAIRS, under the
+    interpreter unless QUANTC_MOE_ALIGN_KERNEL=0, on a GPU where QUANTC_MOE_ALIGN_KERNEL (default
+    ALIGN_KERNEL_GPU_DEFAULT) is not 0."""
+    if not 0 < n <= ALIGN_KERNEL_MAX_PAIRS:
+        return False
+    if interpreted():
+        return env("QUANTC_MOE_ALIGN_KERNEL", "1") != "0"
+    return device.type == "cuda" and env("QUANTC_MOE_ALIGN_KERNEL", ALIGN_KERNEL_GPU_DEFAULT) != "0"
 
 
 def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int):
