@@ -97,7 +97,8 @@ class QuantMoE(nn.Module):
 
     def _weight(self, name: str) -> wf.WoWeight:
         fmt, n, k, sfmt, group, rb = self._meta[name]
-        t = [getattr(self, f"{name}_{f}") for f in _FIELDS]
+        buffers = self._buffers  # what getattr finds for a buffer, without nn.Module.__getattr__'s lookups
+        t = [buffers[f"{name}_{f}"] for f in _FIELDS]
         return wf.WoWeight(fmt, n, k, t[0], t[1], sfmt, group, rb, t[2], t[3])
 
     def route(self, x: torch.Tensor):
