@@ -130,7 +130,7 @@ def test_per_tensor_amax_pass_reduces_every_program_and_leaves_its_counter_zero(
         assert torch.equal(_bits(q), _bits(rq)) and torch.equal(s.reshape(rs.shape), rs), flat
 
 
-@pytest.mark.parametrize("block, held", [(64, 1), (64, 2), (32, 4), (16384, 1)])
+@pytest.mark.parametrize("block, held", [(1024, 1), (512, 2), (256, 4), (16384, 1)])
 def test_per_tensor_cooperative_kernel_stays_exact_and_leaves_its_slots_zero(block, held, monkeypatch):
     """The one-read dynamic per-tensor kernel (past COOP_MIN_NUMEL; lowered here so a small input takes
     it): held chunks and streamed chunks (the ragged last one included), the maximum first, in the middle
