@@ -236,9 +236,10 @@ def _amax(x: torch.Tensor) -> torch.Tensor:
 # The two-kernel path reads the whole input twice (5 bytes an element moved where 3 are counted); this
 # one re-reads only what neither registers (HELD x COOP_BLOCK x 2 bytes a program) nor L2 kept.
 # COOP_PER_SM programs an SM, their registers capped (``maxnreg``) so that many always fit: the launch is
-# refused otherwise. The amax travels by atomics only (a plain store then an arrival from another thread
-# is not ordered for the other SMs); the spin is an atomic whose result every thread of the program
-# waits for. bench/per_tensor_probe.py swept the constants on the H100 (per_tensor_probe_h100_s15*.json:
+# refused otherwise. The amax travels by atomics only and the spin is an atomic whose result every thread
+# of the program waits for: a first version that polled with volatile loads and then read the programs'
+# maxima with plain loads returned wrong bits once on the H100 (its other threads' loads were not ordered
+# after the one acquiring atomic). bench/per_tensor_probe.py swept the constants on the H100 (per_tensor_probe_h100_s15*.json:
 # 16384-element chunks, one held, two 8-warp programs an SM won on geomean).
 # The interpreter runs programs one after another, so it gets one program (every chunk, no wait).
 COOP_BLOCK = 16384
