@@ -184,7 +184,9 @@ class QuantMoE(nn.Module):
         y = y.view(t, top_k, -1)
         if local is not None:
             y = torch.where(local.unsqueeze(-1), y, torch.zeros((), dtype=y.dtype, device=y.device))
-        out = y.float().sum(1)
+        # the k weighted rows of a token summed in fp32 in one kernel (no fp32 copy of y: at 4096 tokens and
+        # top-8 that copy moved ~0.5 GB, ~0.2 ms on the H100)
+        out = y.sum(1, dtype=torch.float32)
         if self.world > 1:
             import torch.distributed as dist
 
