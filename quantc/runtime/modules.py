@@ -5,7 +5,7 @@ its body only launches kernels on preallocated buffers (no host sync, one output
 Eager calls skip the custom op: its dispatch costs ~30 us of host time a call (an H100 profile of a
 two-layer Llama decode step spent more time on the host than on the GPU), so ``QuantLinear.forward``
 calls the same body directly unless torch.compile is tracing, with the module's bucket bounds and
-configs decoded once at construction; a call whose input signature (rows, alignment, device) the module
+configs decoded once at construction; a call whose input signature (rows, alignment, device, stream) the module
 has seen replays its recorded launches (``launch_memo``) instead of running the launchers' Python.
 """
 

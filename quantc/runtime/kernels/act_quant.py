@@ -28,7 +28,7 @@ import triton.language as tl
 
 from .. import quantize as ref
 from .common import (cdiv, div_rn_by, empty, env, floor_log2, fma_div, hw_cast, interpreted, launch, next_pow2,
-                     persistent, pow2, sm_count, tile_counters, to_e4m3, to_int8, workspace_key)
+                     pow2, sm_count, tile_counters, to_e4m3, to_int8, workspace)
 
 # scale sources
 _FROM_GROUP, _FROM_AMAX, _STATIC = 0, 1, 2
@@ -202,18 +202,10 @@ def _quant_rows_kernel(
         tl.store(q_row + offs, _quantized(x, scale, inv, e, INT8, MX, HW, FMA), mask=m)
 
 
-_AMAX_PARTS: dict = {}
-
-
 def _amax_parts(device: torch.device, n: int) -> torch.Tensor:
     """The fp32 workspace of the amax pass (the programs' maxima, then the amax) of this device and stream
-    (``common.workspace_key``), at least ``n`` long: allocated by the first call and grown, never per call
-    (as ``common.tile_counters``)."""
-    key = workspace_key(device)
-    buf = _AMAX_PARTS.get(key)
-    if buf is None or buf.numel() < n:
-        buf = _AMAX_PARTS[key] = torch.empty(max(n, AMAX_PROGRAMS + 1), dtype=torch.float32, device=device)
-    return persistent(buf)
+    (``common.workspace``), at least ``n`` long."""
+    return workspace("amax_parts", device, n, torch.float32, zeroed=False, reserve=AMAX_PROGRAMS + 1)
 
 
 def _amax(x: torch.Tensor) -> torch.Tensor:

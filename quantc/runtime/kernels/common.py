@@ -239,21 +239,30 @@ def workspace_key(device: torch.device) -> tuple:
     return (device.type, device.index, stream_key(device))
 
 
-_TILE_COUNTERS: dict = {}
+_WORKSPACES: dict = {}
+
+
+def workspace(kind: str, device: torch.device, numel: int, dtype: torch.dtype, zeroed: bool,
+              reserve: int = 0) -> torch.Tensor:
+    """The long-lived workspace ``kind`` of this device and stream (``workspace_key``), at least ``numel``
+    long (``reserve`` at its first allocation): allocated by the first call and grown, never shrunk, never
+    per call; ``zeroed`` for those kept zero at rest by the launches that use them. ``launch_memo`` keeps it
+    as it is (``persistent``)."""
+    key = (kind,) + workspace_key(device)
+    buf = _WORKSPACES.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = _WORKSPACES[key] = (torch.zeros if zeroed else torch.empty)(max(numel, reserve), dtype=dtype,
+                                                                           device=device)
+    return persistent(buf)
 
 
 def tile_counters(device: torch.device, tiles: int) -> torch.Tensor:
-    """The int32 arrival counters (``workspace_key``: per device and stream) of launches that reduce or
+    """The int32 arrival counters (``workspace``: per device and stream) of launches that reduce or
     wait in the same launch (split-K, the amax pass, the cooperative per-tensor quantizer), zero at rest
     (every such launch leaves them zeroed). Allocated by a stream's first call with room for 65536 tiles
-    (256 KB), so a decode grid does not regrow them inside CUDA-graph capture; grown, never shrunk. A
-    capture stream met first inside capture allocates there (a zero fill the graph replays: harmless, they
-    are zero at rest)."""
-    key = workspace_key(device)
-    cnt = _TILE_COUNTERS.get(key)
-    if cnt is None or cnt.numel() < tiles:
-        cnt = _TILE_COUNTERS[key] = torch.zeros(max(tiles, 1 << 16), dtype=torch.int32, device=device)
-    return persistent(cnt)
+    (256 KB), so a decode grid does not regrow them inside CUDA-graph capture. A capture stream met first
+    inside capture allocates there (a zero fill the graph replays: harmless, they are zero at rest)."""
+    return workspace("tile_counters", device, tiles, torch.int32, zeroed=True, reserve=1 << 16)
 
 
 @triton.jit

@@ -125,10 +125,10 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     Pairs of one expert keep their order (the kernel and the torch ops give the same bits).
     """
     n = topk_ids.numel()
+    length = n + min(num_experts, n) * (block_m - 1)
+    length = (length + block_m - 1) // block_m * block_m
     if align_kernel_on(n, topk_ids.device):
         flat = topk_ids.reshape(-1).to(torch.int32).contiguous()
-        length = n + min(num_experts, n) * (block_m - 1)
-        length = (length + block_m - 1) // block_m * block_m
         sorted_ids = torch.empty(length, dtype=torch.int32, device=flat.device)
         block_expert = torch.empty(length // block_m, dtype=torch.int32, device=flat.device)
         total = torch.empty(1, dtype=torch.int32, device=flat.device)
@@ -144,8 +144,6 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     sorted_e = flat[order]
     rank = torch.arange(n, device=flat.device) - (torch.cumsum(counts, 0) - counts)[sorted_e]
     dest = (pad_end - padded)[sorted_e] + rank
-    length = n + min(num_experts, n) * (block_m - 1)
-    length = (length + block_m - 1) // block_m * block_m
     sorted_ids = torch.full((length,), n, dtype=torch.int32, device=flat.device)
     sorted_ids[dest] = order.to(torch.int32)
     starts = torch.arange(0, length, block_m, device=flat.device)

@@ -210,16 +210,8 @@ def kernel_launch(x2: torch.Tensor, w, cfg, bm: int, bn: int, bk: int, split: in
     return out, grid, args, meta
 
 
-_WORKSPACES: dict = {}
-
-
 def split_workspace(device, numel: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The split-K workspace (fp32 partial sums) and arrival counters (``common.tile_counters``, shared with
-    ``scaled_mm``) of this device and stream (``common.workspace_key``), zero at rest: every split-K launch
-    leaves them zeroed. Grown, never shrunk."""
-    key = common.workspace_key(device)
-    ws = _WORKSPACES.get(key)
-    if ws is None or ws.numel() < numel:
-        ws = _WORKSPACES[key] = torch.zeros(max(numel, 0 if ws is None else ws.numel()), dtype=torch.float32,
-                                            device=device)
-    return common.persistent(ws), tile_counters(device, tiles)
+    ``scaled_mm``) of this device and stream (``common.workspace``), zero at rest: every split-K launch
+    leaves them zeroed."""
+    return common.workspace("split_sums", device, numel, torch.float32, zeroed=True), tile_counters(device, tiles)
