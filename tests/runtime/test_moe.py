@@ -694,16 +694,17 @@ def test_a_plan_config_that_fails_hands_the_layer_to_the_defaults(monkeypatch):
         plain(x)
 
 
-def test_align_kernel_is_opt_in_on_a_gpu_until_checked_there(monkeypatch):
-    """On a GPU the one-launch sort waits for its GPU check (ALIGN_KERNEL_GPU_DEFAULT "0"): off unless
-    QUANTC_MOE_ALIGN_KERNEL=1; never for CPU tensors outside the interpreter."""
+def test_align_kernel_is_the_gpu_default_up_to_its_pair_limit(monkeypatch):
+    """On a GPU the one-launch sort is on by default up to ALIGN_KERNEL_MAX_PAIRS (checked there in the
+    sixteenth session); QUANTC_MOE_ALIGN_KERNEL=0 turns it off; never for CPU tensors outside the interpreter."""
     monkeypatch.setattr(mr, "interpreted", lambda: False)
     monkeypatch.delenv("QUANTC_MOE_ALIGN_KERNEL", raising=False)
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
-    assert mr.ALIGN_KERNEL_GPU_DEFAULT == "0" and not mr.align_kernel_on(8, cuda)
-    monkeypatch.setenv("QUANTC_MOE_ALIGN_KERNEL", "1")
-    assert mr.align_kernel_on(8, cuda) and not mr.align_kernel_on(8, cpu)
+    assert mr.align_kernel_on(8, cuda) and mr.align_kernel_on(mr.ALIGN_KERNEL_MAX_PAIRS, cuda)
+    assert not mr.align_kernel_on(8, cpu)
     assert not mr.align_kernel_on(mr.ALIGN_KERNEL_MAX_PAIRS + 1, cuda)
+    monkeypatch.setenv("QUANTC_MOE_ALIGN_KERNEL", "0")
+    assert not mr.align_kernel_on(8, cuda)
 
 
 @settings(max_examples=25, deadline=None)
