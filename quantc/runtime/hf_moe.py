@@ -36,7 +36,7 @@ class QuantExperts(nn.Module):
             raise ValueError(f"{self.name}: the router picked {top_k_index.shape[-1]} experts per token, "
                              f"the experts were prepared for top_k={self.moe.top_k}")
         out = self.moe.experts(x, top_k_weights.reshape(x.shape[0], -1),
-                               top_k_index.reshape(x.shape[0], -1).to(torch.int32))
+                               top_k_index.reshape(x.shape[0], -1))
         return out.to(hidden_states.dtype).reshape(hidden_states.shape)
 
     def extra_repr(self) -> str:

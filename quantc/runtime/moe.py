@@ -41,6 +41,13 @@ def default_config(tokens: int, top_k: int, kernel: str = "moe_bf16") -> WoConfi
     return pick(*bucket_lookup(default_buckets(kernel, top_k=top_k)), tokens)
 
 
+def _pair_weights(topk_weights: torch.Tensor) -> torch.Tensor:
+    """(T, k) router weights -> (T * k,) contiguous, fp32 / bf16 / fp16 as they come (the down GEMM's
+    epilogue converts them to fp32, exactly: no conversion kernel for transformers' bf16 weights)."""
+    flat = topk_weights.reshape(-1).contiguous()
+    return flat if flat.dtype in (torch.float32, torch.bfloat16, torch.float16) else flat.float()
+
+
 class QuantMoE(nn.Module):
     def __init__(self, kernel: str, gate_up: wf.WoWeight, down: wf.WoWeight, router_weight: torch.Tensor, *,
                  top_k: int, router: str = "softmax_topk", router_args: dict | None = None,
@@ -179,18 +186,20 @@ class QuantMoE(nn.Module):
         # both GEMMs share the routing, padded to gate_up's BLOCK_M
         c2 = WoConfig(c13.block_m, c2.block_n, c2.block_k, num_warps=c2.num_warps, num_stages=c2.num_stages)
         y = mg.grouped_gemm(a, sa, self._weight("w2"), routing, a_div=1, act="none", a_quant=code, a_group=group,
-                            cfg=c2, bias=self.b2, topk_weights=topk_weights.reshape(-1).float().contiguous(),
+                            cfg=c2, bias=self.b2, topk_weights=_pair_weights(topk_weights),
                             ws=ws_down, dequant=dequant)
         y = y.view(t, top_k, -1)
         if local is not None:
             y = torch.where(local.unsqueeze(-1), y, torch.zeros((), dtype=y.dtype, device=y.device))
-        # the k weighted rows of a token summed in fp32 in one kernel (no fp32 copy of y: at 4096 tokens and
-        # top-8 that copy moved ~0.5 GB, ~0.2 ms on the H100)
-        out = y.sum(1, dtype=torch.float32)
-        if self.world > 1:
-            import torch.distributed as dist
+        # the k weighted rows of a token summed in one kernel with an fp32 accumulator (no fp32 copy of y: at
+        # 4096 tokens and top-8 that copy moved ~0.5 GB, ~0.2 ms on the H100); bf16 out where no all-reduce
+        # follows (one rounding either way), fp32 across expert-parallel ranks
+        if self.world == 1:
+            return y.sum(1)
+        import torch.distributed as dist
 
-            dist.all_reduce(out, group=self.group)
+        out = y.sum(1, dtype=torch.float32)
+        dist.all_reduce(out, group=self.group)
         return out.to(torch.bfloat16)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

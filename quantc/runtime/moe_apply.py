@@ -78,7 +78,7 @@ class QuantExpertList(nn.Module):
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
         x = hidden_states.reshape(-1, hidden_states.shape[-1]).to(torch.bfloat16).contiguous()
-        out = self.moe.experts(x, top_k_weights.reshape(x.shape[0], -1), top_k_index.reshape(x.shape[0], -1).to(torch.int32))
+        out = self.moe.experts(x, top_k_weights.reshape(x.shape[0], -1), top_k_index.reshape(x.shape[0], -1))
         return out.to(hidden_states.dtype).reshape(hidden_states.shape)
 
     def extra_repr(self) -> str:

@@ -94,6 +94,40 @@ def test_align_kernel_gives_the_torch_ops_bits(t, k, e, block_m, monkeypatch):
     assert all(g.dtype == w.dtype and torch.equal(g, w) for g, w in zip(got, want))
 
 
+def test_align_kernel_reads_int64_ids_and_strided_views_as_they_are():
+    """transformers' routers give int64 ids: the kernel reads them without a conversion kernel, with the
+    same outputs as int32 ids; a non-contiguous view (one slot of every token) is read correctly too."""
+    torch.manual_seed(11)
+    ids = torch.randint(0, 16, (12, 4), dtype=torch.int64)
+    want = mr.align_by_expert(ids.to(torch.int32), 16, 16)
+    got = mr.align_by_expert(ids, 16, 16)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    col = ids[:, 1:2]  # (12, 1), row stride 4: reshape(-1) alone would be a strided view
+    assert not col.is_contiguous()
+    want = mr.align_by_expert(col.contiguous().to(torch.int32), 16, 4)
+    got = mr.align_by_expert(col, 16, 4)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+@pytest.mark.parametrize("kernel,wkey,akey", [("moe_bf16", "none", "none"),
+                                              ("moe_fp8", "fp8_per_channel", "fp8_dynamic_per_token")])
+def test_experts_take_int64_ids_and_bf16_weights_with_the_same_bits(kernel, wkey, akey):
+    """QuantMoE.experts as transformers calls it (``QuantExperts``: int64 ids, router weights in bf16)
+    gives exactly what int32 ids and the weights' fp32 copy give: the epilogue widens bf16 exactly."""
+    torch.manual_seed(12)
+    w13 = wf.quantize(torch.randn(E, 2 * I, H) * 0.1, wkey)
+    w2 = wf.quantize(torch.randn(E, H, I) * 0.1, wkey)
+    moe = QuantMoE(kernel, w13, w2, torch.randn(E, H).bfloat16(), top_k=TOPK, act_key=akey)
+    x = torch.randn(T, H).bfloat16()
+    tw, ids = moe.route(x)
+    tw16 = tw.bfloat16()
+    want = moe.experts(x, tw16.float(), ids.to(torch.int32))
+    got = moe.experts(x, tw16, ids.to(torch.int64))
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+    ref = mg.reference_expert_loop(x, w13, w2, tw16.float(), ids, "silu", act_dq=_act_dq(akey))
+    assert ((got.float() - ref).abs().max() / ref.abs().max()).item() < 2e-2
+
+
 @pytest.mark.parametrize("n, switch, kernel", [(1024, None, True), (1025, None, False), (8, "0", False), (0, None, False)])
 def test_align_kernel_by_size_and_switch(n, switch, kernel, monkeypatch):
     """The kernel up to ALIGN_KERNEL_MAX_PAIRS pairs (past it one program would walk them serially), never

@@ -293,7 +293,7 @@ def _moe_gemm_kernel(
         up = tl.minimum(tl.maximum(acc_up, -LIMIT), LIMIT)
         acc = (up + 1.0) * gate * tl.sigmoid(ALPHA * gate)
     if MUL_TOPW:
-        acc = acc * tl.load(topw_ptr + pairs, mask=p_mask, other=0.0)[:, None]
+        acc = acc * tl.load(topw_ptr + pairs, mask=p_mask, other=0.0).to(tl.float32)[:, None]
     out_ptrs = out_ptr + pairs.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
     tl.store(out_ptrs, acc.to(tl.bfloat16), mask=p_mask[:, None] & n_mask[None, :])
 

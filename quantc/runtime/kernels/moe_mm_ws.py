@@ -133,7 +133,7 @@ def _epilogue(acc, acc_up, sorted_ids_ptr, sa_ptr, sw_ptr, bias_ptr, topw_ptr, o
         up = gl.minimum(gl.maximum(up, -LIMIT), LIMIT)
         out = (up + 1.0) * gate * (1.0 / (1.0 + gl.exp(-(ALPHA * gate))))
     if MUL_TOPW:
-        out = out * gl.load(topw_ptr + pairs, mask=p_mask, other=0.0)[:, None]
+        out = out * gl.load(topw_ptr + pairs, mask=p_mask, other=0.0).to(gl.float32)[:, None]
     ptrs = out_ptr + pairs.to(gl.int64)[:, None] * stride_om + offs_n[None, :]
     gl.store(ptrs, out.to(gl.bfloat16), mask=p_mask[:, None] & n_mask[None, :])
 

@@ -128,7 +128,9 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     length = n + min(num_experts, n) * (block_m - 1)
     length = (length + block_m - 1) // block_m * block_m
     if align_kernel_on(n, topk_ids.device):
-        flat = topk_ids.reshape(-1).to(torch.int32).contiguous()
+        flat = topk_ids.reshape(-1).contiguous()  # int32 or int64 (transformers' routers): the kernel reads either
+        if flat.dtype not in (torch.int32, torch.int64):
+            flat = flat.to(torch.int32)
         sorted_ids = torch.empty(length, dtype=torch.int32, device=flat.device)
         block_expert = torch.empty(length // block_m, dtype=torch.int32, device=flat.device)
         total = torch.empty(1, dtype=torch.int32, device=flat.device)
