@@ -27,10 +27,15 @@ Mixtral-8x7B; tokens T = 1, 16, 256, 4096, uniformly random distinct experts per
   (``layer_ours_*_ws128_*``, ``_ws64_*``: QUANTC_MOE_WS) and mxfp4 dequantized to bf16 first at every size
   (``layer_ours_mxfp4_wo_dequant_*``: QUANTC_MOE_DEQUANT_MIN_PAIRS=0, within its 2 GiB cap) or never
   (``layer_ours_mxfp4_wo_bytes_*``; the default column takes the dequant path from 1024 pairs an expert), and
-  bf16 / fp8 with up to 1024 pairs sorted in one Triton launch (``layer_ours_*_align_kernel_us``,
-  QUANTC_MOE_ALIGN_KERNEL=1; the default sorts them with torch ops on a GPU until that kernel is checked
-  there). The check
-  runs each opt-in path on the small layer too.
+  bf16 / fp8 with their pairs sorted by the torch ops (``layer_ours_*_torch_sort_us``,
+  QUANTC_MOE_ALIGN_KERNEL=0; the default sorts up to 1024 pairs in one Triton launch). The check
+  runs each opt-in path on the small layer too (the torch sort bit for bit), and every path with
+  transformers' dtypes (int64 ids, bf16 weights) against int32 ids and fp32 weights, bit for bit.
+- The router: the whole QuantMoE forward (router GEMM, softmax / top-k / renormalisation, experts) for
+  bf16 and fp8 with the one-launch router (``layer_routed_ours_*_us``) and with the torch ops
+  (``_torch_router_us``, QUANTC_MOE_ROUTER_KERNEL=0); transformers' Qwen3 router alone as apply() replaces
+  it (``router_ours_us``: QuantRouter, one launch after the GEMM) and as transformers computes it
+  (``router_torch_us``). The check compares the router kernel with the torch routers on the GPU.
 All inside CUDA graphs. Weight bytes count the experts that received at least one token.
 
 Env: BENCH_CAP_S (default 240), BENCH_MODELS ("mixtral_8x7b,..."), BENCH_TOKENS ("256,4096"), OUT.
@@ -44,6 +49,7 @@ import os
 import re
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 import triton
@@ -53,6 +59,7 @@ from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime.kernels import moe_gemm as mg  # noqa: E402
 from quantc.runtime.kernels import wo_format as wf  # noqa: E402
 from quantc.runtime.kernels.moe_routing import ALIGN_KERNEL_MAX_PAIRS, align_by_expert  # noqa: E402
+from quantc.runtime.hf_moe import QuantRouter  # noqa: E402
 from quantc.runtime.moe import QuantMoE  # noqa: E402
 from bench.bandwidth import copy_gbps, moe_roofline  # noqa: E402
 from bench.timing import env_set, graph_us as us  # noqa: E402
@@ -169,15 +176,42 @@ def check():
         variants = [("dequant", "QUANTC_MOE_DEQUANT_MIN_PAIRS", "0")] if kernel == "moe_weight_only" else []
         if kernel in ("moe_bf16", "moe_fp8", "moe_int8"):
             variants += [(f"ws{rows}", "QUANTC_MOE_WS", rows) for rows in ("128", "64")]
-        # the token sort in one Triton launch: the torch ops' bits, so the layer's output too
-        variants.append(("align_kernel", "QUANTC_MOE_ALIGN_KERNEL", "1"))
+        # the token sort with the torch ops (the one-launch kernel is the default up to 1024 pairs): the same
+        # bits, so the layer's output too
+        variants.append(("torch_sort", "QUANTC_MOE_ALIGN_KERNEL", "0"))
         for label, name, value in variants:
             with env_set(name, value):
                 got = moe(x).float()
             err = ((got - ref).abs().max() / ref.abs().max()).item()
-            ok = err < 4e-2 and (label != "align_kernel" or torch.equal(got, out))
+            ok = err < 4e-2 and (label != "torch_sort" or torch.equal(got, out))
             res["check"].append({"kernel": f"{kernel}/{label}", "weight": wkey, "act": akey, "rel_err": err, "ok": ok})
+        # as transformers calls the experts (QuantExperts): int64 ids and bf16 weights, taken as they come,
+        # give the bits of int32 ids and the weights' fp32 copy, on every path of this kernel id
+        tw16 = tw.bfloat16()
+        for label, name, value in [("", "QUANTC_MOE_WS", "0")] + variants:
+            with env_set(name, value):
+                want = moe.experts(x, tw16.float(), ids.to(torch.int32))
+                got = moe.experts(x, tw16, ids.to(torch.int64))
+            res["check"].append({"kernel": f"{kernel}/{label or 'default'}/hf_dtypes", "weight": wkey, "act": akey,
+                                 "rel_err": ((got.float() - want.float()).abs().max() / want.float().abs().max()).item(),
+                                 "ok": torch.equal(got, want)})
+    # the one-launch router against the torch routers: distinct fp32 logits (no ties), ids exactly, weights
+    # to fp32 rounding (the GPU's exp is not torch's)
+    from quantc.runtime.kernels import moe_routing as mr
+
+    for name, kw in (("softmax_topk", {"renormalize": True}), ("softmax_topk", {"renormalize": False}), ("gpt_oss", {})):
+        for tt, ee, kk in ((1, 128, 8), (16, 8, 2), (300, 128, 4), (5, 256, 8)):
+            logits = (torch.randperm(tt * ee, device=DEV).view(tt, ee).float() / (tt * ee) * 16 - 8)
+            w, i = mr.ROUTERS[name](logits, kk, **kw)
+            with env_set("QUANTC_MOE_ROUTER_KERNEL", "0"):
+                w_ref, i_ref = mr.ROUTERS[name](logits, kk, **kw)
+            err = ((w - w_ref).abs().max() / w_ref.abs().max()).item()
+            res["check"].append({"kernel": f"router/{name}{'' if kw.get('renormalize', True) else '/no_renorm'}",
+                                 "weight": f"T{tt}E{ee}k{kk}", "act": "none", "rel_err": err,
+                                 "ok": torch.equal(i, i_ref) and err < 1e-5})
     print("moe check", [(c["kernel"], c["weight"], round(c["rel_err"], 4)) for c in res["check"]], flush=True)
+    bad = [(c["kernel"], c["weight"]) for c in res["check"] if not c["ok"]]
+    print(f"moe check FAILED: {bad}" if bad else f"moe check: all {len(res['check'])} ok", flush=True)
     save()
 
 
@@ -294,10 +328,23 @@ def bench():
                     for key in keys:
                         col = f"layer_ours_{key}_us" if mode == "0" else f"layer_ours_{key}_ws{mode}_us"
                         row[col] = us(lambda m=moes[key]: m.experts(x, tw, ids))
-            if pairs <= ALIGN_KERNEL_MAX_PAIRS:  # the pairs sorted in one launch (opt-in on a GPU until checked)
-                with env_set("QUANTC_MOE_ALIGN_KERNEL", "1"):
+            if pairs <= ALIGN_KERNEL_MAX_PAIRS:  # the pairs sorted by the torch ops (the kernel is the default)
+                with env_set("QUANTC_MOE_ALIGN_KERNEL", "0"):
                     for key in ("bf16", "fp8_w8a8"):
-                        row[f"layer_ours_{key}_align_kernel_us"] = us(lambda m=moes[key]: m.experts(x, tw, ids))
+                        row[f"layer_ours_{key}_torch_sort_us"] = us(lambda m=moes[key]: m.experts(x, tw, ids))
+            # the router too: QuantMoE.forward (router GEMM, softmax / top-k / renormalisation, experts) with the
+            # one-launch router and with the torch ops; and transformers' Qwen3 router alone (QuantRouter,
+            # bf16 weights, int64 ids) both ways
+            xr = x.view(t, h)
+            for key in ("bf16", "fp8_w8a8"):
+                for switch, col in (("1", f"layer_routed_ours_{key}_us"), ("0", f"layer_routed_ours_{key}_torch_router_us")):
+                    with env_set("QUANTC_MOE_ROUTER_KERNEL", switch):
+                        row[col] = us(lambda m=moes[key]: m(xr))
+            hf_router = QuantRouter("gate", SimpleNamespace(weight=torch.nn.Parameter(router, requires_grad=False),
+                                                            top_k=k, hidden_dim=h), renormalize=True, cast=True)
+            for switch, col in (("1", "router_ours_us"), ("0", "router_torch_us")):
+                with env_set("QUANTC_MOE_ROUTER_KERNEL", switch):
+                    row[col] = us(lambda: hf_router(xr))
             with env_set("QUANTC_MOE_DEQUANT_MIN_PAIRS", "0"):  # the 4-bit layer dequantized to bf16 first
                 row["layer_ours_mxfp4_wo_dequant_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
             with env_set("QUANTC_MOE_DEQUANT_MIN_PAIRS", str(1 << 40)):  # and on the byte path at every size

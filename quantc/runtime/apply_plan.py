@@ -33,6 +33,7 @@ from quantc.diagnostics import Diagnostic, QuantcError, Span
 
 from . import quantize as Q
 from .modules import QuantLinear
+from .hf_moe import QuantExperts, quant_router
 from .moe_apply import expert_blocks, layout, prepare_block
 from .prequantized import PermutedQuantLinear, checkpoint_tensors, is_prequantized
 from .registry import LAUNCHERS
@@ -452,8 +453,30 @@ def _apply(model, plan, weights, rank, world, progress, diags, on_meta) -> Apply
             module._parameters[attr] = nn.Parameter(t.to(old.dtype), requires_grad=old.requires_grad)
         else:
             module._buffers[attr] = t
+    routers = _quant_routers(model, prepared)  # after the fills: they hold the routers' real weights
+    for parent, new in routers:
+        parent.gate = new
+    if routers:
+        notes.append(f"{len(routers)} transformers router(s) ({routers[0][1].source_class}) run their softmax, top-k and "
+                     "renormalisation in one Triton launch (QUANTC_MOE_ROUTER_KERNEL=0: their own ops)")
     kept = tuple(mp.name for mp in plan.modules if mp.name not in covered and mp.kind not in ("kv_cache",))
     return ApplyReport(tuple(prepared), kept, before, after, tuple(notes), tuple(warnings))
+
+
+def _quant_routers(model: nn.Module, prepared: dict) -> list:
+    """(MoE block, QuantRouter) for each swapped experts module whose block's ``gate`` is a transformers
+    router ``hf_moe.HF_ROUTERS`` knows; built for every block before any is swapped."""
+    mods = dict(model.named_modules())
+    out = []
+    for name, new in prepared.items():
+        if not isinstance(new, QuantExperts):
+            continue
+        block_name = name.rpartition(".")[0]
+        block = mods.get(block_name)
+        router = quant_router(f"{block_name}.gate", getattr(block, "gate", None)) if block is not None else None
+        if router is not None:
+            out.append((block, router))
+    return out
 
 
 class _NoProgress:

@@ -15,10 +15,12 @@ along the last dimension (plus biases) and down as (E, I, H): transposed and de-
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .kernels import moe_gemm as mg
 from .kernels import wo_format as wf
+from .kernels.moe_routing import router_kernel_on, topk_route
 from .moe import QuantMoE
 
 
@@ -41,6 +43,59 @@ class QuantExperts(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kernel={self.moe.kernel}, experts={self.moe.num_experts}, activation={self.moe.act_key}"
+
+
+# transformers' softmax-top-k routers that ``QuantRouter`` stands in for: class name -> (renormalise: True or
+# the router's attribute that says, weights returned in the logits' dtype). Their forward is F.linear,
+# softmax in fp32, top-k, the renormalisation, (the cast): 4-5 kernels besides the GEMM, one here.
+# gpt-oss's router takes its top-k of bf16 logits (ties within a row are common there, and torch.topk's
+# order among them is not ours to copy) and DeepSeek-V3's is group-limited: both keep their own.
+HF_ROUTERS = {"MixtralTopKRouter": (True, False), "Qwen3MoeTopKRouter": ("norm_topk_prob", True)}
+
+
+class QuantRouter(nn.Module):
+    """Drop-in for a transformers softmax-top-k router (``HF_ROUTERS``): forward(hidden) -> (logits,
+    weights, int64 ids) as the original returns them, the softmax, top-k and renormalisation in one
+    Triton launch (``moe_routing.topk_route``) where ``router_kernel_on`` says, the original's torch ops
+    otherwise (QUANTC_MOE_ROUTER_KERNEL=0, a CPU without the interpreter). Holds the router's own weight
+    Parameter under the same name, so the model's state dict is unchanged."""
+
+    def __init__(self, name: str, router: nn.Module, renormalize: bool, cast: bool):
+        super().__init__()
+        self.name = name
+        self.weight = router.weight
+        self.top_k, self.hidden_dim = int(router.top_k), int(router.hidden_dim)
+        self.renormalize, self.cast = bool(renormalize), bool(cast)
+        self.source_class = type(router).__name__
+
+    def forward(self, hidden_states):
+        logits = F.linear(hidden_states.reshape(-1, self.hidden_dim), self.weight)
+        out_dtype = logits.dtype if self.cast else torch.float32
+        if router_kernel_on(logits, self.top_k) and out_dtype in (torch.float32, torch.bfloat16):
+            w, ids = topk_route(logits, self.top_k, full_softmax=not self.renormalize, weight_dtype=out_dtype,
+                                ids_dtype=torch.int64)
+            return logits, w, ids
+        w, ids = torch.topk(torch.softmax(logits.float(), dim=-1), self.top_k, dim=-1)
+        if self.renormalize:
+            w = w / w.sum(dim=-1, keepdim=True)
+        return logits, w.to(out_dtype), ids
+
+    def extra_repr(self) -> str:
+        return f"{self.source_class}, top_k={self.top_k}, renormalize={self.renormalize}"
+
+
+def quant_router(name: str, router: nn.Module | None) -> QuantRouter | None:
+    """The ``QuantRouter`` for ``router`` (a module named ``name``), or None where its class is not one
+    of ``HF_ROUTERS`` or it lacks what that class has (weight, top_k, hidden_dim)."""
+    spec = HF_ROUTERS.get(type(router).__name__)
+    if spec is None or not all(hasattr(router, a) for a in ("weight", "top_k", "hidden_dim")):
+        return None
+    renorm, cast = spec
+    if renorm is not True:
+        if not hasattr(router, renorm):
+            return None
+        renorm = getattr(router, renorm)
+    return QuantRouter(name, router, bool(renorm), cast)
 
 
 def is_gpt_oss(mod: nn.Module) -> bool:

@@ -11,7 +11,7 @@ import quantc.runtime
 from quantc import hf
 from quantc.runtime import moe_apply
 from quantc.runtime import quantize as ref_q
-from quantc.runtime.hf_moe import QuantExperts, expert_weights, prepare_experts
+from quantc.runtime.hf_moe import QuantExperts, QuantRouter, expert_weights, prepare_experts, quant_router
 from quantc.runtime.kernels.scaled_mm import fake_quant_activation
 from quantc.runtime.kernels import wo_format as wf
 from quantc.runtime.modules import QuantLinear
@@ -264,3 +264,51 @@ def test_reduced_config_keeps_the_architecture():
     assert getattr(cfg, "quantization_config", None) is None
     a, b = (hf.build_model("llama-3.1-8b", 1, tiny=True, seed=7) for _ in range(2))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("model_name, cls, weight_dtype", [("qwen3-30b-a3b", "Qwen3MoeTopKRouter", torch.bfloat16),
+                                                           ("mixtral-8x7b", "MixtralTopKRouter", torch.float32)])
+def test_routers_run_in_one_launch_with_the_originals_outputs(model_name, cls, weight_dtype, tmp_path, monkeypatch):
+    """apply() puts a QuantRouter where a swapped experts module's block has a transformers
+    softmax-top-k router: the original's logits, ids (int64) and weights (its dtype: bf16 for Qwen3,
+    fp32 for Mixtral; to one rounding) on the interpreter's one launch, the same from its torch fallback
+    (QUANTC_MOE_ROUTER_KERNEL=0); the model's state dict keeps its names; the report says so."""
+    model = hf.build_model(model_name, 2, tiny=True, seed=4)
+    originals = [layer.mlp.gate for layer in model.model.layers]
+    gate_keys = {k for k in model.state_dict() if ".mlp.gate." in k}
+    report = quantc.runtime.apply(model, _compile("scheme:int8", model, tmp_path), progress=False)
+    assert {k for k in model.state_dict() if ".mlp.gate." in k} == gate_keys and gate_keys
+    assert any("2 transformers router(s)" in n and cls in n for n in report.notes), report.notes
+    h = torch.randn(7, model.config.hidden_size, generator=torch.Generator().manual_seed(6)).bfloat16()
+    for layer, orig in zip(model.model.layers, originals):
+        new = layer.mlp.gate
+        assert isinstance(new, QuantRouter) and new.weight is orig.weight and type(orig).__name__ == cls
+        with torch.no_grad():
+            want = orig(h)
+            for switch in ("1", "0"):
+                monkeypatch.setenv("QUANTC_MOE_ROUTER_KERNEL", switch)
+                logits, w, ids = new(h)
+                assert torch.equal(logits, want[0]) and ids.dtype == torch.int64
+                # the same top-k: bf16 logits tie often in these tiny models, and torch.topk's pick among
+                # equal values is its own, so the chosen logits are compared (equal values, distinct ids)
+                picked, want_picked = logits.gather(1, ids), logits.gather(1, want[2])
+                assert torch.equal(picked.sort(1).values, want_picked.sort(1).values)
+                assert all(len(set(r)) == len(r) for r in ids.tolist())
+                shared = (logits.unsqueeze(1) == want_picked.unsqueeze(2)).sum(2)  # experts holding each value
+                assert torch.equal(ids[shared == 1], want[2][shared == 1])  # no tie: the same expert, same slot
+                assert w.dtype == want[1].dtype == weight_dtype
+                assert torch.allclose(w.float(), want[1].float(), rtol=2**-8 if weight_dtype == torch.bfloat16 else 1e-6)
+
+
+def test_routers_outside_the_known_classes_keep_their_modules(tmp_path):
+    """gpt-oss's router (top-k of bf16 logits, ties common) is not replaced, nor anything not a router
+    class quantc knows, nor a known class missing an attribute it reads."""
+    model = hf.build_model("gpt-oss-20b-bf16", 2, tiny=True)
+    report = quantc.runtime.apply(model, _compile("scheme:int8", model, tmp_path), progress=False)
+    assert type(model.model.layers[0].mlp.router).__name__ == "GptOssTopKRouter"
+    assert not any("router(s)" in n for n in report.notes)
+    assert quant_router("x", torch.nn.Linear(4, 4)) is None and quant_router("x", None) is None
+    qwen = hf.build_model("qwen3-30b-a3b", 1, tiny=True).model.layers[0].mlp.gate
+    assert isinstance(quant_router("g", qwen), QuantRouter)
+    del qwen.norm_topk_prob
+    assert quant_router("g", qwen) is None

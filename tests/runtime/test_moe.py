@@ -763,3 +763,66 @@ def test_align_kernel_matches_the_torch_ops_on_any_routing(t, k, e, block_m, see
         if saved is not None:
             os.environ["QUANTC_MOE_ALIGN_KERNEL"] = saved
     assert all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(got, want))
+
+
+def _torch_route(router, logits, k, **kw):
+    import os
+
+    old = os.environ.get("QUANTC_MOE_ROUTER_KERNEL")
+    os.environ["QUANTC_MOE_ROUTER_KERNEL"] = "0"
+    try:
+        return mr.ROUTERS[router](logits, k, **kw)
+    finally:
+        if old is None:
+            del os.environ["QUANTC_MOE_ROUTER_KERNEL"]
+        else:
+            os.environ["QUANTC_MOE_ROUTER_KERNEL"] = old
+
+
+@pytest.mark.parametrize("router, kw", [("softmax_topk", {"renormalize": True}),
+                                        ("softmax_topk", {"renormalize": False}), ("gpt_oss", {})])
+@pytest.mark.parametrize("t, e, k, dtype", [(1, 8, 2, torch.float32), (5, 60, 4, torch.bfloat16),
+                                            (3, 128, 8, torch.bfloat16), (2, 257, 6, torch.float32)])
+def test_router_kernel_matches_the_torch_routers(router, kw, t, e, k, dtype):
+    """softmax_topk (renormalised or not) and gpt_oss in one launch (the interpreter here): the torch
+    routers' ids exactly (distinct logits), their weights to fp32 rounding, int32 ids and fp32 weights."""
+    torch.manual_seed(t * e + k)
+    logits = (torch.randperm(e * t).reshape(t, e).float() / (e * t) * 8 - 4).to(dtype)  # distinct values
+    assert mr.router_kernel_on(logits, k)
+    w, ids = mr.ROUTERS[router](logits, k, **kw)
+    w_ref, ids_ref = _torch_route(router, logits, k, **kw)
+    assert ids.dtype == torch.int32 and w.dtype == torch.float32 and w.shape == (t, k)
+    assert torch.equal(ids, ids_ref)
+    assert torch.allclose(w, w_ref, rtol=2e-6, atol=1e-7)
+
+
+def test_router_kernel_ties_nan_and_the_switch(monkeypatch):
+    """Ties go to the lower expert; a row of NaNs still names experts in range (torch gives NaN weights,
+    so do we); QUANTC_MOE_ROUTER_KERNEL=0, 3-D logits, too many experts or k > E take the torch ops."""
+    logits = torch.tensor([[0.5, 2.0, 2.0, 1.0, 2.0, -1.0]])
+    w, ids = mr.topk_route(logits, 3, full_softmax=False)
+    assert ids.tolist() == [[1, 2, 4]] and torch.allclose(w, torch.full((1, 3), 1 / 3))
+    w, ids = mr.topk_route(torch.full((2, 8), float("nan")), 2, full_softmax=True)
+    assert ((ids >= 0) & (ids < 8)).all() and torch.isnan(w).all()
+    inf = torch.tensor([[float("-inf"), 1.0, float("-inf"), float("-inf")]])
+    w, ids = mr.topk_route(inf, 2, full_softmax=False)  # fewer finite logits than k: the rest by index
+    assert ids.tolist() == [[1, 0]] and w.tolist() == [[1.0, 0.0]]
+    x = torch.randn(4, 16)
+    assert not mr.router_kernel_on(x.unsqueeze(0), 2) and not mr.router_kernel_on(x, 17)
+    assert not mr.router_kernel_on(torch.randn(2, mr.ROUTER_KERNEL_MAX_EXPERTS + 1), 2)
+    assert not mr.router_kernel_on(x[:0], 2) and mr.router_kernel_on(x, 2)
+    monkeypatch.setenv("QUANTC_MOE_ROUTER_KERNEL", "0")
+    assert not mr.router_kernel_on(x, 2)
+    monkeypatch.setattr(mr, "interpreted", lambda: False)
+    monkeypatch.delenv("QUANTC_MOE_ROUTER_KERNEL")
+    assert not mr.router_kernel_on(x, 2)  # CPU tensors outside the interpreter: torch
+
+
+def test_router_kernel_writes_the_dtypes_asked():
+    """bf16 weights and int64 ids (what transformers' routers return), rounded once from fp32."""
+    torch.manual_seed(13)
+    logits = torch.randn(4, 32)
+    w32, ids32 = mr.topk_route(logits, 4, full_softmax=False)
+    w16, ids64 = mr.topk_route(logits, 4, full_softmax=False, weight_dtype=torch.bfloat16, ids_dtype=torch.int64)
+    assert w16.dtype == torch.bfloat16 and ids64.dtype == torch.int64
+    assert torch.equal(w16, w32.bfloat16()) and torch.equal(ids64, ids32.long())

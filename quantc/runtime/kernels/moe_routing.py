@@ -1,5 +1,6 @@
-"""MoE routing (plain torch ops: small, graph-capturable, no host sync) and token sorting by expert (one
-Triton program at decode sizes, torch ops beyond).
+"""MoE routing (softmax_topk and gpt_oss in one Triton launch on a GPU, deepseek_v3 in plain torch ops; all
+graph-capturable, no host sync) and token sorting by expert (one Triton program at decode sizes, torch ops
+beyond).
 
 Routers, router logits (T, E) -> (weights fp32 (T, k), expert ids int32 (T, k)):
 
@@ -27,6 +28,8 @@ from .common import env, interpreted, launch, next_pow2
 
 
 def softmax_topk(logits: torch.Tensor, top_k: int, renormalize: bool = True):
+    if router_kernel_on(logits, top_k):
+        return topk_route(logits, top_k, full_softmax=not renormalize)
     p = torch.softmax(logits.float(), dim=-1)
     w, ids = torch.topk(p, top_k, dim=-1)
     if renormalize:
@@ -51,11 +54,82 @@ def deepseek_v3(logits: torch.Tensor, top_k: int, correction_bias: torch.Tensor,
 
 
 def gpt_oss(logits: torch.Tensor, top_k: int):
+    if router_kernel_on(logits, top_k):  # softmax over the k kept logits = the renormalised full softmax
+        return topk_route(logits, top_k, full_softmax=False)
     vals, ids = torch.topk(logits.float(), top_k, dim=-1)
     return torch.softmax(vals, dim=-1), ids.to(torch.int32)
 
 
 ROUTERS = {"softmax_topk": softmax_topk, "deepseek_v3": deepseek_v3, "gpt_oss": gpt_oss}
+
+# softmax_topk and gpt_oss in one Triton program a token (``_topk_router_kernel``), where torch takes 3-5
+# kernels (softmax, top-k, sum, divide, the ids' cast): the top-k by k passes of max over the row (ties
+# to the lower expert, as torch.topk's selection), the weights exp(l - max) over the sum of the k kept
+# (renormalised softmax_topk and gpt-oss alike: the full softmax's denominator cancels) or of all E.
+ROUTER_KERNEL_MAX_EXPERTS = 1024
+ROUTER_KERNEL_MAX_TOP_K = 32
+
+
+@triton.jit
+def _topk_router_kernel(logits_ptr, w_ptr, ids_ptr, num_experts, stride_t, TOP_K: tl.constexpr,
+                        K_POW2: tl.constexpr, E_POW2: tl.constexpr, FULL: tl.constexpr, ROUND_BF16: tl.constexpr):
+    t = tl.program_id(0)
+    e = tl.arange(0, E_POW2)
+    valid = e < num_experts
+    logit = tl.load(logits_ptr + t.to(tl.int64) * stride_t + e, mask=valid, other=float("-inf")).to(tl.float32)
+    slot = tl.arange(0, K_POW2)
+    vals = tl.full((K_POW2,), float("-inf"), tl.float32)
+    ids = tl.zeros((K_POW2,), tl.int32)
+    free = valid
+    for j in tl.static_range(TOP_K):
+        v = tl.max(tl.where(free, logit, float("-inf")), axis=0)
+        i = tl.min(tl.where(free & (logit == v), e, E_POW2), axis=0)
+        i = tl.where(i < num_experts, i, 0)  # NaN logits match nothing: an id in range all the same
+        vals = tl.where(slot == j, v, vals)
+        ids = tl.where(slot == j, i, ids)
+        free = free & (e != i)
+    top = tl.max(vals, axis=0)  # the row's max: the first pick
+    kept = slot < TOP_K
+    ex = tl.where(kept, tl.exp(vals - top), 0.0)
+    if FULL:
+        denom = tl.sum(tl.where(valid, tl.exp(logit - top), 0.0), axis=0)
+    else:
+        denom = tl.sum(ex, axis=0)
+    w = ex / denom
+    if ROUND_BF16:  # to the nearest even bf16 by hand: the interpreter's store truncates, a GPU's rounds
+        bits = w.to(tl.int32, bitcast=True)
+        w = ((bits + 0x7FFF + ((bits >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
+    out = t.to(tl.int64) * TOP_K + slot
+    tl.store(w_ptr + out, w, mask=kept)
+    tl.store(ids_ptr + out, ids, mask=kept)
+
+
+def router_kernel_on(logits: torch.Tensor, top_k: int) -> bool:
+    """Whether ``topk_route`` runs these logits: (T, E) with T >= 1, E <= ROUTER_KERNEL_MAX_EXPERTS,
+    1 <= k <= min(E, ROUTER_KERNEL_MAX_TOP_K), on a GPU (or the interpreter) unless
+    QUANTC_MOE_ROUTER_KERNEL=0."""
+    if logits.dim() != 2 or logits.shape[0] == 0 or not 1 <= top_k <= min(logits.shape[1], ROUTER_KERNEL_MAX_TOP_K):
+        return False
+    if logits.shape[1] > ROUTER_KERNEL_MAX_EXPERTS or env("QUANTC_MOE_ROUTER_KERNEL", "1") == "0":
+        return False
+    return interpreted() or logits.device.type == "cuda"
+
+
+def topk_route(logits: torch.Tensor, top_k: int, *, full_softmax: bool, weight_dtype=torch.float32,
+               ids_dtype=torch.int32):
+    """(T, E) logits -> (weights (T, k) ``weight_dtype``, ids (T, k) ``ids_dtype``), best first, in one
+    launch: the weights are softmax over the k kept logits, or with ``full_softmax`` the full softmax's
+    values at them. Callers check ``router_kernel_on`` first."""
+    t, e = logits.shape
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    w = torch.empty((t, top_k), dtype=weight_dtype, device=logits.device)
+    ids = torch.empty((t, top_k), dtype=ids_dtype, device=logits.device)
+    launch(_topk_router_kernel, (t,), (logits, w, ids, e, logits.stride(0)),
+           dict(TOP_K=top_k, K_POW2=next_pow2(top_k), E_POW2=max(16, next_pow2(e)), FULL=full_softmax,
+                ROUND_BF16=weight_dtype == torch.bfloat16),
+           4 if e > 256 else 1)
+    return w, ids
 
 
 # Up to ALIGN_KERNEL_MAX_PAIRS (token, slot) pairs one Triton program (``_align_kernel``) does
