@@ -69,7 +69,8 @@ def _environment(device: str) -> dict:
             "python": platform.python_version()}
 
 
-def run(plans: Path, out: Path, device: str, budget: float, prompt: int, batches: list[int], only: list[str]) -> None:
+def run(plans: Path, out: Path, device: str, budget: float, prompt: int, batches: list[int], only: list[str],
+        models: list[str] = ()) -> None:
     from quantc.plan import load_plan
 
     start = time.perf_counter()
@@ -83,6 +84,8 @@ def run(plans: Path, out: Path, device: str, budget: float, prompt: int, batches
     baselines: dict[str, dict] = {}
     if only:  # in the order given, scheme by scheme across the models (a cut-short run keeps every model)
         index = sorted((r for r in index if r["scheme"] in only), key=lambda r: only.index(r["scheme"]))
+    if models:
+        index = [r for r in index if r["model"] in models]
     for row in index:
         if time.perf_counter() - start > budget:
             row = {**row, "skipped": "time budget"}
@@ -118,11 +121,12 @@ def main() -> None:
     r.add_argument("--prompt", type=int, default=2048)
     r.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     r.add_argument("--only", nargs="*", default=[], help="schemes to run (default: all)")
+    r.add_argument("--models", nargs="*", default=[], help=f"models to run (default: all of {', '.join(MODELS)})")
     a = ap.parse_args()
     if a.cmd == "prepare":
         prepare(a.plans, a.gpu, a.tiny)
     else:
-        run(a.plans, a.out, a.device, a.budget, a.prompt, a.batches, a.only)
+        run(a.plans, a.out, a.device, a.budget, a.prompt, a.batches, a.only, a.models)
 
 
 if __name__ == "__main__":
