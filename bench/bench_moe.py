@@ -35,7 +35,9 @@ Mixtral-8x7B; tokens T = 1, 16, 256, 4096, uniformly random distinct experts per
   bf16 and fp8 with the one-launch router (``layer_routed_ours_*_us``) and with the torch ops
   (``_torch_router_us``, QUANTC_MOE_ROUTER_KERNEL=0); transformers' Qwen3 router alone as apply() replaces
   it (``router_ours_us``: QuantRouter, one launch after the GEMM) and as transformers computes it
-  (``router_torch_us``). The check compares the router kernel with the torch routers on the GPU.
+  (``router_torch_us``); on the DeepSeek-V3 row the router columns take its group-limited rule (8 groups,
+  4 kept, fp32 logits), the layer columns softmax_topk as every row. The check compares the router
+  kernels with the torch rules on the GPU.
 All inside CUDA graphs. Weight bytes count the experts that received at least one token.
 
 Env: BENCH_CAP_S (default 240), BENCH_MODELS ("mixtral_8x7b,..."), BENCH_TOKENS ("256,4096"), OUT.
@@ -199,6 +201,17 @@ def check():
     # to fp32 rounding (the GPU's exp is not torch's)
     from quantc.runtime.kernels import moe_routing as mr
 
+    for tt, kk, ng, tg in ((1, 8, 8, 4), (300, 8, 8, 4), (16, 6, 4, 2)):  # deepseek_v3's rule: the same experts
+        logits = (torch.randperm(tt * 256, device=DEV).view(tt, 256).float() / (tt * 256) * 16 - 8)
+        bias = torch.randn(256, device=DEV) * 0.1
+        w, i = mr.deepseek_v3(logits, kk, bias, ng, tg, 2.5)
+        w_ref, i_ref = mr.deepseek_v3_torch(logits, kk, bias, ng, tg, 2.5)
+        i, i_ref = i.long(), i_ref.long()  # both by expert: the torch rule's order is topk's
+        w, w_ref = w.gather(1, i.argsort(1)), w_ref.gather(1, i_ref.argsort(1))
+        same = torch.equal(i.sort(1).values, i_ref.sort(1).values)
+        err = ((w - w_ref).abs().max() / w_ref.abs().max()).item()
+        res["check"].append({"kernel": "router/deepseek_v3", "weight": f"T{tt}E256k{kk}", "act": "none",
+                             "rel_err": err, "ok": same and err < 1e-5})
     for name, kw in (("softmax_topk", {"renormalize": True}), ("softmax_topk", {"renormalize": False}), ("gpt_oss", {})):
         for tt, ee, kk in ((1, 128, 8), (16, 8, 2), (300, 128, 4), (5, 256, 8)):
             logits = (torch.randperm(tt * ee, device=DEV).view(tt, ee).float() / (tt * ee) * 16 - 8)
@@ -340,8 +353,15 @@ def bench():
                 for switch, col in (("1", f"layer_routed_ours_{key}_us"), ("0", f"layer_routed_ours_{key}_torch_router_us")):
                     with env_set("QUANTC_MOE_ROUTER_KERNEL", switch):
                         row[col] = us(lambda m=moes[key]: m(xr))
-            hf_router = QuantRouter("gate", SimpleNamespace(weight=torch.nn.Parameter(router, requires_grad=False),
-                                                            top_k=k, hidden_dim=h), renormalize=True, cast=True)
+            if name == "deepseek_v3":  # its group-limited router (fp32 logits), as transformers has it
+                hf_router = QuantRouter("gate", SimpleNamespace(
+                    weight=torch.nn.Parameter(router.float(), requires_grad=False), top_k=k, hidden_dim=h,
+                    e_score_correction_bias=torch.randn(e, device=DEV) * 0.1, num_group=8, topk_group=4,
+                    routed_scaling_factor=2.5), "deepseek_v3", renormalize=True, cast=False)
+            else:
+                hf_router = QuantRouter("gate", SimpleNamespace(weight=torch.nn.Parameter(router, requires_grad=False),
+                                                                top_k=k, hidden_dim=h), "softmax_topk",
+                                        renormalize=True, cast=True)
             for switch, col in (("1", "router_ours_us"), ("0", "router_torch_us")):
                 with env_set("QUANTC_MOE_ROUTER_KERNEL", switch):
                     row[col] = us(lambda: hf_router(xr))

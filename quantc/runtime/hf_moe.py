@@ -20,7 +20,7 @@ from torch import nn
 
 from .kernels import moe_gemm as mg
 from .kernels import wo_format as wf
-from .kernels.moe_routing import router_kernel_on, topk_route
+from .kernels.moe_routing import deepseek_v3_torch, group_router_kernel_on, group_topk_route, router_kernel_on, topk_route
 from .moe import QuantMoE
 
 
@@ -45,31 +45,53 @@ class QuantExperts(nn.Module):
         return f"kernel={self.moe.kernel}, experts={self.moe.num_experts}, activation={self.moe.act_key}"
 
 
-# transformers' softmax-top-k routers that ``QuantRouter`` stands in for: class name -> (renormalise: True or
-# the router's attribute that says, weights returned in the logits' dtype). Their forward is F.linear,
-# softmax in fp32, top-k, the renormalisation, (the cast): 4-5 kernels besides the GEMM, one here.
-# gpt-oss's router takes its top-k of bf16 logits (ties within a row are common there, and torch.topk's
-# order among them is not ours to copy) and DeepSeek-V3's is group-limited: both keep their own.
-HF_ROUTERS = {"MixtralTopKRouter": (True, False), "Qwen3MoeTopKRouter": ("norm_topk_prob", True)}
+# transformers' routers that ``QuantRouter`` stands in for: class name -> (rule, renormalise: True or the
+# router's attribute that says, weights returned in the logits' dtype). softmax_topk (Mixtral, Qwen3-MoE):
+# F.linear, softmax in fp32, top-k, the renormalisation, (the cast), 4-5 kernels besides the GEMM;
+# deepseek_v3: F.linear in fp32, then sigmoid, bias, group top-2 sums, group top-k, masked top-k, gather,
+# renormalise, scale, ~12 kernels; one launch each here. gpt-oss's router takes its top-k of bf16 logits
+# (ties within a row are common there, and torch.topk's pick among them is not ours to copy): it keeps its own.
+HF_ROUTERS = {"MixtralTopKRouter": ("softmax_topk", True, False),
+              "Qwen3MoeTopKRouter": ("softmax_topk", "norm_topk_prob", True),
+              "DeepseekV3TopkRouter": ("deepseek_v3", "norm_topk_prob", False)}
+_ROUTER_ATTRS = {"softmax_topk": ("weight", "top_k", "hidden_dim"),
+                 "deepseek_v3": ("weight", "top_k", "hidden_dim", "e_score_correction_bias", "num_group",
+                                 "topk_group", "routed_scaling_factor")}
 
 
 class QuantRouter(nn.Module):
-    """Drop-in for a transformers softmax-top-k router (``HF_ROUTERS``): forward(hidden) -> (logits,
-    weights, int64 ids) as the original returns them, the softmax, top-k and renormalisation in one
-    Triton launch (``moe_routing.topk_route``) where ``router_kernel_on`` says, the original's torch ops
-    otherwise (QUANTC_MOE_ROUTER_KERNEL=0, a CPU without the interpreter). Holds the router's own weight
-    Parameter under the same name, so the model's state dict is unchanged."""
+    """Drop-in for a transformers router of ``HF_ROUTERS``: forward(hidden) -> (logits, weights, int64 ids)
+    as the original returns them, the routing after the router GEMM in one Triton launch
+    (``moe_routing.topk_route`` / ``group_topk_route``) where the kernel's conditions hold, the same math in
+    torch ops otherwise (QUANTC_MOE_ROUTER_KERNEL=0, a CPU without the interpreter). Holds the router's own
+    weight Parameter (and DeepSeek-V3's correction bias) under the same names, so the state dict is unchanged.
+    Among tied scores the lower expert is taken, where torch.topk's pick is its own (same weights)."""
 
-    def __init__(self, name: str, router: nn.Module, renormalize: bool, cast: bool):
+    def __init__(self, name: str, router: nn.Module, rule: str, renormalize: bool, cast: bool):
         super().__init__()
-        self.name = name
+        self.name, self.rule = name, rule
         self.weight = router.weight
         self.top_k, self.hidden_dim = int(router.top_k), int(router.hidden_dim)
         self.renormalize, self.cast = bool(renormalize), bool(cast)
         self.source_class = type(router).__name__
+        if rule == "deepseek_v3":
+            self.register_buffer("e_score_correction_bias", router.e_score_correction_bias,
+                                 persistent="e_score_correction_bias" not in getattr(router, "_non_persistent_buffers_set", ()))
+            self.num_group, self.topk_group = int(router.num_group), int(router.topk_group)
+            self.routed_scaling_factor = float(router.routed_scaling_factor)
 
     def forward(self, hidden_states):
-        logits = F.linear(hidden_states.reshape(-1, self.hidden_dim), self.weight)
+        h = hidden_states.reshape(-1, self.hidden_dim)
+        if self.rule == "deepseek_v3":
+            logits = F.linear(h.float(), self.weight.float())
+            args = (self.top_k, self.e_score_correction_bias, self.num_group, self.topk_group,
+                    self.routed_scaling_factor, self.renormalize)
+            if group_router_kernel_on(logits, self.top_k, self.num_group, self.topk_group):
+                w, ids = group_topk_route(logits, *args, ids_dtype=torch.int64)
+                return logits, w, ids
+            w, ids = deepseek_v3_torch(logits, *args)
+            return logits, w, ids.long()
+        logits = F.linear(h, self.weight)
         out_dtype = logits.dtype if self.cast else torch.float32
         if router_kernel_on(logits, self.top_k) and out_dtype in (torch.float32, torch.bfloat16):
             w, ids = topk_route(logits, self.top_k, full_softmax=not self.renormalize, weight_dtype=out_dtype,
@@ -86,16 +108,18 @@ class QuantRouter(nn.Module):
 
 def quant_router(name: str, router: nn.Module | None) -> QuantRouter | None:
     """The ``QuantRouter`` for ``router`` (a module named ``name``), or None where its class is not one
-    of ``HF_ROUTERS`` or it lacks what that class has (weight, top_k, hidden_dim)."""
+    of ``HF_ROUTERS`` or it lacks an attribute that class has and the rule reads."""
     spec = HF_ROUTERS.get(type(router).__name__)
-    if spec is None or not all(hasattr(router, a) for a in ("weight", "top_k", "hidden_dim")):
+    if spec is None:
         return None
-    renorm, cast = spec
+    rule, renorm, cast = spec
+    if not all(hasattr(router, a) for a in _ROUTER_ATTRS[rule]):
+        return None
     if renorm is not True:
         if not hasattr(router, renorm):
             return None
         renorm = getattr(router, renorm)
-    return QuantRouter(name, router, bool(renorm), cast)
+    return QuantRouter(name, router, rule, bool(renorm), cast)
 
 
 def is_gpt_oss(mod: nn.Module) -> bool:

@@ -826,3 +826,66 @@ def test_router_kernel_writes_the_dtypes_asked():
     w16, ids64 = mr.topk_route(logits, 4, full_softmax=False, weight_dtype=torch.bfloat16, ids_dtype=torch.int64)
     assert w16.dtype == torch.bfloat16 and ids64.dtype == torch.int64
     assert torch.equal(w16, w32.bfloat16()) and torch.equal(ids64, ids32.long())
+
+
+def _by_expert(w, ids):
+    """Each row's {expert: weight}: routers may order their k picks differently (transformers' DeepSeek-V3
+    router does not sort them)."""
+    return [dict(zip(i, x)) for i, x in zip(ids.tolist(), w.float().tolist())]
+
+
+@pytest.mark.parametrize("t, e, n_group, topk_group, k, renorm", [(1, 256, 8, 4, 8, True), (9, 16, 4, 2, 3, True),
+                                                                 (4, 64, 8, 3, 6, False), (3, 8, 4, 4, 8, True)])
+def test_group_router_kernel_matches_the_torch_rule(t, e, n_group, topk_group, k, renorm):
+    """deepseek_v3 in one launch (the interpreter): the torch rule's experts and their weights (sigmoid
+    scores, renormalised or not, scaled), fp32 weights and int32 ids; k may take every expert of the kept
+    groups (the last case)."""
+    torch.manual_seed(t + e + k)
+    logits = (torch.randperm(t * e).reshape(t, e).float() / (t * e) * 8 - 4)
+    bias = torch.randn(e) * 0.3
+    assert mr.group_router_kernel_on(logits, k, n_group, topk_group)
+    w, ids = mr.deepseek_v3(logits, k, bias, n_group, topk_group, 2.5, renorm)
+    w_ref, ids_ref = mr.deepseek_v3_torch(logits, k, bias, n_group, topk_group, 2.5, renorm)
+    assert w.dtype == torch.float32 and ids.dtype == torch.int32 and w.shape == (t, k)
+    for got, want in zip(_by_expert(w, ids), _by_expert(w_ref, ids_ref)):
+        assert got.keys() == want.keys()
+        assert all(got[x] == pytest.approx(want[x], rel=2e-6) for x in want)
+
+
+def test_group_router_kernel_conditions(monkeypatch):
+    """Non-power-of-two experts or groups, one expert a group, more picks than the kept groups hold, or the
+    switch off: the torch rule."""
+    x = torch.randn(2, 256)
+    assert mr.group_router_kernel_on(x, 8, 8, 4)
+    assert not mr.group_router_kernel_on(torch.randn(2, 96), 8, 8, 4)  # 96 experts
+    assert not mr.group_router_kernel_on(x, 8, 6, 4)  # 6 groups
+    assert not mr.group_router_kernel_on(x, 8, 256, 4)  # one expert a group
+    assert not mr.group_router_kernel_on(x, 8, 64, 1)  # 4 experts kept, 8 asked
+    assert not mr.group_router_kernel_on(x, 8, 8, 9)
+    monkeypatch.setenv("QUANTC_MOE_ROUTER_KERNEL", "0")
+    assert not mr.group_router_kernel_on(x, 8, 8, 4)
+
+
+@pytest.mark.parametrize("switch", ["1", "0"])
+def test_quant_router_stands_in_for_the_deepseek_v3_router(switch, monkeypatch):
+    """transformers' DeepseekV3TopkRouter (fp32 logits, group-limited, unsorted picks) against QuantRouter on
+    the same module: the same logits, experts and weights (by expert), int64 ids, its correction bias
+    and weight under their own names; the one-launch rule and the torch one (switch 0) alike."""
+    from quantc.runtime.hf_moe import QuantRouter, quant_router
+
+    cls, cfg = _hf_blocks()["deepseek_v3"]
+    torch.manual_seed(14)
+    gate = cls(cfg).gate
+    with torch.no_grad():
+        gate.weight.normal_(0, 0.3)
+        gate.e_score_correction_bias.copy_(torch.randn(8) * 0.1)
+    q = quant_router("mlp.gate", gate)
+    assert isinstance(q, QuantRouter) and q.rule == "deepseek_v3"
+    assert set(q.state_dict()) == set(gate.state_dict()) == {"weight", "e_score_correction_bias"}
+    h = torch.randn(7, 64).bfloat16()
+    monkeypatch.setenv("QUANTC_MOE_ROUTER_KERNEL", switch)
+    with torch.no_grad():
+        want, got = gate(h), q(h)
+    assert torch.equal(got[0], want[0]) and got[2].dtype == torch.int64 and got[1].dtype == want[1].dtype
+    for g, w in zip(_by_expert(got[1], got[2]), _by_expert(want[1], want[2])):
+        assert g.keys() == w.keys() and all(g[x] == pytest.approx(w[x], rel=2e-6) for x in w)

@@ -1,6 +1,6 @@
-"""MoE routing (softmax_topk and gpt_oss in one Triton launch on a GPU, deepseek_v3 in plain torch ops; all
-graph-capturable, no host sync) and token sorting by expert (one Triton program at decode sizes, torch ops
-beyond).
+"""MoE routing (each router one Triton launch a layer on a GPU and in the interpreter, torch ops elsewhere or
+past the kernels' sizes; all graph-capturable, no host sync) and token sorting by expert (one Triton
+program at decode sizes, torch ops beyond).
 
 Routers, router logits (T, E) -> (weights fp32 (T, k), expert ids int32 (T, k)):
 
@@ -39,6 +39,15 @@ def softmax_topk(logits: torch.Tensor, top_k: int, renormalize: bool = True):
 
 def deepseek_v3(logits: torch.Tensor, top_k: int, correction_bias: torch.Tensor, n_group: int, topk_group: int,
                 routed_scaling_factor: float = 1.0, renormalize: bool = True):
+    if group_router_kernel_on(logits, top_k, n_group, topk_group):
+        return group_topk_route(logits, top_k, correction_bias, n_group, topk_group, routed_scaling_factor,
+                                renormalize)
+    return deepseek_v3_torch(logits, top_k, correction_bias, n_group, topk_group, routed_scaling_factor, renormalize)
+
+
+def deepseek_v3_torch(logits: torch.Tensor, top_k: int, correction_bias: torch.Tensor, n_group: int,
+                      topk_group: int, routed_scaling_factor: float = 1.0, renormalize: bool = True):
+    """``deepseek_v3`` in torch ops (every size and device)."""
     t, e = logits.shape
     scores = torch.sigmoid(logits.float())
     choice = scores + correction_bias.float()
@@ -71,6 +80,16 @@ ROUTER_KERNEL_MAX_TOP_K = 32
 
 
 @triton.jit
+def _take_best(score, free, index, NONE: tl.constexpr):
+    """One pass of a top-k: the largest score among the ``free`` entries, its index (the lowest among
+    ties) and ``free`` without it. NaN scores match nothing: index 0 then, in range all the same."""
+    v = tl.max(tl.where(free, score, float("-inf")), axis=0)
+    i = tl.min(tl.where(free & (score == v), index, NONE), axis=0)
+    i = tl.where(i < NONE, i, 0)
+    return v, i, free & (index != i)
+
+
+@triton.jit
 def _topk_router_kernel(logits_ptr, w_ptr, ids_ptr, num_experts, stride_t, TOP_K: tl.constexpr,
                         K_POW2: tl.constexpr, E_POW2: tl.constexpr, FULL: tl.constexpr, ROUND_BF16: tl.constexpr):
     t = tl.program_id(0)
@@ -82,12 +101,9 @@ def _topk_router_kernel(logits_ptr, w_ptr, ids_ptr, num_experts, stride_t, TOP_K
     ids = tl.zeros((K_POW2,), tl.int32)
     free = valid
     for j in tl.static_range(TOP_K):
-        v = tl.max(tl.where(free, logit, float("-inf")), axis=0)
-        i = tl.min(tl.where(free & (logit == v), e, E_POW2), axis=0)
-        i = tl.where(i < num_experts, i, 0)  # NaN logits match nothing: an id in range all the same
+        v, i, free = _take_best(logit, free, e, E_POW2)
         vals = tl.where(slot == j, v, vals)
         ids = tl.where(slot == j, i, ids)
-        free = free & (e != i)
     top = tl.max(vals, axis=0)  # the row's max: the first pick
     kept = slot < TOP_K
     ex = tl.where(kept, tl.exp(vals - top), 0.0)
@@ -102,6 +118,76 @@ def _topk_router_kernel(logits_ptr, w_ptr, ids_ptr, num_experts, stride_t, TOP_K
     out = t.to(tl.int64) * TOP_K + slot
     tl.store(w_ptr + out, w, mask=kept)
     tl.store(ids_ptr + out, ids, mask=kept)
+
+
+# deepseek_v3 in one program a token (``_group_topk_router_kernel``) where torch takes ~12 kernels: sigmoid,
+# the biased choice scores viewed as (groups, experts a group), each group's top-2 sum (max, then the max of
+# the rest), the best topk_group groups and the top-k of their experts by k passes of max (ties to the lower
+# index), the plain sigmoid scores of those experts renormalised and scaled. Power-of-two E and group count
+# (DeepSeek-V3: 256 experts in 8 groups); other sizes keep the torch ops.
+@triton.jit
+def _group_topk_router_kernel(logits_ptr, bias_ptr, w_ptr, ids_ptr, stride_t, scale, TOP_K: tl.constexpr,
+                              K_POW2: tl.constexpr, E: tl.constexpr, N_GROUP: tl.constexpr,
+                              TOPK_GROUP: tl.constexpr, RENORM: tl.constexpr):
+    GS: tl.constexpr = E // N_GROUP
+    t = tl.program_id(0)
+    e = tl.arange(0, E)
+    logit = tl.load(logits_ptr + t.to(tl.int64) * stride_t + e).to(tl.float32)
+    score = 1.0 / (1.0 + tl.exp(-logit))
+    choice = score + tl.load(bias_ptr + e).to(tl.float32)
+    by_group = tl.reshape(choice, (N_GROUP, GS))
+    j = tl.arange(0, GS)
+    best = tl.max(by_group, axis=1)
+    first = tl.min(tl.where(by_group == best[:, None], j[None, :], GS), axis=1)
+    second = tl.max(tl.where(j[None, :] == first[:, None], float("-inf"), by_group), axis=1)
+    group_score = best + second
+    g = tl.arange(0, N_GROUP)
+    free_group = g >= 0
+    for _ in tl.static_range(TOPK_GROUP):
+        v, pick, free_group = _take_best(group_score, free_group, g, N_GROUP)
+    kept = tl.reshape(tl.broadcast_to((free_group == 0)[:, None], (N_GROUP, GS)), (E,))
+    slot = tl.arange(0, K_POW2)
+    w = tl.zeros((K_POW2,), tl.float32)
+    ids = tl.zeros((K_POW2,), tl.int32)
+    free = kept
+    for k in tl.static_range(TOP_K):
+        v, i, free = _take_best(choice, free, e, E)
+        w = tl.where(slot == k, tl.sum(tl.where(e == i, score, 0.0), axis=0), w)
+        ids = tl.where(slot == k, i, ids)
+    if RENORM:
+        w = w / (tl.sum(w, axis=0) + 1e-20)
+    out = t.to(tl.int64) * TOP_K + slot
+    tl.store(w_ptr + out, w * scale, mask=slot < TOP_K)
+    tl.store(ids_ptr + out, ids, mask=slot < TOP_K)
+
+
+def group_router_kernel_on(logits: torch.Tensor, top_k: int, n_group: int, topk_group: int) -> bool:
+    """Whether ``group_topk_route`` runs these logits: the conditions of ``router_kernel_on``, E and
+    n_group powers of two with at least two experts a group, 1 <= topk_group <= n_group, and enough
+    experts in the kept groups for k."""
+    if not router_kernel_on(logits, top_k):
+        return False
+    e = logits.shape[1]
+    if e & (e - 1) or n_group <= 0 or n_group & (n_group - 1) or e // n_group < 2:
+        return False
+    return 1 <= topk_group <= n_group and top_k <= topk_group * (e // n_group)
+
+
+def group_topk_route(logits: torch.Tensor, top_k: int, correction_bias: torch.Tensor, n_group: int,
+                     topk_group: int, routed_scaling_factor: float = 1.0, renormalize: bool = True, *,
+                     ids_dtype=torch.int32):
+    """deepseek_v3's routing in one launch: (weights fp32 (T, k), ids (T, k) ``ids_dtype``), best choice
+    score first. Callers check ``group_router_kernel_on`` first."""
+    t, e = logits.shape
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    w = torch.empty((t, top_k), dtype=torch.float32, device=logits.device)
+    ids = torch.empty((t, top_k), dtype=ids_dtype, device=logits.device)
+    launch(_group_topk_router_kernel, (t,),
+           (logits, correction_bias.contiguous(), w, ids, logits.stride(0), float(routed_scaling_factor)),
+           dict(TOP_K=top_k, K_POW2=next_pow2(top_k), E=e, N_GROUP=n_group, TOPK_GROUP=topk_group,
+                RENORM=bool(renormalize)), 4 if e > 256 else 2)
+    return w, ids
 
 
 def router_kernel_on(logits: torch.Tensor, top_k: int) -> bool:
