@@ -889,3 +889,21 @@ def test_quant_router_stands_in_for_the_deepseek_v3_router(switch, monkeypatch):
     assert torch.equal(got[0], want[0]) and got[2].dtype == torch.int64 and got[1].dtype == want[1].dtype
     for g, w in zip(_by_expert(got[1], got[2]), _by_expert(want[1], want[2])):
         assert g.keys() == w.keys() and all(g[x] == pytest.approx(w[x], rel=2e-6) for x in w)
+
+
+def test_routing_launches_are_custom_ops_with_fakes_for_torch_compile():
+    """Where torch.compile traces, the sort and the routers are opaque custom ops (as the GEMMs are): their
+    fakes give the real outputs' shapes and dtypes (opcheck runs both, here on the interpreter)."""
+    torch.manual_seed(15)
+    ids = torch.randint(0, 8, (5, 2), dtype=torch.int64).reshape(-1)
+    torch.library.opcheck(torch.ops.quantc.align_by_expert, (ids, 8, 16, 144),
+                          test_utils=("test_faketensor",))
+    logits = torch.randn(3, 32).bfloat16()
+    torch.library.opcheck(torch.ops.quantc.topk_route, (logits, 4, False, torch.bfloat16, torch.int64),
+                          test_utils=("test_faketensor",))
+    torch.library.opcheck(torch.ops.quantc.group_topk_route,
+                          (logits.float(), 4, torch.randn(32), 4, 2, 2.5, True, torch.int64),
+                          test_utils=("test_faketensor",))
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        w, i = torch.ops.quantc.topk_route(mode.from_tensor(logits), 4, True, torch.float32, torch.int32)
+    assert w.shape == i.shape == (3, 4) and (w.dtype, i.dtype) == (torch.float32, torch.int32)

@@ -178,16 +178,35 @@ def group_topk_route(logits: torch.Tensor, top_k: int, correction_bias: torch.Te
                      ids_dtype=torch.int32):
     """deepseek_v3's routing in one launch: (weights fp32 (T, k), ids (T, k) ``ids_dtype``), best choice
     score first. Callers check ``group_router_kernel_on`` first."""
+    fn = torch.ops.quantc.group_topk_route if torch.compiler.is_compiling() else _group_topk_route
+    return fn(logits, top_k, correction_bias, n_group, topk_group, float(routed_scaling_factor), bool(renormalize),
+              ids_dtype)
+
+
+def _group_topk_route(logits: torch.Tensor, top_k: int, correction_bias: torch.Tensor, n_group: int,
+                      topk_group: int, routed_scaling_factor: float, renormalize: bool,
+                      ids_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     t, e = logits.shape
     if logits.stride(1) != 1:
         logits = logits.contiguous()
     w = torch.empty((t, top_k), dtype=torch.float32, device=logits.device)
     ids = torch.empty((t, top_k), dtype=ids_dtype, device=logits.device)
     launch(_group_topk_router_kernel, (t,),
-           (logits, correction_bias.contiguous(), w, ids, logits.stride(0), float(routed_scaling_factor)),
+           (logits, correction_bias.contiguous(), w, ids, logits.stride(0), routed_scaling_factor),
            dict(TOP_K=top_k, K_POW2=next_pow2(top_k), E=e, N_GROUP=n_group, TOPK_GROUP=topk_group,
-                RENORM=bool(renormalize)), 4 if e > 256 else 2)
+                RENORM=renormalize), 4 if e > 256 else 2)
     return w, ids
+
+
+# The routing launches as custom ops where torch.compile traces (opaque to it, as the GEMMs are); eager
+# calls go to the functions directly (an op's dispatch costs host time at every call).
+_group_topk_route_op = torch.library.custom_op("quantc::group_topk_route", _group_topk_route, mutates_args=())
+
+
+@_group_topk_route_op.register_fake
+def _(logits, top_k, correction_bias, n_group, topk_group, routed_scaling_factor, renormalize, ids_dtype):
+    t = logits.shape[0]
+    return logits.new_empty((t, top_k), dtype=torch.float32), logits.new_empty((t, top_k), dtype=ids_dtype)
 
 
 def router_kernel_on(logits: torch.Tensor, top_k: int) -> bool:
@@ -206,6 +225,12 @@ def topk_route(logits: torch.Tensor, top_k: int, *, full_softmax: bool, weight_d
     """(T, E) logits -> (weights (T, k) ``weight_dtype``, ids (T, k) ``ids_dtype``), best first, in one
     launch: the weights are softmax over the k kept logits, or with ``full_softmax`` the full softmax's
     values at them. Callers check ``router_kernel_on`` first."""
+    fn = torch.ops.quantc.topk_route if torch.compiler.is_compiling() else _topk_route
+    return fn(logits, top_k, bool(full_softmax), weight_dtype, ids_dtype)
+
+
+def _topk_route(logits: torch.Tensor, top_k: int, full_softmax: bool, weight_dtype: torch.dtype,
+                ids_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     t, e = logits.shape
     if logits.stride(1) != 1:
         logits = logits.contiguous()
@@ -216,6 +241,15 @@ def topk_route(logits: torch.Tensor, top_k: int, *, full_softmax: bool, weight_d
                 ROUND_BF16=weight_dtype == torch.bfloat16),
            4 if e > 256 else 1)
     return w, ids
+
+
+_topk_route_op = torch.library.custom_op("quantc::topk_route", _topk_route, mutates_args=())
+
+
+@_topk_route_op.register_fake
+def _(logits, top_k, full_softmax, weight_dtype, ids_dtype):
+    t = logits.shape[0]
+    return logits.new_empty((t, top_k), dtype=weight_dtype), logits.new_empty((t, top_k), dtype=ids_dtype)
 
 
 # Up to ALIGN_KERNEL_MAX_PAIRS (token, slot) pairs one Triton program (``_align_kernel``) does
@@ -275,6 +309,28 @@ def align_kernel_on(n: int, device: torch.device) -> bool:
     return device.type == "cuda" and env("QUANTC_MOE_ALIGN_KERNEL", ALIGN_KERNEL_GPU_DEFAULT) != "0"
 
 
+def _align_launch(flat: torch.Tensor, num_experts: int, block_m: int,
+                  length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``align_by_expert`` up to ALIGN_KERNEL_MAX_PAIRS pairs: one launch of ``_align_kernel``."""
+    n = flat.numel()
+    sorted_ids = torch.empty(length, dtype=torch.int32, device=flat.device)
+    block_expert = torch.empty(length // block_m, dtype=torch.int32, device=flat.device)
+    total = torch.empty(1, dtype=torch.int32, device=flat.device)
+    e_pow2 = next_pow2(num_experts)
+    launch(_align_kernel, (1,), (flat, sorted_ids, block_expert, total, n, num_experts, length, length // block_m),
+           dict(BLOCK_M=block_m, E_POW2=e_pow2, CHUNK=max(1, 4096 // e_pow2), FILL=ALIGN_FILL), 4)
+    return sorted_ids, block_expert, total
+
+
+_align_op = torch.library.custom_op("quantc::align_by_expert", _align_launch, mutates_args=())
+
+
+@_align_op.register_fake
+def _(flat, num_experts, block_m, length):
+    return (flat.new_empty(length, dtype=torch.int32), flat.new_empty(length // block_m, dtype=torch.int32),
+            flat.new_empty(1, dtype=torch.int32))
+
+
 def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     """Sort the T*k (token, slot) pairs by expert and pad every expert's run to a multiple of block_m.
 
@@ -291,13 +347,8 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int):
         flat = topk_ids.reshape(-1).contiguous()  # int32 or int64 (transformers' routers): the kernel reads either
         if flat.dtype not in (torch.int32, torch.int64):
             flat = flat.to(torch.int32)
-        sorted_ids = torch.empty(length, dtype=torch.int32, device=flat.device)
-        block_expert = torch.empty(length // block_m, dtype=torch.int32, device=flat.device)
-        total = torch.empty(1, dtype=torch.int32, device=flat.device)
-        e_pow2 = next_pow2(num_experts)
-        launch(_align_kernel, (1,), (flat, sorted_ids, block_expert, total, n, num_experts, length, length // block_m),
-               dict(BLOCK_M=block_m, E_POW2=e_pow2, CHUNK=max(1, 4096 // e_pow2), FILL=ALIGN_FILL), 4)
-        return sorted_ids, block_expert, total
+        fn = torch.ops.quantc.align_by_expert if torch.compiler.is_compiling() else _align_launch
+        return fn(flat, num_experts, block_m, length)
     flat = topk_ids.reshape(-1).to(torch.int64)
     counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
     padded = (counts + block_m - 1) // block_m * block_m
