@@ -125,9 +125,9 @@ class QuantMoE(nn.Module):
         code, group = mg.A_QUANT[self.act_key]
         if code == 0:
             return a, None, 0, 0
-        from .kernels.act_quant import quantize_activation
+        from .kernels.act_quant import quantize_activation_op
 
-        q, s = quantize_activation(a, self.act_key)
+        q, s = quantize_activation_op(a, self.act_key)
         s = s.reshape(-1, 1).expand(a.shape[0], 1) if s.numel() == 1 else s.reshape(a.shape[0], -1)
         return q, s, code, group
 

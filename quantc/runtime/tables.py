@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+import torch
+
 from quantc.plan import KernelConfig
 
 # kernel -> ((m_max, KernelConfig), ...) ascending; the last bucket covers every larger M. Block sizes:
@@ -77,7 +79,10 @@ def bucket_lookup(buckets) -> tuple[tuple[int, ...], tuple[KernelConfig, ...]]:
 
 
 def pick(bounds: tuple[int, ...], configs: tuple[KernelConfig, ...], m: int) -> KernelConfig:
-    i = bisect_left(bounds, m)
+    if torch.compiler.is_compiling():  # Dynamo cannot trace C's bisect: the same search as a loop
+        i = next((j for j, b in enumerate(bounds) if b >= m), len(bounds))
+    else:
+        i = bisect_left(bounds, m)
     return configs[min(i, len(configs) - 1)]
 
 

@@ -907,3 +907,20 @@ def test_routing_launches_are_custom_ops_with_fakes_for_torch_compile():
     with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
         w, i = torch.ops.quantc.topk_route(mode.from_tensor(logits), 4, True, torch.float32, torch.int32)
     assert w.shape == i.shape == (3, 4) and (w.dtype, i.dtype) == (torch.float32, torch.int32)
+
+
+@pytest.mark.parametrize("key", ["fp8_dynamic_per_token", "int8_dynamic_per_token", "fp8_dynamic_per_tensor",
+                                 "fp8_static_per_tensor", "fp8_dynamic_group_128", "mxfp8"])
+def test_activation_quantizer_op_has_a_fake_for_torch_compile(key):
+    """QuantMoE's activation quantizer where torch.compile traces: a custom op whose fake gives every key's
+    real shapes and dtypes, and whose static scale is a copy, never the input itself."""
+    from quantc.runtime.kernels.act_quant import quantize_activation_op
+
+    x = torch.randn(3, 256).bfloat16()
+    static = torch.tensor(0.01) if key == "fp8_static_per_tensor" else None
+    torch.library.opcheck(torch.ops.quantc.quantize_activation, (x, key, static), test_utils=("test_faketensor",))
+    q, s = torch.ops.quantc.quantize_activation(x, key, static)
+    q2, s2 = quantize_activation_op(x, key, static)  # eager: the launchers directly, the same values
+    assert torch.equal(q.view(torch.uint8), q2.view(torch.uint8)) and torch.equal(s, s2)
+    if static is not None:
+        assert s.data_ptr() != static.data_ptr()

@@ -416,6 +416,37 @@ def quantize_activation(x: torch.Tensor, key: str, static_scale: torch.Tensor | 
     return q, s
 
 
+def quantize_activation_op(x: torch.Tensor, key: str, static_scale: torch.Tensor | None = None):
+    """``quantize_activation`` where torch.compile traces: the ``quantc::quantize_activation`` custom op
+    (opaque to it, as the GEMMs are); eager calls run the launchers directly."""
+    if torch.compiler.is_compiling():
+        return torch.ops.quantc.quantize_activation(x, key, static_scale)
+    return quantize_activation(x, key, static_scale)
+
+
+def _quantize_activation_op(x: torch.Tensor, key: str,
+                            static_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    q, s = quantize_activation(x, key, static_scale)
+    if static_scale is not None and s.data_ptr() == static_scale.data_ptr():
+        s = s.clone()  # a custom op's outputs may not alias its inputs
+    return q, s
+
+
+_act_quant_op = torch.library.custom_op("quantc::quantize_activation", _quantize_activation_op, mutates_args=())
+
+
+@_act_quant_op.register_fake
+def _(x, key, static_scale):
+    m, k = x.shape
+    q = x.new_empty((m, k), dtype=torch.int8 if key == "int8_dynamic_per_token" else ref.FP8)
+    if key in ("fp8_dynamic_group_128", "mxfp8"):
+        g = 128 if key == "fp8_dynamic_group_128" else 32
+        return q, x.new_empty((m, k // g), dtype=torch.uint8 if key == "mxfp8" else torch.float32)
+    if key in ("fp8_dynamic_per_tensor", "fp8_static_per_tensor"):
+        return q, x.new_empty((), dtype=torch.float32)
+    return q, x.new_empty((m, 1), dtype=torch.float32)
+
+
 def reference(x: torch.Tensor, key: str, static_scale: torch.Tensor | None = None):
     """The same math in plain torch (``quantc.runtime.quantize``)."""
     if key == "fp8_static_per_tensor":
