@@ -312,3 +312,26 @@ def test_routers_outside_the_known_classes_keep_their_modules(tmp_path):
     assert isinstance(quant_router("g", qwen), QuantRouter)
     del qwen.norm_topk_prob
     assert quant_router("g", qwen) is None
+
+
+def test_meta_moe_model_gets_routers_with_the_checkpoints_weights(tmp_path):
+    """A Qwen3-MoE model built on the meta device, filled from a state dict by apply(): its routers are
+    replaced after the fill, so they hold the checkpoint's weights (not meta tensors), and the model's
+    logits equal those of the same plan applied to the real model."""
+    real = hf.build_model("qwen3-30b-a3b", 2, tiny=True, seed=8)
+    meta = hf.build_model("qwen3-30b-a3b", 2, tiny=True, seed=8)
+    for mod in meta.modules():  # parameters on meta only (buffers such as rotary inv_freq stay real)
+        for name, prm in list(mod._parameters.items()):
+            if prm is not None:
+                mod._parameters[name] = torch.nn.Parameter(torch.empty_like(prm, device="meta"), requires_grad=False)
+    state = {k: v.contiguous() for k, v in real.state_dict().items()}
+    plan = _compile("scheme:int8", real, tmp_path)
+    quantc.runtime.apply(real, plan, progress=False)
+    quantc.runtime.apply(meta, plan, state, progress=False, device="cpu")
+    for layer in meta.model.layers:
+        gate = layer.mlp.gate
+        assert isinstance(gate, QuantRouter) and not gate.weight.is_meta
+    assert not any(p.is_meta for p in meta.parameters()) and not any(b.is_meta for b in meta.buffers())
+    ids = torch.randint(0, real.config.vocab_size, (1, 6), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(meta(ids).logits, real(ids).logits)
