@@ -454,18 +454,19 @@ def _apply(model, plan, weights, rank, world, progress, diags, on_meta) -> Apply
         else:
             module._buffers[attr] = t
     routers = _quant_routers(model, prepared)  # after the fills: they hold the routers' real weights
-    for parent, new in routers:
-        parent.gate = new
+    for parent, attr, new in routers:
+        setattr(parent, attr, new)
     if routers:
-        notes.append(f"{len(routers)} transformers router(s) ({routers[0][1].source_class}) run their softmax, top-k and "
-                     "renormalisation in one Triton launch (QUANTC_MOE_ROUTER_KERNEL=0: their own ops)")
+        notes.append(f"{len(routers)} transformers router(s) ({routers[0][2].source_class}) run their routing after the "
+                     "router GEMM in one Triton launch (QUANTC_MOE_ROUTER_KERNEL=0: the same rule in torch ops)")
     kept = tuple(mp.name for mp in plan.modules if mp.name not in covered and mp.kind not in ("kv_cache",))
     return ApplyReport(tuple(prepared), kept, before, after, tuple(notes), tuple(warnings))
 
 
 def _quant_routers(model: nn.Module, prepared: dict) -> list:
-    """(MoE block, QuantRouter) for each swapped experts module whose block's ``gate`` is a transformers
-    router ``hf_moe.HF_ROUTERS`` knows; built for every block before any is swapped."""
+    """(MoE block, attribute, QuantRouter) for each swapped experts module whose block's router (``gate``;
+    gpt-oss: ``router``) is a transformers router ``hf_moe.HF_ROUTERS`` knows; built for every block before
+    any is swapped."""
     mods = dict(model.named_modules())
     out = []
     for name, new in prepared.items():
@@ -473,9 +474,11 @@ def _quant_routers(model: nn.Module, prepared: dict) -> list:
             continue
         block_name = name.rpartition(".")[0]
         block = mods.get(block_name)
-        router = quant_router(f"{block_name}.gate", getattr(block, "gate", None)) if block is not None else None
-        if router is not None:
-            out.append((block, router))
+        for attr in ("gate", "router"):
+            router = quant_router(f"{block_name}.{attr}", getattr(block, attr, None)) if block is not None else None
+            if router is not None:
+                out.append((block, attr, router))
+                break
     return out
 
 

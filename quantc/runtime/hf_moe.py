@@ -49,12 +49,14 @@ class QuantExperts(nn.Module):
 # router's attribute that says, weights returned in the logits' dtype). softmax_topk (Mixtral, Qwen3-MoE):
 # F.linear, softmax in fp32, top-k, the renormalisation, (the cast), 4-5 kernels besides the GEMM;
 # deepseek_v3: F.linear in fp32, then sigmoid, bias, group top-2 sums, group top-k, masked top-k, gather,
-# renormalise, scale, ~12 kernels; one launch each here. gpt-oss's router takes its top-k of bf16 logits
-# (ties within a row are common there, and torch.topk's pick among them is not ours to copy): it keeps its own.
+# renormalise, scale, ~12 kernels; gpt_oss: F.linear with a bias, top-k of the logits, softmax of the k in
+# the logits' dtype; one launch each here after the GEMM.
 HF_ROUTERS = {"MixtralTopKRouter": ("softmax_topk", True, False),
               "Qwen3MoeTopKRouter": ("softmax_topk", "norm_topk_prob", True),
+              "GptOssTopKRouter": ("gpt_oss", True, True),
               "DeepseekV3TopkRouter": ("deepseek_v3", "norm_topk_prob", False)}
 _ROUTER_ATTRS = {"softmax_topk": ("weight", "top_k", "hidden_dim"),
+                 "gpt_oss": ("weight", "bias", "top_k", "hidden_dim"),
                  "deepseek_v3": ("weight", "top_k", "hidden_dim", "e_score_correction_bias", "num_group",
                                  "topk_group", "routed_scaling_factor")}
 
@@ -64,7 +66,8 @@ class QuantRouter(nn.Module):
     as the original returns them, the routing after the router GEMM in one Triton launch
     (``moe_routing.topk_route`` / ``group_topk_route``) where the kernel's conditions hold, the same math in
     torch ops otherwise (QUANTC_MOE_ROUTER_KERNEL=0, a CPU without the interpreter). Holds the router's own
-    weight Parameter (and DeepSeek-V3's correction bias) under the same names, so the state dict is unchanged.
+    weight Parameter (and gpt-oss's bias, DeepSeek-V3's correction bias) under the same names, so the state
+    dict is unchanged.
     Among tied scores the lower expert is taken, where torch.topk's pick is its own (same weights)."""
 
     def __init__(self, name: str, router: nn.Module, rule: str, renormalize: bool, cast: bool):
@@ -74,6 +77,8 @@ class QuantRouter(nn.Module):
         self.top_k, self.hidden_dim = int(router.top_k), int(router.hidden_dim)
         self.renormalize, self.cast = bool(renormalize), bool(cast)
         self.source_class = type(router).__name__
+        if rule == "gpt_oss":
+            self.bias = router.bias
         if rule == "deepseek_v3":
             self.register_buffer("e_score_correction_bias", router.e_score_correction_bias,
                                  persistent="e_score_correction_bias" not in getattr(router, "_non_persistent_buffers_set", ()))
@@ -91,12 +96,16 @@ class QuantRouter(nn.Module):
                 return logits, w, ids
             w, ids = deepseek_v3_torch(logits, *args)
             return logits, w, ids.long()
-        logits = F.linear(h, self.weight)
+        gpt_oss = self.rule == "gpt_oss"
+        logits = F.linear(h, self.weight, self.bias if gpt_oss else None)
         out_dtype = logits.dtype if self.cast else torch.float32
         if router_kernel_on(logits, self.top_k) and out_dtype in (torch.float32, torch.bfloat16):
             w, ids = topk_route(logits, self.top_k, full_softmax=not self.renormalize, weight_dtype=out_dtype,
                                 ids_dtype=torch.int64)
             return logits, w, ids
+        if gpt_oss:  # top-k of the logits as they are, softmax of the k in their dtype
+            v, ids = torch.topk(logits, self.top_k, dim=-1)
+            return logits, torch.softmax(v, dim=1, dtype=v.dtype), ids
         w, ids = torch.topk(torch.softmax(logits.float(), dim=-1), self.top_k, dim=-1)
         if self.renormalize:
             w = w / w.sum(dim=-1, keepdim=True)

@@ -266,22 +266,28 @@ def test_reduced_config_keeps_the_architecture():
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-@pytest.mark.parametrize("model_name, cls, weight_dtype", [("qwen3-30b-a3b", "Qwen3MoeTopKRouter", torch.bfloat16),
-                                                           ("mixtral-8x7b", "MixtralTopKRouter", torch.float32)])
-def test_routers_run_in_one_launch_with_the_originals_outputs(model_name, cls, weight_dtype, tmp_path, monkeypatch):
-    """apply() puts a QuantRouter where a swapped experts module's block has a transformers
-    softmax-top-k router: the original's logits, ids (int64) and weights (its dtype: bf16 for Qwen3,
-    fp32 for Mixtral; to one rounding) on the interpreter's one launch, the same from its torch fallback
+@pytest.mark.parametrize("model_name, attr, cls, weight_dtype", [
+    ("qwen3-30b-a3b", "gate", "Qwen3MoeTopKRouter", torch.bfloat16),
+    ("mixtral-8x7b", "gate", "MixtralTopKRouter", torch.float32),
+    ("gpt-oss-20b-bf16", "router", "GptOssTopKRouter", torch.bfloat16)])
+def test_routers_run_in_one_launch_with_the_originals_outputs(model_name, attr, cls, weight_dtype, tmp_path,
+                                                              monkeypatch):
+    """apply() puts a QuantRouter where a swapped experts module's block has a transformers router it
+    knows: the original's logits, ids (int64) and weights (its dtype: bf16 for Qwen3 and gpt-oss, fp32 for
+    Mixtral; to one rounding) on the interpreter's one launch, the same from its torch fallback
     (QUANTC_MOE_ROUTER_KERNEL=0); the model's state dict keeps its names; the report says so."""
     model = hf.build_model(model_name, 2, tiny=True, seed=4)
-    originals = [layer.mlp.gate for layer in model.model.layers]
-    gate_keys = {k for k in model.state_dict() if ".mlp.gate." in k}
+    if attr == "router":  # gpt-oss's router has a bias: a non-zero one, so its place is checked too
+        for layer in model.model.layers:
+            layer.mlp.router.bias.data.normal_(0, 0.5)
+    originals = [getattr(layer.mlp, attr) for layer in model.model.layers]
+    keys = {k for k in model.state_dict() if f".mlp.{attr}." in k}
     report = quantc.runtime.apply(model, _compile("scheme:int8", model, tmp_path), progress=False)
-    assert {k for k in model.state_dict() if ".mlp.gate." in k} == gate_keys and gate_keys
+    assert {k for k in model.state_dict() if f".mlp.{attr}." in k} == keys and keys
     assert any("2 transformers router(s)" in n and cls in n for n in report.notes), report.notes
     h = torch.randn(7, model.config.hidden_size, generator=torch.Generator().manual_seed(6)).bfloat16()
     for layer, orig in zip(model.model.layers, originals):
-        new = layer.mlp.gate
+        new = getattr(layer.mlp, attr)
         assert isinstance(new, QuantRouter) and new.weight is orig.weight and type(orig).__name__ == cls
         with torch.no_grad():
             want = orig(h)
@@ -300,12 +306,23 @@ def test_routers_run_in_one_launch_with_the_originals_outputs(model_name, cls, w
                 assert torch.allclose(w.float(), want[1].float(), rtol=2**-8 if weight_dtype == torch.bfloat16 else 1e-6)
 
 
+class _CustomRouter(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, hidden_states):
+        return self.inner(hidden_states)
+
+
 def test_routers_outside_the_known_classes_keep_their_modules(tmp_path):
-    """gpt-oss's router (top-k of bf16 logits, ties common) is not replaced, nor anything not a router
-    class quantc knows, nor a known class missing an attribute it reads."""
-    model = hf.build_model("gpt-oss-20b-bf16", 2, tiny=True)
+    """A router of a class quantc does not know keeps its module (and the report says nothing), as does a
+    known class missing an attribute its rule reads."""
+    model = hf.build_model("qwen3-30b-a3b", 2, tiny=True)
+    for layer in model.model.layers:  # a custom router: the same interface, another class
+        layer.mlp.gate = _CustomRouter(layer.mlp.gate)
     report = quantc.runtime.apply(model, _compile("scheme:int8", model, tmp_path), progress=False)
-    assert type(model.model.layers[0].mlp.router).__name__ == "GptOssTopKRouter"
+    assert isinstance(model.model.layers[0].mlp.gate, _CustomRouter)
     assert not any("router(s)" in n for n in report.notes)
     assert quant_router("x", torch.nn.Linear(4, 4)) is None and quant_router("x", None) is None
     qwen = hf.build_model("qwen3-30b-a3b", 1, tiny=True).model.layers[0].mlp.gate
