@@ -24,7 +24,8 @@ Mixtral-8x7B; tokens T = 1, 16, 256, 4096, uniformly random distinct experts per
   as apply() runs it: ours bf16, mxfp4 weight-only, fp8 and int8 W8A8 (activation quantization
   included), vs a torch path of ``_grouped_mm`` gate_up, SiLU-and-mul, ``_grouped_mm`` down, weighted sum
   (its sorting not timed); the opt-in paths beside them: bf16 / fp8 / int8 on the Gluon grouped GEMM
-  (``layer_ours_*_ws128_*``, ``_ws64_*``: QUANTC_MOE_WS) and mxfp4 dequantized to bf16 first at every size
+  (``layer_ours_*_ws128_*``, ``_ws64_*``: QUANTC_MOE_WS; ``_wsup_*``: the gate_up alone on it, the down GEMM
+  on the table's Triton tile at 128-row blocks) and mxfp4 dequantized to bf16 first at every size
   (``layer_ours_mxfp4_wo_dequant_*``: QUANTC_MOE_DEQUANT_MIN_PAIRS=0, within its 2 GiB cap) or never
   (``layer_ours_mxfp4_wo_bytes_*``; the default column takes the dequant path from 1024 pairs an expert), and
   bf16 / fp8 with their pairs sorted by the torch ops (``layer_ours_*_torch_sort_us``,
@@ -177,7 +178,7 @@ def check():
         # the same layer down the opt-in paths: 4-bit experts dequantized first, the Gluon grouped GEMM
         variants = [("dequant", "QUANTC_MOE_DEQUANT_MIN_PAIRS", "0")] if kernel == "moe_weight_only" else []
         if kernel in ("moe_bf16", "moe_fp8", "moe_int8"):
-            variants += [(f"ws{rows}", "QUANTC_MOE_WS", rows) for rows in ("128", "64")]
+            variants += [(f"ws{rows}", "QUANTC_MOE_WS", rows) for rows in ("128", "64", "up")]
         # the token sort with the torch ops (the one-launch kernel is the default up to 1024 pairs): the same
         # bits, so the layer's output too
         variants.append(("torch_sort", "QUANTC_MOE_ALIGN_KERNEL", "0"))
@@ -336,7 +337,7 @@ def bench():
             row["layer_torch_bf16_us"] = us(torch_layer)
             # the layers on the Triton grouped GEMM (QUANTC_MOE_WS=0), and bf16 / fp8 / int8 on the Gluon one
             # at 128- and 64-row blocks (moe_mm_ws with the sorted copies of the rows; ``ws_block_m``'s rule)
-            for mode, keys in (("0", moes), ("128", WS_LAYERS), ("64", WS_LAYERS)):
+            for mode, keys in (("0", moes), ("128", WS_LAYERS), ("64", WS_LAYERS), ("up", WS_LAYERS)):
                 with env_set("QUANTC_MOE_WS", mode):
                     for key in keys:
                         col = f"layer_ours_{key}_us" if mode == "0" else f"layer_ours_{key}_ws{mode}_us"
@@ -398,7 +399,7 @@ def bench():
                     row[ours.replace("_us", "_weight_GBps")] = wbytes / row[ours] / 1e3
             if row["dense_bf16_equal_flops_us"]:
                 row.update(moe_roofline(row, fl, res["copy_GBps"]))
-            for key in (*moes, *(f"{k_}_ws{r}" for k_ in WS_LAYERS for r in (128, 64)), "mxfp4_wo_dequant"):
+            for key in (*moes, *(f"{k_}_ws{r}" for k_ in WS_LAYERS for r in (128, 64, "up")), "mxfp4_wo_dequant"):
                 if row["layer_torch_bf16_us"] and row.get(f"layer_ours_{key}_us"):
                     row[f"layer_ours_{key}_over_torch_bf16"] = row["layer_torch_bf16_us"] / row[f"layer_ours_{key}_us"]
             res["rows"].append(row)

@@ -41,6 +41,18 @@ def default_config(tokens: int, top_k: int, kernel: str = "moe_bf16") -> WoConfi
     return pick(*bucket_lookup(default_buckets(kernel, top_k=top_k)), tokens)
 
 
+def _fit_down_tile(cfg: WoConfig, w2, device: torch.device) -> WoConfig:
+    """``cfg`` with fewer stages, then narrower tiles, until its pipelined A and B tiles fit the device's
+    shared memory (``emit.fit_smem``, as the compiler fits configs not tuned for a GPU)."""
+    from ..emit import fit_smem
+
+    if device.type != "cuda":  # the interpreter has no shared memory to fit
+        return cfg
+    limit = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+    operand = 2 if w2.fmt == wf.BF16 else 1
+    return fit_smem(cfg, limit, operand, operand, 1)
+
+
 def _pair_weights(topk_weights: torch.Tensor) -> torch.Tensor:
     """(T, k) router weights -> (T * k,) contiguous, fp32 / bf16 / fp16 as they come (the down GEMM's
     epilogue converts them to fp32, exactly: no conversion kernel for transformers' bf16 weights)."""
@@ -160,7 +172,7 @@ class QuantMoE(nn.Module):
                 c13 = WoConfig(ws_rows, c13.block_n, c13.block_k, num_warps=c13.num_warps, num_stages=c13.num_stages)
         # at 64-row blocks the gate_up stays on the Triton kernel (the table's tile at that BLOCK_M), which
         # streams the experts faster there; the down GEMM takes the Gluon one (mg.ws_block_m)
-        ws_up, ws_down = ws_rows == 128, ws_rows > 0
+        ws_up, ws_down = ws_rows == 128, mg.ws_down(ws_rows)
         # 4-bit experts at many tokens: dequantized to bf16 first, on the bf16 kernel's default tiles
         dequant = (self.kernel in _DEQUANT_KERNELS and
                    mg.dequant_experts((self._weight(n) for n in ("w13", "w2")), 0, self.num_experts, t * top_k))
@@ -185,6 +197,8 @@ class QuantMoE(nn.Module):
         a, sa, code, group = self._act_in(h)
         # both GEMMs share the routing, padded to gate_up's BLOCK_M
         c2 = WoConfig(c13.block_m, c2.block_n, c2.block_k, num_warps=c2.num_warps, num_stages=c2.num_stages)
+        if ws_up and not ws_down:  # the down GEMM's table tile at the Gluon gate_up's 128-row blocks: fitted
+            c2 = _fit_down_tile(c2, self._weight("w2"), x.device)
         y = mg.grouped_gemm(a, sa, self._weight("w2"), routing, a_div=1, act="none", a_quant=code, a_group=group,
                             cfg=c2, bias=self.b2, topk_weights=_pair_weights(topk_weights),
                             ws=ws_down, dequant=dequant)

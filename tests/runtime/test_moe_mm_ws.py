@@ -96,6 +96,7 @@ def _weights(fmt=wf.FP8, k=256, group=None, pack=1, row_block=1, sfmt=wf.S_FLOAT
     (_weights(), 1, 0, 8, 32, "1", 128),                        # opted in: 128-row blocks
     (_weights(), 1, 0, 8, 32, "128", 128),
     (_weights(), 1, 0, 8, 32, "64", 64),                        # ... or 64-row ones
+    (_weights(), 1, 0, 8, 32, "up", 128),                       # the gate_up alone, 128-row blocks
     (_weights(), 1, 0, 8, 32, "yes", 0),                        # not a mode
     (_weights(wf.INT8), 2, 0, 128, 1024, "1", 128),
     (_weights(wf.BF16, sfmt=wf.S_NONE), 0, 0, 8, 512, "64", 64),
@@ -122,6 +123,29 @@ def test_rule_keeps_the_cpu_and_other_gpus_on_the_triton_kernel(monkeypatch):
     assert mg.ws_block_m(torch.device("cuda"), _weights(), 1, 0, 8, 4096) == 0
 
 
+def _spied_layer(monkeypatch, kernel, wkey, akey, seed):
+    """A small QuantMoE on 16-row table tiles and a batch for it, with ``mg.grouped_gemm`` spied: ``seen``
+    gets each GEMM's (ws, BLOCK_M) and the Triton kernel runs it on that routing."""
+    from quantc.plan import KernelConfig
+
+    seen = []
+    real = mg.grouped_gemm
+
+    def spy(a, a_scale, w, routing, **kw):
+        seen.append((kw.pop("ws"), kw["cfg"].block_m))
+        return real(a, a_scale, w, routing, **kw)
+
+    monkeypatch.setattr(mg, "grouped_gemm", spy)
+    torch.manual_seed(seed)
+    e, k, h, i, t = 4, 2, 128, 128, 6
+    w13 = wf.quantize(torch.randn(e, 2 * i, h) * 0.1, wkey)
+    w2 = wf.quantize(torch.randn(e, h, i) * 0.1, wkey)
+    cfg = KernelConfig(16, 64, 128, 8, 4, 2)
+    moe = QuantMoE(kernel, w13, w2, torch.randn(e, h).bfloat16(), top_k=k, activation="silu", act_key=akey,
+                   configs=lambda tokens: (cfg, cfg))
+    return seen, moe, torch.randn(t, h).bfloat16()
+
+
 @pytest.mark.parametrize("kernel,wkey,akey,rows,routed", [
     ("moe_fp8", "fp8_per_channel", "fp8_dynamic_per_token", 128, True), ("moe_bf16", "none", "none", 128, True),
     ("moe_int8", "int8_per_channel", "int8_dynamic_per_token", 64, True),
@@ -130,24 +154,8 @@ def test_quant_moe_hands_both_gemms_to_it(monkeypatch, kernel, wkey, akey, rows,
     """Where the rule says yes, the GEMMs get routing blocks of the rule's rows (whatever the table's
     BLOCK_M) and ws=True (both at 128 rows, the down GEMM at 64); kernel ids outside the raw-sum ones are never asked. The spy runs the Triton kernel on that
     routing, so the layer's output can be held against the layer's without the route."""
-    from quantc.plan import KernelConfig
-
-    asked, seen = [], []
-    real = mg.grouped_gemm
-
-    def spy(a, a_scale, w, routing, **kw):
-        seen.append((kw.pop("ws"), kw["cfg"].block_m))
-        return real(a, a_scale, w, routing, **kw)
-
-    monkeypatch.setattr(mg, "grouped_gemm", spy)
-    torch.manual_seed(5)
-    e, k, h, i, t = 4, 2, 128, 128, 6
-    w13 = wf.quantize(torch.randn(e, 2 * i, h) * 0.1, wkey)
-    w2 = wf.quantize(torch.randn(e, h, i) * 0.1, wkey)
-    cfg = KernelConfig(16, 64, 128, 8, 4, 2)
-    moe = QuantMoE(kernel, w13, w2, torch.randn(e, h).bfloat16(), top_k=k, activation="silu", act_key=akey,
-                   configs=lambda tokens: (cfg, cfg))
-    x = torch.randn(t, h).bfloat16()
+    asked = []
+    seen, moe, x = _spied_layer(monkeypatch, kernel, wkey, akey, 5)
     plain = moe(x).float()  # on the CPU the rule says no
     assert seen == [(False, 16)] * 2
     seen.clear()
@@ -156,6 +164,23 @@ def test_quant_moe_hands_both_gemms_to_it(monkeypatch, kernel, wkey, akey, rows,
     assert bool(asked) is routed
     # at 64-row blocks only the down GEMM takes it (the gate_up keeps the Triton kernel, at 64-row blocks)
     assert seen == ([(rows == 128, rows), (True, rows)] if routed else [(False, 16)] * 2), seen
+    assert ((out - plain).abs().max() / plain.abs().max()).item() < 1e-2
+
+
+def test_up_mode_hands_the_gate_up_alone_to_it(monkeypatch):
+    """QUANTC_MOE_WS=up: the gate_up on the Gluon kernel at 128-row blocks, the down GEMM on the Triton
+    kernel at those blocks (its table tile, fitted to shared memory on a GPU); the layer's output as the
+    Triton path's."""
+    seen, moe, x = _spied_layer(monkeypatch, "moe_fp8", "fp8_per_channel", "fp8_dynamic_per_token", 6)
+    plain = moe(x).float()
+    seen.clear()
+    monkeypatch.setenv("QUANTC_MOE_WS", "up")
+    monkeypatch.setattr(mg, "ws_block_m", lambda *a: 128)
+    out = moe(x).float()
+    assert seen == [(True, 128), (False, 128)], seen
+    assert mg.ws_down(128) is False and mg.ws_down(0) is False
+    monkeypatch.setenv("QUANTC_MOE_WS", "1")
+    assert mg.ws_down(128) is True and mg.ws_down(64) is True
     assert ((out - plain).abs().max() / plain.abs().max()).item() < 1e-2
 
 
@@ -168,3 +193,23 @@ def test_launcher_refuses_routing_blocks_it_has_no_tile_for():
         ws.moe_mm_ws(torch.zeros(sorted_ids.numel(), 64, dtype=torch.float8_e4m3fn), torch.ones(10, 1),
                      torch.zeros(4, 256, 64, dtype=torch.float8_e4m3fn), torch.ones(4, 256, 1), None, None,
                      sorted_ids, block_expert, total, 20, 2, 128, 1, 2)
+
+
+def test_down_tile_at_128_row_blocks_is_fitted_to_shared_memory(monkeypatch):
+    """The down GEMM's table tile taken to 128-row blocks (up mode) is fitted to the device's shared memory:
+    fewer stages first, then narrower tiles; bf16 operands take twice fp8's bytes; unchanged where it fits."""
+    from types import SimpleNamespace
+
+    from quantc.plan import KernelConfig
+    from quantc.runtime import moe as moe_mod
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: SimpleNamespace(shared_memory_per_block_optin=232448))
+    cuda = torch.device("cuda")
+    bf16 = wf.WoWeight(wf.BF16, 64, 128, torch.zeros(2, 64, 128, dtype=torch.bfloat16))
+    fp8 = wf.quantize(torch.randn(2, 64, 128), "fp8_per_channel")
+    big = KernelConfig(128, 256, 128, 8, 8, 4)
+    got = moe_mod._fit_down_tile(big, bf16, cuda)  # 4 x (32 + 64) KiB in bf16: over 227 KiB
+    assert (got.num_stages, got.block_n) == (2, 256) and got.block_m == 128
+    assert moe_mod._fit_down_tile(big, fp8, cuda) == big  # 4 x (16 + 32) KiB in fp8: fits
+    assert moe_mod._fit_down_tile(big, bf16, torch.device("cpu")) == big

@@ -331,7 +331,8 @@ def ws_block_m(device: torch.device, weights, a_quant: int, a_group: int, num_ex
     activation scales' group along K, 0 for whole rows.) The routing block (128 or 64
     rows) when the grouped GEMMs of a MoE call take the warp-specialized Gluon kernel (``moe_mm_ws``), 0 when
     they stay on the Triton kernel. Opt-in: QUANTC_MOE_WS=1 (128-row blocks; both GEMMs), =64 (64-row blocks;
-    the down GEMM only, the gate_up keeps the Triton kernel), =128; where it fits: a Hopper GPU, raw-sum
+    the down GEMM only, the gate_up keeps the Triton kernel), =128, =up (128-row blocks; the gate_up only, the
+    down GEMM keeps the Triton kernel at those blocks: ``ws_down``); where it fits: a Hopper GPU, raw-sum
     operands of one type (bf16 x bf16, fp8 x fp8 per-token / per-tensor x per-channel, int8 x int8), 16-byte
     rows, not under torch.compile (the Gluon launcher is no custom op).
 
@@ -340,9 +341,11 @@ def ws_block_m(device: torch.device, weights, a_quant: int, a_group: int, num_ex
     bench_moe sizes x 16 / 256 / 4096 tokens, except Mixtral at 4096 tokens (int8 1.07x, bf16 1.01x) and
     int8 Mixtral at 16 / 256 tokens (1.00-1.05x) (bench/results/moe_h100_s13_ws_tables.json). The 1.05-1.44x
     of the earlier runs (``moe_h100_s13_ws_layers*.json``) were against the bench's fixed tile, not the
-    table's. ``num_experts`` / ``num_pairs`` are for a rule once one wins."""
+    table's. In every bench_moe run since, the gate_up alone on it beat the table's tile on Mixtral at 4096
+    tokens (1024 rows an expert) by 13-16% and gpt-oss's by 4-5%: ``up`` is that split, to be timed on the
+    layer (RUNBOOK item 24). ``num_experts`` / ``num_pairs`` are for a rule once one wins."""
     mode = env("QUANTC_MOE_WS")
-    if mode not in ("1", "128", "64") or device.type != "cuda" or torch.compiler.is_compiling():
+    if mode not in ("1", "128", "64", "up") or device.type != "cuda" or torch.compiler.is_compiling():
         return 0
     if cc_major(device) != 9:
         return 0
@@ -352,6 +355,12 @@ def ws_block_m(device: torch.device, weights, a_quant: int, a_group: int, num_ex
         if not raw or w.fmt != fmt or (w.k * (2 if fmt == BF16 else 1)) % 16:
             return 0
     return 64 if mode == "64" else 128
+
+
+def ws_down(rows: int) -> bool:
+    """Whether the down GEMM of a MoE call that ``ws_block_m`` routed to ``rows``-row blocks takes the Gluon
+    kernel too: at 128 and 64 rows, except in QUANTC_MOE_WS=up mode (the gate_up alone)."""
+    return rows > 0 and env("QUANTC_MOE_WS") != "up"
 
 
 DEQUANT_MAX_BYTES = 2 << 30  # the largest transient bf16 copy of a layer's experts the dequant path makes
