@@ -474,8 +474,10 @@ def _quant_routers(model: nn.Module, prepared: dict) -> list:
             continue
         block_name = name.rpartition(".")[0]
         block = mods.get(block_name)
+        if block is None:
+            continue
         for attr in ("gate", "router"):
-            router = quant_router(f"{block_name}.{attr}", getattr(block, attr, None)) if block is not None else None
+            router = quant_router(f"{block_name}.{attr}", getattr(block, attr, None))
             if router is not None:
                 out.append((block, attr, router))
                 break

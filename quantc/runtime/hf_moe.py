@@ -20,7 +20,8 @@ from torch import nn
 
 from .kernels import moe_gemm as mg
 from .kernels import wo_format as wf
-from .kernels.moe_routing import deepseek_v3_torch, group_router_kernel_on, group_topk_route, router_kernel_on, topk_route
+from .kernels.moe_routing import (deepseek_v3_torch, group_router_kernel_on, group_topk_route, router_kernel_on,
+                                  softmax_topk_torch, topk_route)
 from .moe import QuantMoE
 
 
@@ -106,9 +107,7 @@ class QuantRouter(nn.Module):
         if gpt_oss:  # top-k of the logits as they are, softmax of the k in their dtype
             v, ids = torch.topk(logits, self.top_k, dim=-1)
             return logits, torch.softmax(v, dim=1, dtype=v.dtype), ids
-        w, ids = torch.topk(torch.softmax(logits.float(), dim=-1), self.top_k, dim=-1)
-        if self.renormalize:
-            w = w / w.sum(dim=-1, keepdim=True)
+        w, ids = softmax_topk_torch(logits, self.top_k, self.renormalize)
         return logits, w.to(out_dtype), ids
 
     def extra_repr(self) -> str:

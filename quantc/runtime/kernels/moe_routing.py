@@ -30,11 +30,16 @@ from .common import env, interpreted, launch, next_pow2
 def softmax_topk(logits: torch.Tensor, top_k: int, renormalize: bool = True):
     if router_kernel_on(logits, top_k):
         return topk_route(logits, top_k, full_softmax=not renormalize)
-    p = torch.softmax(logits.float(), dim=-1)
-    w, ids = torch.topk(p, top_k, dim=-1)
+    w, ids = softmax_topk_torch(logits, top_k, renormalize)
+    return w, ids.to(torch.int32)
+
+
+def softmax_topk_torch(logits: torch.Tensor, top_k: int, renormalize: bool = True):
+    """``softmax_topk`` in torch ops (every size and device): fp32 weights, torch.topk's int64 ids."""
+    w, ids = torch.topk(torch.softmax(logits.float(), dim=-1), top_k, dim=-1)
     if renormalize:
         w = w / w.sum(-1, keepdim=True)
-    return w, ids.to(torch.int32)
+    return w, ids
 
 
 def deepseek_v3(logits: torch.Tensor, top_k: int, correction_bias: torch.Tensor, n_group: int, topk_group: int,
@@ -73,7 +78,7 @@ ROUTERS = {"softmax_topk": softmax_topk, "deepseek_v3": deepseek_v3, "gpt_oss": 
 
 # softmax_topk and gpt_oss in one Triton program a token (``_topk_router_kernel``), where torch takes 3-5
 # kernels (softmax, top-k, sum, divide, the ids' cast): the top-k by k passes of max over the row (ties
-# to the lower expert, as torch.topk's selection), the weights exp(l - max) over the sum of the k kept
+# to the lower expert; torch.topk's pick among equal values is its own), the weights exp(l - max) over the sum of the k kept
 # (renormalised softmax_topk and gpt-oss alike: the full softmax's denominator cancels) or of all E.
 ROUTER_KERNEL_MAX_EXPERTS = 1024
 ROUTER_KERNEL_MAX_TOP_K = 32
