@@ -17,15 +17,19 @@ Mixtral-8x7B; tokens T = 1, 16, 256, 4096, uniformly random distinct experts per
   fixed config gives fp8 64-wide K steps), the fp8 one also with the K term of its load masks kept
   (``gate_up_ours_fp8_masked_k_*``, QUANTC_MOE_EVEN_K=0), and the fp8 gate_up on the Gluon grouped GEMM at
   128- and 64-row blocks, its sorted copy of the rows included (``gate_up_ours_fp8_ws{128,64}_*``).
+- The fp8 gate_up as the layer runs it (``gate_up_ours_fp8_shipped_*``: the table's tile or, where the rule
+  routes it, the Gluon kernel at 128-row blocks); ``summary``: its geomean over ``_scaled_grouped_mm``.
 - The floor's reference for the bf16 gate_up: a dense bf16 GEMM of equal FLOPs in the same run
   (``dense_bf16_*``), and the bound the weight bytes set (``bandwidth.moe_roofline``: active experts' weights, tokens
   and output read or written once at the copy bandwidth measured in the same run).
-- The whole expert path (sorting, gate_up + activation, down, weighted sum) on the shipped table's tiles,
-  as apply() runs it: ours bf16, mxfp4 weight-only, fp8 and int8 W8A8 (activation quantization
+- The whole expert path (sorting, gate_up + activation, down, weighted sum) as apply() runs it (the shipped
+  table's tiles; the gate_up on the Gluon grouped GEMM where ``ws_block_m``'s default rule routes it): ours
+  bf16, mxfp4 weight-only, fp8 and int8 W8A8 (activation quantization
   included), vs a torch path of ``_grouped_mm`` gate_up, SiLU-and-mul, ``_grouped_mm`` down, weighted sum
-  (its sorting not timed); the opt-in paths beside them: bf16 / fp8 / int8 on the Gluon grouped GEMM
+  (its sorting not timed); the switched paths beside them: bf16 / fp8 / int8 on the Triton kernels alone
+  (``layer_ours_*_ws0_*``), on the Gluon grouped GEMM
   (``layer_ours_*_ws128_*``, ``_ws64_*``: QUANTC_MOE_WS; ``_wsup_*``: the gate_up alone on it, the down GEMM
-  on the table's Triton tile at 128-row blocks) and mxfp4 dequantized to bf16 first at every size
+  on the table's Triton tile at 128-row blocks, at every size) and mxfp4 dequantized to bf16 first at every size
   (``layer_ours_mxfp4_wo_dequant_*``: QUANTC_MOE_DEQUANT_MIN_PAIRS=0, within its 2 GiB cap) or never
   (``layer_ours_mxfp4_wo_bytes_*``; the default column takes the dequant path from 1024 pairs an expert), and
   bf16 / fp8 with their pairs sorted by the torch ops (``layer_ours_*_torch_sort_us``,
@@ -48,6 +52,7 @@ Writes $OUT/moe_<device>.json.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -79,7 +84,19 @@ res: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
              "timing": "CUDA graphs (do_bench_cudagraph); no L2 rotation", "check": [], "rows": [], "notes": []}
 
 
+def fp8_summary(rows: list) -> dict:
+    """Issue 12's fp8 floor: the geomean over the rows of ``_scaled_grouped_mm``'s time over our fp8 gate_up's
+    as the layer runs it (``gate_up_ours_fp8_shipped_*``), and over the table's Triton tile's."""
+    out = {}
+    for col in ("gate_up_ours_fp8_shipped_over_torch", "gate_up_ours_fp8_table_over_torch"):
+        vals = [r[col] for r in rows if r.get(col)]
+        if vals:
+            out[col] = {"geomean": math.exp(sum(map(math.log, vals)) / len(vals)), "rows": len(vals)}
+    return out
+
+
 def save():
+    res["summary"] = fp8_summary(res["rows"])
     slug = re.sub(r"[^a-z0-9]+", "_", res["device"].lower()).strip("_")
     with open(os.path.join(OUT, f"moe_{slug}.json"), "w") as f:
         json.dump(res, f, indent=1)
@@ -317,6 +334,11 @@ def bench():
                 row[f"gate_up_ours_fp8_ws{rows}_us"] = us(lambda: mg.grouped_gemm(
                     xq_tok, sx_tok, F13, r_ws, a_div=k, act="silu", a_quant=1, a_group=0,
                     cfg=C(rows, 128, 128, 8, 4, 3), ws=True))
+            # the fp8 gate_up as the layer runs it: on the Gluon kernel where the default rule routes it there
+            with env_set("QUANTC_MOE_WS", None):
+                on_ws = mg.ws_block_m(x.device, [F13], 1, 0, e, pairs) == 128
+            row["gate_up_ours_fp8_shipped"] = "ws128" if on_ws else "table"
+            row["gate_up_ours_fp8_shipped_us"] = row["gate_up_ours_fp8_ws128_us" if on_ws else "gate_up_ours_fp8_table_us"]
             row["gate_up_ours_mxfp4_us"] = us(lambda: mg.grouped_gemm(x, None, M13, routing, a_div=k, act="silu",
                                                                       a_quant=0, a_group=0, cfg=cfg))
             if h % 128 == 0:  # the nibble-plane path (opt-in, K a multiple of 128), same operands
@@ -337,10 +359,12 @@ def bench():
             row["layer_torch_bf16_us"] = us(torch_layer)
             # the layers on the Triton grouped GEMM (QUANTC_MOE_WS=0), and bf16 / fp8 / int8 on the Gluon one
             # at 128- and 64-row blocks (moe_mm_ws with the sorted copies of the rows; ``ws_block_m``'s rule)
-            for mode, keys in (("0", moes), ("128", WS_LAYERS), ("64", WS_LAYERS), ("up", WS_LAYERS)):
+            # (None: QUANTC_MOE_WS unset, ``ws_block_m``'s default rule, what apply() runs: the main column)
+            for mode, keys in ((None, moes), ("0", WS_LAYERS), ("128", WS_LAYERS), ("64", WS_LAYERS),
+                               ("up", WS_LAYERS)):
                 with env_set("QUANTC_MOE_WS", mode):
                     for key in keys:
-                        col = f"layer_ours_{key}_us" if mode == "0" else f"layer_ours_{key}_ws{mode}_us"
+                        col = f"layer_ours_{key}_us" if mode is None else f"layer_ours_{key}_ws{mode}_us"
                         row[col] = us(lambda m=moes[key]: m.experts(x, tw, ids))
             if pairs <= ALIGN_KERNEL_MAX_PAIRS:  # the pairs sorted by the torch ops (the kernel is the default)
                 with env_set("QUANTC_MOE_ALIGN_KERNEL", "0"):
@@ -389,6 +413,8 @@ def bench():
                                         act * 2 * inter * h),
                                        ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_best_us",
                                         act * 2 * inter * h),
+                                       ("gate_up_torch_scaled_grouped_mm_us", "gate_up_ours_fp8_shipped_us",
+                                        act * 2 * inter * h),
                                        ("gate_up_torch_grouped_mm_us", "gate_up_ours_mxfp4_us",
                                         act * 2 * inter * h * 17 // 32),
                                        ("gate_up_torch_grouped_mm_us", "gate_up_ours_mxfp4_planes_us",
@@ -399,7 +425,7 @@ def bench():
                     row[ours.replace("_us", "_weight_GBps")] = wbytes / row[ours] / 1e3
             if row["dense_bf16_equal_flops_us"]:
                 row.update(moe_roofline(row, fl, res["copy_GBps"]))
-            for key in (*moes, *(f"{k_}_ws{r}" for k_ in WS_LAYERS for r in (128, 64, "up")), "mxfp4_wo_dequant"):
+            for key in (*moes, *(f"{k_}_ws{r}" for k_ in WS_LAYERS for r in (0, 128, 64, "up")), "mxfp4_wo_dequant"):
                 if row["layer_torch_bf16_us"] and row.get(f"layer_ours_{key}_us"):
                     row[f"layer_ours_{key}_over_torch_bf16"] = row["layer_torch_bf16_us"] / row[f"layer_ours_{key}_us"]
             res["rows"].append(row)

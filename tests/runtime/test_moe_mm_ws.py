@@ -91,8 +91,11 @@ def _weights(fmt=wf.FP8, k=256, group=None, pack=1, row_block=1, sfmt=wf.S_FLOAT
 
 
 @pytest.mark.parametrize("weights,a_quant,a_group,experts,pairs,mode,want", [
-    (_weights(), 1, 0, 8, 4096, None, 0),                       # off by default (slower than the table's tiles)
-    (_weights(), 1, 0, 8, 4096, "0", 0),
+    (_weights(), 1, 0, 8, 4095, None, 0),                       # by default off under 512 pairs an expert
+    (_weights(), 1, 0, 8, 4096, None, 128),                     # ... the gate_up on it from there
+    (_weights(), 1, 0, 128, 16384, None, 0),                    # gpt-oss-120b at 4096 tokens: 128 an expert
+    (_weights(), 1, 128, 8, 8192, None, 0),                     # ... where the operands fit
+    (_weights(), 1, 0, 8, 8192, "0", 0),                        # =0: never
     (_weights(), 1, 0, 8, 32, "1", 128),                        # opted in: 128-row blocks
     (_weights(), 1, 0, 8, 32, "128", 128),
     (_weights(), 1, 0, 8, 32, "64", 64),                        # ... or 64-row ones
@@ -159,6 +162,7 @@ def test_quant_moe_hands_both_gemms_to_it(monkeypatch, kernel, wkey, akey, rows,
     plain = moe(x).float()  # on the CPU the rule says no
     assert seen == [(False, 16)] * 2
     seen.clear()
+    monkeypatch.setenv("QUANTC_MOE_WS", "1")  # both GEMMs opted in
     monkeypatch.setattr(mg, "ws_block_m", lambda *a: asked.append(a) or rows)
     out = moe(x).float()
     assert bool(asked) is routed
@@ -179,6 +183,8 @@ def test_up_mode_hands_the_gate_up_alone_to_it(monkeypatch):
     out = moe(x).float()
     assert seen == [(True, 128), (False, 128)], seen
     assert mg.ws_down(128) is False and mg.ws_down(0) is False
+    monkeypatch.delenv("QUANTC_MOE_WS")  # the default rule routes the gate_up alone too
+    assert mg.ws_down(128) is False
     monkeypatch.setenv("QUANTC_MOE_WS", "1")
     assert mg.ws_down(128) is True and mg.ws_down(64) is True
     assert ((out - plain).abs().max() / plain.abs().max()).item() < 1e-2

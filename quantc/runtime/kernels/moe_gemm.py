@@ -326,28 +326,43 @@ def even_k_loads(k: int, block_k: int) -> bool:
 _WS_OPERANDS = {0: BF16, 1: FP8, 2: INT8}  # A_QUANT code -> the weight format with the same operand type
 
 
+# From this many (token, expert) pairs an expert on average, the gate_up takes the Gluon kernel by default
+# (the down GEMM keeps the Triton one): on the H100, Mixtral-8x7B at 4096 tokens (1024 rows an expert) ran the
+# expert layer 10% faster so (fp8 3458 -> 3113 us, int8 3351 -> 3003, bf16 5618 -> 5525), Mixtral at 256
+# tokens (64 rows) tied (fp8 -2%, int8 +0.5%), gpt-oss-120b lost at 256 / 4096 tokens (2 / 128 rows: +9%,
+# +1%) (bench/results/moe_h100_s17_wsup.json).
+WS_UP_MIN_ROWS = 512
+
+
+def _ws_mode(num_experts: int, num_pairs: int) -> str:
+    """QUANTC_MOE_WS's mode, or the rule's where it is unset: "up" from WS_UP_MIN_ROWS pairs an expert."""
+    mode = env("QUANTC_MOE_WS")
+    if mode is None:
+        return "up" if num_pairs >= WS_UP_MIN_ROWS * max(1, num_experts) else "0"
+    return mode
+
+
 def ws_block_m(device: torch.device, weights, a_quant: int, a_group: int, num_experts: int, num_pairs: int) -> int:
     """(``weights``: the layer's WoWeights, any iterable, read only where the switch is on; ``a_group``: the
     activation scales' group along K, 0 for whole rows.) The routing block (128 or 64
     rows) when the grouped GEMMs of a MoE call take the warp-specialized Gluon kernel (``moe_mm_ws``), 0 when
-    they stay on the Triton kernel. Opt-in: QUANTC_MOE_WS=1 (128-row blocks; both GEMMs), =64 (64-row blocks;
-    the down GEMM only, the gate_up keeps the Triton kernel), =128, =up (128-row blocks; the gate_up only, the
-    down GEMM keeps the Triton kernel at those blocks: ``ws_down``); where it fits: a Hopper GPU, raw-sum
+    they stay on the Triton kernel. By default the gate_up alone (``up``) from WS_UP_MIN_ROWS pairs an expert;
+    QUANTC_MOE_WS overrides the rule: =0 never, =1 (128-row blocks; both GEMMs), =64 (64-row blocks; the down
+    GEMM only, the gate_up keeps the Triton kernel), =128, =up (128-row blocks; the gate_up only, the down GEMM
+    keeps the Triton kernel at those blocks: ``ws_down``) at every size; where it fits: a Hopper GPU, raw-sum
     operands of one type (bf16 x bf16, fp8 x fp8 per-token / per-tensor x per-channel, int8 x int8), 16-byte
     rows, not under torch.compile (the Gluon launcher is no custom op).
 
-    Off by default because the H100 said so: against the expert layer on the shipped table's tiles (what
-    apply() runs), the Gluon path (its sorted copies of the rows included) ran 0.79-0.96x at the four
+    Why both GEMMs stay off at most sizes: against the expert layer on the shipped table's tiles (what apply()
+    runs), the Gluon path for both GEMMs (its sorted copies of the rows included) ran 0.79-0.96x at the four
     bench_moe sizes x 16 / 256 / 4096 tokens, except Mixtral at 4096 tokens (int8 1.07x, bf16 1.01x) and
     int8 Mixtral at 16 / 256 tokens (1.00-1.05x) (bench/results/moe_h100_s13_ws_tables.json). The 1.05-1.44x
     of the earlier runs (``moe_h100_s13_ws_layers*.json``) were against the bench's fixed tile, not the
-    table's. In every bench_moe run since, the gate_up alone on it beat the table's tile on Mixtral at 4096
-    tokens (1024 rows an expert) by 13-16% and gpt-oss's by 4-5%: ``up`` is that split, to be timed on the
-    layer (RUNBOOK item 24). ``num_experts`` / ``num_pairs`` are for a rule once one wins."""
-    mode = env("QUANTC_MOE_WS")
-    if mode not in ("1", "128", "64", "up") or device.type != "cuda" or torch.compiler.is_compiling():
+    table's. The gate_up alone on it beats the table's tile where experts get many rows (WS_UP_MIN_ROWS)."""
+    if device.type != "cuda" or torch.compiler.is_compiling():
         return 0
-    if cc_major(device) != 9:
+    mode = _ws_mode(num_experts, num_pairs)
+    if mode not in ("1", "128", "64", "up") or cc_major(device) != 9:
         return 0
     fmt = _WS_OPERANDS.get(a_quant)
     for w in weights:
@@ -359,8 +374,9 @@ def ws_block_m(device: torch.device, weights, a_quant: int, a_group: int, num_ex
 
 def ws_down(rows: int) -> bool:
     """Whether the down GEMM of a MoE call that ``ws_block_m`` routed to ``rows``-row blocks takes the Gluon
-    kernel too: at 128 and 64 rows, except in QUANTC_MOE_WS=up mode (the gate_up alone)."""
-    return rows > 0 and env("QUANTC_MOE_WS") != "up"
+    kernel too: only where QUANTC_MOE_WS opts both GEMMs in (=1 / 128 / 64); the default rule and =up route
+    the gate_up alone."""
+    return rows > 0 and env("QUANTC_MOE_WS") in ("1", "128", "64")
 
 
 DEQUANT_MAX_BYTES = 2 << 30  # the largest transient bf16 copy of a layer's experts the dequant path makes
