@@ -6,6 +6,11 @@ two-kernel path's bits first (and that path against the CPU reference on one sha
 
     PROBE_CONFIGS="8192:4:8:1,16384:2:8:1" python bench/per_tensor_probe.py   # BLOCK:HELD:WARPS:PER_SM
     # writes $OUT/per_tensor_probe_<gpu>.json
+
+The Gluon kernel that also keeps chunks in shared memory (``bench/per_tensor_hold.py``, an experiment that
+lost) beside them:
+PROBE_HOLD="8192:1:8:2,..." (BLOCK:HELD:WARPS:PER_SM; "" for none), columns ``hold_<config>_frac``, each checked
+against the two-kernel path's bits first.
 """
 
 from __future__ import annotations
@@ -23,15 +28,32 @@ from bench.bandwidth import copy_gbps  # noqa: E402
 from bench.bench_quant import KS, MS, written_bytes  # noqa: E402
 from bench.timing import env_set, geomean, gpu_slug  # noqa: E402
 from quantc.runtime.kernels import act_quant  # noqa: E402
+from quantc.runtime.kernels.common import sm_count, tile_counters  # noqa: E402
 from quantc.runtime.kernels.act_quant import quantize_activation, reference  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
 KEY = "fp8_dynamic_per_tensor"
-DEFAULT_CONFIGS = "8192:2:8:2,8192:1:8:2,8192:4:8:2,4096:2:4:4,8192:2:4:4,16384:2:16:1,4096:2:8:3,16384:1:8:2"
+DEFAULT_CONFIGS = "16384:1:8:2"
+DEFAULT_HOLD = "8192:1:8:2,16384:0:8:2,8192:0:8:2,16384:1:8:2,16384:1:8:1,16384:0:16:1,8192:1:4:4"
 
 
-def configs() -> list[tuple[int, ...]]:
-    return [tuple(int(v) for v in c.split(":")) for c in os.environ.get("PROBE_CONFIGS", DEFAULT_CONFIGS).split(",")]
+def configs(var: str = "PROBE_CONFIGS", default: str = DEFAULT_CONFIGS) -> list[tuple[int, ...]]:
+    spec = os.environ.get(var, default)
+    return [tuple(int(v) for v in c.split(":")) for c in spec.split(",") if c]
+
+
+def hold_call(x: torch.Tensor, block: int, held: int, warps: int, per_sm: int):
+    """The Gluon kernel on x at one configuration: a function returning (q, s)."""
+    from bench import per_tensor_hold as ph
+
+    q = torch.empty(x.shape, device=x.device, dtype=torch.float8_e4m3fn)
+    s = torch.empty((), device=x.device, dtype=torch.float32)
+    counters = tile_counters(x.device, 3)
+
+    def run():
+        ph.per_tensor_hold(x, q, s, counters, sm_count(x.device), block, warps, per_sm, held)
+        return q, s
+    return run
 
 
 def set_config(block: int, held: int, warps: int, per_sm: int) -> None:
@@ -78,9 +100,23 @@ def main() -> None:
                     row[f"coop_{name}_frac"] = moved / us / 1e3 / ref_bw
                 except Exception as e:  # a launch too large to be cooperative, registers: report and go on
                     out["errors"][f"{name}/{m}x{k}"] = f"{type(e).__name__}: {str(e)[:200]}"
+            for cfg in configs("PROBE_HOLD", DEFAULT_HOLD):
+                name = ":".join(map(str, cfg))
+                try:
+                    run = hold_call(x, *cfg)
+                    q, s = run()
+                    ok = torch.equal(bits(q), bits(want_q)) and torch.equal(s.reshape(()), want_s.reshape(()))
+                    if not ok:
+                        out["errors"][f"hold_{name}/{m}x{k}"] = "bits differ from the two-kernel path"
+                        continue
+                    us = do_bench_cudagraph(run, rep=30) * 1e3
+                    row[f"hold_{name}_frac"] = moved / us / 1e3 / ref_bw
+                except Exception as e:
+                    out["errors"][f"hold_{name}/{m}x{k}"] = f"{type(e).__name__}: {str(e)[:300]}"
             out["rows"].append(row)
             print(json.dumps({a: round(v, 3) if isinstance(v, float) else v for a, v in row.items()}), flush=True)
-    cols = ["two_pass_frac", "per_token_frac"] + [f"coop_{n}_frac" for n in names]
+    cols = (["two_pass_frac", "per_token_frac"] + [f"coop_{n}_frac" for n in names] +
+            [f"hold_{':'.join(map(str, c))}_frac" for c in configs("PROBE_HOLD", DEFAULT_HOLD)])
     out["geomean"] = {c: geomean([r[c] for r in out["rows"] if c in r]) for c in cols}
     out["rows_measured"] = {c: sum(c in r for r in out["rows"]) for c in cols}
     print("geomean:", json.dumps(out["geomean"], indent=1), "errors:", out["errors"], flush=True)
