@@ -21,8 +21,8 @@ kernel also keeps chunks in shared memory, which Triton cannot address directly:
 - each program's first SMEM_A + SMEM_B chunks are copied into shared memory by ``cp.async`` (all in flight at
   once), the next HELD chunk is loaded into registers, the rest stream through registers for their maximum;
 - a running element-wise maximum of |x| as bf16 bits (exact, 16 bits wide), reduced once;
-- the programs' maxima meet in one int32 slot by atomics and every program waits on an arrival counter, as in
-  the Triton kernel (the same protocol, its comments say why it is atomics only);
+- the programs' maxima meet in one int32 slot by atomics and every program waits on an arrival counter: the
+  Triton kernel's ``grid_amax`` (its comments say why it is atomics only);
 - then the chunks in shared memory and registers are quantized where they are, and the rest are read again,
   the chunk read last first (the part most likely still in L2).
 
@@ -42,7 +42,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 
-from quantc.runtime.kernels.act_quant import _quantized
+from quantc.runtime.kernels.act_quant import _quantized, grid_amax
 from quantc.runtime.kernels.common import cdiv, launch
 
 # triton 3.6 names the copy async_copy_global_to_shared; later releases renamed it async_load
@@ -150,17 +150,7 @@ def _per_tensor_hold_kernel(x_ptr, q_ptr, s_ptr, sync_ptr, numel,
     if SMEM_B > 0:
         small = _max_in(buf_b, SMEM_B, SMEM_A, small, numel, lanes, BLOCK)
     amax = gl.maximum(_bits_to_float(gl.max(run, axis=0)), _bits_to_float(gl.max(small, axis=0)))
-    # |x| >= 0: its fp32 bits order as int32s do
-    gl.atomic_max(sync_ptr + 2, amax.to(gl.int32, bitcast=True), sem="acq_rel")
-    arrived = gl.atomic_add(sync_ptr, 1, sem="acq_rel") + 1
-    while arrived < n_programs:
-        arrived = gl.atomic_add(sync_ptr, 0, sem="acquire")
-    amax = gl.atomic_max(sync_ptr + 2, 0, sem="acq_rel").to(gl.float32, bitcast=True)
-    # departures: the last program out zeroes the slots (every program has read the amax by then)
-    if gl.atomic_add(sync_ptr + 1, 1, sem="acq_rel") == n_programs - 1:
-        gl.atomic_xchg(sync_ptr, 0)
-        gl.atomic_xchg(sync_ptr + 1, 0)
-        gl.atomic_xchg(sync_ptr + 2, 0)
+    amax = grid_amax(sync_ptr, amax, n_programs)  # the Triton kernel's protocol, compiled as Gluon
     scale = gl.div_rn(gl.maximum(amax, 1e-12), 448.0)
     if pid == 0:
         gl.store(s_ptr, scale)

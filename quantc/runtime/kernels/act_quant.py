@@ -260,6 +260,24 @@ def _store_quantized(q_ptr, x, base, c, stride, numel, scale, inv, HW: tl.conste
 
 
 @triton.jit
+def grid_amax(sync_ptr, amax, n_programs):
+    """The maximum of every program's ``amax`` (>= 0), once all ``n_programs`` of a cooperative launch have
+    arrived. sync_ptr: int32 [arrivals, departures, amax bits], zero at rest and left so: the last program
+    out zeroes them (every program has read the amax by then)."""
+    # |x| >= 0: its fp32 bits order as int32s do
+    tl.atomic_max(sync_ptr + 2, amax.to(tl.int32, bitcast=True), sem="acq_rel")
+    arrived = tl.atomic_add(sync_ptr, 1, sem="acq_rel") + 1
+    while arrived < n_programs:
+        arrived = tl.atomic_add(sync_ptr, 0, sem="acquire")
+    amax = tl.atomic_max(sync_ptr + 2, 0, sem="acq_rel").to(tl.float32, bitcast=True)
+    if tl.atomic_add(sync_ptr + 1, 1, sem="acq_rel") == n_programs - 1:
+        tl.atomic_xchg(sync_ptr, 0)
+        tl.atomic_xchg(sync_ptr + 1, 0)
+        tl.atomic_xchg(sync_ptr + 2, 0)
+    return amax
+
+
+@triton.jit
 def _per_tensor_coop_kernel(x_ptr, q_ptr, s_ptr, sync_ptr, numel, steps,
                             BLOCK: tl.constexpr, HELD: tl.constexpr, HW: tl.constexpr, FMA: tl.constexpr):
     # sync_ptr: int32 [arrivals, departures, amax bits], zero at rest
@@ -283,17 +301,7 @@ def _per_tensor_coop_kernel(x_ptr, q_ptr, s_ptr, sync_ptr, numel, steps,
         offs = base + c * stride
         x = tl.load(x_ptr + offs, mask=offs < numel, other=0.0)
         amax = tl.maximum(amax, tl.max(tl.abs(x.to(tl.float32)), axis=0))
-    # |x| >= 0: its fp32 bits order as int32s do
-    tl.atomic_max(sync_ptr + 2, amax.to(tl.int32, bitcast=True), sem="acq_rel")
-    arrived = tl.atomic_add(sync_ptr, 1, sem="acq_rel") + 1
-    while arrived < n_programs:
-        arrived = tl.atomic_add(sync_ptr, 0, sem="acquire")
-    amax = tl.atomic_max(sync_ptr + 2, 0, sem="acq_rel").to(tl.float32, bitcast=True)
-    # departures: the last program out zeroes the slots (every program has read the amax by then)
-    if tl.atomic_add(sync_ptr + 1, 1, sem="acq_rel") == n_programs - 1:
-        tl.atomic_xchg(sync_ptr, 0)
-        tl.atomic_xchg(sync_ptr + 1, 0)
-        tl.atomic_xchg(sync_ptr + 2, 0)
+    amax = grid_amax(sync_ptr, amax, n_programs)
     scale = tl.math.div_rn(tl.maximum(amax, 1e-12), 448.0)
     if pid == 0:
         tl.store(s_ptr, scale)
