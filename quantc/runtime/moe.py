@@ -48,7 +48,9 @@ def _fit_down_tile(cfg: WoConfig, w2, device: torch.device) -> WoConfig:
 
     if device.type != "cuda":  # the interpreter has no shared memory to fit
         return cfg
-    limit = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+    from .kernels.common import smem_optin
+
+    limit = smem_optin(device)
     operand = 2 if w2.fmt == wf.BF16 else 1
     return fit_smem(cfg, limit, operand, operand, 1)
 

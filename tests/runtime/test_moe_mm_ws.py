@@ -209,8 +209,12 @@ def test_down_tile_at_128_row_blocks_is_fitted_to_shared_memory(monkeypatch):
     from quantc.plan import KernelConfig
     from quantc.runtime import moe as moe_mod
 
+    from quantc.runtime.kernels import common
+
+    queries = []
     monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda device: SimpleNamespace(shared_memory_per_block_optin=232448))
+                        lambda device: queries.append(device) or SimpleNamespace(shared_memory_per_block_optin=232448))
+    monkeypatch.setattr(common, "_SMEM_OPTIN", {})  # the per-device cache starts empty and is restored after
     cuda = torch.device("cuda")
     bf16 = wf.WoWeight(wf.BF16, 64, 128, torch.zeros(2, 64, 128, dtype=torch.bfloat16))
     fp8 = wf.quantize(torch.randn(2, 64, 128), "fp8_per_channel")
@@ -219,3 +223,4 @@ def test_down_tile_at_128_row_blocks_is_fitted_to_shared_memory(monkeypatch):
     assert (got.num_stages, got.block_n) == (2, 256) and got.block_m == 128
     assert moe_mod._fit_down_tile(big, fp8, cuda) == big  # 4 x (16 + 32) KiB in fp8: fits
     assert moe_mod._fit_down_tile(big, bf16, torch.device("cpu")) == big
+    assert queries == [cuda]  # one driver query per device, not one a call

@@ -211,6 +211,16 @@ def sm_count(device: torch.device) -> int:
     return _SM_COUNTS[device]
 
 
+_SMEM_OPTIN: dict = {}  # device -> shared memory a block may opt in to, in bytes
+
+
+def smem_optin(device: torch.device) -> int:
+    """The shared memory one block may use on the GPU (tiles are fitted to it), queried once per device."""
+    if device not in _SMEM_OPTIN:
+        _SMEM_OPTIN[device] = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+    return _SMEM_OPTIN[device]
+
+
 def cc_major(device: torch.device) -> int:
     """The GPU's compute-capability major version (9: Hopper), queried once per device: the launchers'
     kernel policies ask on every call."""

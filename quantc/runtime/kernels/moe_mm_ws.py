@@ -38,7 +38,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .block_mm_ws import PRODUCER_REGS, CONSUMER_REGS, _launch, _tile_offsets, _tma_load, max_registers
-from .common import cdiv, launch
+from .common import cdiv, launch, sm_count
 from .moe_gemm import GPT_OSS_ALPHA, GPT_OSS_LIMIT
 
 BLOCK_MS = (128, 64)  # routing blocks: two 64-row consumer warpgroups, or one (twice the tiles, half the padding)
@@ -352,7 +352,7 @@ def moe_mm_ws(a_sorted: torch.Tensor, a_scale: torch.Tensor | None, w: torch.Ten
     consts = variant(bf16, block_n, act, num_stages, a_mode, 0 if w_scale is None else 2, a_sorted.dtype == torch.int8,
                      bias is not None, topk_weights is not None, a_div, group_m)
     if programs is None:
-        programs = torch.cuda.get_device_properties(a_sorted.device).multi_processor_count
+        programs = sm_count(a_sorted.device)
     tiles = block_expert.numel() * cdiv(n_out, block_n)  # a bound: programs past the live tiles idle
     _launch(_moe_mm_ws_kernel, (min(tiles, programs),), descs, scalars, consts,
             ("moe", str(a_sorted.dtype), block_m, block_n), max_registers(block_m))
