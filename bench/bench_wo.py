@@ -17,7 +17,8 @@
   ``over_gemlite`` = GemLite time / ours in the int4_group_128 entry). Without GemLite the column is
   left out and ``notes`` says why.
 
-Env: BENCH_CAP_S (time cap, default 300), BENCH_SHAPES ("6144x4096,..."), OUT (output folder).
+Env: BENCH_CAP_S (time cap, default 300), BENCH_SHAPES ("6144x4096,..."), BENCH_MS ("1,16,64"), BENCH_FORMATS
+("int4_group_128,mxfp4,nvfp4"), OUT (output folder).
 Writes $OUT/wo_<device>.json.
 """
 
@@ -38,6 +39,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime.kernels import wo_format as wf  # noqa: E402
 from quantc.runtime.kernels import wo_gemm as wg  # noqa: E402
+from quantc.runtime.kernels.wo_gemv import uses_gemv  # noqa: E402
 from bench import peers_gemlite as PG  # noqa: E402
 from bench.bandwidth import copy_gbps  # noqa: E402
 from bench import wo_summary  # noqa: E402
@@ -51,8 +53,8 @@ SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (7168, 2048)
 LARGE = [(28672, 4096), (4096, 14336), (24576, 7168)]
 if os.environ.get("BENCH_SHAPES"):
     SHAPES = [tuple(int(v) for v in s.split("x")) for s in os.environ["BENCH_SHAPES"].split(",")]
-MS = (1, 16, 64)
-FORMATS = ("int4_group_128", "mxfp4", "nvfp4")
+MS = tuple(int(v) for v in os.environ.get("BENCH_MS", "1,16,64").split(","))
+FORMATS = tuple(os.environ.get("BENCH_FORMATS", "int4_group_128,mxfp4,nvfp4").split(","))
 ROTATE_BYTES = 256 << 20
 SMS = torch.cuda.get_device_properties(0).multi_processor_count
 
@@ -179,7 +181,9 @@ def bench_shapes():
                 dflt = wg.default_config(m, n, k, SMS, int4=key.startswith("int4"))
                 dflt_us = t if dflt == cfg else rotated_us(lambda i: wg.launch(x, ws[i], dflt), len(ws))
                 nbytes = ws[0].nbytes()
-                row[key] = {"us": t, "kernel": "planes" if wg.uses_planes(m, ws[0].fmt, k) else "mma4",
+                kernel = ("gemv" if uses_gemv(x, ws[0]) else
+                          "planes" if wg.uses_planes(m, ws[0].fmt, k) else "mma4")
+                row[key] = {"us": t, "kernel": kernel,
                             "cfg": [cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages,
                                     cfg.split_k],
                             "default_us": dflt_us, "default_cfg": [dflt.block_m, dflt.block_n, dflt.block_k,

@@ -6,8 +6,9 @@ single-config mode to run under Nsight Compute. Timing as bench_wo.py (CUDA grap
 past L2), every kernel checked against the reference first. Used to choose what to change in the
 kernels; bench_wo.py is the reference benchmark.
 
-    python bench/wo_probe.py sweep     # env: PROBE_SHAPES, PROBE_FMTS, PROBE_MS, PROBE_KERNELS,
-                                       #      PROBE_STAGES, PROBE_SPLIT_MULT, PROBE_CAP_S
+    python bench/wo_probe.py sweep     # env: PROBE_SHAPES, PROBE_FMTS, PROBE_MS, PROBE_KERNELS (gemv: the
+                                       #      int4 CUDA-core GEMV at M = 1), PROBE_STAGES, PROBE_SPLIT_MULT,
+                                       #      PROBE_TINYGEMM=1, PROBE_CAP_S
     ncu --clock-control none -k regex:_wo_planes python bench/wo_probe.py one planes int4_group_128 \
         28672 4096 1 16,32,128,2,4,1
 
@@ -28,6 +29,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime.kernels import wo_gemm as wg  # noqa: E402
+from quantc.runtime.kernels import wo_gemv as gv  # noqa: E402
 from quantc.runtime.kernels import wo_planes as wp  # noqa: E402
 from bench.bench_wo import n_copies, random_weight, rotated_us  # noqa: E402
 
@@ -38,17 +40,35 @@ TILES = {"mma4": [(32, 256, 4), (64, 256, 4), (64, 512, 4), (128, 128, 4), (128,
 TILES["persistent"] = TILES["planes_nofold"] = TILES["planes"]
 STAGES = tuple(int(v) for v in os.environ.get("PROBE_STAGES", "3,4").split(","))
 SPLIT_MULT = tuple(int(v) for v in os.environ.get("PROBE_SPLIT_MULT", "1,2,4").split(","))
+TINYGEMM = os.environ.get("PROBE_TINYGEMM", "0") == "1"  # tinygemm's int4 kernel timed beside, same rows
+
+
+# the int4 GEMV (M = 1): (rows a thread, lanes along N (1024 / block_k), warps)
+GEMV_TILES = [(8, 1, 4), (4, 1, 4), (16, 1, 4), (8, 1, 2), (8, 2, 4), (4, 2, 8), (8, 1, 8), (4, 4, 4)]
+GEMV_STAGES = tuple(int(v) for v in os.environ.get("PROBE_GEMV_STAGES", "1,2").split(","))  # 2: prefetch
 
 
 def launcher(kernel: str):
     if kernel == "mma4":
         return wg.launch
+    if kernel == "gemv":
+        return gv.launch_gemv
     return lambda x, w, cfg: wp.launch_planes(x, w, cfg, persistent=kernel == "persistent",
                                               bias_fold=kernel != "planes_nofold")
 
 
 def configs(kernel: str, m: int, n: int, k: int, sms: int) -> list[C]:
     out = []
+    if kernel == "gemv":
+        for (rows, lanes_n, warps), mult, stages in itertools.product(GEMV_TILES, SPLIT_MULT, GEMV_STAGES):
+            bn, bk = rows * lanes_n * warps, 1024 // lanes_n
+            if m != 1 or k % bk:
+                continue
+            c = C(1, bn, bk, num_warps=warps, num_stages=stages,
+                  split_k=min(wg._split(n, k, bn, bk, sms) * mult, k // bk))
+            if c not in out:
+                out.append(c)
+        return out
     if kernel == "mma4":
         for bn, bk, warps in TILES[kernel]:
             if bk <= k:
@@ -82,7 +102,10 @@ def sweep() -> None:
             for kernel in kernels:
                 if kernel == "persistent" and m > 16:  # decode only: launch_planes refuses more rows
                     continue
-                for cfg in configs(kernel, m, 512, 1024, sms)[::8]:
+                if kernel == "gemv" and not gv.gemv_ok(x, w):
+                    continue
+                cs = configs(kernel, m, 512, 1024, sms)
+                for cfg in (cs if kernel == "gemv" else cs[::8]):
                     out = launcher(kernel)(x, w, cfg).float()
                     err = ((out - ref).abs().max() / ref.abs().max()).item()
                     res["check"].append({"key": key, "kernel": kernel, "M": m, "cfg": cfg.__dict__, "rel_err": err})
@@ -94,10 +117,22 @@ def sweep() -> None:
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             bf16 = rotated_us(lambda i: x @ wbf[i].T, len(wbf))
+            if TINYGEMM:
+                q_u8 = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device="cuda")
+                tiny = [(torch._convert_weight_to_int4pack(q_u8, 8), torch.rand(k // 128, n, 2, device="cuda",
+                                                                                 dtype=torch.bfloat16))
+                        for _ in range(n_copies(n * k // 2))]
+                t = rotated_us(lambda i: torch._weight_int4pack_mm(x, tiny[i][0], 128, tiny[i][1]), len(tiny))
+                res["rows"].append({"N": n, "K": k, "M": m, "fmt": "int4_group_128", "kernel": "tinygemm",
+                                    "bf16_us": bf16, "us": t, "cfg": [], "over_bf16": bf16 / t if t else None,
+                                    "GBps": n * k / 2 / t / 1e3 if t else None})
+                del tiny
             for key in fmts:
                 ws = [random_weight(key, n, k) for _ in range(n_copies(n * k // 2))]
                 for kernel, cfg in [(kn, c) for kn in kernels for c in configs(kn, m, n, k, sms)]:
                     if time.time() - t0 > CAP or (kernel == "persistent" and m > 16):
+                        continue
+                    if kernel == "gemv" and not gv.gemv_ok(x, ws[0]):
                         continue
                     run = launcher(kernel)
                     t = rotated_us(lambda i: run(x, ws[i], cfg), len(ws))

@@ -1,0 +1,377 @@
+"""int4 weight-only GEMV for decode (M = 1) on CUDA cores, packed half2 arithmetic (Gluon + PTX on the GPU).
+
+``wo_gemm``'s math for int4 weights (symmetric, or codes with zero points; groups of 32 or more) and one
+bf16 activation row:
+
+    out[n] = sum_k x[k] * (v(code[n, k]) - z[n, g]) * s[n, g]
+
+The tensor-core kernels pay for the MMA's operand layout (``wo_planes``: ~3.7 instructions an element for
+symmetric codes at one row, ~120 registers a thread); a GEMV needs none of it. Each thread loads a 16-byte
+*chunk* of a weight row (4 words, 32 elements, inside one scale group), and one PTX block per word turns
+its eight nibbles into four half2 registers and multiplies them with the activation:
+
+- ``lop3`` (w & mask) ^ magic gives the fp16 1024 + c for the nibble pair (j, j + 4) of a word (bits 4j
+  and 16 + 4j; one shift by 8 reaches j = 2, 3); for the odd j the nibble sits 4 bits up and the value is
+  1024 + 16c. The symmetric codes' sign flip (c ^ 8 = q + 8) is in the magic, as in ``wo_planes``;
+- one half2 subtraction (1024 + 8, or 1024 + z) or FMA (x 1/16, minus 64 + 8 or 64 + z) leaves the
+  exact q (or c - z): 4-bit integers are exact in fp16;
+- four half2 FMAs with the activation packed as (x[8c + j], x[8c + j + 4]) sum the word's 8 products, then
+  the two halves are added in fp32.
+
+That is ~16 instructions for 8 elements. fp16 has the precision but not bf16's range, so each chunk's 32
+activation values are scaled by a power of two r first (max |x r| in [128, 256): four products of
+|q| <= 15 cannot overflow, and x r is exact: bf16's 8-bit mantissa fits fp16's 11), and the chunk's
+fp32 sum takes s / r. Products round to fp16 (relative 2**-11) and four of them add in fp16: about 1e-3
+relative to each word's sum, well under bf16's output rounding.
+
+The tile is (BLOCK_N rows, BLOCK_K / 32 chunks, 4 words); a warp's lanes take BLOCK_K / 32 consecutive
+chunks of 1024 / BLOCK_K rows, and each thread repeats over ROWS rows with the same chunk position, so the
+activation is loaded, scaled and packed once a thread for all its rows; the next K step's words and
+activations load while this one computes (num_stages >= 2). Each chunk keeps a running fp32 sum; the
+reduction across threads runs once, after the K loop. Split-K as ``wo_mma4`` (``store_or_reduce``).
+
+The GPU kernel is Gluon (``_wo_gemv_gluon_kernel``), which states that layout; the same steps in Triton
+(``_wo_gemv_kernel``) run under ``TRITON_INTERPRET``, the PTX replaced by plain Triton (fp32 products; the
+packing keeps the fp16 rounding of x r), so CI checks the indexing, scales, zero points and split-K, and
+tests/runtime/test_wo_gemv.py emulates the PTX in numpy. ``uses_gemv`` is ``wo_gemm``'s policy (measured on
+the H100: bench/results/wo_gemv_probe_h100_s18_*.json, wo_h100_s18_gemv_m1.json).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+from ...plan import KernelConfig
+from . import common
+from .common import cc_major, cdiv, env
+from .nibble_decode import USE_ASM
+from .wo_mma4 import split_workspace, store_or_reduce
+
+# the CTA-wide barrier between a slice's partial sums and its arrival: triton 3.6 names it thread_barrier
+_thread_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+CHUNK = tl.constexpr(32)  # elements a thread loads of a row a step: 4 int32 words, 16 bytes
+
+# $0 fp32 out, $1 the word, $2..$5 x packs (x[8c + j], x[8c + j + 4]) for j = 0..3 (lo, hi halves)
+_WORD_DOT = """{{
+.reg .b32 w8, t0, t1, t2, t3, acc, c0, c1, s16;
+.reg .b16 lo, hi;
+.reg .f32 flo, fhi;
+{consts}mov.b32 s16, 0x2C002C00;
+shr.b32 w8, $1, 8;
+lop3.b32 t0, $1, 0x000F000F, {magic_lo}, 0x6A;
+lop3.b32 t1, $1, 0x00F000F0, {magic_hi}, 0x6A;
+lop3.b32 t2, w8, 0x000F000F, {magic_lo}, 0x6A;
+lop3.b32 t3, w8, 0x00F000F0, {magic_hi}, 0x6A;
+sub.f16x2 t0, t0, c0;
+fma.rn.f16x2 t1, t1, s16, c1;
+sub.f16x2 t2, t2, c0;
+fma.rn.f16x2 t3, t3, s16, c1;
+mul.rn.f16x2 acc, t0, $2;
+fma.rn.f16x2 acc, t1, $3, acc;
+fma.rn.f16x2 acc, t2, $4, acc;
+fma.rn.f16x2 acc, t3, $5, acc;
+mov.b32 {{lo, hi}}, acc;
+cvt.f32.f16 flo, lo;
+cvt.f32.f16 fhi, hi;
+add.f32 $0, flo, fhi;
+}}"""
+# symmetric codes: the magic flips bit 3 of each nibble (c ^ 8 = q + 8); c0 = 1024 + 8, c1 = -(64 + 8)
+WORD_DOT_SYM = tl.constexpr(_WORD_DOT.format(consts="mov.b32 c0, 0x64086408;\nmov.b32 c1, 0xD480D480;\n",
+                                             magic_lo="0x64086408", magic_hi="0x64806480"))
+# codes with zero points: c0 = 1024 + z ($6) and c1 = -(64 + z) ($7), half2 bits made per chunk
+WORD_DOT_ZERO = tl.constexpr(_WORD_DOT.format(consts="mov.b32 c0, $6;\nmov.b32 c1, $7;\n",
+                                              magic_lo="0x64006400", magic_hi="0x64006400"))
+PACK_HALF2 = tl.constexpr("cvt.rn.f16x2.f32 $0, $2, $1;")  # $1 -> low half, $2 -> high half
+
+
+@triton.jit
+def _pack_half2(lo, hi, ASM: tl.constexpr):
+    """int32 bits of the half2 (lo, hi), each rounded to fp16."""
+    if ASM:
+        return tl.inline_asm_elementwise(PACK_HALF2, "=r,r,r", [lo, hi], dtype=tl.int32, is_pure=True, pack=1)
+    lo16 = lo.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    hi16 = hi.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return lo16 | (hi16 << 16)
+
+
+@triton.jit
+def _half(bits, HIGH: tl.constexpr):
+    """fp32 value of the low or high fp16 half of int32 ``bits`` (the interpreter's path)."""
+    h = (bits >> 16) & 0xFFFF if HIGH else bits & 0xFFFF
+    return h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO: tl.constexpr, ASM: tl.constexpr):
+    """fp32 sum of each word's eight (code - zero) x activation products (packs as in the module doc)."""
+    if ASM:
+        if HAS_ZERO:
+            return tl.inline_asm_elementwise(WORD_DOT_ZERO, "=r,r,r,r,r,r,r,r", [words, p0, p1, p2, p3, c0, c1],
+                                             dtype=tl.float32, is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(WORD_DOT_SYM, "=r,r,r,r,r,r", [words, p0, p1, p2, p3],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    total = tl.zeros(words.shape, tl.float32)
+    for j in tl.static_range(4):
+        p = p0 if j == 0 else (p1 if j == 1 else (p2 if j == 2 else p3))
+        for h in tl.static_range(2):  # h = 0: nibble j (low half), 1: nibble j + 4 (high half)
+            c = (words >> (4 * j + 16 * h)) & 15
+            if HAS_ZERO:
+                q = c.to(tl.float32) - c0
+            else:
+                q = ((c ^ 8) - 8).to(tl.float32)
+            total += q * _half(p, h == 1)
+    return total
+
+
+@triton.jit
+def _wo_gemv_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr,
+    N, K, stride_wn, stride_sn,
+    GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, ASM: tl.constexpr,
+):
+    """Grid (N tiles, K slices); one row of x."""
+    CH: tl.constexpr = BLOCK_K // CHUNK
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    k_tiles = K // BLOCK_K
+    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    t_start = tl.program_id(1) * per_split
+    t_end = tl.minimum(t_start + per_split, k_tiles)
+    ch = tl.arange(0, CH)
+    wd = tl.arange(0, 4)
+    word = (ch[:, None] * 4 + wd[None, :])[None, :, :]  # (1, CH, 4): a tile's word offsets
+    w_tile = w_ptr + offs_n.to(tl.int64)[:, None, None] * stride_wn + word
+    x_tile = x_ptr + word * 8  # element 8c + j of word c
+    s_rows = offs_n.to(tl.int64)[:, None] * stride_sn
+    acc = tl.zeros((BLOCK_N, CH), tl.float32)
+    for t in range(t_start, t_end):
+        k0 = t * BLOCK_K
+        words = tl.load(w_tile + k0 // 8, mask=n_mask[:, None, None], other=0, eviction_policy="evict_first")
+        xs = x_tile + k0
+        x0 = tl.load(xs).to(tl.float32)
+        x1 = tl.load(xs + 1).to(tl.float32)
+        x2 = tl.load(xs + 2).to(tl.float32)
+        x3 = tl.load(xs + 3).to(tl.float32)
+        x4 = tl.load(xs + 4).to(tl.float32)
+        x5 = tl.load(xs + 5).to(tl.float32)
+        x6 = tl.load(xs + 6).to(tl.float32)
+        x7 = tl.load(xs + 7).to(tl.float32)
+        amax = tl.maximum(tl.maximum(tl.maximum(tl.abs(x0), tl.abs(x1)), tl.maximum(tl.abs(x2), tl.abs(x3))),
+                          tl.maximum(tl.maximum(tl.abs(x4), tl.abs(x5)), tl.maximum(tl.abs(x6), tl.abs(x7))))
+        amax = tl.max(amax, axis=2, keep_dims=True)  # (1, CH, 1): the chunk's, inside one thread
+        # r = 2**(7 - floor(log2 amax)): max |x r| in [128, 256), and 1/r; amax's exponent clamped so both stay
+        # normal (zero or subnormal chunks, inf)
+        e = tl.minimum(tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, 8), 254)
+        r = ((261 - e) << 23).to(tl.float32, bitcast=True)
+        r_inv = ((e - 7) << 23).to(tl.float32, bitcast=True)
+        p0 = _pack_half2(x0 * r, x4 * r, ASM)
+        p1 = _pack_half2(x1 * r, x5 * r, ASM)
+        p2 = _pack_half2(x2 * r, x6 * r, ASM)
+        p3 = _pack_half2(x3 * r, x7 * r, ASM)
+        g = (k0 + ch * CHUNK) // GROUP  # the chunk's scale group
+        s = tl.load(s_ptr + s_rows + g[None, :], mask=n_mask[:, None], other=0.0).to(tl.float32)  # (BLOCK_N, CH)
+        if HAS_ZERO:
+            z = tl.load(z_ptr + s_rows + g[None, :], mask=n_mask[:, None], other=0).to(tl.int32)[:, :, None]
+            if ASM:  # half2 bits of 1024 + z and of -(64 + z), both halves
+                c0 = (0x6400 + z) * 0x10001
+                c1 = (0xD400 + 16 * z) * 0x10001
+            else:
+                c0 = z.to(tl.float32)
+                c1 = c0
+        else:
+            c0 = 0
+            c1 = 0
+        part = tl.sum(_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO, ASM), axis=2)  # (BLOCK_N, CH)
+        acc += part * (s * tl.reshape(r_inv, (1, CH)))
+    total = tl.sum(acc, axis=1)[None, :]  # (1, BLOCK_N): the one cross-thread sum
+    offs_m = tl.arange(0, 1)
+    out_ptrs = out_ptr + offs_m[:, None] * N + offs_n[None, :]
+    ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+    store_or_reduce(total, out_ptrs, ws_ptrs, n_mask[None, :], cnt_ptr + tl.program_id(0), SPLIT_K)
+
+# ---- the GPU kernel: the same steps in Gluon, whose explicit layout keeps a chunk's four words and their
+# activation values in one thread (Triton's own layout choice for the stride-8 activation loads moved every
+# weight tile through shared memory and reduced each step across lanes: 3.25 SASS instructions an element)
+
+@gluon.jit
+def _gl_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO: gl.constexpr):
+    if HAS_ZERO:
+        return gl.inline_asm_elementwise(WORD_DOT_ZERO, "=r,r,r,r,r,r,r,r", [words, p0, p1, p2, p3, c0, c1],
+                                         dtype=gl.float32, is_pure=True, pack=1)
+    return gl.inline_asm_elementwise(WORD_DOT_SYM, "=r,r,r,r,r,r", [words, p0, p1, p2, p3], dtype=gl.float32,
+                                     is_pure=True, pack=1)
+
+
+@gluon.jit
+def _gl_pack(lo, hi):
+    return gl.inline_asm_elementwise(PACK_HALF2, "=r,r,r", [lo, hi], dtype=gl.int32, is_pure=True, pack=1)
+
+
+@gluon.jit
+def _gl_load_x(xs):
+    """The eight activations of each word (element 8c + j at xs + j), bf16."""
+    return (gl.load(xs), gl.load(xs + 1), gl.load(xs + 2), gl.load(xs + 3), gl.load(xs + 4), gl.load(xs + 5),
+            gl.load(xs + 6), gl.load(xs + 7))
+
+
+@gluon.jit
+def _wo_gemv_gluon_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr,
+    N, K, stride_wn, stride_sn,
+    GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, ROWS: gl.constexpr, LANES_N: gl.constexpr,
+    SPLIT_K: gl.constexpr, WARPS: gl.constexpr, PREFETCH: gl.constexpr,
+):
+    """``_wo_gemv_kernel`` with the layout spelled out: a thread holds ROWS rows x one chunk (4 words); a
+    warp's lanes take 32 / LANES_N consecutive chunks of LANES_N rows; warps stack along N."""
+    LANES_CH: gl.constexpr = 32 // LANES_N
+    L3: gl.constexpr = gl.BlockedLayout([ROWS, 1, 4], [LANES_N, LANES_CH, 1], [WARPS, 1, 1], [2, 1, 0])
+    L2: gl.constexpr = gl.SliceLayout(2, L3)  # (rows, chunks)
+    BLOCK_N: gl.constexpr = ROWS * LANES_N * WARPS
+    CH: gl.constexpr = LANES_CH
+    BLOCK_K: gl.constexpr = CH * 32
+    pid_n = gl.program_id(0)
+    k_tiles = K // BLOCK_K
+    per_split = gl.cdiv(k_tiles, SPLIT_K)
+    t_start = gl.program_id(1) * per_split
+    t_end = gl.minimum(t_start + per_split, k_tiles)
+    rows1 = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, L2))
+    ch1 = gl.arange(0, CH, layout=gl.SliceLayout(0, L2))
+    wd1 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, L3)))
+    rows2 = gl.expand_dims(rows1, 1)  # (BLOCK_N, 1)
+    ch2 = gl.expand_dims(ch1, 0)  # (1, CH)
+    n_mask2 = rows2 < N
+    word3 = gl.expand_dims(ch2 * 4, 2) + gl.expand_dims(gl.expand_dims(wd1, 0), 1)  # (1, CH, 4)
+    n_mask3 = gl.expand_dims(n_mask2, 2)
+    w_tile = w_ptr + gl.expand_dims(rows2.to(gl.int64) * stride_wn, 2) + word3
+    x_tile = x_ptr + word3 * 8
+    s_rows = rows2.to(gl.int64) * stride_sn
+    acc = gl.zeros([BLOCK_N, CH], gl.float32, L2)
+    if PREFETCH:  # the next step's words and activations load while this step computes
+        w_nxt = gl.load(w_tile + t_start * (BLOCK_K // 8), mask=n_mask3 & (t_start < t_end), other=0,
+                        eviction_policy="evict_first")
+        x_nxt = _gl_load_x(x_tile + t_start * BLOCK_K)
+    for t in range(t_start, t_end):
+        k0 = t * BLOCK_K
+        if PREFETCH:
+            words = w_nxt
+            x0, x1, x2, x3, x4, x5, x6, x7 = x_nxt
+            w_nxt = gl.load(w_tile + (k0 + BLOCK_K) // 8, mask=n_mask3 & (t + 1 < t_end), other=0,
+                            eviction_policy="evict_first")
+            x_nxt = _gl_load_x(x_tile + gl.minimum(k0 + BLOCK_K, K - BLOCK_K))
+        else:
+            words = gl.load(w_tile + k0 // 8, mask=n_mask3, other=0, eviction_policy="evict_first")
+            x0, x1, x2, x3, x4, x5, x6, x7 = _gl_load_x(x_tile + k0)
+        x0 = x0.to(gl.float32)
+        x1 = x1.to(gl.float32)
+        x2 = x2.to(gl.float32)
+        x3 = x3.to(gl.float32)
+        x4 = x4.to(gl.float32)
+        x5 = x5.to(gl.float32)
+        x6 = x6.to(gl.float32)
+        x7 = x7.to(gl.float32)
+        amax = gl.maximum(gl.maximum(gl.maximum(gl.abs(x0), gl.abs(x1)), gl.maximum(gl.abs(x2), gl.abs(x3))),
+                          gl.maximum(gl.maximum(gl.abs(x4), gl.abs(x5)), gl.maximum(gl.abs(x6), gl.abs(x7))))
+        amax = gl.max(amax, axis=2)  # (1, CH): inside one thread
+        e = gl.minimum(gl.maximum((amax.to(gl.int32, bitcast=True) >> 23) & 0xFF, 8), 254)
+        r_inv = ((e - 7) << 23).to(gl.float32, bitcast=True)
+        r = gl.expand_dims(((261 - e) << 23).to(gl.float32, bitcast=True), 2)
+        p0 = _gl_pack(x0 * r, x4 * r)
+        p1 = _gl_pack(x1 * r, x5 * r)
+        p2 = _gl_pack(x2 * r, x6 * r)
+        p3 = _gl_pack(x3 * r, x7 * r)
+        g = (k0 + ch2 * 32) // GROUP
+        s = gl.load(s_ptr + s_rows + g, mask=n_mask2, other=0.0).to(gl.float32)  # (BLOCK_N, CH)
+        if HAS_ZERO:
+            z = gl.expand_dims(gl.load(z_ptr + s_rows + g, mask=n_mask2, other=0).to(gl.int32), 2)
+            c0 = (0x6400 + z) * 0x10001
+            c1 = (0xD400 + 16 * z) * 0x10001
+            part = gl.sum(_gl_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO), axis=2)
+        else:
+            part = gl.sum(_gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO), axis=2)
+        acc += part * (s * r_inv)
+    total = gl.sum(acc, axis=1)  # (BLOCK_N,): the one cross-lane sum
+    out_ptrs = out_ptr + rows1
+    n_mask = rows1 < N
+    if SPLIT_K > 1:  # wo_mma4.store_or_reduce: zero-at-rest fp32 workspace, the last slice writes
+        ws_ptrs = ws_ptr + rows1
+        gl.atomic_add(ws_ptrs, total, mask=n_mask, sem="relaxed")
+        _thread_barrier()
+        arrived = gl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            total = gl.load(ws_ptrs, mask=n_mask, other=0.0, cache_modifier=".cg")
+            gl.store(out_ptrs, total.to(gl.bfloat16), mask=n_mask)
+            gl.store(ws_ptrs, gl.zeros_like(total), mask=n_mask)
+            gl.atomic_xchg(cnt_ptr + pid_n, 0)
+    else:
+        gl.store(out_ptrs, total.to(gl.bfloat16), mask=n_mask)
+
+
+# The policy (``uses_gemv``): int4 at M = 1 from GEMV_MIN_N weight rows on an sm_90 GPU, at GEMV_CONFIG. On the
+# H100 (bench/results/wo_gemv_probe_h100_s18_prefetch.json, the plane kernel's best config per shape in the same
+# run): (28672, 4096) 29.5 vs 32.0 us, (24576, 7168) 39.6 vs 46.4 (38.0 at 512-deep steps); below that it tied
+# or lost by up to 6% ((4096, 14336) 18.7 vs 18.0, (6144, 4096) 10.8 vs 10.2): few N tiles, so split-K, whose
+# partial sums cost more here than in the plane kernel's fewer, wider programs.
+GEMV_MIN_N = 16384
+GEMV_CONFIG = KernelConfig(1, 64, 256, num_warps=4, num_stages=2, split_k=1)
+
+
+def uses_gemv(x2: torch.Tensor, w) -> bool:
+    """Whether ``wo_gemm`` runs this call here: QUANTC_WO_GEMV_MIN_N=N takes every call the kernel can from N
+    weight rows on (0: all of them, the interpreter included; a large N turns it off); unset, from GEMV_MIN_N
+    rows on an sm_90 GPU."""
+    if not gemv_ok(x2, w):
+        return False
+    forced = env("QUANTC_WO_GEMV_MIN_N")
+    if forced is not None:
+        return w.n >= int(forced)
+    return (w.n >= GEMV_MIN_N and x2.device.type == "cuda" and not common.interpreted()
+            and cc_major(x2.device) >= 9)
+
+
+def gemv_ok(x2: torch.Tensor, w) -> bool:
+    """Whether this kernel takes the call: one row, int4 codes, groups of whole chunks, K a multiple of 128."""
+    return x2.shape[0] == 1 and w.fmt == 1 and w.group % CHUNK.value == 0 and w.k % 128 == 0 and w.row_block == 1
+
+
+def gemv_tile(cfg, k: int) -> tuple[int, int, int, int]:
+    """(rows a thread, lanes along N, block_n, block_k) the launch takes from ``cfg``: block_k 128..1024 (halved
+    until it divides K; 32 / (block_k / 32) lanes of a warp then share a chunk position across rows), block_n
+    rounded to a whole number of rows a thread (at least one) over the warps and those lanes."""
+    bk = max(128, min(1024, cfg.block_k, k))
+    while k % bk:
+        bk //= 2
+    lanes_n = 1024 // bk
+    rows = max(1, cfg.block_n // (lanes_n * cfg.num_warps))
+    rows = 1 << (rows.bit_length() - 1)
+    return rows, lanes_n, rows * lanes_n * cfg.num_warps, bk
+
+
+def launch_gemv(x2: torch.Tensor, w, cfg) -> torch.Tensor:
+    """bf16 (1, K) x int4 WoWeight (N, K) -> bf16 (1, N): the Gluon kernel on a GPU, its Triton twin under the
+    interpreter. ``cfg``: block_n rows a program, block_k (``gemv_tile``), split_k, num_warps; num_stages >= 2
+    loads the next K step's words and activations before this step's products (the GPU kernel)."""
+    if not gemv_ok(x2, w):
+        raise ValueError("the int4 GEMV takes one activation row, int4 codes in groups of a multiple of 32 and "
+                         f"K a multiple of 128; got M = {x2.shape[0]}, K = {w.k}, group {w.group}")
+    n, k = w.n, w.k
+    rows, lanes_n, bn, bk = gemv_tile(cfg, k)
+    split = max(1, min(cfg.split_k, k // bk))
+    out = common.empty((1, n), torch.bfloat16, x2.device)
+    grid = (cdiv(n, bn), split)
+    ws, cnt = split_workspace(x2.device, n, grid[0]) if split > 1 else (out, out)
+    zeros = w.zeros if w.zeros is not None else w.scale
+    args = (x2, w.data, w.scale, zeros, out, ws, cnt, n, k, w.data.stride(0), w.scale.stride(0))
+    if common.interpreted() or x2.device.type != "cuda":
+        common.launch(_wo_gemv_kernel, grid, args, dict(GROUP=w.group, HAS_ZERO=w.zeros is not None, BLOCK_N=bn,
+                                                        BLOCK_K=bk, SPLIT_K=split, ASM=USE_ASM), cfg.num_warps, 1)
+    else:
+        common.launch(_wo_gemv_gluon_kernel, grid, args, dict(GROUP=w.group, HAS_ZERO=w.zeros is not None,
+                                                              ROWS=rows, LANES_N=lanes_n, SPLIT_K=split,
+                                                              WARPS=cfg.num_warps, PREFETCH=cfg.num_stages >= 2),
+                      cfg.num_warps, 1)
+    return out

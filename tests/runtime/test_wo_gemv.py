@@ -1,0 +1,186 @@
+"""The int4 CUDA-core GEMV (wo_gemv) at M = 1: its Triton twin under the interpreter against the plain-torch
+reference (symmetric codes and zero points, groups of 32 / 64 / 128, split-K, rows that do not fill a tile,
+activations whose scale needs the per-chunk power of two in both directions), the tile arithmetic, what it
+refuses; and the PTX half2 bit tricks emulated instruction by instruction in numpy (the interpreter never runs
+the PTX)."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from quantc.runtime.kernels import wo_format as wf
+from quantc.runtime.kernels import wo_gemm as wg
+from quantc.runtime.kernels import wo_gemv as gv
+
+
+def _rel_err(out, ref):
+    return ((out.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
+
+
+@pytest.mark.parametrize("key", ["int4_group_32", "int4_group_64_asym", "int4_group_128", "int4_group_128_asym"])
+@pytest.mark.parametrize("cfg", [wg.WoConfig(1, 8, 256, num_warps=2), wg.WoConfig(1, 16, 128, num_warps=4, split_k=3)])
+def test_gemv_matches_reference(key, cfg):
+    torch.manual_seed(11)
+    n, k = 40, 768  # 40 rows: the last tile is partly masked
+    w = wf.quantize(torch.randn(n, k), key)
+    x = torch.randn(1, k).bfloat16()
+    x[0, :32] *= 3000.0  # a chunk past fp16's range unless scaled down, one near zero: scaled up
+    x[0, 32:64] *= 1e-3
+    out = gv.launch_gemv(x, w, cfg)
+    assert out.shape == (1, n) and out.dtype == torch.bfloat16
+    assert _rel_err(out, wg.reference(x, w)) < 1e-2, key
+
+
+def test_gemv_zero_activation_chunks_give_zero_not_nan():
+    w = wf.quantize(torch.randn(16, 256), "int4_group_128")
+    x = torch.zeros(1, 256).bfloat16()
+    out = gv.launch_gemv(x, w, wg.WoConfig(1, 8, 256, num_warps=2))
+    assert torch.equal(out.float(), torch.zeros(1, 16))
+
+
+def test_gemv_tile_and_refusals():
+    # block_k halved until it divides K, block_n a whole number of rows a thread over warps and lanes
+    assert gv.gemv_tile(wg.WoConfig(1, 32, 1024, num_warps=4), 4096) == (8, 1, 32, 1024)
+    assert gv.gemv_tile(wg.WoConfig(1, 32, 1024, num_warps=4), 2048 + 512) == (4, 2, 32, 512)
+    assert gv.gemv_tile(wg.WoConfig(1, 4, 256, num_warps=4), 4096) == (1, 4, 16, 256)
+    w = wf.quantize(torch.randn(16, 256), "int4_group_128")
+    with pytest.raises(ValueError, match="one activation row"):
+        gv.launch_gemv(torch.randn(2, 256).bfloat16(), w, wg.WoConfig(1, 8, 256))
+    fp4 = wf.quantize(torch.randn(16, 256), "mxfp4")
+    assert not gv.gemv_ok(torch.randn(1, 256).bfloat16(), fp4)
+    assert gv.gemv_ok(torch.randn(1, 256).bfloat16(), w)
+
+
+# ---- the PTX, emulated: lop3 / shr on uint32, half2 arithmetic as numpy float16 with one rounding an op ----
+
+def _consts(asm: str) -> dict:
+    return {"magic_lo": int(re.search(r"lop3\.b32 t0, \$1, 0x000F000F, (0x[0-9A-F]+)", asm).group(1), 16),
+            "magic_hi": int(re.search(r"lop3\.b32 t1, \$1, 0x00F000F0, (0x[0-9A-F]+)", asm).group(1), 16)}
+
+
+def _h2(bits: int) -> np.ndarray:
+    return np.array([bits & 0xFFFF, bits >> 16], dtype=np.uint16).view(np.float16)
+
+
+def _bits(h: np.ndarray) -> int:
+    u = h.astype(np.float16).view(np.uint16)
+    return int(u[0]) | (int(u[1]) << 16)
+
+
+def _fma(a, b, c):  # fma.rn.f16x2: exact product and sum (float64 holds them), one rounding
+    return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(np.float16)
+
+
+def _word_dot(word: int, packs: list[int], c0: int, c1: int, asm: str) -> float:
+    k = _consts(asm)
+    w8 = word >> 8
+    t = [(word & 0x000F000F) ^ k["magic_lo"], (word & 0x00F000F0) ^ k["magic_hi"],
+         (w8 & 0x000F000F) ^ k["magic_lo"], (w8 & 0x00F000F0) ^ k["magic_hi"]]
+    s16 = _h2(0x2C002C00)
+    v = [(_h2(t[0]).astype(np.float64) - _h2(c0)).astype(np.float16), _fma(_h2(t[1]), s16, _h2(c1)),
+         (_h2(t[2]).astype(np.float64) - _h2(c0)).astype(np.float16), _fma(_h2(t[3]), s16, _h2(c1))]
+    acc = (v[0].astype(np.float64) * _h2(packs[0])).astype(np.float16)
+    for j in range(1, 4):
+        acc = _fma(v[j], _h2(packs[j]), acc)
+    return float(acc[0]) + float(acc[1])
+
+
+@pytest.mark.parametrize("zero", [None, 0, 5, 15])
+def test_word_dot_ptx_decodes_every_code_exactly(zero):
+    """Each nibble position j (and j + 4) of a word, every code 0..15: the PTX's half2 value is q (two's
+    complement) or code - zero, so one x = 1 at one position reads the value back exactly."""
+    asm = gv.WORD_DOT_SYM.value if zero is None else gv.WORD_DOT_ZERO.value
+    c0 = 0x64086408 if zero is None else (0x6400 + zero) * 0x10001
+    c1 = 0xD480D480 if zero is None else (0xD400 + 16 * zero) * 0x10001
+    one = 0x3C00  # fp16 1.0
+    for pos in range(8):
+        j, hi = pos % 4, pos // 4
+        packs = [0, 0, 0, 0]
+        packs[j] = one << (16 * hi)
+        for code in range(16):
+            word = code << (4 * pos)
+            want = (code - 16 if code >= 8 else code) if zero is None else code - zero
+            assert _word_dot(word, packs, c0, c1, asm) == want, (pos, code)
+    # a full word: eight codes against eight activations, within fp16's rounding of the products
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 16, 8)
+    x = rng.uniform(-200, 200, 8).astype(np.float16)
+    word = sum(int(c) << (4 * i) for i, c in enumerate(codes))
+    packs = [_bits(np.array([x[j], x[j + 4]])) for j in range(4)]
+    vals = [(c - 16 if c >= 8 else c) if zero is None else c - zero for c in codes]
+    want = float(np.dot(np.array(vals, np.float64), x.astype(np.float64)))
+    assert abs(_word_dot(word, packs, c0, c1, asm) - want) <= 2e-3 * np.abs(np.array(vals) * x.astype(np.float64)).sum()
+
+
+def test_zero_point_half2_constants_are_what_the_kernel_builds():
+    for z in range(16):
+        assert _h2((0x6400 + z) * 0x10001)[0] == 1024 + z
+        assert _h2((0xD400 + 16 * z) * 0x10001)[1] == -(64 + z)
+
+
+def test_policy_routes_int4_decode_to_the_gemv_only_where_it_should(monkeypatch):
+    torch.manual_seed(3)
+    w = wf.quantize(torch.randn(48, 256), "int4_group_128")
+    x1, x2 = torch.randn(1, 256).bfloat16(), torch.randn(2, 256).bfloat16()
+    monkeypatch.delenv("QUANTC_WO_GEMV_MIN_N", raising=False)
+    assert not gv.uses_gemv(x1, w)  # unset: a GPU's policy; the interpreter keeps the plane kernel
+    monkeypatch.setenv("QUANTC_WO_GEMV_MIN_N", "0")
+    assert gv.uses_gemv(x1, w) and not gv.uses_gemv(x2, w)
+    assert not gv.uses_gemv(x1, wf.quantize(torch.randn(48, 256), "nvfp4"))
+    monkeypatch.setenv("QUANTC_WO_GEMV_MIN_N", "64")
+    assert not gv.uses_gemv(x1, w)  # 48 rows: under the threshold
+    monkeypatch.setenv("QUANTC_WO_GEMV_MIN_N", "0")
+    calls = []
+    real = wg.launch_gemv
+    monkeypatch.setattr(wg, "launch_gemv", lambda x, ww, cfg: calls.append(cfg) or real(x, ww, cfg))
+    out = wg.launch(x1, w, wg.WoConfig(16, 32, 128, num_warps=2))  # the table's planes config is not used
+    assert calls == [gv.GEMV_CONFIG]
+    assert _rel_err(out, wg.reference(x1, w)) < 1e-2
+    wg.launch(x2, w, wg.WoConfig(16, 32, 128, num_warps=2))
+    assert len(calls) == 1
+
+
+GLUON_COMPILE = '''
+import json, os, re, sys
+os.environ.pop("TRITON_INTERPRET", None)
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon._runtime import GluonASTSource
+from quantc.runtime.kernels import wo_gemv
+SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "out_ptr": "*bf16", "ws_ptr": "*fp32",
+       "cnt_ptr": "*i32", "N": "i32", "K": "i32", "stride_wn": "i32", "stride_sn": "i32"}
+out = []
+for zero, rows, lanes_n, split, prefetch in json.loads(sys.argv[1]):
+    ce = dict(GROUP=128, HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split, WARPS=4, PREFETCH=prefetch)
+    sig = dict(SIG, **{k: "constexpr" for k in ce})
+    c = triton.compile(GluonASTSource(wo_gemv._wo_gemv_gluon_kernel, sig, ce), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": 4})
+    ptx = c.asm["ptx"]
+    out.append({"lop3": len(re.findall(r"lop3\\.b32", ptx)), "f16x2": len(re.findall(r"f16x2", ptx)),
+                "local": len(re.findall(r"\\.local", ptx)), "shared": c.metadata.shared,
+                "atom": len(re.findall(r"atom\\.", ptx))})
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.timeout(300)
+def test_gluon_gemv_compiles_for_hopper_in_registers():
+    """The GPU kernel (Gluon: not runnable under the interpreter) compiled for sm_90 by Triton's ptxas: the
+    PTX word dot is in it, nothing spills, and the tile never goes through shared memory (at most the final
+    cross-warp sum's few bytes), which is what its explicit layout is for."""
+    import json
+    import subprocess
+    import sys
+
+    cases = [(False, 4, 4, 1, True), (True, 4, 4, 1, True), (False, 8, 2, 3, False)]  # the policy's tile first
+    proc = subprocess.run([sys.executable, "-c", GLUON_COMPILE, json.dumps(cases)], capture_output=True, text=True,
+                          timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for case, r in zip(cases, json.loads(proc.stdout.strip().splitlines()[-1])):
+        assert r["lop3"] >= 4 and r["f16x2"] >= 8, (case, r)
+        assert r["local"] == 0 and r["shared"] <= 64, (case, r)
+        assert (r["atom"] > 0) == (case[3] > 1), (case, r)  # split-K's same-launch reduction only
+    assert (gv.GEMV_CONFIG.block_n, gv.GEMV_CONFIG.block_k, gv.GEMV_CONFIG.num_warps) == (64, 256, 4)
+    assert gv.gemv_tile(gv.GEMV_CONFIG, 4096) == (4, 4, 64, 256)
