@@ -46,6 +46,9 @@ TINYGEMM = os.environ.get("PROBE_TINYGEMM", "0") == "1"  # tinygemm's int4 kerne
 # the int4 GEMV (M = 1): (rows a thread, lanes along N (1024 / block_k), warps)
 GEMV_TILES = [(8, 1, 4), (4, 1, 4), (16, 1, 4), (8, 1, 2), (8, 2, 4), (4, 2, 8), (8, 1, 8), (4, 4, 4)]
 GEMV_STAGES = tuple(int(v) for v in os.environ.get("PROBE_GEMV_STAGES", "1,2").split(","))  # 2: prefetch
+GEMV_TILES = [tuple(int(v) for v in t.split("x")) for t in os.environ["PROBE_GEMV_TILES"].split(",")] \
+    if os.environ.get("PROBE_GEMV_TILES") else GEMV_TILES  # "ROWSxLANES_NxWARPS,..."
+GEMV_SPLITS = tuple(int(v) for v in os.environ.get("PROBE_GEMV_SPLITS", "").split(",") if v)  # fixed split-K
 
 
 def launcher(kernel: str):
@@ -60,12 +63,13 @@ def launcher(kernel: str):
 def configs(kernel: str, m: int, n: int, k: int, sms: int) -> list[C]:
     out = []
     if kernel == "gemv":
-        for (rows, lanes_n, warps), mult, stages in itertools.product(GEMV_TILES, SPLIT_MULT, GEMV_STAGES):
+        for (rows, lanes_n, warps), mult, stages in itertools.product(GEMV_TILES, GEMV_SPLITS or SPLIT_MULT,
+                                                                      GEMV_STAGES):
             bn, bk = rows * lanes_n * warps, 1024 // lanes_n
             if m != 1 or k % bk:
                 continue
-            c = C(1, bn, bk, num_warps=warps, num_stages=stages,
-                  split_k=min(wg._split(n, k, bn, bk, sms) * mult, k // bk))
+            split = mult if GEMV_SPLITS else wg._split(n, k, bn, bk, sms) * mult
+            c = C(1, bn, bk, num_warps=warps, num_stages=stages, split_k=min(split, k // bk))
             if c not in out:
                 out.append(c)
         return out
