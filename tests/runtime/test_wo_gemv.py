@@ -19,7 +19,8 @@ def _rel_err(out, ref):
     return ((out.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
 
 
-@pytest.mark.parametrize("key", ["int4_group_32", "int4_group_64_asym", "int4_group_128", "int4_group_128_asym"])
+@pytest.mark.parametrize("key", ["int4_group_32", "int4_group_64_asym", "int4_group_128", "int4_group_128_asym",
+                                 "mxfp4"])
 @pytest.mark.parametrize("cfg", [wg.WoConfig(1, 8, 256, num_warps=2), wg.WoConfig(1, 16, 128, num_warps=4, split_k=3)])
 def test_gemv_matches_reference(key, cfg):
     torch.manual_seed(11)
@@ -48,9 +49,12 @@ def test_gemv_tile_and_refusals():
     w = wf.quantize(torch.randn(16, 256), "int4_group_128")
     with pytest.raises(ValueError, match="one activation row"):
         gv.launch_gemv(torch.randn(2, 256).bfloat16(), w, wg.WoConfig(1, 8, 256))
-    fp4 = wf.quantize(torch.randn(16, 256), "mxfp4")
-    assert not gv.gemv_ok(torch.randn(1, 256).bfloat16(), fp4)
-    assert gv.gemv_ok(torch.randn(1, 256).bfloat16(), w)
+    one = torch.randn(1, 256).bfloat16()
+    assert gv.gemv_ok(one, w) and gv.gemv_ok(one, wf.quantize(torch.randn(16, 256), "mxfp4"))
+    nv = wf.quantize(torch.randn(16, 256), "nvfp4")  # 16-element groups: two a chunk
+    assert not gv.gemv_ok(one, nv)
+    with pytest.raises(ValueError, match="format 3, group 16"):
+        gv.launch_gemv(one, nv, wg.WoConfig(1, 8, 256))
 
 
 # ---- the PTX, emulated: lop3 / shr on uint32, half2 arithmetic as numpy float16 with one rounding an op ----
@@ -114,6 +118,35 @@ def test_word_dot_ptx_decodes_every_code_exactly(zero):
     assert abs(_word_dot(word, packs, c0, c1, asm) - want) <= 2e-3 * np.abs(np.array(vals) * x.astype(np.float64)).sum()
 
 
+def _e2m1_word_dot(word: int, packs: list[int], asm: str) -> float:
+    """WORD_DOT_E2M1 step by step: the shifts and masks as the PTX lists them, then the half2 products."""
+    t = []
+    for j in range(4):
+        s1 = 9 - 4 * j
+        u = (word << s1) & 0xFFFFFFFF if s1 > 0 else word >> -s1
+        v = ((word << (12 - 4 * j)) & 0xFFFFFFFF) & 0x80008000
+        t.append((u & 0x0E000E00) | v)
+    assert asm.count("lop3.b32") == 4 and "0x0E000E00" in asm and "shr.b32 u, $1, 3;" in asm
+    acc = (_h2(t[0]).astype(np.float64) * _h2(packs[0])).astype(np.float16)
+    for j in range(1, 4):
+        acc = _fma(_h2(t[j]), _h2(packs[j]), acc)
+    return float(acc[0]) + float(acc[1])
+
+
+def test_e2m1_ptx_places_every_code_under_the_fp16_exponent():
+    """Every e2m1 code at every nibble position reads back as its value x 2**-14 (x = 2**14 at that
+    position: the same scaling the kernel undoes in the chunk's scale), sign included."""
+    e2m1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+    scale = 0x7400  # fp16 2**14
+    for pos in range(8):
+        j, hi = pos % 4, pos // 4
+        packs = [0, 0, 0, 0]
+        packs[j] = scale << (16 * hi)
+        for code in range(16):
+            want = (-1.0 if code & 8 else 1.0) * e2m1[code & 7]
+            assert _e2m1_word_dot(code << (4 * pos), packs, gv.WORD_DOT_E2M1.value) == want, (pos, code)
+
+
 def test_zero_point_half2_constants_are_what_the_kernel_builds():
     for z in range(16):
         assert _h2((0x6400 + z) * 0x10001)[0] == 1024 + z
@@ -129,6 +162,11 @@ def test_policy_routes_int4_decode_to_the_gemv_only_where_it_should(monkeypatch)
     monkeypatch.setenv("QUANTC_WO_GEMV_MIN_N", "0")
     assert gv.uses_gemv(x1, w) and not gv.uses_gemv(x2, w)
     assert not gv.uses_gemv(x1, wf.quantize(torch.randn(48, 256), "nvfp4"))
+    mx = wf.quantize(torch.randn(48, 256), "mxfp4")
+    assert gv.uses_gemv(x1, mx)  # forced: mxfp4 too
+    monkeypatch.delenv("QUANTC_WO_GEMV_MIN_N")
+    assert not gv.uses_gemv(x1, mx)
+    monkeypatch.setenv("QUANTC_WO_GEMV_MIN_N", "0")
     monkeypatch.setenv("QUANTC_WO_GEMV_MIN_N", "64")
     assert not gv.uses_gemv(x1, w)  # 48 rows: under the threshold
     monkeypatch.setenv("QUANTC_WO_GEMV_MIN_N", "0")
@@ -152,9 +190,10 @@ from quantc.runtime.kernels import wo_gemv
 SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "out_ptr": "*bf16", "ws_ptr": "*fp32",
        "cnt_ptr": "*i32", "N": "i32", "K": "i32", "stride_wn": "i32", "stride_sn": "i32"}
 out = []
-for zero, rows, lanes_n, split, prefetch in json.loads(sys.argv[1]):
-    ce = dict(GROUP=128, HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split, WARPS=4, PREFETCH=prefetch)
-    sig = dict(SIG, **{k: "constexpr" for k in ce})
+for zero, rows, lanes_n, split, prefetch, fmt in json.loads(sys.argv[1]):
+    ce = dict(GROUP=128 if fmt == 1 else 32, HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split, WARPS=4,
+              PREFETCH=prefetch, FMT=fmt)
+    sig = dict(SIG, s_ptr="*bf16" if fmt == 1 else "*u8", **{k: "constexpr" for k in ce})
     c = triton.compile(GluonASTSource(wo_gemv._wo_gemv_gluon_kernel, sig, ce), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": 4})
     ptx = c.asm["ptx"]
@@ -174,12 +213,13 @@ def test_gluon_gemv_compiles_for_hopper_in_registers():
     import subprocess
     import sys
 
-    cases = [(False, 4, 4, 1, True), (True, 4, 4, 1, True), (False, 8, 2, 3, False)]  # the policy's tile first
+    # the policy's tile first; mxfp4's e2m1 decode
+    cases = [(False, 4, 4, 1, True, 1), (True, 4, 4, 1, True, 1), (False, 8, 2, 3, False, 1), (False, 4, 4, 1, True, 2)]
     proc = subprocess.run([sys.executable, "-c", GLUON_COMPILE, json.dumps(cases)], capture_output=True, text=True,
                           timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for case, r in zip(cases, json.loads(proc.stdout.strip().splitlines()[-1])):
-        assert r["lop3"] >= 4 and r["f16x2"] >= 8, (case, r)
+        assert r["lop3"] >= 4 and r["f16x2"] >= (4 if case[5] == 2 else 8), (case, r)
         assert r["local"] == 0 and r["shared"] <= 64, (case, r)
         assert (r["atom"] > 0) == (case[3] > 1), (case, r)  # split-K's same-launch reduction only
     assert (gv.GEMV_CONFIG.block_n, gv.GEMV_CONFIG.block_k, gv.GEMV_CONFIG.num_warps) == (64, 256, 4)

@@ -48,7 +48,8 @@ from triton.experimental.gluon import language as gl
 from ...plan import KernelConfig
 from . import common
 from .common import cc_major, cdiv, env
-from .nibble_decode import USE_ASM
+from .nibble_decode import USE_ASM, e2m1_to_f32
+from .wo_format import INT4, MXFP4, S_E8M0
 from .wo_mma4 import split_workspace, store_or_reduce
 
 # the CTA-wide barrier between a slice's partial sums and its arrival: triton 3.6 names it thread_barrier
@@ -85,7 +86,34 @@ WORD_DOT_SYM = tl.constexpr(_WORD_DOT.format(consts="mov.b32 c0, 0x64086408;\nmo
 # codes with zero points: c0 = 1024 + z ($6) and c1 = -(64 + z) ($7), half2 bits made per chunk
 WORD_DOT_ZERO = tl.constexpr(_WORD_DOT.format(consts="mov.b32 c0, $6;\nmov.b32 c1, $7;\n",
                                               magic_lo="0x64006400", magic_hi="0x64006400"))
+# e2m1 (mxfp4): for the nibble pair (j, j + 4) the three value bits go to bits 9-11 of each half (shift by 9 - 4j)
+# and the sign to bit 15 (shift by 12 - 4j): the fp16 v * 2**-14, exactly (0.5 is an fp16 subnormal); the
+# 2**14 goes into the chunk's scale, and the activation is scaled to [2**13, 2**14) so the products stay normal
+_E2M1_PAIR = """shl.b32 u, $1, {s1};
+{sign}lop3.b32 t{j}, u, 0x0E000E00, v, 0xEA;
+"""
+WORD_DOT_E2M1 = tl.constexpr("""{
+.reg .b32 u, v, t0, t1, t2, t3, acc;
+.reg .b16 lo, hi;
+.reg .f32 flo, fhi;
+""" + "".join(_E2M1_PAIR.format(s1=9 - 4 * j, j=j, sign=f"shl.b32 v, $1, {12 - 4 * j};\nand.b32 v, v, 0x80008000;\n")
+              for j in range(3)) + """shr.b32 u, $1, 3;
+and.b32 v, $1, 0x80008000;
+lop3.b32 t3, u, 0x0E000E00, v, 0xEA;
+mul.rn.f16x2 acc, t0, $2;
+fma.rn.f16x2 acc, t1, $3, acc;
+fma.rn.f16x2 acc, t2, $4, acc;
+fma.rn.f16x2 acc, t3, $5, acc;
+mov.b32 {lo, hi}, acc;
+cvt.f32.f16 flo, lo;
+cvt.f32.f16 fhi, hi;
+add.f32 $0, flo, fhi;
+}""")
 PACK_HALF2 = tl.constexpr("cvt.rn.f16x2.f32 $0, $2, $1;")  # $1 -> low half, $2 -> high half
+# the activation's per-chunk power of two puts max |x r| in [2**X_EXP, 2**(X_EXP + 1)): int4 (|q| <= 15, four
+# products a half) and e2m1 (values times 2**-14)
+X_EXP_INT4, X_EXP_E2M1 = tl.constexpr(7), tl.constexpr(13)
+E2M1_UNSCALE = tl.constexpr(16384.0)  # 2**14
 
 
 @triton.jit
@@ -106,9 +134,13 @@ def _half(bits, HIGH: tl.constexpr):
 
 
 @triton.jit
-def _word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO: tl.constexpr, ASM: tl.constexpr):
-    """fp32 sum of each word's eight (code - zero) x activation products (packs as in the module doc)."""
+def _word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO: tl.constexpr, ASM: tl.constexpr, FMT: tl.constexpr = 1):
+    """fp32 sum of each word's eight (code - zero) x activation products (packs as in the module doc); e2m1
+    (FMT 2): value x 2**-14 x activation."""
     if ASM:
+        if FMT == 2:
+            return tl.inline_asm_elementwise(WORD_DOT_E2M1, "=r,r,r,r,r,r", [words, p0, p1, p2, p3],
+                                             dtype=tl.float32, is_pure=True, pack=1)
         if HAS_ZERO:
             return tl.inline_asm_elementwise(WORD_DOT_ZERO, "=r,r,r,r,r,r,r,r", [words, p0, p1, p2, p3, c0, c1],
                                              dtype=tl.float32, is_pure=True, pack=1)
@@ -119,7 +151,9 @@ def _word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO: tl.constexpr, ASM: tl.con
         p = p0 if j == 0 else (p1 if j == 1 else (p2 if j == 2 else p3))
         for h in tl.static_range(2):  # h = 0: nibble j (low half), 1: nibble j + 4 (high half)
             c = (words >> (4 * j + 16 * h)) & 15
-            if HAS_ZERO:
+            if FMT == 2:
+                q = e2m1_to_f32(c) * (1.0 / E2M1_UNSCALE)
+            elif HAS_ZERO:
                 q = c.to(tl.float32) - c0
             else:
                 q = ((c ^ 8) - 8).to(tl.float32)
@@ -128,13 +162,23 @@ def _word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO: tl.constexpr, ASM: tl.con
 
 
 @triton.jit
+def _chunk_scale(ptrs, mask, FMT: tl.constexpr):
+    """fp32 scale of each (row, chunk): bf16 (int4), or e8m0 bits times E2M1_UNSCALE (mxfp4)."""
+    if FMT == 2:
+        return (tl.load(ptrs, mask=mask, other=0).to(tl.int32) << 23).to(tl.float32, bitcast=True) * E2M1_UNSCALE
+    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _wo_gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr,
     N, K, stride_wn, stride_sn,
     GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, ASM: tl.constexpr,
+    FMT: tl.constexpr = 1,
 ):
-    """Grid (N tiles, K slices); one row of x."""
+    """Grid (N tiles, K slices); one row of x. FMT 1: int4 with bf16 scales; 2: mxfp4 (e8m0 scales)."""
+    X_EXP: tl.constexpr = X_EXP_E2M1 if FMT == 2 else X_EXP_INT4
     CH: tl.constexpr = BLOCK_K // CHUNK
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
@@ -164,17 +208,17 @@ def _wo_gemv_kernel(
         amax = tl.maximum(tl.maximum(tl.maximum(tl.abs(x0), tl.abs(x1)), tl.maximum(tl.abs(x2), tl.abs(x3))),
                           tl.maximum(tl.maximum(tl.abs(x4), tl.abs(x5)), tl.maximum(tl.abs(x6), tl.abs(x7))))
         amax = tl.max(amax, axis=2, keep_dims=True)  # (1, CH, 1): the chunk's, inside one thread
-        # r = 2**(7 - floor(log2 amax)): max |x r| in [128, 256), and 1/r; amax's exponent clamped so both stay
+        # r = 2**(X_EXP - floor(log2 amax)): max |x r| in [2**X_EXP, 2**(X_EXP + 1)), and 1/r; amax's exponent clamped so both stay
         # normal (zero or subnormal chunks, inf)
-        e = tl.minimum(tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, 8), 254)
-        r = ((261 - e) << 23).to(tl.float32, bitcast=True)
-        r_inv = ((e - 7) << 23).to(tl.float32, bitcast=True)
+        e = tl.minimum(tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, X_EXP + 1), 254)
+        r = ((-e + (254 + X_EXP)) << 23).to(tl.float32, bitcast=True)
+        r_inv = ((e - X_EXP) << 23).to(tl.float32, bitcast=True)
         p0 = _pack_half2(x0 * r, x4 * r, ASM)
         p1 = _pack_half2(x1 * r, x5 * r, ASM)
         p2 = _pack_half2(x2 * r, x6 * r, ASM)
         p3 = _pack_half2(x3 * r, x7 * r, ASM)
         g = (k0 + ch * CHUNK) // GROUP  # the chunk's scale group
-        s = tl.load(s_ptr + s_rows + g[None, :], mask=n_mask[:, None], other=0.0).to(tl.float32)  # (BLOCK_N, CH)
+        s = _chunk_scale(s_ptr + s_rows + g[None, :], n_mask[:, None], FMT)  # (BLOCK_N, CH)
         if HAS_ZERO:
             z = tl.load(z_ptr + s_rows + g[None, :], mask=n_mask[:, None], other=0).to(tl.int32)[:, :, None]
             if ASM:  # half2 bits of 1024 + z and of -(64 + z), both halves
@@ -186,7 +230,7 @@ def _wo_gemv_kernel(
         else:
             c0 = 0
             c1 = 0
-        part = tl.sum(_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO, ASM), axis=2)  # (BLOCK_N, CH)
+        part = tl.sum(_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO, ASM, FMT), axis=2)  # (BLOCK_N, CH)
         acc += part * (s * tl.reshape(r_inv, (1, CH)))
     total = tl.sum(acc, axis=1)[None, :]  # (1, BLOCK_N): the one cross-thread sum
     offs_m = tl.arange(0, 1)
@@ -199,7 +243,10 @@ def _wo_gemv_kernel(
 # weight tile through shared memory and reduced each step across lanes: 3.25 SASS instructions an element)
 
 @gluon.jit
-def _gl_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO: gl.constexpr):
+def _gl_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO: gl.constexpr, FMT: gl.constexpr):
+    if FMT == 2:
+        return gl.inline_asm_elementwise(WORD_DOT_E2M1, "=r,r,r,r,r,r", [words, p0, p1, p2, p3], dtype=gl.float32,
+                                         is_pure=True, pack=1)
     if HAS_ZERO:
         return gl.inline_asm_elementwise(WORD_DOT_ZERO, "=r,r,r,r,r,r,r,r", [words, p0, p1, p2, p3, c0, c1],
                                          dtype=gl.float32, is_pure=True, pack=1)
@@ -224,11 +271,12 @@ def _wo_gemv_gluon_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr,
     N, K, stride_wn, stride_sn,
     GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, ROWS: gl.constexpr, LANES_N: gl.constexpr,
-    SPLIT_K: gl.constexpr, WARPS: gl.constexpr, PREFETCH: gl.constexpr,
+    SPLIT_K: gl.constexpr, WARPS: gl.constexpr, PREFETCH: gl.constexpr, FMT: gl.constexpr,
 ):
     """``_wo_gemv_kernel`` with the layout spelled out: a thread holds ROWS rows x one chunk (4 words); a
     warp's lanes take 32 / LANES_N consecutive chunks of LANES_N rows; warps stack along N."""
     LANES_CH: gl.constexpr = 32 // LANES_N
+    X_EXP: gl.constexpr = X_EXP_E2M1 if FMT == 2 else X_EXP_INT4
     L3: gl.constexpr = gl.BlockedLayout([ROWS, 1, 4], [LANES_N, LANES_CH, 1], [WARPS, 1, 1], [2, 1, 0])
     L2: gl.constexpr = gl.SliceLayout(2, L3)  # (rows, chunks)
     BLOCK_N: gl.constexpr = ROWS * LANES_N * WARPS
@@ -277,22 +325,26 @@ def _wo_gemv_gluon_kernel(
         amax = gl.maximum(gl.maximum(gl.maximum(gl.abs(x0), gl.abs(x1)), gl.maximum(gl.abs(x2), gl.abs(x3))),
                           gl.maximum(gl.maximum(gl.abs(x4), gl.abs(x5)), gl.maximum(gl.abs(x6), gl.abs(x7))))
         amax = gl.max(amax, axis=2)  # (1, CH): inside one thread
-        e = gl.minimum(gl.maximum((amax.to(gl.int32, bitcast=True) >> 23) & 0xFF, 8), 254)
-        r_inv = ((e - 7) << 23).to(gl.float32, bitcast=True)
-        r = gl.expand_dims(((261 - e) << 23).to(gl.float32, bitcast=True), 2)
+        e = gl.minimum(gl.maximum((amax.to(gl.int32, bitcast=True) >> 23) & 0xFF, X_EXP + 1), 254)
+        r_inv = ((e - X_EXP) << 23).to(gl.float32, bitcast=True)
+        r = gl.expand_dims(((-e + (254 + X_EXP)) << 23).to(gl.float32, bitcast=True), 2)
         p0 = _gl_pack(x0 * r, x4 * r)
         p1 = _gl_pack(x1 * r, x5 * r)
         p2 = _gl_pack(x2 * r, x6 * r)
         p3 = _gl_pack(x3 * r, x7 * r)
         g = (k0 + ch2 * 32) // GROUP
-        s = gl.load(s_ptr + s_rows + g, mask=n_mask2, other=0.0).to(gl.float32)  # (BLOCK_N, CH)
+        if FMT == 2:  # e8m0 bits, times the decode's 2**14
+            s = (gl.load(s_ptr + s_rows + g, mask=n_mask2, other=0).to(gl.int32) << 23).to(gl.float32, bitcast=True)
+            s = s * E2M1_UNSCALE
+        else:
+            s = gl.load(s_ptr + s_rows + g, mask=n_mask2, other=0.0).to(gl.float32)  # (BLOCK_N, CH)
         if HAS_ZERO:
             z = gl.expand_dims(gl.load(z_ptr + s_rows + g, mask=n_mask2, other=0).to(gl.int32), 2)
             c0 = (0x6400 + z) * 0x10001
             c1 = (0xD400 + 16 * z) * 0x10001
-            part = gl.sum(_gl_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO), axis=2)
+            part = gl.sum(_gl_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO, FMT), axis=2)
         else:
-            part = gl.sum(_gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO), axis=2)
+            part = gl.sum(_gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT), axis=2)
         acc += part * (s * r_inv)
     total = gl.sum(acc, axis=1)  # (BLOCK_N,): the one cross-lane sum
     out_ptrs = out_ptr + rows1
@@ -322,20 +374,23 @@ GEMV_CONFIG = KernelConfig(1, 64, 256, num_warps=4, num_stages=2, split_k=1)
 
 def uses_gemv(x2: torch.Tensor, w) -> bool:
     """Whether ``wo_gemm`` runs this call here: QUANTC_WO_GEMV_MIN_N=N takes every call the kernel can from N
-    weight rows on (0: all of them, the interpreter included; a large N turns it off); unset, from GEMV_MIN_N
-    rows on an sm_90 GPU."""
+    weight rows on (0: all of them, the interpreter included; a large N turns it off); unset, int4 from
+    GEMV_MIN_N rows on an sm_90 GPU (mxfp4 only when forced: its decode has not been timed on a GPU yet)."""
     if not gemv_ok(x2, w):
         return False
     forced = env("QUANTC_WO_GEMV_MIN_N")
     if forced is not None:
         return w.n >= int(forced)
-    return (w.n >= GEMV_MIN_N and x2.device.type == "cuda" and not common.interpreted()
+    return (w.fmt == INT4 and w.n >= GEMV_MIN_N and x2.device.type == "cuda" and not common.interpreted()
             and cc_major(x2.device) >= 9)
 
 
 def gemv_ok(x2: torch.Tensor, w) -> bool:
-    """Whether this kernel takes the call: one row, int4 codes, groups of whole chunks, K a multiple of 128."""
-    return x2.shape[0] == 1 and w.fmt == 1 and w.group % CHUNK.value == 0 and w.k % 128 == 0 and w.row_block == 1
+    """Whether this kernel takes the call: one row, K a multiple of 128, int4 codes in groups of whole chunks or
+    mxfp4 (e8m0 scales per 32: one a chunk)."""
+    if x2.shape[0] != 1 or w.k % 128 or w.row_block != 1:
+        return False
+    return (w.fmt == INT4 and w.group % CHUNK.value == 0) or (w.fmt == MXFP4 and w.sfmt == S_E8M0 and w.group == 32)
 
 
 def gemv_tile(cfg, k: int) -> tuple[int, int, int, int]:
@@ -356,11 +411,12 @@ def launch_gemv(x2: torch.Tensor, w, cfg) -> torch.Tensor:
     interpreter. ``cfg``: block_n rows a program, block_k (``gemv_tile``), split_k, num_warps; num_stages >= 2
     loads the next K step's words and activations before this step's products (the GPU kernel)."""
     if not gemv_ok(x2, w):
-        raise ValueError("the int4 GEMV takes one activation row, int4 codes in groups of a multiple of 32 and "
-                         f"K a multiple of 128; got M = {x2.shape[0]}, K = {w.k}, group {w.group}")
+        raise ValueError("the 4-bit GEMV takes one activation row, K a multiple of 128 and int4 codes in groups of "
+                         f"a multiple of 32 or mxfp4; got M = {x2.shape[0]}, K = {w.k}, format {w.fmt}, group {w.group}")
     n, k = w.n, w.k
     rows, lanes_n, bn, bk = gemv_tile(cfg, k)
     split = max(1, min(cfg.split_k, k // bk))
+    fmt = 2 if w.fmt == MXFP4 else 1
     out = common.empty((1, n), torch.bfloat16, x2.device)
     grid = (cdiv(n, bn), split)
     ws, cnt = split_workspace(x2.device, n, grid[0]) if split > 1 else (out, out)
@@ -368,10 +424,12 @@ def launch_gemv(x2: torch.Tensor, w, cfg) -> torch.Tensor:
     args = (x2, w.data, w.scale, zeros, out, ws, cnt, n, k, w.data.stride(0), w.scale.stride(0))
     if common.interpreted() or x2.device.type != "cuda":
         common.launch(_wo_gemv_kernel, grid, args, dict(GROUP=w.group, HAS_ZERO=w.zeros is not None, BLOCK_N=bn,
-                                                        BLOCK_K=bk, SPLIT_K=split, ASM=USE_ASM), cfg.num_warps, 1)
+                                                        BLOCK_K=bk, SPLIT_K=split, ASM=USE_ASM, FMT=fmt),
+                      cfg.num_warps, 1)
     else:
         common.launch(_wo_gemv_gluon_kernel, grid, args, dict(GROUP=w.group, HAS_ZERO=w.zeros is not None,
                                                               ROWS=rows, LANES_N=lanes_n, SPLIT_K=split,
-                                                              WARPS=cfg.num_warps, PREFETCH=cfg.num_stages >= 2),
+                                                              WARPS=cfg.num_warps, PREFETCH=cfg.num_stages >= 2,
+                                                              FMT=fmt),
                       cfg.num_warps, 1)
     return out
