@@ -1,7 +1,7 @@
-"""int4 weight-only GEMV for decode (M = 1) on CUDA cores, packed half2 arithmetic (Gluon + PTX on the GPU).
+"""4-bit weight-only GEMV for decode (M = 1) on CUDA cores, packed half2 arithmetic (Gluon + PTX on the GPU).
 
-``wo_gemm``'s math for int4 weights (symmetric, or codes with zero points; groups of 32 or more) and one
-bf16 activation row:
+``wo_gemm``'s math for int4 weights (symmetric, or codes with zero points; groups of 32 or more), and for
+mxfp4 (e2m1 codes, e8m0 scales per 32: see WORD_DOT_E2M1), and one bf16 activation row:
 
     out[n] = sum_k x[k] * (v(code[n, k]) - z[n, g]) * s[n, g]
 
