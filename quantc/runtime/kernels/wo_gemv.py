@@ -382,7 +382,7 @@ def uses_gemv(x2: torch.Tensor, w) -> bool:
     if forced is not None:
         return w.n >= int(forced)
     return (w.fmt == INT4 and w.n >= GEMV_MIN_N and x2.device.type == "cuda" and not common.interpreted()
-            and cc_major(x2.device) >= 9)
+            and cc_major(x2.device) == 9)
 
 
 def gemv_ok(x2: torch.Tensor, w) -> bool:
