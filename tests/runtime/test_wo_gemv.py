@@ -20,7 +20,7 @@ def _rel_err(out, ref):
 
 
 @pytest.mark.parametrize("key", ["int4_group_32", "int4_group_64_asym", "int4_group_128", "int4_group_128_asym",
-                                 "mxfp4"])
+                                 "mxfp4", "nvfp4"])
 @pytest.mark.parametrize("cfg", [wg.WoConfig(1, 8, 256, num_warps=2), wg.WoConfig(1, 16, 128, num_warps=4, split_k=3)])
 def test_gemv_matches_reference(key, cfg):
     torch.manual_seed(11)
@@ -51,10 +51,12 @@ def test_gemv_tile_and_refusals():
         gv.launch_gemv(torch.randn(2, 256).bfloat16(), w, wg.WoConfig(1, 8, 256))
     one = torch.randn(1, 256).bfloat16()
     assert gv.gemv_ok(one, w) and gv.gemv_ok(one, wf.quantize(torch.randn(16, 256), "mxfp4"))
-    nv = wf.quantize(torch.randn(16, 256), "nvfp4")  # 16-element groups: two a chunk
-    assert not gv.gemv_ok(one, nv)
-    with pytest.raises(ValueError, match="format 3, group 16"):
-        gv.launch_gemv(one, nv, wg.WoConfig(1, 8, 256))
+    assert gv.gemv_ok(one, wf.quantize(torch.randn(16, 256), "nvfp4"))  # 16-element groups: a scale a word pair
+    g64 = wf.quantize(torch.randn(16, 256), "int4_group_128")
+    g64 = wf.WoWeight(g64.fmt, g64.n, g64.k, g64.data, g64.scale, g64.sfmt, 16, 1)  # int4 groups under a chunk
+    assert not gv.gemv_ok(one, g64)
+    with pytest.raises(ValueError, match="format 1, group 16"):
+        gv.launch_gemv(one, g64, wg.WoConfig(1, 8, 256))
 
 
 # ---- the PTX, emulated: lop3 / shr on uint32, half2 arithmetic as numpy float16 with one rounding an op ----
@@ -161,7 +163,7 @@ def test_policy_routes_int4_decode_to_the_gemv_only_where_it_should(monkeypatch)
     assert not gv.uses_gemv(x1, w)  # unset: a GPU's policy; the interpreter keeps the plane kernel
     monkeypatch.setenv("QUANTC_WO_GEMV_MIN_N", "0")
     assert gv.uses_gemv(x1, w) and not gv.uses_gemv(x2, w)
-    assert not gv.uses_gemv(x1, wf.quantize(torch.randn(48, 256), "nvfp4"))
+    assert not gv.uses_gemv(torch.randn(1, 96).bfloat16(), wf.quantize(torch.randn(48, 96), "int4_group_32"))  # K
     mx = wf.quantize(torch.randn(48, 256), "mxfp4")
     assert gv.uses_gemv(x1, mx)  # forced: mxfp4 too
     monkeypatch.delenv("QUANTC_WO_GEMV_MIN_N")
@@ -187,13 +189,14 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
 from quantc.runtime.kernels import wo_gemv
-SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "out_ptr": "*bf16", "ws_ptr": "*fp32",
+SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*bf16",
+       "ws_ptr": "*fp32",
        "cnt_ptr": "*i32", "N": "i32", "K": "i32", "stride_wn": "i32", "stride_sn": "i32"}
 out = []
 for zero, rows, lanes_n, split, prefetch, fmt in json.loads(sys.argv[1]):
-    ce = dict(GROUP=128 if fmt == 1 else 32, HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split, WARPS=4,
-              PREFETCH=prefetch, FMT=fmt)
-    sig = dict(SIG, s_ptr="*bf16" if fmt == 1 else "*u8", **{k: "constexpr" for k in ce})
+    ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split, WARPS=4,
+              PREFETCH=prefetch, FMT=fmt, HAS_GLOBAL=fmt == 3)
+    sig = dict(SIG, s_ptr={1: "*bf16", 2: "*u8", 3: "*fp8e4nv"}[fmt], **{k: "constexpr" for k in ce})
     c = triton.compile(GluonASTSource(wo_gemv._wo_gemv_gluon_kernel, sig, ce), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": 4})
     ptx = c.asm["ptx"]
@@ -214,12 +217,13 @@ def test_gluon_gemv_compiles_for_hopper_in_registers():
     import sys
 
     # the policy's tile first; mxfp4's e2m1 decode
-    cases = [(False, 4, 4, 1, True, 1), (True, 4, 4, 1, True, 1), (False, 8, 2, 3, False, 1), (False, 4, 4, 1, True, 2)]
+    cases = [(False, 4, 4, 1, True, 1), (True, 4, 4, 1, True, 1), (False, 8, 2, 3, False, 1), (False, 4, 4, 1, True, 2),
+             (False, 4, 4, 2, True, 3)]
     proc = subprocess.run([sys.executable, "-c", GLUON_COMPILE, json.dumps(cases)], capture_output=True, text=True,
                           timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for case, r in zip(cases, json.loads(proc.stdout.strip().splitlines()[-1])):
-        assert r["lop3"] >= 4 and r["f16x2"] >= (4 if case[5] == 2 else 8), (case, r)
+        assert r["lop3"] >= 4 and r["f16x2"] >= (4 if case[5] >= 2 else 8), (case, r)
         assert r["local"] == 0 and r["shared"] <= 64, (case, r)
         assert (r["atom"] > 0) == (case[3] > 1), (case, r)  # split-K's same-launch reduction only
     assert (gv.GEMV_CONFIG.block_n, gv.GEMV_CONFIG.block_k, gv.GEMV_CONFIG.num_warps) == (64, 256, 4)

@@ -1,7 +1,8 @@
 """4-bit weight-only GEMV for decode (M = 1) on CUDA cores, packed half2 arithmetic (Gluon + PTX on the GPU).
 
-``wo_gemm``'s math for int4 weights (symmetric, or codes with zero points; groups of 32 or more), and for
-mxfp4 (e2m1 codes, e8m0 scales per 32: see WORD_DOT_E2M1), and one bf16 activation row:
+``wo_gemm``'s math for int4 weights (symmetric, or codes with zero points; groups of 32 or more), mxfp4
+(e2m1 codes, e8m0 scales per 32: see WORD_DOT_E2M1) and nvfp4 (e4m3 scales per 16, fp32 global scale), and
+one bf16 activation row:
 
     out[n] = sum_k x[k] * (v(code[n, k]) - z[n, g]) * s[n, g]
 
@@ -49,7 +50,7 @@ from ...plan import KernelConfig
 from . import common
 from .common import cc_major, cdiv, env
 from .nibble_decode import USE_ASM, e2m1_to_f32
-from .wo_format import INT4, MXFP4, S_E8M0
+from .wo_format import INT4, MXFP4, NVFP4, S_E8M0, S_FLOAT
 from .wo_mma4 import split_workspace, store_or_reduce
 
 # the CTA-wide barrier between a slice's partial sums and its arrival: triton 3.6 names it thread_barrier
@@ -138,7 +139,7 @@ def _word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO: tl.constexpr, ASM: tl.con
     """fp32 sum of each word's eight (code - zero) x activation products (packs as in the module doc); e2m1
     (FMT 2): value x 2**-14 x activation."""
     if ASM:
-        if FMT == 2:
+        if FMT >= 2:
             return tl.inline_asm_elementwise(WORD_DOT_E2M1, "=r,r,r,r,r,r", [words, p0, p1, p2, p3],
                                              dtype=tl.float32, is_pure=True, pack=1)
         if HAS_ZERO:
@@ -151,7 +152,7 @@ def _word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO: tl.constexpr, ASM: tl.con
         p = p0 if j == 0 else (p1 if j == 1 else (p2 if j == 2 else p3))
         for h in tl.static_range(2):  # h = 0: nibble j (low half), 1: nibble j + 4 (high half)
             c = (words >> (4 * j + 16 * h)) & 15
-            if FMT == 2:
+            if FMT >= 2:
                 q = e2m1_to_f32(c) * (1.0 / E2M1_UNSCALE)
             elif HAS_ZERO:
                 q = c.to(tl.float32) - c0
@@ -171,14 +172,15 @@ def _chunk_scale(ptrs, mask, FMT: tl.constexpr):
 
 @triton.jit
 def _wo_gemv_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr,
+    x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr,
     N, K, stride_wn, stride_sn,
     GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, ASM: tl.constexpr,
-    FMT: tl.constexpr = 1,
+    FMT: tl.constexpr = 1, HAS_GLOBAL: tl.constexpr = False,
 ):
-    """Grid (N tiles, K slices); one row of x. FMT 1: int4 with bf16 scales; 2: mxfp4 (e8m0 scales)."""
-    X_EXP: tl.constexpr = X_EXP_E2M1 if FMT == 2 else X_EXP_INT4
+    """Grid (N tiles, K slices); one row of x. FMT 1: int4 with bf16 scales; 2: mxfp4 (e8m0 scales per chunk);
+    3: nvfp4 (e4m3 scales per 16: each word's sum scaled, then the chunk's; fp32 global scale at the end)."""
+    X_EXP: tl.constexpr = X_EXP_E2M1 if FMT >= 2 else X_EXP_INT4
     CH: tl.constexpr = BLOCK_K // CHUNK
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
@@ -218,7 +220,10 @@ def _wo_gemv_kernel(
         p2 = _pack_half2(x2 * r, x6 * r, ASM)
         p3 = _pack_half2(x3 * r, x7 * r, ASM)
         g = (k0 + ch * CHUNK) // GROUP  # the chunk's scale group
-        s = _chunk_scale(s_ptr + s_rows + g[None, :], n_mask[:, None], FMT)  # (BLOCK_N, CH)
+        if FMT == 3:
+            s = E2M1_UNSCALE
+        else:
+            s = _chunk_scale(s_ptr + s_rows + g[None, :], n_mask[:, None], FMT)  # (BLOCK_N, CH)
         if HAS_ZERO:
             z = tl.load(z_ptr + s_rows + g[None, :], mask=n_mask[:, None], other=0).to(tl.int32)[:, :, None]
             if ASM:  # half2 bits of 1024 + z and of -(64 + z), both halves
@@ -230,9 +235,15 @@ def _wo_gemv_kernel(
         else:
             c0 = 0
             c1 = 0
-        part = tl.sum(_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO, ASM, FMT), axis=2)  # (BLOCK_N, CH)
+        dots = _word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO, ASM, FMT)  # (BLOCK_N, CH, 4)
+        if FMT == 3:  # each word lies in one 16-element group
+            dots = dots * tl.load(s_ptr + s_rows[:, :, None] + (k0 + word * 8) // GROUP, mask=n_mask[:, None, None],
+                                  other=0.0).to(tl.float32)
+        part = tl.sum(dots, axis=2)  # (BLOCK_N, CH)
         acc += part * (s * tl.reshape(r_inv, (1, CH)))
     total = tl.sum(acc, axis=1)[None, :]  # (1, BLOCK_N): the one cross-thread sum
+    if HAS_GLOBAL:
+        total = total * tl.load(gs_ptr)
     offs_m = tl.arange(0, 1)
     out_ptrs = out_ptr + offs_m[:, None] * N + offs_n[None, :]
     ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
@@ -244,7 +255,7 @@ def _wo_gemv_kernel(
 
 @gluon.jit
 def _gl_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO: gl.constexpr, FMT: gl.constexpr):
-    if FMT == 2:
+    if FMT >= 2:
         return gl.inline_asm_elementwise(WORD_DOT_E2M1, "=r,r,r,r,r,r", [words, p0, p1, p2, p3], dtype=gl.float32,
                                          is_pure=True, pack=1)
     if HAS_ZERO:
@@ -268,15 +279,16 @@ def _gl_load_x(xs):
 
 @gluon.jit
 def _wo_gemv_gluon_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr,
+    x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr,
     N, K, stride_wn, stride_sn,
     GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, ROWS: gl.constexpr, LANES_N: gl.constexpr,
     SPLIT_K: gl.constexpr, WARPS: gl.constexpr, PREFETCH: gl.constexpr, FMT: gl.constexpr,
+    HAS_GLOBAL: gl.constexpr,
 ):
     """``_wo_gemv_kernel`` with the layout spelled out: a thread holds ROWS rows x one chunk (4 words); a
     warp's lanes take 32 / LANES_N consecutive chunks of LANES_N rows; warps stack along N."""
     LANES_CH: gl.constexpr = 32 // LANES_N
-    X_EXP: gl.constexpr = X_EXP_E2M1 if FMT == 2 else X_EXP_INT4
+    X_EXP: gl.constexpr = X_EXP_E2M1 if FMT >= 2 else X_EXP_INT4
     L3: gl.constexpr = gl.BlockedLayout([ROWS, 1, 4], [LANES_N, LANES_CH, 1], [WARPS, 1, 1], [2, 1, 0])
     L2: gl.constexpr = gl.SliceLayout(2, L3)  # (rows, chunks)
     BLOCK_N: gl.constexpr = ROWS * LANES_N * WARPS
@@ -333,7 +345,9 @@ def _wo_gemv_gluon_kernel(
         p2 = _gl_pack(x2 * r, x6 * r)
         p3 = _gl_pack(x3 * r, x7 * r)
         g = (k0 + ch2 * 32) // GROUP
-        if FMT == 2:  # e8m0 bits, times the decode's 2**14
+        if FMT == 3:  # per word below; here the decode's 2**14
+            s = gl.full([BLOCK_N, CH], E2M1_UNSCALE, gl.float32, L2)
+        elif FMT == 2:  # e8m0 bits, times the decode's 2**14
             s = (gl.load(s_ptr + s_rows + g, mask=n_mask2, other=0).to(gl.int32) << 23).to(gl.float32, bitcast=True)
             s = s * E2M1_UNSCALE
         else:
@@ -343,10 +357,15 @@ def _wo_gemv_gluon_kernel(
             c0 = (0x6400 + z) * 0x10001
             c1 = (0xD400 + 16 * z) * 0x10001
             part = gl.sum(_gl_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO, FMT), axis=2)
+        elif FMT == 3:  # nvfp4: each word lies in one 16-element group, scaled before the chunk's sum
+            sw = gl.load(s_ptr + gl.expand_dims(s_rows, 2) + (k0 + word3 * 8) // GROUP, mask=n_mask3, other=0.0)
+            part = gl.sum(_gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT) * sw.to(gl.float32), axis=2)
         else:
             part = gl.sum(_gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT), axis=2)
         acc += part * (s * r_inv)
     total = gl.sum(acc, axis=1)  # (BLOCK_N,): the one cross-lane sum
+    if HAS_GLOBAL:
+        total = total * gl.load(gs_ptr)
     out_ptrs = out_ptr + rows1
     n_mask = rows1 < N
     if SPLIT_K > 1:  # wo_mma4.store_or_reduce: zero-at-rest fp32 workspace, the last slice writes
@@ -386,11 +405,12 @@ def uses_gemv(x2: torch.Tensor, w) -> bool:
 
 
 def gemv_ok(x2: torch.Tensor, w) -> bool:
-    """Whether this kernel takes the call: one row, K a multiple of 128, int4 codes in groups of whole chunks or
-    mxfp4 (e8m0 scales per 32: one a chunk)."""
+    """Whether this kernel takes the call: one row, K a multiple of 128, int4 codes in groups of whole chunks,
+    mxfp4 (e8m0 scales per 32: one a chunk) or nvfp4 (e4m3 scales per 16: one a word pair)."""
     if x2.shape[0] != 1 or w.k % 128 or w.row_block != 1:
         return False
-    return (w.fmt == INT4 and w.group % CHUNK.value == 0) or (w.fmt == MXFP4 and w.sfmt == S_E8M0 and w.group == 32)
+    return ((w.fmt == INT4 and w.group % CHUNK.value == 0) or (w.fmt == MXFP4 and w.sfmt == S_E8M0 and w.group == 32)
+            or (w.fmt == NVFP4 and w.sfmt == S_FLOAT and w.group == 16))
 
 
 def gemv_tile(cfg, k: int) -> tuple[int, int, int, int]:
@@ -416,20 +436,22 @@ def launch_gemv(x2: torch.Tensor, w, cfg) -> torch.Tensor:
     n, k = w.n, w.k
     rows, lanes_n, bn, bk = gemv_tile(cfg, k)
     split = max(1, min(cfg.split_k, k // bk))
-    fmt = 2 if w.fmt == MXFP4 else 1
+    fmt = {INT4: 1, MXFP4: 2, NVFP4: 3}[w.fmt]
     out = common.empty((1, n), torch.bfloat16, x2.device)
     grid = (cdiv(n, bn), split)
     ws, cnt = split_workspace(x2.device, n, grid[0]) if split > 1 else (out, out)
     zeros = w.zeros if w.zeros is not None else w.scale
-    args = (x2, w.data, w.scale, zeros, out, ws, cnt, n, k, w.data.stride(0), w.scale.stride(0))
+    gs = w.global_scale if w.global_scale is not None else w.scale
+    args = (x2, w.data, w.scale, zeros, gs, out, ws, cnt, n, k, w.data.stride(0), w.scale.stride(0))
     if common.interpreted() or x2.device.type != "cuda":
         common.launch(_wo_gemv_kernel, grid, args, dict(GROUP=w.group, HAS_ZERO=w.zeros is not None, BLOCK_N=bn,
-                                                        BLOCK_K=bk, SPLIT_K=split, ASM=USE_ASM, FMT=fmt),
+                                                        BLOCK_K=bk, SPLIT_K=split, ASM=USE_ASM, FMT=fmt,
+                                                        HAS_GLOBAL=w.global_scale is not None),
                       cfg.num_warps, 1)
     else:
         common.launch(_wo_gemv_gluon_kernel, grid, args, dict(GROUP=w.group, HAS_ZERO=w.zeros is not None,
                                                               ROWS=rows, LANES_N=lanes_n, SPLIT_K=split,
                                                               WARPS=cfg.num_warps, PREFETCH=cfg.num_stages >= 2,
-                                                              FMT=fmt),
+                                                              FMT=fmt, HAS_GLOBAL=w.global_scale is not None),
                       cfg.num_warps, 1)
     return out
