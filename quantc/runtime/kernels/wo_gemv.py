@@ -394,7 +394,7 @@ GEMV_CONFIG = KernelConfig(1, 64, 256, num_warps=4, num_stages=2, split_k=1)
 def uses_gemv(x2: torch.Tensor, w) -> bool:
     """Whether ``wo_gemm`` runs this call here: QUANTC_WO_GEMV_MIN_N=N takes every call the kernel can from N
     weight rows on (0: all of them, the interpreter included; a large N turns it off); unset, int4 from
-    GEMV_MIN_N rows on an sm_90 GPU (mxfp4 only when forced: its decode has not been timed on a GPU yet)."""
+    GEMV_MIN_N rows on an sm_90 GPU (mxfp4 / nvfp4 only when forced: their decode has not been timed on a GPU yet)."""
     if not gemv_ok(x2, w):
         return False
     forced = env("QUANTC_WO_GEMV_MIN_N")
