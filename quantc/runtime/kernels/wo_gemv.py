@@ -49,12 +49,10 @@ from triton.experimental.gluon import language as gl
 from ...plan import KernelConfig
 from . import common
 from .common import cc_major, cdiv, env
-from .nibble_decode import USE_ASM, e2m1_to_f32
+from .nibble_decode import e2m1_to_f32
 from .wo_format import INT4, MXFP4, NVFP4, S_E8M0, S_FLOAT
 from .wo_mma4 import split_workspace, store_or_reduce
 
-# the CTA-wide barrier between a slice's partial sums and its arrival: triton 3.6 names it thread_barrier
-_thread_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 CHUNK = tl.constexpr(32)  # elements a thread loads of a row a step: 4 int32 words, 16 bytes
 
 # $0 fp32 out, $1 the word, $2..$5 x packs (x[8c + j], x[8c + j + 4]) for j = 0..3 (lo, hi halves)
@@ -118,10 +116,8 @@ E2M1_UNSCALE = tl.constexpr(16384.0)  # 2**14
 
 
 @triton.jit
-def _pack_half2(lo, hi, ASM: tl.constexpr):
-    """int32 bits of the half2 (lo, hi), each rounded to fp16."""
-    if ASM:
-        return tl.inline_asm_elementwise(PACK_HALF2, "=r,r,r", [lo, hi], dtype=tl.int32, is_pure=True, pack=1)
+def _pack_half2(lo, hi):
+    """int32 bits of the half2 (lo, hi), each rounded to fp16 (``PACK_HALF2`` in plain Triton)."""
     lo16 = lo.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
     hi16 = hi.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
     return lo16 | (hi16 << 16)
@@ -135,18 +131,9 @@ def _half(bits, HIGH: tl.constexpr):
 
 
 @triton.jit
-def _word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO: tl.constexpr, ASM: tl.constexpr, FMT: tl.constexpr = 1):
+def _word_dot(words, p0, p1, p2, p3, z, HAS_ZERO: tl.constexpr, FMT: tl.constexpr):
     """fp32 sum of each word's eight (code - zero) x activation products (packs as in the module doc); e2m1
-    (FMT 2): value x 2**-14 x activation."""
-    if ASM:
-        if FMT >= 2:
-            return tl.inline_asm_elementwise(WORD_DOT_E2M1, "=r,r,r,r,r,r", [words, p0, p1, p2, p3],
-                                             dtype=tl.float32, is_pure=True, pack=1)
-        if HAS_ZERO:
-            return tl.inline_asm_elementwise(WORD_DOT_ZERO, "=r,r,r,r,r,r,r,r", [words, p0, p1, p2, p3, c0, c1],
-                                             dtype=tl.float32, is_pure=True, pack=1)
-        return tl.inline_asm_elementwise(WORD_DOT_SYM, "=r,r,r,r,r,r", [words, p0, p1, p2, p3],
-                                         dtype=tl.float32, is_pure=True, pack=1)
+    (FMT >= 2): value x 2**-14 x activation. The word-dot PTX in plain Triton (fp32 products)."""
     total = tl.zeros(words.shape, tl.float32)
     for j in tl.static_range(4):
         p = p0 if j == 0 else (p1 if j == 1 else (p2 if j == 2 else p3))
@@ -155,7 +142,7 @@ def _word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO: tl.constexpr, ASM: tl.con
             if FMT >= 2:
                 q = e2m1_to_f32(c) * (1.0 / E2M1_UNSCALE)
             elif HAS_ZERO:
-                q = c.to(tl.float32) - c0
+                q = c.to(tl.float32) - z
             else:
                 q = ((c ^ 8) - 8).to(tl.float32)
             total += q * _half(p, h == 1)
@@ -175,7 +162,7 @@ def _wo_gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr,
     N, K, stride_wn, stride_sn,
     GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, ASM: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     FMT: tl.constexpr = 1, HAS_GLOBAL: tl.constexpr = False,
 ):
     """Grid (N tiles, K slices); one row of x. FMT 1: int4 with bf16 scales; 2: mxfp4 (e8m0 scales per chunk);
@@ -210,32 +197,24 @@ def _wo_gemv_kernel(
         amax = tl.maximum(tl.maximum(tl.maximum(tl.abs(x0), tl.abs(x1)), tl.maximum(tl.abs(x2), tl.abs(x3))),
                           tl.maximum(tl.maximum(tl.abs(x4), tl.abs(x5)), tl.maximum(tl.abs(x6), tl.abs(x7))))
         amax = tl.max(amax, axis=2, keep_dims=True)  # (1, CH, 1): the chunk's, inside one thread
-        # r = 2**(X_EXP - floor(log2 amax)): max |x r| in [2**X_EXP, 2**(X_EXP + 1)), and 1/r; amax's exponent clamped so both stay
-        # normal (zero or subnormal chunks, inf)
+        # r = 2**(X_EXP - floor(log2 amax)): max |x r| in [2**X_EXP, 2**(X_EXP + 1)), and 1/r; amax's exponent
+        # clamped so both stay normal (zero or subnormal chunks, inf)
         e = tl.minimum(tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, X_EXP + 1), 254)
         r = ((-e + (254 + X_EXP)) << 23).to(tl.float32, bitcast=True)
         r_inv = ((e - X_EXP) << 23).to(tl.float32, bitcast=True)
-        p0 = _pack_half2(x0 * r, x4 * r, ASM)
-        p1 = _pack_half2(x1 * r, x5 * r, ASM)
-        p2 = _pack_half2(x2 * r, x6 * r, ASM)
-        p3 = _pack_half2(x3 * r, x7 * r, ASM)
+        p0 = _pack_half2(x0 * r, x4 * r)
+        p1 = _pack_half2(x1 * r, x5 * r)
+        p2 = _pack_half2(x2 * r, x6 * r)
+        p3 = _pack_half2(x3 * r, x7 * r)
         g = (k0 + ch * CHUNK) // GROUP  # the chunk's scale group
         if FMT == 3:
             s = E2M1_UNSCALE
         else:
             s = _chunk_scale(s_ptr + s_rows + g[None, :], n_mask[:, None], FMT)  # (BLOCK_N, CH)
+        z = 0.0
         if HAS_ZERO:
-            z = tl.load(z_ptr + s_rows + g[None, :], mask=n_mask[:, None], other=0).to(tl.int32)[:, :, None]
-            if ASM:  # half2 bits of 1024 + z and of -(64 + z), both halves
-                c0 = (0x6400 + z) * 0x10001
-                c1 = (0xD400 + 16 * z) * 0x10001
-            else:
-                c0 = z.to(tl.float32)
-                c1 = c0
-        else:
-            c0 = 0
-            c1 = 0
-        dots = _word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO, ASM, FMT)  # (BLOCK_N, CH, 4)
+            z = tl.load(z_ptr + s_rows + g[None, :], mask=n_mask[:, None], other=0).to(tl.float32)[:, :, None]
+        dots = _word_dot(words, p0, p1, p2, p3, z, HAS_ZERO, FMT)  # (BLOCK_N, CH, 4)
         if FMT == 3:  # each word lies in one 16-element group
             dots = dots * tl.load(s_ptr + s_rows[:, :, None] + (k0 + word * 8) // GROUP, mask=n_mask[:, None, None],
                                   other=0.0).to(tl.float32)
@@ -366,20 +345,9 @@ def _wo_gemv_gluon_kernel(
     total = gl.sum(acc, axis=1)  # (BLOCK_N,): the one cross-lane sum
     if HAS_GLOBAL:
         total = total * gl.load(gs_ptr)
-    out_ptrs = out_ptr + rows1
     n_mask = rows1 < N
-    if SPLIT_K > 1:  # wo_mma4.store_or_reduce: zero-at-rest fp32 workspace, the last slice writes
-        ws_ptrs = ws_ptr + rows1
-        gl.atomic_add(ws_ptrs, total, mask=n_mask, sem="relaxed")
-        _thread_barrier()
-        arrived = gl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel")
-        if arrived == SPLIT_K - 1:
-            total = gl.load(ws_ptrs, mask=n_mask, other=0.0, cache_modifier=".cg")
-            gl.store(out_ptrs, total.to(gl.bfloat16), mask=n_mask)
-            gl.store(ws_ptrs, gl.zeros_like(total), mask=n_mask)
-            gl.atomic_xchg(cnt_ptr + pid_n, 0)
-    else:
-        gl.store(out_ptrs, total.to(gl.bfloat16), mask=n_mask)
+    # wo_mma4's split-K protocol (a @triton.jit helper: Gluon compiles it with this kernel's layouts)
+    store_or_reduce(total, out_ptr + rows1, ws_ptr + rows1, n_mask, cnt_ptr + pid_n, SPLIT_K)
 
 
 # The policy (``uses_gemv``): int4 at M = 1 from GEMV_MIN_N weight rows on an sm_90 GPU, at GEMV_CONFIG. On the
@@ -427,12 +395,12 @@ def gemv_tile(cfg, k: int) -> tuple[int, int, int, int]:
 
 
 def launch_gemv(x2: torch.Tensor, w, cfg) -> torch.Tensor:
-    """bf16 (1, K) x int4 WoWeight (N, K) -> bf16 (1, N): the Gluon kernel on a GPU, its Triton twin under the
+    """bf16 (1, K) x 4-bit WoWeight (N, K) -> bf16 (1, N): the Gluon kernel on a GPU, its Triton twin under the
     interpreter. ``cfg``: block_n rows a program, block_k (``gemv_tile``), split_k, num_warps; num_stages >= 2
     loads the next K step's words and activations before this step's products (the GPU kernel)."""
     if not gemv_ok(x2, w):
         raise ValueError("the 4-bit GEMV takes one activation row, K a multiple of 128 and int4 codes in groups of "
-                         f"a multiple of 32 or mxfp4; got M = {x2.shape[0]}, K = {w.k}, format {w.fmt}, group {w.group}")
+                         f"a multiple of 32, mxfp4 or nvfp4; got M = {x2.shape[0]}, K = {w.k}, format {w.fmt}, group {w.group}")
     n, k = w.n, w.k
     rows, lanes_n, bn, bk = gemv_tile(cfg, k)
     split = max(1, min(cfg.split_k, k // bk))
@@ -445,7 +413,7 @@ def launch_gemv(x2: torch.Tensor, w, cfg) -> torch.Tensor:
     args = (x2, w.data, w.scale, zeros, gs, out, ws, cnt, n, k, w.data.stride(0), w.scale.stride(0))
     if common.interpreted() or x2.device.type != "cuda":
         common.launch(_wo_gemv_kernel, grid, args, dict(GROUP=w.group, HAS_ZERO=w.zeros is not None, BLOCK_N=bn,
-                                                        BLOCK_K=bk, SPLIT_K=split, ASM=USE_ASM, FMT=fmt,
+                                                        BLOCK_K=bk, SPLIT_K=split, FMT=fmt,
                                                         HAS_GLOBAL=w.global_scale is not None),
                       cfg.num_warps, 1)
     else:

@@ -159,7 +159,7 @@ def store_or_reduce(acc, out_ptrs, ws_ptrs, o_mask, cnt_ptr, SPLIT_K: tl.constex
         if arrived == SPLIT_K - 1:
             total = tl.load(ws_ptrs, mask=o_mask, other=0.0, cache_modifier=".cg")
             tl.store(out_ptrs, total.to(out_ptrs.dtype.element_ty), mask=o_mask)
-            tl.store(ws_ptrs, tl.zeros_like(total), mask=o_mask)
+            tl.store(ws_ptrs, 0.0, mask=o_mask)
             tl.atomic_xchg(cnt_ptr, 0)
     else:
         tl.store(out_ptrs, acc.to(out_ptrs.dtype.element_ty), mask=o_mask)
