@@ -143,15 +143,24 @@ def reference_bandwidth():
     save()
 
 
+def tinygemm_copies(n: int, k: int) -> list:
+    """tinygemm's int4 g128 operands (packed weight, scales and zeros) for an (N, K) weight, over enough copies
+    to pass L2; ``tinygemm_us`` times them."""
+    q_u8 = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device=DEV)
+    wp = torch._convert_weight_to_int4pack(q_u8, 8)
+    return [(wp.clone(), torch.rand(k // 128, n, 2, device=DEV, dtype=BF)) for _ in range(n_copies(n * k // 2))]
+
+
+def tinygemm_us(x: torch.Tensor, tiny: list) -> float | None:
+    return rotated_us(lambda i: torch._weight_int4pack_mm(x, tiny[i][0], 128, tiny[i][1]), len(tiny))
+
+
 def bench_shapes():
     for n, k in SHAPES:
         wbf = [torch.randn(n, k, device=DEV, dtype=BF) for _ in range(n_copies(n * k * 2))]
-        q_u8 = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device=DEV)
         tiny = None
         try:
-            wp = torch._convert_weight_to_int4pack(q_u8, 8)
-            tiny = [(wp.clone(), torch.rand(k // 128, n, 2, device=DEV, dtype=BF))
-                    for _ in range(n_copies(n * k // 2))]
+            tiny = tinygemm_copies(n, k)
         except Exception as e:
             res["notes"].append(f"tinygemm setup failed at {n}x{k}: {str(e)[:200]}")
         ours = {key: [random_weight(key, n, k) for _ in range(n_copies(n * k // 2))] for key in FORMATS}
@@ -165,8 +174,7 @@ def bench_shapes():
             row = {"N": n, "K": k, "M": m}
             row["bf16_us"] = rotated_us(lambda i: x @ wbf[i].T, len(wbf))
             if tiny:
-                row["tinygemm_us"] = rotated_us(lambda i: torch._weight_int4pack_mm(x, tiny[i][0], 128, tiny[i][1]),
-                                                len(tiny))
+                row["tinygemm_us"] = tinygemm_us(x, tiny)
             if gemlite:
                 row["gemlite_us"] = rotated_us(lambda i: gemlite[i].module(x), len(gemlite))
             for key, ws in ours.items():

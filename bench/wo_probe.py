@@ -31,7 +31,7 @@ from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime.kernels import wo_gemm as wg  # noqa: E402
 from quantc.runtime.kernels import wo_gemv as gv  # noqa: E402
 from quantc.runtime.kernels import wo_planes as wp  # noqa: E402
-from bench.bench_wo import n_copies, random_weight, rotated_us  # noqa: E402
+from bench.bench_wo import n_copies, random_weight, rotated_us, tinygemm_copies, tinygemm_us  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
 CAP = float(os.environ.get("PROBE_CAP_S", "400"))
@@ -122,11 +122,8 @@ def sweep() -> None:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             bf16 = rotated_us(lambda i: x @ wbf[i].T, len(wbf))
             if TINYGEMM:
-                q_u8 = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device="cuda")
-                tiny = [(torch._convert_weight_to_int4pack(q_u8, 8), torch.rand(k // 128, n, 2, device="cuda",
-                                                                                 dtype=torch.bfloat16))
-                        for _ in range(n_copies(n * k // 2))]
-                t = rotated_us(lambda i: torch._weight_int4pack_mm(x, tiny[i][0], 128, tiny[i][1]), len(tiny))
+                tiny = tinygemm_copies(n, k)
+                t = tinygemm_us(x, tiny)
                 res["rows"].append({"N": n, "K": k, "M": m, "fmt": "int4_group_128", "kernel": "tinygemm",
                                     "bf16_us": bf16, "us": t, "cfg": [], "over_bf16": bf16 / t if t else None,
                                     "GBps": n * k / 2 / t / 1e3 if t else None})

@@ -427,9 +427,9 @@ def _moe_seed(job: TuneJob, gpu: Gpu, cfg: KernelConfig) -> KernelConfig | None:
 # job whose experts average at least MOE_LARGE_ROWS rows each measures them right after its default.
 # The 128-deep one won the fp8 gate_up at 4096 tokens for all four on the H100 (1.06-1.22x the table
 # row, bench/results/moe_h100_fp8_tiles.json). Its 4-stage and GROUP_M = 1 forms won the fp8 gate_up at 4096
-# tokens for DeepSeek-V3 and gpt-oss-120b by 3-8% in one run (the last one is its 64-deep, bf16 form) (bench/results/moe_tile_probe_h100_s18.json: the
+# tokens for DeepSeek-V3 and gpt-oss-120b by 3-8% in one run (bench/results/moe_tile_probe_h100_s18.json: the
 # kernel is bound by L2 throughput there, ~90% under ncu, so more bytes in flight and the row-major tile order
-# pay)
+# pay); the last seed is the 64-deep (bf16) form of the 4-stage, GROUP_M = 1 tile
 MOE_LARGE_SEEDS = (KernelConfig(128, 128, 64, 8, 8, 3), KernelConfig(128, 256, 64, 8, 8, 3),
                    KernelConfig(64, 256, 64, 8, 8, 3), KernelConfig(128, 128, 128, 8, 8, 3),
                    KernelConfig(128, 128, 128, 8, 8, 4), KernelConfig(128, 128, 128, 1, 8, 3),

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .kernels import moe_gemm as mg
 from .kernels import wo_format as wf
+from .kernels.common import smem_optin
 from .kernels.moe_routing import ROUTERS, align_by_expert
 from .kernels.wo_gemm import WoConfig
 from .tables import bucket_lookup, default_buckets, pick
@@ -48,8 +49,6 @@ def _fit_down_tile(cfg: WoConfig, w2, device: torch.device) -> WoConfig:
 
     if device.type != "cuda":  # the interpreter has no shared memory to fit
         return cfg
-    from .kernels.common import smem_optin
-
     limit = smem_optin(device)
     operand = 2 if w2.fmt == wf.BF16 else 1
     return fit_smem(cfg, limit, operand, operand, 1)
