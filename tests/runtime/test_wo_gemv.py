@@ -176,10 +176,28 @@ def test_policy_routes_int4_decode_to_the_gemv_only_where_it_should(monkeypatch)
     real = wg.launch_gemv
     monkeypatch.setattr(wg, "launch_gemv", lambda x, ww, cfg: calls.append(cfg) or real(x, ww, cfg))
     out = wg.launch(x1, w, wg.WoConfig(16, 32, 128, num_warps=2))  # the table's planes config is not used
-    assert calls == [gv.GEMV_CONFIG]
+    assert calls == [gv.gemv_config(48, 256, 132)]  # the GEMV's own config (no GPU here: 132 SMs assumed)
     assert _rel_err(out, wg.reference(x1, w)) < 1e-2
     wg.launch(x2, w, wg.WoConfig(16, 32, 128, num_warps=2))
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("n,k,block_k,split", [
+    (28672, 4096, 512, 1),   # 448 row tiles: one K slice covers the SMs, in 512-deep steps
+    (24576, 7168, 512, 1),
+    (4096, 14336, 256, 10),  # 5 slices to cover 132 SMs twice, doubled: 5.6 steps a slice
+    (4096, 4096, 256, 10),   # 5 slices to cover 132 SMs twice, doubled: 1.6 steps a slice
+    (7168, 2048, 256, 3),    # doubling would leave 1.3 steps a slice
+    (2048, 7168, 256, 18),
+    (16384, 6400, 256, 4),   # K not a multiple of 512: 256-deep steps, 2 slices doubled
+    (64, 256, 256, 1),       # a single K step cannot be split
+])
+def test_gemv_config_picks_depth_and_split(n, k, block_k, split):
+    cfg = gv.gemv_config(n, k, 132)
+    assert (cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages) == (1, 64, 4, 2)
+    assert (cfg.block_k, cfg.split_k) == (block_k, split)
+    rows, lanes_n, bn, bk = gv.gemv_tile(cfg, k)
+    assert bn == 64 and bk == block_k and rows * lanes_n * cfg.num_warps == 64
 
 
 GLUON_COMPILE = '''
@@ -193,16 +211,17 @@ SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_
        "ws_ptr": "*fp32",
        "cnt_ptr": "*i32", "N": "i32", "K": "i32", "stride_wn": "i32", "stride_sn": "i32"}
 out = []
-for zero, rows, lanes_n, split, prefetch, fmt in json.loads(sys.argv[1]):
+for zero, rows, lanes_n, split, prefetch, fmt, x_vec in json.loads(sys.argv[1]):
     ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split, WARPS=4,
-              PREFETCH=prefetch, FMT=fmt, HAS_GLOBAL=fmt == 3)
+              PREFETCH=prefetch, FMT=fmt, HAS_GLOBAL=fmt == 3, X_VEC=x_vec)
     sig = dict(SIG, s_ptr={1: "*bf16", 2: "*u8", 3: "*fp8e4nv"}[fmt], **{k: "constexpr" for k in ce})
     c = triton.compile(GluonASTSource(wo_gemv._wo_gemv_gluon_kernel, sig, ce), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": 4})
     ptx = c.asm["ptx"]
     out.append({"lop3": len(re.findall(r"lop3\\.b32", ptx)), "f16x2": len(re.findall(r"f16x2", ptx)),
                 "local": len(re.findall(r"\\.local", ptx)), "shared": c.metadata.shared,
-                "atom": len(re.findall(r"atom\\.", ptx))})
+                "atom": len(re.findall(r"atom\\.", ptx)), "ld_x2": len(re.findall(r"ld\\.global[.a-z_0-9]*\\.b16", ptx)),
+                "ld_x8": len(re.findall(r"ld\\.global[.a-z_0-9]*\\.b64", ptx))})
 print(json.dumps(out))
 '''
 
@@ -217,8 +236,8 @@ def test_gluon_gemv_compiles_for_hopper_in_registers():
     import sys
 
     # the policy's tile first; mxfp4's e2m1 decode
-    cases = [(False, 4, 4, 1, True, 1), (True, 4, 4, 1, True, 1), (False, 8, 2, 3, False, 1), (False, 4, 4, 1, True, 2),
-             (False, 4, 4, 2, True, 3)]
+    cases = [(False, 4, 4, 1, True, 1, True), (True, 4, 4, 1, True, 1, True), (False, 8, 2, 3, False, 1, True),
+             (False, 4, 4, 1, True, 2, True), (False, 4, 4, 2, True, 3, True), (False, 4, 4, 1, True, 1, False)]
     proc = subprocess.run([sys.executable, "-c", GLUON_COMPILE, json.dumps(cases)], capture_output=True, text=True,
                           timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -226,5 +245,11 @@ def test_gluon_gemv_compiles_for_hopper_in_registers():
         assert r["lop3"] >= 4 and r["f16x2"] >= (4 if case[5] >= 2 else 8), (case, r)
         assert r["local"] == 0 and r["shared"] <= 64, (case, r)
         assert (r["atom"] > 0) == (case[3] > 1), (case, r)  # split-K's same-launch reduction only
+        # the activations: two 8-byte loads a word (8 a chunk; in the loop and before it with the prefetch), no
+        # 2-byte ones (the bf16 group scales are the rows' only ones); without X_VEC eight 2-byte loads a word
+        if case[6]:
+            assert r["ld_x8"] == 8 * (1 + case[4]) and r["ld_x2"] <= case[1], (case, r)
+        else:
+            assert r["ld_x8"] == 0 and r["ld_x2"] >= 32 * (1 + case[4]), (case, r)
     assert (gv.GEMV_CONFIG.block_n, gv.GEMV_CONFIG.block_k, gv.GEMV_CONFIG.num_warps) == (64, 256, 4)
     assert gv.gemv_tile(gv.GEMV_CONFIG, 4096) == (4, 4, 64, 256)

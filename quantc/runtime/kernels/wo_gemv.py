@@ -40,6 +40,8 @@ the H100: bench/results/wo_gemv_probe_h100_s18_*.json, wo_h100_s18_gemv_m1.json)
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import triton
 import triton.language as tl
@@ -250,10 +252,28 @@ def _gl_pack(lo, hi):
 
 
 @gluon.jit
-def _gl_load_x(xs):
-    """The eight activations of each word (element 8c + j at xs + j), bf16."""
-    return (gl.load(xs), gl.load(xs + 1), gl.load(xs + 2), gl.load(xs + 3), gl.load(xs + 4), gl.load(xs + 5),
-            gl.load(xs + 6), gl.load(xs + 7))
+def _gl_bf16_pair(v):
+    """The two bf16 values in the low and high halves of an int32, as fp32 (a bf16 is an fp32's top half)."""
+    return (v << 16).to(gl.float32, bitcast=True), (v & -65536).to(gl.float32, bitcast=True)
+
+
+@gluon.jit
+def _gl_load_x(x_ptr, word3, k0, X_VEC: gl.constexpr):
+    """The eight activations of each word (elements k0 + 8c + j), fp32. X_VEC (x 16-byte aligned): two 8-byte
+    loads a word instead of eight 2-byte ones."""
+    if X_VEC:
+        xq = x_ptr.to(gl.pointer_type(gl.int64), bitcast=True) + (k0 // 4 + word3 * 2)
+        a = gl.load(xq)
+        b = gl.load(xq + 1)
+        x0, x1 = _gl_bf16_pair(a.to(gl.int32))
+        x2, x3 = _gl_bf16_pair((a >> 32).to(gl.int32))
+        x4, x5 = _gl_bf16_pair(b.to(gl.int32))
+        x6, x7 = _gl_bf16_pair((b >> 32).to(gl.int32))
+        return x0, x1, x2, x3, x4, x5, x6, x7
+    xs = x_ptr + k0 + word3 * 8
+    return (gl.load(xs).to(gl.float32), gl.load(xs + 1).to(gl.float32), gl.load(xs + 2).to(gl.float32),
+            gl.load(xs + 3).to(gl.float32), gl.load(xs + 4).to(gl.float32), gl.load(xs + 5).to(gl.float32),
+            gl.load(xs + 6).to(gl.float32), gl.load(xs + 7).to(gl.float32))
 
 
 @gluon.jit
@@ -262,7 +282,7 @@ def _wo_gemv_gluon_kernel(
     N, K, stride_wn, stride_sn,
     GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, ROWS: gl.constexpr, LANES_N: gl.constexpr,
     SPLIT_K: gl.constexpr, WARPS: gl.constexpr, PREFETCH: gl.constexpr, FMT: gl.constexpr,
-    HAS_GLOBAL: gl.constexpr,
+    HAS_GLOBAL: gl.constexpr, X_VEC: gl.constexpr,
 ):
     """``_wo_gemv_kernel`` with the layout spelled out: a thread holds ROWS rows x one chunk (4 words); a
     warp's lanes take 32 / LANES_N consecutive chunks of LANES_N rows; warps stack along N."""
@@ -285,15 +305,21 @@ def _wo_gemv_gluon_kernel(
     ch2 = gl.expand_dims(ch1, 0)  # (1, CH)
     n_mask2 = rows2 < N
     word3 = gl.expand_dims(ch2 * 4, 2) + gl.expand_dims(gl.expand_dims(wd1, 0), 1)  # (1, CH, 4)
+    byte_shift3 = gl.expand_dims(gl.expand_dims((wd1 // 2) * 8, 0), 1)  # nvfp4: (1, 1, 4) 0, 0, 8, 8
+    s16_ptr = s_ptr.to(gl.pointer_type(gl.int16), bitcast=True)
+    # the activations' words as (CH, 4) in the rows-sliced layout: loaded and prescaled once a thread, then
+    # broadcast over its ROWS rows in registers (loaded as (1, CH, 4), triton 3.6 repeats every load a row)
+    LX: gl.constexpr = gl.SliceLayout(0, L3)
+    xword2 = (gl.expand_dims(gl.arange(0, CH, layout=gl.SliceLayout(1, LX)) * 4, 1)
+              + gl.expand_dims(gl.arange(0, 4, layout=gl.SliceLayout(0, LX)), 0))
     n_mask3 = gl.expand_dims(n_mask2, 2)
     w_tile = w_ptr + gl.expand_dims(rows2.to(gl.int64) * stride_wn, 2) + word3
-    x_tile = x_ptr + word3 * 8
     s_rows = rows2.to(gl.int64) * stride_sn
     acc = gl.zeros([BLOCK_N, CH], gl.float32, L2)
     if PREFETCH:  # the next step's words and activations load while this step computes
         w_nxt = gl.load(w_tile + t_start * (BLOCK_K // 8), mask=n_mask3 & (t_start < t_end), other=0,
                         eviction_policy="evict_first")
-        x_nxt = _gl_load_x(x_tile + t_start * BLOCK_K)
+        x_nxt = _gl_load_x(x_ptr, xword2, t_start * BLOCK_K, X_VEC)
     for t in range(t_start, t_end):
         k0 = t * BLOCK_K
         if PREFETCH:
@@ -301,28 +327,21 @@ def _wo_gemv_gluon_kernel(
             x0, x1, x2, x3, x4, x5, x6, x7 = x_nxt
             w_nxt = gl.load(w_tile + (k0 + BLOCK_K) // 8, mask=n_mask3 & (t + 1 < t_end), other=0,
                             eviction_policy="evict_first")
-            x_nxt = _gl_load_x(x_tile + gl.minimum(k0 + BLOCK_K, K - BLOCK_K))
+            x_nxt = _gl_load_x(x_ptr, xword2, gl.minimum(k0 + BLOCK_K, K - BLOCK_K), X_VEC)
         else:
             words = gl.load(w_tile + k0 // 8, mask=n_mask3, other=0, eviction_policy="evict_first")
-            x0, x1, x2, x3, x4, x5, x6, x7 = _gl_load_x(x_tile + k0)
-        x0 = x0.to(gl.float32)
-        x1 = x1.to(gl.float32)
-        x2 = x2.to(gl.float32)
-        x3 = x3.to(gl.float32)
-        x4 = x4.to(gl.float32)
-        x5 = x5.to(gl.float32)
-        x6 = x6.to(gl.float32)
-        x7 = x7.to(gl.float32)
+            x0, x1, x2, x3, x4, x5, x6, x7 = _gl_load_x(x_ptr, xword2, k0, X_VEC)
         amax = gl.maximum(gl.maximum(gl.maximum(gl.abs(x0), gl.abs(x1)), gl.maximum(gl.abs(x2), gl.abs(x3))),
                           gl.maximum(gl.maximum(gl.abs(x4), gl.abs(x5)), gl.maximum(gl.abs(x6), gl.abs(x7))))
-        amax = gl.max(amax, axis=2)  # (1, CH): inside one thread
+        amax = gl.max(amax, axis=1)  # (CH,): inside one thread
         e = gl.minimum(gl.maximum((amax.to(gl.int32, bitcast=True) >> 23) & 0xFF, X_EXP + 1), 254)
-        r_inv = ((e - X_EXP) << 23).to(gl.float32, bitcast=True)
-        r = gl.expand_dims(((-e + (254 + X_EXP)) << 23).to(gl.float32, bitcast=True), 2)
-        p0 = _gl_pack(x0 * r, x4 * r)
-        p1 = _gl_pack(x1 * r, x5 * r)
-        p2 = _gl_pack(x2 * r, x6 * r)
-        p3 = _gl_pack(x3 * r, x7 * r)
+        r_inv = gl.expand_dims(gl.convert_layout(((e - X_EXP) << 23).to(gl.float32, bitcast=True),
+                                                 gl.SliceLayout(0, L2)), 0)  # (1, CH): the same registers
+        r = gl.expand_dims(((-e + (254 + X_EXP)) << 23).to(gl.float32, bitcast=True), 1)
+        p0 = gl.expand_dims(_gl_pack(x0 * r, x4 * r), 0)  # (1, CH, 4)
+        p1 = gl.expand_dims(_gl_pack(x1 * r, x5 * r), 0)
+        p2 = gl.expand_dims(_gl_pack(x2 * r, x6 * r), 0)
+        p3 = gl.expand_dims(_gl_pack(x3 * r, x7 * r), 0)
         g = (k0 + ch2 * 32) // GROUP
         if FMT == 3:  # per word below; here the decode's 2**14
             s = gl.full([BLOCK_N, CH], E2M1_UNSCALE, gl.float32, L2)
@@ -337,8 +356,12 @@ def _wo_gemv_gluon_kernel(
             c1 = (0xD400 + 16 * z) * 0x10001
             part = gl.sum(_gl_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO, FMT), axis=2)
         elif FMT == 3:  # nvfp4: each word lies in one 16-element group, scaled before the chunk's sum
-            sw = gl.load(s_ptr + gl.expand_dims(s_rows, 2) + (k0 + word3 * 8) // GROUP, mask=n_mask3, other=0.0)
-            part = gl.sum(_gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT) * sw.to(gl.float32), axis=2)
+            # the chunk's two e4m3 scales as one 2-byte load a row (k0 / 16 + 2c and stride_sn are even);
+            # words 0-1 take the low byte, 2-3 the high one
+            s2 = gl.load(s16_ptr + ((s_rows + k0 // GROUP) // 2 + ch2), mask=n_mask2, other=0).to(gl.int32)
+            sw = (gl.expand_dims(s2, 2) >> byte_shift3) & 0xFF
+            sw = sw.to(gl.int8).to(gl.float8e4nv, bitcast=True).to(gl.float32)
+            part = gl.sum(_gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT) * sw, axis=2)
         else:
             part = gl.sum(_gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT), axis=2)
         acc += part * (s * r_inv)
@@ -350,35 +373,46 @@ def _wo_gemv_gluon_kernel(
     store_or_reduce(total, out_ptr + rows1, ws_ptr + rows1, n_mask, cnt_ptr + pid_n, SPLIT_K)
 
 
-# The policy (``uses_gemv``): int4 at M = 1 from GEMV_MIN_N weight rows on an sm_90 GPU, at GEMV_CONFIG. On the
-# H100 (bench/results/wo_gemv_probe_h100_s18_prefetch.json, the plane kernel's best config per shape in the same
-# run): (28672, 4096) 29.5 vs 32.0 us, (24576, 7168) 39.6 vs 46.4 (38.0 at 512-deep steps); below that it tied
-# or lost by up to 6% ((4096, 14336) 18.7 vs 18.0, (6144, 4096) 10.8 vs 10.2): few N tiles, so split-K, whose
-# partial sums cost more here than in the plane kernel's fewer, wider programs.
-GEMV_MIN_N = 16384
+# The policy (``uses_gemv``, ``gemv_config``), from bench/results/wo_gemv_probe_h100_s19_xvec.json (M = 1, the
+# activations as 8-byte loads): on an sm_90 GPU every call the kernel takes runs here. It beat the plane kernel's
+# best config (wo_gemv_probe_h100_s19.json, same machine kind) at all 21 (shape, format) pairs: int4 (28672, 4096)
+# 24.9 vs 32.0 us, (4096, 4096) 7.3 vs 8.3; mxfp4 (24576, 7168) 39.9 vs 52.4; nvfp4 (4096, 14336) 19.3 vs 20.5.
+# Tile: 64 rows a program, 512-deep K steps from 16384 rows on (one K slice then covers the SMs: 15-20% faster
+# there than 256-deep), else 256; split-K to cover the SMs about twice (``wo_gemm._split``), doubled at 256-deep
+# steps while each slice keeps 1.5+ steps. Within 5% of the sweep's best config at every pair (fp4 at
+# (4096, 14336) would take 512-deep steps, int4 256: one rule for both).
 GEMV_CONFIG = KernelConfig(1, 64, 256, num_warps=4, num_stages=2, split_k=1)
 
 
 def uses_gemv(x2: torch.Tensor, w) -> bool:
-    """Whether ``wo_gemm`` runs this call here: QUANTC_WO_GEMV_MIN_N=N takes every call the kernel can from N
-    weight rows on (0: all of them, the interpreter included; a large N turns it off); unset, int4 from
-    GEMV_MIN_N rows on an sm_90 GPU (mxfp4 / nvfp4 only when forced: their decode has not been timed on a GPU yet)."""
+    """Whether ``wo_gemm`` runs this call here: on an sm_90 GPU every call the kernel takes (``gemv_ok``);
+    QUANTC_WO_GEMV_MIN_N=N instead takes them from N weight rows on, anywhere (0: all of them, the interpreter
+    included; a large N turns the kernel off)."""
     if not gemv_ok(x2, w):
         return False
     forced = env("QUANTC_WO_GEMV_MIN_N")
     if forced is not None:
         return w.n >= int(forced)
-    return (w.fmt == INT4 and w.n >= GEMV_MIN_N and x2.device.type == "cuda" and not common.interpreted()
-            and cc_major(x2.device) == 9)
+    return x2.device.type == "cuda" and not common.interpreted() and cc_major(x2.device) == 9
+
+
+def gemv_config(n: int, k: int, sms: int) -> KernelConfig:
+    """The launch config for an (N, K) weight on a GPU of ``sms`` SMs (see the policy above)."""
+    bk = 512 if n >= 16384 and k % 512 == 0 else 256
+    split = max(1, min(cdiv(2 * sms, cdiv(n, 64)), k // bk, 32))
+    if bk == 256 and k / bk / (2 * split) >= 1.5:
+        split *= 2
+    return replace(GEMV_CONFIG, block_k=bk, split_k=min(split, 32))
 
 
 def gemv_ok(x2: torch.Tensor, w) -> bool:
     """Whether this kernel takes the call: one row, K a multiple of 128, int4 codes in groups of whole chunks,
-    mxfp4 (e8m0 scales per 32: one a chunk) or nvfp4 (e4m3 scales per 16: one a word pair)."""
+    mxfp4 (e8m0 scales per 32: one a chunk) or nvfp4 (e4m3 scales per 16: one a word pair, 2-byte aligned)."""
     if x2.shape[0] != 1 or w.k % 128 or w.row_block != 1:
         return False
     return ((w.fmt == INT4 and w.group % CHUNK.value == 0) or (w.fmt == MXFP4 and w.sfmt == S_E8M0 and w.group == 32)
-            or (w.fmt == NVFP4 and w.sfmt == S_FLOAT and w.group == 16))
+            or (w.fmt == NVFP4 and w.sfmt == S_FLOAT and w.group == 16  # scales read in pairs (2 bytes)
+                and w.scale.data_ptr() % 2 == 0 and w.scale.stride(0) % 2 == 0))
 
 
 def gemv_tile(cfg, k: int) -> tuple[int, int, int, int]:
@@ -392,6 +426,11 @@ def gemv_tile(cfg, k: int) -> tuple[int, int, int, int]:
     rows = max(1, cfg.block_n // (lanes_n * cfg.num_warps))
     rows = 1 << (rows.bit_length() - 1)
     return rows, lanes_n, rows * lanes_n * cfg.num_warps, bk
+
+
+def gemv_x_vec() -> bool:
+    """QUANTC_WO_GEMV_XVEC=0: the activations as eight 2-byte loads a word (the probe's comparison)."""
+    return env("QUANTC_WO_GEMV_XVEC") != "0"
 
 
 def launch_gemv(x2: torch.Tensor, w, cfg) -> torch.Tensor:
@@ -420,6 +459,7 @@ def launch_gemv(x2: torch.Tensor, w, cfg) -> torch.Tensor:
         common.launch(_wo_gemv_gluon_kernel, grid, args, dict(GROUP=w.group, HAS_ZERO=w.zeros is not None,
                                                               ROWS=rows, LANES_N=lanes_n, SPLIT_K=split,
                                                               WARPS=cfg.num_warps, PREFETCH=cfg.num_stages >= 2,
-                                                              FMT=fmt, HAS_GLOBAL=w.global_scale is not None),
+                                                              FMT=fmt, HAS_GLOBAL=w.global_scale is not None,
+                                                              X_VEC=x2.data_ptr() % 16 == 0 and gemv_x_vec()),
                       cfg.num_warps, 1)
     return out
