@@ -6,9 +6,9 @@ pairs, which round the activations first: ``wo_mx``).
                                                           (* global scale for nvfp4)
 
 with v the signed int4 code (or code - zero point) or the e2m1 value. Layouts: ``wo_format``. Three
-kernels read the same words: ``wo_gemv`` (CUDA cores, half2 arithmetic) runs int4 and mxfp4 at M = 1 on
-wide weights (``wo_gemv.uses_gemv``); of the two tensor-core kernels, ``wo_planes`` (eight nibble planes per
-tile, the decoded weights never leave registers) runs int4 at M <= 16 and every format at M = 1, and
+kernels read the same words: ``wo_gemv`` (CUDA cores, half2 arithmetic) runs every format at M = 1 on an
+sm_90 GPU (``wo_gemv.uses_gemv``); of the two tensor-core kernels, ``wo_planes`` (eight nibble planes per
+tile, the decoded weights never leave registers) runs int4 at M <= 16 and every format at M = 1 elsewhere, and
 ``wo_mma4`` (decoded tile in K order) the rest, prefill included. Measured on an H100 (bench/results/wo_h100.json):
 planes is 1.3-1.6x faster than mma4 for int4 at decode and ~1.1x for fp4 at M = 1, slower for fp4 at
 M = 16 (its per-element scales cost more there). This module is the
@@ -43,7 +43,7 @@ def uses_planes(m: int, fmt: int, k: int) -> bool:
 
 def _launch(x2, data, scale, zeros, gscale, fmt, sfmt, pack, group, row_block, n, cfg) -> torch.Tensor:
     w = WoWeight(fmt, n, x2.shape[1], data, scale, sfmt, group, row_block, zeros, gscale)
-    if uses_gemv(x2, w):  # int4 / mxfp4 decode on wide weights: the CUDA-core GEMV at its own config
+    if uses_gemv(x2, w):  # 4-bit decode on sm_90: the CUDA-core GEMV at its own config
         return launch_gemv(x2, w, gemv_config(n, x2.shape[1], sm_count(x2.device) if x2.is_cuda else 132))
     if uses_planes(x2.shape[0], fmt, x2.shape[1]):
         return launch_planes(x2, w, cfg)

@@ -27,15 +27,17 @@ relative to each word's sum, well under bf16's output rounding.
 
 The tile is (BLOCK_N rows, BLOCK_K / 32 chunks, 4 words); a warp's lanes take BLOCK_K / 32 consecutive
 chunks of 1024 / BLOCK_K rows, and each thread repeats over ROWS rows with the same chunk position, so the
-activation is loaded, scaled and packed once a thread for all its rows; the next K step's words and
+activation is loaded (two 8-byte loads a word, in the layout without the rows: broadcast in registers),
+scaled and packed once a thread for all its rows; the next K step's words and
 activations load while this one computes (num_stages >= 2). Each chunk keeps a running fp32 sum; the
 reduction across threads runs once, after the K loop. Split-K as ``wo_mma4`` (``store_or_reduce``).
 
 The GPU kernel is Gluon (``_wo_gemv_gluon_kernel``), which states that layout; the same steps in Triton
 (``_wo_gemv_kernel``) run under ``TRITON_INTERPRET``, the PTX replaced by plain Triton (fp32 products; the
 packing keeps the fp16 rounding of x r), so CI checks the indexing, scales, zero points and split-K, and
-tests/runtime/test_wo_gemv.py emulates the PTX in numpy. ``uses_gemv`` is ``wo_gemm``'s policy (measured on
-the H100: bench/results/wo_gemv_probe_h100_s18_*.json, wo_h100_s18_gemv_m1.json).
+tests/runtime/test_wo_gemv.py emulates the PTX in numpy. ``uses_gemv`` is ``wo_gemm``'s policy and
+``gemv_config`` its launch (measured on the H100: bench/results/wo_gemv_probe_h100_s19*.json,
+wo_h100_s19_gemv_final_m1.json).
 """
 
 from __future__ import annotations
