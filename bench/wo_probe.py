@@ -7,7 +7,7 @@ past L2), every kernel checked against the reference first. Used to choose what 
 kernels; bench_wo.py is the reference benchmark.
 
     python bench/wo_probe.py sweep     # env: PROBE_SHAPES, PROBE_FMTS, PROBE_MS, PROBE_KERNELS (gemv: the
-                                       #      int4 CUDA-core GEMV at M = 1), PROBE_STAGES, PROBE_SPLIT_MULT,
+                                       #      4-bit CUDA-core GEMV at M = 1), PROBE_STAGES, PROBE_SPLIT_MULT,
                                        #      PROBE_TINYGEMM=1, PROBE_CAP_S
     ncu --clock-control none -k regex:_wo_planes python bench/wo_probe.py one planes int4_group_128 \
         28672 4096 1 16,32,128,2,4,1
@@ -18,6 +18,7 @@ Writes $OUT/wo_probe_<device>.json (sweep).
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 import json
 import os
 import re
@@ -43,19 +44,19 @@ SPLIT_MULT = tuple(int(v) for v in os.environ.get("PROBE_SPLIT_MULT", "1,2,4").s
 TINYGEMM = os.environ.get("PROBE_TINYGEMM", "0") == "1"  # tinygemm's int4 kernel timed beside, same rows
 
 
-# the int4 GEMV (M = 1): (rows a thread, lanes along N (1024 / block_k), warps)
+# the 4-bit GEMV (M = 1): (rows a thread, lanes along N (1024 / a warp's K span), warps along N[, warps along K])
 GEMV_TILES = [(8, 1, 4), (4, 1, 4), (16, 1, 4), (8, 1, 2), (8, 2, 4), (4, 2, 8), (8, 1, 8), (4, 4, 4)]
 GEMV_STAGES = tuple(int(v) for v in os.environ.get("PROBE_GEMV_STAGES", "1,2").split(","))  # 2: prefetch
 GEMV_TILES = [tuple(int(v) for v in t.split("x")) for t in os.environ["PROBE_GEMV_TILES"].split(",")] \
-    if os.environ.get("PROBE_GEMV_TILES") else GEMV_TILES  # "ROWSxLANES_NxWARPS,..."
+    if os.environ.get("PROBE_GEMV_TILES") else GEMV_TILES  # "ROWSxLANES_NxWARPS[xWARPS_K],..."
 GEMV_SPLITS = tuple(int(v) for v in os.environ.get("PROBE_GEMV_SPLITS", "").split(",") if v)  # fixed split-K
 
 
 def launcher(kernel: str):
     if kernel == "mma4":
         return wg.launch
-    if kernel == "gemv":
-        return gv.launch_gemv
+    if kernel == "gemv":  # the GEMV runs one row: the config's block_m carries its warps along K
+        return lambda x, w, cfg: gv.launch_gemv(x, w, replace(cfg, block_m=1), warps_k=cfg.block_m)
     return lambda x, w, cfg: wp.launch_planes(x, w, cfg, persistent=kernel == "persistent",
                                               bias_fold=kernel != "planes_nofold")
 
@@ -63,13 +64,13 @@ def launcher(kernel: str):
 def configs(kernel: str, m: int, n: int, k: int, sms: int) -> list[C]:
     out = []
     if kernel == "gemv":
-        for (rows, lanes_n, warps), mult, stages in itertools.product(GEMV_TILES, GEMV_SPLITS or SPLIT_MULT,
-                                                                      GEMV_STAGES):
-            bn, bk = rows * lanes_n * warps, 1024 // lanes_n
+        for tile, mult, stages in itertools.product(GEMV_TILES, GEMV_SPLITS or SPLIT_MULT, GEMV_STAGES):
+            rows, lanes_n, warps_n, warps_k = (*tile, 1)[:4]
+            bn, bk = rows * lanes_n * warps_n, 1024 // lanes_n * warps_k
             if m != 1 or k % bk:
                 continue
             split = mult if GEMV_SPLITS else wg._split(n, k, bn, bk, sms) * mult
-            c = C(1, bn, bk, num_warps=warps, num_stages=stages, split_k=min(split, k // bk))
+            c = C(warps_k, bn, bk, num_warps=warps_n * warps_k, num_stages=stages, split_k=min(split, k // bk))
             if c not in out:
                 out.append(c)
         return out

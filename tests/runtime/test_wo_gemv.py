@@ -21,15 +21,17 @@ def _rel_err(out, ref):
 
 @pytest.mark.parametrize("key", ["int4_group_32", "int4_group_64_asym", "int4_group_128", "int4_group_128_asym",
                                  "mxfp4", "nvfp4"])
-@pytest.mark.parametrize("cfg", [wg.WoConfig(1, 8, 256, num_warps=2), wg.WoConfig(1, 16, 128, num_warps=4, split_k=3)])
-def test_gemv_matches_reference(key, cfg):
+@pytest.mark.parametrize("cfg,warps_k", [(wg.WoConfig(1, 8, 256, num_warps=2), 1),
+                                         (wg.WoConfig(1, 16, 128, num_warps=4, split_k=3), 1),
+                                         (wg.WoConfig(1, 16, 512, num_warps=4, split_k=2), 2)])
+def test_gemv_matches_reference(key, cfg, warps_k):
     torch.manual_seed(11)
     n, k = 40, 768  # 40 rows: the last tile is partly masked
     w = wf.quantize(torch.randn(n, k), key)
     x = torch.randn(1, k).bfloat16()
     x[0, :32] *= 3000.0  # a chunk past fp16's range unless scaled down, one near zero: scaled up
     x[0, 32:64] *= 1e-3
-    out = gv.launch_gemv(x, w, cfg)
+    out = gv.launch_gemv(x, w, cfg, warps_k)
     assert out.shape == (1, n) and out.dtype == torch.bfloat16
     assert _rel_err(out, wg.reference(x, w)) < 1e-2, key
 
@@ -43,9 +45,13 @@ def test_gemv_zero_activation_chunks_give_zero_not_nan():
 
 def test_gemv_tile_and_refusals():
     # block_k halved until it divides K, block_n a whole number of rows a thread over warps and lanes
-    assert gv.gemv_tile(wg.WoConfig(1, 32, 1024, num_warps=4), 4096) == (8, 1, 32, 1024)
-    assert gv.gemv_tile(wg.WoConfig(1, 32, 1024, num_warps=4), 2048 + 512) == (4, 2, 32, 512)
-    assert gv.gemv_tile(wg.WoConfig(1, 4, 256, num_warps=4), 4096) == (1, 4, 16, 256)
+    assert gv.gemv_tile(wg.WoConfig(1, 32, 1024, num_warps=4), 4096) == (8, 1, 32, 1024, 1)
+    assert gv.gemv_tile(wg.WoConfig(1, 32, 1024, num_warps=4), 2048 + 512) == (4, 2, 32, 512, 1)
+    assert gv.gemv_tile(wg.WoConfig(1, 4, 256, num_warps=4), 4096) == (1, 4, 16, 256, 1)
+    # warps along K: four warps of 256 a 1024-deep step over 16 rows; a step too shallow for them keeps fewer
+    assert gv.gemv_tile(wg.WoConfig(1, 16, 1024, num_warps=4), 4096, warps_k=4) == (4, 4, 16, 1024, 4)
+    assert gv.gemv_tile(wg.WoConfig(1, 32, 2048, num_warps=4), 4096, warps_k=2) == (16, 1, 32, 2048, 2)
+    assert gv.gemv_tile(wg.WoConfig(1, 16, 1024, num_warps=4), 256, warps_k=4) == (1, 8, 16, 256, 2)
     w = wf.quantize(torch.randn(16, 256), "int4_group_128")
     with pytest.raises(ValueError, match="one activation row"):
         gv.launch_gemv(torch.randn(2, 256).bfloat16(), w, wg.WoConfig(1, 8, 256))
@@ -196,8 +202,8 @@ def test_gemv_config_picks_depth_and_split(n, k, block_k, split):
     cfg = gv.gemv_config(n, k, 132)
     assert (cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages) == (1, 64, 4, 2)
     assert (cfg.block_k, cfg.split_k) == (block_k, split)
-    rows, lanes_n, bn, bk = gv.gemv_tile(cfg, k)
-    assert bn == 64 and bk == block_k and rows * lanes_n * cfg.num_warps == 64
+    rows, lanes_n, bn, bk, warps_k = gv.gemv_tile(cfg, k)
+    assert bn == 64 and bk == block_k and warps_k == 1 and rows * lanes_n * cfg.num_warps == 64
 
 
 GLUON_COMPILE = '''
@@ -211,9 +217,9 @@ SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_
        "ws_ptr": "*fp32",
        "cnt_ptr": "*i32", "N": "i32", "K": "i32", "stride_wn": "i32", "stride_sn": "i32"}
 out = []
-for zero, rows, lanes_n, split, prefetch, fmt, x_vec in json.loads(sys.argv[1]):
+for zero, rows, lanes_n, split, prefetch, fmt, x_vec, warps_k in json.loads(sys.argv[1]):
     ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split, WARPS=4,
-              PREFETCH=prefetch, FMT=fmt, HAS_GLOBAL=fmt == 3, X_VEC=x_vec)
+              WARPS_K=warps_k, PREFETCH=prefetch, FMT=fmt, HAS_GLOBAL=fmt == 3, X_VEC=x_vec)
     sig = dict(SIG, s_ptr={1: "*bf16", 2: "*u8", 3: "*fp8e4nv"}[fmt], **{k: "constexpr" for k in ce})
     c = triton.compile(GluonASTSource(wo_gemv._wo_gemv_gluon_kernel, sig, ce), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": 4})
@@ -236,14 +242,16 @@ def test_gluon_gemv_compiles_for_hopper_in_registers():
     import sys
 
     # the policy's tile first; mxfp4's e2m1 decode
-    cases = [(False, 4, 4, 1, True, 1, True), (True, 4, 4, 1, True, 1, True), (False, 8, 2, 3, False, 1, True),
-             (False, 4, 4, 1, True, 2, True), (False, 4, 4, 2, True, 3, True), (False, 4, 4, 1, True, 1, False)]
+    cases = [(False, 4, 4, 1, True, 1, True, 1), (True, 4, 4, 1, True, 1, True, 1), (False, 8, 2, 3, False, 1, True, 1),
+             (False, 4, 4, 1, True, 2, True, 1), (False, 4, 4, 2, True, 3, True, 1), (False, 4, 4, 1, True, 1, False, 1),
+             (False, 4, 4, 1, True, 1, True, 4), (False, 4, 4, 2, True, 2, True, 2)]  # warps along K
     proc = subprocess.run([sys.executable, "-c", GLUON_COMPILE, json.dumps(cases)], capture_output=True, text=True,
                           timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for case, r in zip(cases, json.loads(proc.stdout.strip().splitlines()[-1])):
         assert r["lop3"] >= 4 and r["f16x2"] >= (4 if case[5] >= 2 else 8), (case, r)
-        assert r["local"] == 0 and r["shared"] <= 64, (case, r)
+        # no shared memory but the final sums' few bytes: across warps (WARPS_K > 1) a float per row and warp
+        assert r["local"] == 0 and r["shared"] <= max(64, 4 * 64 * case[7]), (case, r)
         assert (r["atom"] > 0) == (case[3] > 1), (case, r)  # split-K's same-launch reduction only
         # the activations: two 8-byte loads a word (8 a chunk; in the loop and before it with the prefetch), no
         # 2-byte ones (the bf16 group scales are the rows' only ones); without X_VEC eight 2-byte loads a word
@@ -252,4 +260,4 @@ def test_gluon_gemv_compiles_for_hopper_in_registers():
         else:
             assert r["ld_x8"] == 0 and r["ld_x2"] >= 32 * (1 + case[4]), (case, r)
     assert (gv.GEMV_CONFIG.block_n, gv.GEMV_CONFIG.block_k, gv.GEMV_CONFIG.num_warps) == (64, 256, 4)
-    assert gv.gemv_tile(gv.GEMV_CONFIG, 4096) == (4, 4, 64, 256)
+    assert gv.gemv_tile(gv.GEMV_CONFIG, 4096) == (4, 4, 64, 256, 1)

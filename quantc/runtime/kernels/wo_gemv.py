@@ -283,17 +283,19 @@ def _wo_gemv_gluon_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr,
     N, K, stride_wn, stride_sn,
     GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, ROWS: gl.constexpr, LANES_N: gl.constexpr,
-    SPLIT_K: gl.constexpr, WARPS: gl.constexpr, PREFETCH: gl.constexpr, FMT: gl.constexpr,
-    HAS_GLOBAL: gl.constexpr, X_VEC: gl.constexpr,
+    SPLIT_K: gl.constexpr, WARPS: gl.constexpr, WARPS_K: gl.constexpr, PREFETCH: gl.constexpr,
+    FMT: gl.constexpr, HAS_GLOBAL: gl.constexpr, X_VEC: gl.constexpr,
 ):
     """``_wo_gemv_kernel`` with the layout spelled out: a thread holds ROWS rows x one chunk (4 words); a
-    warp's lanes take 32 / LANES_N consecutive chunks of LANES_N rows; warps stack along N."""
+    warp's lanes take 32 / LANES_N consecutive chunks of LANES_N rows; WARPS / WARPS_K warps stack along N and
+    WARPS_K along K (their sums meet once, after the K loop, through shared memory)."""
     LANES_CH: gl.constexpr = 32 // LANES_N
+    WARPS_N: gl.constexpr = WARPS // WARPS_K
     X_EXP: gl.constexpr = X_EXP_E2M1 if FMT >= 2 else X_EXP_INT4
-    L3: gl.constexpr = gl.BlockedLayout([ROWS, 1, 4], [LANES_N, LANES_CH, 1], [WARPS, 1, 1], [2, 1, 0])
+    L3: gl.constexpr = gl.BlockedLayout([ROWS, 1, 4], [LANES_N, LANES_CH, 1], [WARPS_N, WARPS_K, 1], [2, 1, 0])
     L2: gl.constexpr = gl.SliceLayout(2, L3)  # (rows, chunks)
-    BLOCK_N: gl.constexpr = ROWS * LANES_N * WARPS
-    CH: gl.constexpr = LANES_CH
+    BLOCK_N: gl.constexpr = ROWS * LANES_N * WARPS_N
+    CH: gl.constexpr = LANES_CH * WARPS_K
     BLOCK_K: gl.constexpr = CH * 32
     pid_n = gl.program_id(0)
     k_tiles = K // BLOCK_K
@@ -417,17 +419,22 @@ def gemv_ok(x2: torch.Tensor, w) -> bool:
                 and w.scale.data_ptr() % 2 == 0 and w.scale.stride(0) % 2 == 0))
 
 
-def gemv_tile(cfg, k: int) -> tuple[int, int, int, int]:
-    """(rows a thread, lanes along N, block_n, block_k) the launch takes from ``cfg``: block_k 128..1024 (halved
-    until it divides K; 32 / (block_k / 32) lanes of a warp then share a chunk position across rows), block_n
-    rounded to a whole number of rows a thread (at least one) over the warps and those lanes."""
-    bk = max(128, min(1024, cfg.block_k, k))
+def gemv_tile(cfg, k: int, warps_k: int = 1) -> tuple[int, int, int, int, int]:
+    """(rows a thread, lanes along N, block_n, block_k, warps along K) the launch takes from ``cfg``: block_k
+    128 .. 1024 a warp (halved until it divides K), split over ``warps_k`` of the warps (fewer where a warp would
+    get under 128); a warp's 32 / (span / 32) lanes share a chunk position across rows; block_n rounded to a whole
+    number of rows a thread (at least one) over the other warps and those lanes."""
+    warps_k = max(1, min(warps_k, cfg.num_warps))
+    bk = max(128, min(1024 * warps_k, cfg.block_k, k))
     while k % bk:
         bk //= 2
-    lanes_n = 1024 // bk
-    rows = max(1, cfg.block_n // (lanes_n * cfg.num_warps))
+    while warps_k > 1 and bk // warps_k < 128:
+        warps_k //= 2
+    warps_n = cfg.num_warps // warps_k
+    lanes_n = 1024 // (bk // warps_k)
+    rows = max(1, cfg.block_n // (lanes_n * warps_n))
     rows = 1 << (rows.bit_length() - 1)
-    return rows, lanes_n, rows * lanes_n * cfg.num_warps, bk
+    return rows, lanes_n, rows * lanes_n * warps_n, bk, warps_k
 
 
 def gemv_x_vec() -> bool:
@@ -435,15 +442,16 @@ def gemv_x_vec() -> bool:
     return env("QUANTC_WO_GEMV_XVEC") != "0"
 
 
-def launch_gemv(x2: torch.Tensor, w, cfg) -> torch.Tensor:
+def launch_gemv(x2: torch.Tensor, w, cfg, warps_k: int = 1) -> torch.Tensor:
     """bf16 (1, K) x 4-bit WoWeight (N, K) -> bf16 (1, N): the Gluon kernel on a GPU, its Triton twin under the
     interpreter. ``cfg``: block_n rows a program, block_k (``gemv_tile``), split_k, num_warps; num_stages >= 2
-    loads the next K step's words and activations before this step's products (the GPU kernel)."""
+    loads the next K step's words and activations before this step's products (the GPU kernel). ``warps_k``:
+    the warps that share a K step (a split-K inside the program, summed through shared memory)."""
     if not gemv_ok(x2, w):
         raise ValueError("the 4-bit GEMV takes one activation row, K a multiple of 128 and int4 codes in groups of "
                          f"a multiple of 32, mxfp4 or nvfp4; got M = {x2.shape[0]}, K = {w.k}, format {w.fmt}, group {w.group}")
     n, k = w.n, w.k
-    rows, lanes_n, bn, bk = gemv_tile(cfg, k)
+    rows, lanes_n, bn, bk, warps_k = gemv_tile(cfg, k, warps_k)
     split = max(1, min(cfg.split_k, k // bk))
     fmt = {INT4: 1, MXFP4: 2, NVFP4: 3}[w.fmt]
     out = common.empty((1, n), torch.bfloat16, x2.device)
@@ -460,7 +468,8 @@ def launch_gemv(x2: torch.Tensor, w, cfg) -> torch.Tensor:
     else:
         common.launch(_wo_gemv_gluon_kernel, grid, args, dict(GROUP=w.group, HAS_ZERO=w.zeros is not None,
                                                               ROWS=rows, LANES_N=lanes_n, SPLIT_K=split,
-                                                              WARPS=cfg.num_warps, PREFETCH=cfg.num_stages >= 2,
+                                                              WARPS=cfg.num_warps, WARPS_K=warps_k,
+                                                              PREFETCH=cfg.num_stages >= 2,
                                                               FMT=fmt, HAS_GLOBAL=w.global_scale is not None,
                                                               X_VEC=x2.data_ptr() % 16 == 0 and gemv_x_vec()),
                       cfg.num_warps, 1)
