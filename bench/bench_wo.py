@@ -24,12 +24,14 @@ Writes $OUT/wo_<device>.json.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import re
 import sys
 import time
+from dataclasses import replace
 
 import torch
 import triton
@@ -108,16 +110,17 @@ def check_correctness():
     from quantc.runtime.kernels import wo_mx
 
     torch.manual_seed(0)
-    for key in (*FORMATS, "int4_group_32_asym", "int4_group_64"):
-        w = wf.quantize(torch.randn(512, 1024, device=DEV), key)
+    # K = 4096 too: the GEMV's 2048-deep tile (M = 1 on sm_90) takes it
+    for key, (n, k) in itertools.product((*FORMATS, "int4_group_32_asym", "int4_group_64"), ((512, 1024), (256, 4096))):
+        w = wf.quantize(torch.randn(n, k, device=DEV), key)
         for m in MS:
-            x = torch.randn(m, 1024, device=DEV, dtype=BF)
-            for cfg in candidates(m, 512, 1024, key)[:3]:
+            x = torch.randn(m, k, device=DEV, dtype=BF)
+            for cfg in candidates(m, n, k, key)[:3]:
                 out = wg.launch(x, w, cfg).float()
                 ref = wg.reference(x, w)
                 err = ((out - ref).abs().max() / ref.abs().max()).item()
-                res["check"].append({"key": key, "M": m, "cfg": list(cfg.__dict__.values()), "rel_err": err,
-                                     "ok": err < 1e-2})
+                res["check"].append({"key": key, "N": n, "K": k, "M": m, "cfg": list(cfg.__dict__.values()),
+                                     "rel_err": err, "ok": err < 1e-2})
     w = wf.quantize(torch.randn(512, 1024, device=DEV), "mxfp4")
     for m in MS:
         x = torch.randn(m, 1024, device=DEV, dtype=BF)
@@ -189,8 +192,9 @@ def bench_shapes():
                 t, cfg = best
                 dflt = wg.default_config(m, n, k, SMS, int4=key.startswith("int4"))
                 dflt_us = t if dflt == cfg or gemv else rotated_us(lambda i: wg.launch(x, ws[i], dflt), len(ws))
-                if gemv:
-                    cfg = dflt = gemv_config(n, k, SMS)
+                if gemv:  # its config as launched; block_m reports the warps along K
+                    cfg, warps_k = gemv_config(n, k, SMS)
+                    cfg = dflt = replace(cfg, block_m=warps_k)
                 nbytes = ws[0].nbytes()
                 kernel = "gemv" if gemv else "planes" if wg.uses_planes(m, ws[0].fmt, k) else "mma4"
                 row[key] = {"us": t, "kernel": kernel,

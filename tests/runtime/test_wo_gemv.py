@@ -180,7 +180,7 @@ def test_policy_routes_int4_decode_to_the_gemv_only_where_it_should(monkeypatch)
     monkeypatch.setenv("QUANTC_WO_GEMV_MIN_N", "0")
     calls = []
     real = wg.launch_gemv
-    monkeypatch.setattr(wg, "launch_gemv", lambda x, ww, cfg: calls.append(cfg) or real(x, ww, cfg))
+    monkeypatch.setattr(wg, "launch_gemv", lambda x, ww, cfg, wk=1: calls.append((cfg, wk)) or real(x, ww, cfg, wk))
     out = wg.launch(x1, w, wg.WoConfig(16, 32, 128, num_warps=2))  # the table's planes config is not used
     assert calls == [gv.gemv_config(48, 256, 132)]  # the GEMV's own config (no GPU here: 132 SMs assumed)
     assert _rel_err(out, wg.reference(x1, w)) < 1e-2
@@ -188,22 +188,23 @@ def test_policy_routes_int4_decode_to_the_gemv_only_where_it_should(monkeypatch)
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("n,k,block_k,split", [
-    (28672, 4096, 512, 1),   # 448 row tiles: one K slice covers the SMs, in 512-deep steps
-    (24576, 7168, 512, 1),
-    (4096, 14336, 256, 10),  # 5 slices to cover 132 SMs twice, doubled: 5.6 steps a slice
-    (4096, 4096, 256, 10),   # 5 slices to cover 132 SMs twice, doubled: 1.6 steps a slice
-    (7168, 2048, 256, 3),    # doubling would leave 1.3 steps a slice
-    (2048, 7168, 256, 18),
-    (16384, 6400, 256, 4),   # K not a multiple of 512: 256-deep steps, 2 slices doubled
-    (64, 256, 256, 1),       # a single K step cannot be split
+@pytest.mark.parametrize("n,k,block_n,block_k,split,warps_k", [
+    (28672, 4096, 64, 512, 1, 1),    # 16384+ rows: 64-row tiles, warps along N; one K slice covers the SMs
+    (24576, 7168, 64, 512, 1, 1),
+    (16384, 6400, 64, 256, 4, 1),    # K not a multiple of 512: 256-deep steps, 2 slices doubled
+    (4096, 14336, 16, 2048, 1, 4),   # fewer rows: 16-row tiles, the 4 warps along K, 2048-deep from K = 4096
+    (4096, 4096, 16, 2048, 1, 4),
+    (7168, 2048, 16, 1024, 1, 4),    # K < 4096: 1024-deep
+    (2048, 7168, 16, 1024, 4, 4),    # 128 programs for 132 SMs: split to about three a SM; 2048 does not divide K
+    (64, 256, 16, 1024, 1, 4),       # a single K step cannot be split (the launch takes it 256-deep)
 ])
-def test_gemv_config_picks_depth_and_split(n, k, block_k, split):
-    cfg = gv.gemv_config(n, k, 132)
-    assert (cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages) == (1, 64, 4, 2)
-    assert (cfg.block_k, cfg.split_k) == (block_k, split)
-    rows, lanes_n, bn, bk, warps_k = gv.gemv_tile(cfg, k)
-    assert bn == 64 and bk == block_k and warps_k == 1 and rows * lanes_n * cfg.num_warps == 64
+def test_gemv_config_picks_tile_depth_and_split(n, k, block_n, block_k, split, warps_k):
+    cfg, wk = gv.gemv_config(n, k, 132)
+    assert (cfg.block_m, cfg.num_warps, cfg.num_stages) == (1, 4, 2)
+    assert (cfg.block_n, cfg.block_k, cfg.split_k, wk) == (block_n, block_k, split, warps_k)
+    rows, lanes_n, bn, bk, wk2 = gv.gemv_tile(cfg, k, wk)
+    assert bn == block_n and bk == min(block_k, k) and wk2 == min(warps_k, bk // 128)  # a warp spans 128+
+    assert rows * lanes_n * (cfg.num_warps // wk2) == bn and (bk // wk2) * lanes_n == 1024
 
 
 GLUON_COMPILE = '''
@@ -244,7 +245,9 @@ def test_gluon_gemv_compiles_for_hopper_in_registers():
     # the policy's tile first; mxfp4's e2m1 decode
     cases = [(False, 4, 4, 1, True, 1, True, 1), (True, 4, 4, 1, True, 1, True, 1), (False, 8, 2, 3, False, 1, True, 1),
              (False, 4, 4, 1, True, 2, True, 1), (False, 4, 4, 2, True, 3, True, 1), (False, 4, 4, 1, True, 1, False, 1),
-             (False, 4, 4, 1, True, 1, True, 4), (False, 4, 4, 2, True, 2, True, 2)]  # warps along K
+             (False, 4, 4, 1, True, 1, True, 4), (False, 4, 4, 2, True, 2, True, 2),  # warps along K:
+             (False, 8, 2, 1, True, 1, True, 4), (True, 8, 2, 1, True, 1, True, 4),  # the policy's 2048-deep tile
+             (False, 8, 2, 1, True, 2, True, 4), (False, 8, 2, 4, True, 3, True, 4)]
     proc = subprocess.run([sys.executable, "-c", GLUON_COMPILE, json.dumps(cases)], capture_output=True, text=True,
                           timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -381,11 +381,17 @@ def _wo_gemv_gluon_kernel(
 # activations as 8-byte loads): on an sm_90 GPU every call the kernel takes runs here. It beat the plane kernel's
 # best config (wo_gemv_probe_h100_s19.json, same machine kind) at all 21 (shape, format) pairs: int4 (28672, 4096)
 # 24.9 vs 32.0 us, (4096, 4096) 7.3 vs 8.3; mxfp4 (24576, 7168) 39.9 vs 52.4; nvfp4 (4096, 14336) 19.3 vs 20.5.
-# Tile: 64 rows a program, 512-deep K steps from 16384 rows on (one K slice then covers the SMs: 15-20% faster
-# there than 256-deep), else 256; split-K to cover the SMs about twice (``wo_gemm._split``), doubled at 256-deep
-# steps while each slice keeps 1.5+ steps. Within 5% of the sweep's best config at every pair (fp4 at
-# (4096, 14336) would take 512-deep steps, int4 256: one rule for both).
+# Tiles (``gemv_config``):
+# - under 16384 rows, 16 rows a program with the 4 warps along K (each 256 of a 1024-deep step, 2048-deep from
+#   K = 4096 where it divides K; bench/results/wo_gemv_probe_h100_s19_warpsk.json against the 64-row tile in the
+#   same call, `_warpsk_base.json`): no split-K round trip while the programs cover the SMs (int4 (7168, 2048)
+#   7.6 -> 5.6 us, (6144, 4096) 9.3 -> 7.65, (4096, 4096) 7.5 -> 6.7; mxfp4 (7168, 2048) 8.0 -> 6.2); fewer
+#   programs than SMs (2048 rows) split K to about three a SM ((2048, 7168) 7.3 either way).
+# - from 16384 rows, 64 rows a program with the warps along N, 512-deep steps where they divide K, else 256; split-K
+#   to cover the SMs about twice (``wo_gemm._split``), doubled at 256-deep steps while each slice keeps 1.5+
+#   steps ((28672, 4096) 24.7-24.9 us, the warps-along-K tile 24.6; (24576, 7168) 35.4, that tile not timed there).
 GEMV_CONFIG = KernelConfig(1, 64, 256, num_warps=4, num_stages=2, split_k=1)
+WIDE_N = 16384  # weight rows from which the 64-row, warps-along-N tile runs
 
 
 def uses_gemv(x2: torch.Tensor, w) -> bool:
@@ -400,13 +406,18 @@ def uses_gemv(x2: torch.Tensor, w) -> bool:
     return x2.device.type == "cuda" and not common.interpreted() and cc_major(x2.device) == 9
 
 
-def gemv_config(n: int, k: int, sms: int) -> KernelConfig:
-    """The launch config for an (N, K) weight on a GPU of ``sms`` SMs (see the policy above)."""
-    bk = 512 if n >= 16384 and k % 512 == 0 else 256
+def gemv_config(n: int, k: int, sms: int) -> tuple[KernelConfig, int]:
+    """The launch config and the warps along K for an (N, K) weight on a GPU of ``sms`` SMs (the tiles above)."""
+    if n < WIDE_N:
+        bk = 2048 if k >= 4096 and k % 2048 == 0 else 1024
+        programs = cdiv(n, 16)
+        split = 1 if programs >= sms else max(1, min(cdiv(3 * sms, programs), k // bk))
+        return replace(GEMV_CONFIG, block_n=16, block_k=bk, split_k=split), 4
+    bk = 512 if k % 512 == 0 else 256
     split = max(1, min(cdiv(2 * sms, cdiv(n, 64)), k // bk, 32))
     if bk == 256 and k / bk / (2 * split) >= 1.5:
         split *= 2
-    return replace(GEMV_CONFIG, block_k=bk, split_k=min(split, 32))
+    return replace(GEMV_CONFIG, block_k=bk, split_k=min(split, 32)), 1
 
 
 def gemv_ok(x2: torch.Tensor, w) -> bool:
