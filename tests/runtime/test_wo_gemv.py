@@ -1,9 +1,11 @@
-"""The int4 CUDA-core GEMV (wo_gemv) at M = 1: its Triton twin under the interpreter against the plain-torch
-reference (symmetric codes and zero points, groups of 32 / 64 / 128, split-K, rows that do not fill a tile,
-activations whose scale needs the per-chunk power of two in both directions), the tile arithmetic, what it
-refuses; and the PTX half2 bit tricks emulated instruction by instruction in numpy (the interpreter never runs
-the PTX)."""
+"""The 4-bit CUDA-core GEMV (wo_gemv) at M = 1: its Triton twin under the interpreter against the plain-torch
+reference (int4 symmetric codes and zero points, groups of 32 / 64 / 128, mxfp4, nvfp4, split-K, warps along K,
+rows that do not fill a tile, activations whose scale needs the per-chunk power of two in both directions), the
+tile arithmetic, the routing policy and its configs, what it refuses; the PTX half2 bit tricks emulated
+instruction by instruction in numpy (the interpreter never runs the PTX); and the Gluon GPU kernel compiled for
+sm_90 (its loads and shared memory counted in the PTX)."""
 
+import dataclasses
 import re
 
 import numpy as np
@@ -63,6 +65,16 @@ def test_gemv_tile_and_refusals():
     assert not gv.gemv_ok(one, g64)
     with pytest.raises(ValueError, match="format 1, group 16"):
         gv.launch_gemv(one, g64, wg.WoConfig(1, 8, 256))
+    # nvfp4's scales are read two at a time (one 2-byte load a row and chunk): an odd start or row stride
+    # leaves the GEMV (the plane kernel takes the call)
+    nv = wf.quantize(torch.randn(16, 256), "nvfp4")
+    odd = torch.empty(nv.scale.numel() + 1, dtype=nv.scale.dtype)[1:].view(nv.scale.shape)
+    odd.copy_(nv.scale)
+    assert not gv.gemv_ok(one, dataclasses.replace(nv, scale=odd))
+    wide = torch.empty(16, nv.scale.shape[1] + 1, dtype=nv.scale.dtype)[:, :nv.scale.shape[1]]
+    wide.copy_(nv.scale)
+    assert wide.stride(0) % 2 and not gv.gemv_ok(one, dataclasses.replace(nv, scale=wide))
+    assert gv.gemv_ok(one, dataclasses.replace(nv, scale=nv.scale.clone()))
 
 
 # ---- the PTX, emulated: lop3 / shr on uint32, half2 arithmetic as numpy float16 with one rounding an op ----
