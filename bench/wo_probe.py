@@ -99,21 +99,23 @@ def sweep() -> None:
     res = {"device": torch.cuda.get_device_name(), "rows": [], "check": []}
     from quantc.runtime.kernels import wo_format as wf
     torch.manual_seed(0)
-    for key in fmts + ["int4_group_128_asym", "int4_group_32"]:
-        w = wf.quantize(torch.randn(512, 1024, device="cuda"), key)
+    # K = 4096 too (GEMV only): its 2048-deep tiles need it
+    for key, (n, k) in itertools.product(fmts + ["int4_group_128_asym", "int4_group_32"], ((512, 1024), (256, 4096))):
+        w = wf.quantize(torch.randn(n, k, device="cuda"), key)
         for m in (1, 16, 33):
-            x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             ref = wg.reference(x, w)
             for kernel in kernels:
                 if kernel == "persistent" and m > 16:  # decode only: launch_planes refuses more rows
                     continue
-                if kernel == "gemv" and not gv.gemv_ok(x, w):
+                if (kernel == "gemv" and not gv.gemv_ok(x, w)) or (kernel != "gemv" and k != 1024):
                     continue
-                cs = configs(kernel, m, 512, 1024, sms)
+                cs = configs(kernel, m, n, k, sms)
                 for cfg in (cs if kernel == "gemv" else cs[::8]):
                     out = launcher(kernel)(x, w, cfg).float()
                     err = ((out - ref).abs().max() / ref.abs().max()).item()
-                    res["check"].append({"key": key, "kernel": kernel, "M": m, "cfg": cfg.__dict__, "rel_err": err})
+                    res["check"].append({"key": key, "kernel": kernel, "N": n, "K": k, "M": m, "cfg": cfg.__dict__,
+                                         "rel_err": err})
     bad = [c for c in res["check"] if not c["rel_err"] < 1e-2]
     print(f"correctness {len(res['check']) - len(bad)}/{len(res['check'])}", bad[:4], flush=True)
     slug = re.sub(r"[^a-z0-9]+", "_", res["device"].lower()).strip("_")

@@ -38,6 +38,36 @@ def test_gemv_matches_reference(key, cfg, warps_k):
     assert _rel_err(out, wg.reference(x, w)) < 1e-2, key
 
 
+@pytest.mark.parametrize("key", ["int4_group_128", "int4_group_32_asym", "mxfp4", "nvfp4"])
+@pytest.mark.parametrize("a_div,split,warps_k", [(2, 1, 1), (1, 3, 4)])
+def test_moe_gemv_matches_each_pairs_expert(key, a_div, split, warps_k):
+    """The grouped GEMV (MoE decode): pair p is x row p // a_div through expert ids[p]'s weight, in any order of
+    ids (repeats and unused experts included), with split-K and warps along K."""
+    torch.manual_seed(5)
+    e, n, k = 4, 40, 512
+    w = wf.quantize(torch.randn(e, n, k), key)
+    ids = torch.tensor([2, 0, 2, 3, 2, 0])  # expert 1 unused, expert 2 thrice
+    x = torch.randn(ids.numel() // a_div, k).bfloat16()
+    out = gv.launch_moe_gemv(x, w, ids, a_div, wg.WoConfig(1, 16, 256, num_warps=4, split_k=split), warps_k)
+    d = wf.dequantize(w)
+    ref = torch.stack([x[p // a_div].float() @ d[ids[p]].T for p in range(ids.numel())])
+    assert out.shape == (ids.numel(), n) and out.dtype == torch.bfloat16
+    assert _rel_err(out, ref) < 1e-2, key
+
+
+def test_moe_gemv_refuses_what_it_cannot_run():
+    w = wf.quantize(torch.randn(2, 16, 256), "int4_group_128")
+    x = torch.randn(3, 256).bfloat16()
+    cfg = wg.WoConfig(1, 16, 256)
+    with pytest.raises(ValueError, match="P expert ids"):
+        gv.launch_moe_gemv(x, w, torch.tensor([0, 1]), 1, cfg)  # 3 rows, 2 ids
+    with pytest.raises(ValueError, match="P expert ids"):
+        gv.launch_moe_gemv(x, wf.quantize(torch.randn(16, 256), "int4_group_128"), torch.tensor([0, 1, 0]), 1, cfg)
+    with pytest.raises(ValueError, match="K a multiple of 128"):
+        gv.launch_moe_gemv(torch.randn(3, 96).bfloat16(), wf.quantize(torch.randn(2, 16, 96), "int4_group_32"),
+                           torch.tensor([0, 1, 0]), 1, cfg)
+
+
 def test_gemv_zero_activation_chunks_give_zero_not_nan():
     w = wf.quantize(torch.randn(16, 256), "int4_group_128")
     x = torch.zeros(1, 256).bfloat16()
@@ -227,12 +257,12 @@ from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
 from quantc.runtime.kernels import wo_gemv
 SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*bf16",
-       "ws_ptr": "*fp32",
-       "cnt_ptr": "*i32", "N": "i32", "K": "i32", "stride_wn": "i32", "stride_sn": "i32"}
+       "ws_ptr": "*fp32", "cnt_ptr": "*i32", "e_ptr": "*i64", "N": "i32", "K": "i32", "stride_wn": "i32",
+       "stride_sn": "i32", "P": "i32", "A_DIV": "i32", "stride_xm": "i32", "stride_we": "i32", "stride_se": "i32"}
 out = []
-for zero, rows, lanes_n, split, prefetch, fmt, x_vec, warps_k in json.loads(sys.argv[1]):
+for zero, rows, lanes_n, split, prefetch, fmt, x_vec, warps_k, *grouped in json.loads(sys.argv[1]):
     ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split, WARPS=4,
-              WARPS_K=warps_k, PREFETCH=prefetch, FMT=fmt, HAS_GLOBAL=fmt == 3, X_VEC=x_vec)
+              WARPS_K=warps_k, PREFETCH=prefetch, FMT=fmt, HAS_GLOBAL=fmt == 3, X_VEC=x_vec, GROUPED=bool(grouped))
     sig = dict(SIG, s_ptr={1: "*bf16", 2: "*u8", 3: "*fp8e4nv"}[fmt], **{k: "constexpr" for k in ce})
     c = triton.compile(GluonASTSource(wo_gemv._wo_gemv_gluon_kernel, sig, ce), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": 4})
@@ -259,7 +289,8 @@ def test_gluon_gemv_compiles_for_hopper_in_registers():
              (False, 4, 4, 1, True, 2, True, 1), (False, 4, 4, 2, True, 3, True, 1), (False, 4, 4, 1, True, 1, False, 1),
              (False, 4, 4, 1, True, 1, True, 4), (False, 4, 4, 2, True, 2, True, 2),  # warps along K:
              (False, 8, 2, 1, True, 1, True, 4), (True, 8, 2, 1, True, 1, True, 4),  # the policy's 2048-deep tile
-             (False, 8, 2, 1, True, 2, True, 4), (False, 8, 2, 4, True, 3, True, 4)]
+             (False, 8, 2, 1, True, 2, True, 4), (False, 8, 2, 4, True, 3, True, 4),
+             (True, 4, 4, 1, True, 1, True, 4, 1), (False, 4, 4, 2, True, 3, True, 4, 1)]  # grouped (MoE)
     proc = subprocess.run([sys.executable, "-c", GLUON_COMPILE, json.dumps(cases)], capture_output=True, text=True,
                           timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -271,7 +302,8 @@ def test_gluon_gemv_compiles_for_hopper_in_registers():
         # the activations: two 8-byte loads a word (8 a chunk; in the loop and before it with the prefetch), no
         # 2-byte ones (the bf16 group scales are the rows' only ones); without X_VEC eight 2-byte loads a word
         if case[6]:
-            assert r["ld_x8"] == 8 * (1 + case[4]) and r["ld_x2"] <= case[1], (case, r)
+            grouped = len(case) > 8  # the pair's 8-byte expert id
+            assert r["ld_x8"] == 8 * (1 + case[4]) + grouped and r["ld_x2"] <= case[1], (case, r)
         else:
             assert r["ld_x8"] == 0 and r["ld_x2"] >= 32 * (1 + case[4]), (case, r)
     assert (gv.GEMV_CONFIG.block_n, gv.GEMV_CONFIG.block_k, gv.GEMV_CONFIG.num_warps) == (64, 256, 4)

@@ -163,17 +163,32 @@ def _chunk_scale(ptrs, mask, FMT: tl.constexpr):
 
 @triton.jit
 def _wo_gemv_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr,
-    N, K, stride_wn, stride_sn,
+    x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr, e_ptr,
+    N, K, stride_wn, stride_sn, P, A_DIV, stride_xm, stride_we, stride_se,
     GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    FMT: tl.constexpr = 1, HAS_GLOBAL: tl.constexpr = False,
+    FMT: tl.constexpr = 1, HAS_GLOBAL: tl.constexpr = False, GROUPED: tl.constexpr = False,
 ):
     """Grid (N tiles, K slices); one row of x. FMT 1: int4 with bf16 scales; 2: mxfp4 (e8m0 scales per chunk);
-    3: nvfp4 (e4m3 scales per 16: each word's sum scaled, then the chunk's; fp32 global scale at the end)."""
+    3: nvfp4 (e4m3 scales per 16: each word's sum scaled, then the chunk's; fp32 global scale at the end).
+    GROUPED (MoE): grid (P pairs x N tiles, K slices), pairs fastest; pair p multiplies x row p // A_DIV by
+    expert e_ptr[p]'s weight (strides stride_we / stride_se over the experts' stacks) into output row p."""
     X_EXP: tl.constexpr = X_EXP_E2M1 if FMT >= 2 else X_EXP_INT4
     CH: tl.constexpr = BLOCK_K // CHUNK
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid = tl.program_id(0)
+    pid_n = pid
+    if GROUPED:
+        pair = pid % P
+        pid_n = pid // P
+        expert = tl.load(e_ptr + pair).to(tl.int64)
+        x_ptr += (pair // A_DIV).to(tl.int64) * stride_xm
+        w_ptr += expert * stride_we
+        s_ptr += expert * stride_se
+        z_ptr += expert * stride_se
+        gs_ptr += expert
+        out_ptr += pair.to(tl.int64) * N
+        ws_ptr += pair.to(tl.int64) * N
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     k_tiles = K // BLOCK_K
     per_split = tl.cdiv(k_tiles, SPLIT_K)
@@ -230,7 +245,7 @@ def _wo_gemv_kernel(
     offs_m = tl.arange(0, 1)
     out_ptrs = out_ptr + offs_m[:, None] * N + offs_n[None, :]
     ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
-    store_or_reduce(total, out_ptrs, ws_ptrs, n_mask[None, :], cnt_ptr + tl.program_id(0), SPLIT_K)
+    store_or_reduce(total, out_ptrs, ws_ptrs, n_mask[None, :], cnt_ptr + pid, SPLIT_K)
 
 # ---- the GPU kernel: the same steps in Gluon, whose explicit layout keeps a chunk's four words and their
 # activation values in one thread (Triton's own layout choice for the stride-8 activation loads moved every
@@ -280,11 +295,11 @@ def _gl_load_x(x_ptr, word3, k0, X_VEC: gl.constexpr):
 
 @gluon.jit
 def _wo_gemv_gluon_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr,
-    N, K, stride_wn, stride_sn,
+    x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr, e_ptr,
+    N, K, stride_wn, stride_sn, P, A_DIV, stride_xm, stride_we, stride_se,
     GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, ROWS: gl.constexpr, LANES_N: gl.constexpr,
     SPLIT_K: gl.constexpr, WARPS: gl.constexpr, WARPS_K: gl.constexpr, PREFETCH: gl.constexpr,
-    FMT: gl.constexpr, HAS_GLOBAL: gl.constexpr, X_VEC: gl.constexpr,
+    FMT: gl.constexpr, HAS_GLOBAL: gl.constexpr, X_VEC: gl.constexpr, GROUPED: gl.constexpr,
 ):
     """``_wo_gemv_kernel`` with the layout spelled out: a thread holds ROWS rows x one chunk (4 words); a
     warp's lanes take 32 / LANES_N consecutive chunks of LANES_N rows; WARPS / WARPS_K warps stack along N and
@@ -297,7 +312,19 @@ def _wo_gemv_gluon_kernel(
     BLOCK_N: gl.constexpr = ROWS * LANES_N * WARPS_N
     CH: gl.constexpr = LANES_CH * WARPS_K
     BLOCK_K: gl.constexpr = CH * 32
-    pid_n = gl.program_id(0)
+    pid = gl.program_id(0)
+    pid_n = pid
+    if GROUPED:  # as the Triton twin: pair p = pid % P, its expert's stacks, x row p // A_DIV, output row p
+        pair = pid % P
+        pid_n = pid // P
+        expert = gl.load(e_ptr + pair).to(gl.int64)
+        x_ptr += (pair // A_DIV).to(gl.int64) * stride_xm
+        w_ptr += expert * stride_we
+        s_ptr += expert * stride_se
+        z_ptr += expert * stride_se
+        gs_ptr += expert
+        out_ptr += pair.to(gl.int64) * N
+        ws_ptr += pair.to(gl.int64) * N
     k_tiles = K // BLOCK_K
     per_split = gl.cdiv(k_tiles, SPLIT_K)
     t_start = gl.program_id(1) * per_split
@@ -374,7 +401,7 @@ def _wo_gemv_gluon_kernel(
         total = total * gl.load(gs_ptr)
     n_mask = rows1 < N
     # wo_mma4's split-K protocol (a @triton.jit helper: Gluon compiles it with this kernel's layouts)
-    store_or_reduce(total, out_ptr + rows1, ws_ptr + rows1, n_mask, cnt_ptr + pid_n, SPLIT_K)
+    store_or_reduce(total, out_ptr + rows1, ws_ptr + rows1, n_mask, cnt_ptr + pid, SPLIT_K)
 
 
 # The policy (``uses_gemv``, ``gemv_config``), from bench/results/wo_gemv_probe_h100_s19_xvec.json (M = 1, the
@@ -461,27 +488,50 @@ def launch_gemv(x2: torch.Tensor, w, cfg, warps_k: int = 1) -> torch.Tensor:
     if not gemv_ok(x2, w):
         raise ValueError("the 4-bit GEMV takes one activation row, K a multiple of 128 and int4 codes in groups of "
                          f"a multiple of 32, mxfp4 or nvfp4; got M = {x2.shape[0]}, K = {w.k}, format {w.fmt}, group {w.group}")
+    return _launch(x2, w, cfg, warps_k, None, 1)
+
+
+def launch_moe_gemv(x2: torch.Tensor, w, experts: torch.Tensor, a_div: int, cfg, warps_k: int = 1) -> torch.Tensor:
+    """The GEMV over (token, expert) pairs (MoE decode): bf16 ``x2`` (rows, K) and a 4-bit expert stack ``w``
+    (E, N, K) -> bf16 (P, N), row p = x2[p // a_div] times expert ``experts[p]``'s weight (``experts``: P ids, in
+    any order: the programs of one N tile run together for every pair, so pairs of one expert share its bytes
+    through L2). ``cfg`` / ``warps_k`` as ``launch_gemv``'s."""
+    if experts.dim() != 1 or w.data.dim() != 3 or x2.shape[0] * a_div != experts.numel():
+        raise ValueError(f"the MoE GEMV takes P expert ids for x rows of P / a_div pairs each and an (E, N, K) "
+                         f"stack; got ids {tuple(experts.shape)}, x {tuple(x2.shape)}, a_div {a_div}, data "
+                         f"{tuple(w.data.shape)}")
+    if not gemv_ok(x2[:1], w) or x2.stride(1) != 1 or (w.zeros is not None and w.zeros.stride() != w.scale.stride()):
+        raise ValueError("the MoE GEMV takes K a multiple of 128, int4 groups of a multiple of 32, mxfp4 or nvfp4, "
+                         f"rows with unit stride and zero points laid out as the scales; got K = {w.k}, format "
+                         f"{w.fmt}, group {w.group}")
+    return _launch(x2, w, cfg, warps_k, experts, a_div)
+
+
+def _launch(x2, w, cfg, warps_k, experts, a_div) -> torch.Tensor:
     n, k = w.n, w.k
+    pairs = 1 if experts is None else experts.numel()
     rows, lanes_n, bn, bk, warps_k = gemv_tile(cfg, k, warps_k)
     split = max(1, min(cfg.split_k, k // bk))
     fmt = {INT4: 1, MXFP4: 2, NVFP4: 3}[w.fmt]
-    out = common.empty((1, n), torch.bfloat16, x2.device)
-    grid = (cdiv(n, bn), split)
-    ws, cnt = split_workspace(x2.device, n, grid[0]) if split > 1 else (out, out)
+    out = common.empty((pairs, n), torch.bfloat16, x2.device)
+    tiles = cdiv(n, bn)
+    grid = (pairs * tiles, split)
+    ws, cnt = split_workspace(x2.device, pairs * n, grid[0]) if split > 1 else (out, out)
     zeros = w.zeros if w.zeros is not None else w.scale
     gs = w.global_scale if w.global_scale is not None else w.scale
-    args = (x2, w.data, w.scale, zeros, gs, out, ws, cnt, n, k, w.data.stride(0), w.scale.stride(0))
+    grouped = experts is not None
+    # a stack's strides: rows are dim 1 and experts dim 0 (a dense weight: rows dim 0, no experts)
+    stride_wn, stride_sn = (w.data.stride(1), w.scale.stride(1)) if grouped else (w.data.stride(0), w.scale.stride(0))
+    stride_we, stride_se = (w.data.stride(0), w.scale.stride(0)) if grouped else (0, 0)
+    args = (x2, w.data, w.scale, zeros, gs, out, ws, cnt, experts if grouped else out, n, k, stride_wn, stride_sn,
+            pairs, a_div, x2.stride(0), stride_we, stride_se)
+    consts = dict(GROUP=w.group, HAS_ZERO=w.zeros is not None, SPLIT_K=split, FMT=fmt,
+                  HAS_GLOBAL=w.global_scale is not None, GROUPED=grouped)
     if common.interpreted() or x2.device.type != "cuda":
-        common.launch(_wo_gemv_kernel, grid, args, dict(GROUP=w.group, HAS_ZERO=w.zeros is not None, BLOCK_N=bn,
-                                                        BLOCK_K=bk, SPLIT_K=split, FMT=fmt,
-                                                        HAS_GLOBAL=w.global_scale is not None),
-                      cfg.num_warps, 1)
+        common.launch(_wo_gemv_kernel, grid, args, dict(consts, BLOCK_N=bn, BLOCK_K=bk), cfg.num_warps, 1)
     else:
-        common.launch(_wo_gemv_gluon_kernel, grid, args, dict(GROUP=w.group, HAS_ZERO=w.zeros is not None,
-                                                              ROWS=rows, LANES_N=lanes_n, SPLIT_K=split,
-                                                              WARPS=cfg.num_warps, WARPS_K=warps_k,
-                                                              PREFETCH=cfg.num_stages >= 2,
-                                                              FMT=fmt, HAS_GLOBAL=w.global_scale is not None,
-                                                              X_VEC=x2.data_ptr() % 16 == 0 and gemv_x_vec()),
-                      cfg.num_warps, 1)
+        x_vec = x2.data_ptr() % 16 == 0 and (x2.stride(0) * 2) % 16 == 0 and gemv_x_vec()
+        common.launch(_wo_gemv_gluon_kernel, grid, args,
+                      dict(consts, ROWS=rows, LANES_N=lanes_n, WARPS=cfg.num_warps, WARPS_K=warps_k,
+                           PREFETCH=cfg.num_stages >= 2, X_VEC=x_vec), cfg.num_warps, 1)
     return out
