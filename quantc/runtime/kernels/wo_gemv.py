@@ -162,6 +162,18 @@ def _chunk_scale(ptrs, mask, FMT: tl.constexpr):
 
 
 @triton.jit
+def _pair_operands(pid, P, A_DIV, e_ptr, x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, N, stride_xm,
+                   stride_we, stride_se):
+    """A grouped (MoE) program's N tile and operands: pair p = pid % P (pairs vary fastest over the grid), its
+    expert's weight / scale / zero-point / global-scale stacks, x row p // A_DIV, output and workspace row p."""
+    pair = pid % P
+    expert = tl.load(e_ptr + pair).to(tl.int64)
+    return (pid // P, x_ptr + (pair // A_DIV).to(tl.int64) * stride_xm, w_ptr + expert * stride_we,
+            s_ptr + expert * stride_se, z_ptr + expert * stride_se, gs_ptr + expert, out_ptr + pair.to(tl.int64) * N,
+            ws_ptr + pair.to(tl.int64) * N)
+
+
+@triton.jit
 def _wo_gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr, e_ptr,
     N, K, stride_wn, stride_sn, P, A_DIV, stride_xm, stride_we, stride_se,
@@ -178,16 +190,9 @@ def _wo_gemv_kernel(
     pid = tl.program_id(0)
     pid_n = pid
     if GROUPED:
-        pair = pid % P
-        pid_n = pid // P
-        expert = tl.load(e_ptr + pair).to(tl.int64)
-        x_ptr += (pair // A_DIV).to(tl.int64) * stride_xm
-        w_ptr += expert * stride_we
-        s_ptr += expert * stride_se
-        z_ptr += expert * stride_se
-        gs_ptr += expert
-        out_ptr += pair.to(tl.int64) * N
-        ws_ptr += pair.to(tl.int64) * N
+        pid_n, x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr = _pair_operands(
+            pid, P, A_DIV, e_ptr, x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, N, stride_xm, stride_we,
+            stride_se)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     k_tiles = K // BLOCK_K
@@ -314,17 +319,10 @@ def _wo_gemv_gluon_kernel(
     BLOCK_K: gl.constexpr = CH * 32
     pid = gl.program_id(0)
     pid_n = pid
-    if GROUPED:  # as the Triton twin: pair p = pid % P, its expert's stacks, x row p // A_DIV, output row p
-        pair = pid % P
-        pid_n = pid // P
-        expert = gl.load(e_ptr + pair).to(gl.int64)
-        x_ptr += (pair // A_DIV).to(gl.int64) * stride_xm
-        w_ptr += expert * stride_we
-        s_ptr += expert * stride_se
-        z_ptr += expert * stride_se
-        gs_ptr += expert
-        out_ptr += pair.to(gl.int64) * N
-        ws_ptr += pair.to(gl.int64) * N
+    if GROUPED:  # (a @triton.jit helper: scalars only)
+        pid_n, x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr = _pair_operands(
+            pid, P, A_DIV, e_ptr, x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, N, stride_xm, stride_we,
+            stride_se)
     k_tiles = K // BLOCK_K
     per_split = gl.cdiv(k_tiles, SPLIT_K)
     t_start = gl.program_id(1) * per_split
