@@ -9,7 +9,9 @@ Mixtral-8x7B; tokens T = 1, 16, 256, 4096, uniformly random distinct experts per
   ours fp8 per-channel W8A8 vs ``torch._scaled_grouped_mm`` rowwise, on the same pre-quantized operands;
   ours mxfp4 weight-only (bf16 activations) vs ``torch._grouped_mm`` in bf16, with its weight bytes/s
   (the 4-bit decode floor of issue 12), and the same through the nibble-plane path
-  (``gate_up_ours_mxfp4_planes_*``, QUANTC_MOE_PLANES, where H is a multiple of 128); at >= 2048 (token, expert) pairs the bf16 gate_up also with a
+  (``gate_up_ours_mxfp4_planes_*``, QUANTC_MOE_PLANES, where H is a multiple of 128) and, up to 256 pairs, on
+  the grouped 4-bit GEMV (``gate_up_ours_mxfp4_gemv_*``: no activation; ``layer_ours_mxfp4_wo_gemv_*``, the
+  layer with QUANTC_MOE_GEMV=1); at >= 2048 (token, expert) pairs the bf16 gate_up also with a
   few larger tiles (``gate_up_ours_bf16_best_*``): what a tuned tile reaches next to the default (from
   512 pairs the fp8 gate_up too, with 128-deep tiles: ``gate_up_ours_fp8_best_*``); and
   bf16 and fp8 at the config the runtime runs (``gate_up_ours_{bf16,fp8}_table_*``: the compiler's
@@ -67,6 +69,7 @@ from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime.kernels import moe_gemm as mg  # noqa: E402
 from quantc.runtime.kernels import wo_format as wf  # noqa: E402
 from quantc.runtime.kernels.moe_routing import ALIGN_KERNEL_MAX_PAIRS, align_by_expert  # noqa: E402
+from quantc.runtime.kernels.wo_gemv import gemv_config, launch_moe_gemv  # noqa: E402
 from quantc.runtime.hf_moe import QuantRouter  # noqa: E402
 from quantc.runtime.moe import QuantMoE  # noqa: E402
 from bench.bandwidth import copy_gbps, moe_roofline  # noqa: E402
@@ -193,7 +196,8 @@ def check():
         err = ((out - ref).abs().max() / ref.abs().max()).item()
         res["check"].append({"kernel": kernel, "weight": wkey, "act": akey, "rel_err": err, "ok": err < 4e-2})
         # the same layer down the opt-in paths: 4-bit experts dequantized first, the Gluon grouped GEMM
-        variants = [("dequant", "QUANTC_MOE_DEQUANT_MIN_PAIRS", "0")] if kernel == "moe_weight_only" else []
+        variants = ([("dequant", "QUANTC_MOE_DEQUANT_MIN_PAIRS", "0"), ("gemv", "QUANTC_MOE_GEMV", "1")]
+                    if kernel == "moe_weight_only" else [])
         if kernel in ("moe_bf16", "moe_fp8", "moe_int8"):
             variants += [(f"ws{rows}", "QUANTC_MOE_WS", rows) for rows in ("128", "64", "up")]
         # the token sort with the torch ops (the one-launch kernel is the default up to 1024 pairs): the same
@@ -345,6 +349,10 @@ def bench():
                 with env_set("QUANTC_MOE_PLANES", "1"):
                     row["gate_up_ours_mxfp4_planes_us"] = us(lambda: mg.grouped_gemm(
                         x, None, M13, routing, a_div=k, act="silu", a_quant=0, a_group=0, cfg=cfg))
+            if h % 128 == 0 and pairs <= 256:  # the grouped GEMV (opt-in, decode): the gate_up without its activation
+                flat_ids = ids.reshape(-1).contiguous()
+                gemv_cfg = gemv_config(pairs * M13.n, M13.k, torch.cuda.get_device_properties(0).multi_processor_count)
+                row["gate_up_ours_mxfp4_gemv_us"] = us(lambda: launch_moe_gemv(x, M13, flat_ids, k, *gemv_cfg))
 
             def torch_layer():
                 g = torch._grouped_mm(xs, w13.transpose(-2, -1), offs=offs, out_dtype=BF)
@@ -394,6 +402,9 @@ def bench():
                 row["layer_ours_mxfp4_wo_dequant_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
             with env_set("QUANTC_MOE_DEQUANT_MIN_PAIRS", str(1 << 40)):  # and on the byte path at every size
                 row["layer_ours_mxfp4_wo_bytes_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
+            if h % 128 == 0 and inter % 128 == 0 and pairs <= 256:  # and on the grouped GEMV (decode)
+                with env_set("QUANTC_MOE_GEMV", "1"):
+                    row["layer_ours_mxfp4_wo_gemv_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
             act = row["active_experts"]
             fl = 2 * pairs * h * 2 * inter
             if row.get("gate_up_ours_bf16_best_us") and row["gate_up_torch_grouped_mm_us"]:
@@ -418,6 +429,8 @@ def bench():
                                        ("gate_up_torch_grouped_mm_us", "gate_up_ours_mxfp4_us",
                                         act * 2 * inter * h * 17 // 32),
                                        ("gate_up_torch_grouped_mm_us", "gate_up_ours_mxfp4_planes_us",
+                                        act * 2 * inter * h * 17 // 32),
+                                       ("gate_up_torch_grouped_mm_us", "gate_up_ours_mxfp4_gemv_us",
                                         act * 2 * inter * h * 17 // 32)):
                 if row[peer] and row.get(ours):
                     row[ours.replace("_us", "_over_torch")] = row[peer] / row[ours]
@@ -425,7 +438,8 @@ def bench():
                     row[ours.replace("_us", "_weight_GBps")] = wbytes / row[ours] / 1e3
             if row["dense_bf16_equal_flops_us"]:
                 row.update(moe_roofline(row, fl, res["copy_GBps"]))
-            for key in (*moes, *(f"{k_}_ws{r}" for k_ in WS_LAYERS for r in (0, 128, 64, "up")), "mxfp4_wo_dequant"):
+            for key in (*moes, *(f"{k_}_ws{r}" for k_ in WS_LAYERS for r in (0, 128, 64, "up")), "mxfp4_wo_dequant",
+                        "mxfp4_wo_gemv"):
                 if row["layer_torch_bf16_us"] and row.get(f"layer_ours_{key}_us"):
                     row[f"layer_ours_{key}_over_torch_bf16"] = row["layer_torch_bf16_us"] / row[f"layer_ours_{key}_us"]
             res["rows"].append(row)

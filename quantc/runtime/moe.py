@@ -37,6 +37,20 @@ _DEQUANT_KERNELS = {"moe_weight_only", "moe_mxfp4_mxfp8_emulated"}  # bf16 activ
 _FIELDS = ("data", "scale", "zeros", "global_scale")
 
 
+def uses_moe_gemv(x: torch.Tensor, w13: wf.WoWeight, w2: wf.WoWeight, num_pairs: int) -> bool:
+    """Whether 4-bit experts with bf16 activations run on the grouped GEMV (``wo_gemv.launch_moe_gemv``):
+    opt-in (QUANTC_MOE_GEMV=1, any device, the interpreter included) until it is timed on a GPU, for up to
+    QUANTC_MOE_GEMV_MAX_PAIRS (token, expert) pairs (default 256: decode), where both stacks suit the GEMV
+    (K a multiple of 128: not gpt-oss's 2880)."""
+    from .kernels.common import env
+    from .kernels.wo_gemv import gemv_ok
+
+    if env("QUANTC_MOE_GEMV") != "1" or num_pairs > int(env("QUANTC_MOE_GEMV_MAX_PAIRS") or 256):
+        return False
+    one = x[:1]
+    return w13.pack == 8 and w2.pack == 8 and gemv_ok(one, w13) and gemv_ok(one.new_empty(1, w2.k), w2)
+
+
 def default_config(tokens: int, top_k: int, kernel: str = "moe_bf16") -> WoConfig:
     """The grouped GEMM's config without a plan table entry (``tables.default_buckets``)."""
     return pick(*bucket_lookup(default_buckets(kernel, top_k=top_k)), tokens)
@@ -162,6 +176,9 @@ class QuantMoE(nn.Module):
 
     def _experts(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         t, top_k = topk_ids.shape
+        if self.kernel == "moe_weight_only" and self.num_experts == self.total_experts and uses_moe_gemv(
+                x, self._weight("w13"), self._weight("w2"), t * top_k):
+            return self._experts_gemv(x, topk_weights, topk_ids)
         c13, c2 = self.kernel_configs(t, top_k)
         ws_rows = 0
         if self.kernel in _WS_KERNELS and self.num_experts == self.total_experts:
@@ -206,6 +223,30 @@ class QuantMoE(nn.Module):
         y = y.view(t, top_k, -1)
         if local is not None:
             y = torch.where(local.unsqueeze(-1), y, torch.zeros((), dtype=y.dtype, device=y.device))
+        return self._combine(y)
+
+    def _experts_gemv(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        """Decode on the 4-bit GEMV (``uses_moe_gemv``): every (token, slot) pair a GEMV row through its expert,
+        no sort or padding; the activation, biases and routing weights in fp32 torch ops between the two."""
+        from .kernels.common import sm_count
+        from .kernels.wo_gemv import gemv_config, launch_moe_gemv
+
+        t, top_k = topk_ids.shape
+        ids = topk_ids.reshape(-1).contiguous()
+        sms = sm_count(x.device) if x.is_cuda else 132
+        w13, w2 = self._weight("w13"), self._weight("w2")
+        h = launch_moe_gemv(x, w13, ids, top_k, *gemv_config(ids.numel() * w13.n, w13.k, sms)).float()
+        if self.b13 is not None:
+            h = h + self.b13[ids].float()
+        a = mg.reference_activation(h, self.activation).to(torch.bfloat16)
+        y = launch_moe_gemv(a, w2, ids, 1, *gemv_config(ids.numel() * w2.n, w2.k, sms)).float()
+        if self.b2 is not None:
+            y = y + self.b2[ids].float()
+        y = (y * topk_weights.reshape(-1, 1).float()).to(torch.bfloat16)
+        return self._combine(y.view(t, top_k, -1))
+
+    def _combine(self, y: torch.Tensor) -> torch.Tensor:
+        """(T, k, H) weighted expert rows -> (T, H): summed per token, across expert-parallel ranks too."""
         # the k weighted rows of a token summed in one kernel with an fp32 accumulator (no fp32 copy of y: at
         # 4096 tokens and top-8 that copy moved ~0.5 GB, ~0.2 ms on the H100); bf16 out where no all-reduce
         # follows (one rounding either way), fp32 across expert-parallel ranks

@@ -246,6 +246,44 @@ def test_moe_4bit_through_the_nibble_planes_matches_expert_loop(wkey, act, monke
     assert not mg.uses_moe_planes(8, 0, H, 1)  # off by default until timed
 
 
+@pytest.mark.parametrize("wkey,act,bias", [("int4_group_128", "silu", False), ("int4_group_32_asym", "gpt_oss", True),
+                                           ("mxfp4", "gpt_oss", True), ("nvfp4", "silu", False)])
+def test_moe_4bit_decode_on_the_gemv_matches_expert_loop(wkey, act, bias, monkeypatch):
+    """QUANTC_MOE_GEMV=1: 4-bit experts at decode run the grouped GEMV (every (token, slot) pair a row through
+    its expert, no sort or padding), biases, activation and routing weights between the two GEMMs; the same
+    answer as the expert loop. Off by default, and above QUANTC_MOE_GEMV_MAX_PAIRS pairs."""
+    from quantc.runtime import moe as moe_mod
+    from quantc.runtime.kernels import wo_gemv
+
+    calls = []
+    real = wo_gemv.launch_moe_gemv
+    monkeypatch.setattr(wo_gemv, "launch_moe_gemv", lambda *a: calls.append(a[3]) or real(*a))
+    torch.manual_seed(16)
+    w13 = wf.quantize(torch.randn(E, 2 * I, H) * 0.1, wkey)
+    w2 = wf.quantize(torch.randn(E, H, I) * 0.1, wkey)
+    b13 = torch.randn(E, 2 * I).bfloat16() * 0.1 if bias else None
+    b2 = torch.randn(E, H).bfloat16() * 0.1 if bias else None
+    moe = QuantMoE("moe_weight_only", w13, w2, torch.randn(E, H).bfloat16(), top_k=TOPK,
+                   router="gpt_oss" if act == "gpt_oss" else "softmax_topk", activation=act, act_key="none",
+                   gate_up_bias=b13, down_bias=b2)
+    x = torch.randn(T, H).bfloat16()
+    monkeypatch.setenv("QUANTC_MOE_GEMV", "1")
+    out = moe(x)
+    assert calls == [TOPK, 1]  # gate_up over x's rows (a_div = top_k), down over the pairs
+    tw, ids = moe.route(x)
+    ref = mg.reference_expert_loop(x, w13, w2, tw, ids, act, b13, b2)
+    assert out.shape == (T, H) and out.dtype == torch.bfloat16
+    assert ((out.float() - ref).abs().max() / ref.abs().max()).item() < 2e-2
+    monkeypatch.setenv("QUANTC_MOE_GEMV_MAX_PAIRS", str(T * TOPK - 1))  # one pair too many: the grouped GEMM
+    moe(x)
+    assert len(calls) == 2
+    monkeypatch.delenv("QUANTC_MOE_GEMV_MAX_PAIRS")
+    monkeypatch.delenv("QUANTC_MOE_GEMV")
+    assert not moe_mod.uses_moe_gemv(x, w13, w2, T * TOPK)  # off by default until timed
+    monkeypatch.setenv("QUANTC_MOE_GEMV", "1")
+    assert not moe_mod.uses_moe_gemv(x, wf.quantize(torch.randn(E, 2 * I, H) * 0.1, "none"), w2, T * TOPK)
+
+
 @pytest.mark.parametrize("kernel,wkey,akey", [("moe_fp8", "fp8_per_channel", "fp8_dynamic_per_token"),
                                               ("moe_int8", "int8_per_channel", "int8_dynamic_per_token")])
 def test_even_k_loads_give_the_same_bits(kernel, wkey, akey, monkeypatch):

@@ -452,7 +452,7 @@ def gemv_ok(x2: torch.Tensor, w) -> bool:
         return False
     return ((w.fmt == INT4 and w.group % CHUNK.value == 0) or (w.fmt == MXFP4 and w.sfmt == S_E8M0 and w.group == 32)
             or (w.fmt == NVFP4 and w.sfmt == S_FLOAT and w.group == 16  # scales read in pairs (2 bytes)
-                and w.scale.data_ptr() % 2 == 0 and w.scale.stride(0) % 2 == 0))
+                and w.scale.data_ptr() % 2 == 0 and all(st % 2 == 0 for st in w.scale.stride()[:-1])))
 
 
 def gemv_tile(cfg, k: int, warps_k: int = 1) -> tuple[int, int, int, int, int]:
