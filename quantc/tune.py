@@ -12,7 +12,8 @@ down GEMM runs with gate_up's BLOCK_M (both share one routing, padded to it), so
 the other fields only, at the BLOCK_M gate_up's row uses for that bucket.
 
 Search spaces (``SPACES``): ``full``, the grids of ``search_space`` / ``moe_search_space`` (hundreds of
-compiles a job; dense decode jobs of at most four rows add the CUDA-core GEMV's grid, ``gemv_space``);
+compiles a job; dense decode jobs of at most four rows add the CUDA-core GEMV's grid, ``gemv_space``; 4-bit
+weight-only jobs of one row on sm_90 measure one candidate: the runtime's 4-bit GEMV ignores the table there);
 ``small``, a handful, for tests and the CPU interpreter; ``seeded`` (``seeded_space``), transfer from
 tables already tuned on other shapes. A seeded job's candidates are the configs that won for the same
 kernel id in the given tables (by default the shipped ``kernels/`` tables, the target
@@ -298,6 +299,8 @@ def search_space(job: TuneJob, gpu: Gpu, *, small: bool = False, space: str = "f
     before compiling: blocks no larger than the padded problem, split-K only for decode-sized M, and
     tiles that fit the GPU's shared memory. ``tables``, ``default``: the seeded space's (``seeded_space``)."""
     space = resolve_space(space, small)
+    if _runtime_gemv(job, gpu) and default is not None:
+        return [default]
     if space == "seeded":
         return seeded_space(job, gpu, tables, default)
     if job.num_experts:
@@ -310,7 +313,8 @@ def search_space(job: TuneJob, gpu: Gpu, *, small: bool = False, space: str = "f
         grid = itertools.product((16, 32, 64, 128, 256), (32, 64, 128, 256), (64, 128, 256), (4, 8), (3, 4, 5), (1, 2, 4, 8))
     configs = (KernelConfig(bm, bn, bk, 8, warps, stages, split_k) for bm, bn, bk, warps, stages, split_k in grid)
     gemv = gemv_space(job, gpu) if _gemv_job(job) and space == "full" else []
-    return [cfg for cfg in configs if _dense_ok(job, gpu, cfg)] + gemv
+    found = [cfg for cfg in configs if _dense_ok(job, gpu, cfg)] + gemv
+    return found[:1] if _runtime_gemv(job, gpu) else found  # a row nobody reads there: one candidate
 
 
 def _cap(x: int) -> int:
@@ -329,6 +333,12 @@ def _m_cap(job: TuneJob) -> int:
 
 def _decode_4bit(job: TuneJob) -> bool:
     return job.kernel in DECODE_4BIT and job.m <= 16
+
+
+def _runtime_gemv(job: TuneJob, gpu: Gpu) -> bool:
+    """4-bit weight-only at one row on sm_90: the runtime runs its CUDA-core GEMV at a config of its own
+    (``runtime/kernels/wo_gemv.py``, ``gemv_config``), whatever the table says."""
+    return job.kernel in DECODE_4BIT and job.m == 1 and gpu.sm == 90 and not job.num_experts
 
 
 def _dense_ok(job: TuneJob, gpu: Gpu, cfg: KernelConfig) -> bool:

@@ -2,6 +2,7 @@
 before timing, a schema-valid table written atomically, resume after an interruption, and the
 compiler emitting from the tuned table."""
 
+import dataclasses
 import json
 
 import jsonschema
@@ -49,7 +50,7 @@ def test_search_space_prunes_by_shared_memory_and_shape():
 def test_decode_4bit_search_space_has_two_warp_programs_and_deep_split_k():
     """Measured on an H100 (bench/wo_probe.py): the planes kernel wins decode with two-warp programs on
     32-64 weight rows and split-K up to ~20 on short-N shapes, outside the generic grid."""
-    job = TuneJob("int4_weight_only_gemm", 4096, 14336, "int4_group_128", "none", 1, 1)
+    job = TuneJob("int4_weight_only_gemm", 4096, 14336, "int4_group_128", "none", 16, 16)
     space = search_space(job, GPUS["h100"])
     assert {c.num_warps for c in space} == {1, 2, 4} and {c.block_n for c in space} == {32, 64, 128}
     assert max(c.split_k for c in space) == 24 and all(c.block_k in (128, 256) for c in space)
@@ -58,6 +59,18 @@ def test_decode_4bit_search_space_has_two_warp_programs_and_deep_split_k():
     prefill = search_space(TuneJob("int4_weight_only_gemm", 4096, 14336, "int4_group_128", "none", 256, 256),
                            GPUS["h100"])
     assert 2 not in {c.num_warps for c in prefill} and max(c.block_m for c in prefill) > 16
+
+
+def test_one_row_4bit_jobs_on_sm90_measure_one_candidate():
+    """At one row on sm_90 the runtime's 4-bit GEMV takes every call at its own config (wo_gemv.gemv_config), so a
+    job there measures one candidate (its default where given) instead of searching a table row nobody reads;
+    other GPUs (the plane kernel) and 16 rows keep the grid."""
+    m1 = TuneJob("fp4_weight_only_gemm", 4096, 14336, "mxfp4", "none", 1, 1)
+    assert len(search_space(m1, GPUS["h100"])) == len(search_space(m1, GPUS["h200"])) == 1
+    default = KernelConfig(16, 32, 128, 8, 2, 4, 5)
+    assert search_space(m1, GPUS["h100"], space="seeded", tables=[], default=default) == [default]
+    assert len(search_space(m1, GPUS["a100"])) > 100
+    assert len(search_space(dataclasses.replace(m1, m_max=16, m=16), GPUS["h100"])) > 100
 
 
 def test_tune_writes_a_valid_table_and_resumes(tmp_path, monkeypatch):
