@@ -227,7 +227,8 @@ class QuantMoE(nn.Module):
 
     def _experts_gemv(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         """Decode on the 4-bit GEMV (``uses_moe_gemv``): every (token, slot) pair a GEMV row through its expert,
-        no sort or padding; the activation, biases and routing weights in fp32 torch ops between the two."""
+        no sort or padding; the grouped GEMM's epilogue (biases, activation, routing weights) in one elementwise
+        launch after each (``moe_gemm.pair_rows``)."""
         from .kernels.common import sm_count
         from .kernels.wo_gemv import gemv_config, launch_moe_gemv
 
@@ -235,14 +236,10 @@ class QuantMoE(nn.Module):
         ids = topk_ids.reshape(-1).contiguous()
         sms = sm_count(x.device) if x.is_cuda else 132
         w13, w2 = self._weight("w13"), self._weight("w2")
-        h = launch_moe_gemv(x, w13, ids, top_k, *gemv_config(ids.numel() * w13.n, w13.k, sms)).float()
-        if self.b13 is not None:
-            h = h + self.b13[ids].float()
-        a = mg.reference_activation(h, self.activation).to(torch.bfloat16)
-        y = launch_moe_gemv(a, w2, ids, 1, *gemv_config(ids.numel() * w2.n, w2.k, sms)).float()
-        if self.b2 is not None:
-            y = y + self.b2[ids].float()
-        y = (y * topk_weights.reshape(-1, 1).float()).to(torch.bfloat16)
+        h = launch_moe_gemv(x, w13, ids, top_k, *gemv_config(ids.numel() * w13.n, w13.k, sms))
+        a = mg.pair_rows(h, ids, self.activation, bias=self.b13)
+        y = launch_moe_gemv(a, w2, ids, 1, *gemv_config(ids.numel() * w2.n, w2.k, sms))
+        y = mg.pair_rows(y, ids, "none", bias=self.b2, topk_weights=_pair_weights(topk_weights))
         return self._combine(y.view(t, top_k, -1))
 
     def _combine(self, y: torch.Tensor) -> torch.Tensor:

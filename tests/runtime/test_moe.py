@@ -246,6 +246,27 @@ def test_moe_4bit_through_the_nibble_planes_matches_expert_loop(wkey, act, monke
     assert not mg.uses_moe_planes(8, 0, H, 1)  # off by default until timed
 
 
+@pytest.mark.parametrize("act", ["none", "silu", "gpt_oss"])
+def test_pair_rows_applies_the_grouped_gemms_epilogue(act):
+    """The elementwise epilogue after the MoE GEMV: each pair's expert bias, the activation (gate columns, then up),
+    the routing weight, bf16 out; 1100 columns: two column blocks, the second masked."""
+    torch.manual_seed(17)
+    pairs, n, e = 5, 1100, 3
+    width = 2 * n if act != "none" else n
+    h = (torch.randn(pairs, width) * 4).bfloat16()
+    ids = torch.tensor([2, 0, 2, 1, 0], dtype=torch.int32)
+    bias = torch.randn(e, width).bfloat16()
+    topw = torch.rand(pairs)
+    out = mg.pair_rows(h, ids, act, bias=bias, topk_weights=topw)
+    pre = h.float() + bias[ids.long()].float()
+    want = (pre if act == "none" else mg.reference_activation(pre, act)) * topw[:, None]
+    assert out.shape == (pairs, n) and out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), want, rtol=1e-2, atol=1e-2)
+    plain = mg.pair_rows(h, ids, act)  # no bias, no routing weight
+    want = h.float() if act == "none" else mg.reference_activation(h.float(), act)
+    assert torch.allclose(plain.float(), want, rtol=1e-2, atol=1e-2)
+
+
 @pytest.mark.parametrize("wkey,act,bias", [("int4_group_128", "silu", False), ("int4_group_32_asym", "gpt_oss", True),
                                            ("mxfp4", "gpt_oss", True), ("nvfp4", "silu", False)])
 def test_moe_4bit_decode_on_the_gemv_matches_expert_loop(wkey, act, bias, monkeypatch):

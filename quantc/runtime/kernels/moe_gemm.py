@@ -193,6 +193,61 @@ def _nibble_step(
 
 
 @triton.jit
+def _bias_act(acc, acc_up, bias_e, offs_n, n_mask, N, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+              ALPHA: tl.constexpr, LIMIT: tl.constexpr):
+    """fp32 (rows, BLOCK_N) gate sums (``acc``; ``acc_up`` the up rows' when ACT != 0) -> the expert's bias (row
+    ``bias_e``: gate columns, then up columns from N) added, then the fused activation."""
+    if HAS_BIAS:
+        acc += tl.load(bias_e + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        if ACT != 0:
+            acc_up += tl.load(bias_e + N + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if ACT == 1:
+        acc = acc * tl.sigmoid(acc) * acc_up
+    elif ACT == 2:
+        gate = tl.minimum(acc, LIMIT)
+        up = tl.minimum(tl.maximum(acc_up, -LIMIT), LIMIT)
+        acc = (up + 1.0) * gate * tl.sigmoid(ALPHA * gate)
+    return acc
+
+
+@triton.jit
+def _pair_rows_kernel(h_ptr, bias_ptr, ids_ptr, topw_ptr, out_ptr, N, stride_h, stride_be,
+                      ACT: tl.constexpr, HAS_BIAS: tl.constexpr, MUL_TOPW: tl.constexpr,
+                      ALPHA: tl.constexpr, LIMIT: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One (token, expert) pair's row of a GEMM output that had no epilogue (the MoE GEMV's): the grouped GEMM's
+    bias, activation and routing weight, bf16 out (N columns: I for a fused activation)."""
+    pair = tl.program_id(0)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    row = h_ptr + pair.to(tl.int64) * stride_h
+    acc = tl.load(row + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    acc_up = acc
+    if ACT != 0:
+        acc_up = tl.load(row + N + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    e = tl.load(ids_ptr + pair).to(tl.int64)
+    acc = _bias_act(acc, acc_up, bias_ptr + e * stride_be, offs_n, n_mask, N, HAS_BIAS, ACT, ALPHA, LIMIT)
+    if MUL_TOPW:
+        acc = acc * tl.load(topw_ptr + pair).to(tl.float32)
+    tl.store(out_ptr + pair.to(tl.int64) * N + offs_n[None, :], acc.to(tl.bfloat16), mask=n_mask[None, :])
+
+
+def pair_rows(h: torch.Tensor, ids: torch.Tensor, act: str, bias: torch.Tensor | None = None,
+              topk_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """bf16 (P, N or 2I) GEMM rows of (token, expert) pairs (expert ``ids[p]``) -> bf16 (P, N or I) with the
+    grouped GEMM's epilogue: the expert's ``bias`` row, the activation ``act``, times ``topk_weights[p]``."""
+    fused = ACTIVATIONS[act]
+    n = h.shape[1] // 2 if fused else h.shape[1]
+    out = torch.empty((h.shape[0], n), dtype=torch.bfloat16, device=h.device)
+    block = min(1024, triton.next_power_of_2(n))
+    launch(_pair_rows_kernel, (h.shape[0], cdiv(n, block)),
+           (h, bias if bias is not None else h, ids, topk_weights if topk_weights is not None else h, out, n,
+            h.stride(0), bias.stride(0) if bias is not None else 0),
+           dict(ACT=fused, HAS_BIAS=bias is not None, MUL_TOPW=topk_weights is not None, ALPHA=GPT_OSS_ALPHA,
+                LIMIT=GPT_OSS_LIMIT, BLOCK_N=block), 4, 1)
+    return out
+
+
+@triton.jit
 def _moe_gemm_kernel(
     a_ptr, as_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, bias_ptr, topw_ptr, out_ptr,
     sorted_ids_ptr, block_expert_ptr, total_ptr,
@@ -282,16 +337,7 @@ def _moe_gemm_kernel(
         g = tl.load(gs_ptr + e)
         acc = acc * g
         acc_up = acc_up * g
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + e * stride_be + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-        if ACT != 0:
-            acc_up += tl.load(bias_ptr + e * stride_be + N + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    if ACT == 1:
-        acc = acc * tl.sigmoid(acc) * acc_up
-    elif ACT == 2:
-        gate = tl.minimum(acc, LIMIT)
-        up = tl.minimum(tl.maximum(acc_up, -LIMIT), LIMIT)
-        acc = (up + 1.0) * gate * tl.sigmoid(ALPHA * gate)
+    acc = _bias_act(acc, acc_up, bias_ptr + e * stride_be, offs_n, n_mask, N, HAS_BIAS, ACT, ALPHA, LIMIT)
     if MUL_TOPW:
         acc = acc * tl.load(topw_ptr + pairs, mask=p_mask, other=0.0).to(tl.float32)[:, None]
     out_ptrs = out_ptr + pairs.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
