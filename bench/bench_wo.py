@@ -193,7 +193,7 @@ def bench_shapes():
                 dflt = wg.default_config(m, n, k, SMS, int4=key.startswith("int4"))
                 dflt_us = t if dflt == cfg or gemv else rotated_us(lambda i: wg.launch(x, ws[i], dflt), len(ws))
                 if gemv:  # its config as launched; block_m reports the warps along K
-                    cfg, warps_k = gemv_config(n, k, SMS)
+                    cfg, warps_k = gemv_config(m * n, k, SMS)
                     cfg = dflt = replace(cfg, block_m=warps_k)
                 nbytes = ws[0].nbytes()
                 kernel = "gemv" if gemv else "planes" if wg.uses_planes(m, ws[0].fmt, k) else "mma4"

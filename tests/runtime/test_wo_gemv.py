@@ -55,6 +55,27 @@ def test_moe_gemv_matches_each_pairs_expert(key, a_div, split, warps_k):
     assert _rel_err(out, ref) < 1e-2, key
 
 
+@pytest.mark.parametrize("key", ["int4_group_128_asym", "mxfp4", "nvfp4"])
+def test_gemv_takes_a_few_rows_when_allowed(key, monkeypatch):
+    """QUANTC_WO_GEMV_MAX_M=M (opt-in): up to M activation rows on the GEMV, a program per row and N tile (the
+    grouped launch over the weight as a stack of one); more rows, or the switch unset, stay on the other kernels."""
+    torch.manual_seed(9)
+    w = wf.quantize(torch.randn(40, 512), key)
+    x = torch.randn(3, 512).bfloat16()
+    monkeypatch.setenv("QUANTC_WO_GEMV_MIN_N", "0")
+    assert not gv.uses_gemv(x, w)
+    monkeypatch.setenv("QUANTC_WO_GEMV_MAX_M", "4")
+    assert gv.uses_gemv(x, w) and not gv.uses_gemv(torch.randn(5, 512).bfloat16(), w)
+    calls = []
+    real = wg.launch_gemv
+    monkeypatch.setattr(wg, "launch_gemv", lambda *a: calls.append(a[2]) or real(*a))
+    out = wg.launch(x, w, wg.WoConfig(16, 32, 128, num_warps=2))
+    assert calls == [gv.gemv_config(3 * 40, 512, 132)[0]]
+    assert out.shape == (3, 40) and _rel_err(out, wg.reference(x, w)) < 1e-2, key
+    split = gv.launch_gemv(x, w, wg.WoConfig(1, 16, 256, num_warps=4, split_k=2), 2)  # split-K and warps along K
+    assert _rel_err(split, wg.reference(x, w)) < 1e-2
+
+
 def test_moe_gemv_refuses_what_it_cannot_run():
     w = wf.quantize(torch.randn(2, 16, 256), "int4_group_128")
     x = torch.randn(3, 256).bfloat16()
@@ -85,8 +106,8 @@ def test_gemv_tile_and_refusals():
     assert gv.gemv_tile(wg.WoConfig(1, 32, 2048, num_warps=4), 4096, warps_k=2) == (16, 1, 32, 2048, 2)
     assert gv.gemv_tile(wg.WoConfig(1, 16, 1024, num_warps=4), 256, warps_k=4) == (1, 8, 16, 256, 2)
     w = wf.quantize(torch.randn(16, 256), "int4_group_128")
-    with pytest.raises(ValueError, match="one activation row"):
-        gv.launch_gemv(torch.randn(2, 256).bfloat16(), w, wg.WoConfig(1, 8, 256))
+    with pytest.raises(ValueError, match="unit stride"):
+        gv.launch_gemv(torch.randn(256, 2).bfloat16().T, w, wg.WoConfig(1, 8, 256))
     one = torch.randn(1, 256).bfloat16()
     assert gv.gemv_ok(one, w) and gv.gemv_ok(one, wf.quantize(torch.randn(16, 256), "mxfp4"))
     assert gv.gemv_ok(one, wf.quantize(torch.randn(16, 256), "nvfp4"))  # 16-element groups: a scale a word pair

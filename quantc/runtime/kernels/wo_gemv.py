@@ -42,6 +42,7 @@ wo_h100_s19_gemv_final_m1.json).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 
 import torch
@@ -422,8 +423,10 @@ WIDE_N = 16384  # weight rows from which the 64-row, warps-along-N tile runs
 def uses_gemv(x2: torch.Tensor, w) -> bool:
     """Whether ``wo_gemm`` runs this call here: on an sm_90 GPU every call the kernel takes (``gemv_ok``);
     QUANTC_WO_GEMV_MIN_N=N instead takes them from N weight rows on, anywhere (0: all of them, the interpreter
-    included; a large N turns the kernel off)."""
-    if not gemv_ok(x2, w):
+    included; a large N turns the kernel off). QUANTC_WO_GEMV_MAX_M=M (default 1) lets it take up to M activation
+    rows (opt-in, untimed: a program per row and N tile, the rows' programs side by side sharing the weight tile
+    through L2, each decoding it)."""
+    if not gemv_ok(x2[:1], w) or x2.shape[0] > int(env("QUANTC_WO_GEMV_MAX_M") or 1):
         return False
     forced = env("QUANTC_WO_GEMV_MIN_N")
     if forced is not None:
@@ -479,14 +482,23 @@ def gemv_x_vec() -> bool:
 
 
 def launch_gemv(x2: torch.Tensor, w, cfg, warps_k: int = 1) -> torch.Tensor:
-    """bf16 (1, K) x 4-bit WoWeight (N, K) -> bf16 (1, N): the Gluon kernel on a GPU, its Triton twin under the
+    """bf16 (M, K) x 4-bit WoWeight (N, K) -> bf16 (M, N), one program per row and N tile (M = 1: decode; more
+    rows run the grouped launch over a stack of one): the Gluon kernel on a GPU, its Triton twin under the
     interpreter. ``cfg``: block_n rows a program, block_k (``gemv_tile``), split_k, num_warps; num_stages >= 2
     loads the next K step's words and activations before this step's products (the GPU kernel). ``warps_k``:
     the warps that share a K step (a split-K inside the program, summed through shared memory)."""
-    if not gemv_ok(x2, w):
-        raise ValueError("the 4-bit GEMV takes one activation row, K a multiple of 128 and int4 codes in groups of "
-                         f"a multiple of 32, mxfp4 or nvfp4; got M = {x2.shape[0]}, K = {w.k}, format {w.fmt}, group {w.group}")
-    return _launch(x2, w, cfg, warps_k, None, 1)
+    if not gemv_ok(x2[:1], w) or x2.stride(1) != 1:
+        raise ValueError("the 4-bit GEMV takes activation rows with unit stride, K a multiple of 128 and int4 codes in "
+                         f"groups of a multiple of 32, mxfp4 or nvfp4; got K = {w.k}, format {w.fmt}, group {w.group}")
+    if x2.shape[0] == 1:
+        return _launch(x2, w, cfg, warps_k, None, 1)
+    # more rows: the grouped launch over one expert (the weight as a stack of one), every row's id 0 (a zeroed
+    # workspace nothing writes)
+    one = dataclasses.replace(w, data=w.data.unsqueeze(0), scale=w.scale.unsqueeze(0),
+                              zeros=None if w.zeros is None else w.zeros.unsqueeze(0),
+                              global_scale=None if w.global_scale is None else w.global_scale.reshape(1))
+    ids = common.workspace("gemv_zero_ids", x2.device, x2.shape[0], torch.int32, zeroed=True)[:x2.shape[0]]
+    return _launch(x2, one, cfg, warps_k, ids, 1)
 
 
 def launch_moe_gemv(x2: torch.Tensor, w, experts: torch.Tensor, a_div: int, cfg, warps_k: int = 1) -> torch.Tensor:
