@@ -7,7 +7,8 @@ past L2), every kernel checked against the reference first. Used to choose what 
 kernels; bench_wo.py is the reference benchmark.
 
     python bench/wo_probe.py sweep     # env: PROBE_SHAPES, PROBE_FMTS, PROBE_MS, PROBE_KERNELS (gemv: the
-                                       #      4-bit CUDA-core GEMV at M = 1), PROBE_STAGES, PROBE_SPLIT_MULT,
+                                       #      4-bit CUDA-core GEMV at M = 1; frag: int4 in fragment order,
+                                       #      wo_frag, M <= 16), PROBE_STAGES, PROBE_SPLIT_MULT,
                                        #      PROBE_TINYGEMM=1, PROBE_CAP_S
     ncu --clock-control none -k regex:_wo_planes python bench/wo_probe.py one planes int4_group_128 \
         28672 4096 1 16,32,128,2,4,1
@@ -30,6 +31,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime.kernels import wo_gemm as wg  # noqa: E402
+from quantc.runtime.kernels import wo_frag as fr  # noqa: E402
 from quantc.runtime.kernels import wo_gemv as gv  # noqa: E402
 from quantc.runtime.kernels import wo_planes as wp  # noqa: E402
 from bench.bench_wo import n_copies, random_weight, rotated_us, tinygemm_copies, tinygemm_us  # noqa: E402
@@ -57,12 +59,32 @@ def launcher(kernel: str):
         return wg.launch
     if kernel == "gemv":  # the GEMV runs one row: the config's block_m carries its warps along K
         return lambda x, w, cfg: gv.launch_gemv(x, w, replace(cfg, block_m=1), warps_k=cfg.block_m)
+    if kernel == "frag":  # int4 in fragment order (wo_frag): each weight repacked once, on first use
+        return lambda x, w, cfg: fr.launch_frag(x, _frag_packed(w), warps=cfg.num_warps, split_k=cfg.split_k)
     return lambda x, w, cfg: wp.launch_planes(x, w, cfg, persistent=kernel == "persistent",
                                               bias_fold=kernel != "planes_nofold")
 
 
+_FRAG_PACKED: dict = {}
+
+
+def _frag_packed(w):
+    """``w`` in fragment order, packed on first use and kept (keyed by the weight object: copies stay distinct)."""
+    if id(w) not in _FRAG_PACKED:
+        _FRAG_PACKED[id(w)] = (w, fr.frag_pack(w))
+    return _FRAG_PACKED[id(w)][1]
+
+
 def configs(kernel: str, m: int, n: int, k: int, sms: int) -> list[C]:
     out = []
+    if kernel == "frag":  # up to 16 rows: WARPS x 16 weight rows a program, split-K to cover the SMs
+        for warps, mult in itertools.product((2, 4, 8), SPLIT_MULT):
+            if m <= 16:
+                c = C(16, warps * 16, 64, num_warps=warps, num_stages=1,
+                      split_k=min(wg._split(n, k, warps * 16, 64, sms) * mult, k // 64))
+                if c not in out:
+                    out.append(c)
+        return out
     if kernel == "gemv":
         for tile, mult, stages in itertools.product(GEMV_TILES, GEMV_SPLITS or SPLIT_MULT, GEMV_STAGES):
             rows, lanes_n, warps_n, warps_k = (*tile, 1)[:4]
@@ -108,7 +130,8 @@ def sweep() -> None:
             for kernel in kernels:
                 if kernel == "persistent" and m > 16:  # decode only: launch_planes refuses more rows
                     continue
-                if (kernel == "gemv" and not gv.gemv_ok(x, w)) or (kernel != "gemv" and k != 1024):
+                if ((kernel == "gemv" and not gv.gemv_ok(x, w)) or (kernel != "gemv" and k != 1024)
+                        or (kernel == "frag" and (m > 16 or not fr.frag_ok(w)))):
                     continue
                 cs = configs(kernel, m, n, k, sms)
                 for cfg in (cs if kernel == "gemv" else cs[::8]):
@@ -136,7 +159,7 @@ def sweep() -> None:
                 for kernel, cfg in [(kn, c) for kn in kernels for c in configs(kn, m, n, k, sms)]:
                     if time.time() - t0 > CAP or (kernel == "persistent" and m > 16):
                         continue
-                    if kernel == "gemv" and not gv.gemv_ok(x, ws[0]):
+                    if (kernel == "gemv" and not gv.gemv_ok(x, ws[0])) or (kernel == "frag" and not fr.frag_ok(ws[0])):
                         continue
                     run = launcher(kernel)
                     t = rotated_us(lambda i: run(x, ws[i], cfg), len(ws))

@@ -1,0 +1,271 @@
+"""int4 weights in tensor-core fragment order, and the decode GEMM that reads them (M <= 16; opt-in, untimed).
+
+The plane kernel (``wo_planes``) spends ~3 instructions an int4 element at M = 16 meeting the MMA operand layout
+Triton chose. Marlin's answer, taken here: repack the weights once, at load, so that each lane's 32-bit word holds
+exactly the eight nibbles of its m16n8k16 A fragment. One PTX block then turns the word into the four bf16x2
+registers the MMA reads, and Gluon hands them to ``mma_v2`` through a layout conversion the compiler resolves to
+nothing (``_frag_a``: the values reach their fragment coordinates by join / reshape / permute).
+
+Layout (``frag_pack``): a dense int4 weight (N, K), N % 16 == 0, K % 64 == 0, becomes int32 words
+(N / 16, K / 64, 32, 4). Word (T, s, l, v) serves lane l = 4 g + t of the MMA over rows 16 T .. 16 T + 15 and the
+16-deep K tile j = 4 s + v. Its nibble p + 4 h (p = rh + 2 kh; rh, kh, h in {0, 1}) is the code of
+
+    row 16 T + g + 8 rh,  column 16 j + 8 kh + 2 t + h
+
+so the word's nibble pairs (p, p + 4) are the half2 registers a0a1 (p = 0), a2a3 (1), a4a5 (2), a6a7 (3) of the
+PTX fragment. A lane's four words for a 64-deep step are one 16-byte load.
+
+The kernel (``_frag_kernel``, Gluon): a program owns WARPS x 16 weight rows and a K slice. A warp decodes its
+16 x 16 tiles into exact bf16 integers, q = c - z or the symmetric code: ``lop3`` under the bf16 128 magic, then
+one bf16x2 FMA. The 4 MMAs of a step then run against the activation's (16 tokens) fragments, while the next
+step's words load. The step's fp32
+sum takes its rows' group scales, so groups must be multiples of 64. Split-K is ``wo_mma4``'s.
+
+Under the interpreter the Triton twin (``_frag_twin_kernel``) reads the same words by index arithmetic and
+checks the layout, the scales, zero points, masks and split-K. The Gluon kernel is compile-checked for sm_90
+(tests/runtime/test_wo_frag.py). It has not yet run on a GPU, so nothing routes to it: ``launch_frag`` is
+called directly (the next device session times it against the plane kernel at M = 16).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+
+from .. import quantize as qz
+from . import common
+from .common import cdiv
+from .wo_format import INT4, WoWeight
+from .wo_mma4 import split_workspace, store_or_reduce
+
+STEP = 64  # K a 16-byte load of a lane covers: four 16-deep MMA tiles
+TOKENS = 16  # activation rows a launch takes (the MMA's N: two n8 halves)
+
+
+@dataclass(frozen=True, eq=False)
+class FragWeight:
+    """An int4 weight in fragment order: ``data`` int32 (N / 16, K / 64, 32, 4), ``scale`` bf16 (N, K / group),
+    ``zeros`` uint8 (N, K / group) or None (symmetric two's-complement codes)."""
+
+    n: int
+    k: int
+    data: torch.Tensor
+    scale: torch.Tensor
+    group: int
+    zeros: torch.Tensor | None = None
+
+
+def _fragment_index(n: int, k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) of every nibble of the packed words, shaped (N / 16, K / 64, 32, 4, 8)."""
+    t_, s_, l_, v_, n_ = torch.meshgrid(torch.arange(n // 16, device=device), torch.arange(k // STEP, device=device),
+                                        torch.arange(32, device=device), torch.arange(4, device=device),
+                                        torch.arange(8, device=device), indexing="ij")
+    p, h = n_ % 4, n_ // 4
+    rh, kh = p % 2, p // 2
+    rows = 16 * t_ + l_ // 4 + 8 * rh
+    cols = 16 * (4 * s_ + v_) + 8 * kh + 2 * (l_ % 4) + h
+    return rows, cols
+
+
+def frag_ok(w: WoWeight) -> bool:
+    """Whether a weight can be repacked: one dense int4 weight, N % 16, K % 64, groups of whole 64-deep steps."""
+    return (w.fmt == INT4 and w.data.dim() == 2 and w.row_block == 1 and w.n % 16 == 0 and w.k % STEP == 0
+            and w.group % STEP == 0)
+
+
+def frag_pack(w: WoWeight) -> FragWeight:
+    """A dense int4 ``WoWeight`` in fragment order (once, at load)."""
+    if not frag_ok(w):
+        raise ValueError(f"fragment order takes one int4 weight with N a multiple of 16, K of 64 and groups of a "
+                         f"multiple of 64; got format {w.fmt}, shape ({w.n}, {w.k}), group {w.group}")
+    codes = qz.unpack_nibbles(w.data.contiguous().view(torch.uint8)).to(torch.int64)  # (N, K)
+    rows, cols = _fragment_index(w.n, w.k, w.data.device)
+    nib = codes[rows, cols] << (4 * torch.arange(8, device=w.data.device))
+    words = nib.sum(-1)  # (N / 16, K / 64, 32, 4): eight disjoint nibbles
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+    return FragWeight(w.n, w.k, words.contiguous(), w.scale, w.group, w.zeros)
+
+
+def frag_codes(fw: FragWeight) -> torch.Tensor:
+    """The (N, K) uint8 codes back from the packed words (the inverse of ``frag_pack``, for tests)."""
+    rows, cols = _fragment_index(fw.n, fw.k, fw.data.device)
+    nib = (fw.data.to(torch.int64)[..., None] >> (4 * torch.arange(8, device=fw.data.device))) & 15
+    codes = torch.zeros(fw.n, fw.k, dtype=torch.uint8, device=fw.data.device)
+    codes[rows, cols] = nib.to(torch.uint8)
+    return codes
+
+
+# ---- the Triton twin (the interpreter): the same words, gathered by index arithmetic
+
+
+@triton.jit
+def _frag_twin_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_sn,
+    GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    steps = K // 64
+    per = tl.cdiv(steps, SPLIT_K)
+    s_start = tl.program_id(1) * per
+    s_end = tl.minimum(s_start + per, steps)
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = rows < N
+    kk = tl.arange(0, 64)
+    toks = tl.arange(0, 16)
+    # the nibble of element (row, k) of a step: word (row // 16, step, lane 4 (row % 8) + (k % 8) // 2, k // 16),
+    # nibble p + 4 h with p = (row % 16) // 8 + 2 ((k % 16) // 8), h = k % 2
+    lane = 4 * (rows % 8)[:, None] + ((kk % 8) // 2)[None, :]
+    word_off = ((rows // 16).to(tl.int64)[:, None] * steps * 128 + lane * 4 + (kk // 16)[None, :])
+    shift = 4 * (((rows % 16) // 8)[:, None] + 2 * ((kk % 16) // 8)[None, :] + 4 * (kk % 2)[None, :])
+    total = tl.zeros((BLOCK_N, 16), tl.float32)
+    for s in range(s_start, s_end):
+        words = tl.load(w_ptr + word_off + s * 128, mask=n_mask[:, None], other=0)
+        c = (words >> shift) & 15
+        g = (s * 64) // GROUP
+        if HAS_ZERO:
+            q = c.to(tl.float32) - tl.load(z_ptr + rows * stride_sn + g, mask=n_mask, other=0).to(tl.float32)[:, None]
+        else:
+            q = ((c ^ 8) - 8).to(tl.float32)
+        xt = tl.load(x_ptr + toks[None, :] * stride_xm + s * 64 + kk[:, None], mask=(toks < M)[None, :],
+                     other=0.0).to(tl.float32)  # (64, 16)
+        part = tl.dot(q, xt)  # exact integers x bf16 values, fp32 sums
+        total += part * tl.load(s_ptr + rows * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+    o_mask = n_mask[:, None] & (toks < M)[None, :]
+    offs = toks[None, :] * N + rows[:, None]
+    store_or_reduce(total, out_ptr + offs, ws_ptr + offs, o_mask, cnt_ptr + tl.program_id(0), SPLIT_K)
+
+
+# ---- the GPU kernel (Gluon)
+
+# $0..$3: the bf16x2 registers of nibble pairs (0, 4), (1, 5), (2, 6), (3, 7) of word $4; lop3 puts bf16 128 + c
+# under the magic (symmetric codes: c ^ 8 = q + 8 folded in), one FMA with 1.0 adds $5 (rows g: pairs 0 and 2) or
+# $6 (rows g + 8: pairs 1 and 3) = -(128 + z) or -136, exactly
+_FRAG_DECODE = """{{
+.reg .b32 w4, w8, w12, one;
+mov.b32 one, 0x3F803F80;
+shr.b32 w4, $4, 4;
+shr.b32 w8, $4, 8;
+shr.b32 w12, $4, 12;
+lop3.b32 $0, $4, 0x000F000F, {magic}, 0x6A;
+lop3.b32 $1, w4, 0x000F000F, {magic}, 0x6A;
+lop3.b32 $2, w8, 0x000F000F, {magic}, 0x6A;
+lop3.b32 $3, w12, 0x000F000F, {magic}, 0x6A;
+fma.rn.bf16x2 $0, $0, one, $5;
+fma.rn.bf16x2 $1, $1, one, $6;
+fma.rn.bf16x2 $2, $2, one, $5;
+fma.rn.bf16x2 $3, $3, one, $6;
+}}"""
+FRAG_DECODE_SYM = gl.constexpr(_FRAG_DECODE.format(magic="0x43084308"))
+FRAG_DECODE_ZERO = gl.constexpr(_FRAG_DECODE.format(magic="0x43004300"))
+NEG_136_X2 = gl.constexpr(0xC308C308 - 2**32)  # bf16x2 (-136, -136) as a signed int32
+
+
+@gluon.jit
+def _bf16_halves(v):
+    lo = (v & 0xFFFF).to(gl.int16).to(gl.bfloat16, bitcast=True)
+    hi = ((v >> 16) & 0xFFFF).to(gl.int16).to(gl.bfloat16, bitcast=True)
+    return gl.join(lo, hi)
+
+
+@gluon.jit
+def _frag_a(word, c_lo, c_hi, HAS_ZERO: gl.constexpr, WARPS: gl.constexpr):
+    """(WARPS, 32) words -> the (WARPS * 16, 16) bf16 A tile, each value at its fragment coordinate."""
+    if HAS_ZERO:
+        r0, r1, r2, r3 = gl.inline_asm_elementwise(FRAG_DECODE_ZERO, "=r,=r,=r,=r,r,r,r", [word, c_lo, c_hi],
+                                                   dtype=[gl.int32, gl.int32, gl.int32, gl.int32], is_pure=True,
+                                                   pack=1)
+    else:
+        r0, r1, r2, r3 = gl.inline_asm_elementwise(FRAG_DECODE_SYM, "=r,=r,=r,=r,r,r,r", [word, c_lo, c_hi],
+                                                   dtype=[gl.int32, gl.int32, gl.int32, gl.int32], is_pure=True,
+                                                   pack=1)
+    # (rh, kh) of register p: (0, 0), (1, 0), (0, 1), (1, 1)
+    e = gl.join(gl.join(_bf16_halves(r0), _bf16_halves(r2)), gl.join(_bf16_halves(r1), _bf16_halves(r3)))
+    e = gl.reshape(e, [WARPS, 8, 4, 2, 2, 2])  # (warp, g, t, h, kh, rh)
+    e = gl.permute(e, [0, 5, 1, 4, 2, 3])  # (warp, rh, g, kh, t, h): row 16 w + 8 rh + g, column 8 kh + 2 t + h
+    return gl.reshape(e, [WARPS * 16, 16])
+
+
+@gluon.jit
+def _frag_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_sn,
+    GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, WARPS: gl.constexpr, SPLIT_K: gl.constexpr,
+):
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS, 1], instr_shape=[16, 8])
+    A_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
+    B_L: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
+    WL: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 32, 1], [WARPS, 1, 1], [2, 1, 0])
+    W2: gl.constexpr = gl.SliceLayout(2, WL)
+    steps = K // 64
+    per = gl.cdiv(steps, SPLIT_K)
+    s_start = gl.program_id(1) * per
+    s_end = gl.minimum(s_start + per, steps)
+    tiles = gl.program_id(0) * WARPS + gl.arange(0, WARPS, layout=gl.SliceLayout(1, W2))
+    lanes = gl.arange(0, 32, layout=gl.SliceLayout(0, W2))
+    vs = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, WL)))
+    tile_ok = gl.expand_dims(gl.expand_dims(tiles < N // 16, 1), 2)
+    w_base = w_ptr + (gl.expand_dims(gl.expand_dims(tiles.to(gl.int64) * steps * 128, 1), 2)
+                      + gl.expand_dims(gl.expand_dims(lanes * 4, 0), 2) + gl.expand_dims(gl.expand_dims(vs, 0), 1))
+    row_g = gl.expand_dims(tiles * 16, 1) + gl.expand_dims(lanes // 4, 0)  # (WARPS, 32): the lane's rows g
+    row_mask = row_g < N
+    kk = gl.arange(0, 16, layout=gl.SliceLayout(1, B_L))
+    toks = gl.arange(0, 16, layout=gl.SliceLayout(0, B_L))
+    x_tile = x_ptr + gl.expand_dims(toks, 0) * stride_xm + gl.expand_dims(kk, 1)  # (16 K, 16 tokens)
+    x_mask = gl.expand_dims(toks < M, 0)
+    rows = gl.program_id(0) * (WARPS * 16) + gl.arange(0, WARPS * 16, layout=gl.SliceLayout(1, MMA))
+    c_lo = gl.full([WARPS, 32], NEG_136_X2, gl.int32, W2)
+    c_hi = c_lo
+    total = gl.zeros([WARPS * 16, 16], gl.float32, MMA)
+    # the next step's words load while this step decodes and multiplies (one 16-byte load a lane a step)
+    w_nxt = gl.load(w_base + s_start * 128, mask=tile_ok & (s_start < s_end), other=0, eviction_policy="evict_first")
+    for s in range(s_start, s_end):
+        words = w_nxt
+        w_nxt = gl.load(w_base + (s + 1) * 128, mask=tile_ok & (s + 1 < s_end), other=0, eviction_policy="evict_first")
+        g = (s * 64) // GROUP
+        if HAS_ZERO:  # -(128 + z) as bf16x2 for the lane's rows g and g + 8
+            z_lo = gl.load(z_ptr + row_g * stride_sn + g, mask=row_mask, other=0).to(gl.float32)
+            z_hi = gl.load(z_ptr + (row_g + 8) * stride_sn + g, mask=row_mask, other=0).to(gl.float32)
+            c_lo = ((-(z_lo + 128.0)).to(gl.bfloat16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF) * 0x10001
+            c_hi = ((-(z_hi + 128.0)).to(gl.bfloat16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF) * 0x10001
+        ev, od = gl.split(gl.reshape(words, [WARPS, 32, 2, 2]))  # word v = 2 v1 + v0
+        w0, w2 = gl.split(ev)
+        w1, w3 = gl.split(od)
+        acc = gl.zeros([WARPS * 16, 16], gl.float32, MMA)
+        for j in gl.static_range(4):
+            word = w0 if j == 0 else (w1 if j == 1 else (w2 if j == 2 else w3))
+            a = gl.convert_layout(_frag_a(gl.convert_layout(word, W2), c_lo, c_hi, HAS_ZERO, WARPS), A_L)
+            b = gl.load(x_tile + (s * 64 + j * 16), mask=x_mask, other=0.0)
+            acc = mma_v2(a, b, acc)
+        sc = gl.load(s_ptr + rows * stride_sn + g, mask=rows < N, other=0.0).to(gl.float32)
+        total += acc * gl.expand_dims(sc, 1)
+    on = gl.arange(0, 16, layout=gl.SliceLayout(0, MMA))
+    offs = gl.expand_dims(on, 0) * N + gl.expand_dims(rows, 1)
+    o_mask = gl.expand_dims(rows < N, 1) & gl.expand_dims(on < M, 0)
+    store_or_reduce(total, out_ptr + offs, ws_ptr + offs, o_mask, cnt_ptr + gl.program_id(0), SPLIT_K)
+
+
+def launch_frag(x2: torch.Tensor, fw: FragWeight, warps: int = 4, split_k: int = 1) -> torch.Tensor:
+    """bf16 (M, K), M <= 16, x an int4 ``FragWeight`` (N, K) -> bf16 (M, N): the Gluon kernel on a GPU, its Triton
+    twin under the interpreter; ``warps`` x 16 weight rows a program, ``split_k`` K slices."""
+    m, k = x2.shape
+    if m > TOKENS or k != fw.k or x2.stride(1) != 1:
+        raise ValueError(f"the fragment-order GEMM takes up to {TOKENS} activation rows of K = {fw.k} with unit "
+                         f"stride; got {tuple(x2.shape)} with strides {tuple(x2.stride())}")
+    n = fw.n
+    bn = warps * 16
+    split = max(1, min(split_k, k // STEP))
+    out = common.empty((m, n), torch.bfloat16, x2.device)
+    grid = (cdiv(n, bn), split)
+    ws, cnt = split_workspace(x2.device, m * n, grid[0]) if split > 1 else (out, out)
+    zeros = fw.zeros if fw.zeros is not None else fw.scale
+    args = (x2, fw.data, fw.scale, zeros, out, ws, cnt, m, n, k, x2.stride(0), fw.scale.stride(0))
+    consts = dict(GROUP=fw.group, HAS_ZERO=fw.zeros is not None, SPLIT_K=split)
+    if common.interpreted() or x2.device.type != "cuda":
+        common.launch(_frag_twin_kernel, grid, args, dict(consts, BLOCK_N=bn), warps, 1)
+    else:
+        common.launch(_frag_kernel, grid, args, dict(consts, WARPS=warps), warps, 1)
+    return out

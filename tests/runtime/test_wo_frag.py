@@ -1,0 +1,113 @@
+"""int4 weights in tensor-core fragment order (wo_frag): the repack and its inverse, the fragment coordinates of a
+word's nibbles, the Triton twin under the interpreter against the plain-torch reference (symmetric codes and zero
+points, partial programs, 1-16 activation rows, split-K), what it refuses, and the Gluon GPU kernel compiled for
+sm_90 (no shared memory for the tiles, no spills)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from quantc.runtime import quantize as qz
+from quantc.runtime.kernels import wo_format as wf
+from quantc.runtime.kernels import wo_frag as fr
+from quantc.runtime.kernels import wo_gemm as wg
+
+
+def _rel_err(got, want):
+    return ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
+
+
+@pytest.mark.parametrize("key", ["int4_group_128", "int4_group_64_asym"])
+def test_pack_is_a_permutation_of_the_codes(key):
+    torch.manual_seed(1)
+    w = wf.quantize(torch.randn(48, 256), key)
+    fw = fr.frag_pack(w)
+    assert fw.data.shape == (3, 4, 32, 4) and fw.data.dtype == torch.int32
+    codes = qz.unpack_nibbles(w.data.view(torch.uint8))
+    assert torch.equal(fr.frag_codes(fw), codes)
+
+
+def test_a_words_nibbles_sit_at_their_fragment_coordinates():
+    """Word (T, s, l, v), nibble p + 4 h: row 16 T + l // 4 + 8 (p % 2), column 16 (4 s + v) + 8 (p // 2) + 2 (l % 4) + h
+    (the m16n8k16 A fragment: a0a1 rows g, a2a3 rows g + 8, a4a5 / a6a7 the same 8 columns on)."""
+    n, k = 32, 128
+    codes = torch.arange(n * k).reshape(n, k) % 16  # every element's code from its position
+    w = wf.WoWeight(wf.INT4, n, k, qz.pack_nibbles(codes).view(torch.int32), torch.ones(n, 1).bfloat16(), wf.S_FLOAT,
+                    k)
+    words = fr.frag_pack(w).data
+    for t, s, lane, v in [(0, 0, 0, 0), (1, 1, 29, 3), (0, 1, 7, 2)]:
+        word = int(words[t, s, lane, v]) & 0xFFFFFFFF
+        for p in range(4):
+            for h in range(2):
+                row = 16 * t + lane // 4 + 8 * (p % 2)
+                col = 16 * (4 * s + v) + 8 * (p // 2) + 2 * (lane % 4) + h
+                assert (word >> (4 * (p + 4 * h))) & 15 == codes[row, col], (t, s, lane, v, p, h)
+
+
+@pytest.mark.parametrize("key", ["int4_group_128", "int4_group_64_asym"])
+@pytest.mark.parametrize("m,warps,split", [(1, 2, 1), (5, 4, 3), (16, 2, 2)])
+def test_twin_matches_the_reference(key, m, warps, split):
+    torch.manual_seed(2)
+    n, k = 48, 384  # 3 row tiles: with 2 warps (32 rows a program) the second program is half masked
+    w = wf.quantize(torch.randn(n, k), key)
+    x = torch.randn(m, k).bfloat16()
+    out = fr.launch_frag(x, fr.frag_pack(w), warps=warps, split_k=split)
+    assert out.shape == (m, n) and out.dtype == torch.bfloat16
+    assert _rel_err(out, wg.reference(x, w)) < 1e-2
+
+
+def test_refusals_name_what_is_wrong():
+    with pytest.raises(ValueError, match="int4 weight with N a multiple of 16"):
+        fr.frag_pack(wf.quantize(torch.randn(48, 256), "mxfp4"))
+    with pytest.raises(ValueError, match=r"shape \(40, 256\)"):
+        fr.frag_pack(wf.quantize(torch.randn(40, 256), "int4_group_128"))
+    with pytest.raises(ValueError, match="group 32"):
+        fr.frag_pack(wf.quantize(torch.randn(48, 256), "int4_group_32"))
+    fw = fr.frag_pack(wf.quantize(torch.randn(48, 256), "int4_group_128"))
+    with pytest.raises(ValueError, match="up to 16 activation rows"):
+        fr.launch_frag(torch.randn(17, 256).bfloat16(), fw)
+    assert not fr.frag_ok(wf.quantize(torch.randn(2, 48, 256), "int4_group_128"))  # stacks: not yet
+
+
+FRAG_COMPILE = '''
+import json, os, re, sys
+os.environ.pop("TRITON_INTERPRET", None)
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon._runtime import GluonASTSource
+from quantc.runtime.kernels import wo_frag
+SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "out_ptr": "*bf16", "ws_ptr": "*fp32",
+       "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_sn": "i32"}
+out = []
+for zero, warps, split in json.loads(sys.argv[1]):
+    ce = dict(GROUP=128, HAS_ZERO=zero, WARPS=warps, SPLIT_K=split)
+    sig = dict(SIG, **{k: "constexpr" for k in ce})
+    # 16-byte aligned pointers, K and strides, as Triton specializes them at a launch
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG) if a not in ("M", "N")}
+    c = triton.compile(GluonASTSource(wo_frag._frag_kernel, sig, ce, attrs), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": warps})
+    ptx = c.asm["ptx"]
+    out.append({"mma": len(re.findall(r"mma\\.sync", ptx)), "lop3": len(re.findall(r"lop3\\.b32", ptx)),
+                "shfl": len(re.findall(r"shfl", ptx)), "local": len(re.findall(r"\\.local", ptx)),
+                "ld_shared": len(re.findall(r"ld\\.shared", ptx)), "atom": len(re.findall(r"atom\\.", ptx)),
+                "ld_v4": len(re.findall(r"ld\\.global[.a-zA-Z0-9_:]*\\.v4\\.b32", ptx))})
+print(json.dumps(out))
+'''
+
+
+def test_gluon_kernel_compiles_for_hopper_with_the_tiles_in_registers():
+    """The GPU kernel (Gluon: the interpreter cannot run it) compiled for sm_90: 8 MMAs and 16 decode lop3 a
+    64-deep step, a lane's four words one 16-byte load, no shuffles, no spills, the tiles never through shared
+    memory; split-K adds only its atomics and the arrival count's one shared word."""
+    cases = [(False, 4, 1), (True, 4, 1), (False, 2, 2)]
+    proc = subprocess.run([sys.executable, "-c", FRAG_COMPILE, json.dumps(cases)], capture_output=True, text=True,
+                          timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for case, r in zip(cases, json.loads(proc.stdout.strip().splitlines()[-1])):
+        assert r["mma"] == 8 and r["lop3"] == 16 and r["ld_v4"] >= 1, (case, r)
+        assert r["shfl"] == 0 and r["local"] == 0, (case, r)
+        # split-K: its atomics, and the arrival count broadcast through one shared-memory word
+        assert (r["atom"] > 0) == (case[2] > 1) and r["ld_shared"] == (case[2] > 1), (case, r)
