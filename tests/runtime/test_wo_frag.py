@@ -31,8 +31,9 @@ def test_pack_is_a_permutation_of_the_codes(key):
 
 
 def test_a_words_nibbles_sit_at_their_fragment_coordinates():
-    """Word (T, s, l, v), nibble p + 4 h: row 16 T + l // 4 + 8 (p % 2), column 16 (4 s + v) + 8 (p // 2) + 2 (l % 4) + h
-    (the m16n8k16 A fragment: a0a1 rows g, a2a3 rows g + 8, a4a5 / a6a7 the same 8 columns on)."""
+    """Word (T, s, l, v), nibble p + 4 h: row 16 T + l // 4 + 8 (p % 2), K 64 s + 16 (l % 4) + 4 v + 2 (p // 2) + h
+    (the m16n8k16 A fragment: a0a1 rows g, a2a3 rows g + 8, a4a5 / a6a7 the second 8 fragment columns, which the
+    step's permuted K order maps so that a lane's activation values of a step are 16 consecutive ones)."""
     n, k = 32, 128
     codes = torch.arange(n * k).reshape(n, k) % 16  # every element's code from its position
     w = wf.WoWeight(wf.INT4, n, k, qz.pack_nibbles(codes).view(torch.int32), torch.ones(n, 1).bfloat16(), wf.S_FLOAT,
@@ -43,7 +44,7 @@ def test_a_words_nibbles_sit_at_their_fragment_coordinates():
         for p in range(4):
             for h in range(2):
                 row = 16 * t + lane // 4 + 8 * (p % 2)
-                col = 16 * (4 * s + v) + 8 * (p // 2) + 2 * (lane % 4) + h
+                col = 64 * s + 16 * (lane % 4) + 4 * v + 2 * (p // 2) + h
                 assert (word >> (4 * (p + 4 * h))) & 15 == codes[row, col], (t, s, lane, v, p, h)
 
 
@@ -100,14 +101,16 @@ print(json.dumps(out))
 
 def test_gluon_kernel_compiles_for_hopper_with_the_tiles_in_registers():
     """The GPU kernel (Gluon: the interpreter cannot run it) compiled for sm_90: 8 MMAs and 16 decode lop3 a
-    64-deep step, a lane's four words one 16-byte load, no shuffles, no spills, the tiles never through shared
-    memory; split-K adds only its atomics and the arrival count's one shared word."""
+    64-deep step; a lane's four words one 16-byte load and its activation values four (the permuted K order); no
+    shuffles, no spills, neither operand through shared memory; split-K adds only its atomics and the arrival
+    count's one shared word."""
     cases = [(False, 4, 1), (True, 4, 1), (False, 2, 2)]
     proc = subprocess.run([sys.executable, "-c", FRAG_COMPILE, json.dumps(cases)], capture_output=True, text=True,
                           timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for case, r in zip(cases, json.loads(proc.stdout.strip().splitlines()[-1])):
-        assert r["mma"] == 8 and r["lop3"] == 16 and r["ld_v4"] >= 1, (case, r)
+        # the words (prefetch and loop) and each lane's two tokens as 16-byte vectors: 2 + 4 of them
+        assert r["mma"] == 8 and r["lop3"] == 16 and r["ld_v4"] == 6, (case, r)
         assert r["shfl"] == 0 and r["local"] == 0, (case, r)
         # split-K: its atomics, and the arrival count broadcast through one shared-memory word
         assert (r["atom"] > 0) == (case[2] > 1) and r["ld_shared"] == (case[2] > 1), (case, r)

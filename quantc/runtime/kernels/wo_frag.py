@@ -7,13 +7,17 @@ registers the MMA reads, and Gluon hands them to ``mma_v2`` through a layout con
 nothing (``_frag_a``: the values reach their fragment coordinates by join / reshape / permute).
 
 Layout (``frag_pack``): a dense int4 weight (N, K), N % 16 == 0, K % 64 == 0, becomes int32 words
-(N / 16, K / 64, 32, 4). Word (T, s, l, v) serves lane l = 4 g + t of the MMA over rows 16 T .. 16 T + 15 and the
-16-deep K tile j = 4 s + v. Its nibble p + 4 h (p = rh + 2 kh; rh, kh, h in {0, 1}) is the code of
+(N / 16, K / 64, 32, 4). Word (T, s, l, v) serves lane l = 4 g + t of the MMA over rows 16 T .. 16 T + 15 in the
+v-th 16-deep MMA of the 64-deep step s. Its nibble p + 4 h (p = rh + 2 kh; rh, kh, h in {0, 1}) sits at the
+fragment's row g + 8 rh and column 8 kh + 2 t + h, and holds the code of
 
-    row 16 T + g + 8 rh,  column 16 j + 8 kh + 2 t + h
+    row 16 T + g + 8 rh,  K index 64 s + 16 t + 4 v + 2 kh + h
 
 so the word's nibble pairs (p, p + 4) are the half2 registers a0a1 (p = 0), a2a3 (1), a4a5 (2), a6a7 (3) of the
-PTX fragment. A lane's four words for a 64-deep step are one 16-byte load.
+PTX fragment. The K order inside a step is permuted (a dot product does not care, so long as the activation
+takes the same order). Under that order a lane's activation values for a step, over the 4 MMAs, are 16
+consecutive elements of each of its two tokens (K 64 s + 16 t ..): two 16-byte loads a token, where the natural
+order needs eight 4-byte ones. A lane's four words for a step are one 16-byte load.
 
 The kernel (``_frag_kernel``, Gluon): a program owns WARPS x 16 weight rows and a K slice. A warp decodes its
 16 x 16 tiles into exact bf16 integers, q = c - z or the symmetric code: ``lop3`` under the bf16 128 magic, then
@@ -69,7 +73,7 @@ def _fragment_index(n: int, k: int, device) -> tuple[torch.Tensor, torch.Tensor]
     p, h = n_ % 4, n_ // 4
     rh, kh = p % 2, p // 2
     rows = 16 * t_ + l_ // 4 + 8 * rh
-    cols = 16 * (4 * s_ + v_) + 8 * kh + 2 * (l_ % 4) + h
+    cols = STEP * s_ + 16 * (l_ % 4) + 4 * v_ + 2 * kh + h
     return rows, cols
 
 
@@ -117,11 +121,11 @@ def _frag_twin_kernel(
     n_mask = rows < N
     kk = tl.arange(0, 64)
     toks = tl.arange(0, 16)
-    # the nibble of element (row, k) of a step: word (row // 16, step, lane 4 (row % 8) + (k % 8) // 2, k // 16),
-    # nibble p + 4 h with p = (row % 16) // 8 + 2 ((k % 16) // 8), h = k % 2
-    lane = 4 * (rows % 8)[:, None] + ((kk % 8) // 2)[None, :]
-    word_off = ((rows // 16).to(tl.int64)[:, None] * steps * 128 + lane * 4 + (kk // 16)[None, :])
-    shift = 4 * (((rows % 16) // 8)[:, None] + 2 * ((kk % 16) // 8)[None, :] + 4 * (kk % 2)[None, :])
+    # the nibble of element (row, k = 64 s + kk): word (row // 16, s, lane 4 (row % 8) + kk // 16, (kk % 16) // 4),
+    # nibble p + 4 h with p = (row % 16) // 8 + 2 ((kk % 4) // 2), h = kk % 2
+    lane = 4 * (rows % 8)[:, None] + (kk // 16)[None, :]
+    word_off = ((rows // 16).to(tl.int64)[:, None] * steps * 128 + lane * 4 + ((kk % 16) // 4)[None, :])
+    shift = 4 * (((rows % 16) // 8)[:, None] + 2 * ((kk % 4) // 2)[None, :] + 4 * (kk % 2)[None, :])
     total = tl.zeros((BLOCK_N, 16), tl.float32)
     for s in range(s_start, s_end):
         words = tl.load(w_ptr + word_off + s * 128, mask=n_mask[:, None], other=0)
@@ -212,10 +216,19 @@ def _frag_kernel(
                       + gl.expand_dims(gl.expand_dims(lanes * 4, 0), 2) + gl.expand_dims(gl.expand_dims(vs, 0), 1))
     row_g = gl.expand_dims(tiles * 16, 1) + gl.expand_dims(lanes // 4, 0)  # (WARPS, 32): the lane's rows g
     row_mask = row_g < N
-    kk = gl.arange(0, 16, layout=gl.SliceLayout(1, B_L))
-    toks = gl.arange(0, 16, layout=gl.SliceLayout(0, B_L))
-    x_tile = x_ptr + gl.expand_dims(toks, 0) * stride_xm + gl.expand_dims(kk, 1)  # (16 K, 16 tokens)
-    x_mask = gl.expand_dims(toks < M, 0)
+    # the activation of a step as (token half nh, g, t, 16 K): lane 4 g + t holds tokens g and 8 + g, K 16 t ..
+    # 16 t + 15 of the step (the permuted order), every warp the same
+    XL: gl.constexpr = gl.BlockedLayout([2, 1, 1, 16], [1, 8, 4, 1], [1, 1, 1, WARPS], [3, 2, 1, 0])
+    NG: gl.constexpr = gl.SliceLayout(2, gl.SliceLayout(3, XL))  # (nh, g)
+    TK: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(0, XL))  # (t, K)
+    x_nh = gl.arange(0, 2, layout=gl.SliceLayout(1, NG))
+    x_g = gl.arange(0, 8, layout=gl.SliceLayout(0, NG))
+    x_t = gl.arange(0, 4, layout=gl.SliceLayout(1, TK))
+    x_k = gl.arange(0, 16, layout=gl.SliceLayout(0, TK))
+    tok4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(x_nh * 8, 1) + gl.expand_dims(x_g, 0), 2), 3)
+    k4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(x_t * 16, 1) + gl.expand_dims(x_k, 0), 0), 0)
+    x_tile = x_ptr + tok4 * stride_xm + k4  # (2, 8, 4, 16)
+    x_mask = (tok4 < M) & (k4 >= 0)
     rows = gl.program_id(0) * (WARPS * 16) + gl.arange(0, WARPS * 16, layout=gl.SliceLayout(1, MMA))
     c_lo = gl.full([WARPS, 32], NEG_136_X2, gl.int32, W2)
     c_hi = c_lo
@@ -234,11 +247,19 @@ def _frag_kernel(
         ev, od = gl.split(gl.reshape(words, [WARPS, 32, 2, 2]))  # word v = 2 v1 + v0
         w0, w2 = gl.split(ev)
         w1, w3 = gl.split(od)
+        xs = gl.load(x_tile + s * 64, mask=x_mask, other=0.0)  # two 16-byte loads a token a lane
+        # K 16 t + 4 j + 2 kh + h of the step: split j = 2 j1 + j0 off, leaving (nh, g, t, kh, h) per MMA
+        xs = gl.permute(gl.reshape(xs, [2, 8, 4, 2, 2, 2, 2]), [0, 1, 2, 5, 6, 3, 4])  # (nh, g, t, kh, h, j1, j0)
+        x_j0, x_j1 = gl.split(xs)
+        x0, x2 = gl.split(x_j0)
+        x1, x3 = gl.split(x_j1)
         acc = gl.zeros([WARPS * 16, 16], gl.float32, MMA)
         for j in gl.static_range(4):
             word = w0 if j == 0 else (w1 if j == 1 else (w2 if j == 2 else w3))
+            xj = x0 if j == 0 else (x1 if j == 1 else (x2 if j == 2 else x3))
             a = gl.convert_layout(_frag_a(gl.convert_layout(word, W2), c_lo, c_hi, HAS_ZERO, WARPS), A_L)
-            b = gl.load(x_tile + (s * 64 + j * 16), mask=x_mask, other=0.0)
+            # (nh, g, t, kh, h) -> (K 8 kh + 2 t + h, token 8 nh + g): the B fragment's coordinates
+            b = gl.convert_layout(gl.reshape(gl.permute(xj, [3, 2, 4, 0, 1]), [16, 16]), B_L)
             acc = mma_v2(a, b, acc)
         sc = gl.load(s_ptr + rows * stride_sn + g, mask=rows < N, other=0.0).to(gl.float32)
         total += acc * gl.expand_dims(sc, 1)
