@@ -228,7 +228,7 @@ def _loaded(q: QuantLinear) -> torch.Tensor:
     """The weight a swapped module holds, dequantized, in the model's K order."""
     bufs = [getattr(q, n) for n in q._names]
     if q.kernel in ("int4_weight_only_gemm", "fp4_weight_only_gemm", "nvfp4_gemm"):
-        w = wf.dequantize(wo_launch.rebuild(bufs, q.weight_key))
+        w = wf.dequantize(wo_launch.rebuild(bufs, q.weight_key)[0])
     else:
         w = Q.dequantize_weight({"weight": bufs[0], WEIGHT_MODE[q.weight_key][1]: bufs[1]}, q.weight_key)
     if isinstance(q, PermutedQuantLinear):

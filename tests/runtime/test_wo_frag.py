@@ -114,3 +114,34 @@ def test_gluon_kernel_compiles_for_hopper_with_the_tiles_in_registers():
         assert r["shfl"] == 0 and r["local"] == 0, (case, r)
         # split-K: its atomics, and the arrival count broadcast through one shared-memory word
         assert (r["atom"] > 0) == (case[2] > 1) and r["ld_shared"] == (case[2] > 1), (case, r)
+
+
+@pytest.mark.parametrize("key", ["int4_group_128", "int4_group_64_asym"])
+def test_a_layer_prepared_with_the_switch_runs_2_to_16_rows_in_fragment_order(key, monkeypatch):
+    """QUANTC_WO_FRAG=1 at load (opt-in): an int4 QuantLinear keeps its words in fragment order beside the
+    checkpoint's, and 2-16 activation rows run wo_frag (one row the GEMV's path, more than 16 the other kernels);
+    without the switch nothing changes; a format it cannot take keeps no second copy."""
+    from quantc.runtime import quantize as Q
+    from quantc.runtime.kernels import wo_launch
+    from quantc.runtime.modules import QuantLinear
+    from quantc.runtime.registry import LAUNCHERS
+
+    torch.manual_seed(4)
+    n, k = 48, 256
+    w = (torch.randn(n, k) * 0.05).to(torch.bfloat16)
+    tensors = Q.quantize_weight(w, key)
+    launcher = LAUNCHERS["int4_weight_only_gemm"]
+    assert "frag" not in launcher.prepare(tensors, key, n, k)
+    monkeypatch.setenv("QUANTC_WO_FRAG", "1")
+    buffers = launcher.prepare(tensors, key, n, k)
+    assert buffers["frag"].shape == (3, 4, 32, 4)
+    assert "frag" not in LAUNCHERS["fp4_weight_only_gemm"].prepare(Q.quantize_weight(w, "mxfp4"), "mxfp4", n, k)
+    layer = QuantLinear("t", "int4_weight_only_gemm", key, "none", n, k, buffers, None, None)
+    calls = []
+    real = fr.launch_frag
+    monkeypatch.setattr(fr, "launch_frag", lambda *a, **kw: calls.append(a[0].shape[0]) or real(*a, **kw))
+    ref_w = wo_launch.rebuild([buffers[key_] for key_ in layer._names], key)[0]
+    for m in (1, 5, 16, 17):
+        x = torch.randn(m, k).bfloat16()
+        assert _rel_err(layer(x), wg.reference(x, ref_w)) < 1e-2, m
+    assert calls == [5, 16]

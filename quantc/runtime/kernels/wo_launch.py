@@ -31,6 +31,8 @@ def key_meta(key: str) -> tuple[int, int, int]:
 
 
 def prepare(tensors: dict, weight_key: str, n: int, k: int) -> dict[str, torch.Tensor]:
+    """The layer's buffers. QUANTC_WO_FRAG=1 at load (opt-in, untimed) also keeps an int4 weight's words in
+    fragment order (``wo_frag``: twice the 4-bit bytes) for 2-16 activation rows."""
     key_meta(weight_key)
     w = wf.from_tensors(weight_key, tensors, n, k)
     out = {"data": w.data, "scale": w.scale}
@@ -38,23 +40,38 @@ def prepare(tensors: dict, weight_key: str, n: int, k: int) -> dict[str, torch.T
         out["zeros"] = w.zeros
     if w.global_scale is not None:
         out["global_scale"] = w.global_scale
+    if common.env("QUANTC_WO_FRAG") == "1":
+        from .wo_frag import frag_ok, frag_pack
+
+        if frag_ok(w):
+            out["frag"] = frag_pack(w).data
     return out
 
 
-def rebuild(buffers, weight_key: str) -> wf.WoWeight:
+def rebuild(buffers, weight_key: str) -> tuple[wf.WoWeight, torch.Tensor | None]:
+    """The ``WoWeight`` of a layer's buffers, and its fragment-order words where ``prepare`` kept them."""
     fmt, sfmt, group = key_meta(weight_key)
     data, scale, *rest = buffers
     zeros = rest.pop(0) if weight_key.endswith("_asym") else None
     gscale = rest.pop(0) if fmt == wf.NVFP4 else None
-    return wf.WoWeight(fmt, data.shape[0], data.shape[1] * 8, data, scale, sfmt, group, 1, zeros, gscale)
+    # the fragment-order words: the one 4-D buffer (checkpoints may add others after these, e.g. an input scale)
+    frag = next((t for t in rest if t.dim() == 4), None)
+    return wf.WoWeight(fmt, data.shape[0], data.shape[1] * 8, data, scale, sfmt, group, 1, zeros, gscale), frag
 
 
 def run(x, buffers, config, weight_key, act_key, bias):
     from . import wo_gemm, wo_mx
 
-    w = rebuild(buffers, weight_key)
-    cfg = config or wo_gemm.default_config(x.shape[0], w.n, w.k, int4=w.fmt == wf.INT4)  # a KernelConfig either way
-    out = (wo_mx.launch if act_key == "mxfp8" else wo_gemm.launch)(x, w, cfg)
+    w, frag = rebuild(buffers, weight_key)
+    if frag is not None and 2 <= x.shape[0] <= 16 and act_key != "mxfp8":
+        from .wo_frag import FragWeight, launch_frag
+
+        sms = common.sm_count(x.device) if x.is_cuda else 132
+        out = launch_frag(x, FragWeight(w.n, w.k, frag, w.scale, w.group, w.zeros),
+                          split_k=wo_gemm._split(w.n, w.k, 64, 64, sms))
+    else:
+        cfg = config or wo_gemm.default_config(x.shape[0], w.n, w.k, int4=w.fmt == wf.INT4)  # a KernelConfig
+        out = (wo_mx.launch if act_key == "mxfp8" else wo_gemm.launch)(x, w, cfg)
     return common.torch_op(torch.add, out, bias) if bias is not None else out
 
 
