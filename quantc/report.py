@@ -125,6 +125,11 @@ def render_plan_text(data: dict, width: int = 260) -> str:
 # --- explain -------------------------------------------------------------------------------------
 
 
+# 4-bit weight-only kernel ids whose one-row calls the runtime hands to its GEMV on sm_90 (wo_gemv.uses_gemv),
+# whatever their table row says
+_GEMV_KERNELS = ("int4_weight_only_gemm", "fp4_weight_only_gemm")
+
+
 def explain_data(result, module_name: str) -> dict | None:
     """One module's story from a pipeline result (works even when other modules have errors)."""
     lw = result.lowering
@@ -160,6 +165,8 @@ def explain_data(result, module_name: str) -> dict | None:
         e = lookup(lw.tables, lw.fallback_tables, d.kernel, d.n_rank, d.k_rank, d.kernel_entry, lw.gpu.name,
                    smem_fit(lw.gpu, d.kernel, d.weight, d.activation))
         entry = {"id": e.id, "source": e.source, "buckets": [{"m_max": m, **cfg.__dict__} for m, cfg in e.buckets]}
+    if entry is not None and d.kernel in _GEMV_KERNELS and lw.gpu.sm == 90 and d.k_rank % 128 == 0:
+        entry["one_row"] = "the runtime's CUDA-core GEMV (runtime/kernels/wo_gemv.py) at a config of its own"
     return {
         "module": module.name,
         "kind": module.kind,
@@ -244,6 +251,8 @@ def render_explain_text(data: dict) -> str:
             hi = "inf" if b["m_max"] >= 2**31 - 1 else str(b["m_max"])
             lines.append(f"    M {prev + 1:>5}..{hi:<5} block {b['block_m']}x{b['block_n']}x{b['block_k']} "
                          f"warps {b['num_warps']} stages {b['num_stages']} group_m {b['group_m']} split_k {b['split_k']}")
+            if prev == 0 and kc.get("one_row"):
+                lines.append(f"      (one row on this GPU runs {kc['one_row']})")
             prev = b["m_max"]
     for e in data["errors"]:
         lines.append(f"  error {e['code']}: {e['message']}")

@@ -37,3 +37,23 @@ def test_variants_follow_the_gpu(tmp_path):
 def test_unquantized_module_has_no_variants(tmp_path):
     data = _explain(tmp_path, "quantc: 1\nlinear: int8\n", "examples/models/llama-3.1-8b.json", "lm_head")
     assert data["variants"] == [] and data["kernel"] is None
+
+
+def test_one_row_4bit_configs_say_the_gemv_takes_them_on_sm90(tmp_path):
+    """On sm_90 the runtime runs a 4-bit weight-only layer's one-row calls on its CUDA-core GEMV, whatever the
+    table's first bucket says: explain says so under that bucket; other GPUs, and K the GEMV refuses, do not."""
+    note = "(one row on this GPU runs the runtime's CUDA-core GEMV"
+    for gpu, key, model, module, shown in [
+        ("h100", "w4a16", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", True),
+        ("h200", "mxfp4", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", True),
+        ("a100", "w4a16", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", False),
+        ("h100", "fp8_per_channel", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", False),
+    ]:
+        data = _explain(tmp_path, f"quantc: 1\nlinear: {key}\n", model, module, gpu=gpu)
+        text = render_explain_text(data)
+        assert (note in text) == shown, (gpu, key)
+        assert ("one_row" in data["kernel_config"]) == shown, (gpu, key)
+        if shown:  # right under the first bucket
+            lines = text.splitlines()
+            first = next(i for i, line in enumerate(lines) if line.strip().startswith("M     1..1"))
+            assert note in lines[first + 1]
