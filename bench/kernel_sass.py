@@ -13,6 +13,7 @@ per thread, integer-pipe share, tensor-core instructions, and "smem" when the ti
     python bench/kernel_sass.py --kernel planes --fmt int4 --bn 32 64 --bk 128 --warps 2   # wo_planes
     ONE_ROW=1 python bench/kernel_sass.py --kernel planes ...   # the M = 1 variant (x loaded once)
     BIAS_FOLD=0 python bench/kernel_sass.py --kernel planes ... # int4 with the per-element bias FMAs
+    python bench/kernel_sass.py --kernel frag --fmt int4 int4_asym --bk 64 128 --warps 4   # wo_frag (bk: 64 x sub-steps)
     python bench/kernel_sass.py --kernel persistent ...          # the persistent planes variant (its
                                                                  # flattened loop also counts the epilogue)
 
@@ -58,7 +59,23 @@ INT_PIPE = ("LOP3", "PRMT", "SHF", "ISETP", "SEL", "IADD3", "LEA", "SHL")
 NVDISASM = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
 
 
+def compile_frag(fmt: str, bk: int, split: int, warps: int):
+    """``wo_frag``'s Gluon kernel (int4 only): WARPS x 16 rows a program, a step of bk / 64 sub-steps."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from quantc.runtime.kernels import wo_frag
+
+    sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "out_ptr": "*bf16", "ws_ptr": "*fp32",
+           "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_sn": "i32"}
+    ce = dict(GROUP=128, HAS_ZERO=fmt == "int4_asym", WARPS=warps, SPLIT_K=split, SUB=bk // 64)
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig) if name not in ("M", "N")}
+    return triton.compile(GluonASTSource(wo_frag._frag_kernel, dict(sig, **{k: "constexpr" for k in ce}), ce, attrs),
+                          target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+
+
 def compile_kernel(fmt: str, bm: int, bn: int, bk: int, split: int, warps: int, stages: int):
+    if KERNEL == "frag":
+        return compile_frag(fmt, bk, split, warps)
     f, sfmt, group, zero, sdt, glob = FORMATS[fmt]
     constexprs = dict(FMT=f, SFMT=sfmt, GROUP=group, HAS_ZERO=zero, HAS_GLOBAL=glob, BLOCK_M=bm, BLOCK_N=bn,
                       BLOCK_K=bk, SPLIT_K=split, ASM=True, UPCAST=False)
@@ -103,6 +120,8 @@ def report(fmt: str, bm: int, bn: int, bk: int, split: int, warps: int, stages: 
     body = main_loop(sass)
     ops = collections.Counter(re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)",
                                          "\n".join(body), re.M))
+    if KERNEL == "frag":
+        bn = 16 * warps  # its tile: 16 rows a warp
     elems = bn * bk / (warps * 32)  # weight elements a thread decodes per K step
     total = sum(ops.values())
     ints = sum(v for k, v in ops.items() if k.startswith(INT_PIPE))
@@ -123,7 +142,7 @@ def main() -> None:
     p.add_argument("--warps", nargs="+", type=int, default=[4])
     p.add_argument("--stages", nargs="+", type=int, default=[3])
     p.add_argument("--split", type=int, default=1)
-    p.add_argument("--kernel", choices=("mma4", "planes", "persistent"), default="mma4")
+    p.add_argument("--kernel", choices=("mma4", "planes", "persistent", "frag"), default="mma4")
     a = p.parse_args()
     global KERNEL
     KERNEL = a.kernel

@@ -60,6 +60,13 @@ def test_twin_matches_the_reference(key, m, warps, split):
     assert _rel_err(out, wg.reference(x, w)) < 1e-2
 
 
+def test_sub_steps_follow_k_and_the_groups():
+    """Two 64-deep sub-steps a step where 128 divides K and the groups (the scales once a step), else one."""
+    assert fr.frag_sub(4096, 128) == 2 and fr.frag_sub(4096, 64) == 1 and fr.frag_sub(192, 128) == 1
+    fw = fr.frag_pack(wf.quantize(torch.randn(48, 256), "int4_group_128"))
+    assert fr.launch_frag(torch.randn(0, 256).bfloat16(), fw).shape == (0, 48)  # no rows: nothing to launch
+
+
 def test_refusals_name_what_is_wrong():
     with pytest.raises(ValueError, match="int4 weight with N a multiple of 16"):
         fr.frag_pack(wf.quantize(torch.randn(48, 256), "mxfp4"))
@@ -83,8 +90,8 @@ from quantc.runtime.kernels import wo_frag
 SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "out_ptr": "*bf16", "ws_ptr": "*fp32",
        "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_sn": "i32"}
 out = []
-for zero, warps, split in json.loads(sys.argv[1]):
-    ce = dict(GROUP=128, HAS_ZERO=zero, WARPS=warps, SPLIT_K=split)
+for zero, warps, split, sub in json.loads(sys.argv[1]):
+    ce = dict(GROUP=128, HAS_ZERO=zero, WARPS=warps, SPLIT_K=split, SUB=sub)
     sig = dict(SIG, **{k: "constexpr" for k in ce})
     # 16-byte aligned pointers, K and strides, as Triton specializes them at a launch
     attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG) if a not in ("M", "N")}
@@ -100,17 +107,19 @@ print(json.dumps(out))
 
 
 def test_gluon_kernel_compiles_for_hopper_with_the_tiles_in_registers():
-    """The GPU kernel (Gluon: the interpreter cannot run it) compiled for sm_90: 8 MMAs and 16 decode lop3 a
-    64-deep step; a lane's four words one 16-byte load and its activation values four (the permuted K order); no
-    shuffles, no spills, neither operand through shared memory; split-K adds only its atomics and the arrival
-    count's one shared word."""
-    cases = [(False, 4, 1), (True, 4, 1), (False, 2, 2)]
+    """The GPU kernel (Gluon: the interpreter cannot run it) compiled for sm_90, one and two 64-deep sub-steps a step:
+    8 MMAs and 16 decode lop3 a sub-step; a lane's four words one 16-byte load and its activation values four (the
+    permuted K order); no shuffles, no spills, neither operand through shared memory; split-K adds only its atomics
+    and the arrival count's one shared word."""
+    cases = [(False, 4, 1, 1), (True, 4, 1, 2), (False, 2, 2, 2)]
     proc = subprocess.run([sys.executable, "-c", FRAG_COMPILE, json.dumps(cases)], capture_output=True, text=True,
                           timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for case, r in zip(cases, json.loads(proc.stdout.strip().splitlines()[-1])):
-        # the words (prefetch and loop) and each lane's two tokens as 16-byte vectors: 2 + 4 of them
-        assert r["mma"] == 8 and r["lop3"] == 16 and r["ld_v4"] == 6, (case, r)
+        # a 64-deep sub-step: 8 MMAs, 16 decode lop3, one 16-byte load of words (and one more before the loop) and
+        # four of the lane's two tokens' activations
+        sub = case[3]
+        assert r["mma"] == 8 * sub and r["lop3"] == 16 * sub and r["ld_v4"] == 6 * sub, (case, r)
         assert r["shfl"] == 0 and r["local"] == 0, (case, r)
         # split-K: its atomics, and the arrival count broadcast through one shared-memory word
         assert (r["atom"] > 0) == (case[2] > 1) and r["ld_shared"] == (case[2] > 1), (case, r)

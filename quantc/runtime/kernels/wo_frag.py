@@ -195,24 +195,52 @@ def _frag_a(word, c_lo, c_hi, HAS_ZERO: gl.constexpr, WARPS: gl.constexpr):
 
 
 @gluon.jit
+def _frag_substep(acc, words, xs, c_lo, c_hi, HAS_ZERO: gl.constexpr, WARPS: gl.constexpr, W2: gl.constexpr,
+                  A_L: gl.constexpr, B_L: gl.constexpr):
+    """The 4 MMAs of one 64-deep sub-step: ``words`` (WARPS, 32, 4) a lane's A words, ``xs`` (2, 8, 4, 16) its
+    activation values (tokens g / 8 + g, K 16 t .. 16 t + 15 of the sub-step's permuted order)."""
+    ev, od = gl.split(gl.reshape(words, [WARPS, 32, 2, 2]))  # word v = 2 v1 + v0
+    w0, w2 = gl.split(ev)
+    w1, w3 = gl.split(od)
+    # K 16 t + 4 j + 2 kh + h of the sub-step: split j = 2 j1 + j0 off, leaving (nh, g, t, kh, h) per MMA
+    xs = gl.permute(gl.reshape(xs, [2, 8, 4, 2, 2, 2, 2]), [0, 1, 2, 5, 6, 3, 4])  # (nh, g, t, kh, h, j1, j0)
+    x_j0, x_j1 = gl.split(xs)
+    x0, x2 = gl.split(x_j0)
+    x1, x3 = gl.split(x_j1)
+    for j in gl.static_range(4):
+        word = w0 if j == 0 else (w1 if j == 1 else (w2 if j == 2 else w3))
+        xj = x0 if j == 0 else (x1 if j == 1 else (x2 if j == 2 else x3))
+        a = gl.convert_layout(_frag_a(gl.convert_layout(word, W2), c_lo, c_hi, HAS_ZERO, WARPS), A_L)
+        # (nh, g, t, kh, h) -> (K 8 kh + 2 t + h, token 8 nh + g): the B fragment's coordinates
+        b = gl.convert_layout(gl.reshape(gl.permute(xj, [3, 2, 4, 0, 1]), [16, 16]), B_L)
+        acc = mma_v2(a, b, acc)
+    return acc
+
+
+@gluon.jit
 def _frag_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_sn,
-    GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, WARPS: gl.constexpr, SPLIT_K: gl.constexpr,
+    GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, WARPS: gl.constexpr, SPLIT_K: gl.constexpr, SUB: gl.constexpr,
 ):
+    """Grid (row tiles of WARPS x 16, K slices); a step is SUB 64-deep sub-steps (SUB x 64 divides the groups): the
+    group scales and the loop's fixed costs once a step."""
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS, 1], instr_shape=[16, 8])
     A_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_L: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
     WL: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 32, 1], [WARPS, 1, 1], [2, 1, 0])
     W2: gl.constexpr = gl.SliceLayout(2, WL)
-    steps = K // 64
+    subs = K // 64
+    steps = subs // SUB
     per = gl.cdiv(steps, SPLIT_K)
     s_start = gl.program_id(1) * per
     s_end = gl.minimum(s_start + per, steps)
     tiles = gl.program_id(0) * WARPS + gl.arange(0, WARPS, layout=gl.SliceLayout(1, W2))
     lanes = gl.arange(0, 32, layout=gl.SliceLayout(0, W2))
     vs = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, WL)))
-    tile_ok = gl.expand_dims(gl.expand_dims(tiles < N // 16, 1), 2)
-    w_base = w_ptr + (gl.expand_dims(gl.expand_dims(tiles.to(gl.int64) * steps * 128, 1), 2)
+    # loads go unmasked (a masked load zero-fills its registers first, ~20 instructions a step): tiles past N read
+    # the last tile, tokens past M the last token, a prefetch past the slice its last step; stores are masked
+    w_tiles = gl.minimum(tiles, N // 16 - 1)
+    w_base = w_ptr + (gl.expand_dims(gl.expand_dims(w_tiles.to(gl.int64) * subs * 128, 1), 2)
                       + gl.expand_dims(gl.expand_dims(lanes * 4, 0), 2) + gl.expand_dims(gl.expand_dims(vs, 0), 1))
     row_g = gl.expand_dims(tiles * 16, 1) + gl.expand_dims(lanes // 4, 0)  # (WARPS, 32): the lane's rows g
     row_mask = row_g < N
@@ -227,46 +255,47 @@ def _frag_kernel(
     x_k = gl.arange(0, 16, layout=gl.SliceLayout(0, TK))
     tok4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(x_nh * 8, 1) + gl.expand_dims(x_g, 0), 2), 3)
     k4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(x_t * 16, 1) + gl.expand_dims(x_k, 0), 0), 0)
-    x_tile = x_ptr + tok4 * stride_xm + k4  # (2, 8, 4, 16)
-    x_mask = (tok4 < M) & (k4 >= 0)
+    x_tile = x_ptr + gl.minimum(tok4, M - 1) * stride_xm + k4  # (2, 8, 4, 16)
     rows = gl.program_id(0) * (WARPS * 16) + gl.arange(0, WARPS * 16, layout=gl.SliceLayout(1, MMA))
     c_lo = gl.full([WARPS, 32], NEG_136_X2, gl.int32, W2)
     c_hi = c_lo
     total = gl.zeros([WARPS * 16, 16], gl.float32, MMA)
-    # the next step's words load while this step decodes and multiplies (one 16-byte load a lane a step)
-    w_nxt = gl.load(w_base + s_start * 128, mask=tile_ok & (s_start < s_end), other=0, eviction_policy="evict_first")
+    # the next step's words load while this step decodes and multiplies (one 16-byte load a lane a sub-step)
+    last = gl.maximum(s_end - 1, 0)
+    w_nxt = gl.load(w_base + gl.minimum(s_start, last) * SUB * 128, eviction_policy="evict_first")
+    w_nxt2 = w_nxt
+    if SUB == 2:
+        w_nxt2 = gl.load(w_base + (gl.minimum(s_start, last) * SUB + 1) * 128, eviction_policy="evict_first")
     for s in range(s_start, s_end):
         words = w_nxt
-        w_nxt = gl.load(w_base + (s + 1) * 128, mask=tile_ok & (s + 1 < s_end), other=0, eviction_policy="evict_first")
-        g = (s * 64) // GROUP
+        words2 = w_nxt2
+        nxt = gl.minimum(s + 1, last)
+        w_nxt = gl.load(w_base + nxt * SUB * 128, eviction_policy="evict_first")
+        if SUB == 2:
+            w_nxt2 = gl.load(w_base + (nxt * SUB + 1) * 128, eviction_policy="evict_first")
+        g = (s * SUB * 64) // GROUP
         if HAS_ZERO:  # -(128 + z) as bf16x2 for the lane's rows g and g + 8
             z_lo = gl.load(z_ptr + row_g * stride_sn + g, mask=row_mask, other=0).to(gl.float32)
             z_hi = gl.load(z_ptr + (row_g + 8) * stride_sn + g, mask=row_mask, other=0).to(gl.float32)
             c_lo = ((-(z_lo + 128.0)).to(gl.bfloat16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF) * 0x10001
             c_hi = ((-(z_hi + 128.0)).to(gl.bfloat16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF) * 0x10001
-        ev, od = gl.split(gl.reshape(words, [WARPS, 32, 2, 2]))  # word v = 2 v1 + v0
-        w0, w2 = gl.split(ev)
-        w1, w3 = gl.split(od)
-        xs = gl.load(x_tile + s * 64, mask=x_mask, other=0.0)  # two 16-byte loads a token a lane
-        # K 16 t + 4 j + 2 kh + h of the step: split j = 2 j1 + j0 off, leaving (nh, g, t, kh, h) per MMA
-        xs = gl.permute(gl.reshape(xs, [2, 8, 4, 2, 2, 2, 2]), [0, 1, 2, 5, 6, 3, 4])  # (nh, g, t, kh, h, j1, j0)
-        x_j0, x_j1 = gl.split(xs)
-        x0, x2 = gl.split(x_j0)
-        x1, x3 = gl.split(x_j1)
         acc = gl.zeros([WARPS * 16, 16], gl.float32, MMA)
-        for j in gl.static_range(4):
-            word = w0 if j == 0 else (w1 if j == 1 else (w2 if j == 2 else w3))
-            xj = x0 if j == 0 else (x1 if j == 1 else (x2 if j == 2 else x3))
-            a = gl.convert_layout(_frag_a(gl.convert_layout(word, W2), c_lo, c_hi, HAS_ZERO, WARPS), A_L)
-            # (nh, g, t, kh, h) -> (K 8 kh + 2 t + h, token 8 nh + g): the B fragment's coordinates
-            b = gl.convert_layout(gl.reshape(gl.permute(xj, [3, 2, 4, 0, 1]), [16, 16]), B_L)
-            acc = mma_v2(a, b, acc)
+        xs = gl.load(x_tile + s * SUB * 64)  # two 16-byte loads a token a lane
+        acc = _frag_substep(acc, words, xs, c_lo, c_hi, HAS_ZERO, WARPS, W2, A_L, B_L)
+        if SUB == 2:
+            xs2 = gl.load(x_tile + (s * SUB + 1) * 64)
+            acc = _frag_substep(acc, words2, xs2, c_lo, c_hi, HAS_ZERO, WARPS, W2, A_L, B_L)
         sc = gl.load(s_ptr + rows * stride_sn + g, mask=rows < N, other=0.0).to(gl.float32)
         total += acc * gl.expand_dims(sc, 1)
     on = gl.arange(0, 16, layout=gl.SliceLayout(0, MMA))
     offs = gl.expand_dims(on, 0) * N + gl.expand_dims(rows, 1)
     o_mask = gl.expand_dims(rows < N, 1) & gl.expand_dims(on < M, 0)
     store_or_reduce(total, out_ptr + offs, ws_ptr + offs, o_mask, cnt_ptr + gl.program_id(0), SPLIT_K)
+
+
+def frag_sub(k: int, group: int) -> int:
+    """64-deep sub-steps a step of the GPU kernel: 2 where 128 divides K and the groups, else 1."""
+    return 2 if k % 128 == 0 and group % 128 == 0 else 1
 
 
 def launch_frag(x2: torch.Tensor, fw: FragWeight, warps: int = 4, split_k: int = 1) -> torch.Tensor:
@@ -277,8 +306,10 @@ def launch_frag(x2: torch.Tensor, fw: FragWeight, warps: int = 4, split_k: int =
         raise ValueError(f"the fragment-order GEMM takes up to {TOKENS} activation rows of K = {fw.k} with unit "
                          f"stride; got {tuple(x2.shape)} with strides {tuple(x2.stride())}")
     n = fw.n
+    if m == 0:
+        return torch.empty((0, n), dtype=torch.bfloat16, device=x2.device)
     bn = warps * 16
-    split = max(1, min(split_k, k // STEP))
+    split = max(1, min(split_k, k // (STEP * frag_sub(k, fw.group))))
     out = common.empty((m, n), torch.bfloat16, x2.device)
     grid = (cdiv(n, bn), split)
     ws, cnt = split_workspace(x2.device, m * n, grid[0]) if split > 1 else (out, out)
@@ -288,5 +319,5 @@ def launch_frag(x2: torch.Tensor, fw: FragWeight, warps: int = 4, split_k: int =
     if common.interpreted() or x2.device.type != "cuda":
         common.launch(_frag_twin_kernel, grid, args, dict(consts, BLOCK_N=bn), warps, 1)
     else:
-        common.launch(_frag_kernel, grid, args, dict(consts, WARPS=warps), warps, 1)
+        common.launch(_frag_kernel, grid, args, dict(consts, WARPS=warps, SUB=frag_sub(fw.k, fw.group)), warps, 1)
     return out
