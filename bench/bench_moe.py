@@ -69,7 +69,7 @@ from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime.kernels import moe_gemm as mg  # noqa: E402
 from quantc.runtime.kernels import wo_format as wf  # noqa: E402
 from quantc.runtime.kernels.moe_routing import ALIGN_KERNEL_MAX_PAIRS, align_by_expert  # noqa: E402
-from quantc.runtime.kernels.wo_gemv import gemv_config, launch_moe_gemv  # noqa: E402
+from quantc.runtime.kernels.wo_gemv import gemv_config, grid_sms, launch_moe_gemv  # noqa: E402
 from quantc.runtime.hf_moe import QuantRouter  # noqa: E402
 from quantc.runtime.moe import QuantMoE  # noqa: E402
 from bench.bandwidth import copy_gbps, moe_roofline  # noqa: E402
@@ -351,7 +351,7 @@ def bench():
                         x, None, M13, routing, a_div=k, act="silu", a_quant=0, a_group=0, cfg=cfg))
             if h % 128 == 0 and pairs <= 256:  # the grouped GEMV (opt-in, decode): the gate_up without its activation
                 flat_ids = ids.reshape(-1).contiguous()
-                gemv_cfg = gemv_config(pairs * M13.n, M13.k, torch.cuda.get_device_properties(0).multi_processor_count)
+                gemv_cfg = gemv_config(pairs * M13.n, M13.k, grid_sms(x.device))  # the config QuantMoE picks
                 row["gate_up_ours_mxfp4_gemv_us"] = us(lambda: launch_moe_gemv(x, M13, flat_ids, k, *gemv_cfg))
 
             def torch_layer():

@@ -24,9 +24,11 @@ import torch.nn.functional as F
 
 from .kernels import moe_gemm as mg
 from .kernels import wo_format as wf
-from .kernels.common import smem_optin
+from .kernels import wo_gemv
+from .kernels.common import env, smem_optin
 from .kernels.moe_routing import ROUTERS, align_by_expert
 from .kernels.wo_gemm import WoConfig
+from .kernels.wo_gemv import gemv_config, gemv_weight_ok, grid_sms
 from .tables import bucket_lookup, default_buckets, pick
 
 MOE_KERNELS = {"moe_bf16", "moe_fp8", "moe_fp8_block", "moe_int8", "moe_weight_only",
@@ -37,18 +39,14 @@ _DEQUANT_KERNELS = {"moe_weight_only", "moe_mxfp4_mxfp8_emulated"}  # bf16 activ
 _FIELDS = ("data", "scale", "zeros", "global_scale")
 
 
-def uses_moe_gemv(x: torch.Tensor, w13: wf.WoWeight, w2: wf.WoWeight, num_pairs: int) -> bool:
+def uses_moe_gemv(w13: wf.WoWeight, w2: wf.WoWeight, num_pairs: int) -> bool:
     """Whether 4-bit experts with bf16 activations run on the grouped GEMV (``wo_gemv.launch_moe_gemv``):
     opt-in (QUANTC_MOE_GEMV=1, any device, the interpreter included) until it is timed on a GPU, for up to
     QUANTC_MOE_GEMV_MAX_PAIRS (token, expert) pairs (default 256: decode), where both stacks suit the GEMV
     (K a multiple of 128: not gpt-oss's 2880)."""
-    from .kernels.common import env
-    from .kernels.wo_gemv import gemv_ok
-
     if env("QUANTC_MOE_GEMV") != "1" or num_pairs > int(env("QUANTC_MOE_GEMV_MAX_PAIRS") or 256):
         return False
-    one = x[:1]
-    return w13.pack == 8 and w2.pack == 8 and gemv_ok(one, w13) and gemv_ok(one.new_empty(1, w2.k), w2)
+    return w13.pack == 8 and w2.pack == 8 and gemv_weight_ok(w13) and gemv_weight_ok(w2)
 
 
 def default_config(tokens: int, top_k: int, kernel: str = "moe_bf16") -> WoConfig:
@@ -177,7 +175,7 @@ class QuantMoE(nn.Module):
     def _experts(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         t, top_k = topk_ids.shape
         if self.kernel == "moe_weight_only" and self.num_experts == self.total_experts and uses_moe_gemv(
-                x, self._weight("w13"), self._weight("w2"), t * top_k):
+                self._weight("w13"), self._weight("w2"), t * top_k):
             return self._experts_gemv(x, topk_weights, topk_ids)
         c13, c2 = self.kernel_configs(t, top_k)
         ws_rows = 0
@@ -229,16 +227,13 @@ class QuantMoE(nn.Module):
         """Decode on the 4-bit GEMV (``uses_moe_gemv``): every (token, slot) pair a GEMV row through its expert,
         no sort or padding; the grouped GEMM's epilogue (biases, activation, routing weights) in one elementwise
         launch after each (``moe_gemm.pair_rows``)."""
-        from .kernels.common import sm_count
-        from .kernels.wo_gemv import gemv_config, launch_moe_gemv
-
         t, top_k = topk_ids.shape
         ids = topk_ids.reshape(-1).contiguous()
-        sms = sm_count(x.device) if x.is_cuda else 132
+        sms = grid_sms(x.device)
         w13, w2 = self._weight("w13"), self._weight("w2")
-        h = launch_moe_gemv(x, w13, ids, top_k, *gemv_config(ids.numel() * w13.n, w13.k, sms))
+        h = wo_gemv.launch_moe_gemv(x, w13, ids, top_k, *gemv_config(ids.numel() * w13.n, w13.k, sms))
         a = mg.pair_rows(h, ids, self.activation, bias=self.b13)
-        y = launch_moe_gemv(a, w2, ids, 1, *gemv_config(ids.numel() * w2.n, w2.k, sms))
+        y = wo_gemv.launch_moe_gemv(a, w2, ids, 1, *gemv_config(ids.numel() * w2.n, w2.k, sms))
         y = mg.pair_rows(y, ids, "none", bias=self.b2, topk_weights=_pair_weights(topk_weights))
         return self._combine(y.view(t, top_k, -1))
 

@@ -300,9 +300,9 @@ def test_moe_4bit_decode_on_the_gemv_matches_expert_loop(wkey, act, bias, monkey
     assert len(calls) == 2
     monkeypatch.delenv("QUANTC_MOE_GEMV_MAX_PAIRS")
     monkeypatch.delenv("QUANTC_MOE_GEMV")
-    assert not moe_mod.uses_moe_gemv(x, w13, w2, T * TOPK)  # off by default until timed
+    assert not moe_mod.uses_moe_gemv(w13, w2, T * TOPK)  # off by default until timed
     monkeypatch.setenv("QUANTC_MOE_GEMV", "1")
-    assert not moe_mod.uses_moe_gemv(x, wf.quantize(torch.randn(E, 2 * I, H) * 0.1, "none"), w2, T * TOPK)
+    assert not moe_mod.uses_moe_gemv(wf.quantize(torch.randn(E, 2 * I, H) * 0.1, "none"), w2, T * TOPK)
 
 
 @pytest.mark.parametrize("kernel,wkey,akey", [("moe_fp8", "fp8_per_channel", "fp8_dynamic_per_token"),

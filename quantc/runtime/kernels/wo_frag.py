@@ -65,16 +65,9 @@ class FragWeight:
     zeros: torch.Tensor | None = None
 
 
-def _fragment_index(n: int, k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, cols) of every nibble of the packed words, shaped (N / 16, K / 64, 32, 4, 8)."""
-    t_, s_, l_, v_, n_ = torch.meshgrid(torch.arange(n // 16, device=device), torch.arange(k // STEP, device=device),
-                                        torch.arange(32, device=device), torch.arange(4, device=device),
-                                        torch.arange(8, device=device), indexing="ij")
-    p, h = n_ % 4, n_ // 4
-    rh, kh = p % 2, p // 2
-    rows = 16 * t_ + l_ // 4 + 8 * rh
-    cols = STEP * s_ + 16 * (l_ % 4) + 4 * v_ + 2 * kh + h
-    return rows, cols
+# the codes of an (N, K) weight as axes (T, rh, g, s, t, v, kh, h): row 16 T + 8 rh + g, K 64 s + 16 t + 4 v + 2 kh + h;
+# a word (T, s, lane 4 g + t, v) holds nibble 4 h + 2 kh + rh, so the words are the axes in the order below
+_AXES = (0, 3, 2, 4, 5, 7, 6, 1)  # (T, s, g, t, v, h, kh, rh)
 
 
 def frag_ok(w: WoWeight) -> bool:
@@ -88,21 +81,20 @@ def frag_pack(w: WoWeight) -> FragWeight:
     if not frag_ok(w):
         raise ValueError(f"fragment order takes one int4 weight with N a multiple of 16, K of 64 and groups of a "
                          f"multiple of 64; got format {w.fmt}, shape ({w.n}, {w.k}), group {w.group}")
-    codes = qz.unpack_nibbles(w.data.contiguous().view(torch.uint8)).to(torch.int64)  # (N, K)
-    rows, cols = _fragment_index(w.n, w.k, w.data.device)
-    nib = codes[rows, cols] << (4 * torch.arange(8, device=w.data.device))
-    words = nib.sum(-1)  # (N / 16, K / 64, 32, 4): eight disjoint nibbles
+    codes = qz.unpack_nibbles(w.data.contiguous().view(torch.uint8))  # (N, K) uint8
+    nib = codes.reshape(w.n // 16, 2, 8, w.k // STEP, 4, 4, 2, 2).permute(_AXES).reshape(w.n // 16, w.k // STEP, 32, 4, 8)
+    words = torch.zeros(nib.shape[:-1], dtype=torch.int64, device=w.data.device)
+    for i in range(8):  # a nibble at a time: no 8-wide int64 copy of the codes
+        words |= nib[..., i].to(torch.int64) << (4 * i)
     words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
     return FragWeight(w.n, w.k, words.contiguous(), w.scale, w.group, w.zeros)
 
 
 def frag_codes(fw: FragWeight) -> torch.Tensor:
     """The (N, K) uint8 codes back from the packed words (the inverse of ``frag_pack``, for tests)."""
-    rows, cols = _fragment_index(fw.n, fw.k, fw.data.device)
-    nib = (fw.data.to(torch.int64)[..., None] >> (4 * torch.arange(8, device=fw.data.device))) & 15
-    codes = torch.zeros(fw.n, fw.k, dtype=torch.uint8, device=fw.data.device)
-    codes[rows, cols] = nib.to(torch.uint8)
-    return codes
+    nib = ((fw.data.to(torch.int64)[..., None] >> (4 * torch.arange(8, device=fw.data.device))) & 15).to(torch.uint8)
+    inverse = tuple(_AXES.index(i) for i in range(len(_AXES)))
+    return nib.reshape(fw.n // 16, fw.k // STEP, 8, 4, 4, 2, 2, 2).permute(inverse).reshape(fw.n, fw.k)
 
 
 # ---- the Triton twin (the interpreter): the same words, gathered by index arithmetic

@@ -53,7 +53,7 @@ from triton.experimental.gluon import language as gl
 
 from ...plan import KernelConfig
 from . import common
-from .common import cc_major, cdiv, env
+from .common import cc_major, cdiv, env, sm_count
 from .nibble_decode import e2m1_to_f32
 from .wo_format import INT4, MXFP4, NVFP4, S_E8M0, S_FLOAT
 from .wo_mma4 import split_workspace, store_or_reduce
@@ -426,7 +426,7 @@ def uses_gemv(x2: torch.Tensor, w) -> bool:
     included; a large N turns the kernel off). QUANTC_WO_GEMV_MAX_M=M (default 1) lets it take up to M activation
     rows (opt-in, untimed: a program per row and N tile, the rows' programs side by side sharing the weight tile
     through L2, each decoding it)."""
-    if not gemv_ok(x2[:1], w) or x2.shape[0] > int(env("QUANTC_WO_GEMV_MAX_M") or 1):
+    if not gemv_weight_ok(w) or x2.shape[0] > int(env("QUANTC_WO_GEMV_MAX_M") or 1):
         return False
     forced = env("QUANTC_WO_GEMV_MIN_N")
     if forced is not None:
@@ -449,9 +449,20 @@ def gemv_config(n: int, k: int, sms: int) -> tuple[KernelConfig, int]:
 
 
 def gemv_ok(x2: torch.Tensor, w) -> bool:
-    """Whether this kernel takes the call: one row, K a multiple of 128, int4 codes in groups of whole chunks,
-    mxfp4 (e8m0 scales per 32: one a chunk) or nvfp4 (e4m3 scales per 16: one a word pair, 2-byte aligned)."""
-    if x2.shape[0] != 1 or w.k % 128 or w.row_block != 1:
+    """Whether this kernel takes the call at decode: one activation row and a weight it can read."""
+    return x2.shape[0] == 1 and gemv_weight_ok(w)
+
+
+def grid_sms(device: torch.device) -> int:
+    """The SM count ``gemv_config`` sizes a launch by: the GPU's, or an H100's 132 off a GPU (the interpreter)."""
+    return sm_count(device) if device.type == "cuda" else 132
+
+
+def gemv_weight_ok(w) -> bool:
+    """Whether this kernel reads the weight (a dense one or a stack of experts): K a multiple of 128, int4 codes in
+    groups of whole chunks, mxfp4 (e8m0 scales per 32: one a chunk) or nvfp4 (e4m3 scales per 16: one a word
+    pair, 2-byte aligned)."""
+    if w.k % 128 or w.row_block != 1:
         return False
     return ((w.fmt == INT4 and w.group % CHUNK.value == 0) or (w.fmt == MXFP4 and w.sfmt == S_E8M0 and w.group == 32)
             or (w.fmt == NVFP4 and w.sfmt == S_FLOAT and w.group == 16  # scales read in pairs (2 bytes)
@@ -487,7 +498,7 @@ def launch_gemv(x2: torch.Tensor, w, cfg, warps_k: int = 1) -> torch.Tensor:
     interpreter. ``cfg``: block_n rows a program, block_k (``gemv_tile``), split_k, num_warps; num_stages >= 2
     loads the next K step's words and activations before this step's products (the GPU kernel). ``warps_k``:
     the warps that share a K step (a split-K inside the program, summed through shared memory)."""
-    if not gemv_ok(x2[:1], w) or x2.stride(1) != 1:
+    if not gemv_weight_ok(w) or x2.stride(1) != 1:
         raise ValueError("the 4-bit GEMV takes activation rows with unit stride, K a multiple of 128 and int4 codes in "
                          f"groups of a multiple of 32, mxfp4 or nvfp4; got K = {w.k}, format {w.fmt}, group {w.group}")
     if x2.shape[0] == 1:
@@ -510,7 +521,7 @@ def launch_moe_gemv(x2: torch.Tensor, w, experts: torch.Tensor, a_div: int, cfg,
         raise ValueError(f"the MoE GEMV takes P expert ids for x rows of P / a_div pairs each and an (E, N, K) "
                          f"stack; got ids {tuple(experts.shape)}, x {tuple(x2.shape)}, a_div {a_div}, data "
                          f"{tuple(w.data.shape)}")
-    if not gemv_ok(x2[:1], w) or x2.stride(1) != 1 or (w.zeros is not None and w.zeros.stride() != w.scale.stride()):
+    if not gemv_weight_ok(w) or x2.stride(1) != 1 or (w.zeros is not None and w.zeros.stride() != w.scale.stride()):
         raise ValueError("the MoE GEMV takes K a multiple of 128, int4 groups of a multiple of 32, mxfp4 or nvfp4, "
                          f"rows with unit stride and zero points laid out as the scales; got K = {w.k}, format "
                          f"{w.fmt}, group {w.group}")

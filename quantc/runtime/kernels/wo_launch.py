@@ -65,10 +65,10 @@ def run(x, buffers, config, weight_key, act_key, bias):
     w, frag = rebuild(buffers, weight_key)
     if frag is not None and 2 <= x.shape[0] <= 16 and act_key != "mxfp8":
         from .wo_frag import FragWeight, launch_frag
+        from .wo_gemv import grid_sms
 
-        sms = common.sm_count(x.device) if x.is_cuda else 132
         out = launch_frag(x, FragWeight(w.n, w.k, frag, w.scale, w.group, w.zeros),
-                          split_k=wo_gemm._split(w.n, w.k, 64, 64, sms))
+                          split_k=wo_gemm._split(w.n, w.k, 64, 64, grid_sms(x.device)))
     else:
         cfg = config or wo_gemm.default_config(x.shape[0], w.n, w.k, int4=w.fmt == wf.INT4)  # a KernelConfig
         out = (wo_mx.launch if act_key == "mxfp8" else wo_gemm.launch)(x, w, cfg)
