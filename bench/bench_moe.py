@@ -11,7 +11,8 @@ Mixtral-8x7B; tokens T = 1, 16, 256, 4096, uniformly random distinct experts per
   (the 4-bit decode floor of issue 12), and the same through the nibble-plane path
   (``gate_up_ours_mxfp4_planes_*``, QUANTC_MOE_PLANES, where H is a multiple of 128) and, up to 256 pairs, on
   the grouped 4-bit GEMV (``gate_up_ours_mxfp4_gemv_*``: no activation; ``layer_ours_mxfp4_wo_gemv_*``, the
-  layer with QUANTC_MOE_GEMV=1); at >= 2048 (token, expert) pairs the bf16 gate_up also with a
+  layer with QUANTC_MOE_GEMV=1; the layer's default column takes it on sm_90 while pairs <= experts, and
+  ``layer_ours_mxfp4_wo_grouped_*`` is the grouped GEMM, QUANTC_MOE_GEMV=0); at >= 2048 (token, expert) pairs the bf16 gate_up also with a
   few larger tiles (``gate_up_ours_bf16_best_*``): what a tuned tile reaches next to the default (from
   512 pairs the fp8 gate_up too, with 128-deep tiles: ``gate_up_ours_fp8_best_*``); and
   bf16 and fp8 at the config the runtime runs (``gate_up_ours_{bf16,fp8}_table_*``: the compiler's
@@ -59,6 +60,7 @@ import os
 import re
 import sys
 import time
+from contextlib import nullcontext
 from types import SimpleNamespace
 
 import torch
@@ -196,15 +198,15 @@ def check():
         err = ((out - ref).abs().max() / ref.abs().max()).item()
         res["check"].append({"kernel": kernel, "weight": wkey, "act": akey, "rel_err": err, "ok": err < 4e-2})
         # the same layer down the opt-in paths: 4-bit experts dequantized first, the Gluon grouped GEMM
-        variants = ([("dequant", "QUANTC_MOE_DEQUANT_MIN_PAIRS", "0"), ("gemv", "QUANTC_MOE_GEMV", "1")]
-                    if kernel == "moe_weight_only" else [])
+        variants = ([("dequant", "QUANTC_MOE_DEQUANT_MIN_PAIRS", "0"), ("gemv", "QUANTC_MOE_GEMV", "1"),
+                     ("grouped", "QUANTC_MOE_GEMV", "0")] if kernel == "moe_weight_only" else [])
         if kernel in ("moe_bf16", "moe_fp8", "moe_int8"):
             variants += [(f"ws{rows}", "QUANTC_MOE_WS", rows) for rows in ("128", "64", "up")]
         # the token sort with the torch ops (the one-launch kernel is the default up to 1024 pairs): the same
         # bits, so the layer's output too
         variants.append(("torch_sort", "QUANTC_MOE_ALIGN_KERNEL", "0"))
         for label, name, value in variants:
-            with env_set(name, value):
+            with env_set(name, value), env_set("QUANTC_MOE_GEMV", "0") if label == "dequant" else nullcontext():
                 got = moe(x).float()
             err = ((got - ref).abs().max() / ref.abs().max()).item()
             ok = err < 4e-2 and (label != "torch_sort" or torch.equal(got, out))
@@ -398,11 +400,13 @@ def bench():
             for switch, col in (("1", "router_ours_us"), ("0", "router_torch_us")):
                 with env_set("QUANTC_MOE_ROUTER_KERNEL", switch):
                     row[col] = us(lambda: hf_router(xr))
-            with env_set("QUANTC_MOE_DEQUANT_MIN_PAIRS", "0"):  # the 4-bit layer dequantized to bf16 first
-                row["layer_ours_mxfp4_wo_dequant_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
-            with env_set("QUANTC_MOE_DEQUANT_MIN_PAIRS", str(1 << 40)):  # and on the byte path at every size
-                row["layer_ours_mxfp4_wo_bytes_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
-            if h % 128 == 0 and inter % 128 == 0 and pairs <= 256:  # and on the grouped GEMV (decode)
+            # the 4-bit layer off the GEMV (the default takes decode on sm_90 while pairs <= experts): the grouped
+            # GEMM, dequantized to bf16 first at every size, and on the byte path at every size
+            for col, env_name, value in (("grouped", None, None), ("dequant", "QUANTC_MOE_DEQUANT_MIN_PAIRS", "0"),
+                                         ("bytes", "QUANTC_MOE_DEQUANT_MIN_PAIRS", str(1 << 40))):
+                with env_set("QUANTC_MOE_GEMV", "0"), env_set(env_name or "QUANTC_BENCH_UNUSED", value):
+                    row[f"layer_ours_mxfp4_wo_{col}_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
+            if h % 128 == 0 and inter % 128 == 0 and pairs <= 256:  # and on the grouped GEMV at every count
                 with env_set("QUANTC_MOE_GEMV", "1"):
                     row["layer_ours_mxfp4_wo_gemv_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
             act = row["active_experts"]
@@ -439,7 +443,7 @@ def bench():
             if row["dense_bf16_equal_flops_us"]:
                 row.update(moe_roofline(row, fl, res["copy_GBps"]))
             for key in (*moes, *(f"{k_}_ws{r}" for k_ in WS_LAYERS for r in (0, 128, 64, "up")), "mxfp4_wo_dequant",
-                        "mxfp4_wo_gemv"):
+                        "mxfp4_wo_gemv", "mxfp4_wo_grouped"):
                 if row["layer_torch_bf16_us"] and row.get(f"layer_ours_{key}_us"):
                     row[f"layer_ours_{key}_over_torch_bf16"] = row["layer_torch_bf16_us"] / row[f"layer_ours_{key}_us"]
             res["rows"].append(row)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .kernels import moe_gemm as mg
 from .kernels import wo_format as wf
 from .kernels import wo_gemv
-from .kernels.common import env, smem_optin
+from .kernels.common import cc_major, env, interpreted, smem_optin
 from .kernels.moe_routing import ROUTERS, align_by_expert
 from .kernels.wo_gemm import WoConfig
 from .kernels.wo_gemv import gemv_config, gemv_weight_ok, grid_sms
@@ -40,13 +40,22 @@ _FIELDS = ("data", "scale", "zeros", "global_scale")
 
 
 def uses_moe_gemv(w13: wf.WoWeight, w2: wf.WoWeight, num_pairs: int) -> bool:
-    """Whether 4-bit experts with bf16 activations run on the grouped GEMV (``wo_gemv.launch_moe_gemv``):
-    opt-in (QUANTC_MOE_GEMV=1, any device, the interpreter included) until it is timed on a GPU, for up to
-    QUANTC_MOE_GEMV_MAX_PAIRS (token, expert) pairs (default 256: decode), where both stacks suit the GEMV
-    (K a multiple of 128: not gpt-oss's 2880)."""
-    if env("QUANTC_MOE_GEMV") != "1" or num_pairs > int(env("QUANTC_MOE_GEMV_MAX_PAIRS") or 256):
+    """Whether 4-bit experts with bf16 activations run on the grouped GEMV (``wo_gemv.launch_moe_gemv``), where
+    both stacks suit it (K a multiple of 128: not gpt-oss's 2880): on an sm_90 GPU while the (token, expert)
+    pairs are no more than the experts (about one pair an expert, where each pair reading its expert's bytes
+    once is the least traffic: bench/results/moe_h100_s20_gemv.json, Qwen3-30B-A3B and DeepSeek-V3 at 1 and 16
+    tokens, 1.3-2x the grouped GEMM's layer). QUANTC_MOE_GEMV=1 takes every count up to
+    QUANTC_MOE_GEMV_MAX_PAIRS (default 256) on any device, the interpreter included; 0 turns it off."""
+    switch = env("QUANTC_MOE_GEMV")
+    if switch == "0" or num_pairs > int(env("QUANTC_MOE_GEMV_MAX_PAIRS") or 256):
         return False
-    return w13.pack == 8 and w2.pack == 8 and gemv_weight_ok(w13) and gemv_weight_ok(w2)
+    if not (w13.pack == 8 and w2.pack == 8 and gemv_weight_ok(w13) and gemv_weight_ok(w2)):
+        return False
+    if switch == "1":
+        return True
+    device = w13.data.device
+    return (device.type == "cuda" and not interpreted() and cc_major(device) == 9
+            and num_pairs <= w13.data.shape[0])
 
 
 def default_config(tokens: int, top_k: int, kernel: str = "moe_bf16") -> WoConfig:

@@ -272,7 +272,8 @@ def test_pair_rows_applies_the_grouped_gemms_epilogue(act):
 def test_moe_4bit_decode_on_the_gemv_matches_expert_loop(wkey, act, bias, monkeypatch):
     """QUANTC_MOE_GEMV=1: 4-bit experts at decode run the grouped GEMV (every (token, slot) pair a row through
     its expert, no sort or padding), biases, activation and routing weights between the two GEMMs; the same
-    answer as the expert loop. Off by default, and above QUANTC_MOE_GEMV_MAX_PAIRS pairs."""
+    answer as the expert loop. Off a GPU by default (an sm_90 one only), above QUANTC_MOE_GEMV_MAX_PAIRS pairs
+    and under QUANTC_MOE_GEMV=0."""
     from quantc.runtime import moe as moe_mod
     from quantc.runtime.kernels import wo_gemv
 
@@ -300,9 +301,33 @@ def test_moe_4bit_decode_on_the_gemv_matches_expert_loop(wkey, act, bias, monkey
     assert len(calls) == 2
     monkeypatch.delenv("QUANTC_MOE_GEMV_MAX_PAIRS")
     monkeypatch.delenv("QUANTC_MOE_GEMV")
-    assert not moe_mod.uses_moe_gemv(w13, w2, T * TOPK)  # off by default until timed
+    assert not moe_mod.uses_moe_gemv(w13, w2, T * TOPK)  # off a GPU by default
     monkeypatch.setenv("QUANTC_MOE_GEMV", "1")
+    assert moe_mod.uses_moe_gemv(w13, w2, T * TOPK)
     assert not moe_mod.uses_moe_gemv(wf.quantize(torch.randn(E, 2 * I, H) * 0.1, "none"), w2, T * TOPK)
+    monkeypatch.setenv("QUANTC_MOE_GEMV", "0")
+    assert not moe_mod.uses_moe_gemv(w13, w2, T * TOPK)
+
+
+def test_moe_gemv_default_takes_decode_on_hopper_only(monkeypatch):
+    """Unforced, the grouped GEMV takes 4-bit experts on an sm_90 GPU while the pairs are no more than the experts
+    (and under the pair cap), not elsewhere: the GPU checks are faked on CPU tensors."""
+    from quantc.runtime import moe as moe_mod
+
+    monkeypatch.delenv("QUANTC_MOE_GEMV", raising=False)
+    w13 = wf.quantize(torch.randn(E, 2 * I, H) * 0.1, "int4_group_128")
+    w2 = wf.quantize(torch.randn(E, H, I) * 0.1, "int4_group_128")
+    assert not moe_mod.uses_moe_gemv(w13, w2, 1)  # a CPU tensor
+    fake = SimpleNamespace(type="cuda")
+    monkeypatch.setattr(moe_mod, "interpreted", lambda: False)
+    for major, pairs, want in ((9, E, True), (9, E + 1, False), (8, 1, False), (10, 1, False)):
+        monkeypatch.setattr(moe_mod, "cc_major", lambda device, m=major: m)
+        stack = SimpleNamespace(pack=8, data=SimpleNamespace(device=fake, shape=w13.data.shape))  # E experts
+        monkeypatch.setattr(moe_mod, "gemv_weight_ok", lambda w: True)
+        assert moe_mod.uses_moe_gemv(stack, w2, pairs) is want, (major, pairs)
+    monkeypatch.setenv("QUANTC_MOE_GEMV_MAX_PAIRS", "0")
+    monkeypatch.setattr(moe_mod, "cc_major", lambda device: 9)
+    assert not moe_mod.uses_moe_gemv(stack, w2, 1)
 
 
 @pytest.mark.parametrize("kernel,wkey,akey", [("moe_fp8", "fp8_per_channel", "fp8_dynamic_per_token"),

@@ -252,21 +252,27 @@ def test_policy_routes_int4_decode_to_the_gemv_only_where_it_should(monkeypatch)
 
 
 @pytest.mark.parametrize("n,k,block_n,block_k,split,warps_k", [
-    (28672, 4096, 64, 512, 1, 1),    # 16384+ rows: 64-row tiles, warps along N; one K slice covers the SMs
-    (24576, 7168, 64, 512, 1, 1),
-    (16384, 6400, 64, 256, 4, 1),    # K not a multiple of 512: 256-deep steps, 2 slices doubled
-    (4096, 14336, 16, 2048, 1, 4),   # fewer rows: 16-row tiles, the 4 warps along K, 2048-deep from K = 4096
-    (4096, 4096, 16, 2048, 1, 4),
+    (28672, 4096, 16, 1024, 1, 4),   # 16384+ rows: 1024-deep steps; the programs cover the SMs, no split
+    (24576, 7168, 16, 1024, 1, 4),
+    (16384, 6400, 16, 1024, 1, 4),   # K not a multiple of 1024: the launch halves the depth (gemv_tile)
+    (4096, 14336, 16, 2048, 1, 8),   # K >= 8192, 2048 divides it: 8 warps, all along K
+    (4096, 16384, 16, 2048, 1, 8),
+    (4096, 4096, 16, 2048, 1, 4),    # under 16384 rows: 2048-deep from K = 4096
+    (6144, 4096, 16, 2048, 1, 4),
     (7168, 2048, 16, 1024, 1, 4),    # K < 4096: 1024-deep
     (2048, 7168, 16, 1024, 4, 4),    # 128 programs for 132 SMs: split to about three a SM; 2048 does not divide K
+    (1024, 16384, 16, 2048, 7, 8),   # 64 programs: split, 8 warps along K
     (64, 256, 16, 1024, 1, 4),       # a single K step cannot be split (the launch takes it 256-deep)
 ])
 def test_gemv_config_picks_tile_depth_and_split(n, k, block_n, block_k, split, warps_k):
     cfg, wk = gv.gemv_config(n, k, 132)
-    assert (cfg.block_m, cfg.num_warps, cfg.num_stages) == (1, 4, 2)
+    assert (cfg.block_m, cfg.num_warps, cfg.num_stages) == (1, max(4, warps_k), 2)
     assert (cfg.block_n, cfg.block_k, cfg.split_k, wk) == (block_n, block_k, split, warps_k)
     rows, lanes_n, bn, bk, wk2 = gv.gemv_tile(cfg, k, wk)
-    assert bn == block_n and bk == min(block_k, k) and wk2 == min(warps_k, bk // 128)  # a warp spans 128+
+    want_bk = min(block_k, k)
+    while k % want_bk:  # halved until it divides K (6400: 256)
+        want_bk //= 2
+    assert bn == block_n and bk == want_bk and wk2 == min(warps_k, bk // 128)  # a warp spans 128+
     assert rows * lanes_n * (cfg.num_warps // wk2) == bn and (bk // wk2) * lanes_n == 1024
 
 
@@ -282,11 +288,11 @@ SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_
        "stride_sn": "i32", "P": "i32", "A_DIV": "i32", "stride_xm": "i32", "stride_we": "i32", "stride_se": "i32"}
 out = []
 for zero, rows, lanes_n, split, prefetch, fmt, x_vec, warps_k, *grouped in json.loads(sys.argv[1]):
-    ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split, WARPS=4,
+    ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split, WARPS=max(4, warps_k),
               WARPS_K=warps_k, PREFETCH=prefetch, FMT=fmt, HAS_GLOBAL=fmt == 3, X_VEC=x_vec, GROUPED=bool(grouped))
     sig = dict(SIG, s_ptr={1: "*bf16", 2: "*u8", 3: "*fp8e4nv"}[fmt], **{k: "constexpr" for k in ce})
     c = triton.compile(GluonASTSource(wo_gemv._wo_gemv_gluon_kernel, sig, ce), target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": 4})
+                       options={"num_warps": max(4, warps_k)})
     ptx = c.asm["ptx"]
     out.append({"lop3": len(re.findall(r"lop3\\.b32", ptx)), "f16x2": len(re.findall(r"f16x2", ptx)),
                 "local": len(re.findall(r"\\.local", ptx)), "shared": c.metadata.shared,
@@ -311,6 +317,7 @@ def test_gluon_gemv_compiles_for_hopper_in_registers():
              (False, 4, 4, 1, True, 1, True, 4), (False, 4, 4, 2, True, 2, True, 2),  # warps along K:
              (False, 8, 2, 1, True, 1, True, 4), (True, 8, 2, 1, True, 1, True, 4),  # the policy's 2048-deep tile
              (False, 8, 2, 1, True, 2, True, 4), (False, 8, 2, 4, True, 3, True, 4),
+             (True, 4, 4, 1, True, 1, True, 8), (False, 4, 4, 1, True, 3, True, 8),  # long K: 8 warps along K
              (True, 4, 4, 1, True, 1, True, 4, 1), (False, 4, 4, 2, True, 3, True, 4, 1)]  # grouped (MoE)
     proc = subprocess.run([sys.executable, "-c", GLUON_COMPILE, json.dumps(cases)], capture_output=True, text=True,
                           timeout=280)
@@ -327,5 +334,6 @@ def test_gluon_gemv_compiles_for_hopper_in_registers():
             assert r["ld_x8"] == 8 * (1 + case[4]) + grouped and r["ld_x2"] <= case[1], (case, r)
         else:
             assert r["ld_x8"] == 0 and r["ld_x2"] >= 32 * (1 + case[4]), (case, r)
-    assert (gv.GEMV_CONFIG.block_n, gv.GEMV_CONFIG.block_k, gv.GEMV_CONFIG.num_warps) == (64, 256, 4)
-    assert gv.gemv_tile(gv.GEMV_CONFIG, 4096) == (4, 4, 64, 256, 1)
+    assert (gv.GEMV_CONFIG.block_n, gv.GEMV_CONFIG.block_k, gv.GEMV_CONFIG.num_warps) == (16, 1024, 4)
+    assert gv.gemv_tile(gv.GEMV_CONFIG, 4096, 4) == (4, 4, 16, 1024, 4)
+    assert gv.gemv_tile(gv.KernelConfig(1, 16, 2048, num_warps=8), 14336, 8) == (4, 4, 16, 2048, 8)

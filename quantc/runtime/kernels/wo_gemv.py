@@ -408,16 +408,20 @@ def _wo_gemv_gluon_kernel(
 # best config (wo_gemv_probe_h100_s19.json, same machine kind) at all 21 (shape, format) pairs: int4 (28672, 4096)
 # 24.9 vs 32.0 us, (4096, 4096) 7.3 vs 8.3; mxfp4 (24576, 7168) 39.9 vs 52.4; nvfp4 (4096, 14336) 19.3 vs 20.5.
 # Tiles (``gemv_config``):
-# - under 16384 rows, 16 rows a program with the 4 warps along K (each 256 of a 1024-deep step, 2048-deep from
-#   K = 4096 where it divides K; bench/results/wo_gemv_probe_h100_s19_warpsk.json against the 64-row tile in the
+# - 16 rows a program with the 4 warps along K (each 256 of a 1024-deep step, 2048-deep from K = 4096 where it
+#   divides K under 16384 rows; bench/results/wo_gemv_probe_h100_s19_warpsk.json against the 64-row tile in the
 #   same call, `_warpsk_base.json`): no split-K round trip while the programs cover the SMs (int4 (7168, 2048)
 #   7.6 -> 5.6 us, (6144, 4096) 9.3 -> 7.65, (4096, 4096) 7.5 -> 6.7; mxfp4 (7168, 2048) 8.0 -> 6.2); fewer
 #   programs than SMs (2048 rows) split K to about three a SM ((2048, 7168) 7.3 either way).
-# - from 16384 rows, 64 rows a program with the warps along N, 512-deep steps where they divide K, else 256; split-K
-#   to cover the SMs about twice (``wo_gemm._split``), doubled at 256-deep steps while each slice keeps 1.5+
-#   steps ((28672, 4096) 24.7-24.9 us, the warps-along-K tile 24.6; (24576, 7168) 35.4, that tile not timed there).
-GEMV_CONFIG = KernelConfig(1, 64, 256, num_warps=4, num_stages=2, split_k=1)
-WIDE_N = 16384  # weight rows from which the 64-row, warps-along-N tile runs
+# - from 16384 rows the same tile 1024-deep (wo_gemv_probe_h100_s20_wide.json, against the 64-row tile with the
+#   warps along N in the same call): mxfp4 (28672, 4096) 28.7 -> 26.8 us, (24576, 7168) 39.6 -> 38.7; nvfp4
+#   29.5 -> 28.6 and 41.7 -> 42.3; int4 24.7 -> 24.9 and 35.2 -> 34.4.
+# - from K = 8192 (where 2048 divides it, under 16384 rows) 8 warps, all along K, 2048-deep
+#   (wo_gemv_probe_h100_s20_long_k.json, (4096, 14336)): int4 15.4 -> 14.7 us, mxfp4 17.5 -> 16.1; a split
+#   there is slower (17.8).
+GEMV_CONFIG = KernelConfig(1, 16, 1024, num_warps=4, num_stages=2, split_k=1)
+WIDE_N = 16384  # weight rows from which the steps stay 1024-deep
+LONG_K = 8192  # K from which 8 warps share a step
 
 
 def uses_gemv(x2: torch.Tensor, w) -> bool:
@@ -436,16 +440,12 @@ def uses_gemv(x2: torch.Tensor, w) -> bool:
 
 def gemv_config(n: int, k: int, sms: int) -> tuple[KernelConfig, int]:
     """The launch config and the warps along K for an (N, K) weight on a GPU of ``sms`` SMs (the tiles above)."""
-    if n < WIDE_N:
-        bk = 2048 if k >= 4096 and k % 2048 == 0 else 1024
-        programs = cdiv(n, 16)
-        split = 1 if programs >= sms else max(1, min(cdiv(3 * sms, programs), k // bk))
-        return replace(GEMV_CONFIG, block_n=16, block_k=bk, split_k=split), 4
-    bk = 512 if k % 512 == 0 else 256
-    split = max(1, min(cdiv(2 * sms, cdiv(n, 64)), k // bk, 32))
-    if bk == 256 and k / bk / (2 * split) >= 1.5:
-        split *= 2
-    return replace(GEMV_CONFIG, block_k=bk, split_k=min(split, 32)), 1
+    deep = n < WIDE_N and k % 2048 == 0
+    warps = 8 if deep and k >= LONG_K else 4
+    bk = 2048 if deep and k >= 4096 else 1024
+    programs = cdiv(n, 16)
+    split = 1 if programs >= sms else max(1, min(cdiv(3 * sms, programs), k // bk))
+    return replace(GEMV_CONFIG, block_k=bk, num_warps=warps, split_k=split), warps
 
 
 def gemv_ok(x2: torch.Tensor, w) -> bool:

@@ -31,8 +31,8 @@ def key_meta(key: str) -> tuple[int, int, int]:
 
 
 def prepare(tensors: dict, weight_key: str, n: int, k: int) -> dict[str, torch.Tensor]:
-    """The layer's buffers. QUANTC_WO_FRAG=1 at load (opt-in, untimed) also keeps an int4 weight's words in
-    fragment order (``wo_frag``: twice the 4-bit bytes) for 2-16 activation rows."""
+    """The layer's buffers. QUANTC_WO_FRAG=1 at load (opt-in) also keeps an int4 weight's words in fragment order
+    (``wo_frag``: twice the 4-bit bytes) for 2-16 activation rows."""
     key_meta(weight_key)
     w = wf.from_tensors(weight_key, tensors, n, k)
     out = {"data": w.data, "scale": w.scale}
@@ -67,8 +67,9 @@ def run(x, buffers, config, weight_key, act_key, bias):
         from .wo_frag import FragWeight, launch_frag
         from .wo_gemv import grid_sms
 
+        # 64 rows a program, twice wo_gemm's split (the probe's best at 6 of 7 shapes: wo_frag's module doc)
         out = launch_frag(x, FragWeight(w.n, w.k, frag, w.scale, w.group, w.zeros),
-                          split_k=wo_gemm._split(w.n, w.k, 64, 64, grid_sms(x.device)))
+                          split_k=2 * wo_gemm._split(w.n, w.k, 64, 64, grid_sms(x.device)))
     else:
         cfg = config or wo_gemm.default_config(x.shape[0], w.n, w.k, int4=w.fmt == wf.INT4)  # a KernelConfig
         out = (wo_mx.launch if act_key == "mxfp8" else wo_gemm.launch)(x, w, cfg)
