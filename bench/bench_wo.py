@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime.kernels import wo_format as wf  # noqa: E402
 from quantc.runtime.kernels import wo_gemm as wg  # noqa: E402
-from quantc.runtime.kernels.wo_gemv import gemv_config, uses_gemv  # noqa: E402
+from quantc.runtime.kernels.wo_gemv import GEMV_ROWS_MAX, gemv_config, uses_gemv  # noqa: E402
 from bench import peers_gemlite as PG  # noqa: E402
 from bench.bandwidth import copy_gbps  # noqa: E402
 from bench import wo_summary  # noqa: E402
@@ -193,7 +193,7 @@ def bench_shapes():
                 dflt = wg.default_config(m, n, k, SMS, int4=key.startswith("int4"))
                 dflt_us = t if dflt == cfg or gemv else rotated_us(lambda i: wg.launch(x, ws[i], dflt), len(ws))
                 if gemv:  # its config as launched; block_m reports the warps along K
-                    cfg, warps_k = gemv_config(m * n, k, SMS)
+                    cfg, warps_k = gemv_config(n if m <= GEMV_ROWS_MAX else m * n, k, SMS)
                     cfg = dflt = replace(cfg, block_m=warps_k)
                 nbytes = ws[0].nbytes()
                 kernel = "gemv" if gemv else "planes" if wg.uses_planes(m, ws[0].fmt, k) else "mma4"

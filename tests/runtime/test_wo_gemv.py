@@ -57,8 +57,8 @@ def test_moe_gemv_matches_each_pairs_expert(key, a_div, split, warps_k):
 
 @pytest.mark.parametrize("key", ["int4_group_128_asym", "mxfp4", "nvfp4"])
 def test_gemv_takes_a_few_rows_when_allowed(key, monkeypatch):
-    """QUANTC_WO_GEMV_MAX_M=M (opt-in): up to M activation rows on the GEMV, a program per row and N tile (the
-    grouped launch over the weight as a stack of one); more rows, or the switch unset, stay on the other kernels."""
+    """QUANTC_WO_GEMV_MAX_M=M: up to M activation rows on the GEMV (up to GEMV_ROWS_MAX in one program an N tile,
+    sized by the weight's rows alone); more rows, or the switch unset, stay on the other kernels."""
     torch.manual_seed(9)
     w = wf.quantize(torch.randn(40, 512), key)
     x = torch.randn(3, 512).bfloat16()
@@ -70,10 +70,59 @@ def test_gemv_takes_a_few_rows_when_allowed(key, monkeypatch):
     real = wg.launch_gemv
     monkeypatch.setattr(wg, "launch_gemv", lambda *a: calls.append(a[2]) or real(*a))
     out = wg.launch(x, w, wg.WoConfig(16, 32, 128, num_warps=2))
-    assert calls == [gv.gemv_config(3 * 40, 512, 132)[0]]
+    assert calls == [gv.gemv_config(40, 512, 132)[0]]  # one program an N tile for the 3 rows
     assert out.shape == (3, 40) and _rel_err(out, wg.reference(x, w)) < 1e-2, key
     split = gv.launch_gemv(x, w, wg.WoConfig(1, 16, 256, num_warps=4, split_k=2), 2)  # split-K and warps along K
     assert _rel_err(split, wg.reference(x, w)) < 1e-2
+    monkeypatch.setenv("QUANTC_WO_GEMV_MAX_M", "6")  # more rows than a program takes: a program a row
+    x6 = torch.randn(6, 512).bfloat16()
+    wg.launch(x6, w, wg.WoConfig(16, 32, 128, num_warps=2))
+    assert calls[-1] == gv.gemv_config(6 * 40, 512, 132)[0]
+
+
+@pytest.mark.parametrize("key", ["int4_group_128", "int4_group_32_asym", "mxfp4", "nvfp4"])
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_several_row_gemv_matches_reference(key, m, monkeypatch):
+    """The several-row launch (``xr`` rows a program: the twin of ``_wo_gemv_rows_gluon_kernel``) against the
+    reference: rows past M (m = 3 in a 4-row program) masked, split-K over 2048-deep K, and an activation whose
+    row stride breaks the kernel's 8-element alignment going a program a row instead, with the same answer."""
+    torch.manual_seed(m)
+    w = wf.quantize(torch.randn(48, 2048) * 0.1, key)
+    x = torch.randn(m, 2048).bfloat16()
+    launches = []
+    real = gv._launch
+    monkeypatch.setattr(gv, "_launch", lambda *a, **k: launches.append((a[4] is None, k.get("xr", 1))) or real(*a, **k))
+    ref = wg.reference(x, w)
+    for cfg, warps_k in ((wg.WoConfig(1, 16, 1024, num_warps=4), 4), (wg.WoConfig(1, 16, 256, num_warps=4, split_k=4), 1)):
+        out = gv.launch_gemv(x, w, cfg, warps_k)
+        assert out.shape == (m, 48) and _rel_err(out, ref) < 1e-2, (key, cfg)
+    assert launches == [(True, 1 << (m - 1).bit_length())] * 2
+    odd = torch.zeros(m, 2051).bfloat16()[:, 1:2049]  # row stride 2051: not a multiple of 8
+    odd.copy_(x)
+    assert _rel_err(gv.launch_gemv(odd, w, wg.WoConfig(1, 16, 1024, num_warps=4), 4), ref) < 1e-2
+    assert launches[-1] == (False, 1)  # the grouped launch (ids given)
+
+
+def test_decode_and_dot_asm_are_the_word_dot_split_in_two():
+    """The several-row kernel's two asm blocks (DECODE_*, DOT_HALF2) hold the one-row word dot's instructions, only
+    renamed operands between them: the emulation tests of WORD_DOT_* cover their arithmetic."""
+    def body(asm):
+        return [ln for ln in asm.strip("{}\n").splitlines() if ln and not ln.startswith(".reg")]
+
+    dot = [ln for ln in body(gv.DOT_HALF2.value) if not ln.startswith("mov.b32 t")]
+    for fused, decode, renames in ((gv.WORD_DOT_SYM, gv.DECODE_SYM, {}), (gv.WORD_DOT_E2M1, gv.DECODE_E2M1, {}),
+                                   (gv.WORD_DOT_ZERO, gv.DECODE_ZERO, {"$6": "$5", "$7": "$6"})):
+        dec = [ln for ln in body(decode.value) if not ln.startswith("mov.b32 $")]
+        want = []
+        for ln in body(fused.value):
+            for a, b in renames.items():
+                ln = ln.replace(a, b)
+            want.append(ln)
+        n = len(dec)
+        assert [ln.replace("$4", "$1") if "$4" in ln and "acc" not in ln else ln for ln in dec] == \
+            [ln for ln in want[:n]], fused
+        renamed = [ln.replace("$5", "$2").replace("$6", "$3").replace("$7", "$4").replace("$8", "$5") for ln in dot]
+        assert renamed == want[n:], fused
 
 
 def test_moe_gemv_refuses_what_it_cannot_run():
@@ -285,7 +334,8 @@ from triton.experimental.gluon._runtime import GluonASTSource
 from quantc.runtime.kernels import wo_gemv
 SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*bf16",
        "ws_ptr": "*fp32", "cnt_ptr": "*i32", "e_ptr": "*i64", "N": "i32", "K": "i32", "stride_wn": "i32",
-       "stride_sn": "i32", "P": "i32", "A_DIV": "i32", "stride_xm": "i32", "stride_we": "i32", "stride_se": "i32"}
+       "stride_sn": "i32", "P": "i32", "A_DIV": "i32", "stride_xm": "i32", "stride_we": "i32", "stride_se": "i32",
+       "M": "i32"}
 out = []
 for zero, rows, lanes_n, split, prefetch, fmt, x_vec, warps_k, *grouped in json.loads(sys.argv[1]):
     ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split, WARPS=max(4, warps_k),
@@ -337,3 +387,56 @@ def test_gluon_gemv_compiles_for_hopper_in_registers():
     assert (gv.GEMV_CONFIG.block_n, gv.GEMV_CONFIG.block_k, gv.GEMV_CONFIG.num_warps) == (16, 1024, 4)
     assert gv.gemv_tile(gv.GEMV_CONFIG, 4096, 4) == (4, 4, 16, 1024, 4)
     assert gv.gemv_tile(gv.KernelConfig(1, 16, 2048, num_warps=8), 14336, 8) == (4, 4, 16, 2048, 8)
+
+
+ROWS_COMPILE = '''
+import json, os, re, sys
+os.environ.pop("TRITON_INTERPRET", None)
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon._runtime import GluonASTSource
+from quantc.runtime.kernels import wo_gemv
+SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*bf16",
+       "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_wn": "i32",
+       "stride_sn": "i32", "stride_xm": "i32"}
+out = []
+for zero, fmt, xr, warps_k, split in json.loads(sys.argv[1]):
+    warps = max(4, warps_k)
+    ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, ROWS=4, LANES_N=4, SPLIT_K=split, WARPS=warps,
+              WARPS_K=warps_k, FMT=fmt, HAS_GLOBAL=fmt == 3, XR=xr)
+    sig = dict(SIG, s_ptr={1: "*bf16", 2: "*u8", 3: "*fp8e4nv"}[fmt], **{k: "constexpr" for k in ce})
+    c = triton.compile(GluonASTSource(wo_gemv._wo_gemv_rows_gluon_kernel, sig, ce), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": warps})
+    ptx = c.asm["ptx"]
+    out.append({"lop3": len(re.findall(r"lop3\\.b32", ptx)), "f16x2": len(re.findall(r"f16x2", ptx)),
+                "local": len(re.findall(r"\\.local", ptx)), "ld_x8": len(re.findall(r"ld\\.global[.a-z_0-9]*\\.b64", ptx)),
+                "atom": len(re.findall(r"atom\\.", ptx))})
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.timeout(300)
+def test_several_row_gemv_compiles_for_hopper_decoding_each_word_once():
+    """The several-row Gluon kernel compiled for sm_90: its decode (the lop3s) is the same count at 2 and 4 rows
+    (each word decoded once, whatever the rows), the half2 products grow with the rows, the activations come
+    as 8-byte loads (two a word a row, in the loop and the prefetch), and nothing spills."""
+    import json
+    import subprocess
+    import sys
+
+    cases = [(False, 1, 2, 4, 1), (False, 1, 4, 4, 1), (True, 1, 4, 4, 2), (False, 2, 2, 4, 1), (False, 2, 4, 4, 1),
+             (False, 3, 4, 8, 1)]
+    proc = subprocess.run([sys.executable, "-c", ROWS_COMPILE, json.dumps(cases)], capture_output=True, text=True,
+                          timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    for (zero, fmt, xr, warps_k, split), r in zip(cases, res):
+        # a thread's 4 rows x 4 words a step: 16 words, 4 lop3 each (int4) or 4 (e2m1), once
+        assert r["lop3"] == 64 and r["local"] == 0, r
+        products = xr * 16 * 4  # each row: 4 half2 FMAs a word
+        packs = xr * 4 * 4  # each row: 4 packs a word of its chunk
+        decode = 64 if fmt == 1 else 0  # int4's half2 sub / fma a word
+        scales = 8 if fmt == 3 else 0  # nvfp4: a row's two e4m3 scales a chunk as one e4m3x2 -> f16x2 convert
+        assert r["f16x2"] == products + packs + decode + scales, (zero, fmt, xr, r)
+        assert r["ld_x8"] == 2 * 2 * 4 * xr and (r["atom"] > 0) == (split > 1), r
+    assert res[0]["lop3"] == res[1]["lop3"] and res[3]["lop3"] == res[4]["lop3"]

@@ -25,7 +25,7 @@ from ...plan import KernelConfig as WoConfig  # stdlib-only; any object with the
 from .common import cdiv
 from .wo_dequant import launch_dequant, uses_dequant
 from .wo_format import INT4, WoWeight, dequantize
-from .wo_gemv import gemv_config, grid_sms, launch_gemv, uses_gemv
+from .wo_gemv import GEMV_ROWS_MAX, gemv_config, grid_sms, launch_gemv, uses_gemv
 from .wo_mma4 import launch_mma4
 from .wo_planes import launch_planes
 
@@ -44,7 +44,8 @@ def uses_planes(m: int, fmt: int, k: int) -> bool:
 def _launch(x2, data, scale, zeros, gscale, fmt, sfmt, pack, group, row_block, n, cfg) -> torch.Tensor:
     w = WoWeight(fmt, n, x2.shape[1], data, scale, sfmt, group, row_block, zeros, gscale)
     if uses_gemv(x2, w):  # 4-bit decode on sm_90: the CUDA-core GEMV at its own config
-        cfg, warps_k = gemv_config(x2.shape[0] * n, x2.shape[1], grid_sms(x2.device))
+        m = x2.shape[0]  # up to GEMV_ROWS_MAX rows share a program; more take a program each
+        cfg, warps_k = gemv_config(n if m <= GEMV_ROWS_MAX else m * n, x2.shape[1], grid_sms(x2.device))
         return launch_gemv(x2, w, cfg, warps_k)
     if uses_planes(x2.shape[0], fmt, x2.shape[1]):
         return launch_planes(x2, w, cfg)

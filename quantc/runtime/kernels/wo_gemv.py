@@ -60,59 +60,79 @@ from .wo_mma4 import split_workspace, store_or_reduce
 
 CHUNK = tl.constexpr(32)  # elements a thread loads of a row a step: 4 int32 words, 16 bytes
 
-# $0 fp32 out, $1 the word, $2..$5 x packs (x[8c + j], x[8c + j + 4]) for j = 0..3 (lo, hi halves)
-_WORD_DOT = """{{
-.reg .b32 w8, t0, t1, t2, t3, acc, c0, c1, s16;
+# $0 fp32 out, $1 the word, $2..$5 x packs (x[8c + j], x[8c + j + 4]) for j = 0..3 (lo, hi halves). Built from two
+# bodies: the decode (word W -> half2 t0..t3) and the dot (t0..t3 x packs -> fp32 OUT); the several-row kernel runs
+# them as two asm blocks (DECODE_*, DOT_HALF2) so that a word decodes once for all its activation rows.
+_REGS = """.reg .b32 w8, t0, t1, t2, t3, acc, c0, c1, s16, u, v;
 .reg .b16 lo, hi;
 .reg .f32 flo, fhi;
-{consts}mov.b32 s16, 0x2C002C00;
-shr.b32 w8, $1, 8;
-lop3.b32 t0, $1, 0x000F000F, {magic_lo}, 0x6A;
-lop3.b32 t1, $1, 0x00F000F0, {magic_hi}, 0x6A;
-lop3.b32 t2, w8, 0x000F000F, {magic_lo}, 0x6A;
-lop3.b32 t3, w8, 0x00F000F0, {magic_hi}, 0x6A;
+"""
+_DECODE_INT4 = """mov.b32 s16, 0x2C002C00;
+shr.b32 w8, W, 8;
+lop3.b32 t0, W, 0x000F000F, MAGIC_LO, 0x6A;
+lop3.b32 t1, W, 0x00F000F0, MAGIC_HI, 0x6A;
+lop3.b32 t2, w8, 0x000F000F, MAGIC_LO, 0x6A;
+lop3.b32 t3, w8, 0x00F000F0, MAGIC_HI, 0x6A;
 sub.f16x2 t0, t0, c0;
 fma.rn.f16x2 t1, t1, s16, c1;
 sub.f16x2 t2, t2, c0;
 fma.rn.f16x2 t3, t3, s16, c1;
-mul.rn.f16x2 acc, t0, $2;
-fma.rn.f16x2 acc, t1, $3, acc;
-fma.rn.f16x2 acc, t2, $4, acc;
-fma.rn.f16x2 acc, t3, $5, acc;
-mov.b32 {{lo, hi}}, acc;
-cvt.f32.f16 flo, lo;
-cvt.f32.f16 fhi, hi;
-add.f32 $0, flo, fhi;
-}}"""
-# symmetric codes: the magic flips bit 3 of each nibble (c ^ 8 = q + 8); c0 = 1024 + 8, c1 = -(64 + 8)
-WORD_DOT_SYM = tl.constexpr(_WORD_DOT.format(consts="mov.b32 c0, 0x64086408;\nmov.b32 c1, 0xD480D480;\n",
-                                             magic_lo="0x64086408", magic_hi="0x64806480"))
-# codes with zero points: c0 = 1024 + z ($6) and c1 = -(64 + z) ($7), half2 bits made per chunk
-WORD_DOT_ZERO = tl.constexpr(_WORD_DOT.format(consts="mov.b32 c0, $6;\nmov.b32 c1, $7;\n",
-                                              magic_lo="0x64006400", magic_hi="0x64006400"))
+"""
 # e2m1 (mxfp4): for the nibble pair (j, j + 4) the three value bits go to bits 9-11 of each half (shift by 9 - 4j)
 # and the sign to bit 15 (shift by 12 - 4j): the fp16 v * 2**-14, exactly (0.5 is an fp16 subnormal); the
 # 2**14 goes into the chunk's scale, and the activation is scaled to [2**13, 2**14) so the products stay normal
-_E2M1_PAIR = """shl.b32 u, $1, {s1};
-{sign}lop3.b32 t{j}, u, 0x0E000E00, v, 0xEA;
-"""
-WORD_DOT_E2M1 = tl.constexpr("""{
-.reg .b32 u, v, t0, t1, t2, t3, acc;
-.reg .b16 lo, hi;
-.reg .f32 flo, fhi;
-""" + "".join(_E2M1_PAIR.format(s1=9 - 4 * j, j=j, sign=f"shl.b32 v, $1, {12 - 4 * j};\nand.b32 v, v, 0x80008000;\n")
-              for j in range(3)) + """shr.b32 u, $1, 3;
-and.b32 v, $1, 0x80008000;
+_DECODE_E2M1 = "".join(f"""shl.b32 u, W, {9 - 4 * j};
+shl.b32 v, W, {12 - 4 * j};
+and.b32 v, v, 0x80008000;
+lop3.b32 t{j}, u, 0x0E000E00, v, 0xEA;
+""" for j in range(3)) + """shr.b32 u, W, 3;
+and.b32 v, W, 0x80008000;
 lop3.b32 t3, u, 0x0E000E00, v, 0xEA;
-mul.rn.f16x2 acc, t0, $2;
-fma.rn.f16x2 acc, t1, $3, acc;
-fma.rn.f16x2 acc, t2, $4, acc;
-fma.rn.f16x2 acc, t3, $5, acc;
+"""
+_DOT = """mul.rn.f16x2 acc, t0, P0;
+fma.rn.f16x2 acc, t1, P1, acc;
+fma.rn.f16x2 acc, t2, P2, acc;
+fma.rn.f16x2 acc, t3, P3, acc;
 mov.b32 {lo, hi}, acc;
 cvt.f32.f16 flo, lo;
 cvt.f32.f16 fhi, hi;
-add.f32 $0, flo, fhi;
-}""")
+add.f32 OUT, flo, fhi;
+"""
+# symmetric codes: the magic flips bit 3 of each nibble (c ^ 8 = q + 8); c0 = 1024 + 8, c1 = -(64 + 8)
+_SYM = ("mov.b32 c0, 0x64086408;\nmov.b32 c1, 0xD480D480;\n", "0x64086408", "0x64806480")
+
+
+def _subst(body: str, **names: str) -> str:
+    for name, value in names.items():
+        body = body.replace(name, value)
+    return body
+
+
+def _int4_decode(consts: tuple[str, str, str], word: str) -> str:
+    return consts[0] + _subst(_DECODE_INT4, W=word, MAGIC_LO=consts[1], MAGIC_HI=consts[2])
+
+
+def _word_dot_asm(decode: str) -> str:
+    return "{\n" + _REGS + decode + _subst(_DOT, P0="$2", P1="$3", P2="$4", P3="$5", OUT="$0") + "}"
+
+
+def _decode_asm(decode: str) -> str:
+    """$0..$3 the word's four half2 values (t0..t3) of word $4 (zero points: c0 $5, c1 $6)."""
+    return "{\n" + _REGS + decode + "".join(f"mov.b32 ${j}, t{j};\n" for j in range(4)) + "}"
+
+
+WORD_DOT_SYM = tl.constexpr(_word_dot_asm(_int4_decode(_SYM, "$1")))
+# codes with zero points: c0 = 1024 + z ($6) and c1 = -(64 + z) ($7), half2 bits made per chunk
+WORD_DOT_ZERO = tl.constexpr(_word_dot_asm(_int4_decode(("mov.b32 c0, $6;\nmov.b32 c1, $7;\n", "0x64006400",
+                                                          "0x64006400"), "$1")))
+WORD_DOT_E2M1 = tl.constexpr(_word_dot_asm(_subst(_DECODE_E2M1, W="$1")))
+DECODE_SYM = tl.constexpr(_decode_asm(_int4_decode(_SYM, "$4")))
+DECODE_ZERO = tl.constexpr(_decode_asm(_int4_decode(("mov.b32 c0, $5;\nmov.b32 c1, $6;\n", "0x64006400",
+                                                     "0x64006400"), "$4")))
+DECODE_E2M1 = tl.constexpr(_decode_asm(_subst(_DECODE_E2M1, W="$4")))
+# $0 fp32 out: the decoded half2 values $1..$4 times the packs $5..$8
+DOT_HALF2 = tl.constexpr("{\n" + _REGS + "".join(f"mov.b32 t{j}, ${j + 1};\n" for j in range(4))
+                         + _subst(_DOT, P0="$5", P1="$6", P2="$7", P3="$8", OUT="$0") + "}")
 PACK_HALF2 = tl.constexpr("cvt.rn.f16x2.f32 $0, $2, $1;")  # $1 -> low half, $2 -> high half
 # the activation's per-chunk power of two puts max |x r| in [2**X_EXP, 2**(X_EXP + 1)): int4 (|q| <= 15, four
 # products a half) and e2m1 (values times 2**-14)
@@ -138,8 +158,9 @@ def _half(bits, HIGH: tl.constexpr):
 @triton.jit
 def _word_dot(words, p0, p1, p2, p3, z, HAS_ZERO: tl.constexpr, FMT: tl.constexpr):
     """fp32 sum of each word's eight (code - zero) x activation products (packs as in the module doc); e2m1
-    (FMT >= 2): value x 2**-14 x activation. The word-dot PTX in plain Triton (fp32 products)."""
-    total = tl.zeros(words.shape, tl.float32)
+    (FMT >= 2): value x 2**-14 x activation. The word-dot PTX in plain Triton (fp32 products); the packs may
+    carry a leading axis of activation rows (the result takes it by broadcasting)."""
+    total = 0.0
     for j in tl.static_range(4):
         p = p0 if j == 0 else (p1 if j == 1 else (p2 if j == 2 else p3))
         for h in tl.static_range(2):  # h = 0: nibble j (low half), 1: nibble j + 4 (high half)
@@ -177,15 +198,16 @@ def _pair_operands(pid, P, A_DIV, e_ptr, x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out
 @triton.jit
 def _wo_gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr, e_ptr,
-    N, K, stride_wn, stride_sn, P, A_DIV, stride_xm, stride_we, stride_se,
+    N, K, stride_wn, stride_sn, P, A_DIV, stride_xm, stride_we, stride_se, M,
     GROUP: tl.constexpr, HAS_ZERO: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    FMT: tl.constexpr = 1, HAS_GLOBAL: tl.constexpr = False, GROUPED: tl.constexpr = False,
+    FMT: tl.constexpr = 1, HAS_GLOBAL: tl.constexpr = False, GROUPED: tl.constexpr = False, XR: tl.constexpr = 1,
 ):
     """Grid (N tiles, K slices); one row of x. FMT 1: int4 with bf16 scales; 2: mxfp4 (e8m0 scales per chunk);
     3: nvfp4 (e4m3 scales per 16: each word's sum scaled, then the chunk's; fp32 global scale at the end).
     GROUPED (MoE): grid (P pairs x N tiles, K slices), pairs fastest; pair p multiplies x row p // A_DIV by
-    expert e_ptr[p]'s weight (strides stride_we / stride_se over the experts' stacks) into output row p."""
+    expert e_ptr[p]'s weight (strides stride_we / stride_se over the experts' stacks) into output row p.
+    XR (dense only): the program multiplies the tile by x's M <= XR rows (``_wo_gemv_rows_gluon_kernel``)."""
     X_EXP: tl.constexpr = X_EXP_E2M1 if FMT >= 2 else X_EXP_INT4
     CH: tl.constexpr = BLOCK_K // CHUNK
     pid = tl.program_id(0)
@@ -204,9 +226,11 @@ def _wo_gemv_kernel(
     wd = tl.arange(0, 4)
     word = (ch[:, None] * 4 + wd[None, :])[None, :, :]  # (1, CH, 4): a tile's word offsets
     w_tile = w_ptr + offs_n.to(tl.int64)[:, None, None] * stride_wn + word
-    x_tile = x_ptr + word * 8  # element 8c + j of word c
+    xr = tl.arange(0, XR)
+    # (XR, 1, CH, 4): element 8c + j of word c, rows past M reading the last one (their sums are not stored)
+    x_tile = x_ptr + tl.minimum(xr, M - 1).to(tl.int64)[:, None, None, None] * stride_xm + word[None] * 8
     s_rows = offs_n.to(tl.int64)[:, None] * stride_sn
-    acc = tl.zeros((BLOCK_N, CH), tl.float32)
+    acc = tl.zeros((XR, BLOCK_N, CH), tl.float32)
     for t in range(t_start, t_end):
         k0 = t * BLOCK_K
         words = tl.load(w_tile + k0 // 8, mask=n_mask[:, None, None], other=0, eviction_policy="evict_first")
@@ -221,7 +245,7 @@ def _wo_gemv_kernel(
         x7 = tl.load(xs + 7).to(tl.float32)
         amax = tl.maximum(tl.maximum(tl.maximum(tl.abs(x0), tl.abs(x1)), tl.maximum(tl.abs(x2), tl.abs(x3))),
                           tl.maximum(tl.maximum(tl.abs(x4), tl.abs(x5)), tl.maximum(tl.abs(x6), tl.abs(x7))))
-        amax = tl.max(amax, axis=2, keep_dims=True)  # (1, CH, 1): the chunk's, inside one thread
+        amax = tl.max(amax, axis=3, keep_dims=True)  # (XR, 1, CH, 1): the chunk's, inside one thread
         # r = 2**(X_EXP - floor(log2 amax)): max |x r| in [2**X_EXP, 2**(X_EXP + 1)), and 1/r; amax's exponent
         # clamped so both stay normal (zero or subnormal chunks, inf)
         e = tl.minimum(tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, X_EXP + 1), 254)
@@ -239,19 +263,19 @@ def _wo_gemv_kernel(
         z = 0.0
         if HAS_ZERO:
             z = tl.load(z_ptr + s_rows + g[None, :], mask=n_mask[:, None], other=0).to(tl.float32)[:, :, None]
-        dots = _word_dot(words, p0, p1, p2, p3, z, HAS_ZERO, FMT)  # (BLOCK_N, CH, 4)
+        dots = _word_dot(words, p0, p1, p2, p3, z, HAS_ZERO, FMT)  # (XR, BLOCK_N, CH, 4)
         if FMT == 3:  # each word lies in one 16-element group
             dots = dots * tl.load(s_ptr + s_rows[:, :, None] + (k0 + word * 8) // GROUP, mask=n_mask[:, None, None],
                                   other=0.0).to(tl.float32)
-        part = tl.sum(dots, axis=2)  # (BLOCK_N, CH)
-        acc += part * (s * tl.reshape(r_inv, (1, CH)))
-    total = tl.sum(acc, axis=1)[None, :]  # (1, BLOCK_N): the one cross-thread sum
+        part = tl.sum(dots, axis=3)  # (XR, BLOCK_N, CH)
+        acc += part * (s * tl.reshape(r_inv, (XR, 1, CH)))
+    total = tl.sum(acc, axis=2)  # (XR, BLOCK_N): the one cross-thread sum
     if HAS_GLOBAL:
         total = total * tl.load(gs_ptr)
-    offs_m = tl.arange(0, 1)
-    out_ptrs = out_ptr + offs_m[:, None] * N + offs_n[None, :]
-    ws_ptrs = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
-    store_or_reduce(total, out_ptrs, ws_ptrs, n_mask[None, :], cnt_ptr + pid, SPLIT_K)
+    out_ptrs = out_ptr + xr[:, None] * N + offs_n[None, :]
+    ws_ptrs = ws_ptr + xr[:, None] * N + offs_n[None, :]
+    o_mask = (xr[:, None] < M) & n_mask[None, :]
+    store_or_reduce(total, out_ptrs, ws_ptrs, o_mask, cnt_ptr + pid, SPLIT_K)
 
 # ---- the GPU kernel: the same steps in Gluon, whose explicit layout keeps a chunk's four words and their
 # activation values in one thread (Triton's own layout choice for the stride-8 activation loads moved every
@@ -302,7 +326,7 @@ def _gl_load_x(x_ptr, word3, k0, X_VEC: gl.constexpr):
 @gluon.jit
 def _wo_gemv_gluon_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr, e_ptr,
-    N, K, stride_wn, stride_sn, P, A_DIV, stride_xm, stride_we, stride_se,
+    N, K, stride_wn, stride_sn, P, A_DIV, stride_xm, stride_we, stride_se, M,
     GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, ROWS: gl.constexpr, LANES_N: gl.constexpr,
     SPLIT_K: gl.constexpr, WARPS: gl.constexpr, WARPS_K: gl.constexpr, PREFETCH: gl.constexpr,
     FMT: gl.constexpr, HAS_GLOBAL: gl.constexpr, X_VEC: gl.constexpr, GROUPED: gl.constexpr,
@@ -403,6 +427,132 @@ def _wo_gemv_gluon_kernel(
     store_or_reduce(total, out_ptr + rows1, ws_ptr + rows1, n_mask, cnt_ptr + pid, SPLIT_K)
 
 
+@gluon.jit
+def _gl_decode(words, c0, c1, HAS_ZERO: gl.constexpr, FMT: gl.constexpr):
+    """Each word's four half2 values (the word dot's first half)."""
+    if FMT >= 2:
+        return gl.inline_asm_elementwise(DECODE_E2M1, "=r,=r,=r,=r,r", [words],
+                                         dtype=[gl.int32, gl.int32, gl.int32, gl.int32], is_pure=True, pack=1)
+    if HAS_ZERO:
+        return gl.inline_asm_elementwise(DECODE_ZERO, "=r,=r,=r,=r,r,r,r", [words, c0, c1],
+                                         dtype=[gl.int32, gl.int32, gl.int32, gl.int32], is_pure=True, pack=1)
+    return gl.inline_asm_elementwise(DECODE_SYM, "=r,=r,=r,=r,r", [words],
+                                     dtype=[gl.int32, gl.int32, gl.int32, gl.int32], is_pure=True, pack=1)
+
+
+@gluon.jit
+def _gl_rows_x(xq, xw, k0):
+    """(XR, CH, 4) activation words as fp32 x0..x7 (two 8-byte loads a word; ``xq`` the rows' int64 bases)."""
+    a = gl.load(xq + (k0 // 4 + xw * 2))
+    b = gl.load(xq + (k0 // 4 + xw * 2 + 1))
+    x0, x1 = _gl_bf16_pair(a.to(gl.int32))
+    x2, x3 = _gl_bf16_pair((a >> 32).to(gl.int32))
+    x4, x5 = _gl_bf16_pair(b.to(gl.int32))
+    x6, x7 = _gl_bf16_pair((b >> 32).to(gl.int32))
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@gluon.jit
+def _wo_gemv_rows_gluon_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_wn, stride_sn, stride_xm,
+    GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, ROWS: gl.constexpr, LANES_N: gl.constexpr,
+    SPLIT_K: gl.constexpr, WARPS: gl.constexpr, WARPS_K: gl.constexpr, FMT: gl.constexpr, HAS_GLOBAL: gl.constexpr,
+    XR: gl.constexpr,
+):
+    """``_wo_gemv_gluon_kernel`` for M <= XR activation rows (a dense weight; x 16-byte aligned, rows a multiple of
+    8 elements apart): the program's weight tile loads and decodes once (``_gl_decode``) and each row takes its
+    own half2 products (DOT_HALF2) and sums, the rows a thread's registers' leading axis. The next step's words
+    and activations load while this one computes."""
+    LANES_CH: gl.constexpr = 32 // LANES_N
+    WARPS_N: gl.constexpr = WARPS // WARPS_K
+    X_EXP: gl.constexpr = X_EXP_E2M1 if FMT >= 2 else X_EXP_INT4
+    L4: gl.constexpr = gl.BlockedLayout([XR, ROWS, 1, 4], [1, LANES_N, LANES_CH, 1], [1, WARPS_N, WARPS_K, 1],
+                                        [3, 2, 1, 0])
+    L3: gl.constexpr = gl.SliceLayout(0, L4)  # (rows, chunks, words): the weight
+    L2: gl.constexpr = gl.SliceLayout(2, L3)  # (rows, chunks)
+    LX: gl.constexpr = gl.SliceLayout(1, L4)  # (x rows, chunks, words): the activations
+    LA: gl.constexpr = gl.SliceLayout(3, L4)  # (x rows, rows, chunks): the sums
+    BLOCK_N: gl.constexpr = ROWS * LANES_N * WARPS_N
+    CH: gl.constexpr = LANES_CH * WARPS_K
+    BLOCK_K: gl.constexpr = CH * 32
+    pid = gl.program_id(0)
+    k_tiles = K // BLOCK_K
+    per_split = gl.cdiv(k_tiles, SPLIT_K)
+    t_start = gl.program_id(1) * per_split
+    t_end = gl.minimum(t_start + per_split, k_tiles)
+    rows2 = gl.expand_dims(pid * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, L2)), 1)
+    ch2 = gl.expand_dims(gl.arange(0, CH, layout=gl.SliceLayout(0, L2)), 0)
+    wd1 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, L3)))
+    n_mask2 = rows2 < N
+    n_mask3 = gl.expand_dims(n_mask2, 2)
+    word3 = gl.expand_dims(ch2 * 4, 2) + gl.expand_dims(gl.expand_dims(wd1, 0), 1)  # (1, CH, 4)
+    byte_shift3 = gl.expand_dims(gl.expand_dims((wd1 // 2) * 8, 0), 1)  # nvfp4: (1, 1, 4) 0, 0, 8, 8
+    s16_ptr = s_ptr.to(gl.pointer_type(gl.int16), bitcast=True)
+    w_tile = w_ptr + gl.expand_dims(rows2.to(gl.int64) * stride_wn, 2) + word3
+    s_rows = rows2.to(gl.int64) * stride_sn
+    # the activations as (XR, CH, 4) int64 words (rows past M read the last row; their sums are not stored)
+    xr = gl.arange(0, XR, layout=gl.SliceLayout(1, gl.SliceLayout(2, LX)))
+    x_base = gl.minimum(xr, M - 1).to(gl.int64) * (stride_xm // 4)
+    xw = gl.expand_dims(gl.expand_dims(gl.arange(0, CH, layout=gl.SliceLayout(1, gl.SliceLayout(0, LX))) * 4, 1)
+                        + gl.expand_dims(gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(0, LX))), 0), 0)
+    xq = x_ptr.to(gl.pointer_type(gl.int64), bitcast=True) + gl.expand_dims(gl.expand_dims(x_base, 1), 2)
+    acc = gl.zeros([XR, BLOCK_N, CH], gl.float32, LA)
+    w_nxt = gl.load(w_tile + t_start * (BLOCK_K // 8), mask=n_mask3 & (t_start < t_end), other=0,
+                    eviction_policy="evict_first")
+    x_nxt = _gl_rows_x(xq, xw, gl.minimum(t_start * BLOCK_K, K - BLOCK_K))
+    for t in range(t_start, t_end):
+        k0 = t * BLOCK_K
+        words = w_nxt
+        x0, x1, x2, x3, x4, x5, x6, x7 = x_nxt
+        w_nxt = gl.load(w_tile + (k0 + BLOCK_K) // 8, mask=n_mask3 & (t + 1 < t_end), other=0,
+                        eviction_policy="evict_first")
+        x_nxt = _gl_rows_x(xq, xw, gl.minimum(k0 + BLOCK_K, K - BLOCK_K))
+        amax = gl.maximum(gl.maximum(gl.maximum(gl.abs(x0), gl.abs(x1)), gl.maximum(gl.abs(x2), gl.abs(x3))),
+                          gl.maximum(gl.maximum(gl.abs(x4), gl.abs(x5)), gl.maximum(gl.abs(x6), gl.abs(x7))))
+        amax = gl.max(amax, axis=2)  # (XR, CH): inside one thread
+        e = gl.minimum(gl.maximum((amax.to(gl.int32, bitcast=True) >> 23) & 0xFF, X_EXP + 1), 254)
+        r_inv = gl.expand_dims(gl.convert_layout(((e - X_EXP) << 23).to(gl.float32, bitcast=True),
+                                                 gl.SliceLayout(1, LA)), 1)  # (XR, 1, CH)
+        r = gl.expand_dims(((-e + (254 + X_EXP)) << 23).to(gl.float32, bitcast=True), 2)
+        p0 = gl.expand_dims(_gl_pack(x0 * r, x4 * r), 1)  # (XR, 1, CH, 4)
+        p1 = gl.expand_dims(_gl_pack(x1 * r, x5 * r), 1)
+        p2 = gl.expand_dims(_gl_pack(x2 * r, x6 * r), 1)
+        p3 = gl.expand_dims(_gl_pack(x3 * r, x7 * r), 1)
+        g = (k0 + ch2 * 32) // GROUP
+        if FMT == 3:
+            s = gl.full([BLOCK_N, CH], E2M1_UNSCALE, gl.float32, L2)
+        elif FMT == 2:
+            s = (gl.load(s_ptr + s_rows + g, mask=n_mask2, other=0).to(gl.int32) << 23).to(gl.float32, bitcast=True)
+            s = s * E2M1_UNSCALE
+        else:
+            s = gl.load(s_ptr + s_rows + g, mask=n_mask2, other=0.0).to(gl.float32)  # (BLOCK_N, CH)
+        c0 = words
+        c1 = words
+        if HAS_ZERO:
+            z = gl.expand_dims(gl.load(z_ptr + s_rows + g, mask=n_mask2, other=0).to(gl.int32), 2)
+            c0 = (0x6400 + z) * 0x10001
+            c1 = (0xD400 + 16 * z) * 0x10001
+        t0, t1, t2, t3 = _gl_decode(words, c0, c1, HAS_ZERO, FMT)
+        dots = gl.inline_asm_elementwise(
+            DOT_HALF2, "=r,r,r,r,r,r,r,r,r",
+            [gl.expand_dims(t0, 0), gl.expand_dims(t1, 0), gl.expand_dims(t2, 0), gl.expand_dims(t3, 0),
+             p0, p1, p2, p3], dtype=gl.float32, is_pure=True, pack=1)  # (XR, BLOCK_N, CH, 4)
+        if FMT == 3:  # the chunk's two e4m3 scales as one 2-byte load a row (as the one-row kernel)
+            s2 = gl.load(s16_ptr + ((s_rows + k0 // GROUP) // 2 + ch2), mask=n_mask2, other=0).to(gl.int32)
+            sw = (gl.expand_dims(s2, 2) >> byte_shift3) & 0xFF
+            dots = dots * gl.expand_dims(sw.to(gl.int8).to(gl.float8e4nv, bitcast=True).to(gl.float32), 0)
+        part = gl.sum(dots, axis=3)  # (XR, BLOCK_N, CH)
+        acc += part * (gl.expand_dims(gl.convert_layout(s, gl.SliceLayout(0, LA)), 0) * r_inv)
+    total = gl.sum(acc, axis=2)  # (XR, BLOCK_N)
+    if HAS_GLOBAL:
+        total = total * gl.load(gs_ptr)
+    OL: gl.constexpr = gl.SliceLayout(2, LA)
+    o_rows = gl.expand_dims(gl.arange(0, XR, layout=gl.SliceLayout(1, OL)), 1)
+    o_cols = gl.expand_dims(pid * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, OL)), 0)
+    offs = o_rows * N + o_cols
+    store_or_reduce(total, out_ptr + offs, ws_ptr + offs, (o_rows < M) & (o_cols < N), cnt_ptr + pid, SPLIT_K)
+
+
 # The policy (``uses_gemv``, ``gemv_config``), from bench/results/wo_gemv_probe_h100_s19_xvec.json (M = 1, the
 # activations as 8-byte loads): on an sm_90 GPU every call the kernel takes runs here. It beat the plane kernel's
 # best config (wo_gemv_probe_h100_s19.json, same machine kind) at all 21 (shape, format) pairs: int4 (28672, 4096)
@@ -421,6 +571,7 @@ def _wo_gemv_gluon_kernel(
 #   there is slower (17.8).
 GEMV_CONFIG = KernelConfig(1, 16, 1024, num_warps=4, num_stages=2, split_k=1)
 WIDE_N = 16384  # weight rows from which the steps stay 1024-deep
+GEMV_ROWS_MAX = 4  # activation rows one program takes (``_wo_gemv_rows_gluon_kernel``; more: a program per row)
 LONG_K = 8192  # K from which 8 warps share a step
 
 
@@ -428,8 +579,8 @@ def uses_gemv(x2: torch.Tensor, w) -> bool:
     """Whether ``wo_gemm`` runs this call here: on an sm_90 GPU every call the kernel takes (``gemv_ok``);
     QUANTC_WO_GEMV_MIN_N=N instead takes them from N weight rows on, anywhere (0: all of them, the interpreter
     included; a large N turns the kernel off). QUANTC_WO_GEMV_MAX_M=M (default 1) lets it take up to M activation
-    rows (opt-in, untimed: a program per row and N tile, the rows' programs side by side sharing the weight tile
-    through L2, each decoding it)."""
+    rows (up to GEMV_ROWS_MAX in one program an N tile, each word decoded once for all of them; more rows a
+    program each, the rows' programs sharing the weight tile through L2)."""
     if not gemv_weight_ok(w) or x2.shape[0] > int(env("QUANTC_WO_GEMV_MAX_M") or 1):
         return False
     forced = env("QUANTC_WO_GEMV_MIN_N")
@@ -493,22 +644,26 @@ def gemv_x_vec() -> bool:
 
 
 def launch_gemv(x2: torch.Tensor, w, cfg, warps_k: int = 1) -> torch.Tensor:
-    """bf16 (M, K) x 4-bit WoWeight (N, K) -> bf16 (M, N), one program per row and N tile (M = 1: decode; more
-    rows run the grouped launch over a stack of one): the Gluon kernel on a GPU, its Triton twin under the
-    interpreter. ``cfg``: block_n rows a program, block_k (``gemv_tile``), split_k, num_warps; num_stages >= 2
+    """bf16 (M, K) x 4-bit WoWeight (N, K) -> bf16 (M, N): a program per N tile for one row (decode) or up to
+    GEMV_ROWS_MAX rows (x 16-byte aligned, row stride a multiple of 8: the several-row kernel, each word decoded
+    once for all rows); more rows run the grouped launch over a stack of one (a program per row and N tile). The
+    Gluon kernels on a GPU, their Triton twin under the interpreter. ``cfg``: block_n rows a program, block_k (``gemv_tile``), split_k, num_warps; num_stages >= 2
     loads the next K step's words and activations before this step's products (the GPU kernel). ``warps_k``:
     the warps that share a K step (a split-K inside the program, summed through shared memory)."""
     if not gemv_weight_ok(w) or x2.stride(1) != 1:
         raise ValueError("the 4-bit GEMV takes activation rows with unit stride, K a multiple of 128 and int4 codes in "
                          f"groups of a multiple of 32, mxfp4 or nvfp4; got K = {w.k}, format {w.fmt}, group {w.group}")
-    if x2.shape[0] == 1:
+    m = x2.shape[0]
+    if m == 1:
         return _launch(x2, w, cfg, warps_k, None, 1)
+    if m <= GEMV_ROWS_MAX and x2.data_ptr() % 16 == 0 and x2.stride(0) % 8 == 0:
+        return _launch(x2, w, cfg, warps_k, None, 1, xr=1 << (m - 1).bit_length())
     # more rows: the grouped launch over one expert (the weight as a stack of one), every row's id 0 (a zeroed
     # workspace nothing writes)
     one = dataclasses.replace(w, data=w.data.unsqueeze(0), scale=w.scale.unsqueeze(0),
                               zeros=None if w.zeros is None else w.zeros.unsqueeze(0),
                               global_scale=None if w.global_scale is None else w.global_scale.reshape(1))
-    ids = common.workspace("gemv_zero_ids", x2.device, x2.shape[0], torch.int32, zeroed=True)[:x2.shape[0]]
+    ids = common.workspace("gemv_zero_ids", x2.device, m, torch.int32, zeroed=True)[:m]
     return _launch(x2, one, cfg, warps_k, ids, 1)
 
 
@@ -528,15 +683,17 @@ def launch_moe_gemv(x2: torch.Tensor, w, experts: torch.Tensor, a_div: int, cfg,
     return _launch(x2, w, cfg, warps_k, experts, a_div)
 
 
-def _launch(x2, w, cfg, warps_k, experts, a_div) -> torch.Tensor:
+def _launch(x2, w, cfg, warps_k, experts, a_div, xr: int = 1) -> torch.Tensor:
+    """``xr`` > 1 (dense): the program takes the M <= xr activation rows (the several-row kernel)."""
     n, k = w.n, w.k
-    pairs = 1 if experts is None else experts.numel()
+    m = x2.shape[0] if xr > 1 else 1
+    pairs = m if experts is None else experts.numel()
     rows, lanes_n, bn, bk, warps_k = gemv_tile(cfg, k, warps_k)
     split = max(1, min(cfg.split_k, k // bk))
     fmt = {INT4: 1, MXFP4: 2, NVFP4: 3}[w.fmt]
     out = common.empty((pairs, n), torch.bfloat16, x2.device)
     tiles = cdiv(n, bn)
-    grid = (pairs * tiles, split)
+    grid = ((1 if xr > 1 else pairs) * tiles, split)
     ws, cnt = split_workspace(x2.device, pairs * n, grid[0]) if split > 1 else (out, out)
     zeros = w.zeros if w.zeros is not None else w.scale
     gs = w.global_scale if w.global_scale is not None else w.scale
@@ -545,11 +702,17 @@ def _launch(x2, w, cfg, warps_k, experts, a_div) -> torch.Tensor:
     stride_wn, stride_sn = (w.data.stride(1), w.scale.stride(1)) if grouped else (w.data.stride(0), w.scale.stride(0))
     stride_we, stride_se = (w.data.stride(0), w.scale.stride(0)) if grouped else (0, 0)
     args = (x2, w.data, w.scale, zeros, gs, out, ws, cnt, experts if grouped else out, n, k, stride_wn, stride_sn,
-            pairs, a_div, x2.stride(0), stride_we, stride_se)
+            pairs, a_div, x2.stride(0), stride_we, stride_se, m)
     consts = dict(GROUP=w.group, HAS_ZERO=w.zeros is not None, SPLIT_K=split, FMT=fmt,
                   HAS_GLOBAL=w.global_scale is not None, GROUPED=grouped)
     if common.interpreted() or x2.device.type != "cuda":
-        common.launch(_wo_gemv_kernel, grid, args, dict(consts, BLOCK_N=bn, BLOCK_K=bk), cfg.num_warps, 1)
+        common.launch(_wo_gemv_kernel, grid, args, dict(consts, BLOCK_N=bn, BLOCK_K=bk, XR=xr), cfg.num_warps, 1)
+    elif xr > 1:
+        common.launch(_wo_gemv_rows_gluon_kernel, grid,
+                      (x2, w.data, w.scale, zeros, gs, out, ws, cnt, m, n, k, stride_wn, stride_sn, x2.stride(0)),
+                      dict(GROUP=w.group, HAS_ZERO=w.zeros is not None, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split,
+                           WARPS=cfg.num_warps, WARPS_K=warps_k, FMT=fmt, HAS_GLOBAL=w.global_scale is not None,
+                           XR=xr), cfg.num_warps, 1)
     else:
         x_vec = x2.data_ptr() % 16 == 0 and (x2.stride(0) * 2) % 16 == 0 and gemv_x_vec()
         common.launch(_wo_gemv_gluon_kernel, grid, args,
