@@ -353,7 +353,7 @@ def bench():
                         x, None, M13, routing, a_div=k, act="silu", a_quant=0, a_group=0, cfg=cfg))
             if h % 128 == 0 and pairs <= 256:  # the grouped GEMV (opt-in, decode): the gate_up without its activation
                 flat_ids = ids.reshape(-1).contiguous()
-                gemv_cfg = gemv_config(pairs * M13.n, M13.k, grid_sms(x.device))  # the config QuantMoE picks
+                gemv_cfg = gemv_config(pairs * M13.n, M13.k, grid_sms(x.device), grouped=True)  # as QuantMoE picks
                 row["gate_up_ours_mxfp4_gemv_us"] = us(lambda: launch_moe_gemv(x, M13, flat_ids, k, *gemv_cfg))
 
             def torch_layer():

@@ -125,8 +125,8 @@ def render_plan_text(data: dict, width: int = 260) -> str:
 # --- explain -------------------------------------------------------------------------------------
 
 
-# 4-bit weight-only kernel ids whose one-row calls the runtime hands to its GEMV on sm_90 (wo_gemv.uses_gemv),
-# whatever their table row says
+# 4-bit weight-only kernel ids whose one- and two-row calls the runtime hands to its GEMV on sm_90
+# (wo_gemv.uses_gemv, GEMV_ROWS_MAX), whatever their table row says
 _GEMV_KERNELS = ("int4_weight_only_gemm", "fp4_weight_only_gemm")
 
 
@@ -252,7 +252,7 @@ def render_explain_text(data: dict) -> str:
             lines.append(f"    M {prev + 1:>5}..{hi:<5} block {b['block_m']}x{b['block_n']}x{b['block_k']} "
                          f"warps {b['num_warps']} stages {b['num_stages']} group_m {b['group_m']} split_k {b['split_k']}")
             if prev == 0 and kc.get("one_row"):
-                lines.append(f"      (one row on this GPU runs {kc['one_row']})")
+                lines.append(f"      (one or two rows on this GPU run {kc['one_row']})")
             prev = b["m_max"]
     for e in data["errors"]:
         lines.append(f"  error {e['code']}: {e['message']}")

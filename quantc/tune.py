@@ -336,9 +336,9 @@ def _decode_4bit(job: TuneJob) -> bool:
 
 
 def _runtime_gemv(job: TuneJob, gpu: Gpu) -> bool:
-    """4-bit weight-only at one row on sm_90: the runtime runs its CUDA-core GEMV at a config of its own
-    (``runtime/kernels/wo_gemv.py``, ``gemv_config``), whatever the table says."""
-    return job.kernel in DECODE_4BIT and job.m == 1 and gpu.sm == 90 and not job.num_experts
+    """4-bit weight-only at one or two rows on sm_90: the runtime runs its CUDA-core GEMV at a config of its own
+    (``runtime/kernels/wo_gemv.py``, ``gemv_config``; GEMV_ROWS_MAX rows), whatever the table says."""
+    return job.kernel in DECODE_4BIT and job.m_max <= 2 and gpu.sm == 90 and not job.num_experts
 
 
 def _dense_ok(job: TuneJob, gpu: Gpu, cfg: KernelConfig) -> bool:

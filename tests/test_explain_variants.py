@@ -42,7 +42,7 @@ def test_unquantized_module_has_no_variants(tmp_path):
 def test_one_row_4bit_configs_say_the_gemv_takes_them_on_sm90(tmp_path):
     """On sm_90 the runtime runs a 4-bit weight-only layer's one-row calls on its CUDA-core GEMV, whatever the
     table's first bucket says: explain says so under that bucket; other GPUs, and K the GEMV refuses, do not."""
-    note = "(one row on this GPU runs the runtime's CUDA-core GEMV"
+    note = "(one or two rows on this GPU run the runtime's CUDA-core GEMV"
     for gpu, key, model, module, shown in [
         ("h100", "w4a16", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", True),
         ("h200", "mxfp4", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", True),

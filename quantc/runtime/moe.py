@@ -240,9 +240,9 @@ class QuantMoE(nn.Module):
         ids = topk_ids.reshape(-1).contiguous()
         sms = grid_sms(x.device)
         w13, w2 = self._weight("w13"), self._weight("w2")
-        h = wo_gemv.launch_moe_gemv(x, w13, ids, top_k, *gemv_config(ids.numel() * w13.n, w13.k, sms))
+        h = wo_gemv.launch_moe_gemv(x, w13, ids, top_k, *gemv_config(ids.numel() * w13.n, w13.k, sms, grouped=True))
         a = mg.pair_rows(h, ids, self.activation, bias=self.b13)
-        y = wo_gemv.launch_moe_gemv(a, w2, ids, 1, *gemv_config(ids.numel() * w2.n, w2.k, sms))
+        y = wo_gemv.launch_moe_gemv(a, w2, ids, 1, *gemv_config(ids.numel() * w2.n, w2.k, sms, grouped=True))
         y = mg.pair_rows(y, ids, "none", bias=self.b2, topk_weights=_pair_weights(topk_weights))
         return self._combine(y.view(t, top_k, -1))
 

@@ -71,6 +71,8 @@ def test_one_row_4bit_jobs_on_sm90_measure_one_candidate():
     assert search_space(m1, GPUS["h100"], space="seeded", tables=[], default=default) == [default]
     assert len(search_space(m1, GPUS["a100"])) > 100
     assert len(search_space(dataclasses.replace(m1, m_max=16, m=16), GPUS["h100"])) > 100
+    assert len(search_space(dataclasses.replace(m1, m_max=2, m=2), GPUS["h100"])) == 1  # two rows: the GEMV too
+    assert len(search_space(dataclasses.replace(m1, m_max=4, m=2), GPUS["h100"])) > 100  # 3-4 rows read the table
 
 
 def test_tune_writes_a_valid_table_and_resumes(tmp_path, monkeypatch):

@@ -81,25 +81,28 @@ def test_gemv_takes_a_few_rows_when_allowed(key, monkeypatch):
 
 
 @pytest.mark.parametrize("key", ["int4_group_128", "int4_group_32_asym", "mxfp4", "nvfp4"])
-@pytest.mark.parametrize("m", [2, 3, 4])
-def test_several_row_gemv_matches_reference(key, m, monkeypatch):
-    """The several-row launch (``xr`` rows a program: the twin of ``_wo_gemv_rows_gluon_kernel``) against the
-    reference: rows past M (m = 3 in a 4-row program) masked, split-K over 2048-deep K, and an activation whose
-    row stride breaks the kernel's 8-element alignment going a program a row instead, with the same answer."""
-    torch.manual_seed(m)
+def test_several_row_gemv_matches_reference(key, monkeypatch):
+    """The several-row launch (the twin of ``_wo_gemv_rows_gluon_kernel``) against the reference: two rows as
+    launch_gemv routes them, split-K over 2048-deep K; three rows in a 4-row program (the kernel takes any power
+    of two; the last row masked); and rows whose stride breaks the 8-element alignment going a program a row
+    instead, with the same answer."""
+    torch.manual_seed(3)
     w = wf.quantize(torch.randn(48, 2048) * 0.1, key)
-    x = torch.randn(m, 2048).bfloat16()
+    x = torch.randn(3, 2048).bfloat16()
     launches = []
     real = gv._launch
     monkeypatch.setattr(gv, "_launch", lambda *a, **k: launches.append((a[4] is None, k.get("xr", 1))) or real(*a, **k))
     ref = wg.reference(x, w)
     for cfg, warps_k in ((wg.WoConfig(1, 16, 1024, num_warps=4), 4), (wg.WoConfig(1, 16, 256, num_warps=4, split_k=4), 1)):
-        out = gv.launch_gemv(x, w, cfg, warps_k)
-        assert out.shape == (m, 48) and _rel_err(out, ref) < 1e-2, (key, cfg)
-    assert launches == [(True, 1 << (m - 1).bit_length())] * 2
-    odd = torch.zeros(m, 2051).bfloat16()[:, 1:2049]  # row stride 2051: not a multiple of 8
-    odd.copy_(x)
-    assert _rel_err(gv.launch_gemv(odd, w, wg.WoConfig(1, 16, 1024, num_warps=4), 4), ref) < 1e-2
+        out = gv.launch_gemv(x[:2], w, cfg, warps_k)
+        assert out.shape == (2, 48) and _rel_err(out, ref[:2]) < 1e-2, (key, cfg)
+        out = real(x, w, cfg, warps_k, None, 1, xr=4)
+        assert out.shape == (3, 48) and _rel_err(out, ref) < 1e-2, (key, cfg)
+    assert launches == [(True, 2)] * 2
+    odd = torch.zeros(2, 2051).bfloat16()[:, 1:2049]  # row stride 2051: not a multiple of 8
+    odd.copy_(x[:2])
+    assert not gv.rows_aligned(odd) and gv.rows_aligned(x[:2])
+    assert _rel_err(gv.launch_gemv(odd, w, wg.WoConfig(1, 16, 1024, num_warps=4), 4), ref[:2]) < 1e-2
     assert launches[-1] == (False, 1)  # the grouped launch (ids given)
 
 
@@ -276,11 +279,16 @@ def test_zero_point_half2_constants_are_what_the_kernel_builds():
 def test_policy_routes_int4_decode_to_the_gemv_only_where_it_should(monkeypatch):
     torch.manual_seed(3)
     w = wf.quantize(torch.randn(48, 256), "int4_group_128")
-    x1, x2 = torch.randn(1, 256).bfloat16(), torch.randn(2, 256).bfloat16()
+    x1, x2, x3 = torch.randn(1, 256).bfloat16(), torch.randn(2, 256).bfloat16(), torch.randn(3, 256).bfloat16()
     monkeypatch.delenv("QUANTC_WO_GEMV_MIN_N", raising=False)
     assert not gv.uses_gemv(x1, w)  # unset: a GPU's policy; the interpreter keeps the plane kernel
     monkeypatch.setenv("QUANTC_WO_GEMV_MIN_N", "0")
-    assert gv.uses_gemv(x1, w) and not gv.uses_gemv(x2, w)
+    assert gv.uses_gemv(x1, w) and gv.uses_gemv(x2, w) and not gv.uses_gemv(x3, w)  # up to GEMV_ROWS_MAX rows
+    odd = torch.zeros(2, 259).bfloat16()[:, :256]
+    assert not gv.uses_gemv(odd, w)  # unaligned rows: the plane kernel
+    monkeypatch.setenv("QUANTC_WO_GEMV_MAX_M", "1")
+    assert gv.uses_gemv(x1, w) and not gv.uses_gemv(x2, w)  # decode only
+    monkeypatch.delenv("QUANTC_WO_GEMV_MAX_M")
     assert not gv.uses_gemv(torch.randn(1, 96).bfloat16(), wf.quantize(torch.randn(48, 96), "int4_group_32"))  # K
     mx = wf.quantize(torch.randn(48, 256), "mxfp4")
     assert gv.uses_gemv(x1, mx)  # forced: mxfp4 too
@@ -296,8 +304,10 @@ def test_policy_routes_int4_decode_to_the_gemv_only_where_it_should(monkeypatch)
     out = wg.launch(x1, w, wg.WoConfig(16, 32, 128, num_warps=2))  # the table's planes config is not used
     assert calls == [gv.gemv_config(48, 256, 132)]  # the GEMV's own config (no GPU here: 132 SMs assumed)
     assert _rel_err(out, wg.reference(x1, w)) < 1e-2
-    wg.launch(x2, w, wg.WoConfig(16, 32, 128, num_warps=2))
+    wg.launch(x3, w, wg.WoConfig(16, 32, 128, num_warps=2))
     assert len(calls) == 1
+    wg.launch(x2, w, wg.WoConfig(16, 32, 128, num_warps=2))
+    assert calls[1] == gv.gemv_config(48, 256, 132)  # two rows, one program an N tile: sized by the weight
 
 
 @pytest.mark.parametrize("n,k,block_n,block_k,split,warps_k", [
@@ -314,6 +324,7 @@ def test_policy_routes_int4_decode_to_the_gemv_only_where_it_should(monkeypatch)
     (64, 256, 16, 1024, 1, 4),       # a single K step cannot be split (the launch takes it 256-deep)
 ])
 def test_gemv_config_picks_tile_depth_and_split(n, k, block_n, block_k, split, warps_k):
+    """The dense launch's tile (``gemv_config``) and what ``gemv_tile`` makes of it: rows, lanes and depth fit."""
     cfg, wk = gv.gemv_config(n, k, 132)
     assert (cfg.block_m, cfg.num_warps, cfg.num_stages) == (1, max(4, warps_k), 2)
     assert (cfg.block_n, cfg.block_k, cfg.split_k, wk) == (block_n, block_k, split, warps_k)
@@ -323,6 +334,27 @@ def test_gemv_config_picks_tile_depth_and_split(n, k, block_n, block_k, split, w
         want_bk //= 2
     assert bn == block_n and bk == want_bk and wk2 == min(warps_k, bk // 128)  # a warp spans 128+
     assert rows * lanes_n * (cfg.num_warps // wk2) == bn and (bk // wk2) * lanes_n == 1024
+
+
+@pytest.mark.parametrize("n,k,block_n,block_k,split,warps_k", [
+    (32768, 7168, 64, 512, 1, 1),    # 16384+ pair rows: 64 rows a program, warps along N
+    (16384, 768, 64, 256, 2, 1),     # K = 768 (Qwen3-30B-A3B's experts): 256-deep, 2 slices
+    (12288, 2048, 16, 1024, 1, 4),   # fewer pair rows: the dense tile
+])
+def test_moe_gemv_config_keeps_the_64_row_tile_from_16384_rows(n, k, block_n, block_k, split, warps_k):
+    cfg, wk = gv.gemv_config(n, k, 132, grouped=True)
+    assert (cfg.block_n, cfg.block_k, cfg.split_k, wk) == (block_n, block_k, split, warps_k)
+
+
+@pytest.mark.parametrize("k", [768, 1280, 1536, 2880 - 64, 6400, 14336])
+@pytest.mark.parametrize("block_k,warps_k", [(1024, 4), (2048, 8), (512, 1), (256, 1)])
+def test_gemv_tile_depth_is_a_power_of_two_dividing_k(k, block_k, warps_k):
+    """K = 768 once gave a 768-deep tile and 5 lanes along N (no power of two: the Gluon layout refused to
+    compile on the GPU): the depth is the largest power of two under the asked one that divides K."""
+    rows, lanes_n, bn, bk, wk = gv.gemv_tile(gv.KernelConfig(1, 16, block_k, num_warps=max(4, warps_k)), k, warps_k)
+    assert bk & (bk - 1) == 0 and k % bk == 0 and bk >= 128 and (bk * 2 > min(block_k * 1, 1024 * warps_k, k)
+                                                                   or k % (bk * 2))
+    assert lanes_n & (lanes_n - 1) == 0 and (bk // wk) * lanes_n == 1024 and rows >= 1
 
 
 GLUON_COMPILE = '''

@@ -566,31 +566,49 @@ def _wo_gemv_rows_gluon_kernel(
 # - from 16384 rows the same tile 1024-deep (wo_gemv_probe_h100_s20_wide.json, against the 64-row tile with the
 #   warps along N in the same call): mxfp4 (28672, 4096) 28.7 -> 26.8 us, (24576, 7168) 39.6 -> 38.7; nvfp4
 #   29.5 -> 28.6 and 41.7 -> 42.3; int4 24.7 -> 24.9 and 35.2 -> 34.4.
+# - the MoE launch keeps 64 rows a program with the warps along N from 16384 rows (pairs x rows), 512-deep steps
+#   where they divide K, else 256, split-K to cover the SMs about twice: the tile above was 10-26% slower there
+#   (bench/results/moe_h100_s20_tiles.json against moe_h100_s20_gemv.json: DeepSeek-V3's gate_up at 16 tokens
+#   675 -> 750 us, Qwen3-30B-A3B's 75 -> 95).
 # - from K = 8192 (where 2048 divides it, under 16384 rows) 8 warps, all along K, 2048-deep
 #   (wo_gemv_probe_h100_s20_long_k.json, (4096, 14336)): int4 15.4 -> 14.7 us, mxfp4 17.5 -> 16.1; a split
 #   there is slower (17.8).
 GEMV_CONFIG = KernelConfig(1, 16, 1024, num_warps=4, num_stages=2, split_k=1)
 WIDE_N = 16384  # weight rows from which the steps stay 1024-deep
-GEMV_ROWS_MAX = 4  # activation rows one program takes (``_wo_gemv_rows_gluon_kernel``; more: a program per row)
+# activation rows one program takes (``_wo_gemv_rows_gluon_kernel``; more: a program a row): at 2 rows it beat the
+# plane kernels' geomean (bench/results/wo_h100_s20_m234_gemv.json against _m234.json, same call: int4 2.00x bf16
+# against 1.82x, mxfp4 1.73 against 1.58); 4 rows a program ran at 2.7x the one-row time, slower than them
+GEMV_ROWS_MAX = 2
 LONG_K = 8192  # K from which 8 warps share a step
 
 
 def uses_gemv(x2: torch.Tensor, w) -> bool:
     """Whether ``wo_gemm`` runs this call here: on an sm_90 GPU every call the kernel takes (``gemv_ok``);
     QUANTC_WO_GEMV_MIN_N=N instead takes them from N weight rows on, anywhere (0: all of them, the interpreter
-    included; a large N turns the kernel off). QUANTC_WO_GEMV_MAX_M=M (default 1) lets it take up to M activation
-    rows (up to GEMV_ROWS_MAX in one program an N tile, each word decoded once for all of them; more rows a
-    program each, the rows' programs sharing the weight tile through L2)."""
-    if not gemv_weight_ok(w) or x2.shape[0] > int(env("QUANTC_WO_GEMV_MAX_M") or 1):
+    included; a large N turns the kernel off). Up to GEMV_ROWS_MAX activation rows (16-byte aligned, the row stride
+    a multiple of 8) take one program an N tile, each word decoded once for all of them;
+    QUANTC_WO_GEMV_MAX_M=M lets it take up to M rows, aligned or not (more than GEMV_ROWS_MAX, or unaligned: a
+    program a row, the rows' programs sharing the weight tile through L2; 1: decode only)."""
+    m = x2.shape[0]
+    if not gemv_weight_ok(w) or m > int(env("QUANTC_WO_GEMV_MAX_M") or GEMV_ROWS_MAX):
         return False
+    if 1 < m <= GEMV_ROWS_MAX and not env("QUANTC_WO_GEMV_MAX_M") and not rows_aligned(x2):
+        return False  # unaligned rows would take a program each (the plane kernels are as fast there)
     forced = env("QUANTC_WO_GEMV_MIN_N")
     if forced is not None:
         return w.n >= int(forced)
     return x2.device.type == "cuda" and not common.interpreted() and cc_major(x2.device) == 9
 
 
-def gemv_config(n: int, k: int, sms: int) -> tuple[KernelConfig, int]:
-    """The launch config and the warps along K for an (N, K) weight on a GPU of ``sms`` SMs (the tiles above)."""
+def gemv_config(n: int, k: int, sms: int, grouped: bool = False) -> tuple[KernelConfig, int]:
+    """The launch config and the warps along K for an (N, K) weight on a GPU of ``sms`` SMs (the tiles above).
+    ``grouped`` (the MoE launch: ``n`` the pairs' rows together) keeps the 64-row tile from 16384 rows."""
+    if grouped and n >= WIDE_N:
+        bk = 512 if k % 512 == 0 else 256
+        split = max(1, min(cdiv(2 * sms, cdiv(n, 64)), k // bk, 32))
+        if bk == 256 and k / bk / (2 * split) >= 1.5:
+            split *= 2
+        return replace(GEMV_CONFIG, block_n=64, block_k=bk, split_k=min(split, 32)), 1
     deep = n < WIDE_N and k % 2048 == 0
     warps = 8 if deep and k >= LONG_K else 4
     bk = 2048 if deep and k >= 4096 else 1024
@@ -626,7 +644,7 @@ def gemv_tile(cfg, k: int, warps_k: int = 1) -> tuple[int, int, int, int, int]:
     get under 128); a warp's 32 / (span / 32) lanes share a chunk position across rows; block_n rounded to a whole
     number of rows a thread (at least one) over the other warps and those lanes."""
     warps_k = max(1, min(warps_k, cfg.num_warps))
-    bk = max(128, min(1024 * warps_k, cfg.block_k, k))
+    bk = 1 << (max(128, min(1024 * warps_k, cfg.block_k, k)).bit_length() - 1)  # a power of two (K = 768: 512)
     while k % bk:
         bk //= 2
     while warps_k > 1 and bk // warps_k < 128:
@@ -636,6 +654,11 @@ def gemv_tile(cfg, k: int, warps_k: int = 1) -> tuple[int, int, int, int, int]:
     rows = max(1, cfg.block_n // (lanes_n * warps_n))
     rows = 1 << (rows.bit_length() - 1)
     return rows, lanes_n, rows * lanes_n * warps_n, bk, warps_k
+
+
+def rows_aligned(x2: torch.Tensor) -> bool:
+    """Whether the several-row kernel reads these activations (two 8-byte loads a word of each row)."""
+    return x2.data_ptr() % 16 == 0 and x2.stride(0) % 8 == 0
 
 
 def gemv_x_vec() -> bool:
@@ -656,7 +679,7 @@ def launch_gemv(x2: torch.Tensor, w, cfg, warps_k: int = 1) -> torch.Tensor:
     m = x2.shape[0]
     if m == 1:
         return _launch(x2, w, cfg, warps_k, None, 1)
-    if m <= GEMV_ROWS_MAX and x2.data_ptr() % 16 == 0 and x2.stride(0) % 8 == 0:
+    if m <= GEMV_ROWS_MAX and rows_aligned(x2):
         return _launch(x2, w, cfg, warps_k, None, 1, xr=1 << (m - 1).bit_length())
     # more rows: the grouped launch over one expert (the weight as a stack of one), every row's id 0 (a zeroed
     # workspace nothing writes)
