@@ -7,7 +7,7 @@ past L2), every kernel checked against the reference first. Used to choose what 
 kernels; bench_wo.py is the reference benchmark.
 
     python bench/wo_probe.py sweep     # env: PROBE_SHAPES, PROBE_FMTS, PROBE_MS, PROBE_KERNELS (gemv: the
-                                       #      4-bit CUDA-core GEMV at M = 1; frag: int4 in fragment order,
+                                       #      4-bit CUDA-core GEMV at M <= 2; frag: int4 in fragment order,
                                        #      wo_frag, M <= 16), PROBE_STAGES, PROBE_SPLIT_MULT,
                                        #      PROBE_TINYGEMM=1, PROBE_CAP_S
     ncu --clock-control none -k regex:_wo_planes python bench/wo_probe.py one planes int4_group_128 \
@@ -68,6 +68,11 @@ def launcher(kernel: str):
 _FRAG_PACKED: dict = {}
 
 
+def _gemv_takes(x, w) -> bool:
+    """The GEMV's rows: one, or up to GEMV_ROWS_MAX in one program (the several-row kernel)."""
+    return x.shape[0] <= gv.GEMV_ROWS_MAX and gv.gemv_weight_ok(w)
+
+
 def _frag_packed(w):
     """``w`` in fragment order, packed on first use and kept (keyed by the weight object: copies stay distinct)."""
     if id(w) not in _FRAG_PACKED:
@@ -89,7 +94,7 @@ def configs(kernel: str, m: int, n: int, k: int, sms: int) -> list[C]:
         for tile, mult, stages in itertools.product(GEMV_TILES, GEMV_SPLITS or SPLIT_MULT, GEMV_STAGES):
             rows, lanes_n, warps_n, warps_k = (*tile, 1)[:4]
             bn, bk = rows * lanes_n * warps_n, 1024 // lanes_n * warps_k
-            if m != 1 or k % bk:
+            if m > gv.GEMV_ROWS_MAX or k % bk:
                 continue
             split = mult if GEMV_SPLITS else wg._split(n, k, bn, bk, sms) * mult
             c = C(warps_k, bn, bk, num_warps=warps_n * warps_k, num_stages=stages, split_k=min(split, k // bk))
@@ -124,13 +129,13 @@ def sweep() -> None:
     # K = 4096 too (GEMV only): its 2048-deep tiles need it
     for key, (n, k) in itertools.product(fmts + ["int4_group_128_asym", "int4_group_32"], ((512, 1024), (256, 4096))):
         w = wf.quantize(torch.randn(n, k, device="cuda"), key)
-        for m in (1, 16, 33):
+        for m in (1, 2, 16, 33):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             ref = wg.reference(x, w)
             for kernel in kernels:
                 if kernel == "persistent" and m > 16:  # decode only: launch_planes refuses more rows
                     continue
-                if ((kernel == "gemv" and not gv.gemv_ok(x, w)) or (kernel != "gemv" and k != 1024)
+                if ((kernel == "gemv" and not _gemv_takes(x, w)) or (kernel != "gemv" and k != 1024)
                         or (kernel == "frag" and (m > 16 or not fr.frag_ok(w)))):
                     continue
                 cs = configs(kernel, m, n, k, sms)
@@ -159,7 +164,7 @@ def sweep() -> None:
                 for kernel, cfg in [(kn, c) for kn in kernels for c in configs(kn, m, n, k, sms)]:
                     if time.time() - t0 > CAP or (kernel == "persistent" and m > 16):
                         continue
-                    if (kernel == "gemv" and not gv.gemv_ok(x, ws[0])) or (kernel == "frag" and not fr.frag_ok(ws[0])):
+                    if (kernel == "gemv" and not _gemv_takes(x, ws[0])) or (kernel == "frag" and not fr.frag_ok(ws[0])):
                         continue
                     run = launcher(kernel)
                     t = rotated_us(lambda i: run(x, ws[i], cfg), len(ws))
