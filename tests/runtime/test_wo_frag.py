@@ -49,8 +49,10 @@ def test_a_words_nibbles_sit_at_their_fragment_coordinates():
 
 
 @pytest.mark.parametrize("key", ["int4_group_128", "int4_group_64_asym"])
-@pytest.mark.parametrize("m,warps,split", [(1, 2, 1), (5, 4, 3), (16, 2, 2)])
+@pytest.mark.parametrize("m,warps,split", [(1, 2, 1), (5, 4, 3), (16, 2, 2), (17, 2, 2), (40, 4, 1)])
 def test_twin_matches_the_reference(key, m, warps, split):
+    """1-16 tokens in one tile; 17 and 40 in token tiles of 16 (the last partial), with split-K's workspace and
+    counters per (row tile, token tile)."""
     torch.manual_seed(2)
     n, k = 48, 384  # 3 row tiles: with 2 warps (32 rows a program) the second program is half masked
     w = wf.quantize(torch.randn(n, k), key)
@@ -75,8 +77,10 @@ def test_refusals_name_what_is_wrong():
     with pytest.raises(ValueError, match="group 32"):
         fr.frag_pack(wf.quantize(torch.randn(48, 256), "int4_group_32"))
     fw = fr.frag_pack(wf.quantize(torch.randn(48, 256), "int4_group_128"))
-    with pytest.raises(ValueError, match="up to 16 activation rows"):
-        fr.launch_frag(torch.randn(17, 256).bfloat16(), fw)
+    with pytest.raises(ValueError, match="K = 256 with unit stride"):
+        fr.launch_frag(torch.randn(3, 512).bfloat16(), fw)
+    with pytest.raises(ValueError, match="with strides"):
+        fr.launch_frag(torch.randn(256, 3).bfloat16().t(), fw)
     assert not fr.frag_ok(wf.quantize(torch.randn(2, 48, 256), "int4_group_128"))  # stacks: not yet
 
 
@@ -88,13 +92,14 @@ from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
 from quantc.runtime.kernels import wo_frag
 SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "out_ptr": "*bf16", "ws_ptr": "*fp32",
-       "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_sn": "i32"}
+       "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_sn": "i32",
+       "M_TILES": "i32"}
 out = []
 for zero, warps, split, sub in json.loads(sys.argv[1]):
     ce = dict(GROUP=128, HAS_ZERO=zero, WARPS=warps, SPLIT_K=split, SUB=sub)
     sig = dict(SIG, **{k: "constexpr" for k in ce})
     # 16-byte aligned pointers, K and strides, as Triton specializes them at a launch
-    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG) if a not in ("M", "N")}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG) if a not in ("M", "N", "M_TILES")}
     c = triton.compile(GluonASTSource(wo_frag._frag_kernel, sig, ce, attrs), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": warps})
     ptx = c.asm["ptx"]
@@ -127,7 +132,7 @@ def test_gluon_kernel_compiles_for_hopper_with_the_tiles_in_registers():
 
 @pytest.mark.parametrize("key", ["int4_group_128", "int4_group_64_asym"])
 def test_a_layer_prepared_with_the_switch_runs_2_to_16_rows_in_fragment_order(key, monkeypatch):
-    """QUANTC_WO_FRAG=1 at load (opt-in): an int4 QuantLinear keeps its words in fragment order beside the
+    """QUANTC_WO_FRAG=both at load (opt-in): an int4 QuantLinear keeps its words in fragment order beside the
     checkpoint's, and 2-16 activation rows run wo_frag (one row the GEMV's path, more than 16 the other kernels);
     without the switch nothing changes; a format it cannot take keeps no second copy."""
     from quantc.runtime import quantize as Q
@@ -141,7 +146,7 @@ def test_a_layer_prepared_with_the_switch_runs_2_to_16_rows_in_fragment_order(ke
     tensors = Q.quantize_weight(w, key)
     launcher = LAUNCHERS["int4_weight_only_gemm"]
     assert "frag" not in launcher.prepare(tensors, key, n, k)
-    monkeypatch.setenv("QUANTC_WO_FRAG", "1")
+    monkeypatch.setenv("QUANTC_WO_FRAG", "both")
     buffers = launcher.prepare(tensors, key, n, k)
     assert buffers["frag"].shape == (3, 4, 32, 4)
     assert "frag" not in LAUNCHERS["fp4_weight_only_gemm"].prepare(Q.quantize_weight(w, "mxfp4"), "mxfp4", n, k)
@@ -154,3 +159,52 @@ def test_a_layer_prepared_with_the_switch_runs_2_to_16_rows_in_fragment_order(ke
         x = torch.randn(m, k).bfloat16()
         assert _rel_err(layer(x), wg.reference(x, ref_w)) < 1e-2, m
     assert calls == [5, 16]
+
+
+@pytest.mark.parametrize("key", ["int4_group_128", "int4_group_64_asym"])
+def test_a_layer_kept_in_fragment_order_only_runs_every_m_from_one_copy(key, monkeypatch):
+    """QUANTC_WO_FRAG=1 at load: the int4 words in fragment order only (the same bytes as the plane layout, no
+    second copy), and every M runs from them: wo_frag in 16-token tiles, or from the dequantized weight through
+    matmul where the plane layout takes that path too (forced here by QUANTC_DEQUANT_MIN_M); a format it cannot
+    take keeps the plane layout."""
+    from quantc.runtime import quantize as Q
+    from quantc.runtime.kernels import wo_launch
+    from quantc.runtime.modules import QuantLinear
+    from quantc.runtime.registry import LAUNCHERS
+
+    torch.manual_seed(5)
+    n, k = 48, 256
+    w = (torch.randn(n, k) * 0.05).to(torch.bfloat16)
+    tensors = Q.quantize_weight(w, key)
+    launcher = LAUNCHERS["int4_weight_only_gemm"]
+    plane = launcher.prepare(tensors, key, n, k)
+    ref_w = wo_launch.rebuild(list(plane.values()), key)[0]
+    monkeypatch.setenv("QUANTC_WO_FRAG", "1")
+    buffers = launcher.prepare(tensors, key, n, k)
+    assert buffers["data"].shape == (3, 4, 32, 4) and "frag" not in buffers
+    assert sum(t.nbytes for t in buffers.values()) == sum(t.nbytes for t in plane.values())
+    assert torch.equal(fr.frag_codes(wo_launch.frag_only(list(buffers.values()), key)), fr.frag_codes(fr.frag_pack(ref_w)))
+    mx = LAUNCHERS["fp4_weight_only_gemm"].prepare(Q.quantize_weight(w, "mxfp4"), "mxfp4", n, k)
+    assert mx["data"].dim() == 2
+    layer = QuantLinear("t", "int4_weight_only_gemm", key, "none", n, k, buffers, None, None)
+    frag_calls, dequant_calls = [], []
+    real_frag, real_dq = fr.launch_frag, fr.frag_dequant_bf16
+    monkeypatch.setattr(fr, "launch_frag", lambda *a, **kw: frag_calls.append(a[0].shape[0]) or real_frag(*a, **kw))
+    monkeypatch.setattr(fr, "frag_dequant_bf16", lambda fw: dequant_calls.append(fw.n) or real_dq(fw))
+    monkeypatch.setenv("QUANTC_DEQUANT_MIN_M", "32")
+    for m in (1, 5, 17, 40):
+        x = torch.randn(m, k).bfloat16()
+        assert _rel_err(layer(x), wg.reference(x, ref_w)) < 1e-2, m
+    assert frag_calls == [1, 5, 17] and dequant_calls == [n]
+
+
+def test_dequantized_fragment_order_is_the_plane_layouts_bits():
+    """frag_dequant_bf16 (the prefill path from fragment order) gives wo_dequant's bf16 weight bit for bit, symmetric
+    and with zero points, over several row tiles and 64-deep steps."""
+    from quantc.runtime.kernels import wo_dequant as wd
+
+    torch.manual_seed(6)
+    for key, k in (("int4_group_128", 640), ("int4_group_64_asym", 448)):  # K past one 128-wide program, ragged
+        w = wf.quantize(torch.randn(80, k), key)
+        got = fr.frag_dequant_bf16(fr.frag_pack(w))
+        assert got.shape == (80, k) and torch.equal(got, wd.dequantize_bf16(w)), key

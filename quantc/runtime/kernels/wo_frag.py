@@ -52,7 +52,7 @@ from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
 from .. import quantize as qz
 from . import common
-from .common import cdiv
+from .common import cdiv, round_bf16
 from .wo_format import INT4, WoWeight
 from .wo_mma4 import split_workspace, store_or_reduce
 
@@ -110,14 +110,20 @@ def frag_codes(fw: FragWeight) -> torch.Tensor:
 
 @triton.jit
 def _frag_twin_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_sn,
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_sn, M_TILES,
     GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     steps = K // 64
     per = tl.cdiv(steps, SPLIT_K)
     s_start = tl.program_id(1) * per
     s_end = tl.minimum(s_start + per, steps)
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # program (row tile, 16-token tile), the token tiles of a row tile side by side (they share its words in L2)
+    m_tile = tl.program_id(0) % M_TILES
+    x_ptr += (m_tile * 16).to(tl.int64) * stride_xm
+    out_ptr += (m_tile * 16).to(tl.int64) * N
+    ws_ptr += (m_tile * 16).to(tl.int64) * N
+    M = tl.minimum(M - m_tile * 16, 16)
+    rows = (tl.program_id(0) // M_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = rows < N
     kk = tl.arange(0, 64)
     toks = tl.arange(0, 16)
@@ -219,7 +225,7 @@ def _frag_substep(acc, words, xs, c_lo, c_hi, HAS_ZERO: gl.constexpr, WARPS: gl.
 
 @gluon.jit
 def _frag_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_sn,
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_sn, M_TILES,
     GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, WARPS: gl.constexpr, SPLIT_K: gl.constexpr, SUB: gl.constexpr,
 ):
     """Grid (row tiles of WARPS x 16, K slices); a step is SUB 64-deep sub-steps (SUB x 64 divides the groups): the
@@ -234,7 +240,14 @@ def _frag_kernel(
     per = gl.cdiv(steps, SPLIT_K)
     s_start = gl.program_id(1) * per
     s_end = gl.minimum(s_start + per, steps)
-    tiles = gl.program_id(0) * WARPS + gl.arange(0, WARPS, layout=gl.SliceLayout(1, W2))
+    # program (row tile, 16-token tile), the token tiles of a row tile side by side (they share its words in L2)
+    m_tile = gl.program_id(0) % M_TILES
+    n_prog = gl.program_id(0) // M_TILES
+    x_ptr += (m_tile * 16).to(gl.int64) * stride_xm
+    out_ptr += (m_tile * 16).to(gl.int64) * N
+    ws_ptr += (m_tile * 16).to(gl.int64) * N
+    M = gl.minimum(M - m_tile * 16, 16)
+    tiles = n_prog * WARPS + gl.arange(0, WARPS, layout=gl.SliceLayout(1, W2))
     lanes = gl.arange(0, 32, layout=gl.SliceLayout(0, W2))
     vs = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, WL)))
     # loads go unmasked (a masked load zero-fills its registers first, ~20 instructions a step): tiles past N read
@@ -256,7 +269,7 @@ def _frag_kernel(
     tok4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(x_nh * 8, 1) + gl.expand_dims(x_g, 0), 2), 3)
     k4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(x_t * 16, 1) + gl.expand_dims(x_k, 0), 0), 0)
     x_tile = x_ptr + gl.minimum(tok4, M - 1) * stride_xm + k4  # (2, 8, 4, 16)
-    rows = gl.program_id(0) * (WARPS * 16) + gl.arange(0, WARPS * 16, layout=gl.SliceLayout(1, MMA))
+    rows = n_prog * (WARPS * 16) + gl.arange(0, WARPS * 16, layout=gl.SliceLayout(1, MMA))
     c_lo = gl.full([WARPS, 32], NEG_136_X2, gl.int32, W2)
     c_hi = c_lo
     total = gl.zeros([WARPS * 16, 16], gl.float32, MMA)
@@ -293,28 +306,69 @@ def _frag_kernel(
     store_or_reduce(total, out_ptr + offs, ws_ptr + offs, o_mask, cnt_ptr + gl.program_id(0), SPLIT_K)
 
 
+@triton.jit
+def _frag_dequant_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K, stride_sn,
+                         GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr):
+    """bf16 (N, K) in the natural order from the fragment-order words, a program BT row tiles x BS steps: the
+    words load as they lie (contiguous), their nibbles take the axes (T, s, g, t, v, h, kh, rh) and a permute
+    puts them back in (row, K) order, so the stores are whole rows too; the math of
+    ``wo_dequant._dequant_kernel``. (A first version gathered each element's nibble: 0.5x the plane layout's
+    dequant-then-matmul at 512 rows, bench/results/frag_only_probe_h100_s20.json.)"""
+    steps = K // 64
+    tt = tl.program_id(0) * BT + tl.arange(0, BT)
+    ss = tl.program_id(1) * BS + tl.arange(0, BS)
+    off = ((tt.to(tl.int64)[:, None, None] * steps + ss[None, :, None]) * 128
+           + tl.arange(0, 128)[None, None, :])  # (BT, BS, 128): a step's 32 lanes x 4 words
+    words = tl.load(w_ptr + off, mask=(tt < N // 16)[:, None, None] & (ss < steps)[None, :, None], other=0)
+    nib = (words[:, :, :, None] >> (4 * tl.arange(0, 8))[None, None, None, :]) & 15  # nibble 4 h + 2 kh + rh
+    nib = tl.reshape(nib, (BT, BS, 8, 4, 4, 2, 2, 2))  # (T, s, g, t, v, h, kh, rh)
+    codes = tl.reshape(tl.permute(nib, (0, 7, 2, 1, 3, 4, 6, 5)), (BT * 16, BS * 64))  # (T, rh, g | s, t, v, kh, h)
+    rows = tl.program_id(0) * (BT * 16) + tl.arange(0, BT * 16)
+    ks = tl.program_id(1) * (BS * 64) + tl.arange(0, BS * 64)
+    mask = (rows < N)[:, None] & (ks < K)[None, :]
+    s_off = rows.to(tl.int64)[:, None] * stride_sn + (ks // GROUP)[None, :]
+    sc = tl.load(s_ptr + s_off, mask=mask, other=0.0).to(tl.float32)
+    if HAS_ZERO:
+        w = (codes.to(tl.float32) - tl.load(z_ptr + s_off, mask=mask, other=0).to(tl.float32)) * sc
+    else:
+        w = ((codes ^ 8) - 8).to(tl.float32) * sc
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * K + ks[None, :], round_bf16(w).to(tl.bfloat16), mask=mask)
+
+
+def frag_dequant_bf16(fw: FragWeight) -> torch.Tensor:
+    """The weight as bf16 (N, K), natural order (the prefill path of a layer kept in fragment order only)."""
+    out = common.empty((fw.n, fw.k), torch.bfloat16, fw.data.device)
+    zeros = fw.zeros if fw.zeros is not None else fw.scale
+    common.launch(_frag_dequant_kernel, (cdiv(fw.n // 16, 2), cdiv(fw.k // STEP, 2)),
+                  (fw.data, fw.scale, zeros, out, fw.n, fw.k, fw.scale.stride(0)),
+                  dict(GROUP=fw.group, HAS_ZERO=fw.zeros is not None, BT=2, BS=2), 4, 1)
+    return out
+
+
 def frag_sub(k: int, group: int) -> int:
     """64-deep sub-steps a step of the GPU kernel: 2 where 128 divides K and the groups, else 1."""
     return 2 if k % 128 == 0 and group % 128 == 0 else 1
 
 
 def launch_frag(x2: torch.Tensor, fw: FragWeight, warps: int = 4, split_k: int = 1) -> torch.Tensor:
-    """bf16 (M, K), M <= 16, x an int4 ``FragWeight`` (N, K) -> bf16 (M, N): the Gluon kernel on a GPU, its Triton
-    twin under the interpreter; ``warps`` x 16 weight rows a program, ``split_k`` K slices."""
+    """bf16 (M, K) x an int4 ``FragWeight`` (N, K) -> bf16 (M, N): the Gluon kernel on a GPU, its Triton twin under
+    the interpreter; ``warps`` x 16 weight rows and 16 tokens a program (more tokens: a program each 16, the token
+    tiles of a row tile side by side), ``split_k`` K slices."""
     m, k = x2.shape
-    if m > TOKENS or k != fw.k or x2.stride(1) != 1:
-        raise ValueError(f"the fragment-order GEMM takes up to {TOKENS} activation rows of K = {fw.k} with unit "
-                         f"stride; got {tuple(x2.shape)} with strides {tuple(x2.stride())}")
+    if k != fw.k or x2.stride(1) != 1:
+        raise ValueError(f"the fragment-order GEMM takes activation rows of K = {fw.k} with unit stride; got "
+                         f"{tuple(x2.shape)} with strides {tuple(x2.stride())}")
     n = fw.n
     if m == 0:
         return torch.empty((0, n), dtype=torch.bfloat16, device=x2.device)
     bn = warps * 16
+    m_tiles = cdiv(m, TOKENS)
     split = max(1, min(split_k, k // (STEP * frag_sub(k, fw.group))))
     out = common.empty((m, n), torch.bfloat16, x2.device)
-    grid = (cdiv(n, bn), split)
+    grid = (cdiv(n, bn) * m_tiles, split)
     ws, cnt = split_workspace(x2.device, m * n, grid[0]) if split > 1 else (out, out)
     zeros = fw.zeros if fw.zeros is not None else fw.scale
-    args = (x2, fw.data, fw.scale, zeros, out, ws, cnt, m, n, k, x2.stride(0), fw.scale.stride(0))
+    args = (x2, fw.data, fw.scale, zeros, out, ws, cnt, m, n, k, x2.stride(0), fw.scale.stride(0), m_tiles)
     consts = dict(GROUP=fw.group, HAS_ZERO=fw.zeros is not None, SPLIT_K=split)
     if common.interpreted() or x2.device.type != "cuda":
         common.launch(_frag_twin_kernel, grid, args, dict(consts, BLOCK_N=bn), warps, 1)

@@ -1,4 +1,4 @@
-"""4-bit weight-only GEMV for decode (M = 1) on CUDA cores, packed half2 arithmetic (Gluon + PTX on the GPU).
+"""4-bit weight-only GEMV for decode (one or two rows) on CUDA cores, packed half2 arithmetic (Gluon + PTX on the GPU).
 
 ``wo_gemm``'s math for int4 weights (symmetric, or codes with zero points; groups of 32 or more), mxfp4
 (e2m1 codes, e8m0 scales per 32: see WORD_DOT_E2M1) and nvfp4 (e4m3 scales per 16, fp32 global scale), and
@@ -31,6 +31,10 @@ activation is loaded (two 8-byte loads a word, in the layout without the rows: b
 scaled and packed once a thread for all its rows; the next K step's words and
 activations load while this one computes (num_stages >= 2). Each chunk keeps a running fp32 sum; the
 reduction across threads runs once, after the K loop. Split-K as ``wo_mma4`` (``store_or_reduce``).
+
+Two activation rows (``_wo_gemv_rows_gluon_kernel``, up to GEMV_ROWS_MAX) share a program: the word dot runs as
+two asm blocks, the decode (DECODE_*) once a word and the half2 products (DOT_HALF2) once a row, the rows a
+leading axis of each thread's registers.
 
 The GPU kernel is Gluon (``_wo_gemv_gluon_kernel``), which states that layout; the same steps in Triton
 (``_wo_gemv_kernel``) run under ``TRITON_INTERPRET``, the PTX replaced by plain Triton (fp32 products; the

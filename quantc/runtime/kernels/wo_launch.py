@@ -31,20 +31,25 @@ def key_meta(key: str) -> tuple[int, int, int]:
 
 
 def prepare(tensors: dict, weight_key: str, n: int, k: int) -> dict[str, torch.Tensor]:
-    """The layer's buffers. QUANTC_WO_FRAG=1 at load (opt-in) also keeps an int4 weight's words in fragment order
-    (``wo_frag``: twice the 4-bit bytes) for 2-16 activation rows."""
+    """The layer's buffers. QUANTC_WO_FRAG at load (opt-in; int4 weights ``wo_frag.frag_ok`` takes): 1 keeps the
+    words in fragment order only (``data`` 4-D: every M runs from them, see ``run``); ``both`` keeps them beside
+    the plane layout (twice the 4-bit bytes) for 2-16 activation rows."""
     key_meta(weight_key)
     w = wf.from_tensors(weight_key, tensors, n, k)
+    mode = common.env("QUANTC_WO_FRAG")
+    if mode in ("1", "both"):
+        from .wo_frag import frag_ok, frag_pack
+
+        if frag_ok(w) and mode == "1":
+            out = {"data": frag_pack(w).data, "scale": w.scale}
+            return out if w.zeros is None else {**out, "zeros": w.zeros}
     out = {"data": w.data, "scale": w.scale}
     if w.zeros is not None:
         out["zeros"] = w.zeros
     if w.global_scale is not None:
         out["global_scale"] = w.global_scale
-    if common.env("QUANTC_WO_FRAG") == "1":
-        from .wo_frag import frag_ok, frag_pack
-
-        if frag_ok(w):
-            out["frag"] = frag_pack(w).data
+    if mode == "both" and frag_ok(w):
+        out["frag"] = frag_pack(w).data
     return out
 
 
@@ -59,9 +64,40 @@ def rebuild(buffers, weight_key: str) -> tuple[wf.WoWeight, torch.Tensor | None]
     return wf.WoWeight(fmt, data.shape[0], data.shape[1] * 8, data, scale, sfmt, group, 1, zeros, gscale), frag
 
 
+def frag_only(buffers, weight_key: str):
+    """The ``wo_frag.FragWeight`` of a layer kept in fragment order only (``data`` 4-D), else None."""
+    if buffers[0].dim() != 4:
+        return None
+    from .wo_frag import STEP, TOKENS, FragWeight
+
+    data, scale, *rest = buffers
+    zeros = rest[0] if weight_key.endswith("_asym") else None
+    return FragWeight(data.shape[0] * TOKENS, data.shape[1] * STEP, data, scale, key_meta(weight_key)[2], zeros)
+
+
+def _run_frag_only(x, fw):
+    """Every M from the fragment-order words: the dequantized weight through cuBLAS where the plane layout takes
+    that path too (``wo_dequant.uses_dequant``: from 256 rows on a GPU), else ``launch_frag`` in 16-token tiles
+    at twice ``wo_gemm._split`` for one tile, shared among the token tiles."""
+    from . import wo_gemm
+    from .wo_dequant import uses_dequant
+    from .wo_frag import TOKENS, frag_dequant_bf16, launch_frag
+    from .wo_gemv import grid_sms
+
+    m = x.shape[0]
+    if uses_dequant(m, x.device):
+        return common.torch_op(torch.matmul, x, frag_dequant_bf16(fw).T)
+    split = max(1, 2 * wo_gemm._split(fw.n, fw.k, 64, 64, grid_sms(x.device)) // common.cdiv(m, TOKENS))
+    return launch_frag(x, fw, split_k=split)
+
+
 def run(x, buffers, config, weight_key, act_key, bias):
     from . import wo_gemm, wo_mx
 
+    fw = frag_only(buffers, weight_key)
+    if fw is not None:
+        out = _run_frag_only(x, fw)
+        return common.torch_op(torch.add, out, bias) if bias is not None else out
     w, frag = rebuild(buffers, weight_key)
     if frag is not None and 2 <= x.shape[0] <= 16 and act_key != "mxfp8":
         from .wo_frag import FragWeight, launch_frag
