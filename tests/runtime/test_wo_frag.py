@@ -95,8 +95,8 @@ SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "out
        "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_sn": "i32",
        "M_TILES": "i32"}
 out = []
-for zero, warps, split, sub in json.loads(sys.argv[1]):
-    ce = dict(GROUP=128, HAS_ZERO=zero, WARPS=warps, SPLIT_K=split, SUB=sub)
+for zero, warps, split, sub, tok in json.loads(sys.argv[1]):
+    ce = dict(GROUP=128, HAS_ZERO=zero, WARPS=warps, SPLIT_K=split, SUB=sub, TOK=tok)
     sig = dict(SIG, **{k: "constexpr" for k in ce})
     # 16-byte aligned pointers, K and strides, as Triton specializes them at a launch
     attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG) if a not in ("M", "N", "M_TILES")}
@@ -115,16 +115,17 @@ def test_gluon_kernel_compiles_for_hopper_with_the_tiles_in_registers():
     """The GPU kernel (Gluon: the interpreter cannot run it) compiled for sm_90, one and two 64-deep sub-steps a step:
     8 MMAs and 16 decode lop3 a sub-step; a lane's four words one 16-byte load and its activation values four (the
     permuted K order); no shuffles, no spills, neither operand through shared memory; split-K adds only its atomics
-    and the arrival count's one shared word."""
-    cases = [(False, 4, 1, 1), (True, 4, 1, 2), (False, 2, 2, 2)]
+    and the arrival count's one shared word. 32 and 64 tokens a program: the same decode, the MMAs and the
+    activation loads growing with the tokens, still nothing through shared memory."""
+    cases = [(False, 4, 1, 1, 16), (True, 4, 1, 2, 16), (False, 2, 2, 2, 16), (False, 4, 1, 2, 32), (True, 4, 1, 2, 64)]
     proc = subprocess.run([sys.executable, "-c", FRAG_COMPILE, json.dumps(cases)], capture_output=True, text=True,
                           timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for case, r in zip(cases, json.loads(proc.stdout.strip().splitlines()[-1])):
         # a 64-deep sub-step: 8 MMAs, 16 decode lop3, one 16-byte load of words (and one more before the loop) and
         # four of the lane's two tokens' activations
-        sub = case[3]
-        assert r["mma"] == 8 * sub and r["lop3"] == 16 * sub and r["ld_v4"] == 6 * sub, (case, r)
+        sub, tiles = case[3], case[4] // 16
+        assert r["mma"] == 8 * sub * tiles and r["lop3"] == 16 * sub and r["ld_v4"] == (2 + 4 * tiles) * sub, (case, r)
         assert r["shfl"] == 0 and r["local"] == 0, (case, r)
         # split-K: its atomics, and the arrival count broadcast through one shared-memory word
         assert (r["atom"] > 0) == (case[2] > 1) and r["ld_shared"] == (case[2] > 1), (case, r)
@@ -208,3 +209,17 @@ def test_dequantized_fragment_order_is_the_plane_layouts_bits():
         w = wf.quantize(torch.randn(80, k), key)
         got = fr.frag_dequant_bf16(fr.frag_pack(w))
         assert got.shape == (80, k) and torch.equal(got, wd.dequantize_bf16(w)), key
+
+
+def test_token_tiles_of_16_32_and_64_give_the_same_answer():
+    """frag_tokens picks 16 / 32 / 64 tokens a program by M; any of them is the same product (the twin's token
+    tiles, the last one partial, split-K per (row tile, token tile))."""
+    torch.manual_seed(7)
+    w = wf.quantize(torch.randn(48, 256), "int4_group_64_asym")
+    fw = fr.frag_pack(w)
+    assert [fr.frag_tokens(m) for m in (1, 16, 17, 32, 33, 200)] == [16, 16, 32, 32, 64, 64]
+    x = torch.randn(70, 256).bfloat16()
+    ref = wg.reference(x, w)
+    for tokens, split in ((16, 1), (32, 2), (64, 3), (None, 1)):
+        out = fr.launch_frag(x, fw, warps=2, split_k=split, tokens=tokens)
+        assert out.shape == (70, 48) and _rel_err(out, ref) < 1e-2, tokens

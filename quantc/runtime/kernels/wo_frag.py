@@ -57,7 +57,7 @@ from .wo_format import INT4, WoWeight
 from .wo_mma4 import split_workspace, store_or_reduce
 
 STEP = 64  # K a 16-byte load of a lane covers: four 16-deep MMA tiles
-TOKENS = 16  # activation rows a launch takes (the MMA's N: two n8 halves)
+TOKENS = 16  # the fewest activation rows a program takes (the MMA's N: two n8 halves; ``frag_tokens``)
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,6 +112,7 @@ def frag_codes(fw: FragWeight) -> torch.Tensor:
 def _frag_twin_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_sn, M_TILES,
     GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
+    TOK: tl.constexpr = 16,
 ):
     steps = K // 64
     per = tl.cdiv(steps, SPLIT_K)
@@ -119,20 +120,20 @@ def _frag_twin_kernel(
     s_end = tl.minimum(s_start + per, steps)
     # program (row tile, 16-token tile), the token tiles of a row tile side by side (they share its words in L2)
     m_tile = tl.program_id(0) % M_TILES
-    x_ptr += (m_tile * 16).to(tl.int64) * stride_xm
-    out_ptr += (m_tile * 16).to(tl.int64) * N
-    ws_ptr += (m_tile * 16).to(tl.int64) * N
-    M = tl.minimum(M - m_tile * 16, 16)
+    x_ptr += (m_tile * TOK).to(tl.int64) * stride_xm
+    out_ptr += (m_tile * TOK).to(tl.int64) * N
+    ws_ptr += (m_tile * TOK).to(tl.int64) * N
+    M = tl.minimum(M - m_tile * TOK, TOK)
     rows = (tl.program_id(0) // M_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = rows < N
     kk = tl.arange(0, 64)
-    toks = tl.arange(0, 16)
+    toks = tl.arange(0, TOK)
     # the nibble of element (row, k = 64 s + kk): word (row // 16, s, lane 4 (row % 8) + kk // 16, (kk % 16) // 4),
     # nibble p + 4 h with p = (row % 16) // 8 + 2 ((kk % 4) // 2), h = kk % 2
     lane = 4 * (rows % 8)[:, None] + (kk // 16)[None, :]
     word_off = ((rows // 16).to(tl.int64)[:, None] * steps * 128 + lane * 4 + ((kk % 16) // 4)[None, :])
     shift = 4 * (((rows % 16) // 8)[:, None] + 2 * ((kk % 4) // 2)[None, :] + 4 * (kk % 2)[None, :])
-    total = tl.zeros((BLOCK_N, 16), tl.float32)
+    total = tl.zeros((BLOCK_N, TOK), tl.float32)
     for s in range(s_start, s_end):
         words = tl.load(w_ptr + word_off + s * 128, mask=n_mask[:, None], other=0)
         c = (words >> shift) & 15
@@ -142,7 +143,7 @@ def _frag_twin_kernel(
         else:
             q = ((c ^ 8) - 8).to(tl.float32)
         xt = tl.load(x_ptr + toks[None, :] * stride_xm + s * 64 + kk[:, None], mask=(toks < M)[None, :],
-                     other=0.0).to(tl.float32)  # (64, 16)
+                     other=0.0).to(tl.float32)  # (64, TOK)
         part = tl.dot(q, xt)  # exact integers x bf16 values, fp32 sums
         total += part * tl.load(s_ptr + rows * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)[:, None]
     o_mask = n_mask[:, None] & (toks < M)[None, :]
@@ -202,14 +203,14 @@ def _frag_a(word, c_lo, c_hi, HAS_ZERO: gl.constexpr, WARPS: gl.constexpr):
 
 @gluon.jit
 def _frag_substep(acc, words, xs, c_lo, c_hi, HAS_ZERO: gl.constexpr, WARPS: gl.constexpr, W2: gl.constexpr,
-                  A_L: gl.constexpr, B_L: gl.constexpr):
+                  A_L: gl.constexpr, B_L: gl.constexpr, TOK: gl.constexpr = 16):
     """The 4 MMAs of one 64-deep sub-step: ``words`` (WARPS, 32, 4) a lane's A words, ``xs`` (2, 8, 4, 16) its
     activation values (tokens g / 8 + g, K 16 t .. 16 t + 15 of the sub-step's permuted order)."""
     ev, od = gl.split(gl.reshape(words, [WARPS, 32, 2, 2]))  # word v = 2 v1 + v0
     w0, w2 = gl.split(ev)
     w1, w3 = gl.split(od)
     # K 16 t + 4 j + 2 kh + h of the sub-step: split j = 2 j1 + j0 off, leaving (nh, g, t, kh, h) per MMA
-    xs = gl.permute(gl.reshape(xs, [2, 8, 4, 2, 2, 2, 2]), [0, 1, 2, 5, 6, 3, 4])  # (nh, g, t, kh, h, j1, j0)
+    xs = gl.permute(gl.reshape(xs, [TOK // 8, 8, 4, 2, 2, 2, 2]), [0, 1, 2, 5, 6, 3, 4])  # (nh, g, t, kh, h, j1, j0)
     x_j0, x_j1 = gl.split(xs)
     x0, x2 = gl.split(x_j0)
     x1, x3 = gl.split(x_j1)
@@ -218,7 +219,7 @@ def _frag_substep(acc, words, xs, c_lo, c_hi, HAS_ZERO: gl.constexpr, WARPS: gl.
         xj = x0 if j == 0 else (x1 if j == 1 else (x2 if j == 2 else x3))
         a = gl.convert_layout(_frag_a(gl.convert_layout(word, W2), c_lo, c_hi, HAS_ZERO, WARPS), A_L)
         # (nh, g, t, kh, h) -> (K 8 kh + 2 t + h, token 8 nh + g): the B fragment's coordinates
-        b = gl.convert_layout(gl.reshape(gl.permute(xj, [3, 2, 4, 0, 1]), [16, 16]), B_L)
+        b = gl.convert_layout(gl.reshape(gl.permute(xj, [3, 2, 4, 0, 1]), [16, TOK]), B_L)
         acc = mma_v2(a, b, acc)
     return acc
 
@@ -227,6 +228,7 @@ def _frag_substep(acc, words, xs, c_lo, c_hi, HAS_ZERO: gl.constexpr, WARPS: gl.
 def _frag_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_sn, M_TILES,
     GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, WARPS: gl.constexpr, SPLIT_K: gl.constexpr, SUB: gl.constexpr,
+    TOK: gl.constexpr = 16,
 ):
     """Grid (row tiles of WARPS x 16, K slices); a step is SUB 64-deep sub-steps (SUB x 64 divides the groups): the
     group scales and the loop's fixed costs once a step."""
@@ -243,10 +245,10 @@ def _frag_kernel(
     # program (row tile, 16-token tile), the token tiles of a row tile side by side (they share its words in L2)
     m_tile = gl.program_id(0) % M_TILES
     n_prog = gl.program_id(0) // M_TILES
-    x_ptr += (m_tile * 16).to(gl.int64) * stride_xm
-    out_ptr += (m_tile * 16).to(gl.int64) * N
-    ws_ptr += (m_tile * 16).to(gl.int64) * N
-    M = gl.minimum(M - m_tile * 16, 16)
+    x_ptr += (m_tile * TOK).to(gl.int64) * stride_xm
+    out_ptr += (m_tile * TOK).to(gl.int64) * N
+    ws_ptr += (m_tile * TOK).to(gl.int64) * N
+    M = gl.minimum(M - m_tile * TOK, TOK)
     tiles = n_prog * WARPS + gl.arange(0, WARPS, layout=gl.SliceLayout(1, W2))
     lanes = gl.arange(0, 32, layout=gl.SliceLayout(0, W2))
     vs = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, WL)))
@@ -259,20 +261,20 @@ def _frag_kernel(
     row_mask = row_g < N
     # the activation of a step as (token half nh, g, t, 16 K): lane 4 g + t holds tokens g and 8 + g, K 16 t ..
     # 16 t + 15 of the step (the permuted order), every warp the same
-    XL: gl.constexpr = gl.BlockedLayout([2, 1, 1, 16], [1, 8, 4, 1], [1, 1, 1, WARPS], [3, 2, 1, 0])
+    XL: gl.constexpr = gl.BlockedLayout([TOK // 8, 1, 1, 16], [1, 8, 4, 1], [1, 1, 1, WARPS], [3, 2, 1, 0])
     NG: gl.constexpr = gl.SliceLayout(2, gl.SliceLayout(3, XL))  # (nh, g)
     TK: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(0, XL))  # (t, K)
-    x_nh = gl.arange(0, 2, layout=gl.SliceLayout(1, NG))
+    x_nh = gl.arange(0, TOK // 8, layout=gl.SliceLayout(1, NG))
     x_g = gl.arange(0, 8, layout=gl.SliceLayout(0, NG))
     x_t = gl.arange(0, 4, layout=gl.SliceLayout(1, TK))
     x_k = gl.arange(0, 16, layout=gl.SliceLayout(0, TK))
     tok4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(x_nh * 8, 1) + gl.expand_dims(x_g, 0), 2), 3)
     k4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(x_t * 16, 1) + gl.expand_dims(x_k, 0), 0), 0)
-    x_tile = x_ptr + gl.minimum(tok4, M - 1) * stride_xm + k4  # (2, 8, 4, 16)
+    x_tile = x_ptr + gl.minimum(tok4, M - 1) * stride_xm + k4  # (TOK / 8, 8, 4, 16)
     rows = n_prog * (WARPS * 16) + gl.arange(0, WARPS * 16, layout=gl.SliceLayout(1, MMA))
     c_lo = gl.full([WARPS, 32], NEG_136_X2, gl.int32, W2)
     c_hi = c_lo
-    total = gl.zeros([WARPS * 16, 16], gl.float32, MMA)
+    total = gl.zeros([WARPS * 16, TOK], gl.float32, MMA)
     # the next step's words load while this step decodes and multiplies (one 16-byte load a lane a sub-step)
     last = gl.maximum(s_end - 1, 0)
     w_nxt = gl.load(w_base + gl.minimum(s_start, last) * SUB * 128, eviction_policy="evict_first")
@@ -292,15 +294,15 @@ def _frag_kernel(
             z_hi = gl.load(z_ptr + (row_g + 8) * stride_sn + g, mask=row_mask, other=0).to(gl.float32)
             c_lo = ((-(z_lo + 128.0)).to(gl.bfloat16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF) * 0x10001
             c_hi = ((-(z_hi + 128.0)).to(gl.bfloat16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF) * 0x10001
-        acc = gl.zeros([WARPS * 16, 16], gl.float32, MMA)
+        acc = gl.zeros([WARPS * 16, TOK], gl.float32, MMA)
         xs = gl.load(x_tile + s * SUB * 64)  # two 16-byte loads a token a lane
-        acc = _frag_substep(acc, words, xs, c_lo, c_hi, HAS_ZERO, WARPS, W2, A_L, B_L)
+        acc = _frag_substep(acc, words, xs, c_lo, c_hi, HAS_ZERO, WARPS, W2, A_L, B_L, TOK)
         if SUB == 2:
             xs2 = gl.load(x_tile + (s * SUB + 1) * 64)
-            acc = _frag_substep(acc, words2, xs2, c_lo, c_hi, HAS_ZERO, WARPS, W2, A_L, B_L)
+            acc = _frag_substep(acc, words2, xs2, c_lo, c_hi, HAS_ZERO, WARPS, W2, A_L, B_L, TOK)
         sc = gl.load(s_ptr + rows * stride_sn + g, mask=rows < N, other=0.0).to(gl.float32)
         total += acc * gl.expand_dims(sc, 1)
-    on = gl.arange(0, 16, layout=gl.SliceLayout(0, MMA))
+    on = gl.arange(0, TOK, layout=gl.SliceLayout(0, MMA))
     offs = gl.expand_dims(on, 0) * N + gl.expand_dims(rows, 1)
     o_mask = gl.expand_dims(rows < N, 1) & gl.expand_dims(on < M, 0)
     store_or_reduce(total, out_ptr + offs, ws_ptr + offs, o_mask, cnt_ptr + gl.program_id(0), SPLIT_K)
@@ -350,10 +352,16 @@ def frag_sub(k: int, group: int) -> int:
     return 2 if k % 128 == 0 and group % 128 == 0 else 1
 
 
-def launch_frag(x2: torch.Tensor, fw: FragWeight, warps: int = 4, split_k: int = 1) -> torch.Tensor:
+def frag_tokens(m: int) -> int:
+    """Tokens a program takes (the MMA's N): 16 up to 16 rows, 32 up to 32, else 64 (a tile of 64 each)."""
+    return 16 if m <= 16 else (32 if m <= 32 else 64)
+
+
+def launch_frag(x2: torch.Tensor, fw: FragWeight, warps: int = 4, split_k: int = 1,
+                tokens: int | None = None) -> torch.Tensor:
     """bf16 (M, K) x an int4 ``FragWeight`` (N, K) -> bf16 (M, N): the Gluon kernel on a GPU, its Triton twin under
-    the interpreter; ``warps`` x 16 weight rows and 16 tokens a program (more tokens: a program each 16, the token
-    tiles of a row tile side by side), ``split_k`` K slices."""
+    the interpreter; ``warps`` x 16 weight rows and ``tokens`` (``frag_tokens``) tokens a program, the token tiles
+    of a row tile side by side (each decodes the row tile's words for its tokens); ``split_k`` K slices."""
     m, k = x2.shape
     if k != fw.k or x2.stride(1) != 1:
         raise ValueError(f"the fragment-order GEMM takes activation rows of K = {fw.k} with unit stride; got "
@@ -362,14 +370,15 @@ def launch_frag(x2: torch.Tensor, fw: FragWeight, warps: int = 4, split_k: int =
     if m == 0:
         return torch.empty((0, n), dtype=torch.bfloat16, device=x2.device)
     bn = warps * 16
-    m_tiles = cdiv(m, TOKENS)
+    tok = tokens or frag_tokens(m)
+    m_tiles = cdiv(m, tok)
     split = max(1, min(split_k, k // (STEP * frag_sub(k, fw.group))))
     out = common.empty((m, n), torch.bfloat16, x2.device)
     grid = (cdiv(n, bn) * m_tiles, split)
     ws, cnt = split_workspace(x2.device, m * n, grid[0]) if split > 1 else (out, out)
     zeros = fw.zeros if fw.zeros is not None else fw.scale
     args = (x2, fw.data, fw.scale, zeros, out, ws, cnt, m, n, k, x2.stride(0), fw.scale.stride(0), m_tiles)
-    consts = dict(GROUP=fw.group, HAS_ZERO=fw.zeros is not None, SPLIT_K=split)
+    consts = dict(GROUP=fw.group, HAS_ZERO=fw.zeros is not None, SPLIT_K=split, TOK=tok)
     if common.interpreted() or x2.device.type != "cuda":
         common.launch(_frag_twin_kernel, grid, args, dict(consts, BLOCK_N=bn), warps, 1)
     else:

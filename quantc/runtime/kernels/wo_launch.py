@@ -68,11 +68,12 @@ def frag_only(buffers, weight_key: str):
     """The ``wo_frag.FragWeight`` of a layer kept in fragment order only (``data`` 4-D), else None."""
     if buffers[0].dim() != 4:
         return None
-    from .wo_frag import STEP, TOKENS, FragWeight
+    from .wo_frag import STEP, FragWeight
 
     data, scale, *rest = buffers
     zeros = rest[0] if weight_key.endswith("_asym") else None
-    return FragWeight(data.shape[0] * TOKENS, data.shape[1] * STEP, data, scale, key_meta(weight_key)[2], zeros)
+    # data (N / 16, K / 64, 32, 4): 16 rows a tile, 64-deep steps
+    return FragWeight(data.shape[0] * 16, data.shape[1] * STEP, data, scale, key_meta(weight_key)[2], zeros)
 
 
 def _run_frag_only(x, fw):
@@ -81,13 +82,13 @@ def _run_frag_only(x, fw):
     at twice ``wo_gemm._split`` for one tile, shared among the token tiles."""
     from . import wo_gemm
     from .wo_dequant import uses_dequant
-    from .wo_frag import TOKENS, frag_dequant_bf16, launch_frag
+    from .wo_frag import frag_dequant_bf16, frag_tokens, launch_frag
     from .wo_gemv import grid_sms
 
     m = x.shape[0]
     if uses_dequant(m, x.device):
         return common.torch_op(torch.matmul, x, frag_dequant_bf16(fw).T)
-    split = max(1, 2 * wo_gemm._split(fw.n, fw.k, 64, 64, grid_sms(x.device)) // common.cdiv(m, TOKENS))
+    split = max(1, 2 * wo_gemm._split(fw.n, fw.k, 64, 64, grid_sms(x.device)) // common.cdiv(m, frag_tokens(m)))
     return launch_frag(x, fw, split_k=split)
 
 
