@@ -76,16 +76,31 @@ def frag_only(buffers, weight_key: str):
     return FragWeight(data.shape[0] * 16, data.shape[1] * STEP, data, scale, key_meta(weight_key)[2], zeros)
 
 
+def uses_frag_gemv(x, fw) -> bool:
+    """Whether one row of a layer kept in fragment order runs ``wo_frag_gemv`` (the CUDA-core GEMV reading that
+    layout) instead of ``wo_frag``'s tensor cores: on an sm_90 GPU (untimed yet: bench/frag_only_probe.py);
+    QUANTC_WO_FRAG_GEMV=0 never, 1 on any device (the interpreter included)."""
+    from .wo_frag_gemv import frag_gemv_ok
+
+    switch = common.env("QUANTC_WO_FRAG_GEMV")
+    if switch == "0" or not frag_gemv_ok(x, fw):
+        return False
+    return switch == "1" or (x.device.type == "cuda" and not common.interpreted() and common.cc_major(x.device) == 9)
+
+
 def _run_frag_only(x, fw):
-    """Every M from the fragment-order words: the dequantized weight through cuBLAS where the plane layout takes
-    that path too (``wo_dequant.uses_dequant``: from 256 rows on a GPU), else ``launch_frag`` in 16-token tiles
-    at twice ``wo_gemm._split`` for one tile, shared among the token tiles."""
+    """Every M from the fragment-order words: one row on ``wo_frag_gemv`` (``uses_frag_gemv``); the dequantized
+    weight through cuBLAS where the plane layout takes that path too (``wo_dequant.uses_dequant``: from 256 rows on
+    a GPU); else ``launch_frag`` in token tiles at twice ``wo_gemm._split`` for one tile, shared among them."""
     from . import wo_gemm
     from .wo_dequant import uses_dequant
     from .wo_frag import frag_dequant_bf16, frag_tokens, launch_frag
+    from .wo_frag_gemv import launch_frag_gemv
     from .wo_gemv import grid_sms
 
     m = x.shape[0]
+    if uses_frag_gemv(x, fw):
+        return launch_frag_gemv(x, fw)
     if uses_dequant(m, x.device):
         return common.torch_op(torch.matmul, x, frag_dequant_bf16(fw).T)
     split = max(1, 2 * wo_gemm._split(fw.n, fw.k, 64, 64, grid_sms(x.device)) // common.cdiv(m, frag_tokens(m)))
