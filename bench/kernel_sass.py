@@ -14,6 +14,8 @@ per thread, integer-pipe share, tensor-core instructions, and "smem" when the ti
     ONE_ROW=1 python bench/kernel_sass.py --kernel planes ...   # the M = 1 variant (x loaded once)
     BIAS_FOLD=0 python bench/kernel_sass.py --kernel planes ... # int4 with the per-element bias FMAs
     python bench/kernel_sass.py --kernel frag --fmt int4 int4_asym --bk 64 128 --warps 4   # wo_frag (bk: 64 x sub-steps)
+    python bench/kernel_sass.py --kernel gemv --fmt int4 --tiles 4x4x4x4   # wo_gemv (ROWSxLANES_NxWARPSxWARPS_K)
+    python bench/kernel_sass.py --kernel fgemv --fmt int4 --tiles 1x4x1x4  # wo_frag_gemv (RTxRSxWARPS_TxWARPS_S)
     python bench/kernel_sass.py --kernel persistent ...          # the persistent planes variant (its
                                                                  # flattened loop also counts the epilogue)
 
@@ -45,6 +47,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from quantc.runtime.kernels import wo_mma4, wo_planes  # noqa: E402
 
 KERNEL = "mma4"  # --kernel
+TOKENS = int(os.environ.get("TOKENS", "16"))  # frag: tokens a program (16, 32, 64)
 ONE_ROW = os.environ.get("ONE_ROW") == "1"  # planes kernel at M = 1
 BIAS_FOLD = os.environ.get("BIAS_FOLD", "1") == "1"  # planes kernel: int4 bias off the fp32 sums (0: per element)
 
@@ -66,11 +69,43 @@ def compile_frag(fmt: str, bk: int, split: int, warps: int):
     from quantc.runtime.kernels import wo_frag
 
     sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "out_ptr": "*bf16", "ws_ptr": "*fp32",
-           "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_sn": "i32"}
-    ce = dict(GROUP=128, HAS_ZERO=fmt == "int4_asym", WARPS=warps, SPLIT_K=split, SUB=bk // 64)
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig) if name not in ("M", "N")}
+           "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_sn": "i32",
+           "M_TILES": "i32"}
+    ce = dict(GROUP=128, HAS_ZERO=fmt == "int4_asym", WARPS=warps, SPLIT_K=split, SUB=bk // 64, TOK=TOKENS)
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig) if name not in ("M", "N", "M_TILES")}
     return triton.compile(GluonASTSource(wo_frag._frag_kernel, dict(sig, **{k: "constexpr" for k in ce}), ce, attrs),
                           target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+
+
+def compile_gemv(fmt: str, tile: tuple[int, ...], split: int):
+    """The one-row GEMVs: ``wo_gemv``'s on the plane layout (tile ROWS x LANES_N x WARPS x WARPS_K) or
+    ``wo_frag_gemv``'s on fragment order (tile RT x RS x WARPS_T x WARPS_S). Returns (compiled, elements a thread
+    decodes a loop iteration, warps)."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from quantc.runtime.kernels import wo_frag_gemv, wo_gemv
+
+    f, sfmt, group, zero, sdt, glob = FORMATS[fmt]
+    if KERNEL == "fgemv":
+        rt, rs, wt, ws = tile
+        sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "out_ptr": "*bf16",
+               "ws_ptr": "*fp32", "cnt_ptr": "*i32", "N": "i32", "K": "i32", "stride_sn": "i32"}
+        ce = dict(GROUP=group, HAS_ZERO=zero, RT=rt, RS=rs, WARPS_T=wt, WARPS_S=ws, SPLIT_K=split)
+        fn, warps, elems = wo_frag_gemv._frag_gemv_kernel, wt * ws, rt * rs * 32
+    else:
+        rows, lanes_n, warps, warps_k = tile
+        sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": sdt, "z_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*bf16",
+               "ws_ptr": "*fp32", "cnt_ptr": "*i32", "e_ptr": "*i64", "N": "i32", "K": "i32", "stride_wn": "i32",
+               "stride_sn": "i32", "P": "i32", "A_DIV": "i32", "stride_xm": "i32", "stride_we": "i32",
+               "stride_se": "i32", "M": "i32"}
+        ce = dict(GROUP=group, HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split, WARPS=warps, WARPS_K=warps_k,
+                  PREFETCH=True, FMT={1: 1, 2: 2}[f] if fmt != "nvfp4" else 3, HAS_GLOBAL=glob, X_VEC=True,
+                  GROUPED=False)
+        fn, elems = wo_gemv._wo_gemv_gluon_kernel, rows * 32
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig) if name in ("x_ptr", "w_ptr", "K")}
+    c = triton.compile(GluonASTSource(fn, dict(sig, **{k: "constexpr" for k in ce}), ce, attrs),
+                       target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    return c, elems, warps
 
 
 def compile_kernel(fmt: str, bm: int, bn: int, bk: int, split: int, warps: int, stages: int):
@@ -109,6 +144,23 @@ def main_loop(sass: str) -> list[str]:
     return best
 
 
+def report_gemv(fmt: str, tile: tuple[int, ...], split: int) -> str:
+    """``report`` for the GEMVs: loop instructions per weight element a thread."""
+    try:
+        c, elems, warps = compile_gemv(fmt, tile, split)
+    except Exception as exc:
+        return f"{fmt:9s} {KERNEL} {'x'.join(map(str, tile))}: does not compile ({type(exc).__name__}: {str(exc)[:120]})"
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"quantc_{KERNEL}_{fmt}_{'x'.join(map(str, tile))}.cubin"
+    path.write_bytes(c.asm["cubin"])
+    sass = subprocess.run([str(NVDISASM), "-c", str(path)], capture_output=True, text=True).stdout
+    ops = collections.Counter(re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)",
+                                         "\n".join(main_loop(sass)), re.M))
+    total = sum(ops.values())
+    spills = len(re.findall(r"\bSTL\b|\bLDL\b", sass))
+    return (f"{fmt:9s} {KERNEL} {'x'.join(map(str, tile))} w{warps} split{split}: {total / elems:5.2f} instr/elem "
+            f"({total} a loop iteration, {elems:.0f} elements a thread)" + (f", {spills} spill instructions" if spills else ""))
+
+
 def report(fmt: str, bm: int, bn: int, bk: int, split: int, warps: int, stages: int) -> str:
     try:
         c = compile_kernel(fmt, bm, bn, bk, split, warps, stages)
@@ -142,10 +194,16 @@ def main() -> None:
     p.add_argument("--warps", nargs="+", type=int, default=[4])
     p.add_argument("--stages", nargs="+", type=int, default=[3])
     p.add_argument("--split", type=int, default=1)
-    p.add_argument("--kernel", choices=("mma4", "planes", "persistent", "frag"), default="mma4")
+    p.add_argument("--kernel", choices=("mma4", "planes", "persistent", "frag", "gemv", "fgemv"), default="mma4")
+    p.add_argument("--tiles", nargs="+", default=["4x4x4x4", "8x2x4x4"],
+                   help="gemv: ROWSxLANES_NxWARPSxWARPS_K; fgemv: RTxRSxWARPS_TxWARPS_S")
     a = p.parse_args()
     global KERNEL
     KERNEL = a.kernel
+    if KERNEL in ("gemv", "fgemv"):
+        for fmt, tile in itertools.product(a.fmt, a.tiles):
+            print(report_gemv(fmt, tuple(int(v) for v in tile.split("x")), a.split), flush=True)
+        return
     for fmt, bm, bn, bk, warps, stages in itertools.product(a.fmt, a.bm, a.bn, a.bk, a.warps, a.stages):
         print(report(fmt, bm, bn, bk, a.split, warps, stages), flush=True)
 

@@ -132,7 +132,7 @@ print(json.dumps(out))
 def test_gluon_kernel_compiles_for_hopper_with_chunks_in_registers():
     """Compiled for sm_90: a thread's chunks one 16-byte load each (and the prefetch's), each word decoded once
     (4 lop3), nothing spilled, shared memory only for the sums across the warps along K; split-K's atomics."""
-    cases = [(False, 1, 4, 1, 4, 1), (True, 1, 4, 1, 4, 2), (False, 2, 2, 1, 4, 1)]
+    cases = [(False, 4, 1, 1, 4, 1), (True, 4, 1, 1, 4, 2), (False, 1, 4, 1, 4, 1), (False, 2, 2, 1, 4, 1)]
     proc = subprocess.run([sys.executable, "-c", FRAG_GEMV_COMPILE, json.dumps(cases)], capture_output=True,
                           text=True, timeout=280)
     assert proc.returncode == 0 and "error" not in proc.stderr.lower(), proc.stderr[-3000:]

@@ -244,12 +244,14 @@ def frag_gemv_ok(x2: torch.Tensor, fw) -> bool:
 
 
 def frag_gemv_config(n: int, k: int, sms: int) -> tuple[int, int, int, int, int]:
-    """(RT, RS, WARPS_T, WARPS_S, split): one row tile (16 rows) a program, as the plane GEMV's tile, its 4 warps
-    along K with 4 steps of chunks a thread (64 bytes of words in flight; a block 1024 deep); split-K to about
-    three programs an SM where the programs are fewer than the SMs (``wo_gemv.gemv_config``'s rule)."""
-    programs = n // 16
-    split = 1 if programs >= sms else max(1, min(cdiv(3 * sms, programs), k // 1024))
-    return 1, 4, 1, 4, split
+    """(RT, RS, WARPS_T, WARPS_S, split): 4 row tiles x 1 step of chunks a thread (64 bytes of words in flight, the
+    activations' packs shared by 8 rows), the 4 warps along K (a program 64 rows, 256 deep a block): 2.89 SASS
+    instructions an element in the K loop against 3.98 for the plane GEMV's 16-row tile and 4.48 for one row tile
+    a thread (``bench/kernel_sass.py --kernel fgemv / gemv``, triton 3.6); split-K to about three programs an SM
+    where the programs are fewer than the SMs (``wo_gemv.gemv_config``'s rule). Untimed."""
+    programs = cdiv(n // 16, 4)
+    split = 1 if programs >= sms else max(1, min(cdiv(3 * sms, programs), k // 256))
+    return 4, 1, 1, 4, split
 
 
 def launch_frag_gemv(x2: torch.Tensor, fw, config: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
