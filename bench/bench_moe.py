@@ -351,7 +351,7 @@ def bench():
                 with env_set("QUANTC_MOE_PLANES", "1"):
                     row["gate_up_ours_mxfp4_planes_us"] = us(lambda: mg.grouped_gemm(
                         x, None, M13, routing, a_div=k, act="silu", a_quant=0, a_group=0, cfg=cfg))
-            if h % 128 == 0 and pairs <= 256:  # the grouped GEMV (opt-in, decode): the gate_up without its activation
+            if h % 64 == 0 and pairs <= 256:  # the grouped GEMV (decode; K = 2880 at 64-deep steps): the gate_up alone
                 flat_ids = ids.reshape(-1).contiguous()
                 gemv_cfg = gemv_config(pairs * M13.n, M13.k, grid_sms(x.device), grouped=True)  # as QuantMoE picks
                 row["gate_up_ours_mxfp4_gemv_us"] = us(lambda: launch_moe_gemv(x, M13, flat_ids, k, *gemv_cfg))
@@ -406,7 +406,7 @@ def bench():
                                          ("bytes", "QUANTC_MOE_DEQUANT_MIN_PAIRS", str(1 << 40))):
                 with env_set("QUANTC_MOE_GEMV", "0"), env_set(env_name or "QUANTC_BENCH_UNUSED", value):
                     row[f"layer_ours_mxfp4_wo_{col}_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
-            if h % 128 == 0 and inter % 128 == 0 and pairs <= 256:  # and on the grouped GEMV at every count
+            if h % 64 == 0 and inter % 64 == 0 and pairs <= 256:  # and on the grouped GEMV at every count
                 with env_set("QUANTC_MOE_GEMV", "1"):
                     row["layer_ours_mxfp4_wo_gemv_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
             act = row["active_experts"]

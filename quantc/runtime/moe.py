@@ -45,11 +45,13 @@ def uses_moe_gemv(w13: wf.WoWeight, w2: wf.WoWeight, num_pairs: int) -> bool:
     pairs are no more than the experts (about one pair an expert, where each pair reading its expert's bytes
     once is the least traffic: bench/results/moe_h100_s20_gemv.json, Qwen3-30B-A3B and DeepSeek-V3 at 1 and 16
     tokens, 1.3-2x the grouped GEMM's layer). QUANTC_MOE_GEMV=1 takes every count up to
-    QUANTC_MOE_GEMV_MAX_PAIRS (default 256) on any device, the interpreter included; 0 turns it off."""
+    QUANTC_MOE_GEMV_MAX_PAIRS (default 256) on any device, the interpreter included, and expert widths that are
+    multiples of 64 only (gpt-oss's 2880: 64-deep steps, untimed); 0 turns it off."""
     switch = env("QUANTC_MOE_GEMV")
     if switch == "0" or num_pairs > int(env("QUANTC_MOE_GEMV_MAX_PAIRS") or 256):
         return False
-    if not (w13.pack == 8 and w2.pack == 8 and gemv_weight_ok(w13) and gemv_weight_ok(w2)):
+    k_multiple = 64 if switch == "1" else 128
+    if not (w13.pack == 8 and w2.pack == 8 and gemv_weight_ok(w13, k_multiple) and gemv_weight_ok(w2, k_multiple)):
         return False
     if switch == "1":
         return True

@@ -309,6 +309,39 @@ def test_moe_4bit_decode_on_the_gemv_matches_expert_loop(wkey, act, bias, monkey
     assert not moe_mod.uses_moe_gemv(w13, w2, T * TOPK)
 
 
+@pytest.mark.parametrize("wkey", ["mxfp4", "int4_group_64"])
+def test_moe_gemv_takes_widths_of_64_only_when_forced(wkey, monkeypatch):
+    """Expert widths that are multiples of 64 but not 128 (gpt-oss's 2880; 192 here) run the GEMV at 64-deep steps
+    only under QUANTC_MOE_GEMV=1 (untimed), with the expert loop's answer; the default keeps the grouped GEMM."""
+    from quantc.runtime import moe as moe_mod
+    from quantc.runtime.kernels import wo_gemv
+
+    h, inter = 192, 192
+    torch.manual_seed(17)
+    w13 = wf.quantize(torch.randn(E, 2 * inter, h) * 0.1, wkey)
+    w2 = wf.quantize(torch.randn(E, h, inter) * 0.1, wkey)
+    assert wo_gemv.gemv_config(TOPK * 2 * inter, h, 132, grouped=True)[0].block_k == 64
+    monkeypatch.delenv("QUANTC_MOE_GEMV", raising=False)
+    monkeypatch.setattr(moe_mod, "interpreted", lambda: False)
+    monkeypatch.setattr(moe_mod, "cc_major", lambda device: 9)
+    fake = SimpleNamespace(pack=8, k=h, row_block=1, fmt=w13.fmt, sfmt=w13.sfmt, group=w13.group, scale=w13.scale,
+                           data=SimpleNamespace(device=SimpleNamespace(type="cuda"), shape=w13.data.shape))
+    assert not moe_mod.uses_moe_gemv(fake, w2, 2)  # K % 128: not by default
+    monkeypatch.setenv("QUANTC_MOE_GEMV", "1")
+    assert moe_mod.uses_moe_gemv(w13, w2, 2)
+    calls = []
+    real = wo_gemv.launch_moe_gemv
+    monkeypatch.setattr(wo_gemv, "launch_moe_gemv", lambda *a: calls.append(a[4].block_k) or real(*a))
+    moe = QuantMoE("moe_weight_only", w13, w2, torch.randn(E, h).bfloat16(), top_k=TOPK, router="softmax_topk",
+                   activation="silu", act_key="none")
+    x = torch.randn(T, h).bfloat16()
+    out = moe(x)
+    assert calls == [64, 64]
+    tw, ids = moe.route(x)
+    ref = mg.reference_expert_loop(x, w13, w2, tw, ids, "silu")
+    assert ((out.float() - ref).abs().max() / ref.abs().max()).item() < 2e-2
+
+
 def test_moe_gemv_default_takes_decode_on_hopper_only(monkeypatch):
     """Unforced, the grouped GEMV takes 4-bit experts on an sm_90 GPU while the pairs are no more than the experts
     (and under the pair cap), not elsewhere: the GPU checks are faked on CPU tensors."""
@@ -323,7 +356,7 @@ def test_moe_gemv_default_takes_decode_on_hopper_only(monkeypatch):
     for major, pairs, want in ((9, E, True), (9, E + 1, False), (8, 1, False), (10, 1, False)):
         monkeypatch.setattr(moe_mod, "cc_major", lambda device, m=major: m)
         stack = SimpleNamespace(pack=8, data=SimpleNamespace(device=fake, shape=w13.data.shape))  # E experts
-        monkeypatch.setattr(moe_mod, "gemv_weight_ok", lambda w: True)
+        monkeypatch.setattr(moe_mod, "gemv_weight_ok", lambda w, k_multiple=128: True)
         assert moe_mod.uses_moe_gemv(stack, w2, pairs) is want, (major, pairs)
     monkeypatch.setenv("QUANTC_MOE_GEMV_MAX_PAIRS", "0")
     monkeypatch.setattr(moe_mod, "cc_major", lambda device: 9)

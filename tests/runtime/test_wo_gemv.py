@@ -136,7 +136,7 @@ def test_moe_gemv_refuses_what_it_cannot_run():
         gv.launch_moe_gemv(x, w, torch.tensor([0, 1]), 1, cfg)  # 3 rows, 2 ids
     with pytest.raises(ValueError, match="P expert ids"):
         gv.launch_moe_gemv(x, wf.quantize(torch.randn(16, 256), "int4_group_128"), torch.tensor([0, 1, 0]), 1, cfg)
-    with pytest.raises(ValueError, match="K a multiple of 128"):
+    with pytest.raises(ValueError, match=r"K a multiple of 64.* got K = 96"):
         gv.launch_moe_gemv(torch.randn(3, 96).bfloat16(), wf.quantize(torch.randn(2, 16, 96), "int4_group_32"),
                            torch.tensor([0, 1, 0]), 1, cfg)
 
@@ -340,10 +340,13 @@ def test_gemv_config_picks_tile_depth_and_split(n, k, block_n, block_k, split, w
     (32768, 7168, 64, 512, 1, 1),    # 16384+ pair rows: 64 rows a program, warps along N
     (16384, 768, 64, 256, 2, 1),     # K = 768 (Qwen3-30B-A3B's experts): 256-deep, 2 slices
     (12288, 2048, 16, 1024, 1, 4),   # fewer pair rows: the dense tile
+    (23040, 2880, 256, 64, 5, 1),    # K % 128 (gpt-oss): 64-deep steps, 256 rows a program; 90 programs: split 5
 ])
 def test_moe_gemv_config_keeps_the_64_row_tile_from_16384_rows(n, k, block_n, block_k, split, warps_k):
     cfg, wk = gv.gemv_config(n, k, 132, grouped=True)
     assert (cfg.block_n, cfg.block_k, cfg.split_k, wk) == (block_n, block_k, split, warps_k)
+    if k % 128:  # a warp: 16 rows x 2 chunks, 4 rows a thread
+        assert gv.gemv_tile(cfg, k, wk) == (4, 16, 256, 64, 1)
 
 
 @pytest.mark.parametrize("k", [768, 1280, 1536, 2880 - 64, 6400, 14336])
@@ -400,6 +403,7 @@ def test_gluon_gemv_compiles_for_hopper_in_registers():
              (False, 8, 2, 1, True, 1, True, 4), (True, 8, 2, 1, True, 1, True, 4),  # the policy's 2048-deep tile
              (False, 8, 2, 1, True, 2, True, 4), (False, 8, 2, 4, True, 3, True, 4),
              (True, 4, 4, 1, True, 1, True, 8), (False, 4, 4, 1, True, 3, True, 8),  # long K: 8 warps along K
+             (False, 4, 16, 2, True, 2, True, 1, 1), (True, 4, 16, 1, True, 1, True, 1, 1),  # 64-deep, grouped
              (True, 4, 4, 1, True, 1, True, 4, 1), (False, 4, 4, 2, True, 3, True, 4, 1)]  # grouped (MoE)
     proc = subprocess.run([sys.executable, "-c", GLUON_COMPILE, json.dumps(cases)], capture_output=True, text=True,
                           timeout=280)

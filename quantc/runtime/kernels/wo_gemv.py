@@ -607,6 +607,10 @@ def uses_gemv(x2: torch.Tensor, w) -> bool:
 def gemv_config(n: int, k: int, sms: int, grouped: bool = False) -> tuple[KernelConfig, int]:
     """The launch config and the warps along K for an (N, K) weight on a GPU of ``sms`` SMs (the tiles above).
     ``grouped`` (the MoE launch: ``n`` the pairs' rows together) keeps the 64-row tile from 16384 rows."""
+    if k % 128:  # 64-deep steps (gpt-oss's K = 2880): a warp 16 rows x 2 chunks, 4 rows a thread, no warps along K
+        programs = cdiv(n, 256)
+        split = 1 if programs >= sms else max(1, min(cdiv(3 * sms, programs), k // 64))
+        return replace(GEMV_CONFIG, block_n=256, block_k=64, split_k=split), 1
     if grouped and n >= WIDE_N:
         bk = 512 if k % 512 == 0 else 256
         split = max(1, min(cdiv(2 * sms, cdiv(n, 64)), k // bk, 32))
@@ -631,11 +635,12 @@ def grid_sms(device: torch.device) -> int:
     return sm_count(device) if device.type == "cuda" else 132
 
 
-def gemv_weight_ok(w) -> bool:
-    """Whether this kernel reads the weight (a dense one or a stack of experts): K a multiple of 128, int4 codes in
-    groups of whole chunks, mxfp4 (e8m0 scales per 32: one a chunk) or nvfp4 (e4m3 scales per 16: one a word
-    pair, 2-byte aligned)."""
-    if w.k % 128 or w.row_block != 1:
+def gemv_weight_ok(w, k_multiple: int = 128) -> bool:
+    """Whether this kernel reads the weight (a dense one or a stack of experts): K a multiple of ``k_multiple``
+    (128 where the policy routes by default; 64 takes 64-deep steps, ``gemv_config``), int4 codes in groups of
+    whole chunks, mxfp4 (e8m0 scales per 32: one a chunk) or nvfp4 (e4m3 scales per 16: one a word pair, 2-byte
+    aligned)."""
+    if w.k % k_multiple or w.row_block != 1:
         return False
     return ((w.fmt == INT4 and w.group % CHUNK.value == 0) or (w.fmt == MXFP4 and w.sfmt == S_E8M0 and w.group == 32)
             or (w.fmt == NVFP4 and w.sfmt == S_FLOAT and w.group == 16  # scales read in pairs (2 bytes)
@@ -703,8 +708,9 @@ def launch_moe_gemv(x2: torch.Tensor, w, experts: torch.Tensor, a_div: int, cfg,
         raise ValueError(f"the MoE GEMV takes P expert ids for x rows of P / a_div pairs each and an (E, N, K) "
                          f"stack; got ids {tuple(experts.shape)}, x {tuple(x2.shape)}, a_div {a_div}, data "
                          f"{tuple(w.data.shape)}")
-    if not gemv_weight_ok(w) or x2.stride(1) != 1 or (w.zeros is not None and w.zeros.stride() != w.scale.stride()):
-        raise ValueError("the MoE GEMV takes K a multiple of 128, int4 groups of a multiple of 32, mxfp4 or nvfp4, "
+    if (not gemv_weight_ok(w, 64) or x2.stride(1) != 1
+            or (w.zeros is not None and w.zeros.stride() != w.scale.stride())):
+        raise ValueError("the MoE GEMV takes K a multiple of 64, int4 groups of a multiple of 32, mxfp4 or nvfp4, "
                          f"rows with unit stride and zero points laid out as the scales; got K = {w.k}, format "
                          f"{w.fmt}, group {w.group}")
     return _launch(x2, w, cfg, warps_k, experts, a_div)
