@@ -241,19 +241,75 @@ def test_word_dot_ptx_decodes_every_code_exactly(zero):
     assert abs(_word_dot(word, packs, c0, c1, asm) - want) <= 2e-3 * np.abs(np.array(vals) * x.astype(np.float64)).sum()
 
 
-def _e2m1_word_dot(word: int, packs: list[int], asm: str) -> float:
-    """WORD_DOT_E2M1 step by step: the shifts and masks as the PTX lists them, then the half2 products."""
-    t = []
+def _run_ptx(asm: str, regs: dict[str, int]) -> dict[str, int]:
+    """The integer instructions of a decode block (mov, and, shl, shr, lop3, prmt on 32-bit registers), run in
+    order as the PTX ISA defines them; the half2 lines are left to the callers."""
+    regs = dict(regs)
+
+    def val(tok: str) -> int:
+        return int(tok, 16) if tok.startswith("0x") else (int(tok) if tok.isdigit() else regs[tok])
+
+    for line in asm.splitlines():
+        m = re.match(r"(mov|and|shl|shr|lop3|prmt)\.b32 ([^{]+);$", line.strip())
+        if not m:
+            continue
+        op, (dst, *args) = m.group(1), [a.strip() for a in m.group(2).split(",")]
+        x = [val(a) for a in args]
+        if op == "mov":
+            r = x[0]
+        elif op == "and":
+            r = x[0] & x[1]
+        elif op == "shl":
+            r = (x[0] << x[1]) & 0xFFFFFFFF
+        elif op == "shr":
+            r = x[0] >> x[1]
+        elif op == "lop3":  # bit i of the result: bit (a_i b_i c_i) of the immediate table
+            r = sum(((x[3] >> ((x[0] >> i & 1) << 2 | (x[1] >> i & 1) << 1 | (x[2] >> i & 1))) & 1) << i
+                    for i in range(32))
+        else:  # prmt: byte i of the result is byte c[4i .. 4i + 2] of (b:a), its sign replicated where c's bit 4i + 3
+            src, r = x[0] | (x[1] << 32), 0
+            for i in range(4):
+                sel = (x[2] >> (4 * i)) & 0xF
+                byte = (src >> (8 * (sel & 7))) & 0xFF
+                r |= ((0xFF if byte & 0x80 else 0) if sel & 8 else byte) << (8 * i)
+        regs[dst] = r
+    return regs
+
+
+def _e2m1_spec(word: int) -> list[int]:
+    """e2m1's half2 values for the nibble pairs (j, j + 4): value bits to 9-11, the sign to 15 of each half."""
+    out = []
     for j in range(4):
-        s1 = 9 - 4 * j
-        u = (word << s1) & 0xFFFFFFFF if s1 > 0 else word >> -s1
-        v = ((word << (12 - 4 * j)) & 0xFFFFFFFF) & 0x80008000
-        t.append((u & 0x0E000E00) | v)
-    assert asm.count("lop3.b32") == 4 and "0x0E000E00" in asm and "shr.b32 u, $1, 3;" in asm
+        value = (word << (9 - 4 * j)) & 0xFFFFFFFF if j < 3 else word >> 3
+        out.append((value & 0x0E000E00) | (((word << (12 - 4 * j)) & 0xFFFFFFFF) & 0x80008000))
+    return out
+
+
+def _e2m1_word_dot(word: int, packs: list[int], asm: str) -> float:
+    """WORD_DOT_E2M1 run instruction by instruction (``_run_ptx``), then the half2 products."""
+    regs = _run_ptx(asm, {"$1": word})
+    t = [regs[f"t{j}"] for j in range(4)]
+    assert t == _e2m1_spec(word)
     acc = (_h2(t[0]).astype(np.float64) * _h2(packs[0])).astype(np.float16)
     for j in range(1, 4):
         acc = _fma(_h2(t[j]), _h2(packs[j]), acc)
     return float(acc[0]) + float(acc[1])
+
+
+def test_e2m1_decode_places_every_nibble_as_the_shifts_did():
+    """The prmt decode (11 instructions a word) against the spec and the shift decode it replaced (15), on random
+    words and on each nibble alone; DECODE_E2M1 (the several-row kernel's) gives the same registers."""
+    rng = np.random.default_rng(1)
+    words = [int(w) for w in rng.integers(0, 2**32, 2000, dtype=np.uint64)]
+    words += [c << (4 * pos) for pos in range(8) for c in range(16)] + [0xFFFFFFFF]
+    shifts = gv._subst(gv._DECODE_E2M1_SHIFTS, W="$1")
+    for w in words:
+        want = _e2m1_spec(w)
+        assert [_run_ptx(gv.WORD_DOT_E2M1.value, {"$1": w})[f"t{j}"] for j in range(4)] == want, hex(w)
+        assert [_run_ptx(shifts, {"$1": w})[f"t{j}"] for j in range(4)] == want, hex(w)
+        assert [_run_ptx(gv.DECODE_E2M1.value, {"$4": w})[f"${j}"] for j in range(4)] == want, hex(w)
+    body = [ln for ln in gv._DECODE_E2M1.splitlines() if ln and not ln.startswith("mov")]
+    assert len(body) == 11
 
 
 def test_e2m1_ptx_places_every_code_under_the_fp16_exponent():
@@ -446,7 +502,7 @@ for zero, fmt, xr, warps_k, split in json.loads(sys.argv[1]):
     ptx = c.asm["ptx"]
     out.append({"lop3": len(re.findall(r"lop3\\.b32", ptx)), "f16x2": len(re.findall(r"f16x2", ptx)),
                 "local": len(re.findall(r"\\.local", ptx)), "ld_x8": len(re.findall(r"ld\\.global[.a-z_0-9]*\\.b64", ptx)),
-                "atom": len(re.findall(r"atom\\.", ptx))})
+                "atom": len(re.findall(r"atom\\.", ptx)), "prmt": len(re.findall(r"prmt\\.b32", ptx))})
 print(json.dumps(out))
 '''
 
@@ -467,8 +523,8 @@ def test_several_row_gemv_compiles_for_hopper_decoding_each_word_once():
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     for (zero, fmt, xr, warps_k, split), r in zip(cases, res):
-        # a thread's 4 rows x 4 words a step: 16 words, 4 lop3 each (int4) or 4 (e2m1), once
-        assert r["lop3"] == 64 and r["local"] == 0, r
+        # a thread's 4 rows x 4 words a step: 16 words, once each: 4 lop3 (int4) or 2 lop3 and 4 prmt (e2m1)
+        assert r["lop3"] == (64 if fmt == 1 else 32) and r["prmt"] == (0 if fmt == 1 else 64) and r["local"] == 0, r
         products = xr * 16 * 4  # each row: 4 half2 FMAs a word
         packs = xr * 4 * 4  # each row: 4 packs a word of its chunk
         decode = 64 if fmt == 1 else 0  # int4's half2 sub / fma a word
@@ -476,3 +532,15 @@ def test_several_row_gemv_compiles_for_hopper_decoding_each_word_once():
         assert r["f16x2"] == products + packs + decode + scales, (zero, fmt, xr, r)
         assert r["ld_x8"] == 2 * 2 * 4 * xr and (r["atom"] > 0) == (split > 1), r
     assert res[0]["lop3"] == res[1]["lop3"] and res[3]["lop3"] == res[4]["lop3"]
+
+
+def test_shift_decode_switch_is_read_at_import():
+    """QUANTC_E2M1_DECODE=shifts (at import) keeps the 15-instruction e2m1 decode for an A/B on the GPU."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from quantc.runtime.kernels import wo_gemv as g; print(g.WORD_DOT_E2M1.value.count('prmt'))"
+    counts = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "QUANTC_E2M1_DECODE": value}).stdout.strip() for value in ("shifts", "")]
+    assert counts == ["0", "4"]

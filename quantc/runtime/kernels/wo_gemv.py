@@ -47,6 +47,7 @@ wo_h100_s19_gemv_final_m1.json).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import replace
 
 import torch
@@ -67,7 +68,7 @@ CHUNK = tl.constexpr(32)  # elements a thread loads of a row a step: 4 int32 wor
 # $0 fp32 out, $1 the word, $2..$5 x packs (x[8c + j], x[8c + j + 4]) for j = 0..3 (lo, hi halves). Built from two
 # bodies: the decode (word W -> half2 t0..t3) and the dot (t0..t3 x packs -> fp32 OUT); the several-row kernel runs
 # them as two asm blocks (DECODE_*, DOT_HALF2) so that a word decodes once for all its activation rows.
-_REGS = """.reg .b32 w8, t0, t1, t2, t3, acc, c0, c1, s16, u, v;
+_REGS = """.reg .b32 w8, t0, t1, t2, t3, acc, c0, c1, s16, u, v, z;
 .reg .b16 lo, hi;
 .reg .f32 flo, fhi;
 """
@@ -82,10 +83,26 @@ fma.rn.f16x2 t1, t1, s16, c1;
 sub.f16x2 t2, t2, c0;
 fma.rn.f16x2 t3, t3, s16, c1;
 """
-# e2m1 (mxfp4): for the nibble pair (j, j + 4) the three value bits go to bits 9-11 of each half (shift by 9 - 4j)
-# and the sign to bit 15 (shift by 12 - 4j): the fp16 v * 2**-14, exactly (0.5 is an fp16 subnormal); the
-# 2**14 goes into the chunk's scale, and the activation is scaled to [2**13, 2**14) so the products stay normal
-_DECODE_E2M1 = "".join(f"""shl.b32 u, W, {9 - 4 * j};
+# e2m1 (mxfp4): for the nibble pair (j, j + 4) the three value bits go to bits 9-11 of each half and the sign to
+# bit 15: the fp16 v * 2**-14, exactly (0.5 is an fp16 subnormal); the 2**14 goes into the chunk's scale, and the
+# activation is scaled to [2**13, 2**14) so the products stay normal. All eight nibbles at once, a byte each:
+# u takes the low nibbles (0, 2, 4, 6), value bits up 1 and sign up 4; v the high ones (1, 3, 5, 7), value bits
+# down 3, the sign where it is; a prmt then places two of those bytes as the high bytes of a half2 (zero low
+# bytes). 11 instructions a word where shifting each pair into place took 15 (_DECODE_E2M1_SHIFTS).
+_DECODE_E2M1 = """and.b32 u, W, 0x07070707;
+shl.b32 u, u, 1;
+shl.b32 v, W, 4;
+lop3.b32 u, u, v, 0x80808080, 0xF8;
+and.b32 v, W, 0x70707070;
+shr.b32 v, v, 3;
+lop3.b32 v, v, W, 0x80808080, 0xF8;
+mov.b32 z, 0;
+prmt.b32 t0, u, z, 0x2404;
+prmt.b32 t1, v, z, 0x2404;
+prmt.b32 t2, u, z, 0x3414;
+prmt.b32 t3, v, z, 0x3414;
+"""
+_DECODE_E2M1_SHIFTS = "".join(f"""shl.b32 u, W, {9 - 4 * j};
 shl.b32 v, W, {12 - 4 * j};
 and.b32 v, v, 0x80008000;
 lop3.b32 t{j}, u, 0x0E000E00, v, 0xEA;
@@ -129,11 +146,13 @@ WORD_DOT_SYM = tl.constexpr(_word_dot_asm(_int4_decode(_SYM, "$1")))
 # codes with zero points: c0 = 1024 + z ($6) and c1 = -(64 + z) ($7), half2 bits made per chunk
 WORD_DOT_ZERO = tl.constexpr(_word_dot_asm(_int4_decode(("mov.b32 c0, $6;\nmov.b32 c1, $7;\n", "0x64006400",
                                                           "0x64006400"), "$1")))
-WORD_DOT_E2M1 = tl.constexpr(_word_dot_asm(_subst(_DECODE_E2M1, W="$1")))
+# QUANTC_E2M1_DECODE=shifts (read at import) keeps the 15-instruction decode: the prmt one is untimed on a GPU
+_E2M1_BODY = _DECODE_E2M1_SHIFTS if os.environ.get("QUANTC_E2M1_DECODE") == "shifts" else _DECODE_E2M1
+WORD_DOT_E2M1 = tl.constexpr(_word_dot_asm(_subst(_E2M1_BODY, W="$1")))
 DECODE_SYM = tl.constexpr(_decode_asm(_int4_decode(_SYM, "$4")))
 DECODE_ZERO = tl.constexpr(_decode_asm(_int4_decode(("mov.b32 c0, $5;\nmov.b32 c1, $6;\n", "0x64006400",
                                                      "0x64006400"), "$4")))
-DECODE_E2M1 = tl.constexpr(_decode_asm(_subst(_DECODE_E2M1, W="$4")))
+DECODE_E2M1 = tl.constexpr(_decode_asm(_subst(_E2M1_BODY, W="$4")))
 # $0 fp32 out: the decoded half2 values $1..$4 times the packs $5..$8
 DOT_HALF2 = tl.constexpr("{\n" + _REGS + "".join(f"mov.b32 t{j}, ${j + 1};\n" for j in range(4))
                          + _subst(_DOT, P0="$5", P1="$6", P2="$7", P3="$8", OUT="$0") + "}")
