@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from quantc.runtime.kernels import half2_ptx as hp
 from quantc.runtime.kernels import wo_format as wf
 from quantc.runtime.kernels import wo_frag as fr
 from quantc.runtime.kernels import wo_frag_gemv as fg
 from quantc.runtime.kernels import wo_gemm as wg
-from quantc.runtime.kernels import wo_gemv as gv
+from quantc.runtime.kernels import half2_ptx as hp
 from tests.runtime.test_wo_gemv import _fma, _h2
 
 
@@ -85,7 +86,7 @@ def _dot_frag4(ts: list[list[np.ndarray]], pa: list[int], pb: list[int]) -> tupl
 def test_ptx_reads_every_code_of_both_rows_exactly(zero):
     """Each word v of a chunk, each nibble p + 4 h (row g + 8 (p % 2), K 4 v + 2 (p // 2) + h), every code: with
     x = 1 at that K alone, DOT_FRAG4 returns the value on its row and code 0's on the other (0, or -zero)."""
-    asm = gv.DECODE_SYM.value if zero is None else gv.DECODE_ZERO.value
+    asm = hp.DECODE_SYM.value if zero is None else hp.DECODE_ZERO.value
     c0 = 0x64086408 if zero is None else (0x6400 + zero) * 0x10001
     c1 = 0xD480D480 if zero is None else (0xD400 + 16 * zero) * 0x10001
     one = 0x3C00

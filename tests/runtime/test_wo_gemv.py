@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from quantc.runtime.kernels import half2_ptx as hp
 from quantc.runtime.kernels import wo_format as wf
 from quantc.runtime.kernels import wo_gemm as wg
 from quantc.runtime.kernels import wo_gemv as gv
@@ -112,9 +113,9 @@ def test_decode_and_dot_asm_are_the_word_dot_split_in_two():
     def body(asm):
         return [ln for ln in asm.strip("{}\n").splitlines() if ln and not ln.startswith(".reg")]
 
-    dot = [ln for ln in body(gv.DOT_HALF2.value) if not ln.startswith("mov.b32 t")]
-    for fused, decode, renames in ((gv.WORD_DOT_SYM, gv.DECODE_SYM, {}), (gv.WORD_DOT_E2M1, gv.DECODE_E2M1, {}),
-                                   (gv.WORD_DOT_ZERO, gv.DECODE_ZERO, {"$6": "$5", "$7": "$6"})):
+    dot = [ln for ln in body(hp.DOT_HALF2.value) if not ln.startswith("mov.b32 t")]
+    for fused, decode, renames in ((hp.WORD_DOT_SYM, hp.DECODE_SYM, {}), (hp.WORD_DOT_E2M1, hp.DECODE_E2M1, {}),
+                                   (hp.WORD_DOT_ZERO, hp.DECODE_ZERO, {"$6": "$5", "$7": "$6"})):
         dec = [ln for ln in body(decode.value) if not ln.startswith("mov.b32 $")]
         want = []
         for ln in body(fused.value):
@@ -218,7 +219,7 @@ def _word_dot(word: int, packs: list[int], c0: int, c1: int, asm: str) -> float:
 def test_word_dot_ptx_decodes_every_code_exactly(zero):
     """Each nibble position j (and j + 4) of a word, every code 0..15: the PTX's half2 value is q (two's
     complement) or code - zero, so one x = 1 at one position reads the value back exactly."""
-    asm = gv.WORD_DOT_SYM.value if zero is None else gv.WORD_DOT_ZERO.value
+    asm = hp.WORD_DOT_SYM.value if zero is None else hp.WORD_DOT_ZERO.value
     c0 = 0x64086408 if zero is None else (0x6400 + zero) * 0x10001
     c1 = 0xD480D480 if zero is None else (0xD400 + 16 * zero) * 0x10001
     one = 0x3C00  # fp16 1.0
@@ -302,13 +303,13 @@ def test_e2m1_decode_places_every_nibble_as_the_shifts_did():
     rng = np.random.default_rng(1)
     words = [int(w) for w in rng.integers(0, 2**32, 2000, dtype=np.uint64)]
     words += [c << (4 * pos) for pos in range(8) for c in range(16)] + [0xFFFFFFFF]
-    shifts = gv._subst(gv._DECODE_E2M1_SHIFTS, W="$1")
+    shifts = hp.subst(hp.E2M1_SHIFTS_BODY, W="$1")
     for w in words:
         want = _e2m1_spec(w)
-        assert [_run_ptx(gv.WORD_DOT_E2M1.value, {"$1": w})[f"t{j}"] for j in range(4)] == want, hex(w)
+        assert [_run_ptx(hp.WORD_DOT_E2M1.value, {"$1": w})[f"t{j}"] for j in range(4)] == want, hex(w)
         assert [_run_ptx(shifts, {"$1": w})[f"t{j}"] for j in range(4)] == want, hex(w)
-        assert [_run_ptx(gv.DECODE_E2M1.value, {"$4": w})[f"${j}"] for j in range(4)] == want, hex(w)
-    body = [ln for ln in gv._DECODE_E2M1.splitlines() if ln and not ln.startswith("mov")]
+        assert [_run_ptx(hp.DECODE_E2M1.value, {"$4": w})[f"${j}"] for j in range(4)] == want, hex(w)
+    body = [ln for ln in hp.E2M1_PRMT_BODY.splitlines() if ln and not ln.startswith("mov")]
     assert len(body) == 11
 
 
@@ -323,7 +324,7 @@ def test_e2m1_ptx_places_every_code_under_the_fp16_exponent():
         packs[j] = scale << (16 * hi)
         for code in range(16):
             want = (-1.0 if code & 8 else 1.0) * e2m1[code & 7]
-            assert _e2m1_word_dot(code << (4 * pos), packs, gv.WORD_DOT_E2M1.value) == want, (pos, code)
+            assert _e2m1_word_dot(code << (4 * pos), packs, hp.WORD_DOT_E2M1.value) == want, (pos, code)
 
 
 def test_zero_point_half2_constants_are_what_the_kernel_builds():
@@ -540,7 +541,7 @@ def test_shift_decode_switch_is_read_at_import():
     import subprocess
     import sys
 
-    code = "from quantc.runtime.kernels import wo_gemv as g; print(g.WORD_DOT_E2M1.value.count('prmt'))"
+    code = "from quantc.runtime.kernels import half2_ptx as h; print(h.WORD_DOT_E2M1.value.count('prmt'))"
     counts = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                              env={**os.environ, "QUANTC_E2M1_DECODE": value}).stdout.strip() for value in ("shifts", "")]
     assert counts == ["0", "4"]

@@ -6,7 +6,7 @@ reads the fragment-order words with the GEMV's arithmetic (``wo_gemv``'s module 
 activation scaled by a power of two a chunk so that half2 products cannot overflow).
 
 A lane's 16-byte chunk of a 64-deep step (T, s, lane 4 g + t) is four words v, each the eight nibbles of rows
-g and g + 8 of row tile T at K = 64 s + 16 t + 4 v + (0 .. 3). ``wo_gemv``'s decode (DECODE_*) turns a word into
+g and g + 8 of row tile T at K = 64 s + 16 t + 4 v + (0 .. 3). ``half2_ptx``'s decode (DECODE_*) turns a word into
 four half2 values: t0 (row g, K + 0, + 1), t1 (row g + 8, the same K), t2 (row g, K + 2, + 3), t3 (row g + 8).
 So one chunk is two rows x 16 consecutive K, and its activations (16 values, two 8-byte loads) serve both rows:
 DOT_FRAG4 sums the chunk's 16 half2 products a row into two fp32 values (8 fp16 products a half at most, each
@@ -30,7 +30,7 @@ from triton.experimental.gluon import language as gl
 
 from . import common
 from .common import cdiv
-from .wo_gemv import X_EXP_INT4, _gl_bf16_pair, _gl_decode, _gl_pack, _half, _pack_half2
+from .half2_ptx import X_EXP_INT4, gl_bf16_pair, gl_decode, gl_pack, half_of, pack_half2
 from .wo_mma4 import split_workspace
 
 # $0 row g, $1 row g + 8 (fp32): the decoded half2 values t_vj at $(2 + 4 v + j), the packs
@@ -80,8 +80,8 @@ def _frag_gemv_twin(
         e = tl.minimum(tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, X_EXP_INT4 + 1), 254)
         r = ((-e + (254 + X_EXP_INT4)) << 23).to(tl.float32, bitcast=True)[:, :, None]  # (BS, 32, 1)
         r_inv = ((e - X_EXP_INT4) << 23).to(tl.float32, bitcast=True)  # (BS, 32)
-        pa = _pack_half2(x0 * r, x1 * r)[None]  # (1, BS, 32, 4)
-        pb = _pack_half2(x2 * r, x3 * r)[None]
+        pa = pack_half2(x0 * r, x1 * r)[None]  # (1, BS, 32, 4)
+        pb = pack_half2(x2 * r, x3 * r)[None]
         g = ((b * BS + ss) * 64) // GROUP  # (BS,)
         s_g = row_g.to(tl.int64) * stride_sn + g[None, :, None]  # (BT, BS, 32)
         z_g = 0.0
@@ -98,10 +98,10 @@ def _frag_gemv_twin(
                 p = pa if j < 2 else pb
                 if j % 2 == 0:
                     q = c.to(tl.float32) - z_g if HAS_ZERO else ((c ^ 8) - 8).to(tl.float32)
-                    dot_g += q * _half(p, h == 1)
+                    dot_g += q * half_of(p, h == 1)
                 else:
                     q = c.to(tl.float32) - z_h if HAS_ZERO else ((c ^ 8) - 8).to(tl.float32)
-                    dot_h += q * _half(p, h == 1)
+                    dot_h += q * half_of(p, h == 1)
         sc_g = tl.load(s_ptr + s_g).to(tl.float32)
         sc_h = tl.load(s_ptr + s_g + 8 * stride_sn).to(tl.float32)
         acc_g += tl.sum(dot_g, axis=3) * sc_g * r_inv[None]
@@ -187,15 +187,15 @@ def _frag_gemv_kernel(
         nxt = gl.minimum(b + 1, last)
         w_nxt = gl.load(w_tile + nxt * BS * 128, eviction_policy="evict_first")
         x_nxt = gl.load(xq + nxt * BS * 16)
-        x0, x1 = _gl_bf16_pair(xa.to(gl.int32))
-        x2, x3 = _gl_bf16_pair((xa >> 32).to(gl.int32))
+        x0, x1 = gl_bf16_pair(xa.to(gl.int32))
+        x2, x3 = gl_bf16_pair((xa >> 32).to(gl.int32))
         amax = gl.max(gl.maximum(gl.maximum(gl.abs(x0), gl.abs(x1)), gl.maximum(gl.abs(x2), gl.abs(x3))), axis=2)
         e = gl.minimum(gl.maximum((amax.to(gl.int32, bitcast=True) >> 23) & 0xFF, X_EXP_INT4 + 1), 254)
         r = gl.expand_dims(((-e + (254 + X_EXP_INT4)) << 23).to(gl.float32, bitcast=True), 2)
         r_inv = gl.expand_dims(gl.convert_layout(((e - X_EXP_INT4) << 23).to(gl.float32, bitcast=True),
                                                  gl.SliceLayout(0, L3)), 0)  # (1, BS, 32)
-        pa = _gl_pack(x0 * r, x1 * r)  # (BS, 32, 4)
-        pb = _gl_pack(x2 * r, x3 * r)
+        pa = gl_pack(x0 * r, x1 * r)  # (BS, 32, 4)
+        pb = gl_pack(x2 * r, x3 * r)
         pa_e, pa_o = gl.split(gl.reshape(pa, [BS, 32, 2, 2]))  # v = 2 v1 + v0
         pa0, pa2 = gl.split(pa_e)
         pa1, pa3 = gl.split(pa_o)
@@ -212,10 +212,10 @@ def _frag_gemv_kernel(
         if HAS_ZERO:  # -(1024 + z) and -(64 + z) half2 constants for rows g (t0, t2) and g + 8 (t1, t3)
             c0 = (0x6400 + gl.load(z_ptr + s_g).to(gl.int32)) * 0x10001
             c1 = (0xD400 + 16 * gl.load(z_ptr + s_g + 8 * stride_sn).to(gl.int32)) * 0x10001
-        t00, t01, t02, t03 = _gl_decode(gl.convert_layout(w0, L3), c0, c1, HAS_ZERO, 1)
-        t10, t11, t12, t13 = _gl_decode(gl.convert_layout(w1, L3), c0, c1, HAS_ZERO, 1)
-        t20, t21, t22, t23 = _gl_decode(gl.convert_layout(w2, L3), c0, c1, HAS_ZERO, 1)
-        t30, t31, t32, t33 = _gl_decode(gl.convert_layout(w3, L3), c0, c1, HAS_ZERO, 1)
+        t00, t01, t02, t03 = gl_decode(gl.convert_layout(w0, L3), c0, c1, HAS_ZERO, 1)
+        t10, t11, t12, t13 = gl_decode(gl.convert_layout(w1, L3), c0, c1, HAS_ZERO, 1)
+        t20, t21, t22, t23 = gl_decode(gl.convert_layout(w2, L3), c0, c1, HAS_ZERO, 1)
+        t30, t31, t32, t33 = gl_decode(gl.convert_layout(w3, L3), c0, c1, HAS_ZERO, 1)
         PL: gl.constexpr = gl.SliceLayout(0, L3)
         dot_g, dot_h = gl.inline_asm_elementwise(
             DOT_FRAG4, "=r,=r" + ",r" * 24,

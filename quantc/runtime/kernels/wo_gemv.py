@@ -11,13 +11,9 @@ symmetric codes at one row, ~120 registers a thread); a GEMV needs none of it. E
 *chunk* of a weight row (4 words, 32 elements, inside one scale group), and one PTX block per word turns
 its eight nibbles into four half2 registers and multiplies them with the activation:
 
-- ``lop3`` (w & mask) ^ magic gives the fp16 1024 + c for the nibble pair (j, j + 4) of a word (bits 4j
-  and 16 + 4j; one shift by 8 reaches j = 2, 3); for the odd j the nibble sits 4 bits up and the value is
-  1024 + 16c. The symmetric codes' sign flip (c ^ 8 = q + 8) is in the magic, as in ``wo_planes``;
-- one half2 subtraction (1024 + 8, or 1024 + z) or FMA (x 1/16, minus 64 + 8 or 64 + z) leaves the
-  exact q (or c - z): 4-bit integers are exact in fp16;
-- four half2 FMAs with the activation packed as (x[8c + j], x[8c + j + 4]) sum the word's 8 products, then
-  the two halves are added in fp32.
+- the decode and half2 products of ``half2_ptx`` (``lop3`` under an fp16 magic for int4, a bytewise transform
+  and ``prmt`` for e2m1), four half2 FMAs with the activation packed as (x[8c + j], x[8c + j + 4]), the two
+  halves then added in fp32.
 
 That is ~16 instructions for 8 elements. fp16 has the precision but not bf16's range, so each chunk's 32
 activation values are scaled by a power of two r first (max |x r| in [128, 256): four products of
@@ -47,7 +43,6 @@ wo_h100_s19_gemv_final_m1.json).
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import replace
 
 import torch
@@ -61,122 +56,11 @@ from . import common
 from .common import cc_major, cdiv, env, sm_count
 from .nibble_decode import e2m1_to_f32
 from .wo_format import INT4, MXFP4, NVFP4, S_E8M0, S_FLOAT
+from .half2_ptx import (DOT_HALF2, E2M1_UNSCALE, X_EXP_E2M1, X_EXP_INT4, gl_bf16_pair, gl_decode, gl_pack, gl_word_dot, half_of,
+                        pack_half2)
 from .wo_mma4 import split_workspace, store_or_reduce
 
 CHUNK = tl.constexpr(32)  # elements a thread loads of a row a step: 4 int32 words, 16 bytes
-
-# $0 fp32 out, $1 the word, $2..$5 x packs (x[8c + j], x[8c + j + 4]) for j = 0..3 (lo, hi halves). Built from two
-# bodies: the decode (word W -> half2 t0..t3) and the dot (t0..t3 x packs -> fp32 OUT); the several-row kernel runs
-# them as two asm blocks (DECODE_*, DOT_HALF2) so that a word decodes once for all its activation rows.
-_REGS = """.reg .b32 w8, t0, t1, t2, t3, acc, c0, c1, s16, u, v, z;
-.reg .b16 lo, hi;
-.reg .f32 flo, fhi;
-"""
-_DECODE_INT4 = """mov.b32 s16, 0x2C002C00;
-shr.b32 w8, W, 8;
-lop3.b32 t0, W, 0x000F000F, MAGIC_LO, 0x6A;
-lop3.b32 t1, W, 0x00F000F0, MAGIC_HI, 0x6A;
-lop3.b32 t2, w8, 0x000F000F, MAGIC_LO, 0x6A;
-lop3.b32 t3, w8, 0x00F000F0, MAGIC_HI, 0x6A;
-sub.f16x2 t0, t0, c0;
-fma.rn.f16x2 t1, t1, s16, c1;
-sub.f16x2 t2, t2, c0;
-fma.rn.f16x2 t3, t3, s16, c1;
-"""
-# e2m1 (mxfp4): for the nibble pair (j, j + 4) the three value bits go to bits 9-11 of each half and the sign to
-# bit 15: the fp16 v * 2**-14, exactly (0.5 is an fp16 subnormal); the 2**14 goes into the chunk's scale, and the
-# activation is scaled to [2**13, 2**14) so the products stay normal. All eight nibbles at once, a byte each:
-# u takes the low nibbles (0, 2, 4, 6), value bits up 1 and sign up 4; v the high ones (1, 3, 5, 7), value bits
-# down 3, the sign where it is; a prmt then places two of those bytes as the high bytes of a half2 (zero low
-# bytes). 11 instructions a word where shifting each pair into place took 15 (_DECODE_E2M1_SHIFTS).
-_DECODE_E2M1 = """and.b32 u, W, 0x07070707;
-shl.b32 u, u, 1;
-shl.b32 v, W, 4;
-lop3.b32 u, u, v, 0x80808080, 0xF8;
-and.b32 v, W, 0x70707070;
-shr.b32 v, v, 3;
-lop3.b32 v, v, W, 0x80808080, 0xF8;
-mov.b32 z, 0;
-prmt.b32 t0, u, z, 0x2404;
-prmt.b32 t1, v, z, 0x2404;
-prmt.b32 t2, u, z, 0x3414;
-prmt.b32 t3, v, z, 0x3414;
-"""
-_DECODE_E2M1_SHIFTS = "".join(f"""shl.b32 u, W, {9 - 4 * j};
-shl.b32 v, W, {12 - 4 * j};
-and.b32 v, v, 0x80008000;
-lop3.b32 t{j}, u, 0x0E000E00, v, 0xEA;
-""" for j in range(3)) + """shr.b32 u, W, 3;
-and.b32 v, W, 0x80008000;
-lop3.b32 t3, u, 0x0E000E00, v, 0xEA;
-"""
-_DOT = """mul.rn.f16x2 acc, t0, P0;
-fma.rn.f16x2 acc, t1, P1, acc;
-fma.rn.f16x2 acc, t2, P2, acc;
-fma.rn.f16x2 acc, t3, P3, acc;
-mov.b32 {lo, hi}, acc;
-cvt.f32.f16 flo, lo;
-cvt.f32.f16 fhi, hi;
-add.f32 OUT, flo, fhi;
-"""
-# symmetric codes: the magic flips bit 3 of each nibble (c ^ 8 = q + 8); c0 = 1024 + 8, c1 = -(64 + 8)
-_SYM = ("mov.b32 c0, 0x64086408;\nmov.b32 c1, 0xD480D480;\n", "0x64086408", "0x64806480")
-
-
-def _subst(body: str, **names: str) -> str:
-    for name, value in names.items():
-        body = body.replace(name, value)
-    return body
-
-
-def _int4_decode(consts: tuple[str, str, str], word: str) -> str:
-    return consts[0] + _subst(_DECODE_INT4, W=word, MAGIC_LO=consts[1], MAGIC_HI=consts[2])
-
-
-def _word_dot_asm(decode: str) -> str:
-    return "{\n" + _REGS + decode + _subst(_DOT, P0="$2", P1="$3", P2="$4", P3="$5", OUT="$0") + "}"
-
-
-def _decode_asm(decode: str) -> str:
-    """$0..$3 the word's four half2 values (t0..t3) of word $4 (zero points: c0 $5, c1 $6)."""
-    return "{\n" + _REGS + decode + "".join(f"mov.b32 ${j}, t{j};\n" for j in range(4)) + "}"
-
-
-WORD_DOT_SYM = tl.constexpr(_word_dot_asm(_int4_decode(_SYM, "$1")))
-# codes with zero points: c0 = 1024 + z ($6) and c1 = -(64 + z) ($7), half2 bits made per chunk
-WORD_DOT_ZERO = tl.constexpr(_word_dot_asm(_int4_decode(("mov.b32 c0, $6;\nmov.b32 c1, $7;\n", "0x64006400",
-                                                          "0x64006400"), "$1")))
-# QUANTC_E2M1_DECODE=shifts (read at import) keeps the 15-instruction decode: the prmt one is untimed on a GPU
-_E2M1_BODY = _DECODE_E2M1_SHIFTS if os.environ.get("QUANTC_E2M1_DECODE") == "shifts" else _DECODE_E2M1
-WORD_DOT_E2M1 = tl.constexpr(_word_dot_asm(_subst(_E2M1_BODY, W="$1")))
-DECODE_SYM = tl.constexpr(_decode_asm(_int4_decode(_SYM, "$4")))
-DECODE_ZERO = tl.constexpr(_decode_asm(_int4_decode(("mov.b32 c0, $5;\nmov.b32 c1, $6;\n", "0x64006400",
-                                                     "0x64006400"), "$4")))
-DECODE_E2M1 = tl.constexpr(_decode_asm(_subst(_E2M1_BODY, W="$4")))
-# $0 fp32 out: the decoded half2 values $1..$4 times the packs $5..$8
-DOT_HALF2 = tl.constexpr("{\n" + _REGS + "".join(f"mov.b32 t{j}, ${j + 1};\n" for j in range(4))
-                         + _subst(_DOT, P0="$5", P1="$6", P2="$7", P3="$8", OUT="$0") + "}")
-PACK_HALF2 = tl.constexpr("cvt.rn.f16x2.f32 $0, $2, $1;")  # $1 -> low half, $2 -> high half
-# the activation's per-chunk power of two puts max |x r| in [2**X_EXP, 2**(X_EXP + 1)): int4 (|q| <= 15, four
-# products a half) and e2m1 (values times 2**-14)
-X_EXP_INT4, X_EXP_E2M1 = tl.constexpr(7), tl.constexpr(13)
-E2M1_UNSCALE = tl.constexpr(16384.0)  # 2**14
-
-
-@triton.jit
-def _pack_half2(lo, hi):
-    """int32 bits of the half2 (lo, hi), each rounded to fp16 (``PACK_HALF2`` in plain Triton)."""
-    lo16 = lo.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-    hi16 = hi.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-    return lo16 | (hi16 << 16)
-
-
-@triton.jit
-def _half(bits, HIGH: tl.constexpr):
-    """fp32 value of the low or high fp16 half of int32 ``bits`` (the interpreter's path)."""
-    h = (bits >> 16) & 0xFFFF if HIGH else bits & 0xFFFF
-    return h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-
 
 @triton.jit
 def _word_dot(words, p0, p1, p2, p3, z, HAS_ZERO: tl.constexpr, FMT: tl.constexpr):
@@ -194,7 +78,7 @@ def _word_dot(words, p0, p1, p2, p3, z, HAS_ZERO: tl.constexpr, FMT: tl.constexp
                 q = c.to(tl.float32) - z
             else:
                 q = ((c ^ 8) - 8).to(tl.float32)
-            total += q * _half(p, h == 1)
+            total += q * half_of(p, h == 1)
     return total
 
 
@@ -274,10 +158,10 @@ def _wo_gemv_kernel(
         e = tl.minimum(tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, X_EXP + 1), 254)
         r = ((-e + (254 + X_EXP)) << 23).to(tl.float32, bitcast=True)
         r_inv = ((e - X_EXP) << 23).to(tl.float32, bitcast=True)
-        p0 = _pack_half2(x0 * r, x4 * r)
-        p1 = _pack_half2(x1 * r, x5 * r)
-        p2 = _pack_half2(x2 * r, x6 * r)
-        p3 = _pack_half2(x3 * r, x7 * r)
+        p0 = pack_half2(x0 * r, x4 * r)
+        p1 = pack_half2(x1 * r, x5 * r)
+        p2 = pack_half2(x2 * r, x6 * r)
+        p3 = pack_half2(x3 * r, x7 * r)
         g = (k0 + ch * CHUNK) // GROUP  # the chunk's scale group
         if FMT == 3:
             s = E2M1_UNSCALE
@@ -305,29 +189,6 @@ def _wo_gemv_kernel(
 # weight tile through shared memory and reduced each step across lanes: 3.25 SASS instructions an element)
 
 @gluon.jit
-def _gl_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO: gl.constexpr, FMT: gl.constexpr):
-    if FMT >= 2:
-        return gl.inline_asm_elementwise(WORD_DOT_E2M1, "=r,r,r,r,r,r", [words, p0, p1, p2, p3], dtype=gl.float32,
-                                         is_pure=True, pack=1)
-    if HAS_ZERO:
-        return gl.inline_asm_elementwise(WORD_DOT_ZERO, "=r,r,r,r,r,r,r,r", [words, p0, p1, p2, p3, c0, c1],
-                                         dtype=gl.float32, is_pure=True, pack=1)
-    return gl.inline_asm_elementwise(WORD_DOT_SYM, "=r,r,r,r,r,r", [words, p0, p1, p2, p3], dtype=gl.float32,
-                                     is_pure=True, pack=1)
-
-
-@gluon.jit
-def _gl_pack(lo, hi):
-    return gl.inline_asm_elementwise(PACK_HALF2, "=r,r,r", [lo, hi], dtype=gl.int32, is_pure=True, pack=1)
-
-
-@gluon.jit
-def _gl_bf16_pair(v):
-    """The two bf16 values in the low and high halves of an int32, as fp32 (a bf16 is an fp32's top half)."""
-    return (v << 16).to(gl.float32, bitcast=True), (v & -65536).to(gl.float32, bitcast=True)
-
-
-@gluon.jit
 def _gl_load_x(x_ptr, word3, k0, X_VEC: gl.constexpr):
     """The eight activations of each word (elements k0 + 8c + j), fp32. X_VEC (x 16-byte aligned): two 8-byte
     loads a word instead of eight 2-byte ones."""
@@ -335,10 +196,10 @@ def _gl_load_x(x_ptr, word3, k0, X_VEC: gl.constexpr):
         xq = x_ptr.to(gl.pointer_type(gl.int64), bitcast=True) + (k0 // 4 + word3 * 2)
         a = gl.load(xq)
         b = gl.load(xq + 1)
-        x0, x1 = _gl_bf16_pair(a.to(gl.int32))
-        x2, x3 = _gl_bf16_pair((a >> 32).to(gl.int32))
-        x4, x5 = _gl_bf16_pair(b.to(gl.int32))
-        x6, x7 = _gl_bf16_pair((b >> 32).to(gl.int32))
+        x0, x1 = gl_bf16_pair(a.to(gl.int32))
+        x2, x3 = gl_bf16_pair((a >> 32).to(gl.int32))
+        x4, x5 = gl_bf16_pair(b.to(gl.int32))
+        x6, x7 = gl_bf16_pair((b >> 32).to(gl.int32))
         return x0, x1, x2, x3, x4, x5, x6, x7
     xs = x_ptr + k0 + word3 * 8
     return (gl.load(xs).to(gl.float32), gl.load(xs + 1).to(gl.float32), gl.load(xs + 2).to(gl.float32),
@@ -415,10 +276,10 @@ def _wo_gemv_gluon_kernel(
         r_inv = gl.expand_dims(gl.convert_layout(((e - X_EXP) << 23).to(gl.float32, bitcast=True),
                                                  gl.SliceLayout(0, L2)), 0)  # (1, CH): the same registers
         r = gl.expand_dims(((-e + (254 + X_EXP)) << 23).to(gl.float32, bitcast=True), 1)
-        p0 = gl.expand_dims(_gl_pack(x0 * r, x4 * r), 0)  # (1, CH, 4)
-        p1 = gl.expand_dims(_gl_pack(x1 * r, x5 * r), 0)
-        p2 = gl.expand_dims(_gl_pack(x2 * r, x6 * r), 0)
-        p3 = gl.expand_dims(_gl_pack(x3 * r, x7 * r), 0)
+        p0 = gl.expand_dims(gl_pack(x0 * r, x4 * r), 0)  # (1, CH, 4)
+        p1 = gl.expand_dims(gl_pack(x1 * r, x5 * r), 0)
+        p2 = gl.expand_dims(gl_pack(x2 * r, x6 * r), 0)
+        p3 = gl.expand_dims(gl_pack(x3 * r, x7 * r), 0)
         g = (k0 + ch2 * 32) // GROUP
         if FMT == 3:  # per word below; here the decode's 2**14
             s = gl.full([BLOCK_N, CH], E2M1_UNSCALE, gl.float32, L2)
@@ -431,16 +292,16 @@ def _wo_gemv_gluon_kernel(
             z = gl.expand_dims(gl.load(z_ptr + s_rows + g, mask=n_mask2, other=0).to(gl.int32), 2)
             c0 = (0x6400 + z) * 0x10001
             c1 = (0xD400 + 16 * z) * 0x10001
-            part = gl.sum(_gl_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO, FMT), axis=2)
+            part = gl.sum(gl_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO, FMT), axis=2)
         elif FMT == 3:  # nvfp4: each word lies in one 16-element group, scaled before the chunk's sum
             # the chunk's two e4m3 scales as one 2-byte load a row (k0 / 16 + 2c and stride_sn are even);
             # words 0-1 take the low byte, 2-3 the high one
             s2 = gl.load(s16_ptr + ((s_rows + k0 // GROUP) // 2 + ch2), mask=n_mask2, other=0).to(gl.int32)
             sw = (gl.expand_dims(s2, 2) >> byte_shift3) & 0xFF
             sw = sw.to(gl.int8).to(gl.float8e4nv, bitcast=True).to(gl.float32)
-            part = gl.sum(_gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT) * sw, axis=2)
+            part = gl.sum(gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT) * sw, axis=2)
         else:
-            part = gl.sum(_gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT), axis=2)
+            part = gl.sum(gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT), axis=2)
         acc += part * (s * r_inv)
     total = gl.sum(acc, axis=1)  # (BLOCK_N,): the one cross-lane sum
     if HAS_GLOBAL:
@@ -451,27 +312,14 @@ def _wo_gemv_gluon_kernel(
 
 
 @gluon.jit
-def _gl_decode(words, c0, c1, HAS_ZERO: gl.constexpr, FMT: gl.constexpr):
-    """Each word's four half2 values (the word dot's first half)."""
-    if FMT >= 2:
-        return gl.inline_asm_elementwise(DECODE_E2M1, "=r,=r,=r,=r,r", [words],
-                                         dtype=[gl.int32, gl.int32, gl.int32, gl.int32], is_pure=True, pack=1)
-    if HAS_ZERO:
-        return gl.inline_asm_elementwise(DECODE_ZERO, "=r,=r,=r,=r,r,r,r", [words, c0, c1],
-                                         dtype=[gl.int32, gl.int32, gl.int32, gl.int32], is_pure=True, pack=1)
-    return gl.inline_asm_elementwise(DECODE_SYM, "=r,=r,=r,=r,r", [words],
-                                     dtype=[gl.int32, gl.int32, gl.int32, gl.int32], is_pure=True, pack=1)
-
-
-@gluon.jit
 def _gl_rows_x(xq, xw, k0):
     """(XR, CH, 4) activation words as fp32 x0..x7 (two 8-byte loads a word; ``xq`` the rows' int64 bases)."""
     a = gl.load(xq + (k0 // 4 + xw * 2))
     b = gl.load(xq + (k0 // 4 + xw * 2 + 1))
-    x0, x1 = _gl_bf16_pair(a.to(gl.int32))
-    x2, x3 = _gl_bf16_pair((a >> 32).to(gl.int32))
-    x4, x5 = _gl_bf16_pair(b.to(gl.int32))
-    x6, x7 = _gl_bf16_pair((b >> 32).to(gl.int32))
+    x0, x1 = gl_bf16_pair(a.to(gl.int32))
+    x2, x3 = gl_bf16_pair((a >> 32).to(gl.int32))
+    x4, x5 = gl_bf16_pair(b.to(gl.int32))
+    x6, x7 = gl_bf16_pair((b >> 32).to(gl.int32))
     return x0, x1, x2, x3, x4, x5, x6, x7
 
 
@@ -483,7 +331,7 @@ def _wo_gemv_rows_gluon_kernel(
     XR: gl.constexpr,
 ):
     """``_wo_gemv_gluon_kernel`` for M <= XR activation rows (a dense weight; x 16-byte aligned, rows a multiple of
-    8 elements apart): the program's weight tile loads and decodes once (``_gl_decode``) and each row takes its
+    8 elements apart): the program's weight tile loads and decodes once (``gl_decode``) and each row takes its
     own half2 products (DOT_HALF2) and sums, the rows a thread's registers' leading axis. The next step's words
     and activations load while this one computes."""
     LANES_CH: gl.constexpr = 32 // LANES_N
@@ -537,10 +385,10 @@ def _wo_gemv_rows_gluon_kernel(
         r_inv = gl.expand_dims(gl.convert_layout(((e - X_EXP) << 23).to(gl.float32, bitcast=True),
                                                  gl.SliceLayout(1, LA)), 1)  # (XR, 1, CH)
         r = gl.expand_dims(((-e + (254 + X_EXP)) << 23).to(gl.float32, bitcast=True), 2)
-        p0 = gl.expand_dims(_gl_pack(x0 * r, x4 * r), 1)  # (XR, 1, CH, 4)
-        p1 = gl.expand_dims(_gl_pack(x1 * r, x5 * r), 1)
-        p2 = gl.expand_dims(_gl_pack(x2 * r, x6 * r), 1)
-        p3 = gl.expand_dims(_gl_pack(x3 * r, x7 * r), 1)
+        p0 = gl.expand_dims(gl_pack(x0 * r, x4 * r), 1)  # (XR, 1, CH, 4)
+        p1 = gl.expand_dims(gl_pack(x1 * r, x5 * r), 1)
+        p2 = gl.expand_dims(gl_pack(x2 * r, x6 * r), 1)
+        p3 = gl.expand_dims(gl_pack(x3 * r, x7 * r), 1)
         g = (k0 + ch2 * 32) // GROUP
         if FMT == 3:
             s = gl.full([BLOCK_N, CH], E2M1_UNSCALE, gl.float32, L2)
@@ -555,7 +403,7 @@ def _wo_gemv_rows_gluon_kernel(
             z = gl.expand_dims(gl.load(z_ptr + s_rows + g, mask=n_mask2, other=0).to(gl.int32), 2)
             c0 = (0x6400 + z) * 0x10001
             c1 = (0xD400 + 16 * z) * 0x10001
-        t0, t1, t2, t3 = _gl_decode(words, c0, c1, HAS_ZERO, FMT)
+        t0, t1, t2, t3 = gl_decode(words, c0, c1, HAS_ZERO, FMT)
         dots = gl.inline_asm_elementwise(
             DOT_HALF2, "=r,r,r,r,r,r,r,r,r",
             [gl.expand_dims(t0, 0), gl.expand_dims(t1, 0), gl.expand_dims(t2, 0), gl.expand_dims(t3, 0),
