@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The twentieth session's untimed work, checked and timed in one device call (~7 min on an H100; RUNBOOK's first
+# call of the twenty-first session). Run from the repository root on the device with the wheels' PYTHONPATH set and
+# OUT exported; every step writes its JSON under $OUT/<step>/ and a failing step does not stop the others.
+#
+#   1. bench_wo at M = 1 for mxfp4 / nvfp4, then again under QUANTC_E2M1_DECODE=shifts: the prmt e2m1 decode's
+#      first GPU check (its correctness pass) and its A/B against the decode it replaced;
+#   2. frag_only_probe: int4 kept in fragment order only against the plane layout through the layer's launcher,
+#      M = 1-512, with wo_frag_gemv's tiles at one row (its first GPU run: the _rel_err columns), wo_frag's 64-token
+#      programs at 64 / 128 rows and the permuting dequant at 512;
+#   3. bench_moe at 1 and 16 tokens: the MoE GEMV columns now include gpt-oss (K = 2880 at 64-deep steps, forced).
+set -u
+: "${OUT:?export OUT first}"
+run() {  # name, time limit (s), command...
+    local name=$1 limit=$2
+    shift 2
+    mkdir -p "$OUT/$name"
+    echo "== $name"
+    OUT="$OUT/$name" timeout "$limit" "$@" 2>&1 | grep -v '^{' | tail -25
+}
+run bench_wo_fp4 60 env BENCH_MS=1 BENCH_FORMATS=mxfp4,nvfp4 BENCH_CAP_S=45 python3 bench/bench_wo.py
+run bench_wo_fp4_shifts 60 env QUANTC_E2M1_DECODE=shifts BENCH_MS=1 BENCH_FORMATS=mxfp4,nvfp4 BENCH_CAP_S=45 \
+    python3 bench/bench_wo.py
+run frag_only 150 env PROBE_FRAG_GEMV=4x1x1x4,2x2x1x4,1x4x1x4,4x2x1x4 PROBE_KEYS=int4_group_128,int4_group_128_asym \
+    python3 bench/frag_only_probe.py
+run bench_moe 200 env BENCH_TOKENS=1,16 BENCH_CAP_S=180 python3 bench/bench_moe.py
