@@ -1,4 +1,4 @@
-"""int4 weights in tensor-core fragment order, and the decode GEMM that reads them (M <= 16; opt-in).
+"""int4 weights in tensor-core fragment order, the GEMM that reads them, and their bf16 dequantization (opt-in).
 
 The plane kernel (``wo_planes``) spends ~3 instructions an int4 element at M = 16 meeting the MMA operand layout
 Triton chose. Marlin's answer, taken here: repack the weights once, at load, so that each lane's 32-bit word holds
@@ -34,9 +34,13 @@ Timed at M = 16 on the H100 against the plane kernel's best config in the same c
 (bench/results/wo_probe_h100_s20_frag_m16.json): int4 g128 (28672, 4096) 34.3 -> 31.9 us, (24576, 7168)
 53.0 -> 43.4, (4096, 14336) 20.3 -> 18.8; with zero points 46.1 -> 37.4, 59.7 -> 44.0, 22.8 -> 19.0; the
 four small shapes within 3% either way (symmetric) or 10-20% faster (zero points). 64 rows a program (4 warps)
-at twice ``wo_gemm._split`` was the best or within 4% of it at every shape. It stays opt-in (QUANTC_WO_FRAG=1
-at load) because the fragment-order words are a second copy of the weight: the GEMV (one row) and the plane
-kernels (17+ rows) read the plane layout.
+at twice ``wo_gemm._split`` was the best or within 4% of it at every shape.
+
+Opt-in at load (``wo_launch.prepare``): QUANTC_WO_FRAG=both keeps these words beside the plane layout (a second
+copy) for 2-16 rows; QUANTC_WO_FRAG=1 keeps only them, and every M runs from them: one row on
+``wo_frag_gemv``, up to 255 rows here in programs of 16 / 32 / 64 tokens (``frag_tokens``), more through
+``frag_dequant_bf16`` and cuBLAS (bench/results/frag_only_probe_h100_s20.json; the 32 / 64-token programs and the
+permuting dequant are untimed).
 """
 
 from __future__ import annotations
