@@ -167,6 +167,13 @@ def explain_data(result, module_name: str) -> dict | None:
         entry = {"id": e.id, "source": e.source, "buckets": [{"m_max": m, **cfg.__dict__} for m, cfg in e.buckets]}
     if entry is not None and d.kernel in _GEMV_KERNELS and lw.gpu.sm == 90 and d.k_rank % 128 == 0:
         entry["one_row"] = "the runtime's CUDA-core GEMV (runtime/kernels/wo_gemv.py) at a config of its own"
+    # MoE 4-bit experts at decode on sm_90 (runtime/moe.py uses_moe_gemv: every expert on the rank, K % 128; the
+    # id's 8-bit weights keep the grouped GEMM)
+    four_bit = d.weight.startswith("int4_") or d.weight in ("mxfp4", "nvfp4")
+    if (entry is not None and d.kernel == "moe_weight_only" and four_bit and lw.gpu.sm == 90 and d.k_rank % 128 == 0
+            and not lw.ep):
+        entry["decode"] = ("the runtime's grouped CUDA-core GEMV (runtime/kernels/wo_gemv.py) while the (token, "
+                           "expert) pairs are no more than the experts")
     return {
         "module": module.name,
         "kind": module.kind,
@@ -253,6 +260,8 @@ def render_explain_text(data: dict) -> str:
                          f"warps {b['num_warps']} stages {b['num_stages']} group_m {b['group_m']} split_k {b['split_k']}")
             if prev == 0 and kc.get("one_row"):
                 lines.append(f"      (one or two rows on this GPU run {kc['one_row']})")
+            if prev == 0 and kc.get("decode"):
+                lines.append(f"      (decode on this GPU runs {kc['decode']})")
             prev = b["m_max"]
     for e in data["errors"]:
         lines.append(f"  error {e['code']}: {e['message']}")

@@ -57,3 +57,21 @@ def test_one_row_4bit_configs_say_the_gemv_takes_them_on_sm90(tmp_path):
             lines = text.splitlines()
             first = next(i for i, line in enumerate(lines) if line.strip().startswith("M     1..1"))
             assert note in lines[first + 1]
+
+
+def test_moe_4bit_configs_say_decode_runs_the_grouped_gemv_on_sm90(tmp_path):
+    """4-bit MoE experts on sm_90 without expert parallelism: explain says decode runs the grouped GEMV (pairs up to
+    the experts), under the first bucket; with expert parallelism, on other GPUs, or with fp8 weights on the same
+    weight-only kernel id, it does not."""
+    note = "(decode on this GPU runs the runtime's grouped CUDA-core GEMV"
+    model, module = "examples/models/qwen3-30b-a3b.json", "model.layers.0.mlp.experts.0.down_proj"
+    for gpu, moe, ep, shown in [("h100", "mxfp4", False, True), ("h200", "w4a16", False, True),
+                                ("h100", "mxfp4", True, False), ("a100", "mxfp4", False, False),
+                                ("h100", "fp8_per_channel", False, False),
+                                ("h100", "{weight: fp8_per_channel, activation: none}", False, False)]:
+        text = f"quantc: 1\nmoe: {moe}\n" + (f"target: {{gpu: {gpu}, expert_parallel: true, tensor_parallel: 2}}\n"
+                                                if ep else "")
+        data = _explain(tmp_path, text, model, module, **({} if ep else {"gpu": gpu}))
+        rendered = render_explain_text(data)
+        assert (note in rendered) == shown, (gpu, moe, ep)
+        assert ("decode" in data["kernel_config"]) == shown, (gpu, moe, ep)
