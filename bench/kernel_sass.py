@@ -100,7 +100,7 @@ def compile_gemv(fmt: str, tile: tuple[int, ...], split: int):
                "stride_se": "i32", "M": "i32"}
         ce = dict(GROUP=group, HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split, WARPS=warps, WARPS_K=warps_k,
                   PREFETCH=True, FMT={1: 1, 2: 2}[f] if fmt != "nvfp4" else 3, HAS_GLOBAL=glob, X_VEC=True,
-                  GROUPED=False)
+                  GROUPED=False, PRMT=f == 2 and os.environ.get("QUANTC_E2M1_DECODE") == "prmt")
         fn, elems = wo_gemv._wo_gemv_gluon_kernel, rows * 32
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig) if name in ("x_ptr", "w_ptr", "K")}
     c = triton.compile(GluonASTSource(fn, dict(sig, **{k: "constexpr" for k in ce}), ce, attrs),

@@ -115,6 +115,7 @@ def test_decode_and_dot_asm_are_the_word_dot_split_in_two():
 
     dot = [ln for ln in body(hp.DOT_HALF2.value) if not ln.startswith("mov.b32 t")]
     for fused, decode, renames in ((hp.WORD_DOT_SYM, hp.DECODE_SYM, {}), (hp.WORD_DOT_E2M1, hp.DECODE_E2M1, {}),
+                                   (hp.WORD_DOT_E2M1_PRMT, hp.DECODE_E2M1_PRMT, {}),
                                    (hp.WORD_DOT_ZERO, hp.DECODE_ZERO, {"$6": "$5", "$7": "$6"})):
         dec = [ln for ln in body(decode.value) if not ln.startswith("mov.b32 $")]
         want = []
@@ -298,17 +299,20 @@ def _e2m1_word_dot(word: int, packs: list[int], asm: str) -> float:
 
 
 def test_e2m1_decode_places_every_nibble_as_the_shifts_did():
-    """The prmt decode (11 instructions a word) against the spec and the shift decode it replaced (15), on random
-    words and on each nibble alone; DECODE_E2M1 (the several-row kernel's) gives the same registers."""
+    """The prmt decode (11 instructions a word) against the spec and the shift decode (15), on random words and on
+    each nibble alone, in both the fused asm (WORD_DOT_E2M1[_PRMT]) and the split one (DECODE_E2M1[_PRMT])."""
     rng = np.random.default_rng(1)
     words = [int(w) for w in rng.integers(0, 2**32, 2000, dtype=np.uint64)]
     words += [c << (4 * pos) for pos in range(8) for c in range(16)] + [0xFFFFFFFF]
     shifts = hp.subst(hp.E2M1_SHIFTS_BODY, W="$1")
+    prmt = hp.subst(hp.E2M1_PRMT_BODY, W="$1")
     for w in words:
         want = _e2m1_spec(w)
-        assert [_run_ptx(hp.WORD_DOT_E2M1.value, {"$1": w})[f"t{j}"] for j in range(4)] == want, hex(w)
+        assert [_run_ptx(prmt, {"$1": w})[f"t{j}"] for j in range(4)] == want, hex(w)
         assert [_run_ptx(shifts, {"$1": w})[f"t{j}"] for j in range(4)] == want, hex(w)
-        assert [_run_ptx(hp.DECODE_E2M1.value, {"$4": w})[f"${j}"] for j in range(4)] == want, hex(w)
+        for fused, split in ((hp.WORD_DOT_E2M1, hp.DECODE_E2M1), (hp.WORD_DOT_E2M1_PRMT, hp.DECODE_E2M1_PRMT)):
+            assert [_run_ptx(fused.value, {"$1": w})[f"t{j}"] for j in range(4)] == want, hex(w)
+            assert [_run_ptx(split.value, {"$4": w})[f"${j}"] for j in range(4)] == want, hex(w)
     body = [ln for ln in hp.E2M1_PRMT_BODY.splitlines() if ln and not ln.startswith("mov")]
     assert len(body) == 11
 
@@ -430,8 +434,9 @@ SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_
        "M": "i32"}
 out = []
 for zero, rows, lanes_n, split, prefetch, fmt, x_vec, warps_k, *grouped in json.loads(sys.argv[1]):
-    ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split, WARPS=max(4, warps_k),
-              WARPS_K=warps_k, PREFETCH=prefetch, FMT=fmt, HAS_GLOBAL=fmt == 3, X_VEC=x_vec, GROUPED=bool(grouped))
+    ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split,
+              WARPS=max(4, warps_k), WARPS_K=warps_k, PREFETCH=prefetch, FMT=fmt, HAS_GLOBAL=fmt == 3, X_VEC=x_vec,
+              GROUPED=bool(grouped), PRMT=fmt >= 2 and os.environ.get("QUANTC_E2M1_DECODE") == "prmt")
     sig = dict(SIG, s_ptr={1: "*bf16", 2: "*u8", 3: "*fp8e4nv"}[fmt], **{k: "constexpr" for k in ce})
     c = triton.compile(GluonASTSource(wo_gemv._wo_gemv_gluon_kernel, sig, ce), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": max(4, warps_k)})
@@ -493,10 +498,10 @@ SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_
        "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_wn": "i32",
        "stride_sn": "i32", "stride_xm": "i32"}
 out = []
-for zero, fmt, xr, warps_k, split in json.loads(sys.argv[1]):
+for zero, fmt, xr, warps_k, split, prmt in json.loads(sys.argv[1]):
     warps = max(4, warps_k)
     ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, ROWS=4, LANES_N=4, SPLIT_K=split, WARPS=warps,
-              WARPS_K=warps_k, FMT=fmt, HAS_GLOBAL=fmt == 3, XR=xr)
+              WARPS_K=warps_k, FMT=fmt, HAS_GLOBAL=fmt == 3, XR=xr, PRMT=prmt)
     sig = dict(SIG, s_ptr={1: "*bf16", 2: "*u8", 3: "*fp8e4nv"}[fmt], **{k: "constexpr" for k in ce})
     c = triton.compile(GluonASTSource(wo_gemv._wo_gemv_rows_gluon_kernel, sig, ce), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": warps})
@@ -509,7 +514,8 @@ print(json.dumps(out))
 
 
 @pytest.mark.timeout(300)
-def test_several_row_gemv_compiles_for_hopper_decoding_each_word_once():
+@pytest.mark.parametrize("e2m1", ["shifts", "prmt"])
+def test_several_row_gemv_compiles_for_hopper_decoding_each_word_once(e2m1):
     """The several-row Gluon kernel compiled for sm_90: its decode (the lop3s) is the same count at 2 and 4 rows
     (each word decoded once, whatever the rows), the half2 products grow with the rows, the activations come
     as 8-byte loads (two a word a row, in the loop and the prefetch), and nothing spills."""
@@ -519,13 +525,16 @@ def test_several_row_gemv_compiles_for_hopper_decoding_each_word_once():
 
     cases = [(False, 1, 2, 4, 1), (False, 1, 4, 4, 1), (True, 1, 4, 4, 2), (False, 2, 2, 4, 1), (False, 2, 4, 4, 1),
              (False, 3, 4, 8, 1)]
+    cases = [(*case, e2m1 == "prmt") for case in cases]
     proc = subprocess.run([sys.executable, "-c", ROWS_COMPILE, json.dumps(cases)], capture_output=True, text=True,
                           timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    for (zero, fmt, xr, warps_k, split), r in zip(cases, res):
-        # a thread's 4 rows x 4 words a step: 16 words, once each: 4 lop3 (int4) or 2 lop3 and 4 prmt (e2m1)
-        assert r["lop3"] == (64 if fmt == 1 else 32) and r["prmt"] == (0 if fmt == 1 else 64) and r["local"] == 0, r
+    for (zero, fmt, xr, warps_k, split, _), r in zip(cases, res):
+        # a thread's 4 rows x 4 words a step: 16 words, once each: 4 lop3 (int4, e2m1 by shifts) or 2 lop3 and 4
+        # prmt (e2m1 by prmt)
+        by_prmt = fmt >= 2 and e2m1 == "prmt"
+        assert r["lop3"] == (32 if by_prmt else 64) and r["prmt"] == (64 if by_prmt else 0) and r["local"] == 0, r
         products = xr * 16 * 4  # each row: 4 half2 FMAs a word
         packs = xr * 4 * 4  # each row: 4 packs a word of its chunk
         decode = 64 if fmt == 1 else 0  # int4's half2 sub / fma a word
@@ -535,13 +544,13 @@ def test_several_row_gemv_compiles_for_hopper_decoding_each_word_once():
     assert res[0]["lop3"] == res[1]["lop3"] and res[3]["lop3"] == res[4]["lop3"]
 
 
-def test_shift_decode_switch_is_read_at_import():
-    """QUANTC_E2M1_DECODE=shifts (at import) keeps the 15-instruction e2m1 decode for an A/B on the GPU."""
-    import os
-    import subprocess
-    import sys
-
-    code = "from quantc.runtime.kernels import half2_ptx as h; print(h.WORD_DOT_E2M1.value.count('prmt'))"
-    counts = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "QUANTC_E2M1_DECODE": value}).stdout.strip() for value in ("shifts", "")]
-    assert counts == ["0", "4"]
+def test_prmt_decode_is_chosen_at_each_launch(monkeypatch):
+    """QUANTC_E2M1_DECODE=prmt takes the 11-instruction e2m1 decode: read at each launch and passed to the kernels as
+    a constexpr (its own binary: no cached kernel of the other decode is reused); unset, the measured one."""
+    monkeypatch.delenv("QUANTC_E2M1_DECODE", raising=False)
+    assert not hp.e2m1_prmt()
+    monkeypatch.setenv("QUANTC_E2M1_DECODE", "prmt")
+    assert hp.e2m1_prmt()
+    monkeypatch.setenv("QUANTC_E2M1_DECODE", "shifts")
+    assert not hp.e2m1_prmt()
+    assert hp.WORD_DOT_E2M1.value.count("prmt") == 0 and hp.WORD_DOT_E2M1_PRMT.value.count("prmt") == 4

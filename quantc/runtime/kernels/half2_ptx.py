@@ -104,13 +104,20 @@ WORD_DOT_SYM = tl.constexpr(_word_dot_asm(_int4_decode(_SYM, "$1")))
 # codes with zero points: c0 = 1024 + z ($6) and c1 = -(64 + z) ($7), half2 bits made per chunk
 WORD_DOT_ZERO = tl.constexpr(_word_dot_asm(_int4_decode(("mov.b32 c0, $6;\nmov.b32 c1, $7;\n", "0x64006400",
                                                           "0x64006400"), "$1")))
-# QUANTC_E2M1_DECODE=shifts (read at import) keeps the 15-instruction decode: the prmt one is untimed on a GPU
-E2M1_BODY = E2M1_SHIFTS_BODY if os.environ.get("QUANTC_E2M1_DECODE") == "shifts" else E2M1_PRMT_BODY
-WORD_DOT_E2M1 = tl.constexpr(_word_dot_asm(subst(E2M1_BODY, W="$1")))
+# e2m1: the 15-instruction decode (measured on the GPU) and the 11-instruction one (``e2m1_prmt``: opt-in until
+# the GPU has checked it, bench/check_s21.sh); the kernels pick one through a constexpr, so each has its own binary
+WORD_DOT_E2M1 = tl.constexpr(_word_dot_asm(subst(E2M1_SHIFTS_BODY, W="$1")))
+WORD_DOT_E2M1_PRMT = tl.constexpr(_word_dot_asm(subst(E2M1_PRMT_BODY, W="$1")))
 DECODE_SYM = tl.constexpr(_decode_asm(_int4_decode(_SYM, "$4")))
 DECODE_ZERO = tl.constexpr(_decode_asm(_int4_decode(("mov.b32 c0, $5;\nmov.b32 c1, $6;\n", "0x64006400",
                                                      "0x64006400"), "$4")))
-DECODE_E2M1 = tl.constexpr(_decode_asm(subst(E2M1_BODY, W="$4")))
+DECODE_E2M1 = tl.constexpr(_decode_asm(subst(E2M1_SHIFTS_BODY, W="$4")))
+DECODE_E2M1_PRMT = tl.constexpr(_decode_asm(subst(E2M1_PRMT_BODY, W="$4")))
+
+
+def e2m1_prmt() -> bool:
+    """QUANTC_E2M1_DECODE=prmt: the launchers' choice of the e2m1 decode, read at each launch (a constexpr)."""
+    return os.environ.get("QUANTC_E2M1_DECODE") == "prmt"
 # $0 fp32 out: the decoded half2 values $1..$4 times the packs $5..$8
 DOT_HALF2 = tl.constexpr("{\n" + _REGS + "".join(f"mov.b32 t{j}, ${j + 1};\n" for j in range(4))
                          + subst(_DOT, P0="$5", P1="$6", P2="$7", P3="$8", OUT="$0") + "}")
@@ -137,7 +144,10 @@ def half_of(bits, HIGH: tl.constexpr):
 
 
 @gluon.jit
-def gl_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO: gl.constexpr, FMT: gl.constexpr):
+def gl_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO: gl.constexpr, FMT: gl.constexpr, PRMT: gl.constexpr = False):
+    if FMT >= 2 and PRMT:
+        return gl.inline_asm_elementwise(WORD_DOT_E2M1_PRMT, "=r,r,r,r,r,r", [words, p0, p1, p2, p3],
+                                         dtype=gl.float32, is_pure=True, pack=1)
     if FMT >= 2:
         return gl.inline_asm_elementwise(WORD_DOT_E2M1, "=r,r,r,r,r,r", [words, p0, p1, p2, p3], dtype=gl.float32,
                                          is_pure=True, pack=1)
@@ -160,8 +170,11 @@ def gl_bf16_pair(v):
 
 
 @gluon.jit
-def gl_decode(words, c0, c1, HAS_ZERO: gl.constexpr, FMT: gl.constexpr):
+def gl_decode(words, c0, c1, HAS_ZERO: gl.constexpr, FMT: gl.constexpr, PRMT: gl.constexpr = False):
     """Each word's four half2 values (the word dot's first half)."""
+    if FMT >= 2 and PRMT:
+        return gl.inline_asm_elementwise(DECODE_E2M1_PRMT, "=r,=r,=r,=r,r", [words],
+                                         dtype=[gl.int32, gl.int32, gl.int32, gl.int32], is_pure=True, pack=1)
     if FMT >= 2:
         return gl.inline_asm_elementwise(DECODE_E2M1, "=r,=r,=r,=r,r", [words],
                                          dtype=[gl.int32, gl.int32, gl.int32, gl.int32], is_pure=True, pack=1)

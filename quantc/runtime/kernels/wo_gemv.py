@@ -54,10 +54,10 @@ from triton.experimental.gluon import language as gl
 from ...plan import KernelConfig
 from . import common
 from .common import cc_major, cdiv, env, sm_count
+from .half2_ptx import (DOT_HALF2, E2M1_UNSCALE, X_EXP_E2M1, X_EXP_INT4, e2m1_prmt, gl_bf16_pair, gl_decode, gl_pack,
+                        gl_word_dot, half_of, pack_half2)
 from .nibble_decode import e2m1_to_f32
 from .wo_format import INT4, MXFP4, NVFP4, S_E8M0, S_FLOAT
-from .half2_ptx import (DOT_HALF2, E2M1_UNSCALE, X_EXP_E2M1, X_EXP_INT4, gl_bf16_pair, gl_decode, gl_pack, gl_word_dot, half_of,
-                        pack_half2)
 from .wo_mma4 import split_workspace, store_or_reduce
 
 CHUNK = tl.constexpr(32)  # elements a thread loads of a row a step: 4 int32 words, 16 bytes
@@ -214,6 +214,7 @@ def _wo_gemv_gluon_kernel(
     GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, ROWS: gl.constexpr, LANES_N: gl.constexpr,
     SPLIT_K: gl.constexpr, WARPS: gl.constexpr, WARPS_K: gl.constexpr, PREFETCH: gl.constexpr,
     FMT: gl.constexpr, HAS_GLOBAL: gl.constexpr, X_VEC: gl.constexpr, GROUPED: gl.constexpr,
+    PRMT: gl.constexpr = False,
 ):
     """``_wo_gemv_kernel`` with the layout spelled out: a thread holds ROWS rows x one chunk (4 words); a
     warp's lanes take 32 / LANES_N consecutive chunks of LANES_N rows; WARPS / WARPS_K warps stack along N and
@@ -292,16 +293,16 @@ def _wo_gemv_gluon_kernel(
             z = gl.expand_dims(gl.load(z_ptr + s_rows + g, mask=n_mask2, other=0).to(gl.int32), 2)
             c0 = (0x6400 + z) * 0x10001
             c1 = (0xD400 + 16 * z) * 0x10001
-            part = gl.sum(gl_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO, FMT), axis=2)
+            part = gl.sum(gl_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO, FMT, PRMT), axis=2)
         elif FMT == 3:  # nvfp4: each word lies in one 16-element group, scaled before the chunk's sum
             # the chunk's two e4m3 scales as one 2-byte load a row (k0 / 16 + 2c and stride_sn are even);
             # words 0-1 take the low byte, 2-3 the high one
             s2 = gl.load(s16_ptr + ((s_rows + k0 // GROUP) // 2 + ch2), mask=n_mask2, other=0).to(gl.int32)
             sw = (gl.expand_dims(s2, 2) >> byte_shift3) & 0xFF
             sw = sw.to(gl.int8).to(gl.float8e4nv, bitcast=True).to(gl.float32)
-            part = gl.sum(gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT) * sw, axis=2)
+            part = gl.sum(gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT, PRMT) * sw, axis=2)
         else:
-            part = gl.sum(gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT), axis=2)
+            part = gl.sum(gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT, PRMT), axis=2)
         acc += part * (s * r_inv)
     total = gl.sum(acc, axis=1)  # (BLOCK_N,): the one cross-lane sum
     if HAS_GLOBAL:
@@ -328,7 +329,7 @@ def _wo_gemv_rows_gluon_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_wn, stride_sn, stride_xm,
     GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, ROWS: gl.constexpr, LANES_N: gl.constexpr,
     SPLIT_K: gl.constexpr, WARPS: gl.constexpr, WARPS_K: gl.constexpr, FMT: gl.constexpr, HAS_GLOBAL: gl.constexpr,
-    XR: gl.constexpr,
+    XR: gl.constexpr, PRMT: gl.constexpr = False,
 ):
     """``_wo_gemv_gluon_kernel`` for M <= XR activation rows (a dense weight; x 16-byte aligned, rows a multiple of
     8 elements apart): the program's weight tile loads and decodes once (``gl_decode``) and each row takes its
@@ -403,7 +404,7 @@ def _wo_gemv_rows_gluon_kernel(
             z = gl.expand_dims(gl.load(z_ptr + s_rows + g, mask=n_mask2, other=0).to(gl.int32), 2)
             c0 = (0x6400 + z) * 0x10001
             c1 = (0xD400 + 16 * z) * 0x10001
-        t0, t1, t2, t3 = gl_decode(words, c0, c1, HAS_ZERO, FMT)
+        t0, t1, t2, t3 = gl_decode(words, c0, c1, HAS_ZERO, FMT, PRMT)
         dots = gl.inline_asm_elementwise(
             DOT_HALF2, "=r,r,r,r,r,r,r,r,r",
             [gl.expand_dims(t0, 0), gl.expand_dims(t1, 0), gl.expand_dims(t2, 0), gl.expand_dims(t3, 0),
@@ -546,9 +547,10 @@ def launch_gemv(x2: torch.Tensor, w, cfg, warps_k: int = 1) -> torch.Tensor:
     """bf16 (M, K) x 4-bit WoWeight (N, K) -> bf16 (M, N): a program per N tile for one row (decode) or up to
     GEMV_ROWS_MAX rows (x 16-byte aligned, row stride a multiple of 8: the several-row kernel, each word decoded
     once for all rows); more rows run the grouped launch over a stack of one (a program per row and N tile). The
-    Gluon kernels on a GPU, their Triton twin under the interpreter. ``cfg``: block_n rows a program, block_k (``gemv_tile``), split_k, num_warps; num_stages >= 2
-    loads the next K step's words and activations before this step's products (the GPU kernel). ``warps_k``:
-    the warps that share a K step (a split-K inside the program, summed through shared memory)."""
+    Gluon kernels on a GPU, their Triton twin under the interpreter. ``cfg``: block_n rows a program, block_k
+    (``gemv_tile``), split_k, num_warps; num_stages >= 2 loads the next K step's words and activations before
+    this step's products (the GPU kernel). ``warps_k``: the warps that share a K step (a split-K inside the
+    program, summed through shared memory). QUANTC_E2M1_DECODE=prmt: fp4's 11-instruction decode (untimed)."""
     if not gemv_weight_ok(w) or x2.stride(1) != 1:
         raise ValueError("the 4-bit GEMV takes activation rows with unit stride, K a multiple of 128 and int4 codes in "
                          f"groups of a multiple of 32, mxfp4 or nvfp4; got K = {w.k}, format {w.fmt}, group {w.group}")
@@ -612,10 +614,11 @@ def _launch(x2, w, cfg, warps_k, experts, a_div, xr: int = 1) -> torch.Tensor:
                       (x2, w.data, w.scale, zeros, gs, out, ws, cnt, m, n, k, stride_wn, stride_sn, x2.stride(0)),
                       dict(GROUP=w.group, HAS_ZERO=w.zeros is not None, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split,
                            WARPS=cfg.num_warps, WARPS_K=warps_k, FMT=fmt, HAS_GLOBAL=w.global_scale is not None,
-                           XR=xr), cfg.num_warps, 1)
+                           XR=xr, PRMT=fmt >= 2 and e2m1_prmt()), cfg.num_warps, 1)
     else:
         x_vec = x2.data_ptr() % 16 == 0 and (x2.stride(0) * 2) % 16 == 0 and gemv_x_vec()
         common.launch(_wo_gemv_gluon_kernel, grid, args,
                       dict(consts, ROWS=rows, LANES_N=lanes_n, WARPS=cfg.num_warps, WARPS_K=warps_k,
-                           PREFETCH=cfg.num_stages >= 2, X_VEC=x_vec), cfg.num_warps, 1)
+                           PREFETCH=cfg.num_stages >= 2, X_VEC=x_vec, PRMT=fmt >= 2 and e2m1_prmt()),
+                      cfg.num_warps, 1)
     return out
