@@ -13,14 +13,7 @@
 #   4. bench_wo at 2 and 4 rows (int4, mxfp4) twice: the default kernels, then the GEMV for them
 #      (QUANTC_WO_GEMV_MAX_M=4, a program per row).
 set -u
-: "${OUT:?export OUT first}"
-run() {  # name, time limit (s), command...
-    local name=$1 limit=$2
-    shift 2
-    mkdir -p "$OUT/$name"
-    echo "== $name"
-    OUT="$OUT/$name" timeout "$limit" "$@" 2>&1 | grep -v '^{' | tail -25
-}
+source "$(dirname "$0")/device_steps.sh"  # run NAME LIMIT COMMAND...
 run bench_wo 110 env BENCH_MS=1 BENCH_CAP_S=90 python3 bench/bench_wo.py
 run wo_probe_wide 90 env PROBE_SHAPES=28672x4096,24576x7168 PROBE_FMTS=int4_group_128,mxfp4,nvfp4 PROBE_MS=1 \
     PROBE_KERNELS=gemv PROBE_GEMV_STAGES=2 PROBE_GEMV_TILES=4x4x4,8x2x4,4x4x1x4,8x2x1x4 PROBE_GEMV_SPLITS=1 \

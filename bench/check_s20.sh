@@ -10,14 +10,7 @@
 #      correctness pass runs the GEMV first;
 #   3. bench_moe at 1 and 16 tokens: the MoE GEMV on by default at decode, the grouped GEMM beside it.
 set -u
-: "${OUT:?export OUT first}"
-run() {  # name, time limit (s), command...
-    local name=$1 limit=$2
-    shift 2
-    mkdir -p "$OUT/$name"
-    echo "== $name"
-    OUT="$OUT/$name" timeout "$limit" "$@" 2>&1 | grep -v '^{' | tail -25
-}
+source "$(dirname "$0")/device_steps.sh"  # run NAME LIMIT COMMAND...
 run bench_wo_m1 100 env BENCH_MS=1 BENCH_CAP_S=80 python3 bench/bench_wo.py
 run bench_wo_m234 125 env BENCH_MS=2,3,4 BENCH_CAP_S=110 python3 bench/bench_wo.py
 run bench_wo_m234_gemv 90 env QUANTC_WO_GEMV_MAX_M=4 BENCH_MS=2,3,4 BENCH_CAP_S=70 python3 bench/bench_wo.py

@@ -8,14 +8,7 @@
 #   2. bench_wo at 2 rows, all formats: the several-row GEMV as the default there;
 #   3. bench_e2e w4a16 and mxfp4 on the three models, with the MoE GEMV and without it (QUANTC_MOE_GEMV=0).
 set -u
-: "${OUT:?export OUT first}"
-run() {  # name, time limit (s), command...
-    local name=$1 limit=$2
-    shift 2
-    mkdir -p "$OUT/$name"
-    echo "== $name"
-    OUT="$OUT/$name" timeout "$limit" "$@" 2>&1 | grep -v '^{' | tail -25
-}
+source "$(dirname "$0")/device_steps.sh"  # run NAME LIMIT COMMAND...
 run bench_moe 190 env BENCH_TOKENS=1,16 BENCH_CAP_S=170 python3 bench/bench_moe.py
 run bench_wo_m2 60 env BENCH_MS=2 BENCH_CAP_S=45 python3 bench/bench_wo.py
 run e2e_moe_gemv 120 python3 bench/bench_e2e.py run --plans .out/e2e_plans --out "$OUT/e2e_moe_gemv/e2e_h100.json" \

@@ -11,14 +11,7 @@
 #      programs at 64 / 128 rows and the permuting dequant at 512;
 #   3. bench_moe at 1 and 16 tokens: the MoE GEMV columns now include gpt-oss (K = 2880 at 64-deep steps, forced).
 set -u
-: "${OUT:?export OUT first}"
-run() {  # name, time limit (s), command...
-    local name=$1 limit=$2
-    shift 2
-    mkdir -p "$OUT/$name"
-    echo "== $name"
-    OUT="$OUT/$name" timeout "$limit" "$@" 2>&1 | grep -v '^{' | tail -25
-}
+source "$(dirname "$0")/device_steps.sh"  # run NAME LIMIT COMMAND...
 run bench_wo_m12 100 env BENCH_MS=1,2 BENCH_CAP_S=85 python3 bench/bench_wo.py
 run bench_wo_fp4_prmt 60 env QUANTC_E2M1_DECODE=prmt BENCH_MS=1 BENCH_FORMATS=mxfp4,nvfp4 BENCH_CAP_S=45 \
     python3 bench/bench_wo.py

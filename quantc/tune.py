@@ -13,7 +13,7 @@ the other fields only, at the BLOCK_M gate_up's row uses for that bucket.
 
 Search spaces (``SPACES``): ``full``, the grids of ``search_space`` / ``moe_search_space`` (hundreds of
 compiles a job; dense decode jobs of at most four rows add the CUDA-core GEMV's grid, ``gemv_space``; 4-bit
-weight-only jobs of one row on sm_90 measure one candidate: the runtime's 4-bit GEMV ignores the table there);
+weight-only jobs of one or two rows on sm_90 measure one candidate: the runtime's 4-bit GEMV ignores the table there);
 ``small``, a handful, for tests and the CPU interpreter; ``seeded`` (``seeded_space``), transfer from
 tables already tuned on other shapes. A seeded job's candidates are the configs that won for the same
 kernel id in the given tables (by default the shipped ``kernels/`` tables, the target

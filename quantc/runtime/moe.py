@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .kernels import moe_gemm as mg
 from .kernels import wo_format as wf
 from .kernels import wo_gemv
-from .kernels.common import cc_major, env, interpreted, smem_optin
+from .kernels.common import env, on_sm90, smem_optin
 from .kernels.moe_routing import ROUTERS, align_by_expert
 from .kernels.wo_gemm import WoConfig
 from .kernels.wo_gemv import gemv_config, gemv_weight_ok, grid_sms
@@ -55,9 +55,7 @@ def uses_moe_gemv(w13: wf.WoWeight, w2: wf.WoWeight, num_pairs: int) -> bool:
         return False
     if switch == "1":
         return True
-    device = w13.data.device
-    return (device.type == "cuda" and not interpreted() and cc_major(device) == 9
-            and num_pairs <= w13.data.shape[0])
+    return on_sm90(w13.data.device) and num_pairs <= w13.data.shape[0]
 
 
 def default_config(tokens: int, top_k: int, kernel: str = "moe_bf16") -> WoConfig:

@@ -314,6 +314,7 @@ def test_moe_gemv_takes_widths_of_64_only_when_forced(wkey, monkeypatch):
     """Expert widths that are multiples of 64 but not 128 (gpt-oss's 2880; 192 here) run the GEMV at 64-deep steps
     only under QUANTC_MOE_GEMV=1 (untimed), with the expert loop's answer; the default keeps the grouped GEMM."""
     from quantc.runtime import moe as moe_mod
+    from quantc.runtime.kernels import common as kcommon
     from quantc.runtime.kernels import wo_gemv
 
     h, inter = 192, 192
@@ -322,11 +323,12 @@ def test_moe_gemv_takes_widths_of_64_only_when_forced(wkey, monkeypatch):
     w2 = wf.quantize(torch.randn(E, h, inter) * 0.1, wkey)
     assert wo_gemv.gemv_config(TOPK * 2 * inter, h, 132, grouped=True)[0].block_k == 64
     monkeypatch.delenv("QUANTC_MOE_GEMV", raising=False)
-    monkeypatch.setattr(moe_mod, "interpreted", lambda: False)
-    monkeypatch.setattr(moe_mod, "cc_major", lambda device: 9)
     fake = SimpleNamespace(pack=8, k=h, row_block=1, fmt=w13.fmt, sfmt=w13.sfmt, group=w13.group, scale=w13.scale,
                            data=SimpleNamespace(device=SimpleNamespace(type="cuda"), shape=w13.data.shape))
-    assert not moe_mod.uses_moe_gemv(fake, w2, 2)  # K % 128: not by default
+    with monkeypatch.context() as gpu:  # a faked sm_90 GPU for the policy alone (the layer below launches kernels)
+        gpu.setattr(kcommon, "interpreted", lambda: False)
+        gpu.setattr(kcommon, "cc_major", lambda device: 9)
+        assert not moe_mod.uses_moe_gemv(fake, w2, 2)  # K % 128: not by default
     monkeypatch.setenv("QUANTC_MOE_GEMV", "1")
     assert moe_mod.uses_moe_gemv(w13, w2, 2)
     calls = []
@@ -346,20 +348,21 @@ def test_moe_gemv_default_takes_decode_on_hopper_only(monkeypatch):
     """Unforced, the grouped GEMV takes 4-bit experts on an sm_90 GPU while the pairs are no more than the experts
     (and under the pair cap), not elsewhere: the GPU checks are faked on CPU tensors."""
     from quantc.runtime import moe as moe_mod
+    from quantc.runtime.kernels import common as kcommon
 
     monkeypatch.delenv("QUANTC_MOE_GEMV", raising=False)
     w13 = wf.quantize(torch.randn(E, 2 * I, H) * 0.1, "int4_group_128")
     w2 = wf.quantize(torch.randn(E, H, I) * 0.1, "int4_group_128")
     assert not moe_mod.uses_moe_gemv(w13, w2, 1)  # a CPU tensor
     fake = SimpleNamespace(type="cuda")
-    monkeypatch.setattr(moe_mod, "interpreted", lambda: False)
+    monkeypatch.setattr(kcommon, "interpreted", lambda: False)
     for major, pairs, want in ((9, E, True), (9, E + 1, False), (8, 1, False), (10, 1, False)):
-        monkeypatch.setattr(moe_mod, "cc_major", lambda device, m=major: m)
+        monkeypatch.setattr(kcommon, "cc_major", lambda device, m=major: m)
         stack = SimpleNamespace(pack=8, data=SimpleNamespace(device=fake, shape=w13.data.shape))  # E experts
         monkeypatch.setattr(moe_mod, "gemv_weight_ok", lambda w, k_multiple=128: True)
         assert moe_mod.uses_moe_gemv(stack, w2, pairs) is want, (major, pairs)
     monkeypatch.setenv("QUANTC_MOE_GEMV_MAX_PAIRS", "0")
-    monkeypatch.setattr(moe_mod, "cc_major", lambda device: 9)
+    monkeypatch.setattr(kcommon, "cc_major", lambda device: 9)
     assert not moe_mod.uses_moe_gemv(stack, w2, 1)
 
 

@@ -221,6 +221,11 @@ def smem_optin(device: torch.device) -> int:
     return _SMEM_OPTIN[device]
 
 
+def on_sm90(device: torch.device) -> bool:
+    """Whether kernels run compiled for an sm_90 (Hopper) GPU here: a CUDA device, not the interpreter."""
+    return device.type == "cuda" and not interpreted() and cc_major(device) == 9
+
+
 def cc_major(device: torch.device) -> int:
     """The GPU's compute-capability major version (9: Hopper), queried once per device: the launchers'
     kernel policies ask on every call."""

@@ -53,7 +53,7 @@ from triton.experimental.gluon import language as gl
 
 from ...plan import KernelConfig
 from . import common
-from .common import cc_major, cdiv, env, sm_count
+from .common import cdiv, env, sm_count
 from .half2_ptx import (DOT_HALF2, E2M1_UNSCALE, X_EXP_E2M1, X_EXP_INT4, e2m1_prmt, gl_bf16_pair, gl_decode, gl_pack,
                         gl_word_dot, half_of, pack_half2)
 from .nibble_decode import e2m1_to_f32
@@ -469,7 +469,7 @@ def uses_gemv(x2: torch.Tensor, w) -> bool:
     forced = env("QUANTC_WO_GEMV_MIN_N")
     if forced is not None:
         return w.n >= int(forced)
-    return x2.device.type == "cuda" and not common.interpreted() and cc_major(x2.device) == 9
+    return common.on_sm90(x2.device)
 
 
 def gemv_config(n: int, k: int, sms: int, grouped: bool = False) -> tuple[KernelConfig, int]:

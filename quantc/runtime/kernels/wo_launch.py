@@ -37,19 +37,21 @@ def prepare(tensors: dict, weight_key: str, n: int, k: int) -> dict[str, torch.T
     key_meta(weight_key)
     w = wf.from_tensors(weight_key, tensors, n, k)
     mode = common.env("QUANTC_WO_FRAG")
+    frag = None
     if mode in ("1", "both"):
         from .wo_frag import frag_ok, frag_pack
 
-        if frag_ok(w) and mode == "1":
-            out = {"data": frag_pack(w).data, "scale": w.scale}
-            return out if w.zeros is None else {**out, "zeros": w.zeros}
+        frag = frag_pack(w).data if frag_ok(w) else None
+    if frag is not None and mode == "1":
+        out = {"data": frag, "scale": w.scale}
+        return out if w.zeros is None else {**out, "zeros": w.zeros}
     out = {"data": w.data, "scale": w.scale}
     if w.zeros is not None:
         out["zeros"] = w.zeros
     if w.global_scale is not None:
         out["global_scale"] = w.global_scale
-    if mode == "both" and frag_ok(w):
-        out["frag"] = frag_pack(w).data
+    if frag is not None:
+        out["frag"] = frag
     return out
 
 
@@ -85,26 +87,32 @@ def uses_frag_gemv(x, fw) -> bool:
     switch = common.env("QUANTC_WO_FRAG_GEMV")
     if switch == "0" or not frag_gemv_ok(x, fw):
         return False
-    return switch == "1" or (x.device.type == "cuda" and not common.interpreted() and common.cc_major(x.device) == 9)
+    return switch == "1" or common.on_sm90(x.device)
+
+
+def _frag_split(n: int, k: int, m: int, device) -> int:
+    """``wo_frag``'s split-K: twice ``wo_gemm._split`` for one 64-row token tile (the probe's best at 6 of 7 shapes:
+    wo_frag's module doc), shared among the M rows' token tiles."""
+    from . import wo_gemm
+    from .wo_frag import frag_tokens
+    from .wo_gemv import grid_sms
+
+    return max(1, 2 * wo_gemm._split(n, k, 64, 64, grid_sms(device)) // common.cdiv(m, frag_tokens(m)))
 
 
 def _run_frag_only(x, fw):
     """Every M from the fragment-order words: one row on ``wo_frag_gemv`` (``uses_frag_gemv``); the dequantized
     weight through cuBLAS where the plane layout takes that path too (``wo_dequant.uses_dequant``: from 256 rows on
     a GPU); else ``launch_frag`` in token tiles at twice ``wo_gemm._split`` for one tile, shared among them."""
-    from . import wo_gemm
     from .wo_dequant import uses_dequant
-    from .wo_frag import frag_dequant_bf16, frag_tokens, launch_frag
+    from .wo_frag import frag_dequant_bf16, launch_frag
     from .wo_frag_gemv import launch_frag_gemv
-    from .wo_gemv import grid_sms
 
-    m = x.shape[0]
     if uses_frag_gemv(x, fw):
         return launch_frag_gemv(x, fw)
-    if uses_dequant(m, x.device):
+    if uses_dequant(x.shape[0], x.device):
         return common.torch_op(torch.matmul, x, frag_dequant_bf16(fw).T)
-    split = max(1, 2 * wo_gemm._split(fw.n, fw.k, 64, 64, grid_sms(x.device)) // common.cdiv(m, frag_tokens(m)))
-    return launch_frag(x, fw, split_k=split)
+    return launch_frag(x, fw, split_k=_frag_split(fw.n, fw.k, x.shape[0], x.device))
 
 
 def run(x, buffers, config, weight_key, act_key, bias):
@@ -117,11 +125,9 @@ def run(x, buffers, config, weight_key, act_key, bias):
     w, frag = rebuild(buffers, weight_key)
     if frag is not None and 2 <= x.shape[0] <= 16 and act_key != "mxfp8":
         from .wo_frag import FragWeight, launch_frag
-        from .wo_gemv import grid_sms
 
-        # 64 rows a program, twice wo_gemm's split (the probe's best at 6 of 7 shapes: wo_frag's module doc)
         out = launch_frag(x, FragWeight(w.n, w.k, frag, w.scale, w.group, w.zeros),
-                          split_k=2 * wo_gemm._split(w.n, w.k, 64, 64, grid_sms(x.device)))
+                          split_k=_frag_split(w.n, w.k, x.shape[0], x.device))
     else:
         cfg = config or wo_gemm.default_config(x.shape[0], w.n, w.k, int4=w.fmt == wf.INT4)  # a KernelConfig
         out = (wo_mx.launch if act_key == "mxfp8" else wo_gemm.launch)(x, w, cfg)
