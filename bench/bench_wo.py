@@ -42,6 +42,7 @@ from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime.kernels import wo_format as wf  # noqa: E402
 from quantc.runtime.kernels import wo_gemm as wg  # noqa: E402
 from quantc.runtime.kernels.wo_gemv import GEMV_ROWS_MAX, gemv_config, uses_gemv  # noqa: E402
+from quantc.runtime.kernels.wo_plane_mma import plane_mma_split, plane_mma_sub, uses_plane_mma  # noqa: E402
 from bench import peers_gemlite as PG  # noqa: E402
 from bench.bandwidth import copy_gbps  # noqa: E402
 from bench import wo_summary  # noqa: E402
@@ -182,8 +183,10 @@ def bench_shapes():
                 row["gemlite_us"] = rotated_us(lambda i: gemlite[i].module(x), len(gemlite))
             for key, ws in ours.items():
                 best = None
-                gemv = uses_gemv(x, ws[0])  # the GEMV takes its own config: time it once
-                for cfg in candidates(m, n, k, key)[:1] if gemv else candidates(m, n, k, key):
+                pmma = uses_plane_mma(x, ws[0])
+                gemv = not pmma and uses_gemv(x, ws[0])
+                own = gemv or pmma  # the GEMV and the plane-layout MMA take their own configs: time them once
+                for cfg in candidates(m, n, k, key)[:1] if own else candidates(m, n, k, key):
                     t = rotated_us(lambda i: wg.launch(x, ws[i], cfg), len(ws))
                     if t is not None and (best is None or t < best[0]):
                         best = (t, cfg)
@@ -191,12 +194,16 @@ def bench_shapes():
                     continue
                 t, cfg = best
                 dflt = wg.default_config(m, n, k, SMS, int4=key.startswith("int4"))
-                dflt_us = t if dflt == cfg or gemv else rotated_us(lambda i: wg.launch(x, ws[i], dflt), len(ws))
+                dflt_us = t if dflt == cfg or own else rotated_us(lambda i: wg.launch(x, ws[i], dflt), len(ws))
                 if gemv:  # its config as launched; block_m reports the warps along K
                     cfg, warps_k = gemv_config(n if m <= GEMV_ROWS_MAX else m * n, k, SMS)
                     cfg = dflt = replace(cfg, block_m=warps_k)
+                if pmma:  # 4 warps of 16 rows, num_stages reports the 128-deep steps an iteration
+                    cfg = dflt = C(16, 64, 128, num_warps=4, num_stages=plane_mma_sub(k),
+                                          split_k=plane_mma_split(n, k, m, SMS))
                 nbytes = ws[0].nbytes()
-                kernel = "gemv" if gemv else "planes" if wg.uses_planes(m, ws[0].fmt, k) else "mma4"
+                kernel = ("plane_mma" if pmma else "gemv" if gemv else "planes" if wg.uses_planes(m, ws[0].fmt, k)
+                          else "mma4")
                 row[key] = {"us": t, "kernel": kernel,
                             "cfg": [cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages,
                                     cfg.split_k],

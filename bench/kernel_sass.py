@@ -15,6 +15,8 @@ per thread, integer-pipe share, tensor-core instructions, and "smem" when the ti
     BIAS_FOLD=0 python bench/kernel_sass.py --kernel planes ... # int4 with the per-element bias FMAs
     python bench/kernel_sass.py --kernel frag --fmt int4 int4_asym --bk 64 128 --warps 4   # wo_frag (bk: 64 x sub-steps)
     python bench/kernel_sass.py --kernel gemv --fmt int4 --tiles 4x4x4x4   # wo_gemv (ROWSxLANES_NxWARPSxWARPS_K)
+    XR=2 python bench/kernel_sass.py --kernel gemv ...                 # the several-row GEMV, 2 rows a program
+    python bench/kernel_sass.py --kernel pmma --fmt int4 int4_asym --tiles 4x8 4x16  # wo_plane_mma (WARPSxTOKENS)
     python bench/kernel_sass.py --kernel fgemv --fmt int4 --tiles 1x4x1x4  # wo_frag_gemv (RTxRSxWARPS_TxWARPS_S)
     python bench/kernel_sass.py --kernel persistent ...          # the persistent planes variant (its
                                                                  # flattened loop also counts the epilogue)
@@ -49,7 +51,8 @@ from quantc.runtime.kernels import wo_mma4, wo_planes  # noqa: E402
 KERNEL = "mma4"  # --kernel
 TOKENS = int(os.environ.get("TOKENS", "16"))  # frag: tokens a program (16, 32, 64)
 ONE_ROW = os.environ.get("ONE_ROW") == "1"  # planes kernel at M = 1
-BIAS_FOLD = os.environ.get("BIAS_FOLD", "1") == "1"  # planes kernel: int4 bias off the fp32 sums (0: per element)
+BIAS_FOLD = os.environ.get("BIAS_FOLD", "1") == "1"
+XR = int(os.environ.get("XR", "1"))  # gemv: activation rows a program (> 1: the several-row kernel)  # planes kernel: int4 bias off the fp32 sums (0: per element)
 
 SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*bf16",
        "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
@@ -86,7 +89,16 @@ def compile_gemv(fmt: str, tile: tuple[int, ...], split: int):
     from quantc.runtime.kernels import wo_frag_gemv, wo_gemv
 
     f, sfmt, group, zero, sdt, glob = FORMATS[fmt]
-    if KERNEL == "fgemv":
+    if KERNEL == "pmma":  # tile: WARPSxTOKENS, int4 only
+        from quantc.runtime.kernels import wo_plane_mma
+
+        warps, tok = tile
+        sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "out_ptr": "*bf16",
+               "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
+               "stride_wn": "i32", "stride_sn": "i32", "M_TILES": "i32"}
+        ce = dict(GROUP=group, HAS_ZERO=zero, WARPS=warps, SPLIT_K=split, TOK=tok)
+        fn, elems = wo_plane_mma._plane_mma_kernel, 64  # a lane's 8 words a 128-deep step
+    elif KERNEL == "fgemv":
         rt, rs, wt, ws = tile
         sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "out_ptr": "*bf16",
                "ws_ptr": "*fp32", "cnt_ptr": "*i32", "N": "i32", "K": "i32", "stride_sn": "i32"}
@@ -100,9 +112,20 @@ def compile_gemv(fmt: str, tile: tuple[int, ...], split: int):
                "stride_se": "i32", "M": "i32"}
         ce = dict(GROUP=group, HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split, WARPS=warps, WARPS_K=warps_k,
                   PREFETCH=True, FMT={1: 1, 2: 2}[f] if fmt != "nvfp4" else 3, HAS_GLOBAL=glob, X_VEC=True,
-                  GROUPED=False, PRMT=f == 2 and os.environ.get("QUANTC_E2M1_DECODE") == "prmt")
+                  GROUPED=False, PRMT=f == 2 and os.environ.get("QUANTC_E2M1_DECODE") != "shifts")
         fn, elems = wo_gemv._wo_gemv_gluon_kernel, rows * 32
+        if XR > 1:  # the several-row kernel: its own signature, no prefetch / X_VEC / GROUPED switches
+            sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": sdt, "z_ptr": "*u8", "gs_ptr": "*fp32",
+                   "out_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32",
+                   "stride_wn": "i32", "stride_sn": "i32", "stride_xm": "i32"}
+            for name in ("PREFETCH", "X_VEC", "GROUPED"):
+                ce.pop(name)
+            ce["XR"] = XR
+            fn = wo_gemv._wo_gemv_rows_gluon_kernel
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig) if name in ("x_ptr", "w_ptr", "K")}
+    if KERNEL == "pmma":  # its row and activation strides 16-aligned too, as Triton specializes them at a launch
+        warps = tile[0]
+        attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig) if name not in ("M", "N", "M_TILES")}
     c = triton.compile(GluonASTSource(fn, dict(sig, **{k: "constexpr" for k in ce}), ce, attrs),
                        target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
     return c, elems, warps
@@ -194,13 +217,13 @@ def main() -> None:
     p.add_argument("--warps", nargs="+", type=int, default=[4])
     p.add_argument("--stages", nargs="+", type=int, default=[3])
     p.add_argument("--split", type=int, default=1)
-    p.add_argument("--kernel", choices=("mma4", "planes", "persistent", "frag", "gemv", "fgemv"), default="mma4")
+    p.add_argument("--kernel", choices=("mma4", "planes", "persistent", "frag", "gemv", "fgemv", "pmma"), default="mma4")
     p.add_argument("--tiles", nargs="+", default=["4x4x4x4", "8x2x4x4"],
-                   help="gemv: ROWSxLANES_NxWARPSxWARPS_K; fgemv: RTxRSxWARPS_TxWARPS_S")
+                   help="gemv: ROWSxLANES_NxWARPSxWARPS_K; fgemv: RTxRSxWARPS_TxWARPS_S; pmma: WARPSxTOKENS")
     a = p.parse_args()
     global KERNEL
     KERNEL = a.kernel
-    if KERNEL in ("gemv", "fgemv"):
+    if KERNEL in ("gemv", "fgemv", "pmma"):
         for fmt, tile in itertools.product(a.fmt, a.tiles):
             print(report_gemv(fmt, tuple(int(v) for v in tile.split("x")), a.split), flush=True)
         return

@@ -18,6 +18,26 @@ FAMILIES = {
 }
 
 
+# Rows of a dense 4-bit weight-only layer that an sm_90 GPU runs at a config of the runtime's own, whatever the
+# layer's table says (explain and tune read these; the runtime's policies use the same numbers): the CUDA-core GEMV
+# (runtime/kernels/wo_gemv.py) up to GEMV_ROWS with K a multiple of 128; int4 in groups of a multiple of 128 on the
+# natural layout's MMA kernel (runtime/kernels/wo_plane_mma.py) from 2 rows up to PLANE_MMA_ROWS, PLANE_MMA_ROWS_ZERO
+# with zero points (whose per-element subtraction the plane kernel pays).
+GEMV_ROWS = 2
+PLANE_MMA_ROWS = 8
+PLANE_MMA_ROWS_ZERO = 16
+
+
+def own_config_rows(weight_key: str, k: int) -> int:
+    """Up to how many rows a dense 4-bit weight-only layer of ``weight_key`` and reduction size ``k`` runs at the
+    runtime's own config on sm_90 (0: none)."""
+    if k % 128:
+        return 0
+    if weight_key.startswith("int4_group_") and int(weight_key.split("_")[2]) % 128 == 0:
+        return PLANE_MMA_ROWS_ZERO if weight_key.endswith("_asym") else PLANE_MMA_ROWS
+    return GEMV_ROWS
+
+
 @dataclass(frozen=True)
 class KernelSpec:
     id: str

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from .diagnostics import Diagnostic
+from .kernel_specs import own_config_rows
 from .patterns import name_shape
 from .plan import Plan, compress_same_shape
 
@@ -125,8 +126,8 @@ def render_plan_text(data: dict, width: int = 260) -> str:
 # --- explain -------------------------------------------------------------------------------------
 
 
-# 4-bit weight-only kernel ids whose one- and two-row calls the runtime hands to its GEMV on sm_90
-# (wo_gemv.uses_gemv, GEMV_ROWS_MAX), whatever their table row says
+# 4-bit weight-only kernel ids whose decode calls the runtime runs at configs of its own on sm_90 (the GEMV, int4's
+# natural-layout MMA kernel: kernel_specs.own_config_rows), whatever their table row says
 _GEMV_KERNELS = ("int4_weight_only_gemm", "fp4_weight_only_gemm")
 
 
@@ -165,12 +166,16 @@ def explain_data(result, module_name: str) -> dict | None:
         e = lookup(lw.tables, lw.fallback_tables, d.kernel, d.n_rank, d.k_rank, d.kernel_entry, lw.gpu.name,
                    smem_fit(lw.gpu, d.kernel, d.weight, d.activation))
         entry = {"id": e.id, "source": e.source, "buckets": [{"m_max": m, **cfg.__dict__} for m, cfg in e.buckets]}
-    if entry is not None and d.kernel in _GEMV_KERNELS and lw.gpu.sm == 90 and d.k_rank % 128 == 0:
-        entry["one_row"] = "the runtime's CUDA-core GEMV (runtime/kernels/wo_gemv.py) at a config of its own"
-    # MoE 4-bit experts at decode on sm_90 (runtime/moe.py uses_moe_gemv: every expert on the rank, K % 128; the
+    rows = own_config_rows(d.weight, d.k_rank) if d.kernel in _GEMV_KERNELS else 0
+    if entry is not None and rows and lw.gpu.sm == 90:
+        gemv = "the runtime's CUDA-core GEMV (runtime/kernels/wo_gemv.py)"
+        entry["one_row"] = (f"one or two rows on this GPU run {gemv} at a config of its own" if rows <= 2 else
+                            f"one row on this GPU runs {gemv} and 2-{rows} rows the natural layout's MMA kernel "
+                            "(runtime/kernels/wo_plane_mma.py), each at a config of its own")
+    # MoE 4-bit experts at decode on sm_90 (runtime/moe.py uses_moe_gemv: every expert on the rank, K % 64; the
     # id's 8-bit weights keep the grouped GEMM)
     four_bit = d.weight.startswith("int4_") or d.weight in ("mxfp4", "nvfp4")
-    if (entry is not None and d.kernel == "moe_weight_only" and four_bit and lw.gpu.sm == 90 and d.k_rank % 128 == 0
+    if (entry is not None and d.kernel == "moe_weight_only" and four_bit and lw.gpu.sm == 90 and d.k_rank % 64 == 0
             and not lw.ep):
         entry["decode"] = ("the runtime's grouped CUDA-core GEMV (runtime/kernels/wo_gemv.py) while the (token, "
                            "expert) pairs are no more than the experts")
@@ -259,7 +264,7 @@ def render_explain_text(data: dict) -> str:
             lines.append(f"    M {prev + 1:>5}..{hi:<5} block {b['block_m']}x{b['block_n']}x{b['block_k']} "
                          f"warps {b['num_warps']} stages {b['num_stages']} group_m {b['group_m']} split_k {b['split_k']}")
             if prev == 0 and kc.get("one_row"):
-                lines.append(f"      (one or two rows on this GPU run {kc['one_row']})")
+                lines.append(f"      ({kc['one_row']})")
             if prev == 0 and kc.get("decode"):
                 lines.append(f"      (decode on this GPU runs {kc['decode']})")
             prev = b["m_max"]

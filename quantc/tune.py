@@ -13,7 +13,8 @@ the other fields only, at the BLOCK_M gate_up's row uses for that bucket.
 
 Search spaces (``SPACES``): ``full``, the grids of ``search_space`` / ``moe_search_space`` (hundreds of
 compiles a job; dense decode jobs of at most four rows add the CUDA-core GEMV's grid, ``gemv_space``; 4-bit
-weight-only jobs of one or two rows on sm_90 measure one candidate: the runtime's 4-bit GEMV ignores the table there);
+weight-only decode jobs on sm_90 where the runtime runs configs of its own, one or two rows (its GEMV) and int4 g128 up
+to 8 rows (16 with zero points: its natural-layout MMA kernel), measure one candidate: nothing reads the table there);
 ``small``, a handful, for tests and the CPU interpreter; ``seeded`` (``seeded_space``), transfer from
 tables already tuned on other shapes. A seeded job's candidates are the configs that won for the same
 kernel id in the given tables (by default the shipped ``kernels/`` tables, the target
@@ -47,7 +48,7 @@ from pathlib import Path
 
 from .emit import CONFIG_FIELDS, TABLE_FORMAT, data_dir, element_bytes, shape_distance, tile_smem_bytes
 from .gpus import Gpu
-from .kernel_specs import KERNELS_BY_ID
+from .kernel_specs import KERNELS_BY_ID, own_config_rows
 from .keys import ACTIVATION_KEYS, WEIGHT_KEYS
 from .plan import M_MAX_LAST, KernelConfig, Plan, write_atomic
 
@@ -336,9 +337,12 @@ def _decode_4bit(job: TuneJob) -> bool:
 
 
 def _runtime_gemv(job: TuneJob, gpu: Gpu) -> bool:
-    """4-bit weight-only at one or two rows on sm_90: the runtime runs its CUDA-core GEMV at a config of its own
-    (``runtime/kernels/wo_gemv.py``, ``gemv_config``; GEMV_ROWS_MAX rows), whatever the table says."""
-    return job.kernel in DECODE_4BIT and job.m_max <= 2 and gpu.sm == 90 and not job.num_experts
+    """4-bit weight-only decode on sm_90 where the runtime runs a config of its own, whatever the table says
+    (``kernel_specs.own_config_rows``): one or two rows on its CUDA-core GEMV (``runtime/kernels/wo_gemv.py``),
+    int4 in groups of 128 up to 8 rows (16 with zero points) on the natural layout's MMA kernel
+    (``runtime/kernels/wo_plane_mma.py``)."""
+    return (job.kernel in DECODE_4BIT and gpu.sm == 90 and not job.num_experts
+            and job.m_max <= own_config_rows(job.weight_key, job.k))
 
 
 def _dense_ok(job: TuneJob, gpu: Gpu, cfg: KernelConfig) -> bool:

@@ -40,20 +40,26 @@ def test_unquantized_module_has_no_variants(tmp_path):
 
 
 def test_one_row_4bit_configs_say_the_gemv_takes_them_on_sm90(tmp_path):
-    """On sm_90 the runtime runs a 4-bit weight-only layer's one-row calls on its CUDA-core GEMV, whatever the
-    table's first bucket says: explain says so under that bucket; other GPUs, and K the GEMV refuses, do not."""
-    note = "(one or two rows on this GPU run the runtime's CUDA-core GEMV"
-    for gpu, key, model, module, shown in [
-        ("h100", "w4a16", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", True),
-        ("h200", "mxfp4", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", True),
-        ("a100", "w4a16", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", False),
-        ("h100", "fp8_per_channel", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", False),
+    """On sm_90 the runtime runs a 4-bit weight-only layer's one-row calls on its CUDA-core GEMV, and int4 g128's
+    2-8 rows (16 with zero points) on the natural layout's MMA kernel, whatever the table's first bucket says:
+    explain says so under that bucket; other GPUs, and K the GEMV refuses, do not."""
+    gemv = "(one or two rows on this GPU run the runtime's CUDA-core GEMV"
+    int4 = ("(one row on this GPU runs the runtime's CUDA-core GEMV (runtime/kernels/wo_gemv.py) and 2-{} rows the "
+            "natural layout's MMA kernel (runtime/kernels/wo_plane_mma.py)")
+    for gpu, key, model, module, note in [
+        ("h100", "w4a16", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", int4.format(8)),
+        ("h100", "{weight: int4_group_128_asym}", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj",
+         int4.format(16)),
+        ("h100", "{weight: int4_group_64}", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", gemv),
+        ("h200", "mxfp4", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", gemv),
+        ("a100", "w4a16", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", None),
+        ("h100", "fp8_per_channel", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", None),
     ]:
         data = _explain(tmp_path, f"quantc: 1\nlinear: {key}\n", model, module, gpu=gpu)
         text = render_explain_text(data)
-        assert (note in text) == shown, (gpu, key)
-        assert ("one_row" in data["kernel_config"]) == shown, (gpu, key)
-        if shown:  # right under the first bucket
+        assert ("one_row" in data["kernel_config"]) == (note is not None), (gpu, key)
+        assert (note is None and "on this GPU run" not in text) or note in text, (gpu, key, text)
+        if note:  # right under the first bucket
             lines = text.splitlines()
             first = next(i for i, line in enumerate(lines) if line.strip().startswith("M     1..1"))
             assert note in lines[first + 1]

@@ -41,17 +41,16 @@ _FIELDS = ("data", "scale", "zeros", "global_scale")
 
 def uses_moe_gemv(w13: wf.WoWeight, w2: wf.WoWeight, num_pairs: int) -> bool:
     """Whether 4-bit experts with bf16 activations run on the grouped GEMV (``wo_gemv.launch_moe_gemv``), where
-    both stacks suit it (K a multiple of 128: not gpt-oss's 2880): on an sm_90 GPU while the (token, expert)
-    pairs are no more than the experts (about one pair an expert, where each pair reading its expert's bytes
-    once is the least traffic: bench/results/moe_h100_s20_gemv.json, Qwen3-30B-A3B and DeepSeek-V3 at 1 and 16
-    tokens, 1.3-2x the grouped GEMM's layer). QUANTC_MOE_GEMV=1 takes every count up to
-    QUANTC_MOE_GEMV_MAX_PAIRS (default 256) on any device, the interpreter included, and expert widths that are
-    multiples of 64 only (gpt-oss's 2880: 64-deep steps, untimed); 0 turns it off."""
+    both stacks suit it (K a multiple of 64; gpt-oss's 2880 takes 64-deep steps): on an sm_90 GPU while the (token,
+    expert) pairs are no more than the experts (about one pair an expert, where each pair reading its expert's
+    bytes once is the least traffic: bench/results/moe_h100_s20_gemv.json, Qwen3-30B-A3B and DeepSeek-V3 at 1 and
+    16 tokens, 1.3-2x the grouped GEMM's layer; moe_h100_s21.json, gpt-oss-120b at 1 token, 83.7 -> 50.2 us).
+    QUANTC_MOE_GEMV=1 takes every count up to QUANTC_MOE_GEMV_MAX_PAIRS (default 256) on any device, the
+    interpreter included; 0 turns it off."""
     switch = env("QUANTC_MOE_GEMV")
     if switch == "0" or num_pairs > int(env("QUANTC_MOE_GEMV_MAX_PAIRS") or 256):
         return False
-    k_multiple = 64 if switch == "1" else 128
-    if not (w13.pack == 8 and w2.pack == 8 and gemv_weight_ok(w13, k_multiple) and gemv_weight_ok(w2, k_multiple)):
+    if not (w13.pack == 8 and w2.pack == 8 and gemv_weight_ok(w13, 64) and gemv_weight_ok(w2, 64)):
         return False
     if switch == "1":
         return True

@@ -436,7 +436,7 @@ out = []
 for zero, rows, lanes_n, split, prefetch, fmt, x_vec, warps_k, *grouped in json.loads(sys.argv[1]):
     ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split,
               WARPS=max(4, warps_k), WARPS_K=warps_k, PREFETCH=prefetch, FMT=fmt, HAS_GLOBAL=fmt == 3, X_VEC=x_vec,
-              GROUPED=bool(grouped), PRMT=fmt >= 2 and os.environ.get("QUANTC_E2M1_DECODE") == "prmt")
+              GROUPED=bool(grouped), PRMT=fmt >= 2 and os.environ.get("QUANTC_E2M1_DECODE") != "shifts")
     sig = dict(SIG, s_ptr={1: "*bf16", 2: "*u8", 3: "*fp8e4nv"}[fmt], **{k: "constexpr" for k in ce})
     c = triton.compile(GluonASTSource(wo_gemv._wo_gemv_gluon_kernel, sig, ce), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": max(4, warps_k)})
@@ -545,10 +545,11 @@ def test_several_row_gemv_compiles_for_hopper_decoding_each_word_once(e2m1):
 
 
 def test_prmt_decode_is_chosen_at_each_launch(monkeypatch):
-    """QUANTC_E2M1_DECODE=prmt takes the 11-instruction e2m1 decode: read at each launch and passed to the kernels as
-    a constexpr (its own binary: no cached kernel of the other decode is reused); unset, the measured one."""
+    """The 11-instruction e2m1 decode by default (4% faster at M = 1 on the H100); QUANTC_E2M1_DECODE=shifts takes the
+    older 15-instruction one. Read at each launch and passed to the kernels as a constexpr (its own binary: no
+    cached kernel of the other decode is reused)."""
     monkeypatch.delenv("QUANTC_E2M1_DECODE", raising=False)
-    assert not hp.e2m1_prmt()
+    assert hp.e2m1_prmt()
     monkeypatch.setenv("QUANTC_E2M1_DECODE", "prmt")
     assert hp.e2m1_prmt()
     monkeypatch.setenv("QUANTC_E2M1_DECODE", "shifts")

@@ -104,8 +104,9 @@ WORD_DOT_SYM = tl.constexpr(_word_dot_asm(_int4_decode(_SYM, "$1")))
 # codes with zero points: c0 = 1024 + z ($6) and c1 = -(64 + z) ($7), half2 bits made per chunk
 WORD_DOT_ZERO = tl.constexpr(_word_dot_asm(_int4_decode(("mov.b32 c0, $6;\nmov.b32 c1, $7;\n", "0x64006400",
                                                           "0x64006400"), "$1")))
-# e2m1: the 15-instruction decode (measured on the GPU) and the 11-instruction one (``e2m1_prmt``: opt-in until
-# the GPU has checked it, bench/check_s21.sh); the kernels pick one through a constexpr, so each has its own binary
+# e2m1: the 11-instruction decode (``e2m1_prmt``, the default: bench/results/wo_h100_s21_fp4_prmt.json, 4% faster
+# at M = 1 than the 15-instruction one at every shape) and the 15-instruction one (QUANTC_E2M1_DECODE=shifts); the
+# kernels pick one through a constexpr, so each has its own binary
 WORD_DOT_E2M1 = tl.constexpr(_word_dot_asm(subst(E2M1_SHIFTS_BODY, W="$1")))
 WORD_DOT_E2M1_PRMT = tl.constexpr(_word_dot_asm(subst(E2M1_PRMT_BODY, W="$1")))
 DECODE_SYM = tl.constexpr(_decode_asm(_int4_decode(_SYM, "$4")))
@@ -116,8 +117,9 @@ DECODE_E2M1_PRMT = tl.constexpr(_decode_asm(subst(E2M1_PRMT_BODY, W="$4")))
 
 
 def e2m1_prmt() -> bool:
-    """QUANTC_E2M1_DECODE=prmt: the launchers' choice of the e2m1 decode, read at each launch (a constexpr)."""
-    return os.environ.get("QUANTC_E2M1_DECODE") == "prmt"
+    """The launchers' choice of the e2m1 decode, read at each launch (a constexpr): the prmt one unless
+    QUANTC_E2M1_DECODE=shifts."""
+    return os.environ.get("QUANTC_E2M1_DECODE") != "shifts"
 # $0 fp32 out: the decoded half2 values $1..$4 times the packs $5..$8
 DOT_HALF2 = tl.constexpr("{\n" + _REGS + "".join(f"mov.b32 t{j}, ${j + 1};\n" for j in range(4))
                          + subst(_DOT, P0="$5", P1="$6", P2="$7", P3="$8", OUT="$0") + "}")

@@ -113,6 +113,18 @@ def frag_codes(fw: FragWeight) -> torch.Tensor:
 
 
 @triton.jit
+def twin_accumulate(total, c, xt, z_ptr, s_ptr, rows, n_mask, stride_sn, g, HAS_ZERO: tl.constexpr):
+    """``total`` plus one K step of the twins (this one's and ``wo_plane_mma``'s): codes ``c`` (rows, K) to exact
+    q = c - z (or the symmetric code), times the activation ``xt`` (K, tokens) in fp32, times the rows' scales."""
+    if HAS_ZERO:
+        q = c.to(tl.float32) - tl.load(z_ptr + rows * stride_sn + g, mask=n_mask, other=0).to(tl.float32)[:, None]
+    else:
+        q = ((c ^ 8) - 8).to(tl.float32)
+    part = tl.dot(q, xt)  # exact integers x bf16 values, fp32 sums
+    return total + part * tl.load(s_ptr + rows * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+
+
+@triton.jit
 def _frag_twin_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_sn, M_TILES,
     GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -140,16 +152,10 @@ def _frag_twin_kernel(
     total = tl.zeros((BLOCK_N, TOK), tl.float32)
     for s in range(s_start, s_end):
         words = tl.load(w_ptr + word_off + s * 128, mask=n_mask[:, None], other=0)
-        c = (words >> shift) & 15
-        g = (s * 64) // GROUP
-        if HAS_ZERO:
-            q = c.to(tl.float32) - tl.load(z_ptr + rows * stride_sn + g, mask=n_mask, other=0).to(tl.float32)[:, None]
-        else:
-            q = ((c ^ 8) - 8).to(tl.float32)
         xt = tl.load(x_ptr + toks[None, :] * stride_xm + s * 64 + kk[:, None], mask=(toks < M)[None, :],
                      other=0.0).to(tl.float32)  # (64, TOK)
-        part = tl.dot(q, xt)  # exact integers x bf16 values, fp32 sums
-        total += part * tl.load(s_ptr + rows * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+        total = twin_accumulate(total, (words >> shift) & 15, xt, z_ptr, s_ptr, rows, n_mask, stride_sn,
+                                (s * 64) // GROUP, HAS_ZERO)
     o_mask = n_mask[:, None] & (toks < M)[None, :]
     offs = toks[None, :] * N + rows[:, None]
     store_or_reduce(total, out_ptr + offs, ws_ptr + offs, o_mask, cnt_ptr + tl.program_id(0), SPLIT_K)
@@ -178,6 +184,30 @@ fma.rn.bf16x2 $3, $3, one, $6;
 FRAG_DECODE_SYM = gl.constexpr(_FRAG_DECODE.format(magic="0x43084308"))
 FRAG_DECODE_ZERO = gl.constexpr(_FRAG_DECODE.format(magic="0x43004300"))
 NEG_136_X2 = gl.constexpr(0xC308C308 - 2**32)  # bf16x2 (-136, -136) as a signed int32
+
+
+@gluon.jit
+def token_tile_ptrs(x_ptr, M, stride_xm, TOK: gl.constexpr, KL: gl.constexpr, WARPS: gl.constexpr):
+    """The activation pointers of a step as (token half nh, g, t, KL K): lane 4 g + t reads tokens 8 nh + g (past
+    M: the last token), K KL t .. KL t + KL - 1 of the step, every warp the same (this kernel's KL = 16,
+    ``wo_plane_mma``'s 32)."""
+    XL: gl.constexpr = gl.BlockedLayout([TOK // 8, 1, 1, KL], [1, 8, 4, 1], [1, 1, 1, WARPS], [3, 2, 1, 0])
+    NG: gl.constexpr = gl.SliceLayout(2, gl.SliceLayout(3, XL))  # (nh, g)
+    TK: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(0, XL))  # (t, K)
+    x_nh = gl.arange(0, TOK // 8, layout=gl.SliceLayout(1, NG))
+    x_g = gl.arange(0, 8, layout=gl.SliceLayout(0, NG))
+    x_t = gl.arange(0, 4, layout=gl.SliceLayout(1, TK))
+    x_k = gl.arange(0, KL, layout=gl.SliceLayout(0, TK))
+    tok4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(x_nh * 8, 1) + gl.expand_dims(x_g, 0), 2), 3)
+    k4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(x_t * KL, 1) + gl.expand_dims(x_k, 0), 0), 0)
+    return x_ptr + gl.minimum(tok4, M - 1) * stride_xm + k4  # (TOK / 8, 8, 4, KL)
+
+
+@gluon.jit
+def zero_addend(z_ptrs, mask):
+    """The bf16x2 (-(128 + z), -(128 + z)) of the zero points at ``z_ptrs`` as int32: the decode FMA's addend."""
+    z = gl.load(z_ptrs, mask=mask, other=0).to(gl.float32)
+    return ((-(z + 128.0)).to(gl.bfloat16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF) * 0x10001
 
 
 @gluon.jit
@@ -265,16 +295,7 @@ def _frag_kernel(
     row_mask = row_g < N
     # the activation of a step as (token half nh, g, t, 16 K): lane 4 g + t holds tokens g and 8 + g, K 16 t ..
     # 16 t + 15 of the step (the permuted order), every warp the same
-    XL: gl.constexpr = gl.BlockedLayout([TOK // 8, 1, 1, 16], [1, 8, 4, 1], [1, 1, 1, WARPS], [3, 2, 1, 0])
-    NG: gl.constexpr = gl.SliceLayout(2, gl.SliceLayout(3, XL))  # (nh, g)
-    TK: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(0, XL))  # (t, K)
-    x_nh = gl.arange(0, TOK // 8, layout=gl.SliceLayout(1, NG))
-    x_g = gl.arange(0, 8, layout=gl.SliceLayout(0, NG))
-    x_t = gl.arange(0, 4, layout=gl.SliceLayout(1, TK))
-    x_k = gl.arange(0, 16, layout=gl.SliceLayout(0, TK))
-    tok4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(x_nh * 8, 1) + gl.expand_dims(x_g, 0), 2), 3)
-    k4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(x_t * 16, 1) + gl.expand_dims(x_k, 0), 0), 0)
-    x_tile = x_ptr + gl.minimum(tok4, M - 1) * stride_xm + k4  # (TOK / 8, 8, 4, 16)
+    x_tile = token_tile_ptrs(x_ptr, M, stride_xm, TOK, 16, WARPS)
     rows = n_prog * (WARPS * 16) + gl.arange(0, WARPS * 16, layout=gl.SliceLayout(1, MMA))
     c_lo = gl.full([WARPS, 32], NEG_136_X2, gl.int32, W2)
     c_hi = c_lo
@@ -294,10 +315,8 @@ def _frag_kernel(
             w_nxt2 = gl.load(w_base + (nxt * SUB + 1) * 128, eviction_policy="evict_first")
         g = (s * SUB * 64) // GROUP
         if HAS_ZERO:  # -(128 + z) as bf16x2 for the lane's rows g and g + 8
-            z_lo = gl.load(z_ptr + row_g * stride_sn + g, mask=row_mask, other=0).to(gl.float32)
-            z_hi = gl.load(z_ptr + (row_g + 8) * stride_sn + g, mask=row_mask, other=0).to(gl.float32)
-            c_lo = ((-(z_lo + 128.0)).to(gl.bfloat16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF) * 0x10001
-            c_hi = ((-(z_hi + 128.0)).to(gl.bfloat16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF) * 0x10001
+            c_lo = zero_addend(z_ptr + row_g * stride_sn + g, row_mask)
+            c_hi = zero_addend(z_ptr + (row_g + 8) * stride_sn + g, row_mask)
         acc = gl.zeros([WARPS * 16, TOK], gl.float32, MMA)
         xs = gl.load(x_tile + s * SUB * 64)  # two 16-byte loads a token a lane
         acc = _frag_substep(acc, words, xs, c_lo, c_hi, HAS_ZERO, WARPS, W2, A_L, B_L, TOK)

@@ -27,6 +27,7 @@ from .wo_dequant import launch_dequant, uses_dequant
 from .wo_format import INT4, WoWeight, dequantize
 from .wo_gemv import GEMV_ROWS_MAX, gemv_config, grid_sms, launch_gemv, uses_gemv
 from .wo_mma4 import launch_mma4
+from .wo_plane_mma import launch_plane_mma, plane_mma_split, uses_plane_mma
 from .wo_planes import launch_planes
 
 
@@ -43,6 +44,8 @@ def uses_planes(m: int, fmt: int, k: int) -> bool:
 
 def _launch(x2, data, scale, zeros, gscale, fmt, sfmt, pack, group, row_block, n, cfg) -> torch.Tensor:
     w = WoWeight(fmt, n, x2.shape[1], data, scale, sfmt, group, row_block, zeros, gscale)
+    if uses_plane_mma(x2, w):  # int4 at 2-8 rows (16 with zero points) on sm_90: the natural layout's MMA kernel
+        return launch_plane_mma(x2, w, 4, plane_mma_split(n, x2.shape[1], x2.shape[0], grid_sms(x2.device)))
     if uses_gemv(x2, w):  # 4-bit decode on sm_90: the CUDA-core GEMV at its own config
         m = x2.shape[0]  # up to GEMV_ROWS_MAX rows share a program; more take a program each
         cfg, warps_k = gemv_config(n if m <= GEMV_ROWS_MAX else m * n, x2.shape[1], grid_sms(x2.device))

@@ -51,6 +51,7 @@ import triton.language as tl
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
+from ...kernel_specs import GEMV_ROWS
 from ...plan import KernelConfig
 from . import common
 from .common import cdiv, env, sm_count
@@ -450,7 +451,7 @@ WIDE_N = 16384  # weight rows from which the steps stay 1024-deep
 # activation rows one program takes (``_wo_gemv_rows_gluon_kernel``; more: a program a row): at 2 rows it beat the
 # plane kernels' geomean (bench/results/wo_h100_s20_m234_gemv.json against _m234.json, same call: int4 2.00x bf16
 # against 1.82x, mxfp4 1.73 against 1.58); 4 rows a program ran at 2.7x the one-row time, slower than them
-GEMV_ROWS_MAX = 2
+GEMV_ROWS_MAX = GEMV_ROWS  # (quantc.kernel_specs: explain and tune read it too)
 LONG_K = 8192  # K from which 8 warps share a step
 
 
@@ -550,7 +551,7 @@ def launch_gemv(x2: torch.Tensor, w, cfg, warps_k: int = 1) -> torch.Tensor:
     Gluon kernels on a GPU, their Triton twin under the interpreter. ``cfg``: block_n rows a program, block_k
     (``gemv_tile``), split_k, num_warps; num_stages >= 2 loads the next K step's words and activations before
     this step's products (the GPU kernel). ``warps_k``: the warps that share a K step (a split-K inside the
-    program, summed through shared memory). QUANTC_E2M1_DECODE=prmt: fp4's 11-instruction decode (untimed)."""
+    program, summed through shared memory). fp4 decodes in 11 instructions a word (QUANTC_E2M1_DECODE=shifts: the older 15)."""
     if not gemv_weight_ok(w) or x2.stride(1) != 1:
         raise ValueError("the 4-bit GEMV takes activation rows with unit stride, K a multiple of 128 and int4 codes in "
                          f"groups of a multiple of 32, mxfp4 or nvfp4; got K = {w.k}, format {w.fmt}, group {w.group}")

@@ -1,0 +1,94 @@
+"""int4 at small M on the tensor cores from the natural (plane) layout (``wo_plane_mma``) against what the layer's
+launcher runs today (``wo_launch.run``: the GEMVs at 1-2 rows, the plane kernel to 16, ...) and tinygemm, on a
+GPU, with weights rotated past L2 under CUDA graphs (bench_wo's timing). Per (shape, key, M): the kernel over
+warps x split-K (``wo_gemm._split``'s two waves times PROBE_SPLIT_MULT), each checked against the launcher first.
+
+    OUT=... python bench/plane_mma_probe.py   # env: PROBE_SHAPES ("28672x4096,..."; default bench_wo's seven),
+                                              #      PROBE_MS ("1,2,4,8,16,32,64"), PROBE_KEYS, PROBE_WARPS ("2,4"),
+                                              #      PROBE_SPLIT_MULT ("0.5,1,2"), PROBE_SUBS ("1,2": 128-deep
+                                              #      steps an iteration), PROBE_CAP_S (default 400)
+
+Writes $OUT/plane_mma_probe_<device>.json (after every shape).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from bench.bench_wo import SHAPES, n_copies, random_weight, rotated_us, tinygemm_copies, tinygemm_us  # noqa: E402
+from bench.timing import gpu_slug  # noqa: E402
+from quantc.runtime.kernels import wo_gemm, wo_launch  # noqa: E402
+from quantc.runtime.kernels import wo_plane_mma as pm  # noqa: E402
+from quantc.runtime.kernels.common import cdiv  # noqa: E402
+
+if os.environ.get("PROBE_SHAPES"):
+    SHAPES = [tuple(int(v) for v in s.split("x")) for s in os.environ["PROBE_SHAPES"].split(",")]
+MS = tuple(int(v) for v in os.environ.get("PROBE_MS", "1,2,4,8,16,32,64").split(","))
+KEYS = os.environ.get("PROBE_KEYS", "int4_group_128").split(",")
+WARPS = tuple(int(v) for v in os.environ.get("PROBE_WARPS", "2,4").split(","))
+SPLIT_MULT = tuple(float(v) for v in os.environ.get("PROBE_SPLIT_MULT", "0.5,1,2").split(","))
+SUBS = tuple(int(v) for v in os.environ.get("PROBE_SUBS", "1,2").split(","))
+CAP = float(os.environ.get("PROBE_CAP_S", "400"))
+
+
+def splits(n: int, k: int, m: int, warps: int, sms: int) -> list[int]:
+    """Split-K candidates: two waves of the grid's programs (row tiles x token tiles) times the multipliers."""
+    base = wo_gemm._split(n, k, warps * 16, 128, sms) // cdiv(m, pm.plane_mma_tokens(m))
+    return sorted({max(1, min(int(base * f), k // 128, 32)) for f in SPLIT_MULT})
+
+
+def main() -> None:
+    start = time.time()
+    out_dir = os.environ.get("OUT", ".")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    res = {"device": torch.cuda.get_device_name(), "timing": "CUDA graphs, weights rotated past L2", "rows": [],
+           "notes": []}
+    for (n, k) in SHAPES:
+        tiny = tinygemm_copies(n, k)
+        for key in KEYS:
+            if time.time() - start > CAP:
+                res["notes"].append(f"time cap reached before {n}x{k} {key}")
+                break
+            ws = [random_weight("int4_group_128", n, k) for _ in range(n_copies(n * k // 2))]
+            if key.endswith("_asym"):
+                ws = [dataclasses.replace(w, zeros=torch.randint(0, 16, w.scale.shape, dtype=torch.uint8,
+                                                                 device=w.scale.device)) for w in ws]
+            bufs = [[w.data, w.scale] + ([w.zeros] if w.zeros is not None else []) for w in ws]
+            for m in MS:
+                x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+                want = wo_launch.run(x, bufs[0], None, key, "none", None).float()
+                row = {"N": n, "K": k, "M": m, "key": key,
+                       "default_us": rotated_us(lambda i: wo_launch.run(x, bufs[i], None, key, "none", None), len(ws)),
+                       "tinygemm_us": tinygemm_us(x, tiny) if not key.endswith("_asym") else None, "configs": {}}
+                for warps, sub in [(w, s) for w in WARPS for s in SUBS if k % (128 * s) == 0]:
+                    for split in splits(n, k, m, warps, sms):
+                        got = pm.launch_plane_mma(x, ws[0], warps, split, sub=sub).float()
+                        err = ((got - want).abs().max() / want.abs().max()).item()
+                        us = rotated_us(lambda i: pm.launch_plane_mma(x, ws[i], warps, split, sub=sub), len(ws))
+                        row["configs"][f"w{warps}s{split}u{sub}"] = {"us": us, "rel_err": err, "ok": err < 2e-2}
+                ok = {c: v for c, v in row["configs"].items() if v["ok"] and v["us"]}
+                best = min(ok, key=lambda c: ok[c]["us"]) if ok else None
+                row["best"] = best
+                row["best_us"] = ok[best]["us"] if best else None
+                row["best_over_default"] = row["default_us"] / row["best_us"] if best and row["default_us"] else None
+                row["best_over_tinygemm"] = (row["tinygemm_us"] / row["best_us"]
+                                             if best and row["tinygemm_us"] else None)
+                res["rows"].append(row)
+                print(json.dumps({k2: v for k2, v in row.items() if k2 != "configs"}), flush=True)
+            del ws, bufs
+            torch.cuda.empty_cache()
+        del tiny
+        with open(os.path.join(out_dir, f"plane_mma_probe_{gpu_slug(res['device'])}.json"), "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""int4 weights in their natural order (the plane layout every 4-bit kernel reads) on the tensor cores at small M.
+
+``wo_frag`` showed that an int4 weight decoded straight into m16n8k16 A fragments runs 2-16 rows near the one-row
+GEMV's time (bench/results/frag_only_probe_h100_s21.json: (28672, 4096) at 2 rows 26.4 us against the two-row
+GEMV's 35.0), but it needs the weight repacked into fragment order, which the other M then pay for. This kernel
+gets the same instruction shape from the natural order, so no second copy and no repack:
+
+- a lane (g, t) of a warp's 16-row tile loads four consecutive words (16 bytes) of row g and four of row g + 8 a
+  128-deep step: the quad t = 0..3 covers the step's 128 K of both rows, a warp 16 rows x 64 bytes;
+- one PTX block (``PLANE_DECODE_*``) turns a word into four bf16x2 registers holding the consecutive element pairs
+  (2i, 2i + 1) (a ``prmt`` of the word and the word shifted by 4 puts nibble 2i and 2i + 1 under one bf16 magic
+  each, ``lop3`` and one FMA leave the exact integer q or c - z);
+- the MMA does not care in which order K is summed, so long as both operands take the same one: register i of
+  row g's word v is the fragment's (row g, columns 2t, 2t + 1) for i = 2j, (row g, 2t + 8, 2t + 9) for i = 2j + 1,
+  of the step's MMA (v, j); row g + 8's word gives the other two registers. The activation's B fragment then
+  holds element pairs (32 t + 8 v + 4 j + 2 kh, + 1) of its token: a lane's 32 consecutive elements a token, four
+  16-byte loads, every pair a register as it lies. No shuffles: the layouts meet by join / reshape / permute.
+
+Eight MMAs a step (16 tokens: two n8 halves each), 8 words decoded a lane (14 instructions a word), the group's
+scale (groups of a multiple of 128) applied to the step's fp32 sums. Programs: WARPS x 16 weight rows, a tile of
+TOK (8 / 16 / 32 / 64) tokens, split-K as ``wo_mma4``'s (``store_or_reduce``). Under the interpreter a Triton twin
+(``_plane_mma_twin_kernel``) runs the same launch (grid, token tiles, split-K, masks) on ``tl.dot``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+
+from ...kernel_specs import PLANE_MMA_ROWS, PLANE_MMA_ROWS_ZERO
+from . import common
+from .common import cdiv
+from .wo_format import INT4, WoWeight
+from .wo_frag import _bf16_halves, token_tile_ptrs, twin_accumulate, zero_addend
+from .wo_mma4 import split_workspace, store_or_reduce
+
+STEP = 128  # K a step: a quad's four lanes x four words x 8 elements of one row
+TOKENS = (8, 16, 32, 64)
+
+
+def plane_mma_ok(w: WoWeight) -> bool:
+    """Whether the kernel reads this weight: one dense int4 weight, K a multiple of 128, groups of whole steps."""
+    return w.fmt == INT4 and w.data.dim() == 2 and w.row_block == 1 and w.k % STEP == 0 and w.group % STEP == 0
+
+
+# The policy (``uses_plane_mma``, ``plane_mma_split``), from bench/results/plane_mma_probe_h100_s21*.json: on an
+# sm_90 GPU, int4 from 2 rows to PLANE_MMA_MAX_M (16 with zero points); 4 warps, two steps an iteration where 256
+# divides K (more bytes in flight: (28672, 4096) at 2 rows 34.1 -> 29.0 us), split-K at SPLIT_WAVES x
+# ``wo_gemm._split``'s two waves of 64-row programs (within 5% of the probe's best config at 2-8 rows, every shape).
+# At 2 rows it beat the two-row GEMV by 1.0-1.3x, at 4-8 rows the plane kernel by 1.0-1.35x; at 16 rows without
+# zero points it lost to the plane kernel (0.8-0.97x), with them it won (1.03-1.21x).
+PLANE_MMA_MAX_M = PLANE_MMA_ROWS
+PLANE_MMA_MAX_M_ZERO = PLANE_MMA_ROWS_ZERO
+SPLIT_WAVES = 2
+
+
+def uses_plane_mma(x2: torch.Tensor, w: WoWeight) -> bool:
+    """Whether ``wo_gemm`` runs this call here: int4 the kernel reads, 2 rows to PLANE_MMA_MAX_M (with zero points
+    PLANE_MMA_MAX_M_ZERO), on an sm_90 GPU. QUANTC_PLANE_MMA=0 never; =1 every call it can take, 1-64 rows on any
+    device (the interpreter included); QUANTC_PLANE_MMA_MAX_M=M moves the row bound."""
+    switch = common.env("QUANTC_PLANE_MMA")
+    if switch == "0" or not plane_mma_ok(w) or x2.stride(1) != 1:
+        return False
+    m = x2.shape[0]
+    bound = common.env("QUANTC_PLANE_MMA_MAX_M")
+    top = int(bound) if bound else (64 if switch == "1" else
+                                    (PLANE_MMA_MAX_M_ZERO if w.zeros is not None else PLANE_MMA_MAX_M))
+    if not (1 <= m <= top):
+        return False
+    return switch == "1" or (m >= 2 and common.on_sm90(x2.device))
+
+
+def plane_mma_split(n: int, k: int, m: int, sms: int) -> int:
+    """The policy's split-K for 4-warp programs: SPLIT_WAVES x ``wo_gemm._split``'s two waves of 64-row programs,
+    shared among the M rows' token tiles, at most one slice an iteration (QUANTC_PLANE_MMA_SPLIT_WAVES overrides)."""
+    from .wo_gemm import _split
+
+    waves = float(common.env("QUANTC_PLANE_MMA_SPLIT_WAVES") or SPLIT_WAVES)
+    base = _split(n, k, 64, STEP, sms) // cdiv(m, plane_mma_tokens(m))
+    return max(1, min(int(base * waves), k // (STEP * plane_mma_sub(k)), 32))
+
+
+def plane_mma_tokens(m: int) -> int:
+    """Tokens a program takes (the MMA's N): the fewest of 8 / 16 / 32 / 64 that hold M, 64 past that."""
+    return next((t for t in TOKENS if m <= t), TOKENS[-1])
+
+
+# ---- the Triton twin (the interpreter): the same launch on tl.dot
+
+
+@triton.jit
+def _plane_mma_twin_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_wn, stride_sn, M_TILES,
+    GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, TOK: tl.constexpr,
+):
+    steps = K // 128
+    per = tl.cdiv(steps, SPLIT_K)
+    s_start = tl.program_id(1) * per
+    s_end = tl.minimum(s_start + per, steps)
+    m_tile = tl.program_id(0) % M_TILES
+    x_ptr += (m_tile * TOK).to(tl.int64) * stride_xm
+    out_ptr += (m_tile * TOK).to(tl.int64) * N
+    ws_ptr += (m_tile * TOK).to(tl.int64) * N
+    M = tl.minimum(M - m_tile * TOK, TOK)
+    rows = (tl.program_id(0) // M_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = rows < N
+    kk = tl.arange(0, 128)
+    toks = tl.arange(0, TOK)
+    total = tl.zeros((BLOCK_N, TOK), tl.float32)
+    for s in range(s_start, s_end):
+        words = tl.load(w_ptr + rows.to(tl.int64)[:, None] * stride_wn + s * 16 + (kk // 8)[None, :],
+                        mask=n_mask[:, None], other=0)
+        xt = tl.load(x_ptr + toks[None, :] * stride_xm + s * 128 + kk[:, None], mask=(toks < M)[None, :],
+                     other=0.0).to(tl.float32)  # (128, TOK)
+        total = twin_accumulate(total, (words >> (4 * (kk % 8))[None, :]) & 15, xt, z_ptr, s_ptr, rows, n_mask,
+                                stride_sn, (s * 128) // GROUP, HAS_ZERO)
+    o_mask = n_mask[:, None] & (toks < M)[None, :]
+    offs = toks[None, :] * N + rows[:, None]
+    store_or_reduce(total, out_ptr + offs, ws_ptr + offs, o_mask, cnt_ptr + tl.program_id(0), SPLIT_K)
+
+
+# ---- the GPU kernel (Gluon)
+
+# $0..$3: bf16x2 registers of the element pairs (0, 1), (2, 3), (4, 5), (6, 7) of word $4: prmt puts byte i of the
+# word (nibble 2i low) and of the word >> 4 (nibble 2i + 1 low) in the two halves, lop3 keeps those nibbles under
+# the bf16 128 magic (symmetric codes: c ^ 8 = q + 8 folded in), one FMA with 1.0 adds $5 = -(128 + z) or -136
+_PLANE_DECODE = """{{
+.reg .b32 w4, one;
+mov.b32 one, 0x3F803F80;
+shr.b32 w4, $4, 4;
+prmt.b32 $0, $4, w4, 0x0400;
+prmt.b32 $1, $4, w4, 0x0501;
+prmt.b32 $2, $4, w4, 0x0602;
+prmt.b32 $3, $4, w4, 0x0703;
+lop3.b32 $0, $0, 0x000F000F, {magic}, 0x6A;
+lop3.b32 $1, $1, 0x000F000F, {magic}, 0x6A;
+lop3.b32 $2, $2, 0x000F000F, {magic}, 0x6A;
+lop3.b32 $3, $3, 0x000F000F, {magic}, 0x6A;
+fma.rn.bf16x2 $0, $0, one, $5;
+fma.rn.bf16x2 $1, $1, one, $5;
+fma.rn.bf16x2 $2, $2, one, $5;
+fma.rn.bf16x2 $3, $3, one, $5;
+}}"""
+PLANE_DECODE_SYM = gl.constexpr(_PLANE_DECODE.format(magic="0x43084308"))
+PLANE_DECODE_ZERO = gl.constexpr(_PLANE_DECODE.format(magic="0x43004300"))
+NEG_136_X2 = gl.constexpr(0xC308C308 - 2**32)  # bf16x2 (-136, -136) as a signed int32
+
+
+@gluon.jit
+def _decode(word, c, HAS_ZERO: gl.constexpr):
+    """(WARPS, 32) words -> their four bf16x2 element-pair registers (``PLANE_DECODE_*``)."""
+    if HAS_ZERO:
+        return gl.inline_asm_elementwise(PLANE_DECODE_ZERO, "=r,=r,=r,=r,r,r", [word, c],
+                                         dtype=[gl.int32, gl.int32, gl.int32, gl.int32], is_pure=True, pack=1)
+    return gl.inline_asm_elementwise(PLANE_DECODE_SYM, "=r,=r,=r,=r,r,r", [word, c],
+                                     dtype=[gl.int32, gl.int32, gl.int32, gl.int32], is_pure=True, pack=1)
+
+
+@gluon.jit
+def _a_tile(g_kh0, g_kh1, g8_kh0, g8_kh1, WARPS: gl.constexpr):
+    """Four (WARPS, 32) bf16x2 registers (rows g / g + 8, columns 2t / 2t + 8) -> the (WARPS * 16, 16) A tile, each
+    value at its fragment coordinate."""
+    e = gl.join(gl.join(_bf16_halves(g_kh0), _bf16_halves(g_kh1)), gl.join(_bf16_halves(g8_kh0), _bf16_halves(g8_kh1)))
+    e = gl.reshape(e, [WARPS, 8, 4, 2, 2, 2])  # (warp, g, t, h, kh, rh)
+    e = gl.permute(e, [0, 5, 1, 4, 2, 3])  # (warp, rh, g, kh, t, h): row 16 w + 8 rh + g, column 8 kh + 2 t + h
+    return gl.reshape(e, [WARPS * 16, 16])
+
+
+@gluon.jit
+def _pick4(a, b, c, d, i: gl.constexpr):
+    return a if i == 0 else (b if i == 1 else (c if i == 2 else d))
+
+
+@gluon.jit
+def _step(acc, lo, hi, xs, c_lo, c_hi, HAS_ZERO: gl.constexpr, WARPS: gl.constexpr, W2: gl.constexpr,
+          A_L: gl.constexpr, B_L: gl.constexpr, TOK: gl.constexpr):
+    """The 8 MMAs of one 128-deep step: ``lo`` / ``hi`` (WARPS, 32, 4) a lane's words of rows g / g + 8, ``xs``
+    (TOK / 8, 8, 4, 32) its activation values (tokens 8 nh + g, K 32 t .. 32 t + 31 of the step)."""
+    lo_ev, lo_od = gl.split(gl.reshape(lo, [WARPS, 32, 2, 2]))  # word v = 2 v1 + v0
+    lo0, lo2 = gl.split(lo_ev)
+    lo1, lo3 = gl.split(lo_od)
+    hi_ev, hi_od = gl.split(gl.reshape(hi, [WARPS, 32, 2, 2]))
+    hi0, hi2 = gl.split(hi_ev)
+    hi1, hi3 = gl.split(hi_od)
+    # K 32 t + 8 v + 4 j + 2 kh + h of the step: (nh, g, t, v1, v0, j, kh, h) -> (nh, g, t, kh, h, v1, v0, j)
+    xs = gl.permute(gl.reshape(xs, [TOK // 8, 8, 4, 2, 2, 2, 2, 2]), [0, 1, 2, 6, 7, 3, 4, 5])
+    x_j0, x_j1 = gl.split(xs)
+    x00, x01 = gl.split(x_j0)  # (.., v1) of v0 = 0 / 1
+    x10, x11 = gl.split(x_j1)
+    x000, x002 = gl.split(x00)  # j = 0: v = 0, 2
+    x001, x003 = gl.split(x01)  # j = 0: v = 1, 3
+    x100, x102 = gl.split(x10)
+    x101, x103 = gl.split(x11)
+    for v in gl.static_range(4):
+        r0, r1, r2, r3 = _decode(gl.convert_layout(_pick4(lo0, lo1, lo2, lo3, v), W2), c_lo, HAS_ZERO)
+        s0, s1, s2, s3 = _decode(gl.convert_layout(_pick4(hi0, hi1, hi2, hi3, v), W2), c_hi, HAS_ZERO)
+        for j in gl.static_range(2):
+            if j == 0:
+                a = _a_tile(r0, r1, s0, s1, WARPS)
+                xj = _pick4(x000, x001, x002, x003, v)
+            else:
+                a = _a_tile(r2, r3, s2, s3, WARPS)
+                xj = _pick4(x100, x101, x102, x103, v)
+            # (nh, g, t, kh, h) -> (K 8 kh + 2 t + h, token 8 nh + g): the B fragment's coordinates
+            b = gl.convert_layout(gl.reshape(gl.permute(xj, [3, 2, 4, 0, 1]), [16, TOK]), B_L)
+            acc = mma_v2(gl.convert_layout(a, A_L), b, acc)
+    return acc
+
+
+@gluon.jit
+def _plane_mma_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_wn, stride_sn, M_TILES,
+    GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, WARPS: gl.constexpr, SPLIT_K: gl.constexpr, TOK: gl.constexpr,
+    SUB: gl.constexpr = 1,
+):
+    """Grid (row tiles of WARPS x 16 x token tiles of TOK, K slices); an iteration is SUB 128-deep steps (each with
+    its group's scale), and the next iteration's words load while this one decodes and multiplies."""
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS, 1], instr_shape=[16, 8])
+    A_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
+    B_L: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
+    WL: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 32, 1], [WARPS, 1, 1], [2, 1, 0])
+    W2: gl.constexpr = gl.SliceLayout(2, WL)
+    iters = K // (128 * SUB)
+    per = gl.cdiv(iters, SPLIT_K)
+    s_start = gl.program_id(1) * per
+    s_end = gl.minimum(s_start + per, iters)
+    m_tile = gl.program_id(0) % M_TILES
+    n_prog = gl.program_id(0) // M_TILES
+    x_ptr += (m_tile * TOK).to(gl.int64) * stride_xm
+    out_ptr += (m_tile * TOK).to(gl.int64) * N
+    ws_ptr += (m_tile * TOK).to(gl.int64) * N
+    M = gl.minimum(M - m_tile * TOK, TOK)
+    tiles = n_prog * WARPS + gl.arange(0, WARPS, layout=gl.SliceLayout(1, W2))
+    lanes = gl.arange(0, 32, layout=gl.SliceLayout(0, W2))
+    vs = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, WL)))
+    row_g = gl.expand_dims(tiles * 16, 1) + gl.expand_dims(lanes // 4, 0)  # (WARPS, 32): the lane's rows g
+    # loads go unmasked (rows past N read row N - 1, tokens past M the last token, a prefetch past the slice its
+    # last iteration); stores are masked
+    col = gl.expand_dims(gl.expand_dims(lanes % 4 * 4, 0), 2) + gl.expand_dims(gl.expand_dims(vs, 0), 1)
+    w_lo = w_ptr + gl.expand_dims(gl.minimum(row_g, N - 1).to(gl.int64) * stride_wn, 2) + col
+    w_hi = w_ptr + gl.expand_dims(gl.minimum(row_g + 8, N - 1).to(gl.int64) * stride_wn, 2) + col
+    # the activation of a step as (token half nh, g, t, 32 K): lane 4 g + t holds tokens 8 nh + g, K 32 t ..
+    # 32 t + 31 of the step, every warp the same
+    x_tile = token_tile_ptrs(x_ptr, M, stride_xm, TOK, 32, WARPS)
+    rows = n_prog * (WARPS * 16) + gl.arange(0, WARPS * 16, layout=gl.SliceLayout(1, MMA))
+    c_lo = gl.full([WARPS, 32], NEG_136_X2, gl.int32, W2)
+    c_hi = c_lo
+    total = gl.zeros([WARPS * 16, TOK], gl.float32, MMA)
+    last = gl.maximum(s_end - 1, 0)
+    first = gl.minimum(s_start, last) * SUB * 16
+    lo_nxt = gl.load(w_lo + first, eviction_policy="evict_first")
+    hi_nxt = gl.load(w_hi + first, eviction_policy="evict_first")
+    lo_nxt2 = lo_nxt
+    hi_nxt2 = hi_nxt
+    if SUB == 2:
+        lo_nxt2 = gl.load(w_lo + first + 16, eviction_policy="evict_first")
+        hi_nxt2 = gl.load(w_hi + first + 16, eviction_policy="evict_first")
+    for it in range(s_start, s_end):
+        lo = lo_nxt
+        hi = hi_nxt
+        lo2 = lo_nxt2
+        hi2 = hi_nxt2
+        nxt = gl.minimum(it + 1, last) * SUB * 16
+        lo_nxt = gl.load(w_lo + nxt, eviction_policy="evict_first")
+        hi_nxt = gl.load(w_hi + nxt, eviction_policy="evict_first")
+        if SUB == 2:
+            lo_nxt2 = gl.load(w_lo + nxt + 16, eviction_policy="evict_first")
+            hi_nxt2 = gl.load(w_hi + nxt + 16, eviction_policy="evict_first")
+        for sub in gl.static_range(SUB):
+            s = it * SUB + sub
+            g = (s * 128) // GROUP
+            if HAS_ZERO:  # -(128 + z) as bf16x2 for the lane's rows g and g + 8
+                c_lo = zero_addend(z_ptr + row_g * stride_sn + g, row_g < N)
+                c_hi = zero_addend(z_ptr + (row_g + 8) * stride_sn + g, row_g + 8 < N)
+            acc = gl.zeros([WARPS * 16, TOK], gl.float32, MMA)
+            xs = gl.load(x_tile + s * 128)  # four 16-byte loads a token a lane
+            if sub == 0:
+                acc = _step(acc, lo, hi, xs, c_lo, c_hi, HAS_ZERO, WARPS, W2, A_L, B_L, TOK)
+            else:
+                acc = _step(acc, lo2, hi2, xs, c_lo, c_hi, HAS_ZERO, WARPS, W2, A_L, B_L, TOK)
+            sc = gl.load(s_ptr + rows * stride_sn + g, mask=rows < N, other=0.0).to(gl.float32)
+            total += acc * gl.expand_dims(sc, 1)
+    on = gl.arange(0, TOK, layout=gl.SliceLayout(0, MMA))
+    offs = gl.expand_dims(on, 0) * N + gl.expand_dims(rows, 1)
+    o_mask = gl.expand_dims(rows < N, 1) & gl.expand_dims(on < M, 0)
+    store_or_reduce(total, out_ptr + offs, ws_ptr + offs, o_mask, cnt_ptr + gl.program_id(0), SPLIT_K)
+
+
+def plane_mma_sub(k: int) -> int:
+    """128-deep steps an iteration of the GPU kernel: 2 where 256 divides K (more bytes in flight), else 1."""
+    return 2 if k % 256 == 0 else 1
+
+
+def launch_plane_mma(x2: torch.Tensor, w: WoWeight, warps: int = 4, split_k: int = 1,
+                     tokens: int | None = None, sub: int | None = None) -> torch.Tensor:
+    """bf16 (M, K) x a dense int4 ``WoWeight`` (N, K) -> bf16 (M, N): the Gluon kernel on a GPU, its Triton twin
+    under the interpreter; ``warps`` x 16 weight rows and ``tokens`` (``plane_mma_tokens``) tokens a program, the
+    token tiles of a row tile side by side (they share its words through L2); ``split_k`` K slices; ``sub`` 128-deep
+    steps an iteration on the GPU (``plane_mma_sub``)."""
+    m, k = x2.shape
+    if not plane_mma_ok(w) or k != w.k or x2.stride(1) != 1:
+        raise ValueError(f"the plane-layout MMA kernel takes one int4 weight with K a multiple of 128 and groups of "
+                         f"a multiple of 128, and activation rows of K = {w.k} with unit stride; got format {w.fmt}, "
+                         f"group {w.group}, weight data {tuple(w.data.shape)}, x {tuple(x2.shape)} with strides "
+                         f"{tuple(x2.stride())}")
+    n = w.n
+    if m == 0:
+        return torch.empty((0, n), dtype=torch.bfloat16, device=x2.device)
+    tok = tokens or plane_mma_tokens(m)
+    if tok not in TOKENS:
+        raise ValueError(f"tokens a program: one of {TOKENS}, got {tok}")
+    sub = sub or plane_mma_sub(k)
+    if sub not in (1, 2) or k % (STEP * sub):
+        raise ValueError(f"128-deep steps an iteration: 1, or 2 where 256 divides K; got {sub} for K = {k}")
+    bn = warps * 16
+    m_tiles = cdiv(m, tok)
+    split = max(1, min(split_k, k // (STEP * sub)))
+    out = common.empty((m, n), torch.bfloat16, x2.device)
+    grid = (cdiv(n, bn) * m_tiles, split)
+    ws, cnt = split_workspace(x2.device, m * n, grid[0]) if split > 1 else (out, out)
+    zeros = w.zeros if w.zeros is not None else w.scale
+    args = (x2, w.data, w.scale, zeros, out, ws, cnt, m, n, k, x2.stride(0), w.data.stride(0), w.scale.stride(0),
+            m_tiles)
+    consts = dict(GROUP=w.group, HAS_ZERO=w.zeros is not None, SPLIT_K=split, TOK=tok)
+    if common.interpreted() or x2.device.type != "cuda":
+        common.launch(_plane_mma_twin_kernel, grid, args, dict(consts, BLOCK_N=bn), warps, 1)
+    else:
+        common.launch(_plane_mma_kernel, grid, args, dict(consts, WARPS=warps, SUB=sub), warps, 1)
+    return out

@@ -1,0 +1,189 @@
+"""int4 weights in their natural order on the tensor cores (wo_plane_mma): the decode PTX executed instruction by
+instruction against the codes, the Triton twin under the interpreter against the plain-torch reference (symmetric
+codes and zero points, partial row tiles, token tiles of 8-64, split-K), what it refuses, and the Gluon GPU kernel
+compiled for sm_90 (no shuffles, nothing through shared memory, 16-byte loads)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from quantc.runtime.kernels import wo_format as wf
+from quantc.runtime.kernels import wo_gemm as wg
+from quantc.runtime.kernels import wo_plane_mma as pm
+from tests.runtime.test_nibble_ptx import _bf16, _words, run_ptx
+
+
+def _rel_err(got, want):
+    return ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
+
+
+@pytest.mark.parametrize("zero", [None, 0, 7, 15])
+def test_decode_ptx_gives_consecutive_element_pairs(zero):
+    """Register i holds elements (2i, 2i + 1) of the word (low, high half) as exact bf16 integers: q for symmetric
+    two's-complement codes, c - z with the zero point's -(128 + z) as the FMA's addend."""
+    asm = (pm.PLANE_DECODE_SYM if zero is None else pm.PLANE_DECODE_ZERO).value
+    addend = 0xC308C308 if zero is None else (0xC300 + zero) * 0x10001  # bf16 -(128 + z): 128 + z < 256 is exact
+    for w in _words():
+        out = run_ptx(asm, {4: w, 5: addend})
+        got = [_bf16((out[i] >> (16 * h)) & 0xFFFF) for i in range(4) for h in range(2)]
+        codes = [(w >> (4 * j)) & 15 for j in range(8)]
+        want = [float(c - 16 if c >= 8 else c) if zero is None else float(c - zero) for c in codes]
+        assert got == want, (hex(w), zero, got, want)
+
+
+def test_the_emulator_catches_a_swapped_byte_selector():
+    bad = pm.PLANE_DECODE_SYM.value.replace("0x0501", "0x0105")  # element 3 in the low half, 2 in the high
+    out = run_ptx(bad, {4: 0x00003210, 5: 0xC308C308})
+    assert [_bf16(out[1] & 0xFFFF), _bf16(out[1] >> 16)] != [2.0, 3.0]
+
+
+@pytest.mark.parametrize("key", ["int4_group_128", "int4_group_128_asym"])
+@pytest.mark.parametrize("m,warps,split,tokens", [(1, 2, 1, None), (5, 4, 3, None), (8, 2, 2, 8), (16, 2, 2, None),
+                                                  (17, 2, 2, 16), (40, 4, 1, None), (70, 1, 2, None)])
+def test_twin_matches_the_reference(key, m, warps, split, tokens):
+    """One token tile (8 / 16 / 32 / 64 tokens, the fewest that hold M) or several (17 rows in tiles of 16; 70 in
+    tiles of 64, the last partial), with split-K's workspace and counters per (row tile, token tile); 40 weight
+    rows leave the last row tile part masked at every warp count."""
+    torch.manual_seed(2)
+    n, k = 40, 512
+    w = wf.quantize(torch.randn(n, k), key)
+    x = torch.randn(m, k).bfloat16()
+    out = pm.launch_plane_mma(x, w, warps=warps, split_k=split, tokens=tokens)
+    assert out.shape == (m, n) and out.dtype == torch.bfloat16
+    assert _rel_err(out, wg.reference(x, w)) < 1e-2
+
+
+def test_tokens_a_program_are_the_fewest_that_hold_m():
+    assert [pm.plane_mma_tokens(m) for m in (1, 8, 9, 16, 17, 32, 33, 64, 65, 500)] == [8, 8, 16, 16, 32, 32, 64,
+                                                                                          64, 64, 64]
+    w = wf.quantize(torch.randn(32, 256), "int4_group_128")
+    assert pm.launch_plane_mma(torch.randn(0, 256).bfloat16(), w).shape == (0, 32)
+
+
+def test_refusals_name_what_is_wrong():
+    w = wf.quantize(torch.randn(32, 256), "int4_group_128")
+    with pytest.raises(ValueError, match=r"activation rows of K = 256 with unit stride; .* x \(3, 512\)"):
+        pm.launch_plane_mma(torch.randn(3, 512).bfloat16(), w)
+    with pytest.raises(ValueError, match="with strides"):
+        pm.launch_plane_mma(torch.randn(256, 3).bfloat16().t(), w)
+    with pytest.raises(ValueError, match="tokens a program: one of"):
+        pm.launch_plane_mma(torch.randn(3, 256).bfloat16(), w, tokens=12)
+    for bad, what in [(wf.quantize(torch.randn(32, 256), "int4_group_64"), "group 64"),
+                      (wf.quantize(torch.randn(32, 256), "mxfp4"), "format 2"),
+                      (wf.quantize(torch.randn(32, 192), "int4_group_64"), "group 64")]:
+        assert not pm.plane_mma_ok(bad)
+        with pytest.raises(ValueError, match=what):
+            pm.launch_plane_mma(torch.randn(2, bad.k).bfloat16(), bad)
+    assert not pm.plane_mma_ok(wf.quantize(torch.randn(2, 32, 256), "int4_group_128"))  # stacks: not this kernel
+
+
+COMPILE = '''
+import json, os, re, sys
+os.environ.pop("TRITON_INTERPRET", None)
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon._runtime import GluonASTSource
+from quantc.runtime.kernels import wo_plane_mma as pm
+SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "out_ptr": "*bf16", "ws_ptr": "*fp32",
+       "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_wn": "i32",
+       "stride_sn": "i32", "M_TILES": "i32"}
+out = []
+for zero, warps, split, tok, sub in json.loads(sys.argv[1]):
+    ce = dict(GROUP=128, HAS_ZERO=zero, WARPS=warps, SPLIT_K=split, TOK=tok, SUB=sub)
+    sig = dict(SIG, **{k: "constexpr" for k in ce})
+    # 16-byte aligned pointers, K and strides, as Triton specializes them at a launch
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG) if a not in ("M", "N", "M_TILES")}
+    c = triton.compile(GluonASTSource(pm._plane_mma_kernel, sig, ce, attrs), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": warps})
+    ptx = c.asm["ptx"]
+    out.append({k: len(re.findall(p, ptx)) for k, p in {
+        "mma": r"mma\\.sync", "lop3": r"lop3\\.b32", "prmt": r"prmt\\.b32", "shfl": r"shfl", "local": r"\\.local",
+        "ld_shared": r"ld\\.shared", "atom": r"atom\\.", "ld_v4": r"ld\\.global[.a-zA-Z0-9_:]*\\.v4\\.b32"}.items()})
+print(json.dumps(out))
+'''
+
+
+def test_gluon_kernel_compiles_for_hopper_with_the_tiles_in_registers():
+    """The GPU kernel (Gluon: the interpreter cannot run it) compiled for sm_90: a 128-deep step is 8 MMAs an n8
+    half of the token tile, 8 words decoded a lane (32 prmt, 32 lop3), the words two 16-byte loads a lane (and as
+    many before the loop) and the activation four a token a lane, an iteration one or two steps; no shuffles, no
+    spills, nothing through shared memory but split-K's one arrival word."""
+    cases = [(False, 4, 1, 8, 1), (True, 4, 1, 16, 2), (False, 2, 2, 16, 1), (True, 4, 1, 32, 1), (False, 4, 1, 64, 1),
+             (False, 4, 3, 8, 2)]
+    proc = subprocess.run([sys.executable, "-c", COMPILE, json.dumps(cases)], capture_output=True, text=True,
+                          timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for case, r in zip(cases, json.loads(proc.stdout.strip().splitlines()[-1])):
+        halves, sub = case[3] // 8, case[4]
+        assert r["mma"] == 8 * halves * sub and r["lop3"] == 32 * sub and r["prmt"] == 32 * sub, (case, r)
+        assert r["ld_v4"] == (4 + 4 * halves) * sub, (case, r)
+        assert r["shfl"] == 0 and r["local"] == 0, (case, r)
+        assert (r["atom"] > 0) == (case[2] > 1) and r["ld_shared"] == (case[2] > 1), (case, r)
+
+
+def _fake_x(m: int, k: int = 256):
+    """An activation the policy sees as a CUDA tensor (the GPU checks are faked on CPU)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(shape=(m, k), device=SimpleNamespace(type="cuda"), stride=lambda d: 1 if d == 1 else k)
+
+
+def test_policy_takes_int4_g128_at_2_to_8_rows_on_sm90(monkeypatch):
+    """On sm_90: int4 in groups of 128 from 2 to 8 rows (16 with zero points); not one row (the GEMV's), not groups
+    of 64 or fp4, not other GPUs or the CPU; QUANTC_PLANE_MMA=0 never, QUANTC_PLANE_MMA_MAX_M moves the bound."""
+    from quantc.runtime.kernels import common as kc
+
+    monkeypatch.delenv("QUANTC_PLANE_MMA", raising=False)
+    monkeypatch.delenv("QUANTC_PLANE_MMA_MAX_M", raising=False)
+    w = wf.quantize(torch.randn(64, 256), "int4_group_128")
+    wz = wf.quantize(torch.randn(64, 256), "int4_group_128_asym")
+    assert not pm.uses_plane_mma(torch.randn(2, 256).bfloat16(), w)  # a CPU tensor
+    monkeypatch.setattr(kc, "interpreted", lambda: False)
+    monkeypatch.setattr(kc, "cc_major", lambda device: 9)
+    assert [pm.uses_plane_mma(_fake_x(m), w) for m in (1, 2, 8, 9, 16)] == [False, True, True, False, False]
+    assert [pm.uses_plane_mma(_fake_x(m), wz) for m in (1, 2, 16, 17)] == [False, True, True, False]
+    for other in ("int4_group_64", "mxfp4", "nvfp4"):
+        assert not pm.uses_plane_mma(_fake_x(4), wf.quantize(torch.randn(64, 256), other)), other
+    monkeypatch.setenv("QUANTC_PLANE_MMA_MAX_M", "4")
+    assert pm.uses_plane_mma(_fake_x(4), w) and not pm.uses_plane_mma(_fake_x(5), w)
+    monkeypatch.setenv("QUANTC_PLANE_MMA", "0")
+    assert not pm.uses_plane_mma(_fake_x(4), w)
+    monkeypatch.delenv("QUANTC_PLANE_MMA")
+    monkeypatch.delenv("QUANTC_PLANE_MMA_MAX_M")
+    monkeypatch.setattr(kc, "cc_major", lambda device: 8)
+    assert not pm.uses_plane_mma(_fake_x(4), w)
+
+
+def test_split_is_twice_the_two_waves_of_64_row_programs():
+    """split-K = SPLIT_WAVES x wo_gemm._split(N, K, 64, 128) shared among the token tiles, at most one slice an
+    iteration (two steps where 256 divides K) and 32: the probe's best within 5% at 2-8 rows."""
+    assert [pm.plane_mma_split(n, k, 2, 132) for n, k in [(4096, 4096), (28672, 4096), (2048, 7168), (24576, 7168)]] \
+        == [10, 2, 18, 2]
+    assert pm.plane_mma_split(4096, 512, 2, 132) == 2  # K = 512: two iterations of 256
+    assert pm.plane_mma_split(4096, 384, 2, 132) == 3  # K % 256 != 0: one step an iteration, three of them
+    assert pm.plane_mma_split(512, 8192, 2, 132) == 32
+
+
+@pytest.mark.parametrize("key", ["int4_group_128", "int4_group_128_asym"])
+def test_wo_gemm_runs_the_kernel_where_the_policy_says(key, monkeypatch):
+    """Forced (QUANTC_PLANE_MMA=1: any device, 1-64 rows), wo_gemm's launch goes through this kernel for an int4 g128
+    weight, with the reference's answer; groups of 64 take the other kernels."""
+    from quantc.runtime.kernels import wo_gemm
+
+    calls = []
+    real = wo_gemm.launch_plane_mma
+    monkeypatch.setattr(wo_gemm, "launch_plane_mma", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    monkeypatch.setenv("QUANTC_PLANE_MMA", "1")
+    torch.manual_seed(5)
+    w = wf.quantize(torch.randn(48, 384), key)
+    for m in (3, 8):
+        x = torch.randn(m, 384).bfloat16()
+        out = wo_gemm.launch(x, w, wo_gemm.default_config(m, 48, 384, int4=True))
+        assert _rel_err(out, wg.reference(x, w)) < 1e-2
+    assert calls == [3, 8]
+    g64 = wf.quantize(torch.randn(48, 384), "int4_group_64")
+    wo_gemm.launch(torch.randn(3, 384).bfloat16(), g64, wo_gemm.default_config(3, 48, 384, int4=True))
+    assert calls == [3, 8]
