@@ -6,7 +6,8 @@ warps x split-K (``wo_gemm._split``'s two waves times PROBE_SPLIT_MULT), each ch
     OUT=... python bench/plane_mma_probe.py   # env: PROBE_SHAPES ("28672x4096,..."; default bench_wo's seven),
                                               #      PROBE_MS ("1,2,4,8,16,32,64"), PROBE_KEYS, PROBE_WARPS ("2,4"),
                                               #      PROBE_SPLIT_MULT ("0.5,1,2"), PROBE_SUBS ("1,2": 128-deep
-                                              #      steps an iteration), PROBE_CAP_S (default 400)
+                                              #      steps an iteration), PROBE_TOKENS ("0": the policy's
+                                              #      token tile; "8,16": also 8 a program), PROBE_CAP_S
 
 Writes $OUT/plane_mma_probe_<device>.json (after every shape).
 """
@@ -36,12 +37,13 @@ KEYS = os.environ.get("PROBE_KEYS", "int4_group_128").split(",")
 WARPS = tuple(int(v) for v in os.environ.get("PROBE_WARPS", "2,4").split(","))
 SPLIT_MULT = tuple(float(v) for v in os.environ.get("PROBE_SPLIT_MULT", "0.5,1,2").split(","))
 SUBS = tuple(int(v) for v in os.environ.get("PROBE_SUBS", "1,2").split(","))
+TOKENS = tuple(int(v) for v in os.environ.get("PROBE_TOKENS", "0").split(","))  # 0: plane_mma_tokens(M)
 CAP = float(os.environ.get("PROBE_CAP_S", "400"))
 
 
-def splits(n: int, k: int, m: int, warps: int, sms: int) -> list[int]:
+def splits(n: int, k: int, m: int, warps: int, sms: int, tok: int) -> list[int]:
     """Split-K candidates: two waves of the grid's programs (row tiles x token tiles) times the multipliers."""
-    base = wo_gemm._split(n, k, warps * 16, 128, sms) // cdiv(m, pm.plane_mma_tokens(m))
+    base = wo_gemm._split(n, k, warps * 16, 128, sms) // cdiv(m, tok)
     return sorted({max(1, min(int(base * f), k // 128, 32)) for f in SPLIT_MULT})
 
 
@@ -57,7 +59,8 @@ def main() -> None:
             if time.time() - start > CAP:
                 res["notes"].append(f"time cap reached before {n}x{k} {key}")
                 break
-            ws = [random_weight("int4_group_128", n, k) for _ in range(n_copies(n * k // 2))]
+            ws = [random_weight(key if key in ("mxfp4", "nvfp4") else "int4_group_128", n, k)
+                  for _ in range(n_copies(n * k // 2))]
             if key.endswith("_asym"):
                 ws = [dataclasses.replace(w, zeros=torch.randint(0, 16, w.scale.shape, dtype=torch.uint8,
                                                                  device=w.scale.device)) for w in ws]
@@ -68,12 +71,15 @@ def main() -> None:
                 row = {"N": n, "K": k, "M": m, "key": key,
                        "default_us": rotated_us(lambda i: wo_launch.run(x, bufs[i], None, key, "none", None), len(ws)),
                        "tinygemm_us": tinygemm_us(x, tiny) if not key.endswith("_asym") else None, "configs": {}}
-                for warps, sub in [(w, s) for w in WARPS for s in SUBS if k % (128 * s) == 0]:
-                    for split in splits(n, k, m, warps, sms):
-                        got = pm.launch_plane_mma(x, ws[0], warps, split, sub=sub).float()
+                toks = sorted({t or pm.plane_mma_tokens(m) for t in TOKENS if not t or t >= 8})
+                for warps, sub, tok in [(w, s, t) for w in WARPS for s in SUBS for t in toks if k % (128 * s) == 0]:
+                    for split in splits(n, k, m, warps, sms, tok):
+                        def call(i, warps=warps, split=split, sub=sub, tok=tok):
+                            return pm.launch_plane_mma(x, ws[i], warps, split, tokens=tok, sub=sub)
+                        got = call(0).float()
                         err = ((got - want).abs().max() / want.abs().max()).item()
-                        us = rotated_us(lambda i: pm.launch_plane_mma(x, ws[i], warps, split, sub=sub), len(ws))
-                        row["configs"][f"w{warps}s{split}u{sub}"] = {"us": us, "rel_err": err, "ok": err < 2e-2}
+                        name = f"w{warps}s{split}u{sub}" + (f"t{tok}" if tok != pm.plane_mma_tokens(m) else "")
+                        row["configs"][name] = {"us": rotated_us(call, len(ws)), "rel_err": err, "ok": err < 2e-2}
                 ok = {c: v for c, v in row["configs"].items() if v["ok"] and v["us"]}
                 best = min(ok, key=lambda c: ok[c]["us"]) if ok else None
                 row["best"] = best

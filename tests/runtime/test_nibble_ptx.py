@@ -1,5 +1,5 @@
 """The PTX of the nibble decode, executed by a small emulator of the instructions it uses (prmt, lop3,
-shifts, bf16x2 fma), against the plain decode: every byte value in every position of a word. CI has
+shifts, bf16x2 fma and mul), against the plain decode: every byte value in every position of a word. CI has
 no GPU and the interpreter never runs inline PTX, so this is where a wrong byte selector or mask
 shows up (one did: it decoded element 2i twice instead of 2i and 2i+1)."""
 
@@ -89,6 +89,8 @@ def run_ptx(asm: str, inputs: dict[int, int]) -> dict[int, int]:
             r = _lop3(*a)
         elif op == "fma.rn.bf16x2":
             r = _fma_bf16x2(*a)
+        elif op == "mul.rn.bf16x2":
+            r = _fma_bf16x2(a[0], a[1], 0)
         else:
             raise AssertionError(f"instruction {op} not emulated")
         regs[d] = r

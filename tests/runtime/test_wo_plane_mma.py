@@ -34,13 +34,27 @@ def test_decode_ptx_gives_consecutive_element_pairs(zero):
         assert got == want, (hex(w), zero, got, want)
 
 
+@pytest.mark.parametrize("scale", [0x3F80, 0x3E80, 0x4300, 0x0040])  # 1, 0.25, 128, 2**-127 (e8m0 code 0)
+def test_e2m1_decode_ptx_gives_scaled_consecutive_pairs(scale):
+    """mxfp4 / nvfp4: register i holds elements (2i, 2i + 1) as bf16 e2m1 values (sign included) times the group
+    scale passed as bf16x2, exactly: the magnitude tables, the sign moves and the byte interleave together."""
+    from quantc.runtime import quantize as qz
+
+    values = qz.e2m1_to_float(torch.arange(16)).tolist()
+    for w in _words():
+        out = run_ptx(pm.PLANE_DECODE_E2M1.value, {4: w, 5: scale * 0x10001})
+        got = [_bf16((out[i] >> (16 * h)) & 0xFFFF) for i in range(4) for h in range(2)]
+        want = [values[(w >> (4 * j)) & 15] * _bf16(scale) for j in range(8)]
+        assert got == want, (hex(w), hex(scale), got, want)
+
+
 def test_the_emulator_catches_a_swapped_byte_selector():
     bad = pm.PLANE_DECODE_SYM.value.replace("0x0501", "0x0105")  # element 3 in the low half, 2 in the high
     out = run_ptx(bad, {4: 0x00003210, 5: 0xC308C308})
     assert [_bf16(out[1] & 0xFFFF), _bf16(out[1] >> 16)] != [2.0, 3.0]
 
 
-@pytest.mark.parametrize("key", ["int4_group_128", "int4_group_128_asym"])
+@pytest.mark.parametrize("key", ["int4_group_128", "int4_group_128_asym", "mxfp4", "nvfp4"])
 @pytest.mark.parametrize("m,warps,split,tokens", [(1, 2, 1, None), (5, 4, 3, None), (8, 2, 2, 8), (16, 2, 2, None),
                                                   (17, 2, 2, 16), (40, 4, 1, None), (70, 1, 2, None)])
 def test_twin_matches_the_reference(key, m, warps, split, tokens):
@@ -72,7 +86,7 @@ def test_refusals_name_what_is_wrong():
     with pytest.raises(ValueError, match="tokens a program: one of"):
         pm.launch_plane_mma(torch.randn(3, 256).bfloat16(), w, tokens=12)
     for bad, what in [(wf.quantize(torch.randn(32, 256), "int4_group_64"), "group 64"),
-                      (wf.quantize(torch.randn(32, 256), "mxfp4"), "format 2"),
+                      (wf.quantize(torch.randn(32, 192), "mxfp4"), "K = 192"),
                       (wf.quantize(torch.randn(32, 192), "int4_group_64"), "group 64")]:
         assert not pm.plane_mma_ok(bad)
         with pytest.raises(ValueError, match=what):
@@ -87,20 +101,22 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
 from quantc.runtime.kernels import wo_plane_mma as pm
-SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "out_ptr": "*bf16", "ws_ptr": "*fp32",
+SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*bf16",
+       "ws_ptr": "*fp32",
        "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_wn": "i32",
        "stride_sn": "i32", "M_TILES": "i32"}
 out = []
-for zero, warps, split, tok, sub in json.loads(sys.argv[1]):
-    ce = dict(GROUP=128, HAS_ZERO=zero, WARPS=warps, SPLIT_K=split, TOK=tok, SUB=sub)
-    sig = dict(SIG, **{k: "constexpr" for k in ce})
+for zero, warps, split, tok, sub, fmt in json.loads(sys.argv[1]):
+    ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, WARPS=warps, SPLIT_K=split, TOK=tok, SUB=sub, FMT=fmt,
+              HAS_GLOBAL=fmt == 3)
+    sig = dict(SIG, s_ptr={1: "*bf16", 2: "*u8", 3: "*fp8e4nv"}[fmt], **{k: "constexpr" for k in ce})
     # 16-byte aligned pointers, K and strides, as Triton specializes them at a launch
     attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG) if a not in ("M", "N", "M_TILES")}
     c = triton.compile(GluonASTSource(pm._plane_mma_kernel, sig, ce, attrs), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": warps})
     ptx = c.asm["ptx"]
     out.append({k: len(re.findall(p, ptx)) for k, p in {
-        "mma": r"mma\\.sync", "lop3": r"lop3\\.b32", "prmt": r"prmt\\.b32", "shfl": r"shfl", "local": r"\\.local",
+        "mma": r"mma\\.sync", "lop3": r"lop3\\.b32", "prmt": r"prmt\\.b32", "mul": r"mul\\.rn\\.bf16x2", "shfl": r"shfl", "local": r"\\.local",
         "ld_shared": r"ld\\.shared", "atom": r"atom\\.", "ld_v4": r"ld\\.global[.a-zA-Z0-9_:]*\\.v4\\.b32"}.items()})
 print(json.dumps(out))
 '''
@@ -110,15 +126,18 @@ def test_gluon_kernel_compiles_for_hopper_with_the_tiles_in_registers():
     """The GPU kernel (Gluon: the interpreter cannot run it) compiled for sm_90: a 128-deep step is 8 MMAs an n8
     half of the token tile, 8 words decoded a lane (32 prmt, 32 lop3), the words two 16-byte loads a lane (and as
     many before the loop) and the activation four a token a lane, an iteration one or two steps; no shuffles, no
-    spills, nothing through shared memory but split-K's one arrival word."""
-    cases = [(False, 4, 1, 8, 1), (True, 4, 1, 16, 2), (False, 2, 2, 16, 1), (True, 4, 1, 32, 1), (False, 4, 1, 64, 1),
-             (False, 4, 3, 8, 2)]
+    spills, nothing through shared memory but split-K's one arrival word. fp4: 10 prmt, 2 lop3 and 4 bf16x2
+    multiplies (the group scale) a word."""
+    cases = [(False, 4, 1, 8, 1, 1), (True, 4, 1, 16, 2, 1), (False, 2, 2, 16, 1, 1), (True, 4, 1, 32, 1, 1),
+             (False, 4, 1, 64, 1, 1), (False, 4, 3, 8, 2, 1), (False, 4, 1, 8, 2, 2), (False, 4, 2, 16, 1, 3)]
     proc = subprocess.run([sys.executable, "-c", COMPILE, json.dumps(cases)], capture_output=True, text=True,
                           timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for case, r in zip(cases, json.loads(proc.stdout.strip().splitlines()[-1])):
-        halves, sub = case[3] // 8, case[4]
-        assert r["mma"] == 8 * halves * sub and r["lop3"] == 32 * sub and r["prmt"] == 32 * sub, (case, r)
+        halves, sub, fp4 = case[3] // 8, case[4], case[5] >= 2
+        assert r["mma"] == 8 * halves * sub, (case, r)
+        assert (r["lop3"], r["prmt"], r["mul"]) == ((16 * sub, 80 * sub, 32 * sub) if fp4 else (32 * sub, 32 * sub, 0)), \
+            (case, r)
         assert r["ld_v4"] == (4 + 4 * halves) * sub, (case, r)
         assert r["shfl"] == 0 and r["local"] == 0, (case, r)
         assert (r["atom"] > 0) == (case[2] > 1) and r["ld_shared"] == (case[2] > 1), (case, r)
@@ -133,7 +152,8 @@ def _fake_x(m: int, k: int = 256):
 
 def test_policy_takes_int4_g128_at_2_to_8_rows_on_sm90(monkeypatch):
     """On sm_90: int4 in groups of 128 from 2 to 8 rows (16 with zero points); not one row (the GEMV's), not groups
-    of 64 or fp4, not other GPUs or the CPU; QUANTC_PLANE_MMA=0 never, QUANTC_PLANE_MMA_MAX_M moves the bound."""
+    of 64 or fp4 (untimed: forced only), not other GPUs or the CPU; QUANTC_PLANE_MMA=0 never,
+    QUANTC_PLANE_MMA_MAX_M moves the bound."""
     from quantc.runtime.kernels import common as kc
 
     monkeypatch.delenv("QUANTC_PLANE_MMA", raising=False)
@@ -147,6 +167,9 @@ def test_policy_takes_int4_g128_at_2_to_8_rows_on_sm90(monkeypatch):
     assert [pm.uses_plane_mma(_fake_x(m), wz) for m in (1, 2, 16, 17)] == [False, True, True, False]
     for other in ("int4_group_64", "mxfp4", "nvfp4"):
         assert not pm.uses_plane_mma(_fake_x(4), wf.quantize(torch.randn(64, 256), other)), other
+    monkeypatch.setenv("QUANTC_PLANE_MMA", "1")
+    assert pm.uses_plane_mma(_fake_x(4), wf.quantize(torch.randn(64, 256), "nvfp4"))
+    monkeypatch.delenv("QUANTC_PLANE_MMA")
     monkeypatch.setenv("QUANTC_PLANE_MMA_MAX_M", "4")
     assert pm.uses_plane_mma(_fake_x(4), w) and not pm.uses_plane_mma(_fake_x(5), w)
     monkeypatch.setenv("QUANTC_PLANE_MMA", "0")

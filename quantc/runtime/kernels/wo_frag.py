@@ -39,8 +39,9 @@ at twice ``wo_gemm._split`` was the best or within 4% of it at every shape.
 Opt-in at load (``wo_launch.prepare``): QUANTC_WO_FRAG=both keeps these words beside the plane layout (a second
 copy) for 2-16 rows; QUANTC_WO_FRAG=1 keeps only them, and every M runs from them: one row on
 ``wo_frag_gemv``, up to 255 rows here in programs of 16 / 32 / 64 tokens (``frag_tokens``), more through
-``frag_dequant_bf16`` and cuBLAS (bench/results/frag_only_probe_h100_s20.json; the 32 / 64-token programs and the
-permuting dequant are untimed).
+``frag_dequant_bf16`` and cuBLAS (bench/results/frag_only_probe_h100_s21.json: ahead of the plane layout at 2-32
+rows, 0.55-0.93x at one row, behind from 64). ``wo_plane_mma`` took its MMA to the natural order, the default at
+2-8 rows, so this layout stays opt-in.
 """
 
 from __future__ import annotations

@@ -5,11 +5,13 @@ pairs, which round the activations first: ``wo_mx``).
     out[m, n] = sum_k x[m, k] * deq(w)[n, k]          deq(w)[n, k] = v(code[n, k]) * s[n // RB, k // G]
                                                           (* global scale for nvfp4)
 
-with v the signed int4 code (or code - zero point) or the e2m1 value. Layouts: ``wo_format``. Three
-kernels read the same words: ``wo_gemv`` (CUDA cores, half2 arithmetic) runs every format at M = 1 on an
-sm_90 GPU (``wo_gemv.uses_gemv``); of the two tensor-core kernels, ``wo_planes`` (eight nibble planes per
-tile, the decoded weights never leave registers) runs int4 at M <= 16 and every format at M = 1 elsewhere, and
-``wo_mma4`` (decoded tile in K order) the rest, prefill included. Measured on an H100 (bench/results/wo_h100.json):
+with v the signed int4 code (or code - zero point) or the e2m1 value. Layouts: ``wo_format``. Four
+kernels read the same words: ``wo_gemv`` (CUDA cores, half2 arithmetic) runs every format at M = 1 (and fp4 at
+2 rows) on an sm_90 GPU (``wo_gemv.uses_gemv``); ``wo_plane_mma`` (mma_v2 on A fragments decoded straight from
+the natural order) int4 g128 at 2-8 rows there, 2-16 with zero points (``wo_plane_mma.uses_plane_mma``); of the
+other two tensor-core kernels, ``wo_planes`` (eight nibble planes per tile, the decoded weights never leave
+registers) runs int4 at M <= 16 and every format at M = 1 elsewhere, and ``wo_mma4`` (decoded tile in K order)
+the rest, prefill included. Measured on an H100 (bench/results/wo_h100.json):
 planes is 1.3-1.6x faster than mma4 for int4 at decode and ~1.1x for fp4 at M = 1, slower for fp4 at
 M = 16 (its per-element scales cost more there). This module is the
 torch custom op (``quantc::wo_gemm``, so applied models run under torch.compile), the shape checks,

@@ -34,7 +34,8 @@ from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 from ...kernel_specs import PLANE_MMA_ROWS, PLANE_MMA_ROWS_ZERO
 from . import common
 from .common import cdiv
-from .wo_format import INT4, WoWeight
+from .nibble_decode import e2m1_to_f32
+from .wo_format import INT4, MXFP4, NVFP4, S_E8M0, S_FLOAT, WoWeight, decode_scale
 from .wo_frag import _bf16_halves, token_tile_ptrs, twin_accumulate, zero_addend
 from .wo_mma4 import split_workspace, store_or_reduce
 
@@ -43,8 +44,12 @@ TOKENS = (8, 16, 32, 64)
 
 
 def plane_mma_ok(w: WoWeight) -> bool:
-    """Whether the kernel reads this weight: one dense int4 weight, K a multiple of 128, groups of whole steps."""
-    return w.fmt == INT4 and w.data.dim() == 2 and w.row_block == 1 and w.k % STEP == 0 and w.group % STEP == 0
+    """Whether the kernel reads this weight: one dense weight, K a multiple of 128; int4 in groups of whole steps,
+    mxfp4 (e8m0 per 32) or nvfp4 (e4m3 per 16, a global scale)."""
+    if w.data.dim() != 2 or w.row_block != 1 or w.k % STEP:
+        return False
+    return ((w.fmt == INT4 and w.group % STEP == 0) or (w.fmt == MXFP4 and w.sfmt == S_E8M0 and w.group == 32)
+            or (w.fmt == NVFP4 and w.sfmt == S_FLOAT and w.group == 16))
 
 
 # The policy (``uses_plane_mma``, ``plane_mma_split``), from bench/results/plane_mma_probe_h100_s21*.json: on an
@@ -60,10 +65,11 @@ SPLIT_WAVES = 2
 
 def uses_plane_mma(x2: torch.Tensor, w: WoWeight) -> bool:
     """Whether ``wo_gemm`` runs this call here: int4 the kernel reads, 2 rows to PLANE_MMA_MAX_M (with zero points
-    PLANE_MMA_MAX_M_ZERO), on an sm_90 GPU. QUANTC_PLANE_MMA=0 never; =1 every call it can take, 1-64 rows on any
-    device (the interpreter included); QUANTC_PLANE_MMA_MAX_M=M moves the row bound."""
+    PLANE_MMA_MAX_M_ZERO), on an sm_90 GPU. QUANTC_PLANE_MMA=0 never; =1 every call it can take, 1-64 rows, mxfp4
+    and nvfp4 too (untimed), on any device (the interpreter included); QUANTC_PLANE_MMA_MAX_M=M moves the row
+    bound."""
     switch = common.env("QUANTC_PLANE_MMA")
-    if switch == "0" or not plane_mma_ok(w) or x2.stride(1) != 1:
+    if switch == "0" or not plane_mma_ok(w) or x2.stride(1) != 1 or (switch != "1" and w.fmt != INT4):
         return False
     m = x2.shape[0]
     bound = common.env("QUANTC_PLANE_MMA_MAX_M")
@@ -94,8 +100,9 @@ def plane_mma_tokens(m: int) -> int:
 
 @triton.jit
 def _plane_mma_twin_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_wn, stride_sn, M_TILES,
+    x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_wn, stride_sn, M_TILES,
     GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, TOK: tl.constexpr,
+    FMT: tl.constexpr = 1, HAS_GLOBAL: tl.constexpr = False,
 ):
     steps = K // 128
     per = tl.cdiv(steps, SPLIT_K)
@@ -116,8 +123,14 @@ def _plane_mma_twin_kernel(
                         mask=n_mask[:, None], other=0)
         xt = tl.load(x_ptr + toks[None, :] * stride_xm + s * 128 + kk[:, None], mask=(toks < M)[None, :],
                      other=0.0).to(tl.float32)  # (128, TOK)
-        total = twin_accumulate(total, (words >> (4 * (kk % 8))[None, :]) & 15, xt, z_ptr, s_ptr, rows, n_mask,
-                                stride_sn, (s * 128) // GROUP, HAS_ZERO)
+        c = (words >> (4 * (kk % 8))[None, :]) & 15
+        if FMT == 1:
+            total = twin_accumulate(total, c, xt, z_ptr, s_ptr, rows, n_mask, stride_sn, (s * 128) // GROUP, HAS_ZERO)
+        else:  # e2m1 times its group's scale (exact in bf16, as the GPU's A fragments), then the dot
+            sc = tl.load(s_ptr + tl.minimum(rows, N - 1)[:, None] * stride_sn + (s * 128 + kk[None, :]) // GROUP)
+            total += tl.dot(e2m1_to_f32(c) * decode_scale(sc, 2 if FMT == 2 else 1), xt)
+    if HAS_GLOBAL:
+        total = total * tl.load(gs_ptr)
     o_mask = n_mask[:, None] & (toks < M)[None, :]
     offs = toks[None, :] * N + rows[:, None]
     store_or_reduce(total, out_ptr + offs, ws_ptr + offs, o_mask, cnt_ptr + tl.program_id(0), SPLIT_K)
@@ -145,14 +158,48 @@ fma.rn.bf16x2 $1, $1, one, $5;
 fma.rn.bf16x2 $2, $2, one, $5;
 fma.rn.bf16x2 $3, $3, one, $5;
 }}"""
+# e2m1: the bf16 of each magnitude from two 8-byte tables (low bytes, high bytes) by ``prmt`` on four 3-bit indices
+# at a time, the signs moved to bit 7 of the high bytes (a prmt of the word and the word << 4 puts sign 4j + 3 at bit
+# 8j + 7), the bytes interleaved into the pairs (2i, 2i + 1), then times $5: the group scale as bf16x2 (exact)
+PLANE_DECODE_E2M1 = gl.constexpr("""{
+.reg .b32 m03, m47, lo03, hi03, lo47, hi47, w4, s03, s47, la, lb, ha, hb;
+mov.b32 la, 0xC0800000;
+mov.b32 lb, 0xC0804000;
+mov.b32 ha, 0x3F3F3F00;
+mov.b32 hb, 0x40404040;
+and.b32 m03, $4, 0x7777;
+shr.b32 m47, $4, 16;
+and.b32 m47, m47, 0x7777;
+prmt.b32 lo03, la, lb, m03;
+prmt.b32 hi03, ha, hb, m03;
+prmt.b32 lo47, la, lb, m47;
+prmt.b32 hi47, ha, hb, m47;
+shl.b32 w4, $4, 4;
+prmt.b32 s03, $4, w4, 0x1504;
+prmt.b32 s47, $4, w4, 0x3726;
+lop3.b32 hi03, hi03, s03, 0x80808080, 0xF8;
+lop3.b32 hi47, hi47, s47, 0x80808080, 0xF8;
+prmt.b32 $0, lo03, hi03, 0x5140;
+prmt.b32 $1, lo03, hi03, 0x7362;
+prmt.b32 $2, lo47, hi47, 0x5140;
+prmt.b32 $3, lo47, hi47, 0x7362;
+mul.rn.bf16x2 $0, $0, $5;
+mul.rn.bf16x2 $1, $1, $5;
+mul.rn.bf16x2 $2, $2, $5;
+mul.rn.bf16x2 $3, $3, $5;
+}""")
 PLANE_DECODE_SYM = gl.constexpr(_PLANE_DECODE.format(magic="0x43084308"))
 PLANE_DECODE_ZERO = gl.constexpr(_PLANE_DECODE.format(magic="0x43004300"))
 NEG_136_X2 = gl.constexpr(0xC308C308 - 2**32)  # bf16x2 (-136, -136) as a signed int32
 
 
 @gluon.jit
-def _decode(word, c, HAS_ZERO: gl.constexpr):
-    """(WARPS, 32) words -> their four bf16x2 element-pair registers (``PLANE_DECODE_*``)."""
+def _decode(word, c, HAS_ZERO: gl.constexpr, FMT: gl.constexpr):
+    """(WARPS, 32) words -> their four bf16x2 element-pair registers (``PLANE_DECODE_*``; ``c``: the int4 FMA's
+    addend, or fp4's group scale as bf16x2)."""
+    if FMT >= 2:
+        return gl.inline_asm_elementwise(PLANE_DECODE_E2M1, "=r,=r,=r,=r,r,r", [word, c],
+                                         dtype=[gl.int32, gl.int32, gl.int32, gl.int32], is_pure=True, pack=1)
     if HAS_ZERO:
         return gl.inline_asm_elementwise(PLANE_DECODE_ZERO, "=r,=r,=r,=r,r,r", [word, c],
                                          dtype=[gl.int32, gl.int32, gl.int32, gl.int32], is_pure=True, pack=1)
@@ -171,15 +218,31 @@ def _a_tile(g_kh0, g_kh1, g8_kh0, g8_kh1, WARPS: gl.constexpr):
 
 
 @gluon.jit
+def _e8m0_bf16x2(ptrs):
+    """e8m0 codes at ``ptrs`` -> the bf16x2 (2**(e - 127), same) as int32: the code as the exponent field (code 0:
+    2**-127, a bf16 subnormal)."""
+    e = gl.load(ptrs).to(gl.int32)
+    return gl.where(e == 0, 0x40, e << 7) * 0x10001
+
+
+@gluon.jit
+def _bf16x2_of(v):
+    """Values (e4m3 scales: exact in bf16) -> their bf16x2 (v, v) as int32."""
+    return (v.to(gl.float32).to(gl.bfloat16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF) * 0x10001
+
+
+@gluon.jit
 def _pick4(a, b, c, d, i: gl.constexpr):
     return a if i == 0 else (b if i == 1 else (c if i == 2 else d))
 
 
 @gluon.jit
-def _step(acc, lo, hi, xs, c_lo, c_hi, HAS_ZERO: gl.constexpr, WARPS: gl.constexpr, W2: gl.constexpr,
-          A_L: gl.constexpr, B_L: gl.constexpr, TOK: gl.constexpr):
+def _step(acc, lo, hi, xs, c_lo, c_lo2, c_hi, c_hi2, HAS_ZERO: gl.constexpr, FMT: gl.constexpr, WARPS: gl.constexpr,
+          W2: gl.constexpr, A_L: gl.constexpr, B_L: gl.constexpr, TOK: gl.constexpr):
     """The 8 MMAs of one 128-deep step: ``lo`` / ``hi`` (WARPS, 32, 4) a lane's words of rows g / g + 8, ``xs``
-    (TOK / 8, 8, 4, 32) its activation values (tokens 8 nh + g, K 32 t .. 32 t + 31 of the step)."""
+    (TOK / 8, 8, 4, 32) its activation values (tokens 8 nh + g, K 32 t .. 32 t + 31 of the step); ``c_lo`` /
+    ``c_hi`` the decode's constant for words 0-1 of rows g / g + 8, ``c_lo2`` / ``c_hi2`` for words 2-3 (nvfp4's
+    second group)."""
     lo_ev, lo_od = gl.split(gl.reshape(lo, [WARPS, 32, 2, 2]))  # word v = 2 v1 + v0
     lo0, lo2 = gl.split(lo_ev)
     lo1, lo3 = gl.split(lo_od)
@@ -196,8 +259,10 @@ def _step(acc, lo, hi, xs, c_lo, c_hi, HAS_ZERO: gl.constexpr, WARPS: gl.constex
     x100, x102 = gl.split(x10)
     x101, x103 = gl.split(x11)
     for v in gl.static_range(4):
-        r0, r1, r2, r3 = _decode(gl.convert_layout(_pick4(lo0, lo1, lo2, lo3, v), W2), c_lo, HAS_ZERO)
-        s0, s1, s2, s3 = _decode(gl.convert_layout(_pick4(hi0, hi1, hi2, hi3, v), W2), c_hi, HAS_ZERO)
+        r0, r1, r2, r3 = _decode(gl.convert_layout(_pick4(lo0, lo1, lo2, lo3, v), W2), c_lo if v < 2 else c_lo2,
+                                 HAS_ZERO, FMT)
+        s0, s1, s2, s3 = _decode(gl.convert_layout(_pick4(hi0, hi1, hi2, hi3, v), W2), c_hi if v < 2 else c_hi2,
+                                 HAS_ZERO, FMT)
         for j in gl.static_range(2):
             if j == 0:
                 a = _a_tile(r0, r1, s0, s1, WARPS)
@@ -213,9 +278,9 @@ def _step(acc, lo, hi, xs, c_lo, c_hi, HAS_ZERO: gl.constexpr, WARPS: gl.constex
 
 @gluon.jit
 def _plane_mma_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_wn, stride_sn, M_TILES,
+    x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_wn, stride_sn, M_TILES,
     GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, WARPS: gl.constexpr, SPLIT_K: gl.constexpr, TOK: gl.constexpr,
-    SUB: gl.constexpr = 1,
+    SUB: gl.constexpr = 1, FMT: gl.constexpr = 1, HAS_GLOBAL: gl.constexpr = False,
 ):
     """Grid (row tiles of WARPS x 16 x token tiles of TOK, K slices); an iteration is SUB 128-deep steps (each with
     its group's scale), and the next iteration's words load while this one decodes and multiplies."""
@@ -249,6 +314,10 @@ def _plane_mma_kernel(
     rows = n_prog * (WARPS * 16) + gl.arange(0, WARPS * 16, layout=gl.SliceLayout(1, MMA))
     c_lo = gl.full([WARPS, 32], NEG_136_X2, gl.int32, W2)
     c_hi = c_lo
+    # fp4's scale rows of the lane's rows g and g + 8 (past N: row N - 1) and its group column t
+    s_lo = gl.minimum(row_g, N - 1).to(gl.int64) * stride_sn
+    s_hi = gl.minimum(row_g + 8, N - 1).to(gl.int64) * stride_sn
+    lane_t = gl.expand_dims(lanes % 4, 0)
     total = gl.zeros([WARPS * 16, TOK], gl.float32, MMA)
     last = gl.maximum(s_end - 1, 0)
     first = gl.minimum(s_start, last) * SUB * 16
@@ -276,14 +345,31 @@ def _plane_mma_kernel(
             if HAS_ZERO:  # -(128 + z) as bf16x2 for the lane's rows g and g + 8
                 c_lo = zero_addend(z_ptr + row_g * stride_sn + g, row_g < N)
                 c_hi = zero_addend(z_ptr + (row_g + 8) * stride_sn + g, row_g + 8 < N)
+            c_lo2 = c_lo
+            c_hi2 = c_hi
+            if FMT == 2:  # the lane's one e8m0 group a row (K 32 t .. 32 t + 31) as a bf16x2 power of two
+                c_lo = _e8m0_bf16x2(s_ptr + s_lo + s * 4 + lane_t)
+                c_hi = _e8m0_bf16x2(s_ptr + s_hi + s * 4 + lane_t)
+                c_lo2 = c_lo
+                c_hi2 = c_hi
+            elif FMT == 3:  # its two e4m3 groups a row (words 0-1, 2-3)
+                c_lo = _bf16x2_of(gl.load(s_ptr + s_lo + s * 8 + 2 * lane_t))
+                c_lo2 = _bf16x2_of(gl.load(s_ptr + s_lo + s * 8 + 2 * lane_t + 1))
+                c_hi = _bf16x2_of(gl.load(s_ptr + s_hi + s * 8 + 2 * lane_t))
+                c_hi2 = _bf16x2_of(gl.load(s_ptr + s_hi + s * 8 + 2 * lane_t + 1))
             acc = gl.zeros([WARPS * 16, TOK], gl.float32, MMA)
             xs = gl.load(x_tile + s * 128)  # four 16-byte loads a token a lane
             if sub == 0:
-                acc = _step(acc, lo, hi, xs, c_lo, c_hi, HAS_ZERO, WARPS, W2, A_L, B_L, TOK)
+                acc = _step(acc, lo, hi, xs, c_lo, c_lo2, c_hi, c_hi2, HAS_ZERO, FMT, WARPS, W2, A_L, B_L, TOK)
             else:
-                acc = _step(acc, lo2, hi2, xs, c_lo, c_hi, HAS_ZERO, WARPS, W2, A_L, B_L, TOK)
-            sc = gl.load(s_ptr + rows * stride_sn + g, mask=rows < N, other=0.0).to(gl.float32)
-            total += acc * gl.expand_dims(sc, 1)
+                acc = _step(acc, lo2, hi2, xs, c_lo, c_lo2, c_hi, c_hi2, HAS_ZERO, FMT, WARPS, W2, A_L, B_L, TOK)
+            if FMT == 1:
+                sc = gl.load(s_ptr + rows * stride_sn + g, mask=rows < N, other=0.0).to(gl.float32)
+                total += acc * gl.expand_dims(sc, 1)
+            else:  # fp4's scales are in the A fragments
+                total += acc
+    if HAS_GLOBAL:
+        total = total * gl.load(gs_ptr)
     on = gl.arange(0, TOK, layout=gl.SliceLayout(0, MMA))
     offs = gl.expand_dims(on, 0) * N + gl.expand_dims(rows, 1)
     o_mask = gl.expand_dims(rows < N, 1) & gl.expand_dims(on < M, 0)
@@ -303,8 +389,9 @@ def launch_plane_mma(x2: torch.Tensor, w: WoWeight, warps: int = 4, split_k: int
     steps an iteration on the GPU (``plane_mma_sub``)."""
     m, k = x2.shape
     if not plane_mma_ok(w) or k != w.k or x2.stride(1) != 1:
-        raise ValueError(f"the plane-layout MMA kernel takes one int4 weight with K a multiple of 128 and groups of "
-                         f"a multiple of 128, and activation rows of K = {w.k} with unit stride; got format {w.fmt}, "
+        raise ValueError(f"the plane-layout MMA kernel takes one weight with K a multiple of 128 (int4 in groups of a "
+                         f"multiple of 128, mxfp4 or nvfp4) and activation rows of K = {w.k} with unit stride; got "
+                         f"format {w.fmt}, "
                          f"group {w.group}, weight data {tuple(w.data.shape)}, x {tuple(x2.shape)} with strides "
                          f"{tuple(x2.stride())}")
     n = w.n
@@ -323,9 +410,11 @@ def launch_plane_mma(x2: torch.Tensor, w: WoWeight, warps: int = 4, split_k: int
     grid = (cdiv(n, bn) * m_tiles, split)
     ws, cnt = split_workspace(x2.device, m * n, grid[0]) if split > 1 else (out, out)
     zeros = w.zeros if w.zeros is not None else w.scale
-    args = (x2, w.data, w.scale, zeros, out, ws, cnt, m, n, k, x2.stride(0), w.data.stride(0), w.scale.stride(0),
+    gs = w.global_scale if w.global_scale is not None else w.scale
+    args = (x2, w.data, w.scale, zeros, gs, out, ws, cnt, m, n, k, x2.stride(0), w.data.stride(0), w.scale.stride(0),
             m_tiles)
-    consts = dict(GROUP=w.group, HAS_ZERO=w.zeros is not None, SPLIT_K=split, TOK=tok)
+    consts = dict(GROUP=w.group, HAS_ZERO=w.zeros is not None, SPLIT_K=split, TOK=tok,
+                  FMT={INT4: 1, MXFP4: 2, NVFP4: 3}[w.fmt], HAS_GLOBAL=w.global_scale is not None)
     if common.interpreted() or x2.device.type != "cuda":
         common.launch(_plane_mma_twin_kernel, grid, args, dict(consts, BLOCK_N=bn), warps, 1)
     else:
