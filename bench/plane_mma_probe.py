@@ -64,7 +64,7 @@ def main() -> None:
             if key.endswith("_asym"):
                 ws = [dataclasses.replace(w, zeros=torch.randint(0, 16, w.scale.shape, dtype=torch.uint8,
                                                                  device=w.scale.device)) for w in ws]
-            bufs = [[w.data, w.scale] + ([w.zeros] if w.zeros is not None else []) for w in ws]
+            bufs = [[w.data, w.scale] + [t for t in (w.zeros, w.global_scale) if t is not None] for w in ws]
             for m in MS:
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                 want = wo_launch.run(x, bufs[0], None, key, "none", None).float()
