@@ -20,9 +20,10 @@ FAMILIES = {
 
 # Rows of a dense 4-bit weight-only layer that an sm_90 GPU runs at a config of the runtime's own, whatever the
 # layer's table says (explain and tune read these; the runtime's policies use the same numbers): the CUDA-core GEMV
-# (runtime/kernels/wo_gemv.py) up to GEMV_ROWS with K a multiple of 128; int4 in groups of a multiple of 128 on the
-# natural layout's MMA kernel (runtime/kernels/wo_plane_mma.py) from 2 rows up to PLANE_MMA_ROWS, PLANE_MMA_ROWS_ZERO
-# with zero points (whose per-element subtraction the plane kernel pays).
+# (runtime/kernels/wo_gemv.py) at one row (two where the next kernel does not take the weight), K a multiple of
+# 128; the natural layout's MMA kernel (runtime/kernels/wo_plane_mma.py) from 2 rows up to PLANE_MMA_ROWS for int4 in
+# groups of a multiple of 128, mxfp4 and nvfp4, PLANE_MMA_ROWS_ZERO for int4 with zero points (whose per-element
+# subtraction the plane kernel pays).
 GEMV_ROWS = 2
 PLANE_MMA_ROWS = 8
 PLANE_MMA_ROWS_ZERO = 16
@@ -33,9 +34,11 @@ def own_config_rows(weight_key: str, k: int) -> int:
     runtime's own config on sm_90 (0: none)."""
     if k % 128:
         return 0
-    if weight_key.startswith("int4_group_") and int(weight_key.split("_")[2]) % 128 == 0:
+    if weight_key.startswith("int4_group_"):
+        if int(weight_key.split("_")[2]) % 128:
+            return GEMV_ROWS
         return PLANE_MMA_ROWS_ZERO if weight_key.endswith("_asym") else PLANE_MMA_ROWS
-    return GEMV_ROWS
+    return PLANE_MMA_ROWS
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ the other fields only, at the BLOCK_M gate_up's row uses for that bucket.
 
 Search spaces (``SPACES``): ``full``, the grids of ``search_space`` / ``moe_search_space`` (hundreds of
 compiles a job; dense decode jobs of at most four rows add the CUDA-core GEMV's grid, ``gemv_space``; 4-bit
-weight-only decode jobs on sm_90 where the runtime runs configs of its own, one or two rows (its GEMV) and int4 g128 up
-to 8 rows (16 with zero points: its natural-layout MMA kernel), measure one candidate: nothing reads the table there);
+weight-only decode jobs on sm_90 where the runtime runs configs of its own, one row (its GEMV) and 2-8 rows of int4 g128,
+mxfp4 and nvfp4 (int4 with zero points 2-16: its natural-layout MMA kernel), measure one candidate: nothing reads the
+table there);
 ``small``, a handful, for tests and the CPU interpreter; ``seeded`` (``seeded_space``), transfer from
 tables already tuned on other shapes. A seeded job's candidates are the configs that won for the same
 kernel id in the given tables (by default the shipped ``kernels/`` tables, the target
@@ -338,9 +339,9 @@ def _decode_4bit(job: TuneJob) -> bool:
 
 def _runtime_gemv(job: TuneJob, gpu: Gpu) -> bool:
     """4-bit weight-only decode on sm_90 where the runtime runs a config of its own, whatever the table says
-    (``kernel_specs.own_config_rows``): one or two rows on its CUDA-core GEMV (``runtime/kernels/wo_gemv.py``),
-    int4 in groups of 128 up to 8 rows (16 with zero points) on the natural layout's MMA kernel
-    (``runtime/kernels/wo_plane_mma.py``)."""
+    (``kernel_specs.own_config_rows``): one row on its CUDA-core GEMV (``runtime/kernels/wo_gemv.py``), 2-8 rows of
+    int4 g128, mxfp4 and nvfp4 (int4 with zero points 2-16) on the natural layout's MMA kernel
+    (``runtime/kernels/wo_plane_mma.py``); int4 in smaller groups two rows on the GEMV."""
     return (job.kernel in DECODE_4BIT and gpu.sm == 90 and not job.num_experts
             and job.m_max <= own_config_rows(job.weight_key, job.k))
 

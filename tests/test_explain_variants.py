@@ -40,9 +40,10 @@ def test_unquantized_module_has_no_variants(tmp_path):
 
 
 def test_one_row_4bit_configs_say_the_gemv_takes_them_on_sm90(tmp_path):
-    """On sm_90 the runtime runs a 4-bit weight-only layer's one-row calls on its CUDA-core GEMV, and int4 g128's
-    2-8 rows (16 with zero points) on the natural layout's MMA kernel, whatever the table's first bucket says:
-    explain says so under that bucket; other GPUs, and K the GEMV refuses, do not."""
+    """On sm_90 the runtime runs a 4-bit weight-only layer's one-row calls on its CUDA-core GEMV, and 2-8 rows of
+    int4 g128, mxfp4 and nvfp4 (int4 with zero points 2-16) on the natural layout's MMA kernel, whatever the table's
+    first bucket says: explain says so under that bucket (int4 in groups of 64: the GEMV's one or two rows); other
+    GPUs, and K the GEMV refuses, do not."""
     gemv = "(one or two rows on this GPU run the runtime's CUDA-core GEMV"
     int4 = ("(one row on this GPU runs the runtime's CUDA-core GEMV (runtime/kernels/wo_gemv.py) and 2-{} rows the "
             "natural layout's MMA kernel (runtime/kernels/wo_plane_mma.py)")
@@ -51,7 +52,7 @@ def test_one_row_4bit_configs_say_the_gemv_takes_them_on_sm90(tmp_path):
         ("h100", "{weight: int4_group_128_asym}", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj",
          int4.format(16)),
         ("h100", "{weight: int4_group_64}", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", gemv),
-        ("h200", "mxfp4", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", gemv),
+        ("h200", "mxfp4", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", int4.format(8)),
         ("a100", "w4a16", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", None),
         ("h100", "fp8_per_channel", "examples/models/llama-3.1-8b.json", "model.layers.0.mlp.down_proj", None),
     ]:

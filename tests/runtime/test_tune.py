@@ -64,17 +64,17 @@ def test_decode_4bit_search_space_has_two_warp_programs_and_deep_split_k():
 def test_one_row_4bit_jobs_on_sm90_measure_one_candidate():
     """At one row on sm_90 the runtime's 4-bit GEMV takes every call at its own config (wo_gemv.gemv_config), so a
     job there measures one candidate (its default where given) instead of searching a table row nobody reads;
-    other GPUs (the plane kernel) and 16 rows keep the grid; int4 g128's 2-8 rows (16 with zero points) are the
-    natural layout's MMA kernel's."""
+    other GPUs (the plane kernel) and 16 rows keep the grid; 2-8 rows of int4 g128 and fp4 (int4 with zero points
+    2-16) are the natural layout's MMA kernel's."""
     m1 = TuneJob("fp4_weight_only_gemm", 4096, 14336, "mxfp4", "none", 1, 1)
     assert len(search_space(m1, GPUS["h100"])) == len(search_space(m1, GPUS["h200"])) == 1
     default = KernelConfig(16, 32, 128, 8, 2, 4, 5)
     assert search_space(m1, GPUS["h100"], space="seeded", tables=[], default=default) == [default]
     assert len(search_space(m1, GPUS["a100"])) > 100
     assert len(search_space(dataclasses.replace(m1, m_max=16, m=16), GPUS["h100"])) > 100
-    assert len(search_space(dataclasses.replace(m1, m_max=2, m=2), GPUS["h100"])) == 1  # two rows: the GEMV too
-    assert len(search_space(dataclasses.replace(m1, m_max=4, m=2), GPUS["h100"])) > 100  # 3-4 rows read the table
-    # int4 g128: the natural layout's MMA kernel takes 2-8 rows (16 with zero points) at its own config too
+    assert len(search_space(dataclasses.replace(m1, m_max=2, m=2), GPUS["h100"])) == 1  # two rows: its own too
+    # the natural layout's MMA kernel takes 2-8 rows (int4 with zero points 2-16) at its own config too
+    assert len(search_space(dataclasses.replace(m1, m_max=8, m=8), GPUS["h100"])) == 1
     int4 = TuneJob("int4_weight_only_gemm", 4096, 14336, "int4_group_128", "none", 8, 8)
     assert len(search_space(int4, GPUS["h100"])) == 1 and len(search_space(int4, GPUS["a100"])) > 100
     assert len(search_space(dataclasses.replace(int4, m_max=16, m=16), GPUS["h100"])) > 100
@@ -82,6 +82,7 @@ def test_one_row_4bit_jobs_on_sm90_measure_one_candidate():
     assert len(search_space(asym, GPUS["h100"])) == 1
     g64 = dataclasses.replace(int4, weight_key="int4_group_64", m_max=8)  # groups of 64: the plane kernel's table
     assert len(search_space(g64, GPUS["h100"])) > 100
+    assert len(search_space(dataclasses.replace(g64, m_max=2, m=2), GPUS["h100"])) == 1  # and the GEMV's two rows
 
 
 def test_tune_writes_a_valid_table_and_resumes(tmp_path, monkeypatch):

@@ -150,9 +150,9 @@ def _fake_x(m: int, k: int = 256):
     return SimpleNamespace(shape=(m, k), device=SimpleNamespace(type="cuda"), stride=lambda d: 1 if d == 1 else k)
 
 
-def test_policy_takes_int4_g128_at_2_to_8_rows_on_sm90(monkeypatch):
-    """On sm_90: int4 in groups of 128 from 2 to 8 rows (16 with zero points); not one row (the GEMV's), not groups
-    of 64 or fp4 (untimed: forced only), not other GPUs or the CPU; QUANTC_PLANE_MMA=0 never,
+def test_policy_takes_2_to_8_rows_on_sm90(monkeypatch):
+    """On sm_90: int4 in groups of 128, mxfp4 and nvfp4 from 2 to 8 rows (int4 with zero points to 16); not one row
+    (the GEMV's), not int4 in groups of 64, not other GPUs or the CPU; QUANTC_PLANE_MMA=0 never,
     QUANTC_PLANE_MMA_MAX_M moves the bound."""
     from quantc.runtime.kernels import common as kc
 
@@ -165,11 +165,10 @@ def test_policy_takes_int4_g128_at_2_to_8_rows_on_sm90(monkeypatch):
     monkeypatch.setattr(kc, "cc_major", lambda device: 9)
     assert [pm.uses_plane_mma(_fake_x(m), w) for m in (1, 2, 8, 9, 16)] == [False, True, True, False, False]
     assert [pm.uses_plane_mma(_fake_x(m), wz) for m in (1, 2, 16, 17)] == [False, True, True, False]
-    for other in ("int4_group_64", "mxfp4", "nvfp4"):
-        assert not pm.uses_plane_mma(_fake_x(4), wf.quantize(torch.randn(64, 256), other)), other
-    monkeypatch.setenv("QUANTC_PLANE_MMA", "1")
-    assert pm.uses_plane_mma(_fake_x(4), wf.quantize(torch.randn(64, 256), "nvfp4"))
-    monkeypatch.delenv("QUANTC_PLANE_MMA")
+    for fp4 in ("mxfp4", "nvfp4"):
+        assert [pm.uses_plane_mma(_fake_x(m), wf.quantize(torch.randn(64, 256), fp4)) for m in (1, 2, 8, 9)] == \
+            [False, True, True, False], fp4
+    assert not pm.uses_plane_mma(_fake_x(4), wf.quantize(torch.randn(64, 256), "int4_group_64"))
     monkeypatch.setenv("QUANTC_PLANE_MMA_MAX_M", "4")
     assert pm.uses_plane_mma(_fake_x(4), w) and not pm.uses_plane_mma(_fake_x(5), w)
     monkeypatch.setenv("QUANTC_PLANE_MMA", "0")

@@ -6,9 +6,9 @@ pairs, which round the activations first: ``wo_mx``).
                                                           (* global scale for nvfp4)
 
 with v the signed int4 code (or code - zero point) or the e2m1 value. Layouts: ``wo_format``. Four
-kernels read the same words: ``wo_gemv`` (CUDA cores, half2 arithmetic) runs every format at M = 1 (and fp4 at
-2 rows) on an sm_90 GPU (``wo_gemv.uses_gemv``); ``wo_plane_mma`` (mma_v2 on A fragments decoded straight from
-the natural order) int4 g128 at 2-8 rows there, 2-16 with zero points (``wo_plane_mma.uses_plane_mma``); of the
+kernels read the same words: ``wo_gemv`` (CUDA cores, half2 arithmetic) runs every format at M = 1 on an sm_90
+GPU (``wo_gemv.uses_gemv``); ``wo_plane_mma`` (mma_v2 on A fragments decoded straight from the natural order)
+int4 g128, mxfp4 and nvfp4 at 2-8 rows there, int4 with zero points 2-16 (``wo_plane_mma.uses_plane_mma``); of the
 other two tensor-core kernels, ``wo_planes`` (eight nibble planes per tile, the decoded weights never leave
 registers) runs int4 at M <= 16 and every format at M = 1 elsewhere, and ``wo_mma4`` (decoded tile in K order)
 the rest, prefill included. Measured on an H100 (bench/results/wo_h100.json):
@@ -46,7 +46,7 @@ def uses_planes(m: int, fmt: int, k: int) -> bool:
 
 def _launch(x2, data, scale, zeros, gscale, fmt, sfmt, pack, group, row_block, n, cfg) -> torch.Tensor:
     w = WoWeight(fmt, n, x2.shape[1], data, scale, sfmt, group, row_block, zeros, gscale)
-    if uses_plane_mma(x2, w):  # int4 at 2-8 rows (16 with zero points) on sm_90: the natural layout's MMA kernel
+    if uses_plane_mma(x2, w):  # 2-8 rows on sm_90 (int4 with zero points 2-16): the natural layout's MMA kernel
         return launch_plane_mma(x2, w, 4, plane_mma_split(n, x2.shape[1], x2.shape[0], grid_sms(x2.device)))
     if uses_gemv(x2, w):  # 4-bit decode on sm_90: the CUDA-core GEMV at its own config
         m = x2.shape[0]  # up to GEMV_ROWS_MAX rows share a program; more take a program each

@@ -53,23 +53,24 @@ def plane_mma_ok(w: WoWeight) -> bool:
 
 
 # The policy (``uses_plane_mma``, ``plane_mma_split``), from bench/results/plane_mma_probe_h100_s21*.json: on an
-# sm_90 GPU, int4 from 2 rows to PLANE_MMA_MAX_M (16 with zero points); 4 warps, two steps an iteration where 256
-# divides K (more bytes in flight: (28672, 4096) at 2 rows 34.1 -> 29.0 us), split-K at SPLIT_WAVES x
-# ``wo_gemm._split``'s two waves of 64-row programs (within 5% of the probe's best config at 2-8 rows, every shape).
-# At 2 rows it beat the two-row GEMV by 1.0-1.3x, at 4-8 rows the plane kernel by 1.0-1.35x; at 16 rows without
-# zero points it lost to the plane kernel (0.8-0.97x), with them it won (1.03-1.21x).
+# sm_90 GPU, int4 g128, mxfp4 and nvfp4 from 2 rows to PLANE_MMA_MAX_M (int4 with zero points to 16); 4 warps, two
+# steps an iteration where 256 divides K (more bytes in flight: int4 (28672, 4096) at 2 rows 34.1 -> 29.0 us),
+# split-K at SPLIT_WAVES x ``wo_gemm._split``'s two waves of 64-row programs (within 5% of the probe's best config
+# at 2-8 rows, every shape). int4: at 2 rows 1.0-1.3x the two-row GEMV, at 4-8 rows 1.0-1.35x the plane kernel; at
+# 16 rows without zero points it lost to the plane kernel (0.8-0.97x; two 8-token tiles no better), with them it won
+# (1.03-1.21x). fp4 (_fp4.json): 1.11x / 1.09x (mxfp4 / nvfp4) the two-row GEMV's geomean at 2 rows, 1.17x / 1.06x
+# mma4's at 8 rows; 0.72-0.95x mma4 at 16 rows.
 PLANE_MMA_MAX_M = PLANE_MMA_ROWS
 PLANE_MMA_MAX_M_ZERO = PLANE_MMA_ROWS_ZERO
 SPLIT_WAVES = 2
 
 
 def uses_plane_mma(x2: torch.Tensor, w: WoWeight) -> bool:
-    """Whether ``wo_gemm`` runs this call here: int4 the kernel reads, 2 rows to PLANE_MMA_MAX_M (with zero points
-    PLANE_MMA_MAX_M_ZERO), on an sm_90 GPU. QUANTC_PLANE_MMA=0 never; =1 every call it can take, 1-64 rows, mxfp4
-    and nvfp4 too (untimed), on any device (the interpreter included); QUANTC_PLANE_MMA_MAX_M=M moves the row
-    bound."""
+    """Whether ``wo_gemm`` runs this call here: a weight the kernel reads, 2 rows to PLANE_MMA_MAX_M (int4 with zero
+    points PLANE_MMA_MAX_M_ZERO), on an sm_90 GPU. QUANTC_PLANE_MMA=0 never; =1 every call it can take, 1-64 rows,
+    on any device (the interpreter included); QUANTC_PLANE_MMA_MAX_M=M moves the row bound."""
     switch = common.env("QUANTC_PLANE_MMA")
-    if switch == "0" or not plane_mma_ok(w) or x2.stride(1) != 1 or (switch != "1" and w.fmt != INT4):
+    if switch == "0" or not plane_mma_ok(w) or x2.stride(1) != 1:
         return False
     m = x2.shape[0]
     bound = common.env("QUANTC_PLANE_MMA_MAX_M")
