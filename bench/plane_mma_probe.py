@@ -7,7 +7,8 @@ warps x split-K (``wo_gemm._split``'s two waves times PROBE_SPLIT_MULT), each ch
                                               #      PROBE_MS ("1,2,4,8,16,32,64"), PROBE_KEYS, PROBE_WARPS ("2,4"),
                                               #      PROBE_SPLIT_MULT ("0.5,1,2"), PROBE_SUBS ("1,2": 128-deep
                                               #      steps an iteration), PROBE_TOKENS ("0": the policy's
-                                              #      token tile; "8,16": also 8 a program), PROBE_CAP_S
+                                              #      token tile; "8,16": also 8 a program), PROBE_RT ("1,2":
+                                              #      16-row tiles a warp), PROBE_CAP_S
 
 Writes $OUT/plane_mma_probe_<device>.json (after every shape).
 """
@@ -38,12 +39,13 @@ WARPS = tuple(int(v) for v in os.environ.get("PROBE_WARPS", "2,4").split(","))
 SPLIT_MULT = tuple(float(v) for v in os.environ.get("PROBE_SPLIT_MULT", "0.5,1,2").split(","))
 SUBS = tuple(int(v) for v in os.environ.get("PROBE_SUBS", "1,2").split(","))
 TOKENS = tuple(int(v) for v in os.environ.get("PROBE_TOKENS", "0").split(","))  # 0: plane_mma_tokens(M)
+ROW_TILES = tuple(int(v) for v in os.environ.get("PROBE_RT", "1").split(","))  # 16-row tiles a warp
 CAP = float(os.environ.get("PROBE_CAP_S", "400"))
 
 
-def splits(n: int, k: int, m: int, warps: int, sms: int, tok: int) -> list[int]:
+def splits(n: int, k: int, m: int, rows: int, sms: int, tok: int) -> list[int]:
     """Split-K candidates: two waves of the grid's programs (row tiles x token tiles) times the multipliers."""
-    base = wo_gemm._split(n, k, warps * 16, 128, sms) // cdiv(m, tok)
+    base = wo_gemm._split(n, k, rows, 128, sms) // cdiv(m, tok)
     return sorted({max(1, min(int(base * f), k // 128, 32)) for f in SPLIT_MULT})
 
 
@@ -72,13 +74,15 @@ def main() -> None:
                        "default_us": rotated_us(lambda i: wo_launch.run(x, bufs[i], None, key, "none", None), len(ws)),
                        "tinygemm_us": tinygemm_us(x, tiny) if not key.endswith("_asym") else None, "configs": {}}
                 toks = sorted({t or pm.plane_mma_tokens(m) for t in TOKENS if not t or t >= 8})
-                for warps, sub, tok in [(w, s, t) for w in WARPS for s in SUBS for t in toks if k % (128 * s) == 0]:
-                    for split in splits(n, k, m, warps, sms, tok):
-                        def call(i, warps=warps, split=split, sub=sub, tok=tok):
-                            return pm.launch_plane_mma(x, ws[i], warps, split, tokens=tok, sub=sub)
+                for warps, sub, tok, rt in [(w, s, t, r) for w in WARPS for s in SUBS for t in toks for r in ROW_TILES
+                                            if k % (128 * s) == 0]:
+                    for split in splits(n, k, m, warps * 16 * rt, sms, tok):
+                        def call(i, warps=warps, split=split, sub=sub, tok=tok, rt=rt):
+                            return pm.launch_plane_mma(x, ws[i], warps, split, tokens=tok, sub=sub, row_tiles=rt)
                         got = call(0).float()
                         err = ((got - want).abs().max() / want.abs().max()).item()
-                        name = f"w{warps}s{split}u{sub}" + (f"t{tok}" if tok != pm.plane_mma_tokens(m) else "")
+                        name = (f"w{warps}s{split}u{sub}" + (f"t{tok}" if tok != pm.plane_mma_tokens(m) else "")
+                                + (f"r{rt}" if rt > 1 else ""))
                         row["configs"][name] = {"us": rotated_us(call, len(ws)), "rel_err": err, "ok": err < 2e-2}
                 ok = {c: v for c, v in row["configs"].items() if v["ok"] and v["us"]}
                 best = min(ok, key=lambda c: ok[c]["us"]) if ok else None

@@ -70,6 +70,20 @@ def test_twin_matches_the_reference(key, m, warps, split, tokens):
     assert _rel_err(out, wg.reference(x, w)) < 1e-2
 
 
+@pytest.mark.parametrize("row_tiles", [2, 4])
+def test_row_tiles_a_warp_give_the_same_answer(row_tiles):
+    """2 or 4 16-row tiles a warp (sharing its activation fragments on the GPU): the programs cover that many more rows,
+    the last one part masked (72 rows), with split-K; 3 is refused."""
+    torch.manual_seed(4)
+    w = wf.quantize(torch.randn(72, 512), "mxfp4")
+    x = torch.randn(9, 512).bfloat16()
+    out = pm.launch_plane_mma(x, w, 2, 2, row_tiles=row_tiles)
+    assert torch.equal(out, pm.launch_plane_mma(x, w, 2, 2))
+    assert _rel_err(out, wg.reference(x, w)) < 1e-2
+    with pytest.raises(ValueError, match="16-row tiles a warp: 1, 2 or 4, got 3"):
+        pm.launch_plane_mma(x, w, 2, 2, row_tiles=3)
+
+
 def test_tokens_a_program_are_the_fewest_that_hold_m():
     assert [pm.plane_mma_tokens(m) for m in (1, 8, 9, 16, 17, 32, 33, 64, 65, 500)] == [8, 8, 16, 16, 32, 32, 64,
                                                                                           64, 64, 64]
@@ -106,9 +120,9 @@ SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_
        "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_wn": "i32",
        "stride_sn": "i32", "M_TILES": "i32"}
 out = []
-for zero, warps, split, tok, sub, fmt in json.loads(sys.argv[1]):
+for zero, warps, split, tok, sub, fmt, rt in json.loads(sys.argv[1]):
     ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, WARPS=warps, SPLIT_K=split, TOK=tok, SUB=sub, FMT=fmt,
-              HAS_GLOBAL=fmt == 3)
+              HAS_GLOBAL=fmt == 3, RT=rt)
     sig = dict(SIG, s_ptr={1: "*bf16", 2: "*u8", 3: "*fp8e4nv"}[fmt], **{k: "constexpr" for k in ce})
     # 16-byte aligned pointers, K and strides, as Triton specializes them at a launch
     attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG) if a not in ("M", "N", "M_TILES")}
@@ -127,18 +141,20 @@ def test_gluon_kernel_compiles_for_hopper_with_the_tiles_in_registers():
     half of the token tile, 8 words decoded a lane (32 prmt, 32 lop3), the words two 16-byte loads a lane (and as
     many before the loop) and the activation four a token a lane, an iteration one or two steps; no shuffles, no
     spills, nothing through shared memory but split-K's one arrival word. fp4: 10 prmt, 2 lop3 and 4 bf16x2
-    multiplies (the group scale) a word."""
-    cases = [(False, 4, 1, 8, 1, 1), (True, 4, 1, 16, 2, 1), (False, 2, 2, 16, 1, 1), (True, 4, 1, 32, 1, 1),
-             (False, 4, 1, 64, 1, 1), (False, 4, 3, 8, 2, 1), (False, 4, 1, 8, 2, 2), (False, 4, 2, 16, 1, 3)]
+    multiplies (the group scale) a word. 2 or 4 row tiles a warp: that many times the MMAs, decode and word loads,
+    the same activation loads."""
+    cases = [(False, 4, 1, 8, 1, 1, 1), (True, 4, 1, 16, 2, 1, 1), (False, 2, 2, 16, 1, 1, 1), (True, 4, 1, 32, 1, 1, 1),
+             (False, 4, 1, 64, 1, 1, 1), (False, 4, 3, 8, 2, 1, 1), (False, 4, 1, 8, 2, 2, 1), (False, 4, 2, 16, 1, 3, 1),
+             (False, 4, 1, 16, 1, 1, 2), (True, 2, 1, 16, 1, 2, 4)]
     proc = subprocess.run([sys.executable, "-c", COMPILE, json.dumps(cases)], capture_output=True, text=True,
                           timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for case, r in zip(cases, json.loads(proc.stdout.strip().splitlines()[-1])):
-        halves, sub, fp4 = case[3] // 8, case[4], case[5] >= 2
-        assert r["mma"] == 8 * halves * sub, (case, r)
-        assert (r["lop3"], r["prmt"], r["mul"]) == ((16 * sub, 80 * sub, 32 * sub) if fp4 else (32 * sub, 32 * sub, 0)), \
-            (case, r)
-        assert r["ld_v4"] == (4 + 4 * halves) * sub, (case, r)
+        halves, sub, fp4, rt = case[3] // 8, case[4], case[5] >= 2, case[6]
+        assert r["mma"] == 8 * halves * sub * rt, (case, r)
+        assert (r["lop3"], r["prmt"], r["mul"]) == \
+            tuple(rt * v for v in ((16 * sub, 80 * sub, 32 * sub) if fp4 else (32 * sub, 32 * sub, 0))), (case, r)
+        assert r["ld_v4"] == (4 * rt + 4 * halves) * sub, (case, r)
         assert r["shfl"] == 0 and r["local"] == 0, (case, r)
         assert (r["atom"] > 0) == (case[2] > 1) and r["ld_shared"] == (case[2] > 1), (case, r)
 

@@ -240,7 +240,8 @@ def _pick4(a, b, c, d, i: gl.constexpr):
 @gluon.jit
 def _step(acc, lo, hi, xs, c_lo, c_lo2, c_hi, c_hi2, HAS_ZERO: gl.constexpr, FMT: gl.constexpr, WARPS: gl.constexpr,
           W2: gl.constexpr, A_L: gl.constexpr, B_L: gl.constexpr, TOK: gl.constexpr):
-    """The 8 MMAs of one 128-deep step: ``lo`` / ``hi`` (WARPS, 32, 4) a lane's words of rows g / g + 8, ``xs``
+    """The 8 MMAs of one 128-deep step (of each 16-row tile): ``lo`` / ``hi`` (WARPS, 32, 4) the lanes' words of rows
+    g / g + 8 (WARPS: the program's 16-row tiles), ``xs``
     (TOK / 8, 8, 4, 32) its activation values (tokens 8 nh + g, K 32 t .. 32 t + 31 of the step); ``c_lo`` /
     ``c_hi`` the decode's constant for words 0-1 of rows g / g + 8, ``c_lo2`` / ``c_hi2`` for words 2-3 (nvfp4's
     second group)."""
@@ -281,10 +282,12 @@ def _step(acc, lo, hi, xs, c_lo, c_lo2, c_hi, c_hi2, HAS_ZERO: gl.constexpr, FMT
 def _plane_mma_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_wn, stride_sn, M_TILES,
     GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, WARPS: gl.constexpr, SPLIT_K: gl.constexpr, TOK: gl.constexpr,
-    SUB: gl.constexpr = 1, FMT: gl.constexpr = 1, HAS_GLOBAL: gl.constexpr = False,
+    SUB: gl.constexpr = 1, FMT: gl.constexpr = 1, HAS_GLOBAL: gl.constexpr = False, RT: gl.constexpr = 1,
 ):
-    """Grid (row tiles of WARPS x 16 x token tiles of TOK, K slices); an iteration is SUB 128-deep steps (each with
-    its group's scale), and the next iteration's words load while this one decodes and multiplies."""
+    """Grid (row tiles of WARPS x RT x 16 x token tiles of TOK, K slices): a warp takes RT 16-row tiles (WARPS x 16
+    rows apart), their MMAs sharing the activation's B fragments; an iteration is SUB 128-deep steps (each with its
+    group's scale), and the next iteration's words load while this one decodes and multiplies."""
+    TILES: gl.constexpr = WARPS * RT
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS, 1], instr_shape=[16, 8])
     A_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     B_L: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
@@ -300,10 +303,10 @@ def _plane_mma_kernel(
     out_ptr += (m_tile * TOK).to(gl.int64) * N
     ws_ptr += (m_tile * TOK).to(gl.int64) * N
     M = gl.minimum(M - m_tile * TOK, TOK)
-    tiles = n_prog * WARPS + gl.arange(0, WARPS, layout=gl.SliceLayout(1, W2))
+    tiles = n_prog * TILES + gl.arange(0, TILES, layout=gl.SliceLayout(1, W2))
     lanes = gl.arange(0, 32, layout=gl.SliceLayout(0, W2))
     vs = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, WL)))
-    row_g = gl.expand_dims(tiles * 16, 1) + gl.expand_dims(lanes // 4, 0)  # (WARPS, 32): the lane's rows g
+    row_g = gl.expand_dims(tiles * 16, 1) + gl.expand_dims(lanes // 4, 0)  # (TILES, 32): the lane's rows g
     # loads go unmasked (rows past N read row N - 1, tokens past M the last token, a prefetch past the slice its
     # last iteration); stores are masked
     col = gl.expand_dims(gl.expand_dims(lanes % 4 * 4, 0), 2) + gl.expand_dims(gl.expand_dims(vs, 0), 1)
@@ -312,14 +315,14 @@ def _plane_mma_kernel(
     # the activation of a step as (token half nh, g, t, 32 K): lane 4 g + t holds tokens 8 nh + g, K 32 t ..
     # 32 t + 31 of the step, every warp the same
     x_tile = token_tile_ptrs(x_ptr, M, stride_xm, TOK, 32, WARPS)
-    rows = n_prog * (WARPS * 16) + gl.arange(0, WARPS * 16, layout=gl.SliceLayout(1, MMA))
-    c_lo = gl.full([WARPS, 32], NEG_136_X2, gl.int32, W2)
+    rows = n_prog * (TILES * 16) + gl.arange(0, TILES * 16, layout=gl.SliceLayout(1, MMA))
+    c_lo = gl.full([TILES, 32], NEG_136_X2, gl.int32, W2)
     c_hi = c_lo
     # fp4's scale rows of the lane's rows g and g + 8 (past N: row N - 1) and its group column t
     s_lo = gl.minimum(row_g, N - 1).to(gl.int64) * stride_sn
     s_hi = gl.minimum(row_g + 8, N - 1).to(gl.int64) * stride_sn
     lane_t = gl.expand_dims(lanes % 4, 0)
-    total = gl.zeros([WARPS * 16, TOK], gl.float32, MMA)
+    total = gl.zeros([TILES * 16, TOK], gl.float32, MMA)
     last = gl.maximum(s_end - 1, 0)
     first = gl.minimum(s_start, last) * SUB * 16
     lo_nxt = gl.load(w_lo + first, eviction_policy="evict_first")
@@ -358,12 +361,12 @@ def _plane_mma_kernel(
                 c_lo2 = _bf16x2_of(gl.load(s_ptr + s_lo + s * 8 + 2 * lane_t + 1))
                 c_hi = _bf16x2_of(gl.load(s_ptr + s_hi + s * 8 + 2 * lane_t))
                 c_hi2 = _bf16x2_of(gl.load(s_ptr + s_hi + s * 8 + 2 * lane_t + 1))
-            acc = gl.zeros([WARPS * 16, TOK], gl.float32, MMA)
+            acc = gl.zeros([TILES * 16, TOK], gl.float32, MMA)
             xs = gl.load(x_tile + s * 128)  # four 16-byte loads a token a lane
             if sub == 0:
-                acc = _step(acc, lo, hi, xs, c_lo, c_lo2, c_hi, c_hi2, HAS_ZERO, FMT, WARPS, W2, A_L, B_L, TOK)
+                acc = _step(acc, lo, hi, xs, c_lo, c_lo2, c_hi, c_hi2, HAS_ZERO, FMT, TILES, W2, A_L, B_L, TOK)
             else:
-                acc = _step(acc, lo2, hi2, xs, c_lo, c_lo2, c_hi, c_hi2, HAS_ZERO, FMT, WARPS, W2, A_L, B_L, TOK)
+                acc = _step(acc, lo2, hi2, xs, c_lo, c_lo2, c_hi, c_hi2, HAS_ZERO, FMT, TILES, W2, A_L, B_L, TOK)
             if FMT == 1:
                 sc = gl.load(s_ptr + rows * stride_sn + g, mask=rows < N, other=0.0).to(gl.float32)
                 total += acc * gl.expand_dims(sc, 1)
@@ -383,11 +386,11 @@ def plane_mma_sub(k: int) -> int:
 
 
 def launch_plane_mma(x2: torch.Tensor, w: WoWeight, warps: int = 4, split_k: int = 1,
-                     tokens: int | None = None, sub: int | None = None) -> torch.Tensor:
+                     tokens: int | None = None, sub: int | None = None, row_tiles: int = 1) -> torch.Tensor:
     """bf16 (M, K) x a dense int4 ``WoWeight`` (N, K) -> bf16 (M, N): the Gluon kernel on a GPU, its Triton twin
     under the interpreter; ``warps`` x 16 weight rows and ``tokens`` (``plane_mma_tokens``) tokens a program, the
     token tiles of a row tile side by side (they share its words through L2); ``split_k`` K slices; ``sub`` 128-deep
-    steps an iteration on the GPU (``plane_mma_sub``)."""
+    steps an iteration on the GPU (``plane_mma_sub``); ``row_tiles`` 16-row tiles a warp (sharing its B fragments)."""
     m, k = x2.shape
     if not plane_mma_ok(w) or k != w.k or x2.stride(1) != 1:
         raise ValueError(f"the plane-layout MMA kernel takes one weight with K a multiple of 128 (int4 in groups of a "
@@ -404,7 +407,9 @@ def launch_plane_mma(x2: torch.Tensor, w: WoWeight, warps: int = 4, split_k: int
     sub = sub or plane_mma_sub(k)
     if sub not in (1, 2) or k % (STEP * sub):
         raise ValueError(f"128-deep steps an iteration: 1, or 2 where 256 divides K; got {sub} for K = {k}")
-    bn = warps * 16
+    if row_tiles not in (1, 2, 4):
+        raise ValueError(f"16-row tiles a warp: 1, 2 or 4, got {row_tiles}")
+    bn = warps * 16 * row_tiles
     m_tiles = cdiv(m, tok)
     split = max(1, min(split_k, k // (STEP * sub)))
     out = common.empty((m, n), torch.bfloat16, x2.device)
@@ -419,5 +424,5 @@ def launch_plane_mma(x2: torch.Tensor, w: WoWeight, warps: int = 4, split_k: int
     if common.interpreted() or x2.device.type != "cuda":
         common.launch(_plane_mma_twin_kernel, grid, args, dict(consts, BLOCK_N=bn), warps, 1)
     else:
-        common.launch(_plane_mma_kernel, grid, args, dict(consts, WARPS=warps, SUB=sub), warps, 1)
+        common.launch(_plane_mma_kernel, grid, args, dict(consts, WARPS=warps, SUB=sub, RT=row_tiles), warps, 1)
     return out
