@@ -3,6 +3,7 @@ instruction against the codes, the Triton twin under the interpreter against the
 codes and zero points, partial row tiles, token tiles of 8-64, split-K), what it refuses, and the Gluon GPU kernel
 compiled for sm_90 (no shuffles, nothing through shared memory, 16-byte loads)."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -97,6 +98,13 @@ def test_refusals_name_what_is_wrong():
         pm.launch_plane_mma(torch.randn(3, 512).bfloat16(), w)
     with pytest.raises(ValueError, match="with strides"):
         pm.launch_plane_mma(torch.randn(256, 3).bfloat16().t(), w)
+    with pytest.raises(ValueError, match=r"x \(3, 256\) torch.float32"):
+        pm.launch_plane_mma(torch.randn(3, 256), w)
+    wide = wf.quantize(torch.randn(32, 512), "int4_group_128")
+    sliced = dataclasses.replace(wide, data=wide.data[:, ::2], k=256)  # words two apart along K
+    assert not pm.plane_mma_ok(sliced)
+    with pytest.raises(ValueError, match="unit stride along K"):
+        pm.launch_plane_mma(torch.randn(3, 256).bfloat16(), sliced)
     with pytest.raises(ValueError, match="tokens a program: one of"):
         pm.launch_plane_mma(torch.randn(3, 256).bfloat16(), w, tokens=12)
     for bad, what in [(wf.quantize(torch.randn(32, 256), "int4_group_64"), "group 64"),

@@ -46,7 +46,7 @@ TOKENS = (8, 16, 32, 64)
 def plane_mma_ok(w: WoWeight) -> bool:
     """Whether the kernel reads this weight: one dense weight, K a multiple of 128; int4 in groups of whole steps,
     mxfp4 (e8m0 per 32) or nvfp4 (e4m3 per 16, a global scale)."""
-    if w.data.dim() != 2 or w.row_block != 1 or w.k % STEP:
+    if w.data.dim() != 2 or w.row_block != 1 or w.k % STEP or w.data.stride(1) != 1 or w.scale.stride(-1) != 1:
         return False
     return ((w.fmt == INT4 and w.group % STEP == 0) or (w.fmt == MXFP4 and w.sfmt == S_E8M0 and w.group == 32)
             or (w.fmt == NVFP4 and w.sfmt == S_FLOAT and w.group == 16))
@@ -387,17 +387,16 @@ def plane_mma_sub(k: int) -> int:
 
 def launch_plane_mma(x2: torch.Tensor, w: WoWeight, warps: int = 4, split_k: int = 1,
                      tokens: int | None = None, sub: int | None = None, row_tiles: int = 1) -> torch.Tensor:
-    """bf16 (M, K) x a dense int4 ``WoWeight`` (N, K) -> bf16 (M, N): the Gluon kernel on a GPU, its Triton twin
+    """bf16 (M, K) x a dense 4-bit ``WoWeight`` (N, K) -> bf16 (M, N): the Gluon kernel on a GPU, its Triton twin
     under the interpreter; ``warps`` x 16 weight rows and ``tokens`` (``plane_mma_tokens``) tokens a program, the
     token tiles of a row tile side by side (they share its words through L2); ``split_k`` K slices; ``sub`` 128-deep
     steps an iteration on the GPU (``plane_mma_sub``); ``row_tiles`` 16-row tiles a warp (sharing its B fragments)."""
     m, k = x2.shape
-    if not plane_mma_ok(w) or k != w.k or x2.stride(1) != 1:
+    if not plane_mma_ok(w) or k != w.k or x2.stride(1) != 1 or x2.dtype != torch.bfloat16:
         raise ValueError(f"the plane-layout MMA kernel takes one weight with K a multiple of 128 (int4 in groups of a "
-                         f"multiple of 128, mxfp4 or nvfp4) and activation rows of K = {w.k} with unit stride; got "
-                         f"format {w.fmt}, "
-                         f"group {w.group}, weight data {tuple(w.data.shape)}, x {tuple(x2.shape)} with strides "
-                         f"{tuple(x2.stride())}")
+                         f"multiple of 128, mxfp4 or nvfp4; words and scales with unit stride along K) and bf16 "
+                         f"activation rows of K = {w.k} with unit stride; got format {w.fmt}, group {w.group}, weight "
+                         f"data {tuple(w.data.shape)}, x {tuple(x2.shape)} {x2.dtype} with strides {tuple(x2.stride())}")
     n = w.n
     if m == 0:
         return torch.empty((0, n), dtype=torch.bfloat16, device=x2.device)
