@@ -12,6 +12,9 @@ kernels; bench_wo.py is the reference benchmark.
                                        #      PROBE_TINYGEMM=1, PROBE_CAP_S
     ncu --clock-control none -k regex:_wo_planes python bench/wo_probe.py one planes int4_group_128 \
         28672 4096 1 16,32,128,2,4,1
+    ncu --set full -k regex:_plane_mma python bench/wo_probe.py one pmma int4_group_128 28672 4096 16 \
+        16,64,128,4,1,2        # wo_plane_mma: tokens,rows,-,warps,steps an iteration,split (rows / 16 / warps:
+                               # row tiles a warp)
 
 Writes $OUT/wo_probe_<device>.json (sweep).
 """
@@ -33,6 +36,7 @@ from quantc.plan import KernelConfig as C  # noqa: E402
 from quantc.runtime.kernels import wo_gemm as wg  # noqa: E402
 from quantc.runtime.kernels import wo_frag as fr  # noqa: E402
 from quantc.runtime.kernels import wo_gemv as gv  # noqa: E402
+from quantc.runtime.kernels import wo_plane_mma as pm  # noqa: E402
 from quantc.runtime.kernels import wo_planes as wp  # noqa: E402
 from bench.bench_wo import n_copies, random_weight, rotated_us, tinygemm_copies, tinygemm_us  # noqa: E402
 
@@ -61,6 +65,11 @@ def launcher(kernel: str):
         return lambda x, w, cfg: gv.launch_gemv(x, w, replace(cfg, block_m=1), warps_k=cfg.block_m)
     if kernel == "frag":  # int4 in fragment order (wo_frag): each weight repacked once, on first use
         return lambda x, w, cfg: fr.launch_frag(x, _frag_packed(w), warps=cfg.num_warps, split_k=cfg.split_k)
+    if kernel == "pmma":  # wo_plane_mma: block_m its tokens a program, block_n / 16 / warps its row tiles a warp,
+        # num_stages its 128-deep steps an iteration
+        return lambda x, w, cfg: pm.launch_plane_mma(x, w, cfg.num_warps, cfg.split_k, tokens=cfg.block_m,
+                                                     sub=cfg.num_stages,
+                                                     row_tiles=max(1, cfg.block_n // (16 * cfg.num_warps)))
     return lambda x, w, cfg: wp.launch_planes(x, w, cfg, persistent=kernel == "persistent",
                                               bias_fold=kernel != "planes_nofold")
 
