@@ -1,4 +1,4 @@
-"""int4 weights in their natural order (the plane layout every 4-bit kernel reads) on the tensor cores at small M.
+"""4-bit weights in their natural order (the plane layout every 4-bit kernel reads) on the tensor cores at small M.
 
 ``wo_frag`` showed that an int4 weight decoded straight into m16n8k16 A fragments runs 2-16 rows near the one-row
 GEMV's time (bench/results/frag_only_probe_h100_s21.json: (28672, 4096) at 2 rows 26.4 us against the two-row
@@ -8,18 +8,22 @@ gets the same instruction shape from the natural order, so no second copy and no
 - a lane (g, t) of a warp's 16-row tile loads four consecutive words (16 bytes) of row g and four of row g + 8 a
   128-deep step: the quad t = 0..3 covers the step's 128 K of both rows, a warp 16 rows x 64 bytes;
 - one PTX block (``PLANE_DECODE_*``) turns a word into four bf16x2 registers holding the consecutive element pairs
-  (2i, 2i + 1) (a ``prmt`` of the word and the word shifted by 4 puts nibble 2i and 2i + 1 under one bf16 magic
-  each, ``lop3`` and one FMA leave the exact integer q or c - z);
+  (2i, 2i + 1). int4: a ``prmt`` of the word and the word shifted by 4 puts nibbles 2i and 2i + 1 under one bf16
+  magic each, ``lop3`` and one FMA leave the exact integer q or c - z (14 instructions a word). e2m1 (mxfp4,
+  nvfp4): ``prmt`` looks the magnitudes' bf16 bytes up in two 8-byte tables, one more moves the signs, four
+  interleave the bytes, and the group scale multiplies the registers (20 a word): a lane's 32 elements of a row
+  are one mxfp4 group or two nvfp4 groups, while int4's scale waits for the step's fp32 sums;
 - the MMA does not care in which order K is summed, so long as both operands take the same one: register i of
   row g's word v is the fragment's (row g, columns 2t, 2t + 1) for i = 2j, (row g, 2t + 8, 2t + 9) for i = 2j + 1,
   of the step's MMA (v, j); row g + 8's word gives the other two registers. The activation's B fragment then
   holds element pairs (32 t + 8 v + 4 j + 2 kh, + 1) of its token: a lane's 32 consecutive elements a token, four
   16-byte loads, every pair a register as it lies. No shuffles: the layouts meet by join / reshape / permute.
 
-Eight MMAs a step (16 tokens: two n8 halves each), 8 words decoded a lane (14 instructions a word), the group's
-scale (groups of a multiple of 128) applied to the step's fp32 sums. Programs: WARPS x 16 weight rows, a tile of
-TOK (8 / 16 / 32 / 64) tokens, split-K as ``wo_mma4``'s (``store_or_reduce``). Under the interpreter a Triton twin
-(``_plane_mma_twin_kernel``) runs the same launch (grid, token tiles, split-K, masks) on ``tl.dot``.
+Eight MMAs a step an n8 half of the token tile, 8 words decoded a lane. Programs: WARPS x RT x 16 weight rows (RT
+16-row tiles a warp share its B fragments), a tile of TOK (8 / 16 / 32 / 64) tokens, one or two steps an
+iteration, split-K as ``wo_mma4``'s (``store_or_reduce``). Under the interpreter a Triton twin
+(``_plane_mma_twin_kernel``) runs the same launch (grid, token tiles, split-K, masks) on ``tl.dot``. Timed on the
+H100 (bench/plane_mma_probe.py, bench_wo): the policy below.
 """
 
 from __future__ import annotations
