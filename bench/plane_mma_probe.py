@@ -8,7 +8,8 @@ warps x split-K (``wo_gemm._split``'s two waves times PROBE_SPLIT_MULT), each ch
                                               #      PROBE_SPLIT_MULT ("0.5,1,2"), PROBE_SUBS ("1,2": 128-deep
                                               #      steps an iteration), PROBE_TOKENS ("0": the policy's
                                               #      token tile; "8,16": also 8 a program), PROBE_RT ("1,2":
-                                              #      16-row tiles a warp), PROBE_CAP_S
+                                              #      16-row tiles a warp), PROBE_X_AHEAD ("0,1": the
+                                              #      activations loaded a step ahead too), PROBE_CAP_S
 
 Writes $OUT/plane_mma_probe_<device>.json (after every shape).
 """
@@ -40,6 +41,7 @@ SPLIT_MULT = tuple(float(v) for v in os.environ.get("PROBE_SPLIT_MULT", "0.5,1,2
 SUBS = tuple(int(v) for v in os.environ.get("PROBE_SUBS", "1,2").split(","))
 TOKENS = tuple(int(v) for v in os.environ.get("PROBE_TOKENS", "0").split(","))  # 0: plane_mma_tokens(M)
 ROW_TILES = tuple(int(v) for v in os.environ.get("PROBE_RT", "1").split(","))  # 16-row tiles a warp
+X_AHEAD = tuple(v == "1" for v in os.environ.get("PROBE_X_AHEAD", "0").split(","))  # activations a step ahead
 CAP = float(os.environ.get("PROBE_CAP_S", "400"))
 
 
@@ -74,15 +76,16 @@ def main() -> None:
                        "default_us": rotated_us(lambda i: wo_launch.run(x, bufs[i], None, key, "none", None), len(ws)),
                        "tinygemm_us": tinygemm_us(x, tiny) if not key.endswith("_asym") else None, "configs": {}}
                 toks = sorted({t or pm.plane_mma_tokens(m) for t in TOKENS if not t or t >= 8})
-                for warps, sub, tok, rt in [(w, s, t, r) for w in WARPS for s in SUBS for t in toks for r in ROW_TILES
-                                            if k % (128 * s) == 0]:
+                for warps, sub, tok, rt, xa in [(w, s, t, r, a) for w in WARPS for s in SUBS for t in toks
+                                                for r in ROW_TILES for a in X_AHEAD if k % (128 * s) == 0]:
                     for split in splits(n, k, m, warps * 16 * rt, sms, tok):
-                        def call(i, warps=warps, split=split, sub=sub, tok=tok, rt=rt):
-                            return pm.launch_plane_mma(x, ws[i], warps, split, tokens=tok, sub=sub, row_tiles=rt)
+                        def call(i, warps=warps, split=split, sub=sub, tok=tok, rt=rt, xa=xa):
+                            return pm.launch_plane_mma(x, ws[i], warps, split, tokens=tok, sub=sub, row_tiles=rt,
+                                                       x_ahead=xa)
                         got = call(0).float()
                         err = ((got - want).abs().max() / want.abs().max()).item()
                         name = (f"w{warps}s{split}u{sub}" + (f"t{tok}" if tok != pm.plane_mma_tokens(m) else "")
-                                + (f"r{rt}" if rt > 1 else ""))
+                                + (f"r{rt}" if rt > 1 else "") + ("x" if xa else ""))
                         row["configs"][name] = {"us": rotated_us(call, len(ws)), "rel_err": err, "ok": err < 2e-2}
                 ok = {c: v for c, v in row["configs"].items() if v["ok"] and v["us"]}
                 best = min(ok, key=lambda c: ok[c]["us"]) if ok else None

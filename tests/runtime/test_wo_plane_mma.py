@@ -128,9 +128,9 @@ SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_
        "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_wn": "i32",
        "stride_sn": "i32", "M_TILES": "i32"}
 out = []
-for zero, warps, split, tok, sub, fmt, rt in json.loads(sys.argv[1]):
+for zero, warps, split, tok, sub, fmt, rt, *ahead in json.loads(sys.argv[1]):
     ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, WARPS=warps, SPLIT_K=split, TOK=tok, SUB=sub, FMT=fmt,
-              HAS_GLOBAL=fmt == 3, RT=rt)
+              HAS_GLOBAL=fmt == 3, RT=rt, X_AHEAD=bool(ahead))
     sig = dict(SIG, s_ptr={1: "*bf16", 2: "*u8", 3: "*fp8e4nv"}[fmt], **{k: "constexpr" for k in ce})
     # 16-byte aligned pointers, K and strides, as Triton specializes them at a launch
     attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG) if a not in ("M", "N", "M_TILES")}
@@ -150,10 +150,10 @@ def test_gluon_kernel_compiles_for_hopper_with_the_tiles_in_registers():
     many before the loop) and the activation four a token a lane, an iteration one or two steps; no shuffles, no
     spills, nothing through shared memory but split-K's one arrival word. fp4: 10 prmt, 2 lop3 and 4 bf16x2
     multiplies (the group scale) a word. 2 or 4 row tiles a warp: that many times the MMAs, decode and word loads,
-    the same activation loads."""
+    the same activation loads; the activations a step ahead: their loads once more before the loop."""
     cases = [(False, 4, 1, 8, 1, 1, 1), (True, 4, 1, 16, 2, 1, 1), (False, 2, 2, 16, 1, 1, 1), (True, 4, 1, 32, 1, 1, 1),
              (False, 4, 1, 64, 1, 1, 1), (False, 4, 3, 8, 2, 1, 1), (False, 4, 1, 8, 2, 2, 1), (False, 4, 2, 16, 1, 3, 1),
-             (False, 4, 1, 16, 1, 1, 2), (True, 2, 1, 16, 1, 2, 4)]
+             (False, 4, 1, 16, 1, 1, 2), (True, 2, 1, 16, 1, 2, 4), (False, 4, 1, 16, 2, 1, 1, 1)]
     proc = subprocess.run([sys.executable, "-c", COMPILE, json.dumps(cases)], capture_output=True, text=True,
                           timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -162,7 +162,8 @@ def test_gluon_kernel_compiles_for_hopper_with_the_tiles_in_registers():
         assert r["mma"] == 8 * halves * sub * rt, (case, r)
         assert (r["lop3"], r["prmt"], r["mul"]) == \
             tuple(rt * v for v in ((16 * sub, 80 * sub, 32 * sub) if fp4 else (32 * sub, 32 * sub, 0))), (case, r)
-        assert r["ld_v4"] == (4 * rt + 4 * halves) * sub, (case, r)
+        ahead = len(case) > 7  # the next iteration's activations loaded with its words: once more before the loop
+        assert r["ld_v4"] == (4 * rt + 4 * halves * (2 if ahead else 1)) * sub, (case, r)
         assert r["shfl"] == 0 and r["local"] == 0, (case, r)
         assert (r["atom"] > 0) == (case[2] > 1) and r["ld_shared"] == (case[2] > 1), (case, r)
 

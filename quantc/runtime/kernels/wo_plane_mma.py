@@ -287,10 +287,12 @@ def _plane_mma_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_wn, stride_sn, M_TILES,
     GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, WARPS: gl.constexpr, SPLIT_K: gl.constexpr, TOK: gl.constexpr,
     SUB: gl.constexpr = 1, FMT: gl.constexpr = 1, HAS_GLOBAL: gl.constexpr = False, RT: gl.constexpr = 1,
+    X_AHEAD: gl.constexpr = False,
 ):
     """Grid (row tiles of WARPS x RT x 16 x token tiles of TOK, K slices): a warp takes RT 16-row tiles (WARPS x 16
     rows apart), their MMAs sharing the activation's B fragments; an iteration is SUB 128-deep steps (each with its
-    group's scale), and the next iteration's words load while this one decodes and multiplies."""
+    group's scale), and the next iteration's words load while this one decodes and multiplies (X_AHEAD: its
+    activations too)."""
     TILES: gl.constexpr = WARPS * RT
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS, 1], instr_shape=[16, 8])
     A_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
@@ -336,17 +338,27 @@ def _plane_mma_kernel(
     if SUB == 2:
         lo_nxt2 = gl.load(w_lo + first + 16, eviction_policy="evict_first")
         hi_nxt2 = gl.load(w_hi + first + 16, eviction_policy="evict_first")
+    xs_nxt = gl.load(x_tile + first * 8)  # (words -> elements: x 8)
+    xs_nxt2 = xs_nxt
+    if SUB == 2:
+        xs_nxt2 = gl.load(x_tile + first * 8 + 128)
     for it in range(s_start, s_end):
         lo = lo_nxt
         hi = hi_nxt
         lo2 = lo_nxt2
         hi2 = hi_nxt2
+        xs_a = xs_nxt
+        xs_b = xs_nxt2
         nxt = gl.minimum(it + 1, last) * SUB * 16
         lo_nxt = gl.load(w_lo + nxt, eviction_policy="evict_first")
         hi_nxt = gl.load(w_hi + nxt, eviction_policy="evict_first")
         if SUB == 2:
             lo_nxt2 = gl.load(w_lo + nxt + 16, eviction_policy="evict_first")
             hi_nxt2 = gl.load(w_hi + nxt + 16, eviction_policy="evict_first")
+        if X_AHEAD:
+            xs_nxt = gl.load(x_tile + nxt * 8)
+            if SUB == 2:
+                xs_nxt2 = gl.load(x_tile + nxt * 8 + 128)
         for sub in gl.static_range(SUB):
             s = it * SUB + sub
             g = (s * 128) // GROUP
@@ -366,7 +378,10 @@ def _plane_mma_kernel(
                 c_hi = _bf16x2_of(gl.load(s_ptr + s_hi + s * 8 + 2 * lane_t))
                 c_hi2 = _bf16x2_of(gl.load(s_ptr + s_hi + s * 8 + 2 * lane_t + 1))
             acc = gl.zeros([TILES * 16, TOK], gl.float32, MMA)
-            xs = gl.load(x_tile + s * 128)  # four 16-byte loads a token a lane
+            if X_AHEAD:
+                xs = xs_a if sub == 0 else xs_b
+            else:
+                xs = gl.load(x_tile + s * 128)  # four 16-byte loads a token a lane
             if sub == 0:
                 acc = _step(acc, lo, hi, xs, c_lo, c_lo2, c_hi, c_hi2, HAS_ZERO, FMT, TILES, W2, A_L, B_L, TOK)
             else:
@@ -390,11 +405,13 @@ def plane_mma_sub(k: int) -> int:
 
 
 def launch_plane_mma(x2: torch.Tensor, w: WoWeight, warps: int = 4, split_k: int = 1,
-                     tokens: int | None = None, sub: int | None = None, row_tiles: int = 1) -> torch.Tensor:
+                     tokens: int | None = None, sub: int | None = None, row_tiles: int = 1,
+                     x_ahead: bool = False) -> torch.Tensor:
     """bf16 (M, K) x a dense 4-bit ``WoWeight`` (N, K) -> bf16 (M, N): the Gluon kernel on a GPU, its Triton twin
     under the interpreter; ``warps`` x 16 weight rows and ``tokens`` (``plane_mma_tokens``) tokens a program, the
     token tiles of a row tile side by side (they share its words through L2); ``split_k`` K slices; ``sub`` 128-deep
-    steps an iteration on the GPU (``plane_mma_sub``); ``row_tiles`` 16-row tiles a warp (sharing its B fragments)."""
+    steps an iteration on the GPU (``plane_mma_sub``); ``row_tiles`` 16-row tiles a warp (sharing its B fragments);
+    ``x_ahead``: the GPU kernel loads the next iteration's activations with its words (untimed)."""
     m, k = x2.shape
     if not plane_mma_ok(w) or k != w.k or x2.stride(1) != 1 or x2.dtype != torch.bfloat16:
         raise ValueError(f"the plane-layout MMA kernel takes one weight with K a multiple of 128 (int4 in groups of a "
@@ -427,5 +444,6 @@ def launch_plane_mma(x2: torch.Tensor, w: WoWeight, warps: int = 4, split_k: int
     if common.interpreted() or x2.device.type != "cuda":
         common.launch(_plane_mma_twin_kernel, grid, args, dict(consts, BLOCK_N=bn), warps, 1)
     else:
-        common.launch(_plane_mma_kernel, grid, args, dict(consts, WARPS=warps, SUB=sub, RT=row_tiles), warps, 1)
+        common.launch(_plane_mma_kernel, grid, args,
+                      dict(consts, WARPS=warps, SUB=sub, RT=row_tiles, X_AHEAD=x_ahead), warps, 1)
     return out
