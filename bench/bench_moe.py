@@ -12,7 +12,8 @@ Mixtral-8x7B; tokens T = 1, 16, 256, 4096, uniformly random distinct experts per
   (``gate_up_ours_mxfp4_planes_*``, QUANTC_MOE_PLANES, where H is a multiple of 128) and, up to 256 pairs, on
   the grouped 4-bit GEMV (``gate_up_ours_mxfp4_gemv_*``: no activation; ``layer_ours_mxfp4_wo_gemv_*``, the
   layer with QUANTC_MOE_GEMV=1; the layer's default column takes it on sm_90 while pairs <= experts, and
-  ``layer_ours_mxfp4_wo_grouped_*`` is the grouped GEMM, QUANTC_MOE_GEMV=0); at >= 2048 (token, expert) pairs the bf16 gate_up also with a
+  ``layer_ours_mxfp4_wo_grouped_*`` is the grouped GEMM, QUANTC_MOE_GEMV=0; ``layer_ours_mxfp4_wo_plane_mma_*``
+  the layer on wo_plane_mma's grouped launch, QUANTC_MOE_PLANE_MMA=1, where H and I are multiples of 128); at >= 2048 (token, expert) pairs the bf16 gate_up also with a
   few larger tiles (``gate_up_ours_bf16_best_*``): what a tuned tile reaches next to the default (from
   512 pairs the fp8 gate_up too, with 128-deep tiles: ``gate_up_ours_fp8_best_*``); and
   bf16 and fp8 at the config the runtime runs (``gate_up_ours_{bf16,fp8}_table_*``: the compiler's
@@ -199,7 +200,8 @@ def check():
         res["check"].append({"kernel": kernel, "weight": wkey, "act": akey, "rel_err": err, "ok": err < 4e-2})
         # the same layer down the opt-in paths: 4-bit experts dequantized first, the Gluon grouped GEMM
         variants = ([("dequant", "QUANTC_MOE_DEQUANT_MIN_PAIRS", "0"), ("gemv", "QUANTC_MOE_GEMV", "1"),
-                     ("grouped", "QUANTC_MOE_GEMV", "0")] if kernel == "moe_weight_only" else [])
+                     ("grouped", "QUANTC_MOE_GEMV", "0"), ("plane_mma", "QUANTC_MOE_PLANE_MMA", "1")]
+                    if kernel == "moe_weight_only" else [])
         if kernel in ("moe_bf16", "moe_fp8", "moe_int8"):
             variants += [(f"ws{rows}", "QUANTC_MOE_WS", rows) for rows in ("128", "64", "up")]
         # the token sort with the torch ops (the one-launch kernel is the default up to 1024 pairs): the same
@@ -409,6 +411,9 @@ def bench():
             if h % 64 == 0 and inter % 64 == 0 and pairs <= 256:  # and on the grouped GEMV at every count
                 with env_set("QUANTC_MOE_GEMV", "1"):
                     row["layer_ours_mxfp4_wo_gemv_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
+            if h % 128 == 0 and inter % 128 == 0:  # and on wo_plane_mma's grouped launch (opt-in, routing blocks)
+                with env_set("QUANTC_MOE_PLANE_MMA", "1"):
+                    row["layer_ours_mxfp4_wo_plane_mma_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
             act = row["active_experts"]
             fl = 2 * pairs * h * 2 * inter
             if row.get("gate_up_ours_bf16_best_us") and row["gate_up_torch_grouped_mm_us"]:
@@ -443,7 +448,7 @@ def bench():
             if row["dense_bf16_equal_flops_us"]:
                 row.update(moe_roofline(row, fl, res["copy_GBps"]))
             for key in (*moes, *(f"{k_}_ws{r}" for k_ in WS_LAYERS for r in (0, 128, 64, "up")), "mxfp4_wo_dequant",
-                        "mxfp4_wo_gemv", "mxfp4_wo_grouped"):
+                        "mxfp4_wo_gemv", "mxfp4_wo_grouped", "mxfp4_wo_plane_mma"):
                 if row["layer_torch_bf16_us"] and row.get(f"layer_ours_{key}_us"):
                     row[f"layer_ours_{key}_over_torch_bf16"] = row["layer_torch_bf16_us"] / row[f"layer_ours_{key}_us"]
             res["rows"].append(row)

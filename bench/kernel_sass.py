@@ -16,7 +16,8 @@ per thread, integer-pipe share, tensor-core instructions, and "smem" when the ti
     python bench/kernel_sass.py --kernel frag --fmt int4 int4_asym --bk 64 128 --warps 4   # wo_frag (bk: 64 x sub-steps)
     python bench/kernel_sass.py --kernel gemv --fmt int4 --tiles 4x4x4x4   # wo_gemv (ROWSxLANES_NxWARPSxWARPS_K)
     XR=2 python bench/kernel_sass.py --kernel gemv ...                 # the several-row GEMV, 2 rows a program
-    python bench/kernel_sass.py --kernel pmma --fmt int4 mxfp4 --tiles 4x8 4x16  # wo_plane_mma (WARPSxTOKENS)
+    python bench/kernel_sass.py --kernel pmma --fmt int4 mxfp4 --tiles 4x8 4x16  # wo_plane_mma (WARPSxTOKENS;
+                                                                                 # GROUPED=1: its MoE launch)
     python bench/kernel_sass.py --kernel fgemv --fmt int4 --tiles 1x4x1x4  # wo_frag_gemv (RTxRSxWARPS_TxWARPS_S)
     python bench/kernel_sass.py --kernel persistent ...          # the persistent planes variant (its
                                                                  # flattened loop also counts the epilogue)
@@ -95,9 +96,11 @@ def compile_gemv(fmt: str, tile: tuple[int, ...], split: int):
         warps, tok = tile
         sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": sdt, "z_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*bf16",
                "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
-               "stride_wn": "i32", "stride_sn": "i32", "M_TILES": "i32"}
+               "stride_wn": "i32", "stride_sn": "i32", "M_TILES": "i32", "ids_ptr": "*i32", "bexp_ptr": "*i32",
+               "E": "i32", "A_DIV": "i32", "stride_we": "i32", "stride_se": "i32"}
         ce = dict(GROUP=group, HAS_ZERO=zero, WARPS=warps, SPLIT_K=split, TOK=tok, SUB=2,
-                  FMT={1: 1, 2: 2}[f] if fmt != "nvfp4" else 3, HAS_GLOBAL=glob)
+                  FMT={1: 1, 2: 2}[f] if fmt != "nvfp4" else 3, HAS_GLOBAL=glob, RT=1, X_AHEAD=False,
+                  GROUPED=os.environ.get("GROUPED") == "1")
         fn, elems = wo_plane_mma._plane_mma_kernel, 128  # a lane's 8 words a 128-deep step, two steps a loop
     elif KERNEL == "fgemv":
         rt, rs, wt, ws = tile
@@ -126,7 +129,8 @@ def compile_gemv(fmt: str, tile: tuple[int, ...], split: int):
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig) if name in ("x_ptr", "w_ptr", "K")}
     if KERNEL == "pmma":  # its row and activation strides 16-aligned too, as Triton specializes them at a launch
         warps = tile[0]
-        attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig) if name not in ("M", "N", "M_TILES")}
+        attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig)
+                 if name not in ("M", "N", "M_TILES", "E", "A_DIV")}
     c = triton.compile(GluonASTSource(fn, dict(sig, **{k: "constexpr" for k in ce}), ce, attrs),
                        target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
     return c, elems, warps

@@ -57,6 +57,16 @@ def uses_moe_gemv(w13: wf.WoWeight, w2: wf.WoWeight, num_pairs: int) -> bool:
     return on_sm90(w13.data.device) and num_pairs <= w13.data.shape[0]
 
 
+def uses_moe_plane_mma(w13: wf.WoWeight, w2: wf.WoWeight) -> bool:
+    """QUANTC_MOE_PLANE_MMA=1 (opt-in, untimed): 4-bit experts with bf16 activations on the natural layout's MMA
+    kernel (``wo_plane_mma.launch_plane_mma_grouped``: routing blocks of 8-64 pairs of one expert, each expert's
+    bytes read once for all its pairs), where both stacks suit it (K a multiple of 128; int4 in groups of 128,
+    mxfp4, nvfp4)."""
+    from .kernels.wo_plane_mma import plane_mma_stack_ok
+
+    return env("QUANTC_MOE_PLANE_MMA") == "1" and plane_mma_stack_ok(w13) and plane_mma_stack_ok(w2)
+
+
 def default_config(tokens: int, top_k: int, kernel: str = "moe_bf16") -> WoConfig:
     """The grouped GEMM's config without a plan table entry (``tables.default_buckets``)."""
     return pick(*bucket_lookup(default_buckets(kernel, top_k=top_k)), tokens)
@@ -182,9 +192,11 @@ class QuantMoE(nn.Module):
 
     def _experts(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         t, top_k = topk_ids.shape
-        if self.kernel == "moe_weight_only" and self.num_experts == self.total_experts and uses_moe_gemv(
-                self._weight("w13"), self._weight("w2"), t * top_k):
-            return self._experts_gemv(x, topk_weights, topk_ids)
+        if self.kernel == "moe_weight_only" and self.num_experts == self.total_experts:
+            if uses_moe_plane_mma(self._weight("w13"), self._weight("w2")):
+                return self._experts_plane_mma(x, topk_weights, topk_ids)
+            if uses_moe_gemv(self._weight("w13"), self._weight("w2"), t * top_k):
+                return self._experts_gemv(x, topk_weights, topk_ids)
         c13, c2 = self.kernel_configs(t, top_k)
         ws_rows = 0
         if self.kernel in _WS_KERNELS and self.num_experts == self.total_experts:
@@ -242,6 +254,23 @@ class QuantMoE(nn.Module):
         h = wo_gemv.launch_moe_gemv(x, w13, ids, top_k, *gemv_config(ids.numel() * w13.n, w13.k, sms, grouped=True))
         a = mg.pair_rows(h, ids, self.activation, bias=self.b13)
         y = wo_gemv.launch_moe_gemv(a, w2, ids, 1, *gemv_config(ids.numel() * w2.n, w2.k, sms, grouped=True))
+        y = mg.pair_rows(y, ids, "none", bias=self.b2, topk_weights=_pair_weights(topk_weights))
+        return self._combine(y.view(t, top_k, -1))
+
+    def _experts_plane_mma(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        """``uses_moe_plane_mma``: the pairs sorted into routing blocks of one expert (``align_by_expert``), both
+        GEMMs on the grouped MMA kernel, the grouped GEMM's epilogue in one elementwise launch after each (as
+        ``_experts_gemv``)."""
+        from .kernels.wo_plane_mma import launch_plane_mma_grouped, moe_tokens
+
+        t, top_k = topk_ids.shape
+        pairs = t * top_k
+        tok = moe_tokens(pairs, self.num_experts)
+        sorted_ids, block_expert, _ = align_by_expert(topk_ids, self.num_experts, tok)
+        ids = topk_ids.reshape(-1).contiguous()
+        h = launch_plane_mma_grouped(x.to(torch.bfloat16).contiguous(), self._weight("w13"), sorted_ids, block_expert, pairs, top_k, tok)
+        a = mg.pair_rows(h, ids, self.activation, bias=self.b13)
+        y = launch_plane_mma_grouped(a, self._weight("w2"), sorted_ids, block_expert, pairs, 1, tok)
         y = mg.pair_rows(y, ids, "none", bias=self.b2, topk_weights=_pair_weights(topk_weights))
         return self._combine(y.view(t, top_k, -1))
 

@@ -126,14 +126,16 @@ from quantc.runtime.kernels import wo_plane_mma as pm
 SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*bf16",
        "ws_ptr": "*fp32",
        "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_wn": "i32",
-       "stride_sn": "i32", "M_TILES": "i32"}
+       "stride_sn": "i32", "M_TILES": "i32", "ids_ptr": "*i32", "bexp_ptr": "*i32", "E": "i32", "A_DIV": "i32",
+       "stride_we": "i32", "stride_se": "i32"}
 out = []
-for zero, warps, split, tok, sub, fmt, rt, *ahead in json.loads(sys.argv[1]):
+for zero, warps, split, tok, sub, fmt, rt, *extra in json.loads(sys.argv[1]):
+    ahead, grouped = (extra + [False, False])[:2]
     ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, WARPS=warps, SPLIT_K=split, TOK=tok, SUB=sub, FMT=fmt,
-              HAS_GLOBAL=fmt == 3, RT=rt, X_AHEAD=bool(ahead))
+              HAS_GLOBAL=fmt == 3, RT=rt, X_AHEAD=bool(ahead), GROUPED=bool(grouped))
     sig = dict(SIG, s_ptr={1: "*bf16", 2: "*u8", 3: "*fp8e4nv"}[fmt], **{k: "constexpr" for k in ce})
     # 16-byte aligned pointers, K and strides, as Triton specializes them at a launch
-    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG) if a not in ("M", "N", "M_TILES")}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG) if a not in ("M", "N", "M_TILES", "E", "A_DIV")}
     c = triton.compile(GluonASTSource(pm._plane_mma_kernel, sig, ce, attrs), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": warps})
     ptx = c.asm["ptx"]
@@ -150,10 +152,12 @@ def test_gluon_kernel_compiles_for_hopper_with_the_tiles_in_registers():
     many before the loop) and the activation four a token a lane, an iteration one or two steps; no shuffles, no
     spills, nothing through shared memory but split-K's one arrival word. fp4: 10 prmt, 2 lop3 and 4 bf16x2
     multiplies (the group scale) a word. 2 or 4 row tiles a warp: that many times the MMAs, decode and word loads,
-    the same activation loads; the activations a step ahead: their loads once more before the loop."""
+    the same activation loads; the activations a step ahead: their loads once more before the loop; the grouped (MoE)
+    launch: the same loop."""
     cases = [(False, 4, 1, 8, 1, 1, 1), (True, 4, 1, 16, 2, 1, 1), (False, 2, 2, 16, 1, 1, 1), (True, 4, 1, 32, 1, 1, 1),
              (False, 4, 1, 64, 1, 1, 1), (False, 4, 3, 8, 2, 1, 1), (False, 4, 1, 8, 2, 2, 1), (False, 4, 2, 16, 1, 3, 1),
-             (False, 4, 1, 16, 1, 1, 2), (True, 2, 1, 16, 1, 2, 4), (False, 4, 1, 16, 2, 1, 1, 1)]
+             (False, 4, 1, 16, 1, 1, 2), (True, 2, 1, 16, 1, 2, 4), (False, 4, 1, 16, 2, 1, 1, 1),
+             (True, 4, 2, 8, 2, 1, 1, 0, 1), (False, 4, 1, 16, 2, 3, 1, 0, 1)]
     proc = subprocess.run([sys.executable, "-c", COMPILE, json.dumps(cases)], capture_output=True, text=True,
                           timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -162,7 +166,7 @@ def test_gluon_kernel_compiles_for_hopper_with_the_tiles_in_registers():
         assert r["mma"] == 8 * halves * sub * rt, (case, r)
         assert (r["lop3"], r["prmt"], r["mul"]) == \
             tuple(rt * v for v in ((16 * sub, 80 * sub, 32 * sub) if fp4 else (32 * sub, 32 * sub, 0))), (case, r)
-        ahead = len(case) > 7  # the next iteration's activations loaded with its words: once more before the loop
+        ahead = len(case) > 7 and case[7]  # the next iteration's activations with its words: once more before the loop
         assert r["ld_v4"] == (4 * rt + 4 * halves * (2 if ahead else 1)) * sub, (case, r)
         assert r["shfl"] == 0 and r["local"] == 0, (case, r)
         assert (r["atom"] > 0) == (case[2] > 1) and r["ld_shared"] == (case[2] > 1), (case, r)
@@ -234,3 +238,41 @@ def test_wo_gemm_runs_the_kernel_where_the_policy_says(key, monkeypatch):
     g64 = wf.quantize(torch.randn(48, 384), "int4_group_64")
     wo_gemm.launch(torch.randn(3, 384).bfloat16(), g64, wo_gemm.default_config(3, 48, 384, int4=True))
     assert calls == [3, 8]
+
+
+@pytest.mark.parametrize("key", ["int4_group_128", "int4_group_128_asym", "mxfp4", "nvfp4"])
+@pytest.mark.parametrize("pairs_per_token,tokens,split", [(2, 8, 1), (4, 16, 3)])
+def test_grouped_launch_matches_the_expert_loop(key, pairs_per_token, tokens, split):
+    """MoE: every (token, slot) pair through the expert routing gave it, in routing blocks of 8 / 16 pairs from
+    align_by_expert (padding and the blocks past the routing's total skipped), split-K; row p of the output is
+    x[p // k] times its expert's weight."""
+    from quantc.runtime.kernels.moe_routing import align_by_expert
+
+    torch.manual_seed(7)
+    num_e, n, kk, t = 5, 40, 256, 6
+    w = wf.quantize(torch.randn(num_e, n, kk), key)
+    x = torch.randn(t, kk).bfloat16()
+    ids = torch.stack([torch.randperm(num_e)[:pairs_per_token] for _ in range(t)])
+    sorted_ids, block_expert, _ = align_by_expert(ids, num_e, tokens)
+    out = pm.launch_plane_mma_grouped(x, w, sorted_ids, block_expert, t * pairs_per_token, pairs_per_token, tokens,
+                                      warps=2, split_k=split)
+    deq = wf.dequantize(w).float()  # (E, N, K)
+    flat = ids.reshape(-1)
+    want = torch.stack([x[p // pairs_per_token].float() @ deq[flat[p]].T for p in range(flat.numel())])
+    assert out.shape == (t * pairs_per_token, n)
+    assert ((out.float() - want).abs().max() / want.abs().max()).item() < 1e-2
+
+
+def test_grouped_launch_refusals():
+    from quantc.runtime.kernels.moe_routing import align_by_expert
+
+    w = wf.quantize(torch.randn(3, 32, 256), "int4_group_128")
+    ids = torch.tensor([[0, 1], [2, 0]])
+    sorted_ids, block_expert, _ = align_by_expert(ids, 3, 8)
+    with pytest.raises(ValueError, match="routing blocks of 16 pairs"):
+        pm.launch_plane_mma_grouped(torch.randn(2, 256).bfloat16(), w, sorted_ids, block_expert, 4, 2, 16)
+    with pytest.raises(ValueError, match=r"x \(2, 128\)"):
+        pm.launch_plane_mma_grouped(torch.randn(2, 128).bfloat16(), w, sorted_ids, block_expert, 4, 2, 8)
+    g64 = wf.quantize(torch.randn(3, 32, 256), "int4_group_64")
+    assert not pm.plane_mma_stack_ok(g64) and pm.plane_mma_stack_ok(w)
+    assert [pm.moe_tokens(p, 128) for p in (1, 128, 1024, 4096, 32768)] == [8, 8, 8, 32, 64]

@@ -106,28 +106,44 @@ def plane_mma_tokens(m: int) -> int:
 @triton.jit
 def _plane_mma_twin_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_wn, stride_sn, M_TILES,
+    ids_ptr, bexp_ptr, E, A_DIV, stride_we, stride_se,
     GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, TOK: tl.constexpr,
-    FMT: tl.constexpr = 1, HAS_GLOBAL: tl.constexpr = False,
+    FMT: tl.constexpr = 1, HAS_GLOBAL: tl.constexpr = False, GROUPED: tl.constexpr = False,
 ):
     steps = K // 128
     per = tl.cdiv(steps, SPLIT_K)
     s_start = tl.program_id(1) * per
     s_end = tl.minimum(s_start + per, steps)
     m_tile = tl.program_id(0) % M_TILES
-    x_ptr += (m_tile * TOK).to(tl.int64) * stride_xm
-    out_ptr += (m_tile * TOK).to(tl.int64) * N
-    ws_ptr += (m_tile * TOK).to(tl.int64) * N
-    M = tl.minimum(M - m_tile * TOK, TOK)
+    toks = tl.arange(0, TOK)
+    if GROUPED:  # m_tile: a routing block of TOK (token, expert) pairs of one expert; M: the pairs
+        expert = tl.load(bexp_ptr + m_tile)
+        live = (tl.zeros([TOK], tl.int32) + expert) < E  # blocks past the routing's total: nothing to do
+        expert = tl.minimum(expert, E - 1)
+        w_ptr += expert.to(tl.int64) * stride_we
+        s_ptr += expert.to(tl.int64) * stride_se
+        z_ptr += expert.to(tl.int64) * stride_se
+        gs_ptr += expert
+        pair = tl.load(ids_ptr + m_tile * TOK + toks)
+        tok_ok = (pair < M) & live
+        x_rows = tl.where(tok_ok, pair // A_DIV, 0)
+        o_rows = tl.where(tok_ok, pair, 0)
+    else:
+        x_ptr += (m_tile * TOK).to(tl.int64) * stride_xm
+        out_ptr += (m_tile * TOK).to(tl.int64) * N
+        ws_ptr += (m_tile * TOK).to(tl.int64) * N
+        tok_ok = toks < tl.minimum(M - m_tile * TOK, TOK)
+        x_rows = toks
+        o_rows = toks
     rows = (tl.program_id(0) // M_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = rows < N
     kk = tl.arange(0, 128)
-    toks = tl.arange(0, TOK)
     total = tl.zeros((BLOCK_N, TOK), tl.float32)
     for s in range(s_start, s_end):
         words = tl.load(w_ptr + rows.to(tl.int64)[:, None] * stride_wn + s * 16 + (kk // 8)[None, :],
                         mask=n_mask[:, None], other=0)
-        xt = tl.load(x_ptr + toks[None, :] * stride_xm + s * 128 + kk[:, None], mask=(toks < M)[None, :],
-                     other=0.0).to(tl.float32)  # (128, TOK)
+        xt = tl.load(x_ptr + x_rows.to(tl.int64)[None, :] * stride_xm + s * 128 + kk[:, None],
+                     mask=tok_ok[None, :], other=0.0).to(tl.float32)  # (128, TOK)
         c = (words >> (4 * (kk % 8))[None, :]) & 15
         if FMT == 1:
             total = twin_accumulate(total, c, xt, z_ptr, s_ptr, rows, n_mask, stride_sn, (s * 128) // GROUP, HAS_ZERO)
@@ -136,8 +152,8 @@ def _plane_mma_twin_kernel(
             total += tl.dot(e2m1_to_f32(c) * decode_scale(sc, 2 if FMT == 2 else 1), xt)
     if HAS_GLOBAL:
         total = total * tl.load(gs_ptr)
-    o_mask = n_mask[:, None] & (toks < M)[None, :]
-    offs = toks[None, :] * N + rows[:, None]
+    o_mask = n_mask[:, None] & tok_ok[None, :]
+    offs = o_rows.to(tl.int64)[None, :] * N + rows[:, None]
     store_or_reduce(total, out_ptr + offs, ws_ptr + offs, o_mask, cnt_ptr + tl.program_id(0), SPLIT_K)
 
 
@@ -223,6 +239,23 @@ def _a_tile(g_kh0, g_kh1, g8_kh0, g8_kh1, WARPS: gl.constexpr):
 
 
 @gluon.jit
+def _pair_tile_ptrs(x_ptr, ids_ptr, num_pairs, a_div, stride_xm, TOK: gl.constexpr, WARPS: gl.constexpr):
+    """``token_tile_ptrs`` for a routing block: lane 4 g + t reads pair 8 nh + g's activation row (pair // a_div;
+    padding: row 0), K 32 t .. 32 t + 31 of the step."""
+    XL: gl.constexpr = gl.BlockedLayout([TOK // 8, 1, 1, 32], [1, 8, 4, 1], [1, 1, 1, WARPS], [3, 2, 1, 0])
+    NG: gl.constexpr = gl.SliceLayout(2, gl.SliceLayout(3, XL))  # (nh, g)
+    TK: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(0, XL))  # (t, K)
+    x_nh = gl.arange(0, TOK // 8, layout=gl.SliceLayout(1, NG))
+    x_g = gl.arange(0, 8, layout=gl.SliceLayout(0, NG))
+    pair = gl.load(ids_ptr + gl.expand_dims(x_nh * 8, 1) + gl.expand_dims(x_g, 0))
+    x_row = gl.where(pair < num_pairs, pair // a_div, 0).to(gl.int64)
+    x_t = gl.arange(0, 4, layout=gl.SliceLayout(1, TK))
+    x_k = gl.arange(0, 32, layout=gl.SliceLayout(0, TK))
+    k4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(x_t * 32, 1) + gl.expand_dims(x_k, 0), 0), 0)
+    return x_ptr + gl.expand_dims(gl.expand_dims(x_row * stride_xm, 2), 3) + k4
+
+
+@gluon.jit
 def _e8m0_bf16x2(ptrs):
     """e8m0 codes at ``ptrs`` -> the bf16x2 (2**(e - 127), same) as int32: the code as the exponent field (code 0:
     2**-127, a bf16 subnormal)."""
@@ -285,14 +318,17 @@ def _step(acc, lo, hi, xs, c_lo, c_lo2, c_hi, c_hi2, HAS_ZERO: gl.constexpr, FMT
 @gluon.jit
 def _plane_mma_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_wn, stride_sn, M_TILES,
+    ids_ptr, bexp_ptr, E, A_DIV, stride_we, stride_se,
     GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, WARPS: gl.constexpr, SPLIT_K: gl.constexpr, TOK: gl.constexpr,
     SUB: gl.constexpr = 1, FMT: gl.constexpr = 1, HAS_GLOBAL: gl.constexpr = False, RT: gl.constexpr = 1,
-    X_AHEAD: gl.constexpr = False,
+    X_AHEAD: gl.constexpr = False, GROUPED: gl.constexpr = False,
 ):
     """Grid (row tiles of WARPS x RT x 16 x token tiles of TOK, K slices): a warp takes RT 16-row tiles (WARPS x 16
     rows apart), their MMAs sharing the activation's B fragments; an iteration is SUB 128-deep steps (each with its
     group's scale), and the next iteration's words load while this one decodes and multiplies (X_AHEAD: its
-    activations too)."""
+    activations too). GROUPED (MoE): the token tile is a routing block of TOK (token, expert) pairs of one expert
+    (``moe_routing.align_by_expert``): its expert's weights, activation rows pair // A_DIV, output rows the pairs
+    (M of them)."""
     TILES: gl.constexpr = WARPS * RT
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS, 1], instr_shape=[16, 8])
     A_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
@@ -305,10 +341,26 @@ def _plane_mma_kernel(
     s_end = gl.minimum(s_start + per, iters)
     m_tile = gl.program_id(0) % M_TILES
     n_prog = gl.program_id(0) // M_TILES
-    x_ptr += (m_tile * TOK).to(gl.int64) * stride_xm
-    out_ptr += (m_tile * TOK).to(gl.int64) * N
-    ws_ptr += (m_tile * TOK).to(gl.int64) * N
-    M = gl.minimum(M - m_tile * TOK, TOK)
+    on = gl.arange(0, TOK, layout=gl.SliceLayout(0, MMA))
+    if GROUPED:
+        expert = gl.load(bexp_ptr + m_tile)
+        live = expert < E  # blocks past the routing's total: no steps, nothing stored
+        s_end = s_start + (s_end - s_start) * live.to(gl.int32)
+        expert = gl.minimum(expert, E - 1).to(gl.int64)
+        w_ptr += expert * stride_we
+        s_ptr += expert * stride_se
+        z_ptr += expert * stride_se
+        gs_ptr += expert
+        pair_o = gl.load(ids_ptr + m_tile * TOK + on)
+        tok_ok = (pair_o < M) & live
+        o_rows = gl.where(tok_ok, pair_o, 0).to(gl.int64)
+    else:
+        x_ptr += (m_tile * TOK).to(gl.int64) * stride_xm
+        out_ptr += (m_tile * TOK).to(gl.int64) * N
+        ws_ptr += (m_tile * TOK).to(gl.int64) * N
+        M = gl.minimum(M - m_tile * TOK, TOK)
+        tok_ok = on < M
+        o_rows = on.to(gl.int64)
     tiles = n_prog * TILES + gl.arange(0, TILES, layout=gl.SliceLayout(1, W2))
     lanes = gl.arange(0, 32, layout=gl.SliceLayout(0, W2))
     vs = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, WL)))
@@ -320,7 +372,10 @@ def _plane_mma_kernel(
     w_hi = w_ptr + gl.expand_dims(gl.minimum(row_g + 8, N - 1).to(gl.int64) * stride_wn, 2) + col
     # the activation of a step as (token half nh, g, t, 32 K): lane 4 g + t holds tokens 8 nh + g, K 32 t ..
     # 32 t + 31 of the step, every warp the same
-    x_tile = token_tile_ptrs(x_ptr, M, stride_xm, TOK, 32, WARPS)
+    if GROUPED:
+        x_tile = _pair_tile_ptrs(x_ptr, ids_ptr + m_tile * TOK, M, A_DIV, stride_xm, TOK, WARPS)
+    else:
+        x_tile = token_tile_ptrs(x_ptr, M, stride_xm, TOK, 32, WARPS)
     rows = n_prog * (TILES * 16) + gl.arange(0, TILES * 16, layout=gl.SliceLayout(1, MMA))
     c_lo = gl.full([TILES, 32], NEG_136_X2, gl.int32, W2)
     c_hi = c_lo
@@ -393,9 +448,8 @@ def _plane_mma_kernel(
                 total += acc
     if HAS_GLOBAL:
         total = total * gl.load(gs_ptr)
-    on = gl.arange(0, TOK, layout=gl.SliceLayout(0, MMA))
-    offs = gl.expand_dims(on, 0) * N + gl.expand_dims(rows, 1)
-    o_mask = gl.expand_dims(rows < N, 1) & gl.expand_dims(on < M, 0)
+    offs = gl.expand_dims(o_rows, 0) * N + gl.expand_dims(rows, 1)
+    o_mask = gl.expand_dims(rows < N, 1) & gl.expand_dims(tok_ok, 0)
     store_or_reduce(total, out_ptr + offs, ws_ptr + offs, o_mask, cnt_ptr + gl.program_id(0), SPLIT_K)
 
 
@@ -438,7 +492,7 @@ def launch_plane_mma(x2: torch.Tensor, w: WoWeight, warps: int = 4, split_k: int
     zeros = w.zeros if w.zeros is not None else w.scale
     gs = w.global_scale if w.global_scale is not None else w.scale
     args = (x2, w.data, w.scale, zeros, gs, out, ws, cnt, m, n, k, x2.stride(0), w.data.stride(0), w.scale.stride(0),
-            m_tiles)
+            m_tiles, out, out, 1, 1, 0, 0)
     consts = dict(GROUP=w.group, HAS_ZERO=w.zeros is not None, SPLIT_K=split, TOK=tok,
                   FMT={INT4: 1, MXFP4: 2, NVFP4: 3}[w.fmt], HAS_GLOBAL=w.global_scale is not None)
     if common.interpreted() or x2.device.type != "cuda":
@@ -446,4 +500,61 @@ def launch_plane_mma(x2: torch.Tensor, w: WoWeight, warps: int = 4, split_k: int
     else:
         common.launch(_plane_mma_kernel, grid, args,
                       dict(consts, WARPS=warps, SUB=sub, RT=row_tiles, X_AHEAD=x_ahead), warps, 1)
+    return out
+
+
+def plane_mma_stack_ok(w: WoWeight) -> bool:
+    """``plane_mma_ok`` for an (E, N, K) stack of expert weights (zero points laid out as the scales)."""
+    if w.data.dim() != 3 or w.zeros is not None and w.zeros.stride() != w.scale.stride():
+        return False
+    one = WoWeight(w.fmt, w.n, w.k, w.data[0], w.scale[0], w.sfmt, w.group, w.row_block)
+    return plane_mma_ok(one)
+
+
+def moe_tokens(num_pairs: int, num_experts: int) -> int:
+    """The routing block (tokens a program) of the MoE launch: the fewest of 8 / 16 / 32 / 64 holding the pairs an
+    expert gets on average."""
+    return plane_mma_tokens(cdiv(num_pairs, max(1, min(num_experts, num_pairs))))
+
+
+def launch_plane_mma_grouped(x2: torch.Tensor, w: WoWeight, sorted_ids: torch.Tensor, block_expert: torch.Tensor,
+                             num_pairs: int, a_div: int, tokens: int, warps: int = 4, split_k: int | None = None,
+                             sub: int | None = None) -> torch.Tensor:
+    """MoE: bf16 ``x2`` (rows, K) through a 4-bit expert stack ``w`` (E, N, K) -> bf16 (num_pairs, N), row p =
+    x2[p // a_div] times expert e's weight for the expert e routing gave pair p. ``sorted_ids`` / ``block_expert``:
+    ``moe_routing.align_by_expert`` at block ``tokens`` (a program's token tile is one routing block). split_k: by
+    default two waves of the grid's programs."""
+    if not plane_mma_stack_ok(w) or x2.stride(1) != 1 or x2.dtype != torch.bfloat16 or x2.shape[1] != w.k:
+        raise ValueError(f"the grouped plane-layout MMA kernel takes an (E, N, K) 4-bit stack (K a multiple of 128: "
+                         f"int4 in groups of a multiple of 128, mxfp4 or nvfp4; zero points laid out as the scales) "
+                         f"and bf16 activation rows of K = {w.k} with unit stride; got format {w.fmt}, group "
+                         f"{w.group}, data {tuple(w.data.shape)}, x {tuple(x2.shape)} {x2.dtype}")
+    if tokens not in TOKENS or sorted_ids.numel() % tokens or block_expert.numel() != sorted_ids.numel() // tokens:
+        raise ValueError(f"routing blocks of {tokens} pairs (one of {TOKENS}) from align_by_expert at that block; got "
+                         f"{sorted_ids.numel()} sorted ids and {block_expert.numel()} block experts")
+    n, k, num_e = w.n, w.k, w.data.shape[0]
+    out = common.empty((num_pairs, n), torch.bfloat16, x2.device)
+    if num_pairs == 0:
+        return out
+    sub = sub or plane_mma_sub(k)
+    bn = warps * 16
+    blocks = block_expert.numel()
+    programs = cdiv(n, bn) * blocks
+    if split_k is None:
+        from .wo_gemv import grid_sms
+
+        split_k = cdiv(2 * grid_sms(x2.device), programs)
+    split = max(1, min(split_k, k // (STEP * sub), 32))
+    grid = (programs, split)
+    ws, cnt = split_workspace(x2.device, num_pairs * n, grid[0]) if split > 1 else (out, out)
+    zeros = w.zeros if w.zeros is not None else w.scale
+    gs = w.global_scale if w.global_scale is not None else w.scale
+    args = (x2, w.data, w.scale, zeros, gs, out, ws, cnt, num_pairs, n, k, x2.stride(0), w.data.stride(1),
+            w.scale.stride(1), blocks, sorted_ids, block_expert, num_e, a_div, w.data.stride(0), w.scale.stride(0))
+    consts = dict(GROUP=w.group, HAS_ZERO=w.zeros is not None, SPLIT_K=split, TOK=tokens,
+                  FMT={INT4: 1, MXFP4: 2, NVFP4: 3}[w.fmt], HAS_GLOBAL=w.global_scale is not None, GROUPED=True)
+    if common.interpreted() or x2.device.type != "cuda":
+        common.launch(_plane_mma_twin_kernel, grid, args, dict(consts, BLOCK_N=bn), warps, 1)
+    else:
+        common.launch(_plane_mma_kernel, grid, args, dict(consts, WARPS=warps, SUB=sub), warps, 1)
     return out
