@@ -245,32 +245,32 @@ class QuantMoE(nn.Module):
 
     def _experts_gemv(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         """Decode on the 4-bit GEMV (``uses_moe_gemv``): every (token, slot) pair a GEMV row through its expert,
-        no sort or padding; the grouped GEMM's epilogue (biases, activation, routing weights) in one elementwise
-        launch after each (``moe_gemm.pair_rows``)."""
-        t, top_k = topk_ids.shape
+        no sort or padding."""
         ids = topk_ids.reshape(-1).contiguous()
         sms = grid_sms(x.device)
-        w13, w2 = self._weight("w13"), self._weight("w2")
-        h = wo_gemv.launch_moe_gemv(x, w13, ids, top_k, *gemv_config(ids.numel() * w13.n, w13.k, sms, grouped=True))
-        a = mg.pair_rows(h, ids, self.activation, bias=self.b13)
-        y = wo_gemv.launch_moe_gemv(a, w2, ids, 1, *gemv_config(ids.numel() * w2.n, w2.k, sms, grouped=True))
-        y = mg.pair_rows(y, ids, "none", bias=self.b2, topk_weights=_pair_weights(topk_weights))
-        return self._combine(y.view(t, top_k, -1))
+        return self._experts_by_pairs(x, topk_weights, topk_ids, lambda a, w, a_div: wo_gemv.launch_moe_gemv(
+            a, w, ids, a_div, *gemv_config(ids.numel() * w.n, w.k, sms, grouped=True)))
 
     def _experts_plane_mma(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         """``uses_moe_plane_mma``: the pairs sorted into routing blocks of one expert (``align_by_expert``), both
-        GEMMs on the grouped MMA kernel, the grouped GEMM's epilogue in one elementwise launch after each (as
-        ``_experts_gemv``)."""
+        GEMMs on the grouped MMA kernel."""
         from .kernels.wo_plane_mma import launch_plane_mma_grouped, moe_tokens
 
-        t, top_k = topk_ids.shape
-        pairs = t * top_k
+        pairs = topk_ids.numel()
         tok = moe_tokens(pairs, self.num_experts)
         sorted_ids, block_expert, _ = align_by_expert(topk_ids, self.num_experts, tok)
+        return self._experts_by_pairs(x.to(torch.bfloat16).contiguous(), topk_weights, topk_ids, lambda a, w, a_div:
+                                      launch_plane_mma_grouped(a, w, sorted_ids, block_expert, pairs, a_div, tok))
+
+    def _experts_by_pairs(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, gemm):
+        """Both GEMMs through ``gemm(a, weight, a_div)`` -> rows of the (token, slot) pairs (row p from a[p // a_div]),
+        the grouped GEMM's epilogue (biases, activation, routing weights) in one elementwise launch after each
+        (``moe_gemm.pair_rows``)."""
+        t, top_k = topk_ids.shape
         ids = topk_ids.reshape(-1).contiguous()
-        h = launch_plane_mma_grouped(x.to(torch.bfloat16).contiguous(), self._weight("w13"), sorted_ids, block_expert, pairs, top_k, tok)
+        h = gemm(x, self._weight("w13"), top_k)
         a = mg.pair_rows(h, ids, self.activation, bias=self.b13)
-        y = launch_plane_mma_grouped(a, self._weight("w2"), sorted_ids, block_expert, pairs, 1, tok)
+        y = gemm(a, self._weight("w2"), 1)
         y = mg.pair_rows(y, ids, "none", bias=self.b2, topk_weights=_pair_weights(topk_weights))
         return self._combine(y.view(t, top_k, -1))
 

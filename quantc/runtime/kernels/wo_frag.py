@@ -188,10 +188,12 @@ NEG_136_X2 = gl.constexpr(0xC308C308 - 2**32)  # bf16x2 (-136, -136) as a signed
 
 
 @gluon.jit
-def token_tile_ptrs(x_ptr, M, stride_xm, TOK: gl.constexpr, KL: gl.constexpr, WARPS: gl.constexpr):
+def token_tile_ptrs(x_ptr, M, stride_xm, TOK: gl.constexpr, KL: gl.constexpr, WARPS: gl.constexpr, ids_ptr=None,
+                    a_div=1, GATHER: gl.constexpr = False):
     """The activation pointers of a step as (token half nh, g, t, KL K): lane 4 g + t reads tokens 8 nh + g (past
     M: the last token), K KL t .. KL t + KL - 1 of the step, every warp the same (this kernel's KL = 16,
-    ``wo_plane_mma``'s 32)."""
+    ``wo_plane_mma``'s 32). GATHER (a MoE routing block): token j is pair ``ids_ptr[j]``, its row pair // a_div
+    (pairs past M, the padding: row 0)."""
     XL: gl.constexpr = gl.BlockedLayout([TOK // 8, 1, 1, KL], [1, 8, 4, 1], [1, 1, 1, WARPS], [3, 2, 1, 0])
     NG: gl.constexpr = gl.SliceLayout(2, gl.SliceLayout(3, XL))  # (nh, g)
     TK: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(0, XL))  # (t, K)
@@ -199,9 +201,14 @@ def token_tile_ptrs(x_ptr, M, stride_xm, TOK: gl.constexpr, KL: gl.constexpr, WA
     x_g = gl.arange(0, 8, layout=gl.SliceLayout(0, NG))
     x_t = gl.arange(0, 4, layout=gl.SliceLayout(1, TK))
     x_k = gl.arange(0, KL, layout=gl.SliceLayout(0, TK))
-    tok4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(x_nh * 8, 1) + gl.expand_dims(x_g, 0), 2), 3)
+    tok = gl.expand_dims(x_nh * 8, 1) + gl.expand_dims(x_g, 0)
+    if GATHER:
+        pair = gl.load(ids_ptr + tok)
+        row = gl.where(pair < M, pair // a_div, 0).to(gl.int64)
+    else:
+        row = gl.minimum(tok, M - 1)
     k4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(x_t * KL, 1) + gl.expand_dims(x_k, 0), 0), 0)
-    return x_ptr + gl.minimum(tok4, M - 1) * stride_xm + k4  # (TOK / 8, 8, 4, KL)
+    return x_ptr + gl.expand_dims(gl.expand_dims(row * stride_xm, 2), 3) + k4  # (TOK / 8, 8, 4, KL)
 
 
 @gluon.jit

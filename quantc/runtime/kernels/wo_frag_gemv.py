@@ -31,6 +31,7 @@ from triton.experimental.gluon import language as gl
 from . import common
 from .common import cdiv
 from .half2_ptx import X_EXP_INT4, gl_bf16_pair, gl_decode, gl_pack, half_of, pack_half2
+from .wo_gemv import grid_sms
 from .wo_mma4 import split_workspace
 
 # $0 row g, $1 row g + 8 (fp32): the decoded half2 values t_vj at $(2 + 4 v + j), the packs
@@ -261,8 +262,7 @@ def launch_frag_gemv(x2: torch.Tensor, fw, config: tuple[int, int, int, int, int
         raise ValueError(f"the fragment-order GEMV takes one 8-byte aligned row of unit stride and K a multiple of "
                          f"128; got {tuple(x2.shape)}, strides {tuple(x2.stride())}, K = {fw.k}")
     n, k = fw.n, fw.k
-    rt, rs, warps_t, warps_s, split = config or frag_gemv_config(n, k, common.sm_count(x2.device)
-                                                                 if x2.device.type == "cuda" else 132)
+    rt, rs, warps_t, warps_s, split = config or frag_gemv_config(n, k, grid_sms(x2.device))
     bt, bs = rt * warps_t, rs * warps_s
     while (k // 64) % bs:  # K in whole blocks of steps
         bs //= 2

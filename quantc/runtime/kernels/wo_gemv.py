@@ -594,6 +594,7 @@ def _launch(x2, w, cfg, warps_k, experts, a_div, xr: int = 1) -> torch.Tensor:
     rows, lanes_n, bn, bk, warps_k = gemv_tile(cfg, k, warps_k)
     split = max(1, min(cfg.split_k, k // bk))
     fmt = {INT4: 1, MXFP4: 2, NVFP4: 3}[w.fmt]
+    prmt = fmt >= 2 and e2m1_prmt()  # the GPU kernels' e2m1 decode (a constexpr: read at each launch)
     out = common.empty((pairs, n), torch.bfloat16, x2.device)
     tiles = cdiv(n, bn)
     grid = ((1 if xr > 1 else pairs) * tiles, split)
@@ -615,11 +616,11 @@ def _launch(x2, w, cfg, warps_k, experts, a_div, xr: int = 1) -> torch.Tensor:
                       (x2, w.data, w.scale, zeros, gs, out, ws, cnt, m, n, k, stride_wn, stride_sn, x2.stride(0)),
                       dict(GROUP=w.group, HAS_ZERO=w.zeros is not None, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split,
                            WARPS=cfg.num_warps, WARPS_K=warps_k, FMT=fmt, HAS_GLOBAL=w.global_scale is not None,
-                           XR=xr, PRMT=fmt >= 2 and e2m1_prmt()), cfg.num_warps, 1)
+                           XR=xr, PRMT=prmt), cfg.num_warps, 1)
     else:
         x_vec = x2.data_ptr() % 16 == 0 and (x2.stride(0) * 2) % 16 == 0 and gemv_x_vec()
         common.launch(_wo_gemv_gluon_kernel, grid, args,
                       dict(consts, ROWS=rows, LANES_N=lanes_n, WARPS=cfg.num_warps, WARPS_K=warps_k,
-                           PREFETCH=cfg.num_stages >= 2, X_VEC=x_vec, PRMT=fmt >= 2 and e2m1_prmt()),
+                           PREFETCH=cfg.num_stages >= 2, X_VEC=x_vec, PRMT=prmt),
                       cfg.num_warps, 1)
     return out

@@ -74,15 +74,15 @@ def uses_plane_mma(x2: torch.Tensor, w: WoWeight) -> bool:
     points PLANE_MMA_MAX_M_ZERO), on an sm_90 GPU. QUANTC_PLANE_MMA=0 never; =1 every call it can take, 1-64 rows,
     on any device (the interpreter included); QUANTC_PLANE_MMA_MAX_M=M moves the row bound."""
     switch = common.env("QUANTC_PLANE_MMA")
-    if switch == "0" or not plane_mma_ok(w) or x2.stride(1) != 1:
-        return False
     m = x2.shape[0]
+    if switch == "0" or m == 0 or (m == 1 and switch != "1"):  # the cheap refusals first: every linear asks
+        return False
     bound = common.env("QUANTC_PLANE_MMA_MAX_M")
     top = int(bound) if bound else (64 if switch == "1" else
                                     (PLANE_MMA_MAX_M_ZERO if w.zeros is not None else PLANE_MMA_MAX_M))
-    if not (1 <= m <= top):
+    if m > top or not plane_mma_ok(w) or x2.stride(1) != 1:
         return False
-    return switch == "1" or (m >= 2 and common.on_sm90(x2.device))
+    return switch == "1" or common.on_sm90(x2.device)
 
 
 def plane_mma_split(n: int, k: int, m: int, sms: int) -> int:
@@ -239,23 +239,6 @@ def _a_tile(g_kh0, g_kh1, g8_kh0, g8_kh1, WARPS: gl.constexpr):
 
 
 @gluon.jit
-def _pair_tile_ptrs(x_ptr, ids_ptr, num_pairs, a_div, stride_xm, TOK: gl.constexpr, WARPS: gl.constexpr):
-    """``token_tile_ptrs`` for a routing block: lane 4 g + t reads pair 8 nh + g's activation row (pair // a_div;
-    padding: row 0), K 32 t .. 32 t + 31 of the step."""
-    XL: gl.constexpr = gl.BlockedLayout([TOK // 8, 1, 1, 32], [1, 8, 4, 1], [1, 1, 1, WARPS], [3, 2, 1, 0])
-    NG: gl.constexpr = gl.SliceLayout(2, gl.SliceLayout(3, XL))  # (nh, g)
-    TK: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(0, XL))  # (t, K)
-    x_nh = gl.arange(0, TOK // 8, layout=gl.SliceLayout(1, NG))
-    x_g = gl.arange(0, 8, layout=gl.SliceLayout(0, NG))
-    pair = gl.load(ids_ptr + gl.expand_dims(x_nh * 8, 1) + gl.expand_dims(x_g, 0))
-    x_row = gl.where(pair < num_pairs, pair // a_div, 0).to(gl.int64)
-    x_t = gl.arange(0, 4, layout=gl.SliceLayout(1, TK))
-    x_k = gl.arange(0, 32, layout=gl.SliceLayout(0, TK))
-    k4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(x_t * 32, 1) + gl.expand_dims(x_k, 0), 0), 0)
-    return x_ptr + gl.expand_dims(gl.expand_dims(x_row * stride_xm, 2), 3) + k4
-
-
-@gluon.jit
 def _e8m0_bf16x2(ptrs):
     """e8m0 codes at ``ptrs`` -> the bf16x2 (2**(e - 127), same) as int32: the code as the exponent field (code 0:
     2**-127, a bf16 subnormal)."""
@@ -372,10 +355,7 @@ def _plane_mma_kernel(
     w_hi = w_ptr + gl.expand_dims(gl.minimum(row_g + 8, N - 1).to(gl.int64) * stride_wn, 2) + col
     # the activation of a step as (token half nh, g, t, 32 K): lane 4 g + t holds tokens 8 nh + g, K 32 t ..
     # 32 t + 31 of the step, every warp the same
-    if GROUPED:
-        x_tile = _pair_tile_ptrs(x_ptr, ids_ptr + m_tile * TOK, M, A_DIV, stride_xm, TOK, WARPS)
-    else:
-        x_tile = token_tile_ptrs(x_ptr, M, stride_xm, TOK, 32, WARPS)
+    x_tile = token_tile_ptrs(x_ptr, M, stride_xm, TOK, 32, WARPS, ids_ptr + m_tile * TOK, A_DIV, GROUPED)
     rows = n_prog * (TILES * 16) + gl.arange(0, TILES * 16, layout=gl.SliceLayout(1, MMA))
     c_lo = gl.full([TILES, 32], NEG_136_X2, gl.int32, W2)
     c_hi = c_lo
@@ -483,20 +463,32 @@ def launch_plane_mma(x2: torch.Tensor, w: WoWeight, warps: int = 4, split_k: int
         raise ValueError(f"128-deep steps an iteration: 1, or 2 where 256 divides K; got {sub} for K = {k}")
     if row_tiles not in (1, 2, 4):
         raise ValueError(f"16-row tiles a warp: 1, 2 or 4, got {row_tiles}")
-    bn = warps * 16 * row_tiles
-    m_tiles = cdiv(m, tok)
-    split = max(1, min(split_k, k // (STEP * sub)))
     out = common.empty((m, n), torch.bfloat16, x2.device)
-    grid = (cdiv(n, bn) * m_tiles, split)
-    ws, cnt = split_workspace(x2.device, m * n, grid[0]) if split > 1 else (out, out)
+    return _launch(x2, w, out, cdiv(m, tok), tok, warps, max(1, min(split_k, k // (STEP * sub))), sub, row_tiles,
+                   x_ahead)
+
+
+def _launch(x2, w, out, m_tiles, tok, warps, split, sub, row_tiles=1, x_ahead=False, routing=None):
+    """Both launchers' grid, split-K workspace and kernel: the Gluon kernel on a GPU, the twin under the interpreter.
+    ``routing`` (the grouped launch): (sorted_ids, block_expert, a_div), ``m_tiles`` its routing blocks and ``w`` an
+    (E, N, K) stack; else ``m_tiles`` token tiles of a dense (N, K) weight. ``out``: (rows, N), every row written."""
+    n, k = w.n, w.k
+    grid = (cdiv(n, warps * 16 * row_tiles) * m_tiles, split)
+    ws, cnt = split_workspace(x2.device, out.numel(), grid[0]) if split > 1 else (out, out)
     zeros = w.zeros if w.zeros is not None else w.scale
     gs = w.global_scale if w.global_scale is not None else w.scale
-    args = (x2, w.data, w.scale, zeros, gs, out, ws, cnt, m, n, k, x2.stride(0), w.data.stride(0), w.scale.stride(0),
-            m_tiles, out, out, 1, 1, 0, 0)
+    if routing is None:
+        tail = (w.data.stride(0), w.scale.stride(0), m_tiles, out, out, 1, 1, 0, 0)
+    else:
+        sorted_ids, block_expert, a_div = routing
+        tail = (w.data.stride(1), w.scale.stride(1), m_tiles, sorted_ids, block_expert, w.data.shape[0], a_div,
+                w.data.stride(0), w.scale.stride(0))
+    args = (x2, w.data, w.scale, zeros, gs, out, ws, cnt, out.shape[0], n, k, x2.stride(0), *tail)
     consts = dict(GROUP=w.group, HAS_ZERO=w.zeros is not None, SPLIT_K=split, TOK=tok,
-                  FMT={INT4: 1, MXFP4: 2, NVFP4: 3}[w.fmt], HAS_GLOBAL=w.global_scale is not None)
+                  FMT={INT4: 1, MXFP4: 2, NVFP4: 3}[w.fmt], HAS_GLOBAL=w.global_scale is not None,
+                  GROUPED=routing is not None)
     if common.interpreted() or x2.device.type != "cuda":
-        common.launch(_plane_mma_twin_kernel, grid, args, dict(consts, BLOCK_N=bn), warps, 1)
+        common.launch(_plane_mma_twin_kernel, grid, args, dict(consts, BLOCK_N=warps * 16 * row_tiles), warps, 1)
     else:
         common.launch(_plane_mma_kernel, grid, args,
                       dict(consts, WARPS=warps, SUB=sub, RT=row_tiles, X_AHEAD=x_ahead), warps, 1)
@@ -532,29 +524,14 @@ def launch_plane_mma_grouped(x2: torch.Tensor, w: WoWeight, sorted_ids: torch.Te
     if tokens not in TOKENS or sorted_ids.numel() % tokens or block_expert.numel() != sorted_ids.numel() // tokens:
         raise ValueError(f"routing blocks of {tokens} pairs (one of {TOKENS}) from align_by_expert at that block; got "
                          f"{sorted_ids.numel()} sorted ids and {block_expert.numel()} block experts")
-    n, k, num_e = w.n, w.k, w.data.shape[0]
-    out = common.empty((num_pairs, n), torch.bfloat16, x2.device)
+    out = common.empty((num_pairs, w.n), torch.bfloat16, x2.device)
     if num_pairs == 0:
         return out
-    sub = sub or plane_mma_sub(k)
-    bn = warps * 16
+    sub = sub or plane_mma_sub(w.k)
     blocks = block_expert.numel()
-    programs = cdiv(n, bn) * blocks
     if split_k is None:
         from .wo_gemv import grid_sms
 
-        split_k = cdiv(2 * grid_sms(x2.device), programs)
-    split = max(1, min(split_k, k // (STEP * sub), 32))
-    grid = (programs, split)
-    ws, cnt = split_workspace(x2.device, num_pairs * n, grid[0]) if split > 1 else (out, out)
-    zeros = w.zeros if w.zeros is not None else w.scale
-    gs = w.global_scale if w.global_scale is not None else w.scale
-    args = (x2, w.data, w.scale, zeros, gs, out, ws, cnt, num_pairs, n, k, x2.stride(0), w.data.stride(1),
-            w.scale.stride(1), blocks, sorted_ids, block_expert, num_e, a_div, w.data.stride(0), w.scale.stride(0))
-    consts = dict(GROUP=w.group, HAS_ZERO=w.zeros is not None, SPLIT_K=split, TOK=tokens,
-                  FMT={INT4: 1, MXFP4: 2, NVFP4: 3}[w.fmt], HAS_GLOBAL=w.global_scale is not None, GROUPED=True)
-    if common.interpreted() or x2.device.type != "cuda":
-        common.launch(_plane_mma_twin_kernel, grid, args, dict(consts, BLOCK_N=bn), warps, 1)
-    else:
-        common.launch(_plane_mma_kernel, grid, args, dict(consts, WARPS=warps, SUB=sub), warps, 1)
-    return out
+        split_k = cdiv(2 * grid_sms(x2.device), cdiv(w.n, warps * 16) * blocks)
+    split = max(1, min(split_k, w.k // (STEP * sub), 32))
+    return _launch(x2, w, out, blocks, tokens, warps, split, sub, routing=(sorted_ids, block_expert, a_div))
