@@ -105,6 +105,8 @@ def test_refusals_name_what_is_wrong():
     assert not pm.plane_mma_ok(sliced)
     with pytest.raises(ValueError, match="unit stride along K"):
         pm.launch_plane_mma(torch.randn(3, 256).bfloat16(), sliced)
+    with pytest.raises(ValueError, match="128-deep steps an iteration: 1, or 2 where 256 divides K; got 2 for K = 384"):
+        pm.launch_plane_mma(torch.randn(3, 384).bfloat16(), wf.quantize(torch.randn(32, 384), "int4_group_128"), sub=2)
     with pytest.raises(ValueError, match="tokens a program: one of"):
         pm.launch_plane_mma(torch.randn(3, 256).bfloat16(), w, tokens=12)
     for bad, what in [(wf.quantize(torch.randn(32, 256), "int4_group_64"), "group 64"),
