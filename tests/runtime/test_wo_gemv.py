@@ -331,6 +331,108 @@ def test_e2m1_ptx_places_every_code_under_the_fp16_exponent():
             assert _e2m1_word_dot(code << (4 * pos), packs, hp.WORD_DOT_E2M1.value) == want, (pos, code)
 
 
+def _exec_ptx(asm: str, regs: dict) -> dict:
+    """Every instruction of a chained dot block (CHUNK_DOT_*, PAIR_DOT_*) in order: the integer ones as
+    ``_run_ptx`` runs them, the half2 ones in numpy float16 with one rounding an op, cvt / add.f32 in float32."""
+    regs = dict(regs)
+    for line in asm.splitlines():
+        line = line.strip().rstrip(";")
+        m = re.match(r"(\S+) (.+)$", line)
+        if not m or line.startswith(".reg") or line in ("{", "}"):
+            continue
+        op, args = m.group(1), [a.strip() for a in re.split(r",(?![^{]*})", m.group(2))]
+        h = lambda a: _h2(regs[a] if not a.startswith("0x") else int(a, 16))  # noqa: E731
+        if op == "mov.b32" and args[0].startswith("{"):
+            lo, hi = (t.strip() for t in args[0].strip("{}").split(","))
+            regs[lo], regs[hi] = regs[args[1]] & 0xFFFF, regs[args[1]] >> 16
+        elif op == "sub.f16x2":
+            regs[args[0]] = _bits((h(args[1]).astype(np.float64) - h(args[2])).astype(np.float16))
+        elif op == "mul.rn.f16x2":
+            regs[args[0]] = _bits((h(args[1]).astype(np.float64) * h(args[2])).astype(np.float16))
+        elif op == "fma.rn.f16x2":
+            regs[args[0]] = _bits(_fma(h(args[1]), h(args[2]), h(args[3])))
+        elif op == "cvt.f32.f16":
+            regs[args[0]] = float(np.array([regs[args[1]]], np.uint16).view(np.float16)[0])
+        elif op == "add.f32":
+            regs[args[0]] = float(np.float32(regs[args[1]]) + np.float32(regs[args[2]]))
+        else:
+            regs.update(_run_ptx(line + ";", regs))
+    return regs
+
+
+def _int4_values(word: int, zero):
+    codes = [(word >> (4 * i)) & 0xF for i in range(8)]
+    return [(c - 16 if c >= 8 else c) if zero is None else c - zero for c in codes]
+
+
+@pytest.mark.parametrize("zero", [None, 0, 7, 15])
+def test_chunk_dot_ptx_chains_four_words_exactly_where_it_can(zero):
+    """CHUNK_DOT_SYM / _ZERO (a chunk's four words, one half2 chain, one fp32 conversion), run instruction by
+    instruction: every code at every position of every word reads back exactly; a full chunk is the float64 dot
+    within fp16's rounding of the chain; the largest sums the kernel's activation scaling allows stay finite."""
+    asm = (hp.CHUNK_DOT_SYM if zero is None else hp.CHUNK_DOT_ZERO).value
+    consts = {} if zero is None else {"$21": (0x6400 + zero) * 0x10001, "$22": (0xD400 + 16 * zero) * 0x10001}
+
+    def run(words, packs):  # packs[i][j]: word i's pack j
+        regs = {f"${1 + i}": w for i, w in enumerate(words)}
+        regs.update({f"${5 + 4 * i + j}": packs[i][j] for i in range(4) for j in range(4)})
+        return _exec_ptx(asm, {**regs, **consts})["$0"]
+
+    one = 0x3C00
+    for wi in range(4):
+        for pos in range(8):
+            packs = [[0] * 4 for _ in range(4)]
+            packs[wi][pos % 4] = one << (16 * (pos // 4))
+            for code in range(16):
+                words = [0x88888888 if zero is None else zero * 0x11111111] * 4  # every other value 0
+                words[wi] = (words[wi] & ~(0xF << (4 * pos))) | (code << (4 * pos))
+                assert run(words, packs) == _int4_values(words[wi], zero)[pos], (wi, pos, code)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        words = [int(w) for w in rng.integers(0, 2**32, 4, dtype=np.uint64)]
+        x = rng.uniform(-255, 255, (4, 8)).astype(np.float16)
+        packs = [[_bits(np.array([x[i, j], x[i, j + 4]])) for j in range(4)] for i in range(4)]
+        terms = np.array([v * float(x[i, p]) for i in range(4) for p, v in enumerate(_int4_values(words[i], zero))])
+        assert abs(run(words, packs) - terms.sum()) <= 4e-3 * np.abs(terms).sum()
+    # the bound: 16 products a half of the largest value and |x r| just under 256, all one sign
+    big = _bits(np.array([255.875, 255.875], np.float16))
+    words = [0x88888888 if zero is None else (15 if zero == 0 else 0) * 0x11111111] * 4
+    got = run(words, [[big] * 4] * 4)
+    want = 2 * 16 * 255.875 * _int4_values(words[0], zero)[0]
+    assert np.isfinite(got) and abs(got - want) <= 1e-3 * abs(want)
+
+
+@pytest.mark.parametrize("prmt", [False, True])
+def test_chained_e2m1_dots_read_every_code_back(prmt):
+    """CHUNK_DOT_E2M1* (four words) and PAIR_DOT_E2M1* (nvfp4: two), instruction by instruction: each e2m1 code
+    at each position of each word times x = 2**14 reads back its value; random words match the float64 dot."""
+    e2m1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+    val = lambda c: (-1.0 if c & 8 else 1.0) * e2m1[c & 7]  # noqa: E731
+    rng = np.random.default_rng(2)
+    for n, asm in ((4, hp.CHUNK_DOT_E2M1_PRMT if prmt else hp.CHUNK_DOT_E2M1),
+                   (2, hp.PAIR_DOT_E2M1_PRMT if prmt else hp.PAIR_DOT_E2M1)):
+        def run(words, packs):
+            regs = {f"${1 + i}": w for i, w in enumerate(words)}
+            regs.update({f"${1 + n + 4 * i + j}": packs[i][j] for i in range(n) for j in range(4)})
+            return _exec_ptx(asm.value, regs)["$0"]
+
+        for wi in range(n):
+            for pos in range(8):
+                packs = [[0] * 4 for _ in range(n)]
+                packs[wi][pos % 4] = 0x7400 << (16 * (pos // 4))
+                for code in range(16):
+                    words = [0] * n
+                    words[wi] = code << (4 * pos)
+                    assert run(words, packs) == val(code), (n, wi, pos, code)
+        for _ in range(20):
+            words = [int(w) for w in rng.integers(0, 2**32, n, dtype=np.uint64)]
+            x = rng.uniform(-2**14, 2**14, (n, 8)).astype(np.float16)
+            packs = [[_bits(np.array([x[i, j], x[i, j + 4]])) for j in range(4)] for i in range(n)]
+            terms = np.array([val((words[i] >> (4 * p)) & 0xF) * 2.0**-14 * float(x[i, p])
+                              for i in range(n) for p in range(8)])
+            assert abs(run(words, packs) - terms.sum()) <= 4e-3 * np.abs(terms).sum() + 1e-6
+
+
 def test_zero_point_half2_constants_are_what_the_kernel_builds():
     for z in range(16):
         assert _h2((0x6400 + z) * 0x10001)[0] == 1024 + z
@@ -436,7 +538,8 @@ out = []
 for zero, rows, lanes_n, split, prefetch, fmt, x_vec, warps_k, *grouped in json.loads(sys.argv[1]):
     ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split,
               WARPS=max(4, warps_k), WARPS_K=warps_k, PREFETCH=prefetch, FMT=fmt, HAS_GLOBAL=fmt == 3, X_VEC=x_vec,
-              GROUPED=bool(grouped), PRMT=fmt >= 2 and os.environ.get("QUANTC_E2M1_DECODE") != "shifts")
+              GROUPED=bool(grouped), PRMT=fmt >= 2 and os.environ.get("QUANTC_E2M1_DECODE") != "shifts",
+              CHAIN=wo_gemv.gemv_chain())
     sig = dict(SIG, s_ptr={1: "*bf16", 2: "*u8", 3: "*fp8e4nv"}[fmt], **{k: "constexpr" for k in ce})
     c = triton.compile(GluonASTSource(wo_gemv._wo_gemv_gluon_kernel, sig, ce), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": max(4, warps_k)})
@@ -444,7 +547,8 @@ for zero, rows, lanes_n, split, prefetch, fmt, x_vec, warps_k, *grouped in json.
     out.append({"lop3": len(re.findall(r"lop3\\.b32", ptx)), "f16x2": len(re.findall(r"f16x2", ptx)),
                 "local": len(re.findall(r"\\.local", ptx)), "shared": c.metadata.shared,
                 "atom": len(re.findall(r"atom\\.", ptx)), "ld_x2": len(re.findall(r"ld\\.global[.a-z_0-9]*\\.b16", ptx)),
-                "ld_x8": len(re.findall(r"ld\\.global[.a-z_0-9]*\\.b64", ptx))})
+                "ld_x8": len(re.findall(r"ld\\.global[.a-z_0-9]*\\.b64", ptx)),
+                "fma16": len(re.findall(r"fma\\.rn\\.f16x2", ptx)), "cvt16": len(re.findall(r"cvt\\.f32\\.f16 flo", ptx))})
 print(json.dumps(out))
 '''
 
@@ -466,12 +570,17 @@ def test_gluon_gemv_compiles_for_hopper_in_registers():
              (False, 8, 2, 1, True, 2, True, 4), (False, 8, 2, 4, True, 3, True, 4),
              (True, 4, 4, 1, True, 1, True, 8), (False, 4, 4, 1, True, 3, True, 8),  # long K: 8 warps along K
              (False, 4, 16, 2, True, 2, True, 1, 1), (True, 4, 16, 1, True, 1, True, 1, 1),  # 64-deep, grouped
-             (True, 4, 4, 1, True, 1, True, 4, 1), (False, 4, 4, 2, True, 3, True, 4, 1)]  # grouped (MoE)
+             (True, 4, 4, 1, True, 1, True, 4, 1), (False, 4, 4, 2, True, 3, True, 4, 1),  # grouped (MoE)
+             (False, 8, 2, 1, 2, 1, True, 4), (True, 8, 2, 2, 2, 2, True, 4), (False, 8, 2, 1, 2, 3, True, 4)]  # 2 ahead
     proc = subprocess.run([sys.executable, "-c", GLUON_COMPILE, json.dumps(cases)], capture_output=True, text=True,
                           timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for case, r in zip(cases, json.loads(proc.stdout.strip().splitlines()[-1])):
         assert r["lop3"] >= 4 and r["f16x2"] >= (4 if case[5] >= 2 else 8), (case, r)
+        # the words' dots chained (gemv_chain): one asm fp32 conversion pair a chunk (nvfp4: two), not a word: at least
+        # 15 product FMAs and 8 bias ones (int4; e2m1 none) a pair, where one word's dot had 3 (+ 2)
+        chained = r["fma16"] >= {1: 23, 2: 15, 3: 7}[case[5]] * r["cvt16"]
+        assert chained == gv.gemv_chain(), (case, r)
         # no shared memory but the final sums' few bytes: across warps (WARPS_K > 1) a float per row and warp
         assert r["local"] == 0 and r["shared"] <= max(64, 4 * 64 * case[7]), (case, r)
         assert (r["atom"] > 0) == (case[3] > 1), (case, r)  # split-K's same-launch reduction only
@@ -479,7 +588,7 @@ def test_gluon_gemv_compiles_for_hopper_in_registers():
         # 2-byte ones (the bf16 group scales are the rows' only ones); without X_VEC eight 2-byte loads a word
         if case[6]:
             grouped = len(case) > 8  # the pair's 8-byte expert id
-            assert r["ld_x8"] == 8 * (1 + case[4]) + grouped and r["ld_x2"] <= case[1], (case, r)
+            assert r["ld_x8"] == 8 * (1 + case[4]) + grouped and r["ld_x2"] <= case[1] * max(1, case[4]), (case, r)
         else:
             assert r["ld_x8"] == 0 and r["ld_x2"] >= 32 * (1 + case[4]), (case, r)
     assert (gv.GEMV_CONFIG.block_n, gv.GEMV_CONFIG.block_k, gv.GEMV_CONFIG.num_warps) == (16, 1024, 4)

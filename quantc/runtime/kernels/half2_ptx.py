@@ -116,6 +116,38 @@ DECODE_E2M1 = tl.constexpr(_decode_asm(subst(E2M1_SHIFTS_BODY, W="$4")))
 DECODE_E2M1_PRMT = tl.constexpr(_decode_asm(subst(E2M1_PRMT_BODY, W="$4")))
 
 
+def _chain_dot_asm(decode: str, words: int, consts: str = "") -> str:
+    """``words`` words' dots chained in one half2 accumulator, one fp32 conversion at the end: $0 fp32 out, words
+    $1..$words, then each word's four packs in turn; ``decode``'s W, MAGIC_* filled per word (``consts`` once, before
+    the first). With the activation scaled as the kernels scale it (max |x r| < 2**(X_EXP + 1)) a half sums
+    4 * words products of |v| <= 15 (int4; e2m1's values are times 2**-14): at most 16 * 15 * 256 = 61440 < 65504
+    for a chunk's four words, so nothing overflows; the fp16 sum rounds each step (relative 2**-11)."""
+    body = consts
+    for i in range(words):
+        packs = [f"${1 + words + 4 * i + j}" for j in range(4)]
+        body += subst(decode, W=f"${1 + i}")
+        first = "mul.rn.f16x2 acc, t0, P0;\n" if i == 0 else "fma.rn.f16x2 acc, t0, P0, acc;\n"
+        body += subst(first + "fma.rn.f16x2 acc, t1, P1, acc;\nfma.rn.f16x2 acc, t2, P2, acc;\n"
+                      "fma.rn.f16x2 acc, t3, P3, acc;\n", P0=packs[0], P1=packs[1], P2=packs[2], P3=packs[3])
+    return ("{\n" + _REGS + body + "mov.b32 {lo, hi}, acc;\ncvt.f32.f16 flo, lo;\ncvt.f32.f16 fhi, hi;\n"
+            "add.f32 $0, flo, fhi;\n}")
+
+
+def _chain_int4(words: int, zero: bool) -> str:
+    c = (f"mov.b32 c0, ${1 + 5 * words};\nmov.b32 c1, ${2 + 5 * words};\n", "0x64006400", "0x64006400") if zero \
+        else _SYM
+    return _chain_dot_asm(subst(_DECODE_INT4, MAGIC_LO=c[1], MAGIC_HI=c[2]), words, c[0])
+
+
+# a chunk's four words in one chain (int4, mxfp4), or two (nvfp4: a scale per two words)
+CHUNK_DOT_SYM = tl.constexpr(_chain_int4(4, False))
+CHUNK_DOT_ZERO = tl.constexpr(_chain_int4(4, True))  # c0 $21, c1 $22
+CHUNK_DOT_E2M1 = tl.constexpr(_chain_dot_asm(E2M1_SHIFTS_BODY, 4))
+CHUNK_DOT_E2M1_PRMT = tl.constexpr(_chain_dot_asm(E2M1_PRMT_BODY, 4))
+PAIR_DOT_E2M1 = tl.constexpr(_chain_dot_asm(E2M1_SHIFTS_BODY, 2))
+PAIR_DOT_E2M1_PRMT = tl.constexpr(_chain_dot_asm(E2M1_PRMT_BODY, 2))
+
+
 def e2m1_prmt() -> bool:
     """The launchers' choice of the e2m1 decode, read at each launch (a constexpr): the prmt one unless
     QUANTC_E2M1_DECODE=shifts."""
@@ -185,3 +217,52 @@ def gl_decode(words, c0, c1, HAS_ZERO: gl.constexpr, FMT: gl.constexpr, PRMT: gl
                                          dtype=[gl.int32, gl.int32, gl.int32, gl.int32], is_pure=True, pack=1)
     return gl.inline_asm_elementwise(DECODE_SYM, "=r,=r,=r,=r,r", [words],
                                      dtype=[gl.int32, gl.int32, gl.int32, gl.int32], is_pure=True, pack=1)
+
+
+@gluon.jit
+def _gl_split4(v):
+    """(..., 4) -> its four (...) slices, in order (two register-only splits)."""
+    a, b = gl.split(gl.reshape(v, [v.shape[0], v.shape[1], 2, 2]))  # a: 0, 2; b: 1, 3
+    v0, v2 = gl.split(a)
+    v1, v3 = gl.split(b)
+    return v0, v1, v2, v3
+
+
+@gluon.jit
+def gl_chunk_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO: gl.constexpr, FMT: gl.constexpr, PRMT: gl.constexpr):
+    """(BLOCK_N, CH, 4) words (a chunk each) x their packs (1, CH, 4) -> (BLOCK_N, CH) fp32 chunk sums, the four
+    words chained in half2 (CHUNK_DOT_*); int4 or mxfp4 (nvfp4: ``gl_pair_dot``). Zero points: c0 / c1 (BLOCK_N, CH)."""
+    w0, w1, w2, w3 = _gl_split4(words)
+    # the packs broadcast over the rows first (registers shared, no copies): split as the words are
+    a0, a1, a2, a3 = _gl_split4(gl.broadcast(p0, words)[0])
+    b0, b1, b2, b3 = _gl_split4(gl.broadcast(p1, words)[0])
+    e0, e1, e2, e3 = _gl_split4(gl.broadcast(p2, words)[0])
+    d0, d1, d2, d3 = _gl_split4(gl.broadcast(p3, words)[0])
+    args = [w0, w1, w2, w3, a0, b0, e0, d0, a1, b1, e1, d1, a2, b2, e2, d2, a3, b3, e3, d3]
+    if FMT >= 2:
+        asm: gl.constexpr = CHUNK_DOT_E2M1_PRMT if PRMT else CHUNK_DOT_E2M1
+        return gl.inline_asm_elementwise(asm, "=r" + ",r" * 20, args, dtype=gl.float32, is_pure=True, pack=1)
+    if HAS_ZERO:  # (the same registers: the words' split layout is the chunk layout)
+        c0 = gl.convert_layout(c0, w0.type.layout)
+        c1 = gl.convert_layout(c1, w0.type.layout)
+        return gl.inline_asm_elementwise(CHUNK_DOT_ZERO, "=r" + ",r" * 22, args + [c0, c1], dtype=gl.float32,
+                                         is_pure=True, pack=1)
+    return gl.inline_asm_elementwise(CHUNK_DOT_SYM, "=r" + ",r" * 20, args, dtype=gl.float32, is_pure=True, pack=1)
+
+
+@gluon.jit
+def gl_pair_dot(words, p0, p1, p2, p3, sw, PRMT: gl.constexpr):
+    """nvfp4's chunk sums: (BLOCK_N, CH, 4) words x packs (1, CH, 4), words (0, 1) and (2, 3) chained in half2
+    (PAIR_DOT_E2M1*: one 16-element scale group each), times their scales ``sw`` (BLOCK_N, CH, 4; words 0 and 2
+    read) and added: (BLOCK_N, CH) fp32."""
+    shape: gl.constexpr = [words.shape[0], words.shape[1], 2, 2]
+    w_even, w_odd = gl.split(gl.reshape(words, shape))  # words (0, 2) and (1, 3): pairs (0, 1), (2, 3) elementwise
+    a0, b0 = gl.split(gl.reshape(gl.broadcast(p0, words)[0], shape))
+    a1, b1 = gl.split(gl.reshape(gl.broadcast(p1, words)[0], shape))
+    a2, b2 = gl.split(gl.reshape(gl.broadcast(p2, words)[0], shape))
+    a3, b3 = gl.split(gl.reshape(gl.broadcast(p3, words)[0], shape))
+    s_pair, _ = gl.split(gl.reshape(sw, shape))
+    asm: gl.constexpr = PAIR_DOT_E2M1_PRMT if PRMT else PAIR_DOT_E2M1
+    dots = gl.inline_asm_elementwise(asm, "=r" + ",r" * 10, [w_even, w_odd, a0, a1, a2, a3, b0, b1, b2, b3],
+                                     dtype=gl.float32, is_pure=True, pack=1)
+    return gl.sum(dots * s_pair, axis=2)

@@ -55,8 +55,8 @@ from ...kernel_specs import GEMV_ROWS
 from ...plan import KernelConfig
 from . import common
 from .common import cdiv, env, sm_count
-from .half2_ptx import (DOT_HALF2, E2M1_UNSCALE, X_EXP_E2M1, X_EXP_INT4, e2m1_prmt, gl_bf16_pair, gl_decode, gl_pack,
-                        gl_word_dot, half_of, pack_half2)
+from .half2_ptx import (DOT_HALF2, E2M1_UNSCALE, X_EXP_E2M1, X_EXP_INT4, e2m1_prmt, gl_bf16_pair, gl_chunk_dot, gl_decode,
+                        gl_pack, gl_pair_dot, gl_word_dot, half_of, pack_half2)
 from .nibble_decode import e2m1_to_f32
 from .wo_format import INT4, MXFP4, NVFP4, S_E8M0, S_FLOAT
 from .wo_mma4 import split_workspace, store_or_reduce
@@ -209,13 +209,65 @@ def _gl_load_x(x_ptr, word3, k0, X_VEC: gl.constexpr):
 
 
 @gluon.jit
+def _gl_gemv_step(acc, words, x0, x1, x2, x3, x4, x5, x6, x7, k0, s_ptr, z_ptr, s16_ptr, s_rows, ch2, n_mask2,
+                  byte_shift3, GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, FMT: gl.constexpr, PRMT: gl.constexpr,
+                  CHAIN: gl.constexpr, X_EXP: gl.constexpr, BLOCK_N: gl.constexpr, CH: gl.constexpr,
+                  L2: gl.constexpr):
+    """One K step of ``_wo_gemv_gluon_kernel``: the activations' chunk scale and half2 packs, the group scales,
+    the word dots; ``acc`` plus this step's scaled chunk sums."""
+    amax = gl.maximum(gl.maximum(gl.maximum(gl.abs(x0), gl.abs(x1)), gl.maximum(gl.abs(x2), gl.abs(x3))),
+                      gl.maximum(gl.maximum(gl.abs(x4), gl.abs(x5)), gl.maximum(gl.abs(x6), gl.abs(x7))))
+    amax = gl.max(amax, axis=1)  # (CH,): inside one thread
+    e = gl.minimum(gl.maximum((amax.to(gl.int32, bitcast=True) >> 23) & 0xFF, X_EXP + 1), 254)
+    r_inv = gl.expand_dims(gl.convert_layout(((e - X_EXP) << 23).to(gl.float32, bitcast=True),
+                                             gl.SliceLayout(0, L2)), 0)  # (1, CH): the same registers
+    r = gl.expand_dims(((-e + (254 + X_EXP)) << 23).to(gl.float32, bitcast=True), 1)
+    p0 = gl.expand_dims(gl_pack(x0 * r, x4 * r), 0)  # (1, CH, 4)
+    p1 = gl.expand_dims(gl_pack(x1 * r, x5 * r), 0)
+    p2 = gl.expand_dims(gl_pack(x2 * r, x6 * r), 0)
+    p3 = gl.expand_dims(gl_pack(x3 * r, x7 * r), 0)
+    g = (k0 + ch2 * 32) // GROUP
+    if FMT == 3:  # per word below; here the decode's 2**14
+        s = gl.full([BLOCK_N, CH], E2M1_UNSCALE, gl.float32, L2)
+    elif FMT == 2:  # e8m0 bits, times the decode's 2**14
+        s = (gl.load(s_ptr + s_rows + g, mask=n_mask2, other=0).to(gl.int32) << 23).to(gl.float32, bitcast=True)
+        s = s * E2M1_UNSCALE
+    else:
+        s = gl.load(s_ptr + s_rows + g, mask=n_mask2, other=0.0).to(gl.float32)  # (BLOCK_N, CH)
+    if HAS_ZERO and CHAIN:
+        z = gl.load(z_ptr + s_rows + g, mask=n_mask2, other=0).to(gl.int32)
+        part = gl.convert_layout(gl_chunk_dot(words, p0, p1, p2, p3, (0x6400 + z) * 0x10001,
+                                              (0xD400 + 16 * z) * 0x10001, HAS_ZERO, FMT, PRMT), L2)
+    elif HAS_ZERO:
+        z = gl.expand_dims(gl.load(z_ptr + s_rows + g, mask=n_mask2, other=0).to(gl.int32), 2)
+        c0 = (0x6400 + z) * 0x10001
+        c1 = (0xD400 + 16 * z) * 0x10001
+        part = gl.sum(gl_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO, FMT, PRMT), axis=2)
+    elif CHAIN and FMT != 3:
+        part = gl.convert_layout(gl_chunk_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT, PRMT), L2)
+    elif FMT == 3:  # nvfp4: each word lies in one 16-element group, scaled before the chunk's sum
+        # the chunk's two e4m3 scales as one 2-byte load a row (k0 / 16 + 2c and stride_sn are even);
+        # words 0-1 take the low byte, 2-3 the high one
+        s2 = gl.load(s16_ptr + ((s_rows + k0 // GROUP) // 2 + ch2), mask=n_mask2, other=0).to(gl.int32)
+        sw = (gl.expand_dims(s2, 2) >> byte_shift3) & 0xFF
+        sw = sw.to(gl.int8).to(gl.float8e4nv, bitcast=True).to(gl.float32)
+        if CHAIN:
+            part = gl.convert_layout(gl_pair_dot(words, p0, p1, p2, p3, sw, PRMT), L2)
+        else:
+            part = gl.sum(gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT, PRMT) * sw, axis=2)
+    else:
+        part = gl.sum(gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT, PRMT), axis=2)
+    return acc + part * (s * r_inv)
+
+
+@gluon.jit
 def _wo_gemv_gluon_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr, e_ptr,
     N, K, stride_wn, stride_sn, P, A_DIV, stride_xm, stride_we, stride_se, M,
     GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, ROWS: gl.constexpr, LANES_N: gl.constexpr,
     SPLIT_K: gl.constexpr, WARPS: gl.constexpr, WARPS_K: gl.constexpr, PREFETCH: gl.constexpr,
     FMT: gl.constexpr, HAS_GLOBAL: gl.constexpr, X_VEC: gl.constexpr, GROUPED: gl.constexpr,
-    PRMT: gl.constexpr = False,
+    PRMT: gl.constexpr = False, CHAIN: gl.constexpr = False,
 ):
     """``_wo_gemv_kernel`` with the layout spelled out: a thread holds ROWS rows x one chunk (4 words); a
     warp's lanes take 32 / LANES_N consecutive chunks of LANES_N rows; WARPS / WARPS_K warps stack along N and
@@ -256,55 +308,44 @@ def _wo_gemv_gluon_kernel(
     w_tile = w_ptr + gl.expand_dims(rows2.to(gl.int64) * stride_wn, 2) + word3
     s_rows = rows2.to(gl.int64) * stride_sn
     acc = gl.zeros([BLOCK_N, CH], gl.float32, L2)
-    if PREFETCH:  # the next step's words and activations load while this step computes
-        w_nxt = gl.load(w_tile + t_start * (BLOCK_K // 8), mask=n_mask3 & (t_start < t_end), other=0,
-                        eviction_policy="evict_first")
-        x_nxt = _gl_load_x(x_ptr, xword2, t_start * BLOCK_K, X_VEC)
-    for t in range(t_start, t_end):
-        k0 = t * BLOCK_K
-        if PREFETCH:
-            words = w_nxt
-            x0, x1, x2, x3, x4, x5, x6, x7 = x_nxt
-            w_nxt = gl.load(w_tile + (k0 + BLOCK_K) // 8, mask=n_mask3 & (t + 1 < t_end), other=0,
+    if PREFETCH == 2:  # two steps an iteration, two register buffers (no copy of the prefetched tile a step)
+        w_a = gl.load(w_tile + t_start * (BLOCK_K // 8), mask=n_mask3 & (t_start < t_end), other=0,
+                      eviction_policy="evict_first")
+        x_a = _gl_load_x(x_ptr, xword2, gl.minimum(t_start * BLOCK_K, K - BLOCK_K), X_VEC)
+        for t in range(t_start, t_end, 2):
+            k0 = t * BLOCK_K
+            w_b = gl.load(w_tile + (k0 + BLOCK_K) // 8, mask=n_mask3 & (t + 1 < t_end), other=0,
+                          eviction_policy="evict_first")
+            x_b = _gl_load_x(x_ptr, xword2, gl.minimum(k0 + BLOCK_K, K - BLOCK_K), X_VEC)
+            a0, a1, a2, a3, a4, a5, a6, a7 = x_a
+            acc = _gl_gemv_step(acc, w_a, a0, a1, a2, a3, a4, a5, a6, a7, k0, s_ptr, z_ptr, s16_ptr, s_rows, ch2,
+                                n_mask2, byte_shift3, GROUP, HAS_ZERO, FMT, PRMT, CHAIN, X_EXP, BLOCK_N, CH, L2)
+            w_a = gl.load(w_tile + (k0 + 2 * BLOCK_K) // 8, mask=n_mask3 & (t + 2 < t_end), other=0,
+                          eviction_policy="evict_first")
+            x_a = _gl_load_x(x_ptr, xword2, gl.minimum(k0 + 2 * BLOCK_K, K - BLOCK_K), X_VEC)
+            if t + 1 < t_end:
+                b0, b1, b2, b3, b4, b5, b6, b7 = x_b
+                acc = _gl_gemv_step(acc, w_b, b0, b1, b2, b3, b4, b5, b6, b7, k0 + BLOCK_K, s_ptr, z_ptr, s16_ptr,
+                                    s_rows, ch2, n_mask2, byte_shift3, GROUP, HAS_ZERO, FMT, PRMT, CHAIN, X_EXP,
+                                    BLOCK_N, CH, L2)
+    else:
+        if PREFETCH:  # the next step's words and activations load while this step computes
+            w_nxt = gl.load(w_tile + t_start * (BLOCK_K // 8), mask=n_mask3 & (t_start < t_end), other=0,
                             eviction_policy="evict_first")
-            x_nxt = _gl_load_x(x_ptr, xword2, gl.minimum(k0 + BLOCK_K, K - BLOCK_K), X_VEC)
-        else:
-            words = gl.load(w_tile + k0 // 8, mask=n_mask3, other=0, eviction_policy="evict_first")
-            x0, x1, x2, x3, x4, x5, x6, x7 = _gl_load_x(x_ptr, xword2, k0, X_VEC)
-        amax = gl.maximum(gl.maximum(gl.maximum(gl.abs(x0), gl.abs(x1)), gl.maximum(gl.abs(x2), gl.abs(x3))),
-                          gl.maximum(gl.maximum(gl.abs(x4), gl.abs(x5)), gl.maximum(gl.abs(x6), gl.abs(x7))))
-        amax = gl.max(amax, axis=1)  # (CH,): inside one thread
-        e = gl.minimum(gl.maximum((amax.to(gl.int32, bitcast=True) >> 23) & 0xFF, X_EXP + 1), 254)
-        r_inv = gl.expand_dims(gl.convert_layout(((e - X_EXP) << 23).to(gl.float32, bitcast=True),
-                                                 gl.SliceLayout(0, L2)), 0)  # (1, CH): the same registers
-        r = gl.expand_dims(((-e + (254 + X_EXP)) << 23).to(gl.float32, bitcast=True), 1)
-        p0 = gl.expand_dims(gl_pack(x0 * r, x4 * r), 0)  # (1, CH, 4)
-        p1 = gl.expand_dims(gl_pack(x1 * r, x5 * r), 0)
-        p2 = gl.expand_dims(gl_pack(x2 * r, x6 * r), 0)
-        p3 = gl.expand_dims(gl_pack(x3 * r, x7 * r), 0)
-        g = (k0 + ch2 * 32) // GROUP
-        if FMT == 3:  # per word below; here the decode's 2**14
-            s = gl.full([BLOCK_N, CH], E2M1_UNSCALE, gl.float32, L2)
-        elif FMT == 2:  # e8m0 bits, times the decode's 2**14
-            s = (gl.load(s_ptr + s_rows + g, mask=n_mask2, other=0).to(gl.int32) << 23).to(gl.float32, bitcast=True)
-            s = s * E2M1_UNSCALE
-        else:
-            s = gl.load(s_ptr + s_rows + g, mask=n_mask2, other=0.0).to(gl.float32)  # (BLOCK_N, CH)
-        if HAS_ZERO:
-            z = gl.expand_dims(gl.load(z_ptr + s_rows + g, mask=n_mask2, other=0).to(gl.int32), 2)
-            c0 = (0x6400 + z) * 0x10001
-            c1 = (0xD400 + 16 * z) * 0x10001
-            part = gl.sum(gl_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO, FMT, PRMT), axis=2)
-        elif FMT == 3:  # nvfp4: each word lies in one 16-element group, scaled before the chunk's sum
-            # the chunk's two e4m3 scales as one 2-byte load a row (k0 / 16 + 2c and stride_sn are even);
-            # words 0-1 take the low byte, 2-3 the high one
-            s2 = gl.load(s16_ptr + ((s_rows + k0 // GROUP) // 2 + ch2), mask=n_mask2, other=0).to(gl.int32)
-            sw = (gl.expand_dims(s2, 2) >> byte_shift3) & 0xFF
-            sw = sw.to(gl.int8).to(gl.float8e4nv, bitcast=True).to(gl.float32)
-            part = gl.sum(gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT, PRMT) * sw, axis=2)
-        else:
-            part = gl.sum(gl_word_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT, PRMT), axis=2)
-        acc += part * (s * r_inv)
+            x_nxt = _gl_load_x(x_ptr, xword2, t_start * BLOCK_K, X_VEC)
+        for t in range(t_start, t_end):
+            k0 = t * BLOCK_K
+            if PREFETCH:
+                words = w_nxt
+                x0, x1, x2, x3, x4, x5, x6, x7 = x_nxt
+                w_nxt = gl.load(w_tile + (k0 + BLOCK_K) // 8, mask=n_mask3 & (t + 1 < t_end), other=0,
+                                eviction_policy="evict_first")
+                x_nxt = _gl_load_x(x_ptr, xword2, gl.minimum(k0 + BLOCK_K, K - BLOCK_K), X_VEC)
+            else:
+                words = gl.load(w_tile + k0 // 8, mask=n_mask3, other=0, eviction_policy="evict_first")
+                x0, x1, x2, x3, x4, x5, x6, x7 = _gl_load_x(x_ptr, xword2, k0, X_VEC)
+            acc = _gl_gemv_step(acc, words, x0, x1, x2, x3, x4, x5, x6, x7, k0, s_ptr, z_ptr, s16_ptr, s_rows, ch2,
+                                n_mask2, byte_shift3, GROUP, HAS_ZERO, FMT, PRMT, CHAIN, X_EXP, BLOCK_N, CH, L2)
     total = gl.sum(acc, axis=1)  # (BLOCK_N,): the one cross-lane sum
     if HAS_GLOBAL:
         total = total * gl.load(gs_ptr)
@@ -544,6 +585,13 @@ def gemv_x_vec() -> bool:
     return env("QUANTC_WO_GEMV_XVEC") != "0"
 
 
+def gemv_chain() -> bool:
+    """The one-row kernel's word dots: a chunk's four words (nvfp4: two, one scale group) summed in one half2
+    chain and converted to fp32 once (``half2_ptx.CHUNK_DOT_*``, ~11% fewer instructions at the policy's tiles);
+    QUANTC_GEMV_CHAIN=0: each word's dot converted on its own (``WORD_DOT_*``)."""
+    return env("QUANTC_GEMV_CHAIN") != "0"
+
+
 def launch_gemv(x2: torch.Tensor, w, cfg, warps_k: int = 1) -> torch.Tensor:
     """bf16 (M, K) x 4-bit WoWeight (N, K) -> bf16 (M, N): a program per N tile for one row (decode) or up to
     GEMV_ROWS_MAX rows (x 16-byte aligned, row stride a multiple of 8: the several-row kernel, each word decoded
@@ -621,6 +669,6 @@ def _launch(x2, w, cfg, warps_k, experts, a_div, xr: int = 1) -> torch.Tensor:
         x_vec = x2.data_ptr() % 16 == 0 and (x2.stride(0) * 2) % 16 == 0 and gemv_x_vec()
         common.launch(_wo_gemv_gluon_kernel, grid, args,
                       dict(consts, ROWS=rows, LANES_N=lanes_n, WARPS=cfg.num_warps, WARPS_K=warps_k,
-                           PREFETCH=cfg.num_stages >= 2, X_VEC=x_vec, PRMT=prmt),
+                           PREFETCH=max(0, min(cfg.num_stages - 1, 2)), X_VEC=x_vec, PRMT=prmt, CHAIN=gemv_chain()),
                       cfg.num_warps, 1)
     return out
