@@ -474,9 +474,9 @@ def test_policy_routes_int4_decode_to_the_gemv_only_where_it_should(monkeypatch)
 
 
 @pytest.mark.parametrize("n,k,block_n,block_k,split,warps_k", [
-    (28672, 4096, 16, 1024, 1, 4),   # 16384+ rows: 1024-deep steps; the programs cover the SMs, no split
-    (24576, 7168, 16, 1024, 1, 4),
-    (16384, 6400, 16, 1024, 1, 4),   # K not a multiple of 1024: the launch halves the depth (gemv_tile)
+    (28672, 4096, 32, 1024, 1, 4),   # 16384+ rows: 1024-deep steps, 8 rows a thread; no split
+    (24576, 7168, 32, 1024, 1, 4),
+    (16384, 6400, 32, 1024, 1, 4),   # K not a multiple of 1024: the launch halves the depth (gemv_tile)
     (4096, 14336, 16, 2048, 1, 8),   # K >= 8192, 2048 divides it: 8 warps, all along K
     (4096, 16384, 16, 2048, 1, 8),
     (4096, 4096, 16, 2048, 1, 4),    # under 16384 rows: 2048-deep from K = 4096

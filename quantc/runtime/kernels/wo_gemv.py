@@ -489,6 +489,10 @@ def _wo_gemv_rows_gluon_kernel(
 #   there is slower (17.8).
 GEMV_CONFIG = KernelConfig(1, 16, 1024, num_warps=4, num_stages=2, split_k=1)
 WIDE_N = 16384  # weight rows from which the steps stay 1024-deep
+# and from which a thread takes 8 rows (block_n 32), its activation packs shared by twice the words: on the H200
+# (bench/results/gemv_chain_probe_h200_s22.json, where the GEMV is instruction-bound, not bandwidth-bound)
+# (28672, 4096) int4 2.69 -> 2.89x bf16, mxfp4 2.41 -> 2.62, nvfp4 2.24 -> 2.50; (24576, 7168) 2.81 -> 2.91,
+# 2.54 -> 2.63, 2.33 -> 2.47; under 16384 rows it lost (7168 x 2048, 2048 x 7168: 5-15% slower)
 # activation rows one program takes (``_wo_gemv_rows_gluon_kernel``; more: a program a row): at 2 rows it beat the
 # plane kernels' geomean (bench/results/wo_h100_s20_m234_gemv.json against _m234.json, same call: int4 2.00x bf16
 # against 1.82x, mxfp4 1.73 against 1.58); 4 rows a program ran at 2.7x the one-row time, slower than them
@@ -530,9 +534,10 @@ def gemv_config(n: int, k: int, sms: int, grouped: bool = False) -> tuple[Kernel
     deep = n < WIDE_N and k % 2048 == 0
     warps = 8 if deep and k >= LONG_K else 4
     bk = 2048 if deep and k >= 4096 else 1024
-    programs = cdiv(n, 16)
+    bn = 32 if n >= WIDE_N else 16  # 8 rows a thread from WIDE_N rows
+    programs = cdiv(n, bn)
     split = 1 if programs >= sms else max(1, min(cdiv(3 * sms, programs), k // bk))
-    return replace(GEMV_CONFIG, block_k=bk, num_warps=warps, split_k=split), warps
+    return replace(GEMV_CONFIG, block_n=bn, block_k=bk, num_warps=warps, split_k=split), warps
 
 
 def gemv_ok(x2: torch.Tensor, w) -> bool:
