@@ -12,8 +12,9 @@ Mixtral-8x7B; tokens T = 1, 16, 256, 4096, uniformly random distinct experts per
   (``gate_up_ours_mxfp4_planes_*``, QUANTC_MOE_PLANES, where H is a multiple of 128) and, up to 256 pairs, on
   the grouped 4-bit GEMV (``gate_up_ours_mxfp4_gemv_*``: no activation; ``layer_ours_mxfp4_wo_gemv_*``, the
   layer with QUANTC_MOE_GEMV=1; the layer's default column takes it on sm_90 while pairs <= experts, and
-  ``layer_ours_mxfp4_wo_grouped_*`` is the grouped GEMM, QUANTC_MOE_GEMV=0; ``layer_ours_mxfp4_wo_plane_mma_*``
-  the layer on wo_plane_mma's grouped launch, QUANTC_MOE_PLANE_MMA=1, where H and I are multiples of 128); at >= 2048 (token, expert) pairs the bf16 gate_up also with a
+  ``layer_ours_mxfp4_wo_grouped_*`` is the grouped GEMM, QUANTC_MOE_GEMV=0 and QUANTC_MOE_PLANE_MMA=0;
+  ``layer_ours_mxfp4_wo_plane_mma_*`` the layer on wo_plane_mma's grouped launch, QUANTC_MOE_PLANE_MMA=1, where H
+  and I are multiples of 128: the default column takes it on sm_90 from max(32, experts) pairs to 16 an expert); at >= 2048 (token, expert) pairs the bf16 gate_up also with a
   few larger tiles (``gate_up_ours_bf16_best_*``): what a tuned tile reaches next to the default (from
   512 pairs the fp8 gate_up too, with 128-deep tiles: ``gate_up_ours_fp8_best_*``); and
   bf16 and fp8 at the config the runtime runs (``gate_up_ours_{bf16,fp8}_table_*``: the compiler's
@@ -61,7 +62,7 @@ import os
 import re
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from types import SimpleNamespace
 
 import torch
@@ -166,6 +167,16 @@ def best_tile(row: dict, key: str, tiles: list, ids, experts: int, pairs: int, r
             row[f"gate_up_ours_{key}_best_cfg"] = [alt.block_m, alt.block_n, alt.block_k, alt.num_warps, alt.num_stages]
 
 
+@contextmanager
+def _path_env(label: str, name: str, value: str):
+    """The check's switch for one path; the GEMV, grouped and dequant paths with wo_plane_mma's default rule off
+    (it takes the check's 74 pairs on sm_90), the dequant one with the GEMV off too."""
+    with env_set(name, value), \
+            env_set("QUANTC_MOE_PLANE_MMA", "0") if label in ("dequant", "gemv", "grouped") else nullcontext(), \
+            env_set("QUANTC_MOE_GEMV", "0") if label == "dequant" else nullcontext():
+        yield
+
+
 def check():
     torch.manual_seed(0)
     e, k, h, i, t = 8, 2, 256, 256, 37
@@ -208,7 +219,7 @@ def check():
         # bits, so the layer's output too
         variants.append(("torch_sort", "QUANTC_MOE_ALIGN_KERNEL", "0"))
         for label, name, value in variants:
-            with env_set(name, value), env_set("QUANTC_MOE_GEMV", "0") if label == "dequant" else nullcontext():
+            with _path_env(label, name, value):
                 got = moe(x).float()
             err = ((got - ref).abs().max() / ref.abs().max()).item()
             ok = err < 4e-2 and (label != "torch_sort" or torch.equal(got, out))
@@ -217,7 +228,7 @@ def check():
         # give the bits of int32 ids and the weights' fp32 copy, on every path of this kernel id
         tw16 = tw.bfloat16()
         for label, name, value in [("", "QUANTC_MOE_WS", "0")] + variants:
-            with env_set(name, value):
+            with _path_env(label, name, value):
                 want = moe.experts(x, tw16.float(), ids.to(torch.int32))
                 got = moe.experts(x, tw16, ids.to(torch.int64))
             res["check"].append({"kernel": f"{kernel}/{label or 'default'}/hf_dtypes", "weight": wkey, "act": akey,
@@ -406,10 +417,11 @@ def bench():
             # GEMM, dequantized to bf16 first at every size, and on the byte path at every size
             for col, env_name, value in (("grouped", None, None), ("dequant", "QUANTC_MOE_DEQUANT_MIN_PAIRS", "0"),
                                          ("bytes", "QUANTC_MOE_DEQUANT_MIN_PAIRS", str(1 << 40))):
-                with env_set("QUANTC_MOE_GEMV", "0"), env_set(env_name or "QUANTC_BENCH_UNUSED", value):
+                with env_set("QUANTC_MOE_GEMV", "0"), env_set("QUANTC_MOE_PLANE_MMA", "0"), \
+                        env_set(env_name or "QUANTC_BENCH_UNUSED", value):
                     row[f"layer_ours_mxfp4_wo_{col}_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
             if h % 64 == 0 and inter % 64 == 0 and pairs <= 256:  # and on the grouped GEMV at every count
-                with env_set("QUANTC_MOE_GEMV", "1"):
+                with env_set("QUANTC_MOE_GEMV", "1"), env_set("QUANTC_MOE_PLANE_MMA", "0"):
                     row["layer_ours_mxfp4_wo_gemv_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
             if h % 128 == 0 and inter % 128 == 0:  # and on wo_plane_mma's grouped launch (opt-in, routing blocks)
                 with env_set("QUANTC_MOE_PLANE_MMA", "1"):

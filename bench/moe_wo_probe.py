@@ -27,7 +27,7 @@ from bench.timing import env_set, graph_us, gpu_slug  # noqa: E402
 
 MODELS = {"qwen3_30b_a3b": (128, 8, 2048, 768), "deepseek_v3": (256, 8, 7168, 2048),
           "gpt_oss_120b": (128, 4, 2880, 2880), "mixtral_8x7b": (8, 2, 4096, 14336)}
-PATHS = {"default": (), "gemv": (("QUANTC_MOE_GEMV", "1"),),
+PATHS = {"default": (), "gemv": (("QUANTC_MOE_GEMV", "1"), ("QUANTC_MOE_PLANE_MMA", "0")),
          "grouped": (("QUANTC_MOE_GEMV", "0"), ("QUANTC_MOE_PLANE_MMA", "0")),
          "plane_mma": (("QUANTC_MOE_PLANE_MMA", "1"),)}
 

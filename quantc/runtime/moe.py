@@ -57,14 +57,30 @@ def uses_moe_gemv(w13: wf.WoWeight, w2: wf.WoWeight, num_pairs: int) -> bool:
     return on_sm90(w13.data.device) and num_pairs <= w13.data.shape[0]
 
 
-def uses_moe_plane_mma(w13: wf.WoWeight, w2: wf.WoWeight) -> bool:
-    """QUANTC_MOE_PLANE_MMA=1 (opt-in, untimed): 4-bit experts with bf16 activations on the natural layout's MMA
-    kernel (``wo_plane_mma.launch_plane_mma_grouped``: routing blocks of 8-64 pairs of one expert, each expert's
-    bytes read once for all its pairs), where both stacks suit it (K a multiple of 128; int4 in groups of 128,
-    mxfp4, nvfp4)."""
+def uses_moe_plane_mma(w13: wf.WoWeight, w2: wf.WoWeight, num_pairs: int) -> bool:
+    """Whether 4-bit experts with bf16 activations run both GEMMs on the natural layout's MMA kernel
+    (``wo_plane_mma.launch_plane_mma_grouped``: routing blocks of 8-64 pairs of one expert, each expert's bytes read
+    once for all its pairs), where both stacks suit it (K a multiple of 128; int4 in groups of 128, mxfp4, nvfp4):
+    on an sm_90 GPU from max(32, experts) (token, expert) pairs, below which the GEMV's one read an expert a pair is
+    less traffic, up to PLANE_MMA_MAX_PAIRS_AN_EXPERT pairs an expert on average, beyond which the grouped GEMM's
+    wide tiles win. bench/results/moe_wo_probe_h200_s22.json (mxfp4): Qwen3-30B-A3B 16 / 64 / 256 tokens 121 ->
+    102, 367 -> 164, 452 -> 391 us; DeepSeek-V3 64 / 256 tokens 5204 -> 2003, 6197 -> 3251; Mixtral-8x7B 16 / 64
+    tokens 537 -> 371, 797 -> 748; at 256 tokens (64 pairs an expert) Mixtral's grouped GEMM kept it (1819 against
+    2325); at 1-4 tokens the GEMV led (Qwen3 20 against 26 us). QUANTC_MOE_PLANE_MMA=1 takes every count on any
+    device (the interpreter included), 0 none."""
     from .kernels.wo_plane_mma import plane_mma_stack_ok
 
-    return env("QUANTC_MOE_PLANE_MMA") == "1" and plane_mma_stack_ok(w13) and plane_mma_stack_ok(w2)
+    switch = env("QUANTC_MOE_PLANE_MMA")
+    if switch == "0" or not (plane_mma_stack_ok(w13) and plane_mma_stack_ok(w2)):
+        return False
+    if switch == "1":
+        return True
+    experts = w13.data.shape[0]
+    return (on_sm90(w13.data.device) and max(32, experts) <= num_pairs
+            and num_pairs <= PLANE_MMA_MAX_PAIRS_AN_EXPERT * experts)
+
+
+PLANE_MMA_MAX_PAIRS_AN_EXPERT = 16  # (measured: 16 won 1.16x, Qwen3 at 256 tokens; 64 lost 0.78x, Mixtral)
 
 
 def default_config(tokens: int, top_k: int, kernel: str = "moe_bf16") -> WoConfig:
@@ -193,7 +209,7 @@ class QuantMoE(nn.Module):
     def _experts(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         t, top_k = topk_ids.shape
         if self.kernel == "moe_weight_only" and self.num_experts == self.total_experts:
-            if uses_moe_plane_mma(self._weight("w13"), self._weight("w2")):
+            if uses_moe_plane_mma(self._weight("w13"), self._weight("w2"), t * top_k):
                 return self._experts_plane_mma(x, topk_weights, topk_ids)
             if uses_moe_gemv(self._weight("w13"), self._weight("w2"), t * top_k):
                 return self._experts_gemv(x, topk_weights, topk_ids)

@@ -321,7 +321,8 @@ def test_moe_4bit_decode_on_the_gemv_matches_expert_loop(wkey, act, bias, monkey
 def test_moe_4bit_on_the_grouped_plane_mma_matches_expert_loop(wkey, act, bias, monkeypatch):
     """QUANTC_MOE_PLANE_MMA=1: 4-bit experts run both GEMMs on wo_plane_mma's grouped launch (routing blocks of one
     expert), biases, activation and routing weights between them; the same answer as the expert loop, at 5 tokens
-    and at 40 (blocks of 16 pairs). Off by default; int4 in groups of 64 keeps the other paths."""
+    and at 40 (blocks of 16 pairs). By default on sm_90 only, from max(32, experts) pairs to 16 an expert; int4 in
+    groups of 64 keeps the other paths."""
     from quantc.runtime import moe as moe_mod
     from quantc.runtime.kernels import wo_plane_mma
 
@@ -331,7 +332,13 @@ def test_moe_4bit_on_the_grouped_plane_mma_matches_expert_loop(wkey, act, bias, 
                         lambda *a, **k: calls.append((a[5], a[6])) or real(*a, **k))
     moe, w13, w2, b13, b2 = _moe_4bit(wkey, act, bias, seed=18)
     monkeypatch.delenv("QUANTC_MOE_PLANE_MMA", raising=False)
-    assert not moe_mod.uses_moe_plane_mma(w13, w2)
+    assert not moe_mod.uses_moe_plane_mma(w13, w2, 64)  # the default takes sm_90 GPUs only
+    monkeypatch.setattr(moe_mod, "on_sm90", lambda device: True)
+    # from max(32, experts) pairs up to 16 an expert
+    assert [moe_mod.uses_moe_plane_mma(w13, w2, p) for p in (E, 31, 32, 16 * E, 16 * E + 1)] == \
+        [False, False, True, True, False]
+    monkeypatch.setenv("QUANTC_MOE_PLANE_MMA", "0")
+    assert not moe_mod.uses_moe_plane_mma(w13, w2, 64)
     monkeypatch.setenv("QUANTC_MOE_PLANE_MMA", "1")
     for tokens, block in ((T, 8), (40, 32)):
         x = torch.randn(tokens, H).bfloat16()
@@ -343,7 +350,7 @@ def test_moe_4bit_on_the_grouped_plane_mma_matches_expert_loop(wkey, act, bias, 
         assert ((out.float() - ref).abs().max() / ref.abs().max()).item() < 3e-2
         assert calls[-2:] == [(TOPK, block), (1, block)]  # gate_up over x's rows (a_div = top_k), down over pairs
     g64 = wf.quantize(torch.randn(E, 2 * I, H) * 0.1, "int4_group_64")
-    assert not moe_mod.uses_moe_plane_mma(g64, w2)
+    assert not moe_mod.uses_moe_plane_mma(g64, w2, 64)
 
 
 @pytest.mark.parametrize("wkey", ["mxfp4", "int4_group_64"])
