@@ -539,7 +539,7 @@ for zero, rows, lanes_n, split, prefetch, fmt, x_vec, warps_k, *grouped in json.
     ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split,
               WARPS=max(4, warps_k), WARPS_K=warps_k, PREFETCH=prefetch, FMT=fmt, HAS_GLOBAL=fmt == 3, X_VEC=x_vec,
               GROUPED=bool(grouped), PRMT=fmt >= 2 and os.environ.get("QUANTC_E2M1_DECODE") != "shifts",
-              CHAIN=wo_gemv.gemv_chain())
+              CHAIN=wo_gemv.gemv_chain(), EVEN_N=not zero)  # (zero points: the masked loads)
     sig = dict(SIG, s_ptr={1: "*bf16", 2: "*u8", 3: "*fp8e4nv"}[fmt], **{k: "constexpr" for k in ce})
     c = triton.compile(GluonASTSource(wo_gemv._wo_gemv_gluon_kernel, sig, ce), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": max(4, warps_k)})

@@ -209,6 +209,15 @@ def _gl_load_x(x_ptr, word3, k0, X_VEC: gl.constexpr):
 
 
 @gluon.jit
+def _gl_load_words(w_tile, t, t_end, n_mask3, EVEN_N: gl.constexpr, BLOCK_K: gl.constexpr):
+    """K step t's words (zero past t_end or N); EVEN_N (N a multiple of the tile): unmasked, the step clamped to the
+    program's last (a re-read of words it holds), so no register is zero-filled for the masked lanes."""
+    if EVEN_N:
+        return gl.load(w_tile + gl.minimum(t, t_end - 1) * (BLOCK_K // 8), eviction_policy="evict_first")
+    return gl.load(w_tile + t * (BLOCK_K // 8), mask=n_mask3 & (t < t_end), other=0, eviction_policy="evict_first")
+
+
+@gluon.jit
 def _gl_gemv_step(acc, words, x0, x1, x2, x3, x4, x5, x6, x7, k0, s_ptr, z_ptr, s16_ptr, s_rows, ch2, n_mask2,
                   byte_shift3, GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, FMT: gl.constexpr, PRMT: gl.constexpr,
                   CHAIN: gl.constexpr, X_EXP: gl.constexpr, BLOCK_N: gl.constexpr, CH: gl.constexpr,
@@ -267,7 +276,7 @@ def _wo_gemv_gluon_kernel(
     GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, ROWS: gl.constexpr, LANES_N: gl.constexpr,
     SPLIT_K: gl.constexpr, WARPS: gl.constexpr, WARPS_K: gl.constexpr, PREFETCH: gl.constexpr,
     FMT: gl.constexpr, HAS_GLOBAL: gl.constexpr, X_VEC: gl.constexpr, GROUPED: gl.constexpr,
-    PRMT: gl.constexpr = False, CHAIN: gl.constexpr = False,
+    PRMT: gl.constexpr = False, CHAIN: gl.constexpr = False, EVEN_N: gl.constexpr = False,
 ):
     """``_wo_gemv_kernel`` with the layout spelled out: a thread holds ROWS rows x one chunk (4 words); a
     warp's lanes take 32 / LANES_N consecutive chunks of LANES_N rows; WARPS / WARPS_K warps stack along N and
@@ -295,7 +304,10 @@ def _wo_gemv_gluon_kernel(
     wd1 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, L3)))
     rows2 = gl.expand_dims(rows1, 1)  # (BLOCK_N, 1)
     ch2 = gl.expand_dims(ch1, 0)  # (1, CH)
-    n_mask2 = rows2 < N
+    if EVEN_N:  # a constant mask: the scale loads go unpredicated
+        n_mask2 = gl.full([BLOCK_N, 1], 1, gl.int1, L2)
+    else:
+        n_mask2 = rows2 < N
     word3 = gl.expand_dims(ch2 * 4, 2) + gl.expand_dims(gl.expand_dims(wd1, 0), 1)  # (1, CH, 4)
     byte_shift3 = gl.expand_dims(gl.expand_dims((wd1 // 2) * 8, 0), 1)  # nvfp4: (1, 1, 4) 0, 0, 8, 8
     s16_ptr = s_ptr.to(gl.pointer_type(gl.int16), bitcast=True)
@@ -309,19 +321,16 @@ def _wo_gemv_gluon_kernel(
     s_rows = rows2.to(gl.int64) * stride_sn
     acc = gl.zeros([BLOCK_N, CH], gl.float32, L2)
     if PREFETCH == 2:  # two steps an iteration, two register buffers (no copy of the prefetched tile a step)
-        w_a = gl.load(w_tile + t_start * (BLOCK_K // 8), mask=n_mask3 & (t_start < t_end), other=0,
-                      eviction_policy="evict_first")
+        w_a = _gl_load_words(w_tile, t_start, t_end, n_mask3, EVEN_N, BLOCK_K)
         x_a = _gl_load_x(x_ptr, xword2, gl.minimum(t_start * BLOCK_K, K - BLOCK_K), X_VEC)
         for t in range(t_start, t_end, 2):
             k0 = t * BLOCK_K
-            w_b = gl.load(w_tile + (k0 + BLOCK_K) // 8, mask=n_mask3 & (t + 1 < t_end), other=0,
-                          eviction_policy="evict_first")
+            w_b = _gl_load_words(w_tile, t + 1, t_end, n_mask3, EVEN_N, BLOCK_K)
             x_b = _gl_load_x(x_ptr, xword2, gl.minimum(k0 + BLOCK_K, K - BLOCK_K), X_VEC)
             a0, a1, a2, a3, a4, a5, a6, a7 = x_a
             acc = _gl_gemv_step(acc, w_a, a0, a1, a2, a3, a4, a5, a6, a7, k0, s_ptr, z_ptr, s16_ptr, s_rows, ch2,
                                 n_mask2, byte_shift3, GROUP, HAS_ZERO, FMT, PRMT, CHAIN, X_EXP, BLOCK_N, CH, L2)
-            w_a = gl.load(w_tile + (k0 + 2 * BLOCK_K) // 8, mask=n_mask3 & (t + 2 < t_end), other=0,
-                          eviction_policy="evict_first")
+            w_a = _gl_load_words(w_tile, t + 2, t_end, n_mask3, EVEN_N, BLOCK_K)
             x_a = _gl_load_x(x_ptr, xword2, gl.minimum(k0 + 2 * BLOCK_K, K - BLOCK_K), X_VEC)
             if t + 1 < t_end:
                 b0, b1, b2, b3, b4, b5, b6, b7 = x_b
@@ -330,19 +339,17 @@ def _wo_gemv_gluon_kernel(
                                     BLOCK_N, CH, L2)
     else:
         if PREFETCH:  # the next step's words and activations load while this step computes
-            w_nxt = gl.load(w_tile + t_start * (BLOCK_K // 8), mask=n_mask3 & (t_start < t_end), other=0,
-                            eviction_policy="evict_first")
+            w_nxt = _gl_load_words(w_tile, t_start, t_end, n_mask3, EVEN_N, BLOCK_K)
             x_nxt = _gl_load_x(x_ptr, xword2, t_start * BLOCK_K, X_VEC)
         for t in range(t_start, t_end):
             k0 = t * BLOCK_K
             if PREFETCH:
                 words = w_nxt
                 x0, x1, x2, x3, x4, x5, x6, x7 = x_nxt
-                w_nxt = gl.load(w_tile + (k0 + BLOCK_K) // 8, mask=n_mask3 & (t + 1 < t_end), other=0,
-                                eviction_policy="evict_first")
+                w_nxt = _gl_load_words(w_tile, t + 1, t_end, n_mask3, EVEN_N, BLOCK_K)
                 x_nxt = _gl_load_x(x_ptr, xword2, gl.minimum(k0 + BLOCK_K, K - BLOCK_K), X_VEC)
             else:
-                words = gl.load(w_tile + k0 // 8, mask=n_mask3, other=0, eviction_policy="evict_first")
+                words = _gl_load_words(w_tile, t, t_end, n_mask3, EVEN_N, BLOCK_K)
                 x0, x1, x2, x3, x4, x5, x6, x7 = _gl_load_x(x_ptr, xword2, k0, X_VEC)
             acc = _gl_gemv_step(acc, words, x0, x1, x2, x3, x4, x5, x6, x7, k0, s_ptr, z_ptr, s16_ptr, s_rows, ch2,
                                 n_mask2, byte_shift3, GROUP, HAS_ZERO, FMT, PRMT, CHAIN, X_EXP, BLOCK_N, CH, L2)
@@ -674,6 +681,7 @@ def _launch(x2, w, cfg, warps_k, experts, a_div, xr: int = 1) -> torch.Tensor:
         x_vec = x2.data_ptr() % 16 == 0 and (x2.stride(0) * 2) % 16 == 0 and gemv_x_vec()
         common.launch(_wo_gemv_gluon_kernel, grid, args,
                       dict(consts, ROWS=rows, LANES_N=lanes_n, WARPS=cfg.num_warps, WARPS_K=warps_k,
-                           PREFETCH=max(0, min(cfg.num_stages - 1, 2)), X_VEC=x_vec, PRMT=prmt, CHAIN=gemv_chain()),
+                           PREFETCH=max(0, min(cfg.num_stages - 1, 2)), X_VEC=x_vec, PRMT=prmt, CHAIN=gemv_chain(),
+                           EVEN_N=n % bn == 0),
                       cfg.num_warps, 1)
     return out
