@@ -10,7 +10,8 @@ Mixtral-8x7B; tokens T = 1, 16, 256, 4096, uniformly random distinct experts per
   ours mxfp4 weight-only (bf16 activations) vs ``torch._grouped_mm`` in bf16, with its weight bytes/s
   (the 4-bit decode floor of issue 12), and the same through the nibble-plane path
   (``gate_up_ours_mxfp4_planes_*``, QUANTC_MOE_PLANES, where H is a multiple of 128) and, up to 256 pairs, on
-  the grouped 4-bit GEMV (``gate_up_ours_mxfp4_gemv_*``: no activation; ``layer_ours_mxfp4_wo_gemv_*``, the
+  the grouped 4-bit GEMV (``gate_up_ours_mxfp4_gemv_*``: no activation; ``gate_up_ours_mxfp4_plane_mma_*`` the
+  gate_up alone on wo_plane_mma's grouped launch, H a multiple of 128; ``layer_ours_mxfp4_wo_gemv_*``, the
   layer with QUANTC_MOE_GEMV=1; the layer's default column takes it on sm_90 while pairs <= experts, and
   ``layer_ours_mxfp4_wo_grouped_*`` is the grouped GEMM, QUANTC_MOE_GEMV=0 and QUANTC_MOE_PLANE_MMA=0;
   ``layer_ours_mxfp4_wo_plane_mma_*`` the layer on wo_plane_mma's grouped launch, QUANTC_MOE_PLANE_MMA=1, where H
@@ -74,6 +75,7 @@ from quantc.runtime.kernels import moe_gemm as mg  # noqa: E402
 from quantc.runtime.kernels import wo_format as wf  # noqa: E402
 from quantc.runtime.kernels.moe_routing import ALIGN_KERNEL_MAX_PAIRS, align_by_expert  # noqa: E402
 from quantc.runtime.kernels.wo_gemv import gemv_config, grid_sms, launch_moe_gemv  # noqa: E402
+from quantc.runtime.kernels.wo_plane_mma import launch_plane_mma_grouped, moe_tokens  # noqa: E402
 from quantc.runtime.hf_moe import QuantRouter  # noqa: E402
 from quantc.runtime.moe import QuantMoE  # noqa: E402
 from bench.bandwidth import copy_gbps, moe_roofline  # noqa: E402
@@ -368,6 +370,12 @@ def bench():
                 flat_ids = ids.reshape(-1).contiguous()
                 gemv_cfg = gemv_config(pairs * M13.n, M13.k, grid_sms(x.device), grouped=True)  # as QuantMoE picks
                 row["gate_up_ours_mxfp4_gemv_us"] = us(lambda: launch_moe_gemv(x, M13, flat_ids, k, *gemv_cfg))
+            if h % 128 == 0:  # wo_plane_mma's grouped launch (the default from max(32, E) pairs to 16 an expert): the
+                # gate_up alone, its routing blocks as QuantMoE sorts them
+                tok = moe_tokens(pairs, e)
+                pm_ids, pm_blocks, _ = align_by_expert(ids, e, tok)
+                row["gate_up_ours_mxfp4_plane_mma_us"] = us(lambda: launch_plane_mma_grouped(
+                    x, M13, pm_ids, pm_blocks, pairs, k, tok))
 
             def torch_layer():
                 g = torch._grouped_mm(xs, w13.transpose(-2, -1), offs=offs, out_dtype=BF)
@@ -452,6 +460,8 @@ def bench():
                                        ("gate_up_torch_grouped_mm_us", "gate_up_ours_mxfp4_planes_us",
                                         act * 2 * inter * h * 17 // 32),
                                        ("gate_up_torch_grouped_mm_us", "gate_up_ours_mxfp4_gemv_us",
+                                        act * 2 * inter * h * 17 // 32),
+                                       ("gate_up_torch_grouped_mm_us", "gate_up_ours_mxfp4_plane_mma_us",
                                         act * 2 * inter * h * 17 // 32)):
                 if row[peer] and row.get(ours):
                     row[ours.replace("_us", "_over_torch")] = row[peer] / row[ours]
