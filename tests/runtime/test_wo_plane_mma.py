@@ -43,7 +43,9 @@ def test_e2m1_decode_ptx_gives_scaled_consecutive_pairs(scale):
 
     values = qz.e2m1_to_float(torch.arange(16)).tolist()
     for w in _words():
-        out = run_ptx(pm.PLANE_DECODE_E2M1.value, {4: w, 5: scale * 0x10001})
+        tables = {6: pm.E2M1_LO_A.value % 2**32, 7: pm.E2M1_LO_B.value % 2**32, 8: pm.E2M1_HI_A.value,
+                  9: pm.E2M1_HI_B.value}  # the kernel's table registers (operands, not movs in the block)
+        out = run_ptx(pm.PLANE_DECODE_E2M1.value, {4: w, 5: scale * 0x10001, **tables})
         got = [_bf16((out[i] >> (16 * h)) & 0xFFFF) for i in range(4) for h in range(2)]
         want = [values[(w >> (4 * j)) & 15] * _bf16(scale) for j in range(8)]
         assert got == want, (hex(w), hex(scale), got, want)

@@ -182,19 +182,17 @@ fma.rn.bf16x2 $3, $3, one, $5;
 # e2m1: the bf16 of each magnitude from two 8-byte tables (low bytes, high bytes) by ``prmt`` on four 3-bit indices
 # at a time, the signs moved to bit 7 of the high bytes (a prmt of the word and the word << 4 puts sign 4j + 3 at bit
 # 8j + 7), the bytes interleaved into the pairs (2i, 2i + 1), then times $5: the group scale as bf16x2 (exact)
+# The four table words come in as operands ($6..$9, E2M1_TABLES: loop-invariant registers), not as movs inside the
+# block, which ptxas re-materialized for every word (4 of 24 instructions).
 PLANE_DECODE_E2M1 = gl.constexpr("""{
-.reg .b32 m03, m47, lo03, hi03, lo47, hi47, w4, s03, s47, la, lb, ha, hb;
-mov.b32 la, 0xC0800000;
-mov.b32 lb, 0xC0804000;
-mov.b32 ha, 0x3F3F3F00;
-mov.b32 hb, 0x40404040;
+.reg .b32 m03, m47, lo03, hi03, lo47, hi47, w4, s03, s47;
 and.b32 m03, $4, 0x7777;
 shr.b32 m47, $4, 16;
 and.b32 m47, m47, 0x7777;
-prmt.b32 lo03, la, lb, m03;
-prmt.b32 hi03, ha, hb, m03;
-prmt.b32 lo47, la, lb, m47;
-prmt.b32 hi47, ha, hb, m47;
+prmt.b32 lo03, $6, $7, m03;
+prmt.b32 hi03, $8, $9, m03;
+prmt.b32 lo47, $6, $7, m47;
+prmt.b32 hi47, $8, $9, m47;
 shl.b32 w4, $4, 4;
 prmt.b32 s03, $4, w4, 0x1504;
 prmt.b32 s47, $4, w4, 0x3726;
@@ -209,17 +207,21 @@ mul.rn.bf16x2 $1, $1, $5;
 mul.rn.bf16x2 $2, $2, $5;
 mul.rn.bf16x2 $3, $3, $5;
 }""")
+# e2m1 magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6 as bf16: their low bytes (codes 0-3, 4-7) and high bytes, as signed int32
+E2M1_LO_A, E2M1_LO_B = gl.constexpr(0xC0800000 - 2**32), gl.constexpr(0xC0804000 - 2**32)
+E2M1_HI_A, E2M1_HI_B = gl.constexpr(0x3F3F3F00), gl.constexpr(0x40404040)
 PLANE_DECODE_SYM = gl.constexpr(_PLANE_DECODE.format(magic="0x43084308"))
 PLANE_DECODE_ZERO = gl.constexpr(_PLANE_DECODE.format(magic="0x43004300"))
 NEG_136_X2 = gl.constexpr(0xC308C308 - 2**32)  # bf16x2 (-136, -136) as a signed int32
 
 
 @gluon.jit
-def _decode(word, c, HAS_ZERO: gl.constexpr, FMT: gl.constexpr):
+def _decode(word, c, tables, HAS_ZERO: gl.constexpr, FMT: gl.constexpr):
     """(WARPS, 32) words -> their four bf16x2 element-pair registers (``PLANE_DECODE_*``; ``c``: the int4 FMA's
-    addend, or fp4's group scale as bf16x2)."""
+    addend, or fp4's group scale as bf16x2; ``tables``: e2m1's four table words, ``e2m1_tables``)."""
     if FMT >= 2:
-        return gl.inline_asm_elementwise(PLANE_DECODE_E2M1, "=r,=r,=r,=r,r,r", [word, c],
+        la, lb, ha, hb = tables
+        return gl.inline_asm_elementwise(PLANE_DECODE_E2M1, "=r,=r,=r,=r,r,r,r,r,r,r", [word, c, la, lb, ha, hb],
                                          dtype=[gl.int32, gl.int32, gl.int32, gl.int32], is_pure=True, pack=1)
     if HAS_ZERO:
         return gl.inline_asm_elementwise(PLANE_DECODE_ZERO, "=r,=r,=r,=r,r,r", [word, c],
@@ -258,7 +260,7 @@ def _pick4(a, b, c, d, i: gl.constexpr):
 
 
 @gluon.jit
-def _step(acc, lo, hi, xs, c_lo, c_lo2, c_hi, c_hi2, HAS_ZERO: gl.constexpr, FMT: gl.constexpr, WARPS: gl.constexpr,
+def _step(acc, lo, hi, xs, c_lo, c_lo2, c_hi, c_hi2, tables, HAS_ZERO: gl.constexpr, FMT: gl.constexpr, WARPS: gl.constexpr,
           W2: gl.constexpr, A_L: gl.constexpr, B_L: gl.constexpr, TOK: gl.constexpr):
     """The 8 MMAs of one 128-deep step (of each 16-row tile): ``lo`` / ``hi`` (WARPS, 32, 4) the lanes' words of rows
     g / g + 8 (WARPS: the program's 16-row tiles), ``xs``
@@ -282,9 +284,9 @@ def _step(acc, lo, hi, xs, c_lo, c_lo2, c_hi, c_hi2, HAS_ZERO: gl.constexpr, FMT
     x101, x103 = gl.split(x11)
     for v in gl.static_range(4):
         r0, r1, r2, r3 = _decode(gl.convert_layout(_pick4(lo0, lo1, lo2, lo3, v), W2), c_lo if v < 2 else c_lo2,
-                                 HAS_ZERO, FMT)
+                                 tables, HAS_ZERO, FMT)
         s0, s1, s2, s3 = _decode(gl.convert_layout(_pick4(hi0, hi1, hi2, hi3, v), W2), c_hi if v < 2 else c_hi2,
-                                 HAS_ZERO, FMT)
+                                 tables, HAS_ZERO, FMT)
         for j in gl.static_range(2):
             if j == 0:
                 a = _a_tile(r0, r1, s0, s1, WARPS)
@@ -364,6 +366,11 @@ def _plane_mma_kernel(
     s_hi = gl.minimum(row_g + 8, N - 1).to(gl.int64) * stride_sn
     lane_t = gl.expand_dims(lanes % 4, 0)
     total = gl.zeros([TILES * 16, TOK], gl.float32, MMA)
+    # e2m1's table words as per-lane registers: a select on a predicate that always holds (row_g < 2**30 | N) keeps
+    # ptxas from treating them as uniform constants, which it copied into registers again for every word
+    held = row_g < (N | 0x40000000)
+    tables = (gl.where(held, E2M1_LO_A, 0), gl.where(held, E2M1_LO_B, 0), gl.where(held, E2M1_HI_A, 0),
+              gl.where(held, E2M1_HI_B, 0))
     last = gl.maximum(s_end - 1, 0)
     first = gl.minimum(s_start, last) * SUB * 16
     lo_nxt = gl.load(w_lo + first, eviction_policy="evict_first")
@@ -418,9 +425,10 @@ def _plane_mma_kernel(
             else:
                 xs = gl.load(x_tile + s * 128)  # four 16-byte loads a token a lane
             if sub == 0:
-                acc = _step(acc, lo, hi, xs, c_lo, c_lo2, c_hi, c_hi2, HAS_ZERO, FMT, TILES, W2, A_L, B_L, TOK)
+                acc = _step(acc, lo, hi, xs, c_lo, c_lo2, c_hi, c_hi2, tables, HAS_ZERO, FMT, TILES, W2, A_L, B_L, TOK)
             else:
-                acc = _step(acc, lo2, hi2, xs, c_lo, c_lo2, c_hi, c_hi2, HAS_ZERO, FMT, TILES, W2, A_L, B_L, TOK)
+                acc = _step(acc, lo2, hi2, xs, c_lo, c_lo2, c_hi, c_hi2, tables, HAS_ZERO, FMT, TILES, W2, A_L, B_L,
+                            TOK)
             if FMT == 1:
                 sc = gl.load(s_ptr + rows * stride_sn + g, mask=rows < N, other=0.0).to(gl.float32)
                 total += acc * gl.expand_dims(sc, 1)
