@@ -15,11 +15,13 @@ its eight nibbles into four half2 registers and multiplies them with the activat
   and ``prmt`` for e2m1), four half2 FMAs with the activation packed as (x[8c + j], x[8c + j + 4]), the two
   halves then added in fp32.
 
-That is ~16 instructions for 8 elements. fp16 has the precision but not bf16's range, so each chunk's 32
-activation values are scaled by a power of two r first (max |x r| in [128, 256): four products of
-|q| <= 15 cannot overflow, and x r is exact: bf16's 8-bit mantissa fits fp16's 11), and the chunk's
-fp32 sum takes s / r. Products round to fp16 (relative 2**-11) and four of them add in fp16: about 1e-3
-relative to each word's sum, well under bf16's output rounding.
+That is ~16 instructions for 8 elements; by default (``gemv_chain``) a chunk's four words chain their products in
+one half2 accumulator and convert to fp32 once (``CHUNK_DOT_*``; nvfp4 two words, one scale group: ``PAIR_DOT_*``),
+~13 for 8. fp16 has the precision but not bf16's range, so each chunk's 32
+activation values are scaled by a power of two r first (max |x r| in [128, 256): a half's 16 chained products of
+|q| <= 15 stay under 61440 < 65504, and x r is exact: bf16's 8-bit mantissa fits fp16's 11), and the chunk's
+fp32 sum takes s / r. Products round to fp16 (relative 2**-11) and a half adds 4 (16 chained) of them in fp16:
+about 1e-3 (2e-3) relative to their sum, under bf16's output rounding.
 
 The tile is (BLOCK_N rows, BLOCK_K / 32 chunks, 4 words); a warp's lanes take BLOCK_K / 32 consecutive
 chunks of 1024 / BLOCK_K rows, and each thread repeats over ROWS rows with the same chunk position, so the
