@@ -118,6 +118,8 @@ def test_refusals_name_what_is_wrong():
         with pytest.raises(ValueError, match=what):
             pm.launch_plane_mma(torch.randn(2, bad.k).bfloat16(), bad)
     assert not pm.plane_mma_ok(wf.quantize(torch.randn(2, 32, 256), "int4_group_128"))  # stacks: not this kernel
+    ok = wf.quantize(torch.randn(32, 256), "mxfp4")
+    assert pm.plane_mma_ok(ok) and not pm.plane_mma_ok(dataclasses.replace(ok, n=2**30))  # the e2m1 tables' bound
 
 
 COMPILE = '''

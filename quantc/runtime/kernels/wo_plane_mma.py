@@ -49,8 +49,10 @@ TOKENS = (8, 16, 32, 64)
 
 def plane_mma_ok(w: WoWeight) -> bool:
     """Whether the kernel reads this weight: one dense weight, K a multiple of 128; int4 in groups of whole steps,
-    mxfp4 (e8m0 per 32) or nvfp4 (e4m3 per 16, a global scale)."""
-    if w.data.dim() != 2 or w.row_block != 1 or w.k % STEP or w.data.stride(1) != 1 or w.scale.stride(-1) != 1:
+    mxfp4 (e8m0 per 32) or nvfp4 (e4m3 per 16, a global scale); under 2**30 rows (the kernel's e2m1 tables rest on
+    a row index below N | 2**30)."""
+    if (w.data.dim() != 2 or w.row_block != 1 or w.k % STEP or w.data.stride(1) != 1 or w.scale.stride(-1) != 1
+            or w.n >= 2**30):
         return False
     return ((w.fmt == INT4 and w.group % STEP == 0) or (w.fmt == MXFP4 and w.sfmt == S_E8M0 and w.group == 32)
             or (w.fmt == NVFP4 and w.sfmt == S_FLOAT and w.group == 16))
