@@ -60,7 +60,8 @@ def uses_moe_gemv(w13: wf.WoWeight, w2: wf.WoWeight, num_pairs: int) -> bool:
 def uses_moe_plane_mma(w13: wf.WoWeight, w2: wf.WoWeight, num_pairs: int) -> bool:
     """Whether 4-bit experts with bf16 activations run both GEMMs on the natural layout's MMA kernel
     (``wo_plane_mma.launch_plane_mma_grouped``: routing blocks of 8-64 pairs of one expert, each expert's bytes read
-    once for all its pairs), where both stacks suit it (K a multiple of 128; int4 in groups of 128, mxfp4, nvfp4):
+    once for all its pairs), where both stacks suit it (K a multiple of 128, or of 64 for fp4 when forced; int4 in
+    groups of 128, mxfp4, nvfp4):
     on an sm_90 GPU from max(32, experts) (token, expert) pairs, below which the GEMV's one read an expert a pair is
     less traffic, up to PLANE_MMA_MAX_PAIRS_AN_EXPERT pairs an expert on average, beyond which the grouped GEMM's
     wide tiles win. bench/results/moe_wo_probe_h200_s22.json (mxfp4): Qwen3-30B-A3B 16 / 64 / 256 tokens 121 ->
@@ -76,8 +77,9 @@ def uses_moe_plane_mma(w13: wf.WoWeight, w2: wf.WoWeight, num_pairs: int) -> boo
     if switch == "1":
         return True
     experts = w13.data.shape[0]
-    return (on_sm90(w13.data.device) and max(32, experts) <= num_pairs
-            and num_pairs <= PLANE_MMA_MAX_PAIRS_AN_EXPERT * experts)
+    # (a K ending in a half step, gpt-oss's 2880, runs on it forced only: untimed)
+    return (on_sm90(w13.data.device) and w13.k % 128 == 0 and w2.k % 128 == 0
+            and max(32, experts) <= num_pairs <= PLANE_MMA_MAX_PAIRS_AN_EXPERT * experts)
 
 
 PLANE_MMA_MAX_PAIRS_AN_EXPERT = 16  # (measured: 16 won 1.16x, Qwen3 at 256 tokens; 64 lost 0.78x, Mixtral)

@@ -73,6 +73,35 @@ def test_twin_matches_the_reference(key, m, warps, split, tokens):
     assert _rel_err(out, wg.reference(x, w)) < 1e-2
 
 
+@pytest.mark.parametrize("key", ["mxfp4", "nvfp4"])
+@pytest.mark.parametrize("k,m,split", [(192, 3, 1), (320, 9, 2), (320, 5, 3), (448, 17, 4)])
+def test_k_ending_in_a_half_step_matches_the_reference(key, k, m, split):
+    """fp4 with K a multiple of 64 but not of 128 (gpt-oss's 2880): the last step's second half is masked (words,
+    activations, scales), taken by the last K slice; split-K slices whose range holds no whole step still add up."""
+    torch.manual_seed(5)
+    w = wf.quantize(torch.randn(40, k), key)
+    assert pm.plane_mma_ok(w)
+    x = torch.randn(m, k).bfloat16()
+    out = pm.launch_plane_mma(x, w, warps=2, split_k=split)
+    assert _rel_err(out, wg.reference(x, w)) < 1e-2
+
+
+def test_a_half_step_k_is_fp4_only_and_forced_only(monkeypatch):
+    """int4 needs whole steps (its groups are); K = 64 is refused (no whole step to prefetch); the policy takes a
+    half-step K only when forced (untimed)."""
+    assert not pm.plane_mma_ok(wf.quantize(torch.randn(32, 192), "int4_group_64"))
+    assert not pm.plane_mma_ok(wf.quantize(torch.randn(32, 64), "mxfp4"))
+    w = wf.quantize(torch.randn(32, 192), "mxfp4")
+    with pytest.raises(ValueError, match="2 where 256 divides K"):
+        pm.launch_plane_mma(torch.randn(2, 192).bfloat16(), w, sub=2)
+    monkeypatch.setattr(pm.common, "on_sm90", lambda device: True)
+    monkeypatch.delenv("QUANTC_PLANE_MMA", raising=False)
+    assert not pm.uses_plane_mma(_fake_x(4, 192), w)
+    assert pm.uses_plane_mma(_fake_x(4, 256), wf.quantize(torch.randn(32, 256), "mxfp4"))
+    monkeypatch.setenv("QUANTC_PLANE_MMA", "1")
+    assert pm.uses_plane_mma(_fake_x(4, 192), w)
+
+
 @pytest.mark.parametrize("row_tiles", [2, 4])
 def test_row_tiles_a_warp_give_the_same_answer(row_tiles):
     """2 or 4 16-row tiles a warp (sharing its activation fragments on the GPU): the programs cover that many more rows,
@@ -112,7 +141,8 @@ def test_refusals_name_what_is_wrong():
     with pytest.raises(ValueError, match="tokens a program: one of"):
         pm.launch_plane_mma(torch.randn(3, 256).bfloat16(), w, tokens=12)
     for bad, what in [(wf.quantize(torch.randn(32, 256), "int4_group_64"), "group 64"),
-                      (wf.quantize(torch.randn(32, 192), "mxfp4"), "K = 192"),
+                      (wf.quantize(torch.randn(32, 64), "mxfp4"), "K = 64"),
+                      (wf.quantize(torch.randn(32, 160), "mxfp4"), "K = 160"),
                       (wf.quantize(torch.randn(32, 192), "int4_group_64"), "group 64")]:
         assert not pm.plane_mma_ok(bad)
         with pytest.raises(ValueError, match=what):
@@ -136,9 +166,9 @@ SIG = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*bf16", "z_ptr": "*u8", "gs_
        "stride_we": "i32", "stride_se": "i32"}
 out = []
 for zero, warps, split, tok, sub, fmt, rt, *extra in json.loads(sys.argv[1]):
-    ahead, grouped = (extra + [False, False])[:2]
+    ahead, grouped, tail = (extra + [False, False, False])[:3]
     ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, WARPS=warps, SPLIT_K=split, TOK=tok, SUB=sub, FMT=fmt,
-              HAS_GLOBAL=fmt == 3, RT=rt, X_AHEAD=bool(ahead), GROUPED=bool(grouped))
+              HAS_GLOBAL=fmt == 3, RT=rt, X_AHEAD=bool(ahead), GROUPED=bool(grouped), TAIL=bool(tail))
     sig = dict(SIG, s_ptr={1: "*bf16", 2: "*u8", 3: "*fp8e4nv"}[fmt], **{k: "constexpr" for k in ce})
     # 16-byte aligned pointers, K and strides, as Triton specializes them at a launch
     attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(SIG) if a not in ("M", "N", "M_TILES", "E", "A_DIV")}
@@ -159,21 +189,25 @@ def test_gluon_kernel_compiles_for_hopper_with_the_tiles_in_registers():
     spills, nothing through shared memory but split-K's one arrival word. fp4: 10 prmt, 2 lop3 and 4 bf16x2
     multiplies (the group scale) a word. 2 or 4 row tiles a warp: that many times the MMAs, decode and word loads,
     the same activation loads; the activations a step ahead: their loads once more before the loop; the grouped (MoE)
-    launch: the same loop."""
+    launch: the same loop; a K ending in a half step (fp4): one more step's decode and MMAs after the loop."""
     cases = [(False, 4, 1, 8, 1, 1, 1), (True, 4, 1, 16, 2, 1, 1), (False, 2, 2, 16, 1, 1, 1), (True, 4, 1, 32, 1, 1, 1),
              (False, 4, 1, 64, 1, 1, 1), (False, 4, 3, 8, 2, 1, 1), (False, 4, 1, 8, 2, 2, 1), (False, 4, 2, 16, 1, 3, 1),
              (False, 4, 1, 16, 1, 1, 2), (True, 2, 1, 16, 1, 2, 4), (False, 4, 1, 16, 2, 1, 1, 1),
-             (True, 4, 2, 8, 2, 1, 1, 0, 1), (False, 4, 1, 16, 2, 3, 1, 0, 1)]
+             (True, 4, 2, 8, 2, 1, 1, 0, 1), (False, 4, 1, 16, 2, 3, 1, 0, 1),
+             (False, 4, 2, 8, 1, 2, 1, 0, 0, 1), (False, 4, 1, 16, 1, 3, 1, 0, 1, 1)]  # K ending in a half step
     proc = subprocess.run([sys.executable, "-c", COMPILE, json.dumps(cases)], capture_output=True, text=True,
                           timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for case, r in zip(cases, json.loads(proc.stdout.strip().splitlines()[-1])):
         halves, sub, fp4, rt = case[3] // 8, case[4], case[5] >= 2, case[6]
-        assert r["mma"] == 8 * halves * sub * rt, (case, r)
+        tail = len(case) > 9 and case[9]  # one more step after the loop, its loads masked
+        steps = sub + tail
+        assert r["mma"] == 8 * halves * steps * rt, (case, r)
         assert (r["lop3"], r["prmt"], r["mul"]) == \
-            tuple(rt * v for v in ((16 * sub, 80 * sub, 32 * sub) if fp4 else (32 * sub, 32 * sub, 0))), (case, r)
+            tuple(rt * v for v in ((16 * steps, 80 * steps, 32 * steps) if fp4 else (32 * sub, 32 * sub, 0))), (case, r)
         ahead = len(case) > 7 and case[7]  # the next iteration's activations with its words: once more before the loop
-        assert r["ld_v4"] == (4 * rt + 4 * halves * (2 if ahead else 1)) * sub, (case, r)
+        if not tail:
+            assert r["ld_v4"] == (4 * rt + 4 * halves * (2 if ahead else 1)) * sub, (case, r)
         assert r["shfl"] == 0 and r["local"] == 0, (case, r)
         assert (r["atom"] > 0) == (case[2] > 1) and r["ld_shared"] == (case[2] > 1), (case, r)
 
@@ -246,16 +280,17 @@ def test_wo_gemm_runs_the_kernel_where_the_policy_says(key, monkeypatch):
     assert calls == [3, 8]
 
 
-@pytest.mark.parametrize("key", ["int4_group_128", "int4_group_128_asym", "mxfp4", "nvfp4"])
+@pytest.mark.parametrize("key,kk", [("int4_group_128", 256), ("int4_group_128_asym", 256), ("mxfp4", 256),
+                                    ("nvfp4", 256), ("mxfp4", 320), ("nvfp4", 192)])
 @pytest.mark.parametrize("pairs_per_token,tokens,split", [(2, 8, 1), (4, 16, 3)])
-def test_grouped_launch_matches_the_expert_loop(key, pairs_per_token, tokens, split):
+def test_grouped_launch_matches_the_expert_loop(key, kk, pairs_per_token, tokens, split):
     """MoE: every (token, slot) pair through the expert routing gave it, in routing blocks of 8 / 16 pairs from
     align_by_expert (padding and the blocks past the routing's total skipped), split-K; row p of the output is
-    x[p // k] times its expert's weight."""
+    x[p // k] times its expert's weight. fp4 also with K ending in a half step (gpt-oss's widths)."""
     from quantc.runtime.kernels.moe_routing import align_by_expert
 
     torch.manual_seed(7)
-    num_e, n, kk, t = 5, 40, 256, 6
+    num_e, n, t = 5, 40, 6
     w = wf.quantize(torch.randn(num_e, n, kk), key)
     x = torch.randn(t, kk).bfloat16()
     ids = torch.stack([torch.randperm(num_e)[:pairs_per_token] for _ in range(t)])

@@ -212,6 +212,16 @@ def token_tile_ptrs(x_ptr, M, stride_xm, TOK: gl.constexpr, KL: gl.constexpr, WA
 
 
 @gluon.jit
+def token_tile_k(TOK: gl.constexpr, KL: gl.constexpr, WARPS: gl.constexpr):
+    """The K offsets within a step of ``token_tile_ptrs``'s tile, (1, 1, 4, KL) in its layout (a mask's operand)."""
+    XL: gl.constexpr = gl.BlockedLayout([TOK // 8, 1, 1, KL], [1, 8, 4, 1], [1, 1, 1, WARPS], [3, 2, 1, 0])
+    TK: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(0, XL))  # (t, K)
+    x_t = gl.arange(0, 4, layout=gl.SliceLayout(1, TK))
+    x_k = gl.arange(0, KL, layout=gl.SliceLayout(0, TK))
+    return gl.expand_dims(gl.expand_dims(gl.expand_dims(x_t * KL, 1) + gl.expand_dims(x_k, 0), 0), 0)
+
+
+@gluon.jit
 def zero_addend(z_ptrs, mask):
     """The bf16x2 (-(128 + z), -(128 + z)) of the zero points at ``z_ptrs`` as int32: the decode FMA's addend."""
     z = gl.load(z_ptrs, mask=mask, other=0).to(gl.float32)

@@ -40,7 +40,7 @@ from . import common
 from .common import cdiv
 from .nibble_decode import e2m1_to_f32
 from .wo_format import INT4, MXFP4, NVFP4, S_E8M0, S_FLOAT, WoWeight, decode_scale
-from .wo_frag import _bf16_halves, token_tile_ptrs, twin_accumulate, zero_addend
+from .wo_frag import _bf16_halves, token_tile_k, token_tile_ptrs, twin_accumulate, zero_addend
 from .wo_mma4 import split_workspace, store_or_reduce
 
 STEP = 128  # K a step: a quad's four lanes x four words x 8 elements of one row
@@ -49,9 +49,10 @@ TOKENS = (8, 16, 32, 64)
 
 def plane_mma_ok(w: WoWeight) -> bool:
     """Whether the kernel reads this weight: one dense weight, K a multiple of 128; int4 in groups of whole steps,
-    mxfp4 (e8m0 per 32) or nvfp4 (e4m3 per 16, a global scale); under 2**30 rows (the kernel's e2m1 tables rest on
-    a row index below N | 2**30)."""
-    if (w.data.dim() != 2 or w.row_block != 1 or w.k % STEP or w.data.stride(1) != 1 or w.scale.stride(-1) != 1
+    mxfp4 (e8m0 per 32) or nvfp4 (e4m3 per 16, a global scale), whose K may also end in a half step (a multiple of
+    64: gpt-oss's 2880; ``TAIL``); under 2**30 rows (the kernel's e2m1 tables rest on a row index below N | 2**30)."""
+    k_ok = w.k >= STEP and (w.k % STEP == 0 or (w.fmt != INT4 and w.k % (STEP // 2) == 0))
+    if (w.data.dim() != 2 or w.row_block != 1 or not k_ok or w.data.stride(1) != 1 or w.scale.stride(-1) != 1
             or w.n >= 2**30):
         return False
     return ((w.fmt == INT4 and w.group % STEP == 0) or (w.fmt == MXFP4 and w.sfmt == S_E8M0 and w.group == 32)
@@ -84,7 +85,8 @@ def uses_plane_mma(x2: torch.Tensor, w: WoWeight) -> bool:
                                     (PLANE_MMA_MAX_M_ZERO if w.zeros is not None else PLANE_MMA_MAX_M))
     if m > top or not plane_mma_ok(w) or x2.stride(1) != 1:
         return False
-    return switch == "1" or common.on_sm90(x2.device)
+    # a K that ends in a half step (the tail) is untimed: taken when forced only
+    return switch == "1" or (common.on_sm90(x2.device) and w.k % STEP == 0)
 
 
 def plane_mma_split(n: int, k: int, m: int, sms: int) -> int:
@@ -110,9 +112,9 @@ def _plane_mma_twin_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, gs_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_wn, stride_sn, M_TILES,
     ids_ptr, bexp_ptr, E, A_DIV, stride_we, stride_se,
     GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, TOK: tl.constexpr,
-    FMT: tl.constexpr = 1, HAS_GLOBAL: tl.constexpr = False, GROUPED: tl.constexpr = False,
+    FMT: tl.constexpr = 1, HAS_GLOBAL: tl.constexpr = False, GROUPED: tl.constexpr = False, TAIL: tl.constexpr = False,
 ):
-    steps = K // 128
+    steps = tl.cdiv(K, 128)  # TAIL: the last step half past K, masked
     per = tl.cdiv(steps, SPLIT_K)
     s_start = tl.program_id(1) * per
     s_end = tl.minimum(s_start + per, steps)
@@ -142,15 +144,23 @@ def _plane_mma_twin_kernel(
     kk = tl.arange(0, 128)
     total = tl.zeros((BLOCK_N, TOK), tl.float32)
     for s in range(s_start, s_end):
+        if TAIL:
+            k_ok = s * 128 + kk < K
+        else:
+            k_ok = kk >= 0
         words = tl.load(w_ptr + rows.to(tl.int64)[:, None] * stride_wn + s * 16 + (kk // 8)[None, :],
-                        mask=n_mask[:, None], other=0)
+                        mask=n_mask[:, None] & k_ok[None, :], other=0)
         xt = tl.load(x_ptr + x_rows.to(tl.int64)[None, :] * stride_xm + s * 128 + kk[:, None],
-                     mask=tok_ok[None, :], other=0.0).to(tl.float32)  # (128, TOK)
+                     mask=tok_ok[None, :] & k_ok[:, None], other=0.0).to(tl.float32)  # (128, TOK)
         c = (words >> (4 * (kk % 8))[None, :]) & 15
         if FMT == 1:
             total = twin_accumulate(total, c, xt, z_ptr, s_ptr, rows, n_mask, stride_sn, (s * 128) // GROUP, HAS_ZERO)
         else:  # e2m1 times its group's scale (exact in bf16, as the GPU's A fragments), then the dot
-            sc = tl.load(s_ptr + tl.minimum(rows, N - 1)[:, None] * stride_sn + (s * 128 + kk[None, :]) // GROUP)
+            sc_ptrs = s_ptr + tl.minimum(rows, N - 1)[:, None] * stride_sn + (s * 128 + kk[None, :]) // GROUP
+            if FMT == 3:
+                sc = tl.load(sc_ptrs, mask=k_ok[None, :], other=0.0)
+            else:
+                sc = tl.load(sc_ptrs, mask=k_ok[None, :], other=0)
             total += tl.dot(e2m1_to_f32(c) * decode_scale(sc, 2 if FMT == 2 else 1), xt)
     if HAS_GLOBAL:
         total = total * tl.load(gs_ptr)
@@ -243,10 +253,13 @@ def _a_tile(g_kh0, g_kh1, g8_kh0, g8_kh1, WARPS: gl.constexpr):
 
 
 @gluon.jit
-def _e8m0_bf16x2(ptrs):
+def _e8m0_bf16x2(ptrs, mask=None):
     """e8m0 codes at ``ptrs`` -> the bf16x2 (2**(e - 127), same) as int32: the code as the exponent field (code 0:
-    2**-127, a bf16 subnormal)."""
-    e = gl.load(ptrs).to(gl.int32)
+    2**-127, a bf16 subnormal); masked lanes read code 127 (1.0)."""
+    if mask is None:
+        e = gl.load(ptrs).to(gl.int32)
+    else:
+        e = gl.load(ptrs, mask=mask, other=127).to(gl.int32)
     return gl.where(e == 0, 0x40, e << 7) * 0x10001
 
 
@@ -308,7 +321,7 @@ def _plane_mma_kernel(
     ids_ptr, bexp_ptr, E, A_DIV, stride_we, stride_se,
     GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, WARPS: gl.constexpr, SPLIT_K: gl.constexpr, TOK: gl.constexpr,
     SUB: gl.constexpr = 1, FMT: gl.constexpr = 1, HAS_GLOBAL: gl.constexpr = False, RT: gl.constexpr = 1,
-    X_AHEAD: gl.constexpr = False, GROUPED: gl.constexpr = False,
+    X_AHEAD: gl.constexpr = False, GROUPED: gl.constexpr = False, TAIL: gl.constexpr = False,
 ):
     """Grid (row tiles of WARPS x RT x 16 x token tiles of TOK, K slices): a warp takes RT 16-row tiles (WARPS x 16
     rows apart), their MMAs sharing the activation's B fragments; an iteration is SUB 128-deep steps (each with its
@@ -436,6 +449,26 @@ def _plane_mma_kernel(
                 total += acc * gl.expand_dims(sc, 1)
             else:  # fp4's scales are in the A fragments
                 total += acc
+    if TAIL:  # K ends in a half step (fp4, SUB 1): lanes t = 0, 1 hold it, t = 2, 3 zeros; the last K slice takes it
+        if gl.program_id(1) == SPLIT_K - 1:
+            s = iters
+            in_k = col < 8  # the half step's 8 words a row
+            lo = gl.load(w_lo + s * 16, mask=in_k, other=0, eviction_policy="evict_first")
+            hi = gl.load(w_hi + s * 16, mask=in_k, other=0, eviction_policy="evict_first")
+            xs = gl.load(x_tile + s * 128, mask=token_tile_k(TOK, 32, WARPS) < 64, other=0.0)
+            t_in = lane_t < 2
+            if FMT == 2:
+                c_lo = _e8m0_bf16x2(s_ptr + s_lo + s * 4 + lane_t, t_in)
+                c_hi = _e8m0_bf16x2(s_ptr + s_hi + s * 4 + lane_t, t_in)
+                c_lo2 = c_lo
+                c_hi2 = c_hi
+            else:
+                c_lo = _bf16x2_of(gl.load(s_ptr + s_lo + s * 8 + 2 * lane_t, mask=t_in, other=0.0))
+                c_lo2 = _bf16x2_of(gl.load(s_ptr + s_lo + s * 8 + 2 * lane_t + 1, mask=t_in, other=0.0))
+                c_hi = _bf16x2_of(gl.load(s_ptr + s_hi + s * 8 + 2 * lane_t, mask=t_in, other=0.0))
+                c_hi2 = _bf16x2_of(gl.load(s_ptr + s_hi + s * 8 + 2 * lane_t + 1, mask=t_in, other=0.0))
+            acc = gl.zeros([TILES * 16, TOK], gl.float32, MMA)
+            total += _step(acc, lo, hi, xs, c_lo, c_lo2, c_hi, c_hi2, tables, HAS_ZERO, FMT, TILES, W2, A_L, B_L, TOK)
     if HAS_GLOBAL:
         total = total * gl.load(gs_ptr)
     offs = gl.expand_dims(o_rows, 0) * N + gl.expand_dims(rows, 1)
@@ -459,7 +492,8 @@ def launch_plane_mma(x2: torch.Tensor, w: WoWeight, warps: int = 4, split_k: int
     m, k = x2.shape
     if not plane_mma_ok(w) or k != w.k or x2.stride(1) != 1 or x2.dtype != torch.bfloat16:
         raise ValueError(f"the plane-layout MMA kernel takes one weight with K a multiple of 128 (int4 in groups of a "
-                         f"multiple of 128, mxfp4 or nvfp4; words and scales with unit stride along K) and bf16 "
+                         f"multiple of 128, mxfp4 or nvfp4, these two also K a multiple of 64 from 128; words and "
+                         f"scales with unit stride along K) and bf16 "
                          f"activation rows of K = {w.k} with unit stride; got format {w.fmt}, group {w.group}, weight "
                          f"data {tuple(w.data.shape)}, x {tuple(x2.shape)} {x2.dtype} with strides {tuple(x2.stride())}")
     n = w.n
@@ -469,7 +503,7 @@ def launch_plane_mma(x2: torch.Tensor, w: WoWeight, warps: int = 4, split_k: int
     if tok not in TOKENS:
         raise ValueError(f"tokens a program: one of {TOKENS}, got {tok}")
     sub = sub or plane_mma_sub(k)
-    if sub not in (1, 2) or k % (STEP * sub):
+    if not ((sub == 1 and k % (STEP // 2) == 0) or (sub == 2 and k % (2 * STEP) == 0)):
         raise ValueError(f"128-deep steps an iteration: 1, or 2 where 256 divides K; got {sub} for K = {k}")
     if row_tiles not in (1, 2, 4):
         raise ValueError(f"16-row tiles a warp: 1, 2 or 4, got {row_tiles}")
@@ -496,7 +530,7 @@ def _launch(x2, w, out, m_tiles, tok, warps, split, sub, row_tiles=1, x_ahead=Fa
     args = (x2, w.data, w.scale, zeros, gs, out, ws, cnt, out.shape[0], n, k, x2.stride(0), *tail)
     consts = dict(GROUP=w.group, HAS_ZERO=w.zeros is not None, SPLIT_K=split, TOK=tok,
                   FMT={INT4: 1, MXFP4: 2, NVFP4: 3}[w.fmt], HAS_GLOBAL=w.global_scale is not None,
-                  GROUPED=routing is not None)
+                  GROUPED=routing is not None, TAIL=k % STEP != 0)
     if common.interpreted() or x2.device.type != "cuda":
         common.launch(_plane_mma_twin_kernel, grid, args, dict(consts, BLOCK_N=warps * 16 * row_tiles), warps, 1)
     else:
@@ -528,7 +562,8 @@ def launch_plane_mma_grouped(x2: torch.Tensor, w: WoWeight, sorted_ids: torch.Te
     default two waves of the grid's programs."""
     if not plane_mma_stack_ok(w) or x2.stride(1) != 1 or x2.dtype != torch.bfloat16 or x2.shape[1] != w.k:
         raise ValueError(f"the grouped plane-layout MMA kernel takes an (E, N, K) 4-bit stack (K a multiple of 128: "
-                         f"int4 in groups of a multiple of 128, mxfp4 or nvfp4; zero points laid out as the scales) "
+                         f"int4 in groups of a multiple of 128, mxfp4 or nvfp4, these two also K a multiple of 64 "
+                         f"from 128; zero points laid out as the scales) "
                          f"and bf16 activation rows of K = {w.k} with unit stride; got format {w.fmt}, group "
                          f"{w.group}, data {tuple(w.data.shape)}, x {tuple(x2.shape)} {x2.dtype}")
     if tokens not in TOKENS or sorted_ids.numel() % tokens or block_expert.numel() != sorted_ids.numel() // tokens:
