@@ -370,7 +370,7 @@ def bench():
                 flat_ids = ids.reshape(-1).contiguous()
                 gemv_cfg = gemv_config(pairs * M13.n, M13.k, grid_sms(x.device), grouped=True)  # as QuantMoE picks
                 row["gate_up_ours_mxfp4_gemv_us"] = us(lambda: launch_moe_gemv(x, M13, flat_ids, k, *gemv_cfg))
-            if h % 128 == 0:  # wo_plane_mma's grouped launch (the default from max(32, E) pairs to 16 an expert): the
+            if h % 64 == 0:  # wo_plane_mma's grouped launch (the default from max(32, E) pairs to 16 an expert): the
                 # gate_up alone, its routing blocks as QuantMoE sorts them
                 tok = moe_tokens(pairs, e)
                 pm_ids, pm_blocks, _ = align_by_expert(ids, e, tok)
@@ -431,7 +431,7 @@ def bench():
             if h % 64 == 0 and inter % 64 == 0 and pairs <= 256:  # and on the grouped GEMV at every count
                 with env_set("QUANTC_MOE_GEMV", "1"), env_set("QUANTC_MOE_PLANE_MMA", "0"):
                     row["layer_ours_mxfp4_wo_gemv_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
-            if h % 128 == 0 and inter % 128 == 0:  # and on wo_plane_mma's grouped launch (opt-in, routing blocks)
+            if h % 64 == 0 and inter % 64 == 0:  # and on wo_plane_mma's grouped launch (gpt-oss's 2880: forced only) (opt-in, routing blocks)
                 with env_set("QUANTC_MOE_PLANE_MMA", "1"):
                     row["layer_ours_mxfp4_wo_plane_mma_us"] = us(lambda: moes["mxfp4_wo"].experts(x, tw, ids))
             act = row["active_experts"]

@@ -2,7 +2,7 @@
 ``uses_moe_plane_mma``'s rule: for each model (bench_moe.py's sizes) and token count, ``QuantMoE.experts`` for mxfp4
 and int4 g128 experts as apply() runs it (``default``), on the grouped GEMV (QUANTC_MOE_GEMV=1, up to 256 pairs),
 on the grouped GEMM (QUANTC_MOE_GEMV=0, QUANTC_MOE_PLANE_MMA=0) and on wo_plane_mma's grouped launch
-(QUANTC_MOE_PLANE_MMA=1, H and I multiples of 128); each path checked against the expert loop first (small tokens,
+(QUANTC_MOE_PLANE_MMA=1, H and I multiples of 64: gpt-oss's 2880 only when forced); each path checked against the expert loop first (small tokens,
 relative error under 2e-2). CUDA graphs, no L2 rotation (as bench_moe.py).
 
 Env: PROBE_MODELS, PROBE_TOKENS (default 1,4,16,64,256), PROBE_FMTS (mxfp4,int4_group_128), PROBE_CAP_S, OUT.
@@ -42,8 +42,8 @@ def run_on(path: str, fn):
 def takes(path: str, h: int, inter: int, pairs: int) -> bool:
     if path == "gemv":
         return h % 64 == 0 and inter % 64 == 0 and pairs <= 256
-    if path == "plane_mma":
-        return h % 128 == 0 and inter % 128 == 0
+    if path == "plane_mma":  # fp4 also at K a multiple of 64 (gpt-oss: forced, the default rule needs 128)
+        return h % 64 == 0 and inter % 64 == 0
     return True
 
 
