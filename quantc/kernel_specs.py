@@ -29,6 +29,14 @@ PLANE_MMA_ROWS = 8
 PLANE_MMA_ROWS_ZERO = 16
 
 
+def plane_mma_key(weight_key: str) -> bool:
+    """Whether the natural layout's MMA kernel reads weights of this key: int4 in groups of a multiple of 128 (with
+    or without zero points), mxfp4, nvfp4."""
+    if weight_key.startswith("int4_group_"):
+        return int(weight_key.split("_")[2]) % 128 == 0
+    return weight_key in ("mxfp4", "nvfp4")
+
+
 def own_config_rows(weight_key: str, k: int) -> int:
     """Up to how many rows a dense 4-bit weight-only layer of ``weight_key`` and reduction size ``k`` runs at the
     runtime's own config on sm_90 (0: none)."""

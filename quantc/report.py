@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from .diagnostics import Diagnostic
-from .kernel_specs import own_config_rows
+from .kernel_specs import own_config_rows, plane_mma_key
 from .patterns import name_shape
 from .plan import Plan, compress_same_shape
 
@@ -172,13 +172,16 @@ def explain_data(result, module_name: str) -> dict | None:
         entry["one_row"] = (f"one or two rows on this GPU run {gemv} at a config of its own" if rows <= 2 else
                             f"one row on this GPU runs {gemv} and 2-{rows} rows the natural layout's MMA kernel "
                             "(runtime/kernels/wo_plane_mma.py), each at a config of its own")
-    # MoE 4-bit experts at decode on sm_90 (runtime/moe.py uses_moe_gemv: every expert on the rank, K % 64; the
-    # id's 8-bit weights keep the grouped GEMM)
+    # MoE 4-bit experts at decode on sm_90 (runtime/moe.py uses_moe_gemv: every expert on the rank, K % 64; and
+    # uses_moe_plane_mma past that: K % 128, int4 g128 / mxfp4 / nvfp4; the id's 8-bit weights keep the grouped GEMM)
     four_bit = d.weight.startswith("int4_") or d.weight in ("mxfp4", "nvfp4")
     if (entry is not None and d.kernel == "moe_weight_only" and four_bit and lw.gpu.sm == 90 and d.k_rank % 64 == 0
             and not lw.ep):
         entry["decode"] = ("the runtime's grouped CUDA-core GEMV (runtime/kernels/wo_gemv.py) while the (token, "
-                           "expert) pairs are no more than the experts")
+                           "expert) pairs are no more than the experts" +
+                           ("; from max(32, experts) pairs up to 16 an expert, the natural layout's MMA kernel "
+                            "(runtime/kernels/wo_plane_mma.py) where both expert widths are multiples of 128"
+                            if d.k_rank % 128 == 0 and plane_mma_key(d.weight) else ""))
     return {
         "module": module.name,
         "kind": module.kind,

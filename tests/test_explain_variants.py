@@ -82,3 +82,5 @@ def test_moe_4bit_configs_say_decode_runs_the_grouped_gemv_on_sm90(tmp_path):
         rendered = render_explain_text(data)
         assert (note in rendered) == shown, (gpu, moe, ep)
         assert ("decode" in data["kernel_config"]) == shown, (gpu, moe, ep)
+        # past that, from max(32, experts) pairs, the MMA kernel on the natural layout (Qwen3's widths: 128 | 768)
+        assert ("wo_plane_mma.py) where both expert widths" in rendered) == shown, (gpu, moe, ep)
