@@ -127,7 +127,10 @@ def compile_gemv(fmt: str, tile: tuple[int, ...], split: int):
                 ce.pop(name)
             ce["XR"] = XR
             fn = wo_gemv._wo_gemv_rows_gluon_kernel
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig) if name in ("x_ptr", "w_ptr", "K")}
+    # the pointers, K and the row strides 16-divisible, as Triton specializes them at a launch on real shapes (without
+    # the strides' attribute each 16-byte word load compiles to four 4-byte ones)
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig)
+             if name in ("x_ptr", "w_ptr", "K", "stride_wn", "stride_sn", "stride_xm")}
     if KERNEL == "pmma":  # its row and activation strides 16-aligned too, as Triton specializes them at a launch
         warps = tile[0]
         attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig)
