@@ -4,6 +4,7 @@ with bf16 torch.matmul and tinygemm (int4) in the same run, weights rotated past
 - ``policy``: ``gemv_config``'s launch as the runtime takes it (chained word dots, QUANTC_GEMV_CHAIN on);
 - ``unchained``: the same launch, each word's dot converted on its own (QUANTC_GEMV_CHAIN=0);
 - ``ahead2``: the policy's tile with two K steps an iteration in two register buffers (num_stages 3);
+- ``split_x``: the policy's launch with QUANTC_GEMV_SPLIT_X=1 (one activation word a lane, packs gathered);
 - ``rows8`` / ``rows8_ahead2``: 8 rows a thread (block_n 32 at 1024-deep steps, 16 at 2048), split-K as the
   policy sizes it.
 Each variant is checked against the reference first. Env: PROBE_SHAPES, PROBE_FMTS, PROBE_CAP_S, OUT.
@@ -16,6 +17,7 @@ import json
 import os
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import replace
 
 import torch
@@ -31,17 +33,25 @@ from quantc.runtime.kernels.common import cdiv  # noqa: E402
 
 def variants(n: int, k: int, sms: int) -> dict:
     cfg, warps_k = gv.gemv_config(n, k, sms)
-    out = {"policy": (cfg, warps_k, "1"), "unchained": (cfg, warps_k, "0"),
-           "ahead2": (replace(cfg, num_stages=3), warps_k, "1")}
+    out = {"policy": (cfg, warps_k, {}), "unchained": (cfg, warps_k, {"QUANTC_GEMV_CHAIN": "0"}),
+           "ahead2": (replace(cfg, num_stages=3), warps_k, {}),
+           "split_x": (cfg, warps_k, {"QUANTC_GEMV_SPLIT_X": "1"})}
     bk = cfg.block_k
     bn = 16 if bk >= 2048 else 32  # 8 rows a thread at 4 warps along K
     programs = cdiv(n, bn)
     split = 1 if programs >= sms else max(1, min(cdiv(3 * sms, programs), k // bk))
     rows8 = replace(cfg, block_n=bn, num_warps=4, split_k=split)
     if gv.gemv_tile(rows8, k, 4)[0] == 8 and gv.gemv_tile(cfg, k, warps_k)[0] != 8:
-        out["rows8"] = (rows8, 4, "1")
-        out["rows8_ahead2"] = (replace(rows8, num_stages=3), 4, "1")
+        out["rows8"] = (rows8, 4, {})
+        out["rows8_ahead2"] = (replace(rows8, num_stages=3), 4, {})
     return out
+
+
+def switches(env: dict):
+    stack = ExitStack()
+    for name, value in env.items():
+        stack.enter_context(env_set(name, value))
+    return stack
 
 
 def main() -> None:
@@ -57,8 +67,8 @@ def main() -> None:
         w = random_weight(key, 512, 4096)
         x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
         ref = wg.reference(x, w).float()
-        for name, (cfg, warps_k, chain) in variants(512, 4096, sms).items():
-            with env_set("QUANTC_GEMV_CHAIN", chain):
+        for name, (cfg, warps_k, env) in variants(512, 4096, sms).items():
+            with switches(env):
                 got = gv.launch_gemv(x, w, cfg, warps_k).float()
             err = ((got - ref).abs().max() / ref.abs().max()).item()
             res["check"].append({"fmt": key, "variant": name, "rel_err": err, "ok": err < 1e-2})
@@ -74,8 +84,8 @@ def main() -> None:
         for key in fmts:
             ws = [random_weight(key, n, k) for _ in range(n_copies(n * k // 2))]
             row = {"N": n, "K": k, "fmt": key, "bf16_us": bf16}
-            for name, (cfg, warps_k, chain) in variants(n, k, sms).items():
-                with env_set("QUANTC_GEMV_CHAIN", chain):
+            for name, (cfg, warps_k, env) in variants(n, k, sms).items():
+                with switches(env):
                     t = rotated_us(lambda i: gv.launch_gemv(x, ws[i], cfg, warps_k), len(ws))
                 row[name] = {"us": t, "over_bf16": bf16 / t if t and bf16 else None,
                              "cfg": [cfg.block_n, cfg.block_k, cfg.num_warps, warps_k, cfg.num_stages, cfg.split_k],

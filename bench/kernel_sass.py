@@ -117,13 +117,14 @@ def compile_gemv(fmt: str, tile: tuple[int, ...], split: int):
         ce = dict(GROUP=group, HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split, WARPS=warps, WARPS_K=warps_k,
                   PREFETCH=int(os.environ.get("PREFETCH", "1")), FMT={1: 1, 2: 2}[f] if fmt != "nvfp4" else 3, HAS_GLOBAL=glob, X_VEC=True,
                   GROUPED=False, PRMT=f == 2 and os.environ.get("QUANTC_E2M1_DECODE") != "shifts",
-                  CHAIN=os.environ.get("CHAIN", "1") == "1", EVEN_N=os.environ.get("EVEN_N", "1") == "1")
+                  CHAIN=os.environ.get("CHAIN", "1") == "1", EVEN_N=os.environ.get("EVEN_N", "1") == "1",
+                  SPLIT_X=os.environ.get("SPLIT_X") == "1")
         fn, elems = wo_gemv._wo_gemv_gluon_kernel, rows * 32
         if XR > 1:  # the several-row kernel: its own signature, no prefetch / X_VEC / GROUPED switches
             sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": sdt, "z_ptr": "*u8", "gs_ptr": "*fp32",
                    "out_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32",
                    "stride_wn": "i32", "stride_sn": "i32", "stride_xm": "i32"}
-            for name in ("PREFETCH", "X_VEC", "GROUPED", "CHAIN", "EVEN_N"):
+            for name in ("PREFETCH", "X_VEC", "GROUPED", "CHAIN", "EVEN_N", "SPLIT_X"):
                 ce.pop(name)
             ce["XR"] = XR
             fn = wo_gemv._wo_gemv_rows_gluon_kernel

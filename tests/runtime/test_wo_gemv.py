@@ -546,7 +546,7 @@ for zero, rows, lanes_n, split, prefetch, fmt, x_vec, warps_k, *grouped in json.
     ce = dict(GROUP={1: 128, 2: 32, 3: 16}[fmt], HAS_ZERO=zero, ROWS=rows, LANES_N=lanes_n, SPLIT_K=split,
               WARPS=max(4, warps_k), WARPS_K=warps_k, PREFETCH=prefetch, FMT=fmt, HAS_GLOBAL=fmt == 3, X_VEC=x_vec,
               GROUPED=bool(grouped), PRMT=fmt >= 2 and os.environ.get("QUANTC_E2M1_DECODE") != "shifts",
-              CHAIN=wo_gemv.gemv_chain(), EVEN_N=not zero)  # (zero points: the masked loads)
+              CHAIN=wo_gemv.gemv_chain(), EVEN_N=not zero, SPLIT_X=wo_gemv.gemv_split_x())  # (zero points: masked)
     sig = dict(SIG, s_ptr={1: "*bf16", 2: "*u8", 3: "*fp8e4nv"}[fmt], **{k: "constexpr" for k in ce})
     c = triton.compile(GluonASTSource(wo_gemv._wo_gemv_gluon_kernel, sig, ce), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": max(4, warps_k)})
@@ -558,6 +558,24 @@ for zero, rows, lanes_n, split, prefetch, fmt, x_vec, warps_k, *grouped in json.
                 "fma16": len(re.findall(r"fma\\.rn\\.f16x2", ptx)), "cvt16": len(re.findall(r"cvt\\.f32\\.f16 flo", ptx))})
 print(json.dumps(out))
 '''
+
+
+@pytest.mark.timeout(300)
+def test_gemv_with_split_activation_words_compiles_for_hopper(monkeypatch):
+    """QUANTC_GEMV_SPLIT_X=1: the lanes sharing a chunk load one word each (two 8-byte loads a lane, not eight), the
+    packs gathered through shared memory; the same decode and products, no spills."""
+    import json
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("QUANTC_GEMV_SPLIT_X", "1")
+    cases = [(False, 8, 4, 1, True, 1, True, 4), (True, 4, 4, 1, True, 2, True, 4), (False, 4, 4, 2, True, 3, True, 4)]
+    proc = subprocess.run([sys.executable, "-c", GLUON_COMPILE, json.dumps(cases)], capture_output=True, text=True,
+                          timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for case, r in zip(cases, json.loads(proc.stdout.strip().splitlines()[-1])):
+        assert r["local"] == 0 and r["lop3"] >= 4 and r["shared"] > 0, (case, r)
+        assert r["ld_x8"] == 2 * (1 + case[4]), (case, r)  # one word's two 8-byte loads, in the loop and before it
 
 
 @pytest.mark.timeout(300)

@@ -226,9 +226,10 @@ def _gl_load_words(w_tile, t, t_end, n_mask3, EVEN_N: gl.constexpr, BLOCK_K: gl.
 def _gl_gemv_step(acc, words, x0, x1, x2, x3, x4, x5, x6, x7, k0, s_ptr, z_ptr, s16_ptr, s_rows, ch2, n_mask2,
                   byte_shift3, GROUP: gl.constexpr, HAS_ZERO: gl.constexpr, FMT: gl.constexpr, PRMT: gl.constexpr,
                   CHAIN: gl.constexpr, X_EXP: gl.constexpr, BLOCK_N: gl.constexpr, CH: gl.constexpr,
-                  L2: gl.constexpr):
+                  L2: gl.constexpr, LX: gl.constexpr, SPLIT_X: gl.constexpr = False):
     """One K step of ``_wo_gemv_gluon_kernel``: the activations' chunk scale and half2 packs, the group scales,
-    the word dots; ``acc`` plus this step's scaled chunk sums."""
+    the word dots; ``acc`` plus this step's scaled chunk sums. SPLIT_X: x0..x7 hold one word a lane (the lanes that
+    share a chunk split it), the chunk's max and the packs then gathered across them (shuffles) into ``LX``."""
     amax = gl.maximum(gl.maximum(gl.maximum(gl.abs(x0), gl.abs(x1)), gl.maximum(gl.abs(x2), gl.abs(x3))),
                       gl.maximum(gl.maximum(gl.abs(x4), gl.abs(x5)), gl.maximum(gl.abs(x6), gl.abs(x7))))
     amax = gl.max(amax, axis=1)  # (CH,): inside one thread
@@ -236,10 +237,10 @@ def _gl_gemv_step(acc, words, x0, x1, x2, x3, x4, x5, x6, x7, k0, s_ptr, z_ptr, 
     r_inv = gl.expand_dims(gl.convert_layout(((e - X_EXP) << 23).to(gl.float32, bitcast=True),
                                              gl.SliceLayout(0, L2)), 0)  # (1, CH): the same registers
     r = gl.expand_dims(((-e + (254 + X_EXP)) << 23).to(gl.float32, bitcast=True), 1)
-    p0 = gl.expand_dims(gl_pack(x0 * r, x4 * r), 0)  # (1, CH, 4)
-    p1 = gl.expand_dims(gl_pack(x1 * r, x5 * r), 0)
-    p2 = gl.expand_dims(gl_pack(x2 * r, x6 * r), 0)
-    p3 = gl.expand_dims(gl_pack(x3 * r, x7 * r), 0)
+    p0 = gl.expand_dims(gl.convert_layout(gl_pack(x0 * r, x4 * r), LX), 0)  # (1, CH, 4)
+    p1 = gl.expand_dims(gl.convert_layout(gl_pack(x1 * r, x5 * r), LX), 0)
+    p2 = gl.expand_dims(gl.convert_layout(gl_pack(x2 * r, x6 * r), LX), 0)
+    p3 = gl.expand_dims(gl.convert_layout(gl_pack(x3 * r, x7 * r), LX), 0)
     g = (k0 + ch2 * 32) // GROUP
     if FMT == 3:  # per word below; here the decode's 2**14
         s = gl.full([BLOCK_N, CH], E2M1_UNSCALE, gl.float32, L2)
@@ -282,6 +283,7 @@ def _wo_gemv_gluon_kernel(
     SPLIT_K: gl.constexpr, WARPS: gl.constexpr, WARPS_K: gl.constexpr, PREFETCH: gl.constexpr,
     FMT: gl.constexpr, HAS_GLOBAL: gl.constexpr, X_VEC: gl.constexpr, GROUPED: gl.constexpr,
     PRMT: gl.constexpr = False, CHAIN: gl.constexpr = False, EVEN_N: gl.constexpr = False,
+    SPLIT_X: gl.constexpr = False,
 ):
     """``_wo_gemv_kernel`` with the layout spelled out: a thread holds ROWS rows x one chunk (4 words); a
     warp's lanes take 32 / LANES_N consecutive chunks of LANES_N rows; WARPS / WARPS_K warps stack along N and
@@ -319,8 +321,12 @@ def _wo_gemv_gluon_kernel(
     # the activations' words as (CH, 4) in the rows-sliced layout: loaded and prescaled once a thread, then
     # broadcast over its ROWS rows in registers (loaded as (1, CH, 4), triton 3.6 repeats every load a row)
     LX: gl.constexpr = gl.SliceLayout(0, L3)
-    xword2 = (gl.expand_dims(gl.arange(0, CH, layout=gl.SliceLayout(1, LX)) * 4, 1)
-              + gl.expand_dims(gl.arange(0, 4, layout=gl.SliceLayout(0, LX)), 0))
+    # SPLIT_X: the chunk's four words over the LANES_N lanes that share it (lane = chunk + LANES_CH x word, as L3
+    # numbers them), so each loads and scales one word; requires LANES_N == 4
+    XD: gl.constexpr = gl.BlockedLayout([1, 1], [LANES_CH, LANES_N], [WARPS_K, WARPS_N], [0, 1])
+    XL: gl.constexpr = XD if SPLIT_X else LX
+    xword2 = (gl.expand_dims(gl.arange(0, CH, layout=gl.SliceLayout(1, XL)) * 4, 1)
+              + gl.expand_dims(gl.arange(0, 4, layout=gl.SliceLayout(0, XL)), 0))
     n_mask3 = gl.expand_dims(n_mask2, 2)
     w_tile = w_ptr + gl.expand_dims(rows2.to(gl.int64) * stride_wn, 2) + word3
     s_rows = rows2.to(gl.int64) * stride_sn
@@ -334,14 +340,14 @@ def _wo_gemv_gluon_kernel(
             x_b = _gl_load_x(x_ptr, xword2, gl.minimum(k0 + BLOCK_K, K - BLOCK_K), X_VEC)
             a0, a1, a2, a3, a4, a5, a6, a7 = x_a
             acc = _gl_gemv_step(acc, w_a, a0, a1, a2, a3, a4, a5, a6, a7, k0, s_ptr, z_ptr, s16_ptr, s_rows, ch2,
-                                n_mask2, byte_shift3, GROUP, HAS_ZERO, FMT, PRMT, CHAIN, X_EXP, BLOCK_N, CH, L2)
+                                n_mask2, byte_shift3, GROUP, HAS_ZERO, FMT, PRMT, CHAIN, X_EXP, BLOCK_N, CH, L2, LX, SPLIT_X)
             w_a = _gl_load_words(w_tile, t + 2, t_end, n_mask3, EVEN_N, BLOCK_K)
             x_a = _gl_load_x(x_ptr, xword2, gl.minimum(k0 + 2 * BLOCK_K, K - BLOCK_K), X_VEC)
             if t + 1 < t_end:
                 b0, b1, b2, b3, b4, b5, b6, b7 = x_b
                 acc = _gl_gemv_step(acc, w_b, b0, b1, b2, b3, b4, b5, b6, b7, k0 + BLOCK_K, s_ptr, z_ptr, s16_ptr,
                                     s_rows, ch2, n_mask2, byte_shift3, GROUP, HAS_ZERO, FMT, PRMT, CHAIN, X_EXP,
-                                    BLOCK_N, CH, L2)
+                                    BLOCK_N, CH, L2, LX, SPLIT_X)
     else:
         if PREFETCH:  # the next step's words and activations load while this step computes
             w_nxt = _gl_load_words(w_tile, t_start, t_end, n_mask3, EVEN_N, BLOCK_K)
@@ -357,7 +363,7 @@ def _wo_gemv_gluon_kernel(
                 words = _gl_load_words(w_tile, t, t_end, n_mask3, EVEN_N, BLOCK_K)
                 x0, x1, x2, x3, x4, x5, x6, x7 = _gl_load_x(x_ptr, xword2, k0, X_VEC)
             acc = _gl_gemv_step(acc, words, x0, x1, x2, x3, x4, x5, x6, x7, k0, s_ptr, z_ptr, s16_ptr, s_rows, ch2,
-                                n_mask2, byte_shift3, GROUP, HAS_ZERO, FMT, PRMT, CHAIN, X_EXP, BLOCK_N, CH, L2)
+                                n_mask2, byte_shift3, GROUP, HAS_ZERO, FMT, PRMT, CHAIN, X_EXP, BLOCK_N, CH, L2, LX, SPLIT_X)
     total = gl.sum(acc, axis=1)  # (BLOCK_N,): the one cross-lane sum
     if HAS_GLOBAL:
         total = total * gl.load(gs_ptr)
@@ -609,6 +615,13 @@ def gemv_chain() -> bool:
     return env("QUANTC_GEMV_CHAIN") != "0"
 
 
+def gemv_split_x() -> bool:
+    """QUANTC_GEMV_SPLIT_X=1 (opt-in, untimed): the lanes that share a chunk each load and scale one of its words,
+    the packs then gathered through shared memory (Triton's layout conversion: stmatrix / ldmatrix and a barrier
+    each): 8-18% fewer loop instructions at the policy's tiles (``bench/kernel_sass.py``, SPLIT_X=1)."""
+    return env("QUANTC_GEMV_SPLIT_X") == "1"
+
+
 def gemv_even_n(n: int, block_n: int, fmt) -> bool:
     """Whether the one-row kernel loads unmasked (``_gl_load_words``): N a multiple of its tile, int4 or mxfp4."""
     return n % block_n == 0 and fmt in (INT4, MXFP4)
@@ -692,6 +705,6 @@ def _launch(x2, w, cfg, warps_k, experts, a_div, xr: int = 1) -> torch.Tensor:
         common.launch(_wo_gemv_gluon_kernel, grid, args,
                       dict(consts, ROWS=rows, LANES_N=lanes_n, WARPS=cfg.num_warps, WARPS_K=warps_k,
                            PREFETCH=max(0, min(cfg.num_stages - 1, 2)), X_VEC=x_vec, PRMT=prmt, CHAIN=gemv_chain(),
-                           EVEN_N=gemv_even_n(n, bn, w.fmt)),
+                           EVEN_N=gemv_even_n(n, bn, w.fmt), SPLIT_X=gemv_split_x()),
                       cfg.num_warps, 1)
     return out
