@@ -46,7 +46,7 @@ def uses_moe_gemv(w13: wf.WoWeight, w2: wf.WoWeight, num_pairs: int) -> bool:
     bytes once is the least traffic: bench/results/moe_h100_s20_gemv.json, Qwen3-30B-A3B and DeepSeek-V3 at 1 and
     16 tokens, 1.3-2x the grouped GEMM's layer; moe_h100_s21.json, gpt-oss-120b at 1 token, 83.7 -> 50.2 us).
     QUANTC_MOE_GEMV=1 takes every count up to QUANTC_MOE_GEMV_MAX_PAIRS (default 256) on any device, the
-    interpreter included; 0 turns it off."""
+    interpreter included; 0 turns it off. ``uses_moe_plane_mma`` is asked first (it takes pairs = experts >= 32)."""
     switch = env("QUANTC_MOE_GEMV")
     if switch == "0" or num_pairs > int(env("QUANTC_MOE_GEMV_MAX_PAIRS") or 256):
         return False
