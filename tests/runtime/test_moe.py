@@ -353,6 +353,31 @@ def test_moe_4bit_on_the_grouped_plane_mma_matches_expert_loop(wkey, act, bias, 
     assert not moe_mod.uses_moe_plane_mma(g64, w2, 64)
 
 
+def test_moe_on_plane_mma_with_gpt_oss_widths_forced_only(monkeypatch):
+    """Expert widths that are multiples of 64 but not 128 (gpt-oss's 2880; here 192 and 320), mxfp4 with gpt-oss's
+    activation and biases: both GEMMs on wo_plane_mma's grouped launch when forced, its last K step half masked, the
+    expert loop's answer; the default rule leaves such widths to the other paths."""
+    from quantc.runtime import moe as moe_mod
+
+    torch.manual_seed(21)
+    e, h, inter, k = 4, 192, 320, 2
+    w13 = wf.quantize(torch.randn(e, 2 * inter, h) * 0.1, "mxfp4")
+    w2 = wf.quantize(torch.randn(e, h, inter) * 0.1, "mxfp4")
+    b13, b2 = torch.randn(e, 2 * inter).bfloat16() * 0.1, torch.randn(e, h).bfloat16() * 0.1
+    moe = QuantMoE("moe_weight_only", w13, w2, torch.randn(e, h).bfloat16(), top_k=k, router="gpt_oss",
+                   activation="gpt_oss", act_key="none", gate_up_bias=b13, down_bias=b2)
+    monkeypatch.setattr(moe_mod, "on_sm90", lambda device: True)
+    monkeypatch.delenv("QUANTC_MOE_PLANE_MMA", raising=False)
+    assert not moe_mod.uses_moe_plane_mma(w13, w2, 64)
+    monkeypatch.setenv("QUANTC_MOE_PLANE_MMA", "1")
+    assert moe_mod.uses_moe_plane_mma(w13, w2, 64)
+    x = torch.randn(9, h).bfloat16()
+    out = moe(x)
+    tw, ids = moe.route(x)
+    ref = mg.reference_expert_loop(x, w13, w2, tw, ids, "gpt_oss", b13, b2)
+    assert ((out.float() - ref).abs().max() / ref.abs().max()).item() < 3e-2
+
+
 @pytest.mark.parametrize("wkey", ["mxfp4", "int4_group_64"])
 def test_moe_gemv_takes_widths_of_64(wkey, monkeypatch):
     """Expert widths that are multiples of 64 but not 128 (gpt-oss's 2880; 192 here) run the GEMV at 64-deep steps,
