@@ -194,8 +194,8 @@ fma.rn.bf16x2 $3, $3, one, $5;
 # e2m1: the bf16 of each magnitude from two 8-byte tables (low bytes, high bytes) by ``prmt`` on four 3-bit indices
 # at a time, the signs moved to bit 7 of the high bytes (a prmt of the word and the word << 4 puts sign 4j + 3 at bit
 # 8j + 7), the bytes interleaved into the pairs (2i, 2i + 1), then times $5: the group scale as bf16x2 (exact)
-# The four table words come in as operands ($6..$9, E2M1_TABLES: loop-invariant registers), not as movs inside the
-# block, which ptxas re-materialized for every word (4 of 24 instructions).
+# The four table words come in as operands ($6..$9, E2M1_LO_* / E2M1_HI_* held in per-lane registers by the kernel),
+# not as movs inside the block, which ptxas re-materialized for every word (4 of 24 instructions).
 PLANE_DECODE_E2M1 = gl.constexpr("""{
 .reg .b32 m03, m47, lo03, hi03, lo47, hi47, w4, s03, s47;
 and.b32 m03, $4, 0x7777;
@@ -230,7 +230,7 @@ NEG_136_X2 = gl.constexpr(0xC308C308 - 2**32)  # bf16x2 (-136, -136) as a signed
 @gluon.jit
 def _decode(word, c, tables, HAS_ZERO: gl.constexpr, FMT: gl.constexpr):
     """(WARPS, 32) words -> their four bf16x2 element-pair registers (``PLANE_DECODE_*``; ``c``: the int4 FMA's
-    addend, or fp4's group scale as bf16x2; ``tables``: e2m1's four table words, ``e2m1_tables``)."""
+    addend, or fp4's group scale as bf16x2; ``tables``: e2m1's four table words in registers, E2M1_LO_* / _HI_*)."""
     if FMT >= 2:
         la, lb, ha, hb = tables
         return gl.inline_asm_elementwise(PLANE_DECODE_E2M1, "=r,=r,=r,=r,r,r,r,r,r,r", [word, c, la, lb, ha, hb],
@@ -253,14 +253,39 @@ def _a_tile(g_kh0, g_kh1, g8_kh0, g8_kh1, WARPS: gl.constexpr):
 
 
 @gluon.jit
-def _e8m0_bf16x2(ptrs, mask=None):
-    """e8m0 codes at ``ptrs`` -> the bf16x2 (2**(e - 127), same) as int32: the code as the exponent field (code 0:
-    2**-127, a bf16 subnormal); masked lanes read code 127 (1.0)."""
+def _load_or(ptrs, mask, other):
+    """``gl.load`` of ``ptrs``, masked where ``mask`` is given (None: every lane reads)."""
     if mask is None:
-        e = gl.load(ptrs).to(gl.int32)
+        v = gl.load(ptrs)
     else:
-        e = gl.load(ptrs, mask=mask, other=127).to(gl.int32)
+        v = gl.load(ptrs, mask=mask, other=other)
+    return v
+
+
+@gluon.jit
+def _e8m0_bf16x2(e):
+    """e8m0 codes -> the bf16x2 (2**(e - 127), same) as int32: the code as the exponent field (code 0: 2**-127, a
+    bf16 subnormal)."""
+    e = e.to(gl.int32)
     return gl.where(e == 0, 0x40, e << 7) * 0x10001
+
+
+@gluon.jit
+def _fp4_scales(s_ptr, s_lo, s_hi, s, lane_t, mask, FMT: gl.constexpr):
+    """fp4's scales of step ``s`` for the lane's rows g / g + 8 (``s_lo`` / ``s_hi``) and K 32 t .. 32 t + 31, as the
+    decode's bf16x2 factors (c_lo, c_lo2, c_hi, c_hi2): mxfp4 one e8m0 group (both halves the same), nvfp4 its two
+    e4m3 groups (words 0-1, 2-3). ``mask`` (or None): lanes past K read 1.0 / 0."""
+    if FMT == 2:
+        c_lo = _e8m0_bf16x2(_load_or(s_ptr + s_lo + s * 4 + lane_t, mask, 127))
+        c_hi = _e8m0_bf16x2(_load_or(s_ptr + s_hi + s * 4 + lane_t, mask, 127))
+        c_lo2 = c_lo
+        c_hi2 = c_hi
+    else:
+        c_lo = _bf16x2_of(_load_or(s_ptr + s_lo + s * 8 + 2 * lane_t, mask, 0.0))
+        c_lo2 = _bf16x2_of(_load_or(s_ptr + s_lo + s * 8 + 2 * lane_t + 1, mask, 0.0))
+        c_hi = _bf16x2_of(_load_or(s_ptr + s_hi + s * 8 + 2 * lane_t, mask, 0.0))
+        c_hi2 = _bf16x2_of(_load_or(s_ptr + s_hi + s * 8 + 2 * lane_t + 1, mask, 0.0))
+    return c_lo, c_lo2, c_hi, c_hi2
 
 
 @gluon.jit
@@ -275,8 +300,8 @@ def _pick4(a, b, c, d, i: gl.constexpr):
 
 
 @gluon.jit
-def _step(acc, lo, hi, xs, c_lo, c_lo2, c_hi, c_hi2, tables, HAS_ZERO: gl.constexpr, FMT: gl.constexpr, WARPS: gl.constexpr,
-          W2: gl.constexpr, A_L: gl.constexpr, B_L: gl.constexpr, TOK: gl.constexpr):
+def _step(acc, lo, hi, xs, c_lo, c_lo2, c_hi, c_hi2, tables, HAS_ZERO: gl.constexpr, FMT: gl.constexpr,
+          WARPS: gl.constexpr, W2: gl.constexpr, A_L: gl.constexpr, B_L: gl.constexpr, TOK: gl.constexpr):
     """The 8 MMAs of one 128-deep step (of each 16-row tile): ``lo`` / ``hi`` (WARPS, 32, 4) the lanes' words of rows
     g / g + 8 (WARPS: the program's 16-row tiles), ``xs``
     (TOK / 8, 8, 4, 32) its activation values (tokens 8 nh + g, K 32 t .. 32 t + 31 of the step); ``c_lo`` /
@@ -424,16 +449,8 @@ def _plane_mma_kernel(
                 c_hi = zero_addend(z_ptr + (row_g + 8) * stride_sn + g, row_g + 8 < N)
             c_lo2 = c_lo
             c_hi2 = c_hi
-            if FMT == 2:  # the lane's one e8m0 group a row (K 32 t .. 32 t + 31) as a bf16x2 power of two
-                c_lo = _e8m0_bf16x2(s_ptr + s_lo + s * 4 + lane_t)
-                c_hi = _e8m0_bf16x2(s_ptr + s_hi + s * 4 + lane_t)
-                c_lo2 = c_lo
-                c_hi2 = c_hi
-            elif FMT == 3:  # its two e4m3 groups a row (words 0-1, 2-3)
-                c_lo = _bf16x2_of(gl.load(s_ptr + s_lo + s * 8 + 2 * lane_t))
-                c_lo2 = _bf16x2_of(gl.load(s_ptr + s_lo + s * 8 + 2 * lane_t + 1))
-                c_hi = _bf16x2_of(gl.load(s_ptr + s_hi + s * 8 + 2 * lane_t))
-                c_hi2 = _bf16x2_of(gl.load(s_ptr + s_hi + s * 8 + 2 * lane_t + 1))
+            if FMT >= 2:
+                c_lo, c_lo2, c_hi, c_hi2 = _fp4_scales(s_ptr, s_lo, s_hi, s, lane_t, None, FMT)
             acc = gl.zeros([TILES * 16, TOK], gl.float32, MMA)
             if X_AHEAD:
                 xs = xs_a if sub == 0 else xs_b
@@ -456,17 +473,7 @@ def _plane_mma_kernel(
             lo = gl.load(w_lo + s * 16, mask=in_k, other=0, eviction_policy="evict_first")
             hi = gl.load(w_hi + s * 16, mask=in_k, other=0, eviction_policy="evict_first")
             xs = gl.load(x_tile + s * 128, mask=token_tile_k(TOK, 32, WARPS) < 64, other=0.0)
-            t_in = lane_t < 2
-            if FMT == 2:
-                c_lo = _e8m0_bf16x2(s_ptr + s_lo + s * 4 + lane_t, t_in)
-                c_hi = _e8m0_bf16x2(s_ptr + s_hi + s * 4 + lane_t, t_in)
-                c_lo2 = c_lo
-                c_hi2 = c_hi
-            else:
-                c_lo = _bf16x2_of(gl.load(s_ptr + s_lo + s * 8 + 2 * lane_t, mask=t_in, other=0.0))
-                c_lo2 = _bf16x2_of(gl.load(s_ptr + s_lo + s * 8 + 2 * lane_t + 1, mask=t_in, other=0.0))
-                c_hi = _bf16x2_of(gl.load(s_ptr + s_hi + s * 8 + 2 * lane_t, mask=t_in, other=0.0))
-                c_hi2 = _bf16x2_of(gl.load(s_ptr + s_hi + s * 8 + 2 * lane_t + 1, mask=t_in, other=0.0))
+            c_lo, c_lo2, c_hi, c_hi2 = _fp4_scales(s_ptr, s_lo, s_hi, s, lane_t, lane_t < 2, FMT)
             acc = gl.zeros([TILES * 16, TOK], gl.float32, MMA)
             total += _step(acc, lo, hi, xs, c_lo, c_lo2, c_hi, c_hi2, tables, HAS_ZERO, FMT, TILES, W2, A_L, B_L, TOK)
     if HAS_GLOBAL:
