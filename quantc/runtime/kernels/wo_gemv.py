@@ -57,8 +57,8 @@ from ...kernel_specs import GEMV_ROWS
 from ...plan import KernelConfig
 from . import common
 from .common import cdiv, env, sm_count
-from .half2_ptx import (DOT_HALF2, E2M1_UNSCALE, X_EXP_E2M1, X_EXP_INT4, e2m1_prmt, gl_bf16_pair, gl_chunk_dot, gl_decode,
-                        gl_pack, gl_pair_dot, gl_word_dot, half_of, pack_half2)
+from .half2_ptx import (DOT_HALF2, E2M1_UNSCALE, X_EXP_E2M1, X_EXP_INT4, e2m1_prmt, gl_bf16_pair, gl_chunk_dot,
+                        gl_decode, gl_pack, gl_pair_dot, gl_word_dot, half_of, pack_half2)
 from .nibble_decode import e2m1_to_f32
 from .wo_format import INT4, MXFP4, NVFP4, S_E8M0, S_FLOAT
 from .wo_mma4 import split_workspace, store_or_reduce
@@ -249,15 +249,15 @@ def _gl_gemv_step(acc, words, x0, x1, x2, x3, x4, x5, x6, x7, k0, s_ptr, z_ptr, 
         s = s * E2M1_UNSCALE
     else:
         s = gl.load(s_ptr + s_rows + g, mask=n_mask2, other=0.0).to(gl.float32)  # (BLOCK_N, CH)
-    if HAS_ZERO and CHAIN:
+    if HAS_ZERO:  # the zero points' half2 constants (BLOCK_N, CH): 1024 + z and -(64 + z)
         z = gl.load(z_ptr + s_rows + g, mask=n_mask2, other=0).to(gl.int32)
-        part = gl.convert_layout(gl_chunk_dot(words, p0, p1, p2, p3, (0x6400 + z) * 0x10001,
-                                              (0xD400 + 16 * z) * 0x10001, HAS_ZERO, FMT, PRMT), L2)
-    elif HAS_ZERO:
-        z = gl.expand_dims(gl.load(z_ptr + s_rows + g, mask=n_mask2, other=0).to(gl.int32), 2)
         c0 = (0x6400 + z) * 0x10001
         c1 = (0xD400 + 16 * z) * 0x10001
-        part = gl.sum(gl_word_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO, FMT, PRMT), axis=2)
+        if CHAIN:
+            part = gl.convert_layout(gl_chunk_dot(words, p0, p1, p2, p3, c0, c1, HAS_ZERO, FMT, PRMT), L2)
+        else:
+            part = gl.sum(gl_word_dot(words, p0, p1, p2, p3, gl.expand_dims(c0, 2), gl.expand_dims(c1, 2), HAS_ZERO,
+                                      FMT, PRMT), axis=2)
     elif CHAIN and FMT != 3:
         part = gl.convert_layout(gl_chunk_dot(words, p0, p1, p2, p3, words, words, HAS_ZERO, FMT, PRMT), L2)
     elif FMT == 3:  # nvfp4: each word lies in one 16-element group, scaled before the chunk's sum
@@ -340,7 +340,8 @@ def _wo_gemv_gluon_kernel(
             x_b = _gl_load_x(x_ptr, xword2, gl.minimum(k0 + BLOCK_K, K - BLOCK_K), X_VEC)
             a0, a1, a2, a3, a4, a5, a6, a7 = x_a
             acc = _gl_gemv_step(acc, w_a, a0, a1, a2, a3, a4, a5, a6, a7, k0, s_ptr, z_ptr, s16_ptr, s_rows, ch2,
-                                n_mask2, byte_shift3, GROUP, HAS_ZERO, FMT, PRMT, CHAIN, X_EXP, BLOCK_N, CH, L2, LX, SPLIT_X)
+                                n_mask2, byte_shift3, GROUP, HAS_ZERO, FMT, PRMT, CHAIN, X_EXP, BLOCK_N, CH, L2, LX,
+                                SPLIT_X)
             w_a = _gl_load_words(w_tile, t + 2, t_end, n_mask3, EVEN_N, BLOCK_K)
             x_a = _gl_load_x(x_ptr, xword2, gl.minimum(k0 + 2 * BLOCK_K, K - BLOCK_K), X_VEC)
             if t + 1 < t_end:
@@ -363,7 +364,8 @@ def _wo_gemv_gluon_kernel(
                 words = _gl_load_words(w_tile, t, t_end, n_mask3, EVEN_N, BLOCK_K)
                 x0, x1, x2, x3, x4, x5, x6, x7 = _gl_load_x(x_ptr, xword2, k0, X_VEC)
             acc = _gl_gemv_step(acc, words, x0, x1, x2, x3, x4, x5, x6, x7, k0, s_ptr, z_ptr, s16_ptr, s_rows, ch2,
-                                n_mask2, byte_shift3, GROUP, HAS_ZERO, FMT, PRMT, CHAIN, X_EXP, BLOCK_N, CH, L2, LX, SPLIT_X)
+                                n_mask2, byte_shift3, GROUP, HAS_ZERO, FMT, PRMT, CHAIN, X_EXP, BLOCK_N, CH, L2, LX,
+                                SPLIT_X)
     total = gl.sum(acc, axis=1)  # (BLOCK_N,): the one cross-lane sum
     if HAS_GLOBAL:
         total = total * gl.load(gs_ptr)
