@@ -17,7 +17,6 @@ import json
 import os
 import sys
 import time
-from contextlib import ExitStack
 from dataclasses import replace
 
 import torch
@@ -25,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from bench.bench_dense import SHAPES  # noqa: E402
 from bench.bench_wo import n_copies, random_weight, rotated_us  # noqa: E402
-from bench.timing import env_set, gpu_slug  # noqa: E402
+from bench.timing import env_sets, gpu_slug  # noqa: E402
 from quantc.runtime.kernels import wo_gemm as wg  # noqa: E402
 from quantc.runtime.kernels import wo_gemv as gv  # noqa: E402
 from quantc.runtime.kernels.common import cdiv  # noqa: E402
@@ -47,13 +46,6 @@ def variants(n: int, k: int, sms: int) -> dict:
     return out
 
 
-def switches(env: dict):
-    stack = ExitStack()
-    for name, value in env.items():
-        stack.enter_context(env_set(name, value))
-    return stack
-
-
 def main() -> None:
     t0 = time.time()
     cap = float(os.environ.get("PROBE_CAP_S", "200"))
@@ -68,7 +60,7 @@ def main() -> None:
         x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
         ref = wg.reference(x, w).float()
         for name, (cfg, warps_k, env) in variants(512, 4096, sms).items():
-            with switches(env):
+            with env_sets(env):
                 got = gv.launch_gemv(x, w, cfg, warps_k).float()
             err = ((got - ref).abs().max() / ref.abs().max()).item()
             res["check"].append({"fmt": key, "variant": name, "rel_err": err, "ok": err < 1e-2})
@@ -85,7 +77,7 @@ def main() -> None:
             ws = [random_weight(key, n, k) for _ in range(n_copies(n * k // 2))]
             row = {"N": n, "K": k, "fmt": key, "bf16_us": bf16}
             for name, (cfg, warps_k, env) in variants(n, k, sms).items():
-                with switches(env):
+                with env_sets(env):
                     t = rotated_us(lambda i: gv.launch_gemv(x, ws[i], cfg, warps_k), len(ws))
                 row[name] = {"us": t, "over_bf16": bf16 / t if t and bf16 else None,
                              "cfg": [cfg.block_n, cfg.block_k, cfg.num_warps, warps_k, cfg.num_stages, cfg.split_k],

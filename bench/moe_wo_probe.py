@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import time
-from contextlib import ExitStack
 
 import torch
 
@@ -23,19 +22,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quantc.runtime.kernels import moe_gemm as mg  # noqa: E402
 from quantc.runtime.kernels import wo_format as wf  # noqa: E402
 from quantc.runtime.moe import QuantMoE  # noqa: E402
-from bench.timing import env_set, graph_us, gpu_slug  # noqa: E402
+from bench.timing import env_sets, graph_us, gpu_slug  # noqa: E402
 
 MODELS = {"qwen3_30b_a3b": (128, 8, 2048, 768), "deepseek_v3": (256, 8, 7168, 2048),
           "gpt_oss_120b": (128, 4, 2880, 2880), "mixtral_8x7b": (8, 2, 4096, 14336)}
-PATHS = {"default": (), "gemv": (("QUANTC_MOE_GEMV", "1"), ("QUANTC_MOE_PLANE_MMA", "0")),
-         "grouped": (("QUANTC_MOE_GEMV", "0"), ("QUANTC_MOE_PLANE_MMA", "0")),
-         "plane_mma": (("QUANTC_MOE_PLANE_MMA", "1"),)}
+PATHS = {"default": {}, "gemv": {"QUANTC_MOE_GEMV": "1", "QUANTC_MOE_PLANE_MMA": "0"},
+         "grouped": {"QUANTC_MOE_GEMV": "0", "QUANTC_MOE_PLANE_MMA": "0"},
+         "plane_mma": {"QUANTC_MOE_PLANE_MMA": "1"}}
 
 
 def run_on(path: str, fn):
-    with ExitStack() as stack:
-        for name, value in PATHS[path]:
-            stack.enter_context(env_set(name, value))
+    with env_sets(PATHS[path]):
         return fn()
 
 

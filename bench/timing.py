@@ -83,6 +83,14 @@ def geomean(values) -> float | None:
     return math.exp(sum(map(math.log, v)) / len(v)) if v else None
 
 
+def env_sets(env: dict):
+    """``env_set`` for every (name, value) of ``env`` at once, as one context manager."""
+    stack = contextlib.ExitStack()
+    for name, value in env.items():
+        stack.enter_context(env_set(name, value))
+    return stack
+
+
 def gpu_slug(device_name: str) -> str:
     """The GPU part of a result file's name: h200 or h100 (the tables and results the benches write)."""
     return "h200" if "H200" in device_name else "h100"

@@ -43,7 +43,7 @@ def own_config_rows(weight_key: str, k: int) -> int:
     if k % 128:
         return 0
     if weight_key.startswith("int4_group_"):
-        if int(weight_key.split("_")[2]) % 128:
+        if not plane_mma_key(weight_key):
             return GEMV_ROWS
         return PLANE_MMA_ROWS_ZERO if weight_key.endswith("_asym") else PLANE_MMA_ROWS
     return PLANE_MMA_ROWS
