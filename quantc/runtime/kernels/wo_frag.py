@@ -194,27 +194,30 @@ def token_tile_ptrs(x_ptr, M, stride_xm, TOK: gl.constexpr, KL: gl.constexpr, WA
     M: the last token), K KL t .. KL t + KL - 1 of the step, every warp the same (this kernel's KL = 16,
     ``wo_plane_mma``'s 32). GATHER (a MoE routing block): token j is pair ``ids_ptr[j]``, its row pair // a_div
     (pairs past M, the padding: row 0)."""
-    XL: gl.constexpr = gl.BlockedLayout([TOK // 8, 1, 1, KL], [1, 8, 4, 1], [1, 1, 1, WARPS], [3, 2, 1, 0])
+    XL: gl.constexpr = _token_tile_layout(TOK, KL, WARPS)
     NG: gl.constexpr = gl.SliceLayout(2, gl.SliceLayout(3, XL))  # (nh, g)
-    TK: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(0, XL))  # (t, K)
     x_nh = gl.arange(0, TOK // 8, layout=gl.SliceLayout(1, NG))
     x_g = gl.arange(0, 8, layout=gl.SliceLayout(0, NG))
-    x_t = gl.arange(0, 4, layout=gl.SliceLayout(1, TK))
-    x_k = gl.arange(0, KL, layout=gl.SliceLayout(0, TK))
     tok = gl.expand_dims(x_nh * 8, 1) + gl.expand_dims(x_g, 0)
     if GATHER:
         pair = gl.load(ids_ptr + tok)
         row = gl.where(pair < M, pair // a_div, 0).to(gl.int64)
     else:
         row = gl.minimum(tok, M - 1)
-    k4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(x_t * KL, 1) + gl.expand_dims(x_k, 0), 0), 0)
+    k4 = token_tile_k(TOK, KL, WARPS)
     return x_ptr + gl.expand_dims(gl.expand_dims(row * stride_xm, 2), 3) + k4  # (TOK / 8, 8, 4, KL)
+
+
+@gluon.constexpr_function
+def _token_tile_layout(TOK, KL, WARPS):
+    """The (token half nh, g, t, KL K) activation tile's layout of ``token_tile_ptrs`` / ``token_tile_k``."""
+    return gl.BlockedLayout([TOK // 8, 1, 1, KL], [1, 8, 4, 1], [1, 1, 1, WARPS], [3, 2, 1, 0])
 
 
 @gluon.jit
 def token_tile_k(TOK: gl.constexpr, KL: gl.constexpr, WARPS: gl.constexpr):
     """The K offsets within a step of ``token_tile_ptrs``'s tile, (1, 1, 4, KL) in its layout (a mask's operand)."""
-    XL: gl.constexpr = gl.BlockedLayout([TOK // 8, 1, 1, KL], [1, 8, 4, 1], [1, 1, 1, WARPS], [3, 2, 1, 0])
+    XL: gl.constexpr = _token_tile_layout(TOK, KL, WARPS)
     TK: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(0, XL))  # (t, K)
     x_t = gl.arange(0, 4, layout=gl.SliceLayout(1, TK))
     x_k = gl.arange(0, KL, layout=gl.SliceLayout(0, TK))
